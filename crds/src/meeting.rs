@@ -1,0 +1,268 @@
+//! `Meeting`: one meeting, its schedule, placement and lifecycle.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, Duration, Time, conditions_schema};
+
+/// The largest meeting Switchboard places (cascaded over several SFU pods).
+pub const MAX_PARTICIPANTS: i32 = 100_000;
+
+/// One meeting. Created by schedulers (API or the signaling REST facade); the
+/// operator reserves and assigns SFU capacity; signaling reports participants.
+///
+/// Status field ownership (server-side apply field managers): the operator
+/// (`switchboard-operator`) owns everything but `participants`, which signaling
+/// (`switchboard-signaling`) owns.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "Meeting",
+    namespaced,
+    status = "MeetingStatus",
+    shortname = "mtg",
+    category = "switchboard",
+    doc = "One meeting: schedule, size, policy; status carries phase, room code, SFU assignment.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Room", type_ = "string", json_path = ".status.roomCode"),
+    printcolumn(name = "Expected", type_ = "integer", json_path = ".spec.participants.expected"),
+    printcolumn(name = "Participants", type_ = "integer", json_path = ".status.participants.current"),
+    printcolumn(name = "Start", type_ = "date", json_path = ".spec.schedule.start"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || \
+         (has(self.spec.schedule) == has(oldSelf.spec.schedule) && \
+          (!has(self.spec.schedule) || self.spec.schedule.start == oldSelf.spec.schedule.start))"
+    )
+    .message("spec.schedule.start cannot be changed once the meeting has started")
+    .field_path(".spec.schedule.start")
+    .reason(kube::core::Reason::FieldValueForbidden)
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!(self.e2ee && has(self.recording) && self.recording.policy == 'Auto')")
+    .message("an end-to-end encrypted meeting cannot be recorded automatically by the server")
+    .field_path(".recording.policy"))]
+pub struct MeetingSpec {
+    /// Title shown to participants.
+    #[schemars(length(min = 1, max = 200))]
+    pub title: String,
+    /// User id of the host.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// When the meeting is planned. Unset: an ad-hoc meeting, due at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// Expected and maximum participants; drives reservation and cascading.
+    pub participants: ParticipantLimits,
+    /// Interactive: everyone may publish. Webinar: only hosts and panelists publish.
+    #[serde(default)]
+    pub mode: MeetingMode,
+    /// Pools whose labels match may host the meeting. Unset: any pool (of `region`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sfu_pool_selector: Option<LabelSelector>,
+    /// Region the meeting must run in. Unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub region: Option<String>,
+    /// Participants wait until a host admits them.
+    #[serde(default)]
+    pub waiting_room: bool,
+    /// Participants join muted.
+    #[serde(default)]
+    pub mute_on_entry: bool,
+    /// Recording policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingPolicy>,
+    /// Media is end-to-end encrypted (SFU forwards only; no server-side recording).
+    #[serde(default)]
+    pub e2ee: bool,
+    /// Per-role overrides of the default permissions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["role".into()]))]
+    pub permissions: Vec<RolePermissions>,
+    /// Delete the Meeting this long after it ended. Unset: keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_after_ended: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Planned start (RFC 3339).
+    pub start: Time,
+    /// Planned length; the meeting ends this long after start plus a grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_duration: Option<Duration>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.max) || self.expected <= self.max")
+    .message("expected participants must not be greater than max")
+    .field_path(".expected"))]
+pub struct ParticipantLimits {
+    /// Participants expected; reserved ahead of a scheduled start.
+    #[schemars(range(min = 1, max = 100000))]
+    pub expected: i32,
+    /// Hard cap on participants. Unset: expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MeetingMode {
+    #[default]
+    Interactive,
+    Webinar,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingPolicy {
+    /// Off: never. OnDemand: a host with start_recording may start one. Auto: from start.
+    #[serde(default)]
+    pub policy: RecordingMode,
+    /// Layout of an automatic recording.
+    #[serde(default)]
+    pub layout: crate::recording_job::Layout,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecordingMode {
+    Off,
+    #[default]
+    OnDemand,
+    Auto,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Host,
+    CoHost,
+    Participant,
+    Viewer,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    MuteOthers,
+    RemoveParticipant,
+    StartRecording,
+    ShareScreen,
+    SendChat,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolePermissions {
+    pub role: Role,
+    /// Permissions granted on top of the role's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Permission>,
+    /// Permissions taken away from the role's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<Permission>,
+}
+
+/// Observed state of the meeting.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeetingStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MeetingPhase>,
+    /// 12 lowercase letters and digits, unique in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]{12}$"))]
+    pub room_code: Option<String>,
+    /// Where participants join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_url: Option<String>,
+    /// Capacity held ahead of the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+    /// SFU pod(s) serving the meeting: an origin, plus edges when cascaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<Assignment>,
+    /// Moves of the meeting between SFUs, newest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<Migration>,
+    /// Reported by signaling (field manager switchboard-signaling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<ParticipantCount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum MeetingPhase {
+    Scheduled,
+    Waiting,
+    Active,
+    Ended,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub pool: String,
+    pub participants: i32,
+    /// When the capacity is held from.
+    pub from: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub pool: String,
+    pub origin: SfuEndpoint,
+    /// Edge SFUs relaying from the origin, for meetings larger than one pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<SfuEndpoint>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SfuEndpoint {
+    pub pod: String,
+    /// The SFU's internal API, e.g. http://10.0.3.17:7880.
+    pub endpoint: String,
+    /// Participants this SFU takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub at: Time,
+    /// Increases by one per move; signaling renegotiates clients when it changes.
+    pub generation: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantCount {
+    #[serde(default)]
+    pub current: i32,
+    #[serde(default)]
+    pub peak: i32,
+}

@@ -1,0 +1,157 @@
+//! `RecordingJob`: one recording of one meeting.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, Duration, LocalObjectRef, SecretRef, Time, conditions_schema};
+
+/// One recording of one meeting, run as a batch/v1 Job of recorder-pod.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "switchboard.dev",
+    version = "v1alpha1",
+    kind = "RecordingJob",
+    namespaced,
+    status = "RecordingJobStatus",
+    shortname = "recjob",
+    category = "switchboard",
+    doc = "A recording of one meeting to a PVC or an S3-compatible bucket.",
+    printcolumn(name = "Meeting", type_ = "string", json_path = ".spec.meetingRef.name"),
+    printcolumn(name = "Layout", type_ = "string", json_path = ".spec.layout"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Duration", type_ = "integer", json_path = ".status.durationSeconds"),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self == oldSelf")
+    .message("spec is immutable: create a new RecordingJob instead"))]
+pub struct RecordingJobSpec {
+    /// The Meeting to record, in the same namespace.
+    pub meeting_ref: LocalObjectRef,
+    #[serde(default)]
+    pub layout: Layout,
+    #[serde(default)]
+    pub format: RecordingFormat,
+    pub storage: Storage,
+    /// The recording stops after this long.
+    #[serde(default = "default_max_duration")]
+    pub max_duration: Duration,
+    /// Retain: files outlive the object. Delete: files are removed with it.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+fn default_max_duration() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Layout {
+    /// All participants in a grid.
+    #[default]
+    Gallery,
+    /// The active speaker large.
+    Speaker,
+    /// One file per track, no compositing.
+    Tracks,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecordingFormat {
+    /// H.264 + AAC.
+    #[default]
+    MP4,
+    /// VP8/VP9 + Opus.
+    WebM,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Retention {
+    #[default]
+    Retain,
+    Delete,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.pvc) != has(self.s3)")
+    .message("storage takes exactly one of pvc or s3"))]
+pub struct Storage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcStorage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcStorage {
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// Directory inside the volume.
+    #[serde(default = "default_path")]
+    #[schemars(regex(pattern = r"^/"))]
+    pub path: String,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Endpoint of an S3-compatible service. Unset: AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Key prefix for the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Secret with keys accessKeyId and secretAccessKey.
+    pub credentials_secret_ref: SecretRef,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingJobStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RecordingPhase>,
+    /// The batch/v1 Job running the recorder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Where the result is, e.g. pvc://recordings/meetings/all-hands/gallery.mp4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// Recorder runs so far (retries included).
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum RecordingPhase {
+    Pending,
+    Recording,
+    Processing,
+    Ready,
+    Failed,
+}

@@ -1,0 +1,3 @@
+//! The Switchboard operator.
+
+pub mod crd_install;
