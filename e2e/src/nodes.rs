@@ -1,0 +1,77 @@
+//! Simulated (kwok) nodes owned by a test, so that faults injected into them do
+//! not disturb other tests running in parallel on the shared nodes.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::json;
+
+use crate::{FIELD_MANAGER, await_condition};
+
+/// Annotation by which kwok picks the nodes it simulates.
+pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
+
+/// Creates a kwok node `name` in `zone` and waits until it is Ready.
+pub async fn create_node(client: &Client, name: &str, region: &str, zone: &str) -> Node {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "type": "kwok",
+                "topology.kubernetes.io/region": region,
+                "topology.kubernetes.io/zone": zone,
+            }
+        },
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}
+        }
+    });
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
+        .await
+        .expect("create kwok node");
+    await_condition(&api, name, Duration::from_secs(30), is_node_ready(true)).await
+}
+
+/// A condition that holds when the node's Ready condition is (not) True.
+pub fn is_node_ready(ready: bool) -> impl Fn(Option<&Node>) -> bool {
+    move |node: Option<&Node>| {
+        let status = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str());
+        (status == Some("True")) == ready && node.is_some()
+    }
+}
+
+/// Makes a node NotReady the way a dead kubelet does: kwok stops simulating it
+/// (so its heartbeat stops) and its Ready condition turns False.
+pub async fn make_node_not_ready(client: &Client, name: &str) -> Node {
+    let api: Api<Node> = Api::all(client.clone());
+    // Take the node away from kwok first, or kwok would set it Ready again.
+    let unmanage = json!({"metadata": {"annotations": {KWOK_ANNOTATION: null}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&unmanage)).await.expect("unmanage node");
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let status = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+        "message": "switchboard e2e: simulated node failure",
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    }]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status)).await.expect("set Ready=False");
+    await_condition(&api, name, Duration::from_secs(30), is_node_ready(false)).await
+}
+
+/// Deletes a node a test created.
+pub async fn delete_node(client: &Client, name: &str) {
+    let api: Api<Node> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
