@@ -1,3 +1,111 @@
-//! The Switchboard operator.
+//! The Switchboard operator: kube-rs controllers behind Lease-based leader
+//! election, with Prometheus metrics and health endpoints.
 
+pub mod conditions;
+pub mod config;
 pub mod crd_install;
+pub mod http;
+pub mod labels;
+pub mod leader;
+pub mod metrics;
+pub mod sfu_pool;
+
+use std::future::Future;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+
+pub use config::OperatorConfig;
+pub use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("invalid spec: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A low-cardinality label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "transport",
+            Error::Invalid(_) => "spec",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Health as `/readyz` reports it.
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Runs the operator: waits to lead, then runs every controller until `shutdown`
+/// resolves (then releases leadership) or leadership is lost (then returns an
+/// error, and the process should exit so that it restarts as a standby).
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Fail fast, before election, when the API server is unreachable or the CRDs are missing.
+    let probe: Api<switchboard_crds::SfuPool> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    probe.list(&kube::api::ListParams::default().limit(1)).await?;
+    health.set_ready(true);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &config.leader_namespace);
+    let mut elector = leader::LeaderElector::new(leases, &config.leader_lease, &config.identity, config.lease_duration);
+    tokio::select! {
+        _ = elector.acquire() => {}
+        _ = stopped(stop_rx.clone()) => return Ok(()),
+    }
+    metrics.leader.set(1);
+
+    let controllers = sfu_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop_rx.clone()));
+    tokio::pin!(controllers);
+    let result = tokio::select! {
+        lost = elector.hold() => {
+            metrics.leader.set(0);
+            tracing::error!(reason = %lost, "lost leadership; stopping");
+            Err(anyhow::anyhow!(lost))
+        }
+        _ = &mut controllers => {
+            // The controllers end only on shutdown: in-flight reconciles have finished.
+            elector.release().await;
+            Ok(())
+        }
+    };
+    metrics.leader.set(0);
+    result
+}

@@ -220,3 +220,32 @@ mod tests {
         assert!(!Observed::from_lease(&no_renew).unwrap().is_fresh(now, Duration::from_secs(10)));
     }
 }
+
+/// The environment the operator gives the `sfu` container of every SFU pod.
+pub mod pod_env {
+    /// Name of the SfuPool.
+    pub const POOL: &str = "SWITCHBOARD_POOL";
+    /// Namespace of the pod (downward API).
+    pub const NAMESPACE: &str = "SWITCHBOARD_NAMESPACE";
+    /// Name of the pod (downward API); also the name of its heartbeat Lease.
+    pub const POD_NAME: &str = "SWITCHBOARD_POD_NAME";
+    /// Pod IP (downward API).
+    pub const POD_IP: &str = "SWITCHBOARD_POD_IP";
+    /// Node IP (downward API).
+    pub const HOST_IP: &str = "SWITCHBOARD_HOST_IP";
+    /// Node name (downward API).
+    pub const NODE_NAME: &str = "SWITCHBOARD_NODE_NAME";
+    /// Port of the internal HTTP API (signaling, recorder, probes, metrics).
+    pub const API_PORT: &str = "SWITCHBOARD_API_PORT";
+    /// First and last UDP port for media.
+    pub const UDP_PORT_MIN: &str = "SWITCHBOARD_UDP_PORT_MIN";
+    pub const UDP_PORT_MAX: &str = "SWITCHBOARD_UDP_PORT_MAX";
+    /// NodeExternalIP, NodeInternalIP, PodIP or Static.
+    pub const ANNOUNCED_ADDRESS: &str = "SWITCHBOARD_ANNOUNCED_ADDRESS";
+    /// Comma-separated addresses when ANNOUNCED_ADDRESS is Static.
+    pub const ANNOUNCED_IPS: &str = "SWITCHBOARD_ANNOUNCED_IPS";
+    /// Seconds a heartbeat counts as fresh (the pool's heartbeatTimeout).
+    pub const HEARTBEAT_TTL_SECONDS: &str = "SWITCHBOARD_HEARTBEAT_TTL_SECONDS";
+    /// Participants the pod is sized for.
+    pub const CAPACITY_PARTICIPANTS: &str = "SWITCHBOARD_CAPACITY_PARTICIPANTS";
+}

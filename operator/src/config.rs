@@ -1,0 +1,63 @@
+//! Operator configuration, from the environment (all optional).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How the operator runs. `OperatorConfig::from_env()` reads:
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `SWITCHBOARD_WATCH_NAMESPACE` | all namespaces | only reconcile objects of this namespace |
+/// | `SWITCHBOARD_LEADER_NAMESPACE` | `POD_NAMESPACE`, else `default` | where the leader Lease lives |
+/// | `SWITCHBOARD_LEADER_LEASE` | `switchboard-operator-leader` | its name |
+/// | `SWITCHBOARD_LEADER_LEASE_SECONDS` | 15 | how long a leader's Lease holds without renewal |
+/// | `POD_NAME` | host name | this replica's identity in the Lease |
+/// | `SWITCHBOARD_HTTP_ADDR` | `0.0.0.0:8080` | `/metrics`, `/healthz`, `/readyz` |
+/// | `SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS` | 120 | an SFU pod without a first heartbeat after this is Unhealthy |
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    pub watch_namespace: Option<String>,
+    pub leader_namespace: String,
+    pub leader_lease: String,
+    pub lease_duration: Duration,
+    pub identity: String,
+    pub http_addr: SocketAddr,
+    pub sfu_startup_timeout: Duration,
+}
+
+impl OperatorConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let secs = |name: &str, default: u64| -> anyhow::Result<Duration> {
+            match var(name) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => Ok(Duration::from_secs(v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))?)),
+            }
+        };
+        let identity = var("POD_NAME")
+            .or_else(|| var("HOSTNAME"))
+            .unwrap_or_else(|| format!("switchboard-operator-{}", std::process::id()));
+        Ok(Self {
+            watch_namespace: var("SWITCHBOARD_WATCH_NAMESPACE"),
+            leader_namespace: var("SWITCHBOARD_LEADER_NAMESPACE").or_else(|| var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            leader_lease: var("SWITCHBOARD_LEADER_LEASE").unwrap_or_else(|| "switchboard-operator-leader".into()),
+            lease_duration: secs("SWITCHBOARD_LEADER_LEASE_SECONDS", 15)?,
+            identity,
+            http_addr: var("SWITCHBOARD_HTTP_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()).parse()?,
+            sfu_startup_timeout: secs("SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS", 120)?,
+        })
+    }
+
+    /// A configuration for one namespace, as tests and the demo use it.
+    pub fn for_namespace(namespace: &str, identity: &str) -> Self {
+        Self {
+            watch_namespace: Some(namespace.into()),
+            leader_namespace: namespace.into(),
+            leader_lease: "switchboard-operator-leader".into(),
+            lease_duration: Duration::from_secs(15),
+            identity: identity.into(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            sfu_startup_timeout: Duration::from_secs(120),
+        }
+    }
+}

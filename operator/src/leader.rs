@@ -1,0 +1,157 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, as client-go does it:
+//! a candidate takes the Lease when it is free or when its record has not changed
+//! for a whole lease duration *as observed locally* (so clock skew between
+//! replicas does not matter); the leader renews it and steps down (the process
+//! stops reconciling) when it cannot renew before the renew deadline.
+//! Writes use the Lease's resourceVersion, so two candidates never both win.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tokio::time::Instant;
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    lease_duration: Duration,
+    /// The last record seen and when (locally) it was first seen.
+    observed: Option<(Option<LeaseSpec>, Instant)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeadershipLost {
+    #[error("could not renew the leader Lease within {0:?}")]
+    RenewDeadline(Duration),
+    #[error("another replica ({0}) holds the leader Lease")]
+    Taken(String),
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, name: &str, identity: &str, lease_duration: Duration) -> Self {
+        Self { api, name: name.into(), identity: identity.into(), lease_duration, observed: None }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn retry_period(&self) -> Duration {
+        (self.lease_duration / 7).max(Duration::from_millis(200))
+    }
+
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// Waits until this replica leads.
+    pub async fn acquire(&mut self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election"),
+            }
+            tokio::time::sleep(self.retry_period()).await;
+        }
+    }
+
+    /// Renews the Lease until leadership is lost; returns why.
+    pub async fn hold(&mut self) -> LeadershipLost {
+        let mut last_renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.retry_period()).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = Instant::now(),
+                Ok(false) => {
+                    let holder = self.observed.as_ref().and_then(|(s, _)| s.as_ref()?.holder_identity.clone());
+                    return LeadershipLost::Taken(holder.unwrap_or_default());
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the leader Lease"),
+            }
+            if last_renewed.elapsed() > self.renew_deadline() {
+                return LeadershipLost::RenewDeadline(self.renew_deadline());
+            }
+        }
+    }
+
+    /// Gives the Lease up so that a standby takes over at once (graceful shutdown).
+    pub async fn release(&mut self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() == Some(&self.identity) {
+                spec.holder_identity = None;
+                spec.lease_duration_seconds = Some(1);
+                spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+                let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+                tracing::info!(identity = %self.identity, "released the leader Lease");
+            }
+        }
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let now = jiff::Timestamp::now();
+        let seconds = self.lease_duration.as_secs().max(1) as i32;
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.identity.clone()),
+                    lease_duration_seconds: Some(seconds),
+                    acquire_time: Some(MicroTime(now)),
+                    renew_time: Some(MicroTime(now)),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(created) => {
+                    self.observe(created.spec);
+                    Ok(true)
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone();
+        self.observe(spec.clone());
+        let spec = spec.unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.identity;
+        if !ours && !holder.is_empty() {
+            let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(1) as u64);
+            let (_, seen) = self.observed.as_ref().expect("observed above");
+            if seen.elapsed() < held_for {
+                return Ok(false);
+            }
+        }
+        let new = lease.spec.get_or_insert_with(Default::default);
+        if !ours {
+            new.acquire_time = Some(MicroTime(now));
+            new.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        new.holder_identity = Some(self.identity.clone());
+        new.lease_duration_seconds = Some(seconds);
+        new.renew_time = Some(MicroTime(now));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(updated) => {
+                self.observe(updated.spec);
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn observe(&mut self, spec: Option<LeaseSpec>) {
+        let changed = self.observed.as_ref().is_none_or(|(seen, _)| *seen != spec);
+        if changed {
+            self.observed = Some((spec, Instant::now()));
+        }
+    }
+}

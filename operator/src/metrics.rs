@@ -1,0 +1,98 @@
+//! Prometheus metrics (prometheus-client), served on `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub namespace: String,
+    pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodActionLabels {
+    pub action: &'static str,
+    pub reason: &'static str,
+}
+
+/// Every metric the operator exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub leader: Gauge,
+    pub pool_ready_pods: Family<PoolLabels, Gauge>,
+    pub pool_desired_pods: Family<PoolLabels, Gauge>,
+    pub pool_allocated_participants: Family<PoolLabels, Gauge>,
+    pub pool_capacity_participants: Family<PoolLabels, Gauge>,
+    pub sfu_pod_actions: Family<PodActionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchboard");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("reconcile_errors", "Reconciles that failed, by controller and error kind", reconcile_errors.clone());
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+        });
+        registry.register("reconcile_duration_seconds", "Time a reconcile takes", reconcile_duration.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica leads and reconciles", leader.clone());
+        let pool_ready_pods = Family::<PoolLabels, Gauge>::default();
+        registry.register("sfupool_ready_pods", "Ready SFU pods of a pool", pool_ready_pods.clone());
+        let pool_desired_pods = Family::<PoolLabels, Gauge>::default();
+        registry.register("sfupool_desired_pods", "SFU pods a pool aims for", pool_desired_pods.clone());
+        let pool_allocated_participants = Family::<PoolLabels, Gauge>::default();
+        registry.register("sfupool_allocated_participants", "Participants the pool's SFUs report", pool_allocated_participants.clone());
+        let pool_capacity_participants = Family::<PoolLabels, Gauge>::default();
+        registry.register("sfupool_capacity_participants", "Participants the Ready pods hold", pool_capacity_participants.clone());
+        let sfu_pod_actions = Family::<PodActionLabels, Counter>::default();
+        registry.register("sfu_pod_actions", "SFU pods created, drained and deleted, by reason", sfu_pod_actions.clone());
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            leader,
+            pool_ready_pods,
+            pool_desired_pods,
+            pool_allocated_participants,
+            pool_capacity_participants,
+            sfu_pod_actions,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
+        out
+    }
+
+    pub fn reconciles_of(&self, controller: &'static str) -> u64 {
+        self.reconciles.get_or_create(&ControllerLabels { controller }).get()
+    }
+}

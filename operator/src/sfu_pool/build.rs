@@ -1,0 +1,373 @@
+//! Pure: validate a pool and build the objects it needs. Nothing here talks to
+//! the API server, so all of it is unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
+    Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use switchboard_crds::sfu_pool::{AnnouncedAddress, PlacementStrategy};
+use switchboard_crds::SfuPool;
+use switchboard_heartbeat::pod_env;
+
+use crate::labels::*;
+
+/// Port of the SFU's internal HTTP API.
+pub const API_PORT: i32 = 7880;
+/// The media port when the pool names no range.
+pub const DEFAULT_UDP_PORT: i32 = 7882;
+/// Largest UDP port range a pod declares (each port is a containerPort).
+pub const MAX_UDP_PORTS: i32 = 1000;
+/// The ClusterRole (shipped with the operator's RBAC) that lets an SFU renew its Lease.
+pub const SFU_CLUSTER_ROLE: &str = "switchboard-sfu";
+/// Name of the container the operator configures.
+pub const SFU_CONTAINER: &str = "sfu";
+
+/// A pool that passed validation, with what was derived from it.
+pub struct ValidPool<'a> {
+    pub pool: &'a SfuPool,
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    pub template_hash: String,
+    pub udp_ports: (i32, i32),
+}
+
+/// Checks what the schema cannot (or what an older CRD may have let through).
+pub fn validate(pool: &SfuPool) -> Result<ValidPool<'_>, String> {
+    let name = pool.metadata.name.clone().ok_or("the pool has no name")?;
+    let namespace = pool.metadata.namespace.clone().ok_or("the pool has no namespace")?;
+    let owner = pool.controller_owner_ref(&()).ok_or("the pool has no uid yet")?;
+    let spec = pool.spec.template.spec.as_ref().ok_or("spec.template.spec is missing")?;
+    if !spec.containers.iter().any(|c| c.name == SFU_CONTAINER) {
+        return Err("spec.template.spec.containers has no container named sfu".into());
+    }
+    let udp_ports = match &pool.spec.media.udp_port_range {
+        Some(r) => (r.min, r.max),
+        None => (DEFAULT_UDP_PORT, DEFAULT_UDP_PORT),
+    };
+    if udp_ports.0 > udp_ports.1 || udp_ports.1 - udp_ports.0 >= MAX_UDP_PORTS {
+        return Err(format!(
+            "spec.media.udpPortRange {}-{} must be ordered and hold at most {MAX_UDP_PORTS} ports",
+            udp_ports.0, udp_ports.1
+        ));
+    }
+    if udp_ports.0 <= API_PORT && API_PORT <= udp_ports.1 {
+        return Err(format!("spec.media.udpPortRange must not include the SFU API port {API_PORT}"));
+    }
+    let a = &pool.spec.autoscaling;
+    if a.min_replicas > a.max_replicas {
+        return Err("spec.autoscaling.minReplicas is greater than maxReplicas".into());
+    }
+    Ok(ValidPool { pool, name, namespace, owner, template_hash: template_hash(pool), udp_ports })
+}
+
+/// A stable hash (FNV-1a, independent of the Rust version) of everything in the
+/// spec that goes into a pod: a change rolls the pool.
+pub fn template_hash(pool: &SfuPool) -> String {
+    let input = json!({
+        "template": pool.spec.template,
+        "media": pool.spec.media,
+        "capacity": pool.spec.capacity,
+        "placement": pool.spec.placement,
+        "heartbeatTimeout": pool.spec.remediation.heartbeat_timeout,
+    });
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in input.to_string().bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("{:010x}", hash & 0xff_ffff_ffff)
+}
+
+fn pool_labels(v: &ValidPool<'_>) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (COMPONENT_LABEL.to_owned(), SFU_COMPONENT.to_owned()),
+        (POOL_LABEL.to_owned(), v.name.clone()),
+    ]
+    .into()
+}
+
+/// Label selector (as a string) of the pool's pods, for the scale subresource.
+pub fn selector_string(pool_name: &str) -> String {
+    format!("{},{POOL_LABEL}={pool_name}", sfu_pods_selector())
+}
+
+fn meta(v: &ValidPool<'_>, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(v.namespace.clone()),
+        labels: Some(pool_labels(v)),
+        owner_references: Some(vec![v.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+pub fn service_account_name(pool: &str) -> String {
+    format!("{pool}-sfu")
+}
+
+pub fn service_account(v: &ValidPool<'_>) -> ServiceAccount {
+    ServiceAccount { metadata: meta(v, service_account_name(&v.name)), ..Default::default() }
+}
+
+/// Binds the shipped `switchboard-sfu` ClusterRole in the pool's namespace, so the
+/// operator needs only `bind` on that role, not the lease permissions it grants.
+pub fn role_binding(v: &ValidPool<'_>) -> RoleBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(v, service_account_name(&v.name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SFU_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": service_account_name(&v.name), "namespace": v.namespace}],
+    }))
+    .expect("valid RoleBinding")
+}
+
+/// Headless Service: DNS for each SFU's internal API.
+pub fn headless_service(v: &ValidPool<'_>) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(v, format!("{}-sfu", v.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": false,
+            "selector": pool_labels(v),
+            "ports": [{"name": "api", "port": API_PORT, "targetPort": API_PORT, "protocol": "TCP"}],
+        },
+    }))
+    .expect("valid Service")
+}
+
+/// Busy pods may not be evicted (`kubectl drain` and the cluster autoscaler wait
+/// until the operator has moved or finished their meetings); idle pods may.
+pub fn disruption_budget(v: &ValidPool<'_>) -> PodDisruptionBudget {
+    let mut selector = pool_labels(v);
+    selector.insert(BUSY_LABEL.into(), "true".into());
+    serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(v, format!("{}-sfu-busy", v.name)),
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": selector}},
+    }))
+    .expect("valid PodDisruptionBudget")
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn value_env(name: &str, value: impl ToString) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.to_string()), ..Default::default() }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("api".into()), ..Default::default() }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+/// One SFU pod of the pool (the API server names it from `generateName`).
+pub fn sfu_pod(v: &ValidPool<'_>) -> Pod {
+    let pool = v.pool;
+    let template = &pool.spec.template;
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    metadata.name = None;
+    metadata.generate_name = Some(format!("{}-", v.name));
+    metadata.namespace = Some(v.namespace.clone());
+    metadata.owner_references = Some(vec![v.owner.clone()]);
+    let labels = metadata.labels.get_or_insert_with(Default::default);
+    labels.extend(pool_labels(v));
+    labels.insert(TEMPLATE_HASH_LABEL.into(), v.template_hash.clone());
+    labels.insert(BUSY_LABEL.into(), "false".into());
+    metadata.annotations.get_or_insert_with(Default::default).insert(SAFE_TO_EVICT_ANNOTATION.into(), "true".into());
+
+    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
+    spec.service_account_name = Some(service_account_name(&v.name));
+    spec.host_network = Some(pool.spec.media.host_network);
+    if spec.affinity.is_none() && spec.topology_spread_constraints.is_none() {
+        placement(&mut spec, v);
+    }
+    let media = &pool.spec.media;
+    let (udp_min, udp_max) = v.udp_ports;
+    let host = media.host_network;
+    let sfu = spec.containers.iter_mut().find(|c| c.name == SFU_CONTAINER).expect("validated: has an sfu container");
+    configure_sfu_container(sfu, v, udp_min, udp_max, host, media.announced_address, media.announced_ips.as_deref());
+    Pod { metadata, spec: Some(spec), status: None }
+}
+
+fn configure_sfu_container(
+    c: &mut Container,
+    v: &ValidPool<'_>,
+    udp_min: i32,
+    udp_max: i32,
+    host_network: bool,
+    announced: AnnouncedAddress,
+    announced_ips: Option<&[String]>,
+) {
+    let announced = match announced {
+        AnnouncedAddress::NodeExternalIP => "NodeExternalIP",
+        AnnouncedAddress::NodeInternalIP => "NodeInternalIP",
+        AnnouncedAddress::PodIP => "PodIP",
+        AnnouncedAddress::Static => "Static",
+    };
+    let ours = vec![
+        value_env(pod_env::POOL, &v.name),
+        field_env(pod_env::NAMESPACE, "metadata.namespace"),
+        field_env(pod_env::POD_NAME, "metadata.name"),
+        field_env(pod_env::POD_IP, "status.podIP"),
+        field_env(pod_env::HOST_IP, "status.hostIP"),
+        field_env(pod_env::NODE_NAME, "spec.nodeName"),
+        value_env(pod_env::API_PORT, API_PORT),
+        value_env(pod_env::UDP_PORT_MIN, udp_min),
+        value_env(pod_env::UDP_PORT_MAX, udp_max),
+        value_env(pod_env::ANNOUNCED_ADDRESS, announced),
+        value_env(pod_env::ANNOUNCED_IPS, announced_ips.unwrap_or_default().join(",")),
+        value_env(pod_env::HEARTBEAT_TTL_SECONDS, v.pool.spec.remediation.heartbeat_timeout.as_std().as_secs().max(1)),
+        value_env(pod_env::CAPACITY_PARTICIPANTS, v.pool.spec.capacity.participants_per_pod),
+    ];
+    let env = c.env.get_or_insert_with(Default::default);
+    env.retain(|e| !ours.iter().any(|o| o.name == e.name));
+    env.extend(ours);
+
+    let ports = c.ports.get_or_insert_with(Default::default);
+    ports.retain(|p| p.name.as_deref() != Some("api") && p.protocol.as_deref() != Some("UDP"));
+    let host_port = |p: i32| host_network.then_some(p);
+    ports.push(ContainerPort { name: Some("api".into()), container_port: API_PORT, protocol: Some("TCP".into()), host_port: host_port(API_PORT), ..Default::default() });
+    for (i, port) in (udp_min..=udp_max).enumerate() {
+        // Port names are at most 15 characters and unique.
+        let name = if udp_min == udp_max { "media".to_owned() } else { format!("media-{i}") };
+        ports.push(ContainerPort { name: Some(name), container_port: port, protocol: Some("UDP".into()), host_port: host_port(port), ..Default::default() });
+    }
+    c.readiness_probe.get_or_insert_with(|| probe("/readyz", 2, 1));
+    c.liveness_probe.get_or_insert_with(|| probe("/healthz", 5, 3));
+}
+
+/// Packed: prefer nodes that already run this pool's pods (fills nodes, so empty
+/// ones can go). Distributed: spread over zones and nodes.
+fn placement(spec: &mut PodSpec, v: &ValidPool<'_>) {
+    let selector = json!({"matchLabels": {POOL_LABEL: v.name}});
+    match v.pool.spec.placement.strategy {
+        PlacementStrategy::Packed => {
+            spec.affinity = Some(
+                serde_json::from_value(json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {"labelSelector": selector, "topologyKey": "kubernetes.io/hostname"}
+                }]}}))
+                .expect("valid affinity"),
+            );
+        }
+        PlacementStrategy::Distributed => {
+            spec.topology_spread_constraints = Some(
+                serde_json::from_value(json!([
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector},
+                    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector},
+                ]))
+                .expect("valid spread"),
+            );
+        }
+    }
+    if !v.pool.spec.zones.is_empty() {
+        let affinity = spec.affinity.get_or_insert_with(Default::default);
+        affinity.node_affinity = Some(
+            serde_json::from_value(json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+                "matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": v.pool.spec.zones}]
+            }]}}))
+            .expect("valid node affinity"),
+        );
+    }
+}
+
+/// Whether a pod of ours belongs to `pool` (label and controller owner).
+pub fn owned_by(pod: &Pod, pool: &SfuPool) -> bool {
+    let uid = pool.metadata.uid.as_deref();
+    pod.labels().get(POOL_LABEL) == pool.metadata.name.as_ref()
+        && pod.owner_references().iter().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> SfuPool {
+        let text = include_str!("../../../examples/sfupool-eu-west.yaml");
+        let mut pool: SfuPool = serde_saphyr::from_str(text).unwrap();
+        pool.metadata.uid = Some("uid-1".into());
+        pool
+    }
+
+    #[test]
+    fn the_pod_carries_the_sfu_contract() {
+        let pool = pool();
+        let v = validate(&pool).unwrap();
+        let pod = sfu_pod(&v);
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[POOL_LABEL], "eu-west");
+        assert_eq!(labels["team"], "media", "template labels are kept");
+        assert_eq!(labels[TEMPLATE_HASH_LABEL], v.template_hash);
+        assert_eq!(pod.metadata.generate_name.as_deref(), Some("eu-west-"));
+        assert_eq!(pod.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("eu-west-sfu"));
+        let sfu = spec.containers.iter().find(|c| c.name == "sfu").unwrap();
+        let env: BTreeMap<_, _> = sfu.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
+        assert_eq!(env[pod_env::POOL].value.as_deref(), Some("eu-west"));
+        assert_eq!(env[pod_env::POD_NAME].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
+        assert_eq!(env[pod_env::UDP_PORT_MIN].value.as_deref(), Some("40000"));
+        let udp = sfu.ports.as_ref().unwrap().iter().filter(|p| p.protocol.as_deref() == Some("UDP")).count();
+        assert_eq!(udp, 100);
+        assert!(sfu.readiness_probe.is_some() && sfu.liveness_probe.is_some());
+        assert!(spec.tolerations.is_some(), "template tolerations are kept");
+    }
+
+    #[test]
+    fn a_template_change_changes_the_hash_and_status_does_not() {
+        let pool = pool();
+        let before = template_hash(&pool);
+        let mut changed = pool.clone();
+        changed.spec.template.spec.as_mut().unwrap().containers[0].image = Some("switchboard-sfu:0.2.0".into());
+        assert_ne!(template_hash(&changed), before);
+        let mut scaled = pool.clone();
+        scaled.spec.replicas = Some(40);
+        scaled.status = Some(Default::default());
+        assert_eq!(template_hash(&scaled), before, "scaling is not a rollout");
+    }
+
+    #[test]
+    fn invalid_pools_are_explained() {
+        let mut pool = pool();
+        pool.spec.template.spec.as_mut().unwrap().containers[0].name = "media".into();
+        assert!(validate(&pool).err().unwrap().contains("container named sfu"));
+        let mut pool = self::pool();
+        pool.spec.media.udp_port_range = Some(switchboard_crds::sfu_pool::PortRange { min: 7000, max: 9000 });
+        assert!(validate(&pool).err().unwrap().contains("at most"));
+    }
+
+    #[test]
+    fn the_budget_covers_busy_pods_only() {
+        let pool = pool();
+        let pdb = disruption_budget(&validate(&pool).unwrap());
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(spec.selector.unwrap().match_labels.unwrap()[BUSY_LABEL], "true");
+    }
+}

@@ -1,0 +1,549 @@
+//! The SfuPool controller: dereference → validate → build → plan → apply → status.
+//!
+//! It watches pools, their pods, the SFUs' heartbeat Leases and node metadata
+//! (for zones). A heartbeat triggers a reconcile only when its state or load
+//! changes, not on every renewal; expiries are found by requeueing at the next
+//! moment the plan could change (`Plan::recheck_after`).
+
+pub mod build;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use switchboard_crds::sfu_pool::{AutoscalingMode, Load, PlacementStrategy, PodSummary, SfuPodState};
+use switchboard_crds::{SfuPool, SfuPoolStatus};
+use switchboard_fleet as fleet;
+use switchboard_heartbeat::{Observed, SfuState};
+use tokio::time::Instant;
+
+use crate::conditions::{condition, same};
+use crate::labels::*;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels};
+use crate::{Error, OperatorConfig, Result};
+
+const CONTROLLER: &str = "sfupool";
+/// How many pods the status lists (the busiest first).
+const STATUS_PODS: usize = 50;
+/// An expected pod creation or deletion not seen in the cache after this is forgotten.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-pool memory between reconciles (lost on restart, which is safe: the
+/// stabilisation window starts again and expectations are re-derived).
+#[derive(Default)]
+struct PoolMemory {
+    scale: fleet::ScaleMemory,
+    /// Generation whose child objects (ServiceAccount, RoleBinding, Service, PDB) were applied.
+    children_applied: Option<i64>,
+    /// Pods created or deleted whose watch event has not arrived yet.
+    expected_created: Vec<(String, Instant)>,
+    expected_deleted: Vec<(String, Instant)>,
+    failures: u32,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Metrics,
+    pods: Store<Pod>,
+    leases: Store<Lease>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    recorder: Recorder,
+    memory: Mutex<HashMap<String, PoolMemory>>,
+}
+
+fn key(pool: &SfuPool) -> String {
+    format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any())
+}
+
+/// Runs the controller until `shutdown` resolves (in-flight reconciles finish).
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (pools, pods, leases): (Api<SfuPool>, Api<Pod>, Api<Lease>) = match &config.watch_namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
+        .default_backoff()
+        .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+        .reflect(pod_writer)
+        .touched_objects();
+
+    let (lease_store, lease_writer) = reflector::store();
+    let lease_stream = watcher(leases, watcher::Config::default().labels(POOL_LABEL))
+        .default_backoff()
+        .modify(|l: &mut Lease| l.managed_fields_mut().clear())
+        .reflect(lease_writer)
+        .touched_objects();
+
+    let (node_store, node_writer) = reflector::store();
+    let node_stream = watcher(nodes, watcher::Config::default())
+        .default_backoff()
+        .modify(|n: &mut PartialObjectMeta<Node>| n.managed_fields_mut().clear())
+        .reflect(node_writer)
+        .touched_objects();
+    // Nodes only feed the store (zones); they trigger nothing.
+    tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
+
+    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        config,
+        metrics,
+        pods: pod_store,
+        leases: lease_store,
+        nodes: node_store,
+        memory: Mutex::default(),
+    });
+
+    // A renewal that changes nothing but renewTime triggers nothing.
+    let last_beats: Mutex<HashMap<String, (SfuState, u32, u32)>> = Mutex::default();
+    let lease_to_pool = move |lease: Lease| {
+        let ns = lease.namespace().unwrap_or_default();
+        let pool = lease.labels().get(POOL_LABEL).cloned();
+        let summary = Observed::from_lease(&lease)
+            .ok()
+            .map(|o| (o.heartbeat.state, o.heartbeat.load.participants, o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks));
+        let lease_key = format!("{ns}/{}", lease.name_any());
+        let changed = {
+            let mut beats = last_beats.lock().expect("lock");
+            match summary {
+                Some(s) => beats.insert(lease_key, s) != Some(s),
+                None => beats.remove(&lease_key).is_some(),
+            }
+        };
+        pool.filter(|_| changed).map(|p| ObjectRef::<SfuPool>::new(&p).within(&ns))
+    };
+
+    Controller::new(pools, watcher::Config::default())
+        .owns_stream(pod_stream)
+        .watches_stream(lease_stream, lease_to_pool)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "sfupool reconcile");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
+    let labels = ControllerLabels { controller: CONTROLLER };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
+    let result = tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span).await;
+    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let mut memory = ctx.memory.lock().expect("lock");
+    let entry = memory.entry(key(&pool)).or_default();
+    match &result {
+        Ok(_) => entry.failures = 0,
+        Err(_) => entry.failures += 1,
+    }
+    result
+}
+
+fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
+        .inc();
+    let failures = ctx.memory.lock().expect("lock").get(&key(&pool)).map_or(1, |m| m.failures.max(1));
+    let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(9))).min(Duration::from_secs(300));
+    tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
+    // Report where a user looks: an Event and the Ready condition.
+    let ctx2 = ctx.clone();
+    let message = error.to_string();
+    tokio::spawn(async move {
+        publish(&ctx2, &pool, EventType::Warning, "ReconcileFailed", &message).await;
+        let api: Api<SfuPool> = Api::namespaced(ctx2.client.clone(), &pool.namespace().unwrap_or_default());
+        let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let cond = condition(&previous, "ReconcileSucceeded", false, "ReconcileFailed", message, pool.metadata.generation);
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
+        let _ = api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await;
+    });
+    Action::requeue(backoff)
+}
+
+async fn publish(ctx: &Context, pool: &SfuPool, type_: EventType, reason: &str, note: &str) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing event");
+    }
+}
+
+fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
+    let a = &pool.spec.autoscaling;
+    fleet::Policy {
+        mode: match a.mode {
+            AutoscalingMode::Builtin => fleet::Mode::Builtin,
+            AutoscalingMode::External => fleet::Mode::External,
+        },
+        min_replicas: a.min_replicas.max(0) as u32,
+        max_replicas: a.max_replicas.max(0) as u32,
+        spec_replicas: pool.spec.replicas.map(|r| r.max(0) as u32),
+        participants_per_pod: pool.spec.capacity.participants_per_pod.max(1) as u64,
+        buffer: match &a.buffer {
+            Some(b) if b.participants.is_some() => fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64),
+            Some(b) if b.percent.is_some() => fleet::Buffer::Percent(b.percent.unwrap_or(0).max(0) as u64),
+            _ => fleet::Buffer::None,
+        },
+        scale_down_stabilization: a.scale_down_stabilization.as_std(),
+        strategy: match pool.spec.placement.strategy {
+            PlacementStrategy::Packed => fleet::Strategy::Packed,
+            PlacementStrategy::Distributed => fleet::Strategy::Distributed,
+        },
+        heartbeat_timeout: pool.spec.remediation.heartbeat_timeout.as_std(),
+        drain_timeout: pool.spec.drain.timeout.as_std(),
+        startup_timeout: ctx.config.sfu_startup_timeout,
+        template_hash: hash.to_owned(),
+    }
+}
+
+fn pod_view(pod: &Pod, beat: Option<&Observed>, ctx: &Context) -> fleet::PodView {
+    let status = pod.status.as_ref();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let zone = node.as_ref().and_then(|n| {
+        ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get("topology.kubernetes.io/zone").cloned())
+    });
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let phase = status.and_then(|s| s.phase.as_deref());
+    fleet::PodView {
+        name: pod.name_any(),
+        template_hash: pod.labels().get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default(),
+        node,
+        zone,
+        created: pod.metadata.creation_timestamp.as_ref().map_or_else(jiff::Timestamp::now, |t| t.0),
+        ready,
+        finished: matches!(phase, Some("Failed" | "Succeeded")),
+        draining_since: pod.annotations().get(DRAINING_ANNOTATION).and_then(|t| t.parse().ok()),
+        heartbeat: beat.and_then(|o| {
+            Some(fleet::HeartbeatView {
+                state: match o.heartbeat.state {
+                    SfuState::Starting => fleet::ReportedState::Starting,
+                    SfuState::Ready => fleet::ReportedState::Ready,
+                    SfuState::Draining => fleet::ReportedState::Draining,
+                    SfuState::Unhealthy => fleet::ReportedState::Unhealthy,
+                },
+                participants: o.heartbeat.load.participants as u64,
+                tracks: (o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks) as u64,
+                renewed: o.renewed?,
+            })
+        }),
+    }
+}
+
+async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
+    if pool.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove pods and children.
+        return Ok(Action::await_change());
+    }
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let pools: Api<SfuPool> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // Validate (pure).
+    let valid = match build::validate(pool) {
+        Ok(v) => v,
+        Err(reason) => {
+            publish(ctx, pool, EventType::Warning, "InvalidSpec", &reason).await;
+            let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            let cond = condition(&previous, "ReconcileSucceeded", false, "InvalidSpec", reason, pool.metadata.generation);
+            let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
+            pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Children, once per generation.
+    let generation = pool.metadata.generation;
+    let children_done = ctx.memory.lock().expect("lock").get(&key(pool)).and_then(|m| m.children_applied) == generation;
+    if !children_done {
+        apply_children(&valid, ctx).await?;
+        ctx.memory.lock().expect("lock").entry(key(pool)).or_default().children_applied = generation;
+    }
+
+    // Dereference from the caches.
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && build::owned_by(p, pool))
+        .collect();
+    let beats: HashMap<String, Observed> = ctx
+        .leases
+        .state()
+        .into_iter()
+        .filter(|l| l.namespace().as_deref() == Some(namespace.as_str()) && l.labels().get(POOL_LABEL) == Some(&name))
+        .filter_map(|l| Observed::from_lease(&l).ok())
+        .map(|o| (o.pod.clone(), o))
+        .collect();
+    let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+
+    // Wait for the cache to show what we did last time (no double creations).
+    let settled = {
+        let mut memory = ctx.memory.lock().expect("lock");
+        let m = memory.entry(key(pool)).or_default();
+        m.expected_created.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
+        m.expected_deleted.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.name_any() == *n));
+        m.expected_created.is_empty() && m.expected_deleted.is_empty()
+    };
+    if !settled {
+        return Ok(Action::requeue(Duration::from_millis(250)));
+    }
+
+    // Plan (pure).
+    let views: Vec<fleet::PodView> = live.iter().map(|p| pod_view(p, beats.get(&p.name_any()), ctx)).collect();
+    let policy = policy(pool, &valid.template_hash, ctx);
+    let now = jiff::Timestamp::now();
+    let plan = {
+        let mut memory = ctx.memory.lock().expect("lock");
+        let m = memory.entry(key(pool)).or_default();
+        fleet::plan(&policy, &views, 0, now, &mut m.scale)
+    };
+
+    // Apply.
+    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(replicas) = plan.write_spec_replicas {
+        let from = pool.spec.replicas.unwrap_or(0);
+        pools.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": replicas}}))).await?;
+        let (reason, what) = if replicas as i32 > from { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
+        let note = format!(
+            "scaled {what} from {from} to {replicas} pods: {} participants allocated, capacity {} per pod",
+            plan.allocated_participants, policy.participants_per_pod
+        );
+        publish(ctx, pool, EventType::Normal, reason, &note).await;
+    }
+    let mut created = Vec::new();
+    for _ in 0..plan.create {
+        let pod = pod_api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &build::sfu_pod(&valid)).await?;
+        created.push(pod.name_any());
+        count(ctx, "create", "Desired");
+    }
+    if !created.is_empty() {
+        let note = format!("created {} SFU pod(s): {}", created.len(), summarize(&created));
+        publish(ctx, pool, EventType::Normal, "PodsCreated", &note).await;
+    }
+    let mut deleted = Vec::new();
+    for (pod_name, reason) in &plan.delete {
+        let Some(pod) = live.iter().find(|p| p.name_any() == *pod_name) else { continue };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+            ..Default::default()
+        };
+        match pod_api.delete(pod_name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        deleted.push(pod_name.clone());
+        let (label, event_type, why) = match reason {
+            fleet::DeleteReason::Unhealthy => ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it"),
+            fleet::DeleteReason::Drained => ("Drained", EventType::Normal, "drained: no participants left"),
+            fleet::DeleteReason::DrainTimeout => ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it"),
+            fleet::DeleteReason::ScaleDown => ("ScaleDown", EventType::Normal, "not needed and empty"),
+            fleet::DeleteReason::Outdated => ("Outdated", EventType::Normal, "replaced by a pod of the new template"),
+        };
+        count(ctx, "delete", label);
+        publish(ctx, pool, event_type, &format!("PodDeleted{label}"), &format!("deleted pod {pod_name}: {why}")).await;
+    }
+    for pod_name in &plan.start_drain {
+        let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: now.to_string()}}});
+        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        count(ctx, "drain", "ScaleDownOrUpdate");
+        let note = format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty");
+        publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
+    }
+    for pod_name in &plan.cancel_drain {
+        let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null}}});
+        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        count(ctx, "undrain", "ScaleUp");
+    }
+    // Busy pods: not evictable by the cluster autoscaler, covered by the PDB.
+    for p in &plan.pods {
+        let Some(pod) = live.iter().find(|x| x.name_any() == p.name) else { continue };
+        let want_safe = if p.safe_to_evict { "true" } else { "false" };
+        let want_busy = if p.safe_to_evict { "false" } else { "true" };
+        let has_safe = pod.annotations().get(SAFE_TO_EVICT_ANNOTATION).map(String::as_str);
+        let has_busy = pod.labels().get(BUSY_LABEL).map(String::as_str);
+        if has_safe != Some(want_safe) || has_busy != Some(want_busy) {
+            let patch = json!({"metadata": {"annotations": {SAFE_TO_EVICT_ANNOTATION: want_safe}, "labels": {BUSY_LABEL: want_busy}}});
+            match pod_api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    {
+        let mut memory = ctx.memory.lock().expect("lock");
+        let m = memory.entry(key(pool)).or_default();
+        let at = Instant::now();
+        m.expected_created.extend(created.into_iter().map(|n| (n, at)));
+        m.expected_deleted.extend(deleted.into_iter().map(|n| (n, at)));
+    }
+
+    // Status.
+    let status = status(pool, &plan, &policy, &live, ctx);
+    update_metrics(ctx, &namespace, &name, &plan);
+    let current = pool.status.clone().unwrap_or_default();
+    if !same_status(&current, &status) {
+        let was_available = current.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+        let now_available = status.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": status});
+        pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        if now_available && !was_available {
+            let note = format!("{} of {} SFU pods Ready", status.ready_replicas, plan.desired);
+            publish(ctx, pool, EventType::Normal, "Available", &note).await;
+        }
+        if let Some(limit) = &plan.scaling_limited {
+            let was_limited = current.conditions.iter().any(|c| c.type_ == "ScalingLimited" && c.status == "True");
+            if !was_limited {
+                publish(ctx, pool, EventType::Warning, "ScalingLimited", &limit.message).await;
+            }
+        }
+    }
+
+    let next = plan.recheck_after.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    Ok(Action::requeue(next))
+}
+
+fn summarize(names: &[String]) -> String {
+    if names.len() <= 5 { names.join(", ") } else { format!("{}, and {} more", names[..5].join(", "), names.len() - 5) }
+}
+
+fn count(ctx: &Context, action: &'static str, reason: &'static str) {
+    ctx.metrics.sfu_pod_actions.get_or_create(&PodActionLabels { action, reason }).inc();
+}
+
+async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let ns = &v.namespace;
+    let c = &ctx.client;
+    let sa = build::service_account(v);
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns).patch(&sa.name_any(), &params, &Patch::Apply(&sa)).await?;
+    let rb = build::role_binding(v);
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns).patch(&rb.name_any(), &params, &Patch::Apply(&rb)).await?;
+    let svc = build::headless_service(v);
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns).patch(&svc.name_any(), &params, &Patch::Apply(&svc)).await?;
+    let pdb = build::disruption_budget(v);
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns).patch(&pdb.name_any(), &params, &Patch::Apply(&pdb)).await?;
+    Ok(())
+}
+
+fn state_of(s: fleet::PodState) -> SfuPodState {
+    match s {
+        fleet::PodState::Starting => SfuPodState::Starting,
+        fleet::PodState::Ready => SfuPodState::Ready,
+        fleet::PodState::Draining => SfuPodState::Draining,
+        fleet::PodState::Drained => SfuPodState::Drained,
+        fleet::PodState::Unhealthy => SfuPodState::Unhealthy,
+    }
+}
+
+fn status(pool: &SfuPool, plan: &fleet::Plan, policy: &fleet::Policy, live: &[&Arc<Pod>], ctx: &Context) -> SfuPoolStatus {
+    let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let ready = plan.count(fleet::PodState::Ready);
+    let deleting: Vec<&str> = plan.delete.iter().map(|(n, _)| n.as_str()).collect();
+    let mut pods: Vec<PodSummary> = plan
+        .pods
+        .iter()
+        .filter(|p| !deleting.contains(&p.name.as_str()))
+        .map(|p| {
+            let pod = live.iter().find(|x| x.name_any() == p.name);
+            let node = pod.and_then(|x| x.spec.as_ref()).and_then(|s| s.node_name.clone());
+            let zone = node.as_ref().and_then(|n| {
+                ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get("topology.kubernetes.io/zone").cloned())
+            });
+            PodSummary { name: p.name.clone(), state: state_of(p.state), node, zone, participants: p.participants as i64, tracks: p.tracks as i64 }
+        })
+        .collect();
+    pods.sort_by(|a, b| b.participants.cmp(&a.participants).then(a.name.cmp(&b.name)));
+    pods.truncate(STATUS_PODS);
+
+    let min_ready = policy.min_replicas.min(plan.desired);
+    let available = ready >= min_ready && (ready > 0 || plan.desired == 0);
+    let progressing_why = if plan.create > 0 || plan.count(fleet::PodState::Starting) > 0 {
+        Some(("PodsStarting", format!("{} of {} pods Ready", ready, plan.desired)))
+    } else if plan.outdated > 0 {
+        Some(("RollingUpdate", format!("{} pods of an older template remain", plan.outdated)))
+    } else if plan.count(fleet::PodState::Draining) > 0 {
+        Some(("Draining", format!("{} pods draining", plan.count(fleet::PodState::Draining))))
+    } else {
+        None
+    };
+    let conditions = vec![
+        condition(
+            &previous,
+            "Available",
+            available,
+            if available { "MinimumReplicasReady" } else { "NotEnoughReadyPods" },
+            format!("{ready} Ready SFU pods; at least {min_ready} needed"),
+            generation,
+        ),
+        match &progressing_why {
+            Some((reason, message)) => condition(&previous, "Progressing", true, reason, message.clone(), generation),
+            None => condition(&previous, "Progressing", false, "Stable", format!("{} pods as desired", plan.desired), generation),
+        },
+        match &plan.scaling_limited {
+            Some(limit) => condition(&previous, "ScalingLimited", true, limit.reason, limit.message.clone(), generation),
+            None => condition(&previous, "ScalingLimited", false, "WithinLimits", format!("{} pods within [{}, {}]", plan.desired, policy.min_replicas, policy.max_replicas), generation),
+        },
+        condition(&previous, "ReconcileSucceeded", true, "Reconciled", "", generation),
+    ];
+    SfuPoolStatus {
+        observed_generation: generation,
+        replicas: live.len() as i32,
+        ready_replicas: ready as i32,
+        draining_replicas: (plan.count(fleet::PodState::Draining) + plan.count(fleet::PodState::Drained)) as i32,
+        unhealthy_replicas: plan.count(fleet::PodState::Unhealthy) as i32,
+        selector: Some(build::selector_string(&pool.name_any())),
+        capacity: Some(Load { participants: plan.ready_capacity as i64, tracks: None }),
+        allocated: Some(Load { participants: plan.allocated_participants as i64, tracks: Some(plan.allocated_tracks as i64) }),
+        reserved: Some(Load { participants: plan.reserved_participants as i64, tracks: None }),
+        pods,
+        conditions,
+    }
+}
+
+fn same_status(a: &SfuPoolStatus, b: &SfuPoolStatus) -> bool {
+    let strip = |s: &SfuPoolStatus| SfuPoolStatus { conditions: vec![], ..s.clone() };
+    strip(a) == strip(b) && same(&a.conditions, &b.conditions)
+}
+
+fn update_metrics(ctx: &Context, namespace: &str, name: &str, plan: &fleet::Plan) {
+    let labels = PoolLabels { namespace: namespace.into(), pool: name.into() };
+    ctx.metrics.pool_ready_pods.get_or_create(&labels).set(plan.count(fleet::PodState::Ready) as i64);
+    ctx.metrics.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
+    ctx.metrics.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
+    ctx.metrics.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
+}
+
+/// Lists a pool's pods (for tests and tools).
+pub async fn list_pool_pods(client: &Client, namespace: &str, pool: &str) -> kube::Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().labels(&build::selector_string(pool));
+    Ok(api.list(&lp).await?.items)
+}
