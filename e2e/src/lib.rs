@@ -85,7 +85,9 @@ pub async fn client() -> Client {
 /// A client for a given kubeconfig.
 pub async fn client_for(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("readable kubeconfig");
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
+    // A 429 (a PodDisruptionBudget refusing an eviction) must reach the test, not be retried for minutes.
+    config.default_retry = false;
     Client::try_from(config).expect("client")
 }
 
@@ -94,6 +96,7 @@ pub async fn client_with_token(token: &str) -> Client {
     let kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("readable kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
     config.auth_info = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
+    config.default_retry = false;
     Client::try_from(config).expect("client")
 }
 
