@@ -24,6 +24,8 @@ use kube::{Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 pub mod nodes;
+pub mod operator;
+pub mod sfu_sim;
 
 /// Field manager the tests apply with.
 pub const FIELD_MANAGER: &str = "switchboard-e2e";

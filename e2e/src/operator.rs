@@ -1,0 +1,109 @@
+//! Runs the operator in-process for a test, under the repo's RBAC (a
+//! ServiceAccount token bound to `operator/rbac/*.yaml`), never as cluster admin.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::core::DynamicObject;
+use serde_json::json;
+use switchboard_operator::{Health, Metrics, OperatorConfig};
+use tokio::task::JoinHandle;
+
+use crate::{Resolver, client_with_token, parse_manifest, repo_root};
+
+/// A running operator replica.
+pub struct OperatorHandle {
+    pub identity: String,
+    pub metrics: Metrics,
+    pub client: Client,
+    task: JoinHandle<anyhow::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl OperatorHandle {
+    /// Kills the replica as a crash would: no cleanup, its Lease is not released.
+    pub fn kill(mut self) {
+        self.stop.take();
+        self.task.abort();
+    }
+
+    /// Stops it gracefully (releases leadership) and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(30), &mut self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(anyhow::anyhow!("operator task: {e}")),
+            Err(_) => Err(anyhow::anyhow!("operator did not stop within 30s")),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics.leader.get() == 1
+    }
+
+    pub fn reconciles(&self) -> u64 {
+        self.metrics.reconciles_of("sfupool")
+    }
+}
+
+/// Applies the operator's ClusterRoles and binds them, and the leader Role, to a
+/// ServiceAccount `switchboard-operator` in `namespace`. Returns a client holding
+/// that ServiceAccount's token.
+pub async fn operator_identity(admin: &Client, namespace: &str) -> Client {
+    let resolver = Resolver::new(admin).await;
+    for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "leader-role.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("operator/rbac").join(file)).unwrap();
+        for obj in parse_manifest(&text).unwrap() {
+            resolver.apply(admin, &obj, namespace).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "switchboard-operator"}})).unwrap();
+    match sas.create(&PostParams::default(), &sa).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create operator ServiceAccount: {e}"),
+    }
+    let subject = json!([{"kind": "ServiceAccount", "name": "switchboard-operator", "namespace": namespace}]);
+    let bindings = [
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": format!("switchboard-operator-{namespace}")},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "switchboard-operator"},
+               "subjects": subject}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "switchboard-operator-leader"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "switchboard-operator-leader"},
+               "subjects": subject}),
+    ];
+    for binding in bindings {
+        let obj: DynamicObject = serde_json::from_value(binding).unwrap();
+        resolver.apply(admin, &obj, namespace).await.expect("binding");
+    }
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let token = sas
+        .create_token_request("switchboard-operator", &PostParams::default(), &request)
+        .await
+        .expect("token for the operator")
+        .status
+        .and_then(|s| s.token)
+        .expect("token");
+    client_with_token(&token).await
+}
+
+/// Starts an operator replica watching `namespace` with the given client.
+pub fn start_operator(client: Client, namespace: &str, identity: &str, lease: Duration) -> OperatorHandle {
+    let mut config = OperatorConfig::for_namespace(namespace, identity);
+    config.lease_duration = lease;
+    config.sfu_startup_timeout = Duration::from_secs(30);
+    let metrics = Metrics::default();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(switchboard_operator::run(client.clone(), config, metrics.clone(), Health::default(), async move {
+        let _ = stopped.await;
+    }));
+    OperatorHandle { identity: identity.into(), metrics, client, task, stop: Some(stop) }
+}

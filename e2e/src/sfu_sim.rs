@@ -1,0 +1,73 @@
+//! Stands in for the SFU processes of a pool: renews a heartbeat Lease for each of
+//! its pods (as the real SFU does), with a load the test sets per pod.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use switchboard_heartbeat::{Heartbeat, Load, POOL_LABEL, SfuState};
+
+#[derive(Default)]
+struct Shared {
+    participants: HashMap<String, u32>,
+    silenced: HashSet<String>,
+}
+
+/// Heartbeats for every pod of one pool until dropped.
+pub struct SimulatedSfus {
+    shared: Arc<Mutex<Shared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimulatedSfus {
+    pub fn start(client: Client, namespace: &str, pool: &str, interval: Duration) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (ns, pool, state) = (namespace.to_owned(), pool.to_owned(), shared.clone());
+        let task = tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+            let selector = format!("{POOL_LABEL}={pool}");
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+                    for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                        let name = pod.name_any();
+                        let (participants, silenced) = {
+                            let s = state.lock().unwrap();
+                            (s.participants.get(&name).copied().unwrap_or(0), s.silenced.contains(&name))
+                        };
+                        if silenced {
+                            continue;
+                        }
+                        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| "127.0.0.1".into());
+                        let load = Load { participants, rooms: participants.div_ceil(10), ..Default::default() };
+                        let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), load);
+                        let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(10));
+                        let _ = leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Self { shared, task }
+    }
+
+    /// Sets the participants a pod reports.
+    pub fn set_participants(&self, pod: &str, participants: u32) {
+        self.shared.lock().unwrap().participants.insert(pod.into(), participants);
+    }
+
+    /// Stops heartbeats of one pod, as if its SFU process died.
+    pub fn silence(&self, pod: &str) {
+        self.shared.lock().unwrap().silenced.insert(pod.into());
+    }
+}
+
+impl Drop for SimulatedSfus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
