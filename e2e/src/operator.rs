@@ -55,6 +55,21 @@ impl OperatorHandle {
 /// ServiceAccount `switchboard-operator` in `namespace`. Returns a client holding
 /// that ServiceAccount's token.
 pub async fn operator_identity(admin: &Client, namespace: &str) -> Client {
+    client_with_token(&operator_token(admin, namespace).await).await
+}
+
+/// Writes a kubeconfig for the local cluster that authenticates with `token`.
+pub fn token_kubeconfig(token: &str, path: &std::path::Path) -> std::path::PathBuf {
+    let mut kc = kube::config::Kubeconfig::read_from(&crate::cluster().kubeconfig).expect("admin kubeconfig");
+    for auth in &mut kc.auth_infos {
+        auth.auth_info = Some(kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() });
+    }
+    std::fs::write(path, serde_saphyr::to_string(&kc).expect("kubeconfig serializes")).expect("write kubeconfig");
+    path.to_owned()
+}
+
+/// Like [`operator_identity`], returning the ServiceAccount token itself.
+pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let resolver = Resolver::new(admin).await;
     for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "leader-role.yaml"] {
         let text = std::fs::read_to_string(repo_root().join("operator/rbac").join(file)).unwrap();
@@ -85,14 +100,12 @@ pub async fn operator_identity(admin: &Client, namespace: &str) -> Client {
         resolver.apply(admin, &obj, namespace).await.expect("binding");
     }
     let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let token = sas
-        .create_token_request("switchboard-operator", &PostParams::default(), &request)
+    sas.create_token_request("switchboard-operator", &PostParams::default(), &request)
         .await
         .expect("token for the operator")
         .status
         .and_then(|s| s.token)
-        .expect("token");
-    client_with_token(&token).await
+        .expect("token")
 }
 
 /// Starts an operator replica watching `namespace` with the given client.

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// | `SWITCHBOARD_LEADER_LEASE` | `switchboard-operator-leader` | its name |
 /// | `SWITCHBOARD_LEADER_LEASE_SECONDS` | 15 | how long a leader's Lease holds without renewal |
 /// | `POD_NAME` | host name | this replica's identity in the Lease |
-/// | `SWITCHBOARD_HTTP_ADDR` | `0.0.0.0:8080` | `/metrics`, `/healthz`, `/readyz` |
+/// | `SWITCHBOARD_HTTP_ADDR` | `0.0.0.0:8080` in a cluster, `127.0.0.1:8080` outside | `/metrics`, `/healthz`, `/readyz` |
 /// | `SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS` | 120 | an SFU pod without a first heartbeat after this is Unhealthy |
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -43,7 +43,13 @@ impl OperatorConfig {
             leader_lease: var("SWITCHBOARD_LEADER_LEASE").unwrap_or_else(|| "switchboard-operator-leader".into()),
             lease_duration: secs("SWITCHBOARD_LEADER_LEASE_SECONDS", 15)?,
             identity,
-            http_addr: var("SWITCHBOARD_HTTP_ADDR").unwrap_or_else(|| "0.0.0.0:8080".into()).parse()?,
+            http_addr: var("SWITCHBOARD_HTTP_ADDR")
+                .unwrap_or_else(|| {
+                    // In a pod the kubelet probes the pod IP; run locally, stay on loopback.
+                    let in_cluster = var("KUBERNETES_SERVICE_HOST").is_some();
+                    if in_cluster { "0.0.0.0:8080" } else { "127.0.0.1:8080" }.into()
+                })
+                .parse()?,
             sfu_startup_timeout: secs("SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS", 120)?,
         })
     }

@@ -1,0 +1,259 @@
+//! Benchmark: N pools of M SFU pods each on K kwok nodes, from nothing to every
+//! pool reporting M Ready pods. Runs the release operator binary as its own
+//! process (under the repo's RBAC) so that its peak RSS is measured, and
+//! simulates the SFUs' heartbeats. Prints a table.
+//!
+//! `cargo run --release -p switchboard-e2e --bin pool-bench -- [--pools 100] [--pods-per-pool 20] [--nodes 50]`
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use switchboard_crds::SfuPool;
+use switchboard_e2e::*;
+use switchboard_heartbeat::{Heartbeat, Load, POOL_LABEL, SfuState};
+
+struct Args {
+    pools: usize,
+    pods_per_pool: usize,
+    nodes: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { pools: 100, pods_per_pool: 20, nodes: 50 };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok()).expect("a number after each flag");
+        match pair[0].as_str() {
+            "--pools" => a.pools = value,
+            "--pods-per-pool" => a.pods_per_pool = value,
+            "--nodes" => a.nodes = value,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// Quantile from a Prometheus histogram's cumulative buckets (linear inside a bucket).
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let want = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= want {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let within = if count > prev.1 { (want - prev.1) / (count - prev.1) } else { 1.0 };
+            return prev.0 + (le - prev.0) * within;
+        }
+        prev = (le, count);
+    }
+    prev.0
+}
+
+fn parse_metrics(text: &str) -> (f64, Vec<(f64, f64)>) {
+    let mut reconciles = 0.0;
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("switchboard_reconciles_total{controller=\"sfupool\"}") {
+            reconciles = line.rsplit(' ').next().unwrap().parse().unwrap_or(0.0);
+        }
+        if let Some(rest) = line.strip_prefix("switchboard_reconcile_duration_seconds_bucket{") {
+            if !rest.contains("controller=\"sfupool\"") {
+                continue;
+            }
+            let le = rest.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+            let count = line.rsplit(' ').next().unwrap().parse().unwrap_or(0.0);
+            buckets.push((le, count));
+        }
+    }
+    (reconciles, buckets)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = args();
+    let total = args.pools * args.pods_per_pool;
+    eprintln!("pool-bench: {} pools x {} pods = {total} SFU pods on {} nodes", args.pools, args.pods_per_pool, args.nodes);
+    let admin = client().await;
+    install_crds(&admin).await;
+
+    // Nodes for the benchmark only; pools select them.
+    stream::iter(0..args.nodes)
+        .for_each_concurrent(16, |i| {
+            let admin = admin.clone();
+            async move {
+                let zone = format!("eu-west-1{}", (b'a' + (i % 3) as u8) as char);
+                nodes::create_node(&admin, &format!("bench-node-{i}"), "eu-west-1", &zone).await;
+                let label = json!({"metadata": {"labels": {"switchboard.dev/bench": "true"}}});
+                Api::<Node>::all(admin).patch(&format!("bench-node-{i}"), &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+            }
+        })
+        .await;
+
+    let ns = TestNamespace::create(&admin, "pool-bench").await;
+    let token = operator::operator_token(&admin, &ns.name).await;
+    let dir = std::env::temp_dir().join(format!("pool-bench-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
+
+    // The release operator binary, as its own process.
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the operator");
+    let binary = repo_root().join("target/release/operator");
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let mut child = tokio::process::Command::new(&binary)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SWITCHBOARD_WATCH_NAMESPACE", &ns.name)
+        .env("SWITCHBOARD_LEADER_NAMESPACE", &ns.name)
+        .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+
+    // Simulated SFUs: every Running pod beats every 10 s (heartbeat timeout 60 s).
+    let beats = tokio::spawn(simulate_heartbeats(admin.clone(), ns.name.clone()));
+
+    let pools: Api<SfuPool> = ns.api();
+    let start = Instant::now();
+    stream::iter(0..args.pools)
+        .for_each_concurrent(16, |i| {
+            let pools = pools.clone();
+            let n = args.pods_per_pool as i32;
+            async move {
+                let pool = json!({
+                    "apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": format!("pool-{i:03}")},
+                    "spec": {
+                        "autoscaling": {"minReplicas": n, "maxReplicas": n * 2},
+                        "capacity": {"participantsPerPod": 250},
+                        "remediation": {"heartbeatTimeout": "60s"},
+                        "placement": {"strategy": if i % 2 == 0 { "Packed" } else { "Distributed" }},
+                        "template": {"spec": {
+                            "nodeSelector": {"switchboard.dev/bench": "true"},
+                            "containers": [{"name": "sfu", "image": "switchboard-sfu:bench", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]
+                        }}
+                    }
+                });
+                pools.patch(&format!("pool-{i:03}"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pool)).await.unwrap();
+            }
+        })
+        .await;
+    let created = start.elapsed();
+
+    let mut peak_rss_kib = 0u64;
+    let mut all_pods_at = None;
+    let converged = loop {
+        peak_rss_kib = peak_rss_kib.max(rss_kib(pid));
+        let list = pools.list(&ListParams::default()).await.unwrap();
+        let ready: usize = list.items.iter().filter_map(|p| p.status.as_ref()).map(|s| s.ready_replicas.max(0) as usize).sum();
+        if all_pods_at.is_none() {
+            let pods = ns.api::<Pod>().list(&ListParams::default().labels(POOL_LABEL)).await.unwrap();
+            let running = pods.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
+            if running >= total {
+                all_pods_at = Some(start.elapsed());
+            }
+        }
+        if ready == total {
+            break start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            panic!("not converged after 600 s: {ready} of {total} Ready; see {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let text = reqwest_metrics(port).await;
+    let (reconciles, buckets) = parse_metrics(&text);
+    peak_rss_kib = peak_rss_kib.max(hwm_kib(pid));
+    beats.abort();
+    let _ = child.kill().await;
+
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| pools x pods per pool | {} x {} = {total} SFU pods on {} kwok nodes |", args.pools, args.pods_per_pool, args.nodes);
+    println!("| pools created (API) | {:.1} s |", created.as_secs_f64());
+    println!("| all pods Running | {:.1} s |", all_pods_at.unwrap_or(converged).as_secs_f64());
+    println!("| converged (every pool: all pods Ready in status) | {:.1} s |", converged.as_secs_f64());
+    println!("| reconciles | {reconciles:.0} ({:.1}/s) |", reconciles / converged.as_secs_f64());
+    println!("| reconcile latency p50 / p99 | {:.1} ms / {:.1} ms |", quantile(&buckets, 0.5) * 1e3, quantile(&buckets, 0.99) * 1e3);
+    println!("| operator peak RSS | {:.1} MiB |", peak_rss_kib as f64 / 1024.0);
+
+    // Clean up: the namespace (pods go with their pools) and the bench nodes.
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &DeleteParams::background()).await;
+    for i in 0..args.nodes {
+        nodes::delete_node(&admin, &format!("bench-node-{i}")).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+fn hwm_kib(pid: u32) -> u64 {
+    status_field(pid, "VmHWM:")
+}
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn reqwest_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("operator metrics port");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+async fn simulate_heartbeats(client: Client, ns: String) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let Ok(list) = pods.list(&ListParams::default().labels(POOL_LABEL)).await else { continue };
+        let due: Vec<(String, String, String)> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter(|p| last.get(&p.name_any()).is_none_or(|t| t.elapsed() > Duration::from_secs(10)))
+            .map(|p| {
+                let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+                (p.name_any(), p.labels()[POOL_LABEL].clone(), ip)
+            })
+            .collect();
+        for (name, _, _) in &due {
+            last.insert(name.clone(), Instant::now());
+        }
+        stream::iter(due)
+            .for_each_concurrent(16, |(name, pool, ip)| {
+                let leases = leases.clone();
+                let ns = ns.clone();
+                async move {
+                    let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), Load::default());
+                    let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(60));
+                    let _ = leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
+                }
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
