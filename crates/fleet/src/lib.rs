@@ -83,6 +83,10 @@ pub struct PodView {
     pub node: Option<String>,
     pub zone: Option<String>,
     pub created: Timestamp,
+    /// When the node started the pod (`status.startTime`); None while it waits for
+    /// a node. The start-up timeout counts from here: a pod waiting for the
+    /// scheduler is not unhealthy, and replacing it would not help.
+    pub started: Option<Timestamp>,
     /// The pod's Ready condition.
     pub ready: bool,
     /// Phase Failed or Succeeded: it will not serve again.
@@ -187,7 +191,7 @@ pub fn pod_state(policy: &Policy, pod: &PodView, now: Timestamp) -> PodState {
         return PodState::Unhealthy;
     }
     let Some(hb) = &pod.heartbeat else {
-        if since(now, pod.created) >= policy.startup_timeout {
+        if pod.started.is_some_and(|started| since(now, started) >= policy.startup_timeout) {
             return PodState::Unhealthy;
         }
         return if pod.draining_since.is_some() { PodState::Drained } else { PodState::Starting };
@@ -348,8 +352,8 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
                 }
             }
             PodState::Starting => {
-                if p.pod.heartbeat.is_none() {
-                    soon(until(now, p.pod.created, policy.startup_timeout));
+                if let (None, Some(started)) = (&p.pod.heartbeat, p.pod.started) {
+                    soon(until(now, started, policy.startup_timeout));
                 }
             }
             PodState::Ready => {}

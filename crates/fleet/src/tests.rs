@@ -30,6 +30,7 @@ fn pod(name: &str, node: &str, participants: u64, now: Timestamp) -> PodView {
         node: Some(node.into()),
         zone: Some(format!("zone-{node}")),
         created: t(-1000),
+        started: Some(t(-999)),
         ready: true,
         finished: false,
         draining_since: None,
@@ -57,8 +58,11 @@ fn pod_states_follow_heartbeats() {
     assert_eq!(pod_state(&p, &pod, now), PodState::Draining, "the SFU drains itself (SIGTERM)");
     pod.heartbeat = None;
     pod.created = t(-5);
+    pod.started = Some(t(-4));
     assert_eq!(pod_state(&p, &pod, now), PodState::Starting, "no heartbeat yet");
-    assert_eq!(pod_state(&p, &pod, t(200)), PodState::Unhealthy, "never started");
+    assert_eq!(pod_state(&p, &pod, t(200)), PodState::Unhealthy, "never sent a heartbeat");
+    pod.started = None;
+    assert_eq!(pod_state(&p, &pod, t(2000)), PodState::Starting, "waiting for a node is not unhealthy");
     pod.finished = true;
     assert_eq!(pod_state(&p, &pod, now), PodState::Unhealthy);
 }

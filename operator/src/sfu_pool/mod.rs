@@ -236,6 +236,7 @@ fn pod_view(pod: &Pod, beat: Option<&Observed>, ctx: &Context) -> fleet::PodView
         node,
         zone,
         created: pod.metadata.creation_timestamp.as_ref().map_or_else(jiff::Timestamp::now, |t| t.0),
+        started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
         ready,
         finished: matches!(phase, Some("Failed" | "Succeeded")),
         draining_since: pod.annotations().get(DRAINING_ANNOTATION).and_then(|t| t.parse().ok()),
