@@ -55,7 +55,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register("reconcile_errors", "Reconciles that failed, by controller and error kind", reconcile_errors.clone());
         let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
         });
         registry.register("reconcile_duration_seconds", "Time a reconcile takes", reconcile_duration.clone());
         let leader = Gauge::default();

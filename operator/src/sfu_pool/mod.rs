@@ -337,15 +337,34 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         );
         publish(ctx, pool, EventType::Normal, reason, &note).await;
     }
+    // Creations go out in parallel: a new pool of 20 pods should not wait for 20 round trips.
+    let pod = build::sfu_pod(&valid);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let results: Vec<kube::Result<Pod>> = futures::stream::iter(0..plan.create)
+        .map(|_| pod_api.create(&params, &pod))
+        .buffer_unordered(8)
+        .collect()
+        .await;
     let mut created = Vec::new();
-    for _ in 0..plan.create {
-        let pod = pod_api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &build::sfu_pod(&valid)).await?;
-        created.push(pod.name_any());
-        count(ctx, "create", "Desired");
+    let mut create_error = None;
+    for result in results {
+        match result {
+            Ok(pod) => {
+                created.push(pod.name_any());
+                count(ctx, "create", "Desired");
+            }
+            Err(e) => create_error = Some(e),
+        }
     }
     if !created.is_empty() {
         let note = format!("created {} SFU pod(s): {}", created.len(), summarize(&created));
         publish(ctx, pool, EventType::Normal, "PodsCreated", &note).await;
+    }
+    if let Some(e) = create_error {
+        // Remember what did get created before retrying the rest.
+        let at = Instant::now();
+        ctx.memory.lock().expect("lock").entry(key(pool)).or_default().expected_created.extend(created.into_iter().map(|n| (n, at)));
+        return Err(e.into());
     }
     let mut deleted = Vec::new();
     for (pod_name, reason) in &plan.delete {
