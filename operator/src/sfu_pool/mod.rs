@@ -34,6 +34,8 @@ use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, Po
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "sfupool";
+/// Pools reconciled at the same time.
+const RECONCILE_CONCURRENCY: u16 = 16;
 /// How many pods the status lists (the busiest first).
 const STATUS_PODS: usize = 50;
 /// An expected pod creation or deletion not seen in the cache after this is forgotten.
@@ -135,6 +137,8 @@ pub async fn run(
     };
 
     Controller::new(pools, watcher::Config::default())
+        // Bounded parallelism keeps memory and API bursts flat with hundreds of pools.
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
         .graceful_shutdown_on(shutdown)
@@ -342,7 +346,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let results: Vec<kube::Result<Pod>> = futures::stream::iter(0..plan.create)
         .map(|_| pod_api.create(&params, &pod))
-        .buffer_unordered(8)
+        .buffer_unordered(4)
         .collect()
         .await;
     let mut created = Vec::new();
