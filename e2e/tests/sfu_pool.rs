@@ -395,3 +395,29 @@ async fn the_operator_identity_is_refused_outside_its_rbac() {
     assert!(Api::<Pod>::namespaced(operator, &ns.name).list(&ListParams::default()).await.is_ok());
     ns.delete().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_operator_cannot_use_is_reported_and_retried_once_fixed() {
+    let Setup { admin, ns, operator } = setup("pool-invalid").await;
+    let pools: Api<SfuPool> = ns.api();
+    let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "wide", Duration::from_secs(1));
+    // The schema accepts the range; the operator refuses to declare 2,001 container ports.
+    let wide = json!({"media": {"udpPortRange": {"min": 40000, "max": 42000}}});
+    apply(&pools, &pool("wide", json!({"minReplicas": 1, "maxReplicas": 2}), wide)).await;
+    let refused = await_condition(&pools, "wide", TIMEOUT, |p: Option<&SfuPool>| {
+        p.is_some_and(|p| has_condition(p, "ReconcileSucceeded", "False"))
+    })
+    .await;
+    let cond = refused.status.unwrap().conditions.into_iter().find(|c| c.type_ == "ReconcileSucceeded").unwrap();
+    assert_eq!(cond.reason, "InvalidSpec");
+    assert!(cond.message.contains("udpPortRange"), "{}", cond.message);
+    await_events(&admin, &ns.name, "wide", &["InvalidSpec"]).await;
+    assert!(live_pods(&admin, &ns.name, "wide").await.is_empty(), "nothing is built from a bad spec");
+
+    let narrow = json!({"media": {"udpPortRange": {"min": 40000, "max": 40009}}});
+    apply(&pools, &pool("wide", json!({"minReplicas": 1, "maxReplicas": 2}), narrow)).await;
+    let pool = await_ready(&admin, &ns.name, "wide", 1, 1).await;
+    assert!(has_condition(&pool, "ReconcileSucceeded", "True"));
+    operator.stop().await.unwrap();
+    ns.delete().await;
+}

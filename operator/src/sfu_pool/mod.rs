@@ -34,6 +34,8 @@ use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, Po
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "sfupool";
+/// Field manager of the failure condition (see `report_failure`).
+const FAILURE_FIELD_MANAGER: &str = "switchboard-operator-failures";
 /// Pools reconciled at the same time.
 const RECONCILE_CONCURRENCY: u16 = 16;
 /// How many pods the status lists (the busiest first).
@@ -180,13 +182,20 @@ fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action 
     let message = error.to_string();
     tokio::spawn(async move {
         publish(&ctx2, &pool, EventType::Warning, "ReconcileFailed", &message).await;
-        let api: Api<SfuPool> = Api::namespaced(ctx2.client.clone(), &pool.namespace().unwrap_or_default());
-        let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        let cond = condition(&previous, "ReconcileSucceeded", false, "ReconcileFailed", message, pool.metadata.generation);
-        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
-        let _ = api.patch_status(&pool.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await;
+        let _ = report_failure(&ctx2, &pool, "ReconcileFailed", message).await;
     });
     Action::requeue(backoff)
+}
+
+/// Sets `ReconcileSucceeded=False` with the reason, leaving the rest of the status alone:
+/// a field manager of its own, because a server-side apply of only this condition
+/// by the main manager would drop every other status field it owns.
+async fn report_failure(ctx: &Context, pool: &SfuPool, reason: &str, message: String) -> kube::Result<SfuPool> {
+    let api: Api<SfuPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let cond = condition(&previous, "ReconcileSucceeded", false, reason, message, pool.metadata.generation);
+    let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
+    api.patch_status(&pool.name_any(), &PatchParams::apply(FAILURE_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
 }
 
 async fn publish(ctx: &Context, pool: &SfuPool, type_: EventType, reason: &str, note: &str) {
@@ -274,10 +283,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         Ok(v) => v,
         Err(reason) => {
             publish(ctx, pool, EventType::Warning, "InvalidSpec", &reason).await;
-            let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-            let cond = condition(&previous, "ReconcileSucceeded", false, "InvalidSpec", reason, pool.metadata.generation);
-            let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
-            pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+            report_failure(ctx, pool, "InvalidSpec", reason).await?;
             return Ok(Action::await_change());
         }
     };
