@@ -1,9 +1,9 @@
 //! Test harness for Switchboard's end-to-end tests against a real local control
 //! plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok).
 //!
-//! * [`cluster`] starts the control plane once per test run (`e2e/cluster/up` is
-//!   idempotent and serialised by a lock, so every test binary attaches to the same
-//!   one), or attaches to `SWITCHBOARD_KUBECONFIG` when set.
+//! * [`cluster`] starts the control plane once per test run: `e2e/cluster/up` is
+//!   idempotent and serialised by a lock, so every test binary attaches to the one
+//!   the first started (or `./test` started before them).
 //! * [`TestNamespace`] gives each test its own namespace.
 //! * [`wait_for`] and [`await_condition`] wait on conditions with timeouts, never
 //!   fixed sleeps.
@@ -70,10 +70,7 @@ fn start_or_attach() -> anyhow::Result<Cluster> {
             .map(str::to_owned)
             .ok_or_else(|| anyhow!("`up` printed no {var}: {stdout}"))
     };
-    let kubeconfig = match std::env::var_os("SWITCHBOARD_KUBECONFIG") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(value("KUBECONFIG")?),
-    };
+    let kubeconfig = PathBuf::from(value("KUBECONFIG")?);
     let path = value("PATH")?;
     let bin = PathBuf::from(path.split(':').next().unwrap_or_default());
     Ok(Cluster { kubeconfig, bin })

@@ -100,19 +100,13 @@ async fn crds_are_established_and_listed_with_printer_columns() {
     kubectl_ok(&["get", "sfup,mtg,recjob,sigp", "-n", &ns.name]);
     let category = kubectl_ok(&["get", "switchboard", "-n", &ns.name, "-o", "name"]);
     assert!(category.contains("sfupool.switchboard.dev/eu-west"), "{category}");
-    for (kind, columns) in [
-        ("meetings", &["PHASE", "ROOM", "EXPECTED", "PARTICIPANTS", "START"][..]),
-        ("recordingjobs", &["MEETING", "LAYOUT", "PHASE", "DURATION"][..]),
-        ("signalingpools", &["URL", "REPLICAS", "READY", "CONNECTIONS"][..]),
+    let resolver = Resolver::new(&client).await;
+    for (kind, file, example_kind, columns) in [
+        ("meetings", "meeting-standup.yaml", "Meeting", &["PHASE", "ROOM", "EXPECTED", "PARTICIPANTS", "START"][..]),
+        ("recordingjobs", "recordingjob.yaml", "RecordingJob", &["MEETING", "LAYOUT", "PHASE", "DURATION"][..]),
+        ("signalingpools", "signalingpool.yaml", "SignalingPool", &["URL", "REPLICAS", "READY", "CONNECTIONS"][..]),
     ] {
-        let apply = |file: &str, k: &str| example(file, k);
-        let obj = match kind {
-            "meetings" => apply("meeting-standup.yaml", "Meeting"),
-            "recordingjobs" => apply("recordingjob.yaml", "RecordingJob"),
-            _ => apply("signalingpool.yaml", "SignalingPool"),
-        };
-        let resolver = Resolver::new(&client).await;
-        let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
+        let dynamic: DynamicObject = serde_json::from_value(example(file, example_kind)).unwrap();
         resolver.apply(&client, &dynamic, &ns.name).await.expect("example accepted");
         let table = kubectl_ok(&["get", kind, "-n", &ns.name]);
         let header = table.lines().next().unwrap();
