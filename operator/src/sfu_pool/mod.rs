@@ -60,6 +60,7 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub metrics: Metrics,
+    pools: Store<SfuPool>,
     pods: Store<Pod>,
     leases: Store<Lease>,
     nodes: Store<PartialObjectMeta<Node>>,
@@ -107,14 +108,16 @@ pub async fn run(
     // Nodes only feed the store (zones); they trigger nothing.
     tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
 
+    let controller = Controller::new(pools, watcher::Config::default());
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context {
+        pools: controller.store(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
         metrics,
         pods: pod_store,
-        leases: lease_store,
+        leases: lease_store.clone(),
         nodes: node_store,
         memory: Mutex::default(),
     });
@@ -130,6 +133,13 @@ pub async fn run(
         let lease_key = format!("{ns}/{}", lease.name_any());
         let changed = {
             let mut beats = last_beats.lock().expect("lock");
+            // Forget deleted Leases now and then (the watch reports them as touched too).
+            if beats.len() > lease_store.len() + 256 {
+                beats.retain(|k, _| {
+                    let (ns, name) = k.split_once('/').unwrap_or_default();
+                    lease_store.get(&ObjectRef::new(name).within(ns)).is_some()
+                });
+            }
             match summary {
                 Some(s) => beats.insert(lease_key, s) != Some(s),
                 None => beats.remove(&lease_key).is_some(),
@@ -138,7 +148,7 @@ pub async fn run(
         pool.filter(|_| changed).map(|p| ObjectRef::<SfuPool>::new(&p).within(&ns))
     };
 
-    Controller::new(pools, watcher::Config::default())
+    controller
         // Bounded parallelism keeps memory and API bursts flat with hundreds of pools.
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(pod_stream)
@@ -161,6 +171,13 @@ async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
     let result = tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span).await;
     ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let mut memory = ctx.memory.lock().expect("lock");
+    // Drop the memory of pools that are gone.
+    if memory.len() > ctx.pools.len() {
+        memory.retain(|k, _| {
+            let (ns, name) = k.split_once('/').unwrap_or_default();
+            ctx.pools.get(&ObjectRef::new(name).within(ns)).is_some()
+        });
+    }
     let entry = memory.entry(key(&pool)).or_default();
     match &result {
         Ok(_) => entry.failures = 0,
