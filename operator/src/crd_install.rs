@@ -41,5 +41,21 @@ pub async fn install_crds(client: &Client, timeout: Duration) -> Result<Vec<Stri
             }
         }
     }
-    Ok(names)
+    // Established can come a moment before the API server routes the new
+    // resources ("404 page not found"): wait until each one lists.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let lp = kube::api::ListParams::default().limit(1);
+        let served = Api::<switchboard_crds::SfuPool>::all(client.clone()).list(&lp).await.is_ok()
+            && Api::<switchboard_crds::SignalingPool>::all(client.clone()).list(&lp).await.is_ok()
+            && Api::<switchboard_crds::Meeting>::all(client.clone()).list(&lp).await.is_ok()
+            && Api::<switchboard_crds::RecordingJob>::all(client.clone()).list(&lp).await.is_ok();
+        if served {
+            return Ok(names);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(InstallError::NotEstablished { name: "switchboard.dev".into(), reason: "not served".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
