@@ -30,7 +30,7 @@ pub const MAX_PARTICIPANTS: i32 = 100_000;
     printcolumn(name = "Room", type_ = "string", json_path = ".status.roomCode"),
     printcolumn(name = "Expected", type_ = "integer", json_path = ".spec.participants.expected"),
     printcolumn(name = "Participants", type_ = "integer", json_path = ".status.participants.current"),
-    printcolumn(name = "Start", type_ = "date", json_path = ".spec.schedule.start"),
+    printcolumn(name = "Start", type_ = "string", json_path = ".spec.schedule.start"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new(
         "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || \
