@@ -22,8 +22,6 @@ pub use metrics::Metrics;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("invalid spec: {0}")]
-    Invalid(String),
 }
 
 impl Error {
@@ -35,7 +33,6 @@ impl Error {
             Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "transport",
-            Error::Invalid(_) => "spec",
         }
     }
 }

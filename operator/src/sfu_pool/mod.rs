@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -329,13 +329,14 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         .map(|o| (o.pod.clone(), o))
         .collect();
     let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let by_name: HashMap<String, &Arc<Pod>> = live.iter().map(|p| (p.name_any(), *p)).collect();
 
     // Wait for the cache to show what we did last time (no double creations).
     let settled = {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
         m.expected_created.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
-        m.expected_deleted.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.name_any() == *n));
+        m.expected_deleted.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.metadata.name.as_ref() == Some(n)));
         m.expected_created.is_empty() && m.expected_deleted.is_empty()
     };
     if !settled {
@@ -395,7 +396,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     let mut deleted = Vec::new();
     for (pod_name, reason) in &plan.delete {
-        let Some(pod) = live.iter().find(|p| p.name_any() == *pod_name) else { continue };
+        let Some(pod) = by_name.get(pod_name) else { continue };
         let params = DeleteParams {
             preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
             ..Default::default()
@@ -430,7 +431,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     // Busy pods: not evictable by the cluster autoscaler, covered by the PDB.
     for p in &plan.pods {
-        let Some(pod) = live.iter().find(|x| x.name_any() == p.name) else { continue };
+        let Some(pod) = by_name.get(&p.name) else { continue };
         let want_safe = if p.safe_to_evict { "true" } else { "false" };
         let want_busy = if p.safe_to_evict { "false" } else { "true" };
         let has_safe = pod.annotations().get(SAFE_TO_EVICT_ANNOTATION).map(String::as_str);
@@ -452,7 +453,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
 
     // Status.
-    let status = status(pool, &plan, &policy, &live, ctx);
+    let status = status(pool, &plan, &policy, &by_name, ctx);
     update_metrics(ctx, &namespace, &name, &plan);
     let current = pool.status.clone().unwrap_or_default();
     if !same_status(&current, &status) {
@@ -509,7 +510,13 @@ fn state_of(s: fleet::PodState) -> SfuPodState {
     }
 }
 
-fn status(pool: &SfuPool, plan: &fleet::Plan, policy: &fleet::Policy, live: &[&Arc<Pod>], ctx: &Context) -> SfuPoolStatus {
+fn status(
+    pool: &SfuPool,
+    plan: &fleet::Plan,
+    policy: &fleet::Policy,
+    live: &HashMap<String, &Arc<Pod>>,
+    ctx: &Context,
+) -> SfuPoolStatus {
     let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let generation = pool.metadata.generation;
     let ready = plan.count(fleet::PodState::Ready);
@@ -519,7 +526,7 @@ fn status(pool: &SfuPool, plan: &fleet::Plan, policy: &fleet::Policy, live: &[&A
         .iter()
         .filter(|p| !deleting.contains(&p.name.as_str()))
         .map(|p| {
-            let pod = live.iter().find(|x| x.name_any() == p.name);
+            let pod = live.get(&p.name);
             let node = pod.and_then(|x| x.spec.as_ref()).and_then(|s| s.node_name.clone());
             let zone = node.as_ref().and_then(|n| {
                 ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get("topology.kubernetes.io/zone").cloned())
@@ -586,11 +593,4 @@ fn update_metrics(ctx: &Context, namespace: &str, name: &str, plan: &fleet::Plan
     ctx.metrics.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
     ctx.metrics.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
     ctx.metrics.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
-}
-
-/// Lists a pool's pods (for tests and tools).
-pub async fn list_pool_pods(client: &Client, namespace: &str, pool: &str) -> kube::Result<Vec<Pod>> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let lp = ListParams::default().labels(&build::selector_string(pool));
-    Ok(api.list(&lp).await?.items)
 }
