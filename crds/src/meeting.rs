@@ -85,6 +85,10 @@ pub struct MeetingSpec {
     #[schemars(length(max = 4))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["role".into()]))]
     pub permissions: Vec<RolePermissions>,
+    /// An Active meeting with nobody in it ends after this long; an ad-hoc meeting
+    /// nobody joins ends this long after it was placed. Unset: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_timeout: Option<Duration>,
     /// Delete the Meeting this long after it ended. Unset: keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_after_ended: Option<Duration>,
@@ -98,6 +102,9 @@ pub struct Schedule {
     /// Planned length; the meeting ends this long after start plus a grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_duration: Option<Duration>,
+    /// How long past `start + expectedDuration` the meeting may run. Unset: 15m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period: Option<Duration>,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -203,6 +210,9 @@ pub struct MeetingStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Time>,
+    /// Since when an Active meeting has had nobody in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_since: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -231,9 +241,13 @@ pub struct Reservation {
 pub struct Assignment {
     pub pool: String,
     pub origin: SfuEndpoint,
-    /// Edge SFUs relaying from the origin, for meetings larger than one pod.
+    /// Edge SFUs, for meetings larger than one pod: a tree rooted at the origin,
+    /// each edge relaying from its `parent` and serving its share of participants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edges: Vec<SfuEndpoint>,
+    /// When the assignment was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -245,6 +259,14 @@ pub struct SfuEndpoint {
     /// Participants this SFU takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participants: Option<i32>,
+    /// The SFU pod this edge relays from (unset on the origin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Node and zone of the pod, for humans and for migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -1,0 +1,238 @@
+//! Which SFU pod(s) take a meeting.
+//!
+//! * One pod when one can hold it: Packed takes the fullest pod that fits (best
+//!   fit, so that other pods and whole nodes empty out); Distributed takes the
+//!   emptiest (spreading load and risk).
+//! * Otherwise a cascade: an origin plus edges, as a tree in which every pod
+//!   relays to at most [`RELAY_FANOUT`] children. A relay link costs one
+//!   participant slot on each of its two pods (the relay is a subscriber there).
+//!   Packed uses as few pods as it can; Distributed interleaves zones.
+//!
+//! Only Ready pods are candidates; the caller leaves out draining, starting and
+//! unhealthy ones.
+
+use std::collections::BTreeMap;
+
+/// Most edges one SFU relays to; deeper trees keep each relay's fan-out bounded.
+pub const RELAY_FANOUT: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Packed,
+    Distributed,
+}
+
+/// A Ready SFU pod with its committed load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub pod: String,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub capacity: u64,
+    /// Participants (and relay slots) already committed to it.
+    pub allocated: u64,
+}
+
+impl Candidate {
+    pub fn free(&self) -> u64 {
+        self.capacity.saturating_sub(self.allocated)
+    }
+}
+
+/// One pod's part of a placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub pod: String,
+    /// Participants it serves.
+    pub participants: u64,
+    /// The pod it relays from; None for the origin.
+    pub parent: Option<String>,
+    /// Relay links it terminates (to its parent and its children).
+    pub relay_links: u64,
+}
+
+impl Share {
+    /// Slots it takes on its pod.
+    pub fn slots(&self) -> u64 {
+        self.participants + self.relay_links
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// No Ready pod at all.
+    NoReadyPods,
+    /// Not enough free capacity on the Ready pods.
+    InsufficientCapacity { needed: u64, free: u64 },
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shortfall::NoReadyPods => write!(f, "no Ready SFU pod"),
+            Shortfall::InsufficientCapacity { needed, free } => {
+                write!(f, "{needed} participants needed, {free} free on Ready SFU pods")
+            }
+        }
+    }
+}
+
+/// Places `participants` on `candidates`. The first share is the origin.
+pub fn place(strategy: Strategy, candidates: &[Candidate], participants: u64) -> Result<Vec<Share>, Shortfall> {
+    let participants = participants.max(1);
+    let usable: Vec<&Candidate> = candidates.iter().filter(|c| c.free() > 0).collect();
+    if candidates.is_empty() {
+        return Err(Shortfall::NoReadyPods);
+    }
+    let by_name = |a: &&Candidate, b: &&Candidate| a.pod.cmp(&b.pod);
+    let single = match strategy {
+        Strategy::Packed => usable
+            .iter()
+            .filter(|c| c.free() >= participants)
+            .min_by(|a, b| a.free().cmp(&b.free()).then(by_name(a, b))),
+        Strategy::Distributed => usable
+            .iter()
+            .filter(|c| c.free() >= participants)
+            .max_by(|a, b| a.free().cmp(&b.free()).then(by_name(b, a))),
+    };
+    if let Some(c) = single {
+        return Ok(vec![Share { pod: c.pod.clone(), participants, parent: None, relay_links: 0 }]);
+    }
+    let largest = usable.iter().map(|c| c.free()).max().unwrap_or(0);
+    cascade(strategy, usable, participants).map_err(|e| match e {
+        Shortfall::InsufficientCapacity { needed, free } => Shortfall::InsufficientCapacity { needed, free: free.max(largest) },
+        other => other,
+    })
+}
+
+fn cascade(strategy: Strategy, mut usable: Vec<&Candidate>, participants: u64) -> Result<Vec<Share>, Shortfall> {
+    // A pod must hold its upstream link and at least one participant to be an edge.
+    usable.retain(|c| c.free() >= 2);
+    usable.sort_by(|a, b| b.free().cmp(&a.free()).then(a.pod.cmp(&b.pod)));
+    let ordered: Vec<&Candidate> = match strategy {
+        Strategy::Packed => usable,
+        Strategy::Distributed => {
+            // Round-robin over zones, each zone's pods emptiest first.
+            let mut zones: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+            for c in usable {
+                zones.entry(c.zone.as_deref().unwrap_or("")).or_default().push(c);
+            }
+            let mut queues: Vec<std::collections::VecDeque<&Candidate>> = zones.into_values().map(Into::into).collect();
+            let mut out = Vec::new();
+            while queues.iter().any(|q| !q.is_empty()) {
+                for q in &mut queues {
+                    if let Some(c) = q.pop_front() {
+                        out.push(c);
+                    }
+                }
+            }
+            out
+        }
+    };
+    // Fewest pods whose free slots, less two per relay link, cover everyone.
+    let mut total = 0u64;
+    let mut count = 0usize;
+    for (i, c) in ordered.iter().enumerate() {
+        total += c.free();
+        count = i + 1;
+        if total.saturating_sub(2 * i as u64) >= participants {
+            break;
+        }
+    }
+    let capacity = total.saturating_sub(2 * count.saturating_sub(1) as u64);
+    if capacity < participants {
+        return Err(Shortfall::InsufficientCapacity { needed: participants, free: capacity });
+    }
+    let chosen = &ordered[..count];
+    let mut shares: Vec<Share> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let parent = (i > 0).then(|| chosen[(i - 1) / RELAY_FANOUT].pod.clone());
+            let children = (1..count).filter(|j| (j - 1) / RELAY_FANOUT == i).count() as u64;
+            Share { pod: c.pod.clone(), participants: 0, parent, relay_links: children + u64::from(i > 0) }
+        })
+        .collect();
+    let mut left = participants;
+    for (share, c) in shares.iter_mut().zip(chosen) {
+        let room = c.free().saturating_sub(share.relay_links);
+        share.participants = room.min(left);
+        left -= share.participants;
+    }
+    debug_assert_eq!(left, 0);
+    Ok(shares)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, zone: &str, capacity: u64, allocated: u64) -> Candidate {
+        Candidate { pod: name.into(), node: Some(format!("node-{name}")), zone: Some(zone.into()), capacity, allocated }
+    }
+
+    #[test]
+    fn packed_takes_the_fullest_pod_that_fits_distributed_the_emptiest() {
+        let pods = [pod("a", "z1", 100, 10), pod("b", "z1", 100, 80), pod("c", "z2", 100, 95)];
+        let packed = place(Strategy::Packed, &pods, 10).unwrap();
+        assert_eq!(packed, vec![Share { pod: "b".into(), participants: 10, parent: None, relay_links: 0 }]);
+        let spread = place(Strategy::Distributed, &pods, 10).unwrap();
+        assert_eq!(spread[0].pod, "a");
+    }
+
+    #[test]
+    fn no_pods_and_full_pods_are_told_apart() {
+        assert_eq!(place(Strategy::Packed, &[], 5), Err(Shortfall::NoReadyPods));
+        let full = [pod("a", "z", 10, 10), pod("b", "z", 10, 9)];
+        assert_eq!(place(Strategy::Packed, &full, 5), Err(Shortfall::InsufficientCapacity { needed: 5, free: 1 }));
+    }
+
+    /// Checks the invariants of a cascade: a tree rooted at the origin, fan-out
+    /// bounded, shares add up, no pod over capacity.
+    fn assert_valid_tree(shares: &[Share], pods: &[Candidate], participants: u64) {
+        assert!(shares[0].parent.is_none());
+        assert_eq!(shares.iter().map(|s| s.participants).sum::<u64>(), participants);
+        for (i, s) in shares.iter().enumerate() {
+            let c = pods.iter().find(|c| c.pod == s.pod).unwrap();
+            assert!(s.slots() <= c.free(), "{} over capacity", s.pod);
+            assert!(s.participants > 0, "{} serves nobody", s.pod);
+            if i > 0 {
+                let parent = s.parent.as_ref().unwrap();
+                let at = shares.iter().position(|p| &p.pod == parent).unwrap();
+                assert!(at < i, "parent comes first");
+            }
+            let children = shares.iter().filter(|x| x.parent.as_deref() == Some(&s.pod)).count();
+            assert!(children <= RELAY_FANOUT);
+            assert_eq!(s.relay_links, children as u64 + u64::from(i > 0));
+        }
+        let pods_used: std::collections::HashSet<_> = shares.iter().map(|s| &s.pod).collect();
+        assert_eq!(pods_used.len(), shares.len(), "a pod appears once");
+    }
+
+    #[test]
+    fn three_times_a_pod_becomes_an_origin_and_edges() {
+        let pods: Vec<Candidate> = (0..6).map(|i| pod(&format!("p{i}"), ["a", "b", "c"][i % 3], 250, 0)).collect();
+        let shares = place(Strategy::Packed, &pods, 750).unwrap();
+        assert_eq!(shares.len(), 4, "3 pods hold 746 after relay slots, so a fourth is needed");
+        assert_valid_tree(&shares, &pods, 750);
+        let spread = place(Strategy::Distributed, &pods, 750).unwrap();
+        assert_valid_tree(&spread, &pods, 750);
+        let zones: std::collections::HashSet<_> =
+            spread.iter().map(|s| pods.iter().find(|p| p.pod == s.pod).unwrap().zone.clone()).collect();
+        assert_eq!(zones.len(), 3, "Distributed spans every zone");
+    }
+
+    #[test]
+    fn large_cascades_bound_the_fan_out() {
+        let pods: Vec<Candidate> = (0..100).map(|i| pod(&format!("p{i:03}"), "z", 100, i % 7)).collect();
+        let shares = place(Strategy::Packed, &pods, 5_000).unwrap();
+        assert!(shares.len() > RELAY_FANOUT + 1);
+        assert_valid_tree(&shares, &pods, 5_000);
+    }
+
+    #[test]
+    fn a_cascade_that_cannot_fit_says_how_much_is_free() {
+        let pods = [pod("a", "z", 100, 0), pod("b", "z", 100, 0)];
+        assert_eq!(place(Strategy::Packed, &pods, 250), Err(Shortfall::InsufficientCapacity { needed: 250, free: 198 }));
+    }
+}
