@@ -6,15 +6,15 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use switchboard_crds::SfuPool;
 use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
+use switchboard_e2e::fixtures::{apply, await_events, pool};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_LABEL: &str = "switchboard.dev/pool";
@@ -32,28 +32,6 @@ async fn setup(prefix: &str) -> Setup {
     let identity = operator_identity(&admin, &ns.name).await;
     let operator = start_operator(identity, &ns.name, "operator-a", Duration::from_secs(15));
     Setup { admin, ns, operator }
-}
-
-fn pool(name: &str, autoscaling: Value, extra: Value) -> Value {
-    let mut spec = json!({
-        "autoscaling": autoscaling,
-        "capacity": {"participantsPerPod": 100},
-        "remediation": {"heartbeatTimeout": "4s"},
-        "drain": {"timeout": "10m"},
-        "template": {"spec": {"containers": [{
-            "name": "sfu", "image": "switchboard-sfu:test",
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}
-        }]}}
-    });
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": name}, "spec": spec})
-}
-
-async fn apply(api: &Api<SfuPool>, obj: &Value) -> SfuPool {
-    let name = obj["metadata"]["name"].as_str().unwrap();
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.expect("pool accepted")
 }
 
 async fn live_pods(client: &Client, ns: &str, pool: &str) -> Vec<Pod> {
@@ -92,26 +70,6 @@ where
         assert!(check().await, "{what} stopped holding");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(admin.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
-async fn await_events(admin: &Client, ns: &str, name: &str, reasons: &[&str]) {
-    wait_for(&format!("events {reasons:?} on {name}"), TIMEOUT, || async {
-        let have = event_reasons(admin, ns, name).await;
-        reasons.iter().all(|r| have.iter().any(|h| h == r))
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

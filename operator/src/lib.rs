@@ -7,6 +7,7 @@ pub mod crd_install;
 pub mod http;
 pub mod labels;
 pub mod leader;
+pub mod meeting;
 pub mod metrics;
 pub mod sfu_pool;
 
@@ -89,7 +90,7 @@ pub async fn run(
     }
     metrics.leader.set(1);
 
-    let controllers = sfu_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop_rx.clone()));
+    let controllers = run_controllers(client.clone(), config.clone(), metrics.clone(), stop_rx.clone());
     tokio::pin!(controllers);
     let result = tokio::select! {
         lost = elector.hold() => {
@@ -105,4 +106,51 @@ pub async fn run(
     };
     metrics.leader.set(0);
     result
+}
+
+/// Every controller, sharing one cache per watched kind, until `stop` turns true.
+async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metrics, stop: tokio::sync::watch::Receiver<bool>) {
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::ResourceExt;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (pools, meetings): (Api<switchboard_crds::SfuPool>, Api<switchboard_crds::Meeting>) = match &config.watch_namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (pool_store, writer) = reflector::store();
+    let pool_stream = watcher(pools, watcher::Config::default())
+        .default_backoff()
+        .modify(|p: &mut switchboard_crds::SfuPool| p.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let (meeting_store, writer) = reflector::store();
+    let meeting_stream = watcher(meetings, watcher::Config::default())
+        .default_backoff()
+        .modify(|m: &mut switchboard_crds::Meeting| m.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let watches = sfu_pool::Watches::new(&client, &config);
+    let shared = meeting::Shared {
+        meetings: meeting_store.clone(),
+        pools: pool_store.clone(),
+        pods: watches.pods.clone(),
+        leases: watches.leases.clone(),
+        nodes: watches.nodes.clone(),
+    };
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let pools = sfu_pool::run(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        watches,
+        pool_stream,
+        pool_store,
+        meeting_store,
+        trigger_rx,
+        stopped(stop.clone()),
+    );
+    let meetings = meeting::run(client, config, metrics, meeting_stream, shared, trigger_tx, stopped(stop));
+    futures::future::join(pools, meetings).await;
 }

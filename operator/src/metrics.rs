@@ -32,6 +32,17 @@ pub struct PodActionLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlacementLabels {
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -45,6 +56,11 @@ pub struct Metrics {
     pub pool_allocated_participants: Family<PoolLabels, Gauge>,
     pub pool_capacity_participants: Family<PoolLabels, Gauge>,
     pub sfu_pod_actions: Family<PodActionLabels, Counter>,
+    pub meetings: Family<PhaseLabels, Gauge>,
+    pub placements: Family<PlacementLabels, Counter>,
+    pub placement_latency: Histogram,
+    pub reservations: Gauge,
+    pub reservations_made: Counter,
 }
 
 impl Default for Metrics {
@@ -70,8 +86,28 @@ impl Default for Metrics {
         registry.register("sfupool_capacity_participants", "Participants the Ready pods hold", pool_capacity_participants.clone());
         let sfu_pod_actions = Family::<PodActionLabels, Counter>::default();
         registry.register("sfu_pod_actions", "SFU pods created, drained and deleted, by reason", sfu_pod_actions.clone());
+        let meetings = Family::<PhaseLabels, Gauge>::default();
+        registry.register("meetings", "Meetings by phase", meetings.clone());
+        let placements = Family::<PlacementLabels, Counter>::default();
+        registry.register("meeting_placements", "Placement attempts by result and reason", placements.clone());
+        let placement_latency =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]);
+        registry.register(
+            "meeting_placement_latency_seconds",
+            "Time from a meeting being due (created, or its start) to its assignment",
+            placement_latency.clone(),
+        );
+        let reservations = Gauge::default();
+        registry.register("meeting_reservations", "Meetings holding a reservation ahead of their start", reservations.clone());
+        let reservations_made = Counter::default();
+        registry.register("meeting_reservations_made", "Reservations made for scheduled meetings", reservations_made.clone());
         Self {
             registry: Arc::new(registry),
+            meetings,
+            placements,
+            placement_latency,
+            reservations,
+            reservations_made,
             reconciles,
             reconcile_errors,
             reconcile_duration,

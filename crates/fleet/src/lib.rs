@@ -94,6 +94,9 @@ pub struct PodView {
     /// When the operator started draining it (its drain annotation).
     pub draining_since: Option<Timestamp>,
     pub heartbeat: Option<HeartbeatView>,
+    /// Participants of meetings placed on it (its placement ledger), which may
+    /// not have joined yet: a pod with placements is busy even while empty.
+    pub allocated: u64,
 }
 
 /// Lifecycle state of a pod (the API's `SfuPodState`).
@@ -194,14 +197,18 @@ pub fn pod_state(policy: &Policy, pod: &PodView, now: Timestamp) -> PodState {
         if pod.started.is_some_and(|started| since(now, started) >= policy.startup_timeout) {
             return PodState::Unhealthy;
         }
-        return if pod.draining_since.is_some() { PodState::Drained } else { PodState::Starting };
+        return match pod.draining_since {
+            Some(_) if pod.allocated == 0 => PodState::Drained,
+            Some(_) => PodState::Draining,
+            None => PodState::Starting,
+        };
     };
     let fresh = now.duration_since(hb.renewed) < SignedDuration::try_from(policy.heartbeat_timeout).unwrap_or(SignedDuration::MAX);
     if !fresh || hb.state == ReportedState::Unhealthy {
         return PodState::Unhealthy;
     }
     if pod.draining_since.is_some() || hb.state == ReportedState::Draining {
-        return if hb.participants == 0 { PodState::Drained } else { PodState::Draining };
+        return if hb.participants == 0 && pod.allocated == 0 { PodState::Drained } else { PodState::Draining };
     }
     if pod.ready && hb.state == ReportedState::Ready { PodState::Ready } else { PodState::Starting }
 }
@@ -314,7 +321,7 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
             let state = pod_state(policy, pod, now);
             let participants = match state {
                 PodState::Unhealthy => 0,
-                _ => pod.heartbeat.as_ref().map_or(0, |h| h.participants),
+                _ => pod.heartbeat.as_ref().map_or(0, |h| h.participants).max(pod.allocated),
             };
             PodPlanInput { pod, state, participants }
         })

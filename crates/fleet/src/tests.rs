@@ -35,6 +35,7 @@ fn pod(name: &str, node: &str, participants: u64, now: Timestamp) -> PodView {
         finished: false,
         draining_since: None,
         heartbeat: Some(HeartbeatView { state: ReportedState::Ready, participants, tracks: participants * 3, renewed: now }),
+        allocated: 0,
     }
 }
 
@@ -269,4 +270,20 @@ fn a_template_change_surges_then_retires_old_pods() {
     let plan3 = plan(&p, &pods, 0, now, &mut mem);
     assert_eq!(plan3.start_drain, vec!["a".to_string()], "the busy old pod drains, never deleted");
     assert!(plan3.delete.is_empty());
+}
+
+#[test]
+fn placements_not_yet_joined_keep_a_pod_busy() {
+    let now = t(0);
+    let mut memory = ScaleMemory::default();
+    let mut booked = pod("booked", "n1", 0, now);
+    booked.allocated = 40;
+    booked.draining_since = Some(t(-10));
+    let policy = Policy { min_replicas: 1, spec_replicas: Some(1), ..policy() };
+    let plan = plan(&policy, &[booked.clone(), pod("b", "n2", 0, now)], 0, now, &mut memory);
+    let p = plan.pods.iter().find(|p| p.name == "booked").unwrap();
+    assert_eq!(p.state, PodState::Draining, "not Drained while meetings are placed on it");
+    assert_eq!(p.participants, 40);
+    assert!(!p.safe_to_evict);
+    assert!(!plan.delete.iter().any(|(n, _)| n == "booked"));
 }

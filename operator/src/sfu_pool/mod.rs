@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_crds::sfu_pool::{AutoscalingMode, Load, PlacementStrategy, PodSummary, SfuPodState};
-use switchboard_crds::{SfuPool, SfuPoolStatus};
+use switchboard_crds::{Meeting, SfuPool, SfuPoolStatus};
 use switchboard_fleet as fleet;
 use switchboard_heartbeat::{Observed, SfuState};
 use tokio::time::Instant;
@@ -64,6 +64,7 @@ pub struct Context {
     pods: Store<Pod>,
     leases: Store<Lease>,
     nodes: Store<PartialObjectMeta<Node>>,
+    meetings: Store<Meeting>,
     recorder: Recorder,
     memory: Mutex<HashMap<String, PoolMemory>>,
 }
@@ -72,43 +73,67 @@ fn key(pool: &SfuPool) -> String {
     format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any())
 }
 
+/// The watches of SFU pods, heartbeat Leases and node metadata, shared with the
+/// Meeting controller (one cache each, not one per controller).
+pub struct Watches {
+    pub pods: Store<Pod>,
+    pub leases: Store<Lease>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pod_stream: futures::stream::BoxStream<'static, Result<Pod, watcher::Error>>,
+    lease_stream: futures::stream::BoxStream<'static, Result<Lease, watcher::Error>>,
+}
+
+impl Watches {
+    pub fn new(client: &Client, config: &OperatorConfig) -> Self {
+        let (pods, leases): (Api<Pod>, Api<Lease>) = match &config.watch_namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+
+        let (pod_store, pod_writer) = reflector::store();
+        let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
+            .default_backoff()
+            .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+            .reflect(pod_writer)
+            .touched_objects()
+            .boxed();
+
+        let (lease_store, lease_writer) = reflector::store();
+        let lease_stream = watcher(leases, watcher::Config::default().labels(POOL_LABEL))
+            .default_backoff()
+            .modify(|l: &mut Lease| l.managed_fields_mut().clear())
+            .reflect(lease_writer)
+            .touched_objects()
+            .boxed();
+
+        let (node_store, node_writer) = reflector::store();
+        let node_stream = watcher(nodes, watcher::Config::default())
+            .default_backoff()
+            .modify(|n: &mut PartialObjectMeta<Node>| n.managed_fields_mut().clear())
+            .reflect(node_writer)
+            .touched_objects();
+        // Nodes only feed the store (zones); they trigger nothing.
+        tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
+        Self { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves (in-flight reconciles finish).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     metrics: Metrics,
+    watches: Watches,
+    pool_stream: impl futures::Stream<Item = Result<SfuPool, watcher::Error>> + Send + 'static,
+    pool_store: Store<SfuPool>,
+    meetings: Store<Meeting>,
+    triggers: impl futures::Stream<Item = ObjectRef<SfuPool>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (pools, pods, leases): (Api<SfuPool>, Api<Pod>, Api<Lease>) = match &config.watch_namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
-
-    let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
-        .default_backoff()
-        .modify(|p: &mut Pod| p.managed_fields_mut().clear())
-        .reflect(pod_writer)
-        .touched_objects();
-
-    let (lease_store, lease_writer) = reflector::store();
-    let lease_stream = watcher(leases, watcher::Config::default().labels(POOL_LABEL))
-        .default_backoff()
-        .modify(|l: &mut Lease| l.managed_fields_mut().clear())
-        .reflect(lease_writer)
-        .touched_objects();
-
-    let (node_store, node_writer) = reflector::store();
-    let node_stream = watcher(nodes, watcher::Config::default())
-        .default_backoff()
-        .modify(|n: &mut PartialObjectMeta<Node>| n.managed_fields_mut().clear())
-        .reflect(node_writer)
-        .touched_objects();
-    // Nodes only feed the store (zones); they trigger nothing.
-    tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
-
-    let controller = Controller::new(pools, watcher::Config::default());
+    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream } = watches;
+    let controller = Controller::for_stream(pool_stream, pool_store);
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context {
         pools: controller.store(),
@@ -119,6 +144,7 @@ pub async fn run(
         pods: pod_store,
         leases: lease_store.clone(),
         nodes: node_store,
+        meetings,
         memory: Mutex::default(),
     });
 
@@ -153,6 +179,8 @@ pub async fn run(
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
+        // Reservations of scheduled meetings changed.
+        .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -283,6 +311,7 @@ fn pod_view(pod: &Pod, beat: Option<&Observed>, ctx: &Context) -> fleet::PodView
                 renewed: o.renewed?,
             })
         }),
+        allocated: crate::meeting::ledger::Ledger::of(pod).total(),
     }
 }
 
@@ -343,14 +372,15 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_millis(250)));
     }
 
-    // Plan (pure).
+    // Plan (pure). Reservations: scheduled meetings due soon that hold no seats yet.
+    let reserved = crate::meeting::pool_reserved(&ctx.meetings, &namespace, &name, None);
     let views: Vec<fleet::PodView> = live.iter().map(|p| pod_view(p, beats.get(&p.name_any()), ctx)).collect();
     let policy = policy(pool, &valid.template_hash, ctx);
     let now = jiff::Timestamp::now();
     let plan = {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
-        fleet::plan(&policy, &views, 0, now, &mut m.scale)
+        fleet::plan(&policy, &views, reserved, now, &mut m.scale)
     };
 
     // Apply.

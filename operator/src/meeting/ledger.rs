@@ -1,0 +1,334 @@
+//! Placement ledgers: the seats committed on each SFU pod, kept in an annotation
+//! of the pod itself, so that they live and die with it and the SFU can read
+//! its own through the downward API.
+//!
+//! Capacity accounting is atomic through optimistic concurrency: every change is
+//! a JSON Patch whose first operation `test`s that the ledger is still exactly
+//! the text the change was computed from (the API server applies a patch inside
+//! its compare-and-swap on etcd). A change computed from a stale ledger fails and
+//! is recomputed from a fresh read, so no interleaving of writers, stale caches
+//! or two operators over-commits a pod.
+//!
+//! Changes to one pod are group-committed: while one write is in flight, the next
+//! ones queue and go out together in the following write, so a burst of
+//! placements on a hot pod (Packed fills the fullest first) costs few writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// The pod annotation holding its ledger.
+pub const LEDGER_ANNOTATION: &str = "switchboard.dev/placements";
+/// Rounds of conflict-and-reread before a batch gives up.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// One meeting's seats on a pod (participants plus relay links).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seats {
+    pub uid: String,
+    pub seats: u64,
+}
+
+/// A pod's ledger: meeting name → seats.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ledger(pub BTreeMap<String, Seats>);
+
+impl Ledger {
+    pub fn total(&self) -> u64 {
+        self.0.values().map(|s| s.seats).sum()
+    }
+
+    /// The ledger of a pod (empty when it has none or it does not parse).
+    pub fn of(pod: &Pod) -> Ledger {
+        pod.annotations().get(LEDGER_ANNOTATION).and_then(|raw| serde_json::from_str(raw).ok()).unwrap_or_default()
+    }
+
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("ledger serializes")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("pod {pod} has {free} free seats, {wanted} wanted")]
+    Full { pod: String, free: u64, wanted: u64 },
+    #[error("pod {0} is gone")]
+    PodGone(String),
+    #[error("pod {0}: the ledger kept changing under us")]
+    Contended(String),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+struct Change {
+    meeting: String,
+    /// None releases the meeting's seats (when `uid` matches).
+    seats: Option<Seats>,
+    uid: String,
+    capacity: u64,
+    reply: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// What the server had last time we looked: the exact annotation text (for the
+/// `test`), or the resourceVersion when the pod has no ledger yet.
+#[derive(Clone)]
+struct Committed {
+    raw: Option<String>,
+    resource_version: Option<String>,
+    /// Whether the pod has an annotations map (a JSON Patch `add` needs the parent).
+    has_annotations: bool,
+    ledger: Ledger,
+}
+
+#[derive(Default)]
+struct PodBook {
+    committed: Option<Committed>,
+    pending: Vec<Change>,
+    writing: bool,
+}
+
+/// Every pod's ledger as this operator knows it, with the writes in flight.
+#[derive(Clone)]
+pub struct Book {
+    client: Client,
+    pods: Store<Pod>,
+    inner: Arc<Mutex<HashMap<(String, String), PodBook>>>,
+}
+
+fn committed_from(pod: &Pod) -> Committed {
+    Committed {
+        raw: pod.annotations().get(LEDGER_ANNOTATION).cloned(),
+        resource_version: pod.resource_version(),
+        has_annotations: pod.metadata.annotations.is_some(),
+        ledger: Ledger::of(pod),
+    }
+}
+
+impl Book {
+    pub fn new(client: Client, pods: Store<Pod>) -> Self {
+        Self { client, pods, inner: Arc::default() }
+    }
+
+    /// Seats taken on a pod: committed, plus additions still in flight.
+    pub fn taken(&self, namespace: &str, pod: &str) -> u64 {
+        let inner = self.inner.lock().expect("lock");
+        self.taken_locked(&inner, namespace, pod)
+    }
+
+    fn taken_locked(&self, inner: &HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> u64 {
+        let key = (namespace.to_owned(), pod.to_owned());
+        let (ledger, pending) = match inner.get(&key) {
+            Some(b) => (b.committed.as_ref().map(|c| c.ledger.clone()), b.pending.iter().collect::<Vec<_>>()),
+            None => (None, vec![]),
+        };
+        let mut ledger = ledger.unwrap_or_else(|| self.store_ledger(namespace, pod));
+        for c in pending {
+            match &c.seats {
+                Some(s) => {
+                    ledger.0.insert(c.meeting.clone(), s.clone());
+                }
+                None => {
+                    ledger.0.remove(&c.meeting);
+                }
+            }
+        }
+        ledger.total()
+    }
+
+    fn store_ledger(&self, namespace: &str, pod: &str) -> Ledger {
+        self.pods.get(&ObjectRef::new(pod).within(namespace)).map(|p| Ledger::of(&p)).unwrap_or_default()
+    }
+
+    /// Runs `choose` with the seats taken on each pod, under the book's lock, and
+    /// queues the additions it returns before anyone else can choose: concurrent
+    /// placements never pick the same free seats. Returns the commit outcomes.
+    pub async fn reserve<F, T>(&self, namespace: &str, pods: &[String], choose: F) -> (T, Vec<(String, Result<(), CommitError>)>)
+    where
+        F: FnOnce(&HashMap<String, u64>) -> (T, Vec<(String, String, Seats, u64)>),
+    {
+        let receivers = {
+            let mut inner = self.inner.lock().expect("lock");
+            let taken: HashMap<String, u64> =
+                pods.iter().map(|p| (p.clone(), self.taken_locked(&inner, namespace, p))).collect();
+            let (out, adds) = choose(&taken);
+            let mut receivers = Vec::new();
+            for (pod, meeting, seats, capacity) in adds {
+                let (tx, rx) = oneshot::channel();
+                let uid = seats.uid.clone();
+                self.enqueue(&mut inner, namespace, &pod, Change { meeting, seats: Some(seats), uid, capacity, reply: tx });
+                receivers.push((pod, rx));
+            }
+            (out, receivers)
+        };
+        let (out, receivers) = receivers;
+        let mut results = Vec::new();
+        for (pod, rx) in receivers {
+            let r = rx.await.unwrap_or_else(|_| Err(CommitError::Contended(pod.clone())));
+            results.push((pod, r));
+        }
+        (out, results)
+    }
+
+    /// Releases a meeting's seats on a pod (nothing when they are not there).
+    pub async fn release(&self, namespace: &str, pod: &str, meeting: &str, uid: &str) -> Result<(), CommitError> {
+        let rx = {
+            let mut inner = self.inner.lock().expect("lock");
+            let (tx, rx) = oneshot::channel();
+            let change = Change { meeting: meeting.into(), seats: None, uid: uid.into(), capacity: u64::MAX, reply: tx };
+            self.enqueue(&mut inner, namespace, pod, change);
+            rx
+        };
+        rx.await.unwrap_or_else(|_| Err(CommitError::Contended(pod.into())))
+    }
+
+    fn enqueue(&self, inner: &mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str, change: Change) {
+        let key = (namespace.to_owned(), pod.to_owned());
+        let book = inner.entry(key.clone()).or_default();
+        book.pending.push(change);
+        if !book.writing {
+            book.writing = true;
+            let this = self.clone();
+            tokio::spawn(async move { this.write_loop(key).await });
+        }
+    }
+
+    /// Forgets pods that are gone (their ledgers went with them).
+    pub fn forget_missing(&self) {
+        let mut inner = self.inner.lock().expect("lock");
+        inner.retain(|(ns, pod), b| b.writing || self.pods.get(&ObjectRef::new(pod).within(ns)).is_some());
+    }
+
+    async fn write_loop(self, key: (String, String)) {
+        let (namespace, pod_name) = key.clone();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        loop {
+            let (batch, base) = {
+                let mut inner = self.inner.lock().expect("lock");
+                let book = inner.get_mut(&key).expect("book of a writing pod");
+                if book.pending.is_empty() {
+                    book.writing = false;
+                    return;
+                }
+                let base = match &book.committed {
+                    Some(c) => c.clone(),
+                    None => match self.pods.get(&ObjectRef::new(&pod_name).within(&namespace)) {
+                        Some(p) => committed_from(&p),
+                        None => Committed { raw: None, resource_version: None, has_annotations: false, ledger: Ledger::default() },
+                    },
+                };
+                (std::mem::take(&mut book.pending), base)
+            };
+            let outcome = self.commit(&api, &pod_name, batch, base).await;
+            let mut inner = self.inner.lock().expect("lock");
+            let book = inner.get_mut(&key).expect("book of a writing pod");
+            match outcome {
+                Ok(committed) => book.committed = committed,
+                Err(()) => book.committed = None,
+            }
+        }
+    }
+
+    /// Commits one batch, rereading and recomputing on conflicts. Returns what the
+    /// server now holds (None when unknown).
+    async fn commit(&self, api: &Api<Pod>, pod: &str, batch: Vec<Change>, mut base: Committed) -> Result<Option<Committed>, ()> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut next = base.ledger.clone();
+            let mut verdicts: Vec<Result<(), (u64, u64)>> = Vec::with_capacity(batch.len());
+            for c in &batch {
+                match &c.seats {
+                    Some(seats) => {
+                        let others = next.total() - next.0.get(&c.meeting).map_or(0, |s| s.seats);
+                        if others + seats.seats <= c.capacity {
+                            next.0.insert(c.meeting.clone(), seats.clone());
+                            verdicts.push(Ok(()));
+                        } else {
+                            verdicts.push(Err((c.capacity.saturating_sub(others), seats.seats)));
+                        }
+                    }
+                    None => {
+                        if next.0.get(&c.meeting).is_some_and(|s| s.uid == c.uid) {
+                            next.0.remove(&c.meeting);
+                        }
+                        verdicts.push(Ok(()));
+                    }
+                }
+            }
+            let reply = |batch: Vec<Change>, verdicts: Vec<Result<(), (u64, u64)>>| {
+                for (c, v) in batch.into_iter().zip(verdicts) {
+                    let r = v.map_err(|(free, wanted)| CommitError::Full { pod: pod.into(), free, wanted });
+                    let _ = c.reply.send(r);
+                }
+            };
+            if next == base.ledger && base.raw.is_some() {
+                reply(batch, verdicts);
+                return Ok(Some(base));
+            }
+            let text = next.to_text();
+            let path = format!("/metadata/annotations/{}", LEDGER_ANNOTATION.replace('~', "~0").replace('/', "~1"));
+            let rv = base.resource_version.clone().unwrap_or_default();
+            let ops = match &base.raw {
+                Some(raw) => json!([{"op": "test", "path": path, "value": raw}, {"op": "replace", "path": path, "value": text}]),
+                // No ledger yet: the resourceVersion guards the first write.
+                None if base.has_annotations => json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                    {"op": "add", "path": path, "value": text},
+                ]),
+                None => json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                    {"op": "add", "path": "/metadata/annotations", "value": {LEDGER_ANNOTATION: text}},
+                ]),
+            };
+            let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+            match api.patch(pod, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+                Ok(p) => {
+                    let committed = Committed { raw: Some(text), resource_version: p.resource_version(), has_annotations: true, ledger: next };
+                    reply(batch, verdicts);
+                    return Ok(Some(committed));
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    for c in batch {
+                        let _ = c.reply.send(match c.seats {
+                            Some(_) => Err(CommitError::PodGone(pod.into())),
+                            None => Ok(()),
+                        });
+                    }
+                    return Ok(None);
+                }
+                // A failed `test` (422) or a lost resourceVersion race (409): reread.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                    tracing::debug!(pod, attempt, "placement ledger changed; rereading");
+                    match api.get(pod).await {
+                        Ok(p) => base = committed_from(&p),
+                        Err(e) => {
+                            fail(batch, e);
+                            return Err(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    fail(batch, e);
+                    return Err(());
+                }
+            }
+        }
+        for c in batch {
+            let _ = c.reply.send(Err(CommitError::Contended(pod.into())));
+        }
+        Err(())
+    }
+}
+
+fn fail(batch: Vec<Change>, e: kube::Error) {
+    let message = e.to_string();
+    for c in batch {
+        let _ = c.reply.send(Err(CommitError::Api(kube::Error::Service(message.clone().into()))));
+    }
+}

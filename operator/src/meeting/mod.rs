@@ -1,0 +1,804 @@
+//! The Meeting controller: dereference → validate (pure) → decide the lifecycle
+//! (pure, `switchboard_placement::lifecycle`) → hold what the phase needs (a
+//! reservation in the pool, seats on SFU pods) → write status.
+//!
+//! Status field ownership: this controller (field manager `switchboard-operator`)
+//! applies everything in `status` but `participants`, which signaling owns
+//! (`switchboard-signaling`). Server-side apply keeps the two apart.
+
+pub mod ledger;
+pub mod room_codes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::core::PartialObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use switchboard_crds::common::Time;
+use switchboard_crds::meeting::{Assignment, MeetingPhase, Reservation, SfuEndpoint};
+use switchboard_crds::sfu_pool::PlacementStrategy;
+use switchboard_crds::{Meeting, MeetingStatus, SfuPool, SignalingPool};
+use switchboard_heartbeat::{Observed, SfuState};
+use switchboard_placement::lifecycle::{self, Hold, Phase};
+use switchboard_placement::place::{self, Candidate, Shortfall};
+
+use crate::conditions::{condition, same};
+use crate::labels::*;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PhaseLabels, PlacementLabels};
+use crate::sfu_pool::build;
+use crate::{Error, OperatorConfig, Result};
+use ledger::{Book, Ledger, Seats};
+use room_codes::RoomCodes;
+
+const CONTROLLER: &str = "meeting";
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Meetings reconciled at the same time (placements are group-committed per pod).
+const RECONCILE_CONCURRENCY: u16 = 64;
+/// A scheduled start this long before the Meeting was created is refused.
+const START_SLACK: Duration = Duration::from_secs(60);
+const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(900);
+/// How soon an unplaced meeting tries again (new pods, freed seats).
+const PLACEMENT_RETRY: Duration = Duration::from_secs(1);
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub metrics: Metrics,
+    meetings: Store<Meeting>,
+    pools: Store<SfuPool>,
+    pods: Store<Pod>,
+    leases: Store<Lease>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    signaling: Store<SignalingPool>,
+    book: Book,
+    codes: RoomCodes,
+    recorder: Recorder,
+    /// Pools whose reservations changed: the SfuPool controller reconciles them.
+    pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
+    memory: Mutex<HashMap<String, MeetingMemory>>,
+}
+
+#[derive(Default)]
+struct MeetingMemory {
+    /// A code taken for the meeting whose status write has not landed yet.
+    room_code: Option<String>,
+    failures: u32,
+}
+
+/// The caches the controller shares with the SfuPool controller.
+pub struct Shared {
+    pub meetings: Store<Meeting>,
+    pub pools: Store<SfuPool>,
+    pub pods: Store<Pod>,
+    pub leases: Store<Lease>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+}
+
+fn key(m: &Meeting) -> String {
+    format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    meeting_stream: impl futures::Stream<Item = Result<Meeting, watcher::Error>> + Send + 'static,
+    shared: Shared,
+    pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (pools, signaling): (Api<SfuPool>, Api<SignalingPool>) = match &config.watch_namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (signaling_store, writer) = kube::runtime::reflector::store();
+    let signaling_stream = watcher(signaling, watcher::Config::default()).default_backoff().reflect(writer).touched_objects();
+    tokio::spawn(signaling_stream.for_each(|_| futures::future::ready(())));
+
+    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let codes = RoomCodes::new(Api::namespaced(client.clone(), &config.leader_namespace));
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        book: Book::new(client.clone(), shared.pods.clone()),
+        codes,
+        client,
+        config,
+        metrics,
+        meetings: shared.meetings.clone(),
+        pools: shared.pools,
+        pods: shared.pods,
+        leases: shared.leases,
+        nodes: shared.nodes,
+        signaling: signaling_store,
+        pool_trigger,
+        memory: Mutex::default(),
+    });
+    tokio::spawn(housekeeping(ctx.clone()));
+
+    // A pool that changes (new Ready pods, a new max) may unblock meetings waiting on it.
+    let store = shared.meetings.clone();
+    let pool_to_meetings = move |pool: SfuPool| {
+        let ns = pool.namespace().unwrap_or_default();
+        store
+            .state()
+            .into_iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns.as_str()) && waits_on_pools(m))
+            .map(|m| ObjectRef::from_obj(&*m))
+            .collect::<Vec<_>>()
+    };
+    Controller::for_stream(meeting_stream, shared.meetings)
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .watches(pools, watcher::Config::default(), pool_to_meetings)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "meeting reconcile");
+            }
+        })
+        .await;
+}
+
+/// Meetings a pool change can help: not yet placed, or refused for want of a pool.
+fn waits_on_pools(m: &Meeting) -> bool {
+    let Some(s) = &m.status else { return true };
+    match s.phase {
+        Some(MeetingPhase::Failed) => true,
+        Some(MeetingPhase::Ended) => false,
+        _ => s.assignment.is_none(),
+    }
+}
+
+async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
+    let labels = ControllerLabels { controller: CONTROLLER };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("reconcile", controller = CONTROLLER, meeting = %key(&meeting));
+    let result = tracing::Instrument::instrument(reconcile_meeting(&meeting, &ctx), span).await;
+    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let mut memory = ctx.memory.lock().expect("lock");
+    let entry = memory.entry(key(&meeting)).or_default();
+    match &result {
+        Ok(_) => entry.failures = 0,
+        Err(_) => entry.failures += 1,
+    }
+    result
+}
+
+fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() }).inc();
+    let failures = ctx.memory.lock().expect("lock").get(&key(&meeting)).map_or(1, |m| m.failures.max(1));
+    let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(9))).min(Duration::from_secs(120));
+    tracing::warn!(meeting = %key(&meeting), error = %error, ?backoff, "reconcile failed; retrying");
+    if failures >= 3 {
+        let ctx = ctx.clone();
+        let message = error.to_string();
+        tokio::spawn(async move { publish(&ctx, &meeting, EventType::Warning, "ReconcileFailed", &message).await });
+    }
+    Action::requeue(backoff)
+}
+
+async fn publish(ctx: &Context, m: &Meeting, type_: EventType, reason: &str, note: &str) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
+        tracing::debug!(error = %e, "publishing event");
+    }
+}
+
+/// A spec the operator cannot act on, with the condition reason that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Pools that may host the meeting: same namespace, its region, its selector.
+pub fn matching_pools(m: &Meeting, pools: &[Arc<SfuPool>]) -> Result<Vec<Arc<SfuPool>>, Invalid> {
+    let ns = m.namespace();
+    let selector: Option<Selector> = match &m.spec.sfu_pool_selector {
+        Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| Invalid {
+            reason: "InvalidSelector",
+            message: format!("spec.sfuPoolSelector: {e}"),
+        })?),
+        None => None,
+    };
+    let mut out: Vec<Arc<SfuPool>> = pools
+        .iter()
+        .filter(|p| p.namespace() == ns && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| m.spec.region.is_none() || p.spec.region == m.spec.region)
+        .filter(|p| selector.as_ref().is_none_or(|s| s.matches(p.labels())))
+        .cloned()
+        .collect();
+    out.sort_by_key(|p| p.name_any());
+    Ok(out)
+}
+
+/// The most participants a pool can ever hold: every pod at max, less relay links.
+pub fn pool_maximum(pool: &SfuPool) -> u64 {
+    let pods = pool.spec.autoscaling.max_replicas.max(0) as u64;
+    let per_pod = pool.spec.capacity.participants_per_pod.max(0) as u64;
+    (pods * per_pod).saturating_sub(2 * pods.saturating_sub(1))
+}
+
+/// Checks what the spec asks against the pools there are (pure).
+pub fn validate(m: &Meeting, pools: &[Arc<SfuPool>], status: &MeetingStatus) -> Result<(), Invalid> {
+    let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    if let (Some(schedule), Some(created)) = (&m.spec.schedule, created) {
+        let started = status.started_at.is_some();
+        let late = created.duration_since(schedule.start.0) > jiff::SignedDuration::try_from(START_SLACK).expect("small");
+        if late && !started {
+            return Err(Invalid {
+                reason: "StartInPast",
+                message: format!("spec.schedule.start {} is before the meeting was created ({})", schedule.start.0, created),
+            });
+        }
+    }
+    if pools.is_empty() {
+        let wanted = match (&m.spec.region, &m.spec.sfu_pool_selector) {
+            (Some(r), Some(_)) => format!("in region {r} matching spec.sfuPoolSelector"),
+            (Some(r), None) => format!("in region {r}"),
+            (None, Some(_)) => "matching spec.sfuPoolSelector".into(),
+            (None, None) => "in the namespace".into(),
+        };
+        return Err(Invalid { reason: "NoMatchingPool", message: format!("no SfuPool {wanted}") });
+    }
+    let expected = m.spec.participants.expected.max(1) as u64;
+    let largest = pools.iter().map(|p| pool_maximum(p)).max().unwrap_or(0);
+    if expected > largest {
+        return Err(Invalid {
+            reason: "ExceedsPoolMaximum",
+            message: format!(
+                "spec.participants.expected {expected} is more than the largest matching pool can ever hold ({largest} at maxReplicas)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn phase_of(p: MeetingPhase) -> Phase {
+    match p {
+        MeetingPhase::Scheduled => Phase::Scheduled,
+        MeetingPhase::Waiting => Phase::Waiting,
+        MeetingPhase::Active => Phase::Active,
+        MeetingPhase::Ended => Phase::Ended,
+        MeetingPhase::Failed => Phase::Failed,
+    }
+}
+
+fn api_phase(p: Phase) -> MeetingPhase {
+    match p {
+        Phase::Scheduled => MeetingPhase::Scheduled,
+        Phase::Waiting => MeetingPhase::Waiting,
+        Phase::Active => MeetingPhase::Active,
+        Phase::Ended => MeetingPhase::Ended,
+        Phase::Failed => MeetingPhase::Failed,
+    }
+}
+
+fn phase_name(p: Option<MeetingPhase>) -> &'static str {
+    match p {
+        None => "None",
+        Some(MeetingPhase::Scheduled) => "Scheduled",
+        Some(MeetingPhase::Waiting) => "Waiting",
+        Some(MeetingPhase::Active) => "Active",
+        Some(MeetingPhase::Ended) => "Ended",
+        Some(MeetingPhase::Failed) => "Failed",
+    }
+}
+
+/// A Ready SFU pod of a pool, able to take meetings.
+struct ReadyPod {
+    name: String,
+    node: Option<String>,
+    zone: Option<String>,
+    endpoint: String,
+}
+
+fn ready_pods(ctx: &Context, pool: &SfuPool, now: jiff::Timestamp) -> Vec<ReadyPod> {
+    let ns = pool.namespace().unwrap_or_default();
+    let timeout = pool.spec.remediation.heartbeat_timeout.as_std();
+    ctx.pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && !p.annotations().contains_key(DRAINING_ANNOTATION))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .filter_map(|p| {
+            let name = p.name_any();
+            let lease = ctx.leases.get(&ObjectRef::new(&name).within(&ns))?;
+            let beat = Observed::from_lease(&lease).ok()?;
+            if beat.heartbeat.state != SfuState::Ready || !beat.is_fresh(now, timeout) {
+                return None;
+            }
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            let zone = node.as_ref().and_then(|n| {
+                ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get(ZONE_LABEL).cloned())
+            });
+            Some(ReadyPod { name, node, zone, endpoint: beat.heartbeat.endpoint.clone() })
+        })
+        .collect()
+}
+
+/// Seats taken in a pool: every pod's ledger (with writes in flight).
+fn pool_taken(ctx: &Context, pool: &SfuPool) -> u64 {
+    let ns = pool.namespace().unwrap_or_default();
+    ctx.pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
+        .map(|p| ctx.book.taken(&ns, &p.name_any()))
+        .sum()
+}
+
+/// Participants other meetings hold as reservations in a pool.
+pub fn pool_reserved(meetings: &Store<Meeting>, namespace: &str, pool: &str, except: Option<&str>) -> u64 {
+    meetings
+        .state()
+        .iter()
+        .filter(|m| m.namespace().as_deref() == Some(namespace) && Some(m.name_any().as_str()) != except)
+        .filter_map(|m| m.status.as_ref())
+        .filter(|s| s.assignment.is_none() && matches!(s.phase, Some(MeetingPhase::Scheduled | MeetingPhase::Waiting)))
+        .filter_map(|s| s.reservation.as_ref())
+        .filter(|r| r.pool == pool)
+        .map(|r| r.participants.max(0) as u64)
+        .sum()
+}
+
+fn timing(m: &Meeting, pool: Option<&SfuPool>) -> lifecycle::Timing {
+    let pre = pool.map(|p| p.spec.pre_provisioning.clone()).unwrap_or_default();
+    lifecycle::Timing {
+        lead_time: pre.lead_time.as_std(),
+        release_after: pre.release_after.as_std(),
+        empty_timeout: m.spec.empty_timeout.as_ref().map_or(DEFAULT_EMPTY_TIMEOUT, |d| d.as_std()),
+        grace_period: m.spec.schedule.as_ref().and_then(|s| s.grace_period.as_ref()).map_or(DEFAULT_GRACE_PERIOD, |d| d.as_std()),
+        ttl_after_ended: m.spec.ttl_after_ended.as_ref().map(|d| d.as_std()),
+    }
+}
+
+/// Why a placement did not happen.
+struct NotPlaced {
+    reason: &'static str,
+    message: String,
+}
+
+async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
+    if m.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = m.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let uid = m.uid().unwrap_or_default();
+    let now = jiff::Timestamp::now();
+    let current = m.status.clone().unwrap_or_default();
+    let previous_conditions = current.conditions.clone();
+    let generation = m.metadata.generation;
+
+    // Identity: a room code once, and the join URL of the namespace's signaling.
+    let room_code = match &current.room_code {
+        Some(code) => code.clone(),
+        None => {
+            let memo = ctx.memory.lock().expect("lock").get(&key(m)).and_then(|x| x.room_code.clone());
+            match memo {
+                Some(code) => code,
+                None => {
+                    let code = ctx.codes.next().await?;
+                    ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = Some(code.clone());
+                    code
+                }
+            }
+        }
+    };
+    let join_url = signaling_url(ctx, &ns).map(|u| format!("{}/j/{room_code}", u.trim_end_matches('/')));
+    let mut next = MeetingStatus {
+        observed_generation: generation,
+        room_code: Some(room_code),
+        join_url,
+        migrations: current.migrations.clone(),
+        started_at: current.started_at.clone(),
+        ended_at: current.ended_at.clone(),
+        ..Default::default()
+    };
+    let mut conditions = Vec::new();
+    let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+    let mut requeue: Option<Duration> = None;
+
+    // Dereference and validate.
+    let ended = current.phase == Some(MeetingPhase::Ended);
+    let pools = matching_pools(m, &ctx.pools.state());
+    let validity = pools.as_ref().map_err(Clone::clone).and_then(|p| validate(m, p, &current));
+    if let (false, Err(invalid)) = (ended, &validity) {
+        release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
+        next.phase = Some(MeetingPhase::Failed);
+        conditions.push(condition(&previous_conditions, "Valid", false, invalid.reason, invalid.message.clone(), generation));
+        if current.phase != Some(MeetingPhase::Failed) {
+            events.push((EventType::Warning, invalid.reason, invalid.message.clone()));
+            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: invalid.reason }).inc();
+        }
+        next.conditions = conditions;
+        write_status(ctx, m, &current, next, events).await?;
+        // Pool changes requeue Failed meetings; a spec change comes as an event.
+        return Ok(Action::await_change());
+    }
+    let pools = pools.unwrap_or_default();
+    if !ended {
+        conditions.push(condition(&previous_conditions, "Valid", true, "Valid", "", generation));
+    }
+
+    // The pool the meeting holds capacity in, or would.
+    let held_pool = current.assignment.as_ref().map(|a| a.pool.clone()).or(current.reservation.as_ref().map(|r| r.pool.clone()));
+    let pool = held_pool
+        .as_ref()
+        .and_then(|n| pools.iter().find(|p| &p.name_any() == n))
+        .cloned()
+        .or_else(|| best_pool(ctx, &pools, &name));
+
+    // Decide (pure).
+    let timing = timing(m, pool.as_deref());
+    let view = lifecycle::View {
+        created: m.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+        start: m.spec.schedule.as_ref().map(|s| s.start.0),
+        expected_duration: m.spec.schedule.as_ref().and_then(|s| s.expected_duration.as_ref()).map(|d| d.as_std()),
+        phase: match current.phase {
+            Some(MeetingPhase::Failed) | None => None,
+            Some(p) => Some(phase_of(p)),
+        },
+        started_at: current.started_at.as_ref().map(|t| t.0),
+        ended_at: current.ended_at.as_ref().map(|t| t.0),
+        empty_since: current.empty_since.as_ref().map(|t| t.0),
+        participants: current.participants.as_ref().map_or(0, |p| p.current.max(0) as u64),
+        placed_at: current.assignment.as_ref().and_then(|a| a.at.as_ref()).map(|t| t.0),
+    };
+    let decision = lifecycle::decide(&view, &timing, now);
+    next.phase = Some(api_phase(decision.phase));
+    next.started_at = decision.started_at.map(Time);
+    next.ended_at = decision.ended_at.map(Time);
+    next.empty_since = decision.empty_since.map(Time);
+    requeue = decision.recheck_after.or(requeue);
+    let expected = m.spec.participants.expected.max(1) as u64;
+
+    // Hold what the phase needs.
+    match decision.hold {
+        Hold::Nothing => {
+            release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
+        }
+        Hold::Reservation => {
+            let pool = pool.as_ref().expect("valid meetings have a pool");
+            let start = m.spec.schedule.as_ref().map_or(now, |s| s.start.0);
+            let from = start.checked_sub(jiff::SignedDuration::try_from(timing.lead_time).unwrap_or_default()).unwrap_or(start);
+            let reservation = Reservation { pool: pool.name_any(), participants: expected as i32, from: Time(from) };
+            let headroom = pool_maximum(pool).saturating_sub(pool_taken(ctx, pool) + pool_reserved(&ctx.meetings, &ns, &pool.name_any(), Some(&name)));
+            if headroom >= expected {
+                conditions.push(condition(
+                    &previous_conditions,
+                    "CapacityReserved",
+                    true,
+                    "Reserved",
+                    format!("{expected} participants reserved in pool {} from {from}", pool.name_any()),
+                    generation,
+                ));
+                if current.reservation.is_none() {
+                    events.push((EventType::Normal, "CapacityReserved", format!("reserved {expected} participants in pool {}", pool.name_any())));
+                    ctx.metrics.reservations_made.inc();
+                }
+            } else {
+                let message = format!(
+                    "pool {} can hold {headroom} more participants at maxReplicas {}; {expected} expected",
+                    pool.name_any(),
+                    pool.spec.autoscaling.max_replicas
+                );
+                conditions.push(condition(&previous_conditions, "CapacityReserved", false, "PoolAtMaximum", message.clone(), generation));
+                if !has_reason(&previous_conditions, "CapacityReserved", "PoolAtMaximum") {
+                    events.push((EventType::Warning, "PoolAtMaximum", message));
+                }
+            }
+            if current.reservation.as_ref().map(|r| &r.pool) != Some(&reservation.pool) {
+                let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&reservation.pool).within(&ns));
+            }
+            next.reservation = Some(reservation);
+            release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
+        }
+        Hold::Assignment => {
+            let kept = current.assignment.as_ref().filter(|a| assignment_alive(ctx, &ns, a)).cloned();
+            match kept {
+                Some(a) => next.assignment = Some(a),
+                None => match &pool {
+                    None => unreachable!("valid meetings have a pool"),
+                    Some(pool) => match place_meeting(ctx, m, pool, expected, now).await? {
+                        Ok(a) => {
+                            let due = lifecycle::due(&view);
+                            let latency = now.duration_since(due.max(view.created)).as_secs_f64().max(0.0);
+                            ctx.metrics.placement_latency.observe(latency);
+                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "placed", reason: "Placed" }).inc();
+                            let pods = std::iter::once(a.origin.pod.clone()).chain(a.edges.iter().map(|e| e.pod.clone())).collect::<Vec<_>>();
+                            let what = if a.edges.is_empty() {
+                                format!("placed on SFU pod {}", a.origin.pod)
+                            } else {
+                                format!("placed on {} SFU pods (origin {} and {} edges)", pods.len(), a.origin.pod, a.edges.len())
+                            };
+                            events.push((EventType::Normal, "Placed", what));
+                            if current.reservation.is_some() {
+                                let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&a.pool).within(&ns));
+                            }
+                            next.assignment = Some(a);
+                        }
+                        Err(not) => {
+                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: not.reason }).inc();
+                            if !has_reason(&previous_conditions, "Placed", not.reason) {
+                                events.push((EventType::Warning, "PlacementFailed", not.message.clone()));
+                            }
+                            conditions.push(condition(&previous_conditions, "Placed", false, not.reason, not.message, generation));
+                            // Keep the reservation while waiting: the pool keeps the capacity coming.
+                            next.reservation = current.reservation.clone().or_else(|| {
+                                Some(Reservation { pool: pool.name_any(), participants: expected as i32, from: Time(now) })
+                            });
+                            if current.reservation.is_none() {
+                                let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&pool.name_any()).within(&ns));
+                            }
+                            requeue = Some(PLACEMENT_RETRY);
+                        }
+                    },
+                },
+            }
+            if let Some(a) = &next.assignment {
+                let pods = 1 + a.edges.len();
+                let message = if a.edges.is_empty() {
+                    format!("on {} ({})", a.origin.pod, a.origin.endpoint)
+                } else {
+                    format!("cascaded over {pods} pods: origin {} and {} edges", a.origin.pod, a.edges.len())
+                };
+                conditions.push(condition(&previous_conditions, "Placed", true, "Assigned", message, generation));
+            }
+        }
+    }
+    if let Some(reason) = decision.end_reason {
+        let message = match reason {
+            lifecycle::EndReason::Empty => "nobody was in the meeting for its empty timeout".to_owned(),
+            lifecycle::EndReason::NeverStarted => "nobody joined in time; its capacity went back to the pool".to_owned(),
+            lifecycle::EndReason::DurationExceeded => "it ran past its expected duration and grace period".to_owned(),
+        };
+        conditions.push(condition(&previous_conditions, "Ended", true, reason.as_str(), message.clone(), generation));
+        events.push((EventType::Normal, "Ended", message));
+    } else if let Some(c) = previous_conditions.iter().find(|c| c.type_ == "Ended") {
+        conditions.push(c.clone());
+    }
+    if current.phase != next.phase && decision.end_reason.is_none() {
+        let note = match next.phase {
+            Some(MeetingPhase::Scheduled) => "scheduled".to_owned(),
+            Some(MeetingPhase::Waiting) => "due: waiting for participants".to_owned(),
+            Some(MeetingPhase::Active) => "started: participants joined".to_owned(),
+            _ => String::new(),
+        };
+        if !note.is_empty() {
+            events.push((EventType::Normal, phase_name(next.phase), note));
+        }
+    }
+    next.conditions = conditions;
+    write_status(ctx, m, &current, next, events).await?;
+
+    if decision.delete {
+        let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
+        let params = DeleteParams { preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
+        match api.delete(&name, &params).await {
+            Ok(_) => tracing::info!(meeting = %key(m), "deleted after its TTL"),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    Ok(match requeue {
+        Some(d) => Action::requeue(d.clamp(Duration::from_millis(100), Duration::from_secs(300))),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn has_reason(conditions: &[switchboard_crds::common::Condition], type_: &str, reason: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.reason == reason)
+}
+
+fn signaling_url(ctx: &Context, ns: &str) -> Option<String> {
+    let mut pools: Vec<Arc<SignalingPool>> =
+        ctx.signaling.state().into_iter().filter(|s| s.namespace().as_deref() == Some(ns)).collect();
+    pools.sort_by_key(|p| p.name_any());
+    pools.first().map(|p| p.spec.public_url.clone())
+}
+
+/// The matching pool with the most room (at its maximum) for a new meeting.
+fn best_pool(ctx: &Context, pools: &[Arc<SfuPool>], except: &str) -> Option<Arc<SfuPool>> {
+    pools
+        .iter()
+        .max_by_key(|p| {
+            let ns = p.namespace().unwrap_or_default();
+            let committed = pool_taken(ctx, p) + pool_reserved(&ctx.meetings, &ns, &p.name_any(), Some(except));
+            (pool_maximum(p).saturating_sub(committed), std::cmp::Reverse(p.name_any()))
+        })
+        .cloned()
+}
+
+/// Every pod of an assignment still exists and is not being deleted.
+fn assignment_alive(ctx: &Context, ns: &str, a: &Assignment) -> bool {
+    std::iter::once(&a.origin).chain(&a.edges).all(|e| {
+        ctx.pods.get(&ObjectRef::new(&e.pod).within(ns)).is_some_and(|p| p.metadata.deletion_timestamp.is_none())
+    })
+}
+
+async fn release_assignment(ctx: &Context, ns: &str, name: &str, uid: &str, a: Option<&Assignment>) -> Result<()> {
+    let Some(a) = a else { return Ok(()) };
+    for e in std::iter::once(&a.origin).chain(&a.edges) {
+        if let Err(e) = ctx.book.release(ns, &e.pod, name, uid).await {
+            tracing::warn!(pod = %e, "releasing seats failed; housekeeping will retry");
+        }
+    }
+    let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&a.pool).within(ns));
+    Ok(())
+}
+
+/// Seats for `participants` on Ready pods of `pool`, committed to their ledgers.
+async fn place_meeting(
+    ctx: &Context,
+    m: &Meeting,
+    pool: &SfuPool,
+    participants: u64,
+    now: jiff::Timestamp,
+) -> Result<std::result::Result<Assignment, NotPlaced>> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let uid = m.uid().unwrap_or_default();
+    let per_pod = pool.spec.capacity.participants_per_pod.max(1) as u64;
+    let strategy = match pool.spec.placement.strategy {
+        PlacementStrategy::Packed => place::Strategy::Packed,
+        PlacementStrategy::Distributed => place::Strategy::Distributed,
+    };
+    // Seats left over by an earlier attempt that crashed before its status write.
+    for p in ctx.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
+        if Ledger::of(p).0.get(&name).is_some_and(|s| s.uid == uid) {
+            ctx.book.release(&ns, &p.name_any(), &name, &uid).await.ok();
+        }
+    }
+    let ready = ready_pods(ctx, pool, now);
+    let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
+    let (chosen, commits) = ctx
+        .book
+        .reserve(&ns, &names, |taken| {
+            let candidates: Vec<Candidate> = ready
+                .iter()
+                .map(|p| Candidate {
+                    pod: p.name.clone(),
+                    node: p.node.clone(),
+                    zone: p.zone.clone(),
+                    capacity: per_pod,
+                    allocated: taken.get(&p.name).copied().unwrap_or(0),
+                })
+                .collect();
+            match place::place(strategy, &candidates, participants) {
+                Ok(shares) => {
+                    let adds = shares
+                        .iter()
+                        .map(|s| (s.pod.clone(), name.clone(), Seats { uid: uid.clone(), seats: s.slots() }, per_pod))
+                        .collect();
+                    (Ok(shares), adds)
+                }
+                Err(e) => (Err(e), vec![]),
+            }
+        })
+        .await;
+    let shares = match chosen {
+        Ok(s) => s,
+        Err(Shortfall::NoReadyPods) => {
+            return Ok(Err(NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no Ready SFU pod", pool.name_any()) }));
+        }
+        Err(e @ Shortfall::InsufficientCapacity { .. }) => {
+            return Ok(Err(NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }));
+        }
+    };
+    let failed: Vec<String> = commits.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
+    if !failed.is_empty() {
+        for (pod, r) in &commits {
+            if r.is_ok() {
+                ctx.book.release(&ns, pod, &name, &uid).await.ok();
+            }
+        }
+        return Ok(Err(NotPlaced { reason: "Contended", message: format!("seats changed while placing: {}", failed.join("; ")) }));
+    }
+    let endpoint = |pod: &str| {
+        let r = ready.iter().find(|p| p.name == pod).expect("chosen from ready");
+        (r.endpoint.clone(), r.node.clone(), r.zone.clone())
+    };
+    let mut endpoints = shares.iter().map(|s| {
+        let (endpoint, node, zone) = endpoint(&s.pod);
+        SfuEndpoint { pod: s.pod.clone(), endpoint, participants: Some(s.participants as i32), parent: s.parent.clone(), node, zone }
+    });
+    let origin = endpoints.next().expect("a placement has an origin");
+    Ok(Ok(Assignment { pool: pool.name_any(), origin, edges: endpoints.collect(), at: Some(Time(now)) }))
+}
+
+fn same_status(a: &MeetingStatus, b: &MeetingStatus) -> bool {
+    let strip = |s: &MeetingStatus| MeetingStatus { conditions: vec![], participants: None, ..s.clone() };
+    strip(a) == strip(b) && same(&a.conditions, &b.conditions)
+}
+
+async fn write_status(
+    ctx: &Context,
+    m: &Meeting,
+    current: &MeetingStatus,
+    next: MeetingStatus,
+    events: Vec<(EventType, &'static str, String)>,
+) -> Result<()> {
+    if !same_status(current, &next) {
+        let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "status": next});
+        api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = None;
+    }
+    for (type_, reason, note) in events {
+        publish(ctx, m, type_, reason, &note).await;
+    }
+    Ok(())
+}
+
+/// Every few seconds: phase gauges; every half minute: seats of meetings that
+/// ended or are gone go back to their pods (a crash between a release and a
+/// status write, or a Meeting deleted while it held seats).
+async fn housekeeping(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        round += 1;
+        let meetings = ctx.meetings.state();
+        let mut phases: HashMap<&'static str, i64> =
+            ["None", "Scheduled", "Waiting", "Active", "Ended", "Failed"].into_iter().map(|p| (p, 0)).collect();
+        let mut reserved = 0i64;
+        for m in &meetings {
+            let s = m.status.as_ref();
+            *phases.entry(phase_name(s.and_then(|s| s.phase))).or_default() += 1;
+            if s.is_some_and(|s| s.reservation.is_some() && s.assignment.is_none()) {
+                reserved += 1;
+            }
+        }
+        for (phase, n) in phases {
+            ctx.metrics.meetings.get_or_create(&PhaseLabels { phase }).set(n);
+        }
+        ctx.metrics.reservations.set(reserved);
+        if round % 6 != 0 || !ctx.meetings.is_empty() && meetings.is_empty() {
+            continue;
+        }
+        ctx.book.forget_missing();
+        let by_key: HashMap<(String, String), Arc<Meeting>> =
+            meetings.iter().map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m.clone())).collect();
+        for pod in ctx.pods.state() {
+            let ns = pod.namespace().unwrap_or_default();
+            for (meeting, seats) in Ledger::of(&pod).0 {
+                let holder = by_key.get(&(ns.clone(), meeting.clone()));
+                let stale = match holder {
+                    None => true,
+                    Some(m) => {
+                        m.uid().as_deref() != Some(seats.uid.as_str())
+                            || m.status.as_ref().is_some_and(|s| matches!(s.phase, Some(MeetingPhase::Ended | MeetingPhase::Failed)))
+                    }
+                };
+                if stale {
+                    tracing::info!(pod = %pod.name_any(), %meeting, "releasing seats of a meeting that ended or is gone");
+                    ctx.book.release(&ns, &pod.name_any(), &meeting, &seats.uid).await.ok();
+                }
+            }
+        }
+    }
+}
