@@ -23,6 +23,7 @@ use kube::runtime::wait::Condition;
 use kube::{Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+pub mod bench;
 pub mod fixtures;
 pub mod nodes;
 pub mod operator;

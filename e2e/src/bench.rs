@@ -1,0 +1,98 @@
+//! Pieces the benchmark binaries share: the operator's memory and metrics, and
+//! simulated SFU heartbeats at a rate the 2-core API server takes.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use switchboard_heartbeat::{Heartbeat, Load, POOL_LABEL, SfuState};
+
+/// Quantile from a Prometheus histogram's cumulative buckets (linear inside a bucket).
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let want = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= want {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let within = if count > prev.1 { (want - prev.1) / (count - prev.1) } else { 1.0 };
+            return prev.0 + (le - prev.0) * within;
+        }
+        prev = (le, count);
+    }
+    prev.0
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:")
+}
+
+pub fn hwm_kib(pid: u32) -> u64 {
+    status_field(pid, "VmHWM:")
+}
+
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("operator metrics port");
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// Simulated SFUs: a pod beats as soon as it runs, then every 30 s (heartbeat
+/// timeout 90 s). Real SFUs beat every 2 s; at 2,000 pods that alone would be
+/// 1,000 writes/s, more than this 2-core machine's API server takes next to the
+/// rest, and the benchmark is about the operator. Pods are watched, not listed.
+/// Returns the number of Running pods seen so far through `running`.
+pub async fn simulate_heartbeats(client: Client, ns: String, running: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let (store, writer) = kube::runtime::reflector::store();
+    let watch = watcher(pods, watcher::Config::default().labels(POOL_LABEL)).default_backoff().reflect(writer).touched_objects();
+    tokio::spawn(watch.for_each(|_| futures::future::ready(())));
+    let mut last: HashMap<String, Instant> = HashMap::new();
+    loop {
+        let pods = store.state();
+        let is_running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && p.metadata.deletion_timestamp.is_none();
+        running.store(pods.iter().filter(|p| is_running(p)).count(), std::sync::atomic::Ordering::Relaxed);
+        let due: Vec<(String, String, String)> = pods
+            .iter()
+            .filter(|p| is_running(p))
+            .filter(|p| last.get(&p.name_any()).is_none_or(|t| t.elapsed() > Duration::from_secs(30)))
+            .map(|p| {
+                let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+                (p.name_any(), p.labels()[POOL_LABEL].clone(), ip)
+            })
+            .collect();
+        for (name, _, _) in &due {
+            last.insert(name.clone(), Instant::now());
+        }
+        stream::iter(due)
+            .for_each_concurrent(16, |(name, pool, ip)| {
+                let leases = leases.clone();
+                let ns = ns.clone();
+                async move {
+                    let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), Load::default());
+                    let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(90));
+                    let _ = leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
+                }
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

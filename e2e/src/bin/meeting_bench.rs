@@ -1,0 +1,208 @@
+//! Benchmark: N Meetings created as fast as the API server takes them, against
+//! one pool of Ready SFU pods. Measures placements per second, the time from a
+//! Meeting's creation to its assignment (p50/p99, seen by a watch), and the
+//! operator's peak RSS (the release binary runs as its own process under the
+//! repo's RBAC). Checks at the end that no pod is over capacity. Prints a table.
+//!
+//! `cargo run --release -p switchboard-e2e --bin meeting-bench -- [--meetings 10000] [--pods 40] [--clients 32]`
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::ResourceExt;
+use serde_json::json;
+use switchboard_crds::{Meeting, SfuPool};
+use switchboard_e2e::bench::{hwm_kib, metrics_text, rss_kib, simulate_heartbeats};
+use switchboard_e2e::*;
+
+const PER_POD: u64 = 2_000;
+
+struct Args {
+    meetings: usize,
+    pods: usize,
+    clients: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args { meetings: 10_000, pods: 40, clients: 32 };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok()).expect("a number after each flag");
+        match pair[0].as_str() {
+            "--meetings" => a.meetings = value,
+            "--pods" => a.pods = value,
+            "--clients" => a.clients = value,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = args();
+    eprintln!("meeting-bench: {} meetings on {} SFU pods, {} creating clients", args.meetings, args.pods, args.clients);
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, "meeting-bench").await;
+    let token = operator::operator_token(&admin, &ns.name).await;
+    let dir = std::env::temp_dir().join(format!("meeting-bench-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
+
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
+        .current_dir(repo_root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the operator");
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let mut child = tokio::process::Command::new(repo_root().join("target/release/operator"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("SWITCHBOARD_WATCH_NAMESPACE", &ns.name)
+        .env("SWITCHBOARD_LEADER_NAMESPACE", &ns.name)
+        .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let beats = tokio::spawn(simulate_heartbeats(admin.clone(), ns.name.clone(), running.clone()));
+
+    // One pool, sized up front: the benchmark is about placement, not scaling.
+    let pools: Api<SfuPool> = ns.api();
+    let n = args.pods as i32;
+    let pool = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": "bench"},
+        "spec": {"autoscaling": {"minReplicas": n, "maxReplicas": n}, "capacity": {"participantsPerPod": PER_POD},
+            "remediation": {"heartbeatTimeout": "90s"},
+            "template": {"spec": {"containers": [{"name": "sfu", "image": "switchboard-sfu:bench"}]}}}});
+    pools.patch("bench", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pool)).await.unwrap();
+    wait_for("pool Ready", Duration::from_secs(180), || async {
+        pools.get("bench").await.ok().and_then(|p| p.status).is_some_and(|s| s.ready_replicas == n)
+    })
+    .await;
+
+    // Watch assignments as they land.
+    let meetings: Api<Meeting> = ns.api();
+    let assigned: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = assigned.clone();
+    let watch = tokio::spawn(
+        watcher(meetings.clone(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |m| {
+                if let Ok(m) = m {
+                    if m.status.as_ref().is_some_and(|s| s.assignment.is_some()) {
+                        seen.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
+                    }
+                }
+                futures::future::ready(())
+            }),
+    );
+
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let start = Instant::now();
+    let mut peak_rss = 0u64;
+    let creating = {
+        let created = created.clone();
+        let meetings = meetings.clone();
+        stream::iter(0..args.meetings).for_each_concurrent(args.clients, move |i| {
+            let (meetings, created) = (meetings.clone(), created.clone());
+            async move {
+                let name = format!("m{i:05}");
+                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+                    "metadata": {"name": name}, "spec": {"title": "bench", "host": "u", "participants": {"expected": 1 + i % 8}}}))
+                .unwrap();
+                let at = Instant::now();
+                loop {
+                    match meetings.create(&PostParams::default(), &m).await {
+                        Ok(_) => break,
+                        Err(kube::Error::Api(s)) if s.code == 409 => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                created.lock().unwrap().insert(name, at);
+            }
+        })
+    };
+    tokio::pin!(creating);
+    let mut created_all = None;
+    loop {
+        tokio::select! {
+            _ = &mut creating, if created_all.is_none() => created_all = Some(start.elapsed()),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        peak_rss = peak_rss.max(rss_kib(pid));
+        if assigned.lock().unwrap().len() >= args.meetings {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(900), "not all placed after 900 s: {}", assigned.lock().unwrap().len());
+    }
+    let all_placed = start.elapsed();
+    peak_rss = peak_rss.max(hwm_kib(pid));
+    let metrics = metrics_text(port).await;
+    watch.abort();
+    beats.abort();
+
+    let created = created.lock().unwrap().clone();
+    let assigned = assigned.lock().unwrap().clone();
+    let mut latencies: Vec<f64> =
+        assigned.iter().filter_map(|(n, at)| created.get(n).map(|c| at.saturating_duration_since(*c).as_secs_f64())).collect();
+    latencies.sort_by(f64::total_cmp);
+    // Sustained rate: placements between the 10th and the 90th percentile of completion.
+    let mut done: Vec<Instant> = assigned.values().copied().collect();
+    done.sort();
+    let (a, b) = (done[done.len() / 10], done[done.len() * 9 / 10]);
+    let sustained = (done.len() * 8 / 10) as f64 / b.duration_since(a).as_secs_f64();
+
+    // No pod over capacity, ledgers agree.
+    let pods: Api<Pod> = ns.api();
+    let mut worst = 0u64;
+    for p in pods.list(&ListParams::default()).await.unwrap().items {
+        let total: u64 = p
+            .annotations()
+            .get("switchboard.dev/placements")
+            .map(|raw| serde_json::from_str::<HashMap<String, serde_json::Value>>(raw).unwrap())
+            .unwrap_or_default()
+            .values()
+            .map(|v| v["seats"].as_u64().unwrap())
+            .sum();
+        assert!(total <= PER_POD, "pod {} over capacity: {total}", p.name_any());
+        worst = worst.max(total);
+    }
+    let errors: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_reconcile_errors_total{controller=\"meeting\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let _ = child.kill().await;
+
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| meetings, SFU pods, creating clients | {} meetings, {} pods of {PER_POD}, {} clients |", args.meetings, args.pods, args.clients);
+    println!("| all created (API) | {:.1} s ({:.0}/s) |", created_all.unwrap_or(all_placed).as_secs_f64(), args.meetings as f64 / created_all.unwrap_or(all_placed).as_secs_f64());
+    println!("| all placed | {:.1} s ({:.0} placements/s overall) |", all_placed.as_secs_f64(), args.meetings as f64 / all_placed.as_secs_f64());
+    println!("| sustained placements (10th to 90th percentile) | {sustained:.0}/s |");
+    println!("| creation → assignment p50 / p99 / max | {:.2} s / {:.2} s / {:.2} s |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
+    println!("| fullest pod | {worst} of {PER_POD} seats (none over) |");
+    println!("| reconcile errors (retried) | {errors:.0} |");
+    println!("| operator peak RSS | {:.1} MiB |", peak_rss as f64 / 1024.0);
+
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
+}
