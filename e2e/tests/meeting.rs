@@ -179,7 +179,7 @@ async fn a_meeting_walks_through_every_phase_on_schedule() {
         ledgers(&admin, &ns.name, "fleet").await.values().all(|l| !l.contains_key("standup"))
     })
     .await;
-    await_events(&admin, &ns.name, "standup", &["Scheduled", "CapacityReserved", "Placed", "Waiting", "Active", "Ended"]).await;
+    await_events(&admin, &ns.name, "standup", &["Scheduled", "CapacityReserved", "Placed", "Active", "Ended"]).await;
 
     // TTL after the end: deleted.
     await_deleted(&meetings, "standup", TIMEOUT).await;

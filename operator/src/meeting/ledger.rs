@@ -119,32 +119,43 @@ impl Book {
 
     /// Seats taken on a pod: committed, plus additions still in flight.
     pub fn taken(&self, namespace: &str, pod: &str) -> u64 {
-        let inner = self.inner.lock().expect("lock");
-        self.taken_locked(&inner, namespace, pod)
+        let mut inner = self.inner.lock().expect("lock");
+        self.taken_locked(&mut inner, namespace, pod)
     }
 
-    fn taken_locked(&self, inner: &HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> u64 {
-        let key = (namespace.to_owned(), pod.to_owned());
-        let (ledger, pending) = match inner.get(&key) {
-            Some(b) => (b.committed.as_ref().map(|c| c.ledger.clone()), b.pending.iter().collect::<Vec<_>>()),
-            None => (None, vec![]),
-        };
-        let mut ledger = ledger.unwrap_or_else(|| self.store_ledger(namespace, pod));
-        for c in pending {
-            match &c.seats {
-                Some(s) => {
-                    ledger.0.insert(c.meeting.clone(), s.clone());
-                }
-                None => {
-                    ledger.0.remove(&c.meeting);
-                }
-            }
+    fn taken_locked(&self, inner: &mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> u64 {
+        let book = self.book_locked(inner, namespace, pod);
+        let ledger = &book.committed.as_ref().expect("loaded").ledger;
+        let mut total = ledger.total();
+        // Pending changes replace a meeting's committed seats (later ones win).
+        let mut pending: HashMap<&str, Option<u64>> = HashMap::new();
+        for c in &book.pending {
+            pending.insert(c.meeting.as_str(), c.seats.as_ref().map(|s| s.seats));
         }
-        ledger.total()
+        for (meeting, seats) in pending {
+            total -= ledger.0.get(meeting).map_or(0, |s| s.seats);
+            total += seats.unwrap_or(0);
+        }
+        total
     }
 
-    fn store_ledger(&self, namespace: &str, pod: &str) -> Ledger {
-        self.pods.get(&ObjectRef::new(pod).within(namespace)).map(|p| Ledger::of(&p)).unwrap_or_default()
+    /// The pod's book, loading its ledger from the cache the first time.
+    fn book_locked<'a>(&self, inner: &'a mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> &'a mut PodBook {
+        let book = inner.entry((namespace.to_owned(), pod.to_owned())).or_default();
+        if book.committed.is_none() {
+            book.committed = Some(match self.pods.get(&ObjectRef::new(pod).within(namespace)) {
+                Some(p) => committed_from(&p),
+                None => Committed { raw: None, resource_version: None, has_annotations: false, ledger: Ledger::default() },
+            });
+        }
+        book
+    }
+
+    /// Whether the pod's ledger (as last known) holds seats of this meeting.
+    pub fn holds(&self, namespace: &str, pod: &str, meeting: &str, uid: &str) -> bool {
+        let mut inner = self.inner.lock().expect("lock");
+        let book = self.book_locked(&mut inner, namespace, pod);
+        book.committed.as_ref().is_some_and(|c| c.ledger.0.get(meeting).is_some_and(|s| s.uid == uid))
     }
 
     /// Runs `choose` with the seats taken on each pod, under the book's lock, and
@@ -157,7 +168,7 @@ impl Book {
         let receivers = {
             let mut inner = self.inner.lock().expect("lock");
             let taken: HashMap<String, u64> =
-                pods.iter().map(|p| (p.clone(), self.taken_locked(&inner, namespace, p))).collect();
+                pods.iter().map(|p| (p.clone(), self.taken_locked(&mut inner, namespace, p))).collect();
             let (out, adds) = choose(&taken);
             let mut receivers = Vec::new();
             for (pod, meeting, seats, capacity) in adds {

@@ -579,7 +579,9 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     } else if let Some(c) = previous_conditions.iter().find(|c| c.type_ == "Ended") {
         conditions.push(c.clone());
     }
-    if current.phase != next.phase && decision.end_reason.is_none() {
+    let placed_now = events.iter().any(|(_, reason, _)| *reason == "Placed");
+    // Waiting and placed in one go say it in one event (`Placed`): one write fewer per meeting.
+    if current.phase != next.phase && decision.end_reason.is_none() && !(placed_now && next.phase == Some(MeetingPhase::Waiting)) {
         let note = match next.phase {
             Some(MeetingPhase::Scheduled) => "scheduled".to_owned(),
             Some(MeetingPhase::Waiting) => "due: waiting for participants".to_owned(),
@@ -622,6 +624,9 @@ fn signaling_url(ctx: &Context, ns: &str) -> Option<String> {
 
 /// The matching pool with the most room (at its maximum) for a new meeting.
 fn best_pool(ctx: &Context, pools: &[Arc<SfuPool>], except: &str) -> Option<Arc<SfuPool>> {
+    if pools.len() == 1 {
+        return pools.first().cloned();
+    }
     pools
         .iter()
         .max_by_key(|p| {
@@ -668,7 +673,7 @@ async fn place_meeting(
     };
     // Seats left over by an earlier attempt that crashed before its status write.
     for p in ctx.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
-        if Ledger::of(p).0.get(&name).is_some_and(|s| s.uid == uid) {
+        if ctx.book.holds(&ns, &p.name_any(), &name, &uid) {
             ctx.book.release(&ns, &p.name_any(), &name, &uid).await.ok();
         }
     }
@@ -747,8 +752,17 @@ async fn write_status(
         api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = None;
     }
-    for (type_, reason, note) in events {
-        publish(ctx, m, type_, reason, &note).await;
+    // Events go out in the background: they must not hold up the next placement.
+    if !events.is_empty() {
+        let (recorder, reference) = (ctx.recorder.clone(), m.object_ref(&()));
+        tokio::spawn(async move {
+            for (type_, reason, note) in events {
+                let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::debug!(error = %e, "publishing event");
+                }
+            }
+        });
     }
     Ok(())
 }

@@ -176,7 +176,11 @@ pub async fn run(
 
     controller
         // Bounded parallelism keeps memory and API bursts flat with hundreds of pools.
-        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        .with_config(
+            // Debounced: a burst of placements changes many pod ledgers at once, and
+            // one reconcile (and one status write) can cover them all.
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY).debounce(Duration::from_millis(300)),
+        )
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
         // Reservations of scheduled meetings changed.
