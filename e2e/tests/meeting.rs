@@ -12,7 +12,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use switchboard_crds::meeting::MeetingPhase;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::fixtures::{apply, await_events, event_reasons, pool};
+use switchboard_e2e::fixtures::{apply, await_events, pool};
 use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
@@ -417,7 +417,7 @@ async fn bad_specs_are_refused_or_reported() {
         assert_eq!((valid.status.as_str(), valid.reason.as_str()), ("False", *reason), "{name}");
         assert!(valid.message.contains(mentions), "{name}: {}", valid.message);
         assert!(m.status.as_ref().unwrap().assignment.is_none());
-        assert!(event_reasons(&admin, &ns.name, name).await.iter().any(|r| r == reason), "{name}: event {reason}");
+        await_events(&admin, &ns.name, name, &[reason]).await;
     }
 
     // Fixing the world fixes the meeting: a pool big enough takes the oversized one.
