@@ -8,7 +8,8 @@ use kube::Client;
 use serde_json::{Value, json};
 use switchboard_crds::SfuPool;
 
-use crate::{FIELD_MANAGER, wait_for};
+use crate::operator::{OperatorHandle, operator_identity, start_operator};
+use crate::{FIELD_MANAGER, TestNamespace, client, install_crds, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,3 +56,19 @@ pub async fn await_events(admin: &Client, ns: &str, name: &str, reasons: &[&str]
     .await;
 }
 
+
+/// A test's admin client, its namespace, and an operator running in it under the repo's RBAC.
+pub struct Setup {
+    pub admin: Client,
+    pub ns: TestNamespace,
+    pub operator: OperatorHandle,
+}
+
+pub async fn setup(prefix: &str) -> Setup {
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, prefix).await;
+    let identity = operator_identity(&admin, &ns.name).await;
+    let operator = start_operator(identity, &ns.name, "operator-a", Duration::from_secs(15));
+    Setup { admin, ns, operator }
+}

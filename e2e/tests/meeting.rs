@@ -12,8 +12,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use switchboard_crds::meeting::MeetingPhase;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::fixtures::{apply, await_events, pool};
-use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator};
+use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
 
@@ -21,20 +20,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const LEDGER: &str = "switchboard.dev/placements";
 const SIGNALING_MANAGER: &str = "switchboard-signaling";
 
-struct Setup {
-    admin: Client,
-    ns: TestNamespace,
-    operator: OperatorHandle,
-}
-
-async fn setup(prefix: &str) -> Setup {
-    let admin = client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::create(&admin, prefix).await;
-    let identity = operator_identity(&admin, &ns.name).await;
-    let operator = start_operator(identity, &ns.name, "operator-a", Duration::from_secs(15));
-    Setup { admin, ns, operator }
-}
 
 fn meeting(name: &str, expected: i32, extra: Value) -> Value {
     let mut spec = json!({"title": format!("meeting {name}"), "host": "user-1", "participants": {"expected": expected}});

@@ -11,28 +11,14 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::SfuPool;
-use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator};
+use switchboard_e2e::operator::{operator_identity, start_operator};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
-use switchboard_e2e::fixtures::{apply, await_events, pool};
+use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_LABEL: &str = "switchboard.dev/pool";
 
-struct Setup {
-    admin: Client,
-    ns: TestNamespace,
-    operator: OperatorHandle,
-}
-
-async fn setup(prefix: &str) -> Setup {
-    let admin = client().await;
-    install_crds(&admin).await;
-    let ns = TestNamespace::create(&admin, prefix).await;
-    let identity = operator_identity(&admin, &ns.name).await;
-    let operator = start_operator(identity, &ns.name, "operator-a", Duration::from_secs(15));
-    Setup { admin, ns, operator }
-}
 
 async fn live_pods(client: &Client, ns: &str, pool: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);

@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod config;
 pub mod crd_install;
+pub mod events;
 pub mod http;
 pub mod labels;
 pub mod leader;

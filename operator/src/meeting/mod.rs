@@ -20,7 +20,7 @@ use kube::core::PartialObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -192,10 +192,7 @@ fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Acti
 }
 
 async fn publish(ctx: &Context, m: &Meeting, type_: EventType, reason: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
-        tracing::debug!(error = %e, "publishing event");
-    }
+    crate::events::publish(&ctx.recorder, &m.object_ref(&()), type_, reason, note).await;
 }
 
 /// A spec the operator cannot act on, with the condition reason that says why.
@@ -757,10 +754,7 @@ async fn write_status(
         let (recorder, reference) = (ctx.recorder.clone(), m.object_ref(&()));
         tokio::spawn(async move {
             for (type_, reason, note) in events {
-                let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    tracing::debug!(error = %e, "publishing event");
-                }
+                crate::events::publish(&recorder, &reference, type_, reason, &note).await;
             }
         });
     }

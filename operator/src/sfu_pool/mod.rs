@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -248,10 +248,7 @@ async fn report_failure(ctx: &Context, pool: &SfuPool, reason: &str, message: St
 }
 
 async fn publish(ctx: &Context, pool: &SfuPool, type_: EventType, reason: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
-    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        tracing::debug!(error = %e, "publishing event");
-    }
+    crate::events::publish(&ctx.recorder, &pool.object_ref(&()), type_, reason, note).await;
 }
 
 fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
