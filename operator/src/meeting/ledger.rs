@@ -278,7 +278,10 @@ impl Book {
                     let _ = c.reply.send(r);
                 }
             };
-            if next == base.ledger && base.raw.is_some() {
+            // Only releases may skip the write: an addition is confirmed by the server's
+            // `test` even when it changes nothing here (our copy may be stale).
+            let only_releases = batch.iter().all(|c| c.seats.is_none());
+            if next == base.ledger && base.raw.is_some() && only_releases {
                 reply(batch, verdicts);
                 return Ok(Some(base));
             }

@@ -513,7 +513,13 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
             release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
         }
         Hold::Assignment => {
-            let kept = current.assignment.as_ref().filter(|a| assignment_alive(ctx, &ns, a)).cloned();
+            // Keep an assignment only while the pods' ledgers hold its seats: a reconcile
+            // of a stale cached Meeting must not bring back seats released since.
+            let kept = current
+                .assignment
+                .as_ref()
+                .filter(|a| assignment_alive(ctx, &ns, a) && assignment_booked(ctx, &ns, &name, &uid, a))
+                .cloned();
             match kept {
                 Some(a) => next.assignment = Some(a),
                 None => match &pool {
@@ -639,6 +645,11 @@ fn assignment_alive(ctx: &Context, ns: &str, a: &Assignment) -> bool {
     std::iter::once(&a.origin).chain(&a.edges).all(|e| {
         ctx.pods.get(&ObjectRef::new(&e.pod).within(ns)).is_some_and(|p| p.metadata.deletion_timestamp.is_none())
     })
+}
+
+/// Every pod of an assignment holds the meeting's seats in its ledger.
+fn assignment_booked(ctx: &Context, ns: &str, name: &str, uid: &str, a: &Assignment) -> bool {
+    std::iter::once(&a.origin).chain(&a.edges).all(|e| ctx.book.holds(ns, &e.pod, name, uid))
 }
 
 async fn release_assignment(ctx: &Context, ns: &str, name: &str, uid: &str, a: Option<&Assignment>) -> Result<()> {
