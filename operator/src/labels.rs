@@ -12,6 +12,9 @@ pub const TEMPLATE_HASH_LABEL: &str = "switchboard.dev/template-hash";
 pub const BUSY_LABEL: &str = "switchboard.dev/busy";
 /// RFC 3339 time the operator started draining the pod.
 pub const DRAINING_ANNOTATION: &str = "switchboard.dev/draining-since";
+/// Why the operator drains the pod: a fault (`NodeNotReady`, `NodeDrained`, …) or
+/// `ScaleDownOrUpdate`.
+pub const DRAIN_REASON_ANNOTATION: &str = "switchboard.dev/drain-reason";
 /// Tells the cluster autoscaler whether it may remove the pod's node.
 pub const SAFE_TO_EVICT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 /// Field manager of everything the operator writes.

@@ -5,11 +5,13 @@ pub mod conditions;
 pub mod config;
 pub mod crd_install;
 pub mod events;
+pub mod health;
 pub mod http;
 pub mod labels;
 pub mod leader;
 pub mod meeting;
 pub mod metrics;
+pub mod remediation;
 pub mod sfu_pool;
 
 use std::future::Future;
@@ -133,14 +135,21 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         .reflect(writer)
         .applied_objects();
     let watches = sfu_pool::Watches::new(&client, &config);
-    let shared = meeting::Shared {
-        meetings: meeting_store.clone(),
-        pools: pool_store.clone(),
-        pods: watches.pods.clone(),
-        leases: watches.leases.clone(),
-        nodes: watches.nodes.clone(),
-    };
+    let caches = health::Caches { pods: watches.pods.clone(), leases: watches.leases.clone(), nodes: watches.nodes.clone() };
+    let shared = meeting::Shared { meetings: meeting_store.clone(), pools: pool_store.clone(), caches: caches.clone() };
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let (fault_tx, fault_rx) = futures::channel::mpsc::unbounded();
+    let reporter = kube::runtime::events::Reporter { controller: labels::FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let detector = remediation::Detector {
+        client: client.clone(),
+        caches,
+        pools: pool_store.clone(),
+        metrics: metrics.clone(),
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+        meetings: fault_tx,
+        pools_to_plan: trigger_tx.clone(),
+    };
+    let detector = detector.run(stopped(stop.clone()));
     let pools = sfu_pool::run(
         client.clone(),
         config.clone(),
@@ -152,6 +161,6 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         trigger_rx,
         stopped(stop.clone()),
     );
-    let meetings = meeting::run(client, config, metrics, meeting_stream, shared, trigger_tx, stopped(stop));
-    futures::future::join(pools, meetings).await;
+    let meetings = meeting::run(client, config, metrics, meeting_stream, shared, trigger_tx, fault_rx, stopped(stop));
+    futures::future::join3(pools, meetings, detector).await;
 }

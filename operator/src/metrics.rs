@@ -43,6 +43,16 @@ pub struct PlacementLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -61,6 +71,11 @@ pub struct Metrics {
     pub placement_latency: Histogram,
     pub reservations: Gauge,
     pub reservations_made: Counter,
+    pub sfu_faults: Family<ReasonLabels, Counter>,
+    pub migrations: Family<ReasonLabels, Counter>,
+    pub migration_duration: Histogram,
+    pub nodes_cordoned: Counter,
+    pub evictions: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,8 +116,27 @@ impl Default for Metrics {
         registry.register("meeting_reservations", "Meetings holding a reservation ahead of their start", reservations.clone());
         let reservations_made = Counter::default();
         registry.register("meeting_reservations_made", "Reservations made for scheduled meetings", reservations_made.clone());
+        let sfu_faults = Family::<ReasonLabels, Counter>::default();
+        registry.register("sfu_faults", "SFU pods found failed or leaving with their node, by reason", sfu_faults.clone());
+        let migrations = Family::<ReasonLabels, Counter>::default();
+        registry.register("meeting_migrations", "Meetings moved off a failed or leaving SFU pod, by reason", migrations.clone());
+        let migration_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "meeting_migration_duration_seconds",
+            "Time from a fault becoming detectable (its threshold elapsed) to the meeting re-placed",
+            migration_duration.clone(),
+        );
+        let nodes_cordoned = Counter::default();
+        registry.register("nodes_cordoned", "Failed nodes the operator cordoned and tainted", nodes_cordoned.clone());
+        let evictions = Family::<ResultLabels, Counter>::default();
+        registry.register("sfu_evictions", "SFU pod evictions through the Eviction API, by result", evictions.clone());
         Self {
             registry: Arc::new(registry),
+            sfu_faults,
+            migrations,
+            migration_duration,
+            nodes_cordoned,
+            evictions,
             meetings,
             placements,
             placement_latency,

@@ -14,6 +14,8 @@
 //!   Distributed takes from the most crowded node and zone).
 //! * A template change surges new pods and retires one old pod per new Ready pod.
 
+pub mod health;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -56,6 +58,8 @@ pub struct Policy {
     pub startup_timeout: Duration,
     /// Hash of the current pod template; pods with another hash are outdated.
     pub template_hash: String,
+    /// Remove pods of a failed node (once their meetings moved) rather than leave them.
+    pub evict_failed: bool,
 }
 
 /// The SFU's own word in its heartbeat.
@@ -97,6 +101,8 @@ pub struct PodView {
     /// Participants of meetings placed on it (its placement ledger), which may
     /// not have joined yet: a pod with placements is busy even while empty.
     pub allocated: u64,
+    /// A failure found by [`health::pod_fault`]: its meetings must move.
+    pub fault: Option<health::Fault>,
 }
 
 /// Lifecycle state of a pod (the API's `SfuPodState`).
@@ -122,6 +128,8 @@ pub enum DeleteReason {
     ScaleDown,
     /// Outdated template and empty.
     Outdated,
+    /// On a failed or draining node, and its meetings have moved.
+    Evacuated,
 }
 
 /// Memory the stabilisation window needs between reconciles.
@@ -192,6 +200,16 @@ fn until(now: Timestamp, then: Timestamp, after: Duration) -> Duration {
 pub fn pod_state(policy: &Policy, pod: &PodView, now: Timestamp) -> PodState {
     if pod.finished {
         return PodState::Unhealthy;
+    }
+    match pod.fault {
+        Some(f) if f.of_node() => {
+            // The node's word, not the SFU's: a partitioned SFU may still heartbeat.
+            let reported = pod.heartbeat.as_ref().map_or(0, |h| h.participants);
+            let busy = pod.allocated > 0 || (f.planned() && reported > 0);
+            return if busy { PodState::Draining } else { PodState::Drained };
+        }
+        Some(_) => return PodState::Unhealthy,
+        None => {}
     }
     let Some(hb) = &pod.heartbeat else {
         if pod.started.is_some_and(|started| since(now, started) >= policy.startup_timeout) {
@@ -319,8 +337,9 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
         .iter()
         .map(|pod| {
             let state = pod_state(policy, pod, now);
-            let participants = match state {
-                PodState::Unhealthy => 0,
+            let participants = match (state, pod.fault) {
+                (PodState::Unhealthy, _) => 0,
+                (_, Some(f)) if !f.planned() => pod.allocated,
                 _ => pod.heartbeat.as_ref().map_or(0, |h| h.participants).max(pod.allocated),
             };
             PodPlanInput { pod, state, participants }
@@ -349,8 +368,15 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
     for p in &inputs {
         match p.state {
             PodState::Unhealthy => plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy)),
-            PodState::Drained => plan.delete.push((p.pod.name.clone(), DeleteReason::Drained)),
+            PodState::Drained => match p.pod.fault {
+                Some(health::Fault::NodeNotReady) if !policy.evict_failed => {}
+                Some(_) => plan.delete.push((p.pod.name.clone(), DeleteReason::Evacuated)),
+                None => plan.delete.push((p.pod.name.clone(), DeleteReason::Drained)),
+            },
             PodState::Draining => {
+                if p.pod.fault.is_some() && p.pod.draining_since.is_none() {
+                    plan.start_drain.push(p.pod.name.clone());
+                }
                 let started = p.pod.draining_since.unwrap_or(now);
                 if since(now, started) >= policy.drain_timeout {
                     plan.delete.push((p.pod.name.clone(), DeleteReason::DrainTimeout));
@@ -379,7 +405,7 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
         // Take back pods we were draining before creating new ones.
         for p in inputs.iter().filter(current).filter(|p| p.state == PodState::Draining) {
             let self_drained = p.pod.heartbeat.as_ref().is_some_and(|h| h.state == ReportedState::Draining);
-            if missing == 0 || self_drained || p.pod.draining_since.is_none() {
+            if missing == 0 || self_drained || p.pod.draining_since.is_none() || p.pod.fault.is_some() {
                 continue;
             }
             plan.cancel_drain.push(p.pod.name.clone());

@@ -20,6 +20,7 @@ fn policy() -> Policy {
         drain_timeout: Duration::from_secs(3600),
         startup_timeout: Duration::from_secs(120),
         template_hash: "v1".into(),
+        evict_failed: true,
     }
 }
 
@@ -36,6 +37,7 @@ fn pod(name: &str, node: &str, participants: u64, now: Timestamp) -> PodView {
         draining_since: None,
         heartbeat: Some(HeartbeatView { state: ReportedState::Ready, participants, tracks: participants * 3, renewed: now }),
         allocated: 0,
+        fault: None,
     }
 }
 
@@ -286,4 +288,49 @@ fn placements_not_yet_joined_keep_a_pod_busy() {
     assert_eq!(p.participants, 40);
     assert!(!p.safe_to_evict);
     assert!(!plan.delete.iter().any(|(n, _)| n == "booked"));
+}
+
+#[test]
+fn pods_of_a_failed_node_drain_until_their_meetings_moved_then_are_evicted() {
+    let p = policy();
+    let now = t(0);
+    let mut failed = pod("a", "n1", 40, now);
+    failed.allocated = 40;
+    failed.fault = Some(health::Fault::NodeNotReady);
+    let healthy = pod("b", "n2", 0, now);
+    let mut mem = ScaleMemory::default();
+    let busy = plan(&p, &[failed.clone(), healthy.clone()], 0, now, &mut mem);
+    assert_eq!(busy.pods[0].state, PodState::Draining, "its meetings are still on it");
+    assert_eq!(busy.start_drain, vec!["a".to_owned()], "marked draining: no new meetings");
+    assert_eq!(busy.create, 1, "a replacement comes up at once");
+    assert!(busy.delete.is_empty(), "not removed while meetings are on it (the PDB agrees)");
+    assert!(!busy.pods[0].safe_to_evict);
+
+    // Moved: the ledger is empty. The partitioned SFU still reports 40; that is ignored.
+    failed.allocated = 0;
+    failed.draining_since = Some(now);
+    let moved = plan(&p, &[failed.clone(), healthy.clone()], 0, now, &mut mem);
+    assert_eq!(moved.delete, vec![("a".to_owned(), DeleteReason::Evacuated)]);
+    assert!(moved.pods[0].safe_to_evict);
+
+    let keep = Policy { evict_failed: false, ..p.clone() };
+    assert!(plan(&keep, &[failed.clone(), healthy.clone()], 0, now, &mut ScaleMemory::default()).delete.is_empty());
+
+    // A planned drain also waits for clients still connected to the SFU.
+    failed.fault = Some(health::Fault::NodeDrained);
+    let planned = plan(&p, &[failed.clone(), healthy], 0, now, &mut mem);
+    assert_eq!(planned.pods[0].state, PodState::Draining, "its clients have not reconnected yet");
+}
+
+#[test]
+fn a_pod_draining_for_a_fault_is_never_taken_back() {
+    let p = Policy { min_replicas: 3, ..policy() };
+    let now = t(0);
+    let mut failed = pod("a", "n1", 10, now);
+    failed.allocated = 10;
+    failed.draining_since = Some(now);
+    failed.fault = Some(health::Fault::NodeDrained);
+    let plan = plan(&p, &[failed, pod("b", "n2", 0, now)], 0, now, &mut ScaleMemory::default());
+    assert!(plan.cancel_drain.is_empty());
+    assert_eq!(plan.create, 2);
 }

@@ -163,6 +163,73 @@ fn cascade(strategy: Strategy, mut usable: Vec<&Candidate>, participants: u64) -
     Ok(shares)
 }
 
+/// A meeting moved off failed pods.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The new tree; the first share is the origin.
+    pub shares: Vec<Share>,
+    /// (from, to) for every pod the meeting left.
+    pub moves: Vec<(String, String)>,
+}
+
+/// Moves a placed meeting off the `failed` pods of its tree (`shares`).
+///
+/// Each failed share moves whole to one healthy pod outside the tree, chosen by
+/// the strategy (best fit when Packed, emptiest when Distributed), so that the
+/// tree keeps its shape and participants on healthy pods stay where they are.
+/// When some share fits no single pod, the whole meeting is placed again over
+/// every candidate, counting the seats it already holds on healthy pods as free.
+/// `candidates` are the healthy Ready pods with their committed load, which
+/// includes this meeting's own seats on the pods of the tree.
+pub fn replace(strategy: Strategy, candidates: &[Candidate], shares: &[Share], failed: &[String]) -> Result<Replacement, Shortfall> {
+    let in_tree = |pod: &str| shares.iter().any(|s| s.pod == pod);
+    let mut taken: Vec<String> = Vec::new();
+    let mut swaps: Vec<(String, String)> = Vec::new();
+    let mut whole = true;
+    for share in shares.iter().filter(|s| failed.contains(&s.pod)) {
+        let fits = candidates
+            .iter()
+            .filter(|c| !in_tree(&c.pod) && !taken.contains(&c.pod) && c.free() >= share.slots());
+        let chosen = match strategy {
+            Strategy::Packed => fits.min_by(|a, b| a.free().cmp(&b.free()).then(a.pod.cmp(&b.pod))),
+            Strategy::Distributed => fits.max_by(|a, b| a.free().cmp(&b.free()).then(b.pod.cmp(&a.pod))),
+        };
+        match chosen {
+            Some(c) => {
+                taken.push(c.pod.clone());
+                swaps.push((share.pod.clone(), c.pod.clone()));
+            }
+            None => {
+                whole = false;
+                break;
+            }
+        }
+    }
+    if whole {
+        let rename = |pod: &String| swaps.iter().find(|(from, _)| from == pod).map_or_else(|| pod.clone(), |(_, to)| to.clone());
+        let shares = shares
+            .iter()
+            .map(|s| Share { pod: rename(&s.pod), parent: s.parent.as_ref().map(rename), ..s.clone() })
+            .collect();
+        return Ok(Replacement { shares, moves: swaps });
+    }
+    // Start over: the seats this meeting holds on its healthy pods are free for it.
+    let own = |pod: &str| shares.iter().find(|s| s.pod == pod && !failed.contains(&s.pod)).map_or(0, Share::slots);
+    let freed: Vec<Candidate> = candidates
+        .iter()
+        .map(|c| Candidate { allocated: c.allocated.saturating_sub(own(&c.pod)), ..c.clone() })
+        .collect();
+    let participants = shares.iter().map(|s| s.participants).sum();
+    let placed = place(strategy, &freed, participants)?;
+    let origin = placed[0].pod.clone();
+    let moves = shares
+        .iter()
+        .filter(|s| !placed.iter().any(|p| p.pod == s.pod))
+        .map(|s| (s.pod.clone(), origin.clone()))
+        .collect();
+    Ok(Replacement { shares: placed, moves })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +301,58 @@ mod tests {
     fn a_cascade_that_cannot_fit_says_how_much_is_free() {
         let pods = [pod("a", "z", 100, 0), pod("b", "z", 100, 0)];
         assert_eq!(place(Strategy::Packed, &pods, 250), Err(Shortfall::InsufficientCapacity { needed: 250, free: 198 }));
+    }
+
+    #[test]
+    fn a_failed_pod_of_a_single_pod_meeting_moves_to_the_best_fit() {
+        let pods = [pod("b", "z", 100, 50), pod("c", "z", 100, 90), pod("d", "z", 100, 0)];
+        let tree = vec![Share { pod: "a".into(), participants: 10, parent: None, relay_links: 0 }];
+        let packed = replace(Strategy::Packed, &pods, &tree, &["a".into()]).unwrap();
+        assert_eq!(packed.moves, vec![("a".to_owned(), "c".to_owned())]);
+        assert_eq!(packed.shares, vec![Share { pod: "c".into(), participants: 10, parent: None, relay_links: 0 }]);
+        let spread = replace(Strategy::Distributed, &pods, &tree, &["a".into()]).unwrap();
+        assert_eq!(spread.moves, vec![("a".to_owned(), "d".to_owned())]);
+    }
+
+    #[test]
+    fn a_failed_origin_moves_alone_and_the_tree_keeps_its_shape() {
+        let pods: Vec<Candidate> = (0..6).map(|i| pod(&format!("p{i}"), "z", 250, 0)).collect();
+        let tree = place(Strategy::Packed, &pods[..4], 750).unwrap();
+        let failed = vec![tree[0].pod.clone()];
+        // The origin fails: its share (participants and relay links) moves to one new pod.
+        let mut load = pods.clone();
+        for c in &mut load {
+            c.allocated = tree.iter().find(|s| s.pod == c.pod).map_or(0, Share::slots);
+        }
+        let healthy: Vec<Candidate> = load.into_iter().filter(|c| !failed.contains(&c.pod)).collect();
+        let r = replace(Strategy::Packed, &healthy, &tree, &failed).unwrap();
+        assert_eq!(r.moves.len(), 1);
+        let to = &r.moves[0].1;
+        assert!(!tree.iter().any(|s| &s.pod == to), "a pod outside the tree");
+        assert_eq!(&r.shares[0].pod, to, "it becomes the origin");
+        for (old, new) in tree.iter().zip(&r.shares).skip(1) {
+            assert_eq!(old.pod, new.pod, "edges stay");
+            assert_eq!(new.parent.as_deref(), Some(to.as_str()), "and relay from the new origin");
+        }
+        let check: Vec<Candidate> = healthy.iter().map(|c| Candidate { allocated: 0, ..c.clone() }).collect();
+        assert_valid_tree(&r.shares, &check, 750);
+    }
+
+    #[test]
+    fn when_no_single_pod_fits_a_share_the_meeting_is_placed_again() {
+        // "a" held 80; the healthy pods have 50 free each, plus the meeting's own 20 on "b".
+        let tree = vec![
+            Share { pod: "a".into(), participants: 79, parent: None, relay_links: 1 },
+            Share { pod: "b".into(), participants: 19, parent: Some("a".into()), relay_links: 1 },
+        ];
+        let pods = [pod("b", "z", 100, 70), pod("c", "z", 100, 50), pod("d", "z", 100, 50)];
+        let r = replace(Strategy::Packed, &pods, &tree, &["a".into()]).unwrap();
+        assert_eq!(r.shares.iter().map(|s| s.participants).sum::<u64>(), 98);
+        assert!(r.shares.iter().all(|s| s.pod != "a"));
+        assert!(r.moves.iter().any(|(from, _)| from == "a"));
+        let freed = [pod("b", "z", 100, 50), pod("c", "z", 100, 50), pod("d", "z", 100, 50)];
+        assert_valid_tree(&r.shares, &freed, 98);
+        let none = replace(Strategy::Packed, &[], &tree, &["a".into()]);
+        assert_eq!(none, Err(Shortfall::NoReadyPods));
     }
 }

@@ -14,9 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::core::PartialObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{Action, Controller};
@@ -26,29 +23,32 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_crds::common::Time;
-use switchboard_crds::meeting::{Assignment, MeetingPhase, Reservation, SfuEndpoint};
+use switchboard_crds::meeting::{Assignment, MeetingPhase, Migration, Reservation, SfuEndpoint};
 use switchboard_crds::sfu_pool::PlacementStrategy;
 use switchboard_crds::{Meeting, MeetingStatus, SfuPool, SignalingPool};
-use switchboard_heartbeat::{Observed, SfuState};
+use switchboard_heartbeat::SfuState;
 use switchboard_placement::lifecycle::{self, Hold, Phase};
-use switchboard_placement::place::{self, Candidate, Shortfall};
+use switchboard_fleet::health::Detected;
+use switchboard_placement::place::{self, Candidate, Share, Shortfall};
 
 use crate::conditions::{condition, same};
 use crate::labels::*;
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PhaseLabels, PlacementLabels};
+use crate::health::Caches;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PhaseLabels, PlacementLabels, ReasonLabels};
 use crate::sfu_pool::build;
 use crate::{Error, OperatorConfig, Result};
 use ledger::{Book, Ledger, Seats};
 use room_codes::RoomCodes;
 
 const CONTROLLER: &str = "meeting";
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Meetings reconciled at the same time (placements are group-committed per pod).
 const RECONCILE_CONCURRENCY: u16 = 64;
 /// A scheduled start this long before the Meeting was created is refused.
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(900);
+/// Migrations a Meeting's status keeps (the latest).
+const MIGRATIONS_KEPT: usize = 20;
 /// How soon an unplaced meeting tries again (new pods, freed seats).
 const PLACEMENT_RETRY: Duration = Duration::from_secs(1);
 
@@ -58,9 +58,7 @@ pub struct Context {
     pub metrics: Metrics,
     meetings: Store<Meeting>,
     pools: Store<SfuPool>,
-    pods: Store<Pod>,
-    leases: Store<Lease>,
-    nodes: Store<PartialObjectMeta<Node>>,
+    caches: Caches,
     signaling: Store<SignalingPool>,
     book: Book,
     codes: RoomCodes,
@@ -74,6 +72,9 @@ pub struct Context {
 struct MeetingMemory {
     /// A code taken for the meeting whose status write has not landed yet.
     room_code: Option<String>,
+    /// The last migration generation this controller wrote: a cached Meeting that
+    /// shows an older one lags our own write, and must not be moved again.
+    migration_generation: i64,
     failures: u32,
 }
 
@@ -81,9 +82,7 @@ struct MeetingMemory {
 pub struct Shared {
     pub meetings: Store<Meeting>,
     pub pools: Store<SfuPool>,
-    pub pods: Store<Pod>,
-    pub leases: Store<Lease>,
-    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub caches: Caches,
 }
 
 fn key(m: &Meeting) -> String {
@@ -98,6 +97,7 @@ pub async fn run(
     meeting_stream: impl futures::Stream<Item = Result<Meeting, watcher::Error>> + Send + 'static,
     shared: Shared,
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
+    faults: impl futures::Stream<Item = ObjectRef<Meeting>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (pools, signaling): (Api<SfuPool>, Api<SignalingPool>) = match &config.watch_namespace {
@@ -112,16 +112,14 @@ pub async fn run(
     let codes = RoomCodes::new(Api::namespaced(client.clone(), &config.leader_namespace));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        book: Book::new(client.clone(), shared.pods.clone()),
+        book: Book::new(client.clone(), shared.caches.pods.clone()),
         codes,
         client,
         config,
         metrics,
         meetings: shared.meetings.clone(),
         pools: shared.pools,
-        pods: shared.pods,
-        leases: shared.leases,
-        nodes: shared.nodes,
+        caches: shared.caches,
         signaling: signaling_store,
         pool_trigger,
         memory: Mutex::default(),
@@ -142,6 +140,8 @@ pub async fn run(
     Controller::for_stream(meeting_stream, shared.meetings)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches(pools, watcher::Config::default(), pool_to_meetings)
+        // Meetings on SFU pods the failure detector found failed or leaving.
+        .reconcile_on(faults)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -306,38 +306,37 @@ struct ReadyPod {
 
 fn ready_pods(ctx: &Context, pool: &SfuPool, now: jiff::Timestamp) -> Vec<ReadyPod> {
     let ns = pool.namespace().unwrap_or_default();
-    let timeout = pool.spec.remediation.heartbeat_timeout.as_std();
-    ctx.pods
+    ctx.caches
+        .pods
         .state()
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !p.annotations().contains_key(DRAINING_ANNOTATION))
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
         .filter_map(|p| {
-            let name = p.name_any();
-            let lease = ctx.leases.get(&ObjectRef::new(&name).within(&ns))?;
-            let beat = Observed::from_lease(&lease).ok()?;
-            if beat.heartbeat.state != SfuState::Ready || !beat.is_fresh(now, timeout) {
+            let beat = ctx.caches.heartbeat(&ns, &p.name_any())?;
+            let (view, verdict) = ctx.caches.judge(pool, &p, Some(&beat), now);
+            // Not on a node that is NotReady even briefly, cordoned or going away.
+            let node_ok = view.node.as_deref().is_some_and(|n| ctx.caches.node(n).schedulable());
+            if !view.ready || beat.heartbeat.state != SfuState::Ready || verdict.fault.is_some() || !node_ok {
                 return None;
             }
-            let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            let zone = node.as_ref().and_then(|n| {
-                ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get(ZONE_LABEL).cloned())
-            });
-            Some(ReadyPod { name, node, zone, endpoint: beat.heartbeat.endpoint.clone() })
+            Some(ReadyPod { name: view.name, node: view.node, zone: view.zone, endpoint: beat.heartbeat.endpoint.clone() })
         })
+        .collect()
+}
+
+/// The pods of an assignment that failed or are leaving, with why and since when.
+fn assignment_faults(ctx: &Context, pool: &SfuPool, ns: &str, a: &Assignment, now: jiff::Timestamp) -> Vec<(String, Detected)> {
+    std::iter::once(&a.origin)
+        .chain(&a.edges)
+        .filter_map(|e| ctx.caches.judge_named(pool, ns, &e.pod, now).fault.map(|d| (e.pod.clone(), d)))
         .collect()
 }
 
 /// Seats taken in a pool: every pod's ledger (with writes in flight).
 fn pool_taken(ctx: &Context, pool: &SfuPool) -> u64 {
     let ns = pool.namespace().unwrap_or_default();
-    ctx.pods
+    ctx.caches.pods
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
@@ -416,6 +415,10 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     let mut conditions = Vec::new();
     let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
     let mut requeue: Option<Duration> = None;
+    // A migration: the pods it left (released once the status names the new ones),
+    // when its fault became detectable, and its generation.
+    let mut release_after: Vec<String> = Vec::new();
+    let mut moved_since: Option<(jiff::Timestamp, i64)> = None;
 
     // Dereference and validate.
     let ended = current.phase == Some(MeetingPhase::Ended);
@@ -513,16 +516,68 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
             release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
         }
         Hold::Assignment => {
+            let faults = match (&current.assignment, &pool) {
+                (Some(a), Some(p)) => assignment_faults(ctx, p, &ns, a, now),
+                _ => Vec::new(),
+            };
+            let written = ctx.memory.lock().expect("lock").get(&key(m)).map_or(0, |x| x.migration_generation);
+            if !faults.is_empty() && last_generation(&current) < written {
+                // The cache has not caught up with a move we wrote: wait rather than move twice.
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             // Keep an assignment only while the pods' ledgers hold its seats: a reconcile
             // of a stale cached Meeting must not bring back seats released since.
             let kept = current
                 .assignment
                 .as_ref()
-                .filter(|a| assignment_alive(ctx, &ns, a) && assignment_booked(ctx, &ns, &name, &uid, a))
+                .filter(|a| faults.is_empty() && assignment_booked(ctx, &ns, &name, &uid, a))
                 .cloned();
-            match kept {
-                Some(a) => next.assignment = Some(a),
-                None => match &pool {
+            let moving = current.assignment.as_ref().filter(|_| !faults.is_empty());
+            match (kept, moving) {
+                (Some(a), _) => next.assignment = Some(a),
+                (None, Some(old)) => {
+                    let pool = pool.as_ref().expect("an assignment names its pool");
+                    match migrate_meeting(ctx, m, pool, old, &faults, now).await? {
+                        Ok(moved) => {
+                            let detected = faults.iter().map(|(_, d)| d.at).min().unwrap_or(now);
+                            let mut generation_counter = last_generation(&current);
+                            let mut notes = Vec::new();
+                            for (from, to) in &moved.moves {
+                                let reason = faults.iter().find(|(p, _)| p == from).map_or("Rebalanced", |(_, d)| d.fault.as_str());
+                                generation_counter += 1;
+                                next.migrations.push(Migration {
+                                    from: from.clone(),
+                                    to: to.clone(),
+                                    reason: reason.to_owned(),
+                                    at: Time(now),
+                                    generation: generation_counter,
+                                });
+                                ctx.metrics.migrations.get_or_create(&ReasonLabels { reason }).inc();
+                                notes.push(format!("{from} → {to} ({reason})"));
+                            }
+                            let excess = next.migrations.len().saturating_sub(MIGRATIONS_KEPT);
+                            next.migrations.drain(..excess);
+                            moved_since = Some((detected, generation_counter));
+                            events.push((EventType::Normal, "Migrated", format!("moved to healthy SFU pods: {}", notes.join(", "))));
+                            release_after = moved.left;
+                            let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&pool.name_any()).within(&ns));
+                            next.assignment = Some(moved.assignment);
+                        }
+                        Err(not) => {
+                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: not.reason }).inc();
+                            let failed: Vec<&str> = faults.iter().map(|(p, _)| p.as_str()).collect();
+                            let message = format!("moving off {} failed: {}", failed.join(", "), not.message);
+                            if !has_reason(&previous_conditions, "Placed", "MigrationPending") {
+                                events.push((EventType::Warning, "MigrationPending", message.clone()));
+                            }
+                            conditions.push(condition(&previous_conditions, "Placed", false, "MigrationPending", message, generation));
+                            // Its seats stay where they are until it can move: the pod stays busy.
+                            next.assignment = Some(old.clone());
+                            requeue = Some(PLACEMENT_RETRY);
+                        }
+                    }
+                }
+                (None, None) => match &pool {
                     None => unreachable!("valid meetings have a pool"),
                     Some(pool) => match place_meeting(ctx, m, pool, expected, now).await? {
                         Ok(a) => {
@@ -560,7 +615,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                     },
                 },
             }
-            if let Some(a) = &next.assignment {
+            if let Some(a) = next.assignment.as_ref().filter(|_| !conditions.iter().any(|c| c.type_ == "Placed")) {
                 let pods = 1 + a.edges.len();
                 let message = if a.edges.is_empty() {
                     format!("on {} ({})", a.origin.pod, a.origin.endpoint)
@@ -597,6 +652,20 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     }
     next.conditions = conditions;
     write_status(ctx, m, &current, next, events).await?;
+    if let Some((detected, generation_written)) = moved_since {
+        ctx.memory.lock().expect("lock").entry(key(m)).or_default().migration_generation = generation_written;
+        let took = jiff::Timestamp::now().duration_since(detected).as_secs_f64().max(0.0);
+        ctx.metrics.migration_duration.observe(took);
+        tracing::info!(meeting = %key(m), seconds = took, "migrated");
+    }
+    // Only now that the status names the new pods: a crash before this point leaves
+    // the old seats held, and the next reconcile moves the meeting exactly once.
+    for pod in release_after {
+        if let Err(e) = ctx.book.release(&ns, &pod, &name, &uid).await {
+            tracing::warn!(%pod, error = %e, "releasing the seats of a migrated meeting failed; it is retried");
+            return Err(Error::Kube(kube::Error::Service(e.to_string().into())));
+        }
+    }
 
     if decision.delete {
         let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
@@ -640,16 +709,142 @@ fn best_pool(ctx: &Context, pools: &[Arc<SfuPool>], except: &str) -> Option<Arc<
         .cloned()
 }
 
-/// Every pod of an assignment still exists and is not being deleted.
-fn assignment_alive(ctx: &Context, ns: &str, a: &Assignment) -> bool {
-    std::iter::once(&a.origin).chain(&a.edges).all(|e| {
-        ctx.pods.get(&ObjectRef::new(&e.pod).within(ns)).is_some_and(|p| p.metadata.deletion_timestamp.is_none())
-    })
-}
-
 /// Every pod of an assignment holds the meeting's seats in its ledger.
 fn assignment_booked(ctx: &Context, ns: &str, name: &str, uid: &str, a: &Assignment) -> bool {
     std::iter::once(&a.origin).chain(&a.edges).all(|e| ctx.book.holds(ns, &e.pod, name, uid))
+}
+
+/// The tree of an assignment, as the placement core sees it.
+fn shares_of(a: &Assignment) -> Vec<Share> {
+    let all: Vec<&SfuEndpoint> = std::iter::once(&a.origin).chain(&a.edges).collect();
+    all.iter()
+        .map(|e| {
+            let children = all.iter().filter(|c| c.parent.as_deref() == Some(e.pod.as_str())).count() as u64;
+            Share {
+                pod: e.pod.clone(),
+                participants: e.participants.unwrap_or(0).max(0) as u64,
+                parent: e.parent.clone(),
+                relay_links: children + u64::from(e.parent.is_some()),
+            }
+        })
+        .collect()
+}
+
+fn last_generation(s: &MeetingStatus) -> i64 {
+    s.migrations.last().map_or(0, |m| m.generation)
+}
+
+/// A migrated meeting's new assignment, its moves, and the pods it left.
+struct Moved {
+    assignment: Assignment,
+    moves: Vec<(String, String)>,
+    left: Vec<String>,
+}
+
+/// Moves a meeting off the failed pods of its assignment onto healthy Ready pods
+/// of its pool: new seats are committed first; the old ones are released by the
+/// caller once the status names the new pods.
+async fn migrate_meeting(
+    ctx: &Context,
+    m: &Meeting,
+    pool: &SfuPool,
+    old: &Assignment,
+    faults: &[(String, Detected)],
+    now: jiff::Timestamp,
+) -> Result<std::result::Result<Moved, NotPlaced>> {
+    let ns = pool.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let uid = m.uid().unwrap_or_default();
+    let per_pod = pool.spec.capacity.participants_per_pod.max(1) as u64;
+    let strategy = strategy_of(pool);
+    let shares = shares_of(old);
+    let in_old = |pod: &str| shares.iter().any(|s| s.pod == pod);
+    // Seats taken by an earlier attempt that crashed before its status write.
+    for p in ctx.caches.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
+        let pod = p.name_any();
+        if !in_old(&pod) && ctx.book.holds(&ns, &pod, &name, &uid) {
+            ctx.book.release(&ns, &pod, &name, &uid).await.ok();
+        }
+    }
+    let failed: Vec<String> = faults.iter().map(|(p, _)| p.clone()).collect();
+    let ready = ready_pods(ctx, pool, now);
+    let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
+    let (chosen, commits) = ctx
+        .book
+        .reserve(&ns, &names, |taken| {
+            let candidates: Vec<Candidate> = ready
+                .iter()
+                .map(|p| Candidate {
+                    pod: p.name.clone(),
+                    node: p.node.clone(),
+                    zone: p.zone.clone(),
+                    capacity: per_pod,
+                    allocated: taken.get(&p.name).copied().unwrap_or(0),
+                })
+                .collect();
+            match place::replace(strategy, &candidates, &shares, &failed) {
+                Ok(r) => {
+                    // Seats to write: every share whose pod or size is new.
+                    let adds = r
+                        .shares
+                        .iter()
+                        .filter(|s| !shares.iter().any(|o| o.pod == s.pod && o.slots() == s.slots()))
+                        .map(|s| (s.pod.clone(), name.clone(), Seats { uid: uid.clone(), seats: s.slots() }, per_pod))
+                        .collect();
+                    (Ok(r), adds)
+                }
+                Err(e) => (Err(e), vec![]),
+            }
+        })
+        .await;
+    let replacement = match chosen {
+        Ok(r) => r,
+        Err(Shortfall::NoReadyPods) => {
+            return Ok(Err(NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no healthy Ready SFU pod", pool.name_any()) }));
+        }
+        Err(e @ Shortfall::InsufficientCapacity { .. }) => {
+            return Ok(Err(NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }));
+        }
+    };
+    let errors: Vec<String> = commits.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
+    if !errors.is_empty() {
+        for (pod, r) in &commits {
+            if r.is_ok() && !in_old(pod) {
+                ctx.book.release(&ns, pod, &name, &uid).await.ok();
+            }
+        }
+        return Ok(Err(NotPlaced { reason: "Contended", message: format!("seats changed while moving: {}", errors.join("; ")) }));
+    }
+    let endpoint = |s: &Share| -> SfuEndpoint {
+        let participants = Some(s.participants as i32);
+        match ready.iter().find(|p| p.name == s.pod) {
+            Some(r) => SfuEndpoint {
+                pod: s.pod.clone(),
+                endpoint: r.endpoint.clone(),
+                participants,
+                parent: s.parent.clone(),
+                node: r.node.clone(),
+                zone: r.zone.clone(),
+            },
+            // A healthy pod of the old tree that takes no new meetings (draining): as it was.
+            None => {
+                let was = std::iter::once(&old.origin).chain(&old.edges).find(|e| e.pod == s.pod).expect("from the old tree");
+                SfuEndpoint { participants, parent: s.parent.clone(), ..was.clone() }
+            }
+        }
+    };
+    let mut endpoints = replacement.shares.iter().map(endpoint);
+    let origin = endpoints.next().expect("a placement has an origin");
+    let assignment = Assignment { pool: old.pool.clone(), origin, edges: endpoints.collect(), at: old.at.clone() };
+    let left = shares.iter().filter(|o| !replacement.shares.iter().any(|s| s.pod == o.pod)).map(|o| o.pod.clone()).collect();
+    Ok(Ok(Moved { assignment, moves: replacement.moves, left }))
+}
+
+fn strategy_of(pool: &SfuPool) -> place::Strategy {
+    match pool.spec.placement.strategy {
+        PlacementStrategy::Packed => place::Strategy::Packed,
+        PlacementStrategy::Distributed => place::Strategy::Distributed,
+    }
 }
 
 async fn release_assignment(ctx: &Context, ns: &str, name: &str, uid: &str, a: Option<&Assignment>) -> Result<()> {
@@ -675,12 +870,9 @@ async fn place_meeting(
     let name = m.name_any();
     let uid = m.uid().unwrap_or_default();
     let per_pod = pool.spec.capacity.participants_per_pod.max(1) as u64;
-    let strategy = match pool.spec.placement.strategy {
-        PlacementStrategy::Packed => place::Strategy::Packed,
-        PlacementStrategy::Distributed => place::Strategy::Distributed,
-    };
+    let strategy = strategy_of(pool);
     // Seats left over by an earlier attempt that crashed before its status write.
-    for p in ctx.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
+    for p in ctx.caches.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
         if ctx.book.holds(&ns, &p.name_any(), &name, &uid) {
             ctx.book.release(&ns, &p.name_any(), &name, &uid).await.ok();
         }
@@ -802,7 +994,7 @@ async fn housekeeping(ctx: Arc<Context>) {
         ctx.book.forget_missing();
         let by_key: HashMap<(String, String), Arc<Meeting>> =
             meetings.iter().map(|m| ((m.namespace().unwrap_or_default(), m.name_any()), m.clone())).collect();
-        for pod in ctx.pods.state() {
+        for pod in ctx.caches.pods.state() {
             let ns = pod.namespace().unwrap_or_default();
             for (meeting, seats) in Ledger::of(&pod).0 {
                 let holder = by_key.get(&(ns.clone(), meeting.clone()));

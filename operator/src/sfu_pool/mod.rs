@@ -15,7 +15,6 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -30,7 +29,8 @@ use tokio::time::Instant;
 
 use crate::conditions::{condition, same};
 use crate::labels::*;
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels};
+use crate::health::Caches;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels, ResultLabels};
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "sfupool";
@@ -40,6 +40,8 @@ const FAILURE_FIELD_MANAGER: &str = "switchboard-operator-failures";
 const RECONCILE_CONCURRENCY: u16 = 16;
 /// How many pods the status lists (the busiest first).
 const STATUS_PODS: usize = 50;
+/// How soon an eviction the disruption budget refused is tried again.
+const EVICTION_RETRY: Duration = Duration::from_secs(1);
 /// An expected pod creation or deletion not seen in the cache after this is forgotten.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -61,9 +63,7 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Metrics,
     pools: Store<SfuPool>,
-    pods: Store<Pod>,
-    leases: Store<Lease>,
-    nodes: Store<PartialObjectMeta<Node>>,
+    caches: Caches,
     meetings: Store<Meeting>,
     recorder: Recorder,
     memory: Mutex<HashMap<String, PoolMemory>>,
@@ -78,9 +78,10 @@ fn key(pool: &SfuPool) -> String {
 pub struct Watches {
     pub pods: Store<Pod>,
     pub leases: Store<Lease>,
-    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub nodes: Store<Node>,
     pod_stream: futures::stream::BoxStream<'static, Result<Pod, watcher::Error>>,
     lease_stream: futures::stream::BoxStream<'static, Result<Lease, watcher::Error>>,
+    node_stream: futures::stream::BoxStream<'static, Result<Node, watcher::Error>>,
 }
 
 impl Watches {
@@ -89,7 +90,7 @@ impl Watches {
             Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
-        let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+        let nodes: Api<Node> = Api::all(client.clone());
 
         let (pod_store, pod_writer) = reflector::store();
         let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
@@ -108,14 +109,14 @@ impl Watches {
             .boxed();
 
         let (node_store, node_writer) = reflector::store();
+        // Full nodes: readiness and cordons are in spec and status (images stripped).
         let node_stream = watcher(nodes, watcher::Config::default())
             .default_backoff()
-            .modify(|n: &mut PartialObjectMeta<Node>| n.managed_fields_mut().clear())
+            .modify(crate::health::slim_node)
             .reflect(node_writer)
-            .touched_objects();
-        // Nodes only feed the store (zones); they trigger nothing.
-        tokio::spawn(node_stream.for_each(|_| futures::future::ready(())));
-        Self { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream }
+            .touched_objects()
+            .boxed();
+        Self { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream }
     }
 }
 
@@ -132,7 +133,7 @@ pub async fn run(
     triggers: impl futures::Stream<Item = ObjectRef<SfuPool>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream } = watches;
+    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream } = watches;
     let controller = Controller::for_stream(pool_stream, pool_store);
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context {
@@ -141,9 +142,7 @@ pub async fn run(
         client,
         config,
         metrics,
-        pods: pod_store,
-        leases: lease_store.clone(),
-        nodes: node_store,
+        caches: Caches { pods: pod_store.clone(), leases: lease_store.clone(), nodes: node_store },
         meetings,
         memory: Mutex::default(),
     });
@@ -174,6 +173,26 @@ pub async fn run(
         pool.filter(|_| changed).map(|p| ObjectRef::<SfuPool>::new(&p).within(&ns))
     };
 
+    // A node whose readiness or cordon changes: the pools with pods on it.
+    let last_nodes: Mutex<HashMap<String, fleet::health::NodeView>> = Mutex::default();
+    let node_to_pools = move |node: Node| {
+        let name = node.name_any();
+        let view = crate::health::node_view(&node);
+        let changed = last_nodes.lock().expect("lock").insert(name.clone(), view.clone()) != Some(view);
+        if !changed {
+            return Vec::new();
+        }
+        let mut pools: Vec<ObjectRef<SfuPool>> = pod_store
+            .state()
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            .filter_map(|p| Some(ObjectRef::new(p.labels().get(POOL_LABEL)?).within(&p.namespace()?)))
+            .collect();
+        pools.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pools.dedup();
+        pools
+    };
+
     controller
         // Bounded parallelism keeps memory and API bursts flat with hundreds of pools.
         .with_config(
@@ -183,6 +202,7 @@ pub async fn run(
         )
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
+        .watches_stream(node_stream, node_to_pools)
         // Reservations of scheduled meetings changed.
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
@@ -276,43 +296,7 @@ fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
         drain_timeout: pool.spec.drain.timeout.as_std(),
         startup_timeout: ctx.config.sfu_startup_timeout,
         template_hash: hash.to_owned(),
-    }
-}
-
-fn pod_view(pod: &Pod, beat: Option<&Observed>, ctx: &Context) -> fleet::PodView {
-    let status = pod.status.as_ref();
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let zone = node.as_ref().and_then(|n| {
-        ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get("topology.kubernetes.io/zone").cloned())
-    });
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let phase = status.and_then(|s| s.phase.as_deref());
-    fleet::PodView {
-        name: pod.name_any(),
-        template_hash: pod.labels().get(TEMPLATE_HASH_LABEL).cloned().unwrap_or_default(),
-        node,
-        zone,
-        created: pod.metadata.creation_timestamp.as_ref().map_or_else(jiff::Timestamp::now, |t| t.0),
-        started: status.and_then(|s| s.start_time.as_ref()).map(|t| t.0),
-        ready,
-        finished: matches!(phase, Some("Failed" | "Succeeded")),
-        draining_since: pod.annotations().get(DRAINING_ANNOTATION).and_then(|t| t.parse().ok()),
-        heartbeat: beat.and_then(|o| {
-            Some(fleet::HeartbeatView {
-                state: match o.heartbeat.state {
-                    SfuState::Starting => fleet::ReportedState::Starting,
-                    SfuState::Ready => fleet::ReportedState::Ready,
-                    SfuState::Draining => fleet::ReportedState::Draining,
-                    SfuState::Unhealthy => fleet::ReportedState::Unhealthy,
-                },
-                participants: o.heartbeat.load.participants as u64,
-                tracks: (o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks) as u64,
-                renewed: o.renewed?,
-            })
-        }),
-        allocated: crate::meeting::ledger::Ledger::of(pod).total(),
+        evict_failed: pool.spec.remediation.evict_pods,
     }
 }
 
@@ -345,12 +329,14 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
 
     // Dereference from the caches.
     let pods: Vec<Arc<Pod>> = ctx
+        .caches
         .pods
         .state()
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && build::owned_by(p, pool))
         .collect();
     let beats: HashMap<String, Observed> = ctx
+        .caches
         .leases
         .state()
         .into_iter()
@@ -375,9 +361,20 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
 
     // Plan (pure). Reservations: scheduled meetings due soon that hold no seats yet.
     let reserved = crate::meeting::pool_reserved(&ctx.meetings, &namespace, &name, None);
-    let views: Vec<fleet::PodView> = live.iter().map(|p| pod_view(p, beats.get(&p.name_any()), ctx)).collect();
-    let policy = policy(pool, &valid.template_hash, ctx);
     let now = jiff::Timestamp::now();
+    let mut fault_recheck: Option<Duration> = None;
+    let views: Vec<fleet::PodView> = live
+        .iter()
+        .map(|p| {
+            let (view, verdict) = ctx.caches.judge(pool, p, beats.get(&p.name_any()), now);
+            fault_recheck = match (fault_recheck, verdict.recheck_after) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            view
+        })
+        .collect();
+    let policy = policy(pool, &valid.template_hash, ctx);
     let plan = {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
@@ -425,42 +422,8 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         ctx.memory.lock().expect("lock").entry(key(pool)).or_default().expected_created.extend(created.into_iter().map(|n| (n, at)));
         return Err(e.into());
     }
-    let mut deleted = Vec::new();
-    for (pod_name, reason) in &plan.delete {
-        let Some(pod) = by_name.get(pod_name) else { continue };
-        let params = DeleteParams {
-            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
-            ..Default::default()
-        };
-        match pod_api.delete(pod_name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        deleted.push(pod_name.clone());
-        let (label, event_type, why) = match reason {
-            fleet::DeleteReason::Unhealthy => ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it"),
-            fleet::DeleteReason::Drained => ("Drained", EventType::Normal, "drained: no participants left"),
-            fleet::DeleteReason::DrainTimeout => ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it"),
-            fleet::DeleteReason::ScaleDown => ("ScaleDown", EventType::Normal, "not needed and empty"),
-            fleet::DeleteReason::Outdated => ("Outdated", EventType::Normal, "replaced by a pod of the new template"),
-        };
-        count(ctx, "delete", label);
-        publish(ctx, pool, event_type, &format!("PodDeleted{label}"), &format!("deleted pod {pod_name}: {why}")).await;
-    }
-    for pod_name in &plan.start_drain {
-        let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: now.to_string()}}});
-        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        count(ctx, "drain", "ScaleDownOrUpdate");
-        let note = format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty");
-        publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
-    }
-    for pod_name in &plan.cancel_drain {
-        let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null}}});
-        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        count(ctx, "undrain", "ScaleUp");
-    }
-    // Busy pods: not evictable by the cluster autoscaler, covered by the PDB.
+    // Busy pods: not evictable by the cluster autoscaler, covered by the PDB. Labels go
+    // first, so that an emptied pod's eviction below is no longer held by the PDB.
     for p in &plan.pods {
         let Some(pod) = by_name.get(&p.name) else { continue };
         let want_safe = if p.safe_to_evict { "true" } else { "false" };
@@ -474,6 +437,78 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+    let mut deleted = Vec::new();
+    let mut blocked_evictions = false;
+    for (pod_name, reason) in &plan.delete {
+        let Some(pod) = by_name.get(pod_name) else { continue };
+        let (label, event_type, why) = match reason {
+            fleet::DeleteReason::Unhealthy => ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it"),
+            fleet::DeleteReason::Drained => ("Drained", EventType::Normal, "drained: no participants left"),
+            fleet::DeleteReason::DrainTimeout => ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it"),
+            fleet::DeleteReason::ScaleDown => ("ScaleDown", EventType::Normal, "not needed and empty"),
+            fleet::DeleteReason::Outdated => ("Outdated", EventType::Normal, "replaced by a pod of the new template"),
+            fleet::DeleteReason::Evacuated => ("Evacuated", EventType::Normal, "its node failed or is draining, and its meetings moved"),
+        };
+        // A dead SFU, or one past its drain timeout, is deleted outright. Any other
+        // pod goes through the Eviction API, which honours the PodDisruptionBudget.
+        let evict = !matches!(reason, fleet::DeleteReason::Unhealthy | fleet::DeleteReason::DrainTimeout);
+        let result = if evict {
+            let params = kube::api::EvictParams {
+                delete_options: Some(DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() }),
+                ..Default::default()
+            };
+            pod_api.evict(pod_name, &params).await.map(|_| ())
+        } else {
+            let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
+            pod_api.delete(pod_name, &params).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            // The disruption budget holds it (its busy label has not caught up yet).
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                ctx.metrics.evictions.get_or_create(&ResultLabels { result: "blocked" }).inc();
+                blocked_evictions = true;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if evict {
+            ctx.metrics.evictions.get_or_create(&ResultLabels { result: "evicted" }).inc();
+        }
+        deleted.push(pod_name.clone());
+        count(ctx, "delete", label);
+        let verb = if evict { "evicted" } else { "deleted" };
+        publish(ctx, pool, event_type, &format!("PodDeleted{label}"), &format!("{verb} pod {pod_name}: {why}")).await;
+    }
+    for pod_name in &plan.start_drain {
+        let fault = views.iter().find(|v| &v.name == pod_name).and_then(|v| v.fault);
+        let patch = json!({"metadata": {"annotations": {
+            DRAINING_ANNOTATION: now.to_string(),
+            DRAIN_REASON_ANNOTATION: fault.map_or("ScaleDownOrUpdate", |f| f.as_str()),
+        }}});
+        match pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let note = match fault {
+            None => {
+                count(ctx, "drain", "ScaleDownOrUpdate");
+                format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty")
+            }
+            Some(f) => {
+                count(ctx, "drain", f.as_str());
+                format!("draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted", f.as_str())
+            }
+        };
+        publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
+    }
+    for pod_name in &plan.cancel_drain {
+        let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null, DRAIN_REASON_ANNOTATION: null}}});
+        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        count(ctx, "undrain", "ScaleUp");
     }
     {
         let mut memory = ctx.memory.lock().expect("lock");
@@ -504,7 +539,12 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         }
     }
 
-    let next = plan.recheck_after.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let next = match (plan.recheck_after, fault_recheck, blocked_evictions) {
+        (_, _, true) => Some(EVICTION_RETRY),
+        (a, Some(b), _) => Some(a.map_or(b, |a| a.min(b))),
+        (a, None, _) => a,
+    };
+    let next = next.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_millis(200), Duration::from_secs(60));
     Ok(Action::requeue(next))
 }
 
@@ -559,9 +599,7 @@ fn status(
         .map(|p| {
             let pod = live.get(&p.name);
             let node = pod.and_then(|x| x.spec.as_ref()).and_then(|s| s.node_name.clone());
-            let zone = node.as_ref().and_then(|n| {
-                ctx.nodes.get(&ObjectRef::new(n)).and_then(|m| m.labels().get("topology.kubernetes.io/zone").cloned())
-            });
+            let zone = node.as_deref().and_then(|n| ctx.caches.zone(n));
             PodSummary { name: p.name.clone(), state: state_of(p.state), node, zone, participants: p.participants as i64, tracks: p.tracks as i64 }
         })
         .collect();

@@ -1,0 +1,230 @@
+//! The failure detector: a few times a second it judges every SFU pod from the
+//! caches (`health`), and for each that failed or is leaving with its node it
+//! tells the Meeting controller which meetings to move and the SfuPool controller
+//! which pool to re-plan. It cordons and taints failed nodes when their pools ask.
+//!
+//! Detection is periodic rather than event-driven because most faults are a
+//! threshold running out (a Lease not renewed, a node NotReady for long enough),
+//! which no watch event announces. Everything it knows is rebuilt from the
+//! caches, so a restarted operator picks up a migration where it stopped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use switchboard_crds::{Meeting, SfuPool};
+use switchboard_fleet::health::Fault;
+use tokio::time::Instant;
+
+use crate::health::{Caches, FAILED_NODE_TAINT};
+use crate::labels::*;
+use crate::meeting::ledger::Ledger;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::sfu_pool::build;
+
+/// How often every pod is judged: the detection delay after a threshold.
+const TICK: Duration = Duration::from_millis(200);
+/// Meetings still on a faulted pod are nudged again this often (a lost trigger,
+/// a migration that waits for capacity).
+const RETRIGGER: Duration = Duration::from_secs(3);
+/// A failed cordon is tried again after this.
+const CORDON_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Detector {
+    pub client: Client,
+    pub caches: Caches,
+    pub pools: Store<SfuPool>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub meetings: UnboundedSender<ObjectRef<Meeting>>,
+    pub pools_to_plan: UnboundedSender<ObjectRef<SfuPool>>,
+}
+
+struct Seen {
+    fault: Fault,
+    nudged: Instant,
+}
+
+type PodKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    faulted: HashMap<PodKey, Seen>,
+    /// Meetings on each pod at the last look, to find those of pods that vanish.
+    ledgers: HashMap<PodKey, Vec<String>>,
+    cordon_attempts: HashMap<String, Instant>,
+}
+
+impl Detector {
+    /// Runs until `stop` resolves.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        // Judging from half-filled caches would see every pod as deleted.
+        let ready = async {
+            let _ = self.caches.pods.wait_until_ready().await;
+            let _ = self.caches.leases.wait_until_ready().await;
+            let _ = self.caches.nodes.wait_until_ready().await;
+            let _ = self.pools.wait_until_ready().await;
+        };
+        tokio::select! {
+            _ = ready => {}
+            _ = &mut stop => return,
+        }
+        let mut state = State::default();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut stop => return,
+            }
+            let cordon = self.sweep(&mut state);
+            for (node, (pool, threshold)) in cordon {
+                let due = state.cordon_attempts.get(&node).is_none_or(|at| at.elapsed() >= CORDON_RETRY);
+                if due {
+                    state.cordon_attempts.insert(node.clone(), Instant::now());
+                    if let Err(e) = self.cordon(&node, &pool, threshold).await {
+                        tracing::warn!(%node, error = %e, "cordoning a failed node failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look at every SFU pod. Returns the failed nodes to cordon, with the
+    /// pool that asked and its threshold.
+    fn sweep(&self, state: &mut State) -> BTreeMap<String, (String, Duration)> {
+        let now = jiff::Timestamp::now();
+        let mut present: HashSet<PodKey> = HashSet::new();
+        let mut cordon = BTreeMap::new();
+        for pod in self.caches.pods.state() {
+            let (Some(ns), Some(pool_name)) = (pod.namespace(), pod.labels().get(POOL_LABEL).cloned()) else { continue };
+            let Some(pool) = self.pools.get(&ObjectRef::new(&pool_name).within(&ns)) else { continue };
+            if !build::owned_by(&pod, &pool) {
+                continue;
+            }
+            let key = (ns.clone(), pod.name_any());
+            present.insert(key.clone());
+            let meetings: Vec<String> = Ledger::of(&pod).0.into_keys().collect();
+            if meetings.is_empty() {
+                state.ledgers.remove(&key);
+            } else {
+                state.ledgers.insert(key.clone(), meetings.clone());
+            }
+            let beat = self.caches.heartbeat(&ns, &key.1);
+            let (view, verdict) = self.caches.judge(&pool, &pod, beat.as_ref(), now);
+            let Some(detected) = verdict.fault else {
+                state.faulted.remove(&key);
+                continue;
+            };
+            // An empty pod being deleted is routine (scale-down, a drained pod going).
+            if detected.fault == Fault::PodDeleted && meetings.is_empty() && !state.faulted.contains_key(&key) {
+                continue;
+            }
+            let fresh = !state.faulted.contains_key(&key);
+            if fresh {
+                self.metrics.sfu_faults.get_or_create(&ReasonLabels { reason: detected.fault.as_str() }).inc();
+                let node = view.node.as_deref().unwrap_or("no node");
+                let note = format!(
+                    "SFU pod {} on {node}: {}; {} meeting(s) on it move to healthy pods",
+                    key.1,
+                    describe(detected.fault),
+                    meetings.len()
+                );
+                let type_ = if detected.fault.planned() { EventType::Normal } else { EventType::Warning };
+                let reason = if detected.fault.planned() { "SfuLeaving" } else { "SfuFailed" };
+                tracing::info!(pod = %key.1, fault = detected.fault.as_str(), meetings = meetings.len(), "SFU pod fault detected");
+                self.publish(pool.object_ref(&()), type_, reason, note);
+                let _ = self.pools_to_plan.unbounded_send(ObjectRef::from_obj(&*pool));
+            }
+            let seen = state.faulted.entry(key.clone()).or_insert(Seen { fault: detected.fault, nudged: Instant::now() });
+            seen.fault = detected.fault;
+            if fresh || seen.nudged.elapsed() >= RETRIGGER {
+                seen.nudged = Instant::now();
+                for m in &meetings {
+                    let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&ns));
+                }
+            }
+            if detected.fault == Fault::NodeNotReady && pool.spec.remediation.cordon_failed_nodes {
+                if let Some(node) = view.node {
+                    let threshold = pool.spec.remediation.node_not_ready_after.as_std();
+                    cordon.entry(node).or_insert((pool.name_any(), threshold));
+                }
+            }
+        }
+        // Pods gone from the cache (deleted outright): their meetings move too.
+        state.ledgers.retain(|key, meetings| {
+            if present.contains(key) {
+                return true;
+            }
+            for m in meetings.iter() {
+                let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&key.0));
+            }
+            false
+        });
+        state.faulted.retain(|key, _| present.contains(key));
+        // Nodes already cordoned by us need nothing more.
+        cordon.retain(|node, _| {
+            self.caches.nodes.get(&ObjectRef::new(node)).is_some_and(|n| {
+                let spec = n.spec.as_ref();
+                let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+                let tainted = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == FAILED_NODE_TAINT));
+                !(unschedulable && tainted)
+            })
+        });
+        state.cordon_attempts.retain(|node, _| cordon.contains_key(node));
+        cordon
+    }
+
+    /// Cordons a failed node and taints it, so that nothing new lands there
+    /// until an administrator has looked at it (`kubectl uncordon` and removing
+    /// the taint bring it back).
+    async fn cordon(&self, name: &str, pool: &str, threshold: Duration) -> kube::Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let mut node = api.get(name).await?;
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.unschedulable = Some(true);
+        let taints = spec.taints.get_or_insert_with(Vec::new);
+        if !taints.iter().any(|t| t.key == FAILED_NODE_TAINT) {
+            taints.push(Taint {
+                key: FAILED_NODE_TAINT.into(),
+                value: Some("NodeNotReady".into()),
+                effect: "NoSchedule".into(),
+                time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())),
+            });
+        }
+        // Replace with the resourceVersion read: a concurrent change makes it fail and retry.
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let node = api.replace(name, &params, &node).await?;
+        self.metrics.nodes_cordoned.inc();
+        let note = format!(
+            "cordoned and tainted {FAILED_NODE_TAINT}:NoSchedule: NotReady for longer than {}s (pool {pool}); its SFU pods are drained and evicted",
+            threshold.as_secs()
+        );
+        tracing::warn!(node = %name, "cordoned a failed node");
+        self.publish(node.object_ref(&()), EventType::Warning, "NodeCordoned", note);
+        Ok(())
+    }
+
+    /// Events go out in the background: detection must not wait on them.
+    fn publish(&self, reference: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &'static str, note: String) {
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move { crate::events::publish(&recorder, &reference, type_, reason, &note).await });
+    }
+}
+
+fn describe(fault: Fault) -> &'static str {
+    match fault {
+        Fault::PodDeleted => "the pod is being deleted or evicted",
+        Fault::PodFailed => "the pod failed",
+        Fault::NodeNotReady => "its node has been NotReady for longer than the pool's threshold",
+        Fault::SfuUnhealthy => "the SFU reports itself unhealthy",
+        Fault::HeartbeatExpired => "its heartbeat Lease expired",
+        Fault::NodeDrained => "its node is being drained",
+    }
+}
