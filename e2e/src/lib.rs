@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 pub mod bench;
 pub mod fixtures;
+pub mod meetings;
 pub mod nodes;
 pub mod operator;
 pub mod sfu_sim;
@@ -210,6 +211,26 @@ where
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// Checks that `check` holds throughout `window` (polled), failing the test at the
+/// first time it does not. For asserting that something does *not* happen, which
+/// no wait can show; keep the window as short as the scenario allows.
+pub async fn consistently<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let end = tokio::time::Instant::now() + window;
+    loop {
+        if let Err(why) = check().await {
+            panic!("{what} stopped holding: {why}");
+        }
+        if tokio::time::Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

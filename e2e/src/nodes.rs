@@ -13,8 +13,20 @@ use crate::{FIELD_MANAGER, await_condition};
 /// Annotation by which kwok picks the nodes it simulates.
 pub const KWOK_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
+/// Label that puts a test's own nodes in a group its pools select.
+pub const GROUP_LABEL: &str = "switchboard.dev/e2e-group";
+
 /// Creates a kwok node `name` in `zone` and waits until it is Ready.
 pub async fn create_node(client: &Client, name: &str, region: &str, zone: &str) -> Node {
+    create_node_with(client, name, region, zone, json!({}), 110).await
+}
+
+/// Creates a kwok node labelled into `group`, with room for `max_pods` pods.
+pub async fn create_group_node(client: &Client, name: &str, group: &str, max_pods: u32) -> Node {
+    create_node_with(client, name, "eu-west-1", "eu-west-1a", json!({GROUP_LABEL: group}), max_pods).await
+}
+
+async fn create_node_with(client: &Client, name: &str, region: &str, zone: &str, labels: serde_json::Value, max_pods: u32) -> Node {
     let api: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1",
@@ -31,10 +43,14 @@ pub async fn create_node(client: &Client, name: &str, region: &str, zone: &str) 
             }
         },
         "status": {
-            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
-            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"}
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": max_pods.to_string()},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": max_pods.to_string()}
         }
     });
+    let mut node = node;
+    for (k, v) in labels.as_object().expect("labels") {
+        node["metadata"]["labels"][k] = v.clone();
+    }
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
         .await
         .expect("create kwok node");
@@ -68,6 +84,29 @@ pub async fn make_node_not_ready(client: &Client, name: &str) -> Node {
     }]}});
     api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status)).await.expect("set Ready=False");
     await_condition(&api, name, Duration::from_secs(30), is_node_ready(false)).await
+}
+
+/// Brings a node back the way a recovered kubelet does: Ready again, and kwok
+/// simulating it once more.
+pub async fn make_node_ready(client: &Client, name: &str) -> Node {
+    let api: Api<Node> = Api::all(client.clone());
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let status = json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "switchboard e2e: node recovered",
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    }]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&status)).await.expect("set Ready=True");
+    let manage = json!({"metadata": {"annotations": {KWOK_ANNOTATION: "fake"}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&manage)).await.expect("manage node again");
+    await_condition(&api, name, Duration::from_secs(30), is_node_ready(true)).await
+}
+
+/// Taints a node NoSchedule with `key`, so that no new pod lands there.
+pub async fn taint_node(client: &Client, name: &str, key: &str) {
+    let api: Api<Node> = Api::all(client.clone());
+    let patch = json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("taint node");
 }
 
 /// Deletes a node a test created.

@@ -2,40 +2,25 @@
 //! schedule, concurrent placement without over-commit, cascades, pre-provisioning
 //! for a herd of large meetings, a pool at its maximum, and bad specs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use kube::Client;
+use serde_json::json;
 use switchboard_crds::meeting::MeetingPhase;
 use switchboard_crds::{Meeting, SfuPool};
 use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
+use switchboard_e2e::meetings::*;
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const LEDGER: &str = "switchboard.dev/placements";
 const SIGNALING_MANAGER: &str = "switchboard-signaling";
-
-
-fn meeting(name: &str, expected: i32, extra: Value) -> Value {
-    let mut spec = json!({"title": format!("meeting {name}"), "host": "user-1", "participants": {"expected": expected}});
-    for (k, v) in extra.as_object().unwrap() {
-        spec[k] = v.clone();
-    }
-    json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name}, "spec": spec})
-}
 
 fn in_secs(secs: i64) -> String {
     jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(secs)).unwrap().to_string()
-}
-
-async fn create(api: &Api<Meeting>, obj: &Value) -> Meeting {
-    let m: Meeting = serde_json::from_value(obj.clone()).unwrap();
-    api.create(&PostParams::default(), &m).await.expect("meeting accepted")
 }
 
 /// Signaling's report of participants (its own field manager, as agreed).
@@ -43,46 +28,6 @@ async fn report_participants(api: &Api<Meeting>, name: &str, current: i32) {
     let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
         "status": {"participants": {"current": current, "peak": current.max(1)}}});
     api.patch_status(name, &PatchParams::apply(SIGNALING_MANAGER).force(), &Patch::Apply(&patch)).await.unwrap();
-}
-
-fn phase(m: &Meeting) -> Option<MeetingPhase> {
-    m.status.as_ref().and_then(|s| s.phase)
-}
-
-fn condition<'a>(m: &'a Meeting, type_: &str) -> Option<&'a switchboard_crds::common::Condition> {
-    m.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-async fn await_meeting(api: &Api<Meeting>, name: &str, what: &str, timeout: Duration, check: impl Fn(&Meeting) -> bool) -> Meeting {
-    eventually(&format!("{name}: {what}"), timeout, || async {
-        let m = api.get(name).await.ok()?;
-        check(&m).then_some(m)
-    })
-    .await
-}
-
-/// Seats per pod from the pods' ledgers.
-async fn ledgers(admin: &Client, ns: &str, pool: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
-    let list = pods.list(&ListParams::default().labels(&format!("switchboard.dev/pool={pool}"))).await.unwrap();
-    list.items
-        .iter()
-        .map(|p| {
-            let ledger: BTreeMap<String, Value> =
-                p.annotations().get(LEDGER).map(|raw| serde_json::from_str(raw).unwrap()).unwrap_or_default();
-            let seats = ledger.into_iter().map(|(m, v)| (m, v["seats"].as_u64().unwrap())).collect();
-            (p.name_any(), seats)
-        })
-        .collect()
-}
-
-async fn await_pool_ready(admin: &Client, ns: &str, name: &str, ready: i32) -> SfuPool {
-    let api: Api<SfuPool> = Api::namespaced(admin.clone(), ns);
-    eventually(&format!("{name}: {ready} Ready"), TIMEOUT, || async {
-        let pool = api.get(name).await.ok()?;
-        (pool.status.as_ref()?.ready_replicas >= ready).then_some(pool)
-    })
-    .await
 }
 
 async fn signaling_pool(admin: &Client, ns: &str) {

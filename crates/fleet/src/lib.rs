@@ -338,7 +338,8 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
         .map(|pod| {
             let state = pod_state(policy, pod, now);
             let participants = match (state, pod.fault) {
-                (PodState::Unhealthy, _) => 0,
+                // A dead SFU serves nobody, but meetings placed on it still need seats elsewhere.
+                (PodState::Unhealthy, _) => pod.allocated,
                 (_, Some(f)) if !f.planned() => pod.allocated,
                 _ => pod.heartbeat.as_ref().map_or(0, |h| h.participants).max(pod.allocated),
             };
@@ -367,7 +368,10 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
     // Gone for good: unhealthy, drained, or drained too long.
     for p in &inputs {
         match p.state {
-            PodState::Unhealthy => plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy)),
+            // Kept until its meetings have moved: they leave it by a migration that
+            // names the real fault, and its ledger empties in order.
+            PodState::Unhealthy if p.pod.allocated == 0 => plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy)),
+            PodState::Unhealthy => {}
             PodState::Drained => match p.pod.fault {
                 Some(health::Fault::NodeNotReady) if !policy.evict_failed => {}
                 Some(_) => plan.delete.push((p.pod.name.clone(), DeleteReason::Evacuated)),

@@ -212,6 +212,22 @@ fn unhealthy_pods_are_replaced() {
 }
 
 #[test]
+fn an_unhealthy_pod_with_meetings_stays_until_they_moved() {
+    let p = policy();
+    let now = t(100);
+    let mut dead = pod("a", "n1", 20, now);
+    dead.heartbeat.as_mut().unwrap().renewed = t(50);
+    dead.allocated = 20;
+    let waiting = plan(&p, &[dead.clone(), pod("b", "n2", 0, now)], 0, now, &mut ScaleMemory::default());
+    assert!(waiting.delete.is_empty());
+    assert_eq!(waiting.create, 1, "replaced at once all the same");
+    assert_eq!(waiting.allocated_participants, 20, "its meetings need seats elsewhere");
+    dead.allocated = 0;
+    let moved = plan(&p, &[dead, pod("b", "n2", 0, now)], 0, now, &mut ScaleMemory::default());
+    assert_eq!(moved.delete, vec![("a".to_string(), DeleteReason::Unhealthy)]);
+}
+
+#[test]
 fn scale_up_takes_back_draining_pods_first() {
     let mut mem = ScaleMemory::default();
     let mut p = policy();

@@ -124,7 +124,7 @@ pub async fn run(
         pool_trigger,
         memory: Mutex::default(),
     });
-    tokio::spawn(housekeeping(ctx.clone()));
+    let housekeeping = housekeeping(ctx.clone());
 
     // A pool that changes (new Ready pods, a new max) may unblock meetings waiting on it.
     let store = shared.meetings.clone();
@@ -137,7 +137,7 @@ pub async fn run(
             .map(|m| ObjectRef::from_obj(&*m))
             .collect::<Vec<_>>()
     };
-    Controller::for_stream(meeting_stream, shared.meetings)
+    let controller = Controller::for_stream(meeting_stream, shared.meetings)
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .watches(pools, watcher::Config::default(), pool_to_meetings)
         // Meetings on SFU pods the failure detector found failed or leaving.
@@ -148,8 +148,10 @@ pub async fn run(
             if let Err(e) = res {
                 tracing::debug!(error = %e, "meeting reconcile");
             }
-        })
-        .await;
+        });
+    // Housekeeping lives exactly as long as the controller (it never ends by itself).
+    tokio::pin!(housekeeping);
+    futures::future::select(std::pin::pin!(controller), housekeeping).await;
 }
 
 /// Meetings a pool change can help: not yet placed, or refused for want of a pool.
