@@ -96,3 +96,44 @@ pub async fn simulate_heartbeats(client: Client, ns: String, running: std::sync:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The release operator binary, running as its own process under the repo's RBAC
+/// (a ServiceAccount token), watching one namespace. Killed when dropped.
+pub struct ReleaseOperator {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    /// Port of its `/metrics`.
+    pub port: u16,
+    /// Where its log and kubeconfig are.
+    pub dir: std::path::PathBuf,
+}
+
+impl ReleaseOperator {
+    /// Builds the release binary (if needed) and starts it for `namespace`.
+    pub async fn start(admin: &Client, namespace: &str, bench: &str) -> Self {
+        let token = crate::operator::operator_token(admin, namespace).await;
+        let dir = std::env::temp_dir().join(format!("{bench}-{namespace}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = crate::operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
+        let status = std::process::Command::new("cargo")
+            .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
+            .current_dir(crate::repo_root())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the operator");
+        let port = 18000 + (std::process::id() % 1000) as u16;
+        let child = tokio::process::Command::new(crate::repo_root().join("target/release/operator"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("SWITCHBOARD_WATCH_NAMESPACE", namespace)
+            .env("SWITCHBOARD_LEADER_NAMESPACE", namespace)
+            .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        Self { child, pid, port, dir }
+    }
+}

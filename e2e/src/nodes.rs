@@ -21,9 +21,18 @@ pub async fn create_node(client: &Client, name: &str, region: &str, zone: &str) 
     create_node_with(client, name, region, zone, json!({}), 110).await
 }
 
-/// Creates a kwok node labelled into `group`, with room for `max_pods` pods.
+/// Creates a kwok node labelled into `group`, with room for `max_pods` pods, and
+/// tainted so that only pods tolerating the group (see [`group_toleration`]) land
+/// there: other tests' pods never do, even when a failed test leaves it behind.
 pub async fn create_group_node(client: &Client, name: &str, group: &str, max_pods: u32) -> Node {
-    create_node_with(client, name, "eu-west-1", "eu-west-1a", json!({GROUP_LABEL: group}), max_pods).await
+    let node = create_node_with(client, name, "eu-west-1", "eu-west-1a", json!({GROUP_LABEL: group}), max_pods).await;
+    taint_node_with(client, name, GROUP_LABEL, Some(group)).await;
+    node
+}
+
+/// The toleration of a group's taint, for a pod template.
+pub fn group_toleration(group: &str) -> serde_json::Value {
+    json!({"key": GROUP_LABEL, "operator": "Equal", "value": group, "effect": "NoSchedule"})
 }
 
 async fn create_node_with(client: &Client, name: &str, region: &str, zone: &str, labels: serde_json::Value, max_pods: u32) -> Node {
@@ -104,9 +113,28 @@ pub async fn make_node_ready(client: &Client, name: &str) -> Node {
 
 /// Taints a node NoSchedule with `key`, so that no new pod lands there.
 pub async fn taint_node(client: &Client, name: &str, key: &str) {
+    taint_node_with(client, name, key, None).await;
+}
+
+/// Adds a NoSchedule taint to the node's own (read, then replaced with its resourceVersion).
+async fn taint_node_with(client: &Client, name: &str, key: &str, value: Option<&str>) {
     let api: Api<Node> = Api::all(client.clone());
-    let patch = json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("taint node");
+    for _ in 0..10 {
+        let mut node = api.get(name).await.expect("read node");
+        let taints = node.spec.get_or_insert_with(Default::default).taints.get_or_insert_with(Vec::new);
+        taints.push(k8s_openapi::api::core::v1::Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        match api.replace(name, &Default::default(), &node).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => panic!("taint node {name}: {e}"),
+        }
+    }
+    panic!("taint node {name}: kept conflicting");
 }
 
 /// Deletes a node a test created.

@@ -40,6 +40,7 @@ fn pinned_pool(group: &str, min: i32, remediation: Value) -> Value {
             "remediation": remediation,
             "template": {"spec": {
                 "nodeSelector": {GROUP_LABEL: group},
+                "tolerations": [nodes::group_toleration(group)],
                 "containers": [{"name": "sfu", "image": "switchboard-sfu:test",
                     "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]
             }}

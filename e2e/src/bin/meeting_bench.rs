@@ -7,7 +7,6 @@
 //! `cargo run --release -p switchboard-e2e --bin meeting-bench -- [--meetings 10000] [--pods 40] [--clients 32]`
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::ResourceExt;
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{hwm_kib, metrics_text, rss_kib, simulate_heartbeats};
+use switchboard_e2e::bench::{ReleaseOperator, hwm_kib, metrics_text, rss_kib, simulate_heartbeats};
 use switchboard_e2e::*;
 
 const PER_POD: u64 = 2_000;
@@ -58,30 +57,9 @@ async fn main() {
     let admin = client().await;
     install_crds(&admin).await;
     let ns = TestNamespace::create(&admin, "meeting-bench").await;
-    let token = operator::operator_token(&admin, &ns.name).await;
-    let dir = std::env::temp_dir().join(format!("meeting-bench-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
-
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
-        .current_dir(repo_root())
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the operator");
-    let port = 18000 + (std::process::id() % 1000) as u16;
-    let mut child = tokio::process::Command::new(repo_root().join("target/release/operator"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SWITCHBOARD_WATCH_NAMESPACE", &ns.name)
-        .env("SWITCHBOARD_LEADER_NAMESPACE", &ns.name)
-        .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
+    // The release operator binary, as its own process.
+    let mut operator = ReleaseOperator::start(&admin, &ns.name, "meeting-bench").await;
+    let (pid, port) = (operator.pid, operator.port);
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let beats = tokio::spawn(simulate_heartbeats(admin.clone(), ns.name.clone(), running.clone()));
 
@@ -191,7 +169,7 @@ async fn main() {
         .filter(|l| l.starts_with("switchboard_reconcile_errors_total{controller=\"meeting\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    let _ = child.kill().await;
+    let _ = operator.child.kill().await;
 
     println!("| figure | value |");
     println!("|---|---|");

@@ -5,7 +5,6 @@
 //!
 //! `cargo run --release -p switchboard-e2e --bin pool-bench -- [--pools 100] [--pods-per-pool 20] [--nodes 50]`
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
@@ -14,7 +13,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchboard_crds::SfuPool;
 use switchboard_e2e::*;
-use switchboard_e2e::bench::{hwm_kib, metrics_text, quantile, rss_kib, simulate_heartbeats};
+use switchboard_e2e::bench::{ReleaseOperator, hwm_kib, metrics_text, quantile, rss_kib, simulate_heartbeats};
 
 struct Args {
     pools: usize,
@@ -79,32 +78,9 @@ async fn main() {
         .await;
 
     let ns = TestNamespace::create(&admin, "pool-bench").await;
-    let token = operator::operator_token(&admin, &ns.name).await;
-    let dir = std::env::temp_dir().join(format!("pool-bench-{}", ns.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
-
     // The release operator binary, as its own process.
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
-        .current_dir(repo_root())
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the operator");
-    let binary = repo_root().join("target/release/operator");
-    let port = 18000 + (std::process::id() % 1000) as u16;
-    let mut child = tokio::process::Command::new(&binary)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("SWITCHBOARD_WATCH_NAMESPACE", &ns.name)
-        .env("SWITCHBOARD_LEADER_NAMESPACE", &ns.name)
-        .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
+    let mut operator = ReleaseOperator::start(&admin, &ns.name, "pool-bench").await;
+    let (pid, port) = (operator.pid, operator.port);
 
     // Simulated SFUs: every Running pod beats every 10 s (heartbeat timeout 60 s).
     let running = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -149,7 +125,7 @@ async fn main() {
             break start.elapsed();
         }
         if start.elapsed() > Duration::from_secs(600) {
-            panic!("not converged after 600 s: {ready} of {total} Ready; see {}", dir.display());
+            panic!("not converged after 600 s: {ready} of {total} Ready; see {}", operator.dir.display());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -157,7 +133,7 @@ async fn main() {
     let (reconciles, buckets) = parse_metrics(&text);
     peak_rss_kib = peak_rss_kib.max(hwm_kib(pid));
     beats.abort();
-    let _ = child.kill().await;
+    let _ = operator.child.kill().await;
 
     println!("| figure | value |");
     println!("|---|---|");
