@@ -127,7 +127,7 @@ impl ReleaseOperator {
             .env("SWITCHBOARD_WATCH_NAMESPACE", namespace)
             .env("SWITCHBOARD_LEADER_NAMESPACE", namespace)
             .env("SWITCHBOARD_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("operator.log")).unwrap())
             .kill_on_drop(true)

@@ -175,6 +175,12 @@ async fn a_failed_node_with_100_meetings_is_evacuated_cordoned_and_its_pods_repl
     let (a, b) = (f.node("a"), f.node("b"));
     let old_pods: Vec<String> = f.pods_on(&a).await.iter().map(|p| p.name_any()).collect();
     assert_eq!(old_pods.len(), 4);
+    // Someone else's pod on the same node: the operator must leave it alone.
+    let bystander: Pod = serde_json::from_value(json!({"metadata": {"name": "bystander"}, "spec": {
+        "nodeName": a, "tolerations": [nodes::group_toleration(&f.group), {"key": FULL_TAINT, "operator": "Exists"}],
+        "containers": [{"name": "app", "image": "someone-else:1"}]}}))
+    .unwrap();
+    f.pods.create(&Default::default(), &bystander).await.unwrap();
 
     // The SFUs on `a` keep heartbeating (a partition): the node's condition alone decides.
     nodes::make_node_not_ready(&admin, &a).await;
@@ -219,6 +225,8 @@ async fn a_failed_node_with_100_meetings_is_evacuated_cordoned_and_its_pods_repl
         ready >= 8 && status.ready_replicas >= 8
     })
     .await;
+    let bystander = f.pods.get("bystander").await.unwrap();
+    assert!(bystander.metadata.deletion_timestamp.is_none(), "a pod that is not Switchboard's was evicted");
     let m = &operator.metrics;
     let count = |reason| m.migrations.get_or_create(&switchboard_operator::metrics::ReasonLabels { reason }).get();
     assert_eq!(count("NodeNotReady"), 100);
@@ -280,9 +288,12 @@ async fn an_expired_lease_moves_only_that_pods_meetings() {
     ns.delete().await;
 }
 
-/// The pods' states and ledgers, as each pod on `node` starts being deleted.
-fn record_deletions(admin: &Client, ns: &str, node: &str) -> (Arc<Mutex<Vec<(String, String)>>>, tokio::task::JoinHandle<()>) {
-    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+/// (pod, its ledger text) as each pod on a node starts being deleted.
+type Deletions = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Records each pod on `node` with its ledger as it starts being deleted.
+fn record_deletions(admin: &Client, ns: &str, node: &str) -> (Deletions, tokio::task::JoinHandle<()>) {
+    let seen: Deletions = Arc::default();
     let (api, node, out) = (Api::<Pod>::namespaced(admin.clone(), ns), node.to_owned(), seen.clone());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());

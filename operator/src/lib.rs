@@ -145,7 +145,7 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         caches,
         pools: pool_store.clone(),
         metrics: metrics.clone(),
-        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+        events: events::Queue::start(kube::runtime::events::Recorder::new(client.clone(), reporter)),
         meetings: fault_tx,
         pools_to_plan: trigger_tx.clone(),
     };

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, PostParams};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use switchboard_crds::{Meeting, SfuPool};
@@ -40,7 +40,7 @@ pub struct Detector {
     pub caches: Caches,
     pub pools: Store<SfuPool>,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    pub events: crate::events::Queue,
     pub meetings: UnboundedSender<ObjectRef<Meeting>>,
     pub pools_to_plan: UnboundedSender<ObjectRef<SfuPool>>,
 }
@@ -150,11 +150,9 @@ impl Detector {
                     let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&ns));
                 }
             }
-            if detected.fault == Fault::NodeNotReady && pool.spec.remediation.cordon_failed_nodes {
-                if let Some(node) = view.node {
-                    let threshold = pool.spec.remediation.node_not_ready_after.as_std();
-                    cordon.entry(node).or_insert((pool.name_any(), threshold));
-                }
+            if let (Fault::NodeNotReady, true, Some(node)) = (detected.fault, pool.spec.remediation.cordon_failed_nodes, view.node) {
+                let threshold = pool.spec.remediation.node_not_ready_after.as_std();
+                cordon.entry(node).or_insert((pool.name_any(), threshold));
             }
         }
         // Pods gone from the cache (deleted outright): their meetings move too.
@@ -213,8 +211,7 @@ impl Detector {
 
     /// Events go out in the background: detection must not wait on them.
     fn publish(&self, reference: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &'static str, note: String) {
-        let recorder = self.recorder.clone();
-        tokio::spawn(async move { crate::events::publish(&recorder, &reference, type_, reason, &note).await });
+        self.events.send(reference, type_, reason, note);
     }
 }
 

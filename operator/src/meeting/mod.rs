@@ -63,6 +63,8 @@ pub struct Context {
     book: Book,
     codes: RoomCodes,
     recorder: Recorder,
+    /// Placement and migration events, published a few at a time in the background.
+    events: crate::events::Queue,
     /// Pools whose reservations changed: the SfuPool controller reconciles them.
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
     memory: Mutex<HashMap<String, MeetingMemory>>,
@@ -90,6 +92,7 @@ fn key(m: &Meeting) -> String {
 }
 
 /// Runs the controller until `shutdown` resolves.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     config: OperatorConfig,
@@ -111,7 +114,8 @@ pub async fn run(
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let codes = RoomCodes::new(Api::namespaced(client.clone(), &config.leader_namespace));
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        events: crate::events::Queue::start(Recorder::new(client.clone(), reporter)),
         book: Book::new(client.clone(), shared.caches.pods.clone()),
         codes,
         client,
@@ -523,7 +527,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 _ => Vec::new(),
             };
             let written = ctx.memory.lock().expect("lock").get(&key(m)).map_or(0, |x| x.migration_generation);
-            if !faults.is_empty() && last_generation(&current) < written {
+            if last_generation(&current) < written {
                 // The cache has not caught up with a move we wrote: wait rather than move twice.
                 return Ok(Action::requeue(Duration::from_millis(200)));
             }
@@ -536,7 +540,13 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 .cloned();
             let moving = current.assignment.as_ref().filter(|_| !faults.is_empty());
             match (kept, moving) {
-                (Some(a), _) => next.assignment = Some(a),
+                (Some(a), _) => {
+                    if let (Some(pool), true) = (&pool, last_generation(&current) > 0) {
+                        let strays = stray_seats(ctx, pool, &name, &uid, &pods_of(&a));
+                        release_in_background(ctx, &ns, &name, &uid, strays);
+                    }
+                    next.assignment = Some(a);
+                }
                 (None, Some(old)) => {
                     let pool = pool.as_ref().expect("an assignment names its pool");
                     match migrate_meeting(ctx, m, pool, old, &faults, now).await? {
@@ -661,13 +671,10 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
         tracing::info!(meeting = %key(m), seconds = took, "migrated");
     }
     // Only now that the status names the new pods: a crash before this point leaves
-    // the old seats held, and the next reconcile moves the meeting exactly once.
-    for pod in release_after {
-        if let Err(e) = ctx.book.release(&ns, &pod, &name, &uid).await {
-            tracing::warn!(%pod, error = %e, "releasing the seats of a migrated meeting failed; it is retried");
-            return Err(Error::Kube(kube::Error::Service(e.to_string().into())));
-        }
-    }
+    // the old seats held, and the next reconcile moves the meeting exactly once. In
+    // the background, so the next migration need not wait; seats a failed release
+    // leaves behind are strays, released by the meeting's next reconcile.
+    release_in_background(ctx, &ns, &name, &uid, release_after);
 
     if decision.delete {
         let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
@@ -716,6 +723,37 @@ fn assignment_booked(ctx: &Context, ns: &str, name: &str, uid: &str, a: &Assignm
     std::iter::once(&a.origin).chain(&a.edges).all(|e| ctx.book.holds(ns, &e.pod, name, uid))
 }
 
+fn pods_of(a: &Assignment) -> Vec<String> {
+    std::iter::once(&a.origin).chain(&a.edges).map(|e| e.pod.clone()).collect()
+}
+
+/// Pods of `pool` whose ledgers hold seats of this meeting, other than `keep`.
+fn stray_seats(ctx: &Context, pool: &SfuPool, name: &str, uid: &str, keep: &[String]) -> Vec<String> {
+    let ns = pool.namespace().unwrap_or_default();
+    ctx.caches
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
+        .map(|p| p.name_any())
+        .filter(|pod| !keep.contains(pod) && ctx.book.holds(&ns, pod, name, uid))
+        .collect()
+}
+
+fn release_in_background(ctx: &Context, ns: &str, name: &str, uid: &str, pods: Vec<String>) {
+    if pods.is_empty() {
+        return;
+    }
+    let (book, ns, name, uid) = (ctx.book.clone(), ns.to_owned(), name.to_owned(), uid.to_owned());
+    tokio::spawn(async move {
+        for pod in pods {
+            if let Err(e) = book.release(&ns, &pod, &name, &uid).await {
+                tracing::warn!(%pod, meeting = %name, error = %e, "releasing seats failed; the meeting's next reconcile retries");
+            }
+        }
+    });
+}
+
 /// The tree of an assignment, as the placement core sees it.
 fn shares_of(a: &Assignment) -> Vec<Share> {
     let all: Vec<&SfuEndpoint> = std::iter::once(&a.origin).chain(&a.edges).collect();
@@ -762,11 +800,8 @@ async fn migrate_meeting(
     let shares = shares_of(old);
     let in_old = |pod: &str| shares.iter().any(|s| s.pod == pod);
     // Seats taken by an earlier attempt that crashed before its status write.
-    for p in ctx.caches.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
-        let pod = p.name_any();
-        if !in_old(&pod) && ctx.book.holds(&ns, &pod, &name, &uid) {
-            ctx.book.release(&ns, &pod, &name, &uid).await.ok();
-        }
+    for pod in stray_seats(ctx, pool, &name, &uid, &pods_of(old)) {
+        ctx.book.release(&ns, &pod, &name, &uid).await.ok();
     }
     let failed: Vec<String> = faults.iter().map(|(p, _)| p.clone()).collect();
     let ready = ready_pods(ctx, pool, now);
@@ -874,10 +909,8 @@ async fn place_meeting(
     let per_pod = pool.spec.capacity.participants_per_pod.max(1) as u64;
     let strategy = strategy_of(pool);
     // Seats left over by an earlier attempt that crashed before its status write.
-    for p in ctx.caches.pods.state().iter().filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool)) {
-        if ctx.book.holds(&ns, &p.name_any(), &name, &uid) {
-            ctx.book.release(&ns, &p.name_any(), &name, &uid).await.ok();
-        }
+    for pod in stray_seats(ctx, pool, &name, &uid, &[]) {
+        ctx.book.release(&ns, &pod, &name, &uid).await.ok();
     }
     let ready = ready_pods(ctx, pool, now);
     let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
@@ -955,13 +988,8 @@ async fn write_status(
         ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = None;
     }
     // Events go out in the background: they must not hold up the next placement.
-    if !events.is_empty() {
-        let (recorder, reference) = (ctx.recorder.clone(), m.object_ref(&()));
-        tokio::spawn(async move {
-            for (type_, reason, note) in events {
-                crate::events::publish(&recorder, &reference, type_, reason, &note).await;
-            }
-        });
+    for (type_, reason, note) in events {
+        ctx.events.send(m.object_ref(&()), type_, reason, note);
     }
     Ok(())
 }
