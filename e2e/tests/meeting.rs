@@ -342,7 +342,10 @@ async fn bad_specs_are_refused_or_reported() {
         let _ = name;
     }
     for (name, _, reason, mentions) in &cases {
-        let m = await_meeting(&meetings, name, reason, TIMEOUT, |m| phase(m) == Some(MeetingPhase::Failed)).await;
+        let m = await_meeting(&meetings, name, reason, TIMEOUT, |m| {
+            phase(m) == Some(MeetingPhase::Failed) && condition(m, "Valid").is_some_and(|c| c.reason == *reason)
+        })
+        .await;
         let valid = condition(&m, "Valid").expect("a Valid condition");
         assert_eq!((valid.status.as_str(), valid.reason.as_str()), ("False", *reason), "{name}");
         assert!(valid.message.contains(mentions), "{name}: {}", valid.message);

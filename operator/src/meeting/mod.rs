@@ -47,6 +47,8 @@ const RECONCILE_CONCURRENCY: u16 = 64;
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(900);
+/// How often a Failed meeting is checked again without any change seen.
+const FAILED_RECHECK: Duration = Duration::from_secs(10);
 /// Migrations a Meeting's status keeps (the latest).
 const MIGRATIONS_KEPT: usize = 20;
 /// How soon an unplaced meeting tries again (new pods, freed seats).
@@ -129,6 +131,8 @@ pub async fn run(
         memory: Mutex::default(),
     });
     let housekeeping = housekeeping(ctx.clone());
+    // Validation reads the pools: judging meetings before the first list would fail them.
+    let _ = ctx.pools.wait_until_ready().await;
 
     // A pool that changes (new Ready pods, a new max) may unblock meetings waiting on it.
     let store = shared.meetings.clone();
@@ -440,8 +444,9 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
         }
         next.conditions = conditions;
         write_status(ctx, m, &current, next, events).await?;
-        // Pool changes requeue Failed meetings; a spec change comes as an event.
-        return Ok(Action::await_change());
+        // Pool changes requeue Failed meetings and a spec change comes as an event; the
+        // pool cache may lag the pool watch that triggered us, so look again later too.
+        return Ok(Action::requeue(FAILED_RECHECK));
     }
     let pools = pools.unwrap_or_default();
     if !ended {
