@@ -76,7 +76,9 @@ impl Caches {
         Observed::from_lease(&lease).ok()
     }
 
-    /// A pod as the fleet core sees it, without its fault (see [`Caches::judge`]).
+    /// A pod as the fleet core sees it, without its fault (see [`Caches::judge`])
+    /// and with `allocated` left 0: parsing a full ledger is not free, and only the
+    /// SfuPool controller needs it (it fills it in).
     pub fn pod_view(&self, pod: &Pod, beat: Option<&Observed>) -> fleet::PodView {
         let status = pod.status.as_ref();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -108,7 +110,7 @@ impl Caches {
                     renewed: o.renewed?,
                 })
             }),
-            allocated: crate::meeting::ledger::Ledger::of(pod).total(),
+            allocated: 0,
             fault: None,
         }
     }

@@ -55,8 +55,10 @@ type PodKey = (String, String);
 #[derive(Default)]
 struct State {
     faulted: HashMap<PodKey, Seen>,
-    /// Meetings on each pod at the last look, to find those of pods that vanish.
-    ledgers: HashMap<PodKey, Vec<String>>,
+    /// Meetings on each pod at the last look (with the pod's resourceVersion, so a
+    /// ledger is parsed again only when the pod changed), to find those of pods
+    /// that vanish.
+    ledgers: HashMap<PodKey, (Option<String>, Vec<String>)>,
     cordon_attempts: HashMap<String, Instant>,
 }
 
@@ -110,12 +112,12 @@ impl Detector {
             }
             let key = (ns.clone(), pod.name_any());
             present.insert(key.clone());
-            let meetings: Vec<String> = Ledger::of(&pod).0.into_keys().collect();
-            if meetings.is_empty() {
-                state.ledgers.remove(&key);
-            } else {
-                state.ledgers.insert(key.clone(), meetings.clone());
+            let version = pod.resource_version();
+            if state.ledgers.get(&key).is_none_or(|(v, _)| *v != version) {
+                let meetings: Vec<String> = Ledger::of(&pod).0.into_keys().collect();
+                state.ledgers.insert(key.clone(), (version, meetings));
             }
+            let meetings: &[String] = state.ledgers.get(&key).map_or(&[], |(_, m)| m.as_slice());
             let beat = self.caches.heartbeat(&ns, &key.1);
             let (view, verdict) = self.caches.judge(&pool, &pod, beat.as_ref(), now);
             let Some(detected) = verdict.fault else {
@@ -146,7 +148,7 @@ impl Detector {
             seen.fault = detected.fault;
             if fresh || seen.nudged.elapsed() >= RETRIGGER {
                 seen.nudged = Instant::now();
-                for m in &meetings {
+                for m in meetings {
                     let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&ns));
                 }
             }
@@ -156,7 +158,7 @@ impl Detector {
             }
         }
         // Pods gone from the cache (deleted outright): their meetings move too.
-        state.ledgers.retain(|key, meetings| {
+        state.ledgers.retain(|key, (_, meetings)| {
             if present.contains(key) {
                 return true;
             }

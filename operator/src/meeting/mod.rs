@@ -385,6 +385,31 @@ struct NotPlaced {
     message: String,
 }
 
+impl NotPlaced {
+    fn from_shortfall(pool: &SfuPool, shortfall: Shortfall) -> Self {
+        match shortfall {
+            Shortfall::NoReadyPods => NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no healthy Ready SFU pod", pool.name_any()) },
+            e @ Shortfall::InsufficientCapacity { .. } => {
+                NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }
+            }
+        }
+    }
+}
+
+/// Ready pods as placement candidates, with the seats taken on each.
+fn candidates(ready: &[ReadyPod], taken: &HashMap<String, u64>, per_pod: u64) -> Vec<Candidate> {
+    ready
+        .iter()
+        .map(|p| Candidate {
+            pod: p.name.clone(),
+            node: p.node.clone(),
+            zone: p.zone.clone(),
+            capacity: per_pod,
+            allocated: taken.get(&p.name).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     if m.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -814,16 +839,7 @@ async fn migrate_meeting(
     let (chosen, commits) = ctx
         .book
         .reserve(&ns, &names, |taken| {
-            let candidates: Vec<Candidate> = ready
-                .iter()
-                .map(|p| Candidate {
-                    pod: p.name.clone(),
-                    node: p.node.clone(),
-                    zone: p.zone.clone(),
-                    capacity: per_pod,
-                    allocated: taken.get(&p.name).copied().unwrap_or(0),
-                })
-                .collect();
+            let candidates = candidates(&ready, taken, per_pod);
             match place::replace(strategy, &candidates, &shares, &failed) {
                 Ok(r) => {
                     // Seats to write: every share whose pod or size is new.
@@ -841,12 +857,7 @@ async fn migrate_meeting(
         .await;
     let replacement = match chosen {
         Ok(r) => r,
-        Err(Shortfall::NoReadyPods) => {
-            return Ok(Err(NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no healthy Ready SFU pod", pool.name_any()) }));
-        }
-        Err(e @ Shortfall::InsufficientCapacity { .. }) => {
-            return Ok(Err(NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }));
-        }
+        Err(e) => return Ok(Err(NotPlaced::from_shortfall(pool, e))),
     };
     let errors: Vec<String> = commits.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
     if !errors.is_empty() {
@@ -922,16 +933,7 @@ async fn place_meeting(
     let (chosen, commits) = ctx
         .book
         .reserve(&ns, &names, |taken| {
-            let candidates: Vec<Candidate> = ready
-                .iter()
-                .map(|p| Candidate {
-                    pod: p.name.clone(),
-                    node: p.node.clone(),
-                    zone: p.zone.clone(),
-                    capacity: per_pod,
-                    allocated: taken.get(&p.name).copied().unwrap_or(0),
-                })
-                .collect();
+            let candidates = candidates(&ready, taken, per_pod);
             match place::place(strategy, &candidates, participants) {
                 Ok(shares) => {
                     let adds = shares
@@ -946,12 +948,7 @@ async fn place_meeting(
         .await;
     let shares = match chosen {
         Ok(s) => s,
-        Err(Shortfall::NoReadyPods) => {
-            return Ok(Err(NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no Ready SFU pod", pool.name_any()) }));
-        }
-        Err(e @ Shortfall::InsufficientCapacity { .. }) => {
-            return Ok(Err(NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }));
-        }
+        Err(e) => return Ok(Err(NotPlaced::from_shortfall(pool, e))),
     };
     let failed: Vec<String> = commits.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
     if !failed.is_empty() {

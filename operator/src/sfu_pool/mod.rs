@@ -366,7 +366,8 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let views: Vec<fleet::PodView> = live
         .iter()
         .map(|p| {
-            let (view, verdict) = ctx.caches.judge(pool, p, beats.get(&p.name_any()), now);
+            let (mut view, verdict) = ctx.caches.judge(pool, p, beats.get(&p.name_any()), now);
+            view.allocated = crate::meeting::ledger::Ledger::of(p).total();
             fault_recheck = match (fault_recheck, verdict.recheck_after) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
