@@ -454,15 +454,12 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         // A dead SFU, or one past its drain timeout, is deleted outright. Any other
         // pod goes through the Eviction API, which honours the PodDisruptionBudget.
         let evict = !matches!(reason, fleet::DeleteReason::Unhealthy | fleet::DeleteReason::DrainTimeout);
+        let options = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
         let result = if evict {
-            let params = kube::api::EvictParams {
-                delete_options: Some(DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() }),
-                ..Default::default()
-            };
+            let params = kube::api::EvictParams { delete_options: Some(options), ..Default::default() };
             pod_api.evict(pod_name, &params).await.map(|_| ())
         } else {
-            let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
-            pod_api.delete(pod_name, &params).await.map(|_| ())
+            pod_api.delete(pod_name, &options).await.map(|_| ())
         };
         match result {
             Ok(()) => {}
