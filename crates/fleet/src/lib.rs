@@ -372,11 +372,18 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
             // names the real fault, and its ledger empties in order.
             PodState::Unhealthy if p.pod.allocated == 0 => plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy)),
             PodState::Unhealthy => {}
-            PodState::Drained => match p.pod.fault {
-                Some(health::Fault::NodeNotReady) if !policy.evict_failed => {}
-                Some(_) => plan.delete.push((p.pod.name.clone(), DeleteReason::Evacuated)),
-                None => plan.delete.push((p.pod.name.clone(), DeleteReason::Drained)),
-            },
+            PodState::Drained => {
+                // A faulted pod is marked draining even when its meetings moved before
+                // this reconcile saw it busy: the mark says why it goes.
+                if p.pod.fault.is_some() && p.pod.draining_since.is_none() {
+                    plan.start_drain.push(p.pod.name.clone());
+                }
+                match p.pod.fault {
+                    Some(health::Fault::NodeNotReady) if !policy.evict_failed => {}
+                    Some(_) => plan.delete.push((p.pod.name.clone(), DeleteReason::Evacuated)),
+                    None => plan.delete.push((p.pod.name.clone(), DeleteReason::Drained)),
+                }
+            }
             PodState::Draining => {
                 if p.pod.fault.is_some() && p.pod.draining_since.is_none() {
                     plan.start_drain.push(p.pod.name.clone());

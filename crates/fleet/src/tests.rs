@@ -329,6 +329,12 @@ fn pods_of_a_failed_node_drain_until_their_meetings_moved_then_are_evicted() {
     assert_eq!(moved.delete, vec![("a".to_owned(), DeleteReason::Evacuated)]);
     assert!(moved.pods[0].safe_to_evict);
 
+    failed.draining_since = None;
+    let unseen = plan(&p, &[failed.clone(), healthy.clone()], 0, now, &mut mem);
+    assert_eq!(unseen.start_drain, vec!["a".to_owned()], "marked draining even when it was never seen busy");
+    assert_eq!(unseen.delete, vec![("a".to_owned(), DeleteReason::Evacuated)]);
+    failed.draining_since = Some(now);
+
     let keep = Policy { evict_failed: false, ..p.clone() };
     assert!(plan(&keep, &[failed.clone(), healthy.clone()], 0, now, &mut ScaleMemory::default()).delete.is_empty());
 

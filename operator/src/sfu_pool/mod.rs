@@ -439,6 +439,29 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    for pod_name in &plan.start_drain {
+        let fault = views.iter().find(|v| &v.name == pod_name).and_then(|v| v.fault);
+        let patch = json!({"metadata": {"annotations": {
+            DRAINING_ANNOTATION: now.to_string(),
+            DRAIN_REASON_ANNOTATION: fault.map_or("ScaleDownOrUpdate", |f| f.as_str()),
+        }}});
+        match pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let note = match fault {
+            None => {
+                count(ctx, "drain", "ScaleDownOrUpdate");
+                format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty")
+            }
+            Some(f) => {
+                count(ctx, "drain", f.as_str());
+                format!("draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted", f.as_str())
+            }
+        };
+        publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
+    }
     let mut deleted = Vec::new();
     let mut blocked_evictions = false;
     for (pod_name, reason) in &plan.delete {
@@ -479,29 +502,6 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         count(ctx, "delete", label);
         let verb = if evict { "evicted" } else { "deleted" };
         publish(ctx, pool, event_type, &format!("PodDeleted{label}"), &format!("{verb} pod {pod_name}: {why}")).await;
-    }
-    for pod_name in &plan.start_drain {
-        let fault = views.iter().find(|v| &v.name == pod_name).and_then(|v| v.fault);
-        let patch = json!({"metadata": {"annotations": {
-            DRAINING_ANNOTATION: now.to_string(),
-            DRAIN_REASON_ANNOTATION: fault.map_or("ScaleDownOrUpdate", |f| f.as_str()),
-        }}});
-        match pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let note = match fault {
-            None => {
-                count(ctx, "drain", "ScaleDownOrUpdate");
-                format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty")
-            }
-            Some(f) => {
-                count(ctx, "drain", f.as_str());
-                format!("draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted", f.as_str())
-            }
-        };
-        publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
     }
     for pod_name in &plan.cancel_drain {
         let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null, DRAIN_REASON_ANNOTATION: null}}});
