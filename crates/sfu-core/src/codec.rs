@@ -1,0 +1,169 @@
+//! What the forwarding decisions need to know about a payload: is this the first packet
+//! of a keyframe, and (for VP8) the picture size. Parsing stops at the first bytes; the
+//! SFU never decodes media.
+
+/// Codecs the SFU forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Codec {
+    Opus,
+    Vp8,
+    Vp9,
+    H264,
+}
+
+impl Codec {
+    /// From an SDP MIME type (`video/VP8`, `audio/opus`, case-insensitive).
+    pub fn from_mime(mime: &str) -> Option<Self> {
+        let subtype = mime.rsplit('/').next()?.to_ascii_lowercase();
+        Some(match subtype.as_str() {
+            "opus" => Self::Opus,
+            "vp8" => Self::Vp8,
+            "vp9" => Self::Vp9,
+            "h264" => Self::H264,
+            _ => return None,
+        })
+    }
+
+    pub fn is_video(self) -> bool {
+        !matches!(self, Self::Opus)
+    }
+
+    /// RTP clock rate.
+    pub fn clock_rate(self) -> u32 {
+        if self.is_video() { 90_000 } else { 48_000 }
+    }
+}
+
+/// Whether `payload` (an RTP payload of `codec`) starts a keyframe.
+pub fn is_keyframe_start(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Opus => false,
+        Codec::Vp8 => vp8_frame(payload).is_some_and(|f| f.keyframe),
+        Codec::Vp9 => vp9_keyframe_start(payload),
+        Codec::H264 => h264_keyframe(payload),
+    }
+}
+
+/// The parts of a VP8 payload (RFC 7741) the SFU reads.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Vp8Frame {
+    pub keyframe: bool,
+    /// Width and height, present in keyframes only.
+    pub size: Option<(u16, u16)>,
+}
+
+/// Parses the payload descriptor and, for the first packet of a frame, the frame tag.
+/// Returns `None` for packets that do not start a frame.
+pub fn vp8_frame(payload: &[u8]) -> Option<Vp8Frame> {
+    let first = *payload.first()?;
+    let extended = first & 0x80 != 0;
+    let start = first & 0x10 != 0;
+    let partition = first & 0x07;
+    if !start || partition != 0 {
+        return None;
+    }
+    let mut i = 1;
+    if extended {
+        let ext = *payload.get(i)?;
+        i += 1;
+        if ext & 0x80 != 0 {
+            // PictureID: one or two bytes.
+            let pid = *payload.get(i)?;
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if ext & 0x30 != 0 {
+            i += 1; // TID/KEYIDX
+        }
+    }
+    let tag = payload.get(i..i + 3)?;
+    let keyframe = tag[0] & 0x01 == 0;
+    let size = if keyframe {
+        // Start code 9d 01 2a, then 14-bit width and height (2 bits of scale each).
+        payload.get(i + 3..i + 10).and_then(|h| {
+            (h[..3] == [0x9d, 0x01, 0x2a]).then(|| {
+                (u16::from_le_bytes([h[3], h[4]]) & 0x3fff, u16::from_le_bytes([h[5], h[6]]) & 0x3fff)
+            })
+        })
+    } else {
+        None
+    };
+    Some(Vp8Frame { keyframe, size })
+}
+
+/// VP9 payload descriptor (RFC 9628): P (inter-picture predicted) clear and B (start of
+/// frame) set.
+fn vp9_keyframe_start(payload: &[u8]) -> bool {
+    payload.first().is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0)
+}
+
+/// H.264 (RFC 6184): an IDR slice or SPS in a single NAL, STAP-A, or the first FU-A fragment.
+fn h264_keyframe(payload: &[u8]) -> bool {
+    let Some(&header) = payload.first() else { return false };
+    let is_key = |nal_type: u8| nal_type == 5 || nal_type == 7;
+    match header & 0x1f {
+        24 => {
+            // STAP-A: 16-bit sizes followed by NAL units.
+            let mut i = 1;
+            while i + 2 < payload.len() {
+                let size = u16::from_be_bytes([payload[i], payload[i + 1]]) as usize;
+                if payload.get(i + 2).is_some_and(|n| is_key(n & 0x1f)) {
+                    return true;
+                }
+                i += 2 + size;
+            }
+            false
+        }
+        28 => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        t => is_key(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VP8 keyframe payload as libvpx packetizes it: descriptor with a 15-bit picture
+    /// id, frame tag, start code, 640x360.
+    pub fn vp8_keyframe() -> Vec<u8> {
+        vec![0x90, 0x80, 0x80, 0x01, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0xaa]
+    }
+
+    #[test]
+    fn vp8_keyframes_and_sizes_are_read() {
+        assert_eq!(vp8_frame(&vp8_keyframe()), Some(Vp8Frame { keyframe: true, size: Some((640, 360)) }));
+        assert!(is_keyframe_start(Codec::Vp8, &vp8_keyframe()));
+        // Inter frame: frame tag bit 0 set.
+        let inter = [0x10, 0x01, 0x00, 0x00, 0xaa];
+        assert_eq!(vp8_frame(&inter), Some(Vp8Frame { keyframe: false, size: None }));
+        // A continuation packet (S clear) starts nothing.
+        let mut cont = vp8_keyframe();
+        cont[0] &= !0x10;
+        assert_eq!(vp8_frame(&cont), None);
+        assert!(!is_keyframe_start(Codec::Vp8, &[]));
+        assert!(!is_keyframe_start(Codec::Vp8, &[0x90]));
+    }
+
+    #[test]
+    fn vp9_and_h264_keyframes_are_recognised() {
+        assert!(is_keyframe_start(Codec::Vp9, &[0x08]));
+        assert!(!is_keyframe_start(Codec::Vp9, &[0x48]));
+        assert!(!is_keyframe_start(Codec::Vp9, &[0x00]));
+        assert!(is_keyframe_start(Codec::H264, &[0x65, 0x88])); // IDR
+        assert!(!is_keyframe_start(Codec::H264, &[0x41, 0x9a])); // non-IDR slice
+        assert!(is_keyframe_start(Codec::H264, &[0x78, 0x00, 0x02, 0x67, 0x42])); // STAP-A with SPS
+        assert!(is_keyframe_start(Codec::H264, &[0x7c, 0x85])); // FU-A start of IDR
+        assert!(!is_keyframe_start(Codec::H264, &[0x7c, 0x05])); // FU-A middle
+        assert!(!is_keyframe_start(Codec::Opus, &[0x00]));
+    }
+
+    #[test]
+    fn mime_types_map_to_codecs() {
+        assert_eq!(Codec::from_mime("video/VP8"), Some(Codec::Vp8));
+        assert_eq!(Codec::from_mime("audio/opus"), Some(Codec::Opus));
+        assert_eq!(Codec::from_mime("video/AV1"), None);
+        assert_eq!(Codec::Opus.clock_rate(), 48_000);
+    }
+}

@@ -1,0 +1,20 @@
+//! The SFU's decisions, without sockets, tasks or clocks of its own.
+//!
+//! * [`room::Room`]: participants, tracks, subscriptions, simulcast layer selection from
+//!   the subscriber's bandwidth estimate, keyframe requests, SSRC/sequence/timestamp
+//!   rewriting and active-speaker detection, for one room.
+//! * [`node::Node`]: the SFU process's own lifecycle (ready, draining, drained).
+//!
+//! Time is always passed in (`now: Instant`), so tests drive a simulated clock.
+
+pub mod codec;
+pub mod node;
+pub mod rewrite;
+pub mod room;
+pub mod speaker;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::Codec;
+pub use room::{Command, Forward, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo};

@@ -1,0 +1,771 @@
+//! One room: participants, their published tracks, who subscribes to what, which
+//! simulcast layer each subscription forwards, and when to ask a publisher for a
+//! keyframe.
+//!
+//! Sans-IO: the driver feeds inputs (`join`, `publish`, `on_rtp`, `on_estimate`, ...)
+//! with an explicit `now`, forwards what `on_rtp` returns, and executes the
+//! [`Command`]s it polls. Timers are one deadline, [`Room::poll_timeout`], serviced by
+//! [`Room::handle_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::codec::{self, Codec};
+use crate::rewrite::Rewriter;
+use crate::speaker::SpeakerDetector;
+
+pub type ParticipantId = String;
+pub type TrackId = String;
+
+/// How often layer bitrates are measured and subscriptions re-evaluated.
+pub const LAYER_EVAL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the active speaker is re-elected.
+pub const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
+/// A layer that sent nothing for this long is not offered to subscribers.
+pub const LAYER_INACTIVE_AFTER: Duration = Duration::from_secs(2);
+/// A better estimate must last this long before a subscription moves up a layer.
+pub const UP_SWITCH_HOLD: Duration = Duration::from_millis(500);
+/// At most one keyframe request per layer in this interval (subscribers' PLIs included).
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+/// A subscription still waiting for a keyframe asks again after this long.
+pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
+/// Share of the bandwidth estimate a layer may use (the rest is headroom for audio and RTCP).
+pub const ESTIMATE_HEADROOM: f64 = 0.9;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParticipantKind {
+    /// A person's client.
+    Client,
+    /// Another SFU carrying the same meeting (cascading).
+    Relay,
+    /// Subscribes without being announced (the recorder).
+    Hidden,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Camera,
+    Microphone,
+    ScreenShare,
+    ScreenShareAudio,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub codec: Codec,
+    pub source: Source,
+    /// Who published it first, when it reached this SFU through a relay.
+    pub origin: Option<ParticipantId>,
+}
+
+/// A subscriber's wishes for one video subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Preferences {
+    /// Highest layer, counted from 0 = lowest quality.
+    pub max_layer: Option<u8>,
+    /// Highest picture height (known from VP8 keyframes).
+    pub max_height: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackHandle(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub u64);
+
+/// What the driver knows about one incoming RTP packet.
+#[derive(Clone, Copy, Debug)]
+pub struct RtpMeta<'a> {
+    pub seq: u16,
+    pub ts: u32,
+    pub payload: &'a [u8],
+    /// Bytes on the wire (header and payload), for bitrates.
+    pub size: usize,
+    /// RFC 6464 level, when the packet carries the extension.
+    pub audio_level: Option<u8>,
+}
+
+/// Send this packet to this subscription with these numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub subscription: SubscriptionId,
+    pub seq: u16,
+    pub ts: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoomEvent {
+    ParticipantJoined { participant: ParticipantId, kind: ParticipantKind },
+    ParticipantLeft { participant: ParticipantId },
+    TrackPublished { participant: ParticipantId, track: TrackId, codec: Codec, source: Source },
+    TrackUnpublished { participant: ParticipantId, track: TrackId },
+    TrackMuted { participant: ParticipantId, track: TrackId, muted: bool },
+    ActiveSpeaker { participant: ParticipantId },
+    /// A subscription now forwards layer `layer` (0 = lowest) whose RID is `rid`.
+    LayerChanged { track: TrackId, layer: u8, rid: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Give `subscriber` an outgoing track for `track` and renegotiate.
+    SubscriptionAdded {
+        subscription: SubscriptionId,
+        subscriber: ParticipantId,
+        track: TrackHandle,
+        track_id: TrackId,
+        /// The participant the subscriber should see as the publisher.
+        publisher: ParticipantId,
+        codec: Codec,
+        source: Source,
+    },
+    SubscriptionRemoved { subscription: SubscriptionId, subscriber: ParticipantId },
+    /// Send a PLI for this layer to its publisher.
+    RequestKeyframe { track: TrackHandle, layer: usize },
+    Event { to: ParticipantId, event: RoomEvent },
+    /// The last participant left.
+    Empty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomError {
+    AlreadyJoined(ParticipantId),
+    UnknownParticipant(ParticipantId),
+    UnknownTrack(TrackId),
+    TrackExists(TrackId),
+    /// A subscriber cannot subscribe to its own track.
+    OwnTrack(TrackId),
+}
+
+impl std::fmt::Display for RoomError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::AlreadyJoined(p) => write!(f, "participant {p} has already joined"),
+            Self::UnknownParticipant(p) => write!(f, "no participant {p} in this room"),
+            Self::UnknownTrack(t) => write!(f, "no track {t} in this room"),
+            Self::TrackExists(t) => write!(f, "track {t} is already published"),
+            Self::OwnTrack(t) => write!(f, "track {t} is the subscriber's own"),
+        }
+    }
+}
+
+impl std::error::Error for RoomError {}
+
+#[derive(Debug)]
+struct Participant {
+    kind: ParticipantKind,
+    auto_subscribe: bool,
+    /// Downlink estimate (REMB) in bits per second.
+    estimate: Option<u64>,
+    /// Video subscriptions sharing that downlink.
+    video_subscriptions: u32,
+}
+
+#[derive(Debug)]
+struct Layer {
+    rid: String,
+    rank: u8,
+    bytes: u64,
+    bitrate: u64,
+    last_packet: Option<Instant>,
+    size: Option<(u16, u16)>,
+    last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Subscription {
+    id: SubscriptionId,
+    subscriber: ParticipantId,
+    prefs: Preferences,
+    /// Layer index being forwarded, and the one wanted.
+    current: Option<usize>,
+    target: Option<usize>,
+    rewriter: Rewriter,
+    up_since: Option<Instant>,
+    waiting_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Track {
+    info: TrackInfo,
+    publisher: ParticipantId,
+    muted: bool,
+    layers: Vec<Layer>,
+    subs: Vec<Subscription>,
+}
+
+impl Track {
+    fn shown_publisher(&self) -> &ParticipantId {
+        self.info.origin.as_ref().unwrap_or(&self.publisher)
+    }
+}
+
+/// Cumulative counters, for metrics and the heartbeat's load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub keyframe_requests: u64,
+    pub layer_switches: u64,
+}
+
+#[derive(Debug)]
+pub struct Room {
+    participants: HashMap<ParticipantId, Participant>,
+    tracks: HashMap<TrackHandle, Track>,
+    next_track: u32,
+    next_subscription: u64,
+    commands: VecDeque<Command>,
+    speaker: SpeakerDetector,
+    next_layer_eval: Instant,
+    next_speaker_eval: Instant,
+    last_layer_eval: Instant,
+    counters: Counters,
+}
+
+impl Room {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            participants: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track: 0,
+            next_subscription: 0,
+            commands: VecDeque::new(),
+            speaker: SpeakerDetector::default(),
+            next_layer_eval: now + LAYER_EVAL_INTERVAL,
+            next_speaker_eval: now + SPEAKER_INTERVAL,
+            last_layer_eval: now,
+            counters: Counters::default(),
+        }
+    }
+
+    // ---- membership ----
+
+    pub fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<(), RoomError> {
+        if self.participants.contains_key(participant) {
+            return Err(RoomError::AlreadyJoined(participant.into()));
+        }
+        if kind != ParticipantKind::Hidden {
+            let joined = RoomEvent::ParticipantJoined { participant: participant.into(), kind };
+            self.tell_all(Some(participant), joined);
+        }
+        // The newcomer learns who is here and what they publish.
+        for (other, p) in &self.participants {
+            if p.kind != ParticipantKind::Hidden {
+                self.commands.push_back(Command::Event {
+                    to: participant.into(),
+                    event: RoomEvent::ParticipantJoined { participant: other.clone(), kind: p.kind },
+                });
+            }
+        }
+        let mut published: Vec<(TrackHandle, RoomEvent)> = self
+            .tracks
+            .iter()
+            .map(|(h, t)| {
+                (*h, RoomEvent::TrackPublished {
+                    participant: t.shown_publisher().clone(),
+                    track: t.info.id.clone(),
+                    codec: t.info.codec,
+                    source: t.info.source,
+                })
+            })
+            .collect();
+        published.sort_by_key(|(h, _)| *h);
+        self.participants.insert(participant.into(), Participant { kind, auto_subscribe, estimate: None, video_subscriptions: 0 });
+        for (handle, event) in published {
+            self.commands.push_back(Command::Event { to: participant.into(), event });
+            if auto_subscribe {
+                self.add_subscription(handle, participant, Preferences::default());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn leave(&mut self, participant: &str) -> Result<(), RoomError> {
+        let p = self.participants.remove(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
+        let mut own: Vec<TrackHandle> = self.tracks.iter().filter(|(_, t)| t.publisher == participant).map(|(h, _)| *h).collect();
+        own.sort();
+        for handle in own {
+            self.remove_track(handle);
+        }
+        let mut dropped = Vec::new();
+        for track in self.tracks.values_mut() {
+            if let Some(i) = track.subs.iter().position(|s| s.subscriber == participant) {
+                dropped.push(track.subs.remove(i).id);
+            }
+        }
+        dropped.sort();
+        for subscription in dropped {
+            self.commands.push_back(Command::SubscriptionRemoved { subscription, subscriber: participant.into() });
+        }
+        self.speaker.forget(participant);
+        if p.kind != ParticipantKind::Hidden {
+            self.tell_all(None, RoomEvent::ParticipantLeft { participant: participant.into() });
+        }
+        if self.participants.is_empty() {
+            self.commands.push_back(Command::Empty);
+        }
+        Ok(())
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Participants that are people (not relays, not the recorder).
+    pub fn client_count(&self) -> usize {
+        self.participants.values().filter(|p| p.kind == ParticipantKind::Client).count()
+    }
+
+    pub fn contains(&self, participant: &str) -> bool {
+        self.participants.contains_key(participant)
+    }
+
+    pub fn participants(&self) -> impl Iterator<Item = (&ParticipantId, ParticipantKind)> {
+        self.participants.iter().map(|(id, p)| (id, p.kind))
+    }
+
+    // ---- tracks ----
+
+    pub fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
+        if !self.participants.contains_key(participant) {
+            return Err(RoomError::UnknownParticipant(participant.into()));
+        }
+        if self.tracks.values().any(|t| t.info.id == info.id) {
+            return Err(RoomError::TrackExists(info.id));
+        }
+        let handle = TrackHandle(self.next_track);
+        self.next_track += 1;
+        let track = Track { info, publisher: participant.into(), muted: false, layers: Vec::new(), subs: Vec::new() };
+        let event = RoomEvent::TrackPublished {
+            participant: track.shown_publisher().clone(),
+            track: track.info.id.clone(),
+            codec: track.info.codec,
+            source: track.info.source,
+        };
+        self.tracks.insert(handle, track);
+        self.tell_all(Some(participant), event);
+        let mut auto: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(id, p)| p.auto_subscribe && id.as_str() != participant)
+            .map(|(id, _)| id.clone())
+            .collect();
+        auto.sort();
+        for subscriber in auto {
+            self.add_subscription(handle, &subscriber, Preferences::default());
+        }
+        Ok(handle)
+    }
+
+    /// Registers a simulcast layer (or the only layer) of a track as its first packet
+    /// arrives; returns its index for [`Room::on_rtp`].
+    pub fn add_layer(&mut self, track: TrackHandle, rid: &str) -> Option<usize> {
+        let t = self.tracks.get_mut(&track)?;
+        if let Some(i) = t.layers.iter().position(|l| l.rid == rid) {
+            return Some(i);
+        }
+        t.layers.push(Layer {
+            rid: rid.into(),
+            rank: rid_rank(rid),
+            bytes: 0,
+            bitrate: 0,
+            last_packet: None,
+            size: None,
+            last_keyframe_request: None,
+        });
+        Some(t.layers.len() - 1)
+    }
+
+    pub fn unpublish(&mut self, participant: &str, track_id: &str) -> Result<(), RoomError> {
+        let handle = self
+            .tracks
+            .iter()
+            .find(|(_, t)| t.info.id == track_id && t.publisher == participant)
+            .map(|(h, _)| *h)
+            .ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        self.remove_track(handle);
+        Ok(())
+    }
+
+    pub fn track_handle(&self, track_id: &str) -> Option<TrackHandle> {
+        self.tracks.iter().find(|(_, t)| t.info.id == track_id).map(|(h, _)| *h)
+    }
+
+    pub fn track_publisher(&self, track: TrackHandle) -> Option<&ParticipantId> {
+        self.tracks.get(&track).map(|t| &t.publisher)
+    }
+
+    /// (track id, shown publisher, codec, source, muted) of every track.
+    pub fn tracks(&self) -> impl Iterator<Item = (&TrackId, &ParticipantId, Codec, Source, bool)> {
+        self.tracks.values().map(|t| (&t.info.id, t.shown_publisher(), t.info.codec, t.info.source, t.muted))
+    }
+
+    pub fn set_muted(&mut self, participant: &str, track_id: &str, muted: bool, now: Instant) -> Result<(), RoomError> {
+        let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        let track = self.tracks.get_mut(&handle).expect("handle just found");
+        if track.publisher != participant {
+            return Err(RoomError::UnknownTrack(track_id.into()));
+        }
+        if track.muted == muted {
+            return Ok(());
+        }
+        track.muted = muted;
+        let event = RoomEvent::TrackMuted { participant: track.shown_publisher().clone(), track: track_id.into(), muted };
+        let resume: Vec<usize> = if muted { vec![] } else { track.subs.iter().filter_map(|s| s.current).collect() };
+        self.tell_all(None, event);
+        // Subscribers missed frames while muted: they need a fresh picture.
+        for layer in resume {
+            self.request_keyframe(handle, layer, now);
+        }
+        Ok(())
+    }
+
+    // ---- subscriptions ----
+
+    pub fn subscribe(&mut self, subscriber: &str, track_id: &str, prefs: Preferences) -> Result<SubscriptionId, RoomError> {
+        if !self.participants.contains_key(subscriber) {
+            return Err(RoomError::UnknownParticipant(subscriber.into()));
+        }
+        let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        let track = &self.tracks[&handle];
+        if track.publisher == subscriber {
+            return Err(RoomError::OwnTrack(track_id.into()));
+        }
+        if let Some(existing) = track.subs.iter().find(|s| s.subscriber == subscriber) {
+            return Ok(existing.id);
+        }
+        Ok(self.add_subscription(handle, subscriber, prefs))
+    }
+
+    pub fn unsubscribe(&mut self, subscriber: &str, track_id: &str) -> Result<(), RoomError> {
+        let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        let track = self.tracks.get_mut(&handle).expect("handle just found");
+        let i = track
+            .subs
+            .iter()
+            .position(|s| s.subscriber == subscriber)
+            .ok_or_else(|| RoomError::UnknownParticipant(subscriber.into()))?;
+        let s = track.subs.remove(i);
+        let video = track.info.codec.is_video();
+        self.subscription_removed(s.id, s.subscriber, video);
+        Ok(())
+    }
+
+    pub fn set_preferences(&mut self, subscriber: &str, track_id: &str, prefs: Preferences, now: Instant) -> Result<(), RoomError> {
+        let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        let track = self.tracks.get_mut(&handle).expect("handle just found");
+        let s = track
+            .subs
+            .iter_mut()
+            .find(|s| s.subscriber == subscriber)
+            .ok_or_else(|| RoomError::UnknownParticipant(subscriber.into()))?;
+        s.prefs = prefs;
+        // A new preference applies at once, also upwards.
+        s.up_since = Some(now - UP_SWITCH_HOLD);
+        self.evaluate_track(handle, now);
+        Ok(())
+    }
+
+    /// A subscriber's downlink estimate (REMB), shared by its video subscriptions.
+    pub fn on_estimate(&mut self, subscriber: &str, bps: u64, now: Instant) {
+        let Some(p) = self.participants.get_mut(subscriber) else { return };
+        p.estimate = Some(bps);
+        let mut handles: Vec<TrackHandle> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.subs.iter().any(|s| s.subscriber == subscriber))
+            .map(|(h, _)| *h)
+            .collect();
+        handles.sort();
+        for h in handles {
+            self.evaluate_track(h, now);
+        }
+    }
+
+    /// A subscriber lost its picture (PLI or FIR on its outgoing track).
+    pub fn on_keyframe_request(&mut self, subscription: SubscriptionId, now: Instant) {
+        let found = self.tracks.iter().find_map(|(h, t)| {
+            t.subs.iter().find(|s| s.id == subscription).and_then(|s| s.current.or(s.target)).map(|l| (*h, l))
+        });
+        if let Some((h, layer)) = found {
+            self.request_keyframe(h, layer, now);
+        }
+    }
+
+    /// The layer (0 = lowest) a subscription currently forwards.
+    pub fn forwarded_layer(&self, subscription: SubscriptionId) -> Option<u8> {
+        self.tracks.values().find_map(|t| {
+            let s = t.subs.iter().find(|s| s.id == subscription)?;
+            s.current.map(|c| layer_position(&t.layers, c))
+        })
+    }
+
+    // ---- media ----
+
+    /// One incoming packet of `track`'s layer `layer`; the forwards are appended to `out`.
+    pub fn on_rtp(&mut self, track: TrackHandle, layer: usize, pkt: &RtpMeta<'_>, now: Instant, out: &mut Vec<Forward>) {
+        let Some(t) = self.tracks.get_mut(&track) else { return };
+        let Some(l) = t.layers.get_mut(layer) else { return };
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += pkt.size as u64;
+        l.bytes += pkt.size as u64;
+        l.last_packet = Some(now);
+        let video = t.info.codec.is_video();
+        let keyframe = video && codec::is_keyframe_start(t.info.codec, pkt.payload);
+        if keyframe && t.info.codec == Codec::Vp8 {
+            if let Some(size) = codec::vp8_frame(pkt.payload).and_then(|f| f.size) {
+                l.size = Some(size);
+            }
+        }
+        if let (false, Some(level)) = (video, pkt.audio_level) {
+            if !t.muted {
+                self.speaker.observe(t.shown_publisher(), level);
+            }
+        }
+        if t.muted {
+            return;
+        }
+        if video && t.subs.iter().any(|s| s.target.is_none()) {
+            // The first layer arrived for subscriptions made before any media.
+            self.evaluate_track(track, now);
+        }
+        let t = self.tracks.get_mut(&track).expect("looked up above");
+        let mut switched = Vec::new();
+        for s in &mut t.subs {
+            if !video {
+                if s.current.is_none() {
+                    s.rewriter.switch_to(pkt.seq, pkt.ts, now);
+                    s.current = Some(layer);
+                    s.target = Some(layer);
+                }
+            } else if keyframe && s.target == Some(layer) && s.current != Some(layer) {
+                s.rewriter.switch_to(pkt.seq, pkt.ts, now);
+                s.current = Some(layer);
+                s.waiting_since = None;
+                switched.push(s.subscriber.clone());
+            }
+            if s.current == Some(layer) {
+                if let Some((seq, ts)) = s.rewriter.rewrite(pkt.seq, pkt.ts, now) {
+                    out.push(Forward { subscription: s.id, seq, ts });
+                }
+            }
+        }
+        self.counters.packets_out += out.len() as u64;
+        self.counters.bytes_out += (out.len() * pkt.size) as u64;
+        if !switched.is_empty() {
+            self.counters.layer_switches += switched.len() as u64;
+            let position = layer_position(&t.layers, layer);
+            let event = RoomEvent::LayerChanged { track: t.info.id.clone(), layer: position, rid: t.layers[layer].rid.clone() };
+            for to in switched {
+                self.commands.push_back(Command::Event { to, event: event.clone() });
+            }
+        }
+    }
+
+    // ---- time ----
+
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_layer_eval.min(self.next_speaker_eval)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_layer_eval {
+            let elapsed = now.saturating_duration_since(self.last_layer_eval).as_secs_f64().max(0.001);
+            for t in self.tracks.values_mut() {
+                for l in &mut t.layers {
+                    let measured = (l.bytes as f64 * 8.0 / elapsed) as u64;
+                    // Smooth so one large keyframe does not look like a new bitrate.
+                    l.bitrate = if l.bitrate == 0 { measured } else { (l.bitrate + measured) / 2 };
+                    l.bytes = 0;
+                }
+            }
+            self.last_layer_eval = now;
+            self.next_layer_eval = now + LAYER_EVAL_INTERVAL;
+            let mut handles: Vec<TrackHandle> = self.tracks.keys().copied().collect();
+            handles.sort();
+            for h in handles {
+                self.evaluate_track(h, now);
+            }
+        }
+        if now >= self.next_speaker_eval {
+            self.next_speaker_eval = now + SPEAKER_INTERVAL;
+            if let Some(participant) = self.speaker.evaluate() {
+                self.tell_all(None, RoomEvent::ActiveSpeaker { participant });
+            }
+        }
+    }
+
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.tracks.values().map(|t| t.subs.len()).sum()
+    }
+
+    pub fn track_count(&self) -> usize {
+        self.tracks.len()
+    }
+
+    // ---- internals ----
+
+    fn tell_all(&mut self, except: Option<&str>, event: RoomEvent) {
+        let mut to: Vec<&ParticipantId> = self.participants.keys().filter(|p| Some(p.as_str()) != except).collect();
+        to.sort();
+        for p in to {
+            self.commands.push_back(Command::Event { to: p.clone(), event: event.clone() });
+        }
+    }
+
+    fn add_subscription(&mut self, handle: TrackHandle, subscriber: &str, prefs: Preferences) -> SubscriptionId {
+        let id = SubscriptionId(self.next_subscription);
+        self.next_subscription += 1;
+        let t = self.tracks.get_mut(&handle).expect("caller checked the track");
+        if t.info.codec.is_video() {
+            if let Some(p) = self.participants.get_mut(subscriber) {
+                p.video_subscriptions += 1;
+            }
+        }
+        t.subs.push(Subscription {
+            id,
+            subscriber: subscriber.into(),
+            prefs,
+            current: None,
+            target: None,
+            rewriter: Rewriter::new(t.info.codec.clock_rate()),
+            up_since: None,
+            waiting_since: None,
+        });
+        self.commands.push_back(Command::SubscriptionAdded {
+            subscription: id,
+            subscriber: subscriber.into(),
+            track: handle,
+            track_id: t.info.id.clone(),
+            publisher: t.shown_publisher().clone(),
+            codec: t.info.codec,
+            source: t.info.source,
+        });
+        id
+    }
+
+    fn subscription_removed(&mut self, subscription: SubscriptionId, subscriber: ParticipantId, video: bool) {
+        if let (true, Some(p)) = (video, self.participants.get_mut(&subscriber)) {
+            p.video_subscriptions = p.video_subscriptions.saturating_sub(1);
+        }
+        self.commands.push_back(Command::SubscriptionRemoved { subscription, subscriber });
+    }
+
+    fn remove_track(&mut self, handle: TrackHandle) {
+        let Some(t) = self.tracks.remove(&handle) else { return };
+        for s in t.subs {
+            self.subscription_removed(s.id, s.subscriber, t.info.codec.is_video());
+        }
+        let shown = t.info.origin.unwrap_or(t.publisher.clone());
+        self.tell_all(Some(&t.publisher), RoomEvent::TrackUnpublished { participant: shown, track: t.info.id });
+    }
+
+    /// Re-chooses the target layer of every subscription of a video track, and asks for
+    /// keyframes where a subscription waits for one.
+    fn evaluate_track(&mut self, handle: TrackHandle, now: Instant) {
+        let Some(t) = self.tracks.get_mut(&handle) else { return };
+        if !t.info.codec.is_video() || t.layers.is_empty() {
+            return;
+        }
+        let mut wanted: Vec<usize> = Vec::new();
+        for s in &mut t.subs {
+            // One downlink feeds all of the subscriber's video: split it evenly.
+            let estimate = self
+                .participants
+                .get(&s.subscriber)
+                .and_then(|p| p.estimate.map(|bps| bps / p.video_subscriptions.max(1) as u64));
+            let Some(choice) = select_layer(&t.layers, &s.prefs, estimate, now) else { continue };
+            let target = match (s.target, s.current) {
+                (Some(old), _) if old == choice => {
+                    s.up_since = None;
+                    old
+                }
+                (Some(old), _) if t.layers[choice].rank > t.layers[old].rank => {
+                    let since = *s.up_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= UP_SWITCH_HOLD { choice } else { old }
+                }
+                _ => {
+                    s.up_since = None;
+                    choice
+                }
+            };
+            if s.target != Some(target) {
+                s.target = Some(target);
+                s.up_since = None;
+            }
+            if s.current != s.target {
+                let due = s.waiting_since.is_none_or(|w| now.saturating_duration_since(w) >= KEYFRAME_RETRY);
+                if due {
+                    s.waiting_since = Some(now);
+                    wanted.push(target);
+                }
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        for layer in wanted {
+            self.request_keyframe(handle, layer, now);
+        }
+    }
+
+    fn request_keyframe(&mut self, handle: TrackHandle, layer: usize, now: Instant) {
+        let Some(l) = self.tracks.get_mut(&handle).and_then(|t| t.layers.get_mut(layer)) else { return };
+        if l.last_keyframe_request.is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_REQUEST_INTERVAL) {
+            return;
+        }
+        l.last_keyframe_request = Some(now);
+        self.counters.keyframe_requests += 1;
+        self.commands.push_back(Command::RequestKeyframe { track: handle, layer });
+    }
+}
+
+/// Quality rank of a simulcast RID as browsers and SFUs name them; unknown names sit in
+/// the middle and are ordered by bitrate.
+fn rid_rank(rid: &str) -> u8 {
+    match rid.to_ascii_lowercase().as_str() {
+        "" | "q" | "l" | "low" | "0" => 0,
+        "h" | "m" | "mid" | "1" => 1,
+        "f" | "hi" | "high" | "2" => 2,
+        _ => 1,
+    }
+}
+
+/// Layer indices from lowest to highest quality.
+fn ordered(layers: &[Layer]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by_key(|&i| (layers[i].rank, layers[i].bitrate, i));
+    order
+}
+
+fn layer_position(layers: &[Layer], index: usize) -> u8 {
+    ordered(layers).iter().position(|&i| i == index).unwrap_or(0) as u8
+}
+
+/// The best layer for a subscriber: the highest active layer its preferences allow whose
+/// bitrate fits its estimate; the lowest active layer when nothing fits.
+fn select_layer(layers: &[Layer], prefs: &Preferences, estimate: Option<u64>, now: Instant) -> Option<usize> {
+    let active: Vec<usize> = ordered(layers)
+        .into_iter()
+        .filter(|&i| layers[i].last_packet.is_some_and(|at| now.saturating_duration_since(at) < LAYER_INACTIVE_AFTER))
+        .collect();
+    let lowest = *active.first()?;
+    let allowed: Vec<usize> = active
+        .iter()
+        .enumerate()
+        .filter(|(pos, _)| prefs.max_layer.is_none_or(|m| *pos as u8 <= m))
+        .filter(|(_, i)| prefs.max_height.is_none_or(|h| layers[**i].size.is_none_or(|(_, lh)| lh <= h)))
+        .map(|(_, i)| *i)
+        .collect();
+    let fitting = |i: &&usize| estimate.is_none_or(|bps| layers[**i].bitrate as f64 <= bps as f64 * ESTIMATE_HEADROOM);
+    Some(allowed.iter().rev().find(fitting).copied().unwrap_or(lowest))
+}
