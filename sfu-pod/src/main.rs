@@ -1,1 +1,75 @@
-fn main(){}
+//! sfu-pod: Switchboard's selective forwarding unit.
+//!
+//! Prints one JSON line on stdout once listening — `{"api": "http://…", "media": "ip:port"}` —
+//! so harnesses that start it on ephemeral ports can find it. SIGTERM starts a drain; the
+//! process exits when the last participant has left or the drain timeout passes.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sfu_pod::{api, config, heartbeat, metrics, sfu};
+use switchboard_sfu_client::media::{build_api, NetworkOptions};
+use tracing::info;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("SWITCHBOARD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let cfg = config::Config::from_env()?;
+
+    let udp = tokio::net::UdpSocket::bind(cfg.media_addr).await.with_context(|| format!("binding media UDP {}", cfg.media_addr))?;
+    let media_addr = udp.local_addr()?;
+    let mux = UDPMuxDefault::new(UDPMuxParams::new(udp));
+    let net = NetworkOptions {
+        loopback_only: media_addr.ip().is_loopback(),
+        announced_ips: cfg.announced_ips.clone(),
+        udp_mux: Some(mux),
+        loss: None,
+    };
+    let sfu = sfu::Sfu::new(build_api(&net)?, media_addr, metrics::Metrics::default());
+
+    let listener = tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;
+    let api_addr = listener.local_addr()?;
+    let endpoint = cfg.endpoint.clone().unwrap_or(format!("http://{api_addr}"));
+    println!("{}", serde_json::json!({"api": format!("http://{api_addr}"), "media": media_addr.to_string()}));
+    info!(api = %api_addr, media = %media_addr, announced = ?cfg.announced_ips, "sfu listening");
+
+    if let Some(hb) = cfg.heartbeat {
+        tokio::spawn(heartbeat::run(sfu.clone(), hb, endpoint));
+    }
+
+    let app = api::router(api::AppState { sfu: sfu.clone(), name: cfg.name.clone() });
+    let shutdown = drain_on_sigterm(sfu.clone(), cfg.drain_timeout);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    info!("sfu stopped");
+    Ok(())
+}
+
+/// Resolves when, after SIGTERM (or Ctrl-C), the SFU has drained or the timeout passed.
+async fn drain_on_sigterm(sfu: Arc<sfu::Sfu>, timeout: std::time::Duration) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    sfu.drain();
+    let drained = async {
+        loop {
+            let changed = sfu.state_changed.notified();
+            if matches!(sfu.api_state(), switchboard_sfu_api::NodeState::Drained) {
+                return;
+            }
+            changed.await;
+        }
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
+        info!("drain timeout: stopping with participants still connected");
+    }
+}

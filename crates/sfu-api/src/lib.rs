@@ -1,1 +1,331 @@
+//! The SFU's internal HTTP API (JSON), as used by signaling, the recorder, SFU relays
+//! and test clients. Paths are under `/v1`; see [`paths`].
+//!
+//! Each participant has up to two peer connections, as in LiveKit: a *publisher*
+//! connection the client offers (its camera, microphone, screen), and a *subscriber*
+//! connection the SFU offers (everyone else's tracks). Two connections mean neither
+//! side ever has to resolve offer glare. SFU-initiated messages (subscriber offers,
+//! the SFU's ICE candidates, room events) are read from a per-participant event queue
+//! by long polling.
 
+use serde::{Deserialize, Serialize};
+
+pub mod paths {
+    //! `{room}`, `{participant}` and `{track}` are path segments.
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const METRICS: &str = "/metrics";
+    pub const STATUS: &str = "/v1/status";
+    pub const DRAIN: &str = "/v1/drain";
+    pub const ROOM: &str = "/v1/rooms/{room}";
+    pub const RELAY: &str = "/v1/rooms/{room}/relay";
+    pub const PARTICIPANTS: &str = "/v1/rooms/{room}/participants";
+    pub const PARTICIPANT: &str = "/v1/rooms/{room}/participants/{participant}";
+    pub const PUBLISHER_OFFER: &str = "/v1/rooms/{room}/participants/{participant}/publisher/offer";
+    pub const SUBSCRIBER_ANSWER: &str = "/v1/rooms/{room}/participants/{participant}/subscriber/answer";
+    pub const SUBSCRIBER_RESTART: &str = "/v1/rooms/{room}/participants/{participant}/subscriber/restart";
+    pub const CANDIDATE: &str = "/v1/rooms/{room}/participants/{participant}/candidate";
+    pub const EVENTS: &str = "/v1/rooms/{room}/participants/{participant}/events";
+    pub const TRACK: &str = "/v1/rooms/{room}/participants/{participant}/tracks/{track}";
+    pub const SUBSCRIPTION: &str = "/v1/rooms/{room}/participants/{participant}/subscriptions/{track}";
+
+    /// Fills in a path template.
+    pub fn fill(template: &str, room: &str, participant: &str, track: &str) -> String {
+        template.replace("{room}", room).replace("{participant}", participant).replace("{track}", track)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ParticipantKind {
+    #[default]
+    Client,
+    /// Another SFU carrying the same meeting.
+    Relay,
+    /// Subscribes without being announced: the recorder.
+    Hidden,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Camera,
+    Microphone,
+    ScreenShare,
+    ScreenShareAudio,
+}
+
+/// A track the client is about to publish, keyed by the track id in its SDP (`msid`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackDescription {
+    pub id: String,
+    pub source: Source,
+    /// For relays: the participant who published the track on the other SFU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// `POST /v1/rooms/{room}/participants`
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    pub participant_id: String,
+    #[serde(default)]
+    pub kind: ParticipantKind,
+    /// Subscribe to every track in the room, now and later (default true).
+    #[serde(default = "yes")]
+    pub auto_subscribe: bool,
+    /// The publisher connection's offer; absent for receive-only participants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks: Vec<TrackDescription>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST .../publisher/offer`: renegotiation (new tracks, ICE restart).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OfferRequest {
+    pub sdp: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks: Vec<TrackDescription>,
+}
+
+/// The publisher connection's answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// `POST .../subscriber/answer`
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SdpBody {
+    pub sdp: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ConnectionRole {
+    Publisher,
+    Subscriber,
+}
+
+/// A trickled ICE candidate, in either direction. `candidate` is the SDP attribute
+/// value (`candidate:...`); an empty string means end of candidates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    pub target: ConnectionRole,
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// `PUT .../tracks/{track}`: the publisher (or a host, through signaling) mutes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MuteRequest {
+    pub muted: bool,
+}
+
+/// `PUT .../subscriptions/{track}`: subscribe (or change preferences).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionRequest {
+    /// Highest simulcast layer, 0 = lowest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_layer: Option<u8>,
+    /// Highest picture height in pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u16>,
+}
+
+/// `POST /v1/rooms/{room}/relay`: this SFU joins `origin` as an edge of the room.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayRequest {
+    /// The origin SFU's internal API, e.g. `http://10.0.3.17:7880`.
+    pub origin: String,
+}
+
+/// Something the SFU tells a participant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Event {
+    /// Answer this with `POST .../subscriber/answer`.
+    SubscriberOffer { sdp: String },
+    Candidate(Candidate),
+    ParticipantJoined { participant: String, kind: ParticipantKind },
+    ParticipantLeft { participant: String },
+    TrackPublished { participant: String, track: String, kind: MediaKind, codec: String, source: Source },
+    TrackUnpublished { participant: String, track: String },
+    TrackMuted { participant: String, track: String, muted: bool },
+    ActiveSpeaker { participant: String },
+    LayerChanged { track: String, layer: u8, rid: String },
+    /// The SFU is draining: move when told (signaling follows the Meeting's migrations).
+    Draining,
+    /// The room was closed or the participant removed; stop polling.
+    Closed { reason: String },
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// `GET .../events?after=N&waitMs=M`: events with sequence numbers above `after`,
+/// waiting up to `waitMs` for the first.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SequencedEvent {
+    pub seq: u64,
+    pub event: Event,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EventsResponse {
+    pub events: Vec<SequencedEvent>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackStatus {
+    pub id: String,
+    pub participant: String,
+    pub kind: MediaKind,
+    pub source: Source,
+    pub muted: bool,
+}
+
+/// `GET /v1/rooms/{room}`
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomStatus {
+    pub room: String,
+    pub participants: Vec<String>,
+    pub tracks: Vec<TrackStatus>,
+    pub subscriptions: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    Starting,
+    Ready,
+    Draining,
+    Drained,
+}
+
+/// `GET /v1/status` (also the answer to `POST /v1/drain`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub state: NodeState,
+    pub rooms: usize,
+    pub participants: usize,
+    pub published_tracks: usize,
+    pub subscriptions: usize,
+    /// The UDP address media arrives on.
+    pub media_address: String,
+}
+
+/// Every error the API returns: a machine-readable code and a sentence for people.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    BadRequest,
+    InvalidSdp,
+    UnknownRoom,
+    UnknownParticipant,
+    UnknownTrack,
+    AlreadyJoined,
+    Draining,
+    NotReady,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadRequest | Self::InvalidSdp => 400,
+            Self::UnknownRoom | Self::UnknownParticipant | Self::UnknownTrack => 404,
+            Self::AlreadyJoined => 409,
+            Self::Draining | Self::NotReady => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_and_camel_cased() {
+        let e = Event::TrackPublished {
+            participant: "alice".into(),
+            track: "cam".into(),
+            kind: MediaKind::Video,
+            codec: "video/VP8".into(),
+            source: Source::Camera,
+        };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"type": "trackPublished", "participant": "alice", "track": "cam",
+                               "kind": "video", "codec": "video/VP8", "source": "Camera"})
+        );
+        let c = Event::Candidate(Candidate {
+            target: ConnectionRole::Subscriber,
+            candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
+            sdp_mid: None,
+            sdp_mline_index: Some(0),
+        });
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["type"], "candidate");
+        assert_eq!(json["target"], "subscriber");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), c);
+    }
+
+    #[test]
+    fn join_defaults_to_an_auto_subscribing_client() {
+        let j: JoinRequest = serde_json::from_str(r#"{"participantId": "p1"}"#).unwrap();
+        assert_eq!(j.kind, ParticipantKind::Client);
+        assert!(j.auto_subscribe);
+        assert!(j.offer.is_none());
+    }
+
+    #[test]
+    fn paths_fill_in() {
+        assert_eq!(paths::fill(paths::SUBSCRIPTION, "r", "p", "t"), "/v1/rooms/r/participants/p/subscriptions/t");
+        assert_eq!(ErrorCode::Draining.http_status(), 503);
+    }
+}

@@ -1,1 +1,13 @@
+//! A WebRTC participant (webrtc-rs) driven through an SFU's internal API.
+//!
+//! Tests, the load generator, SFU-to-SFU relays and the recorder all join rooms the
+//! same way a signaling server would on a browser's behalf.
 
+pub mod http;
+pub mod loss;
+pub mod media;
+pub mod participant;
+
+pub use http::{ApiCallError, SfuApi};
+pub use media::NetworkOptions;
+pub use participant::{JoinOptions, Participant, Publish, PublishKind, ReceivedTrack};

@@ -1,0 +1,695 @@
+//! A participant on an SFU: a publisher connection it offers, a subscriber connection
+//! the SFU offers, the event long-poll that carries the SFU's offers and room events,
+//! synthetic media sources, and counters for everything received.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use switchboard_sfu_api::{
+    paths, AnswerResponse, Candidate, ConnectionRole, Event, EventsResponse, JoinRequest, OfferRequest,
+    ParticipantKind, SdpBody, Source, TrackDescription,
+};
+use tokio::sync::Notify;
+use webrtc::api::API;
+use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use webrtc::rtp::extension::HeaderExtension;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+use webrtc::track::track_remote::TrackRemote;
+
+use crate::http::SfuApi;
+use crate::media::{self, NetworkOptions};
+
+/// Marks payloads written by [`Participant`] sources, so receivers can read the layer
+/// and the send time back.
+pub const MAGIC: &[u8; 4] = b"SWB1";
+
+/// A synthetic source to publish.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub id: String,
+    pub kind: PublishKind,
+    pub source: Source,
+}
+
+#[derive(Clone, Debug)]
+pub enum PublishKind {
+    /// Opus-framed audio, 50 packets/s, with an RFC 6464 level.
+    Audio { level: u8 },
+    /// VP8-framed video: one packet per frame. Simulcast sends three layers
+    /// (q, h, f) at 15/30/60 packets/s of 400/700/1100 bytes (≈48/168/528 kbps).
+    Video { simulcast: bool, packets_per_second: u32, size: usize },
+}
+
+impl Publish {
+    pub fn audio(id: &str) -> Self {
+        Self { id: id.into(), kind: PublishKind::Audio { level: 40 }, source: Source::Microphone }
+    }
+    pub fn video(id: &str) -> Self {
+        Self { id: id.into(), kind: PublishKind::Video { simulcast: false, packets_per_second: 30, size: 800 }, source: Source::Camera }
+    }
+    pub fn simulcast(id: &str) -> Self {
+        Self { id: id.into(), kind: PublishKind::Video { simulcast: true, packets_per_second: 0, size: 0 }, source: Source::Camera }
+    }
+}
+
+/// Simulcast layers the synthetic publisher sends: (rid, packets/s, bytes).
+pub const SIMULCAST_LAYERS: [(&str, u32, usize); 3] = [("q", 15, 400), ("h", 30, 700), ("f", 60, 1100)];
+
+#[derive(Clone, Default)]
+pub struct JoinOptions {
+    pub kind: ParticipantKind,
+    /// Default: subscribe to everything.
+    pub manual_subscribe: bool,
+    pub publish: Vec<Publish>,
+    pub net: NetworkOptions,
+}
+
+/// What arrived on one received track.
+#[derive(Clone, Debug, Default)]
+pub struct ReceivedTrack {
+    pub publisher: String,
+    pub video: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub ssrcs: HashSet<u32>,
+    /// Distinct sequence numbers seen, and the span from first to highest.
+    pub unique_seqs: HashSet<u16>,
+    pub first_seq: Option<u16>,
+    pub highest_ext_seq: i64,
+    pub keyframes: u64,
+    /// Simulcast layer byte of the last packet (0 = q), from the synthetic payload.
+    pub last_layer: Option<u8>,
+    pub packets_by_layer: [u64; 3],
+    /// Publisher send time to arrival, microseconds (synthetic payloads only).
+    pub latencies_us: Vec<u32>,
+    /// Sequence numbers that went backwards by more than a reorder window.
+    pub discontinuities: u64,
+    last_seq: Option<u16>,
+}
+
+impl ReceivedTrack {
+    /// Sequence numbers missing between the first and the highest seen.
+    pub fn missing(&self) -> i64 {
+        let span = self.highest_ext_seq + 1;
+        span - self.unique_seqs.len() as i64
+    }
+
+    fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
+        self.packets += 1;
+        self.bytes += size as u64;
+        self.ssrcs.insert(ssrc);
+        let first = *self.first_seq.get_or_insert(seq);
+        if let Some(last) = self.last_seq {
+            let delta = seq.wrapping_sub(last) as i16;
+            if delta < -100 {
+                self.discontinuities += 1;
+            }
+        }
+        self.last_seq = Some(seq);
+        // Extended distance from the first packet (no session here wraps twice).
+        let ext = seq.wrapping_sub(first) as i64;
+        self.highest_ext_seq = self.highest_ext_seq.max(ext);
+        self.unique_seqs.insert(seq);
+        if let Some(info) = parse_payload(payload) {
+            if info.keyframe {
+                self.keyframes += 1;
+            }
+            self.last_layer = Some(info.layer);
+            if let Some(n) = self.packets_by_layer.get_mut(info.layer as usize) {
+                *n += 1;
+            }
+            if self.latencies_us.len() < 200_000 {
+                self.latencies_us.push(now_us.saturating_sub(info.sent_us).min(u32::MAX as u64) as u32);
+            }
+        }
+    }
+}
+
+/// The decoded header of a synthetic payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PayloadInfo {
+    pub keyframe: bool,
+    pub layer: u8,
+    pub sent_us: u64,
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A synthetic payload: VP8-shaped for video (so the SFU sees real keyframe flags),
+/// followed by [`MAGIC`], the layer and the send time.
+pub fn synthetic_payload(video: bool, keyframe: bool, layer: u8, size: usize) -> Bytes {
+    let mut p = Vec::with_capacity(size.max(32));
+    if video {
+        p.push(0x10); // VP8 descriptor: start of partition 0
+        if keyframe {
+            p.extend_from_slice(&[0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a]);
+            let (w, h) = [(320u16, 180u16), (640, 360), (1280, 720)][layer.min(2) as usize];
+            p.extend_from_slice(&w.to_le_bytes());
+            p.extend_from_slice(&h.to_le_bytes());
+        } else {
+            p.extend_from_slice(&[0x01, 0x00, 0x00]);
+        }
+    } else {
+        p.push(0xfc); // an Opus TOC byte
+    }
+    p.extend_from_slice(MAGIC);
+    p.push(layer);
+    p.extend_from_slice(&now_us().to_be_bytes());
+    p.resize(size.max(p.len()), 0xab);
+    Bytes::from(p)
+}
+
+pub fn parse_payload(payload: &[u8]) -> Option<PayloadInfo> {
+    let at = payload.windows(4).take(16).position(|w| w == MAGIC)?;
+    let layer = *payload.get(at + 4)?;
+    let sent = payload.get(at + 5..at + 13)?;
+    let keyframe = payload.first() == Some(&0x10) && payload.get(1).is_some_and(|b| b & 1 == 0);
+    Some(PayloadInfo { keyframe, layer, sent_us: u64::from_be_bytes(sent.try_into().ok()?) })
+}
+
+type Received = Arc<Mutex<HashMap<String, ReceivedTrack>>>;
+
+pub struct Participant {
+    pub id: String,
+    pub room: String,
+    pub api: SfuApi,
+    publisher: Option<Arc<RTCPeerConnection>>,
+    subscriber: Arc<RTCPeerConnection>,
+    received: Received,
+    events: Arc<Mutex<Vec<Event>>>,
+    event_arrived: Arc<Notify>,
+    /// Downlink cap reported by REMB (emulating a constrained link).
+    downlink_cap: Arc<Mutex<Option<u64>>>,
+    /// Remote video SSRCs, for REMB.
+    video_ssrcs: Arc<Mutex<HashSet<u32>>>,
+    /// Bumped to make the next video frame of every layer a keyframe (PLI, FIR).
+    keyframe_wanted: Arc<AtomicU64>,
+    stop: Arc<Notify>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Participant {
+    pub async fn join(api: SfuApi, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
+        let webrtc_api = media::build_api(&opts.net)?;
+        let subscriber = Arc::new(webrtc_api.new_peer_connection(RTCConfiguration::default()).await?);
+        let received: Received = Arc::default();
+        let video_ssrcs: Arc<Mutex<HashSet<u32>>> = Arc::default();
+        let stop = Arc::new(Notify::new());
+        let mut tasks = Vec::new();
+
+        let (publisher, sources) = if opts.publish.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (pc, sources) = publisher_connection(&webrtc_api, &opts.publish).await?;
+            (Some(pc), sources)
+        };
+        let keyframe_wanted = Arc::new(AtomicU64::new(0));
+
+        // Candidates found before the SFU knows us are held until the join returns.
+        let (cand_tx, mut cand_rx) = tokio::sync::mpsc::unbounded_channel::<Candidate>();
+        for (pc, target) in [(Some(&subscriber), ConnectionRole::Subscriber), (publisher.as_ref(), ConnectionRole::Publisher)] {
+            let Some(pc) = pc else { continue };
+            let tx = cand_tx.clone();
+            pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    if let Some(init) = c.and_then(|c| c.to_json().ok()) {
+                        let _ = tx.send(Candidate {
+                            target,
+                            candidate: init.candidate,
+                            sdp_mid: init.sdp_mid,
+                            sdp_mline_index: init.sdp_mline_index,
+                        });
+                    }
+                })
+            }));
+        }
+
+        {
+            let received = received.clone();
+            let video_ssrcs = video_ssrcs.clone();
+            subscriber.on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
+                let received = received.clone();
+                let video_ssrcs = video_ssrcs.clone();
+                Box::pin(async move {
+                    let video = track.kind() == RTPCodecType::Video;
+                    if video {
+                        video_ssrcs.lock().unwrap().insert(track.ssrc());
+                    }
+                    let key = track.id();
+                    let publisher = track.stream_id();
+                    tokio::spawn(async move {
+                        while let Ok((pkt, _)) = track.read_rtp().await {
+                            let size = pkt.payload.len() + 12;
+                            let mut all = received.lock().unwrap();
+                            let entry = all.entry(key.clone()).or_insert_with(|| ReceivedTrack {
+                                publisher: publisher.clone(),
+                                video,
+                                ..Default::default()
+                            });
+                            entry.record(pkt.header.sequence_number, pkt.header.ssrc, &pkt.payload, size, now_us());
+                        }
+                    });
+                })
+            }));
+        }
+
+        let offer = match &publisher {
+            Some(pc) => {
+                let offer = pc.create_offer(None).await?;
+                pc.set_local_description(offer).await?;
+                Some(pc.local_description().await.context("no local description")?.sdp)
+            }
+            None => None,
+        };
+        let join = JoinRequest {
+            participant_id: id.into(),
+            kind: opts.kind,
+            auto_subscribe: !opts.manual_subscribe,
+            offer,
+            tracks: opts
+                .publish
+                .iter()
+                .map(|p| TrackDescription { id: p.id.clone(), source: p.source, origin: None })
+                .collect(),
+        };
+        let answer: AnswerResponse = api.post(&api.url(paths::PARTICIPANTS, room, "", ""), &join).await?;
+        if let (Some(pc), Some(sdp)) = (&publisher, answer.answer) {
+            pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+        }
+
+        // Trickle our candidates.
+        {
+            let api = api.clone();
+            let url = api.url(paths::CANDIDATE, room, id, "");
+            tasks.push(tokio::spawn(async move {
+                while let Some(c) = cand_rx.recv().await {
+                    if let Err(e) = api.post::<_, serde_json::Value>(&url, &c).await {
+                        tracing::debug!(error = %e, "candidate not delivered");
+                    }
+                }
+            }));
+        }
+
+        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let event_arrived = Arc::new(Notify::new());
+        tasks.push(tokio::spawn(event_loop(
+            api.clone(),
+            room.to_owned(),
+            id.to_owned(),
+            subscriber.clone(),
+            publisher.clone(),
+            events.clone(),
+            event_arrived.clone(),
+        )));
+
+        let downlink_cap: Arc<Mutex<Option<u64>>> = Arc::default();
+        tasks.push(tokio::spawn(remb_loop(subscriber.clone(), downlink_cap.clone(), video_ssrcs.clone())));
+
+        for (source, sender) in sources {
+            let wanted = keyframe_wanted.clone();
+            let plis = sender.clone();
+            let wanted_by_pli = keyframe_wanted.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((packets, _)) = plis.read_rtcp().await {
+                    if packets.iter().any(|p| {
+                        p.as_any().is::<PictureLossIndication>()
+                            || p.as_any().is::<webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+                    }) {
+                        wanted_by_pli.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+            tasks.push(tokio::spawn(run_source(source, wanted)));
+        }
+
+        Ok(Self {
+            id: id.into(),
+            room: room.into(),
+            api,
+            publisher,
+            subscriber,
+            received,
+            events,
+            event_arrived,
+            downlink_cap,
+            video_ssrcs,
+            keyframe_wanted,
+            stop,
+            tasks,
+        })
+    }
+
+    /// A copy of what arrived so far, by track id.
+    pub fn received(&self) -> HashMap<String, ReceivedTrack> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds for the received tracks, or fails after `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&HashMap<String, ReceivedTrack>) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check(&self.received.lock().unwrap()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("{}: timed out after {timeout:?} waiting for {what}; received: {:?}", self.id, self.summary());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for an event matching `check`.
+    pub async fn wait_event(&self, what: &str, timeout: Duration, check: impl Fn(&Event) -> bool) -> anyhow::Result<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.event_arrived.notified();
+            if let Some(e) = self.events.lock().unwrap().iter().find(|e| check(e)) {
+                return Ok(e.clone());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                anyhow::bail!("{}: no {what} within {timeout:?}; events: {:?}", self.id, self.events());
+            }
+        }
+    }
+
+    /// Packets per received track id, for messages.
+    pub fn summary(&self) -> Vec<(String, u64, Option<u8>)> {
+        let mut v: Vec<_> =
+            self.received.lock().unwrap().iter().map(|(k, t)| (k.clone(), t.packets, t.last_layer)).collect();
+        v.sort();
+        v
+    }
+
+    /// Reports `cap` bits/s as the downlink estimate (REMB) from now on; `None` lifts it.
+    pub fn set_downlink_cap(&self, cap: Option<u64>) {
+        *self.downlink_cap.lock().unwrap() = cap;
+    }
+
+    /// Restarts ICE on both connections; media continues on the new candidates.
+    pub async fn ice_restart(&self) -> anyhow::Result<()> {
+        if let Some(pc) = &self.publisher {
+            let offer = pc.create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() })).await?;
+            pc.set_local_description(offer).await?;
+            let sdp = pc.local_description().await.context("no local description")?.sdp;
+            let answer: AnswerResponse = self
+                .api
+                .post(&self.api.url(paths::PUBLISHER_OFFER, &self.room, &self.id, ""), &OfferRequest { sdp, tracks: vec![] })
+                .await?;
+            pc.set_remote_description(RTCSessionDescription::answer(answer.answer.context("no answer")?)?).await?;
+        }
+        let _: serde_json::Value =
+            self.api.post(&self.api.url(paths::SUBSCRIBER_RESTART, &self.room, &self.id, ""), &serde_json::json!({})).await?;
+        Ok(())
+    }
+
+    /// ICE credentials of the publisher connection's current local description.
+    pub async fn local_ufrags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for pc in self.publisher.iter().chain(Some(&self.subscriber)) {
+            if let Some(d) = pc.local_description().await {
+                out.extend(d.sdp.lines().filter_map(|l| l.strip_prefix("a=ice-ufrag:")).map(str::to_owned));
+            }
+        }
+        out
+    }
+
+    pub fn connection_states(&self) -> (Option<RTCPeerConnectionState>, RTCPeerConnectionState) {
+        (self.publisher.as_ref().map(|p| p.connection_state()), self.subscriber.connection_state())
+    }
+
+    /// Asks the publishers for fresh keyframes on everything this participant sends.
+    pub fn force_keyframe(&self) {
+        self.keyframe_wanted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn video_ssrcs(&self) -> Vec<u32> {
+        self.video_ssrcs.lock().unwrap().iter().copied().collect()
+    }
+
+    pub async fn leave(self) -> anyhow::Result<()> {
+        self.stop.notify_waiters();
+        let _: serde_json::Value = self.api.delete(&self.api.url(paths::PARTICIPANT, &self.room, &self.id, "")).await?;
+        if let Some(pc) = &self.publisher {
+            pc.close().await?;
+        }
+        self.subscriber.close().await?;
+        Ok(())
+    }
+
+    /// Closes the connections without telling the SFU (a crashed client).
+    pub async fn vanish(self) {
+        if let Some(pc) = &self.publisher {
+            let _ = pc.close().await;
+        }
+        let _ = self.subscriber.close().await;
+    }
+}
+
+struct SourceTrack {
+    video: bool,
+    level: u8,
+    layers: Vec<(Arc<TrackLocalStaticRTP>, u8, u32, usize)>,
+}
+
+async fn publisher_connection(
+    api: &API,
+    publish: &[Publish],
+) -> anyhow::Result<(Arc<RTCPeerConnection>, Vec<(SourceTrack, Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>)>)> {
+    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+    let mut sources = Vec::new();
+    for p in publish {
+        let stream = "local".to_owned();
+        match &p.kind {
+            PublishKind::Audio { level } => {
+                let track = Arc::new(TrackLocalStaticRTP::new(media::opus(), p.id.clone(), stream));
+                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                sources.push((SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)] }, sender));
+            }
+            PublishKind::Video { simulcast: false, packets_per_second, size } => {
+                let track = Arc::new(TrackLocalStaticRTP::new(media::vp8(), p.id.clone(), stream));
+                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                sources.push((
+                    SourceTrack { video: true, level: 127, layers: vec![(track, 2, *packets_per_second, *size)] },
+                    sender,
+                ));
+            }
+            PublishKind::Video { simulcast: true, .. } => {
+                let mut layers = Vec::new();
+                let mut sender = None;
+                for (i, (rid, pps, size)) in SIMULCAST_LAYERS.iter().enumerate() {
+                    let track = Arc::new(TrackLocalStaticRTP::new_with_rid(media::vp8(), p.id.clone(), rid.to_string(), stream.clone()));
+                    match &sender {
+                        None => sender = Some(pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?),
+                        Some(s) => s.add_encoding(track.clone()).await?,
+                    }
+                    layers.push((track, i as u8, *pps, *size));
+                }
+                sources.push((SourceTrack { video: true, level: 127, layers }, sender.expect("three layers")));
+            }
+        }
+    }
+    Ok((pc, sources))
+}
+
+/// Writes synthetic packets for every layer of a source at its rate; video frames are
+/// keyframes when asked for (first frame, PLI).
+async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>) {
+    let mut tasks = Vec::new();
+    for (track, layer, pps, size) in source.layers {
+        let wanted = keyframe_wanted.clone();
+        let video = source.video;
+        let level = source.level;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / pps.max(1) as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let clock = if video { 90_000 } else { 48_000 };
+            let step = clock / pps.max(1);
+            let mut seq: u16 = rand::random();
+            let mut ts: u32 = rand::random();
+            let mut seen_generation: Option<u64> = None;
+            loop {
+                tick.tick().await;
+                let generation = wanted.load(Ordering::SeqCst);
+                let keyframe = video && seen_generation != Some(generation);
+                seen_generation = Some(generation);
+                let packet = webrtc::rtp::packet::Packet {
+                    header: webrtc::rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ..Default::default()
+                    },
+                    payload: synthetic_payload(video, keyframe, layer, size),
+                };
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(step);
+                let result = if video {
+                    track.write_rtp(&packet).await
+                } else {
+                    let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
+                    track.write_rtp_with_extensions(&packet, &[ext]).await
+                };
+                if let Err(e) = result {
+                    if matches!(e, webrtc::Error::ErrClosedPipe) {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn remb_loop(pc: Arc<RTCPeerConnection>, cap: Arc<Mutex<Option<u64>>>, ssrcs: Arc<Mutex<HashSet<u32>>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let Some(bps) = *cap.lock().unwrap() else { continue };
+        let ssrcs: Vec<u32> = ssrcs.lock().unwrap().iter().copied().collect();
+        if ssrcs.is_empty() {
+            continue;
+        }
+        let remb = ReceiverEstimatedMaximumBitrate { sender_ssrc: 1, bitrate: bps as f32, ssrcs };
+        if pc.write_rtcp(&[Box::new(remb)]).await.is_err() && pc.connection_state() == RTCPeerConnectionState::Closed {
+            return;
+        }
+    }
+}
+
+/// Long-polls the participant's events: answers subscriber offers, adds the SFU's
+/// candidates, and keeps everything for the test to look at.
+async fn event_loop(
+    api: SfuApi,
+    room: String,
+    id: String,
+    subscriber: Arc<RTCPeerConnection>,
+    publisher: Option<Arc<RTCPeerConnection>>,
+    log: Arc<Mutex<Vec<Event>>>,
+    arrived: Arc<Notify>,
+) {
+    let mut after = 0u64;
+    loop {
+        let url = format!("{}?after={after}&waitMs=10000", api.url(paths::EVENTS, &room, &id, ""));
+        let batch: EventsResponse = match api.get(&url).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(participant = %id, error = %e, "event poll failed");
+                if e.code().is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        for e in batch.events {
+            after = after.max(e.seq);
+            match &e.event {
+                Event::SubscriberOffer { sdp } => {
+                    if let Err(err) = answer_offer(&api, &room, &id, &subscriber, sdp).await {
+                        tracing::warn!(participant = %id, error = %err, "could not answer the SFU's offer");
+                    }
+                }
+                Event::Candidate(c) => {
+                    let pc = match c.target {
+                        ConnectionRole::Subscriber => Some(&subscriber),
+                        ConnectionRole::Publisher => publisher.as_ref(),
+                    };
+                    if let Some(pc) = pc {
+                        let _ = pc
+                            .add_ice_candidate(RTCIceCandidateInit {
+                                candidate: c.candidate.clone(),
+                                sdp_mid: c.sdp_mid.clone(),
+                                sdp_mline_index: c.sdp_mline_index,
+                                username_fragment: None,
+                            })
+                            .await;
+                    }
+                }
+                _ => {}
+            }
+            let closed = matches!(e.event, Event::Closed { .. });
+            log.lock().unwrap().push(e.event);
+            arrived.notify_waiters();
+            if closed {
+                return;
+            }
+        }
+    }
+}
+
+async fn answer_offer(api: &SfuApi, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
+    pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
+    let answer = pc.create_answer(None).await?;
+    pc.set_local_description(answer).await?;
+    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    let _: serde_json::Value = api.post(&api.url(paths::SUBSCRIBER_ANSWER, room, id, ""), &SdpBody { sdp }).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_payloads_round_trip() {
+        let key = synthetic_payload(true, true, 2, 500);
+        assert_eq!(key.len(), 500);
+        let info = parse_payload(&key).unwrap();
+        assert!(info.keyframe);
+        assert_eq!(info.layer, 2);
+        assert!(info.sent_us > 0);
+        let delta = parse_payload(&synthetic_payload(true, false, 1, 10)).unwrap();
+        assert!(!delta.keyframe);
+        let audio = parse_payload(&synthetic_payload(false, false, 0, 100)).unwrap();
+        assert!(!audio.keyframe);
+        assert_eq!(parse_payload(b"garbage"), None);
+    }
+
+    #[test]
+    fn missing_packets_are_counted_across_wrap() {
+        let mut t = ReceivedTrack::default();
+        for seq in [65_534u16, 65_535, 1, 2] {
+            t.record(seq, 1, &[], 10, 0);
+        }
+        assert_eq!(t.missing(), 1, "seq 0 is missing");
+        t.record(0, 1, &[], 10, 0);
+        assert_eq!(t.missing(), 0, "a late retransmission fills the gap");
+    }
+}

@@ -1,0 +1,193 @@
+//! The internal HTTP API (see `switchboard_sfu_api` for the wire types), probes and
+//! metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use switchboard_sfu_api::{self as api, paths, ApiError, ErrorCode};
+
+use crate::sfu::{error, ApiResult, Sfu};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub sfu: Arc<Sfu>,
+    /// Name this SFU gives itself on origins it relays from.
+    pub name: String,
+}
+
+struct Failure(ApiError, Arc<Sfu>);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let code = self.0.code;
+        let label = match code {
+            ErrorCode::BadRequest => "badRequest",
+            ErrorCode::InvalidSdp => "invalidSdp",
+            ErrorCode::UnknownRoom => "unknownRoom",
+            ErrorCode::UnknownParticipant => "unknownParticipant",
+            ErrorCode::UnknownTrack => "unknownTrack",
+            ErrorCode::AlreadyJoined => "alreadyJoined",
+            ErrorCode::Draining => "draining",
+            ErrorCode::NotReady => "notReady",
+            ErrorCode::Internal => "internal",
+        };
+        self.1.metrics.api_errors.get_or_create(&crate::metrics::CodeLabels { code: label }).inc();
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+type Reply<T> = Result<Json<T>, Failure>;
+
+fn reply<T>(sfu: &Arc<Sfu>, r: ApiResult<T>) -> Reply<T> {
+    r.map(Json).map_err(|e| Failure(e, sfu.clone()))
+}
+
+/// Bodies are parsed here, not by axum's extractor, so that bad JSON gets our error shape.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| error(ErrorCode::BadRequest, format!("the request body is not valid: {e}")))
+}
+
+fn ok() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(paths::HEALTHZ, get(|| async { "ok" }))
+        .route(paths::READYZ, get(readyz))
+        .route(paths::METRICS, get(metrics))
+        .route(paths::STATUS, get(|State(s): State<AppState>| async move { Json(s.sfu.status()) }))
+        .route(paths::DRAIN, post(drain))
+        .route(paths::ROOM, put(open_room).get(room_status).delete(close_room))
+        .route(paths::RELAY, post(relay))
+        .route(paths::PARTICIPANTS, post(join))
+        .route(paths::PARTICIPANT, axum::routing::delete(leave))
+        .route(paths::PUBLISHER_OFFER, post(publisher_offer))
+        .route(paths::SUBSCRIBER_ANSWER, post(subscriber_answer))
+        .route(paths::SUBSCRIBER_RESTART, post(subscriber_restart))
+        .route(paths::CANDIDATE, post(candidate))
+        .route(paths::EVENTS, get(events))
+        .route(paths::TRACK, put(mute).delete(unpublish))
+        .route(paths::SUBSCRIPTION, put(subscribe).delete(unsubscribe))
+        .fallback(|State(s): State<AppState>| async move {
+            Failure(error(ErrorCode::BadRequest, "no such endpoint"), s.sfu).into_response()
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    // A draining SFU still serves its participants (and their reconnects): it stays ready.
+    match s.sfu.api_state() {
+        api::NodeState::Ready | api::NodeState::Draining => (StatusCode::OK, "ok").into_response(),
+        other => (StatusCode::SERVICE_UNAVAILABLE, format!("{other:?}")).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.sfu.metrics.encode())
+        .into_response()
+}
+
+async fn drain(State(s): State<AppState>) -> Json<api::NodeStatus> {
+    s.sfu.drain();
+    Json(s.sfu.status())
+}
+
+async fn open_room(State(s): State<AppState>, Path(room): Path<String>) -> Reply<api::RoomStatus> {
+    let r = s.sfu.open_room(&room).and_then(|_| s.sfu.room_status(&room));
+    reply(&s.sfu, r)
+}
+
+async fn room_status(State(s): State<AppState>, Path(room): Path<String>) -> Reply<api::RoomStatus> {
+    reply(&s.sfu, s.sfu.room_status(&room))
+}
+
+async fn close_room(State(s): State<AppState>, Path(room): Path<String>) -> Reply<serde_json::Value> {
+    let r = s.sfu.close_room(&room).await.map(|_| ok());
+    reply(&s.sfu, r)
+}
+
+async fn relay(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<serde_json::Value> {
+    let r = async {
+        let req: api::RelayRequest = parse(&body)?;
+        crate::relay::start(s.sfu.clone(), &room, &req.origin, &s.name).await.map(|_| ok())
+    }
+    .await;
+    reply(&s.sfu, r)
+}
+
+async fn join(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<api::AnswerResponse> {
+    let r = async { s.sfu.join(&room, parse(&body)?).await }.await;
+    reply(&s.sfu, r)
+}
+
+async fn leave(State(s): State<AppState>, Path((room, p)): Path<(String, String)>) -> Reply<serde_json::Value> {
+    let r = s.sfu.leave(&room, &p).await.map(|_| ok());
+    reply(&s.sfu, r)
+}
+
+async fn publisher_offer(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<api::AnswerResponse> {
+    let r = async { s.sfu.publisher_offer(&room, &p, parse(&body)?).await }.await;
+    reply(&s.sfu, r)
+}
+
+async fn subscriber_answer(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+    let r = async {
+        let b: api::SdpBody = parse(&body)?;
+        s.sfu.subscriber_answer(&room, &p, b.sdp).await.map(|_| ok())
+    }
+    .await;
+    reply(&s.sfu, r)
+}
+
+async fn subscriber_restart(State(s): State<AppState>, Path((room, p)): Path<(String, String)>) -> Reply<serde_json::Value> {
+    reply(&s.sfu, s.sfu.subscriber_restart(&room, &p).map(|_| ok()))
+}
+
+async fn candidate(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+    let r = async { s.sfu.add_candidate(&room, &p, parse(&body)?).await.map(|_| ok()) }.await;
+    reply(&s.sfu, r)
+}
+
+async fn events(
+    State(s): State<AppState>,
+    Path((room, p)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply<api::EventsResponse> {
+    let r = async {
+        let number = |k: &str| -> ApiResult<u64> {
+            q.get(k).map(|v| v.parse::<u64>().map_err(|_| error(ErrorCode::BadRequest, format!("{k} must be a number")))).unwrap_or(Ok(0))
+        };
+        let query = api::EventsQuery { after: number("after")?, wait_ms: number("waitMs")? };
+        s.sfu.events(&room, &p, query).await
+    }
+    .await;
+    reply(&s.sfu, r)
+}
+
+async fn mute(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+    let r = parse::<api::MuteRequest>(&body).and_then(|m| s.sfu.set_muted(&room, &p, &track, m.muted)).map(|_| ok());
+    reply(&s.sfu, r)
+}
+
+async fn unpublish(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>) -> Reply<serde_json::Value> {
+    reply(&s.sfu, s.sfu.unpublish(&room, &p, &track).map(|_| ok()))
+}
+
+async fn subscribe(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+    let req = if body.is_empty() { Ok(api::SubscriptionRequest::default()) } else { parse(&body) };
+    let r = req.and_then(|req| s.sfu.subscribe(&room, &p, &track, req)).map(|_| ok());
+    reply(&s.sfu, r)
+}
+
+async fn unsubscribe(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>) -> Reply<serde_json::Value> {
+    reply(&s.sfu, s.sfu.unsubscribe(&room, &p, &track).map(|_| ok()))
+}

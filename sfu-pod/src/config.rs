@@ -1,0 +1,71 @@
+//! Configuration from the environment the operator gives the `sfu` container
+//! (`switchboard_heartbeat::pod_env`), plus a few settings for local runs.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SWITCHBOARD_API_ADDR` | `0.0.0.0:$SWITCHBOARD_API_PORT` (7880) | internal API, probes, metrics |
+//! | `SWITCHBOARD_MEDIA_ADDR` | `0.0.0.0:$SWITCHBOARD_UDP_PORT_MIN` (ephemeral if unset) | the one UDP port all peers share |
+//! | `SWITCHBOARD_ANNOUNCED_IPS` / `SWITCHBOARD_ANNOUNCED_ADDRESS` | none | addresses put in candidates instead of local ones |
+//! | `SWITCHBOARD_ENDPOINT` | `http://$SWITCHBOARD_POD_IP:<api port>` | the API URL advertised in the heartbeat |
+//! | `SWITCHBOARD_POOL`, `SWITCHBOARD_NAMESPACE`, `SWITCHBOARD_POD_NAME` | none | when all set, the heartbeat Lease is renewed |
+//! | `SWITCHBOARD_DRAIN_TIMEOUT_SECONDS` | 14400 | after SIGTERM, exit when drained or after this long |
+//! | `SWITCHBOARD_NAME` | pod name or `sfu` | this SFU's name on origins it relays from |
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use switchboard_heartbeat::pod_env;
+
+pub struct Heartbeat {
+    pub pool: String,
+    pub namespace: String,
+    pub pod: String,
+    pub ttl: Duration,
+}
+
+pub struct Config {
+    pub api_addr: SocketAddr,
+    pub media_addr: SocketAddr,
+    pub announced_ips: Vec<String>,
+    pub endpoint: Option<String>,
+    pub heartbeat: Option<Heartbeat>,
+    pub drain_timeout: Duration,
+    pub name: String,
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let api_port: u16 = var(pod_env::API_PORT).map(|p| p.parse()).transpose().context("SWITCHBOARD_API_PORT")?.unwrap_or(7880);
+        let udp_port: u16 = var(pod_env::UDP_PORT_MIN).map(|p| p.parse()).transpose().context("SWITCHBOARD_UDP_PORT_MIN")?.unwrap_or(0);
+        let api_addr = var("SWITCHBOARD_API_ADDR").unwrap_or(format!("0.0.0.0:{api_port}")).parse().context("SWITCHBOARD_API_ADDR")?;
+        let media_addr = var("SWITCHBOARD_MEDIA_ADDR").unwrap_or(format!("0.0.0.0:{udp_port}")).parse().context("SWITCHBOARD_MEDIA_ADDR")?;
+        let announced_ips = match var(pod_env::ANNOUNCED_IPS) {
+            Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+            // The downward API knows the node's (internal) IP and the pod IP.
+            None => match var(pod_env::ANNOUNCED_ADDRESS).as_deref() {
+                Some("NodeExternalIP" | "NodeInternalIP") => var(pod_env::HOST_IP).into_iter().collect(),
+                Some("PodIP") => var(pod_env::POD_IP).into_iter().collect(),
+                _ => vec![],
+            },
+        };
+        let endpoint = var("SWITCHBOARD_ENDPOINT").or_else(|| var(pod_env::POD_IP).map(|ip| format!("http://{ip}:{api_port}")));
+        let heartbeat = match (var(pod_env::POOL), var(pod_env::NAMESPACE), var(pod_env::POD_NAME)) {
+            (Some(pool), Some(namespace), Some(pod)) => Some(Heartbeat {
+                pool,
+                namespace,
+                pod,
+                ttl: Duration::from_secs(var(pod_env::HEARTBEAT_TTL_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(10)),
+            }),
+            _ => None,
+        };
+        let drain_timeout =
+            Duration::from_secs(var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(4 * 3600));
+        let name = var("SWITCHBOARD_NAME").or_else(|| var(pod_env::POD_NAME)).unwrap_or_else(|| "sfu".into());
+        Ok(Self { api_addr, media_addr, announced_ips, endpoint, heartbeat, drain_timeout, name })
+    }
+}

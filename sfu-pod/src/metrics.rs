@@ -1,0 +1,73 @@
+//! Prometheus metrics of one SFU, served on `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub rooms: Gauge,
+    pub participants: Gauge,
+    pub published_tracks: Gauge,
+    pub subscriptions: Gauge,
+    pub packets_in: Counter,
+    pub bytes_in: Counter,
+    pub packets_out: Counter,
+    pub bytes_out: Counter,
+    pub keyframe_requests: Counter,
+    pub layer_switches: Counter,
+    pub api_errors: Family<CodeLabels, Counter>,
+    pub heartbeat_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("switchboard_sfu");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let m = $metric;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        Self {
+            rooms: reg!("rooms", "Rooms open on this SFU", Gauge::default()),
+            participants: reg!("participants", "Participants connected (relays included)", Gauge::default()),
+            published_tracks: reg!("published_tracks", "Tracks published into rooms", Gauge::default()),
+            subscriptions: reg!("subscriptions", "Track subscriptions being forwarded", Gauge::default()),
+            packets_in: reg!("rtp_packets_received", "RTP packets received from publishers", Counter::default()),
+            bytes_in: reg!("rtp_bytes_received", "RTP bytes received from publishers", Counter::default()),
+            packets_out: reg!("rtp_packets_forwarded", "RTP packets forwarded to subscribers", Counter::default()),
+            bytes_out: reg!("rtp_bytes_forwarded", "RTP bytes forwarded to subscribers", Counter::default()),
+            keyframe_requests: reg!("keyframe_requests", "PLIs sent to publishers", Counter::default()),
+            layer_switches: reg!("layer_switches", "Simulcast layer switches made at keyframes", Counter::default()),
+            api_errors: reg!("api_errors", "Internal API requests refused, by error code", Family::default()),
+            heartbeat_failures: reg!("heartbeat_failures", "Lease renewals that failed", Counter::default()),
+            registry: Arc::new(Registry::default()),
+        }
+        .with_registry(registry)
+    }
+}
+
+impl Metrics {
+    fn with_registry(mut self, registry: Registry) -> Self {
+        self.registry = Arc::new(registry);
+        self
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
