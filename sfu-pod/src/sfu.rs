@@ -532,6 +532,8 @@ impl Sfu {
             .map_err(|e| error(ErrorCode::InvalidSdp, format!("the answer was not accepted: {e}")))?;
         peer.negotiation.lock().unwrap().awaiting_answer = false;
         peer.negotiate.notify_one();
+        // Packets sent before the answer landed (the first keyframe among them) are lost.
+        request_keyframes(&room, &peer);
         Ok(())
     }
 
@@ -662,6 +664,17 @@ impl Sfu {
     }
 }
 
+/// Asks the publishers of everything `peer` receives for a keyframe (rate-limited by the core).
+fn request_keyframes(room: &RoomEntry, peer: &Peer) {
+    let subscriptions: Vec<SubscriptionId> = peer.senders.lock().unwrap().keys().copied().collect();
+    let now = Instant::now();
+    room.with_core(|r| {
+        for s in subscriptions {
+            r.on_keyframe_request(s, now);
+        }
+    });
+}
+
 fn validate_name(what: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
     if ok {
@@ -687,6 +700,13 @@ fn watch_connection(sfu: Weak<Sfu>, room: Weak<RoomEntry>, peer: Weak<Peer>, pc:
     pc.on_peer_connection_state_change(Box::new(move |state| {
         let (sfu, room, peer, pc_w) = (sfu.clone(), room.clone(), peer.clone(), pc_w.clone());
         Box::pin(async move {
+            if state == RTCPeerConnectionState::Connected {
+                // A subscriber whose connection just came up needs a picture to start from.
+                if let (Some(room), Some(peer)) = (room.upgrade(), peer.upgrade()) {
+                    request_keyframes(&room, &peer);
+                }
+                return;
+            }
             if state != RTCPeerConnectionState::Failed {
                 return;
             }

@@ -252,9 +252,11 @@ impl Participant {
         {
             let received = received.clone();
             let video_ssrcs = video_ssrcs.clone();
+            let pc = Arc::downgrade(&subscriber);
             subscriber.on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
                 let received = received.clone();
                 let video_ssrcs = video_ssrcs.clone();
+                let pc = pc.clone();
                 Box::pin(async move {
                     let video = track.kind() == RTPCodecType::Video;
                     if video {
@@ -263,8 +265,19 @@ impl Participant {
                     let key = track.id();
                     let publisher = track.stream_id();
                     tokio::spawn(async move {
+                        let mut last_pli: Option<Instant> = None;
                         while let Ok((pkt, _)) = track.read_rtp().await {
                             let size = pkt.payload.len() + 12;
+                            // Like a decoder: no picture until a keyframe, so ask for one.
+                            let undecodable = video && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
+                                && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe);
+                            if undecodable && last_pli.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
+                                last_pli = Some(Instant::now());
+                                if let Some(pc) = pc.upgrade() {
+                                    let pli = PictureLossIndication { sender_ssrc: 1, media_ssrc: track.ssrc() };
+                                    let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+                                }
+                            }
                             let mut all = received.lock().unwrap();
                             let entry = all.entry(key.clone()).or_insert_with(|| ReceivedTrack {
                                 publisher: publisher.clone(),

@@ -1,0 +1,82 @@
+//! Starts real sfu-pod processes on loopback for media tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish, SfuApi};
+
+pub struct SfuProcess {
+    child: Child,
+    pub api: SfuApi,
+    pub media: String,
+}
+
+impl SfuProcess {
+    pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-pod"));
+        cmd.env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
+            .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
+            .env("SWITCHBOARD_NAME", name)
+            .env_remove("SWITCHBOARD_POOL")
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("SFU_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() });
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("sfu-pod starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("sfu-pod prints its addresses");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
+        Self { child, api: SfuApi::new(v["api"].as_str().unwrap()), media: v["media"].as_str().unwrap().to_owned() }
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for SfuProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn loopback() -> NetworkOptions {
+    NetworkOptions { loopback_only: true, ..Default::default() }
+}
+
+pub fn publishing(publish: Vec<Publish>) -> JoinOptions {
+    JoinOptions { publish, net: loopback(), ..Default::default() }
+}
+
+pub async fn join(sfu: &SfuApi, room: &str, id: &str, publish: Vec<Publish>) -> Participant {
+    Participant::join(sfu.clone(), room, id, publishing(publish)).await.unwrap_or_else(|e| panic!("{id} joins: {e:#}"))
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
