@@ -33,7 +33,8 @@ async fn main() -> anyhow::Result<()> {
         udp_mux: Some(mux),
         loss: None,
     };
-    let sfu = sfu::Sfu::new(build_api(&net)?, media_addr, metrics::Metrics::default());
+    let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
+    let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
 
     let listener = tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;
     let api_addr = listener.local_addr()?;

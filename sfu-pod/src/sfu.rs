@@ -220,10 +220,35 @@ impl Peer {
     }
 }
 
+/// Packets waiting for one subscription's connection. Each subscription has its own
+/// queue and writer task, so a subscriber whose connection stalls (still connecting,
+/// congested, gone) drops its own packets and never holds up the others.
+#[derive(Clone)]
+struct Sink {
+    queue: mpsc::Sender<webrtc::rtp::packet::Packet>,
+}
+
+/// Packets a subscription may have queued before new ones are dropped (~1 s of HD video).
+const SINK_QUEUE: usize = 256;
+
+impl Sink {
+    fn spawn(track: Arc<TrackLocalStaticRTP>) -> Self {
+        let (queue, mut rx) = mpsc::channel::<webrtc::rtp::packet::Packet>(SINK_QUEUE);
+        tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                if let Err(webrtc::Error::ErrClosedPipe) = track.write_rtp(&p).await {
+                    return;
+                }
+            }
+        });
+        Self { queue }
+    }
+}
+
 /// The core and what the driver needs next to it on the packet path.
 struct RoomCore {
     room: Room,
-    sinks: HashMap<SubscriptionId, Arc<TrackLocalStaticRTP>>,
+    sinks: HashMap<SubscriptionId, Sink>,
     /// Publisher connection and SSRC of each (track, layer), for PLIs.
     sources: HashMap<(TrackHandle, usize), (Weak<RTCPeerConnection>, u32)>,
 }
@@ -272,6 +297,10 @@ impl RoomEntry {
 
 pub struct Sfu {
     api: API,
+    /// For this SFU's own connections to an origin (edge side of a relay): ephemeral
+    /// ports, because two connections between the same pair of mux ports would share
+    /// one 5-tuple and the mux could not tell their DTLS apart.
+    relay_api: API,
     node: Mutex<Node>,
     rooms: Mutex<HashMap<String, Arc<RoomEntry>>>,
     pub metrics: Metrics,
@@ -281,11 +310,12 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    pub fn new(api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {
+    pub fn new(api: API, relay_api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {
         let mut node = Node::default();
         node.ready();
         Arc::new(Self {
             api,
+            relay_api,
             node: Mutex::new(node),
             rooms: Mutex::new(HashMap::new()),
             metrics,
@@ -458,7 +488,8 @@ impl Sfu {
 
     /// Creates a peer's outbound connection and its negotiation task.
     pub async fn new_peer(self: &Arc<Self>, room: &Arc<RoomEntry>, id: &str, kind: ParticipantKind, negotiator: Negotiator) -> ApiResult<Arc<Peer>> {
-        let outbound = Arc::new(self.api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
+        let api = if matches!(negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.api };
+        let outbound = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
         let peer = Arc::new(Peer {
             id: id.to_owned(),
             kind,
@@ -495,7 +526,8 @@ impl Sfu {
         if let Some(pc) = slot.as_ref() {
             return Ok(pc.clone());
         }
-        let pc = Arc::new(self.api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
+        let api = if matches!(peer.negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.api };
+        let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
         let (sfu, room_w, peer_w, pc_w) = (Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(peer), Arc::downgrade(&pc));
         pc.on_track(Box::new(move |track: Arc<TrackRemote>, receiver: Arc<RTCRtpReceiver>, _| {
             let (sfu, room, peer, pc) = (sfu.clone(), room_w.clone(), peer_w.clone(), pc_w.clone());
@@ -763,7 +795,7 @@ async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc:
     debug!(room = %room.name, participant = %peer.id, track = %id, rid = %rid, %mime, "forwarding");
     sfu.recount();
     let mut forwards = Vec::new();
-    let mut writes: Vec<(Arc<TrackLocalStaticRTP>, u16, u32)> = Vec::new();
+    let mut writes: Vec<(Sink, u16, u32)> = Vec::new();
     while let Ok((mut pkt, _)) = track.read_rtp().await {
         let audio_level = level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
         let size = pkt.payload.len() + 12;
@@ -791,9 +823,12 @@ async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc:
         sfu.metrics.packets_out.inc_by(writes.len() as u64);
         sfu.metrics.bytes_out.inc_by((writes.len() * size) as u64);
         for (sink, seq, ts) in writes.drain(..) {
-            pkt.header.sequence_number = seq;
-            pkt.header.timestamp = ts;
-            let _ = sink.write_rtp(&pkt).await;
+            let mut out = pkt.clone();
+            out.header.sequence_number = seq;
+            out.header.timestamp = ts;
+            if sink.queue.try_send(out).is_err() {
+                sfu.metrics.queue_drops.inc();
+            }
         }
         if room.closed.load(Ordering::Relaxed) {
             break;
@@ -826,7 +861,7 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
                     return;
                 }
             };
-            room.core.lock().unwrap().sinks.insert(subscription, local);
+            room.core.lock().unwrap().sinks.insert(subscription, Sink::spawn(local));
             let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
             peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
             tokio::spawn(read_subscriber_rtcp(Arc::downgrade(room), subscriber, subscription, sender));

@@ -58,3 +58,239 @@ async fn reqwest_get(url: &str) -> String {
     let out = std::process::Command::new("curl").arg("-s").arg(url).output().unwrap();
     String::from_utf8(out.stdout).unwrap()
 }
+
+fn layer_packets(p: &switchboard_sfu_client::Participant, track: &str) -> [u64; 3] {
+    p.received().get(track).map(|t| t.packets_by_layer).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_on_a_keyframe() {
+    let sfu = SfuProcess::start("sfu-simulcast");
+    let publisher = join(&sfu.api, "webinar", "host", vec![Publish::simulcast("host-cam")]).await;
+    let fast = join(&sfu.api, "webinar", "fast", vec![]).await;
+    let slow = join(&sfu.api, "webinar", "slow", vec![]).await;
+    // The capped subscriber's estimate: 150 kbps fits only the 48 kbps layer.
+    slow.set_downlink_cap(Some(150_000));
+
+    fast.wait_until("the full layer", WAIT, |rx| rx.get("host-cam").is_some_and(|t| t.last_layer == Some(2) && t.packets_by_layer[2] > 60))
+        .await
+        .unwrap();
+    slow.wait_until("the low layer", WAIT, |rx| rx.get("host-cam").is_some_and(|t| t.last_layer == Some(0) && t.packets_by_layer[0] > 15))
+        .await
+        .unwrap();
+    // And they stay there.
+    let (f0, s0) = (layer_packets(&fast, "host-cam"), layer_packets(&slow, "host-cam"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (f1, s1) = (layer_packets(&fast, "host-cam"), layer_packets(&slow, "host-cam"));
+    assert!(f1[2] > f0[2] + 30 && f1[0] == f0[0], "fast stays on f: {f0:?} -> {f1:?}");
+    assert!(s1[0] > s0[0] + 8 && s1[2] == s0[2] && s1[1] == s0[1], "slow stays on q: {s0:?} -> {s1:?}");
+
+    // The cap is lifted: the slow subscriber moves up, starting on a keyframe.
+    slow.set_downlink_cap(Some(20_000_000));
+    slow.wait_until("the full layer after the cap", WAIT, |rx| {
+        rx.get("host-cam").is_some_and(|t| t.last_layer == Some(2) && t.packets_by_layer[2] > s1[2] + 30)
+    })
+    .await
+    .unwrap();
+    let track = &slow.received()["host-cam"];
+    let up = track.layer_switches.iter().filter(|(from, to, _)| to > from).last().copied().expect("an up-switch");
+    assert!(up.2, "the up-switch starts on a keyframe: {:?}", track.layer_switches);
+    assert!(track.layer_switches.iter().all(|(_, _, key)| *key), "every switch is on a keyframe: {:?}", track.layer_switches);
+    assert_eq!(track.ssrcs.len(), 1, "one SSRC across layer switches");
+    assert_eq!(track.discontinuities, 0, "sequence numbers never jump back");
+    assert_eq!(track.missing(), 0, "no sequence gaps across switches");
+    slow.wait_event("a LayerChanged event", WAIT, |e| matches!(e, switchboard_sfu_api::Event::LayerChanged { layer: 2, .. })).await.unwrap();
+    drop(publisher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
+    use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, PublishKind};
+    let sfu = SfuProcess::start("sfu-loss");
+    let lossy = || NetworkOptions { loopback_only: true, loss: Some(0.05), ..Default::default() };
+    let video = Publish { kind: PublishKind::Video { simulcast: false, packets_per_second: 100, size: 900 }, ..Publish::video("pub-cam") };
+    let publisher = Participant::join(sfu.api.clone(), "lossy", "pub", JoinOptions { publish: vec![video], net: lossy(), ..Default::default() })
+        .await
+        .unwrap();
+    let viewer = Participant::join(sfu.api.clone(), "lossy", "viewer", JoinOptions { net: lossy(), ..Default::default() }).await.unwrap();
+    viewer.wait_until("600 video packets", Duration::from_secs(30), |rx| rx.get("pub-cam").is_some_and(|t| t.packets >= 600)).await.unwrap();
+    let dropped = switchboard_sfu_client::loss::DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+    let track = &viewer.received()["pub-cam"];
+    let span = track.highest_ext_seq;
+    // Packets within the last half second may still be on their way back.
+    let missing = track.missing_before(50);
+    assert!(dropped as f64 > span as f64 * 0.05, "the impairment dropped packets on both legs: {dropped} of ~{span}");
+    assert!(
+        (missing as f64) < span as f64 * 0.005,
+        "NACK recovered the stream: {missing} of {span} still missing after {dropped} drops"
+    );
+    drop(publisher);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restart_keeps_the_session_and_media_flowing() {
+    let sfu = SfuProcess::start("sfu-restart");
+    let alice = join(&sfu.api, "r", "alice", av("alice")).await;
+    let bob = join(&sfu.api, "r", "bob", av("bob")).await;
+    bob.wait_until("alice's video", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > 30)).await.unwrap();
+    let before = bob.local_ufrags().await;
+    bob.ice_restart().await.unwrap();
+    alice.ice_restart().await.unwrap();
+    // New credentials on both of bob's connections once the SFU's restart offer is answered.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = bob.local_ufrags().await;
+        if now.len() == before.len() && now.iter().zip(&before).all(|(a, b)| a != b) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ICE credentials did not change: {before:?} -> {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = |p: &switchboard_sfu_client::Participant, t: &str| p.received().get(t).map(|r| r.packets).unwrap_or(0);
+    let (a0, b0) = (counts(&alice, "bob-cam"), counts(&bob, "alice-cam"));
+    bob.wait_until("media after the restart", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 60)).await.unwrap();
+    alice.wait_until("media after the restart", WAIT, |rx| rx.get("bob-cam").is_some_and(|t| t.packets > a0 + 60)).await.unwrap();
+    assert_eq!(bob.received()["alice-cam"].ssrcs.len(), 1, "the same stream continues");
+    let status: switchboard_sfu_api::RoomStatus = sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "r", "", "")).await.unwrap();
+    assert_eq!(status.participants, vec!["alice", "bob"], "nobody rejoined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_newcomers_and_reports_drained_when_the_last_leaves() {
+    use switchboard_sfu_api::{ErrorCode, NodeState, NodeStatus};
+    let sfu = SfuProcess::start("sfu-drain");
+    let alice = join(&sfu.api, "r", "alice", av("alice")).await;
+    let bob = join(&sfu.api, "r", "bob", av("bob")).await;
+    let status: NodeStatus = sfu.api.post(&format!("{}/v1/drain", sfu.api.base), &serde_json::json!({})).await.unwrap();
+    assert_eq!(status.state, NodeState::Draining);
+    let refused = switchboard_sfu_client::Participant::join(sfu.api.clone(), "r", "carol", publishing(av("carol"))).await;
+    let err = refused.err().expect("a draining SFU refuses newcomers");
+    let code = err.downcast_ref::<switchboard_sfu_client::ApiCallError>().and_then(|e| e.code());
+    assert_eq!(code, Some(ErrorCode::Draining), "{err:#}");
+    alice.wait_event("the drain notice", WAIT, |e| matches!(e, switchboard_sfu_api::Event::Draining)).await.unwrap();
+    // Those already in keep their media.
+    let b0 = bob.received().get("alice-cam").map(|t| t.packets).unwrap_or(0);
+    bob.wait_until("media while draining", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 30)).await.unwrap();
+    let ready = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}"]).arg(format!("{}/readyz", sfu.api.base)).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "200", "a draining SFU still serves its participants");
+    alice.leave().await.unwrap();
+    let status: NodeStatus = sfu.api.get(&format!("{}/v1/status", sfu.api.base)).await.unwrap();
+    assert_eq!(status.state, NodeState::Draining, "one participant is left");
+    bob.leave().await.unwrap();
+    let status: NodeStatus = sfu.api.get(&format!("{}/v1/status", sfu.api.base)).await.unwrap();
+    assert_eq!(status.state, NodeState::Drained);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_when_the_last_participant_leaves() {
+    let mut sfu = SfuProcess::start("sfu-sigterm");
+    let alice = join(&sfu.api, "r", "alice", av("alice")).await;
+    sfu.sigterm();
+    alice.wait_event("the drain notice", WAIT, |e| matches!(e, switchboard_sfu_api::Event::Draining)).await.unwrap();
+    assert!(sfu.wait_exit(Duration::from_millis(500)).is_none(), "the SFU waits for its participant");
+    alice.leave().await.unwrap();
+    let status = sfu.wait_exit(Duration::from_secs(10)).expect("the SFU exits once drained");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
+    let origin = SfuProcess::start("origin");
+    let edge = SfuProcess::start("edge");
+    let _: serde_json::Value = edge
+        .api
+        .post(
+            &edge.api.url(switchboard_sfu_api::paths::RELAY, "town-hall", "", ""),
+            &switchboard_sfu_api::RelayRequest { origin: origin.api.base.clone() },
+        )
+        .await
+        .unwrap();
+    let alice = join(&origin.api, "town-hall", "alice", av("alice")).await;
+    let bob = join(&edge.api, "town-hall", "bob", av("bob")).await;
+    let carol = join(&edge.api, "town-hall", "carol", vec![Publish::audio("carol-mic")]).await;
+    alice
+        .wait_until("bob's and carol's media through the edge", WAIT, |rx| {
+            ["bob-mic", "bob-cam", "carol-mic"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))
+        })
+        .await
+        .unwrap();
+    bob.wait_until("alice's media through the origin, carol's locally", WAIT, |rx| {
+        ["alice-mic", "alice-cam", "carol-mic"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(bob.received()["alice-cam"].publisher, "alice", "relayed tracks keep their publisher");
+    assert_eq!(alice.received()["bob-cam"].publisher, "bob");
+    bob.wait_event("alice announced on the edge", WAIT, |e| {
+        matches!(e, switchboard_sfu_api::Event::TrackPublished { participant, track, .. } if participant == "alice" && track == "alice-cam")
+    })
+    .await
+    .unwrap();
+    // Each track crosses the link once: the origin sees the edge as one relay participant.
+    let status: switchboard_sfu_api::RoomStatus =
+        origin.api.get(&origin.api.url(switchboard_sfu_api::paths::ROOM, "town-hall", "", "")).await.unwrap();
+    assert_eq!(status.participants, vec!["alice", "relay-edge"]);
+    assert_eq!(status.tracks.len(), 5);
+    assert!(!alice.received().contains_key("alice-cam"), "no echo of alice's own track");
+    drop(carol);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone_keeps_media() {
+    use switchboard_sfu_api::{paths, ApiError, ErrorCode};
+    let sfu = SfuProcess::start("sfu-garbage");
+    let alice = join(&sfu.api, "r", "alice", av("alice")).await;
+    let bob = join(&sfu.api, "r", "bob", av("bob")).await;
+    bob.wait_until("alice's video", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > 20)).await.unwrap();
+
+    let expect = |(status, body): (u16, String), want_status: u16, want: ErrorCode| {
+        let e: ApiError = serde_json::from_str(&body).unwrap_or_else(|_| panic!("an ApiError body, got {body}"));
+        assert_eq!((status, e.code), (want_status, want), "{}", e.message);
+        assert!(!e.message.is_empty());
+        e.message
+    };
+    let api = &sfu.api;
+    let join_url = api.url(paths::PARTICIPANTS, "r", "", "");
+    let m = expect(api.post_raw(&join_url, r#"{"participantId": "eve", "offer": "this is not sdp"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+    assert!(m.contains("SDP"), "{m}");
+    expect(api.post_raw(&join_url, r#"{"participantId": "eve", "offer": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+    let m = expect(api.post_raw(&join_url, "{not json").await.unwrap(), 400, ErrorCode::BadRequest);
+    assert!(m.contains("body"), "{m}");
+    expect(api.post_raw(&join_url, r#"{"participantId": "has spaces"}"#).await.unwrap(), 400, ErrorCode::BadRequest);
+    expect(api.post_raw(&join_url, r#"{"participantId": "alice"}"#).await.unwrap(), 409, ErrorCode::AlreadyJoined);
+    let events_unknown_room = format!("{}?waitMs=0", api.url(paths::EVENTS, "nowhere", "alice", ""));
+    let r = api.get::<serde_json::Value>(&events_unknown_room).await.unwrap_err();
+    assert_eq!(r.code(), Some(ErrorCode::UnknownRoom));
+    let r = api.get::<serde_json::Value>(&format!("{}?waitMs=0", api.url(paths::EVENTS, "r", "mallory", ""))).await.unwrap_err();
+    assert_eq!(r.code(), Some(ErrorCode::UnknownParticipant));
+    let r = api.put::<_, serde_json::Value>(&api.url(paths::TRACK, "r", "alice", "no-such-track"), &serde_json::json!({"muted": true})).await.unwrap_err();
+    assert_eq!(r.code(), Some(ErrorCode::UnknownTrack));
+    expect(api.post_raw(&api.url(paths::SUBSCRIBER_ANSWER, "r", "alice", ""), r#"{"sdp": "garbage"}"#).await.unwrap(), 400, ErrorCode::BadRequest);
+    expect(
+        api.post_raw(&api.url(paths::CANDIDATE, "r", "alice", ""), r#"{"target": "subscriber", "candidate": "candidate:garbage"}"#).await.unwrap(),
+        400,
+        ErrorCode::BadRequest,
+    );
+    expect(api.post_raw(&api.url(paths::PUBLISHER_OFFER, "r", "alice", ""), r#"{"sdp": "nonsense"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+
+    // Garbage at the media port: random bytes, fake STUN, fake RTP and DTLS-looking records.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..3000u32 {
+        let mut junk: Vec<u8> = (0..(i % 1400 + 1)).map(|_| rand::random::<u8>()).collect();
+        match i % 4 {
+            0 => junk[0] = 0x00,                                  // STUN-looking
+            1 => junk[0] = 0x80,                                  // RTP/RTCP-looking
+            2 => junk[0] = 0x16,                                  // DTLS handshake-looking
+            _ => {}
+        }
+        let _ = socket.send_to(&junk, &sfu.media);
+    }
+    // Everyone keeps their media; a newcomer still gets in.
+    let (a0, b0) = (alice.received()["bob-cam"].packets, bob.received()["alice-cam"].packets);
+    bob.wait_until("media after the garbage", WAIT, |rx| rx["alice-cam"].packets > b0 + 60).await.unwrap();
+    alice.wait_until("media after the garbage", WAIT, |rx| rx["bob-cam"].packets > a0 + 60).await.unwrap();
+    let carol = join(&sfu.api, "r", "carol", vec![]).await;
+    carol.wait_until("everyone's media", WAIT, |rx| ["alice-cam", "bob-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))).await.unwrap();
+    let metrics = reqwest_get(&format!("{}/metrics", sfu.api.base)).await;
+    assert!(metrics.contains("switchboard_sfu_api_errors_total{code=\"invalidSdp\"} 3"), "{metrics}");
+}

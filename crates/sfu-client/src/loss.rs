@@ -9,6 +9,11 @@ use webrtc::interceptor::{
     Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Packets dropped by every loss interceptor in this process.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 pub struct LossInterceptorBuilder {
     pub rate: f64,
 }
@@ -24,7 +29,11 @@ struct LossInterceptor {
 }
 
 fn lose(rate: f64) -> bool {
-    rand::random::<f64>() < rate
+    let lost = rand::random::<f64>() < rate;
+    if lost {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+    lost
 }
 
 struct DroppingReader {

@@ -98,14 +98,26 @@ pub struct ReceivedTrack {
     pub latencies_us: Vec<u32>,
     /// Sequence numbers that went backwards by more than a reorder window.
     pub discontinuities: u64,
+    /// Layer changes seen: (from, to, whether the first packet of the new layer was a keyframe).
+    pub layer_switches: Vec<(u8, u8, bool)>,
     last_seq: Option<u16>,
 }
 
 impl ReceivedTrack {
     /// Sequence numbers missing between the first and the highest seen.
     pub fn missing(&self) -> i64 {
-        let span = self.highest_ext_seq + 1;
-        span - self.unique_seqs.len() as i64
+        self.missing_before(0)
+    }
+
+    /// Sequence numbers missing between the first and `tail` before the highest (packets
+    /// near the head may still be on their way back through NACK).
+    pub fn missing_before(&self, tail: u16) -> i64 {
+        let Some(first) = self.first_seq else { return 0 };
+        let end = self.highest_ext_seq - tail as i64;
+        if end < 0 {
+            return 0;
+        }
+        (0..=end).filter(|i| !self.unique_seqs.contains(&first.wrapping_add(*i as u16))).count() as i64
     }
 
     fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
@@ -127,6 +139,9 @@ impl ReceivedTrack {
         if let Some(info) = parse_payload(payload) {
             if info.keyframe {
                 self.keyframes += 1;
+            }
+            if let Some(prev) = self.last_layer.filter(|l| *l != info.layer) {
+                self.layer_switches.push((prev, info.layer, info.keyframe));
             }
             self.last_layer = Some(info.layer);
             if let Some(n) = self.packets_by_layer.get_mut(info.layer as usize) {
@@ -345,18 +360,31 @@ impl Participant {
 
         for (source, sender) in sources {
             let wanted = keyframe_wanted.clone();
-            let plis = sender.clone();
-            let wanted_by_pli = keyframe_wanted.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Ok((packets, _)) = plis.read_rtcp().await {
-                    if packets.iter().any(|p| {
-                        p.as_any().is::<PictureLossIndication>()
-                            || p.as_any().is::<webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
-                    }) {
-                        wanted_by_pli.fetch_add(1, Ordering::SeqCst);
+            // Each simulcast encoding has its own RTCP stream (its PLIs and NACKs).
+            let rids: Vec<Option<String>> = if source.layers.len() > 1 {
+                source.layers.iter().map(|(t, ..)| t.rid().map(str::to_owned)).collect()
+            } else {
+                vec![None]
+            };
+            for rid in rids {
+                let plis = sender.clone();
+                let wanted_by_pli = keyframe_wanted.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let read = match &rid {
+                            Some(rid) => plis.read_rtcp_simulcast(rid).await,
+                            None => plis.read_rtcp().await,
+                        };
+                        let Ok((packets, _)) = read else { return };
+                        if packets.iter().any(|p| {
+                            p.as_any().is::<PictureLossIndication>()
+                                || p.as_any().is::<webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+                        }) {
+                            wanted_by_pli.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
-                }
-            }));
+                }));
+            }
             tasks.push(tokio::spawn(run_source(source, wanted)));
         }
 
