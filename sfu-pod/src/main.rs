@@ -31,7 +31,8 @@ async fn main() -> anyhow::Result<()> {
         loopback_only: media_addr.ip().is_loopback(),
         announced_ips: cfg.announced_ips.clone(),
         udp_mux: Some(mux),
-        loss: None,
+        own_retransmissions: true,
+        ..Default::default()
     };
     let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
     let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());

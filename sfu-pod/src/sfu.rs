@@ -45,6 +45,8 @@ const EVENT_BACKLOG: usize = 2000;
 pub const MAX_POLL: Duration = Duration::from_secs(25);
 /// Longest the SFU waits for its own ICE candidates before answering.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Quiet time before a renegotiation offer (see `run_negotiation`).
+const RENEGOTIATION_SETTLE: Duration = Duration::from_millis(150);
 /// A participant whose connection failed (and was not ICE-restarted) is removed.
 const FAILED_PEER_GRACE: Duration = Duration::from_secs(5);
 
@@ -173,7 +175,19 @@ pub struct Peer {
     senders: Mutex<HashMap<SubscriptionId, (Arc<RTCRtpSender>, TrackDescription)>>,
     /// What the participant said about the tracks it publishes, by track id.
     descriptions: Mutex<HashMap<String, TrackDescription>>,
+    /// Track changes for the outbound connection, applied by the negotiation task just
+    /// before its next offer: a track added while an offer is outstanding would start
+    /// sending when that offer's answer lands, with an SSRC the answerer never saw.
+    pending: Mutex<Vec<PendingChange>>,
+    /// Set once the outbound connection has been up for `media::CONNECT_HOLDBACK`.
+    sending: Arc<AtomicBool>,
+    room: Weak<RoomEntry>,
     closed: AtomicBool,
+}
+
+enum PendingChange {
+    Add { subscription: SubscriptionId, track_id: String, publisher: String, codec: Codec, source: Source },
+    Remove { subscription: SubscriptionId },
 }
 
 impl Peer {
@@ -222,26 +236,49 @@ impl Peer {
 
 /// Packets waiting for one subscription's connection. Each subscription has its own
 /// queue and writer task, so a subscriber whose connection stalls (still connecting,
-/// congested, gone) drops its own packets and never holds up the others.
+/// congested, gone) drops its own packets and never holds up the others. The writer
+/// keeps what it sent, by sequence number, to answer the subscriber's NACKs.
 #[derive(Clone)]
 struct Sink {
     queue: mpsc::Sender<webrtc::rtp::packet::Packet>,
+    sent: Arc<Mutex<Vec<Option<webrtc::rtp::packet::Packet>>>>,
 }
 
 /// Packets a subscription may have queued before new ones are dropped (~1 s of HD video).
 const SINK_QUEUE: usize = 256;
+/// Packets kept for retransmission per subscription (a few seconds of video).
+const SINK_HISTORY: usize = 1024;
 
 impl Sink {
-    fn spawn(track: Arc<TrackLocalStaticRTP>) -> Self {
+    fn spawn(track: Arc<TrackLocalStaticRTP>, sending: Arc<AtomicBool>) -> Self {
         let (queue, mut rx) = mpsc::channel::<webrtc::rtp::packet::Packet>(SINK_QUEUE);
+        let sent: Arc<Mutex<Vec<Option<webrtc::rtp::packet::Packet>>>> = Arc::new(Mutex::new(vec![None; SINK_HISTORY]));
+        let history = sent.clone();
         tokio::spawn(async move {
             while let Some(p) = rx.recv().await {
-                if let Err(webrtc::Error::ErrClosedPipe) = track.write_rtp(&p).await {
-                    return;
+                if !sending.load(Ordering::Relaxed) {
+                    continue;
                 }
+                match track.write_rtp(&p).await {
+                    Err(webrtc::Error::ErrClosedPipe) => return,
+                    Err(e) => debug!(track = track.id(), error = %e, "write failed"),
+                    Ok(_) => {}
+                }
+                let slot = p.header.sequence_number as usize % SINK_HISTORY;
+                history.lock().unwrap()[slot] = Some(p);
             }
         });
-        Self { queue }
+        Self { queue, sent }
+    }
+
+    /// Queues the packets a NACK names again, those still kept; returns how many.
+    fn resend(&self, seqs: impl Iterator<Item = u16>) -> usize {
+        let again: Vec<webrtc::rtp::packet::Packet> = {
+            let sent = self.sent.lock().unwrap();
+            seqs.filter_map(|seq| sent[seq as usize % SINK_HISTORY].as_ref().filter(|p| p.header.sequence_number == seq).cloned())
+                .collect()
+        };
+        again.into_iter().filter(|p| self.queue.try_send(p.clone()).is_ok()).count()
     }
 }
 
@@ -502,10 +539,13 @@ impl Sfu {
             event_arrived: Notify::new(),
             senders: Mutex::new(HashMap::new()),
             descriptions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            sending: Arc::new(AtomicBool::new(false)),
+            room: Arc::downgrade(room),
             closed: AtomicBool::new(false),
         });
         watch_connection(Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(&peer), &peer.outbound);
-        tokio::spawn(run_negotiation(Arc::downgrade(&peer)));
+        tokio::spawn(run_negotiation(Arc::downgrade(&peer), self.metrics.clone()));
         Ok(peer)
     }
 
@@ -518,6 +558,7 @@ impl Sfu {
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(answer).await.map_err(internal)?;
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
+        media::wait_receivers_started(&pc, Duration::from_secs(2)).await;
         Ok(pc.local_description().await.ok_or_else(|| internal("no local description"))?.sdp)
     }
 
@@ -557,6 +598,7 @@ impl Sfu {
         if !peer.negotiation.lock().unwrap().awaiting_answer {
             return Err(error(ErrorCode::BadRequest, "no subscriber offer is waiting for an answer"));
         }
+        tracing::trace!(participant, %sdp, "subscriber answer");
         let answer = RTCSessionDescription::answer(sdp).map_err(|e| error(ErrorCode::InvalidSdp, format!("the answer is not valid SDP: {e}")))?;
         peer.outbound
             .set_remote_description(answer)
@@ -733,8 +775,17 @@ fn watch_connection(sfu: Weak<Sfu>, room: Weak<RoomEntry>, peer: Weak<Peer>, pc:
         let (sfu, room, peer, pc_w) = (sfu.clone(), room.clone(), peer.clone(), pc_w.clone());
         Box::pin(async move {
             if state == RTCPeerConnectionState::Connected {
-                // A subscriber whose connection just came up needs a picture to start from.
-                if let (Some(room), Some(peer)) = (room.upgrade(), peer.upgrade()) {
+                let (Some(room), Some(peer)) = (room.upgrade(), peer.upgrade()) else { return };
+                let outbound = pc_w.upgrade().is_some_and(|pc| Arc::ptr_eq(&pc, &peer.outbound));
+                if outbound && !peer.sending.load(Ordering::SeqCst) {
+                    // Media starts a moment after the connection is up (media::CONNECT_HOLDBACK),
+                    // with a fresh picture.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(media::CONNECT_HOLDBACK).await;
+                        peer.sending.store(true, Ordering::SeqCst);
+                        request_keyframes(&room, &peer);
+                    });
+                } else {
                     request_keyframes(&room, &peer);
                 }
                 return;
@@ -851,32 +902,17 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
     match command {
         Command::SubscriptionAdded { subscription, subscriber, track_id, publisher, codec, source, .. } => {
             let Ok(peer) = room.peer(&subscriber) else { return };
-            let Some(capability) = media::capability(codec_mime(codec)) else { return };
-            // Stream id = the publisher, so clients group a person's tracks.
-            let local = Arc::new(TrackLocalStaticRTP::new(capability, track_id.clone(), publisher.clone()));
-            let sender = match peer.outbound.add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(participant = %subscriber, track = %track_id, error = %e, "could not add a subscription");
-                    return;
-                }
-            };
-            room.core.lock().unwrap().sinks.insert(subscription, Sink::spawn(local));
-            let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
-            peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
-            tokio::spawn(read_subscriber_rtcp(Arc::downgrade(room), subscriber, subscription, sender));
+            peer.pending.lock().unwrap().push(PendingChange::Add { subscription, track_id, publisher, codec, source });
             peer.request_negotiation(false);
             sfu.metrics.subscriptions.inc();
         }
         Command::SubscriptionRemoved { subscription, subscriber } => {
+            // Forwarding stops now; the connection drops the track at its next offer.
             room.core.lock().unwrap().sinks.remove(&subscription);
-            let Ok(peer) = room.peer(&subscriber) else { return };
-            let sender = peer.senders.lock().unwrap().remove(&subscription);
-            if let Some((sender, _)) = sender {
-                let _ = peer.outbound.remove_track(&sender).await;
-                peer.request_negotiation(false);
-            }
             sfu.metrics.subscriptions.dec();
+            let Ok(peer) = room.peer(&subscriber) else { return };
+            peer.pending.lock().unwrap().push(PendingChange::Remove { subscription });
+            peer.request_negotiation(false);
         }
         Command::RequestKeyframe { track, layer } => {
             let source = room.core.lock().unwrap().sources.get(&(track, layer)).cloned();
@@ -901,13 +937,25 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
 }
 
 /// PLIs, FIRs and REMBs a subscriber sends about one of its tracks.
-async fn read_subscriber_rtcp(room: Weak<RoomEntry>, subscriber: String, subscription: SubscriptionId, sender: Arc<RTCRtpSender>) {
+async fn read_subscriber_rtcp(
+    room: Weak<RoomEntry>,
+    metrics: Metrics,
+    subscriber: String,
+    subscription: SubscriptionId,
+    sender: Arc<RTCRtpSender>,
+) {
     while let Ok((packets, _)) = sender.read_rtcp().await {
         let Some(room) = room.upgrade() else { return };
         for p in packets {
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 room.with_core(|r| r.on_keyframe_request(subscription, Instant::now()));
+            } else if let Some(nack) = any.downcast_ref::<webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
+                let sink = room.core.lock().unwrap().sinks.get(&subscription).cloned();
+                if let Some(sink) = sink {
+                    let resent = sink.resend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
+                    metrics.retransmissions.inc_by(resent as u64);
+                }
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                 room.with_core(|r| r.on_estimate(&subscriber, remb.bitrate as u64, Instant::now()));
             }
@@ -931,15 +979,18 @@ async fn run_timers(room: Weak<RoomEntry>) {
 }
 
 /// Renegotiates a peer's outbound connection whenever asked, one offer at a time.
-async fn run_negotiation(peer: Weak<Peer>) {
+async fn run_negotiation(peer: Weak<Peer>, metrics: Metrics) {
     let Some(p) = peer.upgrade() else { return };
     loop {
         p.negotiate.notified().await;
         if p.closed.load(Ordering::SeqCst) {
             return;
         }
-        // Let a burst of subscription changes settle into one offer.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Let a burst of subscription changes settle into one offer, and give the
+        // other side time to start its receivers from the last exchange: webrtc-rs
+        // restarts a receiver that a quick re-offer finds not yet started, and the
+        // track already handed to the application goes silent.
+        tokio::time::sleep(RENEGOTIATION_SETTLE).await;
         let restart = {
             let mut n = p.negotiation.lock().unwrap();
             if !n.needed || n.awaiting_answer {
@@ -949,6 +1000,7 @@ async fn run_negotiation(peer: Weak<Peer>) {
             n.awaiting_answer = true;
             std::mem::take(&mut n.restart)
         };
+        apply_pending(&p, &metrics).await;
         if let Err(e) = offer_outbound(&p, restart).await {
             warn!(participant = %p.id, error = %e, "renegotiation failed");
             p.negotiation.lock().unwrap().awaiting_answer = false;
@@ -956,6 +1008,52 @@ async fn run_negotiation(peer: Weak<Peer>) {
         // More changes may have arrived meanwhile.
         if p.negotiation.lock().unwrap().needed {
             p.negotiate.notify_one();
+        }
+    }
+}
+
+/// Adds and removes the outbound connection's tracks (no offer is outstanding).
+async fn apply_pending(peer: &Arc<Peer>, metrics: &Metrics) {
+    let changes: Vec<PendingChange> = std::mem::take(&mut *peer.pending.lock().unwrap());
+    let Some(room) = peer.room.upgrade() else { return };
+    for change in changes {
+        match change {
+            PendingChange::Add { subscription, track_id, publisher, codec, source } => {
+                let Some(capability) = media::capability(codec_mime(codec)) else { continue };
+                // Stream id = the publisher, so clients group a person's tracks.
+                let local = Arc::new(TrackLocalStaticRTP::new(capability, track_id.clone(), publisher.clone()));
+                let sender = match peer.outbound.add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(participant = %peer.id, track = %track_id, error = %e, "could not add a subscription");
+                        continue;
+                    }
+                };
+                let kept = {
+                    let mut core = room.core.lock().unwrap();
+                    let kept = core.room.has_subscription(subscription);
+                    if kept {
+                        core.sinks.insert(subscription, Sink::spawn(local, peer.sending.clone()));
+                    }
+                    kept
+                };
+                if !kept {
+                    // Removed again before it was applied: nothing to forward.
+                    let _ = peer.outbound.remove_track(&sender).await;
+                    continue;
+                }
+                let ssrc = sender.get_parameters().await.encodings.first().map(|e| e.ssrc);
+                debug!(participant = %peer.id, track = %track_id, ?ssrc, "subscription added");
+                let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
+                peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
+                tokio::spawn(read_subscriber_rtcp(Arc::downgrade(&room), metrics.clone(), peer.id.clone(), subscription, sender));
+            }
+            PendingChange::Remove { subscription } => {
+                let sender = peer.senders.lock().unwrap().remove(&subscription);
+                if let Some((sender, _)) = sender {
+                    let _ = peer.outbound.remove_track(&sender).await;
+                }
+            }
         }
     }
 }

@@ -64,6 +64,12 @@ impl SfuApi {
         Self::parse(self.http.delete(url).send().await?).await
     }
 
+    /// GET of a plain-text endpoint (`/metrics`, `/readyz`): status and body.
+    pub async fn get_text(&self, path: &str) -> Result<(u16, String), ApiCallError> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
     /// Raw POST of arbitrary bytes (for malformed-input tests).
     pub async fn post_raw(&self, url: &str, body: &'static str) -> Result<(u16, String), ApiCallError> {
         let r = self.http.post(url).header("content-type", "application/json").body(body).send().await?;

@@ -1,6 +1,6 @@
-//! Random packet loss for impairment tests: drops a share of video RTP between the
-//! network and the NACK interceptors, in both directions, so retransmission has
-//! something to recover.
+//! Random packet loss for impairment tests, where a real network would lose packets:
+//! outgoing video RTP is dropped below the NACK responder (it keeps its copy), incoming
+//! video is dropped at the socket, before SRTP ([`LossyConn`]).
 
 use std::sync::Arc;
 
@@ -34,27 +34,6 @@ fn lose(rate: f64) -> bool {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
     lost
-}
-
-struct DroppingReader {
-    rate: f64,
-    inner: Arc<dyn RTPReader + Send + Sync>,
-}
-
-#[async_trait::async_trait]
-impl RTPReader for DroppingReader {
-    async fn read(
-        &self,
-        buf: &mut [u8],
-        attributes: &Attributes,
-    ) -> Result<(webrtc::rtp::packet::Packet, Attributes), webrtc::interceptor::Error> {
-        loop {
-            let got = self.inner.read(buf, attributes).await?;
-            if !lose(self.rate) {
-                return Ok(got);
-            }
-        }
-    }
 }
 
 struct DroppingWriter {
@@ -93,17 +72,77 @@ impl Interceptor for LossInterceptor {
 
     async fn unbind_local_stream(&self, _info: &StreamInfo) {}
 
-    async fn bind_remote_stream(&self, info: &StreamInfo, reader: Arc<dyn RTPReader + Send + Sync>) -> Arc<dyn RTPReader + Send + Sync> {
-        if info.mime_type.to_ascii_lowercase().starts_with("video/") {
-            Arc::new(DroppingReader { rate: self.rate, inner: reader })
-        } else {
-            reader
-        }
+    async fn bind_remote_stream(&self, _info: &StreamInfo, reader: Arc<dyn RTPReader + Send + Sync>) -> Arc<dyn RTPReader + Send + Sync> {
+        reader
     }
 
     async fn unbind_remote_stream(&self, _info: &StreamInfo) {}
 
     async fn close(&self) -> Result<(), webrtc::interceptor::Error> {
         Ok(())
+    }
+}
+
+/// A UDP socket that loses a share of the incoming video RTP, as a lossy network would:
+/// before SRTP, so a retransmission is new to the receiver (an interceptor, sitting
+/// after decryption, would make SRTP replay protection discard it).
+pub struct LossyConn {
+    socket: tokio::net::UdpSocket,
+    rate: f64,
+}
+
+impl LossyConn {
+    pub async fn bind(addr: std::net::SocketAddr, rate: f64) -> std::io::Result<Self> {
+        Ok(Self { socket: tokio::net::UdpSocket::bind(addr).await?, rate })
+    }
+
+    /// SRTP leaves the RTP header in the clear: video is payload type 96, 98 or 102.
+    fn is_video_rtp(packet: &[u8]) -> bool {
+        packet.len() >= 12 && (128..=191).contains(&packet[0]) && matches!(packet[1] & 0x7f, 96 | 98 | 102)
+    }
+}
+
+#[async_trait::async_trait]
+impl webrtc::util::Conn for LossyConn {
+    async fn connect(&self, addr: std::net::SocketAddr) -> webrtc::util::Result<()> {
+        Ok(self.socket.connect(addr).await?)
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
+        Ok(self.recv_from(buf).await?.0)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, std::net::SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            if Self::is_video_rtp(&buf[..n]) && lose(self.rate) {
+                continue;
+            }
+            return Ok((n, from));
+        }
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
+        Ok(self.socket.send(buf).await?)
+    }
+
+    async fn send_to(&self, buf: &[u8], target: std::net::SocketAddr) -> webrtc::util::Result<usize> {
+        Ok(self.socket.send_to(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc::util::Result<std::net::SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
+    async fn close(&self) -> webrtc::util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
     }
 }

@@ -82,8 +82,15 @@ pub struct NetworkOptions {
     pub announced_ips: Vec<String>,
     /// All connections share this UDP socket (the SFU's single media port).
     pub udp_mux: Option<Arc<dyn webrtc::ice::udp_mux::UDPMux + Send + Sync>>,
-    /// Drop this share of RTP in both directions before NACK sees it (impairment tests).
-    pub loss: Option<f64>,
+    /// Answer NACKs itself instead of with webrtc-rs's responder. The SFU forwards
+    /// retransmissions late, out of order; the stock responder's buffer treats an older
+    /// packet as the newest and forgets everything after it.
+    pub own_retransmissions: bool,
+    /// Drop this share of outgoing video RTP (impairment tests).
+    pub send_loss: Option<f64>,
+    /// Drop this share of incoming video RTP at the socket (impairment tests); each
+    /// connection then gets a socket of its own.
+    pub receive_loss: Option<f64>,
 }
 
 /// A webrtc-rs API with Switchboard's codecs, extensions and interceptors.
@@ -95,17 +102,24 @@ pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
     for uri in VIDEO_EXTENSIONS {
         media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Video, None)?;
     }
-    media.register_header_extension(
-        RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.into() },
-        RTPCodecType::Audio,
-        None,
-    )?;
+    // The MID extension on audio too: RTP that arrives before the receiver has opened its
+    // SSRC (the answer is barely out) is then matched to its transceiver by MID.
+    for uri in [AUDIO_LEVEL_URI, VIDEO_EXTENSIONS[0]] {
+        media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Audio, None)?;
+    }
     let mut registry = Registry::new();
-    if let Some(rate) = net.loss {
-        // First in the chain: innermost, next to the network, so NACK sees the gaps.
+    if let Some(rate) = net.send_loss {
+        // First in the chain: innermost, below the NACK responder's buffer.
         registry.add(Box::new(LossInterceptorBuilder { rate }));
     }
-    registry = configure_nack(registry, &mut media);
+    if net.own_retransmissions {
+        for parameter in ["", "pli"] {
+            media.register_feedback(RTCPFeedback { typ: "nack".into(), parameter: parameter.into() }, RTPCodecType::Video);
+        }
+        registry.add(Box::new(webrtc::interceptor::nack::generator::Generator::builder()));
+    } else {
+        registry = configure_nack(registry, &mut media);
+    }
     registry = configure_rtcp_reports(registry);
 
     let mut settings = SettingEngine::default();
@@ -133,4 +147,47 @@ pub async fn audio_level_id(receiver: &webrtc::rtp_transceiver::rtp_receiver::RT
         .iter()
         .find(|e| e.uri == AUDIO_LEVEL_URI)
         .map(|e| e.id as u8)
+}
+
+/// An API for one connection whose incoming video loses `rate` at the socket.
+pub async fn lossy_api(net: &NetworkOptions, rate: f64) -> anyhow::Result<API> {
+    let bind = if net.loopback_only { "127.0.0.1:0" } else { "0.0.0.0:0" };
+    let conn = crate::loss::LossyConn::bind(bind.parse()?, rate).await?;
+    let mux = webrtc::ice::udp_mux::UDPMuxDefault::new(webrtc::ice::udp_mux::UDPMuxParams::new(conn));
+    build_api(&NetworkOptions { udp_mux: Some(mux), receive_loss: None, ..net.clone() })
+}
+
+/// How long a sender holds back media after its connection comes up.
+///
+/// webrtc-rs opens a receiver's SRTP stream from a queued task once DTLS is up; RTP that
+/// arrives first is taken by its simulcast prober, which fails for non-simulcast tracks
+/// and closes the stream under the receiver, silencing the track for good. Holding
+/// back a moment (and asking for a keyframe after) avoids the race.
+pub const CONNECT_HOLDBACK: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// After applying an answer on a connected peer connection: waits until every
+/// receiving transceiver has opened its streams, so that the remote, which starts
+/// sending when it gets the answer, cannot race the receivers (see [`CONNECT_HOLDBACK`]).
+/// Gives up quietly after `timeout`.
+pub async fn wait_receivers_started(pc: &webrtc::peer_connection::RTCPeerConnection, timeout: std::time::Duration) {
+    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+    use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+    if pc.connection_state() != RTCPeerConnectionState::Connected {
+        return; // first negotiation: the streams open only once DTLS is up
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut ready = true;
+        for t in pc.get_transceivers().await {
+            let receiving = matches!(t.direction(), RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv);
+            if receiving && t.mid().is_some() && t.receiver().await.tracks().await.is_empty() {
+                ready = false;
+                break;
+            }
+        }
+        if ready || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

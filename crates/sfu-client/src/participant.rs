@@ -86,9 +86,11 @@ pub struct ReceivedTrack {
     pub packets: u64,
     pub bytes: u64,
     pub ssrcs: HashSet<u32>,
-    /// Distinct sequence numbers seen, and the span from first to highest.
-    pub unique_seqs: HashSet<u16>,
+    /// Distinct extended sequence numbers seen (0 = the first packet), and the
+    /// lowest and highest of them (retransmissions may predate the first).
+    pub unique_seqs: HashSet<i64>,
     pub first_seq: Option<u16>,
+    pub lowest_ext_seq: i64,
     pub highest_ext_seq: i64,
     pub keyframes: u64,
     /// Simulcast layer byte of the last packet (0 = q), from the synthetic payload.
@@ -98,6 +100,7 @@ pub struct ReceivedTrack {
     pub latencies_us: Vec<u32>,
     /// Sequence numbers that went backwards by more than a reorder window.
     pub discontinuities: u64,
+    last_ext: i64,
     /// Layer changes seen: (from, to, whether the first packet of the new layer was a keyframe).
     pub layer_switches: Vec<(u8, u8, bool)>,
     last_seq: Option<u16>,
@@ -109,33 +112,41 @@ impl ReceivedTrack {
         self.missing_before(0)
     }
 
-    /// Sequence numbers missing between the first and `tail` before the highest (packets
-    /// near the head may still be on their way back through NACK).
+    /// Sequence numbers missing between the first packet received and `tail` before the
+    /// highest (packets near the head may still be on their way back through NACK).
+    /// Retransmissions of packets from before the first one do not widen the range.
     pub fn missing_before(&self, tail: u16) -> i64 {
-        let Some(first) = self.first_seq else { return 0 };
-        let end = self.highest_ext_seq - tail as i64;
-        if end < 0 {
+        if self.unique_seqs.is_empty() {
             return 0;
         }
-        (0..=end).filter(|i| !self.unique_seqs.contains(&first.wrapping_add(*i as u16))).count() as i64
+        let end = self.highest_ext_seq - tail as i64;
+        (0..=end).filter(|i| !self.unique_seqs.contains(i)).count() as i64
     }
 
     fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
         self.packets += 1;
         self.bytes += size as u64;
         self.ssrcs.insert(ssrc);
-        let first = *self.first_seq.get_or_insert(seq);
+        // Extend 16-bit sequence numbers by the signed distance from the previous packet.
+        let ext = match self.last_seq {
+            None => 0,
+            Some(last) => self.last_ext + seq.wrapping_sub(last) as i16 as i64,
+        };
         if let Some(last) = self.last_seq {
-            let delta = seq.wrapping_sub(last) as i16;
-            if delta < -100 {
+            if (seq.wrapping_sub(last) as i16) < -100 {
                 self.discontinuities += 1;
             }
         }
+        if self.first_seq.is_none() {
+            self.first_seq = Some(seq);
+            self.lowest_ext_seq = ext;
+            self.highest_ext_seq = ext;
+        }
         self.last_seq = Some(seq);
-        // Extended distance from the first packet (no session here wraps twice).
-        let ext = seq.wrapping_sub(first) as i64;
+        self.last_ext = ext;
+        self.lowest_ext_seq = self.lowest_ext_seq.min(ext);
         self.highest_ext_seq = self.highest_ext_seq.max(ext);
-        self.unique_seqs.insert(seq);
+        self.unique_seqs.insert(ext);
         if let Some(info) = parse_payload(payload) {
             if info.keyframe {
                 self.keyframes += 1;
@@ -230,7 +241,11 @@ impl Drop for Participant {
 impl Participant {
     pub async fn join(api: SfuApi, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
         let webrtc_api = media::build_api(&opts.net)?;
-        let subscriber = Arc::new(webrtc_api.new_peer_connection(RTCConfiguration::default()).await?);
+        let subscriber = match opts.net.receive_loss {
+            Some(rate) => media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await?,
+            None => webrtc_api.new_peer_connection(RTCConfiguration::default()).await?,
+        };
+        let subscriber = Arc::new(subscriber);
         let received: Received = Arc::default();
         let video_ssrcs: Arc<Mutex<HashSet<u32>>> = Arc::default();
         let stop = Arc::new(Notify::new());
@@ -239,10 +254,33 @@ impl Participant {
         let (publisher, sources) = if opts.publish.is_empty() {
             (None, Vec::new())
         } else {
-            let (pc, sources) = publisher_connection(&webrtc_api, &opts.publish).await?;
+            let api = match opts.net.receive_loss {
+                Some(rate) => media::lossy_api(&opts.net, rate).await?,
+                None => media::build_api(&opts.net)?,
+            };
+            let (pc, sources) = publisher_connection(&api, &opts.publish).await?;
             (Some(pc), sources)
         };
         let keyframe_wanted = Arc::new(AtomicU64::new(0));
+        // Media starts a moment after the publisher connection is up (media::CONNECT_HOLDBACK).
+        let sending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(pc) = &publisher {
+            let sending = sending.clone();
+            let wanted = keyframe_wanted.clone();
+            pc.on_peer_connection_state_change(Box::new(move |state| {
+                let sending = sending.clone();
+                let wanted = wanted.clone();
+                Box::pin(async move {
+                    if state == RTCPeerConnectionState::Connected && !sending.load(Ordering::SeqCst) {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(media::CONNECT_HOLDBACK).await;
+                            wanted.fetch_add(1, Ordering::SeqCst);
+                            sending.store(true, Ordering::SeqCst);
+                        });
+                    }
+                })
+            }));
+        }
 
         // Candidates found before the SFU knows us are held until the join returns.
         let (cand_tx, mut cand_rx) = tokio::sync::mpsc::unbounded_channel::<Candidate>();
@@ -279,6 +317,7 @@ impl Participant {
                     }
                     let key = track.id();
                     let publisher = track.stream_id();
+                    tracing::debug!(track = %key, ssrc = track.ssrc(), "on_track");
                     tokio::spawn(async move {
                         let mut last_pli: Option<Instant> = None;
                         while let Ok((pkt, _)) = track.read_rtp().await {
@@ -385,7 +424,7 @@ impl Participant {
                     }
                 }));
             }
-            tasks.push(tokio::spawn(run_source(source, wanted)));
+            tasks.push(tokio::spawn(run_source(source, wanted, sending.clone())));
         }
 
         Ok(Self {
@@ -448,9 +487,15 @@ impl Participant {
     }
 
     /// Packets per received track id, for messages.
-    pub fn summary(&self) -> Vec<(String, u64, Option<u8>)> {
-        let mut v: Vec<_> =
-            self.received.lock().unwrap().iter().map(|(k, t)| (k.clone(), t.packets, t.last_layer)).collect();
+    /// (track, packets, keyframes, last layer, missing) per received track, for messages.
+    pub fn summary(&self) -> Vec<(String, u64, u64, Option<u8>, i64)> {
+        let mut v: Vec<_> = self
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, t)| (k.clone(), t.packets, t.keyframes, t.last_layer, t.missing()))
+            .collect();
         v.sort();
         v
     }
@@ -568,10 +613,11 @@ async fn publisher_connection(
 
 /// Writes synthetic packets for every layer of a source at its rate; video frames are
 /// keyframes when asked for (first frame, PLI).
-async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>) {
+async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sending: Arc<std::sync::atomic::AtomicBool>) {
     let mut tasks = Vec::new();
     for (track, layer, pps, size) in source.layers {
         let wanted = keyframe_wanted.clone();
+        let sending = sending.clone();
         let video = source.video;
         let level = source.level;
         tasks.push(tokio::spawn(async move {
@@ -584,6 +630,9 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>) {
             let mut seen_generation: Option<u64> = None;
             loop {
                 tick.tick().await;
+                if !sending.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let generation = wanted.load(Ordering::SeqCst);
                 let keyframe = video && seen_generation != Some(generation);
                 seen_generation = Some(generation);
@@ -696,9 +745,11 @@ async fn event_loop(
 }
 
 async fn answer_offer(api: &SfuApi, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
+    tracing::debug!(participant = id, ssrcs = ?sdp.lines().filter(|l| l.starts_with("a=ssrc:") && l.contains("msid")).collect::<Vec<_>>(), "applying offer");
     pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
     let answer = pc.create_answer(None).await?;
     pc.set_local_description(answer).await?;
+    media::wait_receivers_started(pc, Duration::from_secs(2)).await;
     let sdp = pc.local_description().await.context("no local description")?.sdp;
     let _: serde_json::Value = api.post(&api.url(paths::SUBSCRIBER_ANSWER, room, id, ""), &SdpBody { sdp }).await?;
     Ok(())

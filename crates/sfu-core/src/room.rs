@@ -494,6 +494,10 @@ impl Room {
         }
     }
 
+    pub fn has_subscription(&self, subscription: SubscriptionId) -> bool {
+        self.tracks.values().any(|t| t.subs.iter().any(|s| s.id == subscription))
+    }
+
     /// The layer (0 = lowest) a subscription currently forwards.
     pub fn forwarded_layer(&self, subscription: SubscriptionId) -> Option<u8> {
         self.tracks.values().find_map(|t| {

@@ -20,6 +20,9 @@ impl SfuProcess {
     }
 
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
+        if std::env::var("SFU_TEST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-pod"));
         cmd.env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
             .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
