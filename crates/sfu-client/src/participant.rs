@@ -123,6 +123,11 @@ impl ReceivedTrack {
         (0..=end).filter(|i| !self.unique_seqs.contains(i)).count() as i64
     }
 
+    /// Counts one received packet (for receivers outside [`Participant`]).
+    pub fn record_packet(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
+        self.record(seq, ssrc, payload, size, now_us)
+    }
+
     fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
         self.packets += 1;
         self.bytes += size as u64;

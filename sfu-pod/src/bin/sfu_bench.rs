@@ -1,0 +1,278 @@
+//! sfu-bench: the SFU load generator.
+//!
+//! Starts a fresh `sfu-pod` (the release binary next to this one) per scenario on
+//! loopback, drives it with webrtc-rs participants publishing synthetic VP8-shaped video,
+//! and prints one table row per scenario:
+//!
+//! * packets delivered to subscribers per second (counted at the receivers, the same way
+//!   for both SFUs), and per SFU CPU core (the SFU process's CPU time over the window,
+//!   from /proc);
+//! * latency publisher send → subscriber receive on loopback, p50/p99, and the same
+//!   over a direct peer-to-peer connection in the same process, so that the difference
+//!   is what the SFU adds;
+//! * loss: packets never received (NACK included) over packets sent.
+//!
+//! Scenarios: `fanout:N` (one publisher, N subscribers) and `mesh:N` (N participants,
+//! each publishing and receiving the others). With `--janus URL` the same scenarios run
+//! against a Janus VideoRoom too (see `janus.rs`).
+//!
+//!     cargo build --release -p sfu-pod
+//!     target/release/sfu-bench --scenarios fanout:10,fanout:25,fanout:50,mesh:4,mesh:8 --seconds 10
+
+use std::time::{Duration, Instant};
+
+use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish, PublishKind, SfuApi};
+
+#[path = "../bench/janus.rs"]
+mod janus;
+#[path = "../bench/direct.rs"]
+mod direct;
+
+/// Video each publisher sends: packets per second and bytes per packet (≈ 1.6 Mbps).
+pub const VIDEO_PPS: u32 = 200;
+pub const VIDEO_BYTES: usize = 1000;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Scenario {
+    FanOut(usize),
+    Mesh(usize),
+}
+
+impl Scenario {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        let (kind, n) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("scenario {s:?}: want fanout:N or mesh:N"))?;
+        let n: usize = n.parse()?;
+        match kind {
+            "fanout" => Ok(Self::FanOut(n)),
+            "mesh" => Ok(Self::Mesh(n)),
+            _ => anyhow::bail!("scenario {s:?}: want fanout:N or mesh:N"),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Self::FanOut(n) => format!("1→{n} fan-out"),
+            Self::Mesh(n) => format!("{n}×{n} mesh"),
+        }
+    }
+
+    /// (publishers, receivers per published track)
+    pub fn shape(&self) -> (usize, usize) {
+        match *self {
+            Self::FanOut(n) => (1, n),
+            Self::Mesh(n) => (n, n - 1),
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+pub struct Measured {
+    pub forwarded_pps: f64,
+    pub cpu_cores: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub loss_pct: f64,
+    pub receivers: usize,
+}
+
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// CPU seconds (user + system) of a process.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some((_, after)) = stat.rsplit_once(')') else { return 0.0 };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+struct Sfu {
+    child: std::process::Child,
+    api: SfuApi,
+}
+
+impl Drop for Sfu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sfu() -> anyhow::Result<Sfu> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe()?.with_file_name("sfu-pod");
+    let mut child = std::process::Command::new(&exe)
+        .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e} (cargo build --release -p sfu-pod first)", exe.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line)?;
+    Ok(Sfu { child, api: SfuApi::new(v["api"].as_str().unwrap_or_default()) })
+}
+
+async fn forwarded(api: &SfuApi) -> f64 {
+    let Ok((_, text)) = api.get_text("/metrics").await else { return 0.0 };
+    text.lines()
+        .find(|l| l.starts_with("switchboard_sfu_rtp_packets_forwarded_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn video(id: &str) -> Publish {
+    Publish { kind: PublishKind::Video { simulcast: false, packets_per_second: VIDEO_PPS, size: VIDEO_BYTES }, ..Publish::video(id) }
+}
+
+type Mark = (String, usize, i64, u64);
+
+/// Latencies, and packets expected, missing and delivered, since `marks`.
+fn tally(people: &[Participant], marks: &[Vec<Mark>]) -> (Vec<u32>, u64, u64, u64) {
+    let mut latencies = Vec::new();
+    let (mut expected, mut missing, mut delivered) = (0u64, 0u64, 0u64);
+    for (p, mark) in people.iter().zip(marks) {
+        let rx = p.received();
+        for (track, lat_from, seq_from, packets_from) in mark {
+            let Some(t) = rx.get(track) else { continue };
+            latencies.extend_from_slice(&t.latencies_us[(*lat_from).min(t.latencies_us.len())..]);
+            // The stream's advance: unique packets, not padding or duplicates.
+            delivered += (t.highest_ext_seq - seq_from).max(0) as u64;
+            let _ = packets_from;
+            // Sequence numbers from the mark to half a second before the end.
+            let end = t.highest_ext_seq - (VIDEO_PPS as i64 / 2);
+            if end > *seq_from {
+                expected += (end - seq_from) as u64;
+                missing += (*seq_from..end).filter(|s| !t.unique_seqs.contains(s)).count() as u64;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    (latencies, expected, missing, delivered)
+}
+
+fn marks(people: &[Participant]) -> Vec<Vec<Mark>> {
+    people
+        .iter()
+        .map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq, t.packets)).collect())
+        .collect()
+}
+
+async fn run_switchboard(s: Scenario, seconds: u64) -> anyhow::Result<Measured> {
+    let sfu = start_sfu()?;
+    let net = NetworkOptions { loopback_only: true, ..Default::default() };
+    let (publishers, _) = s.shape();
+    let mut people = Vec::new();
+    match s {
+        Scenario::FanOut(n) => {
+            people.push(Participant::join(sfu.api.clone(), "bench", "pub", JoinOptions { publish: vec![video("pub-cam")], net: net.clone(), ..Default::default() }).await?);
+            for i in 0..n {
+                people.push(Participant::join(sfu.api.clone(), "bench", &format!("sub{i}"), JoinOptions { net: net.clone(), ..Default::default() }).await?);
+            }
+        }
+        Scenario::Mesh(n) => {
+            for i in 0..n {
+                let opts = JoinOptions { publish: vec![video(&format!("p{i}-cam"))], net: net.clone(), ..Default::default() };
+                people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
+            }
+        }
+    }
+    let (_, per_track) = s.shape();
+    let want = publishers * per_track;
+    // Everyone receiving before the window opens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let receiving: usize = people.iter().map(|p| p.received().values().filter(|t| t.packets > 20).count()).sum();
+        if receiving >= want {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{}: only {receiving} of {want} subscriptions flowing", s.label());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mark = marks(&people);
+    let (f0, c0, t0) = (forwarded(&sfu.api).await, cpu_seconds(sfu.child.id()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (f1, c1, t1) = (forwarded(&sfu.api).await, cpu_seconds(sfu.child.id()), Instant::now());
+    let delivered_at_end = tally(&people, &mark).3;
+    // Let NACK finish the tail before counting losses.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (lat, expected, missing, _) = tally(&people, &mark);
+    let wall = t1.duration_since(t0).as_secs_f64();
+    eprintln!("{}: SFU forwarded {:.0} pkt/s by its own counter", s.label(), (f1 - f0) / wall);
+    Ok(Measured {
+        // Counted at the receivers, as for Janus (which has no counter here).
+        forwarded_pps: delivered_at_end as f64 / wall,
+        cpu_cores: (c1 - c0) / wall,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        loss_pct: if expected == 0 { f64::NAN } else { missing as f64 * 100.0 / expected as f64 },
+        receivers: want,
+    })
+}
+
+fn row(system: &str, s: Scenario, m: &Measured, direct: &(f64, f64)) {
+    let per_core = if m.cpu_cores > 0.0 { m.forwarded_pps / m.cpu_cores } else { f64::NAN };
+    println!(
+        "| {system} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} |",
+        s.label(),
+        m.receivers,
+        m.forwarded_pps,
+        m.cpu_cores,
+        per_core,
+        m.p50_ms,
+        m.p99_ms,
+        (m.p50_ms - direct.0).max(0.0),
+        (m.p99_ms - direct.1).max(0.0),
+        m.loss_pct
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut scenarios = vec![Scenario::FanOut(10), Scenario::FanOut(25), Scenario::FanOut(50), Scenario::Mesh(4), Scenario::Mesh(8)];
+    let mut seconds = 10;
+    let mut janus_url: Option<String> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--scenarios" => {
+                scenarios = args.next().unwrap_or_default().split(',').map(Scenario::parse).collect::<anyhow::Result<_>>()?;
+            }
+            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
+            "--janus" => janus_url = args.next(),
+            other => anyhow::bail!("unknown argument {other}; see the doc comment of sfu_bench.rs"),
+        }
+    }
+    let direct = direct::baseline(Duration::from_secs(5)).await?;
+    println!("direct peer-to-peer on loopback, same process: p50 {:.2} ms, p99 {:.2} ms", direct.0, direct.1);
+    println!();
+    println!("| system | scenario | receiving tracks | delivered pkt/s | SFU CPU (cores) | pkt/s per core | latency p50 / p99 (ms) | added by the SFU p50 / p99 (ms) | loss % |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut results = Vec::new();
+    for s in &scenarios {
+        let m = run_switchboard(*s, seconds).await?;
+        row("Switchboard", *s, &m, &direct);
+        results.push((*s, m));
+        if let Some(url) = &janus_url {
+            match janus::run(url, *s, seconds).await {
+                Ok(j) => row("Janus VideoRoom", *s, &j, &direct),
+                Err(e) => println!("| Janus VideoRoom | {} | failed: {e:#} |", s.label()),
+            }
+        }
+    }
+    let largest = results.iter().filter(|(s, m)| matches!(s, Scenario::FanOut(_)) && m.loss_pct == 0.0).map(|(_, m)| m.receivers).max();
+    println!();
+    println!("largest fan-out with no loss: {}", largest.map(|n| n.to_string()).unwrap_or("none".into()));
+    Ok(())
+}
