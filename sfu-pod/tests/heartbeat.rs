@@ -19,6 +19,7 @@ async fn beat(leases: &kube::Api<Lease>, pod: &str) -> Option<Observed> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sfu_renews_its_lease_with_state_load_and_endpoint() {
+    let _slot = media_slot().await;
     let client = client().await;
     let ns = TestNamespace::create(&client, "sfu-heartbeat").await;
     let kubeconfig = cluster().kubeconfig.to_string_lossy().into_owned();
@@ -66,6 +67,7 @@ async fn the_sfu_renews_its_lease_with_state_load_and_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_keeps_flowing_when_the_api_server_is_unreachable() {
+    let _slot = media_slot().await;
     // A kubeconfig whose server refuses connections.
     let dir = std::env::temp_dir().join(format!("sfu-no-apiserver-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -13,6 +13,7 @@ fn av(p: &str) -> Vec<Publish> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_each_receive_the_others_audio_and_video() {
+    let _slot = media_slot().await;
     let sfu = SfuProcess::start("sfu-a");
     let mut people = Vec::new();
     for p in ["alice", "bob", "carol"] {
@@ -58,6 +59,7 @@ fn layer_packets(p: &switchboard_sfu_client::Participant, track: &str) -> [u64; 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_on_a_keyframe() {
+    let _slot = media_slot().await;
     let sfu = SfuProcess::start("sfu-simulcast");
     let publisher = join(&sfu.api, "webinar", "host", vec![Publish::simulcast("host-cam")]).await;
     let fast = join(&sfu.api, "webinar", "fast", vec![]).await;
@@ -98,6 +100,7 @@ async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
+    let _slot = media_slot().await;
     use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, PublishKind};
     let sfu = SfuProcess::start("sfu-loss");
     // The publisher's uplink and the viewer's downlink each lose 5% of the video.
@@ -128,6 +131,7 @@ async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restart_keeps_the_session_and_media_flowing() {
+    let _slot = media_slot().await;
     let sfu = SfuProcess::start("sfu-restart");
     let alice = join(&sfu.api, "r", "alice", av("alice")).await;
     let bob = join(&sfu.api, "r", "bob", av("bob")).await;
@@ -156,6 +160,7 @@ async fn ice_restart_keeps_the_session_and_media_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_refuses_newcomers_and_reports_drained_when_the_last_leaves() {
+    let _slot = media_slot().await;
     use switchboard_sfu_api::{ErrorCode, NodeState, NodeStatus};
     let sfu = SfuProcess::start("sfu-drain");
     let alice = join(&sfu.api, "r", "alice", av("alice")).await;
@@ -182,6 +187,7 @@ async fn drain_refuses_newcomers_and_reports_drained_when_the_last_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_when_the_last_participant_leaves() {
+    let _slot = media_slot().await;
     let mut sfu = SfuProcess::start("sfu-sigterm");
     let alice = join(&sfu.api, "r", "alice", av("alice")).await;
     sfu.sigterm();
@@ -194,6 +200,7 @@ async fn sigterm_drains_and_exits_when_the_last_participant_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
+    let _slot = media_slot().await;
     let origin = SfuProcess::start("origin");
     let edge = SfuProcess::start("edge");
     let _: serde_json::Value = edge
@@ -236,6 +243,7 @@ async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone_keeps_media() {
+    let _slot = media_slot().await;
     use switchboard_sfu_api::{paths, ApiError, ErrorCode};
     let sfu = SfuProcess::start("sfu-garbage");
     let alice = join(&sfu.api, "r", "alice", av("alice")).await;
@@ -292,4 +300,73 @@ async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone
     carol.wait_until("everyone's media", WAIT, |rx| ["alice-cam", "bob-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))).await.unwrap();
     let (_, metrics) = sfu.api.get_text("/metrics").await.unwrap();
     assert!(metrics.contains("switchboard_sfu_api_errors_total{code=\"invalidSdp\"} 3"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_mute_unpublish_and_screen_share_through_the_api() {
+    let _slot = media_slot().await;
+    use switchboard_sfu_api::{paths, Event, Source, SubscriptionRequest};
+    use switchboard_sfu_client::{JoinOptions, Participant};
+    let sfu = SfuProcess::start("sfu-api");
+    let screen = Publish { source: Source::ScreenShare, ..Publish::video("alice-screen") };
+    let alice = join(&sfu.api, "r", "alice", vec![Publish::audio("alice-mic"), Publish::video("alice-cam"), screen]).await;
+    // Bob picks what he receives.
+    let bob = Participant::join(sfu.api.clone(), "r", "bob", JoinOptions { manual_subscribe: true, net: loopback(), ..Default::default() })
+        .await
+        .unwrap();
+    bob.wait_event("alice's screen share announced", WAIT, |e| {
+        matches!(e, Event::TrackPublished { track, source: Source::ScreenShare, .. } if track == "alice-screen")
+    })
+    .await
+    .unwrap();
+    // A track is published into the room when its first packets arrive.
+    bob.wait_event("alice's microphone announced", WAIT, |e| matches!(e, Event::TrackPublished { track, .. } if track == "alice-mic"))
+        .await
+        .unwrap();
+    let api = &sfu.api;
+    let subscribe = |track: &'static str| {
+        let url = api.url(paths::SUBSCRIPTION, "r", "bob", track);
+        async move { api.put::<_, serde_json::Value>(&url, &SubscriptionRequest { max_height: Some(720), ..Default::default() }).await }
+    };
+    subscribe("alice-screen").await.unwrap();
+    subscribe("alice-mic").await.unwrap();
+    bob.wait_until("the screen share and the microphone", WAIT, |rx| {
+        ["alice-screen", "alice-mic"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))
+    })
+    .await
+    .unwrap();
+    assert!(!bob.received().contains_key("alice-cam"), "not subscribed, not sent");
+    assert_eq!(
+        subscribe("nope").await.unwrap_err().code(),
+        Some(switchboard_sfu_api::ErrorCode::UnknownTrack),
+        "subscribing to a track that does not exist is refused"
+    );
+
+    // Alice mutes her microphone: bob's audio stops, everyone is told; unmute resumes it.
+    let mute = |muted: bool| {
+        let url = api.url(paths::TRACK, "r", "alice", "alice-mic");
+        async move { api.put::<_, serde_json::Value>(&url, &switchboard_sfu_api::MuteRequest { muted }).await }
+    };
+    mute(true).await.unwrap();
+    bob.wait_event("the mute", WAIT, |e| matches!(e, Event::TrackMuted { track, muted: true, .. } if track == "alice-mic")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // packets already in flight
+    let muted_at = bob.received()["alice-mic"].packets;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(bob.received()["alice-mic"].packets, muted_at, "nothing forwarded while muted");
+    mute(false).await.unwrap();
+    bob.wait_until("audio after unmute", WAIT, |rx| rx["alice-mic"].packets > muted_at + 10).await.unwrap();
+
+    // Unsubscribe stops the screen share; unpublish removes the microphone for everyone.
+    let _: serde_json::Value = api.delete(&api.url(paths::SUBSCRIPTION, "r", "bob", "alice-screen")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let screen_at = bob.received()["alice-screen"].packets;
+    let _: serde_json::Value = api.delete(&api.url(paths::TRACK, "r", "alice", "alice-mic")).await.unwrap();
+    bob.wait_event("the unpublish", WAIT, |e| matches!(e, Event::TrackUnpublished { track, .. } if track == "alice-mic")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(bob.received()["alice-screen"].packets <= screen_at + 2, "unsubscribed: the screen share stopped");
+    let status: switchboard_sfu_api::RoomStatus = api.get(&api.url(paths::ROOM, "r", "", "")).await.unwrap();
+    let tracks: Vec<&str> = status.tracks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(tracks, vec!["alice-cam", "alice-screen"]);
+    assert_eq!(status.subscriptions, 0);
+    drop(alice);
 }

@@ -93,7 +93,8 @@ pub struct ReceivedTrack {
     pub lowest_ext_seq: i64,
     pub highest_ext_seq: i64,
     pub keyframes: u64,
-    /// Simulcast layer byte of the last packet (0 = q), from the synthetic payload.
+    /// Simulcast layer byte of the last packet that advanced the stream (0 = q), from
+    /// the synthetic payload, and such packets per layer (retransmissions not counted).
     pub last_layer: Option<u8>,
     pub packets_by_layer: [u64; 3],
     /// Publisher send time to arrival, microseconds (synthetic payloads only).
@@ -142,6 +143,9 @@ impl ReceivedTrack {
                 self.discontinuities += 1;
             }
         }
+        // Retransmissions arrive late, out of order: only packets that advance the
+        // stream say which layer it is on.
+        let advancing = self.first_seq.is_none() || ext > self.highest_ext_seq;
         if self.first_seq.is_none() {
             self.first_seq = Some(seq);
             self.lowest_ext_seq = ext;
@@ -156,12 +160,14 @@ impl ReceivedTrack {
             if info.keyframe {
                 self.keyframes += 1;
             }
-            if let Some(prev) = self.last_layer.filter(|l| *l != info.layer) {
-                self.layer_switches.push((prev, info.layer, info.keyframe));
-            }
-            self.last_layer = Some(info.layer);
-            if let Some(n) = self.packets_by_layer.get_mut(info.layer as usize) {
-                *n += 1;
+            if advancing {
+                if let Some(prev) = self.last_layer.filter(|l| *l != info.layer) {
+                    self.layer_switches.push((prev, info.layer, info.keyframe));
+                }
+                self.last_layer = Some(info.layer);
+                if let Some(n) = self.packets_by_layer.get_mut(info.layer as usize) {
+                    *n += 1;
+                }
             }
             if self.latencies_us.len() < 200_000 {
                 self.latencies_us.push(now_us.saturating_sub(info.sent_us).min(u32::MAX as u64) as u32);

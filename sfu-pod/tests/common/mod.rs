@@ -83,3 +83,12 @@ pub async fn join(sfu: &SfuApi, room: &str, id: &str, publish: Vec<Publish>) -> 
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Media tests running at once. Each runs an SFU and several webrtc-rs peers; on two
+/// cores, all of them at once starve the media clocks the tests measure.
+static MEDIA_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
+/// Held for the length of a media test.
+pub async fn media_slot() -> tokio::sync::SemaphorePermit<'static> {
+    MEDIA_SLOTS.acquire().await.expect("never closed")
+}
+
