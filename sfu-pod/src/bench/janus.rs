@@ -18,7 +18,7 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-use super::{Measured, Scenario, VIDEO_BYTES, VIDEO_PPS, cpu_seconds, percentile};
+use super::{Measured, Scenario, VIDEO_BYTES, VIDEO_PPS, cpu_seconds, tally_track};
 
 const PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/janus/plugins";
 const TRANSPORTS: &str = "/usr/lib/x86_64-linux-gnu/janus/transports";
@@ -298,47 +298,35 @@ pub async fn run(url: &str, s: Scenario, seconds: u64) -> anyhow::Result<Measure
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let marks: Vec<(usize, i64, u64)> = receivers
+    let marks: Vec<(usize, i64)> = receivers
         .iter()
         .map(|(_, r)| {
             let t = r.received.lock().unwrap();
-            (t.latencies_us.len(), t.highest_ext_seq, t.packets)
+            (t.latencies_us.len(), t.highest_ext_seq)
         })
         .collect();
+    let tally = || {
+        let mut latencies = Vec::new();
+        let (mut advance, mut expected, mut missing) = (0u64, 0u64, 0u64);
+        for ((_, r), (lat_from, seq_from)) in receivers.iter().zip(&marks) {
+            let (a, e, m) = tally_track(&r.received.lock().unwrap(), *lat_from, *seq_from, &mut latencies);
+            (advance, expected, missing) = (advance + a, expected + e, missing + m);
+        }
+        latencies.sort_unstable();
+        (latencies, advance, expected, missing)
+    };
     let (c0, t0) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (c1, t1) = (pid.map(cpu_seconds).unwrap_or(0.0), Instant::now());
-    let advance_at_end: u64 = receivers
-        .iter()
-        .zip(&marks)
-        .map(|((_, r), (_, seq_from, _))| (r.received.lock().unwrap().highest_ext_seq - seq_from).max(0) as u64)
-        .sum();
+    // Janus exports no forwarding counter here: what the subscribers' streams advanced
+    // by over the window is what it forwarded.
+    let advance = tally().1;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut latencies = Vec::new();
-    let (mut expected, mut missing) = (0u64, 0u64);
-    for ((_, r), (lat_from, seq_from, _)) in receivers.iter().zip(&marks) {
-        let t = r.received.lock().unwrap();
-        latencies.extend_from_slice(&t.latencies_us[(*lat_from).min(t.latencies_us.len())..]);
-        let end = t.highest_ext_seq - (VIDEO_PPS as i64 / 2);
-        if end > *seq_from {
-            expected += (end - seq_from) as u64;
-            missing += (*seq_from..end).filter(|q| !t.unique_seqs.contains(q)).count() as u64;
-        }
-    }
-    latencies.sort_unstable();
+    let (latencies, _, expected, missing) = tally();
     let wall = t1.duration_since(t0).as_secs_f64();
     drop(senders);
     drop(receivers);
     drop(session);
     drop(process);
-    Ok(Measured {
-        // Janus exports no forwarding counter here: packets the subscribers got, over the
-        // same window, is what it forwarded (retransmissions included).
-        forwarded_pps: advance_at_end as f64 / wall,
-        cpu_cores: (c1 - c0) / wall,
-        p50_ms: percentile(&latencies, 0.5),
-        p99_ms: percentile(&latencies, 0.99),
-        loss_pct: if expected == 0 { f64::NAN } else { missing as f64 * 100.0 / expected as f64 },
-        receivers: want,
-    })
+    Ok(Measured::new(want, wall, advance, c1 - c0, &latencies, expected, missing))
 }

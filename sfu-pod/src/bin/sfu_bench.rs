@@ -76,6 +76,36 @@ pub struct Measured {
     pub receivers: usize,
 }
 
+impl Measured {
+    /// From a window of `wall` seconds: stream advance, SFU CPU seconds, sorted
+    /// latencies, and packets expected and missing.
+    pub fn new(receivers: usize, wall: f64, advance: u64, cpu_seconds: f64, latencies: &[u32], expected: u64, missing: u64) -> Self {
+        Self {
+            forwarded_pps: advance as f64 / wall,
+            cpu_cores: cpu_seconds / wall,
+            p50_ms: percentile(latencies, 0.5),
+            p99_ms: percentile(latencies, 0.99),
+            loss_pct: if expected == 0 { f64::NAN } else { missing as f64 * 100.0 / expected as f64 },
+            receivers,
+        }
+    }
+}
+
+/// One received track since a mark: adds its latencies to `latencies` and returns
+/// (stream advance, packets expected, packets missing), leaving out the last half second
+/// (NACK may still be at work there).
+pub fn tally_track(t: &switchboard_sfu_client::ReceivedTrack, lat_from: usize, seq_from: i64, latencies: &mut Vec<u32>) -> (u64, u64, u64) {
+    latencies.extend_from_slice(&t.latencies_us[lat_from.min(t.latencies_us.len())..]);
+    // The stream's advance: unique packets, not padding or duplicates.
+    let advance = (t.highest_ext_seq - seq_from).max(0) as u64;
+    let end = t.highest_ext_seq - (VIDEO_PPS as i64 / 2);
+    if end <= seq_from {
+        return (advance, 0, 0);
+    }
+    let missing = (seq_from..end).filter(|q| !t.unique_seqs.contains(q)).count() as u64;
+    (advance, (end - seq_from) as u64, missing)
+}
+
 pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -135,37 +165,26 @@ fn video(id: &str) -> Publish {
     Publish { kind: PublishKind::Video { simulcast: false, packets_per_second: VIDEO_PPS, size: VIDEO_BYTES }, ..Publish::video(id) }
 }
 
-type Mark = (String, usize, i64, u64);
+type Mark = (String, usize, i64);
 
-/// Latencies, and packets expected, missing and delivered, since `marks`.
+/// Latencies (sorted), and stream advance, packets expected and missing since `marks`.
 fn tally(people: &[Participant], marks: &[Vec<Mark>]) -> (Vec<u32>, u64, u64, u64) {
     let mut latencies = Vec::new();
-    let (mut expected, mut missing, mut delivered) = (0u64, 0u64, 0u64);
+    let (mut advance, mut expected, mut missing) = (0u64, 0u64, 0u64);
     for (p, mark) in people.iter().zip(marks) {
         let rx = p.received();
-        for (track, lat_from, seq_from, packets_from) in mark {
+        for (track, lat_from, seq_from) in mark {
             let Some(t) = rx.get(track) else { continue };
-            latencies.extend_from_slice(&t.latencies_us[(*lat_from).min(t.latencies_us.len())..]);
-            // The stream's advance: unique packets, not padding or duplicates.
-            delivered += (t.highest_ext_seq - seq_from).max(0) as u64;
-            let _ = packets_from;
-            // Sequence numbers from the mark to half a second before the end.
-            let end = t.highest_ext_seq - (VIDEO_PPS as i64 / 2);
-            if end > *seq_from {
-                expected += (end - seq_from) as u64;
-                missing += (*seq_from..end).filter(|s| !t.unique_seqs.contains(s)).count() as u64;
-            }
+            let (a, e, m) = tally_track(t, *lat_from, *seq_from, &mut latencies);
+            (advance, expected, missing) = (advance + a, expected + e, missing + m);
         }
     }
     latencies.sort_unstable();
-    (latencies, expected, missing, delivered)
+    (latencies, advance, expected, missing)
 }
 
 fn marks(people: &[Participant]) -> Vec<Vec<Mark>> {
-    people
-        .iter()
-        .map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq, t.packets)).collect())
-        .collect()
+    people.iter().map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq)).collect()).collect()
 }
 
 async fn run_switchboard(s: Scenario, seconds: u64) -> anyhow::Result<Measured> {
@@ -204,21 +223,14 @@ async fn run_switchboard(s: Scenario, seconds: u64) -> anyhow::Result<Measured> 
     let (f0, c0, t0) = (forwarded(&sfu.api).await, cpu_seconds(sfu.child.id()), Instant::now());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (f1, c1, t1) = (forwarded(&sfu.api).await, cpu_seconds(sfu.child.id()), Instant::now());
-    let delivered_at_end = tally(&people, &mark).3;
+    // Counted at the receivers, as for Janus (which has no counter here).
+    let advance = tally(&people, &mark).1;
     // Let NACK finish the tail before counting losses.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (lat, expected, missing, _) = tally(&people, &mark);
+    let (lat, _, expected, missing) = tally(&people, &mark);
     let wall = t1.duration_since(t0).as_secs_f64();
     eprintln!("{}: SFU forwarded {:.0} pkt/s by its own counter", s.label(), (f1 - f0) / wall);
-    Ok(Measured {
-        // Counted at the receivers, as for Janus (which has no counter here).
-        forwarded_pps: delivered_at_end as f64 / wall,
-        cpu_cores: (c1 - c0) / wall,
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
-        loss_pct: if expected == 0 { f64::NAN } else { missing as f64 * 100.0 / expected as f64 },
-        receivers: want,
-    })
+    Ok(Measured::new(want, wall, advance, c1 - c0, &lat, expected, missing))
 }
 
 fn row(system: &str, s: Scenario, m: &Measured, direct: &(f64, f64)) {
