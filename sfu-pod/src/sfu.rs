@@ -904,12 +904,10 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
             let Ok(peer) = room.peer(&subscriber) else { return };
             peer.pending.lock().unwrap().push(PendingChange::Add { subscription, track_id, publisher, codec, source });
             peer.request_negotiation(false);
-            sfu.metrics.subscriptions.inc();
         }
         Command::SubscriptionRemoved { subscription, subscriber } => {
             // Forwarding stops now; the connection drops the track at its next offer.
             room.core.lock().unwrap().sinks.remove(&subscription);
-            sfu.metrics.subscriptions.dec();
             let Ok(peer) = room.peer(&subscriber) else { return };
             peer.pending.lock().unwrap().push(PendingChange::Remove { subscription });
             peer.request_negotiation(false);

@@ -79,7 +79,24 @@ struct MeetingMemory {
     /// The last migration generation this controller wrote: a cached Meeting that
     /// shows an older one lags our own write, and must not be moved again.
     migration_generation: i64,
+    /// When this controller last placed the meeting: a reconcile that finds no
+    /// assignment (or no booked seats) soon after is looking at caches that lag our own
+    /// writes, and must not place it a second time.
+    placed_at: Option<std::time::Instant>,
     failures: u32,
+}
+
+/// How long a placement of ours may take to show in the caches before a reconcile that
+/// does not see it places the meeting again.
+const PLACEMENT_CACHE_GRACE: Duration = Duration::from_secs(10);
+
+fn placed_recently(ctx: &Context, m: &Meeting) -> bool {
+    ctx.memory
+        .lock()
+        .expect("lock")
+        .get(&key(m))
+        .and_then(|x| x.placed_at)
+        .is_some_and(|at| at.elapsed() < PLACEMENT_CACHE_GRACE)
 }
 
 /// The caches the controller shares with the SfuPool controller.
@@ -454,6 +471,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     // when its fault became detectable, and its generation.
     let mut release_after: Vec<String> = Vec::new();
     let mut moved_since: Option<(jiff::Timestamp, i64)> = None;
+    let mut placed = false;
 
     // Dereference and validate.
     let ended = current.phase == Some(MeetingPhase::Ended);
@@ -619,10 +637,15 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                         }
                     }
                 }
+                (None, None) if placed_recently(ctx, m) => {
+                    // The caches have not caught up with our placement: wait rather than place twice.
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
                 (None, None) => match &pool {
                     None => unreachable!("valid meetings have a pool"),
                     Some(pool) => match place_meeting(ctx, m, pool, expected, now).await? {
                         Ok(a) => {
+                            placed = true;
                             let due = lifecycle::due(&view);
                             let latency = now.duration_since(due.max(view.created)).as_secs_f64().max(0.0);
                             ctx.metrics.placement_latency.observe(latency);
@@ -693,7 +716,18 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
         }
     }
     next.conditions = conditions;
+    let still_assigned = next.assignment.is_some();
     write_status(ctx, m, &current, next, events).await?;
+    {
+        let mut memory = ctx.memory.lock().expect("lock");
+        let entry = memory.entry(key(m)).or_default();
+        if placed {
+            entry.placed_at = Some(std::time::Instant::now());
+        } else if !still_assigned || current.assignment.is_some() {
+            // Released, or the cache shows our assignment: nothing left to wait for.
+            entry.placed_at = None;
+        }
+    }
     if let Some((detected, generation_written)) = moved_since {
         ctx.memory.lock().expect("lock").entry(key(m)).or_default().migration_generation = generation_written;
         let took = jiff::Timestamp::now().duration_since(detected).as_secs_f64().max(0.0);
