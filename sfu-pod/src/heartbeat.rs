@@ -15,9 +15,9 @@ use crate::sfu::Sfu;
 
 const FIELD_MANAGER: &str = "switchboard-sfu";
 
-/// CPU time (user + system) this process used, from /proc.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (user + system) a process used, in seconds, from /proc (`"self"` or a pid).
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
@@ -34,13 +34,13 @@ pub async fn run(sfu: Arc<Sfu>, cfg: config::Heartbeat, endpoint: String) {
     };
     let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut last = (Instant::now(), cpu_seconds().unwrap_or(0.0), 0u64, 0u64);
+    let mut last = (Instant::now(), cpu_seconds("self").unwrap_or(0.0), 0u64, 0u64);
     let mut tick = tokio::time::interval(RENEW_INTERVAL);
     loop {
         tick.tick().await;
         let status = sfu.status();
         let now = Instant::now();
-        let cpu = cpu_seconds().unwrap_or(0.0);
+        let cpu = cpu_seconds("self").unwrap_or(0.0);
         let bytes_in = sfu.metrics.bytes_in.get();
         let bytes_out = sfu.metrics.bytes_out.get();
         let secs = now.duration_since(last.0).as_secs_f64().max(0.001);

@@ -42,7 +42,8 @@ impl Default for Metrics {
                 m
             }};
         }
-        Self {
+        let metrics = Self {
+            registry: Arc::default(),
             rooms: reg!("rooms", "Rooms open on this SFU", Gauge::default()),
             participants: reg!("participants", "Participants connected (relays included)", Gauge::default()),
             published_tracks: reg!("published_tracks", "Tracks published into rooms", Gauge::default()),
@@ -57,18 +58,12 @@ impl Default for Metrics {
             queue_drops: reg!("subscriber_queue_drops", "Packets dropped because a subscriber's send queue was full", Counter::default()),
             api_errors: reg!("api_errors", "Internal API requests refused, by error code", Family::default()),
             heartbeat_failures: reg!("heartbeat_failures", "Lease renewals that failed", Counter::default()),
-            registry: Arc::new(Registry::default()),
-        }
-        .with_registry(registry)
+        };
+        Self { registry: Arc::new(registry), ..metrics }
     }
 }
 
 impl Metrics {
-    fn with_registry(mut self, registry: Registry) -> Self {
-        self.registry = Arc::new(registry);
-        self
-    }
-
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");

@@ -332,6 +332,15 @@ impl RoomEntry {
     }
 }
 
+#[derive(Default)]
+struct Totals {
+    rooms: usize,
+    people: usize,
+    participants: usize,
+    tracks: usize,
+    subscriptions: usize,
+}
+
 pub struct Sfu {
     api: API,
     /// For this SFU's own connections to an origin (edge side of a relay): ephemeral
@@ -374,21 +383,30 @@ impl Sfu {
         }
     }
 
-    pub fn status(&self) -> api::NodeStatus {
+    /// Rooms, and participants (all, and those that hold a drain open), tracks and
+    /// subscriptions summed over them.
+    fn totals(&self) -> Totals {
         let rooms: Vec<Arc<RoomEntry>> = self.rooms.lock().unwrap().values().cloned().collect();
-        let (mut participants, mut tracks, mut subs) = (0, 0, 0);
+        let mut t = Totals { rooms: rooms.len(), ..Totals::default() };
         for r in &rooms {
             let core = r.core.lock().unwrap();
-            participants += core.room.participant_count();
-            tracks += core.room.track_count();
-            subs += core.room.subscription_count();
+            // Relays follow the people they carry; they do not hold a drain open.
+            t.people += core.room.participants().filter(|(_, k)| *k != ParticipantKind::Relay).count();
+            t.participants += core.room.participant_count();
+            t.tracks += core.room.track_count();
+            t.subscriptions += core.room.subscription_count();
         }
+        t
+    }
+
+    pub fn status(&self) -> api::NodeStatus {
+        let t = self.totals();
         api::NodeStatus {
             state: self.api_state(),
-            rooms: rooms.len(),
-            participants,
-            published_tracks: tracks,
-            subscriptions: subs,
+            rooms: t.rooms,
+            participants: t.participants,
+            published_tracks: t.tracks,
+            subscriptions: t.subscriptions,
             media_address: self.media_address.to_string(),
         }
     }
@@ -408,25 +426,13 @@ impl Sfu {
 
     /// Recomputes load after joins and leaves; drives the drain to Drained.
     fn recount(&self) {
-        let rooms: Vec<Arc<RoomEntry>> = self.rooms.lock().unwrap().values().cloned().collect();
-        let mut people = 0;
-        let mut all = 0;
-        let mut tracks = 0;
-        let mut subs = 0;
-        for r in &rooms {
-            let core = r.core.lock().unwrap();
-            // Relays follow the people they carry; they do not hold a drain open.
-            people += core.room.participants().filter(|(_, k)| *k != ParticipantKind::Relay).count();
-            all += core.room.participant_count();
-            tracks += core.room.track_count();
-            subs += core.room.subscription_count();
-        }
-        self.metrics.rooms.set(rooms.len() as i64);
-        self.metrics.participants.set(all as i64);
-        self.metrics.published_tracks.set(tracks as i64);
-        self.metrics.subscriptions.set(subs as i64);
+        let t = self.totals();
+        self.metrics.rooms.set(t.rooms as i64);
+        self.metrics.participants.set(t.participants as i64);
+        self.metrics.published_tracks.set(t.tracks as i64);
+        self.metrics.subscriptions.set(t.subscriptions as i64);
         let before = self.state();
-        self.node.lock().unwrap().set_participants(people, Instant::now());
+        self.node.lock().unwrap().set_participants(t.people, Instant::now());
         let after = self.state();
         if before != after {
             if matches!(after, NodeState::Drained { .. }) {
@@ -1040,8 +1046,7 @@ async fn apply_pending(peer: &Arc<Peer>, metrics: &Metrics) {
                     let _ = peer.outbound.remove_track(&sender).await;
                     continue;
                 }
-                let ssrc = sender.get_parameters().await.encodings.first().map(|e| e.ssrc);
-                debug!(participant = %peer.id, track = %track_id, ?ssrc, "subscription added");
+                debug!(participant = %peer.id, track = %track_id, "subscription added");
                 let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
                 peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
                 tokio::spawn(read_subscriber_rtcp(Arc::downgrade(&room), metrics.clone(), peer.id.clone(), subscription, sender));

@@ -756,7 +756,6 @@ async fn event_loop(
 }
 
 async fn answer_offer(api: &SfuApi, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
-    tracing::debug!(participant = id, ssrcs = ?sdp.lines().filter(|l| l.starts_with("a=ssrc:") && l.contains("msid")).collect::<Vec<_>>(), "applying offer");
     pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
     let answer = pc.create_answer(None).await?;
     pc.set_local_description(answer).await?;

@@ -116,11 +116,7 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 /// CPU seconds (user + system) of a process.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some((_, after)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
+    sfu_pod::heartbeat::cpu_seconds(&pid.to_string()).unwrap_or(0.0)
 }
 
 struct Sfu {
