@@ -7,7 +7,9 @@ pub mod http;
 pub mod loss;
 pub mod media;
 pub mod participant;
+pub mod signal;
 
 pub use http::{ApiCallError, SfuApi};
 pub use media::NetworkOptions;
+pub use signal::{EventsError, MediaSignal};
 pub use participant::{JoinOptions, Participant, Publish, PublishKind, ReceivedTrack};

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use switchboard_sfu_api::{
-    paths, AnswerResponse, Candidate, ConnectionRole, Event, EventsResponse, JoinRequest, OfferRequest,
-    ParticipantKind, SdpBody, Source, TrackDescription,
-};
+use switchboard_sfu_api::{Candidate, ConnectionRole, Event, JoinRequest, OfferRequest, ParticipantKind, Source, TrackDescription};
 use tokio::sync::Notify;
 use webrtc::api::API;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
@@ -32,6 +29,7 @@ use webrtc::track::track_remote::TrackRemote;
 
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
+use crate::signal::{EventsError, MediaSignal};
 
 /// Marks payloads written by [`Participant`] sources, so receivers can read the layer
 /// and the send time back.
@@ -225,7 +223,7 @@ type Received = Arc<Mutex<HashMap<String, ReceivedTrack>>>;
 pub struct Participant {
     pub id: String,
     pub room: String,
-    pub api: SfuApi,
+    signal: Arc<dyn MediaSignal>,
     publisher: Option<Arc<RTCPeerConnection>>,
     subscriber: Arc<RTCPeerConnection>,
     received: Received,
@@ -250,7 +248,13 @@ impl Drop for Participant {
 }
 
 impl Participant {
+    /// Joins directly through the SFU's internal API.
     pub async fn join(api: SfuApi, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
+        Self::join_via(Arc::new(api), room, id, opts).await
+    }
+
+    /// Joins through `signal` (the SFU's API, or signaling).
+    pub async fn join_via(api: Arc<dyn MediaSignal>, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
         let webrtc_api = media::build_api(&opts.net)?;
         let subscriber = match opts.net.receive_loss {
             Some(rate) => media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await?,
@@ -375,7 +379,7 @@ impl Participant {
                 .map(|p| TrackDescription { id: p.id.clone(), source: p.source, origin: None })
                 .collect(),
         };
-        let answer: AnswerResponse = api.post(&api.url(paths::PARTICIPANTS, room, "", ""), &join).await?;
+        let answer = api.join(room, join).await?;
         if let (Some(pc), Some(sdp)) = (&publisher, answer.answer) {
             pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
         }
@@ -383,10 +387,10 @@ impl Participant {
         // Trickle our candidates.
         {
             let api = api.clone();
-            let url = api.url(paths::CANDIDATE, room, id, "");
+            let (room, id) = (room.to_owned(), id.to_owned());
             tasks.push(tokio::spawn(async move {
                 while let Some(c) = cand_rx.recv().await {
-                    if let Err(e) = api.post::<_, serde_json::Value>(&url, &c).await {
+                    if let Err(e) = api.candidate(&room, &id, c).await {
                         tracing::debug!(error = %e, "candidate not delivered");
                     }
                 }
@@ -441,7 +445,7 @@ impl Participant {
         Ok(Self {
             id: id.into(),
             room: room.into(),
-            api,
+            signal: api,
             publisher,
             subscriber,
             received,
@@ -522,14 +526,10 @@ impl Participant {
             let offer = pc.create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() })).await?;
             pc.set_local_description(offer).await?;
             let sdp = pc.local_description().await.context("no local description")?.sdp;
-            let answer: AnswerResponse = self
-                .api
-                .post(&self.api.url(paths::PUBLISHER_OFFER, &self.room, &self.id, ""), &OfferRequest { sdp, tracks: vec![] })
-                .await?;
+            let answer = self.signal.publisher_offer(&self.room, &self.id, OfferRequest { sdp, tracks: vec![] }).await?;
             pc.set_remote_description(RTCSessionDescription::answer(answer.answer.context("no answer")?)?).await?;
         }
-        let _: serde_json::Value =
-            self.api.post(&self.api.url(paths::SUBSCRIBER_RESTART, &self.room, &self.id, ""), &serde_json::json!({})).await?;
+        self.signal.subscriber_restart(&self.room, &self.id).await?;
         Ok(())
     }
 
@@ -559,7 +559,7 @@ impl Participant {
 
     pub async fn leave(self) -> anyhow::Result<()> {
         self.stop.notify_waiters();
-        let _: serde_json::Value = self.api.delete(&self.api.url(paths::PARTICIPANT, &self.room, &self.id, "")).await?;
+        self.signal.leave(&self.room, &self.id).await?;
         if let Some(pc) = &self.publisher {
             pc.close().await?;
         }
@@ -697,7 +697,7 @@ async fn remb_loop(pc: Arc<RTCPeerConnection>, cap: Arc<Mutex<Option<u64>>>, ssr
 /// Long-polls the participant's events: answers subscriber offers, adds the SFU's
 /// candidates, and keeps everything for the test to look at.
 async fn event_loop(
-    api: SfuApi,
+    api: Arc<dyn MediaSignal>,
     room: String,
     id: String,
     subscriber: Arc<RTCPeerConnection>,
@@ -707,23 +707,23 @@ async fn event_loop(
 ) {
     let mut after = 0u64;
     loop {
-        let url = format!("{}?after={after}&waitMs=10000", api.url(paths::EVENTS, &room, &id, ""));
-        let batch: EventsResponse = match api.get(&url).await {
+        let batch = match api.events(&room, &id, after).await {
             Ok(b) => b,
-            Err(e) => {
+            Err(EventsError::Fatal(e)) => {
+                tracing::debug!(participant = %id, error = %e, "events ended");
+                return;
+            }
+            Err(EventsError::Transient(e)) => {
                 tracing::debug!(participant = %id, error = %e, "event poll failed");
-                if e.code().is_some() {
-                    return;
-                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        for e in batch.events {
+        for e in batch {
             after = after.max(e.seq);
             match &e.event {
                 Event::SubscriberOffer { sdp } => {
-                    if let Err(err) = answer_offer(&api, &room, &id, &subscriber, sdp).await {
+                    if let Err(err) = answer_offer(api.as_ref(), &room, &id, &subscriber, sdp).await {
                         tracing::warn!(participant = %id, error = %err, "could not answer the SFU's offer");
                     }
                 }
@@ -755,14 +755,13 @@ async fn event_loop(
     }
 }
 
-async fn answer_offer(api: &SfuApi, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
+async fn answer_offer(api: &dyn MediaSignal, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
     pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
     let answer = pc.create_answer(None).await?;
     pc.set_local_description(answer).await?;
     media::wait_receivers_started(pc, Duration::from_secs(2)).await;
     let sdp = pc.local_description().await.context("no local description")?.sdp;
-    let _: serde_json::Value = api.post(&api.url(paths::SUBSCRIBER_ANSWER, room, id, ""), &SdpBody { sdp }).await?;
-    Ok(())
+    api.subscriber_answer(room, id, sdp).await
 }
 
 #[cfg(test)]

@@ -1,0 +1,327 @@
+//! A client of signaling-pod: the REST facade ([`Rest`]) and one WebSocket session
+//! ([`SignalingClient`]). [`SignalingClient::media`] lets a
+//! [`switchboard_sfu_client::Participant`] run its offers, answers and candidates
+//! through signaling instead of talking to the SFU, as a browser does.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use futures::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use switchboard_sfu_api::{AnswerResponse, Candidate, JoinRequest, OfferRequest, SequencedEvent};
+use switchboard_sfu_client::{EventsError, MediaSignal};
+use switchboard_signaling_proto::{types, Envelope, ErrorPayload, JoinedPayload, OfferPayload};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_tungstenite::tungstenite::Message;
+
+pub use switchboard_signaling_proto as proto;
+
+/// The REST facade's join answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinGrant {
+    pub participant_id: String,
+    pub session_token: String,
+    pub signaling_url: String,
+    pub role: proto::Role,
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The REST facade's view of a meeting.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeetingInfo {
+    pub id: String,
+    pub title: String,
+    pub phase: Option<String>,
+    pub room_code: Option<String>,
+    pub join_url: Option<String>,
+    pub participants: i32,
+}
+
+/// `GET .../chat`
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatPage {
+    pub messages: Vec<proto::ChatMessage>,
+    /// Pass as `before` for the next (older) page; absent on the last page.
+    pub next_before: Option<u64>,
+}
+
+/// The REST facade at `base` (`http://127.0.0.1:8080`), as the user with `bearer`.
+#[derive(Clone, Debug)]
+pub struct Rest {
+    http: reqwest::Client,
+    pub base: String,
+    pub bearer: String,
+}
+
+impl Rest {
+    pub fn new(base: &str, bearer: &str) -> Self {
+        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').into(), bearer: bearer.into() }
+    }
+
+    /// Any call: status and JSON body (errors are `{code, message}`).
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(u16, serde_json::Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.bearer);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
+    }
+
+    async fn ok<T: for<'de> Deserialize<'de>>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+        let (status, v) = self.call(method, path, body).await?;
+        if !(200..300).contains(&status) {
+            bail!("HTTP {status}: {v}");
+        }
+        Ok(serde_json::from_value(v)?)
+    }
+
+    pub async fn create_meeting(&self, body: serde_json::Value) -> anyhow::Result<MeetingInfo> {
+        self.ok(reqwest::Method::POST, "/api/v1/meetings", Some(body)).await
+    }
+    pub async fn meeting(&self, id: &str) -> anyhow::Result<MeetingInfo> {
+        self.ok(reqwest::Method::GET, &format!("/api/v1/meetings/{id}"), None).await
+    }
+    pub async fn join(&self, id: &str) -> anyhow::Result<JoinGrant> {
+        self.ok(reqwest::Method::POST, &format!("/api/v1/meetings/{id}/join"), Some(serde_json::json!({}))).await
+    }
+    pub async fn chat(&self, id: &str, before: Option<u64>, limit: u32) -> anyhow::Result<ChatPage> {
+        let before = before.map(|b| format!("&before={b}")).unwrap_or_default();
+        self.ok(reqwest::Method::GET, &format!("/api/v1/meetings/{id}/chat?limit={limit}{before}"), None).await
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Envelope>>>>;
+
+/// One WebSocket session with signaling.
+pub struct SignalingClient {
+    out: mpsc::UnboundedSender<Message>,
+    log: Arc<Mutex<Vec<Envelope>>>,
+    arrived: Arc<Notify>,
+    pending: Pending,
+    next_id: AtomicU64,
+    media: Arc<MediaChannel>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SignalingClient {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct MediaChannel {
+    /// Where `media-event`s go; replaced on each media join (a migration starts over).
+    tx: Mutex<Option<mpsc::UnboundedSender<SequencedEvent>>>,
+    rx: tokio::sync::Mutex<Option<mpsc::UnboundedReceiver<SequencedEvent>>>,
+}
+
+impl SignalingClient {
+    /// Opens a WebSocket to `url` (`ws://host:port/ws`).
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting {url}"))?;
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let log: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+        let arrived = Arc::new(Notify::new());
+        let pending: Pending = Arc::default();
+        let media: Arc<MediaChannel> = Arc::default();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader = {
+            let (log, arrived, pending, media, open) = (log.clone(), arrived.clone(), pending.clone(), media.clone(), open.clone());
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = stream.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let Ok(env) = serde_json::from_str::<Envelope>(&text) else {
+                        tracing::warn!(%text, "signaling sent something that is not an envelope");
+                        continue;
+                    };
+                    if env.type_ == types::MEDIA_EVENT {
+                        if let (Ok(ev), Some(tx)) = (env.payload_as::<SequencedEvent>(), media.tx.lock().unwrap().as_ref()) {
+                            let _ = tx.send(ev);
+                        }
+                    }
+                    if let Some(id) = &env.id {
+                        if let Some(waiter) = pending.lock().unwrap().remove(id) {
+                            let _ = waiter.send(env.clone());
+                        }
+                    }
+                    log.lock().unwrap().push(env);
+                    arrived.notify_waiters();
+                }
+                open.store(false, Ordering::SeqCst);
+                arrived.notify_waiters();
+            })
+        };
+        Ok(Self { out, log, arrived, pending, next_id: AtomicU64::new(1), media, open, tasks: vec![writer, reader] })
+    }
+
+    /// Connects and joins with a session token; fails on an `error` reply.
+    pub async fn join(url: &str, token: &str) -> anyhow::Result<(Self, JoinedPayload)> {
+        let client = Self::connect(url).await?;
+        let reply = client.request(types::JOIN, serde_json::json!({ "token": token })).await?;
+        Ok((client, reply.payload_as()?))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Sends without waiting for a reply.
+    pub fn send(&self, env: Envelope) {
+        let _ = self.out.send(Message::Text(env.to_json().into()));
+    }
+
+    /// Sends arbitrary text (for malformed-input tests).
+    pub fn send_raw(&self, text: impl Into<String>) {
+        let _ = self.out.send(Message::Text(text.into().into()));
+    }
+
+    /// Sends `type` with `payload` and a fresh request id, and waits for the reply
+    /// carrying that id; an `error` reply becomes an `Err` holding its payload.
+    pub async fn request(&self, type_: &str, payload: impl Serialize) -> anyhow::Result<Envelope> {
+        let id = format!("r{}", self.next_id.fetch_add(1, Ordering::SeqCst));
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id.clone(), tx);
+        self.send(Envelope::new(type_, payload).in_reply_to(Some(id.clone())));
+        let reply = tokio::time::timeout(Duration::from_secs(15), rx)
+            .await
+            .with_context(|| format!("no reply to `{type_}` within 15 s"))?
+            .context("connection closed")?;
+        if reply.type_ == types::ERROR {
+            let e: ErrorPayload = reply.payload_as()?;
+            return Err(RequestRefused(e).into());
+        }
+        Ok(reply)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Envelope> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a received message satisfies `check` (earlier ones count too).
+    pub async fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Envelope) -> bool) -> anyhow::Result<Envelope> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(e) = self.log.lock().unwrap().iter().find(|e| check(e)) {
+                return Ok(e.clone());
+            }
+            if !self.is_open() {
+                bail!("connection closed while waiting for {what}");
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                bail!("timed out after {timeout:?} waiting for {what}");
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection.
+    pub async fn wait_closed(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.is_open() {
+            let notified = self.arrived.notified();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() && self.is_open() {
+                bail!("connection still open after {timeout:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Media signaling through this session, for [`switchboard_sfu_client::Participant::join_via`].
+    pub fn media(self: &Arc<Self>) -> Arc<dyn MediaSignal> {
+        Arc::new(ViaSignaling(self.clone()))
+    }
+}
+
+/// An `error` reply to a request.
+#[derive(Debug)]
+pub struct RequestRefused(pub ErrorPayload);
+
+impl std::fmt::Display for RequestRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused ({:?}): {}", self.0.code, self.0.reason)
+    }
+}
+impl std::error::Error for RequestRefused {}
+
+/// The refusal inside a request error, if it was one.
+pub fn refusal(e: &anyhow::Error) -> Option<&ErrorPayload> {
+    e.downcast_ref::<RequestRefused>().map(|r| &r.0)
+}
+
+struct ViaSignaling(Arc<SignalingClient>);
+
+#[async_trait::async_trait]
+impl MediaSignal for ViaSignaling {
+    async fn join(&self, _room: &str, request: JoinRequest) -> anyhow::Result<AnswerResponse> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.0.media.tx.lock().unwrap() = Some(tx);
+        *self.0.media.rx.lock().await = Some(rx);
+        let reply = self.0.request(types::OFFER, OfferPayload { sdp: request.offer, tracks: request.tracks }).await?;
+        Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
+    }
+    async fn publisher_offer(&self, _room: &str, _participant: &str, request: OfferRequest) -> anyhow::Result<AnswerResponse> {
+        let reply = self.0.request(types::OFFER, OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await?;
+        Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
+    }
+    async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> anyhow::Result<()> {
+        self.0.request(types::ANSWER, serde_json::json!({ "sdp": sdp })).await.map(drop)
+    }
+    async fn subscriber_restart(&self, _room: &str, _participant: &str) -> anyhow::Result<()> {
+        self.0.request(types::ICE_RESTART, serde_json::json!({})).await.map(drop)
+    }
+    async fn candidate(&self, _room: &str, _participant: &str, candidate: Candidate) -> anyhow::Result<()> {
+        self.0.send(Envelope::new(types::CANDIDATE, candidate));
+        Ok(())
+    }
+    async fn events(&self, _room: &str, _participant: &str, _after: u64) -> Result<Vec<SequencedEvent>, EventsError> {
+        let mut guard = self.0.media.rx.lock().await;
+        let Some(rx) = guard.as_mut() else { return Err(EventsError::Fatal(anyhow::anyhow!("not joined"))) };
+        match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            Ok(Some(first)) => {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                Ok(batch)
+            }
+            Ok(None) => Err(EventsError::Fatal(anyhow::anyhow!("media session replaced"))),
+            Err(_) if self.0.is_open() => Ok(Vec::new()),
+            Err(_) => Err(EventsError::Transient(anyhow::anyhow!("signaling connection closed"))),
+        }
+    }
+    async fn leave(&self, _room: &str, _participant: &str) -> anyhow::Result<()> {
+        self.0.request(types::LEAVE, serde_json::json!({})).await.map(drop)
+    }
+}

@@ -1,0 +1,426 @@
+//! The signaling protocol between clients and signaling-pod: JSON over WebSocket.
+//!
+//! Every frame is an [`Envelope`]: `{type, roomId, fromPeerId, toPeerId | broadcast, id,
+//! payload}`. [`parse_client`] turns a frame into a typed [`ClientMessage`] or a
+//! [`ProtoError`] carrying the code and reason the server sends back in an `error`
+//! message; it never panics (a fuzz test feeds it mutated and random frames).
+//!
+//! Roles and permissions are decided here too ([`Permissions`]), so the server and
+//! the browser client agree on them; the server is the one that enforces them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, Source, TrackDescription};
+
+pub mod permissions;
+pub use permissions::{Permission, Permissions, Role};
+
+/// Largest frame the server reads; larger ones get a `tooLarge` error (the connection lives on).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Longest chat message, in characters.
+pub const MAX_CHAT_CHARS: usize = 4000;
+
+/// The wire envelope of every message, in both directions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The meeting (its name); set by the server on everything it sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_peer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_peer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub broadcast: bool,
+    /// A client-chosen request id; replies and errors caused by the request carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub payload: Value,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Envelope {
+    pub fn new(type_: &str, payload: impl Serialize) -> Self {
+        Self { type_: type_.into(), payload: serde_json::to_value(payload).unwrap_or(Value::Null), ..Default::default() }
+    }
+    pub fn in_reply_to(mut self, id: Option<String>) -> Self {
+        self.id = id;
+        self
+    }
+    pub fn from_peer(mut self, peer: &str) -> Self {
+        self.from_peer_id = Some(peer.into());
+        self
+    }
+    pub fn room(mut self, room: &str) -> Self {
+        self.room_id = Some(room.into());
+        self
+    }
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("envelopes serialize")
+    }
+    /// Reads the payload as `T`.
+    pub fn payload_as<T: for<'de> Deserialize<'de>>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.payload.clone())
+    }
+}
+
+/// Message types, as they appear in `type`.
+pub mod types {
+    pub const JOIN: &str = "join";
+    pub const OFFER: &str = "offer";
+    pub const ANSWER: &str = "answer";
+    pub const CANDIDATE: &str = "candidate";
+    pub const ICE_RESTART: &str = "ice-restart";
+    pub const LEAVE: &str = "leave";
+    pub const CHAT: &str = "chat";
+    pub const PARTICIPANT_UPDATE: &str = "participant-update";
+    pub const PARTICIPANT_LEFT: &str = "participant-left";
+    pub const MUTE: &str = "mute";
+    pub const ADMIT: &str = "admit";
+    pub const REMOVE: &str = "remove";
+    pub const REACTION: &str = "reaction";
+    pub const HAND_RAISE: &str = "hand-raise";
+    pub const START_RECORDING: &str = "start-recording";
+    pub const PING: &str = "ping";
+    pub const ERROR: &str = "error";
+    // Server to client only.
+    pub const JOINED: &str = "joined";
+    pub const WAITING: &str = "waiting";
+    pub const ADMITTED: &str = "admitted";
+    pub const MEDIA_EVENT: &str = "media-event";
+    pub const MEDIA_RECONNECT: &str = "media-reconnect";
+    pub const RECORDING: &str = "recording";
+    pub const PONG: &str = "pong";
+    pub const OK: &str = "ok";
+}
+
+/// What a client may send.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientMessage {
+    /// First message on a connection: the session token from the REST join.
+    Join(JoinPayload),
+    /// Publisher offer (`sdp` absent: join the SFU receive-only).
+    Offer(OfferPayload),
+    /// The answer to the SFU's subscriber offer.
+    Answer(AnswerPayload),
+    Candidate(Candidate),
+    IceRestart,
+    Leave,
+    Chat(ChatPayload),
+    /// The sender's own state (mute, camera, screen share, name).
+    ParticipantUpdate(StateUpdate),
+    /// Mute someone (or oneself): needs `mute_others` for anyone else.
+    Mute(MutePayload),
+    Admit(AdmitPayload),
+    Remove(TargetPayload),
+    Reaction(ReactionPayload),
+    HandRaise(HandRaisePayload),
+    StartRecording,
+    Ping,
+}
+
+impl ClientMessage {
+    pub fn type_name(&self) -> &'static str {
+        use types::*;
+        match self {
+            Self::Join(_) => JOIN,
+            Self::Offer(_) => OFFER,
+            Self::Answer(_) => ANSWER,
+            Self::Candidate(_) => CANDIDATE,
+            Self::IceRestart => ICE_RESTART,
+            Self::Leave => LEAVE,
+            Self::Chat(_) => CHAT,
+            Self::ParticipantUpdate(_) => PARTICIPANT_UPDATE,
+            Self::Mute(_) => MUTE,
+            Self::Admit(_) => ADMIT,
+            Self::Remove(_) => REMOVE,
+            Self::Reaction(_) => REACTION,
+            Self::HandRaise(_) => HAND_RAISE,
+            Self::StartRecording => START_RECORDING,
+            Self::Ping => PING,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinPayload {
+    pub token: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OfferPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks: Vec<TrackDescription>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnswerPayload {
+    pub sdp: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatPayload {
+    pub text: String,
+}
+
+/// A participant's own state; absent fields are unchanged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_muted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_muted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_sharing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutePayload {
+    pub participant_id: String,
+    #[serde(default = "audio")]
+    pub kind: MediaKind,
+}
+
+fn audio() -> MediaKind {
+    MediaKind::Audio
+}
+
+/// Admit one waiting participant, or everyone waiting.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdmitPayload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant_id: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetPayload {
+    pub participant_id: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReactionPayload {
+    pub emoji: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HandRaisePayload {
+    pub raised: bool,
+}
+
+/// A participant as everyone in the meeting sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub admitted: bool,
+    pub audio_muted: bool,
+    pub video_muted: bool,
+    pub screen_sharing: bool,
+}
+
+/// The server's reply to `join`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinedPayload {
+    pub participant: ParticipantInfo,
+    pub title: String,
+    pub permissions: Vec<Permission>,
+    /// Everyone admitted (and, for hosts, everyone waiting).
+    pub participants: Vec<ParticipantInfo>,
+    /// True when this connection took over an earlier one of the same session.
+    pub resumed: bool,
+}
+
+/// A chat message as stored and delivered.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    /// Position in the meeting's chat, from 1.
+    pub seq: u64,
+    pub from: String,
+    pub name: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// `media-reconnect`: the meeting moved to another SFU; build new connections and
+/// send a new `offer`. The session, admission and chat are untouched.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaReconnectPayload {
+    pub reason: String,
+    pub generation: i64,
+}
+
+/// `error`: what went wrong with a message; the connection stays open unless the
+/// code is `unauthenticated` or `removed`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorPayload {
+    pub code: ErrorCode,
+    pub reason: String,
+    /// The type of the message refused, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    /// Not JSON, or not an envelope.
+    MalformedJson,
+    UnknownType,
+    /// The payload does not fit the type.
+    InvalidPayload,
+    TooLarge,
+    RateLimited,
+    /// No valid session yet, or a bad or expired token.
+    Unauthenticated,
+    /// The role lacks the permission.
+    Forbidden,
+    /// Still in the waiting room.
+    NotAdmitted,
+    UnknownParticipant,
+    /// The meeting has no SFU yet, or it ended.
+    MeetingUnavailable,
+    /// The SFU refused or could not be reached.
+    MediaFailed,
+    Removed,
+    Internal,
+}
+
+/// Why a frame was refused, ready to become an `error` message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProtoError {
+    pub code: ErrorCode,
+    pub reason: String,
+    pub id: Option<String>,
+    pub refused: Option<String>,
+}
+
+impl ProtoError {
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into(), id: None, refused: None }
+    }
+    pub fn envelope(&self) -> Envelope {
+        Envelope::new(types::ERROR, ErrorPayload { code: self.code, reason: self.reason.clone(), refused: self.refused.clone() })
+            .in_reply_to(self.id.clone())
+    }
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.reason)
+    }
+}
+
+/// Parses one client frame. Errors name what is wrong and carry the request id when
+/// the envelope could be read.
+pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(ProtoError::new(
+            ErrorCode::TooLarge,
+            format!("message of {} bytes is over the limit of {MAX_FRAME_BYTES}", frame.len()),
+        ));
+    }
+    let envelope: Envelope = serde_json::from_slice(frame)
+        .map_err(|e| ProtoError::new(ErrorCode::MalformedJson, format!("not a signaling envelope: {e}")))?;
+    let fail = |code, reason: String| ProtoError {
+        code,
+        reason,
+        id: envelope.id.clone(),
+        refused: Some(envelope.type_.clone()),
+    };
+    let invalid = |e: serde_json::Error| fail(ErrorCode::InvalidPayload, format!("bad `{}` payload: {e}", envelope.type_));
+    let payload = || -> Value {
+        // Types without a payload accept a missing one as `{}`.
+        if envelope.payload.is_null() { Value::Object(Default::default()) } else { envelope.payload.clone() }
+    };
+    fn typed<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+    use types::*;
+    let message = match envelope.type_.as_str() {
+        JOIN => ClientMessage::Join(typed(payload()).map_err(invalid)?),
+        OFFER => ClientMessage::Offer(typed(payload()).map_err(invalid)?),
+        ANSWER => ClientMessage::Answer(typed(payload()).map_err(invalid)?),
+        CANDIDATE => ClientMessage::Candidate(typed(payload()).map_err(invalid)?),
+        ICE_RESTART => ClientMessage::IceRestart,
+        LEAVE => ClientMessage::Leave,
+        CHAT => {
+            let chat: ChatPayload = typed(payload()).map_err(invalid)?;
+            let chars = chat.text.chars().count();
+            if chars == 0 || chars > MAX_CHAT_CHARS {
+                return Err(fail(ErrorCode::InvalidPayload, format!("chat text must have 1 to {MAX_CHAT_CHARS} characters, not {chars}")));
+            }
+            ClientMessage::Chat(chat)
+        }
+        PARTICIPANT_UPDATE => {
+            let update: StateUpdate = typed(payload()).map_err(invalid)?;
+            if update.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.chars().count() > 64) {
+                return Err(fail(ErrorCode::InvalidPayload, "name must have 1 to 64 characters".into()));
+            }
+            ClientMessage::ParticipantUpdate(update)
+        }
+        MUTE => ClientMessage::Mute(typed(payload()).map_err(invalid)?),
+        ADMIT => {
+            let admit: AdmitPayload = typed(payload()).map_err(invalid)?;
+            if admit.all == admit.participant_id.is_some() {
+                return Err(fail(ErrorCode::InvalidPayload, "admit takes either participantId or all: true".into()));
+            }
+            ClientMessage::Admit(admit)
+        }
+        REMOVE => ClientMessage::Remove(typed(payload()).map_err(invalid)?),
+        REACTION => {
+            let r: ReactionPayload = typed(payload()).map_err(invalid)?;
+            if r.emoji.is_empty() || r.emoji.chars().count() > 8 {
+                return Err(fail(ErrorCode::InvalidPayload, "a reaction is one emoji (at most 8 characters)".into()));
+            }
+            ClientMessage::Reaction(r)
+        }
+        HAND_RAISE => ClientMessage::HandRaise(typed(payload()).map_err(invalid)?),
+        START_RECORDING => ClientMessage::StartRecording,
+        PING => ClientMessage::Ping,
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(fail(ErrorCode::UnknownType, format!("unknown message type `{shown}`")));
+        }
+    };
+    Ok((envelope, message))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+//! Roles and what they may do. Defaults follow common meeting products: hosts and
+//! co-hosts moderate, participants talk, share and chat, viewers watch and chat.
+//! A Meeting's `permissions` overrides add to or take from a role's defaults.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    Host,
+    CoHost,
+    #[default]
+    Participant,
+    Viewer,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    MuteOthers,
+    RemoveParticipant,
+    StartRecording,
+    ShareScreen,
+    SendChat,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 5] =
+        [Self::MuteOthers, Self::RemoveParticipant, Self::StartRecording, Self::ShareScreen, Self::SendChat];
+}
+
+impl Role {
+    pub fn defaults(self) -> &'static [Permission] {
+        use Permission::*;
+        match self {
+            Role::Host | Role::CoHost => &Permission::ALL,
+            Role::Participant => &[ShareScreen, SendChat],
+            Role::Viewer => &[SendChat],
+        }
+    }
+    /// Hosts and co-hosts run the waiting room.
+    pub fn admits(self) -> bool {
+        matches!(self, Role::Host | Role::CoHost)
+    }
+    /// Viewers only receive media.
+    pub fn publishes(self) -> bool {
+        self != Role::Viewer
+    }
+    /// Hosts and co-hosts skip the waiting room.
+    pub fn skips_waiting_room(self) -> bool {
+        self.admits()
+    }
+}
+
+/// The effective permissions of each role in one meeting.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Permissions {
+    /// (role, allowed on top of defaults, denied from defaults)
+    overrides: Vec<(Role, Vec<Permission>, Vec<Permission>)>,
+}
+
+impl Permissions {
+    pub fn with_override(mut self, role: Role, allow: Vec<Permission>, deny: Vec<Permission>) -> Self {
+        self.overrides.push((role, allow, deny));
+        self
+    }
+
+    pub fn allows(&self, role: Role, permission: Permission) -> bool {
+        let mut allowed = role.defaults().contains(&permission);
+        for (r, allow, deny) in &self.overrides {
+            if *r == role {
+                if allow.contains(&permission) {
+                    allowed = true;
+                }
+                if deny.contains(&permission) {
+                    allowed = false;
+                }
+            }
+        }
+        allowed
+    }
+
+    pub fn of(&self, role: Role) -> Vec<Permission> {
+        Permission::ALL.into_iter().filter(|p| self.allows(role, *p)).collect()
+    }
+}

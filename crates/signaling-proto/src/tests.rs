@@ -1,0 +1,123 @@
+use super::*;
+use rand::{Rng, SeedableRng};
+
+fn parse(s: &str) -> Result<ClientMessage, ProtoError> {
+    parse_client(s.as_bytes()).map(|(_, m)| m)
+}
+
+#[test]
+fn parses_each_client_type() {
+    let cases = [
+        r#"{"type":"join","payload":{"token":"t"}}"#,
+        r#"{"type":"offer","payload":{"sdp":"v=0","tracks":[{"id":"cam","source":"Camera"}]}}"#,
+        r#"{"type":"offer"}"#,
+        r#"{"type":"answer","payload":{"sdp":"v=0"}}"#,
+        r#"{"type":"candidate","payload":{"target":"publisher","candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}"#,
+        r#"{"type":"ice-restart"}"#,
+        r#"{"type":"leave"}"#,
+        r#"{"type":"chat","payload":{"text":"hi"}}"#,
+        r#"{"type":"participant-update","payload":{"audioMuted":true}}"#,
+        r#"{"type":"mute","payload":{"participantId":"p1","kind":"video"}}"#,
+        r#"{"type":"admit","payload":{"all":true}}"#,
+        r#"{"type":"remove","payload":{"participantId":"p1"}}"#,
+        r#"{"type":"reaction","payload":{"emoji":"👍"}}"#,
+        r#"{"type":"hand-raise","payload":{"raised":true}}"#,
+        r#"{"type":"start-recording"}"#,
+        r#"{"type":"ping","id":"7"}"#,
+    ];
+    for c in cases {
+        let m = parse(c).unwrap_or_else(|e| panic!("{c}: {e}"));
+        let ty: Envelope = serde_json::from_str(c).unwrap();
+        assert_eq!(m.type_name(), ty.type_, "{c}");
+    }
+}
+
+#[test]
+fn bad_frames_get_named_errors_with_the_request_id() {
+    let e = parse("{not json").unwrap_err();
+    assert_eq!(e.code, ErrorCode::MalformedJson);
+    let e = parse(r#"{"type":"teleport","id":"9"}"#).unwrap_err();
+    assert_eq!((e.code, e.id.as_deref()), (ErrorCode::UnknownType, Some("9")));
+    assert!(e.reason.contains("teleport"));
+    let e = parse(r#"{"type":"chat","id":"3","payload":{"txt":"hi"}}"#).unwrap_err();
+    assert_eq!((e.code, e.id.as_deref(), e.refused.as_deref()), (ErrorCode::InvalidPayload, Some("3"), Some("chat")));
+    assert!(e.reason.contains("txt"), "{}", e.reason);
+    let e = parse(r#"{"type":"chat","payload":{"text":""}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPayload);
+    let e = parse(r#"{"type":"admit","payload":{}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPayload);
+    let big = format!(r#"{{"type":"chat","payload":{{"text":"{}"}}}}"#, "x".repeat(MAX_FRAME_BYTES));
+    assert_eq!(parse(&big).unwrap_err().code, ErrorCode::TooLarge);
+    let e = parse(r#"{"type":"mute","payload":{"participantId":"p","kind":"smell"}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPayload);
+    // The error serializes to an `error` envelope carrying the id.
+    let env = parse(r#"{"type":"nope","id":"x"}"#).unwrap_err().envelope();
+    assert_eq!(env.type_, "error");
+    assert_eq!(env.id.as_deref(), Some("x"));
+    assert_eq!(env.payload["code"], "unknownType");
+}
+
+#[test]
+fn permissions_follow_roles_and_overrides() {
+    let p = Permissions::default();
+    assert!(p.allows(Role::Host, Permission::MuteOthers));
+    assert!(p.allows(Role::CoHost, Permission::RemoveParticipant));
+    assert!(!p.allows(Role::Participant, Permission::MuteOthers));
+    assert!(!p.allows(Role::Participant, Permission::StartRecording));
+    assert!(p.allows(Role::Participant, Permission::SendChat));
+    assert!(!p.allows(Role::Viewer, Permission::ShareScreen));
+    assert!(!Role::Viewer.publishes());
+    let p = p
+        .with_override(Role::Participant, vec![Permission::StartRecording], vec![Permission::SendChat])
+        .with_override(Role::CoHost, vec![], vec![Permission::RemoveParticipant]);
+    assert!(p.allows(Role::Participant, Permission::StartRecording));
+    assert!(!p.allows(Role::Participant, Permission::SendChat));
+    assert!(!p.allows(Role::CoHost, Permission::RemoveParticipant));
+    assert_eq!(p.of(Role::Viewer), vec![Permission::SendChat]);
+}
+
+/// A bounded fuzz run over the parser: valid frames mutated byte-wise, spliced, and
+/// plain random bytes. The parser must never panic, and every refusal must carry a
+/// reason.
+#[test]
+fn fuzz_parser_never_panics() {
+    let seeds: Vec<&[u8]> = vec![
+        br#"{"type":"join","payload":{"token":"abc"}}"#,
+        br#"{"type":"offer","id":"1","payload":{"sdp":"v=0\r\n","tracks":[{"id":"a","source":"Microphone"}]}}"#,
+        br#"{"type":"chat","payload":{"text":"hello"}}"#,
+        br#"{"type":"admit","payload":{"participantId":"p"}}"#,
+        br#"{"type":"candidate","payload":{"target":"subscriber","candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
+        br#"{"type":"participant-update","payload":{"name":"Ann","screenSharing":true}}"#,
+    ];
+    let iterations: u64 = std::env::var("FUZZ_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5157_7c4b);
+    let alphabet = br#"{}[]":,\ 0123456789abcdefghijklmnopqrstuvwxyz-_typeloadnull truefalse\u00e9"#;
+    for i in 0..iterations {
+        let mut frame: Vec<u8> = seeds[rng.random_range(0..seeds.len())].to_vec();
+        match i % 4 {
+            0 => {
+                for _ in 0..rng.random_range(1..6) {
+                    let at = rng.random_range(0..frame.len());
+                    frame[at] = alphabet[rng.random_range(0..alphabet.len())];
+                }
+            }
+            1 => {
+                let other = seeds[rng.random_range(0..seeds.len())];
+                let cut = rng.random_range(0..frame.len());
+                let from = rng.random_range(0..other.len());
+                frame.truncate(cut);
+                frame.extend_from_slice(&other[from..]);
+            }
+            2 => {
+                let at = rng.random_range(0..frame.len());
+                let insert: Vec<u8> = (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                frame.splice(at..at, insert);
+            }
+            _ => frame = (0..rng.random_range(0..200)).map(|_| rng.random()).collect(),
+        }
+        if let Err(e) = parse_client(&frame) {
+            assert!(!e.reason.is_empty());
+            let _ = e.envelope().to_json();
+        }
+    }
+}
