@@ -30,7 +30,12 @@ pub struct SfuApi {
 
 impl SfuApi {
     pub fn new(base: impl Into<String>) -> Self {
-        Self { http: reqwest::Client::new(), base: base.into().trim_end_matches('/').to_owned() }
+        Self::with_client(reqwest::Client::new(), base)
+    }
+
+    /// Shares `http` (its pool and timeouts) with other SFUs' clients.
+    pub fn with_client(http: reqwest::Client, base: impl Into<String>) -> Self {
+        Self { http, base: base.into().trim_end_matches('/').to_owned() }
     }
 
     pub fn url(&self, template: &str, room: &str, participant: &str, track: &str) -> String {

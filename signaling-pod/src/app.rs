@@ -1,0 +1,110 @@
+//! What every request and connection shares.
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use switchboard_sfu_client::SfuApi;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::meetings::Directory;
+use crate::store::Store;
+
+pub struct App {
+    pub cfg: Config,
+    pub public_url: String,
+    pub keys: Keys,
+    pub store: Store,
+    pub meetings: Directory,
+    pub hub: Arc<Hub>,
+    pub kube: kube::Client,
+    pub metrics: Metrics,
+    /// Meetings this replica reports on and reaps (kept until they are empty).
+    pub watched: Mutex<HashSet<String>>,
+    /// (edge endpoint, room) pairs already relayed from their parent.
+    pub relayed: Mutex<HashSet<(String, String)>>,
+    pub next_connection: AtomicU64,
+    sfu_http: reqwest::Client,
+    sfu_poll_http: reqwest::Client,
+}
+
+impl App {
+    pub fn new(cfg: Config, public_url: String, store: Store, meetings: Directory, hub: Arc<Hub>, kube: kube::Client) -> Arc<Self> {
+        let metrics = Metrics::default();
+        Arc::new(Self {
+            keys: Keys::new(&cfg.jwt_key),
+            cfg,
+            public_url,
+            store,
+            meetings,
+            hub,
+            kube,
+            metrics,
+            watched: Mutex::default(),
+            relayed: Mutex::default(),
+            next_connection: AtomicU64::new(1),
+            sfu_http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client"),
+            // Event long-polls wait up to 10 s on the SFU.
+            sfu_poll_http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client"),
+        })
+    }
+
+    /// A client of an SFU's internal API for short calls.
+    pub fn sfu(&self, endpoint: &str) -> SfuApi {
+        SfuApi::with_client(self.sfu_http.clone(), endpoint)
+    }
+
+    /// A client for an SFU's event long-poll.
+    pub fn sfu_poll(&self, endpoint: &str) -> SfuApi {
+        SfuApi::with_client(self.sfu_poll_http.clone(), endpoint)
+    }
+
+    pub fn ws_url(&self) -> String {
+        let base = self.public_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+        format!("{base}/ws")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Default, Clone)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub messages: Family<TypeLabel, Counter>,
+    pub errors: Family<CodeLabel, Counter>,
+    pub joins: Counter,
+    pub resumes: Counter,
+    pub migrations: Counter,
+    pub redis_errors: Counter,
+}
+
+impl Metrics {
+    pub fn registry(&self, hub: &Hub) -> Registry {
+        let mut r = Registry::with_prefix("switchboard_signaling");
+        r.register("connections", "Open WebSocket connections", self.connections.clone());
+        r.register("messages", "Client messages handled, by type", self.messages.clone());
+        r.register("errors", "Error replies sent, by code", self.errors.clone());
+        r.register("joins", "Participants that joined a meeting", self.joins.clone());
+        r.register("resumes", "Sessions resumed on a new connection", self.resumes.clone());
+        r.register("media_migrations", "Clients told to reconnect media to a new SFU", self.migrations.clone());
+        r.register("redis_errors", "Failed Redis operations", self.redis_errors.clone());
+        r.register("dropped_messages", "Messages dropped for connections that could not keep up", hub.dropped.clone());
+        r
+    }
+}

@@ -1,0 +1,308 @@
+//! The REST facade (JSON, `Authorization: Bearer <user JWT>`), the WebSocket
+//! upgrade, health, metrics, and the browser client.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, ResourceExt as _};
+use serde::{Deserialize, Serialize};
+use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
+use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, Storage};
+use switchboard_crds::common::LocalObjectRef;
+use switchboard_signaling_proto::{Permission, Role, MAX_FRAME_BYTES};
+
+use crate::app::App;
+use crate::auth::{self, turn_credentials, UserClaims};
+use crate::meetings;
+
+/// Every REST error: a machine-readable code and a sentence.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ApiError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub struct Refusal(StatusCode, &'static str, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { code: self.1, message: self.2 })).into_response()
+    }
+}
+
+fn bad_request(m: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, "badRequest", m.into())
+}
+fn not_found(id: &str) -> Refusal {
+    Refusal(StatusCode::NOT_FOUND, "notFound", format!("no meeting `{id}`"))
+}
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/v1/meetings", post(create_meeting))
+        .route("/api/v1/meetings/{id}", get(read_meeting))
+        .route("/api/v1/meetings/{id}/join", post(join_meeting))
+        .route("/api/v1/meetings/{id}/chat", get(chat_history))
+        .route("/api/v1/meetings/{id}/recordings", post(create_recording))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/ws", get(websocket))
+        .route("/", get(page))
+        .route("/j/{code}", get(page))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+fn user(app: &App, headers: &HeaderMap) -> Result<UserClaims, Refusal> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", "send `Authorization: Bearer <JWT>`".into()))?;
+    app.keys.user(token.trim()).map_err(|e| Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+/// `POST /api/v1/meetings` body.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateMeeting {
+    pub title: String,
+    #[serde(default = "default_expected")]
+    pub expected_participants: i32,
+    #[serde(default)]
+    pub max_participants: Option<i32>,
+    #[serde(default)]
+    pub waiting_room: bool,
+    #[serde(default)]
+    pub mute_on_entry: bool,
+    #[serde(default)]
+    pub webinar: bool,
+}
+
+fn default_expected() -> i32 {
+    10
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct MeetingInfo {
+    pub id: String,
+    pub title: String,
+    pub phase: Option<String>,
+    pub room_code: Option<String>,
+    pub join_url: Option<String>,
+    pub participants: i32,
+}
+
+fn info(m: &Meeting) -> MeetingInfo {
+    let s = m.status.clone().unwrap_or_default();
+    MeetingInfo {
+        id: m.name_any(),
+        title: m.spec.title.clone(),
+        phase: s.phase.map(|p| format!("{p:?}")),
+        room_code: s.room_code,
+        join_url: s.join_url,
+        participants: s.participants.map(|p| p.current).unwrap_or(0),
+    }
+}
+
+async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>) -> Result<(StatusCode, Json<MeetingInfo>), Refusal> {
+    let claims = user(&app, &headers)?;
+    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+    let name = format!("m-{}", random_suffix(10));
+    let meeting = Meeting {
+        metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        spec: MeetingSpec {
+            title: req.title,
+            host: claims.sub.clone(),
+            schedule: None,
+            participants: ParticipantLimits { expected: req.expected_participants, max: req.max_participants },
+            mode: if req.webinar { MeetingMode::Webinar } else { MeetingMode::Interactive },
+            sfu_pool_selector: None,
+            region: None,
+            waiting_room: req.waiting_room,
+            mute_on_entry: req.mute_on_entry,
+            recording: None,
+            e2ee: false,
+            permissions: Vec::new(),
+            empty_timeout: None,
+            ttl_after_ended: None,
+        },
+        status: None,
+    };
+    // The API server checks the schema; its message names the field.
+    let created = app.meetings.api.create(&PostParams::default(), &meeting).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => bad_request(s.message),
+        other => internal(other),
+    })?;
+    // The operator gives the meeting its room code and join URL within moments.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut seen = created;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(m) = app.meetings.get(&name) {
+            seen = (*m).clone();
+            if m.status.as_ref().is_some_and(|s| s.room_code.is_some()) {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tracing::info!(meeting = %name, host = %claims.sub, "meeting created");
+    Ok((StatusCode::CREATED, Json(info(&seen))))
+}
+
+fn find(app: &App, id: &str) -> Result<Arc<Meeting>, Refusal> {
+    app.meetings.find(id).ok_or_else(|| not_found(id))
+}
+
+async fn read_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<MeetingInfo>, Refusal> {
+    user(&app, &headers)?;
+    Ok(Json(info(find(&app, &id)?.as_ref())))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinGrant {
+    pub participant_id: String,
+    pub session_token: String,
+    pub signaling_url: String,
+    pub role: Role,
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The user's role in a meeting: its host is host; others get what their token says
+/// (participant by default).
+fn role_in(m: &Meeting, claims: &UserClaims) -> Role {
+    if claims.sub == m.spec.host { Role::Host } else { claims.role.unwrap_or(Role::Participant) }
+}
+
+async fn join_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<JoinGrant>, Refusal> {
+    let claims = user(&app, &headers)?;
+    let m = find(&app, &id)?;
+    meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
+    let name = m.name_any();
+    let key = app.meetings.key(&name);
+    let max = m.spec.participants.max.unwrap_or(m.spec.participants.expected);
+    let present = app.store.all(&key).await.map_err(internal)?.len() as i32;
+    if present >= max {
+        return Err(Refusal(StatusCode::CONFLICT, "meetingFull", format!("the meeting is full ({max} participants)")));
+    }
+    let role = role_in(&m, &claims);
+    let participant_id = format!("p-{}", random_suffix(12));
+    let now = auth::now_unix();
+    let name_shown = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
+    let session_token = app.keys.issue_session(&participant_id, &name, &claims.sub, &name_shown, role, now + app.cfg.session_ttl.as_secs());
+    let mut ice_servers = Vec::new();
+    if let Some(turn) = &app.cfg.turn {
+        let (username, credential) = turn_credentials(&turn.secret, &participant_id, now + turn.ttl.as_secs());
+        ice_servers.push(IceServer { urls: turn.urls.clone(), username: Some(username), credential: Some(credential) });
+    }
+    Ok(Json(JoinGrant { participant_id, session_token, signaling_url: app.ws_url(), role, ice_servers }))
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ChatQuery {
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<serde_json::Value>, Refusal> {
+    user(&app, &headers)?;
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(bad_request("limit must be between 1 and 500"));
+    }
+    let m = find(&app, &id)?;
+    let (messages, next_before) = app.store.chat_page(&app.meetings.key(&m.name_any()), q.before, limit).await.map_err(internal)?;
+    Ok(Json(serde_json::json!({ "messages": messages, "nextBefore": next_before })))
+}
+
+async fn create_recording(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<(StatusCode, Json<serde_json::Value>), Refusal> {
+    let claims = user(&app, &headers)?;
+    let m = find(&app, &id)?;
+    let role = role_in(&m, &claims);
+    if !meetings::permissions(&m).allows(role, Permission::StartRecording) {
+        return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", format!("a {role:?} may not start a recording")));
+    }
+    meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
+    let name = start_recording(&app, &m).await.map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "recordingJob": name }))))
+}
+
+/// Creates a RecordingJob for the meeting; returns its name.
+pub async fn start_recording(app: &App, m: &Meeting) -> kube::Result<String> {
+    let meeting = m.name_any();
+    let name = format!("{}-rec-{}", meeting.chars().take(40).collect::<String>(), random_suffix(5));
+    let layout = m.spec.recording.as_ref().map(|r| r.layout).unwrap_or_default();
+    let job = RecordingJob {
+        metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        spec: RecordingJobSpec {
+            meeting_ref: LocalObjectRef { name: meeting.clone() },
+            layout,
+            format: Default::default(),
+            storage: Storage { pvc: Some(PvcStorage { claim_name: app.cfg.recording_pvc.clone(), path: "/meetings".into() }), s3: None },
+            max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
+            retention: Default::default(),
+        },
+        status: None,
+    };
+    let api: Api<RecordingJob> = Api::namespaced(app.kube.clone(), &app.meetings.namespace);
+    api.create(&PostParams::default(), &job).await?;
+    tracing::info!(%meeting, recording = %name, "recording started");
+    Ok(name)
+}
+
+async fn websocket(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    // Frames up to 1 MiB are read so an oversized (but sane) one gets an `error`
+    // reply; beyond that the connection is closed.
+    ws.max_message_size(16 * MAX_FRAME_BYTES).max_frame_size(16 * MAX_FRAME_BYTES).on_upgrade(move |socket| crate::session::serve(app, socket))
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("../web/index.html"))
+}
+
+async fn ready(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
+    match app.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &app.metrics.registry(&app.hub));
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+}
+
+async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
+}
+
+fn random_suffix(n: usize) -> String {
+    use rand::Rng as _;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}

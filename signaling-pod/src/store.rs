@@ -1,0 +1,225 @@
+//! Shared state in Redis, so any replica can serve any participant:
+//!
+//! | key (`{m}` = `namespace.meeting`) | type | holds |
+//! |---|---|---|
+//! | `sb:{m}:p` | hash | participant id → [`Record`] (JSON) |
+//! | `sb:{m}:alive:{pid}` | string, TTL | presence, refreshed by the replica holding the connection |
+//! | `sb:{m}:seq` | hash | participant id → last SFU event delivered (resume on another replica) |
+//! | `sb:{m}:removed` | set | participants removed by a host (their session cannot resume) |
+//! | `sb:{m}:chat` | sorted set | chat messages scored by sequence number |
+//! | `sb:{m}:chatseq` | counter | the last chat sequence number |
+//! | `sb:{m}:slot` | counter | join order, to spread a cascaded meeting over its SFUs |
+//! | `sb:{m}:ev` | pub/sub channel | [`Bus`] messages for the meeting |
+//!
+//! Everything of a meeting is deleted when it ends; until then writes refresh a long
+//! expiry so a meeting nobody ends cannot leak keys for ever.
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use serde::{Deserialize, Serialize};
+use switchboard_signaling_proto::{ChatMessage, Envelope, MediaKind, ParticipantInfo, TrackDescription};
+
+/// How long presence outlives the last refresh: a client whose replica died has this
+/// long to reconnect to another before it counts as gone.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// The expiry refreshed on a meeting's keys while it is in use.
+const MEETING_KEYS_TTL: u64 = 48 * 3600;
+
+/// A participant, as every replica sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub info: ParticipantInfo,
+    pub user: String,
+    /// The SFU the participant's media is on, once it sent an offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaRecord {
+    pub endpoint: String,
+    pub room: String,
+    #[serde(default)]
+    pub tracks: Vec<TrackDescription>,
+}
+
+/// Who on the meeting's channel a [`Bus`] message is for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum Audience {
+    All,
+    Peer(String),
+    /// Hosts and co-hosts (waiting-room notices).
+    Admitters,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub enum BusWhat {
+    /// Send this envelope to the audience.
+    Deliver(Envelope),
+    /// Commands the replica holding the peer carries out.
+    Admitted,
+    ForceMute { kind: MediaKind, by: String },
+    Removed { by: String },
+    /// The same session connected again elsewhere: close this connection.
+    TakenOver { connection: String },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Bus {
+    pub to: Audience,
+    pub what: BusWhat,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+}
+
+pub type RedisResult<T> = Result<T, redis::RedisError>;
+
+fn k(meeting: &str, what: &str) -> String {
+    format!("sb:{meeting}:{what}")
+}
+
+pub fn channel(meeting: &str) -> String {
+    k(meeting, "ev")
+}
+
+/// The meeting key of a channel name.
+pub fn meeting_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("sb:")?.strip_suffix(":ev")
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let conn = client.get_connection_manager().await?;
+        Ok(Self { client, conn })
+    }
+
+    fn c(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub async fn ping(&self) -> RedisResult<()> {
+        redis::cmd("PING").query_async::<String>(&mut self.c()).await.map(drop)
+    }
+
+    pub async fn put(&self, meeting: &str, record: &Record) -> RedisResult<()> {
+        let key = k(meeting, "p");
+        let json = serde_json::to_string(record).expect("records serialize");
+        redis::pipe()
+            .hset(&key, &record.info.id, json)
+            .ignore()
+            .expire(&key, MEETING_KEYS_TTL as i64)
+            .ignore()
+            .query_async::<()>(&mut self.c())
+            .await
+    }
+
+    pub async fn get(&self, meeting: &str, participant: &str) -> RedisResult<Option<Record>> {
+        let json: Option<String> = self.c().hget(k(meeting, "p"), participant).await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    pub async fn all(&self, meeting: &str) -> RedisResult<Vec<Record>> {
+        let all: Vec<(String, String)> = self.c().hgetall(k(meeting, "p")).await?;
+        Ok(all.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
+    }
+
+    /// Removes the record; true if this call removed it (so one replica announces it).
+    pub async fn remove(&self, meeting: &str, participant: &str) -> RedisResult<bool> {
+        let removed: i64 = redis::pipe()
+            .hdel(k(meeting, "p"), participant)
+            .del(k(meeting, &format!("alive:{participant}")))
+            .ignore()
+            .hdel(k(meeting, "seq"), participant)
+            .ignore()
+            .query_async::<(i64,)>(&mut self.c())
+            .await?
+            .0;
+        Ok(removed == 1)
+    }
+
+    /// Marks the participant present, held by `connection`.
+    pub async fn touch(&self, meeting: &str, participant: &str, connection: &str) -> RedisResult<()> {
+        self.c().set_ex(k(meeting, &format!("alive:{participant}")), connection, PRESENCE_TTL.as_secs()).await
+    }
+
+    /// The connection holding the participant, if it is present.
+    pub async fn holder(&self, meeting: &str, participant: &str) -> RedisResult<Option<String>> {
+        self.c().get(k(meeting, &format!("alive:{participant}"))).await
+    }
+
+    pub async fn set_seq(&self, meeting: &str, participant: &str, seq: u64) -> RedisResult<()> {
+        self.c().hset(k(meeting, "seq"), participant, seq).await
+    }
+
+    pub async fn seq(&self, meeting: &str, participant: &str) -> RedisResult<u64> {
+        Ok(self.c().hget::<_, _, Option<u64>>(k(meeting, "seq"), participant).await?.unwrap_or(0))
+    }
+
+    pub async fn mark_removed(&self, meeting: &str, participant: &str) -> RedisResult<()> {
+        let key = k(meeting, "removed");
+        redis::pipe().sadd(&key, participant).ignore().expire(&key, MEETING_KEYS_TTL as i64).ignore().query_async(&mut self.c()).await
+    }
+
+    pub async fn is_removed(&self, meeting: &str, participant: &str) -> RedisResult<bool> {
+        self.c().sismember(k(meeting, "removed"), participant).await
+    }
+
+    pub async fn next_slot(&self, meeting: &str) -> RedisResult<u64> {
+        self.c().incr(k(meeting, "slot"), 1u64).await
+    }
+
+    /// Appends a chat message, numbering it.
+    pub async fn append_chat(&self, meeting: &str, mut message: ChatMessage) -> RedisResult<ChatMessage> {
+        message.seq = self.c().incr(k(meeting, "chatseq"), 1u64).await?;
+        let key = k(meeting, "chat");
+        let json = serde_json::to_string(&message).expect("chat serializes");
+        redis::pipe()
+            .zadd(&key, json, message.seq)
+            .ignore()
+            .expire(&key, MEETING_KEYS_TTL as i64)
+            .ignore()
+            .expire(k(meeting, "chatseq"), MEETING_KEYS_TTL as i64)
+            .ignore()
+            .query_async::<()>(&mut self.c())
+            .await?;
+        Ok(message)
+    }
+
+    /// Up to `limit` messages before sequence number `before` (newest first), and
+    /// the `before` of the next page.
+    pub async fn chat_page(&self, meeting: &str, before: Option<u64>, limit: usize) -> RedisResult<(Vec<ChatMessage>, Option<u64>)> {
+        let max = before.map(|b| format!("({b}")).unwrap_or("+inf".into());
+        let raw: Vec<String> =
+            self.c().zrevrangebyscore_limit(k(meeting, "chat"), max, "-inf", 0, limit as isize + 1).await?;
+        let mut messages: Vec<ChatMessage> = raw.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        let next = if messages.len() > limit {
+            messages.truncate(limit);
+            messages.last().map(|m| m.seq)
+        } else {
+            None
+        };
+        Ok((messages, next))
+    }
+
+    pub async fn publish(&self, meeting: &str, bus: &Bus) -> RedisResult<()> {
+        self.c().publish(channel(meeting), serde_json::to_string(bus).expect("bus serializes")).await
+    }
+
+    /// Drops everything of an ended meeting.
+    pub async fn forget_meeting(&self, meeting: &str) -> RedisResult<()> {
+        let mut keys: Vec<String> = ["p", "seq", "removed", "chat", "chatseq", "slot"].iter().map(|w| k(meeting, w)).collect();
+        let alive: Vec<String> = self.c().keys(k(meeting, "alive:*")).await?;
+        keys.extend(alive);
+        self.c().del(keys).await
+    }
+}
