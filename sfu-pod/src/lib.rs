@@ -4,6 +4,7 @@
 pub mod api;
 pub mod config;
 pub mod heartbeat;
+pub mod local;
 pub mod metrics;
 pub mod relay;
 pub mod sfu;

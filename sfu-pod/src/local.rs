@@ -1,0 +1,42 @@
+//! An SFU on loopback inside the calling process, for other components' tests
+//! (signaling, the recorder): the same wiring as `main.rs`, on ephemeral ports.
+
+use std::sync::Arc;
+
+use switchboard_sfu_client::media::{build_api, NetworkOptions};
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
+
+use crate::{api, metrics, sfu};
+
+pub struct LocalSfu {
+    /// `http://127.0.0.1:port`
+    pub endpoint: String,
+    pub sfu: Arc<sfu::Sfu>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LocalSfu {
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let media_addr = udp.local_addr()?;
+    let net = NetworkOptions {
+        loopback_only: true,
+        udp_mux: Some(UDPMuxDefault::new(UDPMuxParams::new(udp))),
+        own_retransmissions: true,
+        ..Default::default()
+    };
+    let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
+    let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let app = api::router(api::AppState { sfu: sfu.clone(), name: name.into() });
+    let serve = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(LocalSfu { endpoint, sfu, serve })
+}

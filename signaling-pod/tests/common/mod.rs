@@ -1,0 +1,198 @@
+//! What the signaling tests share: a real Redis per test, the local control plane
+//! with a namespace per test, signaling replicas (processes or in-process), real
+//! SFUs in-process, and tokens.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use signaling_pod::auth::{Keys, UserClaims};
+use switchboard_crds::meeting::Meeting;
+use switchboard_e2e::TestNamespace;
+use switchboard_signaling_client::{JoinGrant, Rest, SignalingClient};
+use switchboard_signaling_proto::{JoinedPayload, Role};
+
+pub const JWT_KEY: &str = "signaling-test-key-0123456789";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real redis-server on loopback, gone with the value.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian package redis-server)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, url: format!("redis://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The control plane, a fresh namespace and Redis.
+pub struct TestEnv {
+    pub client: kube::Client,
+    pub ns: TestNamespace,
+    pub redis: Redis,
+}
+
+pub async fn env(prefix: &str) -> TestEnv {
+    if std::env::var("SIGNALING_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    }
+    let client = switchboard_e2e::client().await;
+    switchboard_e2e::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    TestEnv { client, ns, redis: Redis::start() }
+}
+
+impl TestEnv {
+    pub fn config(&self) -> signaling_pod::config::Config {
+        signaling_pod::config::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            public_url: None,
+            namespace: self.ns.name.clone(),
+            redis_url: self.redis.url.clone(),
+            jwt_key: JWT_KEY.as_bytes().to_vec(),
+            turn: None,
+            replica: "in-process".into(),
+            rate_per_second: 20.0,
+            rate_burst: 60.0,
+            session_ttl: Duration::from_secs(3600),
+            recording_pvc: "recordings".into(),
+        }
+    }
+
+    /// A signaling server inside the test process.
+    pub async fn in_process(&self, cfg: signaling_pod::config::Config) -> signaling_pod::Running {
+        signaling_pod::start(cfg, self.client.clone()).await.expect("signaling starts")
+    }
+
+    pub fn meetings(&self) -> Api<Meeting> {
+        self.ns.api()
+    }
+}
+
+/// A signaling replica as its own process (so a test can kill it).
+pub struct Replica {
+    child: Child,
+    pub url: String,
+}
+
+impl Replica {
+    pub fn start(env: &TestEnv, name: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signaling-pod"))
+            .env("SIGNALING_ADDR", "127.0.0.1:0")
+            .env("SIGNALING_NAMESPACE", &env.ns.name)
+            .env("SIGNALING_REDIS_URL", &env.redis.url)
+            .env("SIGNALING_JWT_KEY", JWT_KEY)
+            .env("POD_NAME", name)
+            .env("KUBECONFIG", &switchboard_e2e::cluster().kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("SIGNALING_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("signaling-pod starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("signaling-pod prints its URL");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
+        Self { child, url: v["url"].as_str().unwrap().to_owned() }
+    }
+
+    /// SIGKILL: no goodbyes.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A user JWT as the identity provider would issue it.
+pub fn user_token(sub: &str, role: Option<Role>, valid_for_secs: i64) -> String {
+    let exp = (signaling_pod::auth::now_unix() as i64 + valid_for_secs) as u64;
+    Keys::new(JWT_KEY.as_bytes()).sign(&UserClaims { sub: sub.into(), name: Some(sub.to_uppercase()), role, exp, typ: None })
+}
+
+pub fn rest(url: &str, sub: &str, role: Option<Role>) -> Rest {
+    Rest::new(url, &user_token(sub, role, 3600))
+}
+
+/// Creates a Meeting hosted by `host`.
+pub async fn meeting(env: &TestEnv, name: &str, host: &str, extra: serde_json::Value) -> Meeting {
+    let mut spec = serde_json::json!({"title": name, "host": host, "participants": {"expected": 10}});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    let m: Meeting = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    env.meetings().create(&PostParams::default(), &m).await.expect("meeting created")
+}
+
+/// Writes the assignment as the operator would: the meeting Active on `sfus`
+/// (pod, endpoint), the first the origin, with `migrations` moves recorded.
+pub async fn assign(env: &TestEnv, name: &str, sfus: &[(&str, &str)], migrations: &[(&str, &str)]) {
+    let now = jiff::Timestamp::now().to_string();
+    let origin = serde_json::json!({"pod": sfus[0].0, "endpoint": sfus[0].1});
+    let edges: Vec<_> = sfus[1..].iter().map(|(p, e)| serde_json::json!({"pod": p, "endpoint": e, "parent": sfus[0].0})).collect();
+    let moves: Vec<_> = migrations
+        .iter()
+        .enumerate()
+        .map(|(i, (from, to))| serde_json::json!({"from": from, "to": to, "reason": "test moved it", "at": now, "generation": i + 1}))
+        .collect();
+    let patch = serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+        "status": {
+            "phase": "Active", "roomCode": format!("{:0>12}", name.replace('-', "").chars().take(12).collect::<String>()),
+            "assignment": {"pool": "test", "origin": origin, "edges": edges, "at": now},
+            "migrations": moves,
+        }
+    });
+    env.meetings()
+        .patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&patch))
+        .await
+        .expect("status written");
+}
+
+/// Joins through REST then WebSocket.
+pub async fn connect(rest: &Rest, meeting: &str) -> (Arc<SignalingClient>, JoinGrant, JoinedPayload) {
+    let grant = rest.join(meeting).await.expect("REST join");
+    let (client, joined) = SignalingClient::join(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
+    (Arc::new(client), grant, joined)
+}
+
+pub fn of_type(t: &'static str) -> impl Fn(&switchboard_signaling_proto::Envelope) -> bool {
+    move |e| e.type_ == t
+}

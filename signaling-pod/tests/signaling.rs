@@ -1,0 +1,226 @@
+//! signaling-pod against a real Redis and the local control plane.
+
+mod common;
+
+
+use common::*;
+use switchboard_signaling_client::{refusal, SignalingClient};
+use switchboard_signaling_proto::{types, ErrorCode, Role};
+
+/// Two replicas share one Redis: the waiting room, chat and state changes cross
+/// between them; killing one, its client resumes on the other without re-admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
+    let env = env("sig-replicas").await;
+    meeting(&env, "standup", "hana", serde_json::json!({"waitingRoom": true})).await;
+    assign(&env, "standup", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let mut a = Replica::start(&env, "replica-a");
+    let b = Replica::start(&env, "replica-b");
+
+    let (host, host_grant, joined) = connect(&rest(&a.url, "hana", None), "standup").await;
+    assert_eq!(joined.participant.role, Role::Host);
+    assert!(joined.participant.admitted, "hosts skip the waiting room");
+    let (guest, guest_grant, joined) = connect(&rest(&b.url, "gus", None), "standup").await;
+    assert!(!joined.participant.admitted, "a participant waits");
+    guest.wait_for("waiting", WAIT, of_type(types::WAITING)).await.unwrap();
+    // The host, on the other replica, sees the waiting guest and admits them.
+    host.wait_for("the waiting guest", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == guest_grant.participant_id.as_str())
+        .await
+        .unwrap();
+    let refused = guest.request(types::CHAT, serde_json::json!({"text": "let me in"})).await.unwrap_err();
+    assert_eq!(refusal(&refused).unwrap().code, ErrorCode::NotAdmitted);
+    host.request(types::ADMIT, serde_json::json!({"participantId": guest_grant.participant_id})).await.unwrap();
+    guest.wait_for("admission", WAIT, of_type(types::ADMITTED)).await.unwrap();
+
+    // Chat and state changes cross replicas.
+    guest.request(types::CHAT, serde_json::json!({"text": "hello from b"})).await.unwrap();
+    let chat = host.wait_for("the guest's chat", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "hello from b").await.unwrap();
+    assert_eq!(chat.from_peer_id.as_deref(), Some(guest_grant.participant_id.as_str()));
+    assert_eq!(chat.payload["seq"], 1);
+    host.request(types::PARTICIPANT_UPDATE, serde_json::json!({"videoMuted": true})).await.unwrap();
+    guest
+        .wait_for("the host's camera off", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == host_grant.participant_id.as_str() && e.payload["videoMuted"] == true)
+        .await
+        .unwrap();
+    host.send(switchboard_signaling_proto::Envelope::new(types::HAND_RAISE, serde_json::json!({"raised": true})));
+    guest.wait_for("the raised hand", WAIT, |e| e.type_ == types::HAND_RAISE && e.payload["raised"] == true).await.unwrap();
+
+    // Both present: signaling reports it into the Meeting's status.
+    switchboard_e2e::wait_for("participants.current = 2", WAIT, || async {
+        let m = env.meetings().get("standup").await.unwrap();
+        m.status.and_then(|s| s.participants).is_some_and(|p| p.current == 2 && p.peak == 2)
+    })
+    .await;
+
+    // Replica A dies; the host reconnects to B with the same session and is back in.
+    a.kill();
+    host.wait_closed(WAIT).await.unwrap();
+    let (host2, joined) = SignalingClient::join(&format!("{}/ws", b.url.replace("http", "ws")), &host_grant.session_token).await.unwrap();
+    assert!(joined.resumed, "the session resumes");
+    assert_eq!(joined.participant.id, host_grant.participant_id);
+    assert!(joined.participant.admitted && joined.participant.video_muted, "state survives the replica");
+    assert_eq!(joined.participants.len(), 2);
+    host2.request(types::CHAT, serde_json::json!({"text": "back"})).await.unwrap();
+    guest.wait_for("chat after the failover", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "back").await.unwrap();
+
+    // Chat history, paginated, newest first.
+    let r = rest(&b.url, "gus", None);
+    let page = r.chat("standup", None, 1).await.unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(page.messages[0].text, "back");
+    let older = r.chat("standup", page.next_before, 10).await.unwrap();
+    assert_eq!(older.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["hello from b"]);
+    assert_eq!(older.next_before, None);
+
+    // Leaving is announced and counted.
+    guest.request(types::LEAVE, serde_json::json!({})).await.unwrap();
+    host2.wait_for("the guest left", WAIT, |e| e.type_ == types::PARTICIPANT_LEFT).await.unwrap();
+    switchboard_e2e::wait_for("participants.current = 1", WAIT, || async {
+        let m = env.meetings().get("standup").await.unwrap();
+        m.status.and_then(|s| s.participants).is_some_and(|p| p.current == 1 && p.peak == 2)
+    })
+    .await;
+    env.ns.delete().await;
+}
+
+/// Roles are enforced by the server, and a refusal leaves the connection working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_are_enforced_and_refusals_keep_the_connection() {
+    let env = env("sig-perms").await;
+    meeting(&env, "class", "tara", serde_json::json!({})).await;
+    assign(&env, "class", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let server = env.in_process(env.config()).await;
+
+    let (host, _, _) = connect(&rest(&server.url, "tara", None), "class").await;
+    let (pupil, pupil_grant, joined) = connect(&rest(&server.url, "pete", None), "class").await;
+    assert_eq!(joined.participant.role, Role::Participant);
+    let (viewer, viewer_grant, joined) = connect(&rest(&server.url, "vic", Some(Role::Viewer)), "class").await;
+    assert_eq!(joined.participant.role, Role::Viewer);
+
+    let alive = |c: &std::sync::Arc<SignalingClient>| {
+        let c = c.clone();
+        async move { c.request(types::PING, serde_json::json!({})).await.expect("the connection lives on").type_ == types::PONG }
+    };
+    let forbidden = |r: anyhow::Result<switchboard_signaling_proto::Envelope>| {
+        let e = r.expect_err("refused");
+        let p = refusal(&e).unwrap_or_else(|| panic!("an error reply, got {e}")).clone();
+        assert_eq!(p.code, ErrorCode::Forbidden, "{p:?}");
+        p
+    };
+    let p = forbidden(pupil.request(types::MUTE, serde_json::json!({"participantId": viewer_grant.participant_id})).await);
+    assert!(p.reason.contains("mute others"), "{}", p.reason);
+    assert_eq!(p.refused.as_deref(), Some("mute"));
+    assert!(alive(&pupil).await);
+    forbidden(pupil.request(types::REMOVE, serde_json::json!({"participantId": viewer_grant.participant_id})).await);
+    assert!(alive(&pupil).await);
+    forbidden(pupil.request(types::START_RECORDING, serde_json::json!({})).await);
+    assert!(alive(&pupil).await);
+    forbidden(pupil.request(types::ADMIT, serde_json::json!({"all": true})).await);
+    // A viewer may not publish, nor share a screen.
+    let p = forbidden(viewer.request(types::OFFER, serde_json::json!({"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n", "tracks": [{"id": "mic", "source": "Microphone"}]})).await);
+    assert!(p.reason.contains("viewers"), "{}", p.reason);
+    forbidden(viewer.request(types::PARTICIPANT_UPDATE, serde_json::json!({"screenSharing": true})).await);
+    assert!(alive(&viewer).await);
+    // Nobody is refused over REST either.
+    let (status, body) = rest(&server.url, "pete", None).call(reqwest::Method::POST, "/api/v1/meetings/class/recordings", None).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+
+    // The host can do all of it.
+    host.request(types::MUTE, serde_json::json!({"participantId": pupil_grant.participant_id})).await.unwrap();
+    let muted = pupil.wait_for("being muted", WAIT, of_type(types::MUTE)).await.unwrap();
+    assert_eq!(muted.payload["kind"], "audio");
+    viewer
+        .wait_for("the pupil shown muted", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == pupil_grant.participant_id.as_str() && e.payload["audioMuted"] == true)
+        .await
+        .unwrap();
+    let rec = host.request(types::START_RECORDING, serde_json::json!({})).await.unwrap();
+    let job = rec.payload["recordingJob"].as_str().unwrap().to_owned();
+    let jobs: kube::Api<switchboard_crds::RecordingJob> = env.ns.api();
+    let created = jobs.get(&job).await.expect("the RecordingJob exists");
+    assert_eq!(created.spec.meeting_ref.name, "class");
+    host.request(types::REMOVE, serde_json::json!({"participantId": viewer_grant.participant_id})).await.unwrap();
+    viewer.wait_for("removal", WAIT, of_type(types::REMOVE)).await.unwrap();
+    viewer.wait_closed(WAIT).await.unwrap();
+    // A removed participant cannot come back with the same session.
+    let (again, _) = SignalingClient::connect(&viewer_grant.signaling_url).await.map(|c| (c, ())).unwrap();
+    let e = again.request(types::JOIN, serde_json::json!({"token": viewer_grant.session_token})).await.unwrap_err();
+    assert_eq!(refusal(&e).unwrap().code, ErrorCode::Removed);
+    env.ns.delete().await;
+}
+
+/// Malformed JSON, unknown types, oversized and binary frames, floods, and forged or
+/// expired tokens are refused clearly; the connection survives all but bad sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_bad_tokens_are_refused_clearly() {
+    let env = env("sig-bad").await;
+    meeting(&env, "open", "olga", serde_json::json!({})).await;
+    assign(&env, "open", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let mut cfg = env.config();
+    cfg.rate_per_second = 5.0;
+    cfg.rate_burst = 10.0;
+    let server = env.in_process(cfg).await;
+
+    // REST: forged, expired and missing tokens; a session token is not a user token.
+    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").sign(&signaling_pod::auth::UserClaims {
+        sub: "olga".into(), name: None, role: None, exp: signaling_pod::auth::now_unix() + 600, typ: None,
+    });
+    for (token, what) in [(forged, "forged"), (user_token("olga", None, -600), "expired"), (String::new(), "missing")] {
+        let (status, body) = switchboard_signaling_client::Rest::new(&server.url, &token).call(reqwest::Method::POST, "/api/v1/meetings/open/join", None).await.unwrap();
+        assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{what}: {body}");
+    }
+    let (status, body) = rest(&server.url, "olga", None).call(reqwest::Method::POST, "/api/v1/meetings", Some(serde_json::json!({"title": "x", "expectedParticipants": -5}))).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("participants.expected"), "the API server's message names the field: {body}");
+
+    let (client, grant, _) = connect(&rest(&server.url, "olga", None), "open").await;
+    let (status, _) = switchboard_signaling_client::Rest::new(&server.url, &grant.session_token).call(reqwest::Method::GET, "/api/v1/meetings/open", None).await.unwrap();
+    assert_eq!(status, 401, "a session token does not work as a user token");
+
+    // WebSocket: each bad frame gets an error naming the problem; the connection lives on.
+    let cases: Vec<(String, ErrorCode)> = vec![
+        ("{\"type\": \"chat\", ".into(), ErrorCode::MalformedJson),
+        (r#"{"type":"teleport","id":"x1"}"#.into(), ErrorCode::UnknownType),
+        (r#"{"type":"chat","id":"x2","payload":{"txt":"hi"}}"#.into(), ErrorCode::InvalidPayload),
+        (format!(r#"{{"type":"chat","payload":{{"text":"{}"}}}}"#, "a".repeat(70_000)), ErrorCode::TooLarge),
+    ];
+    for (i, (frame, code)) in cases.iter().enumerate() {
+        client.send_raw(frame.clone());
+        let got = client
+            .wait_for(&format!("error {code:?}"), WAIT, |e| e.type_ == types::ERROR && e.payload["code"] == serde_json::to_value(code).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert!(!got.payload["reason"].as_str().unwrap().is_empty());
+    }
+    let err = client.received().into_iter().find(|e| e.id.as_deref() == Some("x1")).expect("the error carries the request id");
+    assert!(err.payload["reason"].as_str().unwrap().contains("teleport"));
+    assert!(client.request(types::PING, serde_json::json!({})).await.is_ok(), "alive after bad frames");
+
+    // A flood is rate limited, then the connection recovers.
+    for _ in 0..30 {
+        client.send_raw(r#"{"type":"ping"}"#);
+    }
+    client.wait_for("rate limiting", WAIT, |e| e.type_ == types::ERROR && e.payload["code"] == "rateLimited").await.unwrap();
+    switchboard_e2e::eventually("the connection recovers from rate limiting", WAIT, || async {
+        client.request(types::PING, serde_json::json!({})).await.ok()
+    })
+    .await;
+
+    // Forged and expired session tokens on the WebSocket.
+    let keys = signaling_pod::auth::Keys::new(JWT_KEY.as_bytes());
+    let expired = keys.issue_session("p-x", "open", "olga", "Olga", Role::Host, signaling_pod::auth::now_unix() - 600);
+    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").issue_session("p-x", "open", "olga", "Olga", Role::Host, signaling_pod::auth::now_unix() + 600);
+    let user_jwt = user_token("olga", None, 600);
+    for (token, needle) in [(expired, "expired"), (forged, "refused"), (user_jwt, "not a session token")] {
+        let c = SignalingClient::connect(&grant.signaling_url).await.unwrap();
+        let e = c.request(types::JOIN, serde_json::json!({"token": token})).await.unwrap_err();
+        let p = refusal(&e).unwrap();
+        assert_eq!(p.code, ErrorCode::Unauthenticated);
+        assert!(p.reason.contains(needle), "{}", p.reason);
+        let e = c.request(types::CHAT, serde_json::json!({"text": "sneaky"})).await.unwrap_err();
+        assert_eq!(refusal(&e).unwrap().code, ErrorCode::Unauthenticated, "nothing works before a good join");
+    }
+    let page = rest(&server.url, "olga", None).chat("open", None, 10).await.unwrap();
+    assert!(page.messages.is_empty(), "nothing unauthenticated reached the chat");
+    env.ns.delete().await;
+}
+
