@@ -115,7 +115,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Envelope>>>>;
 pub struct SignalingClient {
     out: mpsc::UnboundedSender<Message>,
     log: Arc<Mutex<Vec<Envelope>>>,
-    arrived: Arc<Notify>,
+    pub(crate) arrived: Arc<Notify>,
     pending: Pending,
     next_id: AtomicU64,
     media: Arc<MediaChannel>,
@@ -323,5 +323,91 @@ impl MediaSignal for ViaSignaling {
     }
     async fn leave(&self, _room: &str, _participant: &str) -> anyhow::Result<()> {
         self.0.request(types::LEAVE, serde_json::json!({})).await.map(drop)
+    }
+}
+
+/// A participant's media that follows its meeting: on `media-reconnect` (the meeting
+/// moved to another SFU) it drops its connections and builds new ones through the
+/// same signaling session, as the browser client does — no rejoin, no user action.
+pub struct MediaSession {
+    current: Arc<tokio::sync::Mutex<switchboard_sfu_client::Participant>>,
+    reconnects: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MediaSession {
+    pub async fn start(client: Arc<SignalingClient>, participant: &str, opts: switchboard_sfu_client::JoinOptions) -> anyhow::Result<Self> {
+        let first = switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, opts.clone()).await?;
+        let current = Arc::new(tokio::sync::Mutex::new(first));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let task = {
+            let (current, reconnects, participant) = (current.clone(), reconnects.clone(), participant.to_owned());
+            tokio::spawn(async move {
+                let mut handled = 0;
+                loop {
+                    let seen = client.received().iter().filter(|e| e.type_ == types::MEDIA_RECONNECT).count();
+                    if seen > handled {
+                        handled = seen;
+                        tracing::info!(%participant, "media reconnect");
+                        loop {
+                            match switchboard_sfu_client::Participant::join_via(client.media(), "meeting", &participant, opts.clone()).await {
+                                Ok(p) => {
+                                    let old = std::mem::replace(&mut *current.lock().await, p);
+                                    old.vanish().await;
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "media reconnect failed; retrying");
+                                    tokio::time::sleep(Duration::from_millis(500)).await;
+                                }
+                            }
+                        }
+                        reconnects.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    if !client.is_open() {
+                        return;
+                    }
+                    let notified = client.arrived.notified();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+                }
+            })
+        };
+        Ok(Self { current, reconnects, task })
+    }
+
+    /// How many times media moved.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::SeqCst)
+    }
+
+    /// What the current connections received, by track id.
+    pub async fn received(&self) -> HashMap<String, switchboard_sfu_client::ReceivedTrack> {
+        self.current.lock().await.received()
+    }
+
+    /// Waits until the current connections' received tracks satisfy `check`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&HashMap<String, switchboard_sfu_client::ReceivedTrack>) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check(&self.received().await) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out after {timeout:?} waiting for {what}; received {:?}", self.current.lock().await.summary());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
