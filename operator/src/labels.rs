@@ -6,6 +6,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "switchboard";
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const SFU_COMPONENT: &str = "sfu";
+/// The SignalingPool a signaling pod belongs to.
+pub const SIGNALING_POOL_LABEL: &str = "switchboard.dev/signaling-pool";
 /// Hash of the pool's pod template a pod was built from.
 pub const TEMPLATE_HASH_LABEL: &str = "switchboard.dev/template-hash";
 /// "true" while the SFU hosts participants; the pool's PDB covers busy pods only.

@@ -13,6 +13,7 @@ pub mod meeting;
 pub mod metrics;
 pub mod remediation;
 pub mod sfu_pool;
+pub mod signaling_pool;
 
 use std::future::Future;
 
@@ -161,6 +162,7 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         trigger_rx,
         stopped(stop.clone()),
     );
+    let signaling = signaling_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
     let meetings = meeting::run(client, config, metrics, meeting_stream, shared, trigger_tx, fault_rx, stopped(stop));
-    futures::future::join3(pools, meetings, detector).await;
+    futures::future::join4(pools, meetings, detector, signaling).await;
 }

@@ -1,0 +1,233 @@
+//! The objects a SignalingPool is made of, built purely from the validated pool:
+//! a ServiceAccount bound to the shipped `switchboard-signaling` ClusterRole, a
+//! Deployment whose configuration comes from the pool's Secrets, a Service, a
+//! PodDisruptionBudget and an HPA on WebSocket connections per pod and CPU.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource as _;
+use serde_json::json;
+use switchboard_crds::SignalingPool;
+
+use crate::labels::*;
+
+pub const SIGNALING_COMPONENT: &str = "signaling";
+pub const SIGNALING_CLUSTER_ROLE: &str = "switchboard-signaling";
+pub const DEFAULT_IMAGE: &str = "switchboard-signaling:0.1.0";
+pub const HTTP_PORT: i32 = 8080;
+/// The per-pod metric the HPA follows (exported by signaling-pod; served to the HPA
+/// by a Prometheus adapter or KEDA).
+pub const CONNECTIONS_METRIC: &str = "switchboard_signaling_connections";
+/// Above this average CPU utilization the HPA adds replicas regardless of connections.
+pub const CPU_TARGET_PERCENT: i32 = 70;
+
+pub struct ValidSignaling<'a> {
+    pub pool: &'a SignalingPool,
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+}
+
+/// What the schema cannot check.
+pub fn validate(pool: &SignalingPool) -> Result<ValidSignaling<'_>, String> {
+    let name = pool.metadata.name.clone().ok_or("the pool has no name")?;
+    let namespace = pool.metadata.namespace.clone().ok_or("the pool has no namespace")?;
+    let owner = pool.controller_owner_ref(&()).ok_or("the pool has no uid yet")?;
+    let a = &pool.spec.autoscaling;
+    if a.min_replicas > a.max_replicas {
+        return Err("spec.autoscaling.minReplicas is greater than maxReplicas".into());
+    }
+    Ok(ValidSignaling { pool, name, namespace, owner })
+}
+
+pub fn object_name(pool: &str) -> String {
+    format!("{pool}-signaling")
+}
+
+pub fn selector(pool: &str) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (COMPONENT_LABEL.to_owned(), SIGNALING_COMPONENT.to_owned()),
+        (SIGNALING_POOL_LABEL.to_owned(), pool.to_owned()),
+    ]
+    .into()
+}
+
+fn meta(v: &ValidSignaling<'_>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(object_name(&v.name)),
+        namespace: Some(v.namespace.clone()),
+        labels: Some(selector(&v.name)),
+        owner_references: Some(vec![v.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+pub fn service_account(v: &ValidSignaling<'_>) -> ServiceAccount {
+    ServiceAccount { metadata: meta(v), ..Default::default() }
+}
+
+pub fn role_binding(v: &ValidSignaling<'_>) -> RoleBinding {
+    serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(v),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": SIGNALING_CLUSTER_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": object_name(&v.name), "namespace": v.namespace}],
+    }))
+    .expect("valid RoleBinding")
+}
+
+fn secret_env(name: &str, r: &switchboard_crds::common::SecretKeyRef) -> serde_json::Value {
+    json!({"name": name, "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}})
+}
+
+/// The Deployment. `replicas` is set only when creating it (`initial`); after that
+/// the HPA owns the field.
+pub fn deployment(v: &ValidSignaling<'_>, initial: bool) -> Deployment {
+    let spec = &v.pool.spec;
+    let mut env = vec![
+        json!({"name": "SIGNALING_ADDR", "value": format!("0.0.0.0:{HTTP_PORT}")}),
+        json!({"name": "SIGNALING_PUBLIC_URL", "value": spec.public_url}),
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+        secret_env("SIGNALING_REDIS_URL", &spec.redis.url_secret_ref),
+        secret_env("SIGNALING_JWT_KEY", &spec.auth.jwt_secret_ref),
+    ];
+    if let Some(turn) = &spec.turn {
+        env.push(json!({"name": "SIGNALING_TURN_URLS", "value": turn.urls.join(",")}));
+        env.push(secret_env("SIGNALING_TURN_SECRET", &turn.shared_secret_ref));
+        env.push(json!({"name": "SIGNALING_TURN_TTL_SECONDS", "value": turn.credential_ttl.as_std().as_secs().to_string()}));
+    }
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5});
+    let mut deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(v),
+        "spec": {
+            "selector": {"matchLabels": selector(&v.name)},
+            // Connections move on their own (clients resume on another replica), so a
+            // rollout replaces one pod at a time and never drops below the current count.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": selector(&v.name),
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": HTTP_PORT.to_string(), "prometheus.io/path": "/metrics"},
+                },
+                "spec": {
+                    "serviceAccountName": object_name(&v.name),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "signaling",
+                        "image": spec.image.clone().unwrap_or(DEFAULT_IMAGE.into()),
+                        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+                        "env": env,
+                        "readinessProbe": probe("/readyz"),
+                        "livenessProbe": probe("/healthz"),
+                        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+                        "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+                    }],
+                },
+            },
+        },
+    });
+    if initial {
+        deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
+    }
+    serde_json::from_value(deployment).expect("valid Deployment")
+}
+
+pub fn service(v: &ValidSignaling<'_>) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(v),
+        "spec": {"selector": selector(&v.name), "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }))
+    .expect("valid Service")
+}
+
+/// At most one replica down at a time: its clients resume on the others.
+pub fn disruption_budget(v: &ValidSignaling<'_>) -> PodDisruptionBudget {
+    serde_json::from_value(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(v),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(&v.name)}},
+    }))
+    .expect("valid PodDisruptionBudget")
+}
+
+pub fn autoscaler(v: &ValidSignaling<'_>) -> HorizontalPodAutoscaler {
+    let a = &v.pool.spec.autoscaling;
+    serde_json::from_value(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(v),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(&v.name)},
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [
+                {"type": "Pods", "pods": {
+                    "metric": {"name": CONNECTIONS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": a.target_connections_per_pod.to_string()},
+                }},
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT}}},
+            ],
+            // Scale down slowly: each removed replica makes its clients reconnect.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}},
+        },
+    }))
+    .expect("valid HorizontalPodAutoscaler")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(extra: serde_json::Value) -> SignalingPool {
+        let mut spec = json!({
+            "publicUrl": "https://meet.example.com",
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "auth": {"jwtSecretRef": {"name": "jwt", "key": "key"}},
+        });
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool",
+            "metadata": {"name": "main", "namespace": "conf", "uid": "u-1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn secrets_reach_the_pods_only_by_reference() {
+        let p = pool(json!({"turn": {"urls": ["turn:t.example.com:3478"], "sharedSecretRef": {"name": "turn", "key": "secret"}, "credentialTtl": "5m"}}));
+        let v = validate(&p).unwrap();
+        let d = serde_json::to_value(deployment(&v, true)).unwrap();
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+        let by_name = |n: &str| env.as_array().unwrap().iter().find(|e| e["name"] == n).cloned().unwrap();
+        assert_eq!(by_name("SIGNALING_REDIS_URL")["valueFrom"]["secretKeyRef"], json!({"name": "redis", "key": "url"}));
+        assert_eq!(by_name("SIGNALING_JWT_KEY")["valueFrom"]["secretKeyRef"], json!({"name": "jwt", "key": "key"}));
+        assert_eq!(by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"], json!({"name": "turn", "key": "secret"}));
+        assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
+        assert_eq!(d["spec"]["replicas"], 2, "created at minReplicas");
+        assert!(serde_json::to_value(deployment(&v, false)).unwrap()["spec"].get("replicas").is_none(), "then the HPA owns replicas");
+    }
+
+    #[test]
+    fn the_autoscaler_follows_connections_and_cpu() {
+        let p = pool(json!({"autoscaling": {"minReplicas": 3, "maxReplicas": 12, "targetConnectionsPerPod": 4000}}));
+        let h = serde_json::to_value(autoscaler(&validate(&p).unwrap())).unwrap();
+        assert_eq!((h["spec"]["minReplicas"].as_i64(), h["spec"]["maxReplicas"].as_i64()), (Some(3), Some(12)));
+        assert_eq!(h["spec"]["metrics"][0]["pods"]["target"]["averageValue"], "4000");
+        assert_eq!(h["spec"]["metrics"][1]["resource"]["name"], "cpu");
+    }
+}
