@@ -306,3 +306,25 @@ fn random_suffix(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    /// The OpenAPI document describes every REST route the router serves.
+    #[test]
+    fn openapi_lists_every_rest_route() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let routes = include_str!("rest.rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\"/api/v1/"))
+            .map(|l| format!("/api/v1/{}", l.split('"').next().unwrap()))
+            .filter(|p| !p.ends_with("openapi.json"))
+            .collect::<Vec<_>>();
+        assert_eq!(routes.len(), 5, "{routes:?}");
+        for r in &routes {
+            assert!(paths.contains_key(r), "{r} is missing from openapi.json");
+        }
+        assert_eq!(paths.len(), routes.len(), "openapi.json documents a route the server does not have");
+    }
+}
