@@ -1,0 +1,293 @@
+//! signaling-bench: how many WebSocket connections one signaling replica holds, the
+//! join latency from the REST join to the SFU's answer, and chat messages delivered
+//! per second through two replicas and Redis.
+//!
+//! Needs the local control plane (`eval "$(e2e/cluster/up)"`), redis-server, and the
+//! release binary next to this one:
+//!
+//! ```text
+//! cargo build --release -p signaling-pod --bins
+//! target/release/signaling-bench --connections 10000 --joins 200 --chat-clients 20 --chat-messages 500
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use futures::StreamExt as _;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, CustomResourceExt as _};
+use switchboard_crds::Meeting;
+use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish};
+use switchboard_signaling_client::{Rest, SignalingClient};
+use switchboard_signaling_proto::{types, Envelope};
+
+const KEY: &str = "signaling-bench-key-0123456789";
+
+struct Args {
+    connections: usize,
+    meetings: usize,
+    joins: usize,
+    join_concurrency: usize,
+    chat_clients: usize,
+    chat_messages: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args { connections: 10_000, meetings: 100, joins: 200, join_concurrency: 10, chat_clients: 20, chat_messages: 500 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || -> anyhow::Result<usize> { Ok(it.next().context("a value")?.parse()?) };
+        match flag.as_str() {
+            "--connections" => a.connections = value()?,
+            "--meetings" => a.meetings = value()?,
+            "--joins" => a.joins = value()?,
+            "--join-concurrency" => a.join_concurrency = value()?,
+            "--chat-clients" => a.chat_clients = value()?,
+            "--chat-messages" => a.chat_messages = value()?,
+            other => bail!("unknown flag {other}; see the source for the flags"),
+        }
+    }
+    Ok(a)
+}
+
+#[repr(C)]
+struct RLimit {
+    cur: u64,
+    max: u64,
+}
+unsafe extern "C" {
+    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
+    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
+}
+
+/// Raises the open-file limit to the hard limit (children inherit it).
+fn raise_fd_limit() -> u64 {
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut l = RLimit { cur: 0, max: 0 };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        getrlimit(RLIMIT_NOFILE, &mut l);
+        l.cur = l.max;
+        setrlimit(RLIMIT_NOFILE, &l);
+    }
+    l.cur
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())).flatten())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn user_token(sub: &str) -> String {
+    signaling_pod::auth::Keys::new(KEY.as_bytes()).sign(&signaling_pod::auth::UserClaims {
+        sub: sub.into(),
+        name: None,
+        role: None,
+        exp: signaling_pod::auth::now_unix() + 3600,
+        typ: None,
+    })
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn replica(ns: &str, redis: &str, name: &str) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe()?.with_file_name("signaling-pod");
+    let mut child = std::process::Command::new(&exe)
+        .env("SIGNALING_ADDR", "127.0.0.1:0")
+        .env("SIGNALING_NAMESPACE", ns)
+        .env("SIGNALING_REDIS_URL", redis)
+        .env("SIGNALING_JWT_KEY", KEY)
+        .env("SIGNALING_RATE_PER_SECOND", "100000")
+        .env("SIGNALING_RATE_BURST", "100000")
+        .env("POD_NAME", name)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} (cargo build --release -p signaling-pod --bins)", exe.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line)?;
+    Ok((Child(child), v["url"].as_str().context("url")?.to_owned()))
+}
+
+async fn create_meeting(api: &Api<Meeting>, name: &str, expected: usize, sfu: &str) -> anyhow::Result<()> {
+    let m: Meeting = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
+        "spec": {"title": name, "host": "bench-host", "participants": {"expected": expected}},
+    }))?;
+    api.create(&PostParams::default(), &m).await?;
+    let status = serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+        "status": {"phase": "Active", "assignment": {"pool": "bench", "origin": {"pod": "sfu-bench", "endpoint": sfu}}},
+    });
+    api.patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&status)).await?;
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let fd_limit = raise_fd_limit();
+    let client = kube::Client::try_default().await.context("a cluster (eval \"$(e2e/cluster/up)\")")?;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("meetings.switchboard.dev", &PatchParams::apply("signaling-bench").force(), &Patch::Apply(&Meeting::crd())).await?;
+    let ns = format!("signaling-bench-{}", std::process::id());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?).await?;
+    let meetings: Api<Meeting> = Api::namespaced(client.clone(), &ns);
+
+    let port = free_port();
+    let _redis = Child(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server")?,
+    );
+    let redis = format!("redis://127.0.0.1:{port}");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sfu = sfu_pod::local::start("sfu-bench").await?;
+    let (replica_a, url_a) = replica(&ns, &redis, "replica-a")?;
+    let (_replica_b, url_b) = replica(&ns, &redis, "replica-b")?;
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // 1. Connections held by one replica.
+    let per_meeting = a.connections.div_ceil(a.meetings);
+    futures::stream::iter(0..a.meetings)
+        .map(|i| {
+            let (meetings, sfu) = (meetings.clone(), sfu.endpoint.clone());
+            async move { create_meeting(&meetings, &format!("conn-{i}"), per_meeting + 1, &sfu).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_mib(replica_a.0.id());
+    let started = Instant::now();
+    let rest = Rest::new(&url_a, &user_token("bench-user"));
+    let results: Vec<anyhow::Result<SignalingClient>> = futures::stream::iter(0..a.connections)
+        .map(|i| {
+            let rest = rest.clone();
+            async move {
+                let grant = rest.join(&format!("conn-{}", i % a.meetings)).await?;
+                Ok(SignalingClient::join(&grant.signaling_url, &grant.session_token).await?.0)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let connect_secs = started.elapsed().as_secs_f64();
+    let (held, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+    if let Some(Err(e)) = failed.first() {
+        eprintln!("first failed connection: {e:#}");
+    }
+    let held: Vec<SignalingClient> = held.into_iter().map(Result::unwrap).collect();
+    tokio::time::sleep(Duration::from_secs(12)).await; // past a presence refresh
+    let alive = held.iter().filter(|c| c.is_open()).count();
+    let rss = rss_mib(replica_a.0.id());
+    rows.push(("WebSocket connections held by one replica".into(), format!("{alive} of {}", a.connections), format!("goal 10,000; fd limit {fd_limit}")));
+    rows.push(("  time to join them all (64 at a time)".into(), format!("{connect_secs:.1} s"), format!("{:.0} joins/s", held.len() as f64 / connect_secs)));
+    rows.push(("  replica RSS with them".into(), format!("{rss:.0} MiB"), format!("{:.1} KiB per connection", (rss - rss_before) * 1024.0 / alive.max(1) as f64)));
+    drop(held);
+
+    // 2. Join latency: REST join → WebSocket join → offer → the SFU's answer.
+    create_meeting(&meetings, "joins", a.joins + 5, &sfu.endpoint).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rest_b = Rest::new(&url_b, &user_token("joiner"));
+    let latencies: Vec<anyhow::Result<(f64, Participant, Arc<SignalingClient>)>> = futures::stream::iter(0..a.joins)
+        .map(|i| {
+            let rest = rest_b.clone();
+            async move {
+                let t0 = Instant::now();
+                let grant = rest.join("joins").await?;
+                let (c, _) = SignalingClient::join(&grant.signaling_url, &grant.session_token).await?;
+                let c = Arc::new(c);
+                let opts = JoinOptions {
+                    publish: vec![Publish::audio(&format!("mic-{i}"))],
+                    net: NetworkOptions { loopback_only: true, ..Default::default() },
+                    manual_subscribe: true,
+                    ..Default::default()
+                };
+                let p = Participant::join_via(c.media(), "joins", &grant.participant_id, opts).await?;
+                Ok((t0.elapsed().as_secs_f64() * 1000.0, p, c))
+            }
+        })
+        .buffer_unordered(a.join_concurrency)
+        .collect()
+        .await;
+    let mut ms: Vec<f64> = latencies.iter().filter_map(|r| r.as_ref().ok().map(|x| x.0)).collect();
+    if let Some(Err(e)) = latencies.iter().find(|r| r.is_err()) {
+        eprintln!("first failed join: {e:#}");
+    }
+    ms.sort_by(f64::total_cmp);
+    rows.push((
+        format!("join latency, REST join → SFU answer ({} joins, {} at a time)", a.joins, a.join_concurrency),
+        format!("p50 {:.0} ms, p99 {:.0} ms", percentile(&ms, 0.5), percentile(&ms, 0.99)),
+        format!("{} failed; goal p99 < 500 ms", a.joins - ms.len()),
+    ));
+    for r in latencies.into_iter().flatten() {
+        r.1.vanish().await;
+    }
+
+    // 3. Chat through two replicas and Redis.
+    create_meeting(&meetings, "chat", a.chat_clients + 5, &sfu.endpoint).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut chatters = Vec::new();
+    for i in 0..a.chat_clients {
+        let url = if i % 2 == 0 { &url_a } else { &url_b };
+        let grant = Rest::new(url, &user_token(&format!("chatter-{i}"))).join("chat").await?;
+        chatters.push(SignalingClient::join(&grant.signaling_url, &grant.session_token).await?.0);
+    }
+    let expected = a.chat_clients * a.chat_clients * a.chat_messages;
+    let started = Instant::now();
+    for m in 0..a.chat_messages {
+        for c in &chatters {
+            c.send(Envelope::new(types::CHAT, serde_json::json!({"text": format!("message {m}")})));
+        }
+    }
+    let delivered = |cs: &[SignalingClient]| cs.iter().map(|c| c.received().iter().filter(|e| e.type_ == types::CHAT).count()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while delivered(&chatters) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let got = delivered(&chatters);
+    rows.push((
+        format!("chat through 2 replicas + Redis ({} clients, {} messages each)", a.chat_clients, a.chat_messages),
+        format!("{:.0} deliveries/s", got as f64 / secs),
+        format!("{:.0} messages/s sent and stored; {got} of {expected} delivered", (a.chat_clients * a.chat_messages) as f64 / secs),
+    ));
+
+    println!("| measure | result | notes |\n|---|---|---|");
+    for (m, r, n) in rows {
+        println!("| {m} | {r} | {n} |");
+    }
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+    Ok(())
+}

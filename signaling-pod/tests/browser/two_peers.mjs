@@ -1,0 +1,49 @@
+// Two headless Chromium pages join one meeting through the browser client; each must
+// decode the other's video (getStats framesDecoded). Saves a screenshot of the first.
+// Usage: node two_peers.mjs <url-1> <url-2> <screenshot.png>
+import { chromium } from "playwright-core";
+
+const [first, second, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    // Media goes to an SFU on 127.0.0.1, with real addresses in the candidates.
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+  ],
+});
+try {
+  const pages = [];
+  for (const [i, url] of [first, second].entries()) {
+    const context = await browser.newContext({ permissions: ["camera", "microphone"] });
+    const page = await context.newPage();
+    page.on("console", (m) => console.log(`[page ${i}] ${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => console.log(`[page ${i}] error: ${e.message}`));
+    await page.goto(url);
+    pages.push(page);
+  }
+  for (const [i, page] of pages.entries()) {
+    try {
+      await page.waitForFunction(async () => window.switchboard && (await window.switchboard.framesDecoded()) > 10, null, { timeout: 60000, polling: 500 });
+    } catch (e) {
+      const status = await page.evaluate(() => document.getElementById("status").textContent);
+      throw new Error(`page ${i} decoded no video (status: ${status}): ${e.message}`);
+    }
+  }
+  await pages[0].screenshot({ path: screenshot });
+  const report = [];
+  for (const page of pages) {
+    report.push(await page.evaluate(async () => ({
+      frames: await window.switchboard.framesDecoded(),
+      tiles: window.switchboard.tiles.size,
+      status: document.getElementById("status").textContent,
+    })));
+  }
+  console.log("RESULT " + JSON.stringify(report));
+} finally {
+  await browser.close();
+}
