@@ -28,7 +28,7 @@ try {
   }
   for (const [i, page] of pages.entries()) {
     try {
-      await page.waitForFunction(async () => window.switchboard && (await window.switchboard.framesDecoded()) > 10, null, { timeout: 60000, polling: 500 });
+      await page.waitForFunction(() => window.switchboard && window.switchboard.decoded > 10, null, { timeout: 45000, polling: 500 });
     } catch (e) {
       const status = await page.evaluate(() => document.getElementById("status").textContent);
       throw new Error(`page ${i} decoded no video (status: ${status}): ${e.message}`);
@@ -38,7 +38,7 @@ try {
   const report = [];
   for (const page of pages) {
     report.push(await page.evaluate(async () => ({
-      frames: await window.switchboard.framesDecoded(),
+      frames: window.switchboard.decoded,
       tiles: window.switchboard.tiles.size,
       status: document.getElementById("status").textContent,
     })));
