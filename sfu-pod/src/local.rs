@@ -34,6 +34,9 @@ pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
     let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = api::router(api::AppState { sfu: sfu.clone(), name: name.into() });
     let serve = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -39,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;
     let api_addr = listener.local_addr()?;
+    // API replies (answers, events) must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let endpoint = cfg.endpoint.clone().unwrap_or(format!("http://{api_addr}"));
     println!("{}", serde_json::json!({"api": format!("http://{api_addr}"), "media": media_addr.to_string()}));
     info!(api = %api_addr, media = %media_addr, announced = ?cfg.announced_ips, "sfu listening");

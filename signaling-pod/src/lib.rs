@@ -31,6 +31,10 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     let hub = hub::Hub::start(&store, &cfg.namespace).await.context("Redis pub/sub")?;
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    // Small signaling messages must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let url = format!("http://{addr}");
     let public_url = cfg.public_url.clone().unwrap_or_else(|| url.clone());
     let app = app::App::new(cfg, public_url, store, meetings, hub, kube);

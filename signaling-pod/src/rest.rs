@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
 use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, Storage};
 use switchboard_crds::common::LocalObjectRef;
+use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, IceServer, JoinGrant, MeetingInfo};
 use switchboard_signaling_proto::{Permission, Role, MAX_FRAME_BYTES};
 
 use crate::app::App;
@@ -69,38 +70,6 @@ fn user(app: &App, headers: &HeaderMap) -> Result<UserClaims, Refusal> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", "send `Authorization: Bearer <JWT>`".into()))?;
     app.keys.user(token.trim()).map_err(|e| Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
-}
-
-/// `POST /api/v1/meetings` body.
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CreateMeeting {
-    pub title: String,
-    #[serde(default = "default_expected")]
-    pub expected_participants: i32,
-    #[serde(default)]
-    pub max_participants: Option<i32>,
-    #[serde(default)]
-    pub waiting_room: bool,
-    #[serde(default)]
-    pub mute_on_entry: bool,
-    #[serde(default)]
-    pub webinar: bool,
-}
-
-fn default_expected() -> i32 {
-    10
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct MeetingInfo {
-    pub id: String,
-    pub title: String,
-    pub phase: Option<String>,
-    pub room_code: Option<String>,
-    pub join_url: Option<String>,
-    pub participants: i32,
 }
 
 fn info(m: &Meeting) -> MeetingInfo {
@@ -169,26 +138,6 @@ async fn read_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id):
     Ok(Json(info(find(&app, &id)?.as_ref())))
 }
 
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinGrant {
-    pub participant_id: String,
-    pub session_token: String,
-    pub signaling_url: String,
-    pub role: Role,
-    pub ice_servers: Vec<IceServer>,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
-
 /// The user's role in a meeting: its host is host; others get what their token says
 /// (participant by default).
 fn role_in(m: &Meeting, claims: &UserClaims) -> Role {
@@ -226,7 +175,7 @@ pub struct ChatQuery {
     pub limit: Option<usize>,
 }
 
-async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<serde_json::Value>, Refusal> {
+async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<ChatPage>, Refusal> {
     user(&app, &headers)?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
@@ -235,7 +184,7 @@ async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id):
     }
     let m = find(&app, &id)?;
     let (messages, next_before) = app.store.chat_page(&app.meetings.key(&m.name_any()), q.before, limit).await.map_err(internal)?;
-    Ok(Json(serde_json::json!({ "messages": messages, "nextBefore": next_before })))
+    Ok(Json(ChatPage { messages, next_before }))
 }
 
 async fn create_recording(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<(StatusCode, Json<serde_json::Value>), Refusal> {
@@ -276,7 +225,13 @@ pub async fn start_recording(app: &App, m: &Meeting) -> kube::Result<String> {
 async fn websocket(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
     // Frames up to 1 MiB are read so an oversized (but sane) one gets an `error`
     // reply; beyond that the connection is closed.
-    ws.max_message_size(16 * MAX_FRAME_BYTES).max_frame_size(16 * MAX_FRAME_BYTES).on_upgrade(move |socket| crate::session::serve(app, socket))
+    // Small buffers: most connections are idle, and 10,000 of them at the default
+    // 128 KiB each would cost over a GiB.
+    ws.max_message_size(16 * MAX_FRAME_BYTES)
+        .max_frame_size(16 * MAX_FRAME_BYTES)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| crate::session::serve(app, socket))
 }
 
 async fn page() -> Html<&'static str> {

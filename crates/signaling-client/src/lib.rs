@@ -18,48 +18,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::Message;
 
 pub use switchboard_signaling_proto as proto;
-
-/// The REST facade's join answer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinGrant {
-    pub participant_id: String,
-    pub session_token: String,
-    pub signaling_url: String,
-    pub role: proto::Role,
-    pub ice_servers: Vec<IceServer>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
-
-/// The REST facade's view of a meeting.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct MeetingInfo {
-    pub id: String,
-    pub title: String,
-    pub phase: Option<String>,
-    pub room_code: Option<String>,
-    pub join_url: Option<String>,
-    pub participants: i32,
-}
-
-/// `GET .../chat`
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ChatPage {
-    pub messages: Vec<proto::ChatMessage>,
-    /// Pass as `before` for the next (older) page; absent on the last page.
-    pub next_before: Option<u64>,
-}
+pub use switchboard_signaling_proto::rest::{ChatPage, IceServer, JoinGrant, MeetingInfo};
 
 /// The REST facade at `base` (`http://127.0.0.1:8080`), as the user with `bearer`.
 #[derive(Clone, Debug)]
@@ -115,6 +74,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Envelope>>>>;
 pub struct SignalingClient {
     out: mpsc::UnboundedSender<Message>,
     log: Arc<Mutex<Vec<Envelope>>>,
+    /// Arrival time of each logged message (same index), for latency measurements.
+    arrivals: Arc<Mutex<Vec<std::time::SystemTime>>>,
     pub(crate) arrived: Arc<Notify>,
     pending: Pending,
     next_id: AtomicU64,
@@ -141,10 +102,11 @@ struct MediaChannel {
 impl SignalingClient {
     /// Opens a WebSocket to `url` (`ws://host:port/ws`).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting {url}"))?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.with_context(|| format!("connecting {url}"))?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let log: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+        let arrivals: Arc<Mutex<Vec<std::time::SystemTime>>> = Arc::default();
         let arrived = Arc::new(Notify::new());
         let pending: Pending = Arc::default();
         let media: Arc<MediaChannel> = Arc::default();
@@ -157,7 +119,8 @@ impl SignalingClient {
             }
         });
         let reader = {
-            let (log, arrived, pending, media, open) = (log.clone(), arrived.clone(), pending.clone(), media.clone(), open.clone());
+            let (log, arrivals, arrived, pending, media, open) =
+                (log.clone(), arrivals.clone(), arrived.clone(), pending.clone(), media.clone(), open.clone());
             tokio::spawn(async move {
                 while let Some(Ok(msg)) = stream.next().await {
                     let Message::Text(text) = msg else { continue };
@@ -175,14 +138,17 @@ impl SignalingClient {
                             let _ = waiter.send(env.clone());
                         }
                     }
-                    log.lock().unwrap().push(env);
+                    let mut log = log.lock().unwrap();
+                    log.push(env);
+                    arrivals.lock().unwrap().push(std::time::SystemTime::now());
+                    drop(log);
                     arrived.notify_waiters();
                 }
                 open.store(false, Ordering::SeqCst);
                 arrived.notify_waiters();
             })
         };
-        Ok(Self { out, log, arrived, pending, next_id: AtomicU64::new(1), media, open, tasks: vec![writer, reader] })
+        Ok(Self { out, log, arrivals, arrived, pending, next_id: AtomicU64::new(1), media, open, tasks: vec![writer, reader] })
     }
 
     /// Connects and joins with a session token; fails on an `error` reply.
@@ -227,6 +193,27 @@ impl SignalingClient {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Envelope> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// How many messages of `type_` arrived.
+    pub fn count(&self, type_: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|e| e.type_ == type_).count()
+    }
+
+    /// For messages of `type_` whose text starts with the send time in microseconds
+    /// since the epoch (as the benchmark sends them): milliseconds from send to arrival.
+    pub fn arrival_delays_ms(&self, type_: &str) -> Vec<f64> {
+        let log = self.log.lock().unwrap();
+        let arrivals = self.arrivals.lock().unwrap();
+        log.iter()
+            .zip(arrivals.iter())
+            .filter(|(e, _)| e.type_ == type_)
+            .filter_map(|(e, at)| {
+                let sent: u128 = e.payload.get("text")?.as_str()?.split(' ').next()?.parse().ok()?;
+                let at = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+                Some(at.saturating_sub(sent) as f64 / 1000.0)
+            })
+            .collect()
     }
 
     /// Waits until a received message satisfies `check` (earlier ones count too).

@@ -10,9 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, Source, TrackDescription};
+pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, MediaKind, Source, TrackDescription};
 
 pub mod permissions;
+pub mod rest;
 pub use permissions::{Permission, Permissions, Role};
 
 /// Largest frame the server reads; larger ones get a `tooLarge` error (the connection lives on).
@@ -190,12 +191,6 @@ pub struct StateUpdate {
     pub name: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum MediaKind {
-    Audio,
-    Video,
-}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
