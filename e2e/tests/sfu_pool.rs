@@ -323,9 +323,10 @@ async fn the_operator_identity_is_refused_outside_its_rbac() {
     let secrets: Api<Secret> = Api::namespaced(operator.clone(), &ns.name);
     assert_eq!(api_error(secrets.list(&ListParams::default()).await).0, 403, "no Secrets");
     let deployments: Api<Deployment> = Api::namespaced(operator.clone(), &ns.name);
-    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "x"}, "spec": {
-        "selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})).unwrap();
-    assert_eq!(api_error(deployments.create(&PostParams::default(), &d).await).0, 403, "no Deployments");
+    // Deployments it may create and patch (SignalingPool), never delete.
+    assert_eq!(api_error(deployments.delete("x", &DeleteParams::default()).await).0, 403, "no deleting Deployments");
+    let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(operator.clone(), &ns.name);
+    assert_eq!(api_error(daemonsets.list(&ListParams::default()).await).0, 403, "no DaemonSets");
     let nodes: Api<Node> = Api::all(operator.clone());
     assert_eq!(api_error(nodes.delete("kwok-node-0", &DeleteParams::default()).await).0, 403, "no deleting nodes");
     let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "someone-elses"}})).unwrap();
