@@ -67,6 +67,15 @@ impl App {
         SfuApi::with_client(self.sfu_poll_http.clone(), endpoint)
     }
 
+    /// Takes a participant off the SFU its record names, in the background (the SFU may be gone).
+    pub fn leave_sfu(&self, record: &crate::store::Record) {
+        use switchboard_sfu_client::MediaSignal as _;
+        if let Some(media) = &record.media {
+            let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), record.info.id.clone());
+            tokio::spawn(async move { sfu.leave(&room, &pid).await });
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         let base = self.public_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
         format!("{base}/ws")

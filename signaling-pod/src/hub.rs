@@ -69,7 +69,7 @@ impl Hub {
             (first, all.entry(meeting.into()).or_default().insert(participant.into(), local))
         };
         if first {
-            self.sink.lock().await.subscribe(store::channel(&crate::meetings::room_of(&self.namespace, meeting))).await?;
+            self.sink.lock().await.subscribe(self.channel(meeting)).await?;
         }
         Ok(previous)
     }
@@ -89,11 +89,14 @@ impl Hub {
             last
         };
         if last {
-            let channel = store::channel(&crate::meetings::room_of(&self.namespace, meeting));
-            if let Err(e) = self.sink.lock().await.unsubscribe(channel).await {
+            if let Err(e) = self.sink.lock().await.unsubscribe(self.channel(meeting)).await {
                 tracing::warn!(error = %e, "unsubscribe");
             }
         }
+    }
+
+    fn channel(&self, meeting: &str) -> String {
+        store::channel(&crate::meetings::room_of(&self.namespace, meeting))
     }
 
     fn dispatch(&self, meeting: &str, bus: Bus) {

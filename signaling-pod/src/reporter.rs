@@ -7,12 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_signaling_proto::{types, Envelope};
-use switchboard_sfu_client::MediaSignal as _;
-
 use crate::app::App;
 use crate::meetings;
-use crate::store::{Audience, Bus, BusWhat};
+use crate::store::Bus;
 
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
@@ -49,14 +46,8 @@ async fn pass(app: &App, name: &str) -> anyhow::Result<()> {
         }
         if app.store.remove(&key, &r.info.id).await? {
             tracing::info!(meeting = %name, participant = %r.info.id, "presence expired");
-            if let Some(media) = &r.media {
-                let _ = app.sfu(&media.endpoint).leave(&media.room, &r.info.id).await;
-            }
-            let mut env = Envelope::new(types::PARTICIPANT_LEFT, serde_json::json!({ "participantId": r.info.id, "reason": "disconnected" }))
-                .from_peer(&r.info.id)
-                .room(name);
-            env.broadcast = true;
-            app.store.publish(&key, &Bus { to: Audience::All, what: BusWhat::Deliver(env) }).await?;
+            app.leave_sfu(r);
+            app.store.publish(&key, &Bus::left(name, &r.info.id, "disconnected")).await?;
         }
     }
     app.meetings.report(name, present).await?;

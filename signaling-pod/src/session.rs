@@ -220,8 +220,12 @@ impl Session {
     }
 
     async fn publish(&self, to: Audience, what: BusWhat) -> Result<(), ProtoError> {
+        self.send_bus(Bus { to, what }).await
+    }
+
+    async fn send_bus(&self, bus: Bus) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
-        self.app.store.publish(&j.key, &Bus { to, what }).await.map_err(|e| {
+        self.app.store.publish(&j.key, &bus).await.map_err(|e| {
             self.app.metrics.redis_errors.inc();
             redis_failed(e)
         })
@@ -230,9 +234,7 @@ impl Session {
     /// Broadcasts `type` from this participant to everyone in the meeting.
     async fn broadcast(&self, type_: &str, payload: impl serde::Serialize) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
-        let mut env = Envelope::new(type_, payload).from_peer(&j.info.id).room(&j.claims.mtg);
-        env.broadcast = true;
-        self.publish(Audience::All, BusWhat::Deliver(env)).await
+        self.send_bus(Bus::deliver(Audience::All, &j.claims.mtg, &j.info.id, type_, payload)).await
     }
 
     async fn handle(&mut self, id: Option<String>, msg: ClientMessage) -> Result<Flow, ProtoError> {
@@ -329,14 +331,10 @@ impl Session {
                 }
                 self.app.store.mark_removed(&key, &r.participant_id).await.map_err(redis_failed)?;
                 let gone = self.app.store.remove(&key, &r.participant_id).await.map_err(redis_failed)?;
-                if let Some(media) = &target.media {
-                    let sfu = self.app.sfu(&media.endpoint);
-                    let (room, pid) = (media.room.clone(), r.participant_id.clone());
-                    tokio::spawn(async move { sfu.leave(&room, &pid).await });
-                }
+                self.app.leave_sfu(&target);
                 self.publish(Audience::Peer(r.participant_id.clone()), BusWhat::Removed { by: me }).await?;
                 if gone {
-                    self.broadcast(types::PARTICIPANT_LEFT, serde_json::json!({ "participantId": r.participant_id, "reason": "removed" })).await?;
+                    self.send_bus(Bus::left(&joined.claims.mtg, &r.participant_id, "removed")).await?;
                 }
                 self.reply(id, types::OK, serde_json::json!({}));
                 Ok(Flow::Continue)
@@ -432,9 +430,7 @@ impl Session {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
         } else {
             self.push(Envelope::new(types::WAITING, serde_json::json!({ "reason": "a host will admit you" })));
-            let mut env = Envelope::new(types::PARTICIPANT_UPDATE, &record.info).from_peer(&claims.sub).room(&claims.mtg);
-            env.broadcast = true;
-            self.publish(Audience::Admitters, BusWhat::Deliver(env)).await?;
+            self.send_bus(Bus::deliver(Audience::Admitters, &claims.mtg, &claims.sub, types::PARTICIPANT_UPDATE, &record.info)).await?;
         }
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
         Ok(())
@@ -778,11 +774,7 @@ impl Session {
         }
         self.app.hub.unregister(&j.claims.mtg, &j.info.id, &self.connection).await;
         if let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await {
-            let mut env = Envelope::new(types::PARTICIPANT_LEFT, serde_json::json!({ "participantId": j.info.id, "reason": "left" }))
-                .from_peer(&j.info.id)
-                .room(&j.claims.mtg);
-            env.broadcast = true;
-            let _ = self.app.store.publish(&j.key, &Bus { to: Audience::All, what: BusWhat::Deliver(env) }).await;
+            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info.id, "left")).await;
         }
     }
 

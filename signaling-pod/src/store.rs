@@ -75,6 +75,21 @@ pub struct Bus {
     pub what: BusWhat,
 }
 
+impl Bus {
+    /// `type_` from participant `from` of meeting `name`, delivered to `to`.
+    pub fn deliver(to: Audience, name: &str, from: &str, type_: &str, payload: impl Serialize) -> Self {
+        let mut env = Envelope::new(type_, payload).from_peer(from).room(name);
+        env.broadcast = true;
+        Self { to, what: BusWhat::Deliver(env) }
+    }
+
+    /// Everyone hears that `participant` is gone, and why.
+    pub fn left(name: &str, participant: &str, reason: &str) -> Self {
+        let payload = serde_json::json!({ "participantId": participant, "reason": reason });
+        Self::deliver(Audience::All, name, participant, switchboard_signaling_proto::types::PARTICIPANT_LEFT, payload)
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub client: redis::Client,

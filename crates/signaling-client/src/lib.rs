@@ -269,18 +269,24 @@ pub fn refusal(e: &anyhow::Error) -> Option<&ErrorPayload> {
 
 struct ViaSignaling(Arc<SignalingClient>);
 
+impl ViaSignaling {
+    /// `offer` → the `answer` reply (without an sdp for a receive-only join).
+    async fn offer(&self, offer: OfferPayload) -> anyhow::Result<AnswerResponse> {
+        let reply = self.0.request(types::OFFER, offer).await?;
+        Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
+    }
+}
+
 #[async_trait::async_trait]
 impl MediaSignal for ViaSignaling {
     async fn join(&self, _room: &str, request: JoinRequest) -> anyhow::Result<AnswerResponse> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.0.media.tx.lock().unwrap() = Some(tx);
         *self.0.media.rx.lock().await = Some(rx);
-        let reply = self.0.request(types::OFFER, OfferPayload { sdp: request.offer, tracks: request.tracks }).await?;
-        Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
+        self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks }).await
     }
     async fn publisher_offer(&self, _room: &str, _participant: &str, request: OfferRequest) -> anyhow::Result<AnswerResponse> {
-        let reply = self.0.request(types::OFFER, OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await?;
-        Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
+        self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await
     }
     async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> anyhow::Result<()> {
         self.0.request(types::ANSWER, serde_json::json!({ "sdp": sdp })).await.map(drop)
@@ -338,7 +344,7 @@ impl MediaSession {
             tokio::spawn(async move {
                 let mut handled = 0;
                 loop {
-                    let seen = client.received().iter().filter(|e| e.type_ == types::MEDIA_RECONNECT).count();
+                    let seen = client.count(types::MEDIA_RECONNECT);
                     if seen > handled {
                         handled = seen;
                         tracing::info!(%participant, "media reconnect");
