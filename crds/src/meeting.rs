@@ -138,6 +138,10 @@ pub struct RecordingPolicy {
     /// Layout of an automatic recording.
     #[serde(default)]
     pub layout: crate::recording_job::Layout,
+    /// Where automatic recordings go. Unset: the operator's default PVC
+    /// (`SWITCHBOARD_RECORDING_PVC`, path `/meetings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<crate::recording_job::Storage>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -287,4 +291,10 @@ pub struct ParticipantCount {
     pub current: i32,
     #[serde(default)]
     pub peak: i32,
+}
+
+/// The SFU room of a Meeting: `namespace.name` (namespaces have no dots, so it splits
+/// back). Signaling joins participants and the recorder joins itself under this name.
+pub fn room_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}")
 }

@@ -41,6 +41,15 @@ pub struct RecordingJobSpec {
     /// Retain: files outlive the object. Delete: files are removed with it.
     #[serde(default)]
     pub retention: Retention,
+    /// Recorder runs retried after a failure (the Job's backoffLimit; exponential
+    /// backoff from 10 s between them).
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: i32,
+}
+
+fn default_retries() -> i32 {
+    3
 }
 
 fn default_max_duration() -> Duration {
@@ -145,6 +154,48 @@ pub struct RecordingJobStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// What the recorder last reported (field manager `switchboard-recorder`); the
+    /// operator derives `phase` and the result fields from it and from the Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderReport>,
+}
+
+/// The recorder's own account of its run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecorderReport {
+    /// Which run of the Job's pod wrote this (1 = the first).
+    pub attempt: i32,
+    pub stage: RecorderStage,
+    /// A CamelCase reason when the stage is Failed (MeetingNotFound, StorageUnavailable,
+    /// CompositingFailed, UploadFailed, SfuUnreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Tracks recorded, and chunk files written, so far.
+    #[serde(default)]
+    pub tracks: i32,
+    #[serde(default)]
+    pub chunks: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RecorderStage {
+    #[default]
+    Starting,
+    Recording,
+    Processing,
+    Uploaded,
+    Failed,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

@@ -86,9 +86,9 @@ impl Directory {
     }
 }
 
-/// The SFU room of a Meeting: `namespace.name` (namespaces have no dots, so it splits back).
+/// The SFU room of a Meeting (see [`switchboard_crds::meeting::room_name`]).
 pub fn room_of(namespace: &str, name: &str) -> String {
-    format!("{namespace}.{name}")
+    switchboard_crds::meeting::room_name(namespace, name)
 }
 
 /// Whether participants can be in the meeting now.

@@ -213,6 +213,7 @@ pub async fn start_recording(app: &App, m: &Meeting) -> kube::Result<String> {
             storage: Storage { pvc: Some(PvcStorage { claim_name: app.cfg.recording_pvc.clone(), path: "/meetings".into() }), s3: None },
             max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
             retention: Default::default(),
+            retries: 3,
         },
         status: None,
     };

@@ -3,6 +3,7 @@
 //! Tests, the load generator, SFU-to-SFU relays and the recorder all join rooms the
 //! same way a signaling server would on a browser's behalf.
 
+pub mod encoded;
 pub mod http;
 pub mod loss;
 pub mod media;
@@ -12,4 +13,5 @@ pub mod signal;
 pub use http::{ApiCallError, SfuApi};
 pub use media::NetworkOptions;
 pub use signal::{EventsError, MediaSignal};
-pub use participant::{JoinOptions, Participant, Publish, PublishKind, ReceivedTrack};
+pub use encoded::{EncodedFrame, EncodedMedia};
+pub use participant::{JoinOptions, MediaSink, Participant, Publish, PublishKind, ReceivedTrack, SinkTrack};

@@ -27,6 +27,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::track::track_remote::TrackRemote;
 
+use crate::encoded::{EncodedMedia, vp8_keyframe};
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
 use crate::signal::{EventsError, MediaSignal};
@@ -50,6 +51,8 @@ pub enum PublishKind {
     /// VP8-framed video: one packet per frame. Simulcast sends three layers
     /// (q, h, f) at 15/30/60 packets/s of 400/700/1100 bytes (≈48/168/528 kbps).
     Video { simulcast: bool, packets_per_second: u32, size: usize },
+    /// Real encoded media (VP8 or Opus), played in real time and looped.
+    Encoded(EncodedMedia),
 }
 
 impl Publish {
@@ -58,6 +61,11 @@ impl Publish {
     }
     pub fn video(id: &str) -> Self {
         Self { id: id.into(), kind: PublishKind::Video { simulcast: false, packets_per_second: 30, size: 800 }, source: Source::Camera }
+    }
+    /// Real media: a camera for VP8, a microphone for Opus.
+    pub fn encoded(id: &str, media: EncodedMedia) -> Self {
+        let source = if media.video { Source::Camera } else { Source::Microphone };
+        Self { id: id.into(), kind: PublishKind::Encoded(media), source }
     }
     pub fn simulcast(id: &str) -> Self {
         Self { id: id.into(), kind: PublishKind::Video { simulcast: true, packets_per_second: 0, size: 0 }, source: Source::Camera }
@@ -74,6 +82,27 @@ pub struct JoinOptions {
     pub manual_subscribe: bool,
     pub publish: Vec<Publish>,
     pub net: NetworkOptions,
+    /// Gets every received packet and sender report as well (a recorder's writers).
+    pub sink: Option<Arc<dyn MediaSink>>,
+}
+
+/// A received track, as a [`MediaSink`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SinkTrack {
+    /// The publisher's track id, and the publisher's participant id.
+    pub id: String,
+    pub publisher: String,
+    pub video: bool,
+    pub mime_type: String,
+    pub clock_rate: u32,
+}
+
+/// Receives media as it arrives, on the receiving tasks: implementations must not block
+/// for long (buffered file writes are fine).
+pub trait MediaSink: Send + Sync {
+    fn rtp(&self, track: &SinkTrack, packet: &webrtc::rtp::packet::Packet);
+    /// An RTCP sender report: `ntp_time` (NTP 32.32 format) is when `rtp_time` was sampled.
+    fn sender_report(&self, track: &SinkTrack, ntp_time: u64, rtp_time: u32);
 }
 
 /// What arrived on one received track.
@@ -154,10 +183,11 @@ impl ReceivedTrack {
         self.lowest_ext_seq = self.lowest_ext_seq.min(ext);
         self.highest_ext_seq = self.highest_ext_seq.max(ext);
         self.unique_seqs.insert(ext);
-        if let Some(info) = parse_payload(payload) {
-            if info.keyframe {
-                self.keyframes += 1;
-            }
+        let info = parse_payload(payload);
+        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && vp8_keyframe(payload)) {
+            self.keyframes += 1;
+        }
+        if let Some(info) = info {
             if advancing {
                 if let Some(prev) = self.last_layer.filter(|l| *l != info.layer) {
                     self.layer_switches.push((prev, info.layer, info.keyframe));
@@ -321,10 +351,12 @@ impl Participant {
             let received = received.clone();
             let video_ssrcs = video_ssrcs.clone();
             let pc = Arc::downgrade(&subscriber);
-            subscriber.on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
+            let sink = opts.sink.clone();
+            subscriber.on_track(Box::new(move |track: Arc<TrackRemote>, receiver, _| {
                 let received = received.clone();
                 let video_ssrcs = video_ssrcs.clone();
                 let pc = pc.clone();
+                let sink = sink.clone();
                 Box::pin(async move {
                     let video = track.kind() == RTPCodecType::Video;
                     if video {
@@ -333,13 +365,38 @@ impl Participant {
                     let key = track.id();
                     let publisher = track.stream_id();
                     tracing::debug!(track = %key, ssrc = track.ssrc(), "on_track");
+                    let codec = track.codec();
+                    let sink_track = SinkTrack {
+                        id: key.clone(),
+                        publisher: publisher.clone(),
+                        video,
+                        mime_type: codec.capability.mime_type.clone(),
+                        clock_rate: codec.capability.clock_rate,
+                    };
+                    if let Some(sink) = sink.clone() {
+                        // Sender reports map RTP time to wall-clock time: a recorder syncs tracks by them.
+                        let sink_track = sink_track.clone();
+                        tokio::spawn(async move {
+                            while let Ok((packets, _)) = receiver.read_rtcp().await {
+                                for p in packets {
+                                    if let Some(sr) = p.as_any().downcast_ref::<webrtc::rtcp::sender_report::SenderReport>() {
+                                        sink.sender_report(&sink_track, sr.ntp_time, sr.rtp_time);
+                                    }
+                                }
+                            }
+                        });
+                    }
                     tokio::spawn(async move {
                         let mut last_pli: Option<Instant> = None;
                         while let Ok((pkt, _)) = track.read_rtp().await {
+                            if let Some(sink) = &sink {
+                                sink.rtp(&sink_track, &pkt);
+                            }
                             let size = pkt.payload.len() + 12;
                             // Like a decoder: no picture until a keyframe, so ask for one.
                             let undecodable = video && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
-                                && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe);
+                                && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe)
+                                && !vp8_keyframe(&pkt.payload);
                             if undecodable && last_pli.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
                                 last_pli = Some(Instant::now());
                                 if let Some(pc) = pc.upgrade() {
@@ -580,6 +637,7 @@ struct SourceTrack {
     video: bool,
     level: u8,
     layers: Vec<(Arc<TrackLocalStaticRTP>, u8, u32, usize)>,
+    encoded: Option<EncodedMedia>,
 }
 
 async fn publisher_connection(
@@ -594,13 +652,13 @@ async fn publisher_connection(
             PublishKind::Audio { level } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::opus(), p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
-                sources.push((SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)] }, sender));
+                sources.push((SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)], encoded: None }, sender));
             }
             PublishKind::Video { simulcast: false, packets_per_second, size } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::vp8(), p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
                 sources.push((
-                    SourceTrack { video: true, level: 127, layers: vec![(track, 2, *packets_per_second, *size)] },
+                    SourceTrack { video: true, level: 127, layers: vec![(track, 2, *packets_per_second, *size)], encoded: None },
                     sender,
                 ));
             }
@@ -615,7 +673,14 @@ async fn publisher_connection(
                     }
                     layers.push((track, i as u8, *pps, *size));
                 }
-                sources.push((SourceTrack { video: true, level: 127, layers }, sender.expect("three layers")));
+                sources.push((SourceTrack { video: true, level: 127, layers, encoded: None }, sender.expect("three layers")));
+            }
+            PublishKind::Encoded(m) => {
+                let codec = if m.video { media::vp8() } else { media::opus() };
+                let track = Arc::new(TrackLocalStaticRTP::new(codec, p.id.clone(), stream));
+                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                let level = if m.video { 127 } else { 30 };
+                sources.push((SourceTrack { video: m.video, level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) }, sender));
             }
         }
     }
@@ -625,6 +690,10 @@ async fn publisher_connection(
 /// Writes synthetic packets for every layer of a source at its rate; video frames are
 /// keyframes when asked for (first frame, PLI).
 async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sending: Arc<std::sync::atomic::AtomicBool>) {
+    if let Some(media) = source.encoded {
+        let track = source.layers[0].0.clone();
+        return run_encoded(track, media, source.level, sending).await;
+    }
     let mut tasks = Vec::new();
     for (track, layer, pps, size) in source.layers {
         let wanted = keyframe_wanted.clone();
@@ -675,6 +744,47 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
     }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// Plays encoded media in real time, looped, from the moment sending starts. Real
+/// encoders are not asked for keyframes: the files carry one every second or so.
+async fn run_encoded(track: Arc<TrackLocalStaticRTP>, media: EncodedMedia, level: u8, sending: Arc<std::sync::atomic::AtomicBool>) {
+    use webrtc::rtp::packetizer::Payloader;
+    let mut payloader: Box<dyn Payloader + Send> = if media.video {
+        Box::new(webrtc::rtp::codecs::vp8::Vp8Payloader::default())
+    } else {
+        Box::new(webrtc::rtp::codecs::opus::OpusPayloader)
+    };
+    let clock = if media.video { 90_000.0 } else { 48_000.0 };
+    while !sending.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    let mut next = tokio::time::Instant::now();
+    for frame in media.frames.iter().cycle() {
+        tokio::time::sleep_until(next).await;
+        next += frame.duration;
+        let Ok(payloads) = payloader.payload(1188, &frame.data) else { continue };
+        let last = payloads.len().saturating_sub(1);
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header { version: 2, marker: i == last, sequence_number: seq, timestamp: ts, ..Default::default() },
+                payload,
+            };
+            seq = seq.wrapping_add(1);
+            let result = if media.video {
+                track.write_rtp(&packet).await
+            } else {
+                let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: true });
+                track.write_rtp_with_extensions(&packet, &[ext]).await
+            };
+            if let Err(webrtc::Error::ErrClosedPipe) = result {
+                return;
+            }
+        }
+        ts = ts.wrapping_add((frame.duration.as_secs_f64() * clock).round() as u32);
     }
 }
 

@@ -1,0 +1,182 @@
+//! Real encoded media for publishers: VP8 frames from IVF files and Opus packets from
+//! Ogg files (as ffmpeg writes them), so that what a recorder or a browser receives
+//! decodes. Also the VP8 keyframe test a receiver needs for real payloads.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+
+/// One encoded frame (VP8) or packet (Opus), and how long it plays.
+#[derive(Clone, Debug)]
+pub struct EncodedFrame {
+    pub data: Bytes,
+    pub duration: Duration,
+}
+
+/// A whole encoded stream, shared by the publishers that send it.
+#[derive(Clone, Debug)]
+pub struct EncodedMedia {
+    pub video: bool,
+    pub frames: Arc<Vec<EncodedFrame>>,
+}
+
+impl EncodedMedia {
+    pub fn duration(&self) -> Duration {
+        self.frames.iter().map(|f| f.duration).sum()
+    }
+}
+
+/// Reads the VP8 frames of an IVF file.
+pub fn load_ivf(path: &Path) -> anyhow::Result<EncodedMedia> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let (mut reader, header) = webrtc::media::io::ivf_reader::IVFReader::new(std::io::BufReader::new(file))
+        .with_context(|| format!("{}: not IVF", path.display()))?;
+    anyhow::ensure!(&header.four_cc == b"VP80", "{}: only VP8 IVF files are supported", path.display());
+    let tick = header.timebase_numerator as f64 / header.timebase_denominator.max(1) as f64;
+    let mut raw = Vec::new();
+    while let Ok((frame, h)) = reader.parse_next_frame() {
+        raw.push((frame.freeze(), h.timestamp));
+    }
+    anyhow::ensure!(!raw.is_empty(), "{}: no frames", path.display());
+    // A frame plays until the next one starts; the last as long as the one before.
+    let mut frames = Vec::with_capacity(raw.len());
+    for i in 0..raw.len() {
+        let ticks = match (raw.get(i + 1), i.checked_sub(1).and_then(|p| raw.get(p))) {
+            (Some(next), _) => next.1.saturating_sub(raw[i].1),
+            (None, Some(prev)) => raw[i].1.saturating_sub(prev.1),
+            (None, None) => 1,
+        };
+        frames.push(EncodedFrame { data: raw[i].0.clone(), duration: Duration::from_secs_f64(ticks.max(1) as f64 * tick) });
+    }
+    Ok(EncodedMedia { video: true, frames: Arc::new(frames) })
+}
+
+/// Reads the Opus packets of an Ogg Opus file (the two header packets skipped).
+pub fn load_ogg_opus(path: &Path) -> anyhow::Result<EncodedMedia> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let packets = ogg_packets(&bytes).with_context(|| format!("{}: not Ogg", path.display()))?;
+    anyhow::ensure!(packets.first().is_some_and(|p| p.starts_with(b"OpusHead")), "{}: not Ogg Opus", path.display());
+    let frames: Vec<EncodedFrame> = packets
+        .into_iter()
+        .skip(2)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let duration = opus_packet_duration(&p);
+            EncodedFrame { data: Bytes::from(p), duration }
+        })
+        .collect();
+    anyhow::ensure!(!frames.is_empty(), "{}: no audio packets", path.display());
+    Ok(EncodedMedia { video: false, frames: Arc::new(frames) })
+}
+
+/// The packets of an Ogg bitstream, joined across pages by their lacing values.
+fn ogg_packets(mut data: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut packets = Vec::new();
+    let mut current = Vec::new();
+    while !data.is_empty() {
+        anyhow::ensure!(data.len() >= 27 && &data[..4] == b"OggS", "bad page");
+        let segments = data[26] as usize;
+        anyhow::ensure!(data.len() >= 27 + segments, "truncated page");
+        let lacing = &data[27..27 + segments];
+        let mut at = 27 + segments;
+        for &len in lacing {
+            anyhow::ensure!(data.len() >= at + len as usize, "truncated page");
+            current.extend_from_slice(&data[at..at + len as usize]);
+            at += len as usize;
+            if len < 255 {
+                packets.push(std::mem::take(&mut current));
+            }
+        }
+        data = &data[at..];
+    }
+    Ok(packets)
+}
+
+/// Play time of an Opus packet from its TOC byte (RFC 6716 §3.1).
+pub fn opus_packet_duration(packet: &[u8]) -> Duration {
+    let Some(&toc) = packet.first() else { return Duration::from_millis(20) };
+    let config = toc >> 3;
+    let frame_us: u64 = match config {
+        0..=11 => [10_000, 20_000, 40_000, 60_000][(config % 4) as usize],
+        12..=15 => [10_000, 20_000][(config % 2) as usize],
+        _ => [2_500, 5_000, 10_000, 20_000][(config % 4) as usize],
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => packet.get(1).map(|b| (b & 0x3f) as u64).unwrap_or(1).max(1),
+    };
+    Duration::from_micros(frame_us * frames)
+}
+
+/// Whether an RTP payload starts a VP8 keyframe (RFC 7741: the payload descriptor, then
+/// the first byte of the frame header with its P bit clear).
+pub fn vp8_keyframe(payload: &[u8]) -> bool {
+    let Some(&first) = payload.first() else { return false };
+    let start_of_partition = first & 0x10 != 0 && first & 0x07 == 0;
+    if !start_of_partition {
+        return false;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let Some(&x) = payload.get(1) else { return false };
+        at = 2;
+        if x & 0x80 != 0 {
+            // PictureID: one byte, or two when its M bit is set.
+            let Some(&pid) = payload.get(at) else { return false };
+            at += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            at += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            at += 1; // TID / KEYIDX
+        }
+    }
+    payload.get(at).is_some_and(|b| b & 0x01 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframes_are_found_behind_extended_descriptors() {
+        assert!(vp8_keyframe(&[0x10, 0x50]));
+        assert!(!vp8_keyframe(&[0x10, 0x51]));
+        assert!(!vp8_keyframe(&[0x00, 0x50]), "not the start of a partition");
+        // X set, I set with a 15-bit PictureID (M bit), then the frame header.
+        assert!(vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x50]));
+        assert!(!vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x51]));
+        assert!(!vp8_keyframe(&[0x90]));
+    }
+
+    #[test]
+    fn opus_durations_follow_the_toc() {
+        // config 11 (SILK WB 60 ms)… config 31 (CELT FB 20 ms), code 0.
+        assert_eq!(opus_packet_duration(&[31 << 3]), Duration::from_millis(20));
+        assert_eq!(opus_packet_duration(&[(31 << 3) | 1]), Duration::from_millis(40));
+        assert_eq!(opus_packet_duration(&[(1 << 3) | 3, 3]), Duration::from_millis(60));
+    }
+
+    #[test]
+    fn ogg_packets_span_pages() {
+        fn page(lacing: &[u8], body: &[u8]) -> Vec<u8> {
+            let mut p = b"OggS".to_vec();
+            p.extend_from_slice(&[0; 22]);
+            p.push(lacing.len() as u8);
+            p.extend_from_slice(lacing);
+            p.extend_from_slice(body);
+            p
+        }
+        let mut data = page(&[255], &[1; 255]);
+        data.extend(page(&[3, 2], &[2, 2, 2, 3, 3]));
+        let packets = ogg_packets(&data).unwrap();
+        assert_eq!(packets.len(), 2);
+        assert_eq!(packets[0].len(), 258);
+        assert_eq!(packets[1], vec![3, 3]);
+    }
+}
