@@ -71,7 +71,7 @@ pub fn token_kubeconfig(token: &str, path: &std::path::Path) -> std::path::PathB
 /// Like [`operator_identity`], returning the ServiceAccount token itself.
 pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let resolver = Resolver::new(admin).await;
-    for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "signaling-clusterrole.yaml", "leader-role.yaml"] {
+    for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "signaling-clusterrole.yaml", "recorder-clusterrole.yaml", "leader-role.yaml"] {
         let text = std::fs::read_to_string(repo_root().join("operator/rbac").join(file)).unwrap();
         for obj in parse_manifest(&text).unwrap() {
             resolver.apply(admin, &obj, namespace).await.unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -14,6 +14,13 @@ use std::time::Duration;
 /// | `POD_NAME` | host name | this replica's identity in the Lease |
 /// | `SWITCHBOARD_HTTP_ADDR` | `0.0.0.0:8080` in a cluster, `127.0.0.1:8080` outside | `/metrics`, `/healthz`, `/readyz` |
 /// | `SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS` | 120 | an SFU pod without a first heartbeat after this is Unhealthy |
+/// | `SWITCHBOARD_RECORDER_IMAGE` | `switchboard/recorder-pod:0.1.0` | image of recorder Jobs |
+/// | `SWITCHBOARD_RECORDING_PVC` | `recordings` | PVC of automatic recordings whose Meeting names no storage |
+/// | `SWITCHBOARD_CONTROLLERS` | all | comma-separated subset of `sfupool,meeting,remediation,signalingpool,recordingjob` |
+pub const DEFAULT_RECORDER_IMAGE: &str = "switchboard/recorder-pod:0.1.0";
+/// Every controller, by the name `SWITCHBOARD_CONTROLLERS` uses.
+pub const CONTROLLERS: [&str; 5] = ["sfupool", "meeting", "remediation", "signalingpool", "recordingjob"];
+
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
     pub watch_namespace: Option<String>,
@@ -23,6 +30,10 @@ pub struct OperatorConfig {
     pub identity: String,
     pub http_addr: SocketAddr,
     pub sfu_startup_timeout: Duration,
+    pub recorder_image: String,
+    pub recording_pvc: String,
+    /// Controllers to run; `None`: all of them.
+    pub controllers: Option<Vec<String>>,
 }
 
 impl OperatorConfig {
@@ -51,6 +62,18 @@ impl OperatorConfig {
                 })
                 .parse()?,
             sfu_startup_timeout: secs("SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS", 120)?,
+            recorder_image: var("SWITCHBOARD_RECORDER_IMAGE").unwrap_or_else(|| DEFAULT_RECORDER_IMAGE.into()),
+            recording_pvc: var("SWITCHBOARD_RECORDING_PVC").unwrap_or_else(|| "recordings".into()),
+            controllers: match var("SWITCHBOARD_CONTROLLERS") {
+                None => None,
+                Some(list) => {
+                    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+                    if let Some(bad) = names.iter().find(|n| !CONTROLLERS.contains(&n.as_str())) {
+                        anyhow::bail!("SWITCHBOARD_CONTROLLERS: unknown controller {bad:?}; known: {}", CONTROLLERS.join(","));
+                    }
+                    Some(names)
+                }
+            },
         })
     }
 
@@ -64,6 +87,14 @@ impl OperatorConfig {
             identity: identity.into(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             sfu_startup_timeout: Duration::from_secs(120),
+            recorder_image: DEFAULT_RECORDER_IMAGE.into(),
+            recording_pvc: "recordings".into(),
+            controllers: None,
         }
+    }
+
+    /// Whether the named controller runs.
+    pub fn runs(&self, controller: &str) -> bool {
+        self.controllers.as_ref().is_none_or(|c| c.iter().any(|n| n == controller))
     }
 }

@@ -11,6 +11,7 @@ pub mod labels;
 pub mod leader;
 pub mod meeting;
 pub mod metrics;
+pub mod recording_job;
 pub mod remediation;
 pub mod sfu_pool;
 pub mod signaling_pool;
@@ -163,6 +164,16 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         stopped(stop.clone()),
     );
     let signaling = signaling_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
-    let meetings = meeting::run(client, config, metrics, meeting_stream, shared, trigger_tx, fault_rx, stopped(stop));
-    futures::future::join4(pools, meetings, detector, signaling).await;
+    let recordings = recording_job::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
+    let meetings = meeting::run(client, config.clone(), metrics, meeting_stream, shared, trigger_tx, fault_rx, stopped(stop));
+    // Futures do nothing until polled: a controller left out is never started.
+    let only = |name: &'static str| config.runs(name);
+    futures::future::join5(
+        async { if only("sfupool") { pools.await } },
+        async { if only("meeting") { meetings.await } },
+        async { if only("remediation") { detector.await } },
+        async { if only("signalingpool") { signaling.await } },
+        async { if only("recordingjob") { recordings.await } },
+    )
+    .await;
 }
