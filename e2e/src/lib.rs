@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 pub mod bench;
 pub mod fixtures;
+pub mod job_runner;
 pub mod meetings;
 pub mod nodes;
 pub mod operator;

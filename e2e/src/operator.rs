@@ -113,10 +113,16 @@ pub fn start_operator(client: Client, namespace: &str, identity: &str, lease: Du
     let mut config = OperatorConfig::for_namespace(namespace, identity);
     config.lease_duration = lease;
     config.sfu_startup_timeout = Duration::from_secs(30);
+    start_operator_with(client, config)
+}
+
+/// Starts an operator replica with `config` (e.g. only some controllers).
+pub fn start_operator_with(client: Client, config: OperatorConfig) -> OperatorHandle {
+    let identity = config.identity.clone();
     let metrics = Metrics::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(switchboard_operator::run(client.clone(), config, metrics.clone(), Health::default(), async move {
         let _ = stopped.await;
     }));
-    OperatorHandle { identity: identity.into(), metrics, client, task, stop: Some(stop) }
+    OperatorHandle { identity, metrics, client, task, stop: Some(stop) }
 }

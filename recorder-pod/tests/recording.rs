@@ -1,0 +1,427 @@
+//! Recording end to end: a real SFU (in-process), real WebRTC publishers sending real
+//! VP8 and Opus, the operator's RecordingJob controller under the repo's RBAC, real
+//! batch/v1 Jobs whose pods run the recorder binary as local processes (see
+//! `switchboard_e2e::job_runner`), and ffprobe on what comes out.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::Client;
+use serde_json::json;
+use switchboard_crds::meeting::Meeting;
+use switchboard_crds::recording_job::{RecordingJob, RecordingPhase};
+use switchboard_e2e::job_runner::{LocalJobRunner, RunnerOptions};
+use switchboard_e2e::operator::{operator_identity, start_operator_with, OperatorHandle};
+use switchboard_e2e::{TestNamespace, client, eventually, install_crds, wait_for};
+use switchboard_sfu_client::encoded::{load_ivf, load_ogg_opus};
+use switchboard_sfu_client::{EncodedMedia, JoinOptions, Participant, Publish, SfuApi};
+use tokio::sync::OnceCell;
+
+const RECORDER: &str = env!("CARGO_BIN_EXE_recorder-pod");
+
+/// Test media, encoded once per run: per publisher a VP8 IVF (a moving test pattern,
+/// one keyframe a second) and an Ogg Opus sine tone.
+struct TestMedia {
+    video: Vec<EncodedMedia>,
+    audio: Vec<EncodedMedia>,
+}
+
+static MEDIA: OnceCell<TestMedia> = OnceCell::const_new();
+
+async fn media() -> &'static TestMedia {
+    MEDIA
+        .get_or_init(|| async {
+            let dir = std::env::temp_dir().join(format!("switchboard-test-media-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut video = Vec::new();
+            let mut audio = Vec::new();
+            for (i, (pattern, tone)) in [("testsrc2", 440), ("smptebars", 660)].into_iter().enumerate() {
+                let ivf = dir.join(format!("p{i}.ivf"));
+                let ogg = dir.join(format!("p{i}.ogg"));
+                ffmpeg(&[
+                    "-f", "lavfi", "-i", &format!("{pattern}=size=320x240:rate=15"), "-t", "10",
+                    "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15",
+                    ivf.to_str().unwrap(),
+                ]);
+                ffmpeg(&[
+                    "-f", "lavfi", "-i", &format!("sine=frequency={tone}:sample_rate=48000"), "-t", "10",
+                    "-c:a", "libopus", "-b:a", "48k", "-frame_duration", "20", "-page_duration", "20000", "-ac", "2",
+                    ogg.to_str().unwrap(),
+                ]);
+                video.push(load_ivf(&ivf).unwrap());
+                audio.push(load_ogg_opus(&ogg).unwrap());
+            }
+            TestMedia { video, audio }
+        })
+        .await
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = std::process::Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().expect("ffmpeg is installed");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// (streams' codec types, duration in seconds) of a media file.
+fn ffprobe(path: &Path) -> (Vec<String>, f64) {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type:format=duration", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let types = v["streams"].as_array().unwrap().iter().map(|s| s["codec_type"].as_str().unwrap_or("").to_owned()).collect();
+    let duration = v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    (types, duration)
+}
+
+struct Env {
+    admin: Client,
+    ns: TestNamespace,
+    _operator: OperatorHandle,
+    sfu: sfu_pod::local::LocalSfu,
+    runner: LocalJobRunner,
+    storage: PathBuf,
+}
+
+impl Env {
+    async fn new(prefix: &str, extra_env: Vec<(String, String)>) -> Self {
+        let admin = client().await;
+        install_crds(&admin).await;
+        let ns = TestNamespace::create(&admin, prefix).await;
+        let mut config = switchboard_operator::OperatorConfig::for_namespace(&ns.name, "operator-rec");
+        config.controllers = Some(vec!["recordingjob".into()]);
+        config.recorder_image = "switchboard/recorder-pod:test".into();
+        let operator = start_operator_with(operator_identity(&admin, &ns.name).await, config);
+        let sfu = sfu_pod::local::start(&format!("sfu-{}", ns.name)).await.expect("local SFU");
+        let work = std::env::temp_dir().join(format!("switchboard-rec-{}", ns.name));
+        let storage = work.join("pvc-recordings");
+        std::fs::create_dir_all(&storage).unwrap();
+        let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "recordings"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        ns.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await.expect("PVC");
+        let mut env = vec![("RECORDER_CHUNK_SECONDS".to_owned(), "2".to_owned())];
+        env.extend(extra_env);
+        let runner = LocalJobRunner::start(admin.clone(), &ns.name, RunnerOptions {
+            binary: RECORDER.into(),
+            volumes: [("recordings".to_owned(), storage.clone())].into(),
+            extra_env: env,
+            work,
+        });
+        Self { admin, ns, _operator: operator, sfu, runner, storage }
+    }
+
+    fn recordings(&self) -> Api<RecordingJob> {
+        self.ns.api()
+    }
+
+    /// A Meeting, Active on the local SFU, its status written as the operator would.
+    async fn meeting(&self, name: &str) {
+        let m: Meeting = serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
+            "spec": {"title": "recorded", "host": "alice", "participants": {"expected": 4}}
+        }))
+        .unwrap();
+        self.ns.api::<Meeting>().create(&PostParams::default(), &m).await.expect("Meeting");
+        self.set_meeting_phase(name, "Active").await;
+    }
+
+    async fn set_meeting_phase(&self, name: &str, phase: &str) {
+        let patch = json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+            "status": {"phase": phase, "assignment": {"pool": "test", "origin": {"pod": "sfu-local", "endpoint": self.sfu.endpoint}}}
+        });
+        self.ns
+            .api::<Meeting>()
+            .patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&patch))
+            .await
+            .expect("Meeting status");
+    }
+
+    async fn record(&self, name: &str, meeting: &str, extra: serde_json::Value) {
+        let mut spec = json!({"meetingRef": {"name": meeting}, "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let rj: RecordingJob = serde_json::from_value(json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        self.recordings().create(&PostParams::default(), &rj).await.expect("RecordingJob");
+    }
+
+    async fn await_phase(&self, name: &str, phase: RecordingPhase, timeout: Duration) -> RecordingJob {
+        let api = self.recordings();
+        let logs = || self.runner.logs();
+        let found = tokio::time::timeout(timeout, async {
+            loop {
+                if let Ok(rj) = api.get(name).await {
+                    let now = rj.status.as_ref().and_then(|s| s.phase);
+                    if now == Some(phase) {
+                        return Ok(rj);
+                    }
+                    let terminal = matches!(now, Some(RecordingPhase::Ready | RecordingPhase::Failed));
+                    if terminal {
+                        return Err(rj);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await;
+        match found {
+            Ok(Ok(rj)) => rj,
+            Ok(Err(rj)) => panic!("{name} ended {:?} instead of {phase:?}: {:#?}\nrecorder logs:\n{}", rj.status.as_ref().and_then(|s| s.phase), rj.status, logs()),
+            Err(_) => {
+                let rj = api.get(name).await.ok();
+                panic!("{name} not {phase:?} within {timeout:?}: {:#?}\nrecorder logs:\n{}", rj.and_then(|r| r.status), logs())
+            }
+        }
+    }
+
+    fn dir(&self, meeting: &str, job: &str) -> PathBuf {
+        self.storage.join("meetings").join(&self.ns.name).join(meeting).join(job)
+    }
+
+    /// Two publishers with real camera and microphone media, in `meeting`.
+    async fn publishers(&self, meeting: &str) -> Vec<Participant> {
+        let m = media().await;
+        let room = switchboard_crds::meeting::room_name(&self.ns.name, meeting);
+        let mut out = Vec::new();
+        for (i, who) in ["alice", "bob"].into_iter().enumerate() {
+            let opts = JoinOptions {
+                manual_subscribe: true,
+                publish: vec![Publish::encoded(&format!("{who}-cam"), m.video[i].clone()), Publish::encoded(&format!("{who}-mic"), m.audio[i].clone())],
+                ..Default::default()
+            };
+            out.push(Participant::join(SfuApi::new(self.sfu.endpoint.clone()), &room, who, opts).await.expect("publisher joins"));
+        }
+        out
+    }
+
+    async fn finish(self) {
+        let Env { ns, .. } = self;
+        ns.delete().await;
+    }
+}
+
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("tracks")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("-a")) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn leave_all(publishers: Vec<Participant>) {
+    for p in publishers {
+        let _ = p.leave().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept() {
+    let env = Env::new("rec-mp4", vec![]).await;
+    env.meeting("standup").await;
+    env.record("standup-rec", "standup", json!({"layout": "Gallery"})).await;
+    env.await_phase("standup-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+
+    let publishers = env.publishers("standup").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    leave_all(publishers).await;
+    env.set_meeting_phase("standup", "Ended").await;
+
+    let rj = env.await_phase("standup-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let status = rj.status.unwrap();
+    let dir = env.dir("standup", "standup-rec");
+    assert_eq!(status.url.as_deref(), Some(format!("pvc://recordings/meetings/{}/standup/standup-rec/gallery.mp4", env.ns.name).as_str()));
+    let mp4 = dir.join("gallery.mp4");
+    let (streams, duration) = ffprobe(&mp4);
+    assert!(streams.contains(&"video".to_owned()) && streams.contains(&"audio".to_owned()), "streams: {streams:?}");
+    assert!((duration - 20.0).abs() <= 1.0, "the MP4 lasts {duration} s, not 20 ± 1");
+    assert!(status.duration_seconds.is_some_and(|d| (19..=21).contains(&d)), "{status:?}");
+    assert!(status.size_bytes.unwrap_or(0) > std::fs::metadata(&mp4).unwrap().len() as i64, "size counts the MP4 and the track files");
+    // The per-track files stay, beside the chunks they were joined from.
+    for who in ["alice", "bob"] {
+        for (track, kind) in [(format!("{who}-cam.ivf"), "video"), (format!("{who}-mic.ogg"), "audio")] {
+            let path = dir.join("tracks").join(who).join(&track);
+            let (streams, duration) = ffprobe(&path);
+            assert_eq!(streams, vec![kind.to_owned()], "{}", path.display());
+            assert!(duration > 15.0, "{} lasts {duration} s", path.display());
+        }
+    }
+    assert!(chunk_files(&dir).len() >= 4 * 8, "2-second chunks of four tracks: {:?}", chunk_files(&dir));
+    assert_eq!(env.runner.runs().len(), 1, "one recorder run");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recorder_killed_mid_meeting_keeps_its_chunks_and_the_retried_run_finishes() {
+    let env = Env::new("rec-crash", vec![]).await;
+    env.meeting("crashy").await;
+    env.record("crashy-rec", "crashy", json!({"layout": "Speaker", "retries": 2})).await;
+    env.await_phase("crashy-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    let publishers = env.publishers("crashy").await;
+    let dir = env.dir("crashy", "crashy-rec");
+    wait_for("chunks of all four tracks", Duration::from_secs(20), || {
+        let n = chunk_files(&dir).len();
+        async move { n >= 8 }
+    })
+    .await;
+    assert!(env.runner.kill_current(), "a recorder was running");
+    let before = chunk_files(&dir);
+    // The Job controller sees the pod fail and starts another after its backoff (10 s).
+    let second = eventually("a second recorder run", Duration::from_secs(60), || {
+        let runs = env.runner.runs();
+        async move { (runs.len() >= 2).then_some(runs) }
+    })
+    .await;
+    assert_eq!(second[0].exit_code, Some(137), "the first run was killed");
+    wait_for("the second run records", Duration::from_secs(30), || {
+        let n = chunk_files(&dir).iter().filter(|p| p.to_string_lossy().contains("-a2.")).count();
+        async move { n >= 4 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    leave_all(publishers).await;
+    env.set_meeting_phase("crashy", "Ended").await;
+    let rj = env.await_phase("crashy-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let status = rj.status.unwrap();
+    assert_eq!(status.attempts, 2, "{status:?}");
+    for chunk in &before {
+        assert!(chunk.exists(), "{} was kept", chunk.display());
+    }
+    let (streams, duration) = ffprobe(&dir.join("speaker.mp4"));
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    let span = status.duration_seconds.unwrap() as f64;
+    assert!((duration - span).abs() <= 1.0 && span >= 15.0, "the MP4 ({duration} s) spans both runs ({span} s), the gap kept");
+    env.finish().await;
+}
+
+/// An ffmpeg that fails: always, or (with a marker file) only the first time.
+fn failing_ffmpeg(dir: &Path, once: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = dir.join(if once { "ffmpeg-fails-once" } else { "ffmpeg-fails" });
+    let marker = dir.join("failed-once");
+    let body = if once {
+        format!("#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; echo 'simulated encoder crash' >&2; exit 1; fi\nexec ffmpeg \"$@\"\n", m = marker.display())
+    } else {
+        "#!/bin/sh\necho 'simulated encoder crash' >&2\nexit 1\n".to_owned()
+    };
+    std::fs::write(&script, body).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_out() {
+    let scripts = std::env::temp_dir().join(format!("switchboard-ffmpeg-{}", std::process::id()));
+    let once = failing_ffmpeg(&scripts.join("once"), true);
+    let env = Env::new("rec-compose", vec![("RECORDER_FFMPEG".into(), once.display().to_string())]).await;
+    env.meeting("demo").await;
+    // Retention Delete: once Ready, deleting the RecordingJob removes its files.
+    env.record("demo-rec", "demo", json!({"retries": 2, "retention": "Delete", "format": "WebM"})).await;
+    env.await_phase("demo-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    let publishers = env.publishers("demo").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    leave_all(publishers).await;
+    env.set_meeting_phase("demo", "Ended").await;
+    let rj = env.await_phase("demo-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    assert_eq!(rj.status.as_ref().unwrap().attempts, 2, "failed once, then composited: {:?}", rj.status);
+    let dir = env.dir("demo", "demo-rec");
+    let (streams, _) = ffprobe(&dir.join("gallery.webm"));
+    assert_eq!(streams.len(), 2);
+    let reasons = switchboard_e2e::fixtures::event_reasons(&env.admin, &env.ns.name, "demo-rec").await;
+    assert!(reasons.iter().any(|r| r == "RecorderFailed"), "{reasons:?}");
+
+    env.recordings().delete("demo-rec", &DeleteParams::default()).await.unwrap();
+    switchboard_e2e::await_deleted(&env.recordings(), "demo-rec", Duration::from_secs(60)).await;
+    assert!(!dir.exists(), "retention Delete removed {}", dir.display());
+
+    // Every run fails: after 1 + 1 retries the RecordingJob is Failed, with the reason.
+    env.runner.set_extra_env(vec![("RECORDER_FFMPEG".into(), failing_ffmpeg(&scripts.join("always"), false).display().to_string())]);
+    env.meeting("doomed").await;
+    env.record("doomed-rec", "doomed", json!({"retries": 1})).await;
+    env.await_phase("doomed-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    let publishers = env.publishers("doomed").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    leave_all(publishers).await;
+    env.set_meeting_phase("doomed", "Ended").await;
+    let rj = env.await_phase("doomed-rec", RecordingPhase::Failed, Duration::from_secs(120)).await;
+    let status = rj.status.unwrap();
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
+    assert_eq!(failed.reason, "CompositingFailed", "{failed:?}");
+    assert!(failed.message.contains("simulated encoder crash") && failed.message.contains("BackoffLimitExceeded"), "{failed:?}");
+    assert_eq!(status.attempts, 2);
+    // The chunks are kept for a manual retry.
+    assert!(!chunk_files(&env.dir("doomed", "doomed-rec")).is_empty());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recordings_that_cannot_work_fail_fast_and_active_auto_meetings_get_one() {
+    let env = Env::new("rec-fail", vec![]).await;
+    // No such meeting: Failed before any Job exists.
+    env.record("ghost-rec", "ghost", json!({})).await;
+    let rj = env.await_phase("ghost-rec", RecordingPhase::Failed, Duration::from_secs(15)).await;
+    let failed = rj.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "MeetingNotFound");
+    assert!(failed.message.contains("ghost"), "{failed:?}");
+    assert!(env.ns.api::<Job>().get_opt("ghost-rec-rec").await.unwrap().is_none());
+
+    // A claim that does not exist.
+    env.meeting("m1").await;
+    env.record("noclaim-rec", "m1", json!({"storage": {"pvc": {"claimName": "nope"}}})).await;
+    let rj = env.await_phase("noclaim-rec", RecordingPhase::Failed, Duration::from_secs(15)).await;
+    let failed = rj.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!((failed.reason.as_str(), failed.message.contains("nope")), ("StorageUnavailable", true), "{failed:?}");
+
+    // An S3 bucket nobody listens for: the recorder's preflight fails, exit code 2
+    // fails the Job at once (no retries), and the reason reaches the status.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s3-creds"}, "stringData": {"accessKeyId": "AK", "secretAccessKey": "SK"}
+    }))
+    .unwrap();
+    env.ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    env.record("s3-rec", "m1", json!({"retries": 3, "storage": {"s3": {"bucket": "recordings", "endpoint": "http://127.0.0.1:9", "credentialsSecretRef": {"name": "s3-creds"}}}})).await;
+    let rj = env.await_phase("s3-rec", RecordingPhase::Failed, Duration::from_secs(60)).await;
+    let status = rj.status.unwrap();
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!(failed.reason, "StorageUnavailable", "{failed:?}");
+    assert_eq!(status.attempts, 1, "no retry for unusable storage");
+
+    // Auto recording: an Active meeting with policy Auto gets its RecordingJob.
+    let m: Meeting = serde_json::from_value(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "town-hall"},
+        "spec": {"title": "auto", "host": "alice", "participants": {"expected": 4}, "recording": {"policy": "Auto", "layout": "Speaker"}}
+    }))
+    .unwrap();
+    env.ns.api::<Meeting>().create(&PostParams::default(), &m).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.recordings().get_opt("town-hall-auto").await.unwrap().is_none(), "not before the meeting is Active");
+    env.set_meeting_phase("town-hall", "Active").await;
+    let auto = eventually("the automatic RecordingJob", Duration::from_secs(20), || {
+        let api = env.recordings();
+        async move { api.get_opt("town-hall-auto").await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(auto.spec.layout, switchboard_crds::recording_job::Layout::Speaker);
+    assert_eq!(auto.spec.storage.pvc.as_ref().unwrap().claim_name, "recordings");
+    env.finish().await;
+}
