@@ -92,7 +92,13 @@ pub fn concatenate(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<Frame>) {
     }
     let (w, h) = frames.iter().find_map(|f| vp8_keyframe_size(&f.data)).unwrap_or((0, 0));
     let mut out = file_header(b"VP80", w, h).to_vec();
-    out[24..28].copy_from_slice(&(frames.len() as u32).to_le_bytes());
+    // Bytes 24..28 are the frame count by the IVF spec, but ffmpeg reads them as the
+    // stream's duration in timebase units (ms here): write what players will show.
+    let span = match (frames.first(), frames.last()) {
+        (Some(a), Some(b)) if frames.len() > 1 => (b.pts_ms - a.pts_ms) * frames.len() as u64 / (frames.len() as u64 - 1),
+        _ => 0,
+    };
+    out[24..28].copy_from_slice(&(span.min(u32::MAX as u64) as u32).to_le_bytes());
     for f in &frames {
         out.extend_from_slice(&(f.data.len() as u32).to_le_bytes());
         out.extend_from_slice(&f.pts_ms.to_le_bytes());

@@ -58,10 +58,18 @@ impl RtpClock {
         Self { anchor_rtp: rtp, anchor_unix_us: arrival_unix_us, rate, from_sender_report: false }
     }
 
-    pub fn sender_report(&mut self, ntp_time: u64, rtp: u32) {
+    /// Re-anchors on a sender report, unless it disagrees with the current mapping by
+    /// more than [`MAX_REPORT_JUMP_US`] (a report from a sender that had not sent yet,
+    /// or a sender clock far off): then it is ignored and `false` returned.
+    pub fn sender_report(&mut self, ntp_time: u64, rtp: u32) -> bool {
+        let reported = ntp_to_unix_us(ntp_time);
+        if (reported - self.unix_us(rtp)).abs() > MAX_REPORT_JUMP_US {
+            return false;
+        }
         self.anchor_rtp = rtp;
-        self.anchor_unix_us = ntp_to_unix_us(ntp_time);
+        self.anchor_unix_us = reported;
         self.from_sender_report = true;
+        true
     }
 
     pub fn unix_us(&self, rtp: u32) -> i64 {
@@ -69,6 +77,10 @@ impl RtpClock {
         self.anchor_unix_us + ticks * 1_000_000 / self.rate.max(1) as i64
     }
 }
+
+/// Sender reports may move a track's clock by this much at most (clock offsets between
+/// hosts of a cluster are far smaller; larger jumps are bogus reports).
+pub const MAX_REPORT_JUMP_US: i64 = 3_000_000;
 
 /// NTP 32.32 (seconds since 1900) to microseconds since 1970.
 pub fn ntp_to_unix_us(ntp: u64) -> i64 {
@@ -396,7 +408,7 @@ impl MediaSink for TrackRecorder {
         if t.clock.is_none() {
             let mut clock = RtpClock::from_arrival(packet.header.timestamp, unix_us_now(), track.clock_rate);
             if let Some((ntp, rtp)) = t.pending_sr.take() {
-                clock.sender_report(ntp, rtp);
+                let _ = clock.sender_report(ntp, rtp);
             }
             t.clock = Some(clock);
         }
@@ -414,7 +426,11 @@ impl MediaSink for TrackRecorder {
         let mut st = self.state.lock().unwrap();
         let Some(t) = self.track_state(&mut st, track) else { return };
         match &mut t.clock {
-            Some(c) => c.sender_report(ntp_time, rtp_time),
+            Some(c) => {
+                if !c.sender_report(ntp_time, rtp_time) {
+                    tracing::debug!(track = %track.id, "sender report ignored: it disagrees with the arrival times by seconds");
+                }
+            }
             None => t.pending_sr = Some((ntp_time, rtp_time)),
         }
     }
@@ -431,9 +447,13 @@ mod tests {
         // NTP for Unix second 10, half past.
         let ntp = ((2_208_988_800u64 + 10) << 32) | (1u64 << 31);
         assert_eq!(ntp_to_unix_us(ntp), 10_500_000);
-        c.sender_report(ntp, 1000);
+        let mut c = RtpClock::from_arrival(1000, 10_400_000, 90_000);
+        assert!(c.sender_report(ntp, 1000), "100 ms off: accepted");
         assert_eq!(c.unix_us(1000 + 90_000), 11_500_000);
         assert_eq!(c.unix_us(1000u32.wrapping_sub(45_000)), 10_000_000);
+        // A report from before the first packet (RTP 0 at the epoch) is ignored.
+        assert!(!c.sender_report(((2_208_988_800u64 + 5000) << 32), 0));
+        assert_eq!(c.unix_us(1000), 10_500_000);
     }
 
     #[test]

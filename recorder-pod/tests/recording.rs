@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use serde_json::json;
@@ -23,7 +23,7 @@ use tokio::sync::OnceCell;
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder-pod");
 
 /// Test media, encoded once per run: per publisher a VP8 IVF (a moving test pattern,
-/// one keyframe a second) and an Ogg Opus sine tone.
+/// a keyframe every third of a second, so a new subscriber starts at once) and an Ogg Opus sine tone.
 struct TestMedia {
     video: Vec<EncodedMedia>,
     audio: Vec<EncodedMedia>,
@@ -43,7 +43,7 @@ async fn media() -> &'static TestMedia {
                 let ogg = dir.join(format!("p{i}.ogg"));
                 ffmpeg(&[
                     "-f", "lavfi", "-i", &format!("{pattern}=size=320x240:rate=15"), "-t", "10",
-                    "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15",
+                    "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "5", "-keyint_min", "5",
                     ivf.to_str().unwrap(),
                 ]);
                 ffmpeg(&[
@@ -100,12 +100,29 @@ impl Env {
         let work = std::env::temp_dir().join(format!("switchboard-rec-{}", ns.name));
         let storage = work.join("pvc-recordings");
         std::fs::create_dir_all(&storage).unwrap();
+        // A claim bound to a volume (the scheduler holds pods with unbound claims back);
+        // the job runner maps it to `storage`.
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": format!("recordings-{}", ns.name), "labels": {"switchboard.dev/test": "true"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": storage.display().to_string()},
+                     "claimRef": {"namespace": ns.name, "name": "recordings"}}
+        }))
+        .unwrap();
+        Api::<PersistentVolume>::all(admin.clone()).create(&PostParams::default(), &pv).await.expect("PV");
         let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": "recordings"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("recordings-{}", ns.name),
+                     "resources": {"requests": {"storage": "1Gi"}}}
         }))
         .unwrap();
         ns.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await.expect("PVC");
+        let claims = ns.api::<PersistentVolumeClaim>();
+        wait_for("the recordings claim is Bound", Duration::from_secs(30), || {
+            let claims = claims.clone();
+            async move { claims.get("recordings").await.ok().and_then(|c| c.status?.phase).as_deref() == Some("Bound") }
+        })
+        .await;
         let mut env = vec![("RECORDER_CHUNK_SECONDS".to_owned(), "2".to_owned())];
         env.extend(extra_env);
         let runner = LocalJobRunner::start(admin.clone(), &ns.name, RunnerOptions {
@@ -189,8 +206,10 @@ impl Env {
         self.storage.join("meetings").join(&self.ns.name).join(meeting).join(job)
     }
 
-    /// Two publishers with real camera and microphone media, in `meeting`.
-    async fn publishers(&self, meeting: &str) -> Vec<Participant> {
+    /// Two publishers with real camera and microphone media, in `meeting`. Returns once
+    /// the recorder writes all four tracks: a new subscription takes the SFU a second or
+    /// two to set up, and what is sent before it is not recordable.
+    async fn publishers(&self, meeting: &str, job: &str) -> Vec<Participant> {
         let m = media().await;
         let room = switchboard_crds::meeting::room_name(&self.ns.name, meeting);
         let mut out = Vec::new();
@@ -202,11 +221,18 @@ impl Env {
             };
             out.push(Participant::join(SfuApi::new(self.sfu.endpoint.clone()), &room, who, opts).await.expect("publisher joins"));
         }
+        let dir = self.dir(meeting, job);
+        wait_for("the recorder writing four tracks", Duration::from_secs(20), || {
+            let tracks: std::collections::HashSet<PathBuf> = chunk_files(&dir).iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+            async move { tracks.len() >= 4 }
+        })
+        .await;
         out
     }
 
     async fn finish(self) {
-        let Env { ns, .. } = self;
+        let Env { ns, admin, .. } = self;
+        let _ = Api::<PersistentVolume>::all(admin).delete(&format!("recordings-{}", ns.name), &DeleteParams::background()).await;
         ns.delete().await;
     }
 }
@@ -241,7 +267,8 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     env.record("standup-rec", "standup", json!({"layout": "Gallery"})).await;
     env.await_phase("standup-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
 
-    let publishers = env.publishers("standup").await;
+    // 20 s of media from the moment the recorder has every track.
+    let publishers = env.publishers("standup", "standup-rec").await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     leave_all(publishers).await;
     env.set_meeting_phase("standup", "Ended").await;
@@ -276,7 +303,7 @@ async fn a_recorder_killed_mid_meeting_keeps_its_chunks_and_the_retried_run_fini
     env.meeting("crashy").await;
     env.record("crashy-rec", "crashy", json!({"layout": "Speaker", "retries": 2})).await;
     env.await_phase("crashy-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
-    let publishers = env.publishers("crashy").await;
+    let publishers = env.publishers("crashy", "crashy-rec").await;
     let dir = env.dir("crashy", "crashy-rec");
     wait_for("chunks of all four tracks", Duration::from_secs(20), || {
         let n = chunk_files(&dir).len();
@@ -338,7 +365,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     // Retention Delete: once Ready, deleting the RecordingJob removes its files.
     env.record("demo-rec", "demo", json!({"retries": 2, "retention": "Delete", "format": "WebM"})).await;
     env.await_phase("demo-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
-    let publishers = env.publishers("demo").await;
+    let publishers = env.publishers("demo", "demo-rec").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     leave_all(publishers).await;
     env.set_meeting_phase("demo", "Ended").await;
@@ -359,7 +386,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     env.meeting("doomed").await;
     env.record("doomed-rec", "doomed", json!({"retries": 1})).await;
     env.await_phase("doomed-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
-    let publishers = env.publishers("doomed").await;
+    let publishers = env.publishers("doomed", "doomed-rec").await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     leave_all(publishers).await;
     env.set_meeting_phase("doomed", "Ended").await;
@@ -413,8 +440,16 @@ async fn recordings_that_cannot_work_fail_fast_and_active_auto_meetings_get_one(
     }))
     .unwrap();
     env.ns.api::<Meeting>().create(&PostParams::default(), &m).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(env.recordings().get_opt("town-hall-auto").await.unwrap().is_none(), "not before the meeting is Active");
+    switchboard_e2e::consistently("no automatic recording before the meeting is Active", Duration::from_secs(2), || {
+        let api = env.recordings();
+        async move {
+            match api.get_opt("town-hall-auto").await.unwrap() {
+                None => Ok(()),
+                Some(_) => Err("a RecordingJob exists already".to_owned()),
+            }
+        }
+    })
+    .await;
     env.set_meeting_phase("town-hall", "Active").await;
     let auto = eventually("the automatic RecordingJob", Duration::from_secs(20), || {
         let api = env.recordings();

@@ -379,7 +379,8 @@ impl Participant {
                         tokio::spawn(async move {
                             while let Ok((packets, _)) = receiver.read_rtcp().await {
                                 for p in packets {
-                                    if let Some(sr) = p.as_any().downcast_ref::<webrtc::rtcp::sender_report::SenderReport>() {
+                                    // A report sent before any packet maps RTP time 0 to the Unix epoch: meaningless.
+                                    if let Some(sr) = p.as_any().downcast_ref::<webrtc::rtcp::sender_report::SenderReport>().filter(|sr| sr.packet_count > 0) {
                                         sink.sender_report(&sink_track, sr.ntp_time, sr.rtp_time);
                                     }
                                 }
