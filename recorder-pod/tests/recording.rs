@@ -210,6 +210,12 @@ impl Env {
     /// the recorder writes all four tracks: a new subscription takes the SFU a second or
     /// two to set up, and what is sent before it is not recordable.
     async fn publishers(&self, meeting: &str, job: &str) -> Vec<Participant> {
+        let both = self.sfu.endpoint.clone();
+        self.publishers_on(meeting, job, [both.clone(), both]).await
+    }
+
+    /// Like [`Env::publishers`], alice joining `endpoints[0]` and bob `endpoints[1]`.
+    async fn publishers_on(&self, meeting: &str, job: &str, endpoints: [String; 2]) -> Vec<Participant> {
         let m = media().await;
         let room = switchboard_crds::meeting::room_name(&self.ns.name, meeting);
         let mut out = Vec::new();
@@ -219,7 +225,7 @@ impl Env {
                 publish: vec![Publish::encoded(&format!("{who}-cam"), m.video[i].clone()), Publish::encoded(&format!("{who}-mic"), m.audio[i].clone())],
                 ..Default::default()
             };
-            out.push(Participant::join(SfuApi::new(self.sfu.endpoint.clone()), &room, who, opts).await.expect("publisher joins"));
+            out.push(Participant::join(SfuApi::new(endpoints[i].clone()), &room, who, opts).await.expect("publisher joins"));
         }
         let dir = self.dir(meeting, job);
         wait_for("the recorder writing four tracks", Duration::from_secs(20), || {
@@ -458,5 +464,33 @@ async fn recordings_that_cannot_work_fail_fast_and_active_auto_meetings_get_one(
     .await;
     assert_eq!(auto.spec.layout, switchboard_crds::recording_job::Layout::Speaker);
     assert_eq!(auto.spec.storage.pvc.as_ref().unwrap().claim_name, "recordings");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cascaded_meeting_is_recorded_with_every_participant_wherever_they_joined() {
+    let env = Env::new("rec-cascade", vec![]).await;
+    env.meeting("big").await;
+    // A second SFU relays the room as an edge of the first (the origin, which the
+    // recorder joins); bob is connected to the edge only.
+    let edge = sfu_pod::local::start(&format!("edge-{}", env.ns.name)).await.expect("edge SFU");
+    let room = switchboard_crds::meeting::room_name(&env.ns.name, "big");
+    sfu_pod::relay::start(edge.sfu.clone(), &room, &env.sfu.endpoint, "edge-1").await.expect("edge relays");
+    env.record("big-rec", "big", json!({"layout": "Gallery"})).await;
+    env.await_phase("big-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    let publishers = env.publishers_on("big", "big-rec", [env.sfu.endpoint.clone(), edge.endpoint.clone()]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    leave_all(publishers).await;
+    env.set_meeting_phase("big", "Ended").await;
+    env.await_phase("big-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let dir = env.dir("big", "big-rec");
+    for (who, track) in [("alice", "alice-cam.ivf"), ("alice", "alice-mic.ogg"), ("bob", "bob-cam.ivf"), ("bob", "bob-mic.ogg")] {
+        let path = dir.join("tracks").join(who).join(track);
+        let (streams, duration) = ffprobe(&path);
+        assert_eq!(streams.len(), 1, "{}", path.display());
+        assert!(duration > 3.0, "{} lasts {duration} s", path.display());
+    }
+    let (streams, _) = ffprobe(&dir.join("gallery.mp4"));
+    assert_eq!(streams.len(), 2);
     env.finish().await;
 }
