@@ -1,1 +1,156 @@
-fn main() {}
+//! Recorder benchmark: CPU and memory of the recorder while it records a meeting of N
+//! participants (each publishing 640x360 VP8 at 15 fps and Opus), and the time and
+//! CPU ffmpeg takes to composite the gallery MP4, per minute of meeting.
+//!
+//!   cargo build --release -p recorder-pod --bins
+//!   target/release/recorder-bench --participants 10 --seconds 60
+//!
+//! The SFU and the publishers run in this process; the recorder runs as a child
+//! process (this binary with `--record`) so that its CPU time and peak memory are its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use recorder_pod::compose;
+use recorder_pod::tracks::TrackRecorder;
+use switchboard_crds::recording_job::{Layout, RecordingFormat};
+use switchboard_sfu_api::ParticipantKind;
+use switchboard_sfu_client::encoded::{load_ivf, load_ogg_opus};
+use switchboard_sfu_client::{JoinOptions, Participant, Publish, SfuApi};
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn ffmpeg(args: &[&str]) {
+    let ok = std::process::Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status().is_ok_and(|s| s.success());
+    assert!(ok, "ffmpeg {args:?} failed");
+}
+
+/// CPU seconds (user + system) of waited-for children so far.
+fn children_cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Peak resident memory of a process, MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn record_child(endpoint: String, room: String, dir: PathBuf, seconds: u64) {
+    let recorder = Arc::new(TrackRecorder::new(&dir, 1, Duration::from_secs(2)).expect("recording dir"));
+    let opts = JoinOptions { kind: ParticipantKind::Hidden, sink: Some(recorder.clone()), ..Default::default() };
+    let p = Participant::join(SfuApi::new(endpoint), &room, "recorder", opts).await.expect("recorder joins");
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        recorder.tick();
+    }
+    recorder.finish();
+    let t = recorder.totals();
+    eprintln!("recorder: {} tracks, {} chunks, {} frames, {} bytes", t.tracks, t.chunks, t.frames, t.bytes);
+    let _ = p.leave().await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--record") {
+        let (endpoint, room, dir, seconds) = (args[i + 1].clone(), args[i + 2].clone(), PathBuf::from(&args[i + 3]), args[i + 4].parse().unwrap());
+        return record_child(endpoint, room, dir, seconds).await;
+    }
+    let participants: usize = arg("--participants", 10);
+    let seconds: u64 = arg("--seconds", 60);
+    let work = std::env::temp_dir().join(format!("recorder-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+
+    // Test media: 10 s, looped by the publishers.
+    let (ivf, ogg) = (work.join("cam.ivf"), work.join("mic.ogg"));
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=15", "-t", "10", "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8",
+             "-b:v", "500k", "-g", "30", ivf.to_str().unwrap()]);
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:a", "libopus", "-b:a", "32k",
+             "-frame_duration", "20", "-page_duration", "20000", ogg.to_str().unwrap()]);
+    let (video, audio) = (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap());
+
+    let sfu = sfu_pod::local::start("bench-sfu").await.expect("SFU");
+    let room = "bench.meeting".to_owned();
+    let dir = work.join("recording");
+    // The recorder first, so that it hears every track from its start.
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--record", &sfu.endpoint, &room, dir.to_str().unwrap(), &(seconds + 3).to_string()])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("recorder child");
+    let pid = child.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut publishers = Vec::new();
+    for i in 0..participants {
+        let opts = JoinOptions {
+            manual_subscribe: true,
+            publish: vec![Publish::encoded(&format!("p{i}-cam"), video.clone()), Publish::encoded(&format!("p{i}-mic"), audio.clone())],
+            ..Default::default()
+        };
+        publishers.push(Participant::join(SfuApi::new(sfu.endpoint.clone()), &room, &format!("p{i}"), opts).await.expect("publisher"));
+    }
+    let cpu_before = children_cpu();
+    let mut peak = 0.0f64;
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        loop {
+            if let Some(p) = peak_rss_mib(pid) {
+                peak = peak.max(p);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, peak);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let (status, peak) = waited.await.unwrap();
+    assert!(status.success(), "the recorder failed: {status}");
+    let record_cpu = children_cpu() - cpu_before;
+    for p in publishers {
+        let _ = p.leave().await;
+    }
+
+    let began = Instant::now();
+    let tracks = compose::join_tracks(&dir).expect("tracks");
+    let join_s = began.elapsed().as_secs_f64();
+    let (start, end) = compose::span(&tracks);
+    let media_minutes = (end - start) as f64 / 60_000.0;
+    let mut rows = Vec::new();
+    for (layout, format) in [(Layout::Gallery, RecordingFormat::MP4), (Layout::Speaker, RecordingFormat::MP4)] {
+        let output = dir.join(compose::output_name(layout, format));
+        let cpu0 = children_cpu();
+        let t0 = Instant::now();
+        compose::run_ffmpeg("ffmpeg", &tracks, layout, format, &output, Duration::from_secs(3600)).await.expect("composite");
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = children_cpu() - cpu0;
+        rows.push((format!("{layout:?} {format:?}"), wall, cpu, std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0)));
+    }
+
+    println!("recorder-bench: {participants} participants (640x360 VP8 15 fps + Opus each), {:.1} s of media recorded", media_minutes * 60.0);
+    println!();
+    println!("| recording | value |");
+    println!("|---|---|");
+    println!("| recorder CPU | {:.1} % of one core ({record_cpu:.1} CPU-s over {} s) |", record_cpu / (seconds + 3) as f64 * 100.0, seconds + 3);
+    println!("| recorder peak memory (VmHWM) | {peak:.0} MiB |");
+    println!("| tracks written | {} |", tracks.len());
+    println!("| joining chunks into track files | {join_s:.2} s |");
+    println!();
+    // CPU seconds per meeting minute equal CPU minutes per meeting hour.
+    println!("| compositing | wall s | CPU s | wall s per meeting minute | CPU s per meeting minute (= CPU min per meeting hour) | output MiB |");
+    println!("|---|---|---|---|---|---|");
+    for (name, wall, cpu, size) in rows {
+        println!("| {name} | {wall:.1} | {cpu:.1} | {:.1} | {:.1} | {:.1} |", wall / media_minutes, cpu / media_minutes, size as f64 / 1048576.0);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
