@@ -155,7 +155,8 @@ pub fn speaker_segments(tracks: &[TrackFile], with_video: &[String], start: u64,
 pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat, output: &Path) -> Vec<String> {
     let (start, end) = span(tracks);
     let duration = (end - start) as f64 / 1000.0;
-    let mut args: Vec<String> = ["-hide_banner", "-loglevel", "error", "-nostdin", "-y"].map(String::from).to_vec();
+    // Two filter threads: the graph (decode, scale, overlay) is the bottleneck on small machines.
+    let mut args: Vec<String> = ["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-filter_complex_threads", "2"].map(String::from).to_vec();
     for t in tracks {
         args.push("-itsoffset".into());
         args.push(format!("{:.3}", (t.start_ms - start) as f64 / 1000.0));
@@ -171,7 +172,7 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     let fit = |i: usize, cw: u32, ch: u32, label: &str, g: &mut String| {
         let _ = write!(
             g,
-            ";[{i}:v]scale={cw}:{ch}:force_original_aspect_ratio=decrease,pad={cw}:{ch}:-1:-1:color=0x202124,setsar=1[{label}]"
+            ";[{i}:v]scale={cw}:{ch}:force_original_aspect_ratio=decrease:flags=fast_bilinear,pad={cw}:{ch}:-1:-1:color=0x202124,setsar=1[{label}]"
         );
     };
     match layout {
@@ -217,7 +218,7 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     args.extend(["-filter_complex".into(), g, "-map".into(), "[vout]".into(), "-map".into(), "[aout]".into()]);
     match format {
         RecordingFormat::MP4 => args.extend(
-            ["-c:v", "libx264", "-preset", "veryfast", "-crf", "27", "-r", "15", "-g", "150", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4"]
+            ["-c:v", "libx264", "-preset", "superfast", "-crf", "27", "-r", "15", "-g", "150", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4"]
                 .map(String::from),
         ),
         RecordingFormat::WebM => args.extend(
@@ -248,7 +249,16 @@ pub async fn run_ffmpeg(ffmpeg: &str, tracks: &[TrackFile], layout: Layout, form
     let partial = output.with_extension(format!("part.{}", output.extension().and_then(|e| e.to_str()).unwrap_or("out")));
     let args = ffmpeg_args(tracks, layout, format, &partial);
     tracing::info!(ffmpeg, args = %args.join(" "), "compositing");
-    let child = tokio::process::Command::new(ffmpeg)
+    let mut cmd = tokio::process::Command::new(ffmpeg);
+    // ffmpeg dies with the recorder (a killed recorder's retry composites again).
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd
         .args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

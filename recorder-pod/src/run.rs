@@ -20,6 +20,8 @@ use crate::http::Metrics;
 use crate::tracks::TrackRecorder;
 
 pub const FIELD_MANAGER: &str = "switchboard-recorder";
+/// A track announced by the SFU with no packet for this long makes the recorder rejoin.
+const UNHEARD_REJOIN_AFTER: Duration = Duration::from_secs(6);
 
 /// How a run ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -152,6 +154,7 @@ async fn record(
     let mut join_failing_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_reported = (usize::MAX, usize::MAX);
+    let mut watch = crate::tracks::UnheardWatch::new(UNHEARD_REJOIN_AFTER);
     let mut ticks = 0u64;
     loop {
         tokio::select! {
@@ -216,6 +219,13 @@ async fn record(
         }
         // The meeting's origin SFU hears every participant (edges relay to it).
         let Some(endpoint) = status.assignment.as_ref().map(|a| a.origin.endpoint.clone()) else { continue };
+        // A subscription the SFU set up but no packet ever came through (webrtc-rs can
+        // lose a receiver to a negotiation race): fresh connections fix it.
+        if let Some(stuck) = joined.as_ref().and_then(|(_, p)| watch.check(&p.events(), &recorder.heard())) {
+            tracing::warn!(tracks = ?stuck, "announced tracks never arrived: rejoining the SFU");
+            let (_, p) = joined.take().expect("checked");
+            let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;
+        }
         if joined.as_ref().is_some_and(|(at, _)| *at != endpoint) {
             let (old, p) = joined.take().expect("checked");
             tracing::info!(from = %old, to = %endpoint, "the meeting moved: following it");

@@ -224,6 +224,11 @@ impl TrackRecorder {
         self.state.lock().unwrap().totals
     }
 
+    /// (publisher, track) of every track RTP arrived on.
+    pub fn heard(&self) -> std::collections::HashSet<(String, String)> {
+        self.state.lock().unwrap().tracks.iter().filter(|(_, t)| t.clock.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
     /// When media last arrived.
     pub fn last_media(&self) -> Option<Instant> {
         self.state.lock().unwrap().last_media
@@ -461,5 +466,77 @@ mod tests {
         assert_eq!(safe_name("alice/cam 1"), "alice_cam_1");
         assert_eq!(safe_name(".."), "_..");
         assert_eq!(safe_name(""), "_");
+    }
+}
+
+/// Tracks the SFU announced to the recorder (published, not since unpublished, muted,
+/// or gone with their publisher) that no packet arrived on: `(publisher, track)`.
+pub fn unheard(events: &[switchboard_sfu_api::Event], heard: &std::collections::HashSet<(String, String)>) -> Vec<(String, String)> {
+    use switchboard_sfu_api::Event;
+    let mut live: Vec<(String, String)> = Vec::new();
+    for e in events {
+        match e {
+            Event::TrackPublished { participant, track, .. } => live.push((participant.clone(), track.clone())),
+            Event::TrackUnpublished { participant, track } => live.retain(|k| k != &(participant.clone(), track.clone())),
+            Event::TrackMuted { participant, track, muted: true } => live.retain(|k| k != &(participant.clone(), track.clone())),
+            Event::TrackMuted { participant, track, muted: false } => live.push((participant.clone(), track.clone())),
+            Event::ParticipantLeft { participant } => live.retain(|(p, _)| p != participant),
+            _ => {}
+        }
+    }
+    live.sort();
+    live.dedup();
+    live.retain(|k| !heard.contains(k));
+    live
+}
+
+/// Decides when announced-but-silent tracks warrant fresh connections to the SFU.
+pub struct UnheardWatch {
+    since: HashMap<(String, String), Instant>,
+    last_rejoin: Instant,
+    after: Duration,
+}
+
+impl UnheardWatch {
+    /// Rejoin when a track stays unheard for `after`, at most once per `2 × after`.
+    pub fn new(after: Duration) -> Self {
+        Self { since: HashMap::new(), last_rejoin: Instant::now(), after }
+    }
+
+    /// The tracks to rejoin for, if it is time to.
+    pub fn check(&mut self, events: &[switchboard_sfu_api::Event], heard: &std::collections::HashSet<(String, String)>) -> Option<Vec<(String, String)>> {
+        let now_unheard = unheard(events, heard);
+        self.since.retain(|k, _| now_unheard.contains(k));
+        for k in now_unheard {
+            self.since.entry(k).or_insert_with(Instant::now);
+        }
+        let stuck: Vec<_> = self.since.iter().filter(|(_, t)| t.elapsed() >= self.after).map(|(k, _)| k.clone()).collect();
+        if stuck.is_empty() || self.last_rejoin.elapsed() < self.after * 2 {
+            return None;
+        }
+        self.last_rejoin = Instant::now();
+        self.since.clear();
+        Some(stuck)
+    }
+}
+
+#[cfg(test)]
+mod unheard_tests {
+    use super::*;
+    use switchboard_sfu_api::{Event, MediaKind, Source};
+
+    #[test]
+    fn only_live_unmuted_tracks_without_packets_are_unheard() {
+        let publish = |p: &str, t: &str| Event::TrackPublished { participant: p.into(), track: t.into(), kind: MediaKind::Audio, codec: "opus".into(), source: Source::Microphone };
+        let events = vec![
+            publish("a", "a-mic"),
+            publish("b", "b-mic"),
+            publish("b", "b-cam"),
+            publish("c", "c-mic"),
+            Event::TrackMuted { participant: "b".into(), track: "b-cam".into(), muted: true },
+            Event::ParticipantLeft { participant: "c".into() },
+        ];
+        let heard = [("a".to_owned(), "a-mic".to_owned())].into_iter().collect();
+        assert_eq!(unheard(&events, &heard), vec![("b".to_owned(), "b-mic".to_owned())]);
     }
 }

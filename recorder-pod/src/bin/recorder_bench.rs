@@ -47,16 +47,29 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 async fn record_child(endpoint: String, room: String, dir: PathBuf, seconds: u64) {
     let recorder = Arc::new(TrackRecorder::new(&dir, 1, Duration::from_secs(2)).expect("recording dir"));
-    let opts = JoinOptions { kind: ParticipantKind::Hidden, sink: Some(recorder.clone()), ..Default::default() };
-    let p = Participant::join(SfuApi::new(endpoint), &room, "recorder", opts).await.expect("recorder joins");
+    let join = |n: u32| {
+        let opts = JoinOptions { kind: ParticipantKind::Hidden, sink: Some(recorder.clone()), ..Default::default() };
+        let (endpoint, room) = (endpoint.clone(), room.clone());
+        async move { Participant::join(SfuApi::new(endpoint), &room, &format!("recorder-{n}"), opts).await }
+    };
+    let mut p = join(0).await.expect("recorder joins");
+    // As the recorder pod does: tracks announced but silent make it rejoin.
+    let mut watch = recorder_pod::tracks::UnheardWatch::new(Duration::from_secs(6));
+    let mut rejoins = 0;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(500)).await;
         recorder.tick();
+        if let Some(stuck) = watch.check(&p.events(), &recorder.heard()) {
+            rejoins += 1;
+            eprintln!("recorder: rejoining for {stuck:?}");
+            let _ = p.leave().await;
+            p = join(rejoins).await.expect("recorder rejoins");
+        }
     }
     recorder.finish();
     let t = recorder.totals();
-    eprintln!("recorder: {} tracks, {} chunks, {} frames, {} bytes", t.tracks, t.chunks, t.frames, t.bytes);
+    eprintln!("recorder: {} tracks, {} chunks, {} frames, {} bytes, {rejoins} rejoins", t.tracks, t.chunks, t.frames, t.bytes);
     let _ = p.leave().await;
 }
 
@@ -124,6 +137,13 @@ async fn main() {
     let began = Instant::now();
     let tracks = compose::join_tracks(&dir).expect("tracks");
     let join_s = began.elapsed().as_secs_f64();
+    let missing: Vec<String> = (0..participants)
+        .flat_map(|i| [format!("p{i}-cam"), format!("p{i}-mic")])
+        .filter(|t| !tracks.iter().any(|f| &f.meta.track == t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("tracks never received: {missing:?}");
+    }
     let (start, end) = compose::span(&tracks);
     let media_minutes = (end - start) as f64 / 60_000.0;
     let mut rows = Vec::new();
@@ -152,5 +172,9 @@ async fn main() {
     for (name, wall, cpu, size) in rows {
         println!("| {name} | {wall:.1} | {cpu:.1} | {:.1} | {:.1} | {:.1} |", wall / media_minutes, cpu / media_minutes, size as f64 / 1048576.0);
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if args.iter().any(|a| a == "--keep") {
+        println!("\nkept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 }
