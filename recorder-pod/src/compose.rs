@@ -169,10 +169,13 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     let videos: Vec<usize> = (0..tracks.len()).filter(|i| tracks[*i].meta.video).collect();
     let audios: Vec<usize> = (0..tracks.len()).filter(|i| !tracks[*i].meta.video).collect();
     let mut layer = 0;
-    let fit = |i: usize, cw: u32, ch: u32, label: &str, g: &mut String| {
+    // `only`: a select expression; frames outside it are dropped before scaling (the
+    // Speaker layout shows one video at a time, and scaling is most of the cost).
+    let fit = |i: usize, cw: u32, ch: u32, label: &str, only: Option<&str>, g: &mut String| {
+        let select = only.map(|e| format!("select='{e}',")).unwrap_or_default();
         let _ = write!(
             g,
-            ";[{i}:v]scale={cw}:{ch}:force_original_aspect_ratio=decrease:flags=fast_bilinear,pad={cw}:{ch}:-1:-1:color=0x202124,setsar=1[{label}]"
+            ";[{i}:v]{select}scale={cw}:{ch}:force_original_aspect_ratio=decrease:flags=fast_bilinear,pad={cw}:{ch}:-1:-1:color=0x202124,setsar=1[{label}]"
         );
     };
     match layout {
@@ -188,8 +191,9 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
                 if mine.is_empty() {
                     continue;
                 }
-                fit(i, w, h, &format!("v{i}"), &mut g);
-                let _ = write!(g, ";[bg{layer}][v{i}]overlay=0:0:eof_action=pass:enable='{}'[bg{}]", mine.join("+"), layer + 1);
+                let shown = mine.join("+");
+                fit(i, w, h, &format!("v{i}"), Some(&shown), &mut g);
+                let _ = write!(g, ";[bg{layer}][v{i}]overlay=0:0:eof_action=pass:enable='{shown}'[bg{}]", layer + 1);
                 layer += 1;
             }
         }
@@ -198,7 +202,7 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
             let (cw, ch) = ((w / cols as u32) & !1, (h / rows as u32) & !1);
             for (cell, &i) in videos.iter().enumerate() {
                 let (x, y) = ((cell % cols) as u32 * cw, (cell / cols) as u32 * ch);
-                fit(i, cw, ch, &format!("v{i}"), &mut g);
+                fit(i, cw, ch, &format!("v{i}"), None, &mut g);
                 let _ = write!(g, ";[bg{layer}][v{i}]overlay={x}:{y}:eof_action=pass[bg{}]", layer + 1);
                 layer += 1;
             }
@@ -218,7 +222,7 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     args.extend(["-filter_complex".into(), g, "-map".into(), "[vout]".into(), "-map".into(), "[aout]".into()]);
     match format {
         RecordingFormat::MP4 => args.extend(
-            ["-c:v", "libx264", "-preset", "superfast", "-crf", "27", "-r", "15", "-g", "150", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4"]
+            ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "27", "-r", "15", "-g", "150", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4"]
                 .map(String::from),
         ),
         RecordingFormat::WebM => args.extend(

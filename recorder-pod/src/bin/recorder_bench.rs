@@ -4,6 +4,11 @@
 //!
 //!   cargo build --release -p recorder-pod --bins
 //!   target/release/recorder-bench --participants 10 --seconds 60
+//!   target/release/recorder-bench --participants 10 --seconds 60 --composite-only
+//!
+//! `--composite-only` skips the live meeting: it writes every participant's camera and
+//! microphone chunks directly (the recorder's own writers, the same test media), so
+//! compositing is measured with exactly N cameras and N microphones.
 //!
 //! The SFU and the publishers run in this process; the recorder runs as a child
 //! process (this binary with `--record`) so that its CPU time and peak memory are its own.
@@ -93,6 +98,11 @@ async fn main() {
              "-frame_duration", "20", "-page_duration", "20000", ogg.to_str().unwrap()]);
     let (video, audio) = (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap());
 
+    if args.iter().any(|a| a == "--composite-only") {
+        let dir = work.join("recording");
+        write_tracks(&dir, participants, seconds, &video, &audio);
+        return composite(&dir, participants, None, &args, &work).await;
+    }
     let sfu = sfu_pod::local::start("bench-sfu").await.expect("SFU");
     let room = "bench.meeting".to_owned();
     let dir = work.join("recording");
@@ -134,8 +144,48 @@ async fn main() {
         let _ = p.leave().await;
     }
 
+    composite(&dir, participants, Some((record_cpu, peak, seconds + 3)), &args, &work).await;
+}
+
+/// Writes `participants` cameras and microphones of `seconds` each, as the recorder would.
+fn write_tracks(dir: &std::path::Path, participants: usize, seconds: u64, video: &switchboard_sfu_client::EncodedMedia, audio: &switchboard_sfu_client::EncodedMedia) {
+    use recorder_pod::{ivf::IvfWriter, ogg::OggOpusWriter, tracks::TrackMeta};
+    for i in 0..participants {
+        for (media, track, mime) in [(video, format!("p{i}-cam"), "video/VP8"), (audio, format!("p{i}-mic"), "audio/opus")] {
+            let tdir = dir.join("tracks").join(format!("p{i}")).join(&track);
+            std::fs::create_dir_all(&tdir).unwrap();
+            let meta = TrackMeta { publisher: format!("p{i}"), track: track.clone(), video: media.video, mime_type: mime.into() };
+            std::fs::write(tdir.join("track.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+            let ext = if media.video { "ivf" } else { "ogg" };
+            let file = std::io::BufWriter::new(std::fs::File::create(tdir.join(format!("0000000000-a1.{ext}"))).unwrap());
+            let mut at = Duration::ZERO;
+            let end = Duration::from_secs(seconds);
+            if media.video {
+                let mut w = IvfWriter::new(file, b"VP80", 0, 0).unwrap();
+                for f in media.frames.iter().cycle() {
+                    if at + f.duration > end {
+                        break;
+                    }
+                    w.write_frame(&f.data, at.as_millis() as u64).unwrap();
+                    at += f.duration;
+                }
+            } else {
+                let mut w = OggOpusWriter::new(file, 1).unwrap();
+                for f in media.frames.iter().cycle() {
+                    if at + f.duration > end {
+                        break;
+                    }
+                    at += f.duration;
+                    w.write_packet(&f.data, at.as_micros() as u64 * 48 / 1000).unwrap();
+                }
+            }
+        }
+    }
+}
+
+async fn composite(dir: &std::path::Path, participants: usize, recording: Option<(f64, f64, u64)>, args: &[String], work: &std::path::Path) {
     let began = Instant::now();
-    let tracks = compose::join_tracks(&dir).expect("tracks");
+    let tracks = compose::join_tracks(dir).expect("tracks");
     let join_s = began.elapsed().as_secs_f64();
     let missing: Vec<String> = (0..participants)
         .flat_map(|i| [format!("p{i}-cam"), format!("p{i}-mic")])
@@ -157,13 +207,16 @@ async fn main() {
         rows.push((format!("{layout:?} {format:?}"), wall, cpu, std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0)));
     }
 
-    println!("recorder-bench: {participants} participants (640x360 VP8 15 fps + Opus each), {:.1} s of media recorded", media_minutes * 60.0);
+    let cams = tracks.iter().filter(|t| t.meta.video).count();
+    println!("recorder-bench: {participants} participants (640x360 VP8 15 fps + Opus each), {:.1} s of media, {} tracks ({cams} cameras)", media_minutes * 60.0, tracks.len());
     println!();
     println!("| recording | value |");
     println!("|---|---|");
-    println!("| recorder CPU | {:.1} % of one core ({record_cpu:.1} CPU-s over {} s) |", record_cpu / (seconds + 3) as f64 * 100.0, seconds + 3);
-    println!("| recorder peak memory (VmHWM) | {peak:.0} MiB |");
-    println!("| tracks written | {} |", tracks.len());
+    if let Some((record_cpu, peak, secs)) = recording {
+        println!("| recorder CPU | {:.1} % of one core ({record_cpu:.1} CPU-s over {secs} s) |", record_cpu / secs as f64 * 100.0);
+        println!("| recorder peak memory (VmHWM) | {peak:.0} MiB |");
+    }
+    println!("| tracks | {} |", tracks.len());
     println!("| joining chunks into track files | {join_s:.2} s |");
     println!();
     // CPU seconds per meeting minute equal CPU minutes per meeting hour.
@@ -175,6 +228,6 @@ async fn main() {
     if args.iter().any(|a| a == "--keep") {
         println!("\nkept: {}", dir.display());
     } else {
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(work);
     }
 }
