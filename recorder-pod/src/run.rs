@@ -159,7 +159,8 @@ async fn record(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => {
+            // A closed channel (no signal handler) disables this branch rather than firing it.
+            Ok(()) = shutdown.changed() => {
                 // The pod is going away: keep what is written, let the next run continue.
                 let closed = recorder.finish();
                 for c in closed { let _ = cfg.storage.store(&c).await; }
@@ -174,7 +175,7 @@ async fn record(
         }
         let totals = recorder.totals();
         metrics.observe(&totals);
-        if (totals.tracks, totals.chunks) != last_reported && ticks % 4 == 0 {
+        if (totals.tracks, totals.chunks) != last_reported && ticks.is_multiple_of(4) {
             last_reported = (totals.tracks, totals.chunks);
             reporter.report.tracks = totals.tracks as i32;
             reporter.report.chunks = totals.chunks as i32;
@@ -191,7 +192,7 @@ async fn record(
             tracing::info!("no media for the idle timeout");
             break;
         }
-        if ticks % 2 != 0 {
+        if !ticks.is_multiple_of(2) {
             continue;
         }
         let meeting = match meetings.get_opt(&cfg.meeting).await {

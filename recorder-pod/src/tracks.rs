@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn rtp_time_maps_through_sender_reports_across_wraparound() {
-        let mut c = RtpClock::from_arrival(u32::MAX - 899, 1_000_000, 90_000);
+        let c = RtpClock::from_arrival(u32::MAX - 899, 1_000_000, 90_000);
         assert_eq!(c.unix_us(900), 1_000_000 + 20_000, "1800 ticks later, across the wrap");
         // NTP for Unix second 10, half past.
         let ntp = ((2_208_988_800u64 + 10) << 32) | (1u64 << 31);
@@ -457,7 +457,7 @@ mod tests {
         assert_eq!(c.unix_us(1000 + 90_000), 11_500_000);
         assert_eq!(c.unix_us(1000u32.wrapping_sub(45_000)), 10_000_000);
         // A report from before the first packet (RTP 0 at the epoch) is ignored.
-        assert!(!c.sender_report(((2_208_988_800u64 + 5000) << 32), 0));
+        assert!(!c.sender_report((2_208_988_800u64 + 5000) << 32, 0));
         assert_eq!(c.unix_us(1000), 10_500_000);
     }
 

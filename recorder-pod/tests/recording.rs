@@ -236,6 +236,14 @@ impl Env {
         out
     }
 
+    /// Two publishers in `meeting` for `seconds` of recorded media; then the meeting ends.
+    async fn hold_meeting(&self, meeting: &str, job: &str, seconds: u64) {
+        let publishers = self.publishers(meeting, job).await;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        leave_all(publishers).await;
+        self.set_meeting_phase(meeting, "Ended").await;
+    }
+
     async fn finish(self) {
         let Env { ns, admin, .. } = self;
         let _ = Api::<PersistentVolume>::all(admin).delete(&format!("recordings-{}", ns.name), &DeleteParams::background()).await;
@@ -274,10 +282,7 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     env.await_phase("standup-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
 
     // 20 s of media from the moment the recorder has every track.
-    let publishers = env.publishers("standup", "standup-rec").await;
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    leave_all(publishers).await;
-    env.set_meeting_phase("standup", "Ended").await;
+    env.hold_meeting("standup", "standup-rec", 20).await;
 
     let rj = env.await_phase("standup-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
     let status = rj.status.unwrap();
@@ -371,10 +376,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     // Retention Delete: once Ready, deleting the RecordingJob removes its files.
     env.record("demo-rec", "demo", json!({"retries": 2, "retention": "Delete", "format": "WebM"})).await;
     env.await_phase("demo-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
-    let publishers = env.publishers("demo", "demo-rec").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    leave_all(publishers).await;
-    env.set_meeting_phase("demo", "Ended").await;
+    env.hold_meeting("demo", "demo-rec", 5).await;
     let rj = env.await_phase("demo-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
     assert_eq!(rj.status.as_ref().unwrap().attempts, 2, "failed once, then composited: {:?}", rj.status);
     let dir = env.dir("demo", "demo-rec");
@@ -392,10 +394,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     env.meeting("doomed").await;
     env.record("doomed-rec", "doomed", json!({"retries": 1})).await;
     env.await_phase("doomed-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
-    let publishers = env.publishers("doomed", "doomed-rec").await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    leave_all(publishers).await;
-    env.set_meeting_phase("doomed", "Ended").await;
+    env.hold_meeting("doomed", "doomed-rec", 4).await;
     let rj = env.await_phase("doomed-rec", RecordingPhase::Failed, Duration::from_secs(120)).await;
     let status = rj.status.unwrap();
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");

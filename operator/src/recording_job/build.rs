@@ -172,6 +172,8 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, delete_files: bool) -> Job {
                 "spec": {
                     "restartPolicy": "Never",
                     "serviceAccountName": RECORDER_SERVICE_ACCOUNT,
+                    // The volume is writable by the non-root recorder.
+                    "securityContext": {"fsGroup": 65532},
                     "terminationGracePeriodSeconds": 30,
                     "volumes": volumes,
                     "containers": [{
