@@ -165,7 +165,8 @@ pub fn sigv4_authorization(
     format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope},SignedHeaders={signed_headers},Signature={signature}")
 }
 
-async fn s3_request(
+/// One signed S3 request on `key` (empty: the bucket); the response body.
+pub async fn s3_request(
     http: &reqwest::Client,
     s3: &S3Config,
     method: reqwest::Method,
@@ -197,8 +198,17 @@ async fn s3_request(
         let q = query.iter().map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false))).collect::<Vec<_>>().join("&");
         url.set_query(Some(&q));
     }
+    // Some S3-compatible servers read a body without a content type as a form.
+    let content_type = match key.rsplit('.').next() {
+        Some("mp4") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("ogg") => "audio/ogg",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    };
     let resp = http
         .request(method, url)
+        .header("content-type", content_type)
         .header("x-amz-content-sha256", payload)
         .header("x-amz-date", amz_date)
         .header("authorization", auth)
@@ -215,7 +225,7 @@ async fn s3_request(
 }
 
 /// Every key under the recording's prefix (ListObjectsV2, paginated).
-async fn s3_list(http: &reqwest::Client, s3: &S3Config) -> Result<Vec<String>, StorageError> {
+pub async fn s3_list(http: &reqwest::Client, s3: &S3Config) -> Result<Vec<String>, StorageError> {
     let mut keys = Vec::new();
     let mut token: Option<String> = None;
     loop {

@@ -13,6 +13,7 @@ use kube::Client;
 use serde_json::json;
 use switchboard_crds::meeting::Meeting;
 use switchboard_crds::recording_job::{RecordingJob, RecordingPhase};
+use recorder_pod::storage::{S3Config, s3_list, s3_request};
 use switchboard_e2e::job_runner::{LocalJobRunner, RunnerOptions};
 use switchboard_e2e::operator::{operator_identity, start_operator_with, OperatorHandle};
 use switchboard_e2e::{TestNamespace, client, eventually, install_crds, wait_for};
@@ -228,9 +229,15 @@ impl Env {
             out.push(Participant::join(SfuApi::new(endpoints[i].clone()), &room, who, opts).await.expect("publisher joins"));
         }
         let dir = self.dir(meeting, job);
+        let api = self.recordings();
         wait_for("the recorder writing four tracks", Duration::from_secs(20), || {
+            // On the volume as soon as they are written; else (S3) as the recorder reports them.
             let tracks: std::collections::HashSet<PathBuf> = chunk_files(&dir).iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
-            async move { tracks.len() >= 4 }
+            let api = api.clone();
+            async move {
+                let reported = api.get(job).await.ok().and_then(|r| r.status?.recorder).map_or(0, |r| r.tracks);
+                tracks.len() >= 4 || reported >= 4
+            }
         })
         .await;
         out
@@ -491,5 +498,94 @@ async fn a_cascaded_meeting_is_recorded_with_every_participant_wherever_they_joi
     }
     let (streams, _) = ffprobe(&dir.join("gallery.mp4"));
     assert_eq!(streams.len(), 2);
+    env.finish().await;
+}
+
+/// An S3-compatible server on loopback: moto (from PyPI, installed by `.ci/run`).
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+impl S3Server {
+    async fn start(bucket: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server is installed (pip install 'moto[server]'; .ci/run does it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let url = format!("{endpoint}/{bucket}");
+        eventually("the S3 server creates the bucket", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.put(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+        Self { child, endpoint }
+    }
+
+    /// Reads as the recorder's credentials (objects belong to them).
+    fn config(&self, bucket: &str, prefix: &str) -> S3Config {
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            region: "us-east-1".into(),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+        }
+    }
+
+    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        s3_list(&reqwest::Client::new(), &self.config(bucket, prefix)).await.unwrap()
+    }
+
+    async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        s3_request(&reqwest::Client::new(), &self.config(bucket, ""), reqwest::Method::GET, key, &[], vec![]).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_to_an_s3_bucket_uploads_chunks_and_result_and_delete_removes_them() {
+    let s3 = S3Server::start("meetings").await;
+    let env = Env::new("rec-s3", vec![]).await;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s3-creds"}, "stringData": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "secret"}
+    }))
+    .unwrap();
+    env.ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &secret).await.unwrap();
+    env.meeting("weekly").await;
+    let storage = json!({"s3": {"bucket": "meetings", "endpoint": s3.endpoint, "prefix": "rec", "credentialsSecretRef": {"name": "s3-creds"}}});
+    env.record("weekly-rec", "weekly", json!({"storage": storage, "retention": "Delete"})).await;
+    env.await_phase("weekly-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    env.hold_meeting("weekly", "weekly-rec", 5).await;
+    let rj = env.await_phase("weekly-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let prefix = format!("rec/{}/weekly/weekly-rec", env.ns.name);
+    assert_eq!(rj.status.unwrap().url.as_deref(), Some(format!("s3://meetings/{prefix}/gallery.mp4").as_str()));
+    let keys = s3.keys("meetings", &prefix).await;
+    assert!(keys.iter().filter(|k| k.contains("-a1.")).count() >= 8, "chunks uploaded as they closed: {keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("tracks/alice/alice-mic.ogg")), "{keys:?}");
+    let ogg = s3.get("meetings", &format!("{prefix}/tracks/alice/alice-mic.ogg")).await;
+    assert!(ogg.starts_with(b"OggS") && ogg.len() > 10_000, "the track file arrived whole: {} bytes", ogg.len());
+    // The object is a playable MP4.
+    let mp4 = s3.get("meetings", &format!("{prefix}/gallery.mp4")).await;
+    let local = std::env::temp_dir().join(format!("{}-gallery.mp4", env.ns.name));
+    std::fs::write(&local, &mp4).unwrap();
+    let (streams, duration) = ffprobe(&local);
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    assert!(duration > 3.0, "{duration}");
+    // Retention Delete: the bucket's copy goes with the object.
+    env.recordings().delete("weekly-rec", &DeleteParams::default()).await.unwrap();
+    switchboard_e2e::await_deleted(&env.recordings(), "weekly-rec", Duration::from_secs(60)).await;
+    assert_eq!(s3.keys("meetings", &prefix).await, Vec::<String>::new());
     env.finish().await;
 }
