@@ -86,6 +86,9 @@ impl Fleet {
         nodes::create_group_node(&self.admin, &a, &self.group, 110).await;
         self.set_min(pods).await;
         await_pool_ready(&self.admin, &self.ns, POOL, pods).await;
+        // Full from now on: a buffer pod the autoscaler adds while the meetings arrive
+        // must not land on `a` (it waits for `b`).
+        nodes::taint_node(&self.admin, &a, FULL_TAINT).await;
         let names: Vec<String> = (0..count).map(|i| format!("m{i:03}")).collect();
         futures::stream::iter(names.iter())
             .for_each_concurrent(16, |n| async move {
@@ -96,7 +99,6 @@ impl Fleet {
         for m in &placed {
             assert_eq!(assignment_nodes(m).unwrap(), vec![a.clone()], "{} starts on node a", m.name_any());
         }
-        nodes::taint_node(&self.admin, &a, FULL_TAINT).await;
         nodes::create_group_node(&self.admin, &b, &self.group, b_max).await;
         self.set_min(pods + spare).await;
         await_pool_ready(&self.admin, &self.ns, POOL, pods + spare).await;
