@@ -71,13 +71,10 @@ pub fn join_tracks(dir: &Path) -> Result<Vec<TrackFile>, ComposeError> {
                 let serial = 0x5357_4231;
                 let (bytes, pages) = ogg::concatenate(&data, serial);
                 let (Some(first), Some(last)) = (pages.first(), pages.last()) else { continue };
-                let samples = |p: &ogg::Page| {
-                    switchboard_sfu_client::encoded::opus_packet_duration(&p.packet).as_micros() as u64 * ogg::OPUS_SAMPLE_RATE / 1_000_000
-                };
                 let to_ms = |g: u64| g * 1000 / ogg::OPUS_SAMPLE_RATE;
                 std::fs::write(&path, bytes)?;
                 let activity = pages.iter().map(|p| (to_ms(p.granule), p.packet.len() as u32)).collect();
-                TrackFile { meta, path, start_ms: to_ms(first.granule.saturating_sub(samples(first))), end_ms: to_ms(last.granule), activity }
+                TrackFile { meta, path, start_ms: to_ms(first.granule.saturating_sub(ogg::opus_samples(&first.packet))), end_ms: to_ms(last.granule), activity }
             };
             out.push(file);
         }

@@ -29,6 +29,11 @@ pub fn crc(data: &[u8]) -> u32 {
     data.iter().fold(0u32, |c, &b| (c << 8) ^ t[(((c >> 24) as u8) ^ b) as usize])
 }
 
+/// Samples (at 48 kHz) an Opus packet plays for, from its TOC byte.
+pub fn opus_samples(packet: &[u8]) -> u64 {
+    switchboard_sfu_client::encoded::opus_packet_duration(packet).as_micros() as u64 * OPUS_SAMPLE_RATE / 1_000_000
+}
+
 /// Builds one page holding `packet` whole.
 pub fn page(header_type: u8, granule: u64, serial: u32, sequence: u32, packet: &[u8]) -> Vec<u8> {
     let mut lacing = vec![255u8; packet.len() / 255];

@@ -349,7 +349,7 @@ impl TrackRecorder {
         let written = match &mut chunk.writer {
             ChunkWriter::Ogg(w) => {
                 let start = rel_us * OPUS_SAMPLE_RATE / 1_000_000;
-                let samples = switchboard_sfu_client::encoded::opus_packet_duration(&sample.data).as_micros() as u64 * OPUS_SAMPLE_RATE / 1_000_000;
+                let samples = crate::ogg::opus_samples(&sample.data);
                 // Granules never go backwards, whatever jitter the clock mapping has.
                 let end = (start + samples).max(t.last_end_granule + 1);
                 t.last_end_granule = end;

@@ -6,8 +6,7 @@
 
 pub mod build;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,7 +24,7 @@ use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec
 
 use crate::conditions::same;
 use crate::labels::FIELD_MANAGER;
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use crate::metrics::{ErrorLabels, Failures, Metrics};
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "recordingjob";
@@ -35,7 +34,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Metrics,
     config: OperatorConfig,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 fn key(r: &impl ResourceExt) -> String {
@@ -48,7 +47,7 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutd
         None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
-    let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, config, failures: Mutex::default() });
+    let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, config, failures: Failures::default() });
     let owned = watcher::Config::default().labels(&format!("{}={}", crate::labels::COMPONENT_LABEL, build::RECORDER_COMPONENT));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -79,26 +78,14 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutd
 }
 
 async fn reconcile(rj: Arc<RecordingJob>, ctx: Arc<Context>) -> Result<Action> {
-    let labels = ControllerLabels { controller: CONTROLLER };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("reconcile", controller = CONTROLLER, recording = %key(rj.as_ref()));
-    let result = tracing::Instrument::instrument(reconcile_recording(&rj, &ctx), span).await;
-    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    let mut failures = ctx.failures.lock().expect("lock");
-    match &result {
-        Ok(_) => {
-            failures.remove(&key(rj.as_ref()));
-        }
-        Err(_) => *failures.entry(key(rj.as_ref())).or_default() += 1,
-    }
+    let result = crate::metrics::instrumented(&ctx.metrics, CONTROLLER, tracing::info_span!("reconcile", controller = CONTROLLER, recording = %key(rj.as_ref())), reconcile_recording(&rj, &ctx)).await;
+    ctx.failures.record(key(rj.as_ref()), result.is_ok());
     result
 }
 
 fn error_policy(rj: Arc<RecordingJob>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() }).inc();
-    let failures = ctx.failures.lock().expect("lock").get(&key(rj.as_ref())).copied().unwrap_or(1).max(1);
-    let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(9))).min(Duration::from_secs(300));
+    let backoff = ctx.failures.backoff(&key(rj.as_ref()));
     tracing::warn!(recording = %key(rj.as_ref()), error = %error, ?backoff, "reconcile failed; retrying");
     let message = error.to_string();
     tokio::spawn(async move {

@@ -244,7 +244,7 @@ fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action 
         .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
         .inc();
     let failures = ctx.memory.lock().expect("lock").get(&key(&pool)).map_or(1, |m| m.failures.max(1));
-    let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(9))).min(Duration::from_secs(300));
+    let backoff = crate::metrics::backoff_after(failures);
     tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
     // Report where a user looks: an Event and the Ready condition.
     let ctx2 = ctx.clone();

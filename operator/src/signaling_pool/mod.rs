@@ -3,8 +3,7 @@
 
 pub mod build;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -23,7 +22,7 @@ use switchboard_crds::{SignalingPool, SignalingPoolStatus};
 
 use crate::conditions::{condition, same};
 use crate::labels::FIELD_MANAGER;
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics};
+use crate::metrics::{ErrorLabels, Failures, Metrics};
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "signalingpool";
@@ -34,7 +33,7 @@ pub struct Context {
     recorder: Recorder,
     metrics: Metrics,
     /// Consecutive failures per pool, for the backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Failures,
 }
 
 fn key(p: &SignalingPool) -> String {
@@ -47,7 +46,7 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutd
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
-    let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, failures: Mutex::default() });
+    let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, failures: Failures::default() });
     let owned = watcher::Config::default().labels(&format!("{}={}", crate::labels::COMPONENT_LABEL, build::SIGNALING_COMPONENT));
     Controller::new(pools, watcher::Config::default())
         .owns(deployments, owned)
@@ -62,26 +61,14 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutd
 }
 
 async fn reconcile(pool: Arc<SignalingPool>, ctx: Arc<Context>) -> Result<Action> {
-    let labels = ControllerLabels { controller: CONTROLLER };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
-    let result = tracing::Instrument::instrument(pool.reconcile(&ctx), span).await;
-    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    let mut failures = ctx.failures.lock().expect("lock");
-    match &result {
-        Ok(_) => {
-            failures.remove(&key(&pool));
-        }
-        Err(_) => *failures.entry(key(&pool)).or_default() += 1,
-    }
+    let result = crate::metrics::instrumented(&ctx.metrics, CONTROLLER, tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool)), pool.reconcile(&ctx)).await;
+    ctx.failures.record(key(&pool), result.is_ok());
     result
 }
 
 fn error_policy(pool: Arc<SignalingPool>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() }).inc();
-    let failures = ctx.failures.lock().expect("lock").get(&key(&pool)).copied().unwrap_or(1).max(1);
-    let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(9))).min(Duration::from_secs(300));
+    let backoff = ctx.failures.backoff(&key(&pool));
     tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
     let message = error.to_string();
     tokio::spawn(async move {
