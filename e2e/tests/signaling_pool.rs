@@ -54,12 +54,15 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
     assert_eq!(from_secret("SIGNALING_JWT_KEY"), ("signaling-jwt".into(), "key".into()));
     assert_eq!(from_secret("SIGNALING_TURN_SECRET"), ("turn".into(), "secret".into()));
 
+    // The controller applies the Service, PDB and HPA after the Deployment: wait for each.
     let svc: Api<Service> = s.ns.api();
-    assert_eq!(svc.get("main-signaling").await.unwrap().spec.unwrap().ports.unwrap()[0].port, 80);
+    let service = eventually("the signaling Service", TIMEOUT, || async { svc.get_opt("main-signaling").await.ok().flatten() }).await;
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 80);
     let pdb: Api<PodDisruptionBudget> = s.ns.api();
-    assert!(pdb.get("main-signaling").await.unwrap().spec.unwrap().max_unavailable.is_some());
+    let budget = eventually("the signaling PDB", TIMEOUT, || async { pdb.get_opt("main-signaling").await.ok().flatten() }).await;
+    assert!(budget.spec.unwrap().max_unavailable.is_some());
     let hpas: Api<HorizontalPodAutoscaler> = s.ns.api();
-    let hpa = hpas.get("main-signaling").await.unwrap().spec;
+    let hpa = eventually("the signaling HPA", TIMEOUT, || async { hpas.get_opt("main-signaling").await.ok().flatten() }).await.spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
     let metrics = hpa.metrics.unwrap();
     assert_eq!(metrics[0].pods.as_ref().unwrap().metric.name, "switchboard_signaling_connections");
