@@ -88,9 +88,10 @@ fn secret_env(name: &str, r: &switchboard_crds::common::SecretKeyRef) -> serde_j
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}})
 }
 
-/// The Deployment. `replicas` is set only when creating it (`initial`); after that
-/// the HPA owns the field.
-pub fn deployment(v: &ValidSignaling<'_>, initial: bool) -> Deployment {
+/// The Deployment, without `replicas`: the HPA owns that field. The operator's own
+/// field manager never states it, or every apply would take it back from the HPA (or,
+/// once stated and then left out, reset it to the default of 1).
+pub fn deployment(v: &ValidSignaling<'_>) -> Deployment {
     let spec = &v.pool.spec;
     let mut env = vec![
         json!({"name": "SIGNALING_ADDR", "value": format!("0.0.0.0:{HTTP_PORT}")}),
@@ -106,7 +107,7 @@ pub fn deployment(v: &ValidSignaling<'_>, initial: bool) -> Deployment {
         env.push(json!({"name": "SIGNALING_TURN_TTL_SECONDS", "value": turn.credential_ttl.as_std().as_secs().to_string()}));
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5});
-    let mut deployment = json!({
+    let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta(v),
@@ -137,11 +138,29 @@ pub fn deployment(v: &ValidSignaling<'_>, initial: bool) -> Deployment {
             },
         },
     });
-    if initial {
-        deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
-    }
     serde_json::from_value(deployment).expect("valid Deployment")
 }
+
+/// The replica count a new Deployment starts with (minReplicas), applied once under
+/// [`INITIAL_REPLICAS_MANAGER`] so the HPA can take the field over from that manager.
+pub fn initial_replicas(v: &ValidSignaling<'_>) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": object_name(&v.name), "namespace": v.namespace},
+        "spec": {"replicas": v.pool.spec.autoscaling.min_replicas},
+    })
+}
+
+/// Whether any field manager (the initial one, the HPA, a user) owns `spec.replicas`.
+pub fn replicas_owned(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+    })
+}
+
+/// The field manager that sets a new Deployment's replicas and never applies again.
+pub const INITIAL_REPLICAS_MANAGER: &str = "switchboard-operator-initial-replicas";
 
 pub fn service(v: &ValidSignaling<'_>) -> Service {
     serde_json::from_value(json!({
@@ -211,15 +230,26 @@ mod tests {
     fn secrets_reach_the_pods_only_by_reference() {
         let p = pool(json!({"turn": {"urls": ["turn:t.example.com:3478"], "sharedSecretRef": {"name": "turn", "key": "secret"}, "credentialTtl": "5m"}}));
         let v = validate(&p).unwrap();
-        let d = serde_json::to_value(deployment(&v, true)).unwrap();
+        let d = serde_json::to_value(deployment(&v)).unwrap();
         let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
         let by_name = |n: &str| env.as_array().unwrap().iter().find(|e| e["name"] == n).cloned().unwrap();
         assert_eq!(by_name("SIGNALING_REDIS_URL")["valueFrom"]["secretKeyRef"], json!({"name": "redis", "key": "url"}));
         assert_eq!(by_name("SIGNALING_JWT_KEY")["valueFrom"]["secretKeyRef"], json!({"name": "jwt", "key": "key"}));
         assert_eq!(by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"], json!({"name": "turn", "key": "secret"}));
         assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
-        assert_eq!(d["spec"]["replicas"], 2, "created at minReplicas");
-        assert!(serde_json::to_value(deployment(&v, false)).unwrap()["spec"].get("replicas").is_none(), "then the HPA owns replicas");
+        assert!(d["spec"].get("replicas").is_none(), "the operator's manager never owns replicas");
+        assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "created at minReplicas");
+    }
+
+    #[test]
+    fn replicas_count_as_owned_once_a_manager_states_them() {
+        let mut d = deployment(&validate(&pool(json!({}))).unwrap());
+        assert!(!replicas_owned(&d));
+        let entry = |fields: serde_json::Value| serde_json::from_value(json!({"manager": "m", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields})).unwrap();
+        d.metadata.managed_fields = Some(vec![entry(json!({"f:spec": {"f:template": {}}}))]);
+        assert!(!replicas_owned(&d), "the operator's own entry leaves replicas out");
+        d.metadata.managed_fields.as_mut().unwrap().push(entry(json!({"f:spec": {"f:replicas": {}}})));
+        assert!(replicas_owned(&d));
     }
 
     #[test]

@@ -141,7 +141,12 @@ impl Reconcile for SignalingPool {
         Api::<ServiceAccount>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&sa)).await?;
         let rb = build::role_binding(&valid);
         Api::<RoleBinding>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&rb)).await?;
-        let deployment = deployments.patch(&name, &params, &Patch::Apply(&build::deployment(&valid, existing.is_none()))).await?;
+        let mut deployment = deployments.patch(&name, &params, &Patch::Apply(&build::deployment(&valid))).await?;
+        // Also after a failed first try: until some manager owns replicas, set minReplicas.
+        if !build::replicas_owned(&deployment) {
+            let initial = PatchParams::apply(build::INITIAL_REPLICAS_MANAGER);
+            deployment = deployments.patch(&name, &initial, &Patch::Apply(&build::initial_replicas(&valid))).await?;
+        }
         Api::<Service>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&build::service(&valid))).await?;
         Api::<PodDisruptionBudget>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&build::disruption_budget(&valid))).await?;
         Api::<HorizontalPodAutoscaler>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&build::autoscaler(&valid))).await?;
