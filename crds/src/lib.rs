@@ -4,6 +4,7 @@
 //! `tests/crd_yaml.rs` fails when it drifts.
 
 pub mod common;
+pub mod generated;
 pub mod meeting;
 pub mod recording_job;
 pub mod signaling_pool;

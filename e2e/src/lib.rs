@@ -133,6 +133,38 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `helm` of the local control plane with the admin kubeconfig.
+pub fn helm(args: &[&str]) -> std::process::Output {
+    let c = cluster();
+    std::process::Command::new(c.bin.join("helm"))
+        .args(args)
+        .env("KUBECONFIG", &c.kubeconfig)
+        // Helm's caches stay out of $HOME, one place per run.
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("switchboard-helm/cache"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("switchboard-helm/config"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("switchboard-helm/data"))
+        .output()
+        .expect("helm runs")
+}
+
+/// Like [`helm`], failing the test on a non-zero exit; returns stdout.
+pub fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.status.success(),
+        "helm {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The chart in this repository.
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("charts/switchboard")
+}
+
 /// A namespace of one test. Deleted by [`TestNamespace::delete`] at the end of a
 /// passing test; a failing test leaves it for inspection.
 pub struct TestNamespace {

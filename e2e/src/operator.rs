@@ -1,5 +1,5 @@
 //! Runs the operator in-process for a test, under the repo's RBAC (a
-//! ServiceAccount token bound to `operator/rbac/*.yaml`), never as cluster admin.
+//! ServiceAccount token bound to `charts/switchboard/files/rbac/*.yaml`), never as cluster admin.
 
 use std::time::Duration;
 
@@ -72,7 +72,7 @@ pub fn token_kubeconfig(token: &str, path: &std::path::Path) -> std::path::PathB
 pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let resolver = Resolver::new(admin).await;
     for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "signaling-clusterrole.yaml", "recorder-clusterrole.yaml", "leader-role.yaml"] {
-        let text = std::fs::read_to_string(repo_root().join("operator/rbac").join(file)).unwrap();
+        let text = std::fs::read_to_string(repo_root().join("charts/switchboard/files/rbac").join(file)).unwrap();
         for obj in parse_manifest(&text).unwrap() {
             resolver.apply(admin, &obj, namespace).await.unwrap_or_else(|e| panic!("{file}: {e}"));
         }
