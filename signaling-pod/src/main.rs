@@ -2,6 +2,9 @@
 //!
 //! Prints one JSON line on stdout once listening — `{"url": "http://…"}` — so
 //! harnesses that start it on an ephemeral port can find it.
+//!
+//! `signaling-pod token <user> [<seconds>]` prints a user token signed with
+//! `SIGNALING_JWT_KEY`, as an identity provider would issue it (the demo uses it).
 
 use signaling_pod::config::Config;
 
@@ -14,6 +17,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("token") {
+        return print_user_token(&args[1..]);
+    }
     let cfg = Config::from_env()?;
     let kube = kube::Client::try_default().await?;
     let running = signaling_pod::start(cfg, kube).await?;
@@ -25,5 +32,22 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = running.serve => {}
     }
+    Ok(())
+}
+
+fn print_user_token(args: &[String]) -> anyhow::Result<()> {
+    let (Some(user), valid_for) = (args.first(), args.get(1)) else {
+        anyhow::bail!("usage: signaling-pod token <user> [<seconds valid, default 86400>]");
+    };
+    let valid_for: u64 = valid_for.map(|s| s.parse()).transpose()?.unwrap_or(86_400);
+    let key = std::env::var("SIGNALING_JWT_KEY").map_err(|_| anyhow::anyhow!("SIGNALING_JWT_KEY is required"))?;
+    let claims = signaling_pod::auth::UserClaims {
+        sub: user.clone(),
+        name: Some(user.clone()),
+        role: None,
+        exp: signaling_pod::auth::now_unix() + valid_for,
+        typ: None,
+    };
+    println!("{}", signaling_pod::auth::Keys::new(key.as_bytes()).sign(&claims));
     Ok(())
 }
