@@ -121,12 +121,17 @@ fn limits(s: &Value) -> String {
     l.join("; ")
 }
 
-fn walk(md: &mut String, rules: &mut Vec<(String, String, String)>, path: &str, s: &Value, required: bool) {
+/// The CEL rules of schema `s` at `path`: (path, rule, message).
+fn push_rules(rules: &mut Vec<(String, String, String)>, path: &str, s: &Value) {
     for r in s.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
         let rule = r.get("rule").and_then(Value::as_str).unwrap_or_default().to_owned();
         let message = r.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| "must hold".into());
         rules.push((path.to_owned(), rule.replace('|', "\\|"), message));
     }
+}
+
+fn walk(md: &mut String, rules: &mut Vec<(String, String, String)>, path: &str, s: &Value, required: bool) {
+    push_rules(rules, path, s);
     let default = s.get("default").map(|d| format!("`{d}`")).unwrap_or_default();
     let description = s.get("description").and_then(Value::as_str).map(one_line).unwrap_or_default();
     let _ = writeln!(
@@ -145,11 +150,7 @@ fn walk(md: &mut String, rules: &mut Vec<(String, String, String)>, path: &str, 
     if let Some(items) = s.get("items") {
         if items.get("properties").is_some() {
             let required_items: Vec<&str> = items.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-            for r in items.get("x-kubernetes-validations").and_then(Value::as_array).into_iter().flatten() {
-                let rule = r.get("rule").and_then(Value::as_str).unwrap_or_default().to_owned();
-                let message = r.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| "must hold".into());
-                rules.push((format!("{path}[]"), rule.replace('|', "\\|"), message));
-            }
+            push_rules(rules, &format!("{path}[]"), items);
             for (name, sub) in items["properties"].as_object().unwrap() {
                 walk(md, rules, &format!("{path}[].{name}"), sub, required_items.contains(&name.as_str()));
             }

@@ -122,10 +122,14 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
 
 /// Like [`kubectl`], failing the test on a non-zero exit; returns stdout.
 pub fn kubectl_ok(args: &[&str]) -> String {
-    let out = kubectl(args);
+    succeeded("kubectl", args, kubectl(args))
+}
+
+/// The stdout of a command that must have succeeded; otherwise fails the test with its output.
+fn succeeded(tool: &str, args: &[&str], out: std::process::Output) -> String {
     assert!(
         out.status.success(),
-        "kubectl {} failed: {}{}",
+        "{tool} {} failed: {}{}",
         args.join(" "),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -149,15 +153,7 @@ pub fn helm(args: &[&str]) -> std::process::Output {
 
 /// Like [`helm`], failing the test on a non-zero exit; returns stdout.
 pub fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.status.success(),
-        "helm {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    succeeded("helm", args, helm(args))
 }
 
 /// The chart in this repository.

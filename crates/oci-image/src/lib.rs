@@ -116,26 +116,24 @@ impl Layer {
             }
         }
         dirs.insert("tmp/".into());
+        // Owned by root, at time 0: nothing of the build host leaks into the digest.
+        let header = |kind: tar::EntryType, mode: u32, size: u64| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(size);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h
+        };
         let mut builder = tar::Builder::new(Vec::new());
         for dir in &dirs {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(if dir == "tmp/" { 0o1777 } else { 0o755 });
-            h.set_size(0);
-            h.set_mtime(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            builder.append_data(&mut h, dir, std::io::empty())?;
+            let mode = if dir == "tmp/" { 0o1777 } else { 0o755 };
+            builder.append_data(&mut header(tar::EntryType::Directory, mode, 0), dir, std::io::empty())?;
         }
         for (path, (content, mode)) in &self.files {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_mode(*mode);
-            h.set_size(content.len() as u64);
-            h.set_mtime(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            builder.append_data(&mut h, path, content.as_slice())?;
+            builder.append_data(&mut header(tar::EntryType::Regular, *mode, content.len() as u64), path, content.as_slice())?;
         }
         Ok(builder.into_inner()?)
     }
