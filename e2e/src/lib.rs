@@ -24,6 +24,7 @@ use kube::{Client, Config, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 pub mod bench;
+pub mod browser;
 pub mod fixtures;
 pub mod job_runner;
 pub mod meetings;
@@ -135,6 +136,21 @@ fn succeeded(tool: &str, args: &[&str], out: std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A TCP port free on loopback right now (for a process about to bind it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Kubernetes version of the local control plane, as pinned in
+/// `e2e/cluster/versions.env` (e.g. `1.36.3`).
+pub fn kubernetes_version() -> String {
+    let pins = std::fs::read_to_string(repo_root().join("e2e/cluster/versions.env")).expect("e2e/cluster/versions.env");
+    pins.lines()
+        .find_map(|l| l.strip_prefix("KUBERNETES_VERSION="))
+        .map(|v| v.trim().trim_start_matches('v').to_owned())
+        .expect("KUBERNETES_VERSION in versions.env")
 }
 
 /// Runs `helm` of the local control plane with the admin kubeconfig.

@@ -19,9 +19,7 @@ use switchboard_e2e::*;
 use switchboard_operator::OperatorConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-/// `helm template` renders for this Kubernetes version (the local control plane's),
-/// not helm's built-in default, which the chart's kubeVersion refuses.
-const KUBE: &str = "1.36.3";
+
 /// Every optional part of the chart switched on.
 const ALL_ON: &[&str] = &[
     "--set", "prometheus.serviceMonitor.enabled=true",
@@ -46,23 +44,27 @@ fn kinds(rendered: &str) -> Vec<(String, String)> {
 #[test]
 fn helm_lint_passes_and_the_values_schema_names_a_bad_key() {
     let chart = chart();
+    // `helm template` renders for the control plane's version, not helm's default,
+    // which the chart's kubeVersion refuses.
+    let kube_version = kubernetes_version();
     helm_ok(&["lint", "--strict", &chart]);
     let mut args = vec!["lint", "--strict", &chart];
     args.extend_from_slice(ALL_ON);
     helm_ok(&args);
 
-    let bad = helm(&["template", "t", &chart, "--kube-version", KUBE, "--set", "operator.replica=3"]);
+    let bad = helm(&["template", "t", &chart, "--kube-version", &kube_version, "--set", "operator.replica=3"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("/operator") && err.contains("replica"), "{err}");
-    let bad = helm(&["template", "t", &chart, "--kube-version", KUBE, "--set", "defaultSfuPool.placement.strategy=Random"]);
+    let bad = helm(&["template", "t", &chart, "--kube-version", &kube_version, "--set", "defaultSfuPool.placement.strategy=Random"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("strategy"), "an enum the schema refuses");
 }
 
 #[test]
 fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
     let chart = chart();
-    let mut args = vec!["template", "sb", &chart, "-n", "sb-system", "--kube-version", KUBE];
+    let kube_version = kubernetes_version();
+    let mut args = vec!["template", "sb", &chart, "-n", "sb-system", "--kube-version", &kube_version];
     args.extend_from_slice(ALL_ON);
     let all = kinds(&helm_ok(&args));
     for kind in ["CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
@@ -72,13 +74,13 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
     assert_eq!(all.iter().filter(|(k, _)| k == "CustomResourceDefinition").count(), 4);
 
     // The defaults: no monitoring, policies or pools, and CRDs only behind crds.enabled.
-    let defaults = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", KUBE]));
+    let defaults = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version]));
     for kind in ["ServiceMonitor", "PodMonitor", "NetworkPolicy", "SfuPool", "SignalingPool"] {
         assert!(!defaults.iter().any(|(k, _)| k == kind), "{kind} is opt-in");
     }
-    let no_crds = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", KUBE, "--set", "crds.enabled=false"]));
+    let no_crds = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version, "--set", "crds.enabled=false"]));
     assert!(!no_crds.iter().any(|(k, _)| k == "CustomResourceDefinition"));
-    let rendered = helm_ok(&["template", "sb", &chart, "--kube-version", KUBE]);
+    let rendered = helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version]);
     assert_eq!(rendered.matches("helm.sh/resource-policy: keep").count(), 4, "CRDs are kept on uninstall");
 
     // The ClusterRoles are the very rules the e2e suite runs the operator under.
@@ -112,10 +114,11 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
 async fn the_rendered_chart_passes_a_server_side_dry_run() {
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "chart-dry").await;
+    let kube_version = kubernetes_version();
     // ServiceMonitor and PodMonitor need the Prometheus Operator's CRDs, which this
     // cluster does not have; everything else is checked by the API server.
     let rendered = helm_ok(&[
-        "template", "sb", &chart(), "-n", &ns.name, "--kube-version", KUBE,
+        "template", "sb", &chart(), "-n", &ns.name, "--kube-version", &kube_version,
         "--set", "networkPolicy.enabled=true", "--set", "defaultSfuPool.enabled=true", "--set", "defaultSignalingPool.enabled=true",
     ]);
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));

@@ -16,10 +16,6 @@ use switchboard_e2e::*;
 
 const NAMESPACE: &str = "conferencing";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Demo {
     dir: std::path::PathBuf,
     env: Vec<(&'static str, String)>,
@@ -66,22 +62,6 @@ fn alive(pid: u32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
 }
 
-/// Two headless Chromium pages join with the demo's URLs and must each decode video.
-fn browsers_join(host: &str, guest: &str, shot: &std::path::Path) -> Result<serde_json::Value, String> {
-    let dir = repo_root().join("signaling-pod/tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output().expect("npm runs (Debian package npm)");
-        assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let out = Command::new("timeout").args(["150", "node", "two_peers.mjs", host, guest, &shot.display().to_string()]).current_dir(&dir).output().expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
-    serde_json::from_str(line).map_err(|e| e.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_a_join_page_where_chromium_receives_media_and_a_second_run_reuses_it() {
     let bin = repo_root().join("target/debug");
@@ -111,11 +91,11 @@ async fn the_demo_serves_a_join_page_where_chromium_receives_media_and_a_second_
     let artifacts = repo_root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("demo-meeting.png");
-    let report = match browsers_join(&host, &guest, &shot) {
+    let report = match browser::two_peers(&host, &guest, &shot) {
         Ok(r) => r,
         Err(first) => {
             eprintln!("first browser run failed, retrying once:\n{first}\n{}", demo.logs());
-            browsers_join(&host, &guest, &shot).unwrap_or_else(|e| panic!("browsers: {e}\n{}", demo.logs()))
+            browser::two_peers(&host, &guest, &shot).unwrap_or_else(|e| panic!("browsers: {e}\n{}", demo.logs()))
         }
     };
     for page in report.as_array().unwrap() {

@@ -5,17 +5,10 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
-    let dir = switchboard_e2e::repo_root().join("signaling-pod/tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output().expect("npm runs (Debian package npm)");
-        assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
-    }
     let env = env("sig-browser").await;
     let sfu = sfu_pod::local::start("sfu-browser").await.unwrap();
     meeting(&env, "browsers", "hugo", serde_json::json!({})).await;
@@ -27,16 +20,12 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
     let shot = artifacts.join("browser-meeting.png");
     let _ = std::fs::remove_file(&shot);
 
-    let out = tokio::process::Command::new("node")
-        .arg("two_peers.mjs")
-        .args([url("hugo"), url("iris"), shot.display().to_string()])
-        .current_dir(&dir)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(150), out).await.expect("the browser run ends").expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "browsers: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("a result line")).unwrap();
+    // The SFU and signaling run in this runtime: the browsers wait on a blocking thread.
+    let (host, guest, path) = (url("hugo"), url("iris"), shot.clone());
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::two_peers(&host, &guest, &path))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browsers: {e}"));
     for page in report.as_array().unwrap() {
         assert!(page["frames"].as_u64().unwrap() > 10, "{report}");
         assert!(page["tiles"].as_u64().unwrap() >= 2, "own tile and the other's: {report}");

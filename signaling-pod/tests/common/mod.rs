@@ -20,10 +20,6 @@ use switchboard_signaling_proto::{JoinedPayload, Role};
 pub const JWT_KEY: &str = "signaling-test-key-0123456789";
 pub const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A real redis-server on loopback, gone with the value.
 pub struct Redis {
     child: Child,
@@ -32,7 +28,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let port = free_port();
+        let port = switchboard_e2e::free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
