@@ -88,10 +88,11 @@ fn secret_env(name: &str, r: &switchboard_crds::common::SecretKeyRef) -> serde_j
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}})
 }
 
-/// The Deployment, without `replicas`: the HPA owns that field. The operator's own
-/// field manager never states it, or every apply would take it back from the HPA (or,
-/// once stated and then left out, reset it to the default of 1).
-pub fn deployment(v: &ValidSignaling<'_>) -> Deployment {
+/// The Deployment. `replicas` (minReplicas) is stated only by the apply that creates
+/// it, so the Deployment never starts at the default of 1; every later apply leaves it
+/// out, or it would take the field back from the HPA. What keeps the value when the
+/// operator's manager lets go is the one-time [`INITIAL_REPLICAS_MANAGER`].
+pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
     let spec = &v.pool.spec;
     let mut env = vec![
         json!({"name": "SIGNALING_ADDR", "value": format!("0.0.0.0:{HTTP_PORT}")}),
@@ -107,7 +108,7 @@ pub fn deployment(v: &ValidSignaling<'_>) -> Deployment {
         env.push(json!({"name": "SIGNALING_TURN_TTL_SECONDS", "value": turn.credential_ttl.as_std().as_secs().to_string()}));
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5});
-    let deployment = json!({
+    let mut deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": meta(v),
@@ -138,6 +139,9 @@ pub fn deployment(v: &ValidSignaling<'_>) -> Deployment {
             },
         },
     });
+    if create {
+        deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
+    }
     serde_json::from_value(deployment).expect("valid Deployment")
 }
 
@@ -152,10 +156,12 @@ pub fn initial_replicas(v: &ValidSignaling<'_>) -> serde_json::Value {
     })
 }
 
-/// Whether any field manager (the initial one, the HPA, a user) owns `spec.replicas`.
-pub fn replicas_owned(d: &Deployment) -> bool {
+/// Whether a field manager other than `own` (the initial one, the HPA, a user) owns
+/// `spec.replicas`.
+pub fn replicas_owned_by_others(d: &Deployment, own: &str) -> bool {
     d.metadata.managed_fields.iter().flatten().any(|m| {
-        m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
+        m.manager.as_deref() != Some(own)
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.get("f:spec").and_then(|s| s.get("f:replicas")).is_some())
     })
 }
 
@@ -230,26 +236,31 @@ mod tests {
     fn secrets_reach_the_pods_only_by_reference() {
         let p = pool(json!({"turn": {"urls": ["turn:t.example.com:3478"], "sharedSecretRef": {"name": "turn", "key": "secret"}, "credentialTtl": "5m"}}));
         let v = validate(&p).unwrap();
-        let d = serde_json::to_value(deployment(&v)).unwrap();
+        let d = serde_json::to_value(deployment(&v, false)).unwrap();
         let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
         let by_name = |n: &str| env.as_array().unwrap().iter().find(|e| e["name"] == n).cloned().unwrap();
         assert_eq!(by_name("SIGNALING_REDIS_URL")["valueFrom"]["secretKeyRef"], json!({"name": "redis", "key": "url"}));
         assert_eq!(by_name("SIGNALING_JWT_KEY")["valueFrom"]["secretKeyRef"], json!({"name": "jwt", "key": "key"}));
         assert_eq!(by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"], json!({"name": "turn", "key": "secret"}));
         assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
-        assert!(d["spec"].get("replicas").is_none(), "the operator's manager never owns replicas");
-        assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "created at minReplicas");
+        assert!(d["spec"].get("replicas").is_none(), "after creation the operator's manager leaves replicas out");
+        assert_eq!(serde_json::to_value(deployment(&v, true)).unwrap()["spec"]["replicas"], 2, "created at minReplicas");
+        assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");
     }
 
     #[test]
     fn replicas_count_as_owned_once_a_manager_states_them() {
-        let mut d = deployment(&validate(&pool(json!({}))).unwrap());
-        assert!(!replicas_owned(&d));
-        let entry = |fields: serde_json::Value| serde_json::from_value(json!({"manager": "m", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields})).unwrap();
-        d.metadata.managed_fields = Some(vec![entry(json!({"f:spec": {"f:template": {}}}))]);
-        assert!(!replicas_owned(&d), "the operator's own entry leaves replicas out");
-        d.metadata.managed_fields.as_mut().unwrap().push(entry(json!({"f:spec": {"f:replicas": {}}})));
-        assert!(replicas_owned(&d));
+        let mut d = deployment(&validate(&pool(json!({}))).unwrap(), false);
+        assert!(!replicas_owned_by_others(&d, "op"));
+        let entry = |manager: &str, fields: serde_json::Value| {
+            serde_json::from_value(json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields})).unwrap()
+        };
+        d.metadata.managed_fields = Some(vec![entry("m", json!({"f:spec": {"f:template": {}}}))]);
+        assert!(!replicas_owned_by_others(&d, "op"), "an entry without replicas");
+        d.metadata.managed_fields.as_mut().unwrap().push(entry("op", json!({"f:spec": {"f:replicas": {}}})));
+        assert!(!replicas_owned_by_others(&d, "op"), "the operator's own creating apply does not count");
+        d.metadata.managed_fields.as_mut().unwrap().push(entry("m", json!({"f:spec": {"f:replicas": {}}})));
+        assert!(replicas_owned_by_others(&d, "op"));
     }
 
     #[test]

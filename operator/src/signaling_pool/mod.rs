@@ -141,9 +141,10 @@ impl Reconcile for SignalingPool {
         Api::<ServiceAccount>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&sa)).await?;
         let rb = build::role_binding(&valid);
         Api::<RoleBinding>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&rb)).await?;
-        let mut deployment = deployments.patch(&name, &params, &Patch::Apply(&build::deployment(&valid))).await?;
-        // Also after a failed first try: until some manager owns replicas, set minReplicas.
-        if !build::replicas_owned(&deployment) {
+        let mut deployment = deployments.patch(&name, &params, &Patch::Apply(&build::deployment(&valid, existing.is_none()))).await?;
+        // Right after creation (and after a failed first try): until another manager owns
+        // replicas, the initial one takes them, so they stay when ours lets go.
+        if !build::replicas_owned_by_others(&deployment, FIELD_MANAGER) {
             let initial = PatchParams::apply(build::INITIAL_REPLICAS_MANAGER);
             deployment = deployments.patch(&name, &initial, &Patch::Apply(&build::initial_replicas(&valid))).await?;
         }
