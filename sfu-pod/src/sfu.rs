@@ -874,9 +874,13 @@ async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc:
             continue;
         }
         // Header extensions are per connection (ids differ); the sender adds its own.
+        // The parsed block's padding goes too: left over, it makes webrtc-rs size the
+        // sender's MID extension wrong for two-digit MIDs ("10" on), and every write of
+        // that track fails to marshal (a subscriber's eleventh transceiver onward).
         pkt.header.extension = false;
         pkt.header.extensions.clear();
         pkt.header.extension_profile = 0;
+        pkt.header.extensions_padding = 0;
         sfu.metrics.packets_out.inc_by(writes.len() as u64);
         sfu.metrics.bytes_out.inc_by((writes.len() * size) as u64);
         for (sink, seq, ts) in writes.drain(..) {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchboard_sfu_client::Publish;
+use switchboard_sfu_client::{Participant, Publish};
 
 fn av(p: &str) -> Vec<Publish> {
     vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))]
@@ -50,6 +50,32 @@ async fn three_clients_each_receive_the_others_audio_and_video() {
     }
     let status: switchboard_sfu_api::NodeStatus = sfu.api.get(&format!("{}/v1/status", sfu.api.base)).await.unwrap();
     assert_eq!(status.participants, 0);
+}
+
+/// Sixteen tracks give the viewer's connection two-digit MIDs ("10" on). The SFU once
+/// kept the publisher's parsed header-extension padding on forwarded packets, so
+/// webrtc-rs sized the new MID extension wrong and every write of those tracks failed:
+/// a subscriber's eleventh transceiver onward stayed silent. Eight publishers join at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_sixteen_tracks_gets_every_one() {
+    let _slot = media_slot().await;
+    let sfu = SfuProcess::start("sfu-sixteen");
+    let viewer = join(&sfu.api, "sixteen", "viewer", vec![]).await;
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let publishers = futures::future::join_all(names.iter().map(|p| Participant::join(sfu.api.clone(), "sixteen", p, publishing(av(p))))).await;
+    let publishers: Vec<Participant> = publishers.into_iter().map(|p| p.expect("joins")).collect();
+    let tracks: Vec<String> = names.iter().flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")]).collect();
+    let arrived = |rx: &std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>, t: &String| rx.get(t).is_some_and(|r| r.packets >= 20);
+    let waited = viewer.wait_until("every publisher's audio and video", WAIT, |rx| tracks.iter().all(|t| arrived(rx, t))).await;
+    let rx = viewer.received();
+    let missing: Vec<(&String, Option<u64>)> = tracks.iter().filter(|t| !arrived(&rx, t)).map(|t| (t, rx.get(t).map(|r| r.packets))).collect();
+    let status: switchboard_sfu_api::RoomStatus = sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "sixteen", "", "")).await.unwrap();
+    let published: Vec<&str> = status.tracks.iter().map(|t| t.id.as_str()).collect();
+    assert!(waited.is_ok() && missing.is_empty(), "tracks that never arrived (packets): {missing:?}; published at the SFU: {published:?}");
+    for p in publishers {
+        p.leave().await.unwrap();
+    }
+    viewer.leave().await.unwrap();
 }
 
 
@@ -101,7 +127,7 @@ async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
     let _slot = media_slot().await;
-    use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, PublishKind};
+    use switchboard_sfu_client::{JoinOptions, NetworkOptions, PublishKind};
     let sfu = SfuProcess::start("sfu-loss");
     // The publisher's uplink and the viewer's downlink each lose 5% of the video.
     let lossy_up = NetworkOptions { loopback_only: true, send_loss: Some(0.05), ..Default::default() };
