@@ -6,6 +6,10 @@
 //! second node, as a pool's buffer would provide. Prints a table.
 //!
 //! `cargo run --release -p switchboard-e2e --bin migration-bench -- [--meetings 100,500]`
+//!
+//! `--floor 500` measures instead what the API server alone takes: N Meetings (no
+//! operator) get one migration-sized status write each, as server-side apply (what
+//! the operator sends) and as a JSON merge patch, at several concurrencies.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,12 +31,18 @@ const PER_POD: i64 = 100;
 const SIZE: i64 = 4;
 const THRESHOLD_SECS: i64 = 5;
 
-fn sizes() -> Vec<usize> {
+enum Mode {
+    Migrate(Vec<usize>),
+    Floor(usize),
+}
+
+fn mode() -> Mode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match argv.as_slice() {
-        [] => vec![100, 500],
-        [flag, list] if flag == "--meetings" => list.split(',').map(|n| n.parse().expect("a number")).collect(),
-        _ => panic!("usage: migration-bench [--meetings 100,500]"),
+        [] => Mode::Migrate(vec![100, 500]),
+        [flag, list] if flag == "--meetings" => Mode::Migrate(list.split(',').map(|n| n.parse().expect("a number")).collect()),
+        [flag, n] if flag == "--floor" => Mode::Floor(n.parse().expect("a number")),
+        _ => panic!("usage: migration-bench [--meetings 100,500 | --floor 500]"),
     }
 }
 
@@ -176,12 +186,77 @@ fn node_ready_transition(node: &Node) -> jiff::Timestamp {
         .expect("a Ready transition time")
 }
 
+/// The status a migration writes: phase, assignment on a new pod, one migration entry.
+fn migrated_status(i: usize, generation: usize) -> serde_json::Value {
+    let at = jiff::Timestamp::now().to_string();
+    json!({"phase": "Active", "roomCode": format!("floor{i:07}"), "joinUrl": format!("https://meet.example/j/floor{i:07}"),
+        "assignment": {"pool": "bench", "at": at,
+            "origin": {"pod": format!("bench-{generation}-{:03}", i / 25), "endpoint": "10.0.0.1:7000", "participants": SIZE, "node": "b"}},
+        "migrations": [{"from": format!("bench-{}-{:03}", generation.saturating_sub(1), i / 25),
+            "to": format!("bench-{generation}-{:03}", i / 25), "reason": "NodeNotReady", "at": at, "generation": generation}]})
+}
+
+/// N status writes of one kind at `concurrency`; returns writes per second.
+async fn write_round(meetings: &Api<Meeting>, count: usize, concurrency: usize, generation: usize, apply: bool) -> f64 {
+    let start = std::time::Instant::now();
+    stream::iter(0..count)
+        .for_each_concurrent(concurrency, |i| {
+            let meetings = meetings.clone();
+            async move {
+                let status = migrated_status(i, generation);
+                let name = format!("m{i:04}");
+                if apply {
+                    let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "status": status});
+                    meetings.patch_status(&name, &PatchParams::apply("floor").force(), &Patch::Apply(&patch)).await.unwrap();
+                } else {
+                    meetings.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await.unwrap();
+                }
+            }
+        })
+        .await;
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn floor(admin: &Client, count: usize) {
+    let ns = TestNamespace::create(admin, "migration-floor").await;
+    let meetings: Api<Meeting> = ns.api();
+    stream::iter(0..count)
+        .for_each_concurrent(16, |i| {
+            let meetings = meetings.clone();
+            async move {
+                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+                    "metadata": {"name": format!("m{i:04}")}, "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
+                .unwrap();
+                meetings.create(&PostParams::default(), &m).await.unwrap();
+            }
+        })
+        .await;
+    // The first write of each gives every Meeting the status it would carry when placed.
+    write_round(&meetings, count, 32, 0, true).await;
+    println!("| status write | concurrency | {count} writes/s | time for {count} |");
+    println!("|---|---|---|---|");
+    let mut generation = 0;
+    for concurrency in [4, 16, 64, 256, 16, 64] {
+        for apply in [true, false] {
+            generation += 1;
+            let rate = write_round(&meetings, count, concurrency, generation, apply).await;
+            let kind = if apply { "server-side apply" } else { "JSON merge patch" };
+            println!("| {kind} | {concurrency} | {rate:.0} | {:.2} s |", count as f64 / rate);
+        }
+    }
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let admin = client().await;
     install_crds(&admin).await;
+    let sizes = match mode() {
+        Mode::Floor(count) => return floor(&admin, count).await,
+        Mode::Migrate(sizes) => sizes,
+    };
     let mut rows = Vec::new();
-    for count in sizes() {
+    for count in sizes {
         rows.push(run(&admin, count).await);
     }
     println!("| meetings on the failed node | SFU pods on it | detectable → re-placed p50 | p99 | last meeting | operator histogram p50 / p99 |");
