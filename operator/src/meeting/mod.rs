@@ -466,6 +466,8 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     };
     let mut conditions = Vec::new();
     let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+    // Held while this reconcile moves the meeting: its status write goes before any event.
+    let mut _events_held: Option<crate::events::Hold> = None;
     let mut requeue: Option<Duration> = None;
     // A migration: the pods it left (released once the status names the new ones),
     // when its fault became detectable, and its generation.
@@ -597,6 +599,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 }
                 (None, Some(old)) => {
                     let pool = pool.as_ref().expect("an assignment names its pool");
+                    _events_held = Some(ctx.events.hold());
                     match migrate_meeting(ctx, m, pool, old, &faults, now).await? {
                         Ok(moved) => {
                             let detected = faults.iter().map(|(_, d)| d.at).min().unwrap_or(now);
