@@ -229,7 +229,7 @@ mod tests {
     fn a_scheduled_meeting_walks_through_every_phase() {
         let timing = timing();
         let mut view = scheduled(3600);
-        let mut step = |view: &mut View, now: i64, participants: u64| {
+        let step = |view: &mut View, now: i64, participants: u64| {
             view.participants = participants;
             let d = decide(view, &timing, t(now));
             view.phase = Some(d.phase);
