@@ -68,6 +68,21 @@ async fn wait_meetings(api: &Api<Meeting>, what: &str, count: usize, check: impl
     .await;
 }
 
+/// Ad-hoc Meetings `m0000`… of SIZE participants, 16 created at a time.
+async fn create_meetings(meetings: &Api<Meeting>, count: usize) {
+    stream::iter(0..count)
+        .for_each_concurrent(16, |i| {
+            let meetings = meetings.clone();
+            async move {
+                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+                    "metadata": {"name": format!("m{i:04}")}, "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
+                .unwrap();
+                meetings.create(&PostParams::default(), &m).await.unwrap();
+            }
+        })
+        .await;
+}
+
 fn nodes_of(m: &Meeting) -> Vec<String> {
     m.status
         .as_ref()
@@ -108,17 +123,7 @@ async fn run(admin: &Client, count: usize) -> Row {
     apply_pool(pods).await;
 
     let meetings: Api<Meeting> = ns.api();
-    stream::iter(0..count)
-        .for_each_concurrent(16, |i| {
-            let meetings = meetings.clone();
-            async move {
-                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-                    "metadata": {"name": format!("m{i:04}")}, "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
-                .unwrap();
-                meetings.create(&PostParams::default(), &m).await.unwrap();
-            }
-        })
-        .await;
+    create_meetings(&meetings, count).await;
     wait_meetings(&meetings, "every meeting placed on node a", count, |m| nodes_of(m) == vec![a.clone()]).await;
 
     // Spare capacity on node b, as the pool's buffer would keep it.
@@ -243,17 +248,7 @@ async fn write_round(meetings: &Api<Meeting>, count: usize, concurrency: usize, 
 async fn floor(admin: &Client, count: usize) {
     let ns = TestNamespace::create(admin, "migration-floor").await;
     let meetings: Api<Meeting> = ns.api();
-    stream::iter(0..count)
-        .for_each_concurrent(16, |i| {
-            let meetings = meetings.clone();
-            async move {
-                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-                    "metadata": {"name": format!("m{i:04}")}, "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
-                .unwrap();
-                meetings.create(&PostParams::default(), &m).await.unwrap();
-            }
-        })
-        .await;
+    create_meetings(&meetings, count).await;
     // The first write of each gives every Meeting the status it would carry when placed.
     write_round(&meetings, count, 32, 0, true).await;
     println!("| status write | concurrency | {count} writes/s | time for {count} |");
