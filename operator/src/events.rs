@@ -51,6 +51,11 @@ struct Holds {
 }
 
 impl Holds {
+    fn hold(self: &Arc<Self>) -> Hold {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        Hold(self.clone())
+    }
+
     async fn wait(&self) {
         let deadline = tokio::time::Instant::now() + MAX_HOLD;
         loop {
@@ -104,8 +109,7 @@ impl Queue {
 
     /// Holds the queue's events back until the returned guard is dropped.
     pub fn hold(&self) -> Hold {
-        self.holds.count.fetch_add(1, Ordering::SeqCst);
-        Hold(self.holds.clone())
+        self.holds.hold()
     }
 }
 
@@ -116,14 +120,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hold_keeps_waiters_back_until_the_last_one_is_dropped_or_the_limit() {
         let holds = Arc::new(Holds::default());
-        let queue_holds = |n: usize| {
-            (0..n)
-                .map(|_| {
-                    holds.count.fetch_add(1, Ordering::SeqCst);
-                    Hold(holds.clone())
-                })
-                .collect::<Vec<_>>()
-        };
+        let queue_holds = |n: usize| (0..n).map(|_| holds.hold()).collect::<Vec<_>>();
         // No hold: no wait.
         let start = tokio::time::Instant::now();
         holds.wait().await;

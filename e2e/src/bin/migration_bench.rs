@@ -195,7 +195,7 @@ async fn api_server_writes() -> HashMap<String, f64> {
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
         let verb = label("verb");
-        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY" | "CREATE" | "UPDATE") {
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
             continue;
         }
         let key = format!("{}/{} {verb}", label("resource"), label("subresource"));
