@@ -10,6 +10,7 @@
 //! | `SWITCHBOARD_POOL`, `SWITCHBOARD_NAMESPACE`, `SWITCHBOARD_POD_NAME` | none | when all set, the heartbeat Lease is renewed |
 //! | `SWITCHBOARD_DRAIN_TIMEOUT_SECONDS` | 14400 | after SIGTERM, exit when drained or after this long |
 //! | `SWITCHBOARD_NAME` | pod name or `sfu` | this SFU's name on origins it relays from |
+//! | `SWITCHBOARD_WORKER_THREADS` | all available cores | tokio worker threads; `1` runs one single-threaded runtime (the cheapest per packet, see BENCHMARKS) |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct Config {
     pub heartbeat: Option<Heartbeat>,
     pub drain_timeout: Duration,
     pub name: String,
+    /// None: one worker per available core.
+    pub worker_threads: Option<usize>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -66,6 +69,13 @@ impl Config {
         let drain_timeout =
             Duration::from_secs(var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(4 * 3600));
         let name = var("SWITCHBOARD_NAME").or_else(|| var(pod_env::POD_NAME)).unwrap_or_else(|| "sfu".into());
-        Ok(Self { api_addr, media_addr, announced_ips, endpoint, heartbeat, drain_timeout, name })
+        let worker_threads = match var("SWITCHBOARD_WORKER_THREADS") {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => anyhow::bail!("SWITCHBOARD_WORKER_THREADS must be a whole number of at least 1, not {n:?}"),
+            },
+            None => None,
+        };
+        Ok(Self { api_addr, media_addr, announced_ips, endpoint, heartbeat, drain_timeout, name, worker_threads })
     }
 }

@@ -8,3 +8,4 @@ pub mod local;
 pub mod metrics;
 pub mod relay;
 pub mod sfu;
+pub mod subscriber_track;

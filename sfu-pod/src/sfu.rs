@@ -33,11 +33,11 @@ use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::Receive
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
-use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
 use crate::metrics::Metrics;
+use crate::subscriber_track::SubscriberTrack;
 
 /// Events kept per participant for the long poll.
 const EVENT_BACKLOG: usize = 2000;
@@ -250,16 +250,16 @@ const SINK_QUEUE: usize = 256;
 const SINK_HISTORY: usize = 1024;
 
 impl Sink {
-    fn spawn(track: Arc<TrackLocalStaticRTP>, sending: Arc<AtomicBool>) -> Self {
+    fn spawn(track: Arc<SubscriberTrack>, sending: Arc<AtomicBool>) -> Self {
         let (queue, mut rx) = mpsc::channel::<webrtc::rtp::packet::Packet>(SINK_QUEUE);
         let sent: Arc<Mutex<Vec<Option<webrtc::rtp::packet::Packet>>>> = Arc::new(Mutex::new(vec![None; SINK_HISTORY]));
         let history = sent.clone();
         tokio::spawn(async move {
-            while let Some(p) = rx.recv().await {
+            while let Some(mut p) = rx.recv().await {
                 if !sending.load(Ordering::Relaxed) {
                     continue;
                 }
-                match track.write_rtp(&p).await {
+                match track.write(&mut p).await {
                     Err(webrtc::Error::ErrClosedPipe) => return,
                     Err(e) => debug!(track = track.id(), error = %e, "write failed"),
                     Ok(_) => {}
@@ -1029,7 +1029,7 @@ async fn apply_pending(peer: &Arc<Peer>, metrics: &Metrics) {
             PendingChange::Add { subscription, track_id, publisher, codec, source } => {
                 let Some(capability) = media::capability(codec_mime(codec)) else { continue };
                 // Stream id = the publisher, so clients group a person's tracks.
-                let local = Arc::new(TrackLocalStaticRTP::new(capability, track_id.clone(), publisher.clone()));
+                let local = Arc::new(SubscriberTrack::new(capability, track_id.clone(), publisher.clone()));
                 let sender = match peer.outbound.add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>).await {
                     Ok(s) => s,
                     Err(e) => {

@@ -18,6 +18,8 @@
 //!
 //!     cargo build --release -p sfu-pod
 //!     target/release/sfu-bench --scenarios fanout:10,fanout:25,fanout:50,mesh:4,mesh:8 --seconds 10
+//!
+//! `--sfu-threads N` starts the SFU with `SWITCHBOARD_WORKER_THREADS=N` (default: all cores).
 
 use std::time::{Duration, Instant};
 
@@ -131,10 +133,14 @@ impl Drop for Sfu {
     }
 }
 
-fn start_sfu() -> anyhow::Result<Sfu> {
+fn start_sfu(threads: Option<usize>) -> anyhow::Result<Sfu> {
     use std::io::BufRead;
     let exe = std::env::current_exe()?.with_file_name("sfu-pod");
-    let mut child = std::process::Command::new(&exe)
+    let mut command = std::process::Command::new(&exe);
+    if let Some(n) = threads {
+        command.env("SWITCHBOARD_WORKER_THREADS", n.to_string());
+    }
+    let mut child = command
         .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
@@ -183,8 +189,8 @@ fn marks(people: &[Participant]) -> Vec<Vec<Mark>> {
     people.iter().map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq)).collect()).collect()
 }
 
-async fn run_switchboard(s: Scenario, seconds: u64) -> anyhow::Result<Measured> {
-    let sfu = start_sfu()?;
+async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> anyhow::Result<Measured> {
+    let sfu = start_sfu(threads)?;
     let net = NetworkOptions { loopback_only: true, ..Default::default() };
     let (publishers, _) = s.shape();
     let mut people = Vec::new();
@@ -251,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
     let mut scenarios = vec![Scenario::FanOut(10), Scenario::FanOut(25), Scenario::FanOut(50), Scenario::Mesh(4), Scenario::Mesh(8)];
     let mut seconds = 10;
     let mut janus_url: Option<String> = None;
+    let mut sfu_threads: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -259,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
             }
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
             "--janus" => janus_url = args.next(),
+            "--sfu-threads" => sfu_threads = Some(args.next().and_then(|v| v.parse().ok()).filter(|n| *n >= 1).ok_or_else(|| anyhow::anyhow!("--sfu-threads takes a whole number of at least 1"))?),
             other => anyhow::bail!("unknown argument {other}; see the doc comment of sfu_bench.rs"),
         }
     }
@@ -269,8 +277,13 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for s in &scenarios {
-        let m = run_switchboard(*s, seconds).await?;
-        row("Switchboard", *s, &m, &direct);
+        let m = run_switchboard(*s, seconds, sfu_threads).await?;
+        let system = match sfu_threads {
+            Some(1) => "Switchboard, 1 thread".to_owned(),
+            Some(n) => format!("Switchboard, {n} threads"),
+            None => "Switchboard".to_owned(),
+        };
+        row(&system, *s, &m, &direct);
         results.push((*s, m));
         if let Some(url) = &janus_url {
             match janus::run(url, *s, seconds).await {
