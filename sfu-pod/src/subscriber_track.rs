@@ -32,7 +32,9 @@ pub struct SubscriberTrack {
     codec: RTCRtpCodecCapability,
     id: String,
     stream_id: String,
-    bindings: Mutex<Vec<Arc<Binding>>>,
+    /// Replaced whole on bind and unbind (rare), so a write takes its snapshot with one
+    /// reference count and no allocation.
+    bindings: Mutex<Arc<[Arc<Binding>]>>,
 }
 
 impl std::fmt::Debug for SubscriberTrack {
@@ -43,13 +45,13 @@ impl std::fmt::Debug for SubscriberTrack {
 
 impl SubscriberTrack {
     pub fn new(codec: RTCRtpCodecCapability, id: String, stream_id: String) -> Self {
-        Self { codec, id, stream_id, bindings: Mutex::new(Vec::new()) }
+        Self { codec, id, stream_id, bindings: Mutex::new(Arc::from([])) }
     }
 
     /// Sends `pkt` on every binding, rewriting its SSRC, payload type and MID
     /// for each; returns the bytes written. The packet keeps the last binding's header.
     pub async fn write(&self, pkt: &mut Packet) -> webrtc::error::Result<usize> {
-        let bindings: Snapshot = self.bindings.lock().unwrap().iter().cloned().collect();
+        let bindings = self.bindings.lock().unwrap().clone();
         let mut written = 0;
         let mut first_error = None;
         let attributes = Attributes::new();
@@ -72,34 +74,6 @@ impl SubscriberTrack {
         match first_error {
             Some(e) => Err(e),
             None => Ok(written),
-        }
-    }
-}
-
-/// The bindings copied out of the lock: nearly always one, which needs no allocation.
-enum Snapshot {
-    None,
-    One(Arc<Binding>),
-    Many(Vec<Arc<Binding>>),
-}
-
-impl FromIterator<Arc<Binding>> for Snapshot {
-    fn from_iter<I: IntoIterator<Item = Arc<Binding>>>(iter: I) -> Self {
-        let mut iter = iter.into_iter();
-        match (iter.next(), iter.next()) {
-            (None, _) => Snapshot::None,
-            (Some(a), None) => Snapshot::One(a),
-            (Some(a), Some(b)) => Snapshot::Many([a, b].into_iter().chain(iter).collect()),
-        }
-    }
-}
-
-impl Snapshot {
-    fn iter(&self) -> std::slice::Iter<'_, Arc<Binding>> {
-        match self {
-            Snapshot::None => [].iter(),
-            Snapshot::One(b) => std::slice::from_ref(b).iter(),
-            Snapshot::Many(v) => v.iter(),
         }
     }
 }
@@ -148,24 +122,19 @@ impl TrackLocal for SubscriberTrack {
             .iter()
             .find(|e| e.uri == webrtc::sdp::extmap::SDES_MID_URI)
             .and_then(|e| t.mid().map(|mid| (e.id as u8, Bytes::copy_from_slice(mid.as_bytes()))));
-        self.bindings.lock().unwrap().push(Arc::new(Binding {
-            id: t.id(),
-            ssrc: t.ssrc(),
-            payload_type: codec.payload_type,
-            mid,
-            writer: t.write_stream(),
-        }));
+        let binding = Arc::new(Binding { id: t.id(), ssrc: t.ssrc(), payload_type: codec.payload_type, mid, writer: t.write_stream() });
+        let mut bindings = self.bindings.lock().unwrap();
+        *bindings = bindings.iter().cloned().chain([binding]).collect();
         Ok(codec)
     }
 
     async fn unbind(&self, t: &TrackLocalContext) -> webrtc::error::Result<()> {
         let mut bindings = self.bindings.lock().unwrap();
         let id = t.id();
-        let before = bindings.len();
-        bindings.retain(|b| b.id != id);
-        if bindings.len() == before {
+        if !bindings.iter().any(|b| b.id == id) {
             return Err(webrtc::Error::ErrUnbindFailed);
         }
+        *bindings = bindings.iter().filter(|b| b.id != id).cloned().collect();
         Ok(())
     }
 
@@ -182,9 +151,10 @@ impl TrackLocal for SubscriberTrack {
     }
 
     fn kind(&self) -> RTPCodecType {
-        if self.codec.mime_type.to_ascii_lowercase().starts_with("audio/") {
+        let mime = self.codec.mime_type.to_ascii_lowercase();
+        if mime.starts_with("audio/") {
             RTPCodecType::Audio
-        } else if self.codec.mime_type.to_ascii_lowercase().starts_with("video/") {
+        } else if mime.starts_with("video/") {
             RTPCodecType::Video
         } else {
             RTPCodecType::Unspecified
