@@ -17,20 +17,8 @@ const QUEUE_CONCURRENCY: usize = 4;
 /// migrations cannot keep events from users for good.
 const MAX_HOLD: Duration = Duration::from_secs(10);
 
-pub async fn publish(
-    recorder: &Recorder,
-    regarding: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: reason.into(),
-        secondary: None,
-    };
+pub async fn publish(recorder: &Recorder, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
     if let Err(e) = recorder.publish(&event, regarding).await {
         tracing::debug!(error = %e, "publishing event");
     }
@@ -88,23 +76,18 @@ impl Queue {
         let (tx, rx) = unbounded::<(ObjectReference, EventType, String, String)>();
         let holds = Arc::new(Holds::default());
         let gate = holds.clone();
-        tokio::spawn(rx.for_each_concurrent(
-            QUEUE_CONCURRENCY,
-            move |(regarding, type_, reason, note)| {
-                let (recorder, gate) = (recorder.clone(), gate.clone());
-                async move {
-                    gate.wait().await;
-                    publish(&recorder, &regarding, type_, &reason, &note).await
-                }
-            },
-        ));
+        tokio::spawn(rx.for_each_concurrent(QUEUE_CONCURRENCY, move |(regarding, type_, reason, note)| {
+            let (recorder, gate) = (recorder.clone(), gate.clone());
+            async move {
+                gate.wait().await;
+                publish(&recorder, &regarding, type_, &reason, &note).await
+            }
+        }));
         Self { tx, holds }
     }
 
     pub fn send(&self, regarding: ObjectReference, type_: EventType, reason: &str, note: String) {
-        let _ = self
-            .tx
-            .unbounded_send((regarding, type_, reason.to_owned(), note));
+        let _ = self.tx.unbounded_send((regarding, type_, reason.to_owned(), note));
     }
 
     /// Holds the queue's events back until the returned guard is dropped.
