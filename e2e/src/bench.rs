@@ -137,3 +137,28 @@ impl ReleaseOperator {
         Self { child, pid, port, dir }
     }
 }
+
+/// The API server's write requests so far, by "resource verb" (its /metrics).
+pub async fn api_server_writes() -> HashMap<String, f64> {
+    let text = tokio::task::spawn_blocking(|| crate::kubectl_ok(&["get", "--raw", "/metrics"])).await.unwrap_or_default();
+    let mut writes = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
+        let verb = label("verb");
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
+            continue;
+        }
+        let key = format!("{}/{} {verb}", label("resource"), label("subresource"));
+        *writes.entry(key).or_insert(0.0) += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    }
+    writes
+}
+
+/// The API server's writes since `before`, by "resource verb", most first.
+pub async fn writes_since(before: &HashMap<String, f64>) -> Vec<(String, f64)> {
+    let after = api_server_writes().await;
+    let mut delta: Vec<(String, f64)> =
+        after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, d)| *d > 0.0).collect();
+    delta.sort_by(|a, b| b.1.total_cmp(&a.1));
+    delta
+}

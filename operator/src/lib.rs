@@ -1,6 +1,7 @@
 //! The Switchboard operator: kube-rs controllers behind Lease-based leader
 //! election, with Prometheus metrics and health endpoints.
 
+pub mod admission;
 pub mod conditions;
 pub mod config;
 pub mod crd_install;

@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::ResourceExt;
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{ReleaseOperator, hwm_kib, metrics_text, rss_kib, simulate_heartbeats};
+use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, hwm_kib, metrics_text, rss_kib, simulate_heartbeats, writes_since};
 use switchboard_e2e::*;
 
 const PER_POD: u64 = 2_000;
@@ -94,6 +94,7 @@ async fn main() {
             }),
     );
 
+    let writes_before = api_server_writes().await;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let start = Instant::now();
     let mut peak_rss = 0u64;
@@ -135,6 +136,8 @@ async fn main() {
     let all_placed = start.elapsed();
     peak_rss = peak_rss.max(hwm_kib(pid));
     let metrics = metrics_text(port).await;
+    // What the API server wrote meanwhile, by resource and verb (to stderr: where the time goes).
+    eprintln!("meeting-bench: API server writes from the first creation to the last placement: {:?}", writes_since(&writes_before).await);
     watch.abort();
     beats.abort();
 

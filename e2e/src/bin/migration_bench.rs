@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{ReleaseOperator, metrics_text, quantile, simulate_heartbeats};
+use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, metrics_text, quantile, simulate_heartbeats, writes_since};
 use switchboard_e2e::nodes::{self, GROUP_LABEL};
 use switchboard_e2e::*;
 
@@ -152,10 +152,7 @@ async fn run(admin: &Client, count: usize) -> Row {
     wait_for("every meeting re-placed", Duration::from_secs(300), || async { seen.lock().unwrap().len() >= count }).await;
     watch.abort();
     // What the API server wrote meanwhile, by resource and verb (to stderr: where the time goes).
-    let writes_after = api_server_writes().await;
-    let mut delta: Vec<(String, f64)> =
-        writes_after.iter().map(|(k, v)| (k.clone(), v - writes_before.get(k).copied().unwrap_or(0.0))).filter(|(_, d)| *d > 0.0).collect();
-    delta.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let delta = writes_since(&writes_before).await;
     eprintln!("migration-bench: API server writes from the fault to the last re-placement: {delta:?}");
     let metrics = metrics_text(operator.port).await;
     beats.abort();
@@ -186,22 +183,6 @@ async fn run(admin: &Client, count: usize) -> Row {
         operator_p50: quantile(&buckets, 0.5),
         operator_p99: quantile(&buckets, 0.99),
     }
-}
-
-/// The API server's write requests so far, by "resource verb" (its /metrics).
-async fn api_server_writes() -> HashMap<String, f64> {
-    let text = tokio::task::spawn_blocking(|| kubectl_ok(&["get", "--raw", "/metrics"])).await.unwrap_or_default();
-    let mut writes = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
-        let verb = label("verb");
-        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
-            continue;
-        }
-        let key = format!("{}/{} {verb}", label("resource"), label("subresource"));
-        *writes.entry(key).or_insert(0.0) += line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    }
-    writes
 }
 
 fn node_ready_transition(node: &Node) -> jiff::Timestamp {

@@ -41,8 +41,9 @@ use ledger::{Book, Ledger, Seats};
 use room_codes::RoomCodes;
 
 const CONTROLLER: &str = "meeting";
-/// Meetings reconciled at the same time (placements are group-committed per pod).
-const RECONCILE_CONCURRENCY: u16 = 64;
+/// Meetings reconciled at the same time (placements are group-committed per pod);
+/// the rest wait their turn in arrival order (`crate::admission`).
+const RECONCILE_CONCURRENCY: usize = 64;
 /// A scheduled start this long before the Meeting was created is refused.
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -70,6 +71,7 @@ pub struct Context {
     /// Pools whose reservations changed: the SfuPool controller reconciles them.
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
     memory: Mutex<HashMap<String, MeetingMemory>>,
+    admission: crate::admission::Admission,
 }
 
 #[derive(Default)]
@@ -146,6 +148,7 @@ pub async fn run(
         signaling: signaling_store,
         pool_trigger,
         memory: Mutex::default(),
+        admission: crate::admission::Admission::new(RECONCILE_CONCURRENCY),
     });
     let housekeeping = housekeeping(ctx.clone());
     // Validation reads the pools: judging meetings before the first list would fail them.
@@ -163,11 +166,18 @@ pub async fn run(
             .collect::<Vec<_>>()
     };
     let controller = Controller::for_stream(meeting_stream, shared.meetings)
-        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
+        // Unbounded here: `Context::admission` bounds it, first come first served.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .watches(pools, watcher::Config::default(), pool_to_meetings)
         // Meetings on SFU pods the failure detector found failed or leaving.
         .reconcile_on(faults)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on({
+            let admission = ctx.admission.clone();
+            async move {
+                shutdown.await;
+                admission.close();
+            }
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -190,11 +200,15 @@ fn waits_on_pools(m: &Meeting) -> bool {
 }
 
 async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
+    let Some(_turn) = ctx.admission.admit().await else { return Ok(Action::await_change()) };
+    // The object as it is now: it may have changed while this reconcile waited its turn.
+    let Some(meeting) = ctx.meetings.get(&ObjectRef::from_obj(&*meeting)) else { return Ok(Action::await_change()) };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("reconcile", controller = CONTROLLER, meeting = %key(&meeting));
-    let result = tracing::Instrument::instrument(reconcile_meeting(&meeting, &ctx), span).await;
+    // Boxed: a reconcile waiting for its turn stays small.
+    let result = Box::pin(tracing::Instrument::instrument(reconcile_meeting(&meeting, &ctx), span)).await;
     ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let mut memory = ctx.memory.lock().expect("lock");
     let entry = memory.entry(key(&meeting)).or_default();

@@ -36,8 +36,9 @@ use crate::{Error, OperatorConfig, Result};
 const CONTROLLER: &str = "sfupool";
 /// Field manager of the failure condition (see `report_failure`).
 const FAILURE_FIELD_MANAGER: &str = "switchboard-operator-failures";
-/// Pools reconciled at the same time.
-const RECONCILE_CONCURRENCY: u16 = 16;
+/// Pools reconciled at the same time; the rest wait their turn in arrival order
+/// (`crate::admission`).
+const RECONCILE_CONCURRENCY: usize = 16;
 /// How many pods the status lists (the busiest first).
 const STATUS_PODS: usize = 50;
 /// How soon an eviction the disruption budget refused is tried again.
@@ -67,6 +68,7 @@ pub struct Context {
     meetings: Store<Meeting>,
     recorder: Recorder,
     memory: Mutex<HashMap<String, PoolMemory>>,
+    admission: crate::admission::Admission,
 }
 
 fn key(pool: &SfuPool) -> String {
@@ -145,6 +147,7 @@ pub async fn run(
         caches: Caches { pods: pod_store.clone(), leases: lease_store.clone(), nodes: node_store },
         meetings,
         memory: Mutex::default(),
+        admission: crate::admission::Admission::new(RECONCILE_CONCURRENCY),
     });
 
     // A renewal that changes nothing but renewTime triggers nothing.
@@ -194,18 +197,25 @@ pub async fn run(
     };
 
     controller
-        // Bounded parallelism keeps memory and API bursts flat with hundreds of pools.
+        // Unbounded here: `Context::admission` bounds it (first come, first served),
+        // which keeps memory and API bursts flat with hundreds of pools.
         .with_config(
             // Debounced: a burst of placements changes many pod ledgers at once, and
             // one reconcile (and one status write) can cover them all.
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY).debounce(Duration::from_millis(300)),
+            kube::runtime::controller::Config::default().concurrency(0).debounce(Duration::from_millis(300)),
         )
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
         .watches_stream(node_stream, node_to_pools)
         // Reservations of scheduled meetings changed.
         .reconcile_on(triggers)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on({
+            let admission = ctx.admission.clone();
+            async move {
+                shutdown.await;
+                admission.close();
+            }
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -216,11 +226,15 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
+    let Some(_turn) = ctx.admission.admit().await else { return Ok(Action::await_change()) };
+    // The object as it is now: it may have changed while this reconcile waited its turn.
+    let Some(pool) = ctx.pools.get(&ObjectRef::from_obj(&*pool)) else { return Ok(Action::await_change()) };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
-    let result = tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span).await;
+    // Boxed: a reconcile waiting for its turn stays small.
+    let result = Box::pin(tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span)).await;
     ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let mut memory = ctx.memory.lock().expect("lock");
     // Drop the memory of pools that are gone.
