@@ -43,7 +43,7 @@ use room_codes::RoomCodes;
 const CONTROLLER: &str = "meeting";
 /// Meetings reconciled at the same time (placements are group-committed per pod);
 /// the rest wait their turn in arrival order (`crate::admission`).
-const RECONCILE_CONCURRENCY: usize = 64;
+const RECONCILE_CONCURRENCY: usize = 256;
 /// A scheduled start this long before the Meeting was created is refused.
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -480,7 +480,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     };
     let mut conditions = Vec::new();
     let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
-    // Held while this reconcile moves the meeting: its status write goes before any event.
+    // Held while this reconcile places or moves the meeting: its status write goes before any event.
     let mut _events_held: Option<crate::events::Hold> = None;
     let mut requeue: Option<Duration> = None;
     // A migration: the pods it left (released once the status names the new ones),
@@ -603,6 +603,11 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 .filter(|a| faults.is_empty() && assignment_booked(ctx, &ns, &name, &uid, a))
                 .cloned();
             let moving = current.assignment.as_ref().filter(|_| !faults.is_empty());
+            if kept.is_none() {
+                // Placing or moving: the writes that give the meeting its pods go before any
+                // event, so in a storm of placements or migrations events wait for a lull.
+                _events_held = Some(ctx.events.hold());
+            }
             match (kept, moving) {
                 (Some(a), _) => {
                     if let (Some(pool), true) = (&pool, last_generation(&current) > 0) {
@@ -613,7 +618,6 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 }
                 (None, Some(old)) => {
                     let pool = pool.as_ref().expect("an assignment names its pool");
-                    _events_held = Some(ctx.events.hold());
                     match migrate_meeting(ctx, m, pool, old, &faults, now).await? {
                         Ok(moved) => {
                             let detected = faults.iter().map(|(_, d)| d.at).min().unwrap_or(now);
