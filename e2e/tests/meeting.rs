@@ -15,6 +15,7 @@ use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
 use switchboard_e2e::meetings::*;
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
+use switchboard_operator::metrics::PlacementLabels;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const SIGNALING_MANAGER: &str = "switchboard-signaling";
@@ -152,6 +153,10 @@ async fn five_hundred_concurrent_meetings_never_overcommit_a_pod() {
         (placed == 500).then_some(list.items)
     })
     .await;
+    // Placements in flight count against their pod's free seats, so none is chosen
+    // past a pod's capacity and has to be retried, even as pods fill to the brim.
+    let contended = operator.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: "Contended" }).get();
+    assert_eq!(contended, 0, "placements that found their pod full when committing");
 
     let mut per_pod: HashMap<String, u64> = HashMap::new();
     let mut codes = HashSet::new();

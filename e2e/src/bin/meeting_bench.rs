@@ -173,6 +173,23 @@ async fn main() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     let _ = operator.child.kill().await;
+    // Where the slow ones came from: placements that failed first (by reason), and
+    // when the slowest 1% were created.
+    let failed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_meeting_placements_total{") && l.contains("result=\"failed\""))
+        .collect();
+    eprintln!("meeting-bench: failed placement attempts (retried): {failed:?}");
+    let mut slowest: Vec<(f64, f64)> = assigned
+        .iter()
+        .filter_map(|(n, at)| created.get(n).map(|c| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
+        .collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut by_second: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for (_, created_at) in slowest.iter().take(slowest.len() / 100) {
+        *by_second.entry(*created_at as u64).or_default() += 1;
+    }
+    eprintln!("meeting-bench: the slowest 1% by second of creation: {by_second:?}");
 
     println!("| figure | value |");
     println!("|---|---|");

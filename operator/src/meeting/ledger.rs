@@ -95,6 +95,9 @@ struct Committed {
 #[derive(Default)]
 struct PodBook {
     committed: Option<Committed>,
+    /// The changes of the write in flight (meeting → seats, None to release): until it
+    /// lands they count as taken, or a pod near full is chosen past its capacity.
+    in_flight: Vec<(String, Option<u64>)>,
     pending: Vec<Change>,
     writing: bool,
     /// Told when an addition is queued (it ends a release linger).
@@ -133,8 +136,12 @@ impl Book {
         let book = self.book_locked(inner, namespace, pod);
         let ledger = &book.committed.as_ref().expect("loaded").ledger;
         let mut total = ledger.total();
-        // Pending changes replace a meeting's committed seats (later ones win).
+        // Changes in flight, then pending ones, replace a meeting's committed seats
+        // (later ones win).
         let mut pending: HashMap<&str, Option<u64>> = HashMap::new();
+        for (meeting, seats) in &book.in_flight {
+            pending.insert(meeting.as_str(), *seats);
+        }
         for c in &book.pending {
             pending.insert(c.meeting.as_str(), c.seats.as_ref().map(|s| s.seats));
         }
@@ -252,11 +259,13 @@ impl Book {
                         None => Committed { raw: None, resource_version: None, has_annotations: false, ledger: Ledger::default() },
                     },
                 };
+                book.in_flight = book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
                 (std::mem::take(&mut book.pending), base)
             };
             let outcome = self.commit(&api, &pod_name, batch, base).await;
             let mut inner = self.inner.lock().expect("lock");
             let book = inner.get_mut(&key).expect("book of a writing pod");
+            book.in_flight.clear();
             match outcome {
                 Ok(committed) => book.committed = committed,
                 Err(()) => book.committed = None,
