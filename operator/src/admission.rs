@@ -8,8 +8,11 @@
 //! `Semaphore` hands permits out first come, first served. A reconcile waiting here is
 //! small (its object and the context): the work itself is built once admitted.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use kube::Resource;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Clone)]
@@ -27,9 +30,31 @@ impl Admission {
         self.0.clone().acquire_owned().await.ok()
     }
 
+    /// A turn for the reconcile of `object`, and the object as the cache has it now
+    /// (it may have changed while the reconcile waited). `None`: closed, or the
+    /// object is gone; the reconcile has nothing to do.
+    pub async fn admit_latest<K>(&self, store: &Store<K>, object: &K) -> Option<(OwnedSemaphorePermit, Arc<K>)>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let turn = self.admit().await?;
+        Some((turn, store.get(&ObjectRef::from_obj(object))?))
+    }
+
     /// Turns every waiting and later reconcile away (graceful shutdown waits for them).
     pub fn close(&self) {
         self.0.close();
+    }
+
+    /// `shutdown`, closing the admission when it resolves: a controller's
+    /// `graceful_shutdown_on` then does not wait for reconciles still waiting a turn.
+    pub fn close_on(&self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let admission = self.clone();
+        async move {
+            shutdown.await;
+            admission.close();
+        }
     }
 }
 

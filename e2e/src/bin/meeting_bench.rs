@@ -143,9 +143,13 @@ async fn main() {
 
     let created = created.lock().unwrap().clone();
     let assigned = assigned.lock().unwrap().clone();
-    let mut latencies: Vec<f64> =
-        assigned.iter().filter_map(|(n, at)| created.get(n).map(|c| at.saturating_duration_since(*c).as_secs_f64())).collect();
-    latencies.sort_by(f64::total_cmp);
+    // Per meeting: creation → assignment, and when it was created (seconds into the run); slowest first.
+    let mut timed: Vec<(f64, f64)> = assigned
+        .iter()
+        .filter_map(|(n, at)| created.get(n).map(|c| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
+        .collect();
+    timed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let latencies: Vec<f64> = timed.iter().rev().map(|(latency, _)| *latency).collect();
     // Sustained rate: placements between the 10th and the 90th percentile of completion.
     let mut done: Vec<Instant> = assigned.values().copied().collect();
     done.sort();
@@ -180,13 +184,8 @@ async fn main() {
         .filter(|l| l.starts_with("switchboard_meeting_placements_total{") && l.contains("result=\"failed\""))
         .collect();
     eprintln!("meeting-bench: failed placement attempts (retried): {failed:?}");
-    let mut slowest: Vec<(f64, f64)> = assigned
-        .iter()
-        .filter_map(|(n, at)| created.get(n).map(|c| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
-        .collect();
-    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
     let mut by_second: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
-    for (_, created_at) in slowest.iter().take(slowest.len() / 100) {
+    for (_, created_at) in timed.iter().take(timed.len() / 100) {
         *by_second.entry(*created_at as u64).or_default() += 1;
     }
     eprintln!("meeting-bench: the slowest 1% by second of creation: {by_second:?}");

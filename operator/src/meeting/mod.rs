@@ -171,13 +171,7 @@ pub async fn run(
         .watches(pools, watcher::Config::default(), pool_to_meetings)
         // Meetings on SFU pods the failure detector found failed or leaving.
         .reconcile_on(faults)
-        .graceful_shutdown_on({
-            let admission = ctx.admission.clone();
-            async move {
-                shutdown.await;
-                admission.close();
-            }
-        })
+        .graceful_shutdown_on(ctx.admission.close_on(shutdown))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -200,9 +194,7 @@ fn waits_on_pools(m: &Meeting) -> bool {
 }
 
 async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(_turn) = ctx.admission.admit().await else { return Ok(Action::await_change()) };
-    // The object as it is now: it may have changed while this reconcile waited its turn.
-    let Some(meeting) = ctx.meetings.get(&ObjectRef::from_obj(&*meeting)) else { return Ok(Action::await_change()) };
+    let Some((_turn, meeting)) = ctx.admission.admit_latest(&ctx.meetings, &meeting).await else { return Ok(Action::await_change()) };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();

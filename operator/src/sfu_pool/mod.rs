@@ -209,13 +209,7 @@ pub async fn run(
         .watches_stream(node_stream, node_to_pools)
         // Reservations of scheduled meetings changed.
         .reconcile_on(triggers)
-        .graceful_shutdown_on({
-            let admission = ctx.admission.clone();
-            async move {
-                shutdown.await;
-                admission.close();
-            }
-        })
+        .graceful_shutdown_on(ctx.admission.close_on(shutdown))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -226,9 +220,7 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
-    let Some(_turn) = ctx.admission.admit().await else { return Ok(Action::await_change()) };
-    // The object as it is now: it may have changed while this reconcile waited its turn.
-    let Some(pool) = ctx.pools.get(&ObjectRef::from_obj(&*pool)) else { return Ok(Action::await_change()) };
+    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else { return Ok(Action::await_change()) };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
