@@ -10,7 +10,7 @@
 //! | `SWITCHBOARD_POOL`, `SWITCHBOARD_NAMESPACE`, `SWITCHBOARD_POD_NAME` | none | when all set, the heartbeat Lease is renewed |
 //! | `SWITCHBOARD_DRAIN_TIMEOUT_SECONDS` | 14400 | after SIGTERM, exit when drained or after this long |
 //! | `SWITCHBOARD_NAME` | pod name or `sfu` | this SFU's name on origins it relays from |
-//! | `SWITCHBOARD_WORKER_THREADS` | all available cores | tokio worker threads; `1` runs one single-threaded runtime (the cheapest per packet, see BENCHMARKS) |
+//! | `SWITCHBOARD_WORKER_THREADS` | all available cores | tokio worker threads; `1` runs one single-threaded runtime (the cheapest per packet, see BENCHMARKS); `0` is the default. The operator sets it from the container's CPU request |
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -70,9 +70,11 @@ impl Config {
             Duration::from_secs(var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(4 * 3600));
         let name = var("SWITCHBOARD_NAME").or_else(|| var(pod_env::POD_NAME)).unwrap_or_else(|| "sfu".into());
         let worker_threads = match var("SWITCHBOARD_WORKER_THREADS") {
+            // 0: what the downward API gives for a zero CPU request.
             Some(n) => match n.parse::<usize>() {
-                Ok(n) if n >= 1 => Some(n),
-                _ => anyhow::bail!("SWITCHBOARD_WORKER_THREADS must be a whole number of at least 1, not {n:?}"),
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                _ => anyhow::bail!("SWITCHBOARD_WORKER_THREADS must be a whole number, not {n:?}"),
             },
             None => None,
         };

@@ -41,11 +41,11 @@ fn a_bad_worker_count_stops_the_sfu_with_the_variable_named() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sfu-pod"))
         .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_WORKER_THREADS", "0")
+        .env("SWITCHBOARD_WORKER_THREADS", "two")
         .output()
         .expect("sfu-pod runs");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty(), "nothing listens: {}", String::from_utf8_lossy(&out.stdout));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("SWITCHBOARD_WORKER_THREADS must be a whole number of at least 1"), "{stderr}");
+    assert!(stderr.contains("SWITCHBOARD_WORKER_THREADS must be a whole number, not \"two\""), "{stderr}");
 }

@@ -248,4 +248,7 @@ pub mod pod_env {
     pub const HEARTBEAT_TTL_SECONDS: &str = "SWITCHBOARD_HEARTBEAT_TTL_SECONDS";
     /// Participants the pod is sized for.
     pub const CAPACITY_PARTICIPANTS: &str = "SWITCHBOARD_CAPACITY_PARTICIPANTS";
+    /// Tokio worker threads: the container's CPU request rounded up (downward API), when
+    /// it has one and the template does not set this itself.
+    pub const WORKER_THREADS: &str = "SWITCHBOARD_WORKER_THREADS";
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
-    Service, ServiceAccount,
+    ResourceFieldSelector, Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -173,6 +173,22 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// `name` = the `sfu` container's CPU request in whole cores, rounded up (downward API).
+fn cpu_request_env(name: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some(SFU_CONTAINER.into()),
+                resource: "requests.cpu".into(),
+                divisor: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into())),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn value_env(name: &str, value: impl ToString) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.to_string()), ..Default::default() }
 }
@@ -248,6 +264,14 @@ fn configure_sfu_container(
     let env = c.env.get_or_insert_with(Default::default);
     env.retain(|e| !ours.iter().any(|o| o.name == e.name));
     env.extend(ours);
+    // A runtime sized to the node's cores, not the pod's share of them, spreads one pod's
+    // connections over threads that then wake each other (per core, one thread forwards
+    // the most; BENCHMARKS). A template's own setting wins; with no CPU request the SFU
+    // takes every core it may use (std reads the cgroup's CPU limit).
+    let requests_cpu = c.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some_and(|r| r.contains_key("cpu"));
+    if requests_cpu && !env.iter().any(|e| e.name == pod_env::WORKER_THREADS) {
+        env.push(cpu_request_env(pod_env::WORKER_THREADS));
+    }
 
     let ports = c.ports.get_or_insert_with(Default::default);
     ports.retain(|p| p.name.as_deref() != Some("api") && p.protocol.as_deref() != Some("UDP"));
@@ -333,10 +357,30 @@ mod tests {
         assert_eq!(env[pod_env::POOL].value.as_deref(), Some("eu-west"));
         assert_eq!(env[pod_env::POD_NAME].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
         assert_eq!(env[pod_env::UDP_PORT_MIN].value.as_deref(), Some("40000"));
+        let threads = env[pod_env::WORKER_THREADS].value_from.as_ref().unwrap().resource_field_ref.as_ref().unwrap();
+        assert_eq!((threads.container_name.as_deref(), threads.resource.as_str()), (Some("sfu"), "requests.cpu"));
         let udp = sfu.ports.as_ref().unwrap().iter().filter(|p| p.protocol.as_deref() == Some("UDP")).count();
         assert_eq!(udp, 100);
         assert!(sfu.readiness_probe.is_some() && sfu.liveness_probe.is_some());
         assert!(spec.tolerations.is_some(), "template tolerations are kept");
+    }
+
+    #[test]
+    fn worker_threads_follow_the_cpu_request_unless_the_template_sets_them() {
+        let threads = |pool: &SfuPool| {
+            let pod = sfu_pod(&validate(pool).unwrap());
+            let sfu = pod.spec.unwrap().containers.into_iter().find(|c| c.name == "sfu").unwrap();
+            sfu.env.unwrap().into_iter().filter(|e| e.name == pod_env::WORKER_THREADS).collect::<Vec<_>>()
+        };
+        let mut own = pool();
+        let sfu = own.spec.template.spec.as_mut().unwrap().containers.iter_mut().find(|c| c.name == "sfu").unwrap();
+        sfu.env.get_or_insert_with(Default::default).push(value_env(pod_env::WORKER_THREADS, 1));
+        assert_eq!(threads(&own).len(), 1);
+        assert_eq!(threads(&own)[0].value.as_deref(), Some("1"), "the template's own setting is kept");
+        let mut none = pool();
+        let sfu = none.spec.template.spec.as_mut().unwrap().containers.iter_mut().find(|c| c.name == "sfu").unwrap();
+        sfu.resources = None;
+        assert!(threads(&none).is_empty(), "no CPU request: the SFU sizes itself");
     }
 
     #[test]
