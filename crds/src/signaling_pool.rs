@@ -118,7 +118,8 @@ pub struct SignalingPoolStatus {
     pub replicas: i32,
     #[serde(default)]
     pub ready_replicas: i32,
-    /// Open WebSocket connections over all replicas.
+    /// Open WebSocket connections over the replicas that reported in the last 6 s
+    /// (written by the replicas, field manager switchboard-signaling).
     #[serde(default)]
     pub connections: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

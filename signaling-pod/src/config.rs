@@ -21,6 +21,9 @@ pub struct Config {
     pub turn: Option<TurnSettings>,
     /// `POD_NAME`: this replica's name, for logs and the presence records.
     pub replica: String,
+    /// `SIGNALING_POOL`: the SignalingPool this replica belongs to; its open connections
+    /// are summed over the pool's replicas into the pool's `status.connections`.
+    pub pool: Option<String>,
     /// `SIGNALING_RATE_PER_SECOND` / `SIGNALING_RATE_BURST`: messages per connection.
     pub rate_per_second: f64,
     pub rate_burst: f64,
@@ -74,6 +77,7 @@ impl Config {
             jwt_key,
             turn,
             replica: var("POD_NAME").unwrap_or_else(|| format!("signaling-{}", std::process::id())),
+            pool: var("SIGNALING_POOL"),
             rate_per_second: var("SIGNALING_RATE_PER_SECOND").map(|v| v.parse()).transpose().context("SIGNALING_RATE_PER_SECOND")?.unwrap_or(20.0),
             rate_burst: var("SIGNALING_RATE_BURST").map(|v| v.parse()).transpose().context("SIGNALING_RATE_BURST")?.unwrap_or(60.0),
             session_ttl: seconds("SIGNALING_SESSION_TTL_SECONDS", 12 * 3600)?,

@@ -3,21 +3,39 @@
 //! count of those present is written to the Meeting's status. Ended meetings have
 //! their Redis keys dropped. Every replica does this for its meetings; Redis decides
 //! which one announces a departure, and equal counts are not written twice.
+//!
+//! On the same tick a replica of a SignalingPool records its open connections in Redis
+//! next to its peers' and writes their sum to the pool's `status.connections` when the
+//! pool shows another number. Every replica computes the same sum, so which one writes
+//! does not matter; a replica that stops reporting drops out of it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kube::api::{Api, Patch, PatchParams};
+use switchboard_crds::SignalingPool;
 
 use crate::app::App;
 use crate::meetings;
-use crate::store::Bus;
+use crate::store::{Bus, ReplicaConnections};
 
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// A replica silent for three reports is gone (killed, scaled in): its connections
+/// are not counted.
+pub const REPLICA_STALE_AFTER: Duration = Duration::from_secs(6);
+/// Its record is deleted after this long (a restarted replica keeps its pod name a while).
+const REPLICA_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 
 pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Some(pool) = app.cfg.pool.as_deref() {
+            if let Err(e) = report_connections(&app, pool).await {
+                tracing::warn!(%pool, error = %e, "connection report");
+            }
+        }
         let watched: Vec<String> = app.watched.lock().unwrap().iter().cloned().collect();
         for name in watched {
             if let Err(e) = pass(&app, &name).await {
@@ -55,4 +73,55 @@ async fn pass(app: &App, name: &str) -> anyhow::Result<()> {
         app.watched.lock().unwrap().remove(name);
     }
     Ok(())
+}
+
+/// The open connections of the pool's replicas that reported lately, and the replicas
+/// whose records can go.
+pub fn pool_connections(records: &[ReplicaConnections], now_ms: u64) -> (i64, Vec<String>) {
+    let age = |r: &ReplicaConnections| Duration::from_millis(now_ms.saturating_sub(r.at_ms));
+    let total = records.iter().filter(|r| age(r) <= REPLICA_STALE_AFTER).map(|r| r.connections as i64).sum();
+    let gone = records.iter().filter(|r| age(r) > REPLICA_FORGOTTEN_AFTER).map(|r| r.replica.clone()).collect();
+    (total, gone)
+}
+
+async fn report_connections(app: &App, pool: &str) -> anyhow::Result<()> {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let key = format!("{}/{pool}", app.cfg.namespace);
+    let records = app.store.replica_connections(&key, &app.cfg.replica, app.hub.connections(), now_ms).await?;
+    let (total, gone) = pool_connections(&records, now_ms);
+    app.store.forget_replicas(&key, &gone).await?;
+    let api: Api<SignalingPool> = Api::namespaced(app.kube.clone(), &app.cfg.namespace);
+    let shown = api.get_status(pool).await?.status.map(|s| s.connections);
+    if shown != Some(total) {
+        let patch = serde_json::json!({"status": {"connections": total}});
+        let params = PatchParams { field_manager: Some(meetings::FIELD_MANAGER.into()), ..Default::default() };
+        api.patch_status(pool, &params, &Patch::Merge(&patch)).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(replica: &str, connections: usize, at_ms: u64) -> ReplicaConnections {
+        ReplicaConnections { replica: replica.into(), connections, at_ms }
+    }
+
+    #[test]
+    fn only_replicas_that_reported_lately_count_and_long_silent_ones_are_forgotten() {
+        let now = 1_000_000_000;
+        let records = [
+            record("a", 120, now - 1_000),
+            record("b", 80, now - 6_000),
+            record("killed", 500, now - 7_000),
+            record("scaled-in", 40, now - 601_000),
+            // A peer whose clock runs ahead is fresh, not in the future.
+            record("ahead", 3, now + 500),
+        ];
+        let (total, gone) = pool_connections(&records, now);
+        assert_eq!(total, 120 + 80 + 3);
+        assert_eq!(gone, vec!["scaled-in".to_owned()]);
+        assert_eq!(pool_connections(&[], now), (0, vec![]));
+    }
 }

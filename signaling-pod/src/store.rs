@@ -90,6 +90,14 @@ impl Bus {
     }
 }
 
+/// One replica's last report of its open connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConnections {
+    pub replica: String,
+    pub connections: usize,
+    pub at_ms: u64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub client: redis::Client,
@@ -120,6 +128,35 @@ impl Store {
 
     fn c(&self) -> redis::aio::ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Records `replica`'s open connections at `now_ms` in the pool's hash (`pool` names
+    /// it: namespace and name) and returns every replica's record there.
+    pub async fn replica_connections(&self, pool: &str, replica: &str, connections: usize, now_ms: u64) -> RedisResult<Vec<ReplicaConnections>> {
+        let key = format!("sb:pool:{pool}:connections");
+        let (all,): (Vec<(String, String)>,) = redis::pipe()
+            .hset(&key, replica, format!("{connections}:{now_ms}"))
+            .ignore()
+            .expire(&key, MEETING_KEYS_TTL as i64)
+            .ignore()
+            .hgetall(&key)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(replica, v)| {
+                let (n, at) = v.split_once(':')?;
+                Some(ReplicaConnections { replica, connections: n.parse().ok()?, at_ms: at.parse().ok()? })
+            })
+            .collect())
+    }
+
+    /// Drops replicas' records from the pool's hash (replicas gone for good).
+    pub async fn forget_replicas(&self, pool: &str, replicas: &[String]) -> RedisResult<()> {
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        self.c().hdel(format!("sb:pool:{pool}:connections"), replicas).await
     }
 
     pub async fn ping(&self) -> RedisResult<()> {

@@ -7,15 +7,28 @@ use common::*;
 use switchboard_signaling_client::{refusal, SignalingClient};
 use switchboard_signaling_proto::{types, ErrorCode, Role};
 
+/// The SignalingPool's open connections, as its replicas report them.
+async fn pool_connections(env: &TestEnv, what: &str, n: i64) {
+    let pools: kube::Api<switchboard_crds::SignalingPool> = env.ns.api();
+    switchboard_e2e::wait_for(what, WAIT, || async { pools.get_status("main").await.unwrap().status.is_some_and(|s| s.connections == n) }).await;
+}
+
 /// Two replicas share one Redis: the waiting room, chat and state changes cross
 /// between them; killing one, its client resumes on the other without re-admission.
+/// The pool's status counts the connections of its live replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
     let env = env("sig-replicas").await;
+    let pool: switchboard_crds::SignalingPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "metadata": {"name": "main"},
+        "spec": {"publicUrl": "https://meet.example.com", "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "auth": {"jwtSecretRef": {"name": "jwt", "key": "key"}}},
+    }))
+    .unwrap();
+    env.ns.api::<switchboard_crds::SignalingPool>().create(&Default::default(), &pool).await.expect("SignalingPool created");
     meeting(&env, "standup", "hana", serde_json::json!({"waitingRoom": true})).await;
     assign(&env, "standup", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
-    let mut a = Replica::start(&env, "replica-a");
-    let b = Replica::start(&env, "replica-b");
+    let mut a = Replica::start_in_pool(&env, "replica-a", "main");
+    let b = Replica::start_in_pool(&env, "replica-b", "main");
 
     let (host, host_grant, joined) = connect(&rest(&a.url, "hana", None), "standup").await;
     assert_eq!(joined.participant.role, Role::Host);
@@ -44,6 +57,8 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
         .unwrap();
     host.send(switchboard_signaling_proto::Envelope::new(types::HAND_RAISE, serde_json::json!({"raised": true})));
     guest.wait_for("the raised hand", WAIT, |e| e.type_ == types::HAND_RAISE && e.payload["raised"] == true).await.unwrap();
+
+    pool_connections(&env, "the pool's connections = 2, one per replica", 2).await;
 
     // Both present: signaling reports it into the Meeting's status.
     switchboard_e2e::wait_for("participants.current = 2", WAIT, || async {
@@ -80,6 +95,10 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
         m.status.and_then(|s| s.participants).is_some_and(|p| p.current == 1 && p.peak == 2)
     })
     .await;
+    // Only the host's connection is left, on B: 1 only once the killed replica's last
+    // report (its one connection) has gone stale and B's counts the guest gone.
+    drop(guest);
+    pool_connections(&env, "the pool's connections = 1", 1).await;
     env.ns.delete().await;
 }
 

@@ -97,6 +97,7 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
     let mut env = vec![
         json!({"name": "SIGNALING_ADDR", "value": format!("0.0.0.0:{HTTP_PORT}")}),
         json!({"name": "SIGNALING_PUBLIC_URL", "value": spec.public_url}),
+        json!({"name": "SIGNALING_POOL", "value": v.name}),
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
         secret_env("SIGNALING_REDIS_URL", &spec.redis.url_secret_ref),
@@ -243,6 +244,7 @@ mod tests {
         assert_eq!(by_name("SIGNALING_JWT_KEY")["valueFrom"]["secretKeyRef"], json!({"name": "jwt", "key": "key"}));
         assert_eq!(by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"], json!({"name": "turn", "key": "secret"}));
         assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
+        assert_eq!(by_name("SIGNALING_POOL")["value"], p.metadata.name.clone().unwrap(), "replicas sum their connections per pool");
         assert!(d["spec"].get("replicas").is_none(), "after creation the operator's manager leaves replicas out");
         assert_eq!(serde_json::to_value(deployment(&v, true)).unwrap()["spec"]["replicas"], 2, "created at minReplicas");
         assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");

@@ -162,6 +162,10 @@ impl Reconcile for SignalingPool {
                 && same(&s.conditions, &status.conditions)
         });
         if !unchanged {
+            let mut status = serde_json::to_value(&status).expect("status serializes");
+            // The replicas write `connections` (their sum); applying it here would own it
+            // and could put back a count they have since replaced.
+            status.as_object_mut().expect("an object").remove("connections");
             let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "status": status});
             Api::<SignalingPool>::namespaced(c.clone(), &ns).patch_status(&valid.name, &params, &Patch::Apply(&patch)).await?;
         }

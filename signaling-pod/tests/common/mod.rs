@@ -78,6 +78,7 @@ impl TestEnv {
             jwt_key: JWT_KEY.as_bytes().to_vec(),
             turn: None,
             replica: "in-process".into(),
+            pool: None,
             rate_per_second: 20.0,
             rate_burst: 60.0,
             session_ttl: Duration::from_secs(3600),
@@ -103,7 +104,13 @@ pub struct Replica {
 
 impl Replica {
     pub fn start(env: &TestEnv, name: &str) -> Self {
+        Self::start_in_pool(env, name, "")
+    }
+
+    /// A replica of SignalingPool `pool` (empty: of none).
+    pub fn start_in_pool(env: &TestEnv, name: &str, pool: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_signaling-pod"))
+            .env("SIGNALING_POOL", pool)
             .env("SIGNALING_ADDR", "127.0.0.1:0")
             .env("SIGNALING_NAMESPACE", &env.ns.name)
             .env("SIGNALING_REDIS_URL", &env.redis.url)
