@@ -220,13 +220,14 @@ async fn the_herd_finds_ready_pods_reserved_before_its_start() {
     let mut obj = pool(
         "fleet",
         json!({"minReplicas": 1, "maxReplicas": 40}),
-        json!({"preProvisioning": {"leadTime": "100s", "releaseAfter": "15s"}}),
+        json!({"preProvisioning": {"leadTime": "115s", "releaseAfter": "15s"}}),
     );
     obj["spec"]["capacity"]["participantsPerPod"] = json!(600);
     apply(&pools, &obj).await;
     await_pool_ready(&admin, &ns.name, "fleet", 1).await;
 
-    // 20 meetings of 500 participants, two minutes ahead.
+    // 20 meetings of 500 participants, two minutes ahead: reserved 5 s in, which leaves
+    // close to two minutes to bring 17 pods up on a busy CI machine.
     let meetings: Api<Meeting> = ns.api();
     let start = jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_secs(120)).unwrap();
     for i in 0..20 {
@@ -234,7 +235,7 @@ async fn the_herd_finds_ready_pods_reserved_before_its_start() {
         create(&meetings, &meeting(&format!("herd-{i:02}"), 500, spec)).await;
     }
     // Before the start: 10,000 participants reserved, and Ready pods for them.
-    let ready = eventually("Ready capacity for the herd", Duration::from_secs(110), || async {
+    let ready = eventually("Ready capacity for the herd", Duration::from_secs(118), || async {
         let s = pools.get("fleet").await.ok()?.status?;
         let ok = s.reserved.as_ref()?.participants == 10_000 && s.capacity.as_ref()?.participants >= 10_000;
         ok.then_some(s)
