@@ -1,10 +1,20 @@
 //! IVF (the VP8/VP9 elementary-stream file): a 32-byte header, then frames with a
 //! 12-byte header each. Timestamps are milliseconds from the recording's epoch, so
-//! chunks concatenate into one track with gaps kept.
+//! chunks concatenate into one track with gaps kept. H.264 goes in the same frame
+//! (one Annex-B access unit per frame, fourcc `H264`), which ffmpeg reads too.
 
 use std::io::Write;
 
 pub const TIMEBASE_HZ: u32 = 1000;
+
+/// The IVF fourcc of a video MIME type the recorder writes.
+pub fn fourcc(mime: &str) -> &'static [u8; 4] {
+    match mime.to_ascii_lowercase().as_str() {
+        "video/vp9" => b"VP90",
+        "video/h264" => b"H264",
+        _ => b"VP80",
+    }
+}
 
 pub fn file_header(fourcc: &[u8; 4], width: u16, height: u16) -> [u8; 32] {
     let mut h = [0u8; 32];
@@ -90,8 +100,10 @@ pub fn concatenate(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<Frame>) {
             frames.push(f);
         }
     }
+    // The chunks' own fourcc (VP8, VP9 or H.264), not an assumed one.
+    let fourcc: [u8; 4] = chunks.iter().find_map(|c| c.get(8..12)?.try_into().ok()).unwrap_or(*b"VP80");
     let (w, h) = frames.iter().find_map(|f| vp8_keyframe_size(&f.data)).unwrap_or((0, 0));
-    let mut out = file_header(b"VP80", w, h).to_vec();
+    let mut out = file_header(&fourcc, w, h).to_vec();
     // Bytes 24..28 are the frame count by the IVF spec, but ffmpeg reads them as the
     // stream's duration in timebase units (ms here): write what players will show.
     let span = match (frames.first(), frames.last()) {
@@ -128,5 +140,18 @@ mod tests {
         assert_eq!(read_frames(&file).len(), 3);
         assert_eq!(vp8_keyframe_size(&frames[0].data), Some((320, 240)));
         assert_eq!(&file[12..16], &[0x40, 0x01, 0xf0, 0x00], "size taken from the first keyframe");
+        assert_eq!(&file[8..12], b"VP80");
+    }
+
+    #[test]
+    fn joined_chunks_keep_their_codec() {
+        for mime in ["video/VP9", "video/H264"] {
+            let mut w = IvfWriter::new(Vec::new(), fourcc(mime), 0, 0).unwrap();
+            w.write_frame(&[0, 0, 0, 1, 0x65, 0x88], 0).unwrap();
+            let (file, _) = concatenate(&[w.into_inner()]);
+            assert_eq!(&file[8..12], fourcc(mime), "{mime}");
+        }
+        assert_eq!(fourcc("video/h264"), b"H264");
+        assert_eq!(fourcc("video/vp8"), b"VP80");
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use switchboard_sfu_client::{MediaSink, SinkTrack};
 use webrtc::media::io::sample_builder::SampleBuilder;
-use webrtc::rtp::codecs::{opus::OpusPacket, vp8::Vp8Packet, vp9::Vp9Packet};
+use webrtc::rtp::codecs::{h264::H264Packet, opus::OpusPacket, vp8::Vp8Packet, vp9::Vp9Packet};
 
 use crate::ivf::{self, IvfWriter};
 use crate::ogg::{OPUS_SAMPLE_RATE, OggOpusWriter};
@@ -97,6 +97,9 @@ enum Builder {
     Opus(SampleBuilder<OpusPacket>),
     Vp8(SampleBuilder<Vp8Packet>),
     Vp9(SampleBuilder<Vp9Packet>),
+    /// Access units in Annex-B form (start codes, parameter sets in band), as an IVF
+    /// with the `H264` fourcc carries them to ffmpeg.
+    H264(SampleBuilder<H264Packet>),
 }
 
 impl Builder {
@@ -106,6 +109,7 @@ impl Builder {
             "audio/opus" => Builder::Opus(SampleBuilder::new(10, OpusPacket, 48_000)),
             "video/vp8" => Builder::Vp8(SampleBuilder::new(128, Vp8Packet::default(), 90_000)),
             "video/vp9" => Builder::Vp9(SampleBuilder::new(128, Vp9Packet::default(), 90_000)),
+            "video/h264" => Builder::H264(SampleBuilder::new(128, H264Packet::default(), 90_000)),
             _ => return None,
         })
     }
@@ -114,6 +118,7 @@ impl Builder {
             Builder::Opus(b) => b.push(p),
             Builder::Vp8(b) => b.push(p),
             Builder::Vp9(b) => b.push(p),
+            Builder::H264(b) => b.push(p),
         }
     }
     fn pop(&mut self) -> Option<webrtc::media::Sample> {
@@ -121,6 +126,7 @@ impl Builder {
             Builder::Opus(b) => b.pop(),
             Builder::Vp8(b) => b.pop(),
             Builder::Vp9(b) => b.pop(),
+            Builder::H264(b) => b.pop(),
         }
     }
 }
@@ -313,6 +319,7 @@ impl TrackRecorder {
         if t.meta.video && !t.keyframe_seen {
             let key_frame = match t.meta.mime_type.to_ascii_lowercase().as_str() {
                 "video/vp8" => ivf::vp8_keyframe_size(&sample.data).is_some(),
+                "video/h264" => switchboard_sfu_client::encoded::h264_keyframe(&sample.data),
                 // VP9 uncompressed header: frame_type bit after the marker/profile/show bits.
                 _ => sample.data.first().is_some_and(|b| b & 0x04 == 0),
             };
@@ -327,7 +334,7 @@ impl TrackRecorder {
             let opened = File::create(&path).and_then(|f| {
                 let out = BufWriter::with_capacity(64 * 1024, f);
                 Ok(if t.meta.video {
-                    let fourcc = if t.meta.mime_type.eq_ignore_ascii_case("video/vp9") { b"VP90" } else { b"VP80" };
+                    let fourcc = ivf::fourcc(&t.meta.mime_type);
                     ChunkWriter::Ivf(IvfWriter::new(out, fourcc, 0, 0)?)
                 } else {
                     ChunkWriter::Ogg(OggOpusWriter::new(out, serial_of(&t.meta))?)

@@ -1,6 +1,7 @@
-//! Real encoded media for publishers: VP8 frames from IVF files and Opus packets from
-//! Ogg files (as ffmpeg writes them), so that what a recorder or a browser receives
-//! decodes. Also the VP8 keyframe test a receiver needs for real payloads.
+//! Real encoded media for publishers: VP8 frames from IVF files, H.264 access units
+//! from Annex-B files and Opus packets from Ogg files (as ffmpeg writes them), so that
+//! what a recorder or a browser receives decodes. Also the VP8 and H.264 keyframe tests
+//! a receiver needs for real payloads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,14 +17,26 @@ pub struct EncodedFrame {
     pub duration: Duration,
 }
 
+/// What an encoded stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodedCodec {
+    Vp8,
+    H264,
+    Opus,
+}
+
 /// A whole encoded stream, shared by the publishers that send it.
 #[derive(Clone, Debug)]
 pub struct EncodedMedia {
-    pub video: bool,
+    pub codec: EncodedCodec,
     pub frames: Arc<Vec<EncodedFrame>>,
 }
 
 impl EncodedMedia {
+    pub fn video(&self) -> bool {
+        self.codec != EncodedCodec::Opus
+    }
+
     pub fn duration(&self) -> Duration {
         self.frames.iter().map(|f| f.duration).sum()
     }
@@ -51,7 +64,63 @@ pub fn load_ivf(path: &Path) -> anyhow::Result<EncodedMedia> {
         };
         frames.push(EncodedFrame { data: raw[i].0.clone(), duration: Duration::from_secs_f64(ticks.max(1) as f64 * tick) });
     }
-    Ok(EncodedMedia { video: true, frames: Arc::new(frames) })
+    Ok(EncodedMedia { codec: EncodedCodec::Vp8, frames: Arc::new(frames) })
+}
+
+/// Reads an H.264 Annex-B stream (`ffmpeg -f h264`), one access unit per frame at `fps`.
+pub fn load_h264(path: &Path, fps: u32) -> anyhow::Result<EncodedMedia> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let duration = Duration::from_secs_f64(1.0 / fps.max(1) as f64);
+    let frames: Vec<EncodedFrame> = access_units(&bytes).into_iter().map(|au| EncodedFrame { data: Bytes::from(au), duration }).collect();
+    anyhow::ensure!(!frames.is_empty(), "{}: no H.264 slices", path.display());
+    Ok(EncodedMedia { codec: EncodedCodec::H264, frames: Arc::new(frames) })
+}
+
+/// An Annex-B stream cut into access units (pictures), each in Annex-B form. A picture
+/// starts at a slice whose first macroblock is 0 (its first bit, ue(v) = 0, is set), or
+/// at parameter sets and SEI after a picture's slices; its other slices follow it.
+pub fn access_units(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut units = Vec::new();
+    let mut unit = Vec::new();
+    let mut has_slice = false;
+    for nal in annexb_nals(stream) {
+        let slice = matches!(nal[0] & 0x1f, 1 | 5);
+        let first_slice = slice && nal.get(1).is_some_and(|b| b & 0x80 != 0);
+        if has_slice && (first_slice || !slice) {
+            units.push(std::mem::take(&mut unit));
+            has_slice = false;
+        }
+        unit.extend_from_slice(&[0, 0, 0, 1]);
+        unit.extend_from_slice(nal);
+        has_slice |= slice;
+    }
+    if has_slice {
+        units.push(unit);
+    }
+    units
+}
+
+/// The NAL units of an Annex-B stream, without their start codes; empty ones skipped.
+pub fn annexb_nals(data: &[u8]) -> Vec<&[u8]> {
+    let starts: Vec<usize> = (0..data.len().saturating_sub(2)).filter(|&i| data[i..i + 3] == [0, 0, 1]).map(|i| i + 3).collect();
+    let mut nals = Vec::with_capacity(starts.len());
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(data.len(), |next| next - 3);
+        let mut nal = &data[start..end];
+        // The zero byte of a four-byte start code belongs to the next one.
+        while let [rest @ .., 0] = nal {
+            nal = rest;
+        }
+        if !nal.is_empty() {
+            nals.push(nal);
+        }
+    }
+    nals
+}
+
+/// Whether an Annex-B access unit holds an IDR slice (a decoder can start there).
+pub fn h264_keyframe(annexb: &[u8]) -> bool {
+    annexb_nals(annexb).iter().any(|nal| nal[0] & 0x1f == 5)
 }
 
 /// Reads the Opus packets of an Ogg Opus file (the two header packets skipped).
@@ -69,7 +138,7 @@ pub fn load_ogg_opus(path: &Path) -> anyhow::Result<EncodedMedia> {
         })
         .collect();
     anyhow::ensure!(!frames.is_empty(), "{}: no audio packets", path.display());
-    Ok(EncodedMedia { video: false, frames: Arc::new(frames) })
+    Ok(EncodedMedia { codec: EncodedCodec::Opus, frames: Arc::new(frames) })
 }
 
 /// The packets of an Ogg bitstream, joined across pages by their lacing values.
@@ -142,6 +211,28 @@ pub fn vp8_keyframe(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annexb_streams_split_into_nal_units_and_idr_slices_are_keyframes() {
+        let stream = [0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x00, 0, 0, 1, 0x41, 0x9a];
+        let nals = annexb_nals(&stream);
+        assert_eq!(nals, vec![&[0x67, 0x42][..], &[0x68, 0xce], &[0x65, 0x88], &[0x41, 0x9a]]);
+        assert!(h264_keyframe(&stream[..18]), "SPS, PPS, IDR");
+        assert!(!h264_keyframe(&stream[18..]), "a P slice");
+        assert!(annexb_nals(&[0, 0]).is_empty());
+    }
+
+    #[test]
+    fn pictures_of_several_slices_are_one_access_unit() {
+        let nal = |bytes: &[u8]| [&[0, 0, 0, 1][..], bytes].concat();
+        // SPS, PPS, an IDR in two slices (first_mb 0, then 40), then a P picture in two.
+        let stream = [nal(&[0x67, 0x42]), nal(&[0x68, 0xce]), nal(&[0x65, 0x88]), nal(&[0x65, 0x00, 0xa4]), nal(&[0x41, 0x9a]), nal(&[0x41, 0x00, 0xa4])].concat();
+        let units = access_units(&stream);
+        assert_eq!(units.len(), 2, "{units:?}");
+        assert_eq!(annexb_nals(&units[0]).len(), 4);
+        assert!(h264_keyframe(&units[0]) && !h264_keyframe(&units[1]));
+        assert_eq!(annexb_nals(&units[1]), vec![&[0x41, 0x9a][..], &[0x41, 0x00, 0xa4]]);
+    }
 
     #[test]
     fn vp8_keyframes_are_found_behind_extended_descriptors() {

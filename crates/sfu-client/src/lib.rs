@@ -13,5 +13,5 @@ pub mod signal;
 pub use http::{ApiCallError, SfuApi};
 pub use media::NetworkOptions;
 pub use signal::{EventsError, MediaSignal};
-pub use encoded::{EncodedFrame, EncodedMedia};
+pub use encoded::{EncodedCodec, EncodedFrame, EncodedMedia};
 pub use participant::{JoinOptions, MediaSink, Participant, Publish, PublishKind, ReceivedTrack, SinkTrack};

@@ -55,6 +55,11 @@ pub fn vp8() -> RTCRtpCodecCapability {
     video("video/VP8", "")
 }
 
+/// Constrained baseline, packetization mode 1: what browsers offer first.
+pub fn h264() -> RTCRtpCodecCapability {
+    video("video/H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
+}
+
 /// The capability for a codec by MIME type, as registered here.
 pub fn capability(mime: &str) -> Option<RTCRtpCodecCapability> {
     codecs().into_iter().map(|(c, _, _)| c).find(|c| c.mime_type.eq_ignore_ascii_case(mime))
@@ -65,11 +70,7 @@ fn codecs() -> Vec<(RTCRtpCodecCapability, u8, RTPCodecType)> {
         (opus(), 111, RTPCodecType::Audio),
         (vp8(), 96, RTPCodecType::Video),
         (video("video/VP9", "profile-id=0"), 98, RTPCodecType::Video),
-        (
-            video("video/H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
-            102,
-            RTPCodecType::Video,
-        ),
+        (h264(), 102, RTPCodecType::Video),
     ]
 }
 

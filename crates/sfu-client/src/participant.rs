@@ -27,7 +27,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::track::track_remote::TrackRemote;
 
-use crate::encoded::{EncodedMedia, vp8_keyframe};
+use crate::encoded::{EncodedCodec, EncodedMedia, vp8_keyframe};
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
 use crate::signal::{EventsError, MediaSignal};
@@ -51,7 +51,7 @@ pub enum PublishKind {
     /// VP8-framed video: one packet per frame. Simulcast sends three layers
     /// (q, h, f) at 15/30/60 packets/s of 400/700/1100 bytes (≈48/168/528 kbps).
     Video { simulcast: bool, packets_per_second: u32, size: usize },
-    /// Real encoded media (VP8 or Opus), played in real time and looped.
+    /// Real encoded media (VP8, H.264 or Opus), played in real time and looped.
     Encoded(EncodedMedia),
 }
 
@@ -62,9 +62,9 @@ impl Publish {
     pub fn video(id: &str) -> Self {
         Self { id: id.into(), kind: PublishKind::Video { simulcast: false, packets_per_second: 30, size: 800 }, source: Source::Camera }
     }
-    /// Real media: a camera for VP8, a microphone for Opus.
+    /// Real media: a camera for video, a microphone for Opus.
     pub fn encoded(id: &str, media: EncodedMedia) -> Self {
-        let source = if media.video { Source::Camera } else { Source::Microphone };
+        let source = if media.video() { Source::Camera } else { Source::Microphone };
         Self { id: id.into(), kind: PublishKind::Encoded(media), source }
     }
     pub fn simulcast(id: &str) -> Self {
@@ -677,11 +677,15 @@ async fn publisher_connection(
                 sources.push((SourceTrack { video: true, level: 127, layers, encoded: None }, sender.expect("three layers")));
             }
             PublishKind::Encoded(m) => {
-                let codec = if m.video { media::vp8() } else { media::opus() };
+                let codec = match m.codec {
+                    EncodedCodec::Vp8 => media::vp8(),
+                    EncodedCodec::H264 => media::h264(),
+                    EncodedCodec::Opus => media::opus(),
+                };
                 let track = Arc::new(TrackLocalStaticRTP::new(codec, p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
-                let level = if m.video { 127 } else { 30 };
-                sources.push((SourceTrack { video: m.video, level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) }, sender));
+                let level = if m.video() { 127 } else { 30 };
+                sources.push((SourceTrack { video: m.video(), level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) }, sender));
             }
         }
     }
@@ -752,12 +756,12 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
 /// encoders are not asked for keyframes: the files carry one every second or so.
 async fn run_encoded(track: Arc<TrackLocalStaticRTP>, media: EncodedMedia, level: u8, sending: Arc<std::sync::atomic::AtomicBool>) {
     use webrtc::rtp::packetizer::Payloader;
-    let mut payloader: Box<dyn Payloader + Send> = if media.video {
-        Box::new(webrtc::rtp::codecs::vp8::Vp8Payloader::default())
-    } else {
-        Box::new(webrtc::rtp::codecs::opus::OpusPayloader)
+    let mut payloader: Box<dyn Payloader + Send> = match media.codec {
+        EncodedCodec::Vp8 => Box::new(webrtc::rtp::codecs::vp8::Vp8Payloader::default()),
+        EncodedCodec::H264 => Box::new(webrtc::rtp::codecs::h264::H264Payloader::default()),
+        EncodedCodec::Opus => Box::new(webrtc::rtp::codecs::opus::OpusPayloader),
     };
-    let clock = if media.video { 90_000.0 } else { 48_000.0 };
+    let clock = if media.video() { 90_000.0 } else { 48_000.0 };
     while !sending.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -775,7 +779,7 @@ async fn run_encoded(track: Arc<TrackLocalStaticRTP>, media: EncodedMedia, level
                 payload,
             };
             seq = seq.wrapping_add(1);
-            let result = if media.video {
+            let result = if media.video() {
                 track.write_rtp(&packet).await
             } else {
                 let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: true });

@@ -154,13 +154,13 @@ fn write_tracks(dir: &std::path::Path, participants: usize, seconds: u64, video:
         for (media, track, mime) in [(video, format!("p{i}-cam"), "video/VP8"), (audio, format!("p{i}-mic"), "audio/opus")] {
             let tdir = dir.join("tracks").join(format!("p{i}")).join(&track);
             std::fs::create_dir_all(&tdir).unwrap();
-            let meta = TrackMeta { publisher: format!("p{i}"), track: track.clone(), video: media.video, mime_type: mime.into() };
+            let meta = TrackMeta { publisher: format!("p{i}"), track: track.clone(), video: media.video(), mime_type: mime.into() };
             std::fs::write(tdir.join("track.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
-            let ext = if media.video { "ivf" } else { "ogg" };
+            let ext = if media.video() { "ivf" } else { "ogg" };
             let file = std::io::BufWriter::new(std::fs::File::create(tdir.join(format!("0000000000-a1.{ext}"))).unwrap());
             let mut at = Duration::ZERO;
             let end = Duration::from_secs(seconds);
-            if media.video {
+            if media.video() {
                 let mut w = IvfWriter::new(file, b"VP80", 0, 0).unwrap();
                 for f in media.frames.iter().cycle() {
                     if at + f.duration > end {
