@@ -119,9 +119,10 @@ pub struct SignalingPoolStatus {
     #[serde(default)]
     pub ready_replicas: i32,
     /// Open WebSocket connections over the replicas that reported in the last 6 s
-    /// (written by the replicas, field manager switchboard-signaling).
-    #[serde(default)]
-    pub connections: i64,
+    /// (written by the replicas, field manager switchboard-signaling; the operator leaves
+    /// it out of what it applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -321,18 +321,9 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     let mp4 = dir.join("gallery.mp4");
     let (streams, duration) = ffprobe(&mp4);
     assert!(streams.contains(&"video".to_owned()) && streams.contains(&"audio".to_owned()), "streams: {streams:?}");
-    let tracks: Vec<(String, f64)> = ["alice/alice-cam.ivf", "alice/alice-mic.ogg", "bob/bob-cam.ivf", "bob/bob-mic.ogg"]
-        .iter()
-        .map(|t| (t.to_string(), ffprobe(&dir.join("tracks").join(t)).1))
-        .collect();
-    // 20 s from the moment the recorder has all four tracks, plus what came before that
-    // and the leaving: the MP4 spans its longest track.
-    let longest = tracks.iter().map(|t| t.1).fold(0.0, f64::max);
-    assert!((19.0..=22.5).contains(&duration) && (duration - longest).abs() <= 0.5, "the MP4 lasts {duration} s; its tracks (s): {tracks:?}; {status:?}");
-    assert!(status.duration_seconds.is_some_and(|d| (19..=23).contains(&d)), "{status:?}");
-    assert!(status.size_bytes.unwrap_or(0) > std::fs::metadata(&mp4).unwrap().len() as i64, "size counts the MP4 and the track files");
     // The per-track files stay, beside the chunks they were joined from: alice's camera
     // in VP8, bob's in H.264.
+    let mut tracks: Vec<(String, f64)> = Vec::new();
     for who in ["alice", "bob"] {
         for (track, kind) in [(format!("{who}-cam.ivf"), "video"), (format!("{who}-mic.ogg"), "audio")] {
             let path = dir.join("tracks").join(who).join(&track);
@@ -341,8 +332,15 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
             assert!(duration > 15.0, "{} lasts {duration} s", path.display());
             let errors = decode_errors(&path);
             assert!(errors.is_empty(), "{} decodes with errors: {errors}", path.display());
+            tracks.push((track, duration));
         }
     }
+    // 20 s from the moment the recorder has all four tracks, plus what came before that
+    // and the leaving: the MP4 spans its longest track.
+    let longest = tracks.iter().map(|t| t.1).fold(0.0, f64::max);
+    assert!((19.0..=22.5).contains(&duration) && (duration - longest).abs() <= 0.5, "the MP4 lasts {duration} s; its tracks (s): {tracks:?}; {status:?}");
+    assert!(status.duration_seconds.is_some_and(|d| (19..=23).contains(&d)), "{status:?}");
+    assert!(status.size_bytes.unwrap_or(0) > std::fs::metadata(&mp4).unwrap().len() as i64, "size counts the MP4 and the track files");
     assert!(chunk_files(&dir).len() >= 4 * 8, "2-second chunks of four tracks: {:?}", chunk_files(&dir));
     assert_eq!(env.runner.runs().len(), 1, "one recorder run");
     env.finish().await;

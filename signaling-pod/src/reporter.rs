@@ -25,14 +25,25 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 pub const REPLICA_STALE_AFTER: Duration = Duration::from_secs(6);
 /// Its record is deleted after this long (a restarted replica keeps its pod name a while).
 const REPLICA_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
+/// While the sum stays what the pool was last seen showing, the pool is read again only
+/// this often (a peer with another view may have written since), not on every report.
+const RECHECK_POOL_EVERY: u32 = 15;
+
+/// What this replica last saw (or wrote) in its pool's `status.connections`.
+#[derive(Default)]
+struct ShownConnections {
+    total: Option<i64>,
+    reports_since_read: u32,
+}
 
 pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pool_shows = ShownConnections::default();
     loop {
         tick.tick().await;
         if let Some(pool) = app.cfg.pool.as_deref() {
-            if let Err(e) = report_connections(&app, pool).await {
+            if let Err(e) = report_connections(&app, pool, &mut pool_shows).await {
                 tracing::warn!(%pool, error = %e, "connection report");
             }
         }
@@ -84,18 +95,24 @@ pub fn pool_connections(records: &[ReplicaConnections], now_ms: u64) -> (i64, Ve
     (total, gone)
 }
 
-async fn report_connections(app: &App, pool: &str) -> anyhow::Result<()> {
+async fn report_connections(app: &App, pool: &str, shown: &mut ShownConnections) -> anyhow::Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let key = format!("{}/{pool}", app.cfg.namespace);
     let records = app.store.replica_connections(&key, &app.cfg.replica, app.hub.connections(), now_ms).await?;
     let (total, gone) = pool_connections(&records, now_ms);
     app.store.forget_replicas(&key, &gone).await?;
+    shown.reports_since_read += 1;
+    if shown.total == Some(total) && shown.reports_since_read < RECHECK_POOL_EVERY {
+        return Ok(());
+    }
     let api: Api<SignalingPool> = Api::namespaced(app.kube.clone(), &app.cfg.namespace);
-    let shown = api.get_status(pool).await?.status.map(|s| s.connections);
-    if shown != Some(total) {
+    shown.total = api.get_status(pool).await?.status.and_then(|s| s.connections);
+    shown.reports_since_read = 0;
+    if shown.total != Some(total) {
         let patch = serde_json::json!({"status": {"connections": total}});
         let params = PatchParams { field_manager: Some(meetings::FIELD_MANAGER.into()), ..Default::default() };
         api.patch_status(pool, &params, &Patch::Merge(&patch)).await?;
+        shown.total = Some(total);
     }
     Ok(())
 }

@@ -110,6 +110,11 @@ fn k(meeting: &str, what: &str) -> String {
     format!("sb:{meeting}:{what}")
 }
 
+/// The hash of a SignalingPool's replicas' connection reports (`pool`: namespace/name).
+fn pool_connections_key(pool: &str) -> String {
+    format!("sb:pool:{pool}:connections")
+}
+
 pub fn channel(meeting: &str) -> String {
     k(meeting, "ev")
 }
@@ -133,7 +138,7 @@ impl Store {
     /// Records `replica`'s open connections at `now_ms` in the pool's hash (`pool` names
     /// it: namespace and name) and returns every replica's record there.
     pub async fn replica_connections(&self, pool: &str, replica: &str, connections: usize, now_ms: u64) -> RedisResult<Vec<ReplicaConnections>> {
-        let key = format!("sb:pool:{pool}:connections");
+        let key = pool_connections_key(pool);
         let (all,): (Vec<(String, String)>,) = redis::pipe()
             .hset(&key, replica, format!("{connections}:{now_ms}"))
             .ignore()
@@ -156,7 +161,7 @@ impl Store {
         if replicas.is_empty() {
             return Ok(());
         }
-        self.c().hdel(format!("sb:pool:{pool}:connections"), replicas).await
+        self.c().hdel(pool_connections_key(pool), replicas).await
     }
 
     pub async fn ping(&self) -> RedisResult<()> {

@@ -10,7 +10,7 @@ use switchboard_signaling_proto::{types, ErrorCode, Role};
 /// The SignalingPool's open connections, as its replicas report them.
 async fn pool_connections(env: &TestEnv, what: &str, n: i64) {
     let pools: kube::Api<switchboard_crds::SignalingPool> = env.ns.api();
-    switchboard_e2e::wait_for(what, WAIT, || async { pools.get_status("main").await.unwrap().status.is_some_and(|s| s.connections == n) }).await;
+    switchboard_e2e::wait_for(what, WAIT, || async { pools.get_status("main").await.unwrap().status.is_some_and(|s| s.connections == Some(n)) }).await;
 }
 
 /// Two replicas share one Redis: the waiting room, chat and state changes cross

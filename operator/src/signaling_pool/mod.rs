@@ -107,7 +107,9 @@ pub fn status(pool: &SignalingPool, deployment: Option<&Deployment>) -> Signalin
         observed_generation: generation,
         replicas: d.replicas.unwrap_or(0),
         ready_replicas: ready,
-        connections: pool.status.as_ref().map(|s| s.connections).unwrap_or(0),
+        // The replicas' field: applying it here would own it and could put back a
+        // count they have since replaced.
+        connections: None,
         conditions: vec![available, reconciled],
     }
 }
@@ -162,10 +164,6 @@ impl Reconcile for SignalingPool {
                 && same(&s.conditions, &status.conditions)
         });
         if !unchanged {
-            let mut status = serde_json::to_value(&status).expect("status serializes");
-            // The replicas write `connections` (their sum); applying it here would own it
-            // and could put back a count they have since replaced.
-            status.as_object_mut().expect("an object").remove("connections");
             let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "status": status});
             Api::<SignalingPool>::namespaced(c.clone(), &ns).patch_status(&valid.name, &params, &Patch::Apply(&patch)).await?;
         }
