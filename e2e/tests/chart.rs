@@ -1,6 +1,7 @@
 //! The Helm chart against the real control plane: lint, the rendered objects through
 //! a server-side dry run, install and upgrade, and the operator running under the
-//! chart's own ServiceAccount, allowed what the e2e suite needs and refused the rest.
+//! chart's own ServiceAccount, allowed what the e2e suite needs and refused the rest;
+//! then uninstall, which keeps the CRDs.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use switchboard_crds::SfuPool;
@@ -206,5 +208,18 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(identity.clone());
     assert_eq!(api_error(nodes.delete("kwok-node-0", &Default::default()).await).0, 403, "deleting a node");
     operator.stop().await.unwrap();
+
+    // Uninstalling takes the release's objects, cluster-scoped ones included, and keeps
+    // the CRDs, so the custom resources (here the pool) outlive it. Later tests apply
+    // the ClusterRoles again (`operator::operator_token`).
+    let out = helm_ok(&["uninstall", release, "-n", &ns.name, "--wait", "--timeout", "120s"]);
+    assert!(out.contains("uninstalled"), "{out}");
+    assert!(deployments.get_opt("sb-operator").await.unwrap().is_none(), "the operator Deployment is gone");
+    assert!(crbs.get_opt("switchboard-operator").await.unwrap().is_none(), "the ClusterRoleBinding is gone");
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for crd in ["sfupools.switchboard.dev", "signalingpools.switchboard.dev", "meetings.switchboard.dev", "recordingjobs.switchboard.dev"] {
+        assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} is kept");
+    }
+    assert!(pools.get_opt("charted").await.unwrap().is_some(), "the pool outlives the release");
     ns.delete().await;
 }

@@ -181,33 +181,6 @@ pub fn opus_packet_duration(packet: &[u8]) -> Duration {
     Duration::from_micros(frame_us * frames)
 }
 
-/// Whether an RTP payload starts a VP8 keyframe (RFC 7741: the payload descriptor, then
-/// the first byte of the frame header with its P bit clear).
-pub fn vp8_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else { return false };
-    let start_of_partition = first & 0x10 != 0 && first & 0x07 == 0;
-    if !start_of_partition {
-        return false;
-    }
-    let mut at = 1;
-    if first & 0x80 != 0 {
-        let Some(&x) = payload.get(1) else { return false };
-        at = 2;
-        if x & 0x80 != 0 {
-            // PictureID: one byte, or two when its M bit is set.
-            let Some(&pid) = payload.get(at) else { return false };
-            at += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            at += 1; // TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            at += 1; // TID / KEYIDX
-        }
-    }
-    payload.get(at).is_some_and(|b| b & 0x01 == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,17 +205,6 @@ mod tests {
         assert_eq!(annexb_nals(&units[0]).len(), 4);
         assert!(h264_keyframe(&units[0]) && !h264_keyframe(&units[1]));
         assert_eq!(annexb_nals(&units[1]), vec![&[0x41, 0x9a][..], &[0x41, 0x00, 0xa4]]);
-    }
-
-    #[test]
-    fn vp8_keyframes_are_found_behind_extended_descriptors() {
-        assert!(vp8_keyframe(&[0x10, 0x50]));
-        assert!(!vp8_keyframe(&[0x10, 0x51]));
-        assert!(!vp8_keyframe(&[0x00, 0x50]), "not the start of a partition");
-        // X set, I set with a 15-bit PictureID (M bit), then the frame header.
-        assert!(vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x50]));
-        assert!(!vp8_keyframe(&[0x90, 0x80, 0x81, 0x23, 0x51]));
-        assert!(!vp8_keyframe(&[0x90]));
     }
 
     #[test]

@@ -27,7 +27,8 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::track::track_remote::TrackRemote;
 
-use crate::encoded::{EncodedCodec, EncodedMedia, vp8_keyframe};
+use crate::encoded::{EncodedCodec, EncodedMedia};
+use switchboard_sfu_core::codec::{Codec, is_keyframe_start};
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
 use crate::signal::{EventsError, MediaSignal};
@@ -110,6 +111,8 @@ pub trait MediaSink: Send + Sync {
 pub struct ReceivedTrack {
     pub publisher: String,
     pub video: bool,
+    /// The negotiated codec, which says how to find keyframes; `None`: VP8 is assumed.
+    pub codec: Option<Codec>,
     pub packets: u64,
     pub bytes: u64,
     pub ssrcs: HashSet<u32>,
@@ -156,6 +159,11 @@ impl ReceivedTrack {
         self.record(seq, ssrc, payload, size, now_us)
     }
 
+    /// Whether a (non-synthetic) video payload starts a keyframe.
+    fn keyframe_start(&self, payload: &[u8]) -> bool {
+        is_keyframe_start(self.codec.unwrap_or(Codec::Vp8), payload)
+    }
+
     fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
         self.packets += 1;
         self.bytes += size as u64;
@@ -184,7 +192,7 @@ impl ReceivedTrack {
         self.highest_ext_seq = self.highest_ext_seq.max(ext);
         self.unique_seqs.insert(ext);
         let info = parse_payload(payload);
-        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && vp8_keyframe(payload)) {
+        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && self.keyframe_start(payload)) {
             self.keyframes += 1;
         }
         if let Some(info) = info {
@@ -366,6 +374,7 @@ impl Participant {
                     let publisher = track.stream_id();
                     tracing::debug!(track = %key, ssrc = track.ssrc(), "on_track");
                     let codec = track.codec();
+                    let track_codec = Codec::from_mime(&codec.capability.mime_type);
                     let sink_track = SinkTrack {
                         id: key.clone(),
                         publisher: publisher.clone(),
@@ -397,7 +406,7 @@ impl Participant {
                             // Like a decoder: no picture until a keyframe, so ask for one.
                             let undecodable = video && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
                                 && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe)
-                                && !vp8_keyframe(&pkt.payload);
+                                && !is_keyframe_start(track_codec.unwrap_or(Codec::Vp8), &pkt.payload);
                             if undecodable && last_pli.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
                                 last_pli = Some(Instant::now());
                                 if let Some(pc) = pc.upgrade() {
@@ -409,6 +418,7 @@ impl Participant {
                             let entry = all.entry(key.clone()).or_insert_with(|| ReceivedTrack {
                                 publisher: publisher.clone(),
                                 video,
+                                codec: track_codec,
                                 ..Default::default()
                             });
                             entry.record(pkt.header.sequence_number, pkt.header.ssrc, &pkt.payload, size, now_us());
@@ -524,6 +534,11 @@ impl Participant {
 
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().unwrap().clone()
+    }
+
+    /// Reads the room's events seen so far in place (a long meeting's log is not copied).
+    pub fn with_events<R>(&self, read: impl FnOnce(&[Event]) -> R) -> R {
+        read(&self.events.lock().unwrap())
     }
 
     /// Waits until `check` holds for the received tracks, or fails after `timeout`.
@@ -907,5 +922,22 @@ mod tests {
         assert_eq!(t.missing(), 1, "seq 0 is missing");
         t.record(0, 1, &[], 10, 0);
         assert_eq!(t.missing(), 0, "a late retransmission fills the gap");
+    }
+
+    #[test]
+    fn keyframes_are_counted_by_the_negotiated_codec() {
+        // An H.264 FU-A starting an IDR slice, then a P slice: one keyframe.
+        let mut h264 = ReceivedTrack { video: true, codec: Some(Codec::H264), ..Default::default() };
+        h264.record(1, 1, &[0x7c, 0x85, 0x88, 0x84], 10, 0);
+        h264.record(2, 1, &[0x41, 0x9a, 0x00, 0x00], 10, 0);
+        assert_eq!(h264.keyframes, 1);
+        // The same bytes read as VP8 start no partition 0, so only the VP8 keyframe counts; audio never does.
+        let mut vp8 = ReceivedTrack { video: true, ..Default::default() };
+        vp8.record(1, 1, &[0x7c, 0x85, 0x88, 0x84], 10, 0);
+        vp8.record(2, 1, &[0x10, 0x50, 0x00, 0x00], 10, 0);
+        assert_eq!(vp8.keyframes, 1, "only the VP8 keyframe");
+        let mut audio = ReceivedTrack { codec: Some(Codec::Opus), ..Default::default() };
+        audio.record(1, 1, &[0x10, 0x50, 0x00, 0x00], 10, 0);
+        assert_eq!(audio.keyframes, 0);
     }
 }

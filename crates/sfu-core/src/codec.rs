@@ -144,6 +144,11 @@ mod tests {
         assert_eq!(vp8_frame(&cont), None);
         assert!(!is_keyframe_start(Codec::Vp8, &[]));
         assert!(!is_keyframe_start(Codec::Vp8, &[0x90]));
+        // X set, I set with a 15-bit PictureID (M bit), then the frame tag.
+        assert!(is_keyframe_start(Codec::Vp8, &[0x90, 0x80, 0x81, 0x23, 0x50, 0x00, 0x00]));
+        assert!(!is_keyframe_start(Codec::Vp8, &[0x90, 0x80, 0x81, 0x23, 0x51, 0x00, 0x00]));
+        // X set with TL0PICIDX and TID/KEYIDX bytes before the tag.
+        assert!(is_keyframe_start(Codec::Vp8, &[0x90, 0x70, 0x05, 0x20, 0x50, 0x00, 0x00]));
     }
 
     #[test]
