@@ -175,7 +175,7 @@ async fn main() {
         .lines()
         .filter(|l| l.starts_with("switchboard_reconcile_errors_total{controller=\"meeting\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |a, b| a + b); // (an empty f64 `sum()` is -0)
     let _ = operator.child.kill().await;
     // Where the slow ones came from: placements that failed first (by reason), and
     // when the slowest 1% were created.
@@ -189,6 +189,19 @@ async fn main() {
         *by_second.entry(*created_at as u64).or_default() += 1;
     }
     eprintln!("meeting-bench: the slowest 1% by second of creation: {by_second:?}");
+    // Per second of creation: how many, and their median and slowest latency.
+    let mut seconds: std::collections::BTreeMap<u64, Vec<f64>> = std::collections::BTreeMap::new();
+    for (latency, created_at) in &timed {
+        seconds.entry(*created_at as u64).or_default().push(*latency);
+    }
+    let timeline: Vec<String> = seconds
+        .into_iter()
+        .map(|(second, mut l)| {
+            l.sort_by(f64::total_cmp);
+            format!("{second}s: {} p50 {:.2} max {:.2}", l.len(), percentile(&l, 0.5), percentile(&l, 1.0))
+        })
+        .collect();
+    eprintln!("meeting-bench: by second of creation: {}", timeline.join("; "));
 
     println!("| figure | value |");
     println!("|---|---|");

@@ -90,18 +90,62 @@ struct Committed {
     /// Whether the pod has an annotations map (a JSON Patch `add` needs the parent).
     has_annotations: bool,
     ledger: Ledger,
+    /// `ledger.total()`, summed once: every placement asks it of every candidate pod.
+    total: u64,
+}
+
+impl Committed {
+    fn new(raw: Option<String>, resource_version: Option<String>, has_annotations: bool, ledger: Ledger) -> Self {
+        let total = ledger.total();
+        Self { raw, resource_version, has_annotations, ledger, total }
+    }
+
+    /// A pod with no ledger (or none known).
+    fn empty() -> Self {
+        Self::new(None, None, false, Ledger::default())
+    }
 }
 
 #[derive(Default)]
 struct PodBook {
     committed: Option<Committed>,
-    /// The changes of the write in flight (meeting → seats, None to release): until it
-    /// lands they count as taken, or a pod near full is chosen past its capacity.
-    in_flight: Vec<(String, Option<u64>)>,
+    /// What the queued changes and the write in flight make of each meeting's seats
+    /// (None: released), the latest change winning: until they land they count, or a
+    /// pod near full is chosen past its capacity.
+    overlay: HashMap<String, Option<u64>>,
+    /// The overlay's net effect on the committed total, kept as changes come so that
+    /// `taken` costs the same on a pod with hundreds of changes queued.
+    overlay_delta: i64,
     pending: Vec<Change>,
     writing: bool,
     /// Told when an addition is queued (it ends a release linger).
     addition: Arc<Notify>,
+}
+
+impl PodBook {
+    fn committed_seats(&self, meeting: &str) -> u64 {
+        self.committed.as_ref().and_then(|c| c.ledger.0.get(meeting)).map_or(0, |s| s.seats)
+    }
+
+    /// Counts one more change in the overlay.
+    fn overlay_add(&mut self, meeting: &str, seats: Option<u64>) {
+        let before = match self.overlay.get(meeting) {
+            Some(seats) => seats.unwrap_or(0),
+            None => self.committed_seats(meeting),
+        };
+        self.overlay_delta += seats.unwrap_or(0) as i64 - before as i64;
+        self.overlay.insert(meeting.to_owned(), seats);
+    }
+
+    /// The overlay of the changes still queued, over a newly committed ledger.
+    fn rebuild_overlay(&mut self) {
+        self.overlay.clear();
+        self.overlay_delta = 0;
+        let queued: Vec<(String, Option<u64>)> = self.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
+        for (meeting, seats) in queued {
+            self.overlay_add(&meeting, seats);
+        }
+    }
 }
 
 /// Every pod's ledger as this operator knows it, with the writes in flight.
@@ -113,12 +157,7 @@ pub struct Book {
 }
 
 fn committed_from(pod: &Pod) -> Committed {
-    Committed {
-        raw: pod.annotations().get(LEDGER_ANNOTATION).cloned(),
-        resource_version: pod.resource_version(),
-        has_annotations: pod.metadata.annotations.is_some(),
-        ledger: Ledger::of(pod),
-    }
+    Committed::new(pod.annotations().get(LEDGER_ANNOTATION).cloned(), pod.resource_version(), pod.metadata.annotations.is_some(), Ledger::of(pod))
 }
 
 impl Book {
@@ -134,32 +173,17 @@ impl Book {
 
     fn taken_locked(&self, inner: &mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> u64 {
         let book = self.book_locked(inner, namespace, pod);
-        let ledger = &book.committed.as_ref().expect("loaded").ledger;
-        let mut total = ledger.total();
-        // Changes in flight, then pending ones, replace a meeting's committed seats
-        // (later ones win).
-        let mut pending: HashMap<&str, Option<u64>> = HashMap::new();
-        for (meeting, seats) in &book.in_flight {
-            pending.insert(meeting.as_str(), *seats);
-        }
-        for c in &book.pending {
-            pending.insert(c.meeting.as_str(), c.seats.as_ref().map(|s| s.seats));
-        }
-        for (meeting, seats) in pending {
-            total -= ledger.0.get(meeting).map_or(0, |s| s.seats);
-            total += seats.unwrap_or(0);
-        }
-        total
+        let committed = book.committed.as_ref().expect("loaded").total;
+        (committed as i64 + book.overlay_delta).max(0) as u64
     }
 
     /// The pod's book, loading its ledger from the cache the first time.
     fn book_locked<'a>(&self, inner: &'a mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> &'a mut PodBook {
         let book = inner.entry((namespace.to_owned(), pod.to_owned())).or_default();
         if book.committed.is_none() {
-            book.committed = Some(match self.pods.get(&ObjectRef::new(pod).within(namespace)) {
-                Some(p) => committed_from(&p),
-                None => Committed { raw: None, resource_version: None, has_annotations: false, ledger: Ledger::default() },
-            });
+            book.committed = Some(self.pods.get(&ObjectRef::new(pod).within(namespace)).map_or_else(Committed::empty, |p| committed_from(&p)));
+            // Whatever is queued now counts against this ledger.
+            book.rebuild_overlay();
         }
         book
     }
@@ -215,10 +239,11 @@ impl Book {
 
     fn enqueue(&self, inner: &mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str, change: Change) {
         let key = (namespace.to_owned(), pod.to_owned());
-        let book = inner.entry(key.clone()).or_default();
+        let book = self.book_locked(inner, namespace, pod);
         if change.seats.is_some() {
             book.addition.notify_one();
         }
+        book.overlay_add(&change.meeting, change.seats.as_ref().map(|s| s.seats));
         book.pending.push(change);
         if !book.writing {
             book.writing = true;
@@ -254,21 +279,22 @@ impl Book {
                 }
                 let base = match &book.committed {
                     Some(c) => c.clone(),
-                    None => match self.pods.get(&ObjectRef::new(&pod_name).within(&namespace)) {
-                        Some(p) => committed_from(&p),
-                        None => Committed { raw: None, resource_version: None, has_annotations: false, ledger: Ledger::default() },
-                    },
+                    None => self.pods.get(&ObjectRef::new(&pod_name).within(&namespace)).map_or_else(Committed::empty, |p| committed_from(&p)),
                 };
-                book.in_flight = book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
+                // The batch stays in the overlay until it lands.
                 (std::mem::take(&mut book.pending), base)
             };
             let outcome = self.commit(&api, &pod_name, batch, base).await;
             let mut inner = self.inner.lock().expect("lock");
             let book = inner.get_mut(&key).expect("book of a writing pod");
-            book.in_flight.clear();
             match outcome {
                 Ok(committed) => book.committed = committed,
                 Err(()) => book.committed = None,
+            }
+            // The batch is in the ledger now (or refused); what is still queued counts
+            // against it. An unknown ledger is reloaded, and the overlay with it, on next use.
+            if book.committed.is_some() {
+                book.rebuild_overlay();
             }
         }
     }
@@ -329,7 +355,7 @@ impl Book {
             let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
             match api.patch(pod, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
                 Ok(p) => {
-                    let committed = Committed { raw: Some(text), resource_version: p.resource_version(), has_annotations: true, ledger: next };
+                    let committed = Committed::new(Some(text), p.resource_version(), true, next);
                     reply(batch, verdicts);
                     return Ok(Some(committed));
                 }
@@ -370,5 +396,41 @@ fn fail(batch: Vec<Change>, e: kube::Error) {
     let message = e.to_string();
     for c in batch {
         let _ = c.reply.send(Err(CommitError::Api(kube::Error::Service(message.clone().into()))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seats(uid: &str, n: u64) -> Seats {
+        Seats { uid: uid.into(), seats: n }
+    }
+
+    fn taken(book: &PodBook) -> u64 {
+        (book.committed.as_ref().unwrap().total as i64 + book.overlay_delta) as u64
+    }
+
+    #[test]
+    fn queued_changes_count_against_the_committed_ledger_latest_first() {
+        let ledger = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 3)), ("b".to_owned(), seats("ub", 2))]));
+        let mut book = PodBook { committed: Some(Committed::new(None, None, true, ledger)), ..Default::default() };
+        assert_eq!(taken(&book), 5);
+        book.overlay_add("a", Some(5)); // a grows
+        book.overlay_add("c", Some(4)); // a newcomer
+        book.overlay_add("b", None); // b leaves
+        assert_eq!(taken(&book), 9);
+        book.overlay_add("a", None); // a's later release wins over its growth
+        assert_eq!(taken(&book), 4);
+        book.overlay_add("z", None); // releasing what is not there changes nothing
+        assert_eq!(taken(&book), 4);
+
+        // c lands (a and b's changes were refused, say): only what is still queued counts.
+        let landed = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 3)), ("b".to_owned(), seats("ub", 2)), ("c".to_owned(), seats("uc", 4))]));
+        book.committed = Some(Committed::new(None, None, true, landed));
+        let (tx, _rx) = oneshot::channel();
+        book.pending.push(Change { meeting: "d".into(), seats: Some(seats("ud", 1)), uid: "ud".into(), capacity: 100, reply: tx });
+        book.rebuild_overlay();
+        assert_eq!(taken(&book), 10);
     }
 }
