@@ -116,6 +116,9 @@ struct PodBook {
     /// The overlay's net effect on the committed total, kept as changes come so that
     /// `taken` costs the same on a pod with hundreds of changes queued.
     overlay_delta: i64,
+    /// The changes of the write in flight, so that a reloaded ledger's overlay still
+    /// counts them.
+    in_flight: Vec<(String, Option<u64>)>,
     pending: Vec<Change>,
     writing: bool,
     /// Told when an addition is queued (it ends a release linger).
@@ -137,12 +140,14 @@ impl PodBook {
         self.overlay.insert(meeting.to_owned(), seats);
     }
 
-    /// The overlay of the changes still queued, over a newly committed ledger.
+    /// The overlay of the changes in flight and queued, over a newly loaded or
+    /// committed ledger.
     fn rebuild_overlay(&mut self) {
         self.overlay.clear();
         self.overlay_delta = 0;
-        let queued: Vec<(String, Option<u64>)> = self.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
-        for (meeting, seats) in queued {
+        let queued = self.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats)));
+        let changes: Vec<(String, Option<u64>)> = self.in_flight.iter().cloned().chain(queued).collect();
+        for (meeting, seats) in changes {
             self.overlay_add(&meeting, seats);
         }
     }
@@ -282,11 +287,13 @@ impl Book {
                     None => self.pods.get(&ObjectRef::new(&pod_name).within(&namespace)).map_or_else(Committed::empty, |p| committed_from(&p)),
                 };
                 // The batch stays in the overlay until it lands.
+                book.in_flight = book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
                 (std::mem::take(&mut book.pending), base)
             };
             let outcome = self.commit(&api, &pod_name, batch, base).await;
             let mut inner = self.inner.lock().expect("lock");
             let book = inner.get_mut(&key).expect("book of a writing pod");
+            book.in_flight.clear();
             match outcome {
                 Ok(committed) => book.committed = committed,
                 Err(()) => book.committed = None,
@@ -432,5 +439,11 @@ mod tests {
         book.pending.push(Change { meeting: "d".into(), seats: Some(seats("ud", 1)), uid: "ud".into(), capacity: 100, reply: tx });
         book.rebuild_overlay();
         assert_eq!(taken(&book), 10);
+
+        // A ledger reloaded while a write is in flight (after a failed one): the
+        // write's changes still count, as do the queued ones.
+        book.in_flight = vec![("e".to_owned(), Some(2)), ("a".to_owned(), None)];
+        book.rebuild_overlay();
+        assert_eq!(taken(&book), 9, "9 committed, e +2, a -3, d +1");
     }
 }
