@@ -81,15 +81,28 @@ impl LeaderElector {
     }
 
     /// Gives the Lease up so that a standby takes over at once (graceful shutdown).
+    /// A renewal cut short by the shutdown may still land after the read here; its
+    /// write then wins the resourceVersion race, so a conflict is read again.
     pub async fn release(&mut self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
+        for _ in 0..5 {
+            let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
             let spec = lease.spec.get_or_insert_with(Default::default);
-            if spec.holder_identity.as_deref() == Some(&self.identity) {
-                spec.holder_identity = None;
-                spec.lease_duration_seconds = Some(1);
-                spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-                let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
-                tracing::info!(identity = %self.identity, "released the leader Lease");
+            if spec.holder_identity.as_deref() != Some(&self.identity) {
+                return;
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+            match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                Ok(_) => {
+                    tracing::info!(identity = %self.identity, "released the leader Lease");
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "releasing the leader Lease");
+                    return;
+                }
             }
         }
     }
