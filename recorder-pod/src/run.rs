@@ -222,8 +222,10 @@ async fn record(
         let Some(endpoint) = status.assignment.as_ref().map(|a| a.origin.endpoint.clone()) else { continue };
         // A subscription the SFU set up but no packet ever came through (webrtc-rs can
         // lose a receiver to a negotiation race): fresh connections fix it.
-        let heard = recorder.heard();
-        if let Some(stuck) = joined.as_ref().and_then(|(_, p)| p.with_events(|events| watch.check(events, &heard))) {
+        if let Some(stuck) = joined.as_ref().and_then(|(_, p)| {
+            let heard = recorder.heard();
+            p.with_events(|events| watch.check(events, &heard))
+        }) {
             tracing::warn!(tracks = ?stuck, "announced tracks never arrived: rejoining the SFU");
             let (_, p) = joined.take().expect("checked");
             let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;

@@ -159,11 +159,6 @@ impl ReceivedTrack {
         self.record(seq, ssrc, payload, size, now_us)
     }
 
-    /// Whether a (non-synthetic) video payload starts a keyframe.
-    fn keyframe_start(&self, payload: &[u8]) -> bool {
-        is_keyframe_start(self.codec.unwrap_or(Codec::Vp8), payload)
-    }
-
     fn record(&mut self, seq: u16, ssrc: u32, payload: &[u8], size: usize, now_us: u64) {
         self.packets += 1;
         self.bytes += size as u64;
@@ -192,7 +187,7 @@ impl ReceivedTrack {
         self.highest_ext_seq = self.highest_ext_seq.max(ext);
         self.unique_seqs.insert(ext);
         let info = parse_payload(payload);
-        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && self.keyframe_start(payload)) {
+        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && keyframe_start(self.codec, payload)) {
             self.keyframes += 1;
         }
         if let Some(info) = info {
@@ -218,6 +213,11 @@ pub struct PayloadInfo {
     pub keyframe: bool,
     pub layer: u8,
     pub sent_us: u64,
+}
+
+/// Whether a (non-synthetic) video payload of `codec` starts a keyframe; VP8 when unknown.
+fn keyframe_start(codec: Option<Codec>, payload: &[u8]) -> bool {
+    is_keyframe_start(codec.unwrap_or(Codec::Vp8), payload)
 }
 
 pub fn now_us() -> u64 {
@@ -406,7 +406,7 @@ impl Participant {
                             // Like a decoder: no picture until a keyframe, so ask for one.
                             let undecodable = video && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
                                 && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe)
-                                && !is_keyframe_start(track_codec.unwrap_or(Codec::Vp8), &pkt.payload);
+                                && !keyframe_start(track_codec, &pkt.payload);
                             if undecodable && last_pli.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
                                 last_pli = Some(Instant::now());
                                 if let Some(pc) = pc.upgrade() {

@@ -65,7 +65,8 @@ async fn record_child(endpoint: String, room: String, dir: PathBuf, seconds: u64
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(500)).await;
         recorder.tick();
-        if let Some(stuck) = watch.check(&p.events(), &recorder.heard()) {
+        let heard = recorder.heard();
+        if let Some(stuck) = p.with_events(|events| watch.check(events, &heard)) {
             rejoins += 1;
             eprintln!("recorder: rejoining for {stuck:?}");
             let _ = p.leave().await;
