@@ -114,8 +114,12 @@ pub async fn run(
     result
 }
 
+/// Changed Meetings held for the slowest subscriber before the watch waits for it.
+const MEETING_EVENTS_BUFFER: usize = 1024;
+
 /// Every controller, sharing one cache per watched kind, until `stop` turns true.
 async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metrics, stop: tokio::sync::watch::Receiver<bool>) {
+    use futures::{StreamExt, stream};
     use kube::runtime::{WatchStreamExt, reflector, watcher};
     use kube::ResourceExt;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -131,12 +135,26 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         .modify(|p: &mut switchboard_crds::SfuPool| p.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
-    let (meeting_store, writer) = reflector::store();
-    let meeting_stream = watcher(meetings, watcher::Config::default())
+    // One watch of Meetings for every controller that reads them: each subscriber is
+    // handed the changed Meetings from the one cache (a second watch doubled the
+    // decoding of every Meeting event, in the operator and in the API server). A
+    // subscriber that is never polled would stall the others: subscribe only for the
+    // controllers this replica runs.
+    let (meeting_store, writer) = reflector::store_shared(MEETING_EVENTS_BUFFER);
+    let only = |name: &'static str| config.runs(name);
+    let subscribe = |name: &'static str| only(name).then(|| writer.subscribe().expect("a shared store"));
+    let (meeting_events, recording_events) = (subscribe("meeting"), subscribe("recordingjob"));
+    let (meeting_events, recording_events) = (stream::iter(meeting_events).flatten(), stream::iter(recording_events).flatten());
+    let meeting_watch = watcher(meetings, watcher::Config::default())
         .default_backoff()
         .modify(|m: &mut switchboard_crds::Meeting| m.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects();
+        .reflect_shared(writer)
+        .take_until(stopped(stop.clone()))
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "meeting watch");
+            }
+        });
     let watches = sfu_pool::Watches::new(&client, &config);
     let caches = health::Caches { pods: watches.pods.clone(), leases: watches.leases.clone(), nodes: watches.nodes.clone() };
     let shared = meeting::Shared { meetings: meeting_store.clone(), pools: pool_store.clone(), caches: caches.clone() };
@@ -160,21 +178,20 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         watches,
         pool_stream,
         pool_store,
-        meeting_store,
+        meeting_store.clone(),
         trigger_rx,
         stopped(stop.clone()),
     );
     let signaling = signaling_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
-    let recordings = recording_job::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
-    let meetings = meeting::run(client, config.clone(), metrics, meeting_stream, shared, trigger_tx, fault_rx, stopped(stop));
+    let recordings = recording_job::run(client.clone(), config.clone(), metrics.clone(), recording_events, meeting_store.clone(), stopped(stop.clone()));
+    let meetings = meeting::run(client, config.clone(), metrics, meeting_events, shared, trigger_tx, fault_rx, stopped(stop));
     // Futures do nothing until polled: a controller left out is never started.
-    let only = |name: &'static str| config.runs(name);
-    futures::future::join5(
+    let controllers = futures::future::join5(
         async { if only("sfupool") { pools.await } },
         async { if only("meeting") { meetings.await } },
         async { if only("remediation") { detector.await } },
         async { if only("signalingpool") { signaling.await } },
         async { if only("recordingjob") { recordings.await } },
-    )
-    .await;
+    );
+    futures::future::join(meeting_watch, controllers).await;
 }

@@ -118,7 +118,7 @@ pub async fn run(
     client: Client,
     config: OperatorConfig,
     metrics: Metrics,
-    meeting_stream: impl futures::Stream<Item = Result<Meeting, watcher::Error>> + Send + 'static,
+    meeting_events: impl futures::Stream<Item = Arc<Meeting>> + Send + 'static,
     shared: Shared,
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
     faults: impl futures::Stream<Item = ObjectRef<Meeting>> + Send + 'static,
@@ -165,7 +165,7 @@ pub async fn run(
             .map(|m| ObjectRef::from_obj(&*m))
             .collect::<Vec<_>>()
     };
-    let controller = Controller::for_stream(meeting_stream, shared.meetings)
+    let controller = Controller::for_shared_stream(meeting_events, shared.meetings)
         // Unbounded here: `Context::admission` bounds it, first come first served.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .watches(pools, watcher::Config::default(), pool_to_meetings)

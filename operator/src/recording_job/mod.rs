@@ -16,6 +16,7 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -41,10 +42,19 @@ fn key(r: &impl ResourceExt) -> String {
     format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any())
 }
 
-pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let (recordings, jobs, meetings): (Api<RecordingJob>, Api<Job>, Api<Meeting>) = match &config.watch_namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+/// `meetings`: the Meetings that changed, from the operator's one Meeting cache
+/// (`meeting_store`), for automatic recording.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    meetings: impl futures::Stream<Item = Arc<Meeting>> + Send + 'static,
+    meeting_store: Store<Meeting>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (recordings, jobs): (Api<RecordingJob>, Api<Job>) = match &config.watch_namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, config, failures: Failures::default() });
@@ -66,7 +76,7 @@ pub async fn run(client: Client, config: OperatorConfig, metrics: Metrics, shutd
                 tracing::debug!(error = %e, "recordingjob reconcile");
             }
         });
-    let auto_controller = Controller::new(meetings, watcher::Config::default())
+    let auto_controller = Controller::for_shared_stream(meetings, meeting_store)
         .graceful_shutdown_on(stopped(stop_rx))
         .run(auto_record, |_m, _e: &Error, _ctx| Action::requeue(Duration::from_secs(10)), ctx)
         .for_each(|res| async move {
