@@ -64,7 +64,7 @@ pub struct Context {
     caches: Caches,
     signaling: Store<SignalingPool>,
     book: Book,
-    codes: RoomCodes,
+    codes: Arc<RoomCodes>,
     recorder: Recorder,
     /// Placement and migration events, published a few at a time in the background.
     events: crate::events::Queue,
