@@ -187,6 +187,13 @@ async fn main() {
         .filter(|l| l.starts_with("switchboard_reconcile_errors_total{controller=\"meeting\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .fold(0.0, |a, b| a + b); // (an empty f64 `sum()` is -0)
+    // Reconciles per meeting: more than one means work repeated (a trigger that
+    // re-queued meetings already on their way).
+    let reconciles: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_reconciles_total{controller=\"meeting\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b);
     let _ = operator.child.kill().await;
     // Where the slow ones came from: placements that failed first (by reason), and
     // when the slowest 1% were created.
@@ -223,6 +230,7 @@ async fn main() {
     println!("| creation → assignment p50 / p99 / max | {:.2} s / {:.2} s / {:.2} s |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
     println!("| fullest pod | {worst} of {PER_POD} seats (none over) |");
     println!("| reconcile errors (retried) | {errors:.0} |");
+    println!("| meeting reconciles | {reconciles:.0} ({:.2} per meeting) |", reconciles / args.meetings as f64);
     println!("| operator peak RSS | {:.1} MiB |", peak_rss as f64 / 1024.0);
 
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
