@@ -42,18 +42,11 @@ use room_codes::RoomCodes;
 
 const CONTROLLER: &str = "meeting";
 /// Meetings reconciled at the same time (placements are group-committed per pod);
-/// the rest wait their turn in arrival order (`crate::admission`). A placement holds
-/// its turn for about half a second on a saturated API server (its pod's ledger
-/// write, then its status write), so by Little's law 256 turns capped placements
-/// near 500/s, just where creation runs on a 2-core control plane: a creation storm
-/// a little faster built a backlog that only drained when the storm ended.
-const RECONCILE_CONCURRENCY: usize = 512;
-/// Meeting status writes in flight at once. A pod's group-committed ledger write
-/// releases hundreds of placements together; each status write in flight needs its
-/// own HTTP/1.1 connection, so without a bound the start of a storm opened 300
-/// connections, a TLS handshake (an RSA signature on the API server) each, just
-/// when the API server had the least to spare. The writes wait here instead.
-const STATUS_WRITES: usize = 128;
+/// the rest wait their turn in arrival order (`crate::admission`). Measured at 500
+/// placements/s (BENCHMARKS.md): 512 turns, or a bound on the status writes in
+/// flight, made the first batches of a storm larger or split them into rounds, and
+/// its p99 worse.
+const RECONCILE_CONCURRENCY: usize = 256;
 /// A scheduled start this long before the Meeting was created is refused.
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -82,8 +75,6 @@ pub struct Context {
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
     memory: Mutex<HashMap<String, MeetingMemory>>,
     admission: crate::admission::Admission,
-    /// Status writes in flight at once (see [`STATUS_WRITES`]).
-    status_writes: tokio::sync::Semaphore,
 }
 
 #[derive(Default)]
@@ -161,7 +152,6 @@ pub async fn run(
         pool_trigger,
         memory: Mutex::default(),
         admission: crate::admission::Admission::new(RECONCILE_CONCURRENCY),
-        status_writes: tokio::sync::Semaphore::new(STATUS_WRITES),
     });
     let housekeeping = housekeeping(ctx.clone());
     // Validation reads the pools: judging meetings before the first list would fail them.
@@ -1049,7 +1039,6 @@ async fn write_status(
     if !same_status(current, &next) {
         let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
         let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "status": next});
-        let _turn = ctx.status_writes.acquire().await.expect("the semaphore is never closed");
         api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = None;
     }
