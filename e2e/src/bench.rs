@@ -138,6 +138,15 @@ impl ReleaseOperator {
     }
 }
 
+/// The sum of a Prometheus text exposition's samples whose line starts with
+/// `series` (a name and the opening of its labels); 0 when there are none.
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b) // (an empty f64 `sum()` is -0)
+}
+
 /// The API server's write requests so far, by "resource verb" (its /metrics).
 pub async fn api_server_writes() -> HashMap<String, f64> {
     let text = tokio::task::spawn_blocking(|| crate::kubectl_ok(&["get", "--raw", "/metrics"])).await.unwrap_or_default();

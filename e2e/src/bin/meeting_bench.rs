@@ -17,7 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::ResourceExt;
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, hwm_kib, metrics_text, rss_kib, simulate_heartbeats, writes_since};
+use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, hwm_kib, metric_sum, metrics_text, rss_kib, simulate_heartbeats, writes_since};
 use switchboard_e2e::*;
 
 const PER_POD: u64 = 2_000;
@@ -182,18 +182,10 @@ async fn main() {
         assert!(total <= PER_POD, "pod {} over capacity: {total}", p.name_any());
         worst = worst.max(total);
     }
-    let errors: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchboard_reconcile_errors_total{controller=\"meeting\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b); // (an empty f64 `sum()` is -0)
+    let errors = metric_sum(&metrics, "switchboard_reconcile_errors_total{controller=\"meeting\"");
     // Reconciles per meeting: more than one means work repeated (a trigger that
     // re-queued meetings already on their way).
-    let reconciles: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchboard_reconciles_total{controller=\"meeting\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b);
+    let reconciles = metric_sum(&metrics, "switchboard_reconciles_total{controller=\"meeting\"");
     let _ = operator.child.kill().await;
     // Where the slow ones came from: placements that failed first (by reason), and
     // when the slowest 1% were created.

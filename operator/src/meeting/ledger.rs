@@ -126,6 +126,12 @@ struct PodBook {
 }
 
 impl PodBook {
+    /// Seats taken: the committed ledger's, with the queued and in-flight changes.
+    fn taken(&self) -> u64 {
+        let committed = self.committed.as_ref().expect("loaded").total;
+        (committed as i64 + self.overlay_delta).max(0) as u64
+    }
+
     fn committed_seats(&self, meeting: &str) -> u64 {
         self.committed.as_ref().and_then(|c| c.ledger.0.get(meeting)).map_or(0, |s| s.seats)
     }
@@ -177,16 +183,19 @@ impl Book {
     }
 
     fn taken_locked(&self, inner: &mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> u64 {
-        let book = self.book_locked(inner, namespace, pod);
-        let committed = book.committed.as_ref().expect("loaded").total;
-        (committed as i64 + book.overlay_delta).max(0) as u64
+        self.book_locked(inner, namespace, pod).taken()
+    }
+
+    /// The pod's ledger as the pod cache has it (empty for a pod not cached).
+    fn committed_of(&self, namespace: &str, pod: &str) -> Committed {
+        self.pods.get(&ObjectRef::new(pod).within(namespace)).map_or_else(Committed::empty, |p| committed_from(&p))
     }
 
     /// The pod's book, loading its ledger from the cache the first time.
     fn book_locked<'a>(&self, inner: &'a mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> &'a mut PodBook {
         let book = inner.entry((namespace.to_owned(), pod.to_owned())).or_default();
         if book.committed.is_none() {
-            book.committed = Some(self.pods.get(&ObjectRef::new(pod).within(namespace)).map_or_else(Committed::empty, |p| committed_from(&p)));
+            book.committed = Some(self.committed_of(namespace, pod));
             // Whatever is queued now counts against this ledger.
             book.rebuild_overlay();
         }
@@ -284,7 +293,7 @@ impl Book {
                 }
                 let base = match &book.committed {
                     Some(c) => c.clone(),
-                    None => self.pods.get(&ObjectRef::new(&pod_name).within(&namespace)).map_or_else(Committed::empty, |p| committed_from(&p)),
+                    None => self.committed_of(&namespace, &pod_name),
                 };
                 // The batch stays in the overlay until it lands.
                 book.in_flight = book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
@@ -414,23 +423,19 @@ mod tests {
         Seats { uid: uid.into(), seats: n }
     }
 
-    fn taken(book: &PodBook) -> u64 {
-        (book.committed.as_ref().unwrap().total as i64 + book.overlay_delta) as u64
-    }
-
     #[test]
     fn queued_changes_count_against_the_committed_ledger_latest_first() {
         let ledger = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 3)), ("b".to_owned(), seats("ub", 2))]));
         let mut book = PodBook { committed: Some(Committed::new(None, None, true, ledger)), ..Default::default() };
-        assert_eq!(taken(&book), 5);
+        assert_eq!(book.taken(), 5);
         book.overlay_add("a", Some(5)); // a grows
         book.overlay_add("c", Some(4)); // a newcomer
         book.overlay_add("b", None); // b leaves
-        assert_eq!(taken(&book), 9);
+        assert_eq!(book.taken(), 9);
         book.overlay_add("a", None); // a's later release wins over its growth
-        assert_eq!(taken(&book), 4);
+        assert_eq!(book.taken(), 4);
         book.overlay_add("z", None); // releasing what is not there changes nothing
-        assert_eq!(taken(&book), 4);
+        assert_eq!(book.taken(), 4);
 
         // c lands (a and b's changes were refused, say): only what is still queued counts.
         let landed = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 3)), ("b".to_owned(), seats("ub", 2)), ("c".to_owned(), seats("uc", 4))]));
@@ -438,12 +443,12 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         book.pending.push(Change { meeting: "d".into(), seats: Some(seats("ud", 1)), uid: "ud".into(), capacity: 100, reply: tx });
         book.rebuild_overlay();
-        assert_eq!(taken(&book), 10);
+        assert_eq!(book.taken(), 10);
 
         // A ledger reloaded while a write is in flight (after a failed one): the
         // write's changes still count, as do the queued ones.
         book.in_flight = vec![("e".to_owned(), Some(2)), ("a".to_owned(), None)];
         book.rebuild_overlay();
-        assert_eq!(taken(&book), 9, "9 committed, e +2, a -3, d +1");
+        assert_eq!(book.taken(), 9, "9 committed, e +2, a -3, d +1");
     }
 }
