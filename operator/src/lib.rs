@@ -2,6 +2,7 @@
 //! election, with Prometheus metrics and health endpoints.
 
 pub mod admission;
+pub mod api_client;
 pub mod conditions;
 pub mod config;
 pub mod crd_install;

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let client = kube::Client::try_default().await?;
+    let client = switchboard_operator::api_client::connect().await?;
     match std::env::args().nth(1).as_deref() {
         Some("install-crds") => {
             let names = switchboard_operator::crd_install::install_crds(&client, Duration::from_secs(60)).await?;

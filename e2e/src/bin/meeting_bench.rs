@@ -79,13 +79,17 @@ async fn main() {
     // Watch assignments as they land.
     let meetings: Api<Meeting> = ns.api();
     let assigned: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let seen = assigned.clone();
+    // When each meeting first reached the watch: splits its latency into the API
+    // server's part (request → event) and the operator's (event → assignment).
+    let appeared: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let (seen, first_seen) = (assigned.clone(), appeared.clone());
     let watch = tokio::spawn(
         watcher(meetings.clone(), watcher::Config::default())
             .default_backoff()
             .applied_objects()
             .for_each(move |m| {
                 if let Ok(m) = m {
+                    first_seen.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
                     if m.status.as_ref().is_some_and(|s| s.assignment.is_some()) {
                         seen.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
                     }
@@ -154,6 +158,7 @@ async fn main() {
 
     let created = created.lock().unwrap().clone();
     let assigned = assigned.lock().unwrap().clone();
+    let appeared = appeared.lock().unwrap().clone();
     // Per meeting: creation → assignment, and when it was created (seconds into the run); slowest first.
     let mut timed: Vec<(f64, f64)> = assigned
         .iter()
@@ -186,6 +191,9 @@ async fn main() {
     // Reconciles per meeting: more than one means work repeated (a trigger that
     // re-queued meetings already on their way).
     let reconciles = metric_sum(&metrics, "switchboard_reconciles_total{controller=\"meeting\"");
+    // Time inside a reconcile (the ledger and status writes, in sequence), beside the total.
+    let reconcile_seconds = metric_sum(&metrics, "switchboard_reconcile_duration_seconds_sum{controller=\"meeting\"");
+    eprintln!("meeting-bench: mean meeting reconcile {:.3} s", reconcile_seconds / reconciles.max(1.0));
     let _ = operator.child.kill().await;
     // Where the slow ones came from: placements that failed first (by reason), and
     // when the slowest 1% were created.
@@ -200,15 +208,20 @@ async fn main() {
     }
     eprintln!("meeting-bench: the slowest 1% by second of creation: {by_second:?}");
     // Per second of creation: how many, and their median and slowest latency.
-    let mut seconds: std::collections::BTreeMap<u64, Vec<f64>> = std::collections::BTreeMap::new();
-    for (latency, created_at) in &timed {
-        seconds.entry(*created_at as u64).or_default().push(*latency);
+    // The API server's part of each (request → first event) beside the total.
+    let mut seconds: std::collections::BTreeMap<u64, (Vec<f64>, Vec<f64>)> = std::collections::BTreeMap::new();
+    for (name, at) in &created {
+        let (Some(placed), Some(seen)) = (assigned.get(name), appeared.get(name)) else { continue };
+        let second = seconds.entry(at.duration_since(start).as_secs()).or_default();
+        second.0.push(placed.saturating_duration_since(*at).as_secs_f64());
+        second.1.push(seen.saturating_duration_since(*at).as_secs_f64());
     }
     let timeline: Vec<String> = seconds
         .into_iter()
-        .map(|(second, mut l)| {
-            l.sort_by(f64::total_cmp);
-            format!("{second}s: {} p50 {:.2} max {:.2}", l.len(), percentile(&l, 0.5), percentile(&l, 1.0))
+        .map(|(second, (mut total, mut api))| {
+            total.sort_by(f64::total_cmp);
+            api.sort_by(f64::total_cmp);
+            format!("{second}s: {} p50 {:.2} (API {:.2}) max {:.2}", total.len(), percentile(&total, 0.5), percentile(&api, 0.5), percentile(&total, 1.0))
         })
         .collect();
     eprintln!("meeting-bench: by second of creation: {}", timeline.join("; "));
