@@ -97,11 +97,16 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
 
 /// A client authenticating with a bearer token (a ServiceAccount's), for RBAC tests.
 pub async fn client_with_token(token: &str) -> Client {
+    Client::try_from(token_config(token).await).expect("client")
+}
+
+/// The local cluster's configuration, authenticating with a bearer token.
+pub async fn token_config(token: &str) -> Config {
     let kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("readable kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
     config.auth_info = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
     config.default_retry = false;
-    Client::try_from(config).expect("client")
+    config
 }
 
 /// Applies the CRDs generated from the current Rust types (idempotent, waits for Established).

@@ -12,7 +12,7 @@ use serde_json::json;
 use switchboard_operator::{Health, Metrics, OperatorConfig};
 use tokio::task::JoinHandle;
 
-use crate::{Resolver, client_with_token, parse_manifest, repo_root};
+use crate::{Resolver, parse_manifest, repo_root};
 
 /// A running operator replica.
 pub struct OperatorHandle {
@@ -53,9 +53,11 @@ impl OperatorHandle {
 
 /// Applies the operator's ClusterRoles and binds them, and the leader Role, to a
 /// ServiceAccount `switchboard-operator` in `namespace`. Returns a client holding
-/// that ServiceAccount's token.
+/// that ServiceAccount's token, on the operator binary's own client stack
+/// (HTTP/2), so that every test exercises it.
 pub async fn operator_identity(admin: &Client, namespace: &str) -> Client {
-    client_with_token(&operator_token(admin, namespace).await).await
+    let config = crate::token_config(&operator_token(admin, namespace).await).await;
+    switchboard_operator::api_client::http2_client(config).expect("HTTP/2 client")
 }
 
 /// Writes a kubeconfig for the local cluster that authenticates with `token`.
