@@ -88,11 +88,16 @@ pub async fn client() -> Client {
 
 /// A client for a given kubeconfig.
 pub async fn client_for(kubeconfig: &Path) -> Client {
+    Client::try_from(config_for(kubeconfig).await).expect("client")
+}
+
+/// The configuration of a kubeconfig, without kube's retries.
+pub async fn config_for(kubeconfig: &Path) -> Config {
     let kc = Kubeconfig::read_from(kubeconfig).expect("readable kubeconfig");
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
     // A 429 (a PodDisruptionBudget refusing an eviction) must reach the test, not be retried for minutes.
     config.default_retry = false;
-    Client::try_from(config).expect("client")
+    config
 }
 
 /// A client authenticating with a bearer token (a ServiceAccount's), for RBAC tests.

@@ -4,7 +4,10 @@
 //! operator's peak RSS (the release binary runs as its own process under the
 //! repo's RBAC). Checks at the end that no pod is over capacity. Prints a table.
 //!
-//! `cargo run --release -p switchboard-e2e --bin meeting-bench -- [--meetings 10000] [--pods 40] [--clients 32]`
+//! `cargo run --release -p switchboard-e2e --bin meeting-bench -- [--meetings 10000] [--pods 40] [--clients 32] [--http 2]`
+//!
+//! The creating clients speak HTTP/2 as client-go does (a scheduler written in Go),
+//! on the operator's client stack; `--http 1` gives each its own HTTP/1.1 connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +16,11 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::ResourceExt;
+use futures::TryStreamExt;
+use kube::api::{WatchEvent, WatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
 use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, hwm_kib, metric_sum, metrics_text, rss_kib, simulate_heartbeats, writes_since};
@@ -26,10 +32,12 @@ struct Args {
     meetings: usize,
     pods: usize,
     clients: usize,
+    /// HTTP version of the creating clients.
+    http: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { meetings: 10_000, pods: 40, clients: 32 };
+    let mut a = Args { meetings: 10_000, pods: 40, clients: 32, http: 2 };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok()).expect("a number after each flag");
@@ -37,6 +45,7 @@ fn args() -> Args {
             "--meetings" => a.meetings = value,
             "--pods" => a.pods = value,
             "--clients" => a.clients = value,
+            "--http" => a.http = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -50,10 +59,69 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
+/// What the benchmark reads of a watched Meeting: its name, resourceVersion and
+/// whether it has an assignment. The rest is skipped, not parsed into values: the
+/// benchmark's own watch shares the machine with the API server it measures.
+#[derive(Clone, Deserialize)]
+struct Seen {
+    metadata: SeenMeta,
+    #[serde(default)]
+    status: Option<SeenStatus>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SeenMeta {
+    name: String,
+    resource_version: String,
+}
+
+#[derive(Clone, Deserialize)]
+struct SeenStatus {
+    #[serde(default)]
+    assignment: Option<IgnoredAny>,
+}
+
+/// Records when each Meeting of `namespace` first appears and when it first has
+/// an assignment, resuming the watch where it ended.
+async fn watch_assignments(client: Client, namespace: String, assigned: Times, appeared: Times) {
+    let request = kube::core::Request::new(Meeting::url_path(&(), Some(&namespace)));
+    let mut version = "0".to_owned();
+    loop {
+        let params = WatchParams::default().timeout(290);
+        let Ok(events) = client.request_events::<Seen>(request.watch(&params, &version).expect("watch request")).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        futures::pin_mut!(events);
+        while let Ok(Some(event)) = events.try_next().await {
+            match event {
+                WatchEvent::Added(m) | WatchEvent::Modified(m) => {
+                    let now = Instant::now();
+                    appeared.lock().unwrap().entry(m.metadata.name.clone()).or_insert(now);
+                    if m.status.is_some_and(|s| s.assignment.is_some()) {
+                        assigned.lock().unwrap().entry(m.metadata.name).or_insert(now);
+                    }
+                    version = m.metadata.resource_version;
+                }
+                WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
+                WatchEvent::Deleted(_) => {}
+                // Too old (410): start again from the cache; assignments seen late count late.
+                WatchEvent::Error(_) => {
+                    version = "0".to_owned();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+type Times = Arc<Mutex<HashMap<String, Instant>>>;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = args();
-    eprintln!("meeting-bench: {} meetings on {} SFU pods, {} creating clients", args.meetings, args.pods, args.clients);
+    eprintln!("meeting-bench: {} meetings on {} SFU pods, {} creating clients on HTTP/{}", args.meetings, args.pods, args.clients, args.http);
     let admin = client().await;
     install_crds(&admin).await;
     let ns = TestNamespace::create(&admin, "meeting-bench").await;
@@ -77,30 +145,21 @@ async fn main() {
     .await;
 
     // Watch assignments as they land.
-    let meetings: Api<Meeting> = ns.api();
-    let assigned: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let assigned: Times = Arc::default();
     // When each meeting first reached the watch: splits its latency into the API
     // server's part (request → event) and the operator's (event → assignment).
-    let appeared: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let (seen, first_seen) = (assigned.clone(), appeared.clone());
-    let watch = tokio::spawn(
-        watcher(meetings.clone(), watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .for_each(move |m| {
-                if let Ok(m) = m {
-                    first_seen.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
-                    if m.status.as_ref().is_some_and(|s| s.assignment.is_some()) {
-                        seen.lock().unwrap().entry(m.name_any()).or_insert_with(Instant::now);
-                    }
-                }
-                futures::future::ready(())
-            }),
-    );
+    let appeared: Times = Arc::default();
+    let watch = tokio::spawn(watch_assignments(admin.clone(), ns.name.clone(), assigned.clone(), appeared.clone()));
 
     // Each creating client opens its connection before the clock starts (what a
     // scheduler that has been running has): the storm measures placements, not TLS
     // handshakes, and a first request that waits on the API server is not counted.
+    let creators = match args.http {
+        1 => admin.clone(),
+        2 => switchboard_operator::api_client::http2_client(config_for(&cluster().kubeconfig).await).expect("HTTP/2 client"),
+        other => panic!("--http {other}: 1 or 2"),
+    };
+    let meetings: Api<Meeting> = Api::namespaced(creators, &ns.name);
     stream::iter(0..args.clients)
         .for_each_concurrent(args.clients, |_| {
             let meetings = meetings.clone();
@@ -111,13 +170,15 @@ async fn main() {
         .await;
     let writes_before = api_server_writes().await;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // When each creation was answered (the request's own latency).
+    let answered: Times = Arc::default();
     let start = Instant::now();
     let mut peak_rss = 0u64;
     let creating = {
-        let created = created.clone();
+        let (created, answered) = (created.clone(), answered.clone());
         let meetings = meetings.clone();
         stream::iter(0..args.meetings).for_each_concurrent(args.clients, move |i| {
-            let (meetings, created) = (meetings.clone(), created.clone());
+            let (meetings, created, answered) = (meetings.clone(), created.clone(), answered.clone());
             async move {
                 let name = format!("m{i:05}");
                 let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
@@ -131,6 +192,7 @@ async fn main() {
                         Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
                 }
+                answered.lock().unwrap().insert(name.clone(), Instant::now());
                 created.lock().unwrap().insert(name, at);
             }
         })
@@ -159,6 +221,7 @@ async fn main() {
     let created = created.lock().unwrap().clone();
     let assigned = assigned.lock().unwrap().clone();
     let appeared = appeared.lock().unwrap().clone();
+    let answered = answered.lock().unwrap().clone();
     // Per meeting: creation → assignment, and when it was created (seconds into the run); slowest first.
     let mut timed: Vec<(f64, f64)> = assigned
         .iter()
@@ -208,27 +271,30 @@ async fn main() {
     }
     eprintln!("meeting-bench: the slowest 1% by second of creation: {by_second:?}");
     // Per second of creation: how many, and their median and slowest latency.
-    // The API server's part of each (request → first event) beside the total.
-    let mut seconds: std::collections::BTreeMap<u64, (Vec<f64>, Vec<f64>)> = std::collections::BTreeMap::new();
+    // The API server's part of each beside the total: the creation's answer, and
+    // its first event on the watch.
+    let mut seconds: std::collections::BTreeMap<u64, [Vec<f64>; 3]> = std::collections::BTreeMap::new();
     for (name, at) in &created {
-        let (Some(placed), Some(seen)) = (assigned.get(name), appeared.get(name)) else { continue };
+        let (Some(placed), Some(seen), Some(answer)) = (assigned.get(name), appeared.get(name), answered.get(name)) else { continue };
         let second = seconds.entry(at.duration_since(start).as_secs()).or_default();
-        second.0.push(placed.saturating_duration_since(*at).as_secs_f64());
-        second.1.push(seen.saturating_duration_since(*at).as_secs_f64());
+        for (i, t) in [placed, answer, seen].into_iter().enumerate() {
+            second[i].push(t.saturating_duration_since(*at).as_secs_f64());
+        }
     }
     let timeline: Vec<String> = seconds
         .into_iter()
-        .map(|(second, (mut total, mut api))| {
-            total.sort_by(f64::total_cmp);
-            api.sort_by(f64::total_cmp);
-            format!("{second}s: {} p50 {:.2} (API {:.2}) max {:.2}", total.len(), percentile(&total, 0.5), percentile(&api, 0.5), percentile(&total, 1.0))
+        .map(|(second, mut l)| {
+            l.iter_mut().for_each(|l| l.sort_by(f64::total_cmp));
+            let [total, answer, seen] = l;
+            let (p50, max) = (percentile(&total, 0.5), percentile(&total, 1.0));
+            format!("{second}s: {} p50 {p50:.2} (answered {:.2}, on the watch {:.2}) max {max:.2}", total.len(), percentile(&answer, 0.5), percentile(&seen, 0.5))
         })
         .collect();
     eprintln!("meeting-bench: by second of creation: {}", timeline.join("; "));
 
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| meetings, SFU pods, creating clients | {} meetings, {} pods of {PER_POD}, {} clients |", args.meetings, args.pods, args.clients);
+    println!("| meetings, SFU pods, creating clients | {} meetings, {} pods of {PER_POD}, {} clients on HTTP/{} |", args.meetings, args.pods, args.clients, args.http);
     println!("| all created (API) | {:.1} s ({:.0}/s) |", created_all.unwrap_or(all_placed).as_secs_f64(), args.meetings as f64 / created_all.unwrap_or(all_placed).as_secs_f64());
     println!("| all placed | {:.1} s ({:.0} placements/s overall) |", all_placed.as_secs_f64(), args.meetings as f64 / all_placed.as_secs_f64());
     println!("| sustained placements (10th to 90th percentile) | {sustained:.0}/s |");
