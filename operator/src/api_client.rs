@@ -30,11 +30,14 @@ const PING_TIMEOUT: Duration = Duration::from_secs(15);
 /// a storm, the ledger writes and the watches.
 const CONNECTIONS: usize = 4;
 
-/// A client for the inferred configuration (kubeconfig or in-cluster).
+/// A client for the inferred configuration (kubeconfig or in-cluster). A proxy
+/// or a TLS server name in the kubeconfig takes kube's own client, which
+/// handles both.
 pub async fn connect() -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer().await?;
     let http2 = std::env::var("SWITCHBOARD_API_HTTP2").map_or(true, |v| v != "false");
-    Ok(if http2 { http2_client(config)? } else { kube::Client::try_from(config)? })
+    let plain = config.proxy_url.is_none() && config.tls_server_name.is_none();
+    Ok(if http2 && plain { http2_client(config)? } else { kube::Client::try_from(config)? })
 }
 
 /// kube's client stack over an HTTP/2-only connector.
@@ -49,10 +52,10 @@ pub fn http2_client(config: kube::Config) -> kube::Result<kube::Client> {
         .https_or_http()
         .enable_http2()
         .wrap_connector(tcp);
-    // `http2_only` lets a pool share its connection among all requests, the first
-    // burst included (with ALPN deciding, every request before the first handshake
-    // completes would open a connection of its own). Pings find a dead connection
-    // that no request is waiting on, e.g. under a long watch.
+    // `http2_only`: a pool shares its connection among all requests once it is
+    // up, with no HTTP/1.1 fallback to decide between (a burst that arrives before
+    // the first handshake completes can still open a few). Pings find a dead
+    // connection that no request is waiting on, e.g. under a long watch.
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| {
             hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -75,7 +78,7 @@ pub fn http2_client(config: kube::Config) -> kube::Result<kube::Client> {
     Ok(kube::Client::new(service, config.default_namespace))
 }
 
-/// Requests in turn over clients of one connection each.
+/// Requests in turn over several clients, each with its own connection pool.
 #[derive(Clone)]
 struct RoundRobin<S> {
     clients: Arc<[S]>,
@@ -99,5 +102,22 @@ where
     fn call(&mut self, request: R) -> Self::Future {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         self.clients[i].clone().call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Service, ServiceExt};
+
+    #[tokio::test]
+    async fn requests_take_the_clients_in_turn() {
+        let clients: Vec<_> = (0..3usize).map(|i| tower::service_fn(move |_: ()| async move { Ok::<_, ()>(i) })).collect();
+        let mut client = RoundRobin { clients: clients.into(), next: Arc::default() };
+        let mut served = Vec::new();
+        for _ in 0..7 {
+            served.push(client.ready().await.unwrap().call(()).await.unwrap());
+        }
+        assert_eq!(served, [0, 1, 2, 0, 1, 2, 0]);
     }
 }
