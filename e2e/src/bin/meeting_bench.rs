@@ -13,11 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use futures::TryStreamExt;
-use kube::api::{WatchEvent, WatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -106,7 +104,8 @@ async fn watch_assignments(client: Client, namespace: String, assigned: Times, a
                 }
                 WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
                 WatchEvent::Deleted(_) => {}
-                // Too old (410): start again from the cache; assignments seen late count late.
+                // An error such as 410 Gone (too old): start again from the cache;
+                // assignments seen late count late.
                 WatchEvent::Error(_) => {
                     version = "0".to_owned();
                     break;
@@ -151,15 +150,15 @@ async fn main() {
     let appeared: Times = Arc::default();
     let watch = tokio::spawn(watch_assignments(admin.clone(), ns.name.clone(), assigned.clone(), appeared.clone()));
 
-    // Each creating client opens its connection before the clock starts (what a
-    // scheduler that has been running has): the storm measures placements, not TLS
-    // handshakes, and a first request that waits on the API server is not counted.
     let creators = match args.http {
         1 => admin.clone(),
         2 => switchboard_operator::api_client::http2_client(config_for(&cluster().kubeconfig).await).expect("HTTP/2 client"),
         other => panic!("--http {other}: 1 or 2"),
     };
     let meetings: Api<Meeting> = Api::namespaced(creators, &ns.name);
+    // Each creating client opens its connection before the clock starts (what a
+    // scheduler that has been running has): the storm measures placements, not TLS
+    // handshakes, and a first request that waits on the API server is not counted.
     stream::iter(0..args.clients)
         .for_each_concurrent(args.clients, |_| {
             let meetings = meetings.clone();
@@ -169,7 +168,7 @@ async fn main() {
         })
         .await;
     let writes_before = api_server_writes().await;
-    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let created: Times = Arc::default();
     // When each creation was answered (the request's own latency).
     let answered: Times = Arc::default();
     let start = Instant::now();
