@@ -107,10 +107,8 @@ pub async fn client_with_token(token: &str) -> Client {
 
 /// The local cluster's configuration, authenticating with a bearer token.
 pub async fn token_config(token: &str) -> Config {
-    let kc = Kubeconfig::read_from(&cluster().kubeconfig).expect("readable kubeconfig");
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
+    let mut config = config_for(&cluster().kubeconfig).await;
     config.auth_info = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
-    config.default_retry = false;
     config
 }
 

@@ -168,16 +168,15 @@ async fn main() {
         })
         .await;
     let writes_before = api_server_writes().await;
-    let created: Times = Arc::default();
-    // When each creation was answered (the request's own latency).
-    let answered: Times = Arc::default();
+    // Per meeting: when its creation was sent, and when it was answered.
+    let created: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
     let start = Instant::now();
     let mut peak_rss = 0u64;
     let creating = {
-        let (created, answered) = (created.clone(), answered.clone());
+        let created = created.clone();
         let meetings = meetings.clone();
         stream::iter(0..args.meetings).for_each_concurrent(args.clients, move |i| {
-            let (meetings, created, answered) = (meetings.clone(), created.clone(), answered.clone());
+            let (meetings, created) = (meetings.clone(), created.clone());
             async move {
                 let name = format!("m{i:05}");
                 let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
@@ -191,8 +190,7 @@ async fn main() {
                         Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                     }
                 }
-                answered.lock().unwrap().insert(name.clone(), Instant::now());
-                created.lock().unwrap().insert(name, at);
+                created.lock().unwrap().insert(name, (at, Instant::now()));
             }
         })
     };
@@ -220,11 +218,10 @@ async fn main() {
     let created = created.lock().unwrap().clone();
     let assigned = assigned.lock().unwrap().clone();
     let appeared = appeared.lock().unwrap().clone();
-    let answered = answered.lock().unwrap().clone();
     // Per meeting: creation → assignment, and when it was created (seconds into the run); slowest first.
     let mut timed: Vec<(f64, f64)> = assigned
         .iter()
-        .filter_map(|(n, at)| created.get(n).map(|c| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
+        .filter_map(|(n, at)| created.get(n).map(|(c, _)| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
         .collect();
     timed.sort_by(|a, b| b.0.total_cmp(&a.0));
     let latencies: Vec<f64> = timed.iter().rev().map(|(latency, _)| *latency).collect();
@@ -273,8 +270,8 @@ async fn main() {
     // The API server's part of each beside the total: the creation's answer, and
     // its first event on the watch.
     let mut seconds: std::collections::BTreeMap<u64, [Vec<f64>; 3]> = std::collections::BTreeMap::new();
-    for (name, at) in &created {
-        let (Some(placed), Some(seen), Some(answer)) = (assigned.get(name), appeared.get(name), answered.get(name)) else { continue };
+    for (name, (at, answer)) in &created {
+        let (Some(placed), Some(seen)) = (assigned.get(name), appeared.get(name)) else { continue };
         let second = seconds.entry(at.duration_since(start).as_secs()).or_default();
         for (i, t) in [placed, answer, seen].into_iter().enumerate() {
             second[i].push(t.saturating_duration_since(*at).as_secs_f64());
