@@ -1,9 +1,12 @@
-// Two headless Chromium pages join one meeting through the browser client; each must
-// decode the other's video (getStats framesDecoded). Saves a screenshot of the first.
-// Usage: node two_peers.mjs <url-1> <url-2> <screenshot.png>
+// Headless Chromium pages join one meeting through the browser client; each must
+// decode video from the others (getStats framesDecoded). Saves a screenshot of the first.
+// Usage: node peers.mjs <screenshot.png> <url>...
+// PEERS_HOLD_MS keeps the pages in the meeting that long after they decoded video
+// (so that another participant, e.g. a Rust client, can receive theirs).
 import { chromium } from "playwright-core";
 
-const [first, second, screenshot] = process.argv.slice(2);
+const [screenshot, ...urls] = process.argv.slice(2);
+const holdMs = Number(process.env.PEERS_HOLD_MS || 0);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: [
@@ -18,7 +21,7 @@ const browser = await chromium.launch({
 });
 try {
   const pages = [];
-  for (const [i, url] of [first, second].entries()) {
+  for (const [i, url] of urls.entries()) {
     const context = await browser.newContext({ permissions: ["camera", "microphone"] });
     const page = await context.newPage();
     page.on("console", (m) => console.log(`[page ${i}] ${m.type()}: ${m.text()}`));
@@ -35,6 +38,7 @@ try {
     }
   }
   await pages[0].screenshot({ path: screenshot });
+  if (holdMs > 0) await new Promise((resolve) => setTimeout(resolve, holdMs));
   const report = [];
   for (const page of pages) {
     report.push(await page.evaluate(async () => ({

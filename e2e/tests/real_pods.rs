@@ -1,0 +1,621 @@
+//! End-to-end on real pods: the project's images running under real kubelets with
+//! containerd and runc (`e2e/cluster/real-nodes`), not kwok. The operator runs
+//! in-process under the chart's RBAC, watching the test's namespace (the chart's own
+//! operator Deployment is the subject of the first test); SFUs, signaling, Redis and
+//! recorders are pods on the real nodes, built from `./images --debug`.
+//!
+//! The tests take turns (two nodes on two cores, and `hostNetwork` SFUs share the
+//! nodes' ports): each holds [`SERIAL`] and works in its own namespace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use switchboard_crds::{Meeting, SfuPool};
+use switchboard_e2e::fixtures::{Setup, event_reasons, setup};
+use switchboard_e2e::real_nodes::{self, on_real_nodes};
+use switchboard_e2e::*;
+use switchboard_sfu_client::{JoinOptions, Publish, ReceivedTrack};
+use switchboard_signaling_client::{MediaSession, Rest, SignalingClient};
+use tokio::sync::Mutex;
+
+const WAIT: Duration = Duration::from_secs(120);
+const JWT_KEY: &str = "real-pods-e2e-signing-key-0123456789abcdef";
+const POOL: &str = "media";
+const SIGNALING: &str = "sig";
+const IMAGE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn image(name: &str) -> String {
+    format!("switchboard/{name}:{IMAGE_VERSION}")
+}
+
+async fn apply_json(admin: &Client, ns: &str, obj: Value) {
+    let resolver = Resolver::new(admin).await;
+    let obj: kube::core::DynamicObject = serde_json::from_value(obj).expect("object");
+    resolver
+        .apply(admin, &obj, ns)
+        .await
+        .unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any()));
+}
+
+/// An SfuPool of `replicas` real SFU pods: host networking (each node's own IP, as
+/// production SFUs run), one pod per node (Distributed), small requests.
+fn sfu_pool(replicas: i32, extra: Value) -> Value {
+    let mut template = on_real_nodes();
+    template["containers"] = json!([{
+        "name": "sfu", "image": image("sfu-pod"), "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "RUST_LOG", "value": "info"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}
+    }]);
+    let mut spec = json!({
+        "autoscaling": {"minReplicas": replicas, "maxReplicas": replicas},
+        "capacity": {"participantsPerPod": 50},
+        "placement": {"strategy": "Distributed"},
+        "remediation": {"heartbeatTimeout": "4s", "nodeNotReadyAfter": "10s", "cordonFailedNodes": true},
+        "drain": {"timeout": "90s"},
+        "media": {"udpPortRange": {"min": 41000, "max": 41031}, "hostNetwork": true, "announcedAddress": "NodeInternalIP"},
+        "template": {"spec": template},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": POOL}, "spec": spec})
+}
+
+/// A test's cluster side: the operator, Redis, an SfuPool and a SignalingPool, all
+/// on the real nodes; `signaling` is its public URL (a NodePort on the first node).
+struct Stack {
+    admin: Client,
+    ns: TestNamespace,
+    _operator: switchboard_e2e::operator::OperatorHandle,
+    signaling: String,
+}
+
+async fn stack(prefix: &str, sfus: i32, pool_extra: Value) -> Stack {
+    real_nodes::images();
+    let Setup {
+        admin,
+        ns,
+        operator,
+    } = setup(prefix).await;
+    let n = &ns.name;
+    let mut redis_pod = on_real_nodes();
+    redis_pod["containers"] = json!([{
+        "name": "redis", "image": image("redis"), "imagePullPolicy": "IfNotPresent",
+        "args": ["--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+        "ports": [{"name": "redis", "containerPort": 6379}],
+        "readinessProbe": {"tcpSocket": {"port": 6379}, "periodSeconds": 1}
+    }]);
+    apply_json(
+        &admin,
+        n,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "redis"},
+        "spec": {"selector": {"matchLabels": {"app": "redis"}},
+                 "template": {"metadata": {"labels": {"app": "redis"}}, "spec": redis_pod}}}),
+    )
+    .await;
+    apply_json(
+        &admin,
+        n,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "redis"},
+        "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379, "targetPort": "redis"}]}}),
+    )
+    .await;
+    apply_json(
+        &admin,
+        n,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "signaling"},
+        "stringData": {"redis": format!("redis://redis.{n}.svc:6379/0"), "jwt": JWT_KEY}}),
+    )
+    .await;
+    // Signaling's public address: a NodePort on the first real node, reachable from
+    // this machine (where the test's clients and Chromium run).
+    apply_json(&admin, n, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "signaling-public"},
+        "spec": {"type": "NodePort",
+                 "selector": {"app.kubernetes.io/managed-by": "switchboard", "app.kubernetes.io/component": "signaling",
+                              "switchboard.dev/signaling-pool": SIGNALING},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})).await;
+    let services: Api<Service> = ns.api();
+    let node_port = services
+        .get("signaling-public")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()[0]
+        .node_port
+        .unwrap();
+    let nodes = real_nodes::real_nodes(&admin).await;
+    assert!(
+        nodes.len() >= 2,
+        "the real-pod tests need two real nodes, found {nodes:?}"
+    );
+    let node_ip = node_internal_ip(&admin, &nodes[0]).await;
+    let signaling = format!("http://{node_ip}:{node_port}");
+    let placement = on_real_nodes();
+    apply_json(&admin, n, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "metadata": {"name": SIGNALING},
+        "spec": {"publicUrl": signaling, "image": image("signaling-pod"),
+                 "autoscaling": {"minReplicas": 1, "maxReplicas": 1, "targetConnectionsPerPod": 100},
+                 "redis": {"urlSecretRef": {"name": "signaling", "key": "redis"}},
+                 "auth": {"jwtSecretRef": {"name": "signaling", "key": "jwt"}},
+                 "nodeSelector": placement["nodeSelector"], "tolerations": placement["tolerations"]}})).await;
+    apply_json(&admin, n, sfu_pool(sfus, pool_extra)).await;
+
+    let deployments: Api<Deployment> = ns.api();
+    for name in ["redis", &format!("{SIGNALING}-signaling")] {
+        wait_for(&format!("Deployment {name} available"), WAIT, || async {
+            deployments
+                .get(name)
+                .await
+                .ok()
+                .and_then(|d| d.status)
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0)
+                >= 1
+        })
+        .await;
+    }
+    wait_for(
+        "signaling answers /readyz through the NodePort",
+        WAIT,
+        || async {
+            reqwest::get(format!("{signaling}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    Stack {
+        admin,
+        ns,
+        _operator: operator,
+        signaling,
+    }
+}
+
+async fn node_internal_ip(admin: &Client, node: &str) -> String {
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let node = nodes.get(node).await.unwrap();
+    node.status
+        .unwrap()
+        .addresses
+        .unwrap()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .expect("InternalIP")
+        .address
+}
+
+/// The pool's live (not terminating) pods, by name.
+async fn sfu_pods(admin: &Client, ns: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+    let mut live: Vec<Pod> = pods
+        .list(&ListParams::default().labels(&format!("switchboard.dev/pool={POOL}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    live.sort_by_key(|p| p.name_any());
+    live
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until the pool has `n` Ready pods, on `n` distinct real nodes.
+async fn await_pool_ready(admin: &Client, ns: &str, n: usize) -> Vec<Pod> {
+    let pools: Api<SfuPool> = Api::namespaced(admin.clone(), ns);
+    eventually(&format!("{n} real SFU pods Ready"), WAIT, || async {
+        let pods = sfu_pods(admin, ns).await;
+        let pool = pools.get(POOL).await.ok()?;
+        let ready = pool.status.as_ref().map(|s| s.ready_replicas).unwrap_or(0) as usize;
+        (pods.len() == n && ready == n && pods.iter().all(pod_ready)).then_some(pods)
+    })
+    .await
+}
+
+async fn create_meeting(admin: &Client, ns: &str, name: &str, host: &str) -> Meeting {
+    let meetings: Api<Meeting> = Api::namespaced(admin.clone(), ns);
+    let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
+        "spec": {"title": name, "host": host, "participants": {"expected": 4}}}))
+    .unwrap();
+    meetings
+        .create(&Default::default(), &m)
+        .await
+        .expect("meeting accepted");
+    origin_of(admin, ns, name, None).await;
+    meetings.get(name).await.unwrap()
+}
+
+/// The pod hosting the meeting's origin, once it is not `other`.
+async fn origin_of(admin: &Client, ns: &str, name: &str, other: Option<&str>) -> String {
+    let meetings: Api<Meeting> = Api::namespaced(admin.clone(), ns);
+    eventually(
+        &format!("{name} placed (not on {other:?})"),
+        WAIT,
+        || async {
+            let m = meetings.get(name).await.ok()?;
+            let pod = m.status?.assignment?.origin.pod;
+            (Some(pod.as_str()) != other).then_some(pod)
+        },
+    )
+    .await
+}
+
+fn user_token(sub: &str) -> String {
+    let exp = signaling_pod::auth::now_unix() + 3600;
+    signaling_pod::auth::Keys::new(JWT_KEY.as_bytes()).sign(&signaling_pod::auth::UserClaims {
+        sub: sub.into(),
+        name: Some(sub.to_uppercase()),
+        role: None,
+        exp,
+        typ: None,
+    })
+}
+
+/// A Rust participant joined through the signaling pods, publishing audio and video.
+struct Participant {
+    signaling: Arc<SignalingClient>,
+    media: MediaSession,
+    id: String,
+}
+
+async fn join(stack: &Stack, meeting: &str, user: &str) -> Participant {
+    let rest = Rest::new(&stack.signaling, &user_token(user));
+    let grant = rest
+        .join(meeting)
+        .await
+        .expect("REST join through signaling");
+    let (signaling, _) = SignalingClient::join(&grant.signaling_url, &grant.session_token)
+        .await
+        .expect("WebSocket join");
+    let signaling = Arc::new(signaling);
+    let publish = vec![
+        Publish::audio(&format!("{user}-mic")),
+        Publish::video(&format!("{user}-cam")),
+    ];
+    let media = MediaSession::start(
+        signaling.clone(),
+        &grant.participant_id,
+        JoinOptions {
+            publish,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("media through the SFU pod");
+    Participant {
+        signaling,
+        media,
+        id: grant.participant_id,
+    }
+}
+
+fn video_packets(rx: &HashMap<String, ReceivedTrack>, publisher: &str) -> u64 {
+    rx.values()
+        .filter(|t| t.video && t.publisher == publisher)
+        .map(|t| t.packets)
+        .sum()
+}
+
+async fn await_video(p: &Participant, publisher: &str, packets: u64) {
+    p.media
+        .wait_until(&format!("video of {publisher}"), WAIT, |rx| {
+            video_packets(rx, publisher) >= packets
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Samples the packets a participant has received of `publisher`'s video every 20 ms
+/// and returns the longest time without one arriving, from `from` until `packets`
+/// more arrived after the longest gap (or the timeout).
+async fn longest_gap(
+    p: &Participant,
+    publisher: &str,
+    from: Instant,
+    recovered_after: u64,
+) -> Duration {
+    let mut last_change = from;
+    let mut last = video_packets(&p.media.received().await, publisher);
+    let mut longest = Duration::ZERO;
+    let mut since_gap = 0u64;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = video_packets(&p.media.received().await, publisher);
+        if now != last {
+            let gap = last_change.elapsed();
+            if gap > longest {
+                longest = gap;
+                since_gap = 0;
+            }
+            since_gap += now.saturating_sub(last).max(1);
+            last_change = Instant::now();
+            last = now;
+            if longest > Duration::from_millis(500) && since_gap >= recovered_after {
+                return longest;
+            }
+        }
+    }
+    panic!("{publisher}'s video did not come back within {WAIT:?}; longest gap so far {longest:?}");
+}
+
+async fn lease_renewed_by(admin: &Client, ns: &str, pod: &str) -> bool {
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), ns);
+    let Some(lease) = leases.get_opt(pod).await.ok().flatten() else {
+        return false;
+    };
+    let renewed = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.renew_time.clone())
+        .map(|t| t.0);
+    let fresh = renewed.is_some_and(|t| (jiff::Timestamp::now() - t).get_seconds().abs() < 10);
+    // The SFU renews its own Lease with its pod's ServiceAccount token.
+    let by_sfu = lease
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref().is_some_and(|m| m.contains("sfu")));
+    fresh && by_sfu
+}
+
+/// 2., 3. and 4. of the real-pods issue: real SFU pods become Ready through the
+/// operator's probes and heartbeat from inside the pod; a meeting is placed; a
+/// headless Chromium and a Rust client join through the signaling pod and see each
+/// other; the SFU process hosting the meeting is killed and the meeting moves to the
+/// other pod with clients following (gap printed); then that pod is deleted while
+/// busy and drains on SIGTERM, holding on until its meeting has moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain() {
+    let _turn = SERIAL.lock().await;
+    let stack = stack("real-media", 2, json!({})).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+
+    // The pods: Ready by their probes, each on its own real node, heartbeating.
+    let pods = await_pool_ready(&admin, &ns, 2).await;
+    let nodes: std::collections::BTreeSet<_> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(nodes.len(), 2, "Distributed puts one SFU on each real node");
+    for pod in &pods {
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.host_network, Some(true));
+        assert_eq!(
+            spec.termination_grace_period_seconds,
+            Some(90),
+            "the grace period is the pool's drain timeout"
+        );
+        let name = pod.name_any();
+        wait_for(
+            &format!("{name} renews its heartbeat Lease itself"),
+            WAIT,
+            || lease_renewed_by(&admin, &ns, &name),
+        )
+        .await;
+    }
+
+    // A meeting, a browser and a Rust client.
+    create_meeting(&admin, &ns, "standup", "amy").await;
+    let first = origin_of(&admin, &ns, "standup", None).await;
+    let ben = join(&stack, "standup", "ben").await;
+    let shot = std::env::temp_dir().join(format!("{ns}-browser.png"));
+    let url = format!("{}/j/standup?token={}", stack.signaling, user_token("amy"));
+    let browser = tokio::task::spawn_blocking(move || {
+        switchboard_e2e::browser::peers(&[url.as_str()], &shot, Duration::from_secs(20))
+    });
+    // The browser's tracks reach the Rust client: its publisher is the browser.
+    let amy = eventually("video from the browser participant", WAIT, || async {
+        ben.media
+            .received()
+            .await
+            .values()
+            .find(|t| t.video && t.publisher != ben.id && t.packets > 0)
+            .map(|t| t.publisher.clone())
+    })
+    .await;
+    await_video(&ben, &amy, 60).await;
+    let report = browser
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("Chromium did not decode the Rust client's video: {e}"));
+    assert!(report[0]["frames"].as_u64().unwrap_or(0) > 10, "{report}");
+
+    // Kill the SFU process (the container, not the Pod): the meeting moves.
+    let cat = join(&stack, "standup", "cat").await;
+    await_video(&cat, &ben.id, 30).await;
+    await_video(&ben, &cat.id, 30).await;
+    let pods_api: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let victim = pods_api.get(&first).await.unwrap();
+    let killed = Instant::now();
+    real_nodes::kill_container(&victim, "sfu");
+    let (gap_ben, gap_cat) = tokio::join!(
+        longest_gap(&ben, &cat.id, killed, 30),
+        longest_gap(&cat, &ben.id, killed, 30)
+    );
+    let second = origin_of(&admin, &ns, "standup", Some(&first)).await;
+    println!(
+        "real-pods: SFU process killed: media gap {:.2} s (ben <- cat), {:.2} s (cat <- ben)",
+        gap_ben.as_secs_f64(),
+        gap_cat.as_secs_f64()
+    );
+    for p in [&ben, &cat] {
+        assert!(
+            p.signaling.count("media-reconnect") >= 1,
+            "signaling told {} to reconnect its media",
+            p.id
+        );
+        assert!(
+            p.media.reconnects() >= 1,
+            "{}'s media followed the meeting",
+            p.id
+        );
+    }
+    let reasons = event_reasons(&admin, &ns, "standup").await;
+    assert!(
+        reasons.iter().any(|r| r.contains("Migrat")),
+        "the meeting records its move: {reasons:?}"
+    );
+
+    // The pool replaces the dead SFU; then the busy pod is deleted and drains.
+    await_pool_ready(&admin, &ns, 2).await;
+    let deleting = Instant::now();
+    pods_api
+        .delete(&second, &DeleteParams::default())
+        .await
+        .unwrap();
+    let third = origin_of(&admin, &ns, "standup", Some(&second)).await;
+    assert_ne!(third, second);
+    // It was still there, terminating, when its meeting left it: not killed early.
+    let moved_at = deleting.elapsed();
+    await_video(&ben, &cat.id, ben_packets(&ben, &cat.id).await + 30).await;
+    await_video(&cat, &ben.id, ben_packets(&cat, &ben.id).await + 30).await;
+    await_deleted(&pods_api, &second, WAIT).await;
+    println!(
+        "real-pods: busy SFU pod deleted: meeting moved after {:.2} s, pod gone after {:.2} s",
+        moved_at.as_secs_f64(),
+        deleting.elapsed().as_secs_f64()
+    );
+    stack.ns.delete().await;
+}
+
+async fn ben_packets(p: &Participant, publisher: &str) -> u64 {
+    video_packets(&p.media.received().await, publisher)
+}
+
+/// 7. An SfuPool whose image is on no node says so in its conditions and Events,
+/// and does not create pods without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
+    let _turn = SERIAL.lock().await;
+    let Setup {
+        admin,
+        ns,
+        operator: _operator,
+    } = setup("real-noimage").await;
+    let mut pool = sfu_pool(2, json!({}));
+    pool["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("switchboard/no-such-image:0.0.0");
+    pool["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
+    apply_json(&admin, &ns.name, pool).await;
+    let pools: Api<SfuPool> = ns.api();
+    let pool = eventually("the pool reports the missing image", WAIT, || async {
+        let p = pools.get(POOL).await.ok()?;
+        let cond = p
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.message.contains("ErrImageNeverPull") || c.reason.contains("Image"))?
+            .clone();
+        Some((p, cond))
+    })
+    .await;
+    println!("condition: {:?}", pool.1);
+    let reasons = event_reasons(&admin, &ns.name, POOL).await;
+    assert!(
+        reasons.iter().any(|r| r.contains("Image")),
+        "an Event names the image problem: {reasons:?}"
+    );
+    consistently(
+        "the pool stays at its bound",
+        Duration::from_secs(15),
+        || async {
+            let n = sfu_pods(&admin, &ns.name).await.len();
+            if n <= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} pods"))
+            }
+        },
+    )
+    .await;
+    ns.delete().await;
+}
+
+/// 5. A real node's kubelet stops: the node goes NotReady, its meeting moves to the
+/// SFU on the other node, and the node is cordoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
+    let _turn = SERIAL.lock().await;
+    let stack = stack("real-node", 2, json!({})).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    let pods = await_pool_ready(&admin, &ns, 2).await;
+    create_meeting(&admin, &ns, "weekly", "amy").await;
+    let origin = origin_of(&admin, &ns, "weekly", None).await;
+    let pod = pods.iter().find(|p| p.name_any() == origin).unwrap();
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let ben = join(&stack, "weekly", "ben").await;
+    let cat = join(&stack, "weekly", "cat").await;
+    await_video(&ben, &cat.id, 30).await;
+    await_video(&cat, &ben.id, 30).await;
+
+    let stopped = Instant::now();
+    real_nodes::stop_kubelet(&node);
+    let restart = KubeletRestart(node.clone());
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_for(&format!("{node} NotReady"), WAIT, || async {
+        nodes
+            .get(&node)
+            .await
+            .ok()
+            .and_then(|n| n.status?.conditions)
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status != "True"))
+    })
+    .await;
+    let not_ready = stopped.elapsed();
+    let moved = origin_of(&admin, &ns, "weekly", Some(&origin)).await;
+    let moved_at = stopped.elapsed();
+    assert_ne!(moved, origin);
+    wait_for(&format!("{node} cordoned"), WAIT, || async {
+        nodes
+            .get(&node)
+            .await
+            .ok()
+            .and_then(|n| n.spec?.unschedulable)
+            .unwrap_or(false)
+    })
+    .await;
+    println!(
+        "real-pods: kubelet stopped: node NotReady after {:.1} s, meeting moved after {:.1} s",
+        not_ready.as_secs_f64(),
+        moved_at.as_secs_f64()
+    );
+    drop(restart);
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": null}})),
+        )
+        .await
+        .unwrap();
+    stack.ns.delete().await;
+}
+
+/// Starts the kubelet again and uncordons its node, whatever happened in the test.
+struct KubeletRestart(String);
+
+impl Drop for KubeletRestart {
+    fn drop(&mut self) {
+        real_nodes::start_kubelet(&self.0);
+    }
+}
