@@ -1,7 +1,10 @@
 //! `SignalingPool`: the signaling replicas and their configuration.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, Duration, SecretKeyRef, conditions_schema};
@@ -38,6 +41,69 @@ pub struct SignalingPoolSpec {
     /// TURN servers handed to clients with short-lived credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn: Option<TurnConfig>,
+    /// Node labels the signaling pods must match (the pod's nodeSelector).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the signaling pods tolerate (the pod's tolerations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "tolerations_schema")]
+    pub tolerations: Vec<Toleration>,
+    /// CPU and memory of the signaling container, replacing the default as a whole.
+    /// Unset: requests of 250m CPU and 256Mi memory, no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// core/v1 Tolerations, with the checks the API server would make of a pod's, so a bad
+/// one is refused on the SignalingPool rather than on the Deployment the operator applies.
+fn tolerations_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Taints the signaling pods tolerate (core/v1 Tolerations, as in a pod spec).",
+        "maxItems": 32,
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string", "maxLength": 317, "description": "Taint key; unset matches every key (with operator Exists)."},
+                "operator": {"type": "string", "enum": ["Equal", "Exists", "Lt", "Gt"], "description": "Equal (the default) or Exists; Lt and Gt need a feature gate."},
+                "value": {"type": "string", "maxLength": 63, "description": "Taint value; none with operator Exists."},
+                "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"], "description": "Taint effect; unset matches every effect."},
+                "tolerationSeconds": {"type": "integer", "format": "int64", "description": "With effect NoExecute: how long the pod stays on a node after the taint appears."}
+            },
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                    "message": "a toleration without a key needs operator Exists"
+                },
+                {
+                    "rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "message": "a toleration with operator Exists takes no value",
+                    "fieldPath": ".value"
+                },
+                {
+                    "rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "message": "tolerationSeconds needs effect NoExecute",
+                    "fieldPath": ".tolerationSeconds"
+                }
+            ]
+        }
+    })
+}
+
+/// The `limits` and `requests` of a core/v1 ResourceRequirements (quantities such as
+/// 500m, 1 or 512Mi); other fields are not kept.
+fn resources_schema(_: &mut SchemaGenerator) -> Schema {
+    let quantities = serde_json::json!({
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {"x-kubernetes-int-or-string": true}
+    });
+    json_schema!({
+        "type": "object",
+        "description": "CPU and memory of the signaling container (limits and requests, as in a container). Unset: requests of 250m CPU and 256Mi memory.",
+        "properties": {"limits": quantities, "requests": quantities}
+    })
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -27,16 +27,8 @@ pub fn peers(
 ) -> Result<serde_json::Value, String> {
     let dir = repo_root().join("signaling-pod/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .expect("npm runs (Debian package npm)");
-        assert!(
-            out.status.success(),
-            "npm ci: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output().expect("npm runs (Debian package npm)");
+        assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
     }
     let out = Command::new("timeout")
         .args(["150", "node", "peers.mjs", &shot.display().to_string()])
@@ -47,14 +39,8 @@ pub fn peers(
         .expect("node runs (Debian package nodejs)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        return Err(format!(
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     }
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| format!("no result line: {stdout}"))?;
+    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
     serde_json::from_str(line).map_err(|e| e.to_string())
 }

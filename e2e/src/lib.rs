@@ -56,8 +56,7 @@ pub fn repo_root() -> &'static Path {
 /// across processes) and returns where it is.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER
-        .get_or_init(|| start_or_attach().unwrap_or_else(|e| panic!("local control plane: {e:#}")))
+    CLUSTER.get_or_init(|| start_or_attach().unwrap_or_else(|e| panic!("local control plane: {e:#}")))
 }
 
 fn start_or_attach() -> anyhow::Result<Cluster> {
@@ -96,9 +95,7 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
 /// The configuration of a kubeconfig, without kube's retries.
 pub async fn config_for(kubeconfig: &Path) -> Config {
     let kc = Kubeconfig::read_from(kubeconfig).expect("readable kubeconfig");
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("valid kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("valid kubeconfig");
     // A 429 (a PodDisruptionBudget refusing an eviction) must reach the test, not be retried for minutes.
     config.default_retry = false;
     config
@@ -112,10 +109,7 @@ pub async fn client_with_token(token: &str) -> Client {
 /// The local cluster's configuration, authenticating with a bearer token.
 pub async fn token_config(token: &str) -> Config {
     let mut config = config_for(&cluster().kubeconfig).await;
-    config.auth_info = kube::config::AuthInfo {
-        token: Some(token.to_owned().into()),
-        ..Default::default()
-    };
+    config.auth_info = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
     config
 }
 
@@ -155,18 +149,13 @@ fn succeeded(tool: &str, args: &[&str], out: std::process::Output) -> String {
 
 /// A TCP port free on loopback right now (for a process about to bind it).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The Kubernetes version of the local control plane, as pinned in
 /// `e2e/cluster/versions.env` (e.g. `1.36.3`).
 pub fn kubernetes_version() -> String {
-    let pins = std::fs::read_to_string(repo_root().join("e2e/cluster/versions.env"))
-        .expect("e2e/cluster/versions.env");
+    let pins = std::fs::read_to_string(repo_root().join("e2e/cluster/versions.env")).expect("e2e/cluster/versions.env");
     pins.lines()
         .find_map(|l| l.strip_prefix("KUBERNETES_VERSION="))
         .map(|v| v.trim().trim_start_matches('v').to_owned())
@@ -180,18 +169,9 @@ pub fn helm(args: &[&str]) -> std::process::Output {
         .args(args)
         .env("KUBECONFIG", &c.kubeconfig)
         // Helm's caches stay out of $HOME, one place per run.
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("switchboard-helm/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("switchboard-helm/config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("switchboard-helm/data"),
-        )
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("switchboard-helm/cache"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("switchboard-helm/config"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("switchboard-helm/data"))
         .output()
         .expect("helm runs")
 }
@@ -222,23 +202,14 @@ impl TestNamespace {
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
         ns.metadata.labels = Some([(TEST_LABEL.to_owned(), "true".to_owned())].into());
-        api.create(&PostParams::default(), &ns)
-            .await
-            .expect("create test namespace");
+        api.create(&PostParams::default(), &ns).await.expect("create test namespace");
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        wait_for(
-            &format!("default ServiceAccount in {name}"),
-            Duration::from_secs(30),
-            || {
-                let sas = sas.clone();
-                async move { sas.get_opt("default").await.ok().flatten().is_some() }
-            },
-        )
+        wait_for(&format!("default ServiceAccount in {name}"), Duration::from_secs(30), || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.ok().flatten().is_some() }
+        })
         .await;
-        Self {
-            name,
-            client: client.clone(),
-        }
+        Self { name, client: client.clone() }
     }
 
     /// An API for namespaced resources of this namespace.
@@ -259,12 +230,7 @@ impl TestNamespace {
 fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
     format!("{:08x}", h.finish() as u32)
 }
 
@@ -323,12 +289,7 @@ where
 }
 
 /// Watches `name` until `condition` holds, failing the test after `timeout`.
-pub async fn await_condition<K>(
-    api: &Api<K>,
-    name: &str,
-    timeout: Duration,
-    condition: impl Condition<K>,
-) -> K
+pub async fn await_condition<K>(api: &Api<K>, name: &str, timeout: Duration, condition: impl Condition<K>) -> K
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -352,11 +313,7 @@ where
     let Some(uid) = api.get_opt(name).await.expect("get").and_then(|o| o.uid()) else {
         return;
     };
-    let gone = kube::runtime::wait::await_condition(
-        api.clone(),
-        name,
-        kube::runtime::wait::conditions::is_deleted(&uid),
-    );
+    let gone = kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted(&uid));
     if tokio::time::timeout(timeout, gone).await.is_err() {
         panic!("timed out after {timeout:?} waiting for {name} to be deleted");
     }
@@ -387,28 +344,18 @@ pub struct Resolver {
 
 impl Resolver {
     pub async fn new(client: &Client) -> Self {
-        let discovery = Discovery::new(client.clone())
-            .run()
-            .await
-            .expect("API discovery");
+        let discovery = Discovery::new(client.clone()).run().await.expect("API discovery");
         Self { discovery }
     }
 
     pub fn resolve(&self, obj: &DynamicObject) -> (ApiResource, ApiCapabilities) {
         let types = obj.types.as_ref().expect("object has apiVersion and kind");
         let gvk = GroupVersionKind::try_from(types).expect("valid apiVersion");
-        self.discovery
-            .resolve_gvk(&gvk)
-            .unwrap_or_else(|| panic!("the API server does not serve {gvk:?}"))
+        self.discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("the API server does not serve {gvk:?}"))
     }
 
     /// The API of `obj`'s kind; namespaced kinds go to `namespace`.
-    pub fn api_for(
-        &self,
-        client: &Client,
-        obj: &DynamicObject,
-        namespace: &str,
-    ) -> Api<DynamicObject> {
+    pub fn api_for(&self, client: &Client, obj: &DynamicObject, namespace: &str) -> Api<DynamicObject> {
         let (ar, caps) = self.resolve(obj);
         match caps.scope {
             Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &ar),
@@ -417,23 +364,13 @@ impl Resolver {
     }
 
     /// Server-side applies `obj` into `namespace` (overriding its own namespace).
-    pub async fn apply(
-        &self,
-        client: &Client,
-        obj: &DynamicObject,
-        namespace: &str,
-    ) -> Result<DynamicObject, kube::Error> {
+    pub async fn apply(&self, client: &Client, obj: &DynamicObject, namespace: &str) -> Result<DynamicObject, kube::Error> {
         let mut obj = obj.clone();
         let api = self.api_for(client, &obj, namespace);
         if self.resolve(&obj).1.scope == Scope::Namespaced {
             obj.metadata.namespace = Some(namespace.to_owned());
         }
         let name = obj.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await
+        api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await
     }
 }

@@ -18,7 +18,10 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::fixtures::{Setup, event_reasons, setup};
+use switchboard_e2e::fixtures::{Setup, event_reasons};
+use switchboard_e2e::operator::{operator_identity, start_operator_with};
+use switchboard_operator::OperatorConfig;
+use switchboard_operator::config::PodPlacement;
 use switchboard_e2e::real_nodes::{self, on_real_nodes};
 use switchboard_e2e::*;
 use switchboard_sfu_client::{JoinOptions, Publish, ReceivedTrack};
@@ -81,11 +84,7 @@ struct Stack {
 
 async fn stack(prefix: &str, sfus: i32, pool_extra: Value) -> Stack {
     real_nodes::images();
-    let Setup {
-        admin,
-        ns,
-        operator,
-    } = setup(prefix).await;
+    let Setup { admin, ns, operator } = real_setup(prefix).await;
     let n = &ns.name;
     let mut redis_pod = on_real_nodes();
     redis_pod["containers"] = json!([{
@@ -180,6 +179,25 @@ async fn stack(prefix: &str, sfus: i32, pool_extra: Value) -> Stack {
         _operator: operator,
         signaling,
     }
+}
+
+/// The test's namespace and an operator for it (under the chart's RBAC) whose
+/// recorder Jobs run the recorder image on the real nodes.
+async fn real_setup(prefix: &str) -> Setup {
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, prefix).await;
+    let identity = operator_identity(&admin, &ns.name).await;
+    let mut config = OperatorConfig::for_namespace(&ns.name, "operator-real");
+    config.sfu_startup_timeout = Duration::from_secs(60);
+    config.recorder_image = image("recorder-pod");
+    let placement = on_real_nodes();
+    config.recorder_placement = PodPlacement {
+        node_selector: serde_json::from_value(placement["nodeSelector"].clone()).unwrap(),
+        tolerations: serde_json::from_value(placement["tolerations"].clone()).unwrap(),
+    };
+    let operator = start_operator_with(identity, config);
+    Setup { admin, ns, operator }
 }
 
 async fn node_internal_ip(admin: &Client, node: &str) -> String {
@@ -399,10 +417,11 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
     for pod in &pods {
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.host_network, Some(true));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(
             spec.termination_grace_period_seconds,
-            Some(90),
-            "the grace period is the pool's drain timeout"
+            Some(120),
+            "the grace period is the pool's drain timeout and a margin"
         );
         let name = pod.name_any();
         wait_for(
@@ -506,11 +525,7 @@ async fn ben_packets(p: &Participant, publisher: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
     let _turn = SERIAL.lock().await;
-    let Setup {
-        admin,
-        ns,
-        operator: _operator,
-    } = setup("real-noimage").await;
+    let Setup { admin, ns, operator: _operator } = real_setup("real-noimage").await;
     let mut pool = sfu_pool(2, json!({}));
     pool["spec"]["template"]["spec"]["containers"][0]["image"] =
         json!("switchboard/no-such-image:0.0.0");
@@ -618,4 +633,154 @@ impl Drop for KubeletRestart {
     fn drop(&mut self) {
         real_nodes::start_kubelet(&self.0);
     }
+}
+
+/// 1. The chart's operator Deployment on real pods: both replicas become Ready and
+/// one leads; killing the leader's container hands the Lease to the standby within
+/// the lease duration, and the new leader reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
+    let _turn = SERIAL.lock().await;
+    real_nodes::images();
+    let admin = client().await;
+    let ns = TestNamespace::create(&admin, "real-chart").await;
+    let values = std::env::temp_dir().join(format!("{}-values.yaml", ns.name));
+    std::fs::write(
+        &values,
+        format!(
+            "operator:\n  watchNamespace: {ns}\n  leaseDurationSeconds: {LEASE}\n  nodeSelector: {{switchboard.dev/node-kind: real}}\n  tolerations: [{toleration}]\n",
+            ns = ns.name,
+            toleration = real_nodes::real_node_toleration()
+        ),
+    )
+    .unwrap();
+    let release = "sb-real";
+    helm_ok(&["install", release, &chart_dir().display().to_string(), "-n", &ns.name, "--take-ownership", "-f",
+              &values.display().to_string(), "--wait", "--timeout", "180s"]);
+    let uninstall = Uninstall { release, namespace: ns.name.clone() };
+
+    let deployments: Api<Deployment> = ns.api();
+    let name = format!("{release}-operator");
+    wait_for("both operator pods Ready", WAIT, || async {
+        deployments.get(&name).await.ok().and_then(|d| d.status).and_then(|s| s.ready_replicas) == Some(2)
+    })
+    .await;
+    let leases: Api<Lease> = ns.api();
+    let holder = || async { leases.get_opt("switchboard-operator-leader").await.ok().flatten()?.spec?.holder_identity };
+    let leader = eventually("an operator pod leads", WAIT, || async { holder().await }).await;
+    let leader_pod = leader.split('_').next().unwrap().to_owned();
+    let pods: Api<Pod> = ns.api();
+    let pod = pods.get(&leader_pod).await.expect("the holder is one of the Deployment's pods");
+    assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref().map(|n| n.starts_with("real-node")), Some(true));
+
+    let killed = Instant::now();
+    real_nodes::kill_container(&pod, "operator");
+    let next = eventually("another process takes the Lease", WAIT, || async { holder().await.filter(|h| *h != leader) }).await;
+    let took = killed.elapsed();
+    println!("real-pods: leader container killed: {next} took over after {:.1} s", took.as_secs_f64());
+    assert!(!next.starts_with(&leader_pod), "the standby, not the restarted container, took over: {next}");
+    assert!(took < Duration::from_secs(LEASE + 6), "took over within the lease duration ({LEASE} s) and a retry: {took:?}");
+
+    // The new leader reconciles: a pool in the watched namespace gets its status.
+    apply_json(&admin, &ns.name, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": "after"},
+        "spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 1}, "capacity": {"participantsPerPod": 10},
+                 "template": {"spec": {"containers": [{"name": "sfu", "image": image("sfu-pod")}]}}}})).await;
+    let pools: Api<SfuPool> = ns.api();
+    wait_for("the new leader reconciles a new pool", WAIT, || async {
+        pools.get("after").await.ok().and_then(|p| p.status.and_then(|s| s.observed_generation)).is_some()
+    })
+    .await;
+    // And the killed container came back as a standby.
+    wait_for("the killed container restarted and is Ready", WAIT, || async {
+        pods.get(&leader_pod).await.ok().is_some_and(|p| {
+            pod_ready(&p) && p.status.and_then(|s| s.container_statuses).is_some_and(|cs| cs.iter().any(|c| c.restart_count >= 1))
+        })
+    })
+    .await;
+    drop(uninstall);
+    ns.delete().await;
+}
+
+const LEASE: u64 = 15;
+
+/// Uninstalls a release when the test ends, passing or not: the chart's cluster-scoped
+/// objects allow one release per cluster.
+struct Uninstall {
+    release: &'static str,
+    namespace: String,
+}
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", self.release, "-n", &self.namespace, "--wait", "--timeout", "120s"]);
+    }
+}
+
+/// 6. A RecordingJob runs the recorder image as a real Job pod on a real node,
+/// records the meeting from the SFU pod, and writes a playable MP4 to a
+/// PersistentVolume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
+    let _turn = SERIAL.lock().await;
+    let stack = stack("real-rec", 1, json!({})).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    await_pool_ready(&admin, &ns, 1).await;
+    // A local PersistentVolume on the node the recorder will run on: a directory of
+    // this machine, writable by the images' nonroot user.
+    let node = real_nodes::real_nodes(&admin).await[0].clone();
+    let dir = std::env::temp_dir().join(format!("switchboard-{ns}-recordings"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::process::Command::new("chown").args(["65532:65532", &dir.display().to_string()]).status().unwrap();
+    apply_json(&admin, &ns, json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-recordings")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "local": {"path": dir.display().to_string()},
+                 "claimRef": {"namespace": ns, "name": "recordings"},
+                 "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})).await;
+    apply_json(&admin, &ns, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "recordings"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("{ns}-recordings"),
+                 "resources": {"requests": {"storage": "1Gi"}}}})).await;
+
+    create_meeting(&admin, &ns, "review", "amy").await;
+    let ben = join(&stack, "review", "ben").await;
+    let cat = join(&stack, "review", "cat").await;
+    await_video(&ben, &cat.id, 30).await;
+    apply_json(&admin, &ns, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "metadata": {"name": "review-rec"},
+        "spec": {"meetingRef": {"name": "review"}, "layout": "Gallery", "format": "MP4", "retries": 1,
+                 "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}}}})).await;
+    let jobs: Api<switchboard_crds::RecordingJob> = Api::namespaced(admin.clone(), &ns);
+    wait_for("the recorder pod records", WAIT, || async {
+        jobs.get("review-rec").await.ok().and_then(|j| j.status?.phase).is_some_and(|p| format!("{p:?}") == "Recording")
+    })
+    .await;
+    let recorder_pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let recorder = recorder_pods.list(&ListParams::default().labels("app.kubernetes.io/component=recorder")).await.unwrap().items;
+    assert!(
+        recorder.iter().any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())),
+        "the recorder runs as a pod on {node}"
+    );
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let meetings: Api<Meeting> = Api::namespaced(admin.clone(), &ns);
+    meetings.delete("review", &DeleteParams::default()).await.unwrap();
+    let ready = eventually("the recording Ready", Duration::from_secs(240), || async {
+        let j = jobs.get("review-rec").await.ok()?;
+        let phase = format!("{:?}", j.status.as_ref()?.phase.as_ref()?);
+        assert_ne!(phase, "Failed", "{:?}", j.status);
+        (phase == "Ready").then_some(j)
+    })
+    .await;
+    let url = ready.status.unwrap().url.unwrap();
+    let file = dir.join(url.strip_prefix("pvc://recordings/").expect("a pvc:// URL"));
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type:format=duration", "-of", "csv=p=0", &file.display().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success() && text.contains("video") && text.contains("audio"), "ffprobe {}: {text}{}", file.display(), String::from_utf8_lossy(&probe.stderr));
+    let duration: f64 = text.lines().filter_map(|l| l.trim().parse().ok()).next().unwrap_or(0.0);
+    assert!(duration >= 8.0, "the MP4 holds the meeting ({duration} s)");
+    drop((ben, cat));
+    let _ = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(admin.clone()).delete(&format!("{ns}-recordings"), &DeleteParams::background()).await;
+    stack.ns.delete().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

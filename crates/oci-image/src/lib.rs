@@ -2,7 +2,9 @@
 //! libraries they load (found with `ldd`), a non-root user and CA certificates go into
 //! one layer, written with its config and manifest as an OCI image layout
 //! (<https://github.com/opencontainers/image-spec/blob/main/image-layout.md>), which
-//! `skopeo copy oci:DIR docker://…`, `podman load` or `crane push` can publish.
+//! `skopeo copy oci:DIR docker://…`, `podman load` or `crane push` can publish, and
+//! `ctr images import` loads into containerd under the fully qualified name (see
+//! [`containerd_name`]).
 //!
 //! The build is reproducible: entries are sorted, timestamps and owners fixed, gzip
 //! headers carry no time, so the same inputs give the same digests.
@@ -34,11 +36,13 @@ pub struct ImageSpec {
     pub name: String,
     /// e.g. `0.1.0`
     pub tag: String,
-    /// Host executables, installed as `/usr/local/bin/<file name>`.
+    /// Host executables, installed as `<bin_dir>/<file name>`.
     pub binaries: Vec<PathBuf>,
+    /// Where `binaries` go in the image; default `/usr/local/bin` (`/` for e.g. `/pause`).
+    pub bin_dir: Option<String>,
     /// Further host executables installed at their host path with their libraries (e.g. `/usr/bin/ffmpeg`).
     pub host_programs: Vec<PathBuf>,
-    /// `Entrypoint`; default: the first binary.
+    /// `Entrypoint`; default: the first binary, else the first host program.
     pub entrypoint: Vec<String>,
     pub env: Vec<(String, String)>,
     /// e.g. `8080/tcp`
@@ -53,6 +57,38 @@ pub struct Built {
     pub manifest_digest: String,
     pub layer_files: usize,
     pub layer_bytes: u64,
+}
+
+/// The fully qualified form of an image reference, as containerd's CRI plugin looks
+/// images up (Docker's normalization): `switchboard/sfu-pod:0.1.0` is
+/// `docker.io/switchboard/sfu-pod:0.1.0`, `redis:7` is `docker.io/library/redis:7`, and a
+/// name whose first component is a registry (`registry.k8s.io/pause:3.10`, `localhost:5000/x`)
+/// is kept.
+pub fn normalized_reference(reference: &str) -> String {
+    let (first, rest) = match reference.split_once('/') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (reference, None),
+    };
+    match rest {
+        Some(rest)
+            if (first == "docker.io" || first == "index.docker.io") && !rest.contains('/') =>
+        {
+            format!("docker.io/library/{rest}")
+        }
+        Some(rest) if first == "index.docker.io" => format!("docker.io/{rest}"),
+        Some(_) if first.contains(['.', ':']) || first == "localhost" => reference.to_owned(),
+        Some(_) => format!("docker.io/{reference}"),
+        None => format!("docker.io/library/{reference}"),
+    }
+}
+
+/// The `io.containerd.image.name` annotation of an image: `ctr images import` names the
+/// image exactly so (it neither normalizes it nor adds a prefix; only a tag-only
+/// `org.opencontainers.image.ref.name` gets `--base-name` or `import-<date>` put in
+/// front), and the kubelet finds it by the normalized name. So it is the fully
+/// qualified `name:tag`.
+pub fn containerd_name(name: &str, tag: &str) -> String {
+    normalized_reference(&format!("{name}:{tag}"))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -78,7 +114,7 @@ pub fn shared_libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
         }
         // `libx.so => /lib/x/libx.so (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
         let path = match line.split_once("=>") {
-            Some((_, right)) => right.trim().split_whitespace().next().unwrap_or(""),
+            Some((_, right)) => right.split_whitespace().next().unwrap_or(""),
             None => line.split_whitespace().next().unwrap_or(""),
         };
         if path.starts_with('/') {
@@ -148,14 +184,26 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> anyhow::Result<(String, usize)> {
 
 /// Builds `spec` into an OCI image layout at `layout` (replaced if it exists).
 pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
-    if spec.binaries.is_empty() {
-        bail!("an image needs at least one binary");
+    if spec.binaries.is_empty() && spec.host_programs.is_empty() {
+        bail!("an image needs at least one binary or host program");
     }
     let mut layer = Layer { files: BTreeMap::new() };
     let mut programs: Vec<(PathBuf, String)> = Vec::new();
+    let bin_dir = spec
+        .bin_dir
+        .as_deref()
+        .unwrap_or("/usr/local/bin")
+        .trim_end_matches('/');
+    if !bin_dir.is_empty() && !bin_dir.starts_with('/') {
+        bail!("the binaries' directory must be absolute, got {bin_dir}");
+    }
     for b in &spec.binaries {
-        let name = b.file_name().context("a binary has a file name")?.to_string_lossy().into_owned();
-        programs.push((b.clone(), format!("/usr/local/bin/{name}")));
+        let name = b
+            .file_name()
+            .context("a binary has a file name")?
+            .to_string_lossy()
+            .into_owned();
+        programs.push((b.clone(), format!("{bin_dir}/{name}")));
     }
     for p in &spec.host_programs {
         programs.push((p.clone(), p.display().to_string()));
@@ -223,9 +271,41 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
             "digest": manifest_digest,
             "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {"org.opencontainers.image.ref.name": spec.tag, "io.containerd.image.name": format!("{}:{}", spec.name, spec.tag)},
+            // The tag for `skopeo copy oci:DIR:TAG`; the full name for `ctr images import`.
+            "annotations": {"org.opencontainers.image.ref.name": spec.tag, "io.containerd.image.name": containerd_name(&spec.name, &spec.tag)},
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
     Ok(Built { layout: layout.to_owned(), manifest_digest, layer_files: layer.files.len(), layer_bytes: gz.len() as u64 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_normalized_as_containerd_looks_them_up() {
+        assert_eq!(
+            containerd_name("switchboard/sfu-pod", "0.1.0"),
+            "docker.io/switchboard/sfu-pod:0.1.0"
+        );
+        assert_eq!(containerd_name("redis", "7"), "docker.io/library/redis:7");
+        assert_eq!(
+            containerd_name("registry.k8s.io/pause", "3.10"),
+            "registry.k8s.io/pause:3.10"
+        );
+        assert_eq!(
+            containerd_name("docker.io/switchboard/operator", "0.1.0"),
+            "docker.io/switchboard/operator:0.1.0"
+        );
+        assert_eq!(
+            containerd_name("docker.io/redis", "7"),
+            "docker.io/library/redis:7"
+        );
+        assert_eq!(containerd_name("localhost/x", "1"), "localhost/x:1");
+        assert_eq!(
+            containerd_name("localhost:5000/x", "1"),
+            "localhost:5000/x:1"
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! `oci-image --name switchboard/operator --tag 0.1.0 --out DIR [--port 8080/tcp]
-//!   [--env K=V] [--label K=V] [--host-program /usr/bin/ffmpeg] BINARY...`
+//!   [--env K=V] [--label K=V] [--host-program /usr/bin/ffmpeg] [--bin-dir /usr/local/bin] [BINARY...]`
 //! writes an OCI image layout to DIR and prints its manifest digest.
+//!
+//! Each BINARY goes to `--bin-dir` (default `/usr/local/bin`; `/` for `/pause`), each
+//! `--host-program` to its host path; either kind brings the libraries `ldd` finds (a
+//! static binary brings none). The entrypoint is the first BINARY, else the first host program.
 
 use std::path::PathBuf;
 
@@ -19,6 +23,7 @@ fn main() -> anyhow::Result<()> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--port" => spec.exposed_ports.push(value()?),
             "--host-program" => spec.host_programs.push(PathBuf::from(value()?)),
+            "--bin-dir" => spec.bin_dir = Some(value()?),
             "--env" | "--label" => {
                 let v = value()?;
                 let (k, val) = v.split_once('=').with_context(|| format!("{arg} takes K=V, got {v}"))?;
@@ -29,7 +34,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             "-h" | "--help" => {
-                println!("usage: oci-image --name NAME --tag TAG --out DIR [--port P/tcp] [--env K=V] [--label K=V] [--host-program PATH] BINARY...");
+                println!("usage: oci-image --name NAME --tag TAG --out DIR [--port P/tcp] [--env K=V] [--label K=V] [--host-program PATH] [--bin-dir DIR] [BINARY...]");
                 return Ok(());
             }
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),

@@ -28,6 +28,8 @@ fn blob(layout: &Path, digest: &str) -> Vec<u8> {
 
 struct Inspected {
     manifest_digest: String,
+    /// The annotations of the manifest's entry in index.json.
+    index_annotations: Value,
     config: Value,
     /// Layer entries: path → (mode, content).
     files: std::collections::BTreeMap<String, (u32, Vec<u8>)>,
@@ -66,12 +68,16 @@ fn inspect(layout: &Path) -> Inspected {
         entry.read_to_end(&mut content).unwrap();
         files.insert(path, (mode, content));
     }
-    Inspected { manifest_digest, config, files }
+    Inspected {
+        manifest_digest,
+        index_annotations: entry["annotations"].clone(),
+        config,
+        files,
+    }
 }
 
-/// Unpacks the layer into `root` and runs `program` with the image's own loader and
-/// libraries only (no host library cache, no host library paths).
-fn run_from_image(image: &Inspected, root: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+/// Unpacks the layer into `root`.
+fn unpack(image: &Inspected, root: &Path) {
     for (path, (mode, content)) in &image.files {
         let target = root.join(path);
         if path.ends_with('/') {
@@ -83,22 +89,51 @@ fn run_from_image(image: &Inspected, root: &Path, program: &str, args: &[&str], 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
-    let loader = image.files.keys().find(|p| p.contains("ld-linux")).expect("the image carries the ELF loader");
+}
+
+/// Unpacks the layer into `root` and runs `program` with the image's own loader and
+/// libraries only (no host library cache, no host library paths).
+fn run_from_image(
+    image: &Inspected,
+    root: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    image_command(image, root, program, args, env)
+        .output()
+        .unwrap()
+}
+
+/// The command [`run_from_image`] runs.
+fn image_command(
+    image: &Inspected,
+    root: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    unpack(image, root);
+    let loader = image
+        .files
+        .keys()
+        .find(|p| p.contains("ld-linux"))
+        .expect("the image carries the ELF loader");
     let lib_dirs: std::collections::BTreeSet<String> = image
         .files
         .keys()
         .filter(|p| p.contains(".so"))
         .map(|p| root.join(p).parent().unwrap().display().to_string())
         .collect();
-    Command::new(root.join(loader))
+    let mut command = Command::new(root.join(loader));
+    command
         .arg("--inhibit-cache")
         .args(["--library-path", &lib_dirs.into_iter().collect::<Vec<_>>().join(":")])
         .arg(root.join(program.trim_start_matches('/')))
         .args(args)
         .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .envs(env.iter().copied());
+    command
 }
 
 #[test]
@@ -119,6 +154,16 @@ fn an_image_is_a_valid_reproducible_oci_layout_that_runs_from_its_own_files() {
     let image = inspect(&a);
     assert!(printed.contains(&image.manifest_digest), "the CLI prints the manifest digest: {printed}");
     assert_eq!(inspect(&b).manifest_digest, image.manifest_digest, "the same inputs give the same image");
+
+    // skopeo finds the image by its tag, containerd's import names it by its full name.
+    assert_eq!(
+        image.index_annotations["org.opencontainers.image.ref.name"],
+        "0.1.0"
+    );
+    assert_eq!(
+        image.index_annotations["io.containerd.image.name"],
+        "docker.io/switchboard/oci-image:0.1.0"
+    );
 
     let config = &image.config["config"];
     assert_eq!(config["User"], format!("{NONROOT}:{NONROOT}"));
@@ -189,4 +234,162 @@ fn ffmpeg_and_its_libraries_resolve_for_the_recorder_image() {
         assert!(libs.iter().any(|l| l.display().to_string().contains("libavcodec")), "{program}: {libs:?}");
         assert!(libs.iter().all(|l| l.exists()));
     }
+}
+
+/// The pod sandbox image from a static pause binary: `/pause`, no libraries, named as
+/// the kubelet asks containerd for it.
+#[test]
+fn a_static_binary_makes_the_pause_image() {
+    let dir = temp("pause");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pause = dir.join("pause");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pause.c");
+    let cc = Command::new("cc")
+        .args(["-Os", "-static", "-o"])
+        .arg(&pause)
+        .arg(&source)
+        .output()
+        .expect("a C compiler runs (Debian packages gcc and libc6-dev)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    assert!(
+        shared_libraries(&pause).unwrap().is_empty(),
+        "a static binary needs no libraries"
+    );
+
+    let layout = dir.join("layout");
+    let o = Command::new(env!("CARGO_BIN_EXE_oci-image"))
+        .args([
+            "--name",
+            "registry.k8s.io/pause",
+            "--tag",
+            "3.10",
+            "--out",
+            layout.to_str().unwrap(),
+            "--bin-dir",
+            "/",
+        ])
+        .arg(&pause)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let image = inspect(&layout);
+    assert_eq!(
+        image.config["config"]["Entrypoint"],
+        serde_json::json!(["/pause"])
+    );
+    assert_eq!(
+        image.index_annotations["io.containerd.image.name"],
+        "registry.k8s.io/pause:3.10"
+    );
+    assert_eq!(image.files["pause"].0 & 0o777, 0o755);
+    assert!(
+        !image.files.keys().any(|f| f.contains(".so")),
+        "no libraries: {:?}",
+        image.files.keys()
+    );
+
+    // It runs from the image's files alone and stops on SIGTERM.
+    let root = dir.join("root");
+    unpack(&image, &root);
+    let mut child = Command::new(root.join("pause"))
+        .env_clear()
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "pause keeps running");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success(), "pause exits 0 on SIGTERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The redis image: the host's redis-server (Debian package redis-server) and its
+/// libraries, the entrypoint alone; the pod's args configure it. It serves from the
+/// image's files.
+#[test]
+fn the_redis_image_serves_from_its_own_files() {
+    let redis = Path::new("/usr/bin/redis-server");
+    assert!(
+        redis.exists(),
+        "redis-server is installed (Debian package redis-server)"
+    );
+    let dir = temp("redis");
+    let layout = dir.join("layout");
+    let spec = ImageSpec {
+        name: "switchboard/redis".into(),
+        tag: "test".into(),
+        host_programs: vec![redis.to_owned()],
+        exposed_ports: vec!["6379/tcp".into()],
+        ..Default::default()
+    };
+    build(&spec, &layout).unwrap();
+    let image = inspect(&layout);
+    let config = &image.config["config"];
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/usr/bin/redis-server"])
+    );
+    assert_eq!(config["User"], format!("{NONROOT}:{NONROOT}"));
+    assert!(config["ExposedPorts"]["6379/tcp"].is_object());
+    assert_eq!(
+        image.index_annotations["io.containerd.image.name"],
+        "docker.io/switchboard/redis:test"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ];
+    let mut server = image_command(
+        &image,
+        &dir.join("root"),
+        "/usr/bin/redis-server",
+        &args,
+        &[],
+    )
+    .stdout(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reply = loop {
+        use std::io::Write;
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            conn.write_all(b"PING\r\n").unwrap();
+            let mut reply = [0u8; 7];
+            conn.read_exact(&mut reply).unwrap();
+            break reply;
+        }
+        assert!(server.try_wait().unwrap().is_none(), "redis-server exited");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server does not listen on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(&reply, b"+PONG\r\n");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -13,6 +13,7 @@ use switchboard_crds::recording_job::{
 };
 
 use crate::conditions::condition;
+use crate::config::{IMAGE_PULL_POLICY, PodPlacement};
 use crate::labels::{COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 
 pub const RECORDER_COMPONENT: &str = "recorder";
@@ -120,7 +121,7 @@ pub fn role_binding(namespace: &str) -> RoleBinding {
 
 /// The recorder Job: one pod at a time, `retries` retries with the Job controller's
 /// exponential backoff, and exit code 2 failing the Job at once.
-pub fn recorder_job(rj: &RecordingJob, image: &str, delete_files: bool) -> Job {
+pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, delete_files: bool) -> Job {
     let spec = &rj.spec;
     let ns = rj.namespace().unwrap_or_default();
     let name = if delete_files { cleanup_job_name(rj) } else { job_name(rj) };
@@ -175,10 +176,13 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, delete_files: bool) -> Job {
                     // The volume is writable by the non-root recorder.
                     "securityContext": {"fsGroup": 65532},
                     "terminationGracePeriodSeconds": 30,
+                    "nodeSelector": placement.node_selector,
+                    "tolerations": placement.tolerations,
                     "volumes": volumes,
                     "containers": [{
                         "name": "recorder",
                         "image": image,
+                        "imagePullPolicy": IMAGE_PULL_POLICY,
                         "env": env,
                         "volumeMounts": mounts,
                         "ports": [{"name": "http", "containerPort": 8080}],
@@ -315,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_recorder_job_retries_with_backoff_and_fails_at_once_on_exit_code_2() {
-        let job = serde_json::to_value(recorder_job(&rj(), "rec:1", false)).unwrap();
+        let job = serde_json::to_value(recorder_job(&rj(), "rec:1", &PodPlacement::default(), false)).unwrap();
         assert_eq!(job["spec"]["backoffLimit"], 2);
         assert_eq!(job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"][0], 2);
         let env = job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
@@ -359,5 +363,17 @@ mod tests {
         assert_eq!(ready.phase, Some(RecordingPhase::Ready));
         assert_eq!(ready.url.as_deref(), Some("pvc://x/gallery.mp4"));
         assert_eq!(ready.duration_seconds, Some(20));
+    }
+
+    #[test]
+    fn recorder_pods_go_where_the_operator_is_told() {
+        let placement = PodPlacement {
+            node_selector: [("pool".to_owned(), "recorders".to_owned())].into(),
+            tolerations: vec![serde_json::from_value(json!({"key": "media", "operator": "Exists"})).unwrap()],
+        };
+        let job = serde_json::to_value(recorder_job(&rj(), "rec:1", &placement, false)).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"], json!({"pool": "recorders"}));
+        assert_eq!(pod["tolerations"], json!([{"key": "media", "operator": "Exists"}]));
     }
 }

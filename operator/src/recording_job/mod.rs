@@ -142,7 +142,7 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
                 Api::<RoleBinding>::namespaced(c.clone(), &ns)
                     .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::role_binding(&ns)))
                     .await?;
-                let created = jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, false)).await?;
+                let created = jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, false)).await?;
                 publish(ctx, rj, EventType::Normal, "JobCreated", &format!("recorder Job {} created", created.name_any())).await;
                 job = Some(created);
             }
@@ -205,7 +205,7 @@ async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Resul
     }
     let done = match jobs.get_opt(&build::cleanup_job_name(rj)).await? {
         None => {
-            jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, true)).await?;
+            jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, true)).await?;
             publish(ctx, rj, EventType::Normal, "DeletingFiles", "retention is Delete: removing the recording's files").await;
             false
         }

@@ -17,6 +17,7 @@ use switchboard_crds::sfu_pool::{AnnouncedAddress, PlacementStrategy};
 use switchboard_crds::SfuPool;
 use switchboard_heartbeat::pod_env;
 
+use crate::config::IMAGE_PULL_POLICY;
 use crate::labels::*;
 
 /// Port of the SFU's internal HTTP API.
@@ -29,6 +30,11 @@ pub const MAX_UDP_PORTS: i32 = 1000;
 pub const SFU_CLUSTER_ROLE: &str = "switchboard-sfu";
 /// Name of the container the operator configures.
 pub const SFU_CONTAINER: &str = "sfu";
+/// The SFU's own bound on its drain after SIGTERM (read by sfu-pod's config).
+pub const DRAIN_TIMEOUT_ENV: &str = "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS";
+/// What the kubelet waits beyond the drain timeout before it kills an SFU: time for
+/// the SFU to stop on its own once its drain timeout has passed.
+pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 30;
 
 /// A pool that passed validation, with what was derived from it.
 pub struct ValidPool<'a> {
@@ -173,6 +179,13 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+/// The pool's drain timeout in whole seconds, rounded up.
+fn drain_timeout_secs(pool: &SfuPool) -> i64 {
+    let timeout = pool.spec.drain.timeout.as_std();
+    let secs = timeout.as_secs().saturating_add(u64::from(timeout.subsec_nanos() > 0));
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
 /// `name` = the `sfu` container's CPU request in whole cores, rounded up (downward API).
 fn cpu_request_env(name: &str) -> EnvVar {
     EnvVar {
@@ -219,6 +232,16 @@ pub fn sfu_pod(v: &ValidPool<'_>) -> Pod {
 
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
     spec.service_account_name = Some(service_account_name(&v.name));
+    // A deleted SFU drains (SIGTERM) until its participants are gone or the drain
+    // timeout passed; the kubelet must not kill it before (LiveKit's chart does the same
+    // for its SFUs). A template's own grace period wins.
+    spec.termination_grace_period_seconds.get_or_insert_with(|| drain_timeout_secs(pool).saturating_add(TERMINATION_GRACE_MARGIN_SECONDS));
+    // An SFU keeps its rooms in memory: a restarted process would be a new, empty SFU
+    // under the old name, heartbeating as if nothing happened, while its meetings
+    // stayed assigned to it. So an SFU pod is never restarted in place: a dead SFU
+    // fails its pod, the operator moves its meetings at once and replaces the pod
+    // (as Agones does with a GameServer whose process exits).
+    spec.restart_policy = Some("Never".into());
     spec.host_network = Some(pool.spec.media.host_network);
     if spec.affinity.is_none() && spec.topology_spread_constraints.is_none() {
         placement(&mut spec, v);
@@ -272,6 +295,11 @@ fn configure_sfu_container(
     if requests_cpu && !env.iter().any(|e| e.name == pod_env::WORKER_THREADS) {
         env.push(cpu_request_env(pod_env::WORKER_THREADS));
     }
+    // After SIGTERM the SFU waits for its participants to leave up to this long (its own
+    // default is 4 h), as the pool's drain timeout says. A template's own setting wins.
+    if !env.iter().any(|e| e.name == DRAIN_TIMEOUT_ENV) {
+        env.push(value_env(DRAIN_TIMEOUT_ENV, drain_timeout_secs(v.pool)));
+    }
 
     let ports = c.ports.get_or_insert_with(Default::default);
     ports.retain(|p| p.name.as_deref() != Some("api") && p.protocol.as_deref() != Some("UDP"));
@@ -283,6 +311,8 @@ fn configure_sfu_container(
         ports.push(ContainerPort { name: Some(name), container_port: port, protocol: Some("UDP".into()), host_port: host_port(port), ..Default::default() });
     }
     c.readiness_probe.get_or_insert_with(|| probe("/readyz", 2, 1));
+    // A template's own pull policy wins.
+    c.image_pull_policy.get_or_insert_with(|| IMAGE_PULL_POLICY.into());
     c.liveness_probe.get_or_insert_with(|| probe("/healthz", 5, 3));
 }
 
@@ -352,6 +382,7 @@ mod tests {
         assert_eq!(pod.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         let spec = pod.spec.unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("eu-west-sfu"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"), "a dead SFU fails its pod rather than restarting empty");
         let sfu = spec.containers.iter().find(|c| c.name == "sfu").unwrap();
         let env: BTreeMap<_, _> = sfu.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
         assert_eq!(env[pod_env::POOL].value.as_deref(), Some("eu-west"));
@@ -384,11 +415,38 @@ mod tests {
     }
 
     #[test]
+    fn the_grace_period_follows_the_drain_timeout_unless_the_template_sets_one() {
+        let grace_and_env = |pool: &SfuPool| {
+            let spec = sfu_pod(&validate(pool).unwrap()).spec.unwrap();
+            let sfu = spec.containers.iter().find(|c| c.name == SFU_CONTAINER).unwrap();
+            let env: Vec<_> = sfu.env.iter().flatten().filter(|e| e.name == DRAIN_TIMEOUT_ENV).filter_map(|e| e.value.clone()).collect();
+            (spec.termination_grace_period_seconds, env)
+        };
+        let mut pool = pool();
+        pool.spec.drain.timeout = "1h30m".parse().unwrap();
+        assert_eq!(grace_and_env(&pool), (Some(5400 + TERMINATION_GRACE_MARGIN_SECONDS), vec!["5400".to_owned()]));
+        pool.spec.drain.timeout = "1500ms".parse().unwrap();
+        assert_eq!(grace_and_env(&pool), (Some(2 + TERMINATION_GRACE_MARGIN_SECONDS), vec!["2".to_owned()]), "rounded up");
+        pool.spec.drain.timeout = "0".parse().unwrap();
+        assert_eq!(grace_and_env(&pool).0, Some(TERMINATION_GRACE_MARGIN_SECONDS));
+
+        let mut own = self::pool();
+        let spec = own.spec.template.spec.as_mut().unwrap();
+        spec.termination_grace_period_seconds = Some(45);
+        let sfu = spec.containers.iter_mut().find(|c| c.name == SFU_CONTAINER).unwrap();
+        sfu.env.get_or_insert_with(Default::default).push(value_env(DRAIN_TIMEOUT_ENV, 40));
+        assert_eq!(grace_and_env(&own), (Some(45), vec!["40".to_owned()]), "the template's own values are kept");
+        let before = template_hash(&own);
+        own.spec.drain.timeout = "10m".parse().unwrap();
+        assert_eq!(template_hash(&own), before, "a new drain timeout does not roll the pool");
+    }
+
+    #[test]
     fn a_template_change_changes_the_hash_and_status_does_not() {
         let pool = pool();
         let before = template_hash(&pool);
         let mut changed = pool.clone();
-        changed.spec.template.spec.as_mut().unwrap().containers[0].image = Some("switchboard-sfu:0.2.0".into());
+        changed.spec.template.spec.as_mut().unwrap().containers[0].image = Some("switchboard/sfu-pod:0.2.0".into());
         assert_ne!(template_hash(&changed), before);
         let mut scaled = pool.clone();
         scaled.spec.replicas = Some(40);

@@ -22,20 +22,16 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use switchboard_crds::sfu_pool::{
-    AutoscalingMode, Load, PlacementStrategy, PodSummary, SfuPodState,
-};
+use switchboard_crds::sfu_pool::{AutoscalingMode, Load, PlacementStrategy, PodSummary, SfuPodState};
 use switchboard_crds::{Meeting, SfuPool, SfuPoolStatus};
 use switchboard_fleet as fleet;
 use switchboard_heartbeat::{Observed, SfuState};
 use tokio::time::Instant;
 
 use crate::conditions::{condition, same};
-use crate::health::Caches;
 use crate::labels::*;
-use crate::metrics::{
-    ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels, ResultLabels,
-};
+use crate::health::Caches;
+use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels, ResultLabels};
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "sfupool";
@@ -77,11 +73,7 @@ pub struct Context {
 }
 
 fn key(pool: &SfuPool) -> String {
-    format!(
-        "{}/{}",
-        pool.namespace().unwrap_or_default(),
-        pool.name_any()
-    )
+    format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any())
 }
 
 /// The watches of SFU pods, heartbeat Leases and node metadata, shared with the
@@ -98,24 +90,18 @@ pub struct Watches {
 impl Watches {
     pub fn new(client: &Client, config: &OperatorConfig) -> Self {
         let (pods, leases): (Api<Pod>, Api<Lease>) = match &config.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
             None => (Api::all(client.clone()), Api::all(client.clone())),
         };
         let nodes: Api<Node> = Api::all(client.clone());
 
         let (pod_store, pod_writer) = reflector::store();
-        let pod_stream = watcher(
-            pods,
-            watcher::Config::default().labels(&sfu_pods_selector()),
-        )
-        .default_backoff()
-        .modify(|p: &mut Pod| p.managed_fields_mut().clear())
-        .reflect(pod_writer)
-        .touched_objects()
-        .boxed();
+        let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
+            .default_backoff()
+            .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+            .reflect(pod_writer)
+            .touched_objects()
+            .boxed();
 
         let (lease_store, lease_writer) = reflector::store();
         let lease_stream = watcher(leases, watcher::Config::default().labels(POOL_LABEL))
@@ -133,14 +119,7 @@ impl Watches {
             .reflect(node_writer)
             .touched_objects()
             .boxed();
-        Self {
-            pods: pod_store,
-            leases: lease_store,
-            nodes: node_store,
-            pod_stream,
-            lease_stream,
-            node_stream,
-        }
+        Self { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream }
     }
 }
 
@@ -157,30 +136,16 @@ pub async fn run(
     triggers: impl futures::Stream<Item = ObjectRef<SfuPool>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Watches {
-        pods: pod_store,
-        leases: lease_store,
-        nodes: node_store,
-        pod_stream,
-        lease_stream,
-        node_stream,
-    } = watches;
+    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream } = watches;
     let controller = Controller::for_stream(pool_stream, pool_store);
-    let reporter = kube::runtime::events::Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: Some(config.identity.clone()),
-    };
+    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context {
         pools: controller.store(),
         recorder: Recorder::new(client.clone(), reporter),
         client,
         config,
         metrics,
-        caches: Caches {
-            pods: pod_store.clone(),
-            leases: lease_store.clone(),
-            nodes: node_store,
-        },
+        caches: Caches { pods: pod_store.clone(), leases: lease_store.clone(), nodes: node_store },
         meetings,
         memory: Mutex::default(),
         admission: crate::admission::Admission::new(RECONCILE_CONCURRENCY),
@@ -191,13 +156,9 @@ pub async fn run(
     let lease_to_pool = move |lease: Lease| {
         let ns = lease.namespace().unwrap_or_default();
         let pool = lease.labels().get(POOL_LABEL).cloned();
-        let summary = Observed::from_lease(&lease).ok().map(|o| {
-            (
-                o.heartbeat.state,
-                o.heartbeat.load.participants,
-                o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks,
-            )
-        });
+        let summary = Observed::from_lease(&lease)
+            .ok()
+            .map(|o| (o.heartbeat.state, o.heartbeat.load.participants, o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks));
         let lease_key = format!("{ns}/{}", lease.name_any());
         let changed = {
             let mut beats = last_beats.lock().expect("lock");
@@ -213,8 +174,7 @@ pub async fn run(
                 None => beats.remove(&lease_key).is_some(),
             }
         };
-        pool.filter(|_| changed)
-            .map(|p| ObjectRef::<SfuPool>::new(&p).within(&ns))
+        pool.filter(|_| changed).map(|p| ObjectRef::<SfuPool>::new(&p).within(&ns))
     };
 
     // A node whose readiness or cordon changes: the pools with pods on it.
@@ -222,11 +182,7 @@ pub async fn run(
     let node_to_pools = move |node: Node| {
         let name = node.name_any();
         let view = crate::health::node_view(&node);
-        let changed = last_nodes
-            .lock()
-            .expect("lock")
-            .insert(name.clone(), view.clone())
-            != Some(view);
+        let changed = last_nodes.lock().expect("lock").insert(name.clone(), view.clone()) != Some(view);
         if !changed {
             return Vec::new();
         }
@@ -234,9 +190,7 @@ pub async fn run(
             .state()
             .iter()
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
-            .filter_map(|p| {
-                Some(ObjectRef::new(p.labels().get(POOL_LABEL)?).within(&p.namespace()?))
-            })
+            .filter_map(|p| Some(ObjectRef::new(p.labels().get(POOL_LABEL)?).within(&p.namespace()?)))
             .collect();
         pools.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         pools.dedup();
@@ -249,9 +203,7 @@ pub async fn run(
         .with_config(
             // Debounced: a burst of placements changes many pod ledgers at once, and
             // one reconcile (and one status write) can cover them all.
-            kube::runtime::controller::Config::default()
-                .concurrency(0)
-                .debounce(Duration::from_millis(300)),
+            kube::runtime::controller::Config::default().concurrency(0).debounce(Duration::from_millis(300)),
         )
         .owns_stream(pod_stream)
         .watches_stream(lease_stream, lease_to_pool)
@@ -269,25 +221,14 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
-    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else {
-        return Ok(Action::await_change());
-    };
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
+    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else { return Ok(Action::await_change()) };
+    let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
     let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
     // Boxed: a reconcile waiting for its turn stays small.
-    let result = Box::pin(tracing::Instrument::instrument(
-        reconcile_pool(&pool, &ctx),
-        span,
-    ))
-    .await;
-    ctx.metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    let result = Box::pin(tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span)).await;
+    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let mut memory = ctx.memory.lock().expect("lock");
     // Drop the memory of pools that are gone.
     if memory.len() > ctx.pools.len() {
@@ -307,31 +248,16 @@ async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
 fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            controller: CONTROLLER,
-            error: error.metric_label(),
-        })
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
         .inc();
-    let failures = ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(&key(&pool))
-        .map_or(1, |m| m.failures.max(1));
+    let failures = ctx.memory.lock().expect("lock").get(&key(&pool)).map_or(1, |m| m.failures.max(1));
     let backoff = crate::metrics::backoff_after(failures);
     tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
     // Report where a user looks: an Event and the Ready condition.
     let ctx2 = ctx.clone();
     let message = error.to_string();
     tokio::spawn(async move {
-        publish(
-            &ctx2,
-            &pool,
-            EventType::Warning,
-            "ReconcileFailed",
-            &message,
-        )
-        .await;
+        publish(&ctx2, &pool, EventType::Warning, "ReconcileFailed", &message).await;
         let _ = report_failure(&ctx2, &pool, "ReconcileFailed", message).await;
     });
     Action::requeue(backoff)
@@ -340,34 +266,12 @@ fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action 
 /// Sets `ReconcileSucceeded=False` with the reason, leaving the rest of the status alone:
 /// a field manager of its own, because a server-side apply of only this condition
 /// by the main manager would drop every other status field it owns.
-async fn report_failure(
-    ctx: &Context,
-    pool: &SfuPool,
-    reason: &str,
-    message: String,
-) -> kube::Result<SfuPool> {
-    let api: Api<SfuPool> =
-        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
-    let previous = pool
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let cond = condition(
-        &previous,
-        "ReconcileSucceeded",
-        false,
-        reason,
-        message,
-        pool.metadata.generation,
-    );
+async fn report_failure(ctx: &Context, pool: &SfuPool, reason: &str, message: String) -> kube::Result<SfuPool> {
+    let api: Api<SfuPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let cond = condition(&previous, "ReconcileSucceeded", false, reason, message, pool.metadata.generation);
     let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
-    api.patch_status(
-        &pool.name_any(),
-        &PatchParams::apply(FAILURE_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
+    api.patch_status(&pool.name_any(), &PatchParams::apply(FAILURE_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
 }
 
 async fn publish(ctx: &Context, pool: &SfuPool, type_: EventType, reason: &str, note: &str) {
@@ -386,12 +290,8 @@ fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
         spec_replicas: pool.spec.replicas.map(|r| r.max(0) as u32),
         participants_per_pod: pool.spec.capacity.participants_per_pod.max(1) as u64,
         buffer: match &a.buffer {
-            Some(b) if b.participants.is_some() => {
-                fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64)
-            }
-            Some(b) if b.percent.is_some() => {
-                fleet::Buffer::Percent(b.percent.unwrap_or(0).max(0) as u64)
-            }
+            Some(b) if b.participants.is_some() => fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64),
+            Some(b) if b.percent.is_some() => fleet::Buffer::Percent(b.percent.unwrap_or(0).max(0) as u64),
             _ => fleet::Buffer::None,
         },
         scale_down_stabilization: a.scale_down_stabilization.as_std(),
@@ -428,21 +328,10 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
 
     // Children, once per generation.
     let generation = pool.metadata.generation;
-    let children_done = ctx
-        .memory
-        .lock()
-        .expect("lock")
-        .get(&key(pool))
-        .and_then(|m| m.children_applied)
-        == generation;
+    let children_done = ctx.memory.lock().expect("lock").get(&key(pool)).and_then(|m| m.children_applied) == generation;
     if !children_done {
         apply_children(&valid, ctx).await?;
-        ctx.memory
-            .lock()
-            .expect("lock")
-            .entry(key(pool))
-            .or_default()
-            .children_applied = generation;
+        ctx.memory.lock().expect("lock").entry(key(pool)).or_default().children_applied = generation;
     }
 
     // Dereference from the caches.
@@ -451,39 +340,26 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         .pods
         .state()
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(namespace.as_str()) && build::owned_by(p, pool)
-        })
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && build::owned_by(p, pool))
         .collect();
     let beats: HashMap<String, Observed> = ctx
         .caches
         .leases
         .state()
         .into_iter()
-        .filter(|l| {
-            l.namespace().as_deref() == Some(namespace.as_str())
-                && l.labels().get(POOL_LABEL) == Some(&name)
-        })
+        .filter(|l| l.namespace().as_deref() == Some(namespace.as_str()) && l.labels().get(POOL_LABEL) == Some(&name))
         .filter_map(|l| Observed::from_lease(&l).ok())
         .map(|o| (o.pod.clone(), o))
         .collect();
-    let live: Vec<&Arc<Pod>> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+    let live: Vec<&Arc<Pod>> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
     let by_name: HashMap<String, &Arc<Pod>> = live.iter().map(|p| (p.name_any(), *p)).collect();
 
     // Wait for the cache to show what we did last time (no double creations).
     let settled = {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
-        m.expected_created.retain(|(n, at)| {
-            at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n)
-        });
-        m.expected_deleted.retain(|(n, at)| {
-            at.elapsed() < EXPECTATION_TIMEOUT
-                && live.iter().any(|p| p.metadata.name.as_ref() == Some(n))
-        });
+        m.expected_created.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
+        m.expected_deleted.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.metadata.name.as_ref() == Some(n)));
         m.expected_created.is_empty() && m.expected_deleted.is_empty()
     };
     if !settled {
@@ -517,18 +393,8 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(replicas) = plan.write_spec_replicas {
         let from = pool.spec.replicas.unwrap_or(0);
-        pools
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"spec": {"replicas": replicas}})),
-            )
-            .await?;
-        let (reason, what) = if replicas as i32 > from {
-            ("ScaledUp", "up")
-        } else {
-            ("ScaledDown", "down")
-        };
+        pools.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": replicas}}))).await?;
+        let (reason, what) = if replicas as i32 > from { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
         let note = format!(
             "scaled {what} from {from} to {replicas} pods: {} participants allocated, capacity {} per pod",
             plan.allocated_participants, policy.participants_per_pod
@@ -537,10 +403,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     // Creations go out in parallel: a new pool of 20 pods should not wait for 20 round trips.
     let pod = build::sfu_pod(&valid);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     let results: Vec<kube::Result<Pod>> = futures::stream::iter(0..plan.create)
         .map(|_| pod_api.create(&params, &pod))
         .buffer_unordered(4)
@@ -558,62 +421,38 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         }
     }
     if !created.is_empty() {
-        let note = format!(
-            "created {} SFU pod(s): {}",
-            created.len(),
-            summarize(&created)
-        );
+        let note = format!("created {} SFU pod(s): {}", created.len(), summarize(&created));
         publish(ctx, pool, EventType::Normal, "PodsCreated", &note).await;
     }
     if let Some(e) = create_error {
         // Remember what did get created before retrying the rest.
         let at = Instant::now();
-        ctx.memory
-            .lock()
-            .expect("lock")
-            .entry(key(pool))
-            .or_default()
-            .expected_created
-            .extend(created.into_iter().map(|n| (n, at)));
+        ctx.memory.lock().expect("lock").entry(key(pool)).or_default().expected_created.extend(created.into_iter().map(|n| (n, at)));
         return Err(e.into());
     }
     // Busy pods: not evictable by the cluster autoscaler, covered by the PDB. Labels go
     // first, so that an emptied pod's eviction below is no longer held by the PDB.
     for p in &plan.pods {
-        let Some(pod) = by_name.get(&p.name) else {
-            continue;
-        };
+        let Some(pod) = by_name.get(&p.name) else { continue };
         let want_safe = if p.safe_to_evict { "true" } else { "false" };
         let want_busy = if p.safe_to_evict { "false" } else { "true" };
-        let has_safe = pod
-            .annotations()
-            .get(SAFE_TO_EVICT_ANNOTATION)
-            .map(String::as_str);
+        let has_safe = pod.annotations().get(SAFE_TO_EVICT_ANNOTATION).map(String::as_str);
         let has_busy = pod.labels().get(BUSY_LABEL).map(String::as_str);
         if has_safe != Some(want_safe) || has_busy != Some(want_busy) {
             let patch = json!({"metadata": {"annotations": {SAFE_TO_EVICT_ANNOTATION: want_safe}, "labels": {BUSY_LABEL: want_busy}}});
-            match pod_api
-                .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+            match pod_api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
     for pod_name in &plan.start_drain {
-        let fault = views
-            .iter()
-            .find(|v| &v.name == pod_name)
-            .and_then(|v| v.fault);
+        let fault = views.iter().find(|v| &v.name == pod_name).and_then(|v| v.fault);
         let patch = json!({"metadata": {"annotations": {
             DRAINING_ANNOTATION: now.to_string(),
             DRAIN_REASON_ANNOTATION: fault.map_or("ScaleDownOrUpdate", |f| f.as_str()),
         }}});
-        match pod_api
-            .patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        match pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => continue,
             Err(e) => return Err(e.into()),
@@ -621,16 +460,11 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         let note = match fault {
             None => {
                 count(ctx, "drain", "ScaleDownOrUpdate");
-                format!(
-                    "draining pod {pod_name}: it takes no new meetings and is deleted once empty"
-                )
+                format!("draining pod {pod_name}: it takes no new meetings and is deleted once empty")
             }
             Some(f) => {
                 count(ctx, "drain", f.as_str());
-                format!(
-                    "draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted",
-                    f.as_str()
-                )
+                format!("draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted", f.as_str())
             }
         };
         publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
@@ -638,57 +472,28 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let mut deleted = Vec::new();
     let mut blocked_evictions = false;
     for (pod_name, reason) in &plan.delete {
-        let Some(pod) = by_name.get(pod_name) else {
-            continue;
-        };
+        let Some(pod) = by_name.get(pod_name) else { continue };
         let (label, event_type, why) = match reason {
-            fleet::DeleteReason::Unhealthy => (
-                "Unhealthy",
-                EventType::Warning,
-                "its heartbeat expired or it failed; replacing it",
-            ),
-            fleet::DeleteReason::Drained => (
-                "Drained",
-                EventType::Normal,
-                "drained: no participants left",
-            ),
-            fleet::DeleteReason::DrainTimeout => (
-                "DrainTimeout",
-                EventType::Warning,
-                "the drain timeout expired with participants on it",
-            ),
-            fleet::DeleteReason::ScaleDown => {
-                ("ScaleDown", EventType::Normal, "not needed and empty")
-            }
-            fleet::DeleteReason::Outdated => (
-                "Outdated",
-                EventType::Normal,
-                "replaced by a pod of the new template",
-            ),
-            fleet::DeleteReason::Evacuated => (
-                "Evacuated",
-                EventType::Normal,
-                "its node failed or is draining, and its meetings moved",
-            ),
+            fleet::DeleteReason::Unhealthy => ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it"),
+            fleet::DeleteReason::Drained => ("Drained", EventType::Normal, "drained: no participants left"),
+            fleet::DeleteReason::DrainTimeout => ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it"),
+            fleet::DeleteReason::ScaleDown => ("ScaleDown", EventType::Normal, "not needed and empty"),
+            fleet::DeleteReason::Outdated => ("Outdated", EventType::Normal, "replaced by a pod of the new template"),
+            fleet::DeleteReason::Evacuated => ("Evacuated", EventType::Normal, "its node failed or is draining, and its meetings moved"),
         };
         // A dead SFU, or one past its drain timeout, is deleted outright. Any other
         // pod goes through the Eviction API, which honours the PodDisruptionBudget.
-        let evict = !matches!(
-            reason,
-            fleet::DeleteReason::Unhealthy | fleet::DeleteReason::DrainTimeout
-        );
+        let evict = !matches!(reason, fleet::DeleteReason::Unhealthy | fleet::DeleteReason::DrainTimeout);
+        // A deletion outright does not wait out the pod's grace period (the drain
+        // timeout): a dead SFU has nothing to finish, and one past its timeout is done.
+        let grace = (!evict).then_some(DELETE_GRACE_SECONDS);
         let options = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.uid(),
-                resource_version: None,
-            }),
+            preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+            grace_period_seconds: grace,
             ..Default::default()
         };
         let result = if evict {
-            let params = kube::api::EvictParams {
-                delete_options: Some(options),
-                ..Default::default()
-            };
+            let params = kube::api::EvictParams { delete_options: Some(options), ..Default::default() };
             pod_api.evict(pod_name, &params).await.map(|_| ())
         } else {
             pod_api.delete(pod_name, &options).await.map(|_| ())
@@ -698,48 +503,31 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
             // The disruption budget holds it (its busy label has not caught up yet).
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                ctx.metrics
-                    .evictions
-                    .get_or_create(&ResultLabels { result: "blocked" })
-                    .inc();
+                ctx.metrics.evictions.get_or_create(&ResultLabels { result: "blocked" }).inc();
                 blocked_evictions = true;
                 continue;
             }
             Err(e) => return Err(e.into()),
         }
         if evict {
-            ctx.metrics
-                .evictions
-                .get_or_create(&ResultLabels { result: "evicted" })
-                .inc();
+            ctx.metrics.evictions.get_or_create(&ResultLabels { result: "evicted" }).inc();
         }
         deleted.push(pod_name.clone());
         count(ctx, "delete", label);
         let verb = if evict { "evicted" } else { "deleted" };
-        publish(
-            ctx,
-            pool,
-            event_type,
-            &format!("PodDeleted{label}"),
-            &format!("{verb} pod {pod_name}: {why}"),
-        )
-        .await;
+        publish(ctx, pool, event_type, &format!("PodDeleted{label}"), &format!("{verb} pod {pod_name}: {why}")).await;
     }
     for pod_name in &plan.cancel_drain {
         let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null, DRAIN_REASON_ANNOTATION: null}}});
-        pod_api
-            .patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
+        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         count(ctx, "undrain", "ScaleUp");
     }
     {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
         let at = Instant::now();
-        m.expected_created
-            .extend(created.into_iter().map(|n| (n, at)));
-        m.expected_deleted
-            .extend(deleted.into_iter().map(|n| (n, at)));
+        m.expected_created.extend(created.into_iter().map(|n| (n, at)));
+        m.expected_deleted.extend(deleted.into_iter().map(|n| (n, at)));
     }
 
     // Status.
@@ -747,28 +535,12 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     update_metrics(ctx, &namespace, &name, &plan);
     let current = pool.status.clone().unwrap_or_default();
     if !same_status(&current, &status) {
-        let was_available = current
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        let now_available = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        let patch =
-            json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": status});
-        pools
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+        let was_available = current.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+        let now_available = status.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": status});
+        pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         if now_available && !was_available {
-            let note = format!(
-                "{} of {} SFU pods Ready",
-                status.ready_replicas, plan.desired
-            );
+            let note = format!("{} of {} SFU pods Ready", status.ready_replicas, plan.desired);
             publish(ctx, pool, EventType::Normal, "Available", &note).await;
         }
         let progressing = |s: &SfuPoolStatus| {
@@ -783,19 +555,9 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             }
         }
         if let Some(limit) = &plan.scaling_limited {
-            let was_limited = current
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "ScalingLimited" && c.status == "True");
+            let was_limited = current.conditions.iter().any(|c| c.type_ == "ScalingLimited" && c.status == "True");
             if !was_limited {
-                publish(
-                    ctx,
-                    pool,
-                    EventType::Warning,
-                    "ScalingLimited",
-                    &limit.message,
-                )
-                .await;
+                publish(ctx, pool, EventType::Warning, "ScalingLimited", &limit.message).await;
             }
         }
     }
@@ -805,25 +567,19 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         (a, Some(b), _) => Some(a.map_or(b, |a| a.min(b))),
         (a, None, _) => a,
     };
-    let next = next
-        .unwrap_or(Duration::from_secs(60))
-        .clamp(Duration::from_millis(200), Duration::from_secs(60));
+    let next = next.unwrap_or(Duration::from_secs(60)).clamp(Duration::from_millis(200), Duration::from_secs(60));
     Ok(Action::requeue(next))
 }
 
+/// Grace period of an SFU pod deleted outright (Unhealthy or past its drain timeout).
+const DELETE_GRACE_SECONDS: u32 = 10;
+
 fn summarize(names: &[String]) -> String {
-    if names.len() <= 5 {
-        names.join(", ")
-    } else {
-        format!("{}, and {} more", names[..5].join(", "), names.len() - 5)
-    }
+    if names.len() <= 5 { names.join(", ") } else { format!("{}, and {} more", names[..5].join(", "), names.len() - 5) }
 }
 
 fn count(ctx: &Context, action: &'static str, reason: &'static str) {
-    ctx.metrics
-        .sfu_pod_actions
-        .get_or_create(&PodActionLabels { action, reason })
-        .inc();
+    ctx.metrics.sfu_pod_actions.get_or_create(&PodActionLabels { action, reason }).inc();
 }
 
 async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
@@ -831,21 +587,13 @@ async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
     let ns = &v.namespace;
     let c = &ctx.client;
     let sa = build::service_account(v);
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns)
-        .patch(&sa.name_any(), &params, &Patch::Apply(&sa))
-        .await?;
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns).patch(&sa.name_any(), &params, &Patch::Apply(&sa)).await?;
     let rb = build::role_binding(v);
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns)
-        .patch(&rb.name_any(), &params, &Patch::Apply(&rb))
-        .await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns).patch(&rb.name_any(), &params, &Patch::Apply(&rb)).await?;
     let svc = build::headless_service(v);
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns)
-        .patch(&svc.name_any(), &params, &Patch::Apply(&svc))
-        .await?;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns).patch(&svc.name_any(), &params, &Patch::Apply(&svc)).await?;
     let pdb = build::disruption_budget(v);
-    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns)
-        .patch(&pdb.name_any(), &params, &Patch::Apply(&pdb))
-        .await?;
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns).patch(&pdb.name_any(), &params, &Patch::Apply(&pdb)).await?;
     Ok(())
 }
 
@@ -866,11 +614,7 @@ fn status(
     live: &HashMap<String, &Arc<Pod>>,
     ctx: &Context,
 ) -> SfuPoolStatus {
-    let previous = pool
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
+    let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let generation = pool.metadata.generation;
     let ready = plan.count(fleet::PodState::Ready);
     let deleting: Vec<&str> = plan.delete.iter().map(|(n, _)| n.as_str()).collect();
@@ -880,25 +624,12 @@ fn status(
         .filter(|p| !deleting.contains(&p.name.as_str()))
         .map(|p| {
             let pod = live.get(&p.name);
-            let node = pod
-                .and_then(|x| x.spec.as_ref())
-                .and_then(|s| s.node_name.clone());
+            let node = pod.and_then(|x| x.spec.as_ref()).and_then(|s| s.node_name.clone());
             let zone = node.as_deref().and_then(|n| ctx.caches.zone(n));
-            PodSummary {
-                name: p.name.clone(),
-                state: state_of(p.state),
-                node,
-                zone,
-                participants: p.participants as i64,
-                tracks: p.tracks as i64,
-            }
+            PodSummary { name: p.name.clone(), state: state_of(p.state), node, zone, participants: p.participants as i64, tracks: p.tracks as i64 }
         })
         .collect();
-    pods.sort_by(|a, b| {
-        b.participants
-            .cmp(&a.participants)
-            .then(a.name.cmp(&b.name))
-    });
+    pods.sort_by(|a, b| b.participants.cmp(&a.participants).then(a.name.cmp(&b.name)));
     pods.truncate(STATUS_PODS);
 
     let min_ready = policy.min_replicas.min(plan.desired);
@@ -912,15 +643,9 @@ fn status(
             format!("{} of {} pods Ready", ready, plan.desired),
         ))
     } else if plan.outdated > 0 {
-        Some((
-            "RollingUpdate",
-            format!("{} pods of an older template remain", plan.outdated),
-        ))
+        Some(("RollingUpdate", format!("{} pods of an older template remain", plan.outdated)))
     } else if plan.count(fleet::PodState::Draining) > 0 {
-        Some((
-            "Draining",
-            format!("{} pods draining", plan.count(fleet::PodState::Draining)),
-        ))
+        Some(("Draining", format!("{} pods draining", plan.count(fleet::PodState::Draining))))
     } else {
         None
     };
@@ -929,114 +654,44 @@ fn status(
             &previous,
             "Available",
             available,
-            if available {
-                "MinimumReplicasReady"
-            } else {
-                "NotEnoughReadyPods"
-            },
+            if available { "MinimumReplicasReady" } else { "NotEnoughReadyPods" },
             format!("{ready} Ready SFU pods; at least {min_ready} needed"),
             generation,
         ),
         match &progressing_why {
-            Some((reason, message)) => condition(
-                &previous,
-                "Progressing",
-                true,
-                reason,
-                message.clone(),
-                generation,
-            ),
-            None => condition(
-                &previous,
-                "Progressing",
-                false,
-                "Stable",
-                format!("{} pods as desired", plan.desired),
-                generation,
-            ),
+            Some((reason, message)) => condition(&previous, "Progressing", true, reason, message.clone(), generation),
+            None => condition(&previous, "Progressing", false, "Stable", format!("{} pods as desired", plan.desired), generation),
         },
         match &plan.scaling_limited {
-            Some(limit) => condition(
-                &previous,
-                "ScalingLimited",
-                true,
-                limit.reason,
-                limit.message.clone(),
-                generation,
-            ),
-            None => condition(
-                &previous,
-                "ScalingLimited",
-                false,
-                "WithinLimits",
-                format!(
-                    "{} pods within [{}, {}]",
-                    plan.desired, policy.min_replicas, policy.max_replicas
-                ),
-                generation,
-            ),
+            Some(limit) => condition(&previous, "ScalingLimited", true, limit.reason, limit.message.clone(), generation),
+            None => condition(&previous, "ScalingLimited", false, "WithinLimits", format!("{} pods within [{}, {}]", plan.desired, policy.min_replicas, policy.max_replicas), generation),
         },
-        condition(
-            &previous,
-            "ReconcileSucceeded",
-            true,
-            "Reconciled",
-            "",
-            generation,
-        ),
+        condition(&previous, "ReconcileSucceeded", true, "Reconciled", "", generation),
     ];
     SfuPoolStatus {
         observed_generation: generation,
         replicas: live.len() as i32,
         ready_replicas: ready as i32,
-        draining_replicas: (plan.count(fleet::PodState::Draining)
-            + plan.count(fleet::PodState::Drained)) as i32,
+        draining_replicas: (plan.count(fleet::PodState::Draining) + plan.count(fleet::PodState::Drained)) as i32,
         unhealthy_replicas: plan.count(fleet::PodState::Unhealthy) as i32,
         selector: Some(build::selector_string(&pool.name_any())),
-        capacity: Some(Load {
-            participants: plan.ready_capacity as i64,
-            tracks: None,
-        }),
-        allocated: Some(Load {
-            participants: plan.allocated_participants as i64,
-            tracks: Some(plan.allocated_tracks as i64),
-        }),
-        reserved: Some(Load {
-            participants: plan.reserved_participants as i64,
-            tracks: None,
-        }),
+        capacity: Some(Load { participants: plan.ready_capacity as i64, tracks: None }),
+        allocated: Some(Load { participants: plan.allocated_participants as i64, tracks: Some(plan.allocated_tracks as i64) }),
+        reserved: Some(Load { participants: plan.reserved_participants as i64, tracks: None }),
         pods,
         conditions,
     }
 }
 
 fn same_status(a: &SfuPoolStatus, b: &SfuPoolStatus) -> bool {
-    let strip = |s: &SfuPoolStatus| SfuPoolStatus {
-        conditions: vec![],
-        ..s.clone()
-    };
+    let strip = |s: &SfuPoolStatus| SfuPoolStatus { conditions: vec![], ..s.clone() };
     strip(a) == strip(b) && same(&a.conditions, &b.conditions)
 }
 
 fn update_metrics(ctx: &Context, namespace: &str, name: &str, plan: &fleet::Plan) {
-    let labels = PoolLabels {
-        namespace: namespace.into(),
-        pool: name.into(),
-    };
-    ctx.metrics
-        .pool_ready_pods
-        .get_or_create(&labels)
-        .set(plan.count(fleet::PodState::Ready) as i64);
-    ctx.metrics
-        .pool_desired_pods
-        .get_or_create(&labels)
-        .set(plan.desired as i64);
-    ctx.metrics
-        .pool_allocated_participants
-        .get_or_create(&labels)
-        .set(plan.allocated_participants as i64);
-    ctx.metrics
-        .pool_capacity_participants
-        .get_or_create(&labels)
-        .set(plan.ready_capacity as i64);
+    let labels = PoolLabels { namespace: namespace.into(), pool: name.into() };
+    ctx.metrics.pool_ready_pods.get_or_create(&labels).set(plan.count(fleet::PodState::Ready) as i64);
+    ctx.metrics.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
+    ctx.metrics.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
+    ctx.metrics.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
 }

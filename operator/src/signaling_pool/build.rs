@@ -15,11 +15,14 @@ use kube::Resource as _;
 use serde_json::json;
 use switchboard_crds::SignalingPool;
 
+use crate::config::IMAGE_PULL_POLICY;
 use crate::labels::*;
 
 pub const SIGNALING_COMPONENT: &str = "signaling";
 pub const SIGNALING_CLUSTER_ROLE: &str = "switchboard-signaling";
-pub const DEFAULT_IMAGE: &str = "switchboard-signaling:0.1.0";
+/// The signaling image of a pool that names none, at the operator's version
+/// (`switchboard/signaling-pod:0.1.0`, as `./images` builds it).
+pub const DEFAULT_IMAGE: &str = concat!("switchboard/signaling-pod:", env!("CARGO_PKG_VERSION"));
 pub const HTTP_PORT: i32 = 8080;
 /// The per-pod metric the HPA follows (exported by signaling-pod; served to the HPA
 /// by a Prometheus adapter or KEDA).
@@ -129,6 +132,7 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
                     "containers": [{
                         "name": "signaling",
                         "image": spec.image.clone().unwrap_or(DEFAULT_IMAGE.into()),
+                        "imagePullPolicy": IMAGE_PULL_POLICY,
                         "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
                         "env": env,
                         "readinessProbe": probe("/readyz"),
@@ -140,6 +144,19 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
             },
         },
     });
+    // Placement and resources from the pool; left out when unset, so that removing them
+    // from the pool removes them from the pods (server-side apply drops what we no
+    // longer state).
+    let pod = &mut deployment["spec"]["template"]["spec"];
+    if !spec.node_selector.is_empty() {
+        pod["nodeSelector"] = json!(spec.node_selector);
+    }
+    if !spec.tolerations.is_empty() {
+        pod["tolerations"] = json!(spec.tolerations);
+    }
+    if let Some(resources) = &spec.resources {
+        pod["containers"][0]["resources"] = json!(resources);
+    }
     if create {
         deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
     }
@@ -248,6 +265,38 @@ mod tests {
         assert!(d["spec"].get("replicas").is_none(), "after creation the operator's manager leaves replicas out");
         assert_eq!(serde_json::to_value(deployment(&v, true)).unwrap()["spec"]["replicas"], 2, "created at minReplicas");
         assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");
+    }
+
+    #[test]
+    fn the_pods_carry_the_pools_placement_and_resources() {
+        let p = pool(json!({
+            "nodeSelector": {"node-role.example.com/edge": "true"},
+            "tolerations": [
+                {"key": "edge", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
+            ],
+            "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        }));
+        let d = serde_json::to_value(deployment(&validate(&p).unwrap(), false)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"], json!({"node-role.example.com/edge": "true"}));
+        assert_eq!(
+            pod["tolerations"],
+            json!([
+                {"key": "edge", "operator": "Exists", "effect": "NoSchedule"},
+                {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute", "tolerationSeconds": 60},
+            ])
+        );
+        let container = &pod["containers"][0];
+        assert_eq!(container["resources"], json!({"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}));
+        assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+
+        // Unset: no placement of ours, the default requests.
+        let d = serde_json::to_value(deployment(&validate(&pool(json!({}))).unwrap(), false)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none(), "{pod}");
+        assert_eq!(pod["containers"][0]["resources"], json!({"requests": {"cpu": "250m", "memory": "256Mi"}}));
+        assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
     }
 
     #[test]
