@@ -62,6 +62,9 @@ pub async fn real_nodes(client: &Client) -> Vec<String> {
     names
 }
 
+/// The images `./images` builds, by directory name.
+pub const IMAGES: [&str; 5] = ["operator", "sfu-pod", "signaling-pod", "recorder-pod", "redis"];
+
 /// The directory of the images the tests run: `./images --debug` packages the debug
 /// binaries `./test` already built, in the release images' layout and names.
 pub fn image_dir() -> PathBuf {
@@ -98,7 +101,7 @@ fn load_images() -> anyhow::Result<()> {
         std::env::var("PATH").unwrap_or_default()
     );
     let load = Command::new(repo_root().join("e2e/cluster/load-images"))
-        .arg(&dir)
+        .args(IMAGES.iter().map(|name| dir.join(format!("{name}.tar"))))
         .env("PATH", path)
         .output()
         .context("running e2e/cluster/load-images")?;

@@ -24,6 +24,7 @@ use switchboard_operator::OperatorConfig;
 use switchboard_operator::config::PodPlacement;
 use switchboard_e2e::real_nodes::{self, on_real_nodes};
 use switchboard_e2e::*;
+use switchboard_sfu_client::encoded::{EncodedMedia, load_ivf, load_ogg_opus};
 use switchboard_sfu_client::{JoinOptions, Publish, ReceivedTrack};
 use switchboard_signaling_client::{MediaSession, Rest, SignalingClient};
 use tokio::sync::Mutex;
@@ -303,10 +304,9 @@ async fn join(stack: &Stack, meeting: &str, user: &str) -> Participant {
         .await
         .expect("WebSocket join");
     let signaling = Arc::new(signaling);
-    let publish = vec![
-        Publish::audio(&format!("{user}-mic")),
-        Publish::video(&format!("{user}-cam")),
-    ];
+    // Real VP8 and Opus (a browser decodes them), looped.
+    let (video, audio) = test_media();
+    let publish = vec![Publish::encoded(&format!("{user}-mic"), audio.clone()), Publish::encoded(&format!("{user}-cam"), video.clone())];
     let media = MediaSession::start(
         signaling.clone(),
         &grant.participant_id,
@@ -322,6 +322,25 @@ async fn join(stack: &Stack, meeting: &str, user: &str) -> Participant {
         media,
         id: grant.participant_id,
     }
+}
+
+/// Ten seconds of VP8 video and Opus audio, encoded by ffmpeg once per test process.
+fn test_media() -> &'static (EncodedMedia, EncodedMedia) {
+    static MEDIA: std::sync::OnceLock<(EncodedMedia, EncodedMedia)> = std::sync::OnceLock::new();
+    MEDIA.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("switchboard-real-pods-media-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ivf, ogg) = (dir.join("cam.ivf"), dir.join("mic.ogg"));
+        let ffmpeg = |args: &[&str]| {
+            let out = std::process::Command::new("ffmpeg").args(["-y", "-loglevel", "error"]).args(args).output().expect("ffmpeg runs");
+            assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15", "-t", "10", "-c:v", "libvpx", "-deadline", "realtime",
+                 "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15", ivf.to_str().unwrap()]);
+        ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:a", "libopus", "-b:a", "48k",
+                 "-frame_duration", "20", "-page_duration", "20000", "-ac", "2", ogg.to_str().unwrap()]);
+        (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap())
+    })
 }
 
 fn video_packets(rx: &HashMap<String, ReceivedTrack>, publisher: &str) -> u64 {

@@ -29,6 +29,8 @@ pub struct Config {
     pub api_addr: SocketAddr,
     pub media_addr: SocketAddr,
     pub announced_ips: Vec<String>,
+    /// Local addresses ICE gathers candidates from (empty: all).
+    pub local_ips: Vec<std::net::IpAddr>,
     pub endpoint: Option<String>,
     pub heartbeat: Option<Heartbeat>,
     pub drain_timeout: Duration,
@@ -56,6 +58,12 @@ impl Config {
                 _ => vec![],
             },
         };
+        // Candidates come from the pod's own address only (with hostNetwork, the node's
+        // address the kubelet reports), not from every interface of the node.
+        let local_ips = match var(pod_env::POD_IP) {
+            Some(ip) => vec![ip.parse().with_context(|| format!("{}={ip}", pod_env::POD_IP))?],
+            None => vec![],
+        };
         let endpoint = var("SWITCHBOARD_ENDPOINT").or_else(|| var(pod_env::POD_IP).map(|ip| format!("http://{ip}:{api_port}")));
         let heartbeat = match (var(pod_env::POOL), var(pod_env::NAMESPACE), var(pod_env::POD_NAME)) {
             (Some(pool), Some(namespace), Some(pod)) => Some(Heartbeat {
@@ -78,6 +86,6 @@ impl Config {
             },
             None => None,
         };
-        Ok(Self { api_addr, media_addr, announced_ips, endpoint, heartbeat, drain_timeout, name, worker_threads })
+        Ok(Self { api_addr, media_addr, announced_ips, local_ips, endpoint, heartbeat, drain_timeout, name, worker_threads })
     }
 }

@@ -45,6 +45,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let net = NetworkOptions {
         loopback_only: media_addr.ip().is_loopback(),
         announced_ips: cfg.announced_ips.clone(),
+        local_ips: cfg.local_ips.clone(),
         udp_mux: Some(mux),
         own_retransmissions: true,
         ..Default::default()

@@ -81,6 +81,12 @@ pub struct NetworkOptions {
     pub loopback_only: bool,
     /// Addresses announced instead of the local ones (NAT, node external IPs).
     pub announced_ips: Vec<String>,
+    /// Only these local addresses gather candidates (empty: every interface). A
+    /// host-network SFU sits on a node with several interfaces (the node's address,
+    /// the CNI bridge, veths): with announced addresses each would map to the same
+    /// announced candidate, and webrtc-rs closes the duplicates, which closes the
+    /// UDP mux connection they share, and ICE never completes.
+    pub local_ips: Vec<std::net::IpAddr>,
     /// All connections share this UDP socket (the SFU's single media port).
     pub udp_mux: Option<Arc<dyn webrtc::ice::udp_mux::UDPMux + Send + Sync>>,
     /// Answer NACKs itself instead of with webrtc-rs's responder. The SFU forwards
@@ -129,6 +135,10 @@ pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
     if net.loopback_only {
         settings.set_include_loopback_candidate(true);
         settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    }
+    if !net.local_ips.is_empty() {
+        let local = net.local_ips.clone();
+        settings.set_ip_filter(Box::new(move |ip| local.contains(&ip)));
     }
     if !net.announced_ips.is_empty() {
         settings.set_nat_1to1_ips(net.announced_ips.clone(), webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host);

@@ -17,6 +17,9 @@ const browser = await chromium.launch({
     "--disable-features=WebRtcHideLocalIpsWithMdns",
     "--autoplay-policy=no-user-gesture-required",
     "--no-sandbox",
+    // Camera and microphone need a secure origin; signaling on a node's address
+    // (the real-pods tests) is plain http.
+    ...[...new Set(urls.map((u) => new URL(u).origin))].map((o) => `--unsafely-treat-insecure-origin-as-secure=${o}`),
   ],
 });
 try {
