@@ -619,6 +619,12 @@ async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
     let moved = origin_of(&admin, &ns, "weekly", Some(&origin)).await;
     let moved_at = stopped.elapsed();
     assert_ne!(moved, origin);
+    // Nothing lost: both clients follow the meeting and receive each other again.
+    for (p, other) in [(&ben, &cat), (&cat, &ben)] {
+        let before = ben_packets(p, &other.id).await;
+        await_video(p, &other.id, before + 30).await;
+        assert!(p.media.reconnects() >= 1, "{} reconnected its media to the moved meeting", p.id);
+    }
     wait_for(&format!("{node} cordoned"), WAIT, || async {
         nodes
             .get(&node)
