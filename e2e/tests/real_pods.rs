@@ -651,12 +651,17 @@ async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
     stack.ns.delete().await;
 }
 
-/// Starts the kubelet again and uncordons its node, whatever happened in the test.
+/// Starts the kubelet again, uncordons its node and removes the operator's
+/// failed-node taint, whatever happened in the test.
 struct KubeletRestart(String);
 
 impl Drop for KubeletRestart {
     fn drop(&mut self) {
         real_nodes::start_kubelet(&self.0);
+        // The operator cordoned and tainted the failed node; an administrator takes
+        // both back once the node is healthy, and so does the test.
+        let _ = kubectl(&["uncordon", &self.0]);
+        let _ = kubectl(&["taint", "nodes", &self.0, "switchboard.dev/node-failed-"]);
     }
 }
 
