@@ -201,6 +201,20 @@ async fn real_setup(prefix: &str) -> Setup {
     Setup { admin, ns, operator }
 }
 
+/// Ends a test: its pods are killed at once (host-network SFUs hold the nodes'
+/// ports, and a draining SFU would hold them for its grace period) and the namespace
+/// is deleted; returns once no pod of it is left on the nodes.
+async fn finish(admin: &Client, ns: TestNamespace) {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let _ = pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await;
+    let name = ns.name.clone();
+    ns.delete().await;
+    wait_for(&format!("the pods of {name} gone"), WAIT, || async {
+        pods.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true)
+    })
+    .await;
+}
+
 async fn node_internal_ip(admin: &Client, node: &str) -> String {
     let nodes: Api<Node> = Api::all(admin.clone());
     let node = nodes.get(node).await.unwrap();
@@ -532,7 +546,7 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
         moved_at.as_secs_f64(),
         deleting.elapsed().as_secs_f64()
     );
-    stack.ns.delete().await;
+    finish(&stack.admin, stack.ns).await;
 }
 
 async fn ben_packets(p: &Participant, publisher: &str) -> u64 {
@@ -582,7 +596,7 @@ async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
         },
     )
     .await;
-    ns.delete().await;
+    finish(&admin, ns).await;
 }
 
 /// 5. A real node's kubelet stops: the node goes NotReady, its meeting moves to the
@@ -648,7 +662,7 @@ async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
         )
         .await
         .unwrap();
-    stack.ns.delete().await;
+    finish(&stack.admin, stack.ns).await;
 }
 
 /// Starts the kubelet again, uncordons its node and removes the operator's
@@ -728,7 +742,7 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
     })
     .await;
     drop(uninstall);
-    ns.delete().await;
+    finish(&admin, ns).await;
 }
 
 const LEASE: u64 = 15;
@@ -811,6 +825,6 @@ async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
     assert!(duration >= 8.0, "the MP4 holds the meeting ({duration} s)");
     drop((ben, cat));
     let _ = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(admin.clone()).delete(&format!("{ns}-recordings"), &DeleteParams::background()).await;
-    stack.ns.delete().await;
+    finish(&stack.admin, stack.ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
