@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 use switchboard_crds::{Meeting, SfuPool};
 use switchboard_e2e::fixtures::{Setup, event_reasons};
 use switchboard_e2e::operator::{operator_identity, start_operator_with};
-use switchboard_operator::OperatorConfig;
-use switchboard_operator::config::PodPlacement;
 use switchboard_e2e::real_nodes::{self, on_real_nodes};
 use switchboard_e2e::*;
+use switchboard_operator::OperatorConfig;
+use switchboard_operator::config::PodPlacement;
 use switchboard_sfu_client::encoded::{EncodedMedia, load_ivf, load_ogg_opus};
 use switchboard_sfu_client::{JoinOptions, Publish, ReceivedTrack};
 use switchboard_signaling_client::{MediaSession, Rest, SignalingClient};
@@ -44,10 +44,7 @@ fn image(name: &str) -> String {
 async fn apply_json(admin: &Client, ns: &str, obj: Value) {
     let resolver = Resolver::new(admin).await;
     let obj: kube::core::DynamicObject = serde_json::from_value(obj).expect("object");
-    resolver
-        .apply(admin, &obj, ns)
-        .await
-        .unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any()));
+    resolver.apply(admin, &obj, ns).await.unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any()));
 }
 
 /// An SfuPool of `replicas` real SFU pods: host networking (each node's own IP, as
@@ -65,7 +62,9 @@ fn sfu_pool(replicas: i32, extra: Value) -> Value {
         "placement": {"strategy": "Distributed"},
         "remediation": {"heartbeatTimeout": "4s", "nodeNotReadyAfter": "10s", "cordonFailedNodes": true},
         "drain": {"timeout": "90s"},
-        "media": {"udpPortRange": {"min": 41000, "max": 41031}, "hostNetwork": true, "announcedAddress": "NodeInternalIP"},
+        "media": {
+            "udpPortRange": {"min": 41000, "max": 41031}, "hostNetwork": true, "announcedAddress": "NodeInternalIP"
+        },
         "template": {"spec": template},
     });
     for (k, v) in extra.as_object().unwrap() {
@@ -118,68 +117,48 @@ async fn stack(prefix: &str, sfus: i32, pool_extra: Value) -> Stack {
     .await;
     // Signaling's public address: a NodePort on the first real node, reachable from
     // this machine (where the test's clients and Chromium run).
-    apply_json(&admin, n, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "signaling-public"},
+    apply_json(
+        &admin,
+        n,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "signaling-public"},
         "spec": {"type": "NodePort",
                  "selector": {"app.kubernetes.io/managed-by": "switchboard", "app.kubernetes.io/component": "signaling",
                               "switchboard.dev/signaling-pool": SIGNALING},
-                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}})).await;
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
     let services: Api<Service> = ns.api();
-    let node_port = services
-        .get("signaling-public")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .ports
-        .unwrap()[0]
-        .node_port
-        .unwrap();
+    let node_port = services.get("signaling-public").await.unwrap().spec.unwrap().ports.unwrap()[0].node_port.unwrap();
     let nodes = real_nodes::real_nodes(&admin).await;
-    assert!(
-        nodes.len() >= 2,
-        "the real-pod tests need two real nodes, found {nodes:?}"
-    );
+    assert!(nodes.len() >= 2, "the real-pod tests need two real nodes, found {nodes:?}");
     let node_ip = node_internal_ip(&admin, &nodes[0]).await;
     let signaling = format!("http://{node_ip}:{node_port}");
     let placement = on_real_nodes();
-    apply_json(&admin, n, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "metadata": {"name": SIGNALING},
+    apply_json(
+        &admin,
+        n,
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "metadata": {"name": SIGNALING},
         "spec": {"publicUrl": signaling, "image": image("signaling-pod"),
                  "autoscaling": {"minReplicas": 1, "maxReplicas": 1, "targetConnectionsPerPod": 100},
                  "redis": {"urlSecretRef": {"name": "signaling", "key": "redis"}},
                  "auth": {"jwtSecretRef": {"name": "signaling", "key": "jwt"}},
-                 "nodeSelector": placement["nodeSelector"], "tolerations": placement["tolerations"]}})).await;
+                 "nodeSelector": placement["nodeSelector"], "tolerations": placement["tolerations"]}}),
+    )
+    .await;
     apply_json(&admin, n, sfu_pool(sfus, pool_extra)).await;
 
     let deployments: Api<Deployment> = ns.api();
     for name in ["redis", &format!("{SIGNALING}-signaling")] {
         wait_for(&format!("Deployment {name} available"), WAIT, || async {
-            deployments
-                .get(name)
-                .await
-                .ok()
-                .and_then(|d| d.status)
-                .and_then(|s| s.available_replicas)
-                .unwrap_or(0)
-                >= 1
+            deployments.get(name).await.ok().and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0) >= 1
         })
         .await;
     }
-    wait_for(
-        "signaling answers /readyz through the NodePort",
-        WAIT,
-        || async {
-            reqwest::get(format!("{signaling}/readyz"))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
+    wait_for("signaling answers /readyz through the NodePort", WAIT, || async {
+        reqwest::get(format!("{signaling}/readyz")).await.is_ok_and(|r| r.status().is_success())
+    })
     .await;
-    Stack {
-        admin,
-        ns,
-        _operator: operator,
-        signaling,
-    }
+    Stack { admin, ns, _operator: operator, signaling }
 }
 
 /// The test's namespace and an operator for it (under the chart's RBAC) whose
@@ -206,7 +185,12 @@ async fn real_setup(prefix: &str) -> Setup {
 /// is deleted; returns once no pod of it is left on the nodes.
 async fn finish(admin: &Client, ns: TestNamespace) {
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
-    let _ = pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await;
+    let _ = pods
+        .delete_collection(
+            &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+            &ListParams::default(),
+        )
+        .await;
     let name = ns.name.clone();
     ns.delete().await;
     wait_for(&format!("the pods of {name} gone"), WAIT, || async {
@@ -215,17 +199,32 @@ async fn finish(admin: &Client, ns: TestNamespace) {
     .await;
 }
 
+/// Waits for this test's turn on the real nodes, then clears what an earlier run
+/// left there (a failed or killed test's namespace: its host-network SFUs would hold
+/// the nodes' ports). Every real-pods namespace that exists now is stale: the tests
+/// of this binary take turns, and other test binaries do not run alongside.
+async fn take_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    let turn = SERIAL.lock().await;
+    let admin = client().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    let stale = namespaces.list(&ListParams::default().labels(&format!("{TEST_LABEL}=true"))).await.unwrap().items;
+    for ns in stale.into_iter().filter(|n| n.name_any().starts_with("real-")) {
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name_any());
+        let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+        let _ = pods.delete_collection(&now, &ListParams::default()).await;
+        let _ = namespaces.delete(&ns.name_any(), &DeleteParams::background()).await;
+        wait_for(&format!("the pods of stale namespace {} gone", ns.name_any()), WAIT, || async {
+            pods.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true)
+        })
+        .await;
+    }
+    turn
+}
+
 async fn node_internal_ip(admin: &Client, node: &str) -> String {
     let nodes: Api<Node> = Api::all(admin.clone());
     let node = nodes.get(node).await.unwrap();
-    node.status
-        .unwrap()
-        .addresses
-        .unwrap()
-        .into_iter()
-        .find(|a| a.type_ == "InternalIP")
-        .expect("InternalIP")
-        .address
+    node.status.unwrap().addresses.unwrap().into_iter().find(|a| a.type_ == "InternalIP").expect("InternalIP").address
 }
 
 /// The pool's live (not terminating) pods, by name.
@@ -264,13 +263,12 @@ async fn await_pool_ready(admin: &Client, ns: &str, n: usize) -> Vec<Pod> {
 
 async fn create_meeting(admin: &Client, ns: &str, name: &str, host: &str) -> Meeting {
     let meetings: Api<Meeting> = Api::namespaced(admin.clone(), ns);
-    let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
-        "spec": {"title": name, "host": host, "participants": {"expected": 4}}}))
+    let m: Meeting = serde_json::from_value(
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
+        "spec": {"title": name, "host": host, "participants": {"expected": 4}}}),
+    )
     .unwrap();
-    meetings
-        .create(&Default::default(), &m)
-        .await
-        .expect("meeting accepted");
+    meetings.create(&Default::default(), &m).await.expect("meeting accepted");
     origin_of(admin, ns, name, None).await;
     meetings.get(name).await.unwrap()
 }
@@ -278,15 +276,11 @@ async fn create_meeting(admin: &Client, ns: &str, name: &str, host: &str) -> Mee
 /// The pod hosting the meeting's origin, once it is not `other`.
 async fn origin_of(admin: &Client, ns: &str, name: &str, other: Option<&str>) -> String {
     let meetings: Api<Meeting> = Api::namespaced(admin.clone(), ns);
-    eventually(
-        &format!("{name} placed (not on {other:?})"),
-        WAIT,
-        || async {
-            let m = meetings.get(name).await.ok()?;
-            let pod = m.status?.assignment?.origin.pod;
-            (Some(pod.as_str()) != other).then_some(pod)
-        },
-    )
+    eventually(&format!("{name} placed (not on {other:?})"), WAIT, || async {
+        let m = meetings.get(name).await.ok()?;
+        let pod = m.status?.assignment?.origin.pod;
+        (Some(pod.as_str()) != other).then_some(pod)
+    })
     .await
 }
 
@@ -310,32 +304,21 @@ struct Participant {
 
 async fn join(stack: &Stack, meeting: &str, user: &str) -> Participant {
     let rest = Rest::new(&stack.signaling, &user_token(user));
-    let grant = rest
-        .join(meeting)
-        .await
-        .expect("REST join through signaling");
-    let (signaling, _) = SignalingClient::join(&grant.signaling_url, &grant.session_token)
-        .await
-        .expect("WebSocket join");
+    let grant = rest.join(meeting).await.expect("REST join through signaling");
+    let (signaling, _) =
+        SignalingClient::join(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
     let signaling = Arc::new(signaling);
     // Real VP8 and Opus (a browser decodes them), looped.
     let (video, audio) = test_media();
-    let publish = vec![Publish::encoded(&format!("{user}-mic"), audio.clone()), Publish::encoded(&format!("{user}-cam"), video.clone())];
-    let media = MediaSession::start(
-        signaling.clone(),
-        &grant.participant_id,
-        JoinOptions {
-            publish,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("media through the SFU pod");
-    Participant {
-        signaling,
-        media,
-        id: grant.participant_id,
-    }
+    let publish = vec![
+        Publish::encoded(&format!("{user}-mic"), audio.clone()),
+        Publish::encoded(&format!("{user}-cam"), video.clone()),
+    ];
+    let media =
+        MediaSession::start(signaling.clone(), &grant.participant_id, JoinOptions { publish, ..Default::default() })
+            .await
+            .expect("media through the SFU pod");
+    Participant { signaling, media, id: grant.participant_id }
 }
 
 /// Ten seconds of VP8 video and Opus audio, encoded by ffmpeg once per test process.
@@ -346,29 +329,64 @@ fn test_media() -> &'static (EncodedMedia, EncodedMedia) {
         std::fs::create_dir_all(&dir).unwrap();
         let (ivf, ogg) = (dir.join("cam.ivf"), dir.join("mic.ogg"));
         let ffmpeg = |args: &[&str]| {
-            let out = std::process::Command::new("ffmpeg").args(["-y", "-loglevel", "error"]).args(args).output().expect("ffmpeg runs");
+            let out = std::process::Command::new("ffmpeg")
+                .args(["-y", "-loglevel", "error"])
+                .args(args)
+                .output()
+                .expect("ffmpeg runs");
             assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
-        ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15", "-t", "10", "-c:v", "libvpx", "-deadline", "realtime",
-                 "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15", ivf.to_str().unwrap()]);
-        ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:a", "libopus", "-b:a", "48k",
-                 "-frame_duration", "20", "-page_duration", "20000", "-ac", "2", ogg.to_str().unwrap()]);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=15",
+            "-t",
+            "10",
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-b:v",
+            "200k",
+            "-g",
+            "5",
+            "-keyint_min",
+            "5",
+            ivf.to_str().unwrap(),
+        ]);
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "10",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "48k",
+            "-frame_duration",
+            "20",
+            "-page_duration",
+            "20000",
+            "-ac",
+            "2",
+            ogg.to_str().unwrap(),
+        ]);
         (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap())
     })
 }
 
 fn video_packets(rx: &HashMap<String, ReceivedTrack>, publisher: &str) -> u64 {
-    rx.values()
-        .filter(|t| t.video && t.publisher == publisher)
-        .map(|t| t.packets)
-        .sum()
+    rx.values().filter(|t| t.video && t.publisher == publisher).map(|t| t.packets).sum()
 }
 
 async fn await_video(p: &Participant, publisher: &str, packets: u64) {
     p.media
-        .wait_until(&format!("video of {publisher}"), WAIT, |rx| {
-            video_packets(rx, publisher) >= packets
-        })
+        .wait_until(&format!("video of {publisher}"), WAIT, |rx| video_packets(rx, publisher) >= packets)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -376,12 +394,7 @@ async fn await_video(p: &Participant, publisher: &str, packets: u64) {
 /// Samples the packets a participant has received of `publisher`'s video every 20 ms
 /// and returns the longest time without one arriving, from `from` until `packets`
 /// more arrived after the longest gap (or the timeout).
-async fn longest_gap(
-    p: &Participant,
-    publisher: &str,
-    from: Instant,
-    recovered_after: u64,
-) -> Duration {
+async fn longest_gap(p: &Participant, publisher: &str, from: Instant, recovered_after: u64) -> Duration {
     let mut last_change = from;
     let mut last = video_packets(&p.media.received().await, publisher);
     let mut longest = Duration::ZERO;
@@ -412,19 +425,11 @@ async fn lease_renewed_by(admin: &Client, ns: &str, pod: &str) -> bool {
     let Some(lease) = leases.get_opt(pod).await.ok().flatten() else {
         return false;
     };
-    let renewed = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.renew_time.clone())
-        .map(|t| t.0);
+    let renewed = lease.spec.as_ref().and_then(|s| s.renew_time.clone()).map(|t| t.0);
     let fresh = renewed.is_some_and(|t| (jiff::Timestamp::now() - t).get_seconds().abs() < 10);
     // The SFU renews its own Lease with its pod's ServiceAccount token.
-    let by_sfu = lease
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .any(|f| f.manager.as_deref().is_some_and(|m| m.contains("sfu")));
+    let by_sfu =
+        lease.metadata.managed_fields.iter().flatten().any(|f| f.manager.as_deref().is_some_and(|m| m.contains("sfu")));
     fresh && by_sfu
 }
 
@@ -436,16 +441,13 @@ async fn lease_renewed_by(admin: &Client, ns: &str, pod: &str) -> bool {
 /// busy and drains on SIGTERM, holding on until its meeting has moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain() {
-    let _turn = SERIAL.lock().await;
+    let _turn = take_turn().await;
     let stack = stack("real-media", 2, json!({})).await;
     let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
 
     // The pods: Ready by their probes, each on its own real node, heartbeating.
     let pods = await_pool_ready(&admin, &ns, 2).await;
-    let nodes: std::collections::BTreeSet<_> = pods
-        .iter()
-        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-        .collect();
+    let nodes: std::collections::BTreeSet<_> = pods.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
     assert_eq!(nodes.len(), 2, "Distributed puts one SFU on each real node");
     for pod in &pods {
         let spec = pod.spec.as_ref().unwrap();
@@ -457,12 +459,8 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
             "the grace period is the pool's drain timeout and a margin"
         );
         let name = pod.name_any();
-        wait_for(
-            &format!("{name} renews its heartbeat Lease itself"),
-            WAIT,
-            || lease_renewed_by(&admin, &ns, &name),
-        )
-        .await;
+        wait_for(&format!("{name} renews its heartbeat Lease itself"), WAIT, || lease_renewed_by(&admin, &ns, &name))
+            .await;
     }
 
     // A meeting, a browser and a Rust client.
@@ -485,10 +483,8 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
     })
     .await;
     await_video(&ben, &amy, 60).await;
-    let report = browser
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("Chromium did not decode the Rust client's video: {e}"));
+    let report =
+        browser.await.unwrap().unwrap_or_else(|e| panic!("Chromium did not decode the Rust client's video: {e}"));
     assert!(report[0]["frames"].as_u64().unwrap_or(0) > 10, "{report}");
 
     // Kill the SFU process (the container, not the Pod): the meeting moves.
@@ -499,10 +495,8 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
     let victim = pods_api.get(&first).await.unwrap();
     let killed = Instant::now();
     real_nodes::kill_container(&victim, "sfu");
-    let (gap_ben, gap_cat) = tokio::join!(
-        longest_gap(&ben, &cat.id, killed, 30),
-        longest_gap(&cat, &ben.id, killed, 30)
-    );
+    let (gap_ben, gap_cat) =
+        tokio::join!(longest_gap(&ben, &cat.id, killed, 30), longest_gap(&cat, &ben.id, killed, 30));
     let second = origin_of(&admin, &ns, "standup", Some(&first)).await;
     println!(
         "real-pods: SFU process killed: media gap {:.2} s (ben <- cat), {:.2} s (cat <- ben)",
@@ -510,30 +504,16 @@ async fn real_sfu_pods_serve_a_meeting_and_hand_it_over_when_they_die_or_drain()
         gap_cat.as_secs_f64()
     );
     for p in [&ben, &cat] {
-        assert!(
-            p.signaling.count("media-reconnect") >= 1,
-            "signaling told {} to reconnect its media",
-            p.id
-        );
-        assert!(
-            p.media.reconnects() >= 1,
-            "{}'s media followed the meeting",
-            p.id
-        );
+        assert!(p.signaling.count("media-reconnect") >= 1, "signaling told {} to reconnect its media", p.id);
+        assert!(p.media.reconnects() >= 1, "{}'s media followed the meeting", p.id);
     }
     let reasons = event_reasons(&admin, &ns, "standup").await;
-    assert!(
-        reasons.iter().any(|r| r.contains("Migrat")),
-        "the meeting records its move: {reasons:?}"
-    );
+    assert!(reasons.iter().any(|r| r.contains("Migrat")), "the meeting records its move: {reasons:?}");
 
     // The pool replaces the dead SFU; then the busy pod is deleted and drains.
     await_pool_ready(&admin, &ns, 2).await;
     let deleting = Instant::now();
-    pods_api
-        .delete(&second, &DeleteParams::default())
-        .await
-        .unwrap();
+    pods_api.delete(&second, &DeleteParams::default()).await.unwrap();
     let third = origin_of(&admin, &ns, "standup", Some(&second)).await;
     assert_ne!(third, second);
     // It was still there, terminating, when its meeting left it: not killed early.
@@ -557,11 +537,10 @@ async fn ben_packets(p: &Participant, publisher: &str) -> u64 {
 /// and does not create pods without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
-    let _turn = SERIAL.lock().await;
+    let _turn = take_turn().await;
     let Setup { admin, ns, operator: _operator } = real_setup("real-noimage").await;
     let mut pool = sfu_pool(2, json!({}));
-    pool["spec"]["template"]["spec"]["containers"][0]["image"] =
-        json!("switchboard/no-such-image:0.0.0");
+    pool["spec"]["template"]["spec"]["containers"][0]["image"] = json!("switchboard/no-such-image:0.0.0");
     pool["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
     apply_json(&admin, &ns.name, pool).await;
     let pools: Api<SfuPool> = ns.api();
@@ -579,22 +558,11 @@ async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
     .await;
     println!("condition: {:?}", pool.1);
     let reasons = event_reasons(&admin, &ns.name, POOL).await;
-    assert!(
-        reasons.iter().any(|r| r.contains("Image")),
-        "an Event names the image problem: {reasons:?}"
-    );
-    consistently(
-        "the pool stays at its bound",
-        Duration::from_secs(15),
-        || async {
-            let n = sfu_pods(&admin, &ns.name).await.len();
-            if n <= 2 {
-                Ok(())
-            } else {
-                Err(format!("{n} pods"))
-            }
-        },
-    )
+    assert!(reasons.iter().any(|r| r.contains("Image")), "an Event names the image problem: {reasons:?}");
+    consistently("the pool stays at its bound", Duration::from_secs(15), || async {
+        let n = sfu_pods(&admin, &ns.name).await.len();
+        if n <= 2 { Ok(()) } else { Err(format!("{n} pods")) }
+    })
     .await;
     finish(&admin, ns).await;
 }
@@ -603,7 +571,7 @@ async fn a_pool_whose_image_is_missing_says_so_and_stays_bounded() {
 /// SFU on the other node, and the node is cordoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
-    let _turn = SERIAL.lock().await;
+    let _turn = take_turn().await;
     let stack = stack("real-node", 2, json!({})).await;
     let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
     let pods = await_pool_ready(&admin, &ns, 2).await;
@@ -640,12 +608,7 @@ async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
         assert!(p.media.reconnects() >= 1, "{} reconnected its media to the moved meeting", p.id);
     }
     wait_for(&format!("{node} cordoned"), WAIT, || async {
-        nodes
-            .get(&node)
-            .await
-            .ok()
-            .and_then(|n| n.spec?.unschedulable)
-            .unwrap_or(false)
+        nodes.get(&node).await.ok().and_then(|n| n.spec?.unschedulable).unwrap_or(false)
     })
     .await;
     println!(
@@ -654,14 +617,7 @@ async fn a_dead_node_loses_its_meetings_to_the_other_node_and_is_cordoned() {
         moved_at.as_secs_f64()
     );
     drop(restart);
-    nodes
-        .patch(
-            &node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"unschedulable": null}})),
-        )
-        .await
-        .unwrap();
+    nodes.patch(&node, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": null}}))).await.unwrap();
     finish(&stack.admin, stack.ns).await;
 }
 
@@ -684,7 +640,7 @@ impl Drop for KubeletRestart {
 /// the lease duration, and the new leader reconciles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
-    let _turn = SERIAL.lock().await;
+    let _turn = take_turn().await;
     real_nodes::images();
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "real-chart").await;
@@ -699,8 +655,19 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
     )
     .unwrap();
     let release = "sb-real";
-    helm_ok(&["install", release, &chart_dir().display().to_string(), "-n", &ns.name, "--take-ownership", "-f",
-              &values.display().to_string(), "--wait", "--timeout", "180s"]);
+    helm_ok(&[
+        "install",
+        release,
+        &chart_dir().display().to_string(),
+        "-n",
+        &ns.name,
+        "--take-ownership",
+        "-f",
+        &values.display().to_string(),
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
     let uninstall = Uninstall { release, namespace: ns.name.clone() };
 
     let deployments: Api<Deployment> = ns.api();
@@ -719,16 +686,25 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
 
     let killed = Instant::now();
     real_nodes::kill_container(&pod, "operator");
-    let next = eventually("another process takes the Lease", WAIT, || async { holder().await.filter(|h| *h != leader) }).await;
+    let next =
+        eventually("another process takes the Lease", WAIT, || async { holder().await.filter(|h| *h != leader) }).await;
     let took = killed.elapsed();
     println!("real-pods: leader container killed: {next} took over after {:.1} s", took.as_secs_f64());
     assert!(!next.starts_with(&leader_pod), "the standby, not the restarted container, took over: {next}");
-    assert!(took < Duration::from_secs(LEASE + 6), "took over within the lease duration ({LEASE} s) and a retry: {took:?}");
+    assert!(
+        took < Duration::from_secs(LEASE + 6),
+        "took over within the lease duration ({LEASE} s) and a retry: {took:?}"
+    );
 
     // The new leader reconciles: a pool in the watched namespace gets its status.
-    apply_json(&admin, &ns.name, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": "after"},
+    apply_json(
+        &admin,
+        &ns.name,
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": "after"},
         "spec": {"autoscaling": {"minReplicas": 0, "maxReplicas": 1}, "capacity": {"participantsPerPod": 10},
-                 "template": {"spec": {"containers": [{"name": "sfu", "image": image("sfu-pod")}]}}}})).await;
+                 "template": {"spec": {"containers": [{"name": "sfu", "image": image("sfu-pod")}]}}}}),
+    )
+    .await;
     let pools: Api<SfuPool> = ns.api();
     wait_for("the new leader reconciles a new pool", WAIT, || async {
         pools.get("after").await.ok().and_then(|p| p.status.and_then(|s| s.observed_generation)).is_some()
@@ -737,7 +713,8 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
     // And the killed container came back as a standby.
     wait_for("the killed container restarted and is Ready", WAIT, || async {
         pods.get(&leader_pod).await.ok().is_some_and(|p| {
-            pod_ready(&p) && p.status.and_then(|s| s.container_statuses).is_some_and(|cs| cs.iter().any(|c| c.restart_count >= 1))
+            pod_ready(&p)
+                && p.status.and_then(|s| s.container_statuses).is_some_and(|cs| cs.iter().any(|c| c.restart_count >= 1))
         })
     })
     .await;
@@ -765,7 +742,7 @@ impl Drop for Uninstall {
 /// PersistentVolume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
-    let _turn = SERIAL.lock().await;
+    let _turn = take_turn().await;
     let stack = stack("real-rec", 1, json!({})).await;
     let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
     await_pool_ready(&admin, &ns, 1).await;
@@ -775,30 +752,46 @@ async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
     let dir = std::env::temp_dir().join(format!("switchboard-{ns}-recordings"));
     std::fs::create_dir_all(&dir).unwrap();
     std::process::Command::new("chown").args(["65532:65532", &dir.display().to_string()]).status().unwrap();
-    apply_json(&admin, &ns, json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-recordings")},
+    apply_json(
+        &admin,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{ns}-recordings")},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
                  "persistentVolumeReclaimPolicy": "Retain", "local": {"path": dir.display().to_string()},
                  "claimRef": {"namespace": ns, "name": "recordings"},
                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})).await;
-    apply_json(&admin, &ns, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "recordings"},
+                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}}),
+    )
+    .await;
+    apply_json(
+        &admin,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "recordings"},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("{ns}-recordings"),
-                 "resources": {"requests": {"storage": "1Gi"}}}})).await;
+                 "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
 
     create_meeting(&admin, &ns, "review", "amy").await;
     let ben = join(&stack, "review", "ben").await;
     let cat = join(&stack, "review", "cat").await;
     await_video(&ben, &cat.id, 30).await;
-    apply_json(&admin, &ns, json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "metadata": {"name": "review-rec"},
+    apply_json(
+        &admin,
+        &ns,
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "metadata": {"name": "review-rec"},
         "spec": {"meetingRef": {"name": "review"}, "layout": "Gallery", "format": "MP4", "retries": 1,
-                 "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}}}})).await;
+                 "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}}}}),
+    )
+    .await;
     let jobs: Api<switchboard_crds::RecordingJob> = Api::namespaced(admin.clone(), &ns);
     wait_for("the recorder pod records", WAIT, || async {
         jobs.get("review-rec").await.ok().and_then(|j| j.status?.phase).is_some_and(|p| format!("{p:?}") == "Recording")
     })
     .await;
     let recorder_pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    let recorder = recorder_pods.list(&ListParams::default().labels("app.kubernetes.io/component=recorder")).await.unwrap().items;
+    let recorder =
+        recorder_pods.list(&ListParams::default().labels("app.kubernetes.io/component=recorder")).await.unwrap().items;
     assert!(
         recorder.iter().any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())),
         "the recorder runs as a pod on {node}"
@@ -816,15 +809,30 @@ async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
     let url = ready.status.unwrap().url.unwrap();
     let file = dir.join(url.strip_prefix("pvc://recordings/").expect("a pvc:// URL"));
     let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_type:format=duration", "-of", "csv=p=0", &file.display().to_string()])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type:format=duration",
+            "-of",
+            "csv=p=0",
+            &file.display().to_string(),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&probe.stdout);
-    assert!(probe.status.success() && text.contains("video") && text.contains("audio"), "ffprobe {}: {text}{}", file.display(), String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        probe.status.success() && text.contains("video") && text.contains("audio"),
+        "ffprobe {}: {text}{}",
+        file.display(),
+        String::from_utf8_lossy(&probe.stderr)
+    );
     let duration: f64 = text.lines().filter_map(|l| l.trim().parse().ok()).next().unwrap_or(0.0);
     assert!(duration >= 8.0, "the MP4 holds the meeting ({duration} s)");
     drop((ben, cat));
-    let _ = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(admin.clone()).delete(&format!("{ns}-recordings"), &DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(admin.clone())
+        .delete(&format!("{ns}-recordings"), &DeleteParams::background())
+        .await;
     finish(&stack.admin, stack.ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
