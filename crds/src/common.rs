@@ -37,9 +37,9 @@ impl Duration {
 
     pub fn from_secs(secs: u64) -> Self {
         let value = std::time::Duration::from_secs(secs);
-        let text = if secs % 3600 == 0 && secs > 0 {
+        let text = if secs.is_multiple_of(3600) && secs > 0 {
             format!("{}h", secs / 3600)
-        } else if secs % 60 == 0 && secs > 0 {
+        } else if secs.is_multiple_of(60) && secs > 0 {
             format!("{}m", secs / 60)
         } else {
             format!("{secs}s")

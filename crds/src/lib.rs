@@ -7,8 +7,8 @@ pub mod common;
 pub mod generated;
 pub mod meeting;
 pub mod recording_job;
-pub mod signaling_pool;
 pub mod sfu_pool;
+pub mod signaling_pool;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

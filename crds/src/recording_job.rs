@@ -8,6 +8,7 @@ use crate::common::{Condition, Duration, LocalObjectRef, SecretRef, Time, condit
 
 /// One recording of one meeting, run as a batch/v1 Job of recorder-pod.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(clippy::duplicated_attributes)] // false positive: each printcolumn(...) is a column, type_ repeats by design
 #[kube(
     group = "switchboard.dev",
     version = "v1alpha1",

@@ -10,6 +10,7 @@ use crate::common::{Condition, Duration, conditions_schema};
 /// A fleet of SFU pods that the operator manages directly (no Deployment), so that
 /// placement, load-aware scale-down and drains get per-pod control.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(clippy::duplicated_attributes)] // false positive: each printcolumn(...) is a column, type_ repeats by design
 #[kube(
     group = "switchboard.dev",
     version = "v1alpha1",

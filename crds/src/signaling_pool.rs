@@ -11,6 +11,7 @@ use crate::common::{Condition, Duration, SecretKeyRef, conditions_schema};
 
 /// Signaling replicas (Deployment + Service + PDB + HPA), their Redis, JWT and TURN configuration.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[allow(clippy::duplicated_attributes)] // false positive: each printcolumn(...) is a column, type_ repeats by design
 #[kube(
     group = "switchboard.dev",
     version = "v1alpha1",
@@ -65,11 +66,23 @@ fn tolerations_schema(_: &mut SchemaGenerator) -> Schema {
         "items": {
             "type": "object",
             "properties": {
-                "key": {"type": "string", "maxLength": 317, "description": "Taint key; unset matches every key (with operator Exists)."},
-                "operator": {"type": "string", "enum": ["Equal", "Exists", "Lt", "Gt"], "description": "Equal (the default) or Exists; Lt and Gt need a feature gate."},
+                "key": {
+                    "type": "string", "maxLength": 317,
+                    "description": "Taint key; unset matches every key (with operator Exists).",
+                },
+                "operator": {
+                    "type": "string", "enum": ["Equal", "Exists", "Lt", "Gt"],
+                    "description": "Equal (the default) or Exists; Lt and Gt need a feature gate.",
+                },
                 "value": {"type": "string", "maxLength": 63, "description": "Taint value; none with operator Exists."},
-                "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"], "description": "Taint effect; unset matches every effect."},
-                "tolerationSeconds": {"type": "integer", "format": "int64", "description": "With effect NoExecute: how long the pod stays on a node after the taint appears."}
+                "effect": {
+                    "type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"],
+                    "description": "Taint effect; unset matches every effect.",
+                },
+                "tolerationSeconds": {
+                    "type": "integer", "format": "int64",
+                    "description": "With effect NoExecute: how long the pod stays on a node after the taint appears.",
+                }
             },
             "x-kubernetes-validations": [
                 {

@@ -5,7 +5,11 @@
 fn committed_crd_yaml_chart_templates_and_reference_match_the_rust_types() {
     for (path, want) in switchboard_crds::generated::files() {
         let have = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        assert!(have == want, "{} drifted from the Rust types: run `cargo run -p switchboard-crds --bin crdgen`", path.display());
+        assert!(
+            have == want,
+            "{} drifted from the Rust types: run `cargo run -p switchboard-crds --bin crdgen`",
+            path.display()
+        );
     }
 }
 

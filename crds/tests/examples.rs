@@ -11,8 +11,8 @@ fn examples() -> Vec<(String, Value)> {
     files.sort();
     for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
         let text = std::fs::read_to_string(&path).unwrap();
-        let parsed: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+        let parsed: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         docs.extend(parsed.into_iter().filter(|d| !d.is_null()).map(|d| (name.clone(), d)));
     }

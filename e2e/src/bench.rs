@@ -63,12 +63,18 @@ pub async fn simulate_heartbeats(client: Client, ns: String, running: std::sync:
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let (store, writer) = kube::runtime::reflector::store();
-    let watch = watcher(pods, watcher::Config::default().labels(POOL_LABEL)).default_backoff().reflect(writer).touched_objects();
+    let watch = watcher(pods, watcher::Config::default().labels(POOL_LABEL))
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
     tokio::spawn(watch.for_each(|_| futures::future::ready(())));
     let mut last: HashMap<String, Instant> = HashMap::new();
     loop {
         let pods = store.state();
-        let is_running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") && p.metadata.deletion_timestamp.is_none();
+        let is_running = |p: &Pod| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.deletion_timestamp.is_none()
+        };
         running.store(pods.iter().filter(|p| is_running(p)).count(), std::sync::atomic::Ordering::Relaxed);
         let due: Vec<(String, String, String)> = pods
             .iter()
@@ -89,7 +95,8 @@ pub async fn simulate_heartbeats(client: Client, ns: String, running: std::sync:
                 async move {
                     let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), Load::default());
                     let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(90));
-                    let _ = leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
+                    let _ =
+                        leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
                 }
             })
             .await;
@@ -149,10 +156,13 @@ pub fn metric_sum(text: &str, series: &str) -> f64 {
 
 /// The API server's write requests so far, by "resource verb" (its /metrics).
 pub async fn api_server_writes() -> HashMap<String, f64> {
-    let text = tokio::task::spawn_blocking(|| crate::kubectl_ok(&["get", "--raw", "/metrics"])).await.unwrap_or_default();
+    let text =
+        tokio::task::spawn_blocking(|| crate::kubectl_ok(&["get", "--raw", "/metrics"])).await.unwrap_or_default();
     let mut writes = HashMap::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
+        let label = |name: &str| {
+            line.split(&format!("{name}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned()
+        };
         let verb = label("verb");
         if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
             continue;
@@ -166,8 +176,11 @@ pub async fn api_server_writes() -> HashMap<String, f64> {
 /// The API server's writes since `before`, by "resource verb", most first.
 pub async fn writes_since(before: &HashMap<String, f64>) -> Vec<(String, f64)> {
     let after = api_server_writes().await;
-    let mut delta: Vec<(String, f64)> =
-        after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0))).filter(|(_, d)| *d > 0.0).collect();
+    let mut delta: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
     delta.sort_by(|a, b| b.1.total_cmp(&a.1));
     delta
 }

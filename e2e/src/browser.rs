@@ -10,24 +10,20 @@ use crate::repo_root;
 /// Runs two pages on `first` and `second`, saving a screenshot of the first at `shot`.
 /// Returns the script's report (one object per page: frames, tiles, status), or its
 /// output when it failed.
-pub fn two_peers(
-    first: &str,
-    second: &str,
-    shot: &std::path::Path,
-) -> Result<serde_json::Value, String> {
+pub fn two_peers(first: &str, second: &str, shot: &std::path::Path) -> Result<serde_json::Value, String> {
     peers(&[first, second], shot, Duration::ZERO)
 }
 
 /// Runs one page per URL; each must decode video of another participant (a page or
 /// any other client). The pages stay in the meeting `hold` longer after that.
-pub fn peers(
-    urls: &[&str],
-    shot: &std::path::Path,
-    hold: Duration,
-) -> Result<serde_json::Value, String> {
+pub fn peers(urls: &[&str], shot: &std::path::Path, hold: Duration) -> Result<serde_json::Value, String> {
     let dir = repo_root().join("signaling-pod/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
-        let out = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).output().expect("npm runs (Debian package npm)");
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm runs (Debian package npm)");
         assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
     }
     let out = Command::new("timeout")
@@ -41,6 +37,7 @@ pub fn peers(
     if !out.status.success() {
         return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     }
-    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
     serde_json::from_str(line).map_err(|e| e.to_string())
 }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use switchboard_crds::SfuPool;
 
@@ -55,7 +55,6 @@ pub async fn await_events(admin: &Client, ns: &str, name: &str, reasons: &[&str]
     })
     .await;
 }
-
 
 /// A test's admin client, its namespace, and an operator running in it under the repo's RBAC.
 pub struct Setup {

@@ -55,14 +55,17 @@ impl LocalJobRunner {
         let runs: Arc<Mutex<Vec<RunRecord>>> = Arc::default();
         let current: Arc<Mutex<Option<u32>>> = Arc::default();
         let extra_env = Arc::new(Mutex::new(opts.extra_env.clone()));
-        let task = tokio::spawn(run_pods(admin, namespace.to_owned(), opts, runs.clone(), current.clone(), extra_env.clone()));
+        let task =
+            tokio::spawn(run_pods(admin, namespace.to_owned(), opts, runs.clone(), current.clone(), extra_env.clone()));
         Self { runs, current, extra_env, task }
     }
 
     /// Kills the running recorder as a crash would (SIGKILL). Returns whether one ran.
     pub fn kill_current(&self) -> bool {
         match *self.current.lock().unwrap() {
-            Some(pid) => std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success()),
+            Some(pid) => {
+                std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success())
+            }
             None => false,
         }
     }
@@ -80,7 +83,14 @@ impl LocalJobRunner {
     pub fn logs(&self) -> String {
         self.runs()
             .iter()
-            .map(|r| format!("--- {} (exit {:?})\n{}", r.pod, r.exit_code, tail(&std::fs::read_to_string(&r.log).unwrap_or_default(), 40)))
+            .map(|r| {
+                format!(
+                    "--- {} (exit {:?})\n{}",
+                    r.pod,
+                    r.exit_code,
+                    tail(&std::fs::read_to_string(&r.log).unwrap_or_default(), 40)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -132,7 +142,14 @@ async fn run_pods(
                 let value = match (e.value, e.value_from) {
                     (Some(v), _) => Some(v),
                     (None, Some(from)) => match from.secret_key_ref {
-                        Some(r) => secrets.get_opt(&r.name).await.ok().flatten().and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()).map(|b| String::from_utf8_lossy(&b.0).into_owned()),
+                        Some(r) => secrets
+                            .get_opt(&r.name)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|s| s.data)
+                            .and_then(|d| d.get(&r.key).cloned())
+                            .map(|b| String::from_utf8_lossy(&b.0).into_owned()),
                         None => None,
                     },
                     _ => None,
@@ -207,11 +224,16 @@ async fn run_pods(
             let phase = if code == 0 { "Succeeded" } else { "Failed" };
             let patch = json!({"status": {
                 "phase": phase,
-                "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
+                "conditions": [
+                    {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
+                ],
                 "containerStatuses": [{
                     "name": container.name, "image": container.image.clone().unwrap_or_default(), "imageID": "",
                     "ready": false, "restartCount": 0, "started": false,
-                    "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "startedAt": now, "finishedAt": now}},
+                    "state": {"terminated": {
+                        "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                        "startedAt": now, "finishedAt": now,
+                    }},
                 }],
             }});
             if let Err(e) = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {

@@ -313,7 +313,8 @@ where
     let Some(uid) = api.get_opt(name).await.expect("get").and_then(|o| o.uid()) else {
         return;
     };
-    let gone = kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted(&uid));
+    let gone =
+        kube::runtime::wait::await_condition(api.clone(), name, kube::runtime::wait::conditions::is_deleted(&uid));
     if tokio::time::timeout(timeout, gone).await.is_err() {
         panic!("timed out after {timeout:?} waiting for {name} to be deleted");
     }
@@ -364,7 +365,12 @@ impl Resolver {
     }
 
     /// Server-side applies `obj` into `namespace` (overriding its own namespace).
-    pub async fn apply(&self, client: &Client, obj: &DynamicObject, namespace: &str) -> Result<DynamicObject, kube::Error> {
+    pub async fn apply(
+        &self,
+        client: &Client,
+        obj: &DynamicObject,
+        namespace: &str,
+    ) -> Result<DynamicObject, kube::Error> {
         let mut obj = obj.clone();
         let api = self.api_for(client, &obj, namespace);
         if self.resolve(&obj).1.scope == Scope::Namespaced {

@@ -18,7 +18,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 pub const LEDGER: &str = "switchboard.dev/placements";
 
 pub fn meeting(name: &str, expected: i32, extra: Value) -> Value {
-    let mut spec = json!({"title": format!("meeting {name}"), "host": "user-1", "participants": {"expected": expected}});
+    let mut spec =
+        json!({"title": format!("meeting {name}"), "host": "user-1", "participants": {"expected": expected}});
     for (k, v) in extra.as_object().unwrap() {
         spec[k] = v.clone();
     }
@@ -38,7 +39,13 @@ pub fn condition<'a>(m: &'a Meeting, type_: &str) -> Option<&'a switchboard_crds
     m.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
-pub async fn await_meeting(api: &Api<Meeting>, name: &str, what: &str, timeout: Duration, check: impl Fn(&Meeting) -> bool) -> Meeting {
+pub async fn await_meeting(
+    api: &Api<Meeting>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&Meeting) -> bool,
+) -> Meeting {
     eventually(&format!("{name}: {what}"), timeout, || async {
         let m = api.get(name).await.ok()?;
         check(&m).then_some(m)

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::{FIELD_MANAGER, await_condition};
@@ -35,7 +35,14 @@ pub fn group_toleration(group: &str) -> serde_json::Value {
     json!({"key": GROUP_LABEL, "operator": "Equal", "value": group, "effect": "NoSchedule"})
 }
 
-async fn create_node_with(client: &Client, name: &str, region: &str, zone: &str, labels: serde_json::Value, max_pods: u32) -> Node {
+async fn create_node_with(
+    client: &Client,
+    name: &str,
+    region: &str,
+    zone: &str,
+    labels: serde_json::Value,
+    max_pods: u32,
+) -> Node {
     let api: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1",
@@ -60,9 +67,7 @@ async fn create_node_with(client: &Client, name: &str, region: &str, zone: &str,
     for (k, v) in labels.as_object().expect("labels") {
         node["metadata"]["labels"][k] = v.clone();
     }
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node))
-        .await
-        .expect("create kwok node");
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&node)).await.expect("create kwok node");
     await_condition(&api, name, Duration::from_secs(30), is_node_ready(true)).await
 }
 

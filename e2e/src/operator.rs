@@ -73,7 +73,13 @@ pub fn token_kubeconfig(token: &str, path: &std::path::Path) -> std::path::PathB
 /// Like [`operator_identity`], returning the ServiceAccount token itself.
 pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let resolver = Resolver::new(admin).await;
-    for file in ["operator-clusterrole.yaml", "sfu-clusterrole.yaml", "signaling-clusterrole.yaml", "recorder-clusterrole.yaml", "leader-role.yaml"] {
+    for file in [
+        "operator-clusterrole.yaml",
+        "sfu-clusterrole.yaml",
+        "signaling-clusterrole.yaml",
+        "recorder-clusterrole.yaml",
+        "leader-role.yaml",
+    ] {
         let text = std::fs::read_to_string(repo_root().join("charts/switchboard/files/rbac").join(file)).unwrap();
         for obj in parse_manifest(&text).unwrap() {
             resolver.apply(admin, &obj, namespace).await.unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -90,18 +96,23 @@ pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let bindings = [
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                "metadata": {"name": format!("switchboard-operator-{namespace}")},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "switchboard-operator"},
+               "roleRef": {
+                   "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "switchboard-operator"
+               },
                "subjects": subject}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "metadata": {"name": "switchboard-operator-leader"},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "switchboard-operator-leader"},
+               "roleRef": {
+                   "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "switchboard-operator-leader"
+               },
                "subjects": subject}),
     ];
     for binding in bindings {
         let obj: DynamicObject = serde_json::from_value(binding).unwrap();
         resolver.apply(admin, &obj, namespace).await.expect("binding");
     }
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
     sas.create_token_request("switchboard-operator", &PostParams::default(), &request)
         .await
         .expect("token for the operator")
@@ -123,8 +134,14 @@ pub fn start_operator_with(client: Client, config: OperatorConfig) -> OperatorHa
     let identity = config.identity.clone();
     let metrics = Metrics::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(switchboard_operator::run(client.clone(), config, metrics.clone(), Health::default(), async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(switchboard_operator::run(
+        client.clone(),
+        config,
+        metrics.clone(),
+        Health::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     OperatorHandle { identity, metrics, client, task, stop: Some(stop) }
 }

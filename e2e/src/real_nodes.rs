@@ -75,9 +75,7 @@ pub fn image_dir() -> PathBuf {
 /// node's containerd (once per test process; both steps skip what is current).
 pub fn images() {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        load_images().unwrap_or_else(|e| panic!("images on the real nodes: {e:#}"))
-    });
+    DONE.get_or_init(|| load_images().unwrap_or_else(|e| panic!("images on the real nodes: {e:#}")));
 }
 
 fn load_images() -> anyhow::Result<()> {
@@ -95,22 +93,14 @@ fn load_images() -> anyhow::Result<()> {
             String::from_utf8_lossy(&build.stderr)
         );
     }
-    let path = format!(
-        "{}:{}",
-        cluster.bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", cluster.bin.display(), std::env::var("PATH").unwrap_or_default());
     let load = Command::new(repo_root().join("e2e/cluster/load-images"))
         .args(IMAGES.iter().map(|name| dir.join(format!("{name}.tar"))))
         .env("PATH", path)
         .output()
         .context("running e2e/cluster/load-images")?;
     if !load.status.success() {
-        bail!(
-            "load-images failed: {}{}",
-            String::from_utf8_lossy(&load.stdout),
-            String::from_utf8_lossy(&load.stderr)
-        );
+        bail!("load-images failed: {}{}", String::from_utf8_lossy(&load.stdout), String::from_utf8_lossy(&load.stderr));
     }
     Ok(())
 }
@@ -129,11 +119,7 @@ fn ctr(node: &str, args: &[&str]) -> std::process::Output {
 /// Kills the process of `container` in `pod` with SIGKILL, as a crash would: the Pod
 /// object stays, the kubelet sees its container die.
 pub fn kill_container(pod: &Pod, container: &str) {
-    let node = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .expect("pod is scheduled");
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("pod is scheduled");
     let id = pod
         .status
         .as_ref()
@@ -141,22 +127,13 @@ pub fn kill_container(pod: &Pod, container: &str) {
         .and_then(|cs| cs.iter().find(|c| c.name == container))
         .and_then(|c| c.container_id.clone())
         .expect("container has started");
-    let id = id
-        .strip_prefix("containerd://")
-        .expect("a containerd container id");
+    let id = id.strip_prefix("containerd://").expect("a containerd container id");
     let out = ctr(&node, &["tasks", "kill", "--signal", "SIGKILL", id]);
-    assert!(
-        out.status.success(),
-        "ctr tasks kill {id} on {node}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ctr tasks kill {id} on {node}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn real_nodes_script(args: &[&str]) {
-    let out = Command::new(repo_root().join("e2e/cluster/real-nodes"))
-        .args(args)
-        .output()
-        .expect("real-nodes runs");
+    let out = Command::new(repo_root().join("e2e/cluster/real-nodes")).args(args).output().expect("real-nodes runs");
     assert!(
         out.status.success(),
         "real-nodes {args:?}: {}{}",

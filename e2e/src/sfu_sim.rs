@@ -42,11 +42,14 @@ impl SimulatedSfus {
                         if silenced {
                             continue;
                         }
-                        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| "127.0.0.1".into());
+                        let ip =
+                            pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| "127.0.0.1".into());
                         let load = Load { participants, rooms: participants.div_ceil(10), ..Default::default() };
                         let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), load);
                         let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(10));
-                        let _ = leases.patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease)).await;
+                        let _ = leases
+                            .patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease))
+                            .await;
                     }
                 }
                 tokio::time::sleep(interval).await;

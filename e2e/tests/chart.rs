@@ -24,11 +24,16 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Every optional part of the chart switched on.
 const ALL_ON: &[&str] = &[
-    "--set", "prometheus.serviceMonitor.enabled=true",
-    "--set", "prometheus.podMonitor.enabled=true",
-    "--set", "networkPolicy.enabled=true",
-    "--set", "defaultSfuPool.enabled=true",
-    "--set", "defaultSignalingPool.enabled=true",
+    "--set",
+    "prometheus.serviceMonitor.enabled=true",
+    "--set",
+    "prometheus.podMonitor.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true",
+    "--set",
+    "defaultSfuPool.enabled=true",
+    "--set",
+    "defaultSignalingPool.enabled=true",
 ];
 
 fn chart() -> String {
@@ -58,7 +63,15 @@ fn helm_lint_passes_and_the_values_schema_names_a_bad_key() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("/operator") && err.contains("replica"), "{err}");
-    let bad = helm(&["template", "t", &chart, "--kube-version", &kube_version, "--set", "defaultSfuPool.placement.strategy=Random"]);
+    let bad = helm(&[
+        "template",
+        "t",
+        &chart,
+        "--kube-version",
+        &kube_version,
+        "--set",
+        "defaultSfuPool.placement.strategy=Random",
+    ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("strategy"), "an enum the schema refuses");
 }
 
@@ -69,8 +82,22 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
     let mut args = vec!["template", "sb", &chart, "-n", "sb-system", "--kube-version", &kube_version];
     args.extend_from_slice(ALL_ON);
     let all = kinds(&helm_ok(&args));
-    for kind in ["CustomResourceDefinition", "Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-                 "Service", "ServiceMonitor", "PodMonitor", "NetworkPolicy", "PodDisruptionBudget", "SfuPool", "SignalingPool"] {
+    for kind in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceMonitor",
+        "PodMonitor",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "SfuPool",
+        "SignalingPool",
+    ] {
         assert!(all.iter().any(|(k, _)| k == kind), "{kind} missing from {all:?}");
     }
     assert_eq!(all.iter().filter(|(k, _)| k == "CustomResourceDefinition").count(), 4);
@@ -80,7 +107,8 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
     for kind in ["ServiceMonitor", "PodMonitor", "NetworkPolicy", "SfuPool", "SignalingPool"] {
         assert!(!defaults.iter().any(|(k, _)| k == kind), "{kind} is opt-in");
     }
-    let no_crds = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version, "--set", "crds.enabled=false"]));
+    let no_crds =
+        kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version, "--set", "crds.enabled=false"]));
     assert!(!no_crds.iter().any(|(k, _)| k == "CustomResourceDefinition"));
     let rendered = helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version]);
     assert_eq!(rendered.matches("helm.sh/resource-policy: keep").count(), 4, "CRDs are kept on uninstall");
@@ -100,7 +128,11 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
     }
 
     // Two operator replicas, spread over nodes, with probes on the operator's endpoints.
-    let deployment = parse_manifest(&rendered).unwrap().into_iter().find(|o| o.types.as_ref().unwrap().kind == "Deployment").unwrap();
+    let deployment = parse_manifest(&rendered)
+        .unwrap()
+        .into_iter()
+        .find(|o| o.types.as_ref().unwrap().kind == "Deployment")
+        .unwrap();
     let d: Deployment = serde_json::from_value(serde_json::to_value(deployment).unwrap()).unwrap();
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
@@ -120,15 +152,40 @@ async fn the_rendered_chart_passes_a_server_side_dry_run() {
     // ServiceMonitor and PodMonitor need the Prometheus Operator's CRDs, which this
     // cluster does not have; everything else is checked by the API server.
     let rendered = helm_ok(&[
-        "template", "sb", &chart(), "-n", &ns.name, "--kube-version", &kube_version,
-        "--set", "networkPolicy.enabled=true", "--set", "defaultSfuPool.enabled=true", "--set", "defaultSignalingPool.enabled=true",
+        "template",
+        "sb",
+        &chart(),
+        "-n",
+        &ns.name,
+        "--kube-version",
+        &kube_version,
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "defaultSfuPool.enabled=true",
+        "--set",
+        "defaultSignalingPool.enabled=true",
     ]);
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
     std::fs::write(&file, &rendered).unwrap();
     let out = kubectl_ok(&[
-        "apply", "--server-side", "--dry-run=server", "--force-conflicts", "--field-manager", "chart-dry-run", "-n", &ns.name, "-f", file.to_str().unwrap(),
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--force-conflicts",
+        "--field-manager",
+        "chart-dry-run",
+        "-n",
+        &ns.name,
+        "-f",
+        file.to_str().unwrap(),
     ]);
-    for expected in ["customresourcedefinition.apiextensions.k8s.io/sfupools.switchboard.dev", "deployment.apps/sb-operator", "sfupool.switchboard.dev/default", "signalingpool.switchboard.dev/default"] {
+    for expected in [
+        "customresourcedefinition.apiextensions.k8s.io/sfupools.switchboard.dev",
+        "deployment.apps/sb-operator",
+        "sfupool.switchboard.dev/default",
+        "signalingpool.switchboard.dev/default",
+    ] {
         assert!(out.contains(expected), "{expected} in:\n{out}");
     }
     assert!(!out.contains("unchanged") || out.contains("serverside-applied"), "{out}");
@@ -138,8 +195,14 @@ async fn the_rendered_chart_passes_a_server_side_dry_run() {
 
 async fn service_account_token(admin: &kube::Client, ns: &str, name: &str) -> String {
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    sas.create_token_request(name, &PostParams::default(), &request).await.unwrap().status.and_then(|s| s.token).unwrap()
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    sas.create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.token)
+        .unwrap()
 }
 
 /// `helm install` and `helm upgrade`; then the operator runs with the installed
@@ -152,7 +215,8 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     let release = "sb";
     // The CRDs and the fixed-name ClusterRoles already exist in the shared test
     // cluster (other tests apply them): the release adopts them.
-    let out = helm_ok(&["install", release, &chart(), "-n", &ns.name, "--take-ownership", "--wait", "--timeout", "120s"]);
+    let out =
+        helm_ok(&["install", release, &chart(), "-n", &ns.name, "--take-ownership", "--wait", "--timeout", "120s"]);
     assert!(out.contains("STATUS: deployed"), "{out}");
     assert!(out.contains("kubectl get switchboard -A"), "NOTES.txt is shown: {out}");
     let deployments: Api<Deployment> = ns.api();
@@ -161,8 +225,20 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     let pdbs: Api<PodDisruptionBudget> = ns.api();
     assert!(pdbs.get_opt("sb-operator").await.unwrap().is_some());
 
-    let out = helm_ok(&["upgrade", release, &chart(), "-n", &ns.name, "--set", "operator.replicas=3", "--set", "podDisruptionBudget.enabled=false",
-                        "--wait", "--timeout", "120s"]);
+    let out = helm_ok(&[
+        "upgrade",
+        release,
+        &chart(),
+        "-n",
+        &ns.name,
+        "--set",
+        "operator.replicas=3",
+        "--set",
+        "podDisruptionBudget.enabled=false",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
     assert!(out.contains("REVISION: 2"), "{out}");
     let d = deployments.get("sb-operator").await.unwrap();
     assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
@@ -187,7 +263,8 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     eventually("the pool Available under the chart's identity", TIMEOUT, || async {
         let p = pools.get("charted").await.ok()?;
         let s = p.status.as_ref()?;
-        (s.ready_replicas == 2 && s.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True")).then_some(())
+        (s.ready_replicas == 2 && s.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True"))
+            .then_some(())
     })
     .await;
     let pods: Api<Pod> = ns.api();
@@ -198,13 +275,20 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     assert_eq!(api_error(secrets.list(&ListParams::default()).await).0, 403, "reading Secrets");
     let roles: Api<ClusterRole> = Api::all(identity.clone());
     let escalate: ClusterRole = serde_json::from_value(json!({"metadata": {"name": format!("{}-escalate", ns.name)},
-        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})).unwrap();
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}))
+    .unwrap();
     assert_eq!(api_error(roles.create(&PostParams::default(), &escalate).await).0, 403, "creating a ClusterRole");
     let bindings: Api<ClusterRoleBinding> = Api::all(identity.clone());
-    let admin_binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": format!("{}-admin", ns.name)},
+    let admin_binding: ClusterRoleBinding =
+        serde_json::from_value(json!({"metadata": {"name": format!("{}-admin", ns.name)},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": "switchboard-operator", "namespace": ns.name}]})).unwrap();
-    assert_eq!(api_error(bindings.create(&PostParams::default(), &admin_binding).await).0, 403, "binding cluster-admin");
+        "subjects": [{"kind": "ServiceAccount", "name": "switchboard-operator", "namespace": ns.name}]}))
+        .unwrap();
+    assert_eq!(
+        api_error(bindings.create(&PostParams::default(), &admin_binding).await).0,
+        403,
+        "binding cluster-admin"
+    );
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(identity.clone());
     assert_eq!(api_error(nodes.delete("kwok-node-0", &Default::default()).await).0, 403, "deleting a node");
     operator.stop().await.unwrap();
@@ -217,7 +301,12 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
     assert!(deployments.get_opt("sb-operator").await.unwrap().is_none(), "the operator Deployment is gone");
     assert!(crbs.get_opt("switchboard-operator").await.unwrap().is_none(), "the ClusterRoleBinding is gone");
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    for crd in ["sfupools.switchboard.dev", "signalingpools.switchboard.dev", "meetings.switchboard.dev", "recordingjobs.switchboard.dev"] {
+    for crd in [
+        "sfupools.switchboard.dev",
+        "signalingpools.switchboard.dev",
+        "meetings.switchboard.dev",
+        "recordingjobs.switchboard.dev",
+    ] {
         assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} is kept");
     }
     assert!(pools.get_opt("charted").await.unwrap().is_some(), "the pool outlives the release");

@@ -37,8 +37,13 @@ impl Demo {
 
     /// Runs `./demo <args>` and returns stdout and stderr.
     fn run(&self, args: &[&str]) -> (String, String) {
-        let out = Command::new(repo_root().join("demo")).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output().expect("./demo runs");
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let out = Command::new(repo_root().join("demo"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("./demo runs");
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
         assert!(out.status.success(), "./demo {args:?} failed:\n{stdout}\n{stderr}\n{}", self.logs());
         (stdout, stderr)
     }
@@ -52,7 +57,6 @@ impl Demo {
         let logs = kubectl(&["logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=signaling", "--tail", "15"]);
         format!("{}\n{}", String::from_utf8_lossy(&pods.stdout), String::from_utf8_lossy(&logs.stdout))
     }
-
 }
 
 fn alive(pid: u32) -> bool {
@@ -64,31 +68,58 @@ fn alive(pid: u32) -> bool {
 async fn the_demo_serves_a_join_page_where_chromium_receives_media_and_a_second_run_reuses_it() {
     let bin = repo_root().join("target/debug");
     for b in ["operator", "sfu-pod", "signaling-pod", "recorder-pod"] {
-        assert!(bin.join(b).exists(), "target/debug/{b} is missing: ./test builds it (cargo build -p operator -p sfu-pod -p signaling-pod -p recorder-pod)");
+        assert!(
+            bin.join(b).exists(),
+            "target/debug/{b} is missing: ./test builds it (cargo build -p operator -p sfu-pod -p signaling-pod -p recorder-pod)"
+        );
     }
     let demo = Demo::new();
     let (stdout, stderr) = demo.run(&[]);
     let host = stdout.lines().find_map(|l| l.trim().strip_prefix("host:")).expect("a host URL").trim().to_owned();
     let guest = stdout.lines().find_map(|l| l.trim().strip_prefix("guest:")).expect("a guest URL").trim().to_owned();
     assert!(host.starts_with("http://127.0.0.1:") && host.contains("/j/team-standup?token="), "{host}");
-    assert!(stdout.contains("sfupool.switchboard.dev/eu-west") && stdout.contains("meeting.switchboard.dev/team-standup"), "kubectl get shows them:\n{stdout}");
+    assert!(
+        stdout.contains("sfupool.switchboard.dev/eu-west") && stdout.contains("meeting.switchboard.dev/team-standup"),
+        "kubectl get shows them:\n{stdout}"
+    );
     assert!(stderr.contains("chart installed") && stderr.contains("images imported"), "{stderr}");
 
     // Everything runs as pods on the real nodes: the chart's operator, the SFUs,
     // signaling and Redis.
     let admin = client().await;
-    let on_real_node = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("real-node-"));
-    let ready = |p: &Pod| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let on_real_node =
+        |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| n.starts_with("real-node-"));
+    let ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
     let operator_pods: Api<Pod> = Api::namespaced(admin.clone(), "switchboard-system");
-    let operators = operator_pods.list(&ListParams::default().labels("app.kubernetes.io/name=switchboard")).await.unwrap().items;
-    assert_eq!(operators.iter().filter(|p| on_real_node(p) && ready(p)).count(), 2, "two operator replicas Ready on real nodes");
+    let operators =
+        operator_pods.list(&ListParams::default().labels("app.kubernetes.io/name=switchboard")).await.unwrap().items;
+    assert_eq!(
+        operators.iter().filter(|p| on_real_node(p) && ready(p)).count(),
+        2,
+        "two operator replicas Ready on real nodes"
+    );
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NAMESPACE);
     let list = pods.list(&ListParams::default()).await.unwrap().items;
     for component in ["sfu", "signaling"] {
-        let of: Vec<&Pod> = list.iter().filter(|p| p.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(component)).collect();
-        assert!(!of.is_empty() && of.iter().all(|p| on_real_node(p) && ready(p)), "{component} pods Ready on real nodes: {}", demo.logs());
+        let of: Vec<&Pod> = list
+            .iter()
+            .filter(|p| p.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(component))
+            .collect();
+        assert!(
+            !of.is_empty() && of.iter().all(|p| on_real_node(p) && ready(p)),
+            "{component} pods Ready on real nodes: {}",
+            demo.logs()
+        );
     }
-    assert!(list.iter().any(|p| p.name_any().starts_with("redis-") && on_real_node(p) && ready(p)), "Redis is a pod on a real node");
+    assert!(
+        list.iter().any(|p| p.name_any().starts_with("redis-") && on_real_node(p) && ready(p)),
+        "Redis is a pod on a real node"
+    );
 
     // The URL serves the join page.
     let page = Command::new("curl").args(["-fsS", &host]).output().expect("curl runs");
@@ -107,13 +138,19 @@ async fn the_demo_serves_a_join_page_where_chromium_receives_media_and_a_second_
 
     // The cluster shows it live: the pool Ready, the meeting Active with a room on an SFU pod.
     let meetings: Api<Meeting> = Api::namespaced(admin.clone(), NAMESPACE);
-    let meeting = eventually("team-standup Active", Duration::from_secs(60), || async {
-        meetings.get("team-standup").await.ok().filter(|m| m.status.as_ref().and_then(|s| s.phase.as_ref()).is_some_and(|p| format!("{p:?}") == "Active"))
-    })
-    .await;
+    let meeting =
+        eventually("team-standup Active", Duration::from_secs(60), || async {
+            meetings.get("team-standup").await.ok().filter(|m| {
+                m.status.as_ref().and_then(|s| s.phase.as_ref()).is_some_and(|p| format!("{p:?}") == "Active")
+            })
+        })
+        .await;
     let assignment = meeting.status.unwrap().assignment.unwrap();
     assert_eq!(assignment.pool, "eu-west");
-    assert!(list.iter().any(|p| p.name_any() == assignment.origin.pod && on_real_node(p)), "the meeting is on a real SFU pod");
+    assert!(
+        list.iter().any(|p| p.name_any() == assignment.origin.pod && on_real_node(p)),
+        "the meeting is on a real SFU pod"
+    );
     let pools: Api<SfuPool> = Api::namespaced(admin.clone(), NAMESPACE);
     assert!(pools.get("eu-west").await.unwrap().status.unwrap().ready_replicas >= 2);
 
@@ -122,7 +159,8 @@ async fn the_demo_serves_a_join_page_where_chromium_receives_media_and_a_second_
     let forward = demo.pid("forward");
     let (_, stderr) = demo.run(&[]);
     assert!(stderr.contains(&format!("forward already running (pid {forward})")), "{stderr}");
-    let again: Vec<String> = pods.list(&ListParams::default()).await.unwrap().items.iter().filter_map(|p| p.uid()).collect();
+    let again: Vec<String> =
+        pods.list(&ListParams::default()).await.unwrap().items.iter().filter_map(|p| p.uid()).collect();
     for uid in &uids {
         assert!(again.contains(uid), "pod {uid} was replaced by the second run");
     }

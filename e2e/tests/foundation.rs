@@ -122,7 +122,8 @@ async fn every_example_is_accepted_by_the_api_server() {
     let (client, ns) = setup("examples").await;
     let resolver = Resolver::new(&client).await;
     let mut applied = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> =
+        std::fs::read_dir(repo_root().join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
         for obj in parse_manifest(&std::fs::read_to_string(path).unwrap()).unwrap() {
@@ -137,7 +138,13 @@ async fn every_example_is_accepted_by_the_api_server() {
             applied.push(format!("{kind}/{}", created.name_any()));
         }
     }
-    for kind in ["SfuPool/eu-west", "SignalingPool/main", "Meeting/all-hands", "Meeting/team-standup", "RecordingJob/all-hands-rec"] {
+    for kind in [
+        "SfuPool/eu-west",
+        "SignalingPool/main",
+        "Meeting/all-hands",
+        "Meeting/team-standup",
+        "RecordingJob/all-hands-rec",
+    ] {
         assert!(applied.iter().any(|a| a == kind), "{kind} not among {applied:?}");
     }
     // Defaults from the schema were filled in by the API server.
@@ -156,13 +163,43 @@ async fn invalid_sfu_pools_are_refused_naming_the_field() {
         ("/spec/capacity", Value::Null, "spec.capacity", "Required value"),
         ("/spec/autoscaling/mode", json!("Sometimes"), "spec.autoscaling.mode", "Unsupported value"),
         ("/spec/replicas", json!(-1), "spec.replicas", "greater than or equal to 0"),
-        ("/spec/autoscaling/minReplicas", json!(60), "spec.autoscaling.minReplicas", "must not be greater than maxReplicas"),
-        ("/spec/autoscaling/scaleDownStabilization", json!("ten minutes"), "spec.autoscaling.scaleDownStabilization", "should match"),
-        ("/spec/capacity/participantsPerPod", json!(0), "spec.capacity.participantsPerPod", "greater than or equal to 1"),
-        ("/spec/media/udpPortRange", json!({"min": 41000, "max": 40000}), "spec.media.udpPortRange.min", "must not be greater than max"),
+        (
+            "/spec/autoscaling/minReplicas",
+            json!(60),
+            "spec.autoscaling.minReplicas",
+            "must not be greater than maxReplicas",
+        ),
+        (
+            "/spec/autoscaling/scaleDownStabilization",
+            json!("ten minutes"),
+            "spec.autoscaling.scaleDownStabilization",
+            "should match",
+        ),
+        (
+            "/spec/capacity/participantsPerPod",
+            json!(0),
+            "spec.capacity.participantsPerPod",
+            "greater than or equal to 1",
+        ),
+        (
+            "/spec/media/udpPortRange",
+            json!({"min": 41000, "max": 40000}),
+            "spec.media.udpPortRange.min",
+            "must not be greater than max",
+        ),
         ("/spec/media/announcedAddress", json!("Static"), "spec.media.announcedIPs", "at least one address"),
-        ("/spec/autoscaling/buffer", json!({"participants": 10, "percent": 20}), "spec.autoscaling.buffer", "exactly one of participants or percent"),
-        ("/spec/template/spec/containers/0/name", json!("media"), "spec.template.spec.containers", "container named sfu"),
+        (
+            "/spec/autoscaling/buffer",
+            json!({"participants": 10, "percent": 20}),
+            "spec.autoscaling.buffer",
+            "exactly one of participants or percent",
+        ),
+        (
+            "/spec/template/spec/containers/0/name",
+            json!("media"),
+            "spec.template.spec.containers",
+            "container named sfu",
+        ),
         ("/spec/placement/strategy", json!("Random"), "spec.placement.strategy", "Unsupported value"),
     ];
     for (i, (pointer, value, field, words)) in cases.into_iter().enumerate() {
@@ -228,7 +265,10 @@ async fn immutable_fields_cannot_change() {
     apply_json(&meetings, &valid_meeting("webinar")).await.expect("valid meeting accepted");
     // Before the meeting has started, its start may move.
     let moved = json!({"spec": {"schedule": {"start": "2027-01-15T17:00:00Z"}}});
-    meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&moved)).await.expect("start may move before it starts");
+    meetings
+        .patch("webinar", &PatchParams::default(), &Patch::Merge(&moved))
+        .await
+        .expect("start may move before it starts");
     // Once started (status.startedAt set by the operator), it may not.
     let started = json!({"status": {"phase": "Active", "startedAt": "2027-01-15T17:00:03Z"}});
     meetings.patch_status("webinar", &PatchParams::default(), &Patch::Merge(&started)).await.expect("status update");
@@ -334,7 +374,9 @@ async fn a_node_can_be_made_not_ready() {
     let api: Api<Node> = Api::all(client.clone());
     await_condition(&api, &name, TIMEOUT, |n: Option<&Node>| {
         n.and_then(|n| n.spec.as_ref()).and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
-            ts.iter().any(|t| t.key.starts_with("node.kubernetes.io/not-ready") || t.key.starts_with("node.kubernetes.io/unreachable"))
+            ts.iter().any(|t| {
+                t.key.starts_with("node.kubernetes.io/not-ready") || t.key.starts_with("node.kubernetes.io/unreachable")
+            })
         })
     })
     .await;
@@ -359,8 +401,11 @@ async fn the_eviction_api_honours_pod_disruption_budgets() {
     pdbs.create(&PostParams::default(), &pdb).await.unwrap();
     let observed = |allowed: i32| {
         move |p: Option<&PodDisruptionBudget>| {
-            p.and_then(|p| Some((p.metadata.generation?, p.status.as_ref()?)))
-                .is_some_and(|(g, s)| s.observed_generation == Some(g) && s.current_healthy == Some(2) && s.disruptions_allowed == Some(allowed))
+            p.and_then(|p| Some((p.metadata.generation?, p.status.as_ref()?))).is_some_and(|(g, s)| {
+                s.observed_generation == Some(g)
+                    && s.current_healthy == Some(2)
+                    && s.disruptions_allowed == Some(allowed)
+            })
         }
     };
     await_condition(&pdbs, "guarded", TIMEOUT, observed(0)).await;
@@ -387,7 +432,8 @@ async fn rbac_is_enforced_for_service_account_tokens() {
     let sas: Api<ServiceAccount> = ns.api();
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "reader"}})).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
     let token = sas
         .create_token_request("reader", &PostParams::default(), &request)
         .await

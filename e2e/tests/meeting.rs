@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_crds::meeting::MeetingPhase;
 use switchboard_crds::{Meeting, SfuPool};
@@ -46,15 +46,28 @@ async fn a_meeting_walks_through_every_phase_on_schedule() {
     signaling_pool(&admin, &ns.name).await;
     let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "fleet", Duration::from_secs(1));
     let pools: Api<SfuPool> = ns.api();
-    apply(&pools, &pool("fleet", json!({"minReplicas": 2, "maxReplicas": 4}), json!({"preProvisioning": {"leadTime": "8s", "releaseAfter": "1m"}}))).await;
+    apply(
+        &pools,
+        &pool(
+            "fleet",
+            json!({"minReplicas": 2, "maxReplicas": 4}),
+            json!({"preProvisioning": {"leadTime": "8s", "releaseAfter": "1m"}}),
+        ),
+    )
+    .await;
     await_pool_ready(&admin, &ns.name, "fleet", 2).await;
 
     let meetings: Api<Meeting> = ns.api();
-    let spec = json!({"schedule": {"start": in_secs(20), "expectedDuration": "10m"}, "emptyTimeout": "3s", "ttlAfterEnded": "3s"});
+    let spec = json!({
+        "schedule": {"start": in_secs(20), "expectedDuration": "10m"},
+        "emptyTimeout": "3s",
+        "ttlAfterEnded": "3s",
+    });
     create(&meetings, &meeting("standup", 30, spec)).await;
 
     // Scheduled, with its identity, and nothing held yet.
-    let m = await_meeting(&meetings, "standup", "Scheduled", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Scheduled)).await;
+    let m =
+        await_meeting(&meetings, "standup", "Scheduled", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Scheduled)).await;
     let status = m.status.clone().unwrap();
     let code = status.room_code.clone().unwrap();
     assert_eq!(code.len(), 12);
@@ -63,7 +76,10 @@ async fn a_meeting_walks_through_every_phase_on_schedule() {
     assert!(status.reservation.is_none() && status.assignment.is_none(), "{status:?}");
 
     // start - leadTime: a reservation, seen by the pool.
-    let m = await_meeting(&meetings, "standup", "reserved", TIMEOUT, |m| m.status.as_ref().is_some_and(|s| s.reservation.is_some())).await;
+    let m = await_meeting(&meetings, "standup", "reserved", TIMEOUT, |m| {
+        m.status.as_ref().is_some_and(|s| s.reservation.is_some())
+    })
+    .await;
     assert_eq!(phase(&m), Some(MeetingPhase::Scheduled));
     assert_eq!(condition(&m, "CapacityReserved").map(|c| c.status.as_str()), Some("True"));
     assert_eq!(m.status.as_ref().unwrap().reservation.as_ref().unwrap().participants, 30);
@@ -95,7 +111,11 @@ async fn a_meeting_walks_through_every_phase_on_schedule() {
     report_participants(&meetings, "standup", 3).await;
     let m = await_meeting(&meetings, "standup", "Active", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Active)).await;
     let started = m.status.as_ref().unwrap().started_at.clone().expect("startedAt");
-    assert_eq!(m.status.as_ref().unwrap().participants.as_ref().unwrap().current, 3, "the operator keeps signaling's field");
+    assert_eq!(
+        m.status.as_ref().unwrap().participants.as_ref().unwrap().current,
+        3,
+        "the operator keeps signaling's field"
+    );
 
     // Everyone leaves: Ended after the empty timeout, seats released.
     report_participants(&meetings, "standup", 0).await;
@@ -155,7 +175,8 @@ async fn five_hundred_concurrent_meetings_never_overcommit_a_pod() {
     .await;
     // Placements in flight count against their pod's free seats, so none is chosen
     // past a pod's capacity and has to be retried, even as pods fill to the brim.
-    let contended = operator.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: "Contended" }).get();
+    let contended =
+        operator.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: "Contended" }).get();
     assert_eq!(contended, 0, "placements that found their pod full when committing");
 
     let mut per_pod: HashMap<String, u64> = HashMap::new();
@@ -184,12 +205,19 @@ async fn a_meeting_three_times_a_pod_gets_a_cascade_tree() {
     let Setup { admin, ns, operator } = setup("mtg-cascade").await;
     let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "fleet", Duration::from_secs(1));
     let pools: Api<SfuPool> = ns.api();
-    apply(&pools, &pool("fleet", json!({"minReplicas": 5, "maxReplicas": 8}), json!({"placement": {"strategy": "Distributed"}}))).await;
+    apply(
+        &pools,
+        &pool("fleet", json!({"minReplicas": 5, "maxReplicas": 8}), json!({"placement": {"strategy": "Distributed"}})),
+    )
+    .await;
     await_pool_ready(&admin, &ns.name, "fleet", 5).await;
 
     let meetings: Api<Meeting> = ns.api();
     create(&meetings, &meeting("town-hall", 300, json!({"mode": "Webinar"}))).await;
-    let m = await_meeting(&meetings, "town-hall", "placed", TIMEOUT, |m| m.status.as_ref().is_some_and(|s| s.assignment.is_some())).await;
+    let m = await_meeting(&meetings, "town-hall", "placed", TIMEOUT, |m| {
+        m.status.as_ref().is_some_and(|s| s.assignment.is_some())
+    })
+    .await;
     let a = m.status.unwrap().assignment.unwrap();
     assert!(a.origin.parent.is_none());
     assert!(a.edges.len() >= 3, "300 participants over pods of 100 need an origin and at least 3 edges: {a:?}");
@@ -281,7 +309,11 @@ async fn a_pool_at_max_says_why_ahead_of_time() {
     let Setup { admin, ns, operator } = setup("mtg-max").await;
     let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "small", Duration::from_secs(1));
     let pools: Api<SfuPool> = ns.api();
-    apply(&pools, &pool("small", json!({"minReplicas": 1, "maxReplicas": 2}), json!({"preProvisioning": {"leadTime": "1h"}}))).await;
+    apply(
+        &pools,
+        &pool("small", json!({"minReplicas": 1, "maxReplicas": 2}), json!({"preProvisioning": {"leadTime": "1h"}})),
+    )
+    .await;
     await_pool_ready(&admin, &ns.name, "small", 1).await;
 
     // Two meetings in 30 minutes: the first takes 150 of the 198 seats the pool can ever have.
@@ -333,7 +365,12 @@ async fn bad_specs_are_refused_or_reported() {
 
     // Reported by the operator with a condition and an Event.
     let cases = [
-        ("past", meeting("past", 10, json!({"schedule": {"start": in_secs(-3600)}})), "StartInPast", "spec.schedule.start"),
+        (
+            "past",
+            meeting("past", 10, json!({"schedule": {"start": in_secs(-3600)}})),
+            "StartInPast",
+            "spec.schedule.start",
+        ),
         ("oversized", meeting("oversized", 5_000, json!({})), "ExceedsPoolMaximum", "spec.participants.expected"),
         ("mars", meeting("mars", 10, json!({"region": "mars-1"})), "NoMatchingPool", "region mars-1"),
         (

@@ -206,6 +206,12 @@ async fn finish(admin: &Client, ns: TestNamespace) {
 async fn take_turn() -> tokio::sync::MutexGuard<'static, ()> {
     let turn = SERIAL.lock().await;
     let admin = client().await;
+    // A node test killed before its clean-up leaves a node cordoned and tainted
+    // failed (`up`, run by every test binary, restarts a stopped kubelet).
+    for node in real_nodes::real_nodes(&admin).await {
+        let _ = kubectl(&["uncordon", &node]);
+        let _ = kubectl(&["taint", "nodes", &node, "switchboard.dev/node-failed-"]);
+    }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
     let stale = namespaces.list(&ListParams::default().labels(&format!("{TEST_LABEL}=true"))).await.unwrap().items;
     for ns in stale.into_iter().filter(|n| n.name_any().starts_with("real-")) {

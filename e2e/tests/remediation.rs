@@ -119,7 +119,8 @@ impl Fleet {
     }
 
     async fn pods_on(&self, node: &str) -> Vec<Pod> {
-        let list = self.pods.list(&ListParams::default().labels(&format!("switchboard.dev/pool={POOL}"))).await.unwrap();
+        let list =
+            self.pods.list(&ListParams::default().labels(&format!("switchboard.dev/pool={POOL}"))).await.unwrap();
         list.items.into_iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)).collect()
     }
 
@@ -149,7 +150,8 @@ fn migrations(m: &Meeting) -> &[switchboard_crds::meeting::Migration] {
 async fn assert_ledgers_match(admin: &Client, ns: &str, meetings: &[Meeting]) {
     let ledgers = ledgers(admin, ns, POOL).await;
     for m in meetings {
-        let holders: Vec<&String> = ledgers.iter().filter(|(_, l)| l.contains_key(&m.name_any())).map(|(p, _)| p).collect();
+        let holders: Vec<&String> =
+            ledgers.iter().filter(|(_, l)| l.contains_key(&m.name_any())).map(|(p, _)| p).collect();
         let pods = assignment_pods(m);
         assert_eq!(holders.len(), pods.len(), "{}: held by {holders:?}, assigned {pods:?}", m.name_any());
         let size = m.spec.participants.expected as u64;
@@ -256,7 +258,8 @@ async fn an_expired_lease_moves_only_that_pods_meetings() {
     }
     let before = f.await_meetings("placed", |m| assignment_nodes(m).is_some()).await;
     let victim = assignment_pods(&before[0])[0].clone();
-    let on_victim: Vec<String> = before.iter().filter(|m| assignment_pods(m)[0] == victim).map(|m| m.name_any()).collect();
+    let on_victim: Vec<String> =
+        before.iter().filter(|m| assignment_pods(m)[0] == victim).map(|m| m.name_any()).collect();
     let elsewhere: BTreeMap<String, String> = before
         .iter()
         .filter(|m| assignment_pods(m)[0] != victim)
@@ -336,19 +339,29 @@ async fn kubectl_drain_waits_for_busy_pods_to_be_evacuated_and_passes_idle_ones(
     // kubectl drain: cordon, then evictions that succeed only once the meetings moved.
     let (deleted, watch) = record_deletions(&admin, &ns.name, &a);
     let out = kubectl_drain(&a, "120s").await;
-    assert!(out.status.success(), "drain of the busy node: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let moved = f.await_meetings("every meeting moved off the drained node", |m| {
-        assignment_nodes(m).is_some_and(|n| n.iter().all(|n| n == &b))
-    })
-    .await;
+    assert!(
+        out.status.success(),
+        "drain of the busy node: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved = f
+        .await_meetings("every meeting moved off the drained node", |m| {
+            assignment_nodes(m).is_some_and(|n| n.iter().all(|n| n == &b))
+        })
+        .await;
     for m in &moved {
         let [mv] = migrations(m) else { panic!("{}: {:?}", m.name_any(), migrations(m)) };
         assert_eq!(mv.reason, "NodeDrained");
     }
-    wait_for("the drained node's pods recorded as deleted", TIMEOUT, || async { deleted.lock().unwrap().len() >= busy.len() }).await;
+    wait_for("the drained node's pods recorded as deleted", TIMEOUT, || async {
+        deleted.lock().unwrap().len() >= busy.len()
+    })
+    .await;
     watch.abort();
     for (pod, ledger) in deleted.lock().unwrap().iter() {
-        let seats: BTreeMap<String, Value> = if ledger.is_empty() { BTreeMap::new() } else { serde_json::from_str(ledger).unwrap() };
+        let seats: BTreeMap<String, Value> =
+            if ledger.is_empty() { BTreeMap::new() } else { serde_json::from_str(ledger).unwrap() };
         assert!(seats.is_empty(), "{pod} was deleted while it still held meetings: {seats:?}");
     }
     assert_ledgers_match(&admin, &ns.name, &moved).await;
@@ -360,13 +373,27 @@ async fn kubectl_drain_waits_for_busy_pods_to_be_evacuated_and_passes_idle_ones(
     f.set_min(5).await;
     wait_for("an idle SFU pod Ready on node c", TIMEOUT, || async {
         let pods = f.pods_on(&c).await;
-        pods.len() == 1 && pods[0].status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        pods.len() == 1
+            && pods[0]
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })
     .await;
     let started = std::time::Instant::now();
     let out = kubectl_drain(&c, "30s").await;
-    assert!(out.status.success(), "drain of the idle node: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(started.elapsed() < Duration::from_secs(20), "an idle node drains without waiting: {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "drain of the idle node: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "an idle node drains without waiting: {:?}",
+        started.elapsed()
+    );
     assert!(f.all_meetings().await.iter().all(|m| migrations(m).len() == 1), "no meeting moved for the idle node");
     operator.stop().await.unwrap();
     f.cleanup(&["a", "b", "c"]).await;
@@ -381,7 +408,8 @@ async fn a_node_that_flaps_back_within_the_threshold_moves_nothing() {
     let f = Fleet::new(&admin, &ns.name, json!({"nodeNotReadyAfter": "6s"}));
     f.busy_node_and_spare(10, 10, 1, 1, 110).await;
     let a = f.node("a");
-    let before: BTreeMap<String, Vec<String>> = f.all_meetings().await.iter().map(|m| (m.name_any(), assignment_pods(m))).collect();
+    let before: BTreeMap<String, Vec<String>> =
+        f.all_meetings().await.iter().map(|m| (m.name_any(), assignment_pods(m))).collect();
 
     // NotReady for 2 s (the fault being injected), then Ready again.
     nodes::make_node_not_ready(&admin, &a).await;
@@ -425,20 +453,30 @@ async fn an_operator_restarted_mid_migration_finishes_it_without_moving_anything
     let pending = |m: &Meeting| condition(m, "Placed").is_some_and(|c| c.reason == "MigrationPending");
     f.await_meetings("half moved, half waiting for capacity", |m| migrations(m).len() == 1 || pending(m)).await;
     let first: Vec<Meeting> = f.all_meetings().await;
-    let moved_first: BTreeMap<String, String> =
-        first.iter().filter(|m| migrations(m).len() == 1).map(|m| (m.name_any(), assignment_pods(m)[0].clone())).collect();
+    let moved_first: BTreeMap<String, String> = first
+        .iter()
+        .filter(|m| migrations(m).len() == 1)
+        .map(|m| (m.name_any(), assignment_pods(m)[0].clone()))
+        .collect();
     assert_eq!(moved_first.len(), 50, "two pods of 100 on node b take 50 meetings of 4");
-    await_events(&admin, &ns.name, first.iter().find(|m| pending(m)).unwrap().name_any().as_str(), &["MigrationPending"]).await;
+    await_events(
+        &admin,
+        &ns.name,
+        first.iter().find(|m| pending(m)).unwrap().name_any().as_str(),
+        &["MigrationPending"],
+    )
+    .await;
 
     // Crash in the middle; capacity arrives while no operator runs; a new one takes over.
     operator.kill();
     nodes::create_group_node(&admin, &f.node("c"), &f.group, 110).await;
     let identity = operator_identity(&admin, &ns.name).await;
     let second = start_operator(identity, &ns.name, "operator-b", Duration::from_secs(15));
-    let done = f.await_meetings("every meeting moved once", |m| {
-        migrations(m).len() == 1 && assignment_nodes(m).is_some_and(|n| !n.contains(&a))
-    })
-    .await;
+    let done = f
+        .await_meetings("every meeting moved once", |m| {
+            migrations(m).len() == 1 && assignment_nodes(m).is_some_and(|n| !n.contains(&a))
+        })
+        .await;
     for m in &done {
         let [mv] = migrations(m) else { unreachable!() };
         assert_eq!(mv.generation, 1, "{}: moved twice", m.name_any());

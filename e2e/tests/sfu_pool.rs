@@ -11,14 +11,13 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::SfuPool;
+use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
 use switchboard_e2e::operator::{operator_identity, start_operator};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
-use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const POOL_LABEL: &str = "switchboard.dev/pool";
-
 
 async fn live_pods(client: &Client, ns: &str, pool: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -72,7 +71,10 @@ async fn a_new_pool_reaches_min_ready_pods_and_says_so() {
     assert_eq!(pool.spec.replicas, Some(3), "the built-in autoscaler wrote spec.replicas");
     assert_eq!(status.capacity.unwrap().participants, 300);
     assert_eq!(status.pods.len(), 3);
-    assert_eq!(status.selector.as_deref(), Some("app.kubernetes.io/managed-by=switchboard,app.kubernetes.io/component=sfu,switchboard.dev/pool=fleet"));
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/managed-by=switchboard,app.kubernetes.io/component=sfu,switchboard.dev/pool=fleet")
+    );
     await_events(&admin, &ns.name, "fleet", &["PodsCreated", "Available", "ScaledUp"]).await;
 
     // The pods are built from the template, owned by the pool, idle and evictable.
@@ -91,7 +93,11 @@ async fn a_new_pool_reaches_min_ready_pods_and_says_so() {
     assert_eq!(pdb.spec.unwrap().selector.unwrap().match_labels.unwrap()["switchboard.dev/busy"], "true");
     // The SFU's ServiceAccount may renew a Lease and nothing else.
     let sfu = sa_client(&admin, &ns.name, "fleet-sfu").await;
-    let beat = switchboard_heartbeat::Heartbeat::new(switchboard_heartbeat::SfuState::Ready, "http://127.0.0.1:7880", Default::default());
+    let beat = switchboard_heartbeat::Heartbeat::new(
+        switchboard_heartbeat::SfuState::Ready,
+        "http://127.0.0.1:7880",
+        Default::default(),
+    );
     let lease = beat.to_lease(&ns.name, "sfu-probe", "other-pool", jiff::Timestamp::now(), Duration::from_secs(10));
     Api::<Lease>::namespaced(sfu.clone(), &ns.name)
         .patch("sfu-probe", &PatchParams::apply("sfu").force(), &Patch::Apply(&lease))
@@ -117,7 +123,8 @@ async fn load_scales_up_at_once_and_down_after_the_window_removing_only_empty_po
     let Setup { admin, ns, operator } = setup("pool-load").await;
     let pools: Api<SfuPool> = ns.api();
     let sfus = SimulatedSfus::start(admin.clone(), &ns.name, "elastic", Duration::from_secs(1));
-    let autoscaling = json!({"minReplicas": 2, "maxReplicas": 6, "buffer": {"participants": 50}, "scaleDownStabilization": "20s"});
+    let autoscaling =
+        json!({"minReplicas": 2, "maxReplicas": 6, "buffer": {"participants": 50}, "scaleDownStabilization": "20s"});
     apply(&pools, &pool("elastic", autoscaling, json!({}))).await;
     await_ready(&admin, &ns.name, "elastic", 2, 2).await;
 
@@ -163,7 +170,15 @@ async fn a_pod_whose_lease_expires_is_replaced() {
     let Setup { admin, ns, operator } = setup("pool-expire").await;
     let pools: Api<SfuPool> = ns.api();
     let sfus = SimulatedSfus::start(admin.clone(), &ns.name, "mortal", Duration::from_secs(1));
-    apply(&pools, &pool("mortal", json!({"minReplicas": 2, "maxReplicas": 4}), json!({"remediation": {"heartbeatTimeout": "3s"}}))).await;
+    apply(
+        &pools,
+        &pool(
+            "mortal",
+            json!({"minReplicas": 2, "maxReplicas": 4}),
+            json!({"remediation": {"heartbeatTimeout": "3s"}}),
+        ),
+    )
+    .await;
     await_ready(&admin, &ns.name, "mortal", 2, 2).await;
     let victim = live_pods(&admin, &ns.name, "mortal").await[0].name_any();
     sfus.silence(&victim);
@@ -190,7 +205,8 @@ async fn a_template_change_rolls_the_pool_without_deleting_busy_pods() {
     let old_hash = old[0].labels()["switchboard.dev/template-hash"].clone();
     sfus.set_participants(&busy, 5);
     wait_for("the busy pod to be marked busy", TIMEOUT, || async {
-        ns.api::<Pod>().get(&busy).await.unwrap().labels().get("switchboard.dev/busy").map(String::as_str) == Some("true")
+        ns.api::<Pod>().get(&busy).await.unwrap().labels().get("switchboard.dev/busy").map(String::as_str)
+            == Some("true")
     })
     .await;
 
@@ -202,7 +218,8 @@ async fn a_template_change_rolls_the_pool_without_deleting_busy_pods() {
     await_deleted(&ns.api::<Pod>(), &idle, TIMEOUT).await;
     let new_pods = eventually("two Ready pods of the new template", TIMEOUT, || async {
         let pods = live_pods(&admin, &ns.name, "rolling").await;
-        let new: Vec<Pod> = pods.into_iter().filter(|p| p.labels()["switchboard.dev/template-hash"] != old_hash).collect();
+        let new: Vec<Pod> =
+            pods.into_iter().filter(|p| p.labels()["switchboard.dev/template-hash"] != old_hash).collect();
         (new.len() == 2).then_some(new)
     })
     .await;
@@ -225,7 +242,9 @@ async fn a_template_change_rolls_the_pool_without_deleting_busy_pods() {
     await_deleted(&ns.api::<Pod>(), &busy, TIMEOUT).await;
     await_ready(&admin, &ns.name, "rolling", 2, 2).await;
     await_condition(&pools, "rolling", TIMEOUT, |p: Option<&SfuPool>| {
-        p.is_some_and(|p| has_condition(p, "Progressing", "False") && p.status.as_ref().is_some_and(|s| s.draining_replicas == 0))
+        p.is_some_and(|p| {
+            has_condition(p, "Progressing", "False") && p.status.as_ref().is_some_and(|s| s.draining_replicas == 0)
+        })
     })
     .await;
     operator.stop().await.unwrap();
@@ -237,7 +256,11 @@ async fn external_mode_follows_kubectl_scale_and_keeps_busy_pods_until_drained()
     let Setup { admin, ns, operator } = setup("pool-ext").await;
     let pools: Api<SfuPool> = ns.api();
     let sfus = SimulatedSfus::start(admin.clone(), &ns.name, "hpa", Duration::from_secs(1));
-    apply(&pools, &pool("hpa", json!({"mode": "External", "minReplicas": 1, "maxReplicas": 5}), json!({"replicas": 3}))).await;
+    apply(
+        &pools,
+        &pool("hpa", json!({"mode": "External", "minReplicas": 1, "maxReplicas": 5}), json!({"replicas": 3})),
+    )
+    .await;
     await_ready(&admin, &ns.name, "hpa", 3, 3).await;
     let pods = live_pods(&admin, &ns.name, "hpa").await;
     let busy: Vec<String> = pods[..2].iter().map(|p| p.name_any()).collect();
@@ -254,7 +277,11 @@ async fn external_mode_follows_kubectl_scale_and_keeps_busy_pods_until_drained()
     // The idle pod goes at once; of the busy ones, one drains and stays.
     let drained = eventually("one busy pod draining", TIMEOUT, || async {
         let pods = live_pods(&admin, &ns.name, "hpa").await;
-        let draining: Vec<String> = pods.iter().filter(|p| p.annotations().contains_key("switchboard.dev/draining-since")).map(|p| p.name_any()).collect();
+        let draining: Vec<String> = pods
+            .iter()
+            .filter(|p| p.annotations().contains_key("switchboard.dev/draining-since"))
+            .map(|p| p.name_any())
+            .collect();
         (pods.len() == 2 && draining.len() == 1).then(|| draining[0].clone())
     })
     .await;
@@ -263,7 +290,11 @@ async fn external_mode_follows_kubectl_scale_and_keeps_busy_pods_until_drained()
         live_pods(&admin, &ns.name, "hpa").await.len() == 2
     })
     .await;
-    assert_eq!(pools.get("hpa").await.unwrap().spec.replicas, Some(1), "External mode leaves spec.replicas to the scaler");
+    assert_eq!(
+        pools.get("hpa").await.unwrap().spec.replicas,
+        Some(1),
+        "External mode leaves spec.replicas to the scaler"
+    );
     sfus.set_participants(&drained, 0);
     await_deleted(&ns.api::<Pod>(), &drained, TIMEOUT).await;
     await_ready(&admin, &ns.name, "hpa", 1, 1).await;

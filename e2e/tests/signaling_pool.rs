@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ServiceAccount, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_crds::{Meeting, SignalingPool};
@@ -26,7 +26,11 @@ fn signaling_pool(min: i32, max: i32) -> serde_json::Value {
             "autoscaling": {"minReplicas": min, "maxReplicas": max, "targetConnectionsPerPod": 3000},
             "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
             "auth": {"jwtSecretRef": {"name": "signaling-jwt", "key": "key"}},
-            "turn": {"urls": ["turn:turn.example.com:3478?transport=udp"], "sharedSecretRef": {"name": "turn", "key": "secret"}, "credentialTtl": "10m"},
+            "turn": {
+                "urls": ["turn:turn.example.com:3478?transport=udp"],
+                "sharedSecretRef": {"name": "turn", "key": "secret"},
+                "credentialTtl": "10m",
+            },
         },
     })
 }
@@ -39,7 +43,10 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
     pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&signaling_pool(2, 6))).await.unwrap();
 
     let deployments: Api<Deployment> = s.ns.api();
-    let d = eventually("the signaling Deployment", TIMEOUT, || async { deployments.get_opt("main-signaling").await.ok().flatten() }).await;
+    let d = eventually("the signaling Deployment", TIMEOUT, || async {
+        deployments.get_opt("main-signaling").await.ok().flatten()
+    })
+    .await;
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(2), "created at minReplicas");
     let pod = spec.template.spec.unwrap();
@@ -56,50 +63,84 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
 
     // The controller applies the Service, PDB and HPA after the Deployment: wait for each.
     let svc: Api<Service> = s.ns.api();
-    let service = eventually("the signaling Service", TIMEOUT, || async { svc.get_opt("main-signaling").await.ok().flatten() }).await;
+    let service =
+        eventually("the signaling Service", TIMEOUT, || async { svc.get_opt("main-signaling").await.ok().flatten() })
+            .await;
     assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 80);
     let pdb: Api<PodDisruptionBudget> = s.ns.api();
-    let budget = eventually("the signaling PDB", TIMEOUT, || async { pdb.get_opt("main-signaling").await.ok().flatten() }).await;
+    let budget =
+        eventually("the signaling PDB", TIMEOUT, || async { pdb.get_opt("main-signaling").await.ok().flatten() }).await;
     assert!(budget.spec.unwrap().max_unavailable.is_some());
     let hpas: Api<HorizontalPodAutoscaler> = s.ns.api();
-    let hpa = eventually("the signaling HPA", TIMEOUT, || async { hpas.get_opt("main-signaling").await.ok().flatten() }).await.spec;
+    let hpa =
+        eventually("the signaling HPA", TIMEOUT, || async { hpas.get_opt("main-signaling").await.ok().flatten() })
+            .await
+            .spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
     let metrics = hpa.metrics.unwrap();
     assert_eq!(metrics[0].pods.as_ref().unwrap().metric.name, "switchboard_signaling_connections");
-    assert_eq!(metrics[0].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0, "3k", "the API server normalizes the quantity");
+    assert_eq!(
+        metrics[0].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0,
+        "3k",
+        "the API server normalizes the quantity"
+    );
 
     // kwok runs the pods; the pool reports them.
     let pool = eventually("2 ready replicas in status", TIMEOUT, || async {
         let p = pools.get("main").await.ok()?;
         let st = p.status.as_ref()?;
-        (st.ready_replicas == 2 && st.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True")).then_some(p)
+        (st.ready_replicas == 2 && st.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True"))
+            .then_some(p)
     })
     .await;
     assert_eq!(pool.status.unwrap().observed_generation, pool.metadata.generation);
     await_events(&s.admin, ns, "main", &["Created"]).await;
 
     // A spec change reaches the HPA; the Deployment's replicas stay the HPA's.
-    deployments.patch("main-signaling", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 4}}))).await.unwrap();
+    deployments
+        .patch("main-signaling", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 4}})))
+        .await
+        .unwrap();
     pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&signaling_pool(3, 8))).await.unwrap();
     wait_for("HPA min 3 max 8", TIMEOUT, || async {
-        hpas.get("main-signaling").await.ok().map(|h| h.spec).is_some_and(|s| s.min_replicas == Some(3) && s.max_replicas == 8)
+        hpas.get("main-signaling")
+            .await
+            .ok()
+            .map(|h| h.spec)
+            .is_some_and(|s| s.min_replicas == Some(3) && s.max_replicas == 8)
     })
     .await;
-    assert_eq!(deployments.get("main-signaling").await.unwrap().spec.unwrap().replicas, Some(4), "the operator does not fight the HPA");
+    assert_eq!(
+        deployments.get("main-signaling").await.unwrap().spec.unwrap().replicas,
+        Some(4),
+        "the operator does not fight the HPA"
+    );
 
     // The API server refuses min > max, naming the field.
-    let (code, message) = api_error(pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&signaling_pool(9, 2))).await);
+    let (code, message) =
+        api_error(pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&signaling_pool(9, 2))).await);
     assert_eq!(code, 422);
     assert!(message.contains("minReplicas"), "{message}");
 
     // The signaling ServiceAccount may read and create Meetings and nothing more.
     let sas: Api<ServiceAccount> = s.ns.api();
-    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
-    let token = sas.create_token_request("main-signaling", &PostParams::default(), &request).await.unwrap().status.unwrap().token.unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
+    let token = sas
+        .create_token_request("main-signaling", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
     let signaling = client_with_token(&token).await;
     let meetings: Api<Meeting> = Api::namespaced(signaling.clone(), ns);
-    let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "adhoc"},
-        "spec": {"title": "t", "host": "h", "participants": {"expected": 2}}})).unwrap();
+    let m: Meeting = serde_json::from_value(
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "adhoc"},
+        "spec": {"title": "t", "host": "h", "participants": {"expected": 2}}}),
+    )
+    .unwrap();
     meetings.create(&PostParams::default(), &m).await.expect("signaling creates meetings");
     meetings.list(&Default::default()).await.expect("and lists them");
     assert_eq!(api_error(meetings.delete("adhoc", &DeleteParams::default()).await).0, 403, "but does not delete them");

@@ -49,7 +49,10 @@ impl Admission {
 
     /// `shutdown`, closing the admission when it resolves: a controller's
     /// `graceful_shutdown_on` then does not wait for reconciles still waiting a turn.
-    pub fn close_on(&self, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> impl Future<Output = ()> + Send + Sync + 'static {
+    pub fn close_on(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    ) -> impl Future<Output = ()> + Send + Sync + 'static {
         let admission = self.clone();
         async move {
             shutdown.await;

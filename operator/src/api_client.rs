@@ -112,7 +112,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_take_the_clients_in_turn() {
-        let clients: Vec<_> = (0..3usize).map(|i| tower::service_fn(move |_: ()| async move { Ok::<_, ()>(i) })).collect();
+        let clients: Vec<_> =
+            (0..3usize).map(|i| tower::service_fn(move |_: ()| async move { Ok::<_, ()>(i) })).collect();
         let mut client = RoundRobin { clients: clients.into(), next: Arc::default() };
         let mut served = Vec::new();
         for _ in 0..7 {

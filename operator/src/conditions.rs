@@ -32,7 +32,10 @@ pub fn condition(
 pub fn same(a: &[Condition], b: &[Condition]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
-            x.type_ == y.type_ && x.status == y.status && x.reason == y.reason && x.message == y.message
+            x.type_ == y.type_
+                && x.status == y.status
+                && x.reason == y.reason
+                && x.message == y.message
                 && x.observed_generation == y.observed_generation
         })
 }
@@ -44,9 +47,10 @@ mod tests {
     #[test]
     fn transition_time_is_kept_while_the_status_holds() {
         let first = condition(&[], "Available", true, "MinimumReplicasReady", "2 of 2", Some(1));
-        let again = condition(std::slice::from_ref(&first), "Available", true, "MinimumReplicasReady", "3 of 2", Some(2));
+        let again =
+            condition(std::slice::from_ref(&first), "Available", true, "MinimumReplicasReady", "3 of 2", Some(2));
         assert_eq!(first.last_transition_time, again.last_transition_time);
-        let flipped = condition(&[first.clone()], "Available", false, "NoReadyPods", "0 of 2", Some(2));
+        let flipped = condition(std::slice::from_ref(&first), "Available", false, "NoReadyPods", "0 of 2", Some(2));
         assert_eq!(flipped.status, "False");
         assert!(!same(&[first], &[flipped]));
     }

@@ -19,8 +19,7 @@ use std::time::Duration;
 /// | `SWITCHBOARD_RECORDER_TOLERATIONS` | none | JSON array: the `tolerations` of recorder pods |
 /// | `SWITCHBOARD_RECORDING_PVC` | `recordings` | PVC of automatic recordings whose Meeting names no storage |
 /// | `SWITCHBOARD_CONTROLLERS` | all | comma-separated subset of `sfupool,meeting,remediation,signalingpool,recordingjob` |
-pub const DEFAULT_RECORDER_IMAGE: &str =
-    concat!("switchboard/recorder-pod:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_RECORDER_IMAGE: &str = concat!("switchboard/recorder-pod:", env!("CARGO_PKG_VERSION"));
 /// Pull policy of the containers the operator writes (signaling, recorder, and SFU
 /// containers whose template sets none): an image already on the node, e.g. loaded
 /// into its containerd by `e2e/cluster/load-images`, is used without a registry.
@@ -41,7 +40,9 @@ impl PodPlacement {
         fn json<T: serde::de::DeserializeOwned + Default>(name: &str) -> anyhow::Result<T> {
             match std::env::var(name).ok().filter(|v| !v.trim().is_empty()) {
                 None => Ok(T::default()),
-                Some(v) => serde_json::from_str(&v).map_err(|e| anyhow::anyhow!("{name}: not the expected JSON ({e}): {v}")),
+                Some(v) => {
+                    serde_json::from_str(&v).map_err(|e| anyhow::anyhow!("{name}: not the expected JSON ({e}): {v}"))
+                }
             }
         }
         Ok(Self { node_selector: json(selector_var)?, tolerations: json(tolerations_var)? })
@@ -86,13 +87,13 @@ impl OperatorConfig {
         // restarted container of the leader is a new candidate that waits for the
         // Lease to expire like any other, so the standby (which has watched the
         // Lease all along) takes over, and nothing assumes the dead process's state.
-        let host = var("POD_NAME")
-            .or_else(|| var("HOSTNAME"))
-            .unwrap_or_else(|| "switchboard-operator".into());
+        let host = var("POD_NAME").or_else(|| var("HOSTNAME")).unwrap_or_else(|| "switchboard-operator".into());
         let identity = format!("{host}_{}", process_nonce());
         Ok(Self {
             watch_namespace: var("SWITCHBOARD_WATCH_NAMESPACE"),
-            leader_namespace: var("SWITCHBOARD_LEADER_NAMESPACE").or_else(|| var("POD_NAMESPACE")).unwrap_or_else(|| "default".into()),
+            leader_namespace: var("SWITCHBOARD_LEADER_NAMESPACE")
+                .or_else(|| var("POD_NAMESPACE"))
+                .unwrap_or_else(|| "default".into()),
             leader_lease: var("SWITCHBOARD_LEADER_LEASE").unwrap_or_else(|| "switchboard-operator-leader".into()),
             lease_duration: secs("SWITCHBOARD_LEADER_LEASE_SECONDS", 15)?,
             identity,
@@ -105,14 +106,21 @@ impl OperatorConfig {
                 .parse()?,
             sfu_startup_timeout: secs("SWITCHBOARD_SFU_STARTUP_TIMEOUT_SECONDS", 120)?,
             recorder_image: var("SWITCHBOARD_RECORDER_IMAGE").unwrap_or_else(|| DEFAULT_RECORDER_IMAGE.into()),
-            recorder_placement: PodPlacement::from_env("SWITCHBOARD_RECORDER_NODE_SELECTOR", "SWITCHBOARD_RECORDER_TOLERATIONS")?,
+            recorder_placement: PodPlacement::from_env(
+                "SWITCHBOARD_RECORDER_NODE_SELECTOR",
+                "SWITCHBOARD_RECORDER_TOLERATIONS",
+            )?,
             recording_pvc: var("SWITCHBOARD_RECORDING_PVC").unwrap_or_else(|| "recordings".into()),
             controllers: match var("SWITCHBOARD_CONTROLLERS") {
                 None => None,
                 Some(list) => {
-                    let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+                    let names: Vec<String> =
+                        list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
                     if let Some(bad) = names.iter().find(|n| !CONTROLLERS.contains(&n.as_str())) {
-                        anyhow::bail!("SWITCHBOARD_CONTROLLERS: unknown controller {bad:?}; known: {}", CONTROLLERS.join(","));
+                        anyhow::bail!(
+                            "SWITCHBOARD_CONTROLLERS: unknown controller {bad:?}; known: {}",
+                            CONTROLLERS.join(",")
+                        );
                     }
                     Some(names)
                 }

@@ -37,7 +37,10 @@ pub async fn install_crds(client: &Client, timeout: Duration) -> Result<Vec<Stri
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(InstallError::NotEstablished { name: name.clone(), reason: e.to_string() }),
             Err(_) => {
-                return Err(InstallError::NotEstablished { name: name.clone(), reason: format!("not within {timeout:?}") });
+                return Err(InstallError::NotEstablished {
+                    name: name.clone(),
+                    reason: format!("not within {timeout:?}"),
+                });
             }
         }
     }

@@ -36,11 +36,8 @@ pub fn thresholds(pool: &SfuPool) -> Thresholds {
 
 /// A Node as failure detection sees it.
 pub fn node_view(node: &Node) -> NodeView {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let ready =
+        node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
     let spec = node.spec.as_ref();
     NodeView {
         ready: ready.map(|c| match c.status.as_str() {
@@ -116,7 +113,13 @@ impl Caches {
     }
 
     /// The pod's view with its fault filled in, and the verdict behind it.
-    pub fn judge(&self, pool: &SfuPool, pod: &Pod, beat: Option<&Observed>, now: jiff::Timestamp) -> (fleet::PodView, Verdict) {
+    pub fn judge(
+        &self,
+        pool: &SfuPool,
+        pod: &Pod,
+        beat: Option<&Observed>,
+        now: jiff::Timestamp,
+    ) -> (fleet::PodView, Verdict) {
         let mut view = self.pod_view(pod, beat);
         let node = view.node.as_deref().map(|n| self.node(n));
         let deleted = pod.metadata.deletion_timestamp.as_ref().map(|t| t.0);

@@ -21,7 +21,13 @@ pub async fn serve(
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
                 }
             }),
         )
@@ -31,7 +37,11 @@ pub async fn serve(
             get(move || {
                 let health = health.clone();
                 async move {
-                    if health.is_ready() { (StatusCode::OK, "ok").into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response() }
+                    if health.is_ready() {
+                        (StatusCode::OK, "ok").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+                    }
                 }
             }),
         );

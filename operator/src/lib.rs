@@ -119,17 +119,23 @@ pub async fn run(
 const MEETING_EVENTS_BUFFER: usize = 1024;
 
 /// Every controller, sharing one cache per watched kind, until `stop` turns true.
-async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metrics, stop: tokio::sync::watch::Receiver<bool>) {
+async fn run_controllers(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     use futures::{StreamExt, stream};
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
     use kube::ResourceExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let (pools, meetings): (Api<switchboard_crds::SfuPool>, Api<switchboard_crds::Meeting>) = match &config.watch_namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (pools, meetings): (Api<switchboard_crds::SfuPool>, Api<switchboard_crds::Meeting>) =
+        match &config.watch_namespace {
+            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let (pool_store, writer) = reflector::store();
     let pool_stream = watcher(pools, watcher::Config::default())
         .default_backoff()
@@ -145,7 +151,8 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
     let only = |name: &'static str| config.runs(name);
     let subscribe = |name: &'static str| only(name).then(|| writer.subscribe().expect("a shared store"));
     let (meeting_events, recording_events) = (subscribe("meeting"), subscribe("recordingjob"));
-    let (meeting_events, recording_events) = (stream::iter(meeting_events).flatten(), stream::iter(recording_events).flatten());
+    let (meeting_events, recording_events) =
+        (stream::iter(meeting_events).flatten(), stream::iter(recording_events).flatten());
     let meeting_watch = watcher(meetings, watcher::Config::default())
         .default_backoff()
         .modify(|m: &mut switchboard_crds::Meeting| m.managed_fields_mut().clear())
@@ -157,11 +164,15 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
             }
         });
     let watches = sfu_pool::Watches::new(&client, &config);
-    let caches = health::Caches { pods: watches.pods.clone(), leases: watches.leases.clone(), nodes: watches.nodes.clone() };
+    let caches =
+        health::Caches { pods: watches.pods.clone(), leases: watches.leases.clone(), nodes: watches.nodes.clone() };
     let shared = meeting::Shared { meetings: meeting_store.clone(), pools: pool_store.clone(), caches: caches.clone() };
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let (fault_tx, fault_rx) = futures::channel::mpsc::unbounded();
-    let reporter = kube::runtime::events::Reporter { controller: labels::FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let reporter = kube::runtime::events::Reporter {
+        controller: labels::FIELD_MANAGER.into(),
+        instance: Some(config.identity.clone()),
+    };
     let detector = remediation::Detector {
         client: client.clone(),
         caches,
@@ -184,15 +195,43 @@ async fn run_controllers(client: Client, config: OperatorConfig, metrics: Metric
         stopped(stop.clone()),
     );
     let signaling = signaling_pool::run(client.clone(), config.clone(), metrics.clone(), stopped(stop.clone()));
-    let recordings = recording_job::run(client.clone(), config.clone(), metrics.clone(), recording_events, meeting_store.clone(), stopped(stop.clone()));
-    let meetings = meeting::run(client, config.clone(), metrics, meeting_events, shared, trigger_tx, fault_rx, stopped(stop));
+    let recordings = recording_job::run(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        recording_events,
+        meeting_store.clone(),
+        stopped(stop.clone()),
+    );
+    let meetings =
+        meeting::run(client, config.clone(), metrics, meeting_events, shared, trigger_tx, fault_rx, stopped(stop));
     // Futures do nothing until polled: a controller left out is never started.
     let controllers = futures::future::join5(
-        async { if only("sfupool") { pools.await } },
-        async { if only("meeting") { meetings.await } },
-        async { if only("remediation") { detector.await } },
-        async { if only("signalingpool") { signaling.await } },
-        async { if only("recordingjob") { recordings.await } },
+        async {
+            if only("sfupool") {
+                pools.await
+            }
+        },
+        async {
+            if only("meeting") {
+                meetings.await
+            }
+        },
+        async {
+            if only("remediation") {
+                detector.await
+            }
+        },
+        async {
+            if only("signalingpool") {
+                signaling.await
+            }
+        },
+        async {
+            if only("recordingjob") {
+                recordings.await
+            }
+        },
     );
     futures::future::join(meeting_watch, controllers).await;
 }

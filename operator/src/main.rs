@@ -31,8 +31,12 @@ async fn main() -> anyhow::Result<()> {
             let config = OperatorConfig::from_env()?;
             let metrics = Metrics::default();
             let health = Health::default();
-            let (addr, server) = switchboard_operator::http::serve(config.http_addr, metrics.clone(), health.clone()).await?;
-            tracing::info!(%addr, identity = %config.identity, namespace = ?config.watch_namespace, "operator starting");
+            let (addr, server) =
+                switchboard_operator::http::serve(config.http_addr, metrics.clone(), health.clone()).await?;
+            tracing::info!(
+                %addr, identity = %config.identity, namespace = ?config.watch_namespace,
+                "operator starting"
+            );
             tokio::spawn(server);
             switchboard_operator::run(client, config, metrics, health, shutdown_signal()).await
         }

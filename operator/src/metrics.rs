@@ -84,7 +84,11 @@ impl Default for Metrics {
         let reconciles = Family::<ControllerLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("reconcile_errors", "Reconciles that failed, by controller and error kind", reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by controller and error kind",
+            reconcile_errors.clone(),
+        );
         let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
         });
@@ -96,11 +100,23 @@ impl Default for Metrics {
         let pool_desired_pods = Family::<PoolLabels, Gauge>::default();
         registry.register("sfupool_desired_pods", "SFU pods a pool aims for", pool_desired_pods.clone());
         let pool_allocated_participants = Family::<PoolLabels, Gauge>::default();
-        registry.register("sfupool_allocated_participants", "Participants the pool's SFUs report", pool_allocated_participants.clone());
+        registry.register(
+            "sfupool_allocated_participants",
+            "Participants the pool's SFUs report",
+            pool_allocated_participants.clone(),
+        );
         let pool_capacity_participants = Family::<PoolLabels, Gauge>::default();
-        registry.register("sfupool_capacity_participants", "Participants the Ready pods hold", pool_capacity_participants.clone());
+        registry.register(
+            "sfupool_capacity_participants",
+            "Participants the Ready pods hold",
+            pool_capacity_participants.clone(),
+        );
         let sfu_pod_actions = Family::<PodActionLabels, Counter>::default();
-        registry.register("sfu_pod_actions", "SFU pods created, drained and deleted, by reason", sfu_pod_actions.clone());
+        registry.register(
+            "sfu_pod_actions",
+            "SFU pods created, drained and deleted, by reason",
+            sfu_pod_actions.clone(),
+        );
         let meetings = Family::<PhaseLabels, Gauge>::default();
         registry.register("meetings", "Meetings by phase", meetings.clone());
         let placements = Family::<PlacementLabels, Counter>::default();
@@ -113,13 +129,29 @@ impl Default for Metrics {
             placement_latency.clone(),
         );
         let reservations = Gauge::default();
-        registry.register("meeting_reservations", "Meetings holding a reservation ahead of their start", reservations.clone());
+        registry.register(
+            "meeting_reservations",
+            "Meetings holding a reservation ahead of their start",
+            reservations.clone(),
+        );
         let reservations_made = Counter::default();
-        registry.register("meeting_reservations_made", "Reservations made for scheduled meetings", reservations_made.clone());
+        registry.register(
+            "meeting_reservations_made",
+            "Reservations made for scheduled meetings",
+            reservations_made.clone(),
+        );
         let sfu_faults = Family::<ReasonLabels, Counter>::default();
-        registry.register("sfu_faults", "SFU pods found failed or leaving with their node, by reason", sfu_faults.clone());
+        registry.register(
+            "sfu_faults",
+            "SFU pods found failed or leaving with their node, by reason",
+            sfu_faults.clone(),
+        );
         let migrations = Family::<ReasonLabels, Counter>::default();
-        registry.register("meeting_migrations", "Meetings moved off a failed or leaving SFU pod, by reason", migrations.clone());
+        registry.register(
+            "meeting_migrations",
+            "Meetings moved off a failed or leaving SFU pod, by reason",
+            migrations.clone(),
+        );
         let migration_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]);
         registry.register(
             "meeting_migration_duration_seconds",
@@ -168,7 +200,12 @@ impl Metrics {
 }
 
 /// Runs one reconcile of `controller` inside a tracing span, counting it and timing it.
-pub async fn instrumented<T>(metrics: &Metrics, controller: &'static str, span: tracing::Span, reconcile: impl std::future::Future<Output = T>) -> T {
+pub async fn instrumented<T>(
+    metrics: &Metrics,
+    controller: &'static str,
+    span: tracing::Span,
+    reconcile: impl std::future::Future<Output = T>,
+) -> T {
     let labels = ControllerLabels { controller };
     metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();

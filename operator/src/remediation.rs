@@ -105,7 +105,9 @@ impl Detector {
         let mut present: HashSet<PodKey> = HashSet::new();
         let mut cordon = BTreeMap::new();
         for pod in self.caches.pods.state() {
-            let (Some(ns), Some(pool_name)) = (pod.namespace(), pod.labels().get(POOL_LABEL).cloned()) else { continue };
+            let (Some(ns), Some(pool_name)) = (pod.namespace(), pod.labels().get(POOL_LABEL).cloned()) else {
+                continue;
+            };
             let Some(pool) = self.pools.get(&ObjectRef::new(&pool_name).within(&ns)) else { continue };
             if !build::owned_by(&pod, &pool) {
                 continue;
@@ -140,11 +142,15 @@ impl Detector {
                 );
                 let type_ = if detected.fault.planned() { EventType::Normal } else { EventType::Warning };
                 let reason = if detected.fault.planned() { "SfuLeaving" } else { "SfuFailed" };
-                tracing::info!(pod = %key.1, fault = detected.fault.as_str(), meetings = meetings.len(), "SFU pod fault detected");
+                tracing::info!(
+                    pod = %key.1, fault = detected.fault.as_str(), meetings = meetings.len(),
+                    "SFU pod fault detected"
+                );
                 self.publish(pool.object_ref(&()), type_, reason, note);
                 let _ = self.pools_to_plan.unbounded_send(ObjectRef::from_obj(&*pool));
             }
-            let seen = state.faulted.entry(key.clone()).or_insert(Seen { fault: detected.fault, nudged: Instant::now() });
+            let seen =
+                state.faulted.entry(key.clone()).or_insert(Seen { fault: detected.fault, nudged: Instant::now() });
             seen.fault = detected.fault;
             if fresh || seen.nudged.elapsed() >= RETRIGGER {
                 seen.nudged = Instant::now();
@@ -152,7 +158,9 @@ impl Detector {
                     let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&ns));
                 }
             }
-            if let (Fault::NodeNotReady, true, Some(node)) = (detected.fault, pool.spec.remediation.cordon_failed_nodes, view.node) {
+            if let (Fault::NodeNotReady, true, Some(node)) =
+                (detected.fault, pool.spec.remediation.cordon_failed_nodes, view.node)
+            {
                 let threshold = pool.spec.remediation.node_not_ready_after.as_std();
                 cordon.entry(node).or_insert((pool.name_any(), threshold));
             }
@@ -173,7 +181,9 @@ impl Detector {
             self.caches.nodes.get(&ObjectRef::new(node)).is_some_and(|n| {
                 let spec = n.spec.as_ref();
                 let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
-                let tainted = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == FAILED_NODE_TAINT));
+                let tainted = spec
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|ts| ts.iter().any(|t| t.key == FAILED_NODE_TAINT));
                 !(unschedulable && tainted)
             })
         });
@@ -212,7 +222,13 @@ impl Detector {
     }
 
     /// Events go out in the background: detection must not wait on them.
-    fn publish(&self, reference: k8s_openapi::api::core::v1::ObjectReference, type_: EventType, reason: &'static str, note: String) {
+    fn publish(
+        &self,
+        reference: k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) {
         self.events.send(reference, type_, reason, note);
     }
 }

@@ -23,7 +23,8 @@ fn read(path: &str) -> String {
 fn workspace_version() -> String {
     let toml = read("Cargo.toml");
     let section = toml.split("[workspace.package]").nth(1).expect("Cargo.toml has [workspace.package]");
-    let line = section.lines().find(|l| l.trim_start().starts_with("version")).expect("[workspace.package] has a version");
+    let line =
+        section.lines().find(|l| l.trim_start().starts_with("version")).expect("[workspace.package] has a version");
     line.split('"').nth(1).expect("version = \"…\"").to_owned()
 }
 
@@ -34,8 +35,12 @@ fn workspace_version() -> String {
 fn built_images() -> BTreeSet<String> {
     let script = read("images");
     let version = workspace_version();
-    let tokens: Vec<&str> =
-        script.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(|l| l.split_whitespace()).map(|t| t.trim_matches('"')).collect();
+    let tokens: Vec<&str> = script
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .flat_map(|l| l.split_whitespace())
+        .map(|t| t.trim_matches('"'))
+        .collect();
     let mut built = BTreeSet::new();
     for (i, token) in tokens.iter().enumerate() {
         if *token != "--name" {
@@ -87,7 +92,9 @@ fn the_operators_default_images_are_built_and_used_if_present() {
                  "auth": {"jwtSecretRef": {"name": "jwt", "key": "key"}}},
     }))
     .unwrap();
-    let deployment = serde_json::to_value(signaling_pool::build::deployment(&signaling_pool::build::validate(&pool).unwrap(), true)).unwrap();
+    let deployment =
+        serde_json::to_value(signaling_pool::build::deployment(&signaling_pool::build::validate(&pool).unwrap(), true))
+            .unwrap();
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], signaling_pool::build::DEFAULT_IMAGE);
     assert_eq!(container["imagePullPolicy"], "IfNotPresent");
@@ -97,8 +104,13 @@ fn the_operators_default_images_are_built_and_used_if_present() {
     let mut rj: RecordingJob = example("recordingjob.yaml", "RecordingJob");
     rj.metadata.uid = Some("u-2".into());
     for delete_files in [false, true] {
-        let job =
-            serde_json::to_value(recording_job::build::recorder_job(&rj, &config.recorder_image, &config.recorder_placement, delete_files)).unwrap();
+        let job = serde_json::to_value(recording_job::build::recorder_job(
+            &rj,
+            &config.recorder_image,
+            &config.recorder_placement,
+            delete_files,
+        ))
+        .unwrap();
         let container = &job["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["image"], DEFAULT_RECORDER_IMAGE);
         assert_eq!(container["imagePullPolicy"], "IfNotPresent");
@@ -149,7 +161,11 @@ fn the_charts_images_are_built() {
     }
     for (path, image) in images {
         let tag = image["tag"].as_str().filter(|t| !t.is_empty()).unwrap_or(app_version);
-        assert_built(&built, &format!("{}:{tag}", image["repository"].as_str().unwrap()), &format!("values.yaml{path}"));
+        assert_built(
+            &built,
+            &format!("{}:{tag}", image["repository"].as_str().unwrap()),
+            &format!("values.yaml{path}"),
+        );
     }
 }
 
@@ -171,7 +187,8 @@ fn the_examples_images_are_built() {
             _ => {}
         }
     }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(repo_root().join("examples")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
         let docs: Vec<Value> = serde_saphyr::from_multiple(&std::fs::read_to_string(&path).unwrap()).unwrap();

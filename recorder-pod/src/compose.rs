@@ -64,9 +64,19 @@ pub fn join_tracks(dir: &Path) -> Result<Vec<TrackFile>, ComposeError> {
             let file = if meta.video {
                 let (bytes, frames) = ivf::concatenate(&data);
                 let (Some(first), Some(last)) = (frames.first(), frames.last()) else { continue };
-                let interval = if frames.len() > 1 { (last.pts_ms - first.pts_ms) / (frames.len() as u64 - 1) } else { 1000 / FPS as u64 };
+                let interval = if frames.len() > 1 {
+                    (last.pts_ms - first.pts_ms) / (frames.len() as u64 - 1)
+                } else {
+                    1000 / FPS as u64
+                };
                 std::fs::write(&path, bytes)?;
-                TrackFile { meta, path, start_ms: first.pts_ms, end_ms: last.pts_ms + interval.clamp(1, 1000), activity: vec![] }
+                TrackFile {
+                    meta,
+                    path,
+                    start_ms: first.pts_ms,
+                    end_ms: last.pts_ms + interval.clamp(1, 1000),
+                    activity: vec![],
+                }
             } else {
                 let serial = 0x5357_4231;
                 let (bytes, pages) = ogg::concatenate(&data, serial);
@@ -74,7 +84,13 @@ pub fn join_tracks(dir: &Path) -> Result<Vec<TrackFile>, ComposeError> {
                 let to_ms = |g: u64| g * 1000 / ogg::OPUS_SAMPLE_RATE;
                 std::fs::write(&path, bytes)?;
                 let activity = pages.iter().map(|p| (to_ms(p.granule), p.packet.len() as u32)).collect();
-                TrackFile { meta, path, start_ms: to_ms(first.granule.saturating_sub(ogg::opus_samples(&first.packet))), end_ms: to_ms(last.granule), activity }
+                TrackFile {
+                    meta,
+                    path,
+                    start_ms: to_ms(first.granule.saturating_sub(ogg::opus_samples(&first.packet))),
+                    end_ms: to_ms(last.granule),
+                    activity,
+                }
             };
             out.push(file);
         }
@@ -82,7 +98,9 @@ pub fn join_tracks(dir: &Path) -> Result<Vec<TrackFile>, ComposeError> {
     if out.is_empty() {
         return Err(ComposeError::NothingRecorded);
     }
-    out.sort_by(|a, b| (a.start_ms, &a.meta.publisher, &a.meta.track).cmp(&(b.start_ms, &b.meta.publisher, &b.meta.track)));
+    out.sort_by(|a, b| {
+        (a.start_ms, &a.meta.publisher, &a.meta.track).cmp(&(b.start_ms, &b.meta.publisher, &b.meta.track))
+    });
     Ok(out)
 }
 
@@ -153,7 +171,10 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     let (start, end) = span(tracks);
     let duration = (end - start) as f64 / 1000.0;
     // Two filter threads: the graph (decode, scale, overlay) is the bottleneck on small machines.
-    let mut args: Vec<String> = ["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-filter_complex_threads", "2"].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-filter_complex_threads", "2"]
+            .map(String::from)
+            .to_vec();
     for t in tracks {
         args.push("-itsoffset".into());
         args.push(format!("{:.3}", (t.start_ms - start) as f64 / 1000.0));
@@ -219,12 +240,48 @@ pub fn ffmpeg_args(tracks: &[TrackFile], layout: Layout, format: RecordingFormat
     args.extend(["-filter_complex".into(), g, "-map".into(), "[vout]".into(), "-map".into(), "[aout]".into()]);
     match format {
         RecordingFormat::MP4 => args.extend(
-            ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "27", "-r", "15", "-g", "150", "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", "-f", "mp4"]
-                .map(String::from),
+            [
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-crf",
+                "27",
+                "-r",
+                "15",
+                "-g",
+                "150",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+                "-movflags",
+                "+faststart",
+                "-f",
+                "mp4",
+            ]
+            .map(String::from),
         ),
         RecordingFormat::WebM => args.extend(
-            ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "1200k", "-r", "15", "-c:a", "libopus", "-b:a", "64k", "-f", "webm"]
-                .map(String::from),
+            [
+                "-c:v",
+                "libvpx",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-b:v",
+                "1200k",
+                "-r",
+                "15",
+                "-c:a",
+                "libopus",
+                "-b:a",
+                "64k",
+                "-f",
+                "webm",
+            ]
+            .map(String::from),
         ),
     }
     args.extend(["-t".into(), format!("{duration:.3}"), output.display().to_string()]);
@@ -246,8 +303,16 @@ pub fn output_name(layout: Layout, format: RecordingFormat) -> String {
 }
 
 /// Runs ffmpeg; the output appears under its name only when ffmpeg succeeded.
-pub async fn run_ffmpeg(ffmpeg: &str, tracks: &[TrackFile], layout: Layout, format: RecordingFormat, output: &Path, timeout: Duration) -> Result<(), ComposeError> {
-    let partial = output.with_extension(format!("part.{}", output.extension().and_then(|e| e.to_str()).unwrap_or("out")));
+pub async fn run_ffmpeg(
+    ffmpeg: &str,
+    tracks: &[TrackFile],
+    layout: Layout,
+    format: RecordingFormat,
+    output: &Path,
+    timeout: Duration,
+) -> Result<(), ComposeError> {
+    let partial =
+        output.with_extension(format!("part.{}", output.extension().and_then(|e| e.to_str()).unwrap_or("out")));
     let args = ffmpeg_args(tracks, layout, format, &partial);
     tracing::info!(ffmpeg, args = %args.join(" "), "compositing");
     let mut cmd = tokio::process::Command::new(ffmpeg);
@@ -272,7 +337,8 @@ pub async fn run_ffmpeg(ffmpeg: &str, tracks: &[TrackFile], layout: Layout, form
     };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
+        let tail: String =
+            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
         let _ = std::fs::remove_file(&partial);
         return Err(ComposeError::Ffmpeg { status: out.status.to_string(), stderr: tail.chars().take(600).collect() });
     }
@@ -280,13 +346,21 @@ pub async fn run_ffmpeg(ffmpeg: &str, tracks: &[TrackFile], layout: Layout, form
     Ok(())
 }
 
+/// What the URL of a Tracks-layout recording names: its directory of track files.
+pub const TRACKS_DIR_URL: &str = "tracks/";
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn track(publisher: &str, video: bool, start_ms: u64, end_ms: u64, activity: Vec<(u64, u32)>) -> TrackFile {
         TrackFile {
-            meta: TrackMeta { publisher: publisher.into(), track: format!("{publisher}-{}", if video { "cam" } else { "mic" }), video, mime_type: String::new() },
+            meta: TrackMeta {
+                publisher: publisher.into(),
+                track: format!("{publisher}-{}", if video { "cam" } else { "mic" }),
+                video,
+                mime_type: String::new(),
+            },
             path: PathBuf::from(format!("/r/{publisher}.{}", if video { "ivf" } else { "ogg" })),
             start_ms,
             end_ms,
@@ -336,16 +410,21 @@ mod tests {
         let seg = speaker_segments(&tracks, &["alice".into(), "bob".into()], 0, 10_000);
         assert_eq!(seg, vec![("alice".into(), 0, 4000), ("bob".into(), 4000, 10_000)]);
         let args = ffmpeg_args(
-            &[track("alice", true, 0, 10_000, vec![]), track("bob", true, 0, 10_000, vec![]), tracks[0].clone(), tracks[1].clone()],
+            &[
+                track("alice", true, 0, 10_000, vec![]),
+                track("bob", true, 0, 10_000, vec![]),
+                tracks[0].clone(),
+                tracks[1].clone(),
+            ],
             Layout::Speaker,
             RecordingFormat::WebM,
             Path::new("/r/s.webm"),
         )
         .join(" ");
-        assert!(args.contains("enable='between(t,0.000,4.000)'") && args.contains("enable='between(t,4.000,10.000)'"), "{args}");
+        assert!(
+            args.contains("enable='between(t,0.000,4.000)'") && args.contains("enable='between(t,4.000,10.000)'"),
+            "{args}"
+        );
         assert!(args.contains("-c:v libvpx"), "{args}");
     }
 }
-
-/// What the URL of a Tracks-layout recording names: its directory of track files.
-pub const TRACKS_DIR_URL: &str = "tracks/";

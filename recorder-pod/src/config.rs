@@ -64,7 +64,9 @@ impl Config {
                 None => d as f64,
             }))
         };
-        let namespace = var("RECORDER_NAMESPACE").or_else(|| var("POD_NAMESPACE")).ok_or_else(|| anyhow::anyhow!("RECORDER_NAMESPACE is required"))?;
+        let namespace = var("RECORDER_NAMESPACE")
+            .or_else(|| var("POD_NAMESPACE"))
+            .ok_or_else(|| anyhow::anyhow!("RECORDER_NAMESPACE is required"))?;
         let recording_job = need("RECORDER_RECORDING_JOB")?;
         let meeting = need("RECORDER_MEETING")?;
         let layout = match var("RECORDER_LAYOUT").as_deref().unwrap_or("Gallery") {
@@ -119,7 +121,9 @@ impl Config {
             idle_timeout: secs("RECORDER_IDLE_SECONDS", 300)?,
             ffmpeg: var("RECORDER_FFMPEG").unwrap_or_else(|| "ffmpeg".into()),
             compose_timeout: secs("RECORDER_COMPOSE_TIMEOUT_SECONDS", 7200)?,
-            http_addr: var("RECORDER_HTTP_ADDR").unwrap_or_else(|| if in_cluster { "0.0.0.0:8080" } else { "127.0.0.1:0" }.into()).parse()?,
+            http_addr: var("RECORDER_HTTP_ADDR")
+                .unwrap_or_else(|| if in_cluster { "0.0.0.0:8080" } else { "127.0.0.1:0" }.into())
+                .parse()?,
         })
     }
 }
@@ -129,7 +133,8 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: std::collections::HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 

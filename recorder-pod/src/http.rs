@@ -63,11 +63,11 @@ impl Metrics {
 }
 
 pub fn router(metrics: Metrics) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
-        .route("/metrics", get(move || {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ok" })).route(
+        "/metrics",
+        get(move || {
             let m = metrics.clone();
             async move { m.render() }
-        }))
+        }),
+    )
 }

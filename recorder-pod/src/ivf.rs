@@ -107,7 +107,9 @@ pub fn concatenate(chunks: &[Vec<u8>]) -> (Vec<u8>, Vec<Frame>) {
     // Bytes 24..28 are the frame count by the IVF spec, but ffmpeg reads them as the
     // stream's duration in timebase units (ms here): write what players will show.
     let span = match (frames.first(), frames.last()) {
-        (Some(a), Some(b)) if frames.len() > 1 => (b.pts_ms - a.pts_ms) * frames.len() as u64 / (frames.len() as u64 - 1),
+        (Some(a), Some(b)) if frames.len() > 1 => {
+            (b.pts_ms - a.pts_ms) * frames.len() as u64 / (frames.len() as u64 - 1)
+        }
         _ => 0,
     };
     out[24..28].copy_from_slice(&(span.min(u32::MAX as u64) as u32).to_le_bytes());

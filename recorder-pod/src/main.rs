@@ -7,7 +7,9 @@ use recorder_pod::http::{Metrics, router};
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,webrtc=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,webrtc=warn".into()),
+        )
         .init();
     let cfg = match Config::from_env() {
         Ok(c) => c,
@@ -26,7 +28,10 @@ async fn main() {
     let metrics = Metrics::default();
     match tokio::net::TcpListener::bind(cfg.http_addr).await {
         Ok(listener) => {
-            tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "health and metrics");
+            tracing::info!(
+                addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                "health and metrics"
+            );
             let app = router(metrics.clone());
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
@@ -39,7 +44,8 @@ async fn main() {
             let _ = stop_tx.send(true);
         }
     });
-    let span = tracing::info_span!("recording", job = %cfg.recording_job, meeting = %cfg.meeting, namespace = %cfg.namespace);
+    let span =
+        tracing::info_span!("recording", job = %cfg.recording_job, meeting = %cfg.meeting, namespace = %cfg.namespace);
     let outcome = tracing::Instrument::instrument(recorder_pod::run::run(cfg, client, metrics, stop_rx), span).await;
     tracing::info!(?outcome, "recorder finished");
     std::process::exit(outcome.exit_code());

@@ -55,7 +55,9 @@ impl Reporter {
             "kind": "RecordingJob",
             "status": { "recorder": self.report },
         });
-        if let Err(e) = self.api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+        if let Err(e) =
+            self.api.patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+        {
             tracing::warn!(error = %e, "could not report to the RecordingJob");
         }
     }
@@ -77,7 +79,12 @@ impl Reporter {
 }
 
 /// Runs the recorder to the end; the caller exits with the outcome's code.
-pub async fn run(cfg: Config, client: Client, metrics: Metrics, mut shutdown: tokio::sync::watch::Receiver<bool>) -> Outcome {
+pub async fn run(
+    cfg: Config,
+    client: Client,
+    metrics: Metrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
     let jobs: Api<RecordingJob> = Api::namespaced(client.clone(), &cfg.namespace);
     let job = match jobs.get_opt(&cfg.recording_job).await {
         Ok(Some(j)) => j,
@@ -114,12 +121,18 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, mut shutdown: to
     reporter.send().await;
 
     if let Err(e) = cfg.storage.preflight().await {
-        return reporter.fail("StorageUnavailable", format!("{} cannot be written: {e}", cfg.storage.url("")), Outcome::Permanent).await;
+        return reporter
+            .fail("StorageUnavailable", format!("{} cannot be written: {e}", cfg.storage.url("")), Outcome::Permanent)
+            .await;
     }
     match cfg.storage.restore().await {
         Ok(n) if n > 0 => tracing::info!(files = n, "restored an earlier run's files"),
         Ok(_) => {}
-        Err(e) => return reporter.fail("StorageUnavailable", format!("cannot read earlier chunks: {e}"), Outcome::Retry).await,
+        Err(e) => {
+            return reporter
+                .fail("StorageUnavailable", format!("cannot read earlier chunks: {e}"), Outcome::Retry)
+                .await;
+        }
     }
     let meetings: Api<Meeting> = Api::namespaced(client, &cfg.namespace);
     let recorder = match TrackRecorder::new(cfg.storage.work_dir(), attempt, cfg.chunk_length) {
@@ -164,7 +177,8 @@ async fn record(
                 // The pod is going away: keep what is written, let the next run continue.
                 let closed = recorder.finish();
                 for c in closed { let _ = cfg.storage.store(&c).await; }
-                return Err(reporter.fail("Interrupted", "the recorder was stopped before the meeting ended", Outcome::Retry).await);
+                let why = "the recorder was stopped before the meeting ended";
+                return Err(reporter.fail("Interrupted", why, Outcome::Retry).await);
             }
         }
         ticks += 1;
@@ -207,13 +221,22 @@ async fn record(
                 tracing::info!("the Meeting is gone: the recording ends");
                 break;
             }
-            return Err(reporter.fail("MeetingNotFound", format!("Meeting {}/{} does not exist", cfg.namespace, cfg.meeting), Outcome::Permanent).await);
+            return Err(reporter
+                .fail(
+                    "MeetingNotFound",
+                    format!("Meeting {}/{} does not exist", cfg.namespace, cfg.meeting),
+                    Outcome::Permanent,
+                )
+                .await);
         };
         let status = meeting.status.clone().unwrap_or_default();
         if matches!(status.phase, Some(MeetingPhase::Ended | MeetingPhase::Failed)) {
-            let has_chunks = std::fs::read_dir(cfg.storage.work_dir().join(crate::tracks::TRACKS_DIR)).is_ok_and(|mut d| d.next().is_some());
+            let has_chunks = std::fs::read_dir(cfg.storage.work_dir().join(crate::tracks::TRACKS_DIR))
+                .is_ok_and(|mut d| d.next().is_some());
             if !has_chunks {
-                return Err(reporter.fail("NothingRecorded", "the meeting ended before anything was recorded", Outcome::Permanent).await);
+                return Err(reporter
+                    .fail("NothingRecorded", "the meeting ended before anything was recorded", Outcome::Permanent)
+                    .await);
             }
             tracing::info!("the meeting ended");
             break;
@@ -236,8 +259,10 @@ async fn record(
             let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;
         }
         if joined.is_none() {
-            let id = format!("recorder-{}-{}-{:04x}", cfg.recording_job, reporter.report.attempt, rand::random::<u16>());
-            let opts = JoinOptions { kind: ParticipantKind::Hidden, sink: Some(recorder.clone()), ..Default::default() };
+            let id =
+                format!("recorder-{}-{}-{:04x}", cfg.recording_job, reporter.report.attempt, rand::random::<u16>());
+            let opts =
+                JoinOptions { kind: ParticipantKind::Hidden, sink: Some(recorder.clone()), ..Default::default() };
             match Participant::join(SfuApi::new(endpoint.clone()), &room, &id, opts).await {
                 Ok(p) => {
                     tracing::info!(%endpoint, %room, participant = %id, "recording");
@@ -265,7 +290,10 @@ async fn record(
 async fn process(cfg: &Config, reporter: &mut Reporter, metrics: &Metrics) -> Outcome {
     reporter.stage(RecorderStage::Processing).await;
     let dir = cfg.storage.work_dir().to_owned();
-    let tracks = match tokio::task::spawn_blocking(move || compose::join_tracks(&dir)).await.expect("join_tracks does not panic") {
+    let tracks = match tokio::task::spawn_blocking(move || compose::join_tracks(&dir))
+        .await
+        .expect("join_tracks does not panic")
+    {
         Ok(t) => t,
         Err(compose::ComposeError::NothingRecorded) => {
             return reporter.fail("NothingRecorded", "no track was recorded", Outcome::Permanent).await;
@@ -280,7 +308,9 @@ async fn process(cfg: &Config, reporter: &mut Reporter, metrics: &Metrics) -> Ou
         let name = compose::output_name(cfg.layout, cfg.format);
         let output = cfg.storage.work_dir().join(&name);
         let began = Instant::now();
-        if let Err(e) = compose::run_ffmpeg(&cfg.ffmpeg, &tracks, cfg.layout, cfg.format, &output, cfg.compose_timeout).await {
+        if let Err(e) =
+            compose::run_ffmpeg(&cfg.ffmpeg, &tracks, cfg.layout, cfg.format, &output, cfg.compose_timeout).await
+        {
             return reporter.fail("CompositingFailed", e.to_string(), Outcome::Retry).await;
         }
         metrics.compose_seconds.observe(began.elapsed().as_secs_f64());

@@ -29,8 +29,15 @@ pub struct S3Config {
 #[derive(Clone, Debug)]
 pub enum Storage {
     /// `dir`: the recording's directory on the volume; `url`: how status names it.
-    Volume { dir: PathBuf, url: String },
-    S3 { scratch: PathBuf, s3: S3Config, http: reqwest::Client },
+    Volume {
+        dir: PathBuf,
+        url: String,
+    },
+    S3 {
+        scratch: PathBuf,
+        s3: S3Config,
+        http: reqwest::Client,
+    },
 }
 
 impl Storage {
@@ -138,6 +145,7 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
 
 /// The `Authorization` header of an AWS Signature Version 4 request. `headers` must
 /// include host, x-amz-date and x-amz-content-sha256 (lower-case names).
+#[allow(clippy::too_many_arguments)] // the inputs SigV4 signs, each a distinct string; a struct would only rename them
 pub fn sigv4_authorization(
     method: &str,
     path: &str,
@@ -149,14 +157,19 @@ pub fn sigv4_authorization(
     secret: &str,
     amz_date: &str,
 ) -> String {
-    let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (uri_encode(k, false), uri_encode(v, false))).collect();
+    let mut q: Vec<(String, String)> =
+        query.iter().map(|(k, v)| (uri_encode(k, false), uri_encode(v, false))).collect();
     q.sort();
     let canonical_query = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-    let mut h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let mut h: Vec<(String, String)> =
+        headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())).collect();
     h.sort();
     let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed_headers = h.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
-    let canonical = format!("{method}\n{}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_sha256}", uri_encode(path, true));
+    let canonical = format!(
+        "{method}\n{}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_sha256}",
+        uri_encode(path, true)
+    );
     let date = &amz_date[..8];
     let scope = format!("{date}/{region}/s3/aws4_request");
     let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
@@ -190,12 +203,30 @@ pub async fn s3_request(
     let path = if key.is_empty() { format!("/{}", s3.bucket) } else { format!("/{}/{key}", s3.bucket) };
     let amz_date = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
     let payload = hex(&Sha256::digest(&body));
-    let headers = vec![("host".to_owned(), host), ("x-amz-content-sha256".to_owned(), payload.clone()), ("x-amz-date".to_owned(), amz_date.clone())];
-    let auth = sigv4_authorization(method.as_str(), &path, query, &headers, &payload, &s3.region, &s3.access_key_id, &s3.secret_access_key, &amz_date);
+    let headers = vec![
+        ("host".to_owned(), host),
+        ("x-amz-content-sha256".to_owned(), payload.clone()),
+        ("x-amz-date".to_owned(), amz_date.clone()),
+    ];
+    let auth = sigv4_authorization(
+        method.as_str(),
+        &path,
+        query,
+        &headers,
+        &payload,
+        &s3.region,
+        &s3.access_key_id,
+        &s3.secret_access_key,
+        &amz_date,
+    );
     let mut url = base.clone();
     url.set_path(&uri_encode(&path, true));
     if !query.is_empty() {
-        let q = query.iter().map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false))).collect::<Vec<_>>().join("&");
+        let q = query
+            .iter()
+            .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
+            .collect::<Vec<_>>()
+            .join("&");
         url.set_query(Some(&q));
     }
     // Some S3-compatible servers read a body without a content type as a form.
@@ -219,7 +250,10 @@ pub async fn s3_request(
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| err(e.to_string()))?;
     if !status.is_success() {
-        return Err(err(format!("{status}: {}", String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>())));
+        return Err(err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>()
+        )));
     }
     Ok(bytes.to_vec())
 }
@@ -229,7 +263,8 @@ pub async fn s3_list(http: &reqwest::Client, s3: &S3Config) -> Result<Vec<String
     let mut keys = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut query = vec![("list-type".to_owned(), "2".to_owned()), ("prefix".to_owned(), format!("{}/", s3.prefix))];
+        let mut query =
+            vec![("list-type".to_owned(), "2".to_owned()), ("prefix".to_owned(), format!("{}/", s3.prefix))];
         if let Some(t) = &token {
             query.push(("continuation-token".to_owned(), t.clone()));
         }
@@ -250,7 +285,14 @@ fn xml_values(text: &str, tag: &str) -> Vec<String> {
     while let Some(at) = rest.find(&open) {
         let after = &rest[at + open.len()..];
         let Some(end) = after.find(&close) else { break };
-        out.push(after[..end].replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'"));
+        out.push(
+            after[..end]
+                .replace("&amp;", "&")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'"),
+        );
         rest = &after[end + close.len()..];
     }
     out

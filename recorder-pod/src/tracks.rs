@@ -206,7 +206,8 @@ pub struct TrackRecorder {
 
 /// File-name safe: letters, digits, `-`, `_` and `.`; the rest becomes `_`.
 pub fn safe_name(s: &str) -> String {
-    let cleaned: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let cleaned: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
     if cleaned.is_empty() || cleaned.starts_with('.') { format!("_{cleaned}") } else { cleaned }
 }
 
@@ -222,7 +223,13 @@ impl TrackRecorder {
             dir: dir.to_owned(),
             attempt,
             chunk_length,
-            state: Mutex::new(State { epoch_unix_ms: epoch, tracks: HashMap::new(), totals: Totals::default(), closed: Vec::new(), last_media: None }),
+            state: Mutex::new(State {
+                epoch_unix_ms: epoch,
+                tracks: HashMap::new(),
+                totals: Totals::default(),
+                closed: Vec::new(),
+                last_media: None,
+            }),
         })
     }
 
@@ -248,10 +255,10 @@ impl TrackRecorder {
         for t in st.tracks.values_mut() {
             if t.chunk.as_ref().is_some_and(|c| c.opened.elapsed() >= self.chunk_length) {
                 closed.extend(close(t));
-            } else if let Some(c) = &mut t.chunk {
-                if let Err(e) = c.flush() {
-                    tracing::warn!(path = %c.path.display(), error = %e, "chunk flush failed");
-                }
+            } else if let Some(c) = &mut t.chunk
+                && let Err(e) = c.flush()
+            {
+                tracing::warn!(path = %c.path.display(), error = %e, "chunk flush failed");
             }
         }
         closed
@@ -274,25 +281,35 @@ impl TrackRecorder {
                 tracing::warn!(track = %track.id, mime = %track.mime_type, "codec not recorded");
                 return None;
             };
-            let meta = TrackMeta { publisher: track.publisher.clone(), track: track.id.clone(), video: track.video, mime_type: track.mime_type.clone() };
+            let meta = TrackMeta {
+                publisher: track.publisher.clone(),
+                track: track.id.clone(),
+                video: track.video,
+                mime_type: track.mime_type.clone(),
+            };
             let dir = self.dir.join(TRACKS_DIR).join(safe_name(&track.publisher)).join(safe_name(&track.id));
-            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(dir.join(TRACK_META), serde_json::to_vec_pretty(&meta).unwrap())) {
+            if let Err(e) = std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(dir.join(TRACK_META), serde_json::to_vec_pretty(&meta).unwrap()))
+            {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot create the track directory");
                 return None;
             }
             tracing::info!(publisher = %meta.publisher, track = %meta.track, mime = %meta.mime_type, "recording track");
             st.totals.tracks += 1;
-            st.tracks.insert(key.clone(), TrackState {
-                meta,
-                dir,
-                builder,
-                clock: None,
-                pending_sr: None,
-                chunk: None,
-                keyframe_seen: !track.video,
-                last_end_granule: 0,
-                last_pts_ms: None,
-            });
+            st.tracks.insert(
+                key.clone(),
+                TrackState {
+                    meta,
+                    dir,
+                    builder,
+                    clock: None,
+                    pending_sr: None,
+                    chunk: None,
+                    keyframe_seen: !track.video,
+                    last_end_granule: 0,
+                    last_pts_ms: None,
+                },
+            );
         }
         st.tracks.get_mut(&key)
     }
@@ -380,7 +397,9 @@ impl TrackRecorder {
 
 fn serial_of(meta: &TrackMeta) -> u32 {
     // FNV-1a of the track's name: stable across runs, so chunks share a serial.
-    format!("{}/{}", meta.publisher, meta.track).bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    format!("{}/{}", meta.publisher, meta.track)
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }
 
 fn close(t: &mut TrackState) -> Option<PathBuf> {
@@ -440,7 +459,10 @@ impl MediaSink for TrackRecorder {
         match &mut t.clock {
             Some(c) => {
                 if !c.sender_report(ntp_time, rtp_time) {
-                    tracing::debug!(track = %track.id, "sender report ignored: it disagrees with the arrival times by seconds");
+                    tracing::debug!(
+                        track = %track.id,
+                        "sender report ignored: it disagrees with the arrival times by seconds"
+                    );
                 }
             }
             None => t.pending_sr = Some((ntp_time, rtp_time)),
@@ -478,14 +500,21 @@ mod tests {
 
 /// Tracks the SFU announced to the recorder (published, not since unpublished, muted,
 /// or gone with their publisher) that no packet arrived on: `(publisher, track)`.
-pub fn unheard(events: &[switchboard_sfu_api::Event], heard: &std::collections::HashSet<(String, String)>) -> Vec<(String, String)> {
+pub fn unheard(
+    events: &[switchboard_sfu_api::Event],
+    heard: &std::collections::HashSet<(String, String)>,
+) -> Vec<(String, String)> {
     use switchboard_sfu_api::Event;
     let mut live: Vec<(String, String)> = Vec::new();
     for e in events {
         match e {
             Event::TrackPublished { participant, track, .. } => live.push((participant.clone(), track.clone())),
-            Event::TrackUnpublished { participant, track } => live.retain(|k| k != &(participant.clone(), track.clone())),
-            Event::TrackMuted { participant, track, muted: true } => live.retain(|k| k != &(participant.clone(), track.clone())),
+            Event::TrackUnpublished { participant, track } => {
+                live.retain(|k| k != &(participant.clone(), track.clone()))
+            }
+            Event::TrackMuted { participant, track, muted: true } => {
+                live.retain(|k| k != &(participant.clone(), track.clone()))
+            }
             Event::TrackMuted { participant, track, muted: false } => live.push((participant.clone(), track.clone())),
             Event::ParticipantLeft { participant } => live.retain(|(p, _)| p != participant),
             _ => {}
@@ -511,13 +540,18 @@ impl UnheardWatch {
     }
 
     /// The tracks to rejoin for, if it is time to.
-    pub fn check(&mut self, events: &[switchboard_sfu_api::Event], heard: &std::collections::HashSet<(String, String)>) -> Option<Vec<(String, String)>> {
+    pub fn check(
+        &mut self,
+        events: &[switchboard_sfu_api::Event],
+        heard: &std::collections::HashSet<(String, String)>,
+    ) -> Option<Vec<(String, String)>> {
         let now_unheard = unheard(events, heard);
         self.since.retain(|k, _| now_unheard.contains(k));
         for k in now_unheard {
             self.since.entry(k).or_insert_with(Instant::now);
         }
-        let stuck: Vec<_> = self.since.iter().filter(|(_, t)| t.elapsed() >= self.after).map(|(k, _)| k.clone()).collect();
+        let stuck: Vec<_> =
+            self.since.iter().filter(|(_, t)| t.elapsed() >= self.after).map(|(k, _)| k.clone()).collect();
         if stuck.is_empty() || self.last_rejoin.elapsed() < self.after * 2 {
             return None;
         }
@@ -534,7 +568,13 @@ mod unheard_tests {
 
     #[test]
     fn only_live_unmuted_tracks_without_packets_are_unheard() {
-        let publish = |p: &str, t: &str| Event::TrackPublished { participant: p.into(), track: t.into(), kind: MediaKind::Audio, codec: "opus".into(), source: Source::Microphone };
+        let publish = |p: &str, t: &str| Event::TrackPublished {
+            participant: p.into(),
+            track: t.into(),
+            kind: MediaKind::Audio,
+            codec: "opus".into(),
+            source: Source::Microphone,
+        };
         let events = vec![
             publish("a", "a-mic"),
             publish("b", "b-mic"),

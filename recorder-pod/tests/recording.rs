@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use recorder_pod::storage::{S3Config, s3_list, s3_request};
 use serde_json::json;
 use switchboard_crds::meeting::Meeting;
 use switchboard_crds::recording_job::{RecordingJob, RecordingPhase};
-use recorder_pod::storage::{S3Config, s3_list, s3_request};
 use switchboard_e2e::job_runner::{LocalJobRunner, RunnerOptions};
-use switchboard_e2e::operator::{operator_identity, start_operator_with, OperatorHandle};
+use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator_with};
 use switchboard_e2e::{TestNamespace, client, eventually, install_crds, wait_for};
 use switchboard_sfu_client::encoded::{load_h264, load_ivf, load_ogg_opus};
 use switchboard_sfu_client::{EncodedMedia, JoinOptions, Participant, Publish, SfuApi};
@@ -47,23 +47,78 @@ async fn media() -> &'static TestMedia {
                 let source = format!("{pattern}=size=320x240:rate=15");
                 if i == 0 {
                     ffmpeg(&[
-                        "-f", "lavfi", "-i", &source, "-t", "10",
-                        "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "5", "-keyint_min", "5",
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        &source,
+                        "-t",
+                        "10",
+                        "-c:v",
+                        "libvpx",
+                        "-deadline",
+                        "realtime",
+                        "-cpu-used",
+                        "8",
+                        "-b:v",
+                        "200k",
+                        "-g",
+                        "5",
+                        "-keyint_min",
+                        "5",
                         ivf.to_str().unwrap(),
                     ]);
                     video.push(load_ivf(&ivf).unwrap());
                 } else {
                     ffmpeg(&[
-                        "-f", "lavfi", "-i", &source, "-t", "10", "-pix_fmt", "yuv420p",
-                        "-c:v", "libx264", "-profile:v", "baseline", "-level", "3.1", "-preset", "ultrafast", "-tune", "zerolatency",
-                        "-b:v", "200k", "-g", "5", "-keyint_min", "5", "-bf", "0", "-f", "h264",
+                        "-f",
+                        "lavfi",
+                        "-i",
+                        &source,
+                        "-t",
+                        "10",
+                        "-pix_fmt",
+                        "yuv420p",
+                        "-c:v",
+                        "libx264",
+                        "-profile:v",
+                        "baseline",
+                        "-level",
+                        "3.1",
+                        "-preset",
+                        "ultrafast",
+                        "-tune",
+                        "zerolatency",
+                        "-b:v",
+                        "200k",
+                        "-g",
+                        "5",
+                        "-keyint_min",
+                        "5",
+                        "-bf",
+                        "0",
+                        "-f",
+                        "h264",
                         h264.to_str().unwrap(),
                     ]);
                     video.push(load_h264(&h264, 15).unwrap());
                 }
                 ffmpeg(&[
-                    "-f", "lavfi", "-i", &format!("sine=frequency={tone}:sample_rate=48000"), "-t", "10",
-                    "-c:a", "libopus", "-b:a", "48k", "-frame_duration", "20", "-page_duration", "20000", "-ac", "2",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    &format!("sine=frequency={tone}:sample_rate=48000"),
+                    "-t",
+                    "10",
+                    "-c:a",
+                    "libopus",
+                    "-b:a",
+                    "48k",
+                    "-frame_duration",
+                    "20",
+                    "-page_duration",
+                    "20000",
+                    "-ac",
+                    "2",
                     ogg.to_str().unwrap(),
                 ]);
                 audio.push(load_ogg_opus(&ogg).unwrap());
@@ -74,16 +129,29 @@ async fn media() -> &'static TestMedia {
 }
 
 fn ffmpeg(args: &[&str]) {
-    let out = std::process::Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().expect("ffmpeg is installed");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg is installed");
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// What ffmpeg's decoders complain about in a media file (nothing, when it plays). The
 /// null muxer's notes on repeated millisecond timestamps are about the muxer, not the file.
 fn decode_errors(path: &Path) -> String {
-    let out = std::process::Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().expect("ffmpeg is installed");
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    stderr.lines().filter(|l| !l.starts_with("[null @") && !l.trim_start().starts_with("Last message repeated")).collect::<Vec<_>>().join("\n")
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("[null @") && !l.trim_start().starts_with("Last message repeated"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// (streams' codec types, duration in seconds) of a media file.
@@ -95,7 +163,8 @@ fn ffprobe(path: &Path) -> (Vec<String>, f64) {
         .expect("ffprobe is installed");
     assert!(out.status.success(), "ffprobe {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let types = v["streams"].as_array().unwrap().iter().map(|s| s["codec_type"].as_str().unwrap_or("").to_owned()).collect();
+    let types =
+        v["streams"].as_array().unwrap().iter().map(|s| s["codec_type"].as_str().unwrap_or("").to_owned()).collect();
     let duration = v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
     (types, duration)
 }
@@ -134,7 +203,8 @@ impl Env {
         Api::<PersistentVolume>::all(admin.clone()).create(&PostParams::default(), &pv).await.expect("PV");
         let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": "recordings"},
-            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": format!("recordings-{}", ns.name),
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                     "volumeName": format!("recordings-{}", ns.name),
                      "resources": {"requests": {"storage": "1Gi"}}}
         }))
         .unwrap();
@@ -147,12 +217,16 @@ impl Env {
         .await;
         let mut env = vec![("RECORDER_CHUNK_SECONDS".to_owned(), "2".to_owned())];
         env.extend(extra_env);
-        let runner = LocalJobRunner::start(admin.clone(), &ns.name, RunnerOptions {
-            binary: RECORDER.into(),
-            volumes: [("recordings".to_owned(), storage.clone())].into(),
-            extra_env: env,
-            work,
-        });
+        let runner = LocalJobRunner::start(
+            admin.clone(),
+            &ns.name,
+            RunnerOptions {
+                binary: RECORDER.into(),
+                volumes: [("recordings".to_owned(), storage.clone())].into(),
+                extra_env: env,
+                work,
+            },
+        );
         Self { admin, ns, _operator: operator, sfu, runner, storage }
     }
 
@@ -174,7 +248,10 @@ impl Env {
     async fn set_meeting_phase(&self, name: &str, phase: &str) {
         let patch = json!({
             "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-            "status": {"phase": phase, "assignment": {"pool": "test", "origin": {"pod": "sfu-local", "endpoint": self.sfu.endpoint}}}
+            "status": {
+                "phase": phase,
+                "assignment": {"pool": "test", "origin": {"pod": "sfu-local", "endpoint": self.sfu.endpoint}}
+            }
         });
         self.ns
             .api::<Meeting>()
@@ -184,7 +261,10 @@ impl Env {
     }
 
     async fn record(&self, name: &str, meeting: &str, extra: serde_json::Value) {
-        let mut spec = json!({"meetingRef": {"name": meeting}, "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}}});
+        let mut spec = json!({
+            "meetingRef": {"name": meeting},
+            "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}},
+        });
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();
         }
@@ -216,10 +296,19 @@ impl Env {
         .await;
         match found {
             Ok(Ok(rj)) => rj,
-            Ok(Err(rj)) => panic!("{name} ended {:?} instead of {phase:?}: {:#?}\nrecorder logs:\n{}", rj.status.as_ref().and_then(|s| s.phase), rj.status, logs()),
+            Ok(Err(rj)) => panic!(
+                "{name} ended {:?} instead of {phase:?}: {:#?}\nrecorder logs:\n{}",
+                rj.status.as_ref().and_then(|s| s.phase),
+                rj.status,
+                logs()
+            ),
             Err(_) => {
                 let rj = api.get(name).await.ok();
-                panic!("{name} not {phase:?} within {timeout:?}: {:#?}\nrecorder logs:\n{}", rj.and_then(|r| r.status), logs())
+                panic!(
+                    "{name} not {phase:?} within {timeout:?}: {:#?}\nrecorder logs:\n{}",
+                    rj.and_then(|r| r.status),
+                    logs()
+                )
             }
         }
     }
@@ -244,10 +333,15 @@ impl Env {
         for (i, who) in ["alice", "bob"].into_iter().enumerate() {
             let opts = JoinOptions {
                 manual_subscribe: true,
-                publish: vec![Publish::encoded(&format!("{who}-cam"), m.video[i].clone()), Publish::encoded(&format!("{who}-mic"), m.audio[i].clone())],
+                publish: vec![
+                    Publish::encoded(&format!("{who}-cam"), m.video[i].clone()),
+                    Publish::encoded(&format!("{who}-mic"), m.audio[i].clone()),
+                ],
                 ..Default::default()
             };
-            out.push(Participant::join(SfuApi::new(endpoints[i].clone()), &room, who, opts).await.expect("publisher joins"));
+            out.push(
+                Participant::join(SfuApi::new(endpoints[i].clone()), &room, who, opts).await.expect("publisher joins"),
+            );
         }
         let dir = self.dir(meeting, job);
         let api = self.recordings();
@@ -255,7 +349,8 @@ impl Env {
         // after 6 s without packets and then rejoined, and CI runs these tests side by side.
         wait_for("the recorder writing four tracks", Duration::from_secs(45), || {
             // On the volume as soon as they are written; else (S3) as the recorder reports them.
-            let tracks: std::collections::HashSet<PathBuf> = chunk_files(&dir).iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
+            let tracks: std::collections::HashSet<PathBuf> =
+                chunk_files(&dir).iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect();
             let api = api.clone();
             async move {
                 let reported = api.get(job).await.ok().and_then(|r| r.status?.recorder).map_or(0, |r| r.tracks);
@@ -276,7 +371,9 @@ impl Env {
 
     async fn finish(self) {
         let Env { ns, admin, .. } = self;
-        let _ = Api::<PersistentVolume>::all(admin).delete(&format!("recordings-{}", ns.name), &DeleteParams::background()).await;
+        let _ = Api::<PersistentVolume>::all(admin)
+            .delete(&format!("recordings-{}", ns.name), &DeleteParams::background())
+            .await;
         ns.delete().await;
     }
 }
@@ -317,7 +414,10 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     let rj = env.await_phase("standup-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
     let status = rj.status.unwrap();
     let dir = env.dir("standup", "standup-rec");
-    assert_eq!(status.url.as_deref(), Some(format!("pvc://recordings/meetings/{}/standup/standup-rec/gallery.mp4", env.ns.name).as_str()));
+    assert_eq!(
+        status.url.as_deref(),
+        Some(format!("pvc://recordings/meetings/{}/standup/standup-rec/gallery.mp4", env.ns.name).as_str())
+    );
     let mp4 = dir.join("gallery.mp4");
     let (streams, duration) = ffprobe(&mp4);
     assert!(streams.contains(&"video".to_owned()) && streams.contains(&"audio".to_owned()), "streams: {streams:?}");
@@ -338,9 +438,15 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     // 20 s from the moment the recorder has all four tracks, plus what came before that
     // and the leaving: the MP4 spans its longest track.
     let longest = tracks.iter().map(|t| t.1).fold(0.0, f64::max);
-    assert!((19.0..=22.5).contains(&duration) && (duration - longest).abs() <= 0.5, "the MP4 lasts {duration} s; its tracks (s): {tracks:?}; {status:?}");
+    assert!(
+        (19.0..=22.5).contains(&duration) && (duration - longest).abs() <= 0.5,
+        "the MP4 lasts {duration} s; its tracks (s): {tracks:?}; {status:?}"
+    );
     assert!(status.duration_seconds.is_some_and(|d| (19..=23).contains(&d)), "{status:?}");
-    assert!(status.size_bytes.unwrap_or(0) > std::fs::metadata(&mp4).unwrap().len() as i64, "size counts the MP4 and the track files");
+    assert!(
+        status.size_bytes.unwrap_or(0) > std::fs::metadata(&mp4).unwrap().len() as i64,
+        "size counts the MP4 and the track files"
+    );
     assert!(chunk_files(&dir).len() >= 4 * 8, "2-second chunks of four tracks: {:?}", chunk_files(&dir));
     assert_eq!(env.runner.runs().len(), 1, "one recorder run");
     env.finish().await;
@@ -385,7 +491,10 @@ async fn a_recorder_killed_mid_meeting_keeps_its_chunks_and_the_retried_run_fini
     let (streams, duration) = ffprobe(&dir.join("speaker.mp4"));
     assert_eq!(streams.len(), 2, "{streams:?}");
     let span = status.duration_seconds.unwrap() as f64;
-    assert!((duration - span).abs() <= 1.0 && span >= 15.0, "the MP4 ({duration} s) spans both runs ({span} s), the gap kept");
+    assert!(
+        (duration - span).abs() <= 1.0 && span >= 15.0,
+        "the MP4 ({duration} s) spans both runs ({span} s), the gap kept"
+    );
     env.finish().await;
 }
 
@@ -395,7 +504,10 @@ fn failing_ffmpeg(dir: &Path, once: bool) -> PathBuf {
     let script = dir.join(if once { "ffmpeg-fails-once" } else { "ffmpeg-fails" });
     let marker = dir.join("failed-once");
     let body = if once {
-        format!("#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; echo 'simulated encoder crash' >&2; exit 1; fi\nexec ffmpeg \"$@\"\n", m = marker.display())
+        format!(
+            "#!/bin/sh\nif [ ! -e {m} ]; then touch {m}; echo 'simulated encoder crash' >&2; exit 1; fi\nexec ffmpeg \"$@\"\n",
+            m = marker.display()
+        )
     } else {
         "#!/bin/sh\necho 'simulated encoder crash' >&2\nexit 1\n".to_owned()
     };
@@ -428,7 +540,10 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     assert!(!dir.exists(), "retention Delete removed {}", dir.display());
 
     // Every run fails: after 1 + 1 retries the RecordingJob is Failed, with the reason.
-    env.runner.set_extra_env(vec![("RECORDER_FFMPEG".into(), failing_ffmpeg(&scripts.join("always"), false).display().to_string())]);
+    env.runner.set_extra_env(vec![(
+        "RECORDER_FFMPEG".into(),
+        failing_ffmpeg(&scripts.join("always"), false).display().to_string(),
+    )]);
     env.meeting("doomed").await;
     env.record("doomed-rec", "doomed", json!({"retries": 1})).await;
     env.await_phase("doomed-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
@@ -437,7 +552,10 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     let status = rj.status.unwrap();
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert_eq!(failed.reason, "CompositingFailed", "{failed:?}");
-    assert!(failed.message.contains("simulated encoder crash") && failed.message.contains("BackoffLimitExceeded"), "{failed:?}");
+    assert!(
+        failed.message.contains("simulated encoder crash") && failed.message.contains("BackoffLimitExceeded"),
+        "{failed:?}"
+    );
     assert_eq!(status.attempts, 2);
     // The chunks are kept for a manual retry.
     assert!(!chunk_files(&env.dir("doomed", "doomed-rec")).is_empty());
@@ -469,7 +587,9 @@ async fn recordings_that_cannot_work_fail_fast_and_active_auto_meetings_get_one(
     }))
     .unwrap();
     env.ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &secret).await.unwrap();
-    env.record("s3-rec", "m1", json!({"retries": 3, "storage": {"s3": {"bucket": "recordings", "endpoint": "http://127.0.0.1:9", "credentialsSecretRef": {"name": "s3-creds"}}}})).await;
+    let s3 =
+        json!({"bucket": "recordings", "endpoint": "http://127.0.0.1:9", "credentialsSecretRef": {"name": "s3-creds"}});
+    env.record("s3-rec", "m1", json!({"retries": 3, "storage": {"s3": s3}})).await;
     let rj = env.await_phase("s3-rec", RecordingPhase::Failed, Duration::from_secs(60)).await;
     let status = rj.status.unwrap();
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
@@ -479,19 +599,26 @@ async fn recordings_that_cannot_work_fail_fast_and_active_auto_meetings_get_one(
     // Auto recording: an Active meeting with policy Auto gets its RecordingJob.
     let m: Meeting = serde_json::from_value(json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "town-hall"},
-        "spec": {"title": "auto", "host": "alice", "participants": {"expected": 4}, "recording": {"policy": "Auto", "layout": "Speaker"}}
+        "spec": {
+            "title": "auto", "host": "alice", "participants": {"expected": 4},
+            "recording": {"policy": "Auto", "layout": "Speaker"}
+        }
     }))
     .unwrap();
     env.ns.api::<Meeting>().create(&PostParams::default(), &m).await.unwrap();
-    switchboard_e2e::consistently("no automatic recording before the meeting is Active", Duration::from_secs(2), || {
-        let api = env.recordings();
-        async move {
-            match api.get_opt("town-hall-auto").await.unwrap() {
-                None => Ok(()),
-                Some(_) => Err("a RecordingJob exists already".to_owned()),
+    switchboard_e2e::consistently(
+        "no automatic recording before the meeting is Active",
+        Duration::from_secs(2),
+        || {
+            let api = env.recordings();
+            async move {
+                match api.get_opt("town-hall-auto").await.unwrap() {
+                    None => Ok(()),
+                    Some(_) => Err("a RecordingJob exists already".to_owned()),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     env.set_meeting_phase("town-hall", "Active").await;
     let auto = eventually("the automatic RecordingJob", Duration::from_secs(20), || {
@@ -521,7 +648,9 @@ async fn a_cascaded_meeting_is_recorded_with_every_participant_wherever_they_joi
     env.set_meeting_phase("big", "Ended").await;
     env.await_phase("big-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
     let dir = env.dir("big", "big-rec");
-    for (who, track) in [("alice", "alice-cam.ivf"), ("alice", "alice-mic.ogg"), ("bob", "bob-cam.ivf"), ("bob", "bob-mic.ogg")] {
+    for (who, track) in
+        [("alice", "alice-cam.ivf"), ("alice", "alice-mic.ogg"), ("bob", "bob-cam.ivf"), ("bob", "bob-mic.ogg")]
+    {
         let path = dir.join("tracks").join(who).join(track);
         let (streams, duration) = ffprobe(&path);
         assert_eq!(streams.len(), 1, "{}", path.display());
@@ -581,7 +710,9 @@ impl S3Server {
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        s3_request(&reqwest::Client::new(), &self.config(bucket, ""), reqwest::Method::GET, key, &[], vec![]).await.unwrap()
+        s3_request(&reqwest::Client::new(), &self.config(bucket, ""), reqwest::Method::GET, key, &[], vec![])
+            .await
+            .unwrap()
     }
 }
 
@@ -595,7 +726,9 @@ async fn a_recording_to_an_s3_bucket_uploads_chunks_and_result_and_delete_remove
     .unwrap();
     env.ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &secret).await.unwrap();
     env.meeting("weekly").await;
-    let storage = json!({"s3": {"bucket": "meetings", "endpoint": s3.endpoint, "prefix": "rec", "credentialsSecretRef": {"name": "s3-creds"}}});
+    let storage = json!({"s3": {
+        "bucket": "meetings", "endpoint": s3.endpoint, "prefix": "rec", "credentialsSecretRef": {"name": "s3-creds"}
+    }});
     env.record("weekly-rec", "weekly", json!({"storage": storage, "retention": "Delete"})).await;
     env.await_phase("weekly-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
     env.hold_meeting("weekly", "weekly-rec", 5).await;

@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use switchboard_sfu_api::{self as api, paths, ApiError, ErrorCode};
+use switchboard_sfu_api::{self as api, ApiError, ErrorCode, paths};
 
-use crate::sfu::{error, ApiResult, Sfu};
+use crate::sfu::{ApiResult, Sfu, error};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -52,7 +52,8 @@ fn reply<T>(sfu: &Arc<Sfu>, r: ApiResult<T>) -> Reply<T> {
 
 /// Bodies are parsed here, not by axum's extractor, so that bad JSON gets our error shape.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| error(ErrorCode::BadRequest, format!("the request body is not valid: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| error(ErrorCode::BadRequest, format!("the request body is not valid: {e}")))
 }
 
 fn ok() -> serde_json::Value {
@@ -92,7 +93,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.sfu.metrics.encode())
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.sfu.metrics.encode(),
+    )
         .into_response()
 }
 
@@ -134,12 +138,20 @@ async fn leave(State(s): State<AppState>, Path((room, p)): Path<(String, String)
     reply(&s.sfu, r)
 }
 
-async fn publisher_offer(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<api::AnswerResponse> {
+async fn publisher_offer(
+    State(s): State<AppState>,
+    Path((room, p)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply<api::AnswerResponse> {
     let r = async { s.sfu.publisher_offer(&room, &p, parse(&body)?).await }.await;
     reply(&s.sfu, r)
 }
 
-async fn subscriber_answer(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+async fn subscriber_answer(
+    State(s): State<AppState>,
+    Path((room, p)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply<serde_json::Value> {
     let r = async {
         let b: api::SdpBody = parse(&body)?;
         s.sfu.subscriber_answer(&room, &p, b.sdp).await.map(|_| ok())
@@ -148,11 +160,18 @@ async fn subscriber_answer(State(s): State<AppState>, Path((room, p)): Path<(Str
     reply(&s.sfu, r)
 }
 
-async fn subscriber_restart(State(s): State<AppState>, Path((room, p)): Path<(String, String)>) -> Reply<serde_json::Value> {
+async fn subscriber_restart(
+    State(s): State<AppState>,
+    Path((room, p)): Path<(String, String)>,
+) -> Reply<serde_json::Value> {
     reply(&s.sfu, s.sfu.subscriber_restart(&room, &p).map(|_| ok()))
 }
 
-async fn candidate(State(s): State<AppState>, Path((room, p)): Path<(String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+async fn candidate(
+    State(s): State<AppState>,
+    Path((room, p)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply<serde_json::Value> {
     let r = async { s.sfu.add_candidate(&room, &p, parse(&body)?).await.map(|_| ok()) }.await;
     reply(&s.sfu, r)
 }
@@ -164,7 +183,9 @@ async fn events(
 ) -> Reply<api::EventsResponse> {
     let r = async {
         let number = |k: &str| -> ApiResult<u64> {
-            q.get(k).map(|v| v.parse::<u64>().map_err(|_| error(ErrorCode::BadRequest, format!("{k} must be a number")))).unwrap_or(Ok(0))
+            q.get(k)
+                .map(|v| v.parse::<u64>().map_err(|_| error(ErrorCode::BadRequest, format!("{k} must be a number"))))
+                .unwrap_or(Ok(0))
         };
         let query = api::EventsQuery { after: number("after")?, wait_ms: number("waitMs")? };
         s.sfu.events(&room, &p, query).await
@@ -173,21 +194,35 @@ async fn events(
     reply(&s.sfu, r)
 }
 
-async fn mute(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+async fn mute(
+    State(s): State<AppState>,
+    Path((room, p, track)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Reply<serde_json::Value> {
     let r = parse::<api::MuteRequest>(&body).and_then(|m| s.sfu.set_muted(&room, &p, &track, m.muted)).map(|_| ok());
     reply(&s.sfu, r)
 }
 
-async fn unpublish(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>) -> Reply<serde_json::Value> {
+async fn unpublish(
+    State(s): State<AppState>,
+    Path((room, p, track)): Path<(String, String, String)>,
+) -> Reply<serde_json::Value> {
     reply(&s.sfu, s.sfu.unpublish(&room, &p, &track).map(|_| ok()))
 }
 
-async fn subscribe(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>, body: Bytes) -> Reply<serde_json::Value> {
+async fn subscribe(
+    State(s): State<AppState>,
+    Path((room, p, track)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Reply<serde_json::Value> {
     let req = if body.is_empty() { Ok(api::SubscriptionRequest::default()) } else { parse(&body) };
     let r = req.and_then(|req| s.sfu.subscribe(&room, &p, &track, req)).map(|_| ok());
     reply(&s.sfu, r)
 }
 
-async fn unsubscribe(State(s): State<AppState>, Path((room, p, track)): Path<(String, String, String)>) -> Reply<serde_json::Value> {
+async fn unsubscribe(
+    State(s): State<AppState>,
+    Path((room, p, track)): Path<(String, String, String)>,
+) -> Reply<serde_json::Value> {
     reply(&s.sfu, s.sfu.unsubscribe(&room, &p, &track).map(|_| ok()))
 }

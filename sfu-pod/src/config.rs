@@ -45,10 +45,18 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let api_port: u16 = var(pod_env::API_PORT).map(|p| p.parse()).transpose().context("SWITCHBOARD_API_PORT")?.unwrap_or(7880);
-        let udp_port: u16 = var(pod_env::UDP_PORT_MIN).map(|p| p.parse()).transpose().context("SWITCHBOARD_UDP_PORT_MIN")?.unwrap_or(0);
-        let api_addr = var("SWITCHBOARD_API_ADDR").unwrap_or(format!("0.0.0.0:{api_port}")).parse().context("SWITCHBOARD_API_ADDR")?;
-        let media_addr = var("SWITCHBOARD_MEDIA_ADDR").unwrap_or(format!("0.0.0.0:{udp_port}")).parse().context("SWITCHBOARD_MEDIA_ADDR")?;
+        let api_port: u16 =
+            var(pod_env::API_PORT).map(|p| p.parse()).transpose().context("SWITCHBOARD_API_PORT")?.unwrap_or(7880);
+        let udp_port: u16 =
+            var(pod_env::UDP_PORT_MIN).map(|p| p.parse()).transpose().context("SWITCHBOARD_UDP_PORT_MIN")?.unwrap_or(0);
+        let api_addr = var("SWITCHBOARD_API_ADDR")
+            .unwrap_or(format!("0.0.0.0:{api_port}"))
+            .parse()
+            .context("SWITCHBOARD_API_ADDR")?;
+        let media_addr = var("SWITCHBOARD_MEDIA_ADDR")
+            .unwrap_or(format!("0.0.0.0:{udp_port}"))
+            .parse()
+            .context("SWITCHBOARD_MEDIA_ADDR")?;
         let announced_ips = match var(pod_env::ANNOUNCED_IPS) {
             Some(ips) => ips.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
             // The downward API knows the node's (internal) IP and the pod IP.
@@ -64,18 +72,22 @@ impl Config {
             Some(ip) => vec![ip.parse().with_context(|| format!("{}={ip}", pod_env::POD_IP))?],
             None => vec![],
         };
-        let endpoint = var("SWITCHBOARD_ENDPOINT").or_else(|| var(pod_env::POD_IP).map(|ip| format!("http://{ip}:{api_port}")));
+        let endpoint =
+            var("SWITCHBOARD_ENDPOINT").or_else(|| var(pod_env::POD_IP).map(|ip| format!("http://{ip}:{api_port}")));
         let heartbeat = match (var(pod_env::POOL), var(pod_env::NAMESPACE), var(pod_env::POD_NAME)) {
             (Some(pool), Some(namespace), Some(pod)) => Some(Heartbeat {
                 pool,
                 namespace,
                 pod,
-                ttl: Duration::from_secs(var(pod_env::HEARTBEAT_TTL_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(10)),
+                ttl: Duration::from_secs(
+                    var(pod_env::HEARTBEAT_TTL_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(10),
+                ),
             }),
             _ => None,
         };
-        let drain_timeout =
-            Duration::from_secs(var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(4 * 3600));
+        let drain_timeout = Duration::from_secs(
+            var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS").and_then(|s| s.parse().ok()).unwrap_or(4 * 3600),
+        );
         let name = var("SWITCHBOARD_NAME").or_else(|| var(pod_env::POD_NAME)).unwrap_or_else(|| "sfu".into());
         let worker_threads = match var("SWITCHBOARD_WORKER_THREADS") {
             // 0: what the downward API gives for a zero CPU request.
@@ -86,6 +98,16 @@ impl Config {
             },
             None => None,
         };
-        Ok(Self { api_addr, media_addr, announced_ips, local_ips, endpoint, heartbeat, drain_timeout, name, worker_threads })
+        Ok(Self {
+            api_addr,
+            media_addr,
+            announced_ips,
+            local_ips,
+            endpoint,
+            heartbeat,
+            drain_timeout,
+            name,
+            worker_threads,
+        })
     }
 }

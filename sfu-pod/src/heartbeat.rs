@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
-use switchboard_heartbeat::{Heartbeat, Load, SfuState, RENEW_INTERVAL};
+use switchboard_heartbeat::{Heartbeat, Load, RENEW_INTERVAL, SfuState};
 use switchboard_sfu_api::NodeState;
 use tracing::{debug, warn};
 
@@ -59,7 +59,13 @@ pub async fn run(sfu: Arc<Sfu>, cfg: config::Heartbeat, endpoint: String) {
             NodeState::Ready => SfuState::Ready,
             NodeState::Draining | NodeState::Drained => SfuState::Draining,
         };
-        let lease = Heartbeat::new(state, endpoint.clone(), load).to_lease(&cfg.namespace, &cfg.pod, &cfg.pool, jiff::Timestamp::now(), cfg.ttl);
+        let lease = Heartbeat::new(state, endpoint.clone(), load).to_lease(
+            &cfg.namespace,
+            &cfg.pod,
+            &cfg.pool,
+            jiff::Timestamp::now(),
+            cfg.ttl,
+        );
         let patch = Patch::Apply(&lease);
         let renew = leases.patch(&cfg.pod, &params, &patch);
         match tokio::time::timeout(Duration::from_secs(2), renew).await {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use switchboard_sfu_client::media::{build_api, NetworkOptions};
+use switchboard_sfu_client::media::{NetworkOptions, build_api};
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 
 use crate::{api, metrics, sfu};

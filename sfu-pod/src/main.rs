@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sfu_pod::{api, config, heartbeat, metrics, sfu};
-use switchboard_sfu_client::media::{build_api, NetworkOptions};
+use switchboard_sfu_client::media::{NetworkOptions, build_api};
 use tracing::info;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 
@@ -30,8 +30,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cfg: config::Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,webrtc=warn,webrtc_ice=warn,webrtc_dtls=warn,webrtc_srtp=warn,webrtc_sctp=warn".into()
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("SWITCHBOARD_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -39,7 +40,9 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         builder.init();
     }
 
-    let udp = tokio::net::UdpSocket::bind(cfg.media_addr).await.with_context(|| format!("binding media UDP {}", cfg.media_addr))?;
+    let udp = tokio::net::UdpSocket::bind(cfg.media_addr)
+        .await
+        .with_context(|| format!("binding media UDP {}", cfg.media_addr))?;
     let media_addr = udp.local_addr()?;
     let mux = UDPMuxDefault::new(UDPMuxParams::new(udp));
     let net = NetworkOptions {
@@ -53,7 +56,8 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
     let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
 
-    let listener = tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;
     let api_addr = listener.local_addr()?;
     // API replies (answers, events) must not wait for Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -61,7 +65,10 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     });
     let endpoint = cfg.endpoint.clone().unwrap_or(format!("http://{api_addr}"));
     println!("{}", serde_json::json!({"api": format!("http://{api_addr}"), "media": media_addr.to_string()}));
-    info!(api = %api_addr, media = %media_addr, announced = ?cfg.announced_ips, worker_threads = ?cfg.worker_threads, "sfu listening");
+    info!(
+        api = %api_addr, media = %media_addr, announced = ?cfg.announced_ips, worker_threads = ?cfg.worker_threads,
+        "sfu listening"
+    );
 
     if let Some(hb) = cfg.heartbeat {
         tokio::spawn(heartbeat::run(sfu.clone(), hb, endpoint));

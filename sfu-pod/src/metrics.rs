@@ -54,8 +54,16 @@ impl Default for Metrics {
             bytes_out: reg!("rtp_bytes_forwarded", "RTP bytes forwarded to subscribers", Counter::default()),
             keyframe_requests: reg!("keyframe_requests", "PLIs sent to publishers", Counter::default()),
             layer_switches: reg!("layer_switches", "Simulcast layer switches made at keyframes", Counter::default()),
-            retransmissions: reg!("retransmissions", "Packets sent again because a subscriber NACKed them", Counter::default()),
-            queue_drops: reg!("subscriber_queue_drops", "Packets dropped because a subscriber's send queue was full", Counter::default()),
+            retransmissions: reg!(
+                "retransmissions",
+                "Packets sent again because a subscriber NACKed them",
+                Counter::default()
+            ),
+            queue_drops: reg!(
+                "subscriber_queue_drops",
+                "Packets dropped because a subscriber's send queue was full",
+                Counter::default()
+            ),
             api_errors: reg!("api_errors", "Internal API requests refused, by error code", Family::default()),
             heartbeat_failures: reg!("heartbeat_failures", "Lease renewals that failed", Counter::default()),
         };

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_sfu_api::{self as api, paths, Event, EventsResponse, SdpBody, TrackDescription};
+use switchboard_sfu_api::{self as api, Event, EventsResponse, SdpBody, TrackDescription, paths};
 use switchboard_sfu_client::SfuApi;
 use switchboard_sfu_core::ParticipantKind;
 use tracing::{info, warn};
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
-use crate::sfu::{error, ApiResult, Negotiator, Peer, RoomEntry, Sfu};
+use crate::sfu::{ApiResult, Negotiator, Peer, RoomEntry, Sfu, error};
 
 /// The edge-side pseudo-participant standing for the origin.
 pub const ORIGIN_PARTICIPANT: &str = "relay-origin";
@@ -39,7 +39,8 @@ pub async fn start(sfu: Arc<Sfu>, room_name: &str, origin_url: &str, edge_name: 
         .post(&origin.url(paths::PARTICIPANTS, room_name, "", ""), &join)
         .await
         .map_err(|e| error(api::ErrorCode::BadRequest, format!("the origin {origin_url} refused the relay: {e}")))?;
-    let negotiator = Negotiator::Origin { api: origin.clone(), room: room_name.to_owned(), participant: relay_id.clone() };
+    let negotiator =
+        Negotiator::Origin { api: origin.clone(), room: room_name.to_owned(), participant: relay_id.clone() };
     let peer = sfu.new_peer(&room, ORIGIN_PARTICIPANT, ParticipantKind::Relay, negotiator).await?;
     sfu.attach_peer(&room, peer.clone())?;
     info!(room = room_name, origin = origin_url, "relaying from origin");
@@ -91,9 +92,17 @@ async fn follow_origin(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, ori
     sfu.drop_peer(&room, &peer.id, "the origin is unreachable").await;
 }
 
-async fn answer(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, peer: &Arc<Peer>, origin: &SfuApi, relay_id: &str, sdp: String) -> anyhow::Result<()> {
+async fn answer(
+    sfu: &Arc<Sfu>,
+    room: &Arc<RoomEntry>,
+    peer: &Arc<Peer>,
+    origin: &SfuApi,
+    relay_id: &str,
+    sdp: String,
+) -> anyhow::Result<()> {
     let offer = RTCSessionDescription::offer(sdp)?;
     let answer = sfu.answer_inbound(room, peer, offer).await?;
-    let _: serde_json::Value = origin.post(&origin.url(paths::SUBSCRIBER_ANSWER, &room.name, relay_id, ""), &SdpBody { sdp: answer }).await?;
+    let _: serde_json::Value =
+        origin.post(&origin.url(paths::SUBSCRIBER_ANSWER, &room.name, relay_id, ""), &SdpBody { sdp: answer }).await?;
     Ok(())
 }

@@ -17,16 +17,19 @@ use switchboard_sfu_api::{
 };
 use switchboard_sfu_client::media;
 use switchboard_sfu_core::node::{Node, NodeState, Refusal};
-use switchboard_sfu_core::{Codec, Command, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo};
-use tokio::sync::{mpsc, Notify};
+use switchboard_sfu_core::{
+    Codec, Command, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId,
+    TrackHandle, TrackInfo,
+};
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 use webrtc::api::API;
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
-use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
@@ -71,7 +74,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 fn parse_offer(sdp: &str) -> ApiResult<RTCSessionDescription> {
-    let desc = RTCSessionDescription::offer(sdp.to_owned()).map_err(|e| error(ErrorCode::InvalidSdp, format!("the offer is not valid SDP: {e}")))?;
+    let desc = RTCSessionDescription::offer(sdp.to_owned())
+        .map_err(|e| error(ErrorCode::InvalidSdp, format!("the offer is not valid SDP: {e}")))?;
     if !sdp.contains("m=") {
         return Err(error(ErrorCode::InvalidSdp, "the offer has no media sections"));
     }
@@ -123,7 +127,9 @@ fn to_api_kind(k: ParticipantKind) -> api::ParticipantKind {
 
 fn to_api_event(e: RoomEvent) -> Event {
     match e {
-        RoomEvent::ParticipantJoined { participant, kind } => Event::ParticipantJoined { participant, kind: to_api_kind(kind) },
+        RoomEvent::ParticipantJoined { participant, kind } => {
+            Event::ParticipantJoined { participant, kind: to_api_kind(kind) }
+        }
         RoomEvent::ParticipantLeft { participant } => Event::ParticipantLeft { participant },
         RoomEvent::TrackPublished { participant, track, codec, source } => Event::TrackPublished {
             participant,
@@ -275,8 +281,10 @@ impl Sink {
     fn resend(&self, seqs: impl Iterator<Item = u16>) -> usize {
         let again: Vec<webrtc::rtp::packet::Packet> = {
             let sent = self.sent.lock().unwrap();
-            seqs.filter_map(|seq| sent[seq as usize % SINK_HISTORY].as_ref().filter(|p| p.header.sequence_number == seq).cloned())
-                .collect()
+            seqs.filter_map(|seq| {
+                sent[seq as usize % SINK_HISTORY].as_ref().filter(|p| p.header.sequence_number == seq).cloned()
+            })
+            .collect()
         };
         again.into_iter().filter(|p| self.queue.try_send(p.clone()).is_ok()).count()
     }
@@ -461,7 +469,11 @@ impl Sfu {
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = Arc::new(RoomEntry {
             name: name.to_owned(),
-            core: Mutex::new(RoomCore { room: Room::new(Instant::now()), sinks: HashMap::new(), sources: HashMap::new() }),
+            core: Mutex::new(RoomCore {
+                room: Room::new(Instant::now()),
+                sinks: HashMap::new(),
+                sources: HashMap::new(),
+            }),
             peers: Mutex::new(HashMap::new()),
             commands: tx,
             closed: AtomicBool::new(false),
@@ -477,7 +489,12 @@ impl Sfu {
 
     /// Closes a room: every participant is removed and told.
     pub async fn close_room(&self, name: &str) -> ApiResult<()> {
-        let room = self.rooms.lock().unwrap().remove(name).ok_or_else(|| error(ErrorCode::UnknownRoom, format!("no room {name} on this SFU")))?;
+        let room = self
+            .rooms
+            .lock()
+            .unwrap()
+            .remove(name)
+            .ok_or_else(|| error(ErrorCode::UnknownRoom, format!("no room {name} on this SFU")))?;
         room.closed.store(true, Ordering::SeqCst);
         let peers: Vec<Arc<Peer>> = room.peers.lock().unwrap().drain().map(|(_, p)| p).collect();
         for peer in peers {
@@ -499,7 +516,10 @@ impl Sfu {
         let offer = req.offer.as_deref().map(parse_offer).transpose()?;
         let room = self.open_room(room_name)?;
         if room.peers.lock().unwrap().contains_key(&req.participant_id) {
-            return Err(error(ErrorCode::AlreadyJoined, format!("participant {} has already joined", req.participant_id)));
+            return Err(error(
+                ErrorCode::AlreadyJoined,
+                format!("participant {} has already joined", req.participant_id),
+            ));
         }
         let peer = self.new_peer(&room, &req.participant_id, to_core_kind(req.kind), Negotiator::Events).await?;
         peer.describe(&req.tracks);
@@ -516,7 +536,10 @@ impl Sfu {
         {
             let mut peers = room.peers.lock().unwrap();
             if peers.contains_key(&req.participant_id) {
-                return Err(error(ErrorCode::AlreadyJoined, format!("participant {} has already joined", req.participant_id)));
+                return Err(error(
+                    ErrorCode::AlreadyJoined,
+                    format!("participant {} has already joined", req.participant_id),
+                ));
             }
             peers.insert(req.participant_id.clone(), peer.clone());
         }
@@ -530,7 +553,13 @@ impl Sfu {
     }
 
     /// Creates a peer's outbound connection and its negotiation task.
-    pub async fn new_peer(self: &Arc<Self>, room: &Arc<RoomEntry>, id: &str, kind: ParticipantKind, negotiator: Negotiator) -> ApiResult<Arc<Peer>> {
+    pub async fn new_peer(
+        self: &Arc<Self>,
+        room: &Arc<RoomEntry>,
+        id: &str,
+        kind: ParticipantKind,
+        negotiator: Negotiator,
+    ) -> ApiResult<Arc<Peer>> {
         let api = if matches!(negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.api };
         let outbound = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
         let peer = Arc::new(Peer {
@@ -557,10 +586,20 @@ impl Sfu {
 
     /// Applies an offer for the peer's inbound connection (created on first use) and
     /// returns the answer with the SFU's candidates in it.
-    pub async fn answer_inbound(self: &Arc<Self>, room: &Arc<RoomEntry>, peer: &Arc<Peer>, offer: RTCSessionDescription) -> ApiResult<String> {
+    pub async fn answer_inbound(
+        self: &Arc<Self>,
+        room: &Arc<RoomEntry>,
+        peer: &Arc<Peer>,
+        offer: RTCSessionDescription,
+    ) -> ApiResult<String> {
         let pc = self.inbound_connection(room, peer).await?;
-        pc.set_remote_description(offer).await.map_err(|e| error(ErrorCode::InvalidSdp, format!("the offer was not accepted: {e}")))?;
-        let answer = pc.create_answer(None).await.map_err(|e| error(ErrorCode::InvalidSdp, format!("no answer to this offer: {e}")))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| error(ErrorCode::InvalidSdp, format!("the offer was not accepted: {e}")))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| error(ErrorCode::InvalidSdp, format!("no answer to this offer: {e}")))?;
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(answer).await.map_err(internal)?;
         let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await;
@@ -568,14 +607,19 @@ impl Sfu {
         Ok(pc.local_description().await.ok_or_else(|| internal("no local description"))?.sdp)
     }
 
-    pub async fn inbound_connection(self: &Arc<Self>, room: &Arc<RoomEntry>, peer: &Arc<Peer>) -> ApiResult<Arc<RTCPeerConnection>> {
+    pub async fn inbound_connection(
+        self: &Arc<Self>,
+        room: &Arc<RoomEntry>,
+        peer: &Arc<Peer>,
+    ) -> ApiResult<Arc<RTCPeerConnection>> {
         let mut slot = peer.inbound.lock().await;
         if let Some(pc) = slot.as_ref() {
             return Ok(pc.clone());
         }
         let api = if matches!(peer.negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.api };
         let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
-        let (sfu, room_w, peer_w, pc_w) = (Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(peer), Arc::downgrade(&pc));
+        let (sfu, room_w, peer_w, pc_w) =
+            (Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(peer), Arc::downgrade(&pc));
         pc.on_track(Box::new(move |track: Arc<TrackRemote>, receiver: Arc<RTCRtpReceiver>, _| {
             let (sfu, room, peer, pc) = (sfu.clone(), room_w.clone(), peer_w.clone(), pc_w.clone());
             Box::pin(async move {
@@ -589,7 +633,12 @@ impl Sfu {
         Ok(pc)
     }
 
-    pub async fn publisher_offer(self: &Arc<Self>, room_name: &str, participant: &str, req: api::OfferRequest) -> ApiResult<api::AnswerResponse> {
+    pub async fn publisher_offer(
+        self: &Arc<Self>,
+        room_name: &str,
+        participant: &str,
+        req: api::OfferRequest,
+    ) -> ApiResult<api::AnswerResponse> {
         let offer = parse_offer(&req.sdp)?;
         let room = self.room(room_name)?;
         let peer = room.peer(participant)?;
@@ -605,7 +654,8 @@ impl Sfu {
             return Err(error(ErrorCode::BadRequest, "no subscriber offer is waiting for an answer"));
         }
         tracing::trace!(participant, %sdp, "subscriber answer");
-        let answer = RTCSessionDescription::answer(sdp).map_err(|e| error(ErrorCode::InvalidSdp, format!("the answer is not valid SDP: {e}")))?;
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| error(ErrorCode::InvalidSdp, format!("the answer is not valid SDP: {e}")))?;
         peer.outbound
             .set_remote_description(answer)
             .await
@@ -643,7 +693,12 @@ impl Sfu {
         .map_err(|e| error(ErrorCode::BadRequest, format!("the candidate was not accepted: {e}")))
     }
 
-    pub async fn events(&self, room_name: &str, participant: &str, q: api::EventsQuery) -> ApiResult<api::EventsResponse> {
+    pub async fn events(
+        &self,
+        room_name: &str,
+        participant: &str,
+        q: api::EventsQuery,
+    ) -> ApiResult<api::EventsResponse> {
         let peer = self.room(room_name)?.peer(participant)?;
         Ok(api::EventsResponse { events: peer.events_after(q.after, Duration::from_millis(q.wait_ms)).await })
     }
@@ -652,7 +707,10 @@ impl Sfu {
         let room = self.room(room_name)?;
         let peer = room.peers.lock().unwrap().remove(participant);
         let Some(peer) = peer else {
-            return Err(error(ErrorCode::UnknownParticipant, format!("no participant {participant} in room {room_name}")));
+            return Err(error(
+                ErrorCode::UnknownParticipant,
+                format!("no participant {participant} in room {room_name}"),
+            ));
         };
         room.with_core(|r| r.leave(participant)).map_err(room_error)?;
         peer.push_event(Event::Closed { reason: "left".into() });
@@ -676,7 +734,13 @@ impl Sfu {
         Ok(())
     }
 
-    pub fn subscribe(&self, room_name: &str, participant: &str, track: &str, req: api::SubscriptionRequest) -> ApiResult<()> {
+    pub fn subscribe(
+        &self,
+        room_name: &str,
+        participant: &str,
+        track: &str,
+        req: api::SubscriptionRequest,
+    ) -> ApiResult<()> {
         let room = self.room(room_name)?;
         room.peer(participant)?;
         let prefs = Preferences { max_layer: req.max_layer, max_height: req.max_height };
@@ -714,7 +778,12 @@ impl Sfu {
             })
             .collect();
         tracks.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(api::RoomStatus { room: room_name.into(), participants, tracks, subscriptions: core.room.subscription_count() })
+        Ok(api::RoomStatus {
+            room: room_name.into(),
+            participants,
+            tracks,
+            subscriptions: core.room.subscription_count(),
+        })
     }
 
     /// Registers a peer built elsewhere (an edge's relay) and joins it to the core.
@@ -756,7 +825,8 @@ fn request_keyframes(room: &RoomEntry, peer: &Peer) {
 }
 
 fn validate_name(what: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    let ok =
+        !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
     if ok {
         Ok(())
     } else {
@@ -801,8 +871,11 @@ fn watch_connection(sfu: Weak<Sfu>, room: Weak<RoomEntry>, peer: Weak<Peer>, pc:
             }
             tokio::spawn(async move {
                 tokio::time::sleep(FAILED_PEER_GRACE).await;
-                let still_failed = pc_w.upgrade().is_some_and(|pc| pc.connection_state() == RTCPeerConnectionState::Failed);
-                if let (true, Some(sfu), Some(room), Some(peer)) = (still_failed, sfu.upgrade(), room.upgrade(), peer.upgrade()) {
+                let still_failed =
+                    pc_w.upgrade().is_some_and(|pc| pc.connection_state() == RTCPeerConnectionState::Failed);
+                if let (true, Some(sfu), Some(room), Some(peer)) =
+                    (still_failed, sfu.upgrade(), room.upgrade(), peer.upgrade())
+                {
                     sfu.drop_peer(&room, &peer.id, "its connection failed").await;
                 }
             });
@@ -811,7 +884,14 @@ fn watch_connection(sfu: Weak<Sfu>, room: Weak<RoomEntry>, peer: Weak<Peer>, pc:
 }
 
 /// Reads one incoming track (or simulcast layer) and forwards what the core says.
-async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc: Weak<RTCPeerConnection>, track: Arc<TrackRemote>, receiver: Arc<RTCRtpReceiver>) {
+async fn forward_track(
+    sfu: Arc<Sfu>,
+    room: Arc<RoomEntry>,
+    peer: Arc<Peer>,
+    pc: Weak<RTCPeerConnection>,
+    track: Arc<TrackRemote>,
+    receiver: Arc<RTCRtpReceiver>,
+) {
     let mime = track.codec().capability.mime_type.clone();
     let Some(codec) = Codec::from_mime(&mime) else {
         warn!(participant = %peer.id, %mime, "unsupported codec: track ignored");
@@ -823,7 +903,8 @@ async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc:
     let default_source = if track.kind() == RTPCodecType::Video { Source::Camera } else { Source::Microphone };
     let source = description.as_ref().map(|d| from_api_source(d.source)).unwrap_or(default_source);
     // An edge's relay shows tracks as published by their origin participant (the stream id).
-    let origin = description.and_then(|d| d.origin).or_else(|| (peer.kind == ParticipantKind::Relay).then(|| track.stream_id()));
+    let origin =
+        description.and_then(|d| d.origin).or_else(|| (peer.kind == ParticipantKind::Relay).then(|| track.stream_id()));
     let level_id = media::audio_level_id(&receiver).await;
     let registered = {
         let mut core = room.core.lock().unwrap();
@@ -854,10 +935,17 @@ async fn forward_track(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, pc:
     let mut forwards = Vec::new();
     let mut writes: Vec<(Sink, u16, u32)> = Vec::new();
     while let Ok((mut pkt, _)) = track.read_rtp().await {
-        let audio_level = level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
+        let audio_level =
+            level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
         let size = pkt.payload.len() + 12;
         let commands = {
-            let meta = RtpMeta { seq: pkt.header.sequence_number, ts: pkt.header.timestamp, payload: &pkt.payload, size, audio_level };
+            let meta = RtpMeta {
+                seq: pkt.header.sequence_number,
+                ts: pkt.header.timestamp,
+                payload: &pkt.payload,
+                size,
+                audio_level,
+            };
             let mut core = room.core.lock().unwrap();
             core.room.on_rtp(handle, layer, &meta, Instant::now(), &mut forwards);
             for f in forwards.drain(..) {
@@ -924,12 +1012,12 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
         }
         Command::RequestKeyframe { track, layer } => {
             let source = room.core.lock().unwrap().sources.get(&(track, layer)).cloned();
-            if let Some((pc, ssrc)) = source {
-                if let Some(pc) = pc.upgrade() {
-                    let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
-                    let _ = pc.write_rtcp(&[Box::new(pli)]).await;
-                    sfu.metrics.keyframe_requests.inc();
-                }
+            if let Some((pc, ssrc)) = source
+                && let Some(pc) = pc.upgrade()
+            {
+                let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
+                let _ = pc.write_rtcp(&[Box::new(pli)]).await;
+                sfu.metrics.keyframe_requests.inc();
             }
         }
         Command::Event { to, event } => {
@@ -958,7 +1046,9 @@ async fn read_subscriber_rtcp(
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 room.with_core(|r| r.on_keyframe_request(subscription, Instant::now()));
-            } else if let Some(nack) = any.downcast_ref::<webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
+            } else if let Some(nack) =
+                any.downcast_ref::<webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+            {
                 let sink = room.core.lock().unwrap().sinks.get(&subscription).cloned();
                 if let Some(sink) = sink {
                     let resent = sink.resend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
@@ -1051,9 +1141,16 @@ async fn apply_pending(peer: &Arc<Peer>, metrics: &Metrics) {
                     continue;
                 }
                 debug!(participant = %peer.id, track = %track_id, "subscription added");
-                let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
+                let description =
+                    TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
                 peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
-                tokio::spawn(read_subscriber_rtcp(Arc::downgrade(&room), metrics.clone(), peer.id.clone(), subscription, sender));
+                tokio::spawn(read_subscriber_rtcp(
+                    Arc::downgrade(&room),
+                    metrics.clone(),
+                    peer.id.clone(),
+                    subscription,
+                    sender,
+                ));
             }
             PendingChange::Remove { subscription } => {
                 let sender = peer.senders.lock().unwrap().remove(&subscription);

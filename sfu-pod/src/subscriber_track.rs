@@ -58,11 +58,11 @@ impl SubscriberTrack {
         for b in bindings.iter() {
             pkt.header.ssrc = b.ssrc;
             pkt.header.payload_type = b.payload_type;
-            if let Some((id, value)) = &b.mid {
-                if let Err(e) = pkt.header.set_extension(*id, value.clone()) {
-                    first_error.get_or_insert(webrtc::Error::Rtp(e));
-                    continue;
-                }
+            if let Some((id, value)) = &b.mid
+                && let Err(e) = pkt.header.set_extension(*id, value.clone())
+            {
+                first_error.get_or_insert(webrtc::Error::Rtp(e));
+                continue;
             }
             match b.writer.write_rtp_with_attributes(pkt, &attributes).await {
                 Ok(n) => written += n,
@@ -95,7 +95,9 @@ fn fmtp_matches(mime: &str, a: &str, b: &str) -> bool {
     let (a, b) = (fmtp(a), fmtp(b));
     if mime.eq_ignore_ascii_case("video/h264") {
         let mode = |m: &HashMap<String, String>| m.get("packetization-mode").cloned().unwrap_or_else(|| "0".into());
-        let profile = |m: &HashMap<String, String>| m.get("profile-level-id").map(|p| p.get(..4).unwrap_or(p).to_ascii_lowercase());
+        let profile = |m: &HashMap<String, String>| {
+            m.get("profile-level-id").map(|p| p.get(..4).unwrap_or(p).to_ascii_lowercase())
+        };
         return mode(&a) == mode(&b) && profile(&a).is_some() && profile(&a) == profile(&b);
     }
     a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w.eq_ignore_ascii_case(v)))
@@ -122,7 +124,13 @@ impl TrackLocal for SubscriberTrack {
             .iter()
             .find(|e| e.uri == webrtc::sdp::extmap::SDES_MID_URI)
             .and_then(|e| t.mid().map(|mid| (e.id as u8, Bytes::copy_from_slice(mid.as_bytes()))));
-        let binding = Arc::new(Binding { id: t.id(), ssrc: t.ssrc(), payload_type: codec.payload_type, mid, writer: t.write_stream() });
+        let binding = Arc::new(Binding {
+            id: t.id(),
+            ssrc: t.ssrc(),
+            payload_type: codec.payload_type,
+            mid,
+            writer: t.write_stream(),
+        });
         let mut bindings = self.bindings.lock().unwrap();
         *bindings = bindings.iter().cloned().chain([binding]).collect();
         Ok(codec)
@@ -172,7 +180,12 @@ mod tests {
 
     fn codec(mime: &str, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
         RTCRtpCodecParameters {
-            capability: RTCRtpCodecCapability { mime_type: mime.into(), clock_rate: 90000, sdp_fmtp_line: fmtp.into(), ..Default::default() },
+            capability: RTCRtpCodecCapability {
+                mime_type: mime.into(),
+                clock_rate: 90000,
+                sdp_fmtp_line: fmtp.into(),
+                ..Default::default()
+            },
             payload_type: pt,
             ..Default::default()
         }
@@ -185,19 +198,44 @@ mod tests {
             codec("video/H264", "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", 102),
             codec("video/H264", "packetization-mode=1;profile-level-id=640032", 104),
         ];
-        let wanted = |f: &str| RTCRtpCodecCapability { mime_type: "video/H264".into(), sdp_fmtp_line: f.into(), ..Default::default() };
-        assert_eq!(match_codec(&wanted("packetization-mode=1;profile-level-id=42e034"), &offered).unwrap().payload_type, 102);
-        assert_eq!(match_codec(&wanted("packetization-mode=1;profile-level-id=64001f"), &offered).unwrap().payload_type, 104);
+        let wanted = |f: &str| RTCRtpCodecCapability {
+            mime_type: "video/H264".into(),
+            sdp_fmtp_line: f.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            match_codec(&wanted("packetization-mode=1;profile-level-id=42e034"), &offered).unwrap().payload_type,
+            102
+        );
+        assert_eq!(
+            match_codec(&wanted("packetization-mode=1;profile-level-id=64001f"), &offered).unwrap().payload_type,
+            104
+        );
         // No exact match: the first H.264 codec, as webrtc-rs falls back.
-        assert_eq!(match_codec(&wanted("packetization-mode=1;profile-level-id=4d0032"), &offered).unwrap().payload_type, 100);
+        assert_eq!(
+            match_codec(&wanted("packetization-mode=1;profile-level-id=4d0032"), &offered).unwrap().payload_type,
+            100
+        );
     }
 
     #[test]
     fn other_codecs_match_on_the_parameters_both_name_and_never_across_mime_types() {
-        let offered = [codec("video/VP9", "profile-id=2", 98), codec("video/VP9", "profile-id=0", 99), codec("audio/opus", "minptime=10;useinbandfec=1", 111)];
-        let vp9 = RTCRtpCodecCapability { mime_type: "video/vp9".into(), sdp_fmtp_line: "profile-id=0".into(), ..Default::default() };
+        let offered = [
+            codec("video/VP9", "profile-id=2", 98),
+            codec("video/VP9", "profile-id=0", 99),
+            codec("audio/opus", "minptime=10;useinbandfec=1", 111),
+        ];
+        let vp9 = RTCRtpCodecCapability {
+            mime_type: "video/vp9".into(),
+            sdp_fmtp_line: "profile-id=0".into(),
+            ..Default::default()
+        };
         assert_eq!(match_codec(&vp9, &offered).unwrap().payload_type, 99);
-        let opus = RTCRtpCodecCapability { mime_type: "audio/opus".into(), sdp_fmtp_line: "useinbandfec=1".into(), ..Default::default() };
+        let opus = RTCRtpCodecCapability {
+            mime_type: "audio/opus".into(),
+            sdp_fmtp_line: "useinbandfec=1".into(),
+            ..Default::default()
+        };
         assert_eq!(match_codec(&opus, &offered).unwrap().payload_type, 111);
         let vp8 = RTCRtpCodecCapability { mime_type: "video/VP8".into(), ..Default::default() };
         assert!(match_codec(&vp8, &offered).is_none());

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
+use switchboard_e2e::{TestNamespace, client, cluster, eventually};
 use switchboard_heartbeat::{Observed, SfuState};
 use switchboard_sfu_client::Publish;
-use switchboard_e2e::{client, cluster, eventually, TestNamespace};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,7 +47,9 @@ async fn the_sfu_renews_its_lease_with_state_load_and_endpoint() {
     let bob = join(&sfu.api, "r", "bob", vec![]).await;
     bob.wait_until("alice's audio", WAIT, |rx| rx.get("alice-mic").is_some_and(|t| t.packets > 20)).await.unwrap();
     let loaded = eventually("load in the heartbeat", TIMEOUT, || async {
-        beat(&leases, "eu-west-sfu-0").await.filter(|o| o.heartbeat.load.participants == 2 && o.heartbeat.load.bitrate_in_bps > 0)
+        beat(&leases, "eu-west-sfu-0")
+            .await
+            .filter(|o| o.heartbeat.load.participants == 2 && o.heartbeat.load.bitrate_in_bps > 0)
     })
     .await;
     assert_eq!(loaded.heartbeat.load.rooms, 1);
@@ -56,7 +58,8 @@ async fn the_sfu_renews_its_lease_with_state_load_and_endpoint() {
     assert!(loaded.renewed > first.renewed, "the Lease is renewed");
 
     // A drain shows in the Lease, for the operator.
-    let _: serde_json::Value = sfu.api.post(&format!("{}/v1/drain", sfu.api.base), &serde_json::json!({})).await.unwrap();
+    let _: serde_json::Value =
+        sfu.api.post(&format!("{}/v1/drain", sfu.api.base), &serde_json::json!({})).await.unwrap();
     eventually("a Draining heartbeat", TIMEOUT, || async {
         beat(&leases, "eu-west-sfu-0").await.filter(|o| o.heartbeat.state == SfuState::Draining)
     })
@@ -89,9 +92,11 @@ async fn media_keeps_flowing_when_the_api_server_is_unreachable() {
     );
     let alice = join(&sfu.api, "r", "alice", vec![Publish::audio("alice-mic"), Publish::video("alice-cam")]).await;
     let bob = join(&sfu.api, "r", "bob", vec![]).await;
-    bob.wait_until("alice's media", WAIT, |rx| ["alice-mic", "alice-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 50)))
-        .await
-        .unwrap();
+    bob.wait_until("alice's media", WAIT, |rx| {
+        ["alice-mic", "alice-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 50))
+    })
+    .await
+    .unwrap();
     let failures = eventually("failed renewals counted", TIMEOUT, || async {
         let (_, metrics) = sfu.api.get_text("/metrics").await.ok()?;
         let line = metrics.lines().find(|l| l.starts_with("switchboard_sfu_heartbeat_failures_total"))?.to_owned();

@@ -20,8 +20,11 @@ async fn three_clients_each_receive_the_others_audio_and_video() {
         people.push(join(&sfu.api, "standup", p, av(p)).await);
     }
     for me in &people {
-        let others: Vec<String> =
-            ["alice", "bob", "carol"].iter().filter(|p| **p != me.id).flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")]).collect();
+        let others: Vec<String> = ["alice", "bob", "carol"]
+            .iter()
+            .filter(|p| **p != me.id)
+            .flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")])
+            .collect();
         me.wait_until("the others' audio and video", WAIT, |rx| {
             others.iter().all(|t| rx.get(t).is_some_and(|r| r.packets >= 20))
         })
@@ -39,7 +42,8 @@ async fn three_clients_each_receive_the_others_audio_and_video() {
             }
         }
     }
-    let status: switchboard_sfu_api::RoomStatus = sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "standup", "", "")).await.unwrap();
+    let status: switchboard_sfu_api::RoomStatus =
+        sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "standup", "", "")).await.unwrap();
     assert_eq!(status.participants, vec!["alice", "bob", "carol"]);
     assert_eq!(status.tracks.len(), 6);
     assert_eq!(status.subscriptions, 12);
@@ -62,22 +66,32 @@ async fn a_subscriber_of_sixteen_tracks_gets_every_one() {
     let sfu = SfuProcess::start("sfu-sixteen");
     let viewer = join(&sfu.api, "sixteen", "viewer", vec![]).await;
     let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
-    let publishers = futures::future::join_all(names.iter().map(|p| Participant::join(sfu.api.clone(), "sixteen", p, publishing(av(p))))).await;
+    let publishers = futures::future::join_all(
+        names.iter().map(|p| Participant::join(sfu.api.clone(), "sixteen", p, publishing(av(p)))),
+    )
+    .await;
     let publishers: Vec<Participant> = publishers.into_iter().map(|p| p.expect("joins")).collect();
     let tracks: Vec<String> = names.iter().flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")]).collect();
-    let arrived = |rx: &std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>, t: &String| rx.get(t).is_some_and(|r| r.packets >= 20);
-    let waited = viewer.wait_until("every publisher's audio and video", WAIT, |rx| tracks.iter().all(|t| arrived(rx, t))).await;
+    let arrived = |rx: &std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>, t: &String| {
+        rx.get(t).is_some_and(|r| r.packets >= 20)
+    };
+    let waited =
+        viewer.wait_until("every publisher's audio and video", WAIT, |rx| tracks.iter().all(|t| arrived(rx, t))).await;
     let rx = viewer.received();
-    let missing: Vec<(&String, Option<u64>)> = tracks.iter().filter(|t| !arrived(&rx, t)).map(|t| (t, rx.get(t).map(|r| r.packets))).collect();
-    let status: switchboard_sfu_api::RoomStatus = sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "sixteen", "", "")).await.unwrap();
+    let missing: Vec<(&String, Option<u64>)> =
+        tracks.iter().filter(|t| !arrived(&rx, t)).map(|t| (t, rx.get(t).map(|r| r.packets))).collect();
+    let status: switchboard_sfu_api::RoomStatus =
+        sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "sixteen", "", "")).await.unwrap();
     let published: Vec<&str> = status.tracks.iter().map(|t| t.id.as_str()).collect();
-    assert!(waited.is_ok() && missing.is_empty(), "tracks that never arrived (packets): {missing:?}; published at the SFU: {published:?}");
+    assert!(
+        waited.is_ok() && missing.is_empty(),
+        "tracks that never arrived (packets): {missing:?}; published at the SFU: {published:?}"
+    );
     for p in publishers {
         p.leave().await.unwrap();
     }
     viewer.leave().await.unwrap();
 }
-
 
 fn layer_packets(p: &switchboard_sfu_client::Participant, track: &str) -> [u64; 3] {
     p.received().get(track).map(|t| t.packets_by_layer).unwrap_or_default()
@@ -93,12 +107,16 @@ async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_
     // The capped subscriber's estimate: 80 kbps fits only the 48 kbps layer.
     slow.set_downlink_cap(Some(80_000));
 
-    fast.wait_until("the full layer", WAIT, |rx| rx.get("host-cam").is_some_and(|t| t.last_layer == Some(2) && t.packets_by_layer[2] > 60))
-        .await
-        .unwrap();
-    slow.wait_until("the low layer", WAIT, |rx| rx.get("host-cam").is_some_and(|t| t.last_layer == Some(0) && t.packets_by_layer[0] > 15))
-        .await
-        .unwrap();
+    fast.wait_until("the full layer", WAIT, |rx| {
+        rx.get("host-cam").is_some_and(|t| t.last_layer == Some(2) && t.packets_by_layer[2] > 60)
+    })
+    .await
+    .unwrap();
+    slow.wait_until("the low layer", WAIT, |rx| {
+        rx.get("host-cam").is_some_and(|t| t.last_layer == Some(0) && t.packets_by_layer[0] > 15)
+    })
+    .await
+    .unwrap();
     // And they stay there.
     let (f0, s0) = (layer_packets(&fast, "host-cam"), layer_packets(&slow, "host-cam"));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -114,13 +132,21 @@ async fn simulcast_subscribers_get_the_layer_their_bandwidth_allows_and_move_up_
     .await
     .unwrap();
     let track = &slow.received()["host-cam"];
-    let up = track.layer_switches.iter().filter(|(from, to, _)| to > from).last().copied().expect("an up-switch");
+    let up = track.layer_switches.iter().rfind(|(from, to, _)| to > from).copied().expect("an up-switch");
     assert!(up.2, "the up-switch starts on a keyframe: {:?}", track.layer_switches);
-    assert!(track.layer_switches.iter().all(|(_, _, key)| *key), "every switch is on a keyframe: {:?}", track.layer_switches);
+    assert!(
+        track.layer_switches.iter().all(|(_, _, key)| *key),
+        "every switch is on a keyframe: {:?}",
+        track.layer_switches
+    );
     assert_eq!(track.ssrcs.len(), 1, "one SSRC across layer switches");
     assert_eq!(track.discontinuities, 0, "sequence numbers never jump back");
     assert_eq!(track.missing(), 0, "no sequence gaps across switches");
-    slow.wait_event("a LayerChanged event", WAIT, |e| matches!(e, switchboard_sfu_api::Event::LayerChanged { layer: 2, .. })).await.unwrap();
+    slow.wait_event("a LayerChanged event", WAIT, |e| {
+        matches!(e, switchboard_sfu_api::Event::LayerChanged { layer: 2, .. })
+    })
+    .await
+    .unwrap();
     drop(publisher);
 }
 
@@ -132,12 +158,28 @@ async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
     // The publisher's uplink and the viewer's downlink each lose 5% of the video.
     let lossy_up = NetworkOptions { loopback_only: true, send_loss: Some(0.05), ..Default::default() };
     let lossy_down = NetworkOptions { loopback_only: true, receive_loss: Some(0.05), ..Default::default() };
-    let video = Publish { kind: PublishKind::Video { simulcast: false, packets_per_second: 100, size: 900 }, ..Publish::video("pub-cam") };
-    let publisher = Participant::join(sfu.api.clone(), "lossy", "pub", JoinOptions { publish: vec![video], net: lossy_up, ..Default::default() })
+    let video = Publish {
+        kind: PublishKind::Video { simulcast: false, packets_per_second: 100, size: 900 },
+        ..Publish::video("pub-cam")
+    };
+    let publisher = Participant::join(
+        sfu.api.clone(),
+        "lossy",
+        "pub",
+        JoinOptions { publish: vec![video], net: lossy_up, ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let viewer =
+        Participant::join(sfu.api.clone(), "lossy", "viewer", JoinOptions { net: lossy_down, ..Default::default() })
+            .await
+            .unwrap();
+    viewer
+        .wait_until("600 video packets", Duration::from_secs(30), |rx| {
+            rx.get("pub-cam").is_some_and(|t| t.packets >= 600)
+        })
         .await
         .unwrap();
-    let viewer = Participant::join(sfu.api.clone(), "lossy", "viewer", JoinOptions { net: lossy_down, ..Default::default() }).await.unwrap();
-    viewer.wait_until("600 video packets", Duration::from_secs(30), |rx| rx.get("pub-cam").is_some_and(|t| t.packets >= 600)).await.unwrap();
     let dropped = switchboard_sfu_client::loss::DROPPED.load(std::sync::atomic::Ordering::Relaxed);
     let span = viewer.received()["pub-cam"].highest_ext_seq;
     assert!(dropped as f64 > span as f64 * 0.03, "the impairment dropped packets: {dropped} of ~{span} on the uplink");
@@ -183,10 +225,16 @@ async fn ice_restart_keeps_the_session_and_media_flowing() {
     }
     let counts = |p: &switchboard_sfu_client::Participant, t: &str| p.received().get(t).map(|r| r.packets).unwrap_or(0);
     let (a0, b0) = (counts(&alice, "bob-cam"), counts(&bob, "alice-cam"));
-    bob.wait_until("media after the restart", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 60)).await.unwrap();
-    alice.wait_until("media after the restart", WAIT, |rx| rx.get("bob-cam").is_some_and(|t| t.packets > a0 + 60)).await.unwrap();
+    bob.wait_until("media after the restart", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 60))
+        .await
+        .unwrap();
+    alice
+        .wait_until("media after the restart", WAIT, |rx| rx.get("bob-cam").is_some_and(|t| t.packets > a0 + 60))
+        .await
+        .unwrap();
     assert_eq!(bob.received()["alice-cam"].ssrcs.len(), 1, "the same stream continues");
-    let status: switchboard_sfu_api::RoomStatus = sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "r", "", "")).await.unwrap();
+    let status: switchboard_sfu_api::RoomStatus =
+        sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "r", "", "")).await.unwrap();
     assert_eq!(status.participants, vec!["alice", "bob"], "nobody rejoined");
 }
 
@@ -199,14 +247,17 @@ async fn drain_refuses_newcomers_and_reports_drained_when_the_last_leaves() {
     let bob = join(&sfu.api, "r", "bob", av("bob")).await;
     let status: NodeStatus = sfu.api.post(&format!("{}/v1/drain", sfu.api.base), &serde_json::json!({})).await.unwrap();
     assert_eq!(status.state, NodeState::Draining);
-    let refused = switchboard_sfu_client::Participant::join(sfu.api.clone(), "r", "carol", publishing(av("carol"))).await;
+    let refused =
+        switchboard_sfu_client::Participant::join(sfu.api.clone(), "r", "carol", publishing(av("carol"))).await;
     let err = refused.err().expect("a draining SFU refuses newcomers");
     let code = err.downcast_ref::<switchboard_sfu_client::ApiCallError>().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::Draining), "{err:#}");
     alice.wait_event("the drain notice", WAIT, |e| matches!(e, switchboard_sfu_api::Event::Draining)).await.unwrap();
     // Those already in keep their media.
     let b0 = bob.received().get("alice-cam").map(|t| t.packets).unwrap_or(0);
-    bob.wait_until("media while draining", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 30)).await.unwrap();
+    bob.wait_until("media while draining", WAIT, |rx| rx.get("alice-cam").is_some_and(|t| t.packets > b0 + 30))
+        .await
+        .unwrap();
     let (ready, _) = sfu.api.get_text("/readyz").await.unwrap();
     assert_eq!(ready, 200, "a draining SFU still serves its participants");
     alice.leave().await.unwrap();
@@ -260,7 +311,8 @@ async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
     assert_eq!(bob.received()["alice-cam"].publisher, "alice", "relayed tracks keep their publisher");
     assert_eq!(alice.received()["bob-cam"].publisher, "bob");
     bob.wait_event("alice announced on the edge", WAIT, |e| {
-        matches!(e, switchboard_sfu_api::Event::TrackPublished { participant, track, .. } if participant == "alice" && track == "alice-cam")
+        matches!(e, switchboard_sfu_api::Event::TrackPublished { participant, track, .. }
+            if participant == "alice" && track == "alice-cam")
     })
     .await
     .unwrap();
@@ -276,7 +328,7 @@ async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone_keeps_media() {
     let _slot = media_slot().await;
-    use switchboard_sfu_api::{paths, ApiError, ErrorCode};
+    use switchboard_sfu_api::{ApiError, ErrorCode, paths};
     let sfu = SfuProcess::start("sfu-garbage");
     let alice = join(&sfu.api, "r", "alice", av("alice")).await;
     let bob = join(&sfu.api, "r", "bob", av("bob")).await;
@@ -290,9 +342,22 @@ async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone
     };
     let api = &sfu.api;
     let join_url = api.url(paths::PARTICIPANTS, "r", "", "");
-    let m = expect(api.post_raw(&join_url, r#"{"participantId": "eve", "offer": "this is not sdp"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+    let m = expect(
+        api.post_raw(&join_url, r#"{"participantId": "eve", "offer": "this is not sdp"}"#).await.unwrap(),
+        400,
+        ErrorCode::InvalidSdp,
+    );
     assert!(m.contains("SDP"), "{m}");
-    expect(api.post_raw(&join_url, r#"{"participantId": "eve", "offer": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+    expect(
+        api.post_raw(
+            &join_url,
+            r#"{"participantId": "eve", "offer": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"}"#,
+        )
+        .await
+        .unwrap(),
+        400,
+        ErrorCode::InvalidSdp,
+    );
     let m = expect(api.post_raw(&join_url, "{not json").await.unwrap(), 400, ErrorCode::BadRequest);
     assert!(m.contains("body"), "{m}");
     expect(api.post_raw(&join_url, r#"{"participantId": "has spaces"}"#).await.unwrap(), 400, ErrorCode::BadRequest);
@@ -300,26 +365,48 @@ async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone
     let events_unknown_room = format!("{}?waitMs=0", api.url(paths::EVENTS, "nowhere", "alice", ""));
     let r = api.get::<serde_json::Value>(&events_unknown_room).await.unwrap_err();
     assert_eq!(r.code(), Some(ErrorCode::UnknownRoom));
-    let r = api.get::<serde_json::Value>(&format!("{}?waitMs=0", api.url(paths::EVENTS, "r", "mallory", ""))).await.unwrap_err();
+    let r = api
+        .get::<serde_json::Value>(&format!("{}?waitMs=0", api.url(paths::EVENTS, "r", "mallory", "")))
+        .await
+        .unwrap_err();
     assert_eq!(r.code(), Some(ErrorCode::UnknownParticipant));
-    let r = api.put::<_, serde_json::Value>(&api.url(paths::TRACK, "r", "alice", "no-such-track"), &serde_json::json!({"muted": true})).await.unwrap_err();
+    let r = api
+        .put::<_, serde_json::Value>(
+            &api.url(paths::TRACK, "r", "alice", "no-such-track"),
+            &serde_json::json!({"muted": true}),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(r.code(), Some(ErrorCode::UnknownTrack));
-    expect(api.post_raw(&api.url(paths::SUBSCRIBER_ANSWER, "r", "alice", ""), r#"{"sdp": "garbage"}"#).await.unwrap(), 400, ErrorCode::BadRequest);
     expect(
-        api.post_raw(&api.url(paths::CANDIDATE, "r", "alice", ""), r#"{"target": "subscriber", "candidate": "candidate:garbage"}"#).await.unwrap(),
+        api.post_raw(&api.url(paths::SUBSCRIBER_ANSWER, "r", "alice", ""), r#"{"sdp": "garbage"}"#).await.unwrap(),
         400,
         ErrorCode::BadRequest,
     );
-    expect(api.post_raw(&api.url(paths::PUBLISHER_OFFER, "r", "alice", ""), r#"{"sdp": "nonsense"}"#).await.unwrap(), 400, ErrorCode::InvalidSdp);
+    expect(
+        api.post_raw(
+            &api.url(paths::CANDIDATE, "r", "alice", ""),
+            r#"{"target": "subscriber", "candidate": "candidate:garbage"}"#,
+        )
+        .await
+        .unwrap(),
+        400,
+        ErrorCode::BadRequest,
+    );
+    expect(
+        api.post_raw(&api.url(paths::PUBLISHER_OFFER, "r", "alice", ""), r#"{"sdp": "nonsense"}"#).await.unwrap(),
+        400,
+        ErrorCode::InvalidSdp,
+    );
 
     // Garbage at the media port: random bytes, fake STUN, fake RTP and DTLS-looking records.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..3000u32 {
         let mut junk: Vec<u8> = (0..(i % 1400 + 1)).map(|_| rand::random::<u8>()).collect();
         match i % 4 {
-            0 => junk[0] = 0x00,                                  // STUN-looking
-            1 => junk[0] = 0x80,                                  // RTP/RTCP-looking
-            2 => junk[0] = 0x16,                                  // DTLS handshake-looking
+            0 => junk[0] = 0x00, // STUN-looking
+            1 => junk[0] = 0x80, // RTP/RTCP-looking
+            2 => junk[0] = 0x16, // DTLS handshake-looking
             _ => {}
         }
         let _ = socket.send_to(&junk, &sfu.media);
@@ -329,7 +416,12 @@ async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone
     bob.wait_until("media after the garbage", WAIT, |rx| rx["alice-cam"].packets > b0 + 60).await.unwrap();
     alice.wait_until("media after the garbage", WAIT, |rx| rx["bob-cam"].packets > a0 + 60).await.unwrap();
     let carol = join(&sfu.api, "r", "carol", vec![]).await;
-    carol.wait_until("everyone's media", WAIT, |rx| ["alice-cam", "bob-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))).await.unwrap();
+    carol
+        .wait_until("everyone's media", WAIT, |rx| {
+            ["alice-cam", "bob-cam"].iter().all(|t| rx.get(*t).is_some_and(|r| r.packets > 20))
+        })
+        .await
+        .unwrap();
     let (_, metrics) = sfu.api.get_text("/metrics").await.unwrap();
     assert!(metrics.contains("switchboard_sfu_api_errors_total{code=\"invalidSdp\"} 3"), "{metrics}");
 }
@@ -337,28 +429,43 @@ async fn bad_requests_get_clear_errors_and_garbage_udp_is_dropped_while_everyone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_mute_unpublish_and_screen_share_through_the_api() {
     let _slot = media_slot().await;
-    use switchboard_sfu_api::{paths, Event, Source, SubscriptionRequest};
+    use switchboard_sfu_api::{Event, Source, SubscriptionRequest, paths};
     use switchboard_sfu_client::{JoinOptions, Participant};
     let sfu = SfuProcess::start("sfu-api");
     let screen = Publish { source: Source::ScreenShare, ..Publish::video("alice-screen") };
-    let alice = join(&sfu.api, "r", "alice", vec![Publish::audio("alice-mic"), Publish::video("alice-cam"), screen]).await;
+    let alice =
+        join(&sfu.api, "r", "alice", vec![Publish::audio("alice-mic"), Publish::video("alice-cam"), screen]).await;
     // Bob picks what he receives.
-    let bob = Participant::join(sfu.api.clone(), "r", "bob", JoinOptions { manual_subscribe: true, net: loopback(), ..Default::default() })
-        .await
-        .unwrap();
-    bob.wait_event("alice's screen share announced", WAIT, |e| {
-        matches!(e, Event::TrackPublished { track, source: Source::ScreenShare, .. } if track == "alice-screen")
-    })
+    let bob = Participant::join(
+        sfu.api.clone(),
+        "r",
+        "bob",
+        JoinOptions { manual_subscribe: true, net: loopback(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    bob.wait_event(
+        "alice's screen share announced",
+        WAIT,
+        |e| matches!(e, Event::TrackPublished { track, source: Source::ScreenShare, .. } if track == "alice-screen"),
+    )
     .await
     .unwrap();
     // A track is published into the room when its first packets arrive.
-    bob.wait_event("alice's microphone announced", WAIT, |e| matches!(e, Event::TrackPublished { track, .. } if track == "alice-mic"))
-        .await
-        .unwrap();
+    bob.wait_event(
+        "alice's microphone announced",
+        WAIT,
+        |e| matches!(e, Event::TrackPublished { track, .. } if track == "alice-mic"),
+    )
+    .await
+    .unwrap();
     let api = &sfu.api;
     let subscribe = |track: &'static str| {
         let url = api.url(paths::SUBSCRIPTION, "r", "bob", track);
-        async move { api.put::<_, serde_json::Value>(&url, &SubscriptionRequest { max_height: Some(720), ..Default::default() }).await }
+        async move {
+            api.put::<_, serde_json::Value>(&url, &SubscriptionRequest { max_height: Some(720), ..Default::default() })
+                .await
+        }
     };
     subscribe("alice-screen").await.unwrap();
     subscribe("alice-mic").await.unwrap();
@@ -380,7 +487,13 @@ async fn subscriptions_mute_unpublish_and_screen_share_through_the_api() {
         async move { api.put::<_, serde_json::Value>(&url, &switchboard_sfu_api::MuteRequest { muted }).await }
     };
     mute(true).await.unwrap();
-    bob.wait_event("the mute", WAIT, |e| matches!(e, Event::TrackMuted { track, muted: true, .. } if track == "alice-mic")).await.unwrap();
+    bob.wait_event(
+        "the mute",
+        WAIT,
+        |e| matches!(e, Event::TrackMuted { track, muted: true, .. } if track == "alice-mic"),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await; // packets already in flight
     let muted_at = bob.received()["alice-mic"].packets;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -393,7 +506,13 @@ async fn subscriptions_mute_unpublish_and_screen_share_through_the_api() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let screen_at = bob.received()["alice-screen"].packets;
     let _: serde_json::Value = api.delete(&api.url(paths::TRACK, "r", "alice", "alice-mic")).await.unwrap();
-    bob.wait_event("the unpublish", WAIT, |e| matches!(e, Event::TrackUnpublished { track, .. } if track == "alice-mic")).await.unwrap();
+    bob.wait_event(
+        "the unpublish",
+        WAIT,
+        |e| matches!(e, Event::TrackUnpublished { track, .. } if track == "alice-mic"),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(bob.received()["alice-screen"].packets <= screen_at + 2, "unsubscribed: the screen share stopped");
     let status: switchboard_sfu_api::RoomStatus = api.get(&api.url(paths::ROOM, "r", "", "")).await.unwrap();

@@ -14,19 +14,35 @@ async fn a_single_threaded_sfu_forwards_media_and_drains_on_sigterm() {
     let mut sfu = SfuProcess::start_with("sfu-one-thread", &[("SWITCHBOARD_WORKER_THREADS", "1")]);
     let mut people = Vec::new();
     for p in ["alice", "bob", "carol"] {
-        people.push(join(&sfu.api, "one-thread", p, vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))]).await);
+        people.push(
+            join(
+                &sfu.api,
+                "one-thread",
+                p,
+                vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))],
+            )
+            .await,
+        );
     }
     for me in &people {
-        let others: Vec<String> =
-            ["alice", "bob", "carol"].iter().filter(|p| **p != me.id).flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")]).collect();
-        me.wait_until("the others' audio and video", WAIT, |rx| others.iter().all(|t| rx.get(t).is_some_and(|r| r.packets >= 20)))
-            .await
-            .unwrap();
+        let others: Vec<String> = ["alice", "bob", "carol"]
+            .iter()
+            .filter(|p| **p != me.id)
+            .flat_map(|p| [format!("{p}-mic"), format!("{p}-cam")])
+            .collect();
+        me.wait_until("the others' audio and video", WAIT, |rx| {
+            others.iter().all(|t| rx.get(t).is_some_and(|r| r.packets >= 20))
+        })
+        .await
+        .unwrap();
     }
     // A drain on this runtime too: SIGTERM refuses newcomers, and the process exits once
     // the last participant has left.
     sfu.sigterm();
-    people[0].wait_event("the drain notice", WAIT, |e| matches!(e, switchboard_sfu_api::Event::Draining)).await.unwrap();
+    people[0]
+        .wait_event("the drain notice", WAIT, |e| matches!(e, switchboard_sfu_api::Event::Draining))
+        .await
+        .unwrap();
     let refused = Participant::join(sfu.api.clone(), "one-thread", "late", publishing(vec![])).await;
     assert!(refused.is_err(), "a draining SFU refuses new participants");
     for p in people {

@@ -37,7 +37,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(cfg: Config, public_url: String, store: Store, meetings: Directory, hub: Arc<Hub>, kube: kube::Client) -> Arc<Self> {
+    pub fn new(
+        cfg: Config,
+        public_url: String,
+        store: Store,
+        meetings: Directory,
+        hub: Arc<Hub>,
+        kube: kube::Client,
+    ) -> Arc<Self> {
         let metrics = Metrics::default();
         Arc::new(Self {
             keys: Keys::new(&cfg.jwt_key),

@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 use switchboard_signaling_proto::Role;
 
@@ -83,8 +83,9 @@ impl Keys {
     }
 
     pub fn session(&self, token: &str) -> Result<SessionClaims, AuthError> {
-        let claims: SessionClaims =
-            self.check(token).map_err(|e| if let AuthError::Invalid(m) = e { AuthError::Invalid(format!("not a session token ({m})")) } else { e })?;
+        let claims: SessionClaims = self.check(token).map_err(|e| {
+            if let AuthError::Invalid(m) = e { AuthError::Invalid(format!("not a session token ({m})")) } else { e }
+        })?;
         if claims.typ != SESSION {
             return Err(AuthError::Invalid("not a session token".into()));
         }
@@ -95,7 +96,15 @@ impl Keys {
         encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 signing cannot fail")
     }
 
-    pub fn issue_session(&self, participant: &str, meeting: &str, user: &str, name: &str, role: Role, exp: u64) -> String {
+    pub fn issue_session(
+        &self,
+        participant: &str,
+        meeting: &str,
+        user: &str,
+        name: &str,
+        role: Role,
+        exp: u64,
+    ) -> String {
         self.sign(&SessionClaims {
             sub: participant.into(),
             mtg: meeting.into(),
@@ -149,7 +158,13 @@ mod tests {
         assert!(matches!(keys.user(&session), Err(AuthError::Invalid(_))));
         let old = keys.sign(&UserClaims { sub: "u1".into(), name: None, role: None, exp: now_unix() - 600, typ: None });
         assert_eq!(keys.user(&old), Err(AuthError::Expired));
-        let forged = Keys::new(b"another-key-another-key").sign(&UserClaims { sub: "u1".into(), name: None, role: None, exp, typ: None });
+        let forged = Keys::new(b"another-key-another-key").sign(&UserClaims {
+            sub: "u1".into(),
+            name: None,
+            role: None,
+            exp,
+            typ: None,
+        });
         assert!(matches!(keys.user(&forged), Err(AuthError::Invalid(_))));
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -78,8 +78,16 @@ impl Config {
             turn,
             replica: var("POD_NAME").unwrap_or_else(|| format!("signaling-{}", std::process::id())),
             pool: var("SIGNALING_POOL"),
-            rate_per_second: var("SIGNALING_RATE_PER_SECOND").map(|v| v.parse()).transpose().context("SIGNALING_RATE_PER_SECOND")?.unwrap_or(20.0),
-            rate_burst: var("SIGNALING_RATE_BURST").map(|v| v.parse()).transpose().context("SIGNALING_RATE_BURST")?.unwrap_or(60.0),
+            rate_per_second: var("SIGNALING_RATE_PER_SECOND")
+                .map(|v| v.parse())
+                .transpose()
+                .context("SIGNALING_RATE_PER_SECOND")?
+                .unwrap_or(20.0),
+            rate_burst: var("SIGNALING_RATE_BURST")
+                .map(|v| v.parse())
+                .transpose()
+                .context("SIGNALING_RATE_BURST")?
+                .unwrap_or(60.0),
             session_ttl: seconds("SIGNALING_SESSION_TTL_SECONDS", 12 * 3600)?,
             recording_pvc: var("SIGNALING_RECORDING_PVC").unwrap_or("recordings".into()),
         })

@@ -88,10 +88,8 @@ impl Hub {
             }
             last
         };
-        if last {
-            if let Err(e) = self.sink.lock().await.unsubscribe(self.channel(meeting)).await {
-                tracing::warn!(error = %e, "unsubscribe");
-            }
+        if last && let Err(e) = self.sink.lock().await.unsubscribe(self.channel(meeting)).await {
+            tracing::warn!(error = %e, "unsubscribe");
         }
     }
 

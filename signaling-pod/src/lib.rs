@@ -29,7 +29,8 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     store.ping().await.context("Redis PING")?;
     let meetings = meetings::Directory::start(kube.clone(), &cfg.namespace).await.context("watching Meetings")?;
     let hub = hub::Hub::start(&store, &cfg.namespace).await.context("Redis pub/sub")?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     // Small signaling messages must not wait for Nagle's algorithm (40 ms with delayed ACKs).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

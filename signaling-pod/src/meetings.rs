@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt as _;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, Store as Reflector};
-use kube::runtime::{watcher, WatchStreamExt as _};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use switchboard_crds::meeting::{Meeting, MeetingPhase, SfuEndpoint};
 use switchboard_signaling_proto::{Permission, Permissions, Role};

@@ -42,10 +42,10 @@ pub async fn run(app: Arc<App>) {
     let mut pool_shows = ShownConnections::default();
     loop {
         tick.tick().await;
-        if let Some(pool) = app.cfg.pool.as_deref() {
-            if let Err(e) = report_connections(&app, pool, &mut pool_shows).await {
-                tracing::warn!(%pool, error = %e, "connection report");
-            }
+        if let Some(pool) = app.cfg.pool.as_deref()
+            && let Err(e) = report_connections(&app, pool, &mut pool_shows).await
+        {
+            tracing::warn!(%pool, error = %e, "connection report");
         }
         let watched: Vec<String> = app.watched.lock().unwrap().iter().cloned().collect();
         for name in watched {

@@ -11,14 +11,14 @@ use axum::{Json, Router};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, ResourceExt as _};
 use serde::{Deserialize, Serialize};
+use switchboard_crds::common::LocalObjectRef;
 use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
 use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, Storage};
-use switchboard_crds::common::LocalObjectRef;
 use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, IceServer, JoinGrant, MeetingInfo};
-use switchboard_signaling_proto::{Permission, Role, MAX_FRAME_BYTES};
+use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role};
 
 use crate::app::App;
-use crate::auth::{self, turn_credentials, UserClaims};
+use crate::auth::{self, UserClaims, turn_credentials};
 use crate::meetings;
 
 /// Every REST error: a machine-readable code and a sentence.
@@ -84,7 +84,11 @@ fn info(m: &Meeting) -> MeetingInfo {
     }
 }
 
-async fn create_meeting(State(app): State<Arc<App>>, headers: HeaderMap, body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>) -> Result<(StatusCode, Json<MeetingInfo>), Refusal> {
+async fn create_meeting(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<MeetingInfo>), Refusal> {
     let claims = user(&app, &headers)?;
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
     let name = format!("m-{}", random_suffix(10));
@@ -133,7 +137,11 @@ fn find(app: &App, id: &str) -> Result<Arc<Meeting>, Refusal> {
     app.meetings.find(id).ok_or_else(|| not_found(id))
 }
 
-async fn read_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<MeetingInfo>, Refusal> {
+async fn read_meeting(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<MeetingInfo>, Refusal> {
     user(&app, &headers)?;
     Ok(Json(info(find(&app, &id)?.as_ref())))
 }
@@ -144,7 +152,11 @@ fn role_in(m: &Meeting, claims: &UserClaims) -> Role {
     if claims.sub == m.spec.host { Role::Host } else { claims.role.unwrap_or(Role::Participant) }
 }
 
-async fn join_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<JoinGrant>, Refusal> {
+async fn join_meeting(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<JoinGrant>, Refusal> {
     let claims = user(&app, &headers)?;
     let m = find(&app, &id)?;
     meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
@@ -159,7 +171,14 @@ async fn join_meeting(State(app): State<Arc<App>>, headers: HeaderMap, Path(id):
     let participant_id = format!("p-{}", random_suffix(12));
     let now = auth::now_unix();
     let name_shown = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
-    let session_token = app.keys.issue_session(&participant_id, &name, &claims.sub, &name_shown, role, now + app.cfg.session_ttl.as_secs());
+    let session_token = app.keys.issue_session(
+        &participant_id,
+        &name,
+        &claims.sub,
+        &name_shown,
+        role,
+        now + app.cfg.session_ttl.as_secs(),
+    );
     let mut ice_servers = Vec::new();
     if let Some(turn) = &app.cfg.turn {
         let (username, credential) = turn_credentials(&turn.secret, &participant_id, now + turn.ttl.as_secs());
@@ -175,7 +194,12 @@ pub struct ChatQuery {
     pub limit: Option<usize>,
 }
 
-async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>, query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>) -> Result<Json<ChatPage>, Refusal> {
+async fn chat_history(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ChatPage>, Refusal> {
     user(&app, &headers)?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
@@ -183,11 +207,16 @@ async fn chat_history(State(app): State<Arc<App>>, headers: HeaderMap, Path(id):
         return Err(bad_request("limit must be between 1 and 500"));
     }
     let m = find(&app, &id)?;
-    let (messages, next_before) = app.store.chat_page(&app.meetings.key(&m.name_any()), q.before, limit).await.map_err(internal)?;
+    let (messages, next_before) =
+        app.store.chat_page(&app.meetings.key(&m.name_any()), q.before, limit).await.map_err(internal)?;
     Ok(Json(ChatPage { messages, next_before }))
 }
 
-async fn create_recording(State(app): State<Arc<App>>, headers: HeaderMap, Path(id): Path<String>) -> Result<(StatusCode, Json<serde_json::Value>), Refusal> {
+async fn create_recording(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), Refusal> {
     let claims = user(&app, &headers)?;
     let m = find(&app, &id)?;
     let role = role_in(&m, &claims);
@@ -210,7 +239,10 @@ pub async fn start_recording(app: &App, m: &Meeting) -> kube::Result<String> {
             meeting_ref: LocalObjectRef { name: meeting.clone() },
             layout,
             format: Default::default(),
-            storage: Storage { pvc: Some(PvcStorage { claim_name: app.cfg.recording_pvc.clone(), path: "/meetings".into() }), s3: None },
+            storage: Storage {
+                pvc: Some(PvcStorage { claim_name: app.cfg.recording_pvc.clone(), path: "/meetings".into() }),
+                s3: None,
+            },
             max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
             retention: Default::default(),
             retries: 3,
@@ -268,7 +300,8 @@ mod tests {
     /// The OpenAPI document describes every REST route the router serves.
     #[test]
     fn openapi_lists_every_rest_route() {
-        let doc: serde_json::Value = serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../openapi.json")).expect("openapi.json is JSON");
         assert_eq!(doc["openapi"], "3.1.0");
         let paths = doc["paths"].as_object().unwrap();
         let routes = include_str!("rest.rs")

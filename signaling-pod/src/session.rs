@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures::{SinkExt as _, StreamExt as _};
 use switchboard_crds::meeting::Meeting;
-use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, MuteRequest, OfferRequest, ParticipantKind, RelayRequest, Source};
+use switchboard_sfu_api::{
+    ErrorCode as SfuCode, JoinRequest, MuteRequest, OfferRequest, ParticipantKind, RelayRequest, Source,
+};
 use switchboard_sfu_client::{ApiCallError, MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
-    parse_client, types, AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind,
-    MediaReconnectPayload, OfferPayload, Permission, ProtoError, Role, StateUpdate,
+    AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind, MediaReconnectPayload,
+    OfferPayload, Permission, ProtoError, Role, StateUpdate, parse_client, types,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -99,7 +101,8 @@ pub struct Session {
 
 /// Serves one WebSocket until it closes.
 pub async fn serve(app: Arc<App>, socket: WebSocket) {
-    let connection = format!("{}/{}", app.cfg.replica, app.next_connection.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let connection =
+        format!("{}/{}", app.cfg.replica, app.next_connection.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let span = tracing::info_span!("connection", id = %connection);
     app.metrics.connections.inc();
     run(app.clone(), socket, connection).instrument(span).await;
@@ -109,7 +112,12 @@ pub async fn serve(app: Arc<App>, socket: WebSocket) {
 async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Outbound>(512);
-    let mut limit = RateLimit { tokens: app.cfg.rate_burst, per_second: app.cfg.rate_per_second, burst: app.cfg.rate_burst, at: Instant::now() };
+    let mut limit = RateLimit {
+        tokens: app.cfg.rate_burst,
+        per_second: app.cfg.rate_per_second,
+        burst: app.cfg.rate_burst,
+        at: Instant::now(),
+    };
     let mut changes = app.meetings.changed.subscribe();
     let mut s = Session { app: app.clone(), connection, tx, outbox: VecDeque::new(), joined: None };
     let join_deadline = tokio::time::sleep(JOIN_DEADLINE);
@@ -123,12 +131,16 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                     if limit.take() {
                         s.frame(text.as_bytes()).await
                     } else {
-                        s.error(refuse(ErrorCode::RateLimited, format!("over {} messages per second; message dropped", app.cfg.rate_per_second)));
+                        let message = format!("over {} messages per second; message dropped", app.cfg.rate_per_second);
+                        s.error(refuse(ErrorCode::RateLimited, message));
                         Flow::Continue
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    s.error(refuse(ErrorCode::MalformedJson, "binary frames are not part of the protocol; send JSON text"));
+                    s.error(refuse(
+                        ErrorCode::MalformedJson,
+                        "binary frames are not part of the protocol; send JSON text",
+                    ));
                     Flow::Continue
                 }
                 Some(Ok(_)) => Flow::Continue,
@@ -204,7 +216,11 @@ impl Session {
 
     fn meeting(&self) -> Result<Arc<Meeting>, ProtoError> {
         let j = self.joined.as_ref().ok_or_else(|| refuse(ErrorCode::Unauthenticated, "send `join` first"))?;
-        let m = self.app.meetings.get(&j.claims.mtg).ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "the meeting no longer exists"))?;
+        let m = self
+            .app
+            .meetings
+            .get(&j.claims.mtg)
+            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "the meeting no longer exists"))?;
         meetings::open(&m).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
         Ok(m)
     }
@@ -282,7 +298,13 @@ impl Session {
             ClientMessage::Chat(chat) => {
                 self.require(Permission::SendChat)?;
                 let j = self.joined.as_ref().expect("joined");
-                let message = ChatMessage { seq: 0, from: j.info.id.clone(), name: j.info.name.clone(), text: chat.text, at_ms: now_ms() };
+                let message = ChatMessage {
+                    seq: 0,
+                    from: j.info.id.clone(),
+                    name: j.info.name.clone(),
+                    text: chat.text,
+                    at_ms: now_ms(),
+                };
                 let stored = self.app.store.append_chat(&j.key, message).await.map_err(redis_failed)?;
                 self.broadcast(types::CHAT, &stored).await?;
                 self.reply(id, types::OK, serde_json::json!({ "seq": stored.seq }));
@@ -310,7 +332,8 @@ impl Session {
                         MediaKind::Video => target.info.video_muted = true,
                     }
                     self.app.store.put(&key, &target).await.map_err(redis_failed)?;
-                    self.publish(Audience::Peer(m.participant_id.clone()), BusWhat::ForceMute { kind: m.kind, by: me }).await?;
+                    self.publish(Audience::Peer(m.participant_id.clone()), BusWhat::ForceMute { kind: m.kind, by: me })
+                        .await?;
                     self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
                 }
                 self.reply(id, types::OK, serde_json::json!({}));
@@ -327,7 +350,10 @@ impl Session {
                 let me = joined.info.id.clone();
                 let target = self.record(&r.participant_id).await?;
                 if target.info.role == Role::Host || r.participant_id == me {
-                    return Err(refuse(ErrorCode::Forbidden, "the host cannot be removed, and nobody removes themselves (send `leave`)"));
+                    return Err(refuse(
+                        ErrorCode::Forbidden,
+                        "the host cannot be removed, and nobody removes themselves (send `leave`)",
+                    ));
                 }
                 self.app.store.mark_removed(&key, &r.participant_id).await.map_err(redis_failed)?;
                 let gone = self.app.store.remove(&key, &r.participant_id).await.map_err(redis_failed)?;
@@ -350,8 +376,11 @@ impl Session {
             ClientMessage::StartRecording => {
                 self.require(Permission::StartRecording)?;
                 let m = self.meeting()?;
-                let name = crate::rest::start_recording(&self.app, &m).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-                self.broadcast(types::RECORDING, serde_json::json!({ "recordingJob": name, "state": "started" })).await?;
+                let name = crate::rest::start_recording(&self.app, &m)
+                    .await
+                    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+                self.broadcast(types::RECORDING, serde_json::json!({ "recordingJob": name, "state": "started" }))
+                    .await?;
                 self.reply(id, types::RECORDING, serde_json::json!({ "recordingJob": name }));
                 Ok(Flow::Continue)
             }
@@ -360,24 +389,22 @@ impl Session {
 
     async fn record(&self, participant: &str) -> Result<Record, ProtoError> {
         let j = self.joined.as_ref().expect("joined");
-        self.app
-            .store
-            .get(&j.key, participant)
-            .await
-            .map_err(redis_failed)?
-            .ok_or_else(|| refuse(ErrorCode::UnknownParticipant, format!("no participant `{participant}` in this meeting")))
+        self.app.store.get(&j.key, participant).await.map_err(redis_failed)?.ok_or_else(|| {
+            refuse(ErrorCode::UnknownParticipant, format!("no participant `{participant}` in this meeting"))
+        })
     }
 
     async fn join(&mut self, id: Option<String>, token: &str) -> Result<(), ProtoError> {
         let claims = self.app.keys.session(token).map_err(|e| match e {
-            auth::AuthError::Expired => refuse(ErrorCode::Unauthenticated, "the session token has expired; join again through the REST API"),
+            auth::AuthError::Expired => {
+                refuse(ErrorCode::Unauthenticated, "the session token has expired; join again through the REST API")
+            }
             other => refuse(ErrorCode::Unauthenticated, format!("the session token was refused: {other}")),
         })?;
-        let m = self
-            .app
-            .meetings
-            .get(&claims.mtg)
-            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, format!("meeting `{}` does not exist", claims.mtg)))?;
+        let m =
+            self.app.meetings.get(&claims.mtg).ok_or_else(|| {
+                refuse(ErrorCode::MeetingUnavailable, format!("meeting `{}` does not exist", claims.mtg))
+            })?;
         meetings::open(&m).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
         let key = self.app.meetings.key(&claims.mtg);
         let store = &self.app.store;
@@ -402,7 +429,12 @@ impl Session {
         store.put(&key, &record).await.map_err(redis_failed)?;
         store.touch(&key, &claims.sub, &self.connection).await.map_err(redis_failed)?;
         let local = Local { connection: self.connection.clone(), tx: self.tx.clone(), role: claims.role };
-        let replaced = self.app.hub.register(&claims.mtg, &claims.sub, local).await.map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        let replaced = self
+            .app
+            .hub
+            .register(&claims.mtg, &claims.sub, local)
+            .await
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
         self.app.watched.lock().unwrap().insert(claims.mtg.clone());
         let takeover = BusWhat::TakenOver { connection: self.connection.clone() };
         if let Some(old) = replaced {
@@ -424,13 +456,26 @@ impl Session {
         self.reply(
             id,
             types::JOINED,
-            JoinedPayload { participant: record.info.clone(), title: m.spec.title.clone(), permissions, participants, resumed },
+            JoinedPayload {
+                participant: record.info.clone(),
+                title: m.spec.title.clone(),
+                permissions,
+                participants,
+                resumed,
+            },
         );
         if record.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
         } else {
             self.push(Envelope::new(types::WAITING, serde_json::json!({ "reason": "a host will admit you" })));
-            self.send_bus(Bus::deliver(Audience::Admitters, &claims.mtg, &claims.sub, types::PARTICIPANT_UPDATE, &record.info)).await?;
+            self.send_bus(Bus::deliver(
+                Audience::Admitters,
+                &claims.mtg,
+                &claims.sub,
+                types::PARTICIPANT_UPDATE,
+                &record.info,
+            ))
+            .await?;
         }
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
         Ok(())
@@ -449,12 +494,17 @@ impl Session {
     async fn admit(&mut self, a: AdmitPayload) -> Result<Vec<String>, ProtoError> {
         let j = self.joined.as_ref().expect("joined");
         if !j.info.role.admits() {
-            return Err(refuse(ErrorCode::Forbidden, format!("a {:?} may not admit anyone; hosts and co-hosts do", j.info.role)));
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!("a {:?} may not admit anyone; hosts and co-hosts do", j.info.role),
+            ));
         }
         let key = j.key.clone();
         let targets: Vec<Record> = match a.participant_id {
             Some(p) => vec![self.record(&p).await?],
-            None => self.app.store.all(&key).await.map_err(redis_failed)?.into_iter().filter(|r| !r.info.admitted).collect(),
+            None => {
+                self.app.store.all(&key).await.map_err(redis_failed)?.into_iter().filter(|r| !r.info.admitted).collect()
+            }
         };
         let mut admitted = Vec::new();
         for mut t in targets {
@@ -528,7 +578,9 @@ impl Session {
                 let url = sfu.url(switchboard_sfu_api::paths::TRACK, &room, &pid, &track);
                 for _ in 0..40 {
                     match sfu.put::<_, serde_json::Value>(&url, &MuteRequest { muted }).await {
-                        Err(e) if e.code() == Some(SfuCode::UnknownTrack) => tokio::time::sleep(Duration::from_millis(250)).await,
+                        Err(e) if e.code() == Some(SfuCode::UnknownTrack) => {
+                            tokio::time::sleep(Duration::from_millis(250)).await
+                        }
                         Err(e) => {
                             tracing::warn!(%track, error = %e, "mute at the SFU");
                             break;
@@ -542,7 +594,10 @@ impl Session {
 
     fn media_link(&self) -> Result<(SfuApi, String, String), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
-        let m = j.media.as_ref().ok_or_else(|| refuse(ErrorCode::InvalidPayload, "no media session yet: send an `offer` first"))?;
+        let m = j
+            .media
+            .as_ref()
+            .ok_or_else(|| refuse(ErrorCode::InvalidPayload, "no media session yet: send an `offer` first"))?;
         Ok((m.sfu.clone(), m.room.clone(), j.info.id.clone()))
     }
 
@@ -576,8 +631,9 @@ impl Session {
             return Ok(());
         }
         let slot = self.app.store.next_slot(&j.key).await.map_err(redis_failed)?;
-        let target = meetings::choose_sfu(&m, slot)
-            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "the meeting has no SFU assigned yet; try again shortly"))?;
+        let target = meetings::choose_sfu(&m, slot).ok_or_else(|| {
+            refuse(ErrorCode::MeetingUnavailable, "the meeting has no SFU assigned yet; try again shortly")
+        })?;
         let room = self.app.meetings.key(&m.metadata.name.clone().unwrap_or_default());
         self.ensure_relay(&m, &target, &room).await?;
         let sfu = self.app.sfu(&target.endpoint);
@@ -613,16 +669,20 @@ impl Session {
     }
 
     /// An edge SFU relays the room from its parent before its first participant arrives.
-    async fn ensure_relay(&self, m: &Meeting, target: &switchboard_crds::meeting::SfuEndpoint, room: &str) -> Result<(), ProtoError> {
+    async fn ensure_relay(
+        &self,
+        m: &Meeting,
+        target: &switchboard_crds::meeting::SfuEndpoint,
+        room: &str,
+    ) -> Result<(), ProtoError> {
         let Some(parent) = &target.parent else { return Ok(()) };
         let key = (target.endpoint.clone(), room.to_owned());
         if self.app.relayed.lock().unwrap().contains(&key) {
             return Ok(());
         }
-        let parent = meetings::endpoints(m)
-            .into_iter()
-            .find(|e| &e.pod == parent)
-            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, format!("edge {} relays from unknown pod {parent}", target.pod)))?;
+        let parent = meetings::endpoints(m).into_iter().find(|e| &e.pod == parent).ok_or_else(|| {
+            refuse(ErrorCode::MeetingUnavailable, format!("edge {} relays from unknown pod {parent}", target.pod))
+        })?;
         let sfu = self.app.sfu(&target.endpoint);
         let url = sfu.url(switchboard_sfu_api::paths::RELAY, room, "", "");
         match sfu.post::<_, serde_json::Value>(&url, &RelayRequest { origin: parent.endpoint.clone() }).await {
@@ -634,16 +694,31 @@ impl Session {
         Ok(())
     }
 
-    fn start_media(&mut self, endpoint: String, room: String, tracks: Vec<switchboard_sfu_api::TrackDescription>, after: u64) {
+    fn start_media(
+        &mut self,
+        endpoint: String,
+        room: String,
+        tracks: Vec<switchboard_sfu_api::TrackDescription>,
+        after: u64,
+    ) {
         let j = self.joined.as_mut().expect("joined");
-        let pump = tokio::spawn(pump_events(self.app.clone(), self.tx.clone(), endpoint.clone(), room.clone(), j.key.clone(), j.info.id.clone(), after));
+        let pump = tokio::spawn(pump_events(
+            self.app.clone(),
+            self.tx.clone(),
+            endpoint.clone(),
+            room.clone(),
+            j.key.clone(),
+            j.info.id.clone(),
+            after,
+        ));
         j.media = Some(MediaLink { sfu: self.app.sfu(&endpoint), endpoint, room, tracks, pump });
     }
 
     async fn save_media(&mut self, tracks: Vec<switchboard_sfu_api::TrackDescription>) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
         let mut record = self.app.store.get(&j.key, &j.info.id).await.map_err(redis_failed)?.unwrap_or_default();
-        record.media = j.media.as_ref().map(|m| MediaRecord { endpoint: m.endpoint.clone(), room: m.room.clone(), tracks });
+        record.media =
+            j.media.as_ref().map(|m| MediaRecord { endpoint: m.endpoint.clone(), room: m.room.clone(), tracks });
         if record.info.id.is_empty() {
             return Ok(());
         }
@@ -723,10 +798,14 @@ impl Session {
                 }
                 let me = j.info.id.clone();
                 self.mute_tracks(kind, true);
-                self.push(Envelope::new(types::MUTE, serde_json::json!({ "participantId": me, "kind": kind })).from_peer(&by));
+                self.push(
+                    Envelope::new(types::MUTE, serde_json::json!({ "participantId": me, "kind": kind })).from_peer(&by),
+                );
             }
             BusWhat::Removed { by } => {
-                self.push(Envelope::new(types::REMOVE, serde_json::json!({ "reason": "a host removed you" })).from_peer(&by));
+                self.push(
+                    Envelope::new(types::REMOVE, serde_json::json!({ "reason": "a host removed you" })).from_peer(&by),
+                );
                 // The record is gone already; drop the media and close.
                 if let Some(j) = self.joined.as_mut() {
                     j.media = None;
@@ -737,7 +816,8 @@ impl Session {
             BusWhat::TakenOver { connection } => {
                 if connection != self.connection {
                     self.push(
-                        ProtoError::new(ErrorCode::Unauthenticated, "this session continued on another connection").envelope(),
+                        ProtoError::new(ErrorCode::Unauthenticated, "this session continued on another connection")
+                            .envelope(),
                     );
                     // The new connection owns the participant now: nothing to clean up.
                     self.joined = None;
@@ -790,7 +870,15 @@ impl Session {
 
 /// Long-polls the SFU's events for the participant and hands them to the client as
 /// `media-event`s, recording how far it got so another replica can carry on.
-async fn pump_events(app: Arc<App>, tx: mpsc::Sender<Outbound>, endpoint: String, room: String, key: String, participant: String, mut after: u64) {
+async fn pump_events(
+    app: Arc<App>,
+    tx: mpsc::Sender<Outbound>,
+    endpoint: String,
+    room: String,
+    key: String,
+    participant: String,
+    mut after: u64,
+) {
     let sfu = app.sfu_poll(&endpoint);
     loop {
         let batch = match sfu.events(&room, &participant, after).await {
@@ -854,9 +942,11 @@ pub fn now_ms() -> u64 {
 mod tests {
     #[test]
     fn viewers_offers_that_send_are_spotted() {
-        let recv = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
+        let recv =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
         assert!(!super::sends_media(recv));
-        let send = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n";
+        let send =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n";
         assert!(super::sends_media(send));
         let data = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sendrecv\r\n";
         assert!(!super::sends_media(data));

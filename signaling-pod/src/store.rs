@@ -63,10 +63,17 @@ pub enum BusWhat {
     Deliver(Envelope),
     /// Commands the replica holding the peer carries out.
     Admitted,
-    ForceMute { kind: MediaKind, by: String },
-    Removed { by: String },
+    ForceMute {
+        kind: MediaKind,
+        by: String,
+    },
+    Removed {
+        by: String,
+    },
     /// The same session connected again elsewhere: close this connection.
-    TakenOver { connection: String },
+    TakenOver {
+        connection: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -137,7 +144,13 @@ impl Store {
 
     /// Records `replica`'s open connections at `now_ms` in the pool's hash (`pool` names
     /// it: namespace and name) and returns every replica's record there.
-    pub async fn replica_connections(&self, pool: &str, replica: &str, connections: usize, now_ms: u64) -> RedisResult<Vec<ReplicaConnections>> {
+    pub async fn replica_connections(
+        &self,
+        pool: &str,
+        replica: &str,
+        connections: usize,
+        now_ms: u64,
+    ) -> RedisResult<Vec<ReplicaConnections>> {
         let key = pool_connections_key(pool);
         let (all,): (Vec<(String, String)>,) = redis::pipe()
             .hset(&key, replica, format!("{connections}:{now_ms}"))
@@ -224,7 +237,13 @@ impl Store {
 
     pub async fn mark_removed(&self, meeting: &str, participant: &str) -> RedisResult<()> {
         let key = k(meeting, "removed");
-        redis::pipe().sadd(&key, participant).ignore().expire(&key, MEETING_KEYS_TTL as i64).ignore().query_async(&mut self.c()).await
+        redis::pipe()
+            .sadd(&key, participant)
+            .ignore()
+            .expire(&key, MEETING_KEYS_TTL as i64)
+            .ignore()
+            .query_async(&mut self.c())
+            .await
     }
 
     pub async fn is_removed(&self, meeting: &str, participant: &str) -> RedisResult<bool> {
@@ -254,7 +273,12 @@ impl Store {
 
     /// Up to `limit` messages before sequence number `before` (newest first), and
     /// the `before` of the next page.
-    pub async fn chat_page(&self, meeting: &str, before: Option<u64>, limit: usize) -> RedisResult<(Vec<ChatMessage>, Option<u64>)> {
+    pub async fn chat_page(
+        &self,
+        meeting: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> RedisResult<(Vec<ChatMessage>, Option<u64>)> {
         let max = before.map(|b| format!("({b}")).unwrap_or("+inf".into());
         let raw: Vec<String> =
             self.c().zrevrangebyscore_limit(k(meeting, "chat"), max, "-inf", 0, limit as isize + 1).await?;
@@ -274,7 +298,8 @@ impl Store {
 
     /// Drops everything of an ended meeting.
     pub async fn forget_meeting(&self, meeting: &str) -> RedisResult<()> {
-        let mut keys: Vec<String> = ["p", "seq", "removed", "chat", "chatseq", "slot"].iter().map(|w| k(meeting, w)).collect();
+        let mut keys: Vec<String> =
+            ["p", "seq", "removed", "chat", "chatseq", "slot"].iter().map(|w| k(meeting, w)).collect();
         let alive: Vec<String> = self.c().keys(k(meeting, "alive:*")).await?;
         keys.extend(alive);
         self.c().del(keys).await

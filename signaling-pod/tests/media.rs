@@ -15,7 +15,10 @@ fn loopback(publish: Vec<Publish>) -> JoinOptions {
     JoinOptions { publish, net: NetworkOptions { loopback_only: true, ..Default::default() }, ..Default::default() }
 }
 
-fn flowing(tracks: &'static [&'static str], min: u64) -> impl Fn(&std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>) -> bool {
+fn flowing(
+    tracks: &'static [&'static str],
+    min: u64,
+) -> impl Fn(&std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>) -> bool {
     move |rx| tracks.iter().all(|t| rx.get(*t).is_some_and(|r| r.packets >= min))
 }
 
@@ -32,8 +35,17 @@ async fn clients_follow_their_meeting_to_a_new_sfu_without_rejoining() {
 
     let (amy, amy_grant, _) = connect(&rest(&server.url, "amy", None), "move").await;
     let (ben, ben_grant, _) = connect(&rest(&server.url, "ben", None), "move").await;
-    let amy_media = MediaSession::start(amy.clone(), &amy_grant.participant_id, loopback(vec![Publish::audio("amy-mic"), Publish::video("amy-cam")])).await.unwrap();
-    let ben_media = MediaSession::start(ben.clone(), &ben_grant.participant_id, loopback(vec![Publish::audio("ben-mic")])).await.unwrap();
+    let amy_media = MediaSession::start(
+        amy.clone(),
+        &amy_grant.participant_id,
+        loopback(vec![Publish::audio("amy-mic"), Publish::video("amy-cam")]),
+    )
+    .await
+    .unwrap();
+    let ben_media =
+        MediaSession::start(ben.clone(), &ben_grant.participant_id, loopback(vec![Publish::audio("ben-mic")]))
+            .await
+            .unwrap();
     ben_media.wait_until("amy's audio and video via sfu-1", WAIT, flowing(&["amy-mic", "amy-cam"], 30)).await.unwrap();
     amy_media.wait_until("ben's audio via sfu-1", WAIT, flowing(&["ben-mic"], 30)).await.unwrap();
     let room = format!("{}.move", env.ns.name);
@@ -41,7 +53,10 @@ async fn clients_follow_their_meeting_to_a_new_sfu_without_rejoining() {
         let api = switchboard_sfu_client::SfuApi::new(sfu.endpoint.clone());
         let room = room.clone();
         async move {
-            api.get::<switchboard_sfu_api::RoomStatus>(&api.url(switchboard_sfu_api::paths::ROOM, &room, "", "")).await.map(|s| s.participants.len()).unwrap_or(0)
+            api.get::<switchboard_sfu_api::RoomStatus>(&api.url(switchboard_sfu_api::paths::ROOM, &room, "", ""))
+                .await
+                .map(|s| s.participants.len())
+                .unwrap_or(0)
         }
     };
     assert_eq!(on(&sfu1).await, 2, "both on sfu-1");
@@ -91,8 +106,19 @@ async fn coturn_accepts_issued_turn_credentials_until_they_expire() {
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let _coturn = Coturn(
         Command::new("turnserver")
-            .args(["-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--use-auth-secret", "--realm=switchboard.test",
-                "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--simple-log", "--log-file=stdout"])
+            .args([
+                "-n",
+                "--listening-ip=127.0.0.1",
+                "--relay-ip=127.0.0.1",
+                "--use-auth-secret",
+                "--realm=switchboard.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--allow-loopback-peers",
+                "--simple-log",
+                "--log-file=stdout",
+            ])
             .arg(format!("--listening-port={port}"))
             .arg(format!("--static-auth-secret={SECRET}"))
             .arg("--min-port=49160")

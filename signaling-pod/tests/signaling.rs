@@ -2,15 +2,17 @@
 
 mod common;
 
-
 use common::*;
-use switchboard_signaling_client::{refusal, SignalingClient};
-use switchboard_signaling_proto::{types, ErrorCode, Role};
+use switchboard_signaling_client::{SignalingClient, refusal};
+use switchboard_signaling_proto::{ErrorCode, Role, types};
 
 /// The SignalingPool's open connections, as its replicas report them.
 async fn pool_connections(env: &TestEnv, what: &str, n: i64) {
     let pools: kube::Api<switchboard_crds::SignalingPool> = env.ns.api();
-    switchboard_e2e::wait_for(what, WAIT, || async { pools.get_status("main").await.unwrap().status.is_some_and(|s| s.connections == Some(n)) }).await;
+    switchboard_e2e::wait_for(what, WAIT, || async {
+        pools.get_status("main").await.unwrap().status.is_some_and(|s| s.connections == Some(n))
+    })
+    .await;
 }
 
 /// Two replicas share one Redis: the waiting room, chat and state changes cross
@@ -21,10 +23,18 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
     let env = env("sig-replicas").await;
     let pool: switchboard_crds::SignalingPool = serde_json::from_value(serde_json::json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "metadata": {"name": "main"},
-        "spec": {"publicUrl": "https://meet.example.com", "redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "auth": {"jwtSecretRef": {"name": "jwt", "key": "key"}}},
+        "spec": {
+            "publicUrl": "https://meet.example.com",
+            "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+            "auth": {"jwtSecretRef": {"name": "jwt", "key": "key"}},
+        },
     }))
     .unwrap();
-    env.ns.api::<switchboard_crds::SignalingPool>().create(&Default::default(), &pool).await.expect("SignalingPool created");
+    env.ns
+        .api::<switchboard_crds::SignalingPool>()
+        .create(&Default::default(), &pool)
+        .await
+        .expect("SignalingPool created");
     meeting(&env, "standup", "hana", serde_json::json!({"waitingRoom": true})).await;
     assign(&env, "standup", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
     let mut a = Replica::start_in_pool(&env, "replica-a", "main");
@@ -37,9 +47,11 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
     assert!(!joined.participant.admitted, "a participant waits");
     guest.wait_for("waiting", WAIT, of_type(types::WAITING)).await.unwrap();
     // The host, on the other replica, sees the waiting guest and admits them.
-    host.wait_for("the waiting guest", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == guest_grant.participant_id.as_str())
-        .await
-        .unwrap();
+    host.wait_for("the waiting guest", WAIT, |e| {
+        e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == guest_grant.participant_id.as_str()
+    })
+    .await
+    .unwrap();
     let refused = guest.request(types::CHAT, serde_json::json!({"text": "let me in"})).await.unwrap_err();
     assert_eq!(refusal(&refused).unwrap().code, ErrorCode::NotAdmitted);
     host.request(types::ADMIT, serde_json::json!({"participantId": guest_grant.participant_id})).await.unwrap();
@@ -47,16 +59,26 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
 
     // Chat and state changes cross replicas.
     guest.request(types::CHAT, serde_json::json!({"text": "hello from b"})).await.unwrap();
-    let chat = host.wait_for("the guest's chat", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "hello from b").await.unwrap();
+    let chat = host
+        .wait_for("the guest's chat", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "hello from b")
+        .await
+        .unwrap();
     assert_eq!(chat.from_peer_id.as_deref(), Some(guest_grant.participant_id.as_str()));
     assert_eq!(chat.payload["seq"], 1);
     host.request(types::PARTICIPANT_UPDATE, serde_json::json!({"videoMuted": true})).await.unwrap();
     guest
-        .wait_for("the host's camera off", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == host_grant.participant_id.as_str() && e.payload["videoMuted"] == true)
+        .wait_for("the host's camera off", WAIT, |e| {
+            e.type_ == types::PARTICIPANT_UPDATE
+                && e.payload["id"] == host_grant.participant_id.as_str()
+                && e.payload["videoMuted"] == true
+        })
         .await
         .unwrap();
     host.send(switchboard_signaling_proto::Envelope::new(types::HAND_RAISE, serde_json::json!({"raised": true})));
-    guest.wait_for("the raised hand", WAIT, |e| e.type_ == types::HAND_RAISE && e.payload["raised"] == true).await.unwrap();
+    guest
+        .wait_for("the raised hand", WAIT, |e| e.type_ == types::HAND_RAISE && e.payload["raised"] == true)
+        .await
+        .unwrap();
 
     pool_connections(&env, "the pool's connections = 2, one per replica", 2).await;
 
@@ -70,13 +92,17 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
     // Replica A dies; the host reconnects to B with the same session and is back in.
     a.kill();
     host.wait_closed(WAIT).await.unwrap();
-    let (host2, joined) = SignalingClient::join(&format!("{}/ws", b.url.replace("http", "ws")), &host_grant.session_token).await.unwrap();
+    let (host2, joined) =
+        SignalingClient::join(&format!("{}/ws", b.url.replace("http", "ws")), &host_grant.session_token).await.unwrap();
     assert!(joined.resumed, "the session resumes");
     assert_eq!(joined.participant.id, host_grant.participant_id);
     assert!(joined.participant.admitted && joined.participant.video_muted, "state survives the replica");
     assert_eq!(joined.participants.len(), 2);
     host2.request(types::CHAT, serde_json::json!({"text": "back"})).await.unwrap();
-    guest.wait_for("chat after the failover", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "back").await.unwrap();
+    guest
+        .wait_for("chat after the failover", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "back")
+        .await
+        .unwrap();
 
     // Chat history, paginated, newest first.
     let r = rest(&b.url, "gus", None);
@@ -118,7 +144,9 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
 
     let alive = |c: &std::sync::Arc<SignalingClient>| {
         let c = c.clone();
-        async move { c.request(types::PING, serde_json::json!({})).await.expect("the connection lives on").type_ == types::PONG }
+        async move {
+            c.request(types::PING, serde_json::json!({})).await.expect("the connection lives on").type_ == types::PONG
+        }
     };
     let forbidden = |r: anyhow::Result<switchboard_signaling_proto::Envelope>| {
         let e = r.expect_err("refused");
@@ -126,7 +154,8 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
         assert_eq!(p.code, ErrorCode::Forbidden, "{p:?}");
         p
     };
-    let p = forbidden(pupil.request(types::MUTE, serde_json::json!({"participantId": viewer_grant.participant_id})).await);
+    let p =
+        forbidden(pupil.request(types::MUTE, serde_json::json!({"participantId": viewer_grant.participant_id})).await);
     assert!(p.reason.contains("mute others"), "{}", p.reason);
     assert_eq!(p.refused.as_deref(), Some("mute"));
     assert!(alive(&pupil).await);
@@ -136,12 +165,19 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
     assert!(alive(&pupil).await);
     forbidden(pupil.request(types::ADMIT, serde_json::json!({"all": true})).await);
     // A viewer may not publish, nor share a screen.
-    let p = forbidden(viewer.request(types::OFFER, serde_json::json!({"sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n", "tracks": [{"id": "mic", "source": "Microphone"}]})).await);
+    let offer = serde_json::json!({
+        "sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n",
+        "tracks": [{"id": "mic", "source": "Microphone"}],
+    });
+    let p = forbidden(viewer.request(types::OFFER, offer).await);
     assert!(p.reason.contains("viewers"), "{}", p.reason);
     forbidden(viewer.request(types::PARTICIPANT_UPDATE, serde_json::json!({"screenSharing": true})).await);
     assert!(alive(&viewer).await);
     // Nobody is refused over REST either.
-    let (status, body) = rest(&server.url, "pete", None).call(reqwest::Method::POST, "/api/v1/meetings/class/recordings", None).await.unwrap();
+    let (status, body) = rest(&server.url, "pete", None)
+        .call(reqwest::Method::POST, "/api/v1/meetings/class/recordings", None)
+        .await
+        .unwrap();
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
 
     // The host can do all of it.
@@ -149,7 +185,11 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
     let muted = pupil.wait_for("being muted", WAIT, of_type(types::MUTE)).await.unwrap();
     assert_eq!(muted.payload["kind"], "audio");
     viewer
-        .wait_for("the pupil shown muted", WAIT, |e| e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == pupil_grant.participant_id.as_str() && e.payload["audioMuted"] == true)
+        .wait_for("the pupil shown muted", WAIT, |e| {
+            e.type_ == types::PARTICIPANT_UPDATE
+                && e.payload["id"] == pupil_grant.participant_id.as_str()
+                && e.payload["audioMuted"] == true
+        })
         .await
         .unwrap();
     let rec = host.request(types::START_RECORDING, serde_json::json!({})).await.unwrap();
@@ -181,18 +221,38 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
 
     // REST: forged, expired and missing tokens; a session token is not a user token.
     let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").sign(&signaling_pod::auth::UserClaims {
-        sub: "olga".into(), name: None, role: None, exp: signaling_pod::auth::now_unix() + 600, typ: None,
+        sub: "olga".into(),
+        name: None,
+        role: None,
+        exp: signaling_pod::auth::now_unix() + 600,
+        typ: None,
     });
     for (token, what) in [(forged, "forged"), (user_token("olga", None, -600), "expired"), (String::new(), "missing")] {
-        let (status, body) = switchboard_signaling_client::Rest::new(&server.url, &token).call(reqwest::Method::POST, "/api/v1/meetings/open/join", None).await.unwrap();
+        let (status, body) = switchboard_signaling_client::Rest::new(&server.url, &token)
+            .call(reqwest::Method::POST, "/api/v1/meetings/open/join", None)
+            .await
+            .unwrap();
         assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{what}: {body}");
     }
-    let (status, body) = rest(&server.url, "olga", None).call(reqwest::Method::POST, "/api/v1/meetings", Some(serde_json::json!({"title": "x", "expectedParticipants": -5}))).await.unwrap();
+    let (status, body) = rest(&server.url, "olga", None)
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/meetings",
+            Some(serde_json::json!({"title": "x", "expectedParticipants": -5})),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 400, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("participants.expected"), "the API server's message names the field: {body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("participants.expected"),
+        "the API server's message names the field: {body}"
+    );
 
     let (client, grant, _) = connect(&rest(&server.url, "olga", None), "open").await;
-    let (status, _) = switchboard_signaling_client::Rest::new(&server.url, &grant.session_token).call(reqwest::Method::GET, "/api/v1/meetings/open", None).await.unwrap();
+    let (status, _) = switchboard_signaling_client::Rest::new(&server.url, &grant.session_token)
+        .call(reqwest::Method::GET, "/api/v1/meetings/open", None)
+        .await
+        .unwrap();
     assert_eq!(status, 401, "a session token does not work as a user token");
 
     // WebSocket: each bad frame gets an error naming the problem; the connection lives on.
@@ -205,12 +265,18 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     for (i, (frame, code)) in cases.iter().enumerate() {
         client.send_raw(frame.clone());
         let got = client
-            .wait_for(&format!("error {code:?}"), WAIT, |e| e.type_ == types::ERROR && e.payload["code"] == serde_json::to_value(code).unwrap())
+            .wait_for(&format!("error {code:?}"), WAIT, |e| {
+                e.type_ == types::ERROR && e.payload["code"] == serde_json::to_value(code).unwrap()
+            })
             .await
             .unwrap_or_else(|e| panic!("case {i}: {e}"));
         assert!(!got.payload["reason"].as_str().unwrap().is_empty());
     }
-    let err = client.received().into_iter().find(|e| e.id.as_deref() == Some("x1")).expect("the error carries the request id");
+    let err = client
+        .received()
+        .into_iter()
+        .find(|e| e.id.as_deref() == Some("x1"))
+        .expect("the error carries the request id");
     assert!(err.payload["reason"].as_str().unwrap().contains("teleport"));
     assert!(client.request(types::PING, serde_json::json!({})).await.is_ok(), "alive after bad frames");
 
@@ -218,7 +284,10 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     for _ in 0..30 {
         client.send_raw(r#"{"type":"ping"}"#);
     }
-    client.wait_for("rate limiting", WAIT, |e| e.type_ == types::ERROR && e.payload["code"] == "rateLimited").await.unwrap();
+    client
+        .wait_for("rate limiting", WAIT, |e| e.type_ == types::ERROR && e.payload["code"] == "rateLimited")
+        .await
+        .unwrap();
     switchboard_e2e::eventually("the connection recovers from rate limiting", WAIT, || async {
         client.request(types::PING, serde_json::json!({})).await.ok()
     })
@@ -227,7 +296,14 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     // Forged and expired session tokens on the WebSocket.
     let keys = signaling_pod::auth::Keys::new(JWT_KEY.as_bytes());
     let expired = keys.issue_session("p-x", "open", "olga", "Olga", Role::Host, signaling_pod::auth::now_unix() - 600);
-    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").issue_session("p-x", "open", "olga", "Olga", Role::Host, signaling_pod::auth::now_unix() + 600);
+    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").issue_session(
+        "p-x",
+        "open",
+        "olga",
+        "Olga",
+        Role::Host,
+        signaling_pod::auth::now_unix() + 600,
+    );
     let user_jwt = user_token("olga", None, 600);
     for (token, needle) in [(expired, "expired"), (forged, "refused"), (user_jwt, "not a session token")] {
         let c = SignalingClient::connect(&grant.signaling_url).await.unwrap();
@@ -242,4 +318,3 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     assert!(page.messages.is_empty(), "nothing unauthenticated reached the chat");
     env.ns.delete().await;
 }
-

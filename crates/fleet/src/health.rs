@@ -36,7 +36,13 @@ pub struct NodeView {
 
 impl NodeView {
     pub fn healthy() -> Self {
-        Self { ready: Some(NodeReady::True), ready_since: None, unschedulable: false, being_removed: false, gone: false }
+        Self {
+            ready: Some(NodeReady::True),
+            ready_since: None,
+            unschedulable: false,
+            being_removed: false,
+            gone: false,
+        }
     }
 
     /// Whether new meetings may go to pods on this node.
@@ -127,7 +133,10 @@ pub fn node_fault(node: &NodeView, t: &Thresholds, now: Timestamp) -> Verdict {
         let since = node.ready_since.unwrap_or(now);
         let detectable = plus(since, t.node_not_ready_after);
         if detectable <= now {
-            return Verdict { fault: Some(Detected { fault: Fault::NodeNotReady, at: detectable }), recheck_after: None };
+            return Verdict {
+                fault: Some(Detected { fault: Fault::NodeNotReady, at: detectable }),
+                recheck_after: None,
+            };
         }
         verdict.recheck_after = Some(left(now, detectable));
     }
@@ -164,7 +173,10 @@ pub fn pod_fault(
         }
         let expires = plus(hb.renewed, t.heartbeat_timeout);
         if expires <= now {
-            return Verdict { fault: Some(Detected { fault: Fault::HeartbeatExpired, at: expires }), recheck_after: None };
+            return Verdict {
+                fault: Some(Detected { fault: Fault::HeartbeatExpired, at: expires }),
+                recheck_after: None,
+            };
         }
         let until = left(now, expires);
         recheck = Some(recheck.map_or(until, |r| r.min(until)));
@@ -181,7 +193,8 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
-    const TH: Thresholds = Thresholds { heartbeat_timeout: Duration::from_secs(10), node_not_ready_after: Duration::from_secs(30) };
+    const TH: Thresholds =
+        Thresholds { heartbeat_timeout: Duration::from_secs(10), node_not_ready_after: Duration::from_secs(30) };
 
     fn pod(renewed: Timestamp) -> PodView {
         PodView {
@@ -245,7 +258,10 @@ mod tests {
         );
         p.finished = true;
         assert_eq!(pod_fault(&p, None, None, &TH, t(1)).fault.unwrap().fault, Fault::PodFailed);
-        assert_eq!(pod_fault(&p, Some(t(-3)), None, &TH, t(1)).fault, Some(Detected { fault: Fault::PodDeleted, at: t(-3) }));
+        assert_eq!(
+            pod_fault(&p, Some(t(-3)), None, &TH, t(1)).fault,
+            Some(Detected { fault: Fault::PodDeleted, at: t(-3) })
+        );
         let gone = NodeView { gone: true, ..NodeView::healthy() };
         assert_eq!(pod_fault(&pod(t(0)), None, Some(&gone), &TH, t(1)).fault.unwrap().fault, Fault::NodeNotReady);
     }

@@ -221,7 +221,8 @@ pub fn pod_state(policy: &Policy, pod: &PodView, now: Timestamp) -> PodState {
             None => PodState::Starting,
         };
     };
-    let fresh = now.duration_since(hb.renewed) < SignedDuration::try_from(policy.heartbeat_timeout).unwrap_or(SignedDuration::MAX);
+    let fresh = now.duration_since(hb.renewed)
+        < SignedDuration::try_from(policy.heartbeat_timeout).unwrap_or(SignedDuration::MAX);
     if !fresh || hb.state == ReportedState::Unhealthy {
         return PodState::Unhealthy;
     }
@@ -313,15 +314,17 @@ fn removal_order(policy: &Policy, candidates: &mut [&PodPlanInput<'_>], all: &[P
     candidates.sort_by(|a, b| {
         // Not yet serving, then empty, then busy (drained, not deleted).
         let class = |p: &PodPlanInput<'_>| (p.state != PodState::Starting, p.participants > 0);
-        class(a).cmp(&class(b)).then_with(|| match policy.strategy {
-            // Least-used nodes first, so that whole nodes empty out.
-            Strategy::Packed => node_of(a).1.cmp(&node_of(b).1).then(node_of(a).0.cmp(&node_of(b).0)),
-            // Most crowded zone and node first, so that the spread stays even.
-            Strategy::Distributed => zone_of(b).cmp(&zone_of(a)).then(node_of(b).0.cmp(&node_of(a).0)),
-        })
-        .then(a.participants.cmp(&b.participants))
-        .then(b.pod.created.cmp(&a.pod.created))
-        .then(a.pod.name.cmp(&b.pod.name))
+        class(a)
+            .cmp(&class(b))
+            .then_with(|| match policy.strategy {
+                // Least-used nodes first, so that whole nodes empty out.
+                Strategy::Packed => node_of(a).1.cmp(&node_of(b).1).then(node_of(a).0.cmp(&node_of(b).0)),
+                // Most crowded zone and node first, so that the spread stays even.
+                Strategy::Distributed => zone_of(b).cmp(&zone_of(a)).then(node_of(b).0.cmp(&node_of(a).0)),
+            })
+            .then(a.participants.cmp(&b.participants))
+            .then(b.pod.created.cmp(&a.pod.created))
+            .then(a.pod.name.cmp(&b.pod.name))
     });
 }
 
@@ -353,8 +356,7 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
             plan.allocated_tracks += p.pod.heartbeat.as_ref().map_or(0, |h| h.tracks);
         }
     }
-    let (desired, limit, mut recheck) =
-        desired_replicas(policy, plan.allocated_participants, reserved, now, memory);
+    let (desired, limit, mut recheck) = desired_replicas(policy, plan.allocated_participants, reserved, now, memory);
     plan.desired = desired;
     plan.scaling_limited = limit;
     if policy.mode == Mode::Builtin && policy.spec_replicas != Some(desired) {
@@ -370,7 +372,9 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
         match p.state {
             // Kept until its meetings have moved: they leave it by a migration that
             // names the real fault, and its ledger empties in order.
-            PodState::Unhealthy if p.pod.allocated == 0 => plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy)),
+            PodState::Unhealthy if p.pod.allocated == 0 => {
+                plan.delete.push((p.pod.name.clone(), DeleteReason::Unhealthy))
+            }
             PodState::Unhealthy => {}
             PodState::Drained => {
                 // A faulted pod is marked draining even when its meetings moved before
@@ -402,10 +406,10 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
             }
             PodState::Ready => {}
         }
-        if let Some(hb) = &p.pod.heartbeat {
-            if p.state != PodState::Unhealthy {
-                soon(until(now, hb.renewed, policy.heartbeat_timeout));
-            }
+        if let Some(hb) = &p.pod.heartbeat
+            && p.state != PodState::Unhealthy
+        {
+            soon(until(now, hb.renewed, policy.heartbeat_timeout));
         }
     }
 

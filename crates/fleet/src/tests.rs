@@ -35,7 +35,12 @@ fn pod(name: &str, node: &str, participants: u64, now: Timestamp) -> PodView {
         ready: true,
         finished: false,
         draining_since: None,
-        heartbeat: Some(HeartbeatView { state: ReportedState::Ready, participants, tracks: participants * 3, renewed: now }),
+        heartbeat: Some(HeartbeatView {
+            state: ReportedState::Ready,
+            participants,
+            tracks: participants * 3,
+            renewed: now,
+        }),
         allocated: 0,
         fault: None,
     }
@@ -129,7 +134,8 @@ fn scale_down_waits_for_the_stabilisation_window_and_removes_only_empty_pods() {
     let mut p = policy();
     p.spec_replicas = Some(4);
     // Busy at first: 4 pods needed.
-    let busy = [pod("a", "n1", 100, t(0)), pod("b", "n2", 100, t(0)), pod("c", "n3", 100, t(0)), pod("d", "n4", 50, t(0))];
+    let busy =
+        [pod("a", "n1", 100, t(0)), pod("b", "n2", 100, t(0)), pod("c", "n3", 100, t(0)), pod("d", "n4", 50, t(0))];
     assert_eq!(plan(&p, &busy, 0, t(0), &mut mem).desired, 4);
     // Load falls: only one pod keeps 30 participants.
     let quiet = |now| [pod("a", "n1", 30, now), pod("b", "n2", 0, now), pod("c", "n3", 0, now), pod("d", "n4", 0, now)];
@@ -280,7 +286,11 @@ fn a_template_change_surges_then_retires_old_pods() {
     let pods = [old[0].clone(), old[1].clone(), new1.clone(), new2.clone()];
     let plan2 = plan(&p, &pods, 0, now, &mut mem);
     assert_eq!(plan2.create, 0);
-    assert_eq!(plan2.delete, vec![("b".to_string(), DeleteReason::Outdated)], "one Ready new pod retires one old (empty) pod");
+    assert_eq!(
+        plan2.delete,
+        vec![("b".to_string(), DeleteReason::Outdated)],
+        "one Ready new pod retires one old (empty) pod"
+    );
     assert!(plan2.start_drain.is_empty());
 
     new2.ready = true;

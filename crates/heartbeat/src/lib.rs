@@ -88,7 +88,8 @@ impl Heartbeat {
                 namespace: Some(namespace.to_owned()),
                 labels: Some([(POOL_LABEL.to_owned(), pool.to_owned())].into()),
                 annotations: Some(
-                    [(HEARTBEAT_ANNOTATION.to_owned(), serde_json::to_string(self).expect("heartbeat serializes"))].into(),
+                    [(HEARTBEAT_ANNOTATION.to_owned(), serde_json::to_string(self).expect("heartbeat serializes"))]
+                        .into(),
                 ),
                 ..Default::default()
             },

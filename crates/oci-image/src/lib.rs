@@ -70,9 +70,7 @@ pub fn normalized_reference(reference: &str) -> String {
         None => (reference, None),
     };
     match rest {
-        Some(rest)
-            if (first == "docker.io" || first == "index.docker.io") && !rest.contains('/') =>
-        {
+        Some(rest) if (first == "docker.io" || first == "index.docker.io") && !rest.contains('/') => {
             format!("docker.io/library/{rest}")
         }
         Some(rest) if first == "index.docker.io" => format!("docker.io/{rest}"),
@@ -101,7 +99,9 @@ pub fn shared_libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // A static executable: nothing to add.
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable")
+        {
             return Ok(Vec::new());
         }
         bail!("ldd {}: {}", program.display(), String::from_utf8_lossy(&out.stderr));
@@ -169,7 +169,11 @@ impl Layer {
             builder.append_data(&mut header(tar::EntryType::Directory, mode, 0), dir, std::io::empty())?;
         }
         for (path, (content, mode)) in &self.files {
-            builder.append_data(&mut header(tar::EntryType::Regular, *mode, content.len() as u64), path, content.as_slice())?;
+            builder.append_data(
+                &mut header(tar::EntryType::Regular, *mode, content.len() as u64),
+                path,
+                content.as_slice(),
+            )?;
         }
         Ok(builder.into_inner()?)
     }
@@ -189,20 +193,12 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
     }
     let mut layer = Layer { files: BTreeMap::new() };
     let mut programs: Vec<(PathBuf, String)> = Vec::new();
-    let bin_dir = spec
-        .bin_dir
-        .as_deref()
-        .unwrap_or("/usr/local/bin")
-        .trim_end_matches('/');
+    let bin_dir = spec.bin_dir.as_deref().unwrap_or("/usr/local/bin").trim_end_matches('/');
     if !bin_dir.is_empty() && !bin_dir.starts_with('/') {
         bail!("the binaries' directory must be absolute, got {bin_dir}");
     }
     for b in &spec.binaries {
-        let name = b
-            .file_name()
-            .context("a binary has a file name")?
-            .to_string_lossy()
-            .into_owned();
+        let name = b.file_name().context("a binary has a file name")?.to_string_lossy().into_owned();
         programs.push((b.clone(), format!("{bin_dir}/{name}")));
     }
     for p in &spec.host_programs {
@@ -214,7 +210,14 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
             layer.add_host_file(&lib, &lib.display().to_string(), 0o755)?;
         }
     }
-    layer.add_file("/etc/passwd", format!("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin\n").into_bytes(), 0o644);
+    layer.add_file(
+        "/etc/passwd",
+        format!(
+            "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin\n"
+        )
+        .into_bytes(),
+        0o644,
+    );
     layer.add_file("/etc/group", format!("root:x:0:\nnonroot:x:{NONROOT}:\n").into_bytes(), 0o644);
     layer.add_file("/etc/nsswitch.conf", b"hosts: files dns\n".to_vec(), 0o644);
     // TLS to the API server uses the ServiceAccount's CA; S3 and other endpoints need the public roots.
@@ -237,7 +240,10 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
     let (layer_digest, layer_size) = write_blob(layout, &gz)?;
 
     let entrypoint = if spec.entrypoint.is_empty() { vec![programs[0].1.clone()] } else { spec.entrypoint.clone() };
-    let mut env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".to_owned(), "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".to_owned()];
+    let mut env = vec![
+        "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+        "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt".to_owned(),
+    ];
     env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
     let ports: serde_json::Map<String, Value> = spec.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect();
     let config = json!({
@@ -252,7 +258,10 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
             "Labels": spec.labels,
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "switchboard oci-image", "comment": "binaries, their shared libraries, nonroot user, CA certificates"}],
+        "history": [{
+            "created_by": "switchboard oci-image",
+            "comment": "binaries, their shared libraries, nonroot user, CA certificates",
+        }],
     });
     let (config_digest, config_size) = write_blob(layout, serde_json::to_vec(&config)?.as_slice())?;
     let manifest = json!({
@@ -272,11 +281,19 @@ pub fn build(spec: &ImageSpec, layout: &Path) -> anyhow::Result<Built> {
             "size": manifest_size,
             "platform": {"architecture": "amd64", "os": "linux"},
             // The tag for `skopeo copy oci:DIR:TAG`; the full name for `ctr images import`.
-            "annotations": {"org.opencontainers.image.ref.name": spec.tag, "io.containerd.image.name": containerd_name(&spec.name, &spec.tag)},
+            "annotations": {
+                "org.opencontainers.image.ref.name": spec.tag,
+                "io.containerd.image.name": containerd_name(&spec.name, &spec.tag),
+            },
         }],
     });
     std::fs::write(layout.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
-    Ok(Built { layout: layout.to_owned(), manifest_digest, layer_files: layer.files.len(), layer_bytes: gz.len() as u64 })
+    Ok(Built {
+        layout: layout.to_owned(),
+        manifest_digest,
+        layer_files: layer.files.len(),
+        layer_bytes: gz.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -285,27 +302,12 @@ mod tests {
 
     #[test]
     fn references_are_normalized_as_containerd_looks_them_up() {
-        assert_eq!(
-            containerd_name("switchboard/sfu-pod", "0.1.0"),
-            "docker.io/switchboard/sfu-pod:0.1.0"
-        );
+        assert_eq!(containerd_name("switchboard/sfu-pod", "0.1.0"), "docker.io/switchboard/sfu-pod:0.1.0");
         assert_eq!(containerd_name("redis", "7"), "docker.io/library/redis:7");
-        assert_eq!(
-            containerd_name("registry.k8s.io/pause", "3.10"),
-            "registry.k8s.io/pause:3.10"
-        );
-        assert_eq!(
-            containerd_name("docker.io/switchboard/operator", "0.1.0"),
-            "docker.io/switchboard/operator:0.1.0"
-        );
-        assert_eq!(
-            containerd_name("docker.io/redis", "7"),
-            "docker.io/library/redis:7"
-        );
+        assert_eq!(containerd_name("registry.k8s.io/pause", "3.10"), "registry.k8s.io/pause:3.10");
+        assert_eq!(containerd_name("docker.io/switchboard/operator", "0.1.0"), "docker.io/switchboard/operator:0.1.0");
+        assert_eq!(containerd_name("docker.io/redis", "7"), "docker.io/library/redis:7");
         assert_eq!(containerd_name("localhost/x", "1"), "localhost/x:1");
-        assert_eq!(
-            containerd_name("localhost:5000/x", "1"),
-            "localhost:5000/x:1"
-        );
+        assert_eq!(containerd_name("localhost:5000/x", "1"), "localhost:5000/x:1");
     }
 }

@@ -34,7 +34,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             "-h" | "--help" => {
-                println!("usage: oci-image --name NAME --tag TAG --out DIR [--port P/tcp] [--env K=V] [--label K=V] [--host-program PATH] [--bin-dir DIR] [BINARY...]");
+                println!(
+                    "usage: oci-image --name NAME --tag TAG --out DIR [--port P/tcp] [--env K=V] [--label K=V] [--host-program PATH] [--bin-dir DIR] [BINARY...]"
+                );
                 return Ok(());
             }
             flag if flag.starts_with("--") => bail!("unknown option {flag}"),
@@ -46,6 +48,14 @@ fn main() -> anyhow::Result<()> {
         bail!("--name and --tag are required");
     }
     let built = build(&spec, &out)?;
-    println!("{} {}:{} {} ({} files, {} bytes compressed)", out.display(), spec.name, spec.tag, built.manifest_digest, built.layer_files, built.layer_bytes);
+    println!(
+        "{} {}:{} {} ({} files, {} bytes compressed)",
+        out.display(),
+        spec.name,
+        spec.tag,
+        built.manifest_digest,
+        built.layer_files,
+        built.layer_bytes
+    );
     Ok(())
 }

@@ -56,7 +56,11 @@ fn inspect(layout: &Path) -> Inspected {
     assert_eq!(layer["size"].as_u64().unwrap() as usize, gz.len());
     let mut tar_bytes = Vec::new();
     flate2::read::GzDecoder::new(gz.as_slice()).read_to_end(&mut tar_bytes).unwrap();
-    assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{:x}", Sha256::digest(&tar_bytes)), "diff_id is the uncompressed layer's digest");
+    assert_eq!(
+        config["rootfs"]["diff_ids"][0],
+        format!("sha256:{:x}", Sha256::digest(&tar_bytes)),
+        "diff_id is the uncompressed layer's digest"
+    );
     let mut files = std::collections::BTreeMap::new();
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
     for entry in archive.entries().unwrap() {
@@ -68,12 +72,7 @@ fn inspect(layout: &Path) -> Inspected {
         entry.read_to_end(&mut content).unwrap();
         files.insert(path, (mode, content));
     }
-    Inspected {
-        manifest_digest,
-        index_annotations: entry["annotations"].clone(),
-        config,
-        files,
-    }
+    Inspected { manifest_digest, index_annotations: entry["annotations"].clone(), config, files }
 }
 
 /// Unpacks the layer into `root`.
@@ -100,25 +99,13 @@ fn run_from_image(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    image_command(image, root, program, args, env)
-        .output()
-        .unwrap()
+    image_command(image, root, program, args, env).output().unwrap()
 }
 
 /// The command [`run_from_image`] runs.
-fn image_command(
-    image: &Inspected,
-    root: &Path,
-    program: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Command {
+fn image_command(image: &Inspected, root: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     unpack(image, root);
-    let loader = image
-        .files
-        .keys()
-        .find(|p| p.contains("ld-linux"))
-        .expect("the image carries the ELF loader");
+    let loader = image.files.keys().find(|p| p.contains("ld-linux")).expect("the image carries the ELF loader");
     let lib_dirs: std::collections::BTreeSet<String> = image
         .files
         .keys()
@@ -141,7 +128,16 @@ fn an_image_is_a_valid_reproducible_oci_layout_that_runs_from_its_own_files() {
     let tool = env!("CARGO_BIN_EXE_oci-image");
     let build_with_cli = |out: &Path| {
         let o = Command::new(tool)
-            .args(["--name", "switchboard/oci-image", "--tag", "0.1.0", "--out", out.to_str().unwrap(), "--port", "8080/tcp"])
+            .args([
+                "--name",
+                "switchboard/oci-image",
+                "--tag",
+                "0.1.0",
+                "--out",
+                out.to_str().unwrap(),
+                "--port",
+                "8080/tcp",
+            ])
             .args(["--env", "RUST_LOG=info", "--label", "org.opencontainers.image.source=switchboard", tool])
             .output()
             .unwrap();
@@ -156,14 +152,8 @@ fn an_image_is_a_valid_reproducible_oci_layout_that_runs_from_its_own_files() {
     assert_eq!(inspect(&b).manifest_digest, image.manifest_digest, "the same inputs give the same image");
 
     // skopeo finds the image by its tag, containerd's import names it by its full name.
-    assert_eq!(
-        image.index_annotations["org.opencontainers.image.ref.name"],
-        "0.1.0"
-    );
-    assert_eq!(
-        image.index_annotations["io.containerd.image.name"],
-        "docker.io/switchboard/oci-image:0.1.0"
-    );
+    assert_eq!(image.index_annotations["org.opencontainers.image.ref.name"], "0.1.0");
+    assert_eq!(image.index_annotations["io.containerd.image.name"], "docker.io/switchboard/oci-image:0.1.0");
 
     let config = &image.config["config"];
     assert_eq!(config["User"], format!("{NONROOT}:{NONROOT}"));
@@ -184,12 +174,16 @@ fn an_image_is_a_valid_reproducible_oci_layout_that_runs_from_its_own_files() {
     assert_eq!(image.files["tmp/"].0 & 0o7777, 0o1777);
 
     // An independent reader of OCI layouts agrees.
-    let skopeo = Command::new("skopeo").args(["inspect", &format!("oci:{}:0.1.0", a.display())]).output().expect("skopeo runs (Debian package skopeo; .ci/run installs it)");
+    let skopeo = Command::new("skopeo")
+        .args(["inspect", &format!("oci:{}:0.1.0", a.display())])
+        .output()
+        .expect("skopeo runs (Debian package skopeo; .ci/run installs it)");
     assert!(skopeo.status.success(), "{}", String::from_utf8_lossy(&skopeo.stderr));
     let seen: Value = serde_json::from_slice(&skopeo.stdout).unwrap();
     assert_eq!(seen["Digest"], image.manifest_digest.as_str());
     assert_eq!(seen["Layers"].as_array().unwrap().len(), 1);
-    let config = Command::new("skopeo").args(["inspect", "--config", &format!("oci:{}:0.1.0", a.display())]).output().unwrap();
+    let config =
+        Command::new("skopeo").args(["inspect", "--config", &format!("oci:{}:0.1.0", a.display())]).output().unwrap();
     let seen: Value = serde_json::from_slice(&config.stdout).unwrap();
     assert_eq!(seen["config"]["User"], format!("{NONROOT}:{NONROOT}"));
     assert_eq!(seen["config"]["Entrypoint"][0], "/usr/local/bin/oci-image");
@@ -218,7 +212,13 @@ fn the_signaling_image_runs_its_binary_from_the_image_files() {
     };
     build(&spec, &out).unwrap();
     let image = inspect(&out);
-    let run = run_from_image(&image, &temp("signaling-root"), "/usr/local/bin/signaling-pod", &["token", "alice", "60"], &[("SIGNALING_JWT_KEY", "0123456789abcdef0123")]);
+    let run = run_from_image(
+        &image,
+        &temp("signaling-root"),
+        "/usr/local/bin/signaling-pod",
+        &["token", "alice", "60"],
+        &[("SIGNALING_JWT_KEY", "0123456789abcdef0123")],
+    );
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let token = String::from_utf8(run.stdout).unwrap();
     assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
@@ -250,64 +250,29 @@ fn a_static_binary_makes_the_pause_image() {
         .arg(&source)
         .output()
         .expect("a C compiler runs (Debian packages gcc and libc6-dev)");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    assert!(
-        shared_libraries(&pause).unwrap().is_empty(),
-        "a static binary needs no libraries"
-    );
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    assert!(shared_libraries(&pause).unwrap().is_empty(), "a static binary needs no libraries");
 
     let layout = dir.join("layout");
     let o = Command::new(env!("CARGO_BIN_EXE_oci-image"))
-        .args([
-            "--name",
-            "registry.k8s.io/pause",
-            "--tag",
-            "3.10",
-            "--out",
-            layout.to_str().unwrap(),
-            "--bin-dir",
-            "/",
-        ])
+        .args(["--name", "registry.k8s.io/pause", "--tag", "3.10", "--out", layout.to_str().unwrap(), "--bin-dir", "/"])
         .arg(&pause)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let image = inspect(&layout);
-    assert_eq!(
-        image.config["config"]["Entrypoint"],
-        serde_json::json!(["/pause"])
-    );
-    assert_eq!(
-        image.index_annotations["io.containerd.image.name"],
-        "registry.k8s.io/pause:3.10"
-    );
+    assert_eq!(image.config["config"]["Entrypoint"], serde_json::json!(["/pause"]));
+    assert_eq!(image.index_annotations["io.containerd.image.name"], "registry.k8s.io/pause:3.10");
     assert_eq!(image.files["pause"].0 & 0o777, 0o755);
-    assert!(
-        !image.files.keys().any(|f| f.contains(".so")),
-        "no libraries: {:?}",
-        image.files.keys()
-    );
+    assert!(!image.files.keys().any(|f| f.contains(".so")), "no libraries: {:?}", image.files.keys());
 
     // It runs from the image's files alone and stops on SIGTERM.
     let root = dir.join("root");
     unpack(&image, &root);
-    let mut child = Command::new(root.join("pause"))
-        .env_clear()
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(root.join("pause")).env_clear().spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(child.try_wait().unwrap().is_none(), "pause keeps running");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert!(child.wait().unwrap().success(), "pause exits 0 on SIGTERM");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -318,10 +283,7 @@ fn a_static_binary_makes_the_pause_image() {
 #[test]
 fn the_redis_image_serves_from_its_own_files() {
     let redis = Path::new("/usr/bin/redis-server");
-    assert!(
-        redis.exists(),
-        "redis-server is installed (Debian package redis-server)"
-    );
+    assert!(redis.exists(), "redis-server is installed (Debian package redis-server)");
     let dir = temp("redis");
     let layout = dir.join("layout");
     let spec = ImageSpec {
@@ -334,22 +296,12 @@ fn the_redis_image_serves_from_its_own_files() {
     build(&spec, &layout).unwrap();
     let image = inspect(&layout);
     let config = &image.config["config"];
-    assert_eq!(
-        config["Entrypoint"],
-        serde_json::json!(["/usr/bin/redis-server"])
-    );
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/usr/bin/redis-server"]));
     assert_eq!(config["User"], format!("{NONROOT}:{NONROOT}"));
     assert!(config["ExposedPorts"]["6379/tcp"].is_object());
-    assert_eq!(
-        image.index_annotations["io.containerd.image.name"],
-        "docker.io/switchboard/redis:test"
-    );
+    assert_eq!(image.index_annotations["io.containerd.image.name"], "docker.io/switchboard/redis:test");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let args = [
         "--port",
         &port.to_string(),
@@ -362,16 +314,10 @@ fn the_redis_image_serves_from_its_own_files() {
         "--protected-mode",
         "no",
     ];
-    let mut server = image_command(
-        &image,
-        &dir.join("root"),
-        "/usr/bin/redis-server",
-        &args,
-        &[],
-    )
-    .stdout(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut server = image_command(&image, &dir.join("root"), "/usr/bin/redis-server", &args, &[])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let reply = loop {
         use std::io::Write;
@@ -382,10 +328,7 @@ fn the_redis_image_serves_from_its_own_files() {
             break reply;
         }
         assert!(server.try_wait().unwrap().is_none(), "redis-server exited");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server does not listen on {port}"
-        );
+        assert!(std::time::Instant::now() < deadline, "redis-server does not listen on {port}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let _ = server.kill();

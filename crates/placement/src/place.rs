@@ -100,7 +100,9 @@ pub fn place(strategy: Strategy, candidates: &[Candidate], participants: u64) ->
     }
     let largest = usable.iter().map(|c| c.free()).max().unwrap_or(0);
     cascade(strategy, usable, participants).map_err(|e| match e {
-        Shortfall::InsufficientCapacity { needed, free } => Shortfall::InsufficientCapacity { needed, free: free.max(largest) },
+        Shortfall::InsufficientCapacity { needed, free } => {
+            Shortfall::InsufficientCapacity { needed, free: free.max(largest) }
+        }
         other => other,
     })
 }
@@ -181,15 +183,19 @@ pub struct Replacement {
 /// every candidate, counting the seats it already holds on healthy pods as free.
 /// `candidates` are the healthy Ready pods with their committed load, which
 /// includes this meeting's own seats on the pods of the tree.
-pub fn replace(strategy: Strategy, candidates: &[Candidate], shares: &[Share], failed: &[String]) -> Result<Replacement, Shortfall> {
+pub fn replace(
+    strategy: Strategy,
+    candidates: &[Candidate],
+    shares: &[Share],
+    failed: &[String],
+) -> Result<Replacement, Shortfall> {
     let in_tree = |pod: &str| shares.iter().any(|s| s.pod == pod);
     let mut taken: Vec<String> = Vec::new();
     let mut swaps: Vec<(String, String)> = Vec::new();
     let mut whole = true;
     for share in shares.iter().filter(|s| failed.contains(&s.pod)) {
-        let fits = candidates
-            .iter()
-            .filter(|c| !in_tree(&c.pod) && !taken.contains(&c.pod) && c.free() >= share.slots());
+        let fits =
+            candidates.iter().filter(|c| !in_tree(&c.pod) && !taken.contains(&c.pod) && c.free() >= share.slots());
         let chosen = match strategy {
             Strategy::Packed => fits.min_by(|a, b| a.free().cmp(&b.free()).then(a.pod.cmp(&b.pod))),
             Strategy::Distributed => fits.max_by(|a, b| a.free().cmp(&b.free()).then(b.pod.cmp(&a.pod))),
@@ -206,7 +212,8 @@ pub fn replace(strategy: Strategy, candidates: &[Candidate], shares: &[Share], f
         }
     }
     if whole {
-        let rename = |pod: &String| swaps.iter().find(|(from, _)| from == pod).map_or_else(|| pod.clone(), |(_, to)| to.clone());
+        let rename =
+            |pod: &String| swaps.iter().find(|(from, _)| from == pod).map_or_else(|| pod.clone(), |(_, to)| to.clone());
         let shares = shares
             .iter()
             .map(|s| Share { pod: rename(&s.pod), parent: s.parent.as_ref().map(rename), ..s.clone() })
@@ -300,7 +307,10 @@ mod tests {
     #[test]
     fn a_cascade_that_cannot_fit_says_how_much_is_free() {
         let pods = [pod("a", "z", 100, 0), pod("b", "z", 100, 0)];
-        assert_eq!(place(Strategy::Packed, &pods, 250), Err(Shortfall::InsufficientCapacity { needed: 250, free: 198 }));
+        assert_eq!(
+            place(Strategy::Packed, &pods, 250),
+            Err(Shortfall::InsufficientCapacity { needed: 250, free: 198 })
+        );
     }
 
     #[test]

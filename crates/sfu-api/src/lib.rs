@@ -159,19 +159,47 @@ pub struct RelayRequest {
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Event {
     /// Answer this with `POST .../subscriber/answer`.
-    SubscriberOffer { sdp: String },
+    SubscriberOffer {
+        sdp: String,
+    },
     Candidate(Candidate),
-    ParticipantJoined { participant: String, kind: ParticipantKind },
-    ParticipantLeft { participant: String },
-    TrackPublished { participant: String, track: String, kind: MediaKind, codec: String, source: Source },
-    TrackUnpublished { participant: String, track: String },
-    TrackMuted { participant: String, track: String, muted: bool },
-    ActiveSpeaker { participant: String },
-    LayerChanged { track: String, layer: u8, rid: String },
+    ParticipantJoined {
+        participant: String,
+        kind: ParticipantKind,
+    },
+    ParticipantLeft {
+        participant: String,
+    },
+    TrackPublished {
+        participant: String,
+        track: String,
+        kind: MediaKind,
+        codec: String,
+        source: Source,
+    },
+    TrackUnpublished {
+        participant: String,
+        track: String,
+    },
+    TrackMuted {
+        participant: String,
+        track: String,
+        muted: bool,
+    },
+    ActiveSpeaker {
+        participant: String,
+    },
+    LayerChanged {
+        track: String,
+        layer: u8,
+        rid: String,
+    },
     /// The SFU is draining: move when told (signaling follows the Meeting's migrations).
     Draining,
     /// The room was closed or the participant removed; stop polling.
-    Closed { reason: String },
+    Closed {
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -62,7 +62,10 @@ pub fn load_ivf(path: &Path) -> anyhow::Result<EncodedMedia> {
             (None, Some(prev)) => raw[i].1.saturating_sub(prev.1),
             (None, None) => 1,
         };
-        frames.push(EncodedFrame { data: raw[i].0.clone(), duration: Duration::from_secs_f64(ticks.max(1) as f64 * tick) });
+        frames.push(EncodedFrame {
+            data: raw[i].0.clone(),
+            duration: Duration::from_secs_f64(ticks.max(1) as f64 * tick),
+        });
     }
     Ok(EncodedMedia { codec: EncodedCodec::Vp8, frames: Arc::new(frames) })
 }
@@ -71,7 +74,8 @@ pub fn load_ivf(path: &Path) -> anyhow::Result<EncodedMedia> {
 pub fn load_h264(path: &Path, fps: u32) -> anyhow::Result<EncodedMedia> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     let duration = Duration::from_secs_f64(1.0 / fps.max(1) as f64);
-    let frames: Vec<EncodedFrame> = access_units(&bytes).into_iter().map(|au| EncodedFrame { data: Bytes::from(au), duration }).collect();
+    let frames: Vec<EncodedFrame> =
+        access_units(&bytes).into_iter().map(|au| EncodedFrame { data: Bytes::from(au), duration }).collect();
     anyhow::ensure!(!frames.is_empty(), "{}: no H.264 slices", path.display());
     Ok(EncodedMedia { codec: EncodedCodec::H264, frames: Arc::new(frames) })
 }
@@ -102,7 +106,8 @@ pub fn access_units(stream: &[u8]) -> Vec<Vec<u8>> {
 
 /// The NAL units of an Annex-B stream, without their start codes; empty ones skipped.
 pub fn annexb_nals(data: &[u8]) -> Vec<&[u8]> {
-    let starts: Vec<usize> = (0..data.len().saturating_sub(2)).filter(|&i| data[i..i + 3] == [0, 0, 1]).map(|i| i + 3).collect();
+    let starts: Vec<usize> =
+        (0..data.len().saturating_sub(2)).filter(|&i| data[i..i + 3] == [0, 0, 1]).map(|i| i + 3).collect();
     let mut nals = Vec::with_capacity(starts.len());
     for (i, &start) in starts.iter().enumerate() {
         let end = starts.get(i + 1).map_or(data.len(), |next| next - 3);
@@ -199,7 +204,15 @@ mod tests {
     fn pictures_of_several_slices_are_one_access_unit() {
         let nal = |bytes: &[u8]| [&[0, 0, 0, 1][..], bytes].concat();
         // SPS, PPS, an IDR in two slices (first_mb 0, then 40), then a P picture in two.
-        let stream = [nal(&[0x67, 0x42]), nal(&[0x68, 0xce]), nal(&[0x65, 0x88]), nal(&[0x65, 0x00, 0xa4]), nal(&[0x41, 0x9a]), nal(&[0x41, 0x00, 0xa4])].concat();
+        let stream = [
+            nal(&[0x67, 0x42]),
+            nal(&[0x68, 0xce]),
+            nal(&[0x65, 0x88]),
+            nal(&[0x65, 0x00, 0xa4]),
+            nal(&[0x41, 0x9a]),
+            nal(&[0x41, 0x00, 0xa4]),
+        ]
+        .concat();
         let units = access_units(&stream);
         assert_eq!(units.len(), 2, "{units:?}");
         assert_eq!(annexb_nals(&units[0]).len(), 4);

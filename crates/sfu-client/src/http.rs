@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchboard_sfu_api::{paths, ApiError, ErrorCode};
+use switchboard_sfu_api::{ApiError, ErrorCode, paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiCallError {

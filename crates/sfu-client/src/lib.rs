@@ -10,8 +10,8 @@ pub mod media;
 pub mod participant;
 pub mod signal;
 
+pub use encoded::{EncodedCodec, EncodedFrame, EncodedMedia};
 pub use http::{ApiCallError, SfuApi};
 pub use media::NetworkOptions;
-pub use signal::{EventsError, MediaSignal};
-pub use encoded::{EncodedCodec, EncodedFrame, EncodedMedia};
 pub use participant::{JoinOptions, MediaSink, Participant, Publish, PublishKind, ReceivedTrack, SinkTrack};
+pub use signal::{EventsError, MediaSignal};

@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use webrtc::interceptor::stream_info::StreamInfo;
-use webrtc::interceptor::{
-    Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter,
-};
+use webrtc::interceptor::{Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,7 +41,11 @@ struct DroppingWriter {
 
 #[async_trait::async_trait]
 impl RTPWriter for DroppingWriter {
-    async fn write(&self, pkt: &webrtc::rtp::packet::Packet, attributes: &Attributes) -> Result<usize, webrtc::interceptor::Error> {
+    async fn write(
+        &self,
+        pkt: &webrtc::rtp::packet::Packet,
+        attributes: &Attributes,
+    ) -> Result<usize, webrtc::interceptor::Error> {
         if lose(self.rate) {
             // Pretend it left: the sender's NACK buffer already holds it.
             return Ok(pkt.payload.len());
@@ -62,7 +64,11 @@ impl Interceptor for LossInterceptor {
         writer
     }
 
-    async fn bind_local_stream(&self, info: &StreamInfo, writer: Arc<dyn RTPWriter + Send + Sync>) -> Arc<dyn RTPWriter + Send + Sync> {
+    async fn bind_local_stream(
+        &self,
+        info: &StreamInfo,
+        writer: Arc<dyn RTPWriter + Send + Sync>,
+    ) -> Arc<dyn RTPWriter + Send + Sync> {
         if info.mime_type.to_ascii_lowercase().starts_with("video/") {
             Arc::new(DroppingWriter { rate: self.rate, inner: writer })
         } else {
@@ -72,7 +78,11 @@ impl Interceptor for LossInterceptor {
 
     async fn unbind_local_stream(&self, _info: &StreamInfo) {}
 
-    async fn bind_remote_stream(&self, _info: &StreamInfo, reader: Arc<dyn RTPReader + Send + Sync>) -> Arc<dyn RTPReader + Send + Sync> {
+    async fn bind_remote_stream(
+        &self,
+        _info: &StreamInfo,
+        reader: Arc<dyn RTPReader + Send + Sync>,
+    ) -> Arc<dyn RTPReader + Send + Sync> {
         reader
     }
 

@@ -9,10 +9,10 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::interceptor::registry::Registry;
+use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
-use webrtc::rtp_transceiver::RTCPFeedback;
 
 use crate::loss::LossInterceptorBuilder;
 
@@ -107,12 +107,20 @@ pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
         media.register_codec(RTCRtpCodecParameters { capability, payload_type, ..Default::default() }, kind)?;
     }
     for uri in VIDEO_EXTENSIONS {
-        media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Video, None)?;
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: uri.into() },
+            RTPCodecType::Video,
+            None,
+        )?;
     }
     // The MID extension on audio too: RTP that arrives before the receiver has opened its
     // SSRC (the answer is barely out) is then matched to its transceiver by MID.
     for uri in [AUDIO_LEVEL_URI, VIDEO_EXTENSIONS[0]] {
-        media.register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Audio, None)?;
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: uri.into() },
+            RTPCodecType::Audio,
+            None,
+        )?;
     }
     let mut registry = Registry::new();
     if let Some(rate) = net.send_loss {
@@ -121,7 +129,10 @@ pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
     }
     if net.own_retransmissions {
         for parameter in ["", "pli"] {
-            media.register_feedback(RTCPFeedback { typ: "nack".into(), parameter: parameter.into() }, RTPCodecType::Video);
+            media.register_feedback(
+                RTCPFeedback { typ: "nack".into(), parameter: parameter.into() },
+                RTPCodecType::Video,
+            );
         }
         registry.add(Box::new(webrtc::interceptor::nack::generator::Generator::builder()));
     } else {
@@ -141,23 +152,24 @@ pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
         settings.set_ip_filter(Box::new(move |ip| local.contains(&ip)));
     }
     if !net.announced_ips.is_empty() {
-        settings.set_nat_1to1_ips(net.announced_ips.clone(), webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host);
+        settings.set_nat_1to1_ips(
+            net.announced_ips.clone(),
+            webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType::Host,
+        );
     }
     if let Some(mux) = &net.udp_mux {
         settings.set_udp_network(webrtc::ice::udp_network::UDPNetwork::Muxed(mux.clone()));
     }
-    Ok(APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(settings).build())
+    Ok(APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build())
 }
 
 /// The negotiated id of the audio-level extension on a receiver, if any.
 pub async fn audio_level_id(receiver: &webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver) -> Option<u8> {
-    receiver
-        .get_parameters()
-        .await
-        .header_extensions
-        .iter()
-        .find(|e| e.uri == AUDIO_LEVEL_URI)
-        .map(|e| e.id as u8)
+    receiver.get_parameters().await.header_extensions.iter().find(|e| e.uri == AUDIO_LEVEL_URI).map(|e| e.id as u8)
 }
 
 /// An API for one connection whose incoming video loses `rate` at the socket.
@@ -190,7 +202,8 @@ pub async fn wait_receivers_started(pc: &webrtc::peer_connection::RTCPeerConnect
     loop {
         let mut ready = true;
         for t in pc.get_transceivers().await {
-            let receiving = matches!(t.direction(), RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv);
+            let receiving =
+                matches!(t.direction(), RTCRtpTransceiverDirection::Recvonly | RTCRtpTransceiverDirection::Sendrecv);
             if receiving && t.mid().is_some() && t.receiver().await.tracks().await.is_empty() {
                 ready = false;
                 break;

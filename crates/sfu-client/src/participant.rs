@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use switchboard_sfu_api::{Candidate, ConnectionRole, Event, JoinRequest, OfferRequest, ParticipantKind, Source, TrackDescription};
+use switchboard_sfu_api::{
+    Candidate, ConnectionRole, Event, JoinRequest, OfferRequest, ParticipantKind, Source, TrackDescription,
+};
 use tokio::sync::Notify;
 use webrtc::api::API;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
@@ -20,18 +22,19 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
-use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp::extension::HeaderExtension;
+use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::track::track_remote::TrackRemote;
 
 use crate::encoded::{EncodedCodec, EncodedMedia};
-use switchboard_sfu_core::codec::{Codec, is_keyframe_start};
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
 use crate::signal::{EventsError, MediaSignal};
+use switchboard_sfu_core::codec::{Codec, is_keyframe_start};
 
 /// Marks payloads written by [`Participant`] sources, so receivers can read the layer
 /// and the send time back.
@@ -61,7 +64,11 @@ impl Publish {
         Self { id: id.into(), kind: PublishKind::Audio { level: 40 }, source: Source::Microphone }
     }
     pub fn video(id: &str) -> Self {
-        Self { id: id.into(), kind: PublishKind::Video { simulcast: false, packets_per_second: 30, size: 800 }, source: Source::Camera }
+        Self {
+            id: id.into(),
+            kind: PublishKind::Video { simulcast: false, packets_per_second: 30, size: 800 },
+            source: Source::Camera,
+        }
     }
     /// Real media: a camera for video, a microphone for Opus.
     pub fn encoded(id: &str, media: EncodedMedia) -> Self {
@@ -69,7 +76,11 @@ impl Publish {
         Self { id: id.into(), kind: PublishKind::Encoded(media), source }
     }
     pub fn simulcast(id: &str) -> Self {
-        Self { id: id.into(), kind: PublishKind::Video { simulcast: true, packets_per_second: 0, size: 0 }, source: Source::Camera }
+        Self {
+            id: id.into(),
+            kind: PublishKind::Video { simulcast: true, packets_per_second: 0, size: 0 },
+            source: Source::Camera,
+        }
     }
 }
 
@@ -168,10 +179,10 @@ impl ReceivedTrack {
             None => 0,
             Some(last) => self.last_ext + seq.wrapping_sub(last) as i16 as i64,
         };
-        if let Some(last) = self.last_seq {
-            if (seq.wrapping_sub(last) as i16) < -100 {
-                self.discontinuities += 1;
-            }
+        if let Some(last) = self.last_seq
+            && (seq.wrapping_sub(last) as i16) < -100
+        {
+            self.discontinuities += 1;
         }
         // Retransmissions arrive late, out of order: only packets that advance the
         // stream say which layer it is on.
@@ -187,7 +198,9 @@ impl ReceivedTrack {
         self.highest_ext_seq = self.highest_ext_seq.max(ext);
         self.unique_seqs.insert(ext);
         let info = parse_payload(payload);
-        if info.as_ref().is_some_and(|i| i.keyframe) || (info.is_none() && self.video && keyframe_start(self.codec, payload)) {
+        if info.as_ref().is_some_and(|i| i.keyframe)
+            || (info.is_none() && self.video && keyframe_start(self.codec, payload))
+        {
             self.keyframes += 1;
         }
         if let Some(info) = info {
@@ -295,7 +308,9 @@ impl Participant {
     pub async fn join_via(api: Arc<dyn MediaSignal>, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
         let webrtc_api = media::build_api(&opts.net)?;
         let subscriber = match opts.net.receive_loss {
-            Some(rate) => media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await?,
+            Some(rate) => {
+                media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await?
+            }
             None => webrtc_api.new_peer_connection(RTCConfiguration::default()).await?,
         };
         let subscriber = Arc::new(subscriber);
@@ -337,7 +352,9 @@ impl Participant {
 
         // Candidates found before the SFU knows us are held until the join returns.
         let (cand_tx, mut cand_rx) = tokio::sync::mpsc::unbounded_channel::<Candidate>();
-        for (pc, target) in [(Some(&subscriber), ConnectionRole::Subscriber), (publisher.as_ref(), ConnectionRole::Publisher)] {
+        for (pc, target) in
+            [(Some(&subscriber), ConnectionRole::Subscriber), (publisher.as_ref(), ConnectionRole::Publisher)]
+        {
             let Some(pc) = pc else { continue };
             let tx = cand_tx.clone();
             pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
@@ -389,7 +406,11 @@ impl Participant {
                             while let Ok((packets, _)) = receiver.read_rtcp().await {
                                 for p in packets {
                                     // A report sent before any packet maps RTP time 0 to the Unix epoch: meaningless.
-                                    if let Some(sr) = p.as_any().downcast_ref::<webrtc::rtcp::sender_report::SenderReport>().filter(|sr| sr.packet_count > 0) {
+                                    if let Some(sr) = p
+                                        .as_any()
+                                        .downcast_ref::<webrtc::rtcp::sender_report::SenderReport>()
+                                        .filter(|sr| sr.packet_count > 0)
+                                    {
                                         sink.sender_report(&sink_track, sr.ntp_time, sr.rtp_time);
                                     }
                                 }
@@ -404,7 +425,8 @@ impl Participant {
                             }
                             let size = pkt.payload.len() + 12;
                             // Like a decoder: no picture until a keyframe, so ask for one.
-                            let undecodable = video && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
+                            let undecodable = video
+                                && received.lock().unwrap().get(&key).is_none_or(|r| r.keyframes == 0)
                                 && !parse_payload(&pkt.payload).is_some_and(|p| p.keyframe)
                                 && !keyframe_start(track_codec, &pkt.payload);
                             if undecodable && last_pli.is_none_or(|t| t.elapsed() > Duration::from_millis(500)) {
@@ -500,7 +522,8 @@ impl Participant {
                         let Ok((packets, _)) = read else { return };
                         if packets.iter().any(|p| {
                             p.as_any().is::<PictureLossIndication>()
-                                || p.as_any().is::<webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
+                                || p.as_any()
+                                    .is::<webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>()
                         }) {
                             wanted_by_pli.fetch_add(1, Ordering::SeqCst);
                         }
@@ -554,14 +577,23 @@ impl Participant {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                anyhow::bail!("{}: timed out after {timeout:?} waiting for {what}; received: {:?}", self.id, self.summary());
+                anyhow::bail!(
+                    "{}: timed out after {timeout:?} waiting for {what}; received: {:?}",
+                    self.id,
+                    self.summary()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Waits for an event matching `check`.
-    pub async fn wait_event(&self, what: &str, timeout: Duration, check: impl Fn(&Event) -> bool) -> anyhow::Result<Event> {
+    pub async fn wait_event(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Event) -> bool,
+    ) -> anyhow::Result<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.event_arrived.notified();
@@ -599,7 +631,8 @@ impl Participant {
             let offer = pc.create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() })).await?;
             pc.set_local_description(offer).await?;
             let sdp = pc.local_description().await.context("no local description")?.sdp;
-            let answer = self.signal.publisher_offer(&self.room, &self.id, OfferRequest { sdp, tracks: vec![] }).await?;
+            let answer =
+                self.signal.publisher_offer(&self.room, &self.id, OfferRequest { sdp, tracks: vec![] }).await?;
             pc.set_remote_description(RTCSessionDescription::answer(answer.answer.context("no answer")?)?).await?;
         }
         self.signal.subscriber_restart(&self.room, &self.id).await?;
@@ -659,7 +692,7 @@ struct SourceTrack {
 async fn publisher_connection(
     api: &API,
     publish: &[Publish],
-) -> anyhow::Result<(Arc<RTCPeerConnection>, Vec<(SourceTrack, Arc<webrtc::rtp_transceiver::rtp_sender::RTCRtpSender>)>)> {
+) -> anyhow::Result<(Arc<RTCPeerConnection>, Vec<(SourceTrack, Arc<RTCRtpSender>)>)> {
     let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
     let mut sources = Vec::new();
     for p in publish {
@@ -668,13 +701,21 @@ async fn publisher_connection(
             PublishKind::Audio { level } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::opus(), p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
-                sources.push((SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)], encoded: None }, sender));
+                sources.push((
+                    SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)], encoded: None },
+                    sender,
+                ));
             }
             PublishKind::Video { simulcast: false, packets_per_second, size } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::vp8(), p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
                 sources.push((
-                    SourceTrack { video: true, level: 127, layers: vec![(track, 2, *packets_per_second, *size)], encoded: None },
+                    SourceTrack {
+                        video: true,
+                        level: 127,
+                        layers: vec![(track, 2, *packets_per_second, *size)],
+                        encoded: None,
+                    },
                     sender,
                 ));
             }
@@ -682,14 +723,22 @@ async fn publisher_connection(
                 let mut layers = Vec::new();
                 let mut sender = None;
                 for (i, (rid, pps, size)) in SIMULCAST_LAYERS.iter().enumerate() {
-                    let track = Arc::new(TrackLocalStaticRTP::new_with_rid(media::vp8(), p.id.clone(), rid.to_string(), stream.clone()));
+                    let track = Arc::new(TrackLocalStaticRTP::new_with_rid(
+                        media::vp8(),
+                        p.id.clone(),
+                        rid.to_string(),
+                        stream.clone(),
+                    ));
                     match &sender {
                         None => sender = Some(pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?),
                         Some(s) => s.add_encoding(track.clone()).await?,
                     }
                     layers.push((track, i as u8, *pps, *size));
                 }
-                sources.push((SourceTrack { video: true, level: 127, layers, encoded: None }, sender.expect("three layers")));
+                sources.push((
+                    SourceTrack { video: true, level: 127, layers, encoded: None },
+                    sender.expect("three layers"),
+                ));
             }
             PublishKind::Encoded(m) => {
                 let codec = match m.codec {
@@ -700,7 +749,10 @@ async fn publisher_connection(
                 let track = Arc::new(TrackLocalStaticRTP::new(codec, p.id.clone(), stream));
                 let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
                 let level = if m.video() { 127 } else { 30 };
-                sources.push((SourceTrack { video: m.video(), level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) }, sender));
+                sources.push((
+                    SourceTrack { video: m.video(), level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) },
+                    sender,
+                ));
             }
         }
     }
@@ -754,10 +806,10 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
                     let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
                     track.write_rtp_with_extensions(&packet, &[ext]).await
                 };
-                if let Err(e) = result {
-                    if matches!(e, webrtc::Error::ErrClosedPipe) {
-                        return;
-                    }
+                if let Err(e) = result
+                    && matches!(e, webrtc::Error::ErrClosedPipe)
+                {
+                    return;
                 }
             }
         }));
@@ -769,7 +821,12 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
 
 /// Plays encoded media in real time, looped, from the moment sending starts. Real
 /// encoders are not asked for keyframes: the files carry one every second or so.
-async fn run_encoded(track: Arc<TrackLocalStaticRTP>, media: EncodedMedia, level: u8, sending: Arc<std::sync::atomic::AtomicBool>) {
+async fn run_encoded(
+    track: Arc<TrackLocalStaticRTP>,
+    media: EncodedMedia,
+    level: u8,
+    sending: Arc<std::sync::atomic::AtomicBool>,
+) {
     use webrtc::rtp::packetizer::Payloader;
     let mut payloader: Box<dyn Payloader + Send> = match media.codec {
         EncodedCodec::Vp8 => Box::new(webrtc::rtp::codecs::vp8::Vp8Payloader::default()),
@@ -790,7 +847,13 @@ async fn run_encoded(track: Arc<TrackLocalStaticRTP>, media: EncodedMedia, level
         let last = payloads.len().saturating_sub(1);
         for (i, payload) in payloads.into_iter().enumerate() {
             let packet = webrtc::rtp::packet::Packet {
-                header: webrtc::rtp::header::Header { version: 2, marker: i == last, sequence_number: seq, timestamp: ts, ..Default::default() },
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ..Default::default()
+                },
                 payload,
             };
             seq = seq.wrapping_add(1);
@@ -885,7 +948,13 @@ async fn event_loop(
     }
 }
 
-async fn answer_offer(api: &dyn MediaSignal, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> anyhow::Result<()> {
+async fn answer_offer(
+    api: &dyn MediaSignal,
+    room: &str,
+    id: &str,
+    pc: &RTCPeerConnection,
+    sdp: &str,
+) -> anyhow::Result<()> {
     pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
     let answer = pc.create_answer(None).await?;
     pc.set_local_description(answer).await?;

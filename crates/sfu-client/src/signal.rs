@@ -3,7 +3,7 @@
 //! `switchboard-signaling-client`). The media side is the same either way.
 
 use switchboard_sfu_api::{
-    paths, AnswerResponse, Candidate, EventsResponse, JoinRequest, OfferRequest, SdpBody, SequencedEvent,
+    AnswerResponse, Candidate, EventsResponse, JoinRequest, OfferRequest, SdpBody, SequencedEvent, paths,
 };
 
 use crate::http::SfuApi;
@@ -22,7 +22,12 @@ pub enum EventsError {
 pub trait MediaSignal: Send + Sync + 'static {
     /// Joins the room; returns the publisher answer when the request had an offer.
     async fn join(&self, room: &str, request: JoinRequest) -> anyhow::Result<AnswerResponse>;
-    async fn publisher_offer(&self, room: &str, participant: &str, request: OfferRequest) -> anyhow::Result<AnswerResponse>;
+    async fn publisher_offer(
+        &self,
+        room: &str,
+        participant: &str,
+        request: OfferRequest,
+    ) -> anyhow::Result<AnswerResponse>;
     async fn subscriber_answer(&self, room: &str, participant: &str, sdp: String) -> anyhow::Result<()>;
     async fn subscriber_restart(&self, room: &str, participant: &str) -> anyhow::Result<()>;
     async fn candidate(&self, room: &str, participant: &str, candidate: Candidate) -> anyhow::Result<()>;
@@ -36,11 +41,17 @@ impl MediaSignal for SfuApi {
     async fn join(&self, room: &str, request: JoinRequest) -> anyhow::Result<AnswerResponse> {
         Ok(self.post(&self.url(paths::PARTICIPANTS, room, "", ""), &request).await?)
     }
-    async fn publisher_offer(&self, room: &str, participant: &str, request: OfferRequest) -> anyhow::Result<AnswerResponse> {
+    async fn publisher_offer(
+        &self,
+        room: &str,
+        participant: &str,
+        request: OfferRequest,
+    ) -> anyhow::Result<AnswerResponse> {
         Ok(self.post(&self.url(paths::PUBLISHER_OFFER, room, participant, ""), &request).await?)
     }
     async fn subscriber_answer(&self, room: &str, participant: &str, sdp: String) -> anyhow::Result<()> {
-        let _: serde_json::Value = self.post(&self.url(paths::SUBSCRIBER_ANSWER, room, participant, ""), &SdpBody { sdp }).await?;
+        let _: serde_json::Value =
+            self.post(&self.url(paths::SUBSCRIBER_ANSWER, room, participant, ""), &SdpBody { sdp }).await?;
         Ok(())
     }
     async fn subscriber_restart(&self, room: &str, participant: &str) -> anyhow::Result<()> {

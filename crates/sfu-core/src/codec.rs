@@ -83,9 +83,8 @@ pub fn vp8_frame(payload: &[u8]) -> Option<Vp8Frame> {
     let size = if keyframe {
         // Start code 9d 01 2a, then 14-bit width and height (2 bits of scale each).
         payload.get(i + 3..i + 10).and_then(|h| {
-            (h[..3] == [0x9d, 0x01, 0x2a]).then(|| {
-                (u16::from_le_bytes([h[3], h[4]]) & 0x3fff, u16::from_le_bytes([h[5], h[6]]) & 0x3fff)
-            })
+            (h[..3] == [0x9d, 0x01, 0x2a])
+                .then(|| (u16::from_le_bytes([h[3], h[4]]) & 0x3fff, u16::from_le_bytes([h[5], h[6]]) & 0x3fff))
         })
     } else {
         None

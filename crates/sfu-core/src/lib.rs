@@ -17,4 +17,7 @@ pub mod speaker;
 mod tests;
 
 pub use codec::Codec;
-pub use room::{Command, Forward, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo};
+pub use room::{
+    Command, Forward, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId,
+    TrackHandle, TrackInfo,
+};

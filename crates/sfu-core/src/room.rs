@@ -95,14 +95,37 @@ pub struct Forward {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum RoomEvent {
-    ParticipantJoined { participant: ParticipantId, kind: ParticipantKind },
-    ParticipantLeft { participant: ParticipantId },
-    TrackPublished { participant: ParticipantId, track: TrackId, codec: Codec, source: Source },
-    TrackUnpublished { participant: ParticipantId, track: TrackId },
-    TrackMuted { participant: ParticipantId, track: TrackId, muted: bool },
-    ActiveSpeaker { participant: ParticipantId },
+    ParticipantJoined {
+        participant: ParticipantId,
+        kind: ParticipantKind,
+    },
+    ParticipantLeft {
+        participant: ParticipantId,
+    },
+    TrackPublished {
+        participant: ParticipantId,
+        track: TrackId,
+        codec: Codec,
+        source: Source,
+    },
+    TrackUnpublished {
+        participant: ParticipantId,
+        track: TrackId,
+    },
+    TrackMuted {
+        participant: ParticipantId,
+        track: TrackId,
+        muted: bool,
+    },
+    ActiveSpeaker {
+        participant: ParticipantId,
+    },
     /// A subscription now forwards layer `layer` (0 = lowest) whose RID is `rid`.
-    LayerChanged { track: TrackId, layer: u8, rid: String },
+    LayerChanged {
+        track: TrackId,
+        layer: u8,
+        rid: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,10 +141,19 @@ pub enum Command {
         codec: Codec,
         source: Source,
     },
-    SubscriptionRemoved { subscription: SubscriptionId, subscriber: ParticipantId },
+    SubscriptionRemoved {
+        subscription: SubscriptionId,
+        subscriber: ParticipantId,
+    },
     /// Send a PLI for this layer to its publisher.
-    RequestKeyframe { track: TrackHandle, layer: usize },
-    Event { to: ParticipantId, event: RoomEvent },
+    RequestKeyframe {
+        track: TrackHandle,
+        layer: usize,
+    },
+    Event {
+        to: ParticipantId,
+        event: RoomEvent,
+    },
     /// The last participant left.
     Empty,
 }
@@ -263,16 +295,20 @@ impl Room {
             .tracks
             .iter()
             .map(|(h, t)| {
-                (*h, RoomEvent::TrackPublished {
-                    participant: t.shown_publisher().clone(),
-                    track: t.info.id.clone(),
-                    codec: t.info.codec,
-                    source: t.info.source,
-                })
+                (
+                    *h,
+                    RoomEvent::TrackPublished {
+                        participant: t.shown_publisher().clone(),
+                        track: t.info.id.clone(),
+                        codec: t.info.codec,
+                        source: t.info.source,
+                    },
+                )
             })
             .collect();
         published.sort_by_key(|(h, _)| *h);
-        self.participants.insert(participant.into(), Participant { kind, auto_subscribe, estimate: None, video_subscriptions: 0 });
+        self.participants
+            .insert(participant.into(), Participant { kind, auto_subscribe, estimate: None, video_subscriptions: 0 });
         for (handle, event) in published {
             self.commands.push_back(Command::Event { to: participant.into(), event });
             if auto_subscribe {
@@ -283,8 +319,10 @@ impl Room {
     }
 
     pub fn leave(&mut self, participant: &str) -> Result<(), RoomError> {
-        let p = self.participants.remove(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
-        let mut own: Vec<TrackHandle> = self.tracks.iter().filter(|(_, t)| t.publisher == participant).map(|(h, _)| *h).collect();
+        let p =
+            self.participants.remove(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
+        let mut own: Vec<TrackHandle> =
+            self.tracks.iter().filter(|(_, t)| t.publisher == participant).map(|(h, _)| *h).collect();
         own.sort();
         for handle in own {
             self.remove_track(handle);
@@ -412,7 +450,8 @@ impl Room {
             return Ok(());
         }
         track.muted = muted;
-        let event = RoomEvent::TrackMuted { participant: track.shown_publisher().clone(), track: track_id.into(), muted };
+        let event =
+            RoomEvent::TrackMuted { participant: track.shown_publisher().clone(), track: track_id.into(), muted };
         let resume: Vec<usize> = if muted { vec![] } else { track.subs.iter().filter_map(|s| s.current).collect() };
         self.tell_all(None, event);
         // Subscribers missed frames while muted: they need a fresh picture.
@@ -424,7 +463,12 @@ impl Room {
 
     // ---- subscriptions ----
 
-    pub fn subscribe(&mut self, subscriber: &str, track_id: &str, prefs: Preferences) -> Result<SubscriptionId, RoomError> {
+    pub fn subscribe(
+        &mut self,
+        subscriber: &str,
+        track_id: &str,
+        prefs: Preferences,
+    ) -> Result<SubscriptionId, RoomError> {
         if !self.participants.contains_key(subscriber) {
             return Err(RoomError::UnknownParticipant(subscriber.into()));
         }
@@ -453,7 +497,13 @@ impl Room {
         Ok(())
     }
 
-    pub fn set_preferences(&mut self, subscriber: &str, track_id: &str, prefs: Preferences, now: Instant) -> Result<(), RoomError> {
+    pub fn set_preferences(
+        &mut self,
+        subscriber: &str,
+        track_id: &str,
+        prefs: Preferences,
+        now: Instant,
+    ) -> Result<(), RoomError> {
         let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
         let track = self.tracks.get_mut(&handle).expect("handle just found");
         let s = track
@@ -509,7 +559,14 @@ impl Room {
     // ---- media ----
 
     /// One incoming packet of `track`'s layer `layer`; the forwards are appended to `out`.
-    pub fn on_rtp(&mut self, track: TrackHandle, layer: usize, pkt: &RtpMeta<'_>, now: Instant, out: &mut Vec<Forward>) {
+    pub fn on_rtp(
+        &mut self,
+        track: TrackHandle,
+        layer: usize,
+        pkt: &RtpMeta<'_>,
+        now: Instant,
+        out: &mut Vec<Forward>,
+    ) {
         let Some(t) = self.tracks.get_mut(&track) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         self.counters.packets_in += 1;
@@ -518,15 +575,16 @@ impl Room {
         l.last_packet = Some(now);
         let video = t.info.codec.is_video();
         let keyframe = video && codec::is_keyframe_start(t.info.codec, pkt.payload);
-        if keyframe && t.info.codec == Codec::Vp8 {
-            if let Some(size) = codec::vp8_frame(pkt.payload).and_then(|f| f.size) {
-                l.size = Some(size);
-            }
+        if keyframe
+            && t.info.codec == Codec::Vp8
+            && let Some(size) = codec::vp8_frame(pkt.payload).and_then(|f| f.size)
+        {
+            l.size = Some(size);
         }
-        if let (false, Some(level)) = (video, pkt.audio_level) {
-            if !t.muted {
-                self.speaker.observe(t.shown_publisher(), level);
-            }
+        if let (false, Some(level)) = (video, pkt.audio_level)
+            && !t.muted
+        {
+            self.speaker.observe(t.shown_publisher(), level);
         }
         if t.muted {
             return;
@@ -550,10 +608,10 @@ impl Room {
                 s.waiting_since = None;
                 switched.push(s.subscriber.clone());
             }
-            if s.current == Some(layer) {
-                if let Some((seq, ts)) = s.rewriter.rewrite(pkt.seq, pkt.ts, now) {
-                    out.push(Forward { subscription: s.id, seq, ts });
-                }
+            if s.current == Some(layer)
+                && let Some((seq, ts)) = s.rewriter.rewrite(pkt.seq, pkt.ts, now)
+            {
+                out.push(Forward { subscription: s.id, seq, ts });
             }
         }
         self.counters.packets_out += out.len() as u64;
@@ -561,7 +619,8 @@ impl Room {
         if !switched.is_empty() {
             self.counters.layer_switches += switched.len() as u64;
             let position = layer_position(&t.layers, layer);
-            let event = RoomEvent::LayerChanged { track: t.info.id.clone(), layer: position, rid: t.layers[layer].rid.clone() };
+            let event =
+                RoomEvent::LayerChanged { track: t.info.id.clone(), layer: position, rid: t.layers[layer].rid.clone() };
             for to in switched {
                 self.commands.push_back(Command::Event { to, event: event.clone() });
             }
@@ -631,10 +690,10 @@ impl Room {
         let id = SubscriptionId(self.next_subscription);
         self.next_subscription += 1;
         let t = self.tracks.get_mut(&handle).expect("caller checked the track");
-        if t.info.codec.is_video() {
-            if let Some(p) = self.participants.get_mut(subscriber) {
-                p.video_subscriptions += 1;
-            }
+        if t.info.codec.is_video()
+            && let Some(p) = self.participants.get_mut(subscriber)
+        {
+            p.video_subscriptions += 1;
         }
         t.subs.push(Subscription {
             id,

@@ -53,11 +53,7 @@ impl SpeakerDetector {
         if self.current.as_deref() == Some(loudest.as_str()) {
             return None;
         }
-        let current_level = self
-            .current
-            .as_ref()
-            .and_then(|c| averages.iter().find(|(p, _)| p == c))
-            .map(|(_, l)| *l);
+        let current_level = self.current.as_ref().and_then(|c| averages.iter().find(|(p, _)| p == c)).map(|(_, l)| *l);
         if current_level.is_some_and(|c| level < c + TAKEOVER_MARGIN) {
             return None;
         }

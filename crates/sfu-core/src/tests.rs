@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::room::*;
 use crate::Codec;
+use crate::room::*;
 
 const KEY: &[u8] = &[0x10, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
 const DELTA: &[u8] = &[0x10, 0x01, 0x00, 0x00];
@@ -35,7 +35,14 @@ impl Sim {
         self.send_with_level(track, layer, payload, size, None)
     }
 
-    fn send_with_level(&mut self, track: TrackHandle, layer: usize, payload: &[u8], size: usize, level: Option<u8>) -> Vec<Forward> {
+    fn send_with_level(
+        &mut self,
+        track: TrackHandle,
+        layer: usize,
+        payload: &[u8],
+        size: usize,
+        level: Option<u8>,
+    ) -> Vec<Forward> {
         // Layers number their packets independently, as simulcast encoders do.
         let counter = self.seq.entry((track, layer)).or_insert(((layer as u16) * 10_000, (layer as u32) * 1_000_000));
         counter.0 = counter.0.wrapping_add(1);
@@ -93,8 +100,11 @@ fn three_participants_each_receive_the_others_audio_and_video() {
             })
             .collect();
         got.sort();
-        let mut want: Vec<String> =
-            ["a", "b", "c"].iter().filter(|p| **p != who).flat_map(|p| [format!("{p}-cam"), format!("{p}-mic")]).collect();
+        let mut want: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .filter(|p| **p != who)
+            .flat_map(|p| [format!("{p}-cam"), format!("{p}-mic")])
+            .collect();
         want.sort();
         assert_eq!(got, want, "{who} subscribes to everyone else's tracks");
     }
@@ -263,7 +273,12 @@ fn leaving_removes_tracks_and_subscriptions_and_empties_the_room() {
         to: "b".into(),
         event: RoomEvent::TrackUnpublished { participant: "a".into(), track: "a-mic".into() }
     }));
-    assert!(cmds.contains(&Command::Event { to: "b".into(), event: RoomEvent::ParticipantLeft { participant: "a".into() } }));
+    assert!(
+        cmds.contains(&Command::Event {
+            to: "b".into(),
+            event: RoomEvent::ParticipantLeft { participant: "a".into() }
+        })
+    );
     assert!(sim.send(b_mic, 0, &[1], 100).is_empty(), "nobody left to forward to");
     assert_eq!(sim.room.leave("a"), Err(RoomError::UnknownParticipant("a".into())));
     sim.room.leave("b").unwrap();
@@ -310,7 +325,10 @@ fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back()
         .collect();
     assert_eq!(
         added,
-        vec![("alice".into(), "bob-mic".into(), "bob".into()), ("relay-edge".into(), "alice-mic".into(), "alice".into())]
+        vec![
+            ("alice".into(), "bob-mic".into(), "bob".into()),
+            ("relay-edge".into(), "alice-mic".into(), "alice".into())
+        ]
     );
     assert!(cmds.contains(&Command::Event {
         to: "alice".into(),
@@ -333,7 +351,9 @@ fn hidden_participants_are_not_announced_but_receive_everything() {
     let cmds = sim.commands();
     assert!(!cmds.iter().any(|c| matches!(c, Command::Event { to, .. } if to == "alice")));
     assert_eq!(sim.subscriptions_of("recorder").len(), 0, "already drained above");
-    assert!(cmds.iter().any(|c| matches!(c, Command::SubscriptionAdded { subscriber, .. } if subscriber == "recorder")));
+    assert!(
+        cmds.iter().any(|c| matches!(c, Command::SubscriptionAdded { subscriber, .. } if subscriber == "recorder"))
+    );
     assert_eq!(sim.room.client_count(), 1);
 }
 

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use switchboard_sfu_api::{AnswerResponse, Candidate, JoinRequest, OfferRequest, SequencedEvent};
 use switchboard_sfu_client::{EventsError, MediaSignal};
-use switchboard_signaling_proto::{types, Envelope, ErrorPayload, JoinedPayload, OfferPayload};
-use tokio::sync::{mpsc, oneshot, Notify};
+use switchboard_signaling_proto::{Envelope, ErrorPayload, JoinedPayload, OfferPayload, types};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
 pub use switchboard_signaling_proto as proto;
@@ -34,7 +34,12 @@ impl Rest {
     }
 
     /// Any call: status and JSON body (errors are `{code, message}`).
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<(u16, serde_json::Value)> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
         let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.bearer);
         if let Some(b) = body {
             req = req.json(&b);
@@ -45,7 +50,12 @@ impl Rest {
         Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
     }
 
-    async fn ok<T: for<'de> Deserialize<'de>>(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+    async fn ok<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let (status, v) = self.call(method, path, body).await?;
         if !(200..300).contains(&status) {
             bail!("HTTP {status}: {v}");
@@ -102,7 +112,9 @@ struct MediaChannel {
 impl SignalingClient {
     /// Opens a WebSocket to `url` (`ws://host:port/ws`).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.with_context(|| format!("connecting {url}"))?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let log: Arc<Mutex<Vec<Envelope>>> = Arc::default();
@@ -128,15 +140,16 @@ impl SignalingClient {
                         tracing::warn!(%text, "signaling sent something that is not an envelope");
                         continue;
                     };
-                    if env.type_ == types::MEDIA_EVENT {
-                        if let (Ok(ev), Some(tx)) = (env.payload_as::<SequencedEvent>(), media.tx.lock().unwrap().as_ref()) {
-                            let _ = tx.send(ev);
-                        }
+                    if env.type_ == types::MEDIA_EVENT
+                        && let (Ok(ev), Some(tx)) =
+                            (env.payload_as::<SequencedEvent>(), media.tx.lock().unwrap().as_ref())
+                    {
+                        let _ = tx.send(ev);
                     }
-                    if let Some(id) = &env.id {
-                        if let Some(waiter) = pending.lock().unwrap().remove(id) {
-                            let _ = waiter.send(env.clone());
-                        }
+                    if let Some(id) = &env.id
+                        && let Some(waiter) = pending.lock().unwrap().remove(id)
+                    {
+                        let _ = waiter.send(env.clone());
                     }
                     let mut log = log.lock().unwrap();
                     log.push(env);
@@ -148,7 +161,17 @@ impl SignalingClient {
                 arrived.notify_waiters();
             })
         };
-        Ok(Self { out, log, arrivals, arrived, pending, next_id: AtomicU64::new(1), media, open, tasks: vec![writer, reader] })
+        Ok(Self {
+            out,
+            log,
+            arrivals,
+            arrived,
+            pending,
+            next_id: AtomicU64::new(1),
+            media,
+            open,
+            tasks: vec![writer, reader],
+        })
     }
 
     /// Connects and joins with a session token; fails on an `error` reply.
@@ -217,7 +240,12 @@ impl SignalingClient {
     }
 
     /// Waits until a received message satisfies `check` (earlier ones count too).
-    pub async fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Envelope) -> bool) -> anyhow::Result<Envelope> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Envelope) -> bool,
+    ) -> anyhow::Result<Envelope> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.arrived.notified();
@@ -285,7 +313,12 @@ impl MediaSignal for ViaSignaling {
         *self.0.media.rx.lock().await = Some(rx);
         self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks }).await
     }
-    async fn publisher_offer(&self, _room: &str, _participant: &str, request: OfferRequest) -> anyhow::Result<AnswerResponse> {
+    async fn publisher_offer(
+        &self,
+        _room: &str,
+        _participant: &str,
+        request: OfferRequest,
+    ) -> anyhow::Result<AnswerResponse> {
         self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await
     }
     async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> anyhow::Result<()> {
@@ -335,8 +368,13 @@ impl Drop for MediaSession {
 }
 
 impl MediaSession {
-    pub async fn start(client: Arc<SignalingClient>, participant: &str, opts: switchboard_sfu_client::JoinOptions) -> anyhow::Result<Self> {
-        let first = switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, opts.clone()).await?;
+    pub async fn start(
+        client: Arc<SignalingClient>,
+        participant: &str,
+        opts: switchboard_sfu_client::JoinOptions,
+    ) -> anyhow::Result<Self> {
+        let first =
+            switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, opts.clone()).await?;
         let current = Arc::new(tokio::sync::Mutex::new(first));
         let reconnects = Arc::new(AtomicU64::new(0));
         let task = {
@@ -349,7 +387,14 @@ impl MediaSession {
                         handled = seen;
                         tracing::info!(%participant, "media reconnect");
                         loop {
-                            match switchboard_sfu_client::Participant::join_via(client.media(), "meeting", &participant, opts.clone()).await {
+                            match switchboard_sfu_client::Participant::join_via(
+                                client.media(),
+                                "meeting",
+                                &participant,
+                                opts.clone(),
+                            )
+                            .await
+                            {
                                 Ok(p) => {
                                     let old = std::mem::replace(&mut *current.lock().await, p);
                                     old.vanish().await;
@@ -398,7 +443,10 @@ impl MediaSession {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {timeout:?} waiting for {what}; received {:?}", self.current.lock().await.summary());
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; received {:?}",
+                    self.current.lock().await.summary()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -49,7 +49,11 @@ fn is_false(b: &bool) -> bool {
 
 impl Envelope {
     pub fn new(type_: &str, payload: impl Serialize) -> Self {
-        Self { type_: type_.into(), payload: serde_json::to_value(payload).unwrap_or(Value::Null), ..Default::default() }
+        Self {
+            type_: type_.into(),
+            payload: serde_json::to_value(payload).unwrap_or(Value::Null),
+            ..Default::default()
+        }
     }
     pub fn in_reply_to(mut self, id: Option<String>) -> Self {
         self.id = id;
@@ -191,7 +195,6 @@ pub struct StateUpdate {
     pub name: Option<String>,
 }
 
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MutePayload {
@@ -331,8 +334,11 @@ impl ProtoError {
         Self { code, reason: reason.into(), id: None, refused: None }
     }
     pub fn envelope(&self) -> Envelope {
-        Envelope::new(types::ERROR, ErrorPayload { code: self.code, reason: self.reason.clone(), refused: self.refused.clone() })
-            .in_reply_to(self.id.clone())
+        Envelope::new(
+            types::ERROR,
+            ErrorPayload { code: self.code, reason: self.reason.clone(), refused: self.refused.clone() },
+        )
+        .in_reply_to(self.id.clone())
     }
 }
 
@@ -359,7 +365,8 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
         id: envelope.id.clone(),
         refused: Some(envelope.type_.clone()),
     };
-    let invalid = |e: serde_json::Error| fail(ErrorCode::InvalidPayload, format!("bad `{}` payload: {e}", envelope.type_));
+    let invalid =
+        |e: serde_json::Error| fail(ErrorCode::InvalidPayload, format!("bad `{}` payload: {e}", envelope.type_));
     let payload = || -> Value {
         // Types without a payload accept a missing one as `{}`.
         if envelope.payload.is_null() { Value::Object(Default::default()) } else { envelope.payload.clone() }
@@ -379,7 +386,10 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             let chat: ChatPayload = typed(payload()).map_err(invalid)?;
             let chars = chat.text.chars().count();
             if chars == 0 || chars > MAX_CHAT_CHARS {
-                return Err(fail(ErrorCode::InvalidPayload, format!("chat text must have 1 to {MAX_CHAT_CHARS} characters, not {chars}")));
+                return Err(fail(
+                    ErrorCode::InvalidPayload,
+                    format!("chat text must have 1 to {MAX_CHAT_CHARS} characters, not {chars}"),
+                ));
             }
             ClientMessage::Chat(chat)
         }

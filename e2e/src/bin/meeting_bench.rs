@@ -21,7 +21,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, hwm_kib, metric_sum, metrics_text, rss_kib, simulate_heartbeats, writes_since};
+use switchboard_e2e::bench::{
+    ReleaseOperator, api_server_writes, hwm_kib, metric_sum, metrics_text, rss_kib, simulate_heartbeats, writes_since,
+};
 use switchboard_e2e::*;
 
 const PER_POD: u64 = 2_000;
@@ -87,7 +89,8 @@ async fn watch_assignments(client: Client, namespace: String, assigned: Times, a
     let mut version = "0".to_owned();
     loop {
         let params = WatchParams::default().timeout(290);
-        let Ok(events) = client.request_events::<Seen>(request.watch(&params, &version).expect("watch request")).await else {
+        let Ok(events) = client.request_events::<Seen>(request.watch(&params, &version).expect("watch request")).await
+        else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -120,7 +123,10 @@ type Times = Arc<Mutex<HashMap<String, Instant>>>;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = args();
-    eprintln!("meeting-bench: {} meetings on {} SFU pods, {} creating clients on HTTP/{}", args.meetings, args.pods, args.clients, args.http);
+    eprintln!(
+        "meeting-bench: {} meetings on {} SFU pods, {} creating clients on HTTP/{}",
+        args.meetings, args.pods, args.clients, args.http
+    );
     let admin = client().await;
     install_crds(&admin).await;
     let ns = TestNamespace::create(&admin, "meeting-bench").await;
@@ -152,7 +158,8 @@ async fn main() {
 
     let creators = match args.http {
         1 => admin.clone(),
-        2 => switchboard_operator::api_client::http2_client(config_for(&cluster().kubeconfig).await).expect("HTTP/2 client"),
+        2 => switchboard_operator::api_client::http2_client(config_for(&cluster().kubeconfig).await)
+            .expect("HTTP/2 client"),
         other => panic!("--http {other}: 1 or 2"),
     };
     let meetings: Api<Meeting> = Api::namespaced(creators, &ns.name);
@@ -179,8 +186,9 @@ async fn main() {
             let (meetings, created) = (meetings.clone(), created.clone());
             async move {
                 let name = format!("m{i:05}");
-                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-                    "metadata": {"name": name}, "spec": {"title": "bench", "host": "u", "participants": {"expected": 1 + i % 8}}}))
+                let m: Meeting = serde_json::from_value(json!({
+                    "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
+                    "spec": {"title": "bench", "host": "u", "participants": {"expected": 1 + i % 8}}}))
                 .unwrap();
                 let at = Instant::now();
                 loop {
@@ -205,13 +213,20 @@ async fn main() {
         if assigned.lock().unwrap().len() >= args.meetings {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(900), "not all placed after 900 s: {}", assigned.lock().unwrap().len());
+        assert!(
+            start.elapsed() < Duration::from_secs(900),
+            "not all placed after 900 s: {}",
+            assigned.lock().unwrap().len()
+        );
     }
     let all_placed = start.elapsed();
     peak_rss = peak_rss.max(hwm_kib(pid));
     let metrics = metrics_text(port).await;
     // What the API server wrote meanwhile, by resource and verb (to stderr: where the time goes).
-    eprintln!("meeting-bench: API server writes from the first creation to the last placement: {:?}", writes_since(&writes_before).await);
+    eprintln!(
+        "meeting-bench: API server writes from the first creation to the last placement: {:?}",
+        writes_since(&writes_before).await
+    );
     watch.abort();
     beats.abort();
 
@@ -221,7 +236,11 @@ async fn main() {
     // Per meeting: creation → assignment, and when it was created (seconds into the run); slowest first.
     let mut timed: Vec<(f64, f64)> = assigned
         .iter()
-        .filter_map(|(n, at)| created.get(n).map(|(c, _)| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64())))
+        .filter_map(|(n, at)| {
+            created
+                .get(n)
+                .map(|(c, _)| (at.saturating_duration_since(*c).as_secs_f64(), c.duration_since(start).as_secs_f64()))
+        })
         .collect();
     timed.sort_by(|a, b| b.0.total_cmp(&a.0));
     let latencies: Vec<f64> = timed.iter().rev().map(|(latency, _)| *latency).collect();
@@ -283,22 +302,45 @@ async fn main() {
             l.iter_mut().for_each(|l| l.sort_by(f64::total_cmp));
             let [total, answer, seen] = l;
             let (p50, max) = (percentile(&total, 0.5), percentile(&total, 1.0));
-            format!("{second}s: {} p50 {p50:.2} (answered {:.2}, on the watch {:.2}) max {max:.2}", total.len(), percentile(&answer, 0.5), percentile(&seen, 0.5))
+            format!(
+                "{second}s: {} p50 {p50:.2} (answered {:.2}, on the watch {:.2}) max {max:.2}",
+                total.len(),
+                percentile(&answer, 0.5),
+                percentile(&seen, 0.5)
+            )
         })
         .collect();
     eprintln!("meeting-bench: by second of creation: {}", timeline.join("; "));
 
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| meetings, SFU pods, creating clients | {} meetings, {} pods of {PER_POD}, {} clients on HTTP/{} |", args.meetings, args.pods, args.clients, args.http);
-    println!("| all created (API) | {:.1} s ({:.0}/s) |", created_all.unwrap_or(all_placed).as_secs_f64(), args.meetings as f64 / created_all.unwrap_or(all_placed).as_secs_f64());
-    println!("| all placed | {:.1} s ({:.0} placements/s overall) |", all_placed.as_secs_f64(), args.meetings as f64 / all_placed.as_secs_f64());
+    println!(
+        "| meetings, SFU pods, creating clients | {} meetings, {} pods of {PER_POD}, {} clients on HTTP/{} |",
+        args.meetings, args.pods, args.clients, args.http
+    );
+    println!(
+        "| all created (API) | {:.1} s ({:.0}/s) |",
+        created_all.unwrap_or(all_placed).as_secs_f64(),
+        args.meetings as f64 / created_all.unwrap_or(all_placed).as_secs_f64()
+    );
+    println!(
+        "| all placed | {:.1} s ({:.0} placements/s overall) |",
+        all_placed.as_secs_f64(),
+        args.meetings as f64 / all_placed.as_secs_f64()
+    );
     println!("| sustained placements (10th to 90th percentile) | {sustained:.0}/s |");
-    println!("| creation → assignment p50 / p99 / max | {:.2} s / {:.2} s / {:.2} s |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
+    println!(
+        "| creation → assignment p50 / p99 / max | {:.2} s / {:.2} s / {:.2} s |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
     println!("| fullest pod | {worst} of {PER_POD} seats (none over) |");
     println!("| reconcile errors (retried) | {errors:.0} |");
     println!("| meeting reconciles | {reconciles:.0} ({:.2} per meeting) |", reconciles / args.meetings as f64);
     println!("| operator peak RSS | {:.1} MiB |", peak_rss as f64 / 1024.0);
 
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(&ns.name, &kube::api::DeleteParams::background())
+        .await;
 }

@@ -22,7 +22,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::bench::{ReleaseOperator, api_server_writes, metrics_text, quantile, simulate_heartbeats, writes_since};
+use switchboard_e2e::bench::{
+    ReleaseOperator, api_server_writes, metrics_text, quantile, simulate_heartbeats, writes_since,
+};
 use switchboard_e2e::nodes::{self, GROUP_LABEL};
 use switchboard_e2e::*;
 
@@ -40,7 +42,9 @@ fn mode() -> Mode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     match argv.as_slice() {
         [] => Mode::Migrate(vec![100, 500]),
-        [flag, list] if flag == "--meetings" => Mode::Migrate(list.split(',').map(|n| n.parse().expect("a number")).collect()),
+        [flag, list] if flag == "--meetings" => {
+            Mode::Migrate(list.split(',').map(|n| n.parse().expect("a number")).collect())
+        }
         [flag, n] if flag == "--floor" => Mode::Floor(n.parse().expect("a number")),
         _ => panic!("usage: migration-bench [--meetings 100,500 | --floor 500]"),
     }
@@ -74,8 +78,10 @@ async fn create_meetings(meetings: &Api<Meeting>, count: usize) {
         .for_each_concurrent(16, |i| {
             let meetings = meetings.clone();
             async move {
-                let m: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-                    "metadata": {"name": format!("m{i:04}")}, "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
+                let m: Meeting = serde_json::from_value(json!({
+                    "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
+                    "metadata": {"name": format!("m{i:04}")},
+                    "spec": {"title": "bench", "host": "u", "participants": {"expected": SIZE}}}))
                 .unwrap();
                 meetings.create(&PostParams::default(), &m).await.unwrap();
             }
@@ -107,11 +113,14 @@ async fn run(admin: &Client, count: usize) -> Row {
         let group = ns.name.clone();
         async move {
             let n = replicas as i32;
-            let pool = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": "bench"},
-                "spec": {"autoscaling": {"minReplicas": n, "maxReplicas": n}, "capacity": {"participantsPerPod": PER_POD},
+            let pool = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool",
+                "metadata": {"name": "bench"},
+                "spec": {"autoscaling": {"minReplicas": n, "maxReplicas": n},
+                    "capacity": {"participantsPerPod": PER_POD},
                     "placement": {"strategy": "Packed"},
                     "remediation": {"heartbeatTimeout": "90s", "nodeNotReadyAfter": format!("{THRESHOLD_SECS}s")},
-                    "template": {"spec": {"nodeSelector": {GROUP_LABEL: &group}, "tolerations": [nodes::group_toleration(&group)],
+                    "template": {"spec": {"nodeSelector": {GROUP_LABEL: &group},
+                        "tolerations": [nodes::group_toleration(&group)],
                         "containers": [{"name": "sfu", "image": "switchboard-sfu:bench"}]}}}});
             pools.patch("bench", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pool)).await.unwrap();
             wait_for("pool Ready", Duration::from_secs(300), || async {
@@ -133,8 +142,8 @@ async fn run(admin: &Client, count: usize) -> Row {
 
     let seen: Arc<Mutex<HashMap<String, jiff::Timestamp>>> = Arc::default();
     let (record, node_a) = (seen.clone(), a.clone());
-    let watch = tokio::spawn(watcher(meetings.clone(), watcher::Config::default()).default_backoff().applied_objects().for_each(
-        move |m| {
+    let watch = tokio::spawn(
+        watcher(meetings.clone(), watcher::Config::default()).default_backoff().applied_objects().for_each(move |m| {
             if let Ok(m) = m {
                 let moved = !nodes_of(&m).is_empty() && !nodes_of(&m).contains(&node_a);
                 if moved {
@@ -142,14 +151,15 @@ async fn run(admin: &Client, count: usize) -> Row {
                 }
             }
             futures::future::ready(())
-        },
-    ));
+        }),
+    );
 
     let writes_before = api_server_writes().await;
     let node = nodes::make_node_not_ready(admin, &a).await;
     let transition = node_ready_transition(&node);
     let detectable = transition + jiff::SignedDuration::from_secs(THRESHOLD_SECS);
-    wait_for("every meeting re-placed", Duration::from_secs(300), || async { seen.lock().unwrap().len() >= count }).await;
+    wait_for("every meeting re-placed", Duration::from_secs(300), || async { seen.lock().unwrap().len() >= count })
+        .await;
     watch.abort();
     // What the API server wrote meanwhile, by resource and verb (to stderr: where the time goes).
     let delta = writes_since(&writes_before).await;
@@ -173,7 +183,9 @@ async fn run(admin: &Client, count: usize) -> Row {
     for n in [&a, &b] {
         nodes::delete_node(admin, n).await;
     }
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(&ns.name, &kube::api::DeleteParams::background())
+        .await;
     Row {
         meetings: count,
         pods,
@@ -198,11 +210,14 @@ fn node_ready_transition(node: &Node) -> jiff::Timestamp {
 /// The status a migration writes: phase, assignment on a new pod, one migration entry.
 fn migrated_status(i: usize, generation: usize) -> serde_json::Value {
     let at = jiff::Timestamp::now().to_string();
-    json!({"phase": "Active", "roomCode": format!("floor{i:07}"), "joinUrl": format!("https://meet.example/j/floor{i:07}"),
+    json!({"phase": "Active", "roomCode": format!("floor{i:07}"),
+        "joinUrl": format!("https://meet.example/j/floor{i:07}"),
         "assignment": {"pool": "bench", "at": at,
-            "origin": {"pod": format!("bench-{generation}-{:03}", i / 25), "endpoint": "10.0.0.1:7000", "participants": SIZE, "node": "b"}},
+            "origin": {"pod": format!("bench-{generation}-{:03}", i / 25), "endpoint": "10.0.0.1:7000",
+                "participants": SIZE, "node": "b"}},
         "migrations": [{"from": format!("bench-{}-{:03}", generation.saturating_sub(1), i / 25),
-            "to": format!("bench-{generation}-{:03}", i / 25), "reason": "NodeNotReady", "at": at, "generation": generation}]})
+            "to": format!("bench-{generation}-{:03}", i / 25), "reason": "NodeNotReady", "at": at,
+            "generation": generation}]})
 }
 
 /// N status writes of one kind at `concurrency`; returns writes per second.
@@ -216,9 +231,15 @@ async fn write_round(meetings: &Api<Meeting>, count: usize, concurrency: usize, 
                 let name = format!("m{i:04}");
                 if apply {
                     let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "status": status});
-                    meetings.patch_status(&name, &PatchParams::apply("floor").force(), &Patch::Apply(&patch)).await.unwrap();
+                    meetings
+                        .patch_status(&name, &PatchParams::apply("floor").force(), &Patch::Apply(&patch))
+                        .await
+                        .unwrap();
                 } else {
-                    meetings.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await.unwrap();
+                    meetings
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+                        .await
+                        .unwrap();
                 }
             }
         })
@@ -243,7 +264,9 @@ async fn floor(admin: &Client, count: usize) {
             println!("| {kind} | {concurrency} | {rate:.0} | {:.2} s |", count as f64 / rate);
         }
     }
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &kube::api::DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(&ns.name, &kube::api::DeleteParams::background())
+        .await;
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +281,9 @@ async fn main() {
     for count in sizes {
         rows.push(run(&admin, count).await);
     }
-    println!("| meetings on the failed node | SFU pods on it | detectable → re-placed p50 | p99 | last meeting | operator histogram p50 / p99 |");
+    println!(
+        "| meetings on the failed node | SFU pods on it | detectable → re-placed p50 | p99 | last meeting | operator histogram p50 / p99 |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in rows {
         println!(

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use switchboard_crds::SfuPool;
-use switchboard_e2e::*;
 use switchboard_e2e::bench::{ReleaseOperator, hwm_kib, metrics_text, quantile, rss_kib, simulate_heartbeats};
+use switchboard_e2e::*;
 
 struct Args {
     pools: usize,
@@ -60,7 +60,10 @@ fn parse_metrics(text: &str) -> (f64, Vec<(f64, f64)>) {
 async fn main() {
     let args = args();
     let total = args.pools * args.pods_per_pool;
-    eprintln!("pool-bench: {} pools x {} pods = {total} SFU pods on {} nodes", args.pools, args.pods_per_pool, args.nodes);
+    eprintln!(
+        "pool-bench: {} pools x {} pods = {total} SFU pods on {} nodes",
+        args.pools, args.pods_per_pool, args.nodes
+    );
     let admin = client().await;
     install_crds(&admin).await;
 
@@ -72,7 +75,10 @@ async fn main() {
                 let zone = format!("eu-west-1{}", (b'a' + (i % 3) as u8) as char);
                 nodes::create_node(&admin, &format!("bench-node-{i}"), "eu-west-1", &zone).await;
                 let label = json!({"metadata": {"labels": {"switchboard.dev/bench": "true"}}});
-                Api::<Node>::all(admin).patch(&format!("bench-node-{i}"), &PatchParams::default(), &Patch::Merge(&label)).await.unwrap();
+                Api::<Node>::all(admin)
+                    .patch(&format!("bench-node-{i}"), &PatchParams::default(), &Patch::Merge(&label))
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -94,7 +100,8 @@ async fn main() {
             let n = args.pods_per_pool as i32;
             async move {
                 let pool = json!({
-                    "apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "metadata": {"name": format!("pool-{i:03}")},
+                    "apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool",
+                    "metadata": {"name": format!("pool-{i:03}")},
                     "spec": {
                         "autoscaling": {"minReplicas": n, "maxReplicas": n * 2},
                         "capacity": {"participantsPerPod": 250},
@@ -102,11 +109,17 @@ async fn main() {
                         "placement": {"strategy": if i % 2 == 0 { "Packed" } else { "Distributed" }},
                         "template": {"spec": {
                             "nodeSelector": {"switchboard.dev/bench": "true"},
-                            "containers": [{"name": "sfu", "image": "switchboard-sfu:bench", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]
+                            "containers": [{
+                                "name": "sfu", "image": "switchboard-sfu:bench",
+                                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}
+                            }]
                         }}
                     }
                 });
-                pools.patch(&format!("pool-{i:03}"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pool)).await.unwrap();
+                pools
+                    .patch(&format!("pool-{i:03}"), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pool))
+                    .await
+                    .unwrap();
             }
         })
         .await;
@@ -117,7 +130,8 @@ async fn main() {
     let converged = loop {
         peak_rss_kib = peak_rss_kib.max(rss_kib(pid));
         let list = pools.list(&ListParams::default()).await.unwrap();
-        let ready: usize = list.items.iter().filter_map(|p| p.status.as_ref()).map(|s| s.ready_replicas.max(0) as usize).sum();
+        let ready: usize =
+            list.items.iter().filter_map(|p| p.status.as_ref()).map(|s| s.ready_replicas.max(0) as usize).sum();
         if all_pods_at.is_none() && running.load(std::sync::atomic::Ordering::Relaxed) >= total {
             all_pods_at = Some(start.elapsed());
         }
@@ -137,18 +151,26 @@ async fn main() {
 
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| pools x pods per pool | {} x {} = {total} SFU pods on {} kwok nodes |", args.pools, args.pods_per_pool, args.nodes);
+    println!(
+        "| pools x pods per pool | {} x {} = {total} SFU pods on {} kwok nodes |",
+        args.pools, args.pods_per_pool, args.nodes
+    );
     println!("| pools created (API) | {:.1} s |", created.as_secs_f64());
     println!("| all pods Running | {:.1} s |", all_pods_at.unwrap_or(converged).as_secs_f64());
     println!("| converged (every pool: all pods Ready in status) | {:.1} s |", converged.as_secs_f64());
     println!("| reconciles | {reconciles:.0} ({:.1}/s) |", reconciles / converged.as_secs_f64());
-    println!("| reconcile latency p50 / p99 | {:.1} ms / {:.1} ms |", quantile(&buckets, 0.5) * 1e3, quantile(&buckets, 0.99) * 1e3);
+    println!(
+        "| reconcile latency p50 / p99 | {:.1} ms / {:.1} ms |",
+        quantile(&buckets, 0.5) * 1e3,
+        quantile(&buckets, 0.99) * 1e3
+    );
     println!("| operator peak RSS | {:.1} MiB |", peak_rss_kib as f64 / 1024.0);
 
     // Clean up: the namespace (pods go with their pools) and the bench nodes.
-    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).delete(&ns.name, &DeleteParams::background()).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .delete(&ns.name, &DeleteParams::background())
+        .await;
     for i in 0..args.nodes {
         nodes::delete_node(&admin, &format!("bench-node-{i}")).await;
     }
 }
-

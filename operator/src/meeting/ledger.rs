@@ -168,7 +168,12 @@ pub struct Book {
 }
 
 fn committed_from(pod: &Pod) -> Committed {
-    Committed::new(pod.annotations().get(LEDGER_ANNOTATION).cloned(), pod.resource_version(), pod.metadata.annotations.is_some(), Ledger::of(pod))
+    Committed::new(
+        pod.annotations().get(LEDGER_ANNOTATION).cloned(),
+        pod.resource_version(),
+        pod.metadata.annotations.is_some(),
+        Ledger::of(pod),
+    )
 }
 
 impl Book {
@@ -192,7 +197,12 @@ impl Book {
     }
 
     /// The pod's book, loading its ledger from the cache the first time.
-    fn book_locked<'a>(&self, inner: &'a mut HashMap<(String, String), PodBook>, namespace: &str, pod: &str) -> &'a mut PodBook {
+    fn book_locked<'a>(
+        &self,
+        inner: &'a mut HashMap<(String, String), PodBook>,
+        namespace: &str,
+        pod: &str,
+    ) -> &'a mut PodBook {
         let book = inner.entry((namespace.to_owned(), pod.to_owned())).or_default();
         if book.committed.is_none() {
             book.committed = Some(self.committed_of(namespace, pod));
@@ -212,7 +222,12 @@ impl Book {
     /// Runs `choose` with the seats taken on each pod, under the book's lock, and
     /// queues the additions it returns before anyone else can choose: concurrent
     /// placements never pick the same free seats. Returns the commit outcomes.
-    pub async fn reserve<F, T>(&self, namespace: &str, pods: &[String], choose: F) -> (T, Vec<(String, Result<(), CommitError>)>)
+    pub async fn reserve<F, T>(
+        &self,
+        namespace: &str,
+        pods: &[String],
+        choose: F,
+    ) -> (T, Vec<(String, Result<(), CommitError>)>)
     where
         F: FnOnce(&HashMap<String, u64>) -> (T, Vec<(String, String, Seats, u64)>),
     {
@@ -225,7 +240,12 @@ impl Book {
             for (pod, meeting, seats, capacity) in adds {
                 let (tx, rx) = oneshot::channel();
                 let uid = seats.uid.clone();
-                self.enqueue(&mut inner, namespace, &pod, Change { meeting, seats: Some(seats), uid, capacity, reply: tx });
+                self.enqueue(
+                    &mut inner,
+                    namespace,
+                    &pod,
+                    Change { meeting, seats: Some(seats), uid, capacity, reply: tx },
+                );
                 receivers.push((pod, rx));
             }
             (out, receivers)
@@ -244,7 +264,8 @@ impl Book {
         let rx = {
             let mut inner = self.inner.lock().expect("lock");
             let (tx, rx) = oneshot::channel();
-            let change = Change { meeting: meeting.into(), seats: None, uid: uid.into(), capacity: u64::MAX, reply: tx };
+            let change =
+                Change { meeting: meeting.into(), seats: None, uid: uid.into(), capacity: u64::MAX, reply: tx };
             self.enqueue(&mut inner, namespace, pod, change);
             rx
         };
@@ -279,7 +300,8 @@ impl Book {
             let only_releases = {
                 let inner = self.inner.lock().expect("lock");
                 let book = inner.get(&key).expect("book of a writing pod");
-                (!book.pending.is_empty() && book.pending.iter().all(|c| c.seats.is_none())).then(|| book.addition.clone())
+                (!book.pending.is_empty() && book.pending.iter().all(|c| c.seats.is_none()))
+                    .then(|| book.addition.clone())
             };
             if let Some(addition) = only_releases {
                 let _ = tokio::time::timeout(RELEASE_LINGER, addition.notified()).await;
@@ -296,7 +318,8 @@ impl Book {
                     None => self.committed_of(&namespace, &pod_name),
                 };
                 // The batch stays in the overlay until it lands.
-                book.in_flight = book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
+                book.in_flight =
+                    book.pending.iter().map(|c| (c.meeting.clone(), c.seats.as_ref().map(|s| s.seats))).collect();
                 (std::mem::take(&mut book.pending), base)
             };
             let outcome = self.commit(&api, &pod_name, batch, base).await;
@@ -317,7 +340,13 @@ impl Book {
 
     /// Commits one batch, rereading and recomputing on conflicts. Returns what the
     /// server now holds (None when unknown).
-    async fn commit(&self, api: &Api<Pod>, pod: &str, batch: Vec<Change>, mut base: Committed) -> Result<Option<Committed>, ()> {
+    async fn commit(
+        &self,
+        api: &Api<Pod>,
+        pod: &str,
+        batch: Vec<Change>,
+        mut base: Committed,
+    ) -> Result<Option<Committed>, ()> {
         for attempt in 0..MAX_ATTEMPTS {
             let mut next = base.ledger.clone();
             let mut verdicts: Vec<Result<(), (u64, u64)>> = Vec::with_capacity(batch.len());
@@ -357,7 +386,9 @@ impl Book {
             let path = format!("/metadata/annotations/{}", LEDGER_ANNOTATION.replace('~', "~0").replace('/', "~1"));
             let rv = base.resource_version.clone().unwrap_or_default();
             let ops = match &base.raw {
-                Some(raw) => json!([{"op": "test", "path": path, "value": raw}, {"op": "replace", "path": path, "value": text}]),
+                Some(raw) => {
+                    json!([{"op": "test", "path": path, "value": raw}, {"op": "replace", "path": path, "value": text}])
+                }
                 // No ledger yet: the resourceVersion guards the first write.
                 None if base.has_annotations => json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
@@ -438,10 +469,20 @@ mod tests {
         assert_eq!(book.taken(), 4);
 
         // c lands (a and b's changes were refused, say): only what is still queued counts.
-        let landed = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 3)), ("b".to_owned(), seats("ub", 2)), ("c".to_owned(), seats("uc", 4))]));
+        let landed = Ledger(BTreeMap::from([
+            ("a".to_owned(), seats("ua", 3)),
+            ("b".to_owned(), seats("ub", 2)),
+            ("c".to_owned(), seats("uc", 4)),
+        ]));
         book.committed = Some(Committed::new(None, None, true, landed));
         let (tx, _rx) = oneshot::channel();
-        book.pending.push(Change { meeting: "d".into(), seats: Some(seats("ud", 1)), uid: "ud".into(), capacity: 100, reply: tx });
+        book.pending.push(Change {
+            meeting: "d".into(),
+            seats: Some(seats("ud", 1)),
+            uid: "ud".into(),
+            capacity: 100,
+            reply: tx,
+        });
         book.rebuild_overlay();
         assert_eq!(book.taken(), 10);
 

@@ -26,14 +26,14 @@ use switchboard_crds::common::Time;
 use switchboard_crds::meeting::{Assignment, MeetingPhase, Migration, Reservation, SfuEndpoint};
 use switchboard_crds::sfu_pool::PlacementStrategy;
 use switchboard_crds::{Meeting, MeetingStatus, SfuPool, SignalingPool};
+use switchboard_fleet::health::Detected;
 use switchboard_heartbeat::SfuState;
 use switchboard_placement::lifecycle::{self, Hold, Phase};
-use switchboard_fleet::health::Detected;
 use switchboard_placement::place::{self, Candidate, Share, Shortfall};
 
 use crate::conditions::{condition, same};
-use crate::labels::*;
 use crate::health::Caches;
+use crate::labels::*;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PhaseLabels, PlacementLabels, ReasonLabels};
 use crate::sfu_pool::build;
 use crate::{Error, OperatorConfig, Result};
@@ -132,10 +132,12 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (signaling_store, writer) = kube::runtime::reflector::store();
-    let signaling_stream = watcher(signaling, watcher::Config::default()).default_backoff().reflect(writer).touched_objects();
+    let signaling_stream =
+        watcher(signaling, watcher::Config::default()).default_backoff().reflect(writer).touched_objects();
     tokio::spawn(signaling_stream.for_each(|_| futures::future::ready(())));
 
-    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let reporter =
+        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let codes = RoomCodes::new(Api::namespaced(client.clone(), &config.leader_namespace));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter.clone()),
@@ -200,7 +202,9 @@ fn waits_on_pools(m: &Meeting) -> bool {
 }
 
 async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
-    let Some((_turn, meeting)) = ctx.admission.admit_latest(&ctx.meetings, &meeting).await else { return Ok(Action::await_change()) };
+    let Some((_turn, meeting)) = ctx.admission.admit_latest(&ctx.meetings, &meeting).await else {
+        return Ok(Action::await_change());
+    };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
@@ -218,7 +222,10 @@ async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
+        .inc();
     let failures = ctx.memory.lock().expect("lock").get(&key(&meeting)).map_or(1, |m| m.failures.max(1));
     let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(9))).min(Duration::from_secs(120));
     tracing::warn!(meeting = %key(&meeting), error = %error, ?backoff, "reconcile failed; retrying");
@@ -245,10 +252,10 @@ pub struct Invalid {
 pub fn matching_pools(m: &Meeting, pools: &[Arc<SfuPool>]) -> Result<Vec<Arc<SfuPool>>, Invalid> {
     let ns = m.namespace();
     let selector: Option<Selector> = match &m.spec.sfu_pool_selector {
-        Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| Invalid {
-            reason: "InvalidSelector",
-            message: format!("spec.sfuPoolSelector: {e}"),
-        })?),
+        Some(s) => Some(
+            Selector::try_from(s.clone())
+                .map_err(|e| Invalid { reason: "InvalidSelector", message: format!("spec.sfuPoolSelector: {e}") })?,
+        ),
         None => None,
     };
     let mut out: Vec<Arc<SfuPool>> = pools
@@ -274,11 +281,15 @@ pub fn validate(m: &Meeting, pools: &[Arc<SfuPool>], status: &MeetingStatus) -> 
     let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
     if let (Some(schedule), Some(created)) = (&m.spec.schedule, created) {
         let started = status.started_at.is_some();
-        let late = created.duration_since(schedule.start.0) > jiff::SignedDuration::try_from(START_SLACK).expect("small");
+        let late =
+            created.duration_since(schedule.start.0) > jiff::SignedDuration::try_from(START_SLACK).expect("small");
         if late && !started {
             return Err(Invalid {
                 reason: "StartInPast",
-                message: format!("spec.schedule.start {} is before the meeting was created ({})", schedule.start.0, created),
+                message: format!(
+                    "spec.schedule.start {} is before the meeting was created ({})",
+                    schedule.start.0, created
+                ),
             });
         }
     }
@@ -359,13 +370,24 @@ fn ready_pods(ctx: &Context, pool: &SfuPool, now: jiff::Timestamp) -> Vec<ReadyP
             if !view.ready || beat.heartbeat.state != SfuState::Ready || verdict.fault.is_some() || !node_ok {
                 return None;
             }
-            Some(ReadyPod { name: view.name, node: view.node, zone: view.zone, endpoint: beat.heartbeat.endpoint.clone() })
+            Some(ReadyPod {
+                name: view.name,
+                node: view.node,
+                zone: view.zone,
+                endpoint: beat.heartbeat.endpoint.clone(),
+            })
         })
         .collect()
 }
 
 /// The pods of an assignment that failed or are leaving, with why and since when.
-fn assignment_faults(ctx: &Context, pool: &SfuPool, ns: &str, a: &Assignment, now: jiff::Timestamp) -> Vec<(String, Detected)> {
+fn assignment_faults(
+    ctx: &Context,
+    pool: &SfuPool,
+    ns: &str,
+    a: &Assignment,
+    now: jiff::Timestamp,
+) -> Vec<(String, Detected)> {
     std::iter::once(&a.origin)
         .chain(&a.edges)
         .filter_map(|e| ctx.caches.judge_named(pool, ns, &e.pod, now).fault.map(|d| (e.pod.clone(), d)))
@@ -375,7 +397,8 @@ fn assignment_faults(ctx: &Context, pool: &SfuPool, ns: &str, a: &Assignment, no
 /// Seats taken in a pool: every pod's ledger (with writes in flight).
 fn pool_taken(ctx: &Context, pool: &SfuPool) -> u64 {
     let ns = pool.namespace().unwrap_or_default();
-    ctx.caches.pods
+    ctx.caches
+        .pods
         .state()
         .iter()
         .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
@@ -403,7 +426,12 @@ fn timing(m: &Meeting, pool: Option<&SfuPool>) -> lifecycle::Timing {
         lead_time: pre.lead_time.as_std(),
         release_after: pre.release_after.as_std(),
         empty_timeout: m.spec.empty_timeout.as_ref().map_or(DEFAULT_EMPTY_TIMEOUT, |d| d.as_std()),
-        grace_period: m.spec.schedule.as_ref().and_then(|s| s.grace_period.as_ref()).map_or(DEFAULT_GRACE_PERIOD, |d| d.as_std()),
+        grace_period: m
+            .spec
+            .schedule
+            .as_ref()
+            .and_then(|s| s.grace_period.as_ref())
+            .map_or(DEFAULT_GRACE_PERIOD, |d| d.as_std()),
         ttl_after_ended: m.spec.ttl_after_ended.as_ref().map(|d| d.as_std()),
     }
 }
@@ -417,7 +445,10 @@ struct NotPlaced {
 impl NotPlaced {
     fn from_shortfall(pool: &SfuPool, shortfall: Shortfall) -> Self {
         match shortfall {
-            Shortfall::NoReadyPods => NotPlaced { reason: "NoReadyPods", message: format!("pool {} has no healthy Ready SFU pod", pool.name_any()) },
+            Shortfall::NoReadyPods => NotPlaced {
+                reason: "NoReadyPods",
+                message: format!("pool {} has no healthy Ready SFU pod", pool.name_any()),
+            },
             e @ Shortfall::InsufficientCapacity { .. } => {
                 NotPlaced { reason: "InsufficientCapacity", message: format!("pool {}: {e}", pool.name_any()) }
             }
@@ -494,7 +525,14 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     if let (false, Err(invalid)) = (ended, &validity) {
         release_assignment(ctx, &ns, &name, &uid, current.assignment.as_ref()).await?;
         next.phase = Some(MeetingPhase::Failed);
-        conditions.push(condition(&previous_conditions, "Valid", false, invalid.reason, invalid.message.clone(), generation));
+        conditions.push(condition(
+            &previous_conditions,
+            "Valid",
+            false,
+            invalid.reason,
+            invalid.message.clone(),
+            generation,
+        ));
         if current.phase != Some(MeetingPhase::Failed) {
             events.push((EventType::Warning, invalid.reason, invalid.message.clone()));
             ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: invalid.reason }).inc();
@@ -511,7 +549,8 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     }
 
     // The pool the meeting holds capacity in, or would.
-    let held_pool = current.assignment.as_ref().map(|a| a.pool.clone()).or(current.reservation.as_ref().map(|r| r.pool.clone()));
+    let held_pool =
+        current.assignment.as_ref().map(|a| a.pool.clone()).or(current.reservation.as_ref().map(|r| r.pool.clone()));
     let pool = held_pool
         .as_ref()
         .and_then(|n| pools.iter().find(|p| &p.name_any() == n))
@@ -550,9 +589,13 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
         Hold::Reservation => {
             let pool = pool.as_ref().expect("valid meetings have a pool");
             let start = m.spec.schedule.as_ref().map_or(now, |s| s.start.0);
-            let from = start.checked_sub(jiff::SignedDuration::try_from(timing.lead_time).unwrap_or_default()).unwrap_or(start);
+            let from = start
+                .checked_sub(jiff::SignedDuration::try_from(timing.lead_time).unwrap_or_default())
+                .unwrap_or(start);
             let reservation = Reservation { pool: pool.name_any(), participants: expected as i32, from: Time(from) };
-            let headroom = pool_maximum(pool).saturating_sub(pool_taken(ctx, pool) + pool_reserved(&ctx.meetings, &ns, &pool.name_any(), Some(&name)));
+            let headroom = pool_maximum(pool).saturating_sub(
+                pool_taken(ctx, pool) + pool_reserved(&ctx.meetings, &ns, &pool.name_any(), Some(&name)),
+            );
             if headroom >= expected {
                 conditions.push(condition(
                     &previous_conditions,
@@ -563,7 +606,11 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                     generation,
                 ));
                 if current.reservation.is_none() {
-                    events.push((EventType::Normal, "CapacityReserved", format!("reserved {expected} participants in pool {}", pool.name_any())));
+                    events.push((
+                        EventType::Normal,
+                        "CapacityReserved",
+                        format!("reserved {expected} participants in pool {}", pool.name_any()),
+                    ));
                     ctx.metrics.reservations_made.inc();
                 }
             } else {
@@ -572,7 +619,14 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                     pool.name_any(),
                     pool.spec.autoscaling.max_replicas
                 );
-                conditions.push(condition(&previous_conditions, "CapacityReserved", false, "PoolAtMaximum", message.clone(), generation));
+                conditions.push(condition(
+                    &previous_conditions,
+                    "CapacityReserved",
+                    false,
+                    "PoolAtMaximum",
+                    message.clone(),
+                    generation,
+                ));
                 if !has_reason(&previous_conditions, "CapacityReserved", "PoolAtMaximum") {
                     events.push((EventType::Warning, "PoolAtMaximum", message));
                 }
@@ -622,7 +676,10 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                             let mut generation_counter = last_generation(&current);
                             let mut notes = Vec::new();
                             for (from, to) in &moved.moves {
-                                let reason = faults.iter().find(|(p, _)| p == from).map_or("Rebalanced", |(_, d)| d.fault.as_str());
+                                let reason = faults
+                                    .iter()
+                                    .find(|(p, _)| p == from)
+                                    .map_or("Rebalanced", |(_, d)| d.fault.as_str());
                                 generation_counter += 1;
                                 next.migrations.push(Migration {
                                     from: from.clone(),
@@ -637,19 +694,33 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                             let excess = next.migrations.len().saturating_sub(MIGRATIONS_KEPT);
                             next.migrations.drain(..excess);
                             moved_since = Some((detected, generation_counter));
-                            events.push((EventType::Normal, "Migrated", format!("moved to healthy SFU pods: {}", notes.join(", "))));
+                            events.push((
+                                EventType::Normal,
+                                "Migrated",
+                                format!("moved to healthy SFU pods: {}", notes.join(", ")),
+                            ));
                             release_after = moved.left;
                             let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&pool.name_any()).within(&ns));
                             next.assignment = Some(moved.assignment);
                         }
                         Err(not) => {
-                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: not.reason }).inc();
+                            ctx.metrics
+                                .placements
+                                .get_or_create(&PlacementLabels { result: "failed", reason: not.reason })
+                                .inc();
                             let failed: Vec<&str> = faults.iter().map(|(p, _)| p.as_str()).collect();
                             let message = format!("moving off {} failed: {}", failed.join(", "), not.message);
                             if !has_reason(&previous_conditions, "Placed", "MigrationPending") {
                                 events.push((EventType::Warning, "MigrationPending", message.clone()));
                             }
-                            conditions.push(condition(&previous_conditions, "Placed", false, "MigrationPending", message, generation));
+                            conditions.push(condition(
+                                &previous_conditions,
+                                "Placed",
+                                false,
+                                "MigrationPending",
+                                message,
+                                generation,
+                            ));
                             // Its seats stay where they are until it can move: the pod stays busy.
                             next.assignment = Some(old.clone());
                             requeue = Some(PLACEMENT_RETRY);
@@ -668,12 +739,22 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                             let due = lifecycle::due(&view);
                             let latency = now.duration_since(due.max(view.created)).as_secs_f64().max(0.0);
                             ctx.metrics.placement_latency.observe(latency);
-                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "placed", reason: "Placed" }).inc();
-                            let pods = std::iter::once(a.origin.pod.clone()).chain(a.edges.iter().map(|e| e.pod.clone())).collect::<Vec<_>>();
+                            ctx.metrics
+                                .placements
+                                .get_or_create(&PlacementLabels { result: "placed", reason: "Placed" })
+                                .inc();
+                            let pods = std::iter::once(a.origin.pod.clone())
+                                .chain(a.edges.iter().map(|e| e.pod.clone()))
+                                .collect::<Vec<_>>();
                             let what = if a.edges.is_empty() {
                                 format!("placed on SFU pod {}", a.origin.pod)
                             } else {
-                                format!("placed on {} SFU pods (origin {} and {} edges)", pods.len(), a.origin.pod, a.edges.len())
+                                format!(
+                                    "placed on {} SFU pods (origin {} and {} edges)",
+                                    pods.len(),
+                                    a.origin.pod,
+                                    a.edges.len()
+                                )
                             };
                             events.push((EventType::Normal, "Placed", what));
                             if current.reservation.is_some() {
@@ -682,14 +763,28 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                             next.assignment = Some(a);
                         }
                         Err(not) => {
-                            ctx.metrics.placements.get_or_create(&PlacementLabels { result: "failed", reason: not.reason }).inc();
+                            ctx.metrics
+                                .placements
+                                .get_or_create(&PlacementLabels { result: "failed", reason: not.reason })
+                                .inc();
                             if !has_reason(&previous_conditions, "Placed", not.reason) {
                                 events.push((EventType::Warning, "PlacementFailed", not.message.clone()));
                             }
-                            conditions.push(condition(&previous_conditions, "Placed", false, not.reason, not.message, generation));
+                            conditions.push(condition(
+                                &previous_conditions,
+                                "Placed",
+                                false,
+                                not.reason,
+                                not.message,
+                                generation,
+                            ));
                             // Keep the reservation while waiting: the pool keeps the capacity coming.
                             next.reservation = current.reservation.clone().or_else(|| {
-                                Some(Reservation { pool: pool.name_any(), participants: expected as i32, from: Time(now) })
+                                Some(Reservation {
+                                    pool: pool.name_any(),
+                                    participants: expected as i32,
+                                    from: Time(now),
+                                })
                             });
                             if current.reservation.is_none() {
                                 let _ = ctx.pool_trigger.unbounded_send(ObjectRef::new(&pool.name_any()).within(&ns));
@@ -713,7 +808,9 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     if let Some(reason) = decision.end_reason {
         let message = match reason {
             lifecycle::EndReason::Empty => "nobody was in the meeting for its empty timeout".to_owned(),
-            lifecycle::EndReason::NeverStarted => "nobody joined in time; its capacity went back to the pool".to_owned(),
+            lifecycle::EndReason::NeverStarted => {
+                "nobody joined in time; its capacity went back to the pool".to_owned()
+            }
             lifecycle::EndReason::DurationExceeded => "it ran past its expected duration and grace period".to_owned(),
         };
         conditions.push(condition(&previous_conditions, "Ended", true, reason.as_str(), message.clone(), generation));
@@ -723,7 +820,10 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
     }
     let placed_now = events.iter().any(|(_, reason, _)| *reason == "Placed");
     // Waiting and placed in one go say it in one event (`Placed`): one write fewer per meeting.
-    if current.phase != next.phase && decision.end_reason.is_none() && !(placed_now && next.phase == Some(MeetingPhase::Waiting)) {
+    if current.phase != next.phase
+        && decision.end_reason.is_none()
+        && !(placed_now && next.phase == Some(MeetingPhase::Waiting))
+    {
         let note = match next.phase {
             Some(MeetingPhase::Scheduled) => "scheduled".to_owned(),
             Some(MeetingPhase::Waiting) => "due: waiting for participants".to_owned(),
@@ -761,7 +861,10 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
 
     if decision.delete {
         let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
-        let params = DeleteParams { preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }), ..Default::default() };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+            ..Default::default()
+        };
         match api.delete(&name, &params).await {
             Ok(_) => tracing::info!(meeting = %key(m), "deleted after its TTL"),
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -831,7 +934,10 @@ fn release_in_background(ctx: &Context, ns: &str, name: &str, uid: &str, pods: V
     tokio::spawn(async move {
         for pod in pods {
             if let Err(e) = book.release(&ns, &pod, &name, &uid).await {
-                tracing::warn!(%pod, meeting = %name, error = %e, "releasing seats failed; the meeting's next reconcile retries");
+                tracing::warn!(
+                    %pod, meeting = %name, error = %e,
+                    "releasing seats failed; the meeting's next reconcile retries"
+                );
             }
         }
     });
@@ -919,7 +1025,10 @@ async fn migrate_meeting(
                 ctx.book.release(&ns, pod, &name, &uid).await.ok();
             }
         }
-        return Ok(Err(NotPlaced { reason: "Contended", message: format!("seats changed while moving: {}", errors.join("; ")) }));
+        return Ok(Err(NotPlaced {
+            reason: "Contended",
+            message: format!("seats changed while moving: {}", errors.join("; ")),
+        }));
     }
     let endpoint = |s: &Share| -> SfuEndpoint {
         let participants = Some(s.participants as i32);
@@ -934,7 +1043,8 @@ async fn migrate_meeting(
             },
             // A healthy pod of the old tree that takes no new meetings (draining): as it was.
             None => {
-                let was = std::iter::once(&old.origin).chain(&old.edges).find(|e| e.pod == s.pod).expect("from the old tree");
+                let was =
+                    std::iter::once(&old.origin).chain(&old.edges).find(|e| e.pod == s.pod).expect("from the old tree");
                 SfuEndpoint { participants, parent: s.parent.clone(), ..was.clone() }
             }
         }
@@ -942,7 +1052,8 @@ async fn migrate_meeting(
     let mut endpoints = replacement.shares.iter().map(endpoint);
     let origin = endpoints.next().expect("a placement has an origin");
     let assignment = Assignment { pool: old.pool.clone(), origin, edges: endpoints.collect(), at: old.at.clone() };
-    let left = shares.iter().filter(|o| !replacement.shares.iter().any(|s| s.pod == o.pod)).map(|o| o.pod.clone()).collect();
+    let left =
+        shares.iter().filter(|o| !replacement.shares.iter().any(|s| s.pod == o.pod)).map(|o| o.pod.clone()).collect();
     Ok(Ok(Moved { assignment, moves: replacement.moves, left }))
 }
 
@@ -1010,7 +1121,10 @@ async fn place_meeting(
                 ctx.book.release(&ns, pod, &name, &uid).await.ok();
             }
         }
-        return Ok(Err(NotPlaced { reason: "Contended", message: format!("seats changed while placing: {}", failed.join("; ")) }));
+        return Ok(Err(NotPlaced {
+            reason: "Contended",
+            message: format!("seats changed while placing: {}", failed.join("; ")),
+        }));
     }
     let endpoint = |pod: &str| {
         let r = ready.iter().find(|p| p.name == pod).expect("chosen from ready");
@@ -1018,7 +1132,14 @@ async fn place_meeting(
     };
     let mut endpoints = shares.iter().map(|s| {
         let (endpoint, node, zone) = endpoint(&s.pod);
-        SfuEndpoint { pod: s.pod.clone(), endpoint, participants: Some(s.participants as i32), parent: s.parent.clone(), node, zone }
+        SfuEndpoint {
+            pod: s.pod.clone(),
+            endpoint,
+            participants: Some(s.participants as i32),
+            parent: s.parent.clone(),
+            node,
+            zone,
+        }
     });
     let origin = endpoints.next().expect("a placement has an origin");
     Ok(Ok(Assignment { pool: pool.name_any(), origin, edges: endpoints.collect(), at: Some(Time(now)) }))
@@ -1073,7 +1194,7 @@ async fn housekeeping(ctx: Arc<Context>) {
             ctx.metrics.meetings.get_or_create(&PhaseLabels { phase }).set(n);
         }
         ctx.metrics.reservations.set(reserved);
-        if round % 6 != 0 || !ctx.meetings.is_empty() && meetings.is_empty() {
+        if !round.is_multiple_of(6) || !ctx.meetings.is_empty() && meetings.is_empty() {
             continue;
         }
         ctx.book.forget_missing();
@@ -1087,11 +1208,16 @@ async fn housekeeping(ctx: Arc<Context>) {
                     None => true,
                     Some(m) => {
                         m.uid().as_deref() != Some(seats.uid.as_str())
-                            || m.status.as_ref().is_some_and(|s| matches!(s.phase, Some(MeetingPhase::Ended | MeetingPhase::Failed)))
+                            || m.status
+                                .as_ref()
+                                .is_some_and(|s| matches!(s.phase, Some(MeetingPhase::Ended | MeetingPhase::Failed)))
                     }
                 };
                 if stale {
-                    tracing::info!(pod = %pod.name_any(), %meeting, "releasing seats of a meeting that ended or is gone");
+                    tracing::info!(
+                        pod = %pod.name_any(), %meeting,
+                        "releasing seats of a meeting that ended or is gone"
+                    );
                     ctx.book.release(&ns, &pod.name_any(), &meeting, &seats.uid).await.ok();
                 }
             }

@@ -16,8 +16,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, PostParams};
 use switchboard_placement::room_code::{self, Key};
 
 pub const ROOM_CODES_LEASE: &str = "switchboard-room-codes";
@@ -115,8 +115,11 @@ impl RoomCodes {
                         metadata: ObjectMeta {
                             name: Some(ROOM_CODES_LEASE.into()),
                             annotations: Some(
-                                [(NEXT_ANNOTATION.to_owned(), BLOCK.to_string()), (KEY_ANNOTATION.to_owned(), format!("{key:016x}"))]
-                                    .into(),
+                                [
+                                    (NEXT_ANNOTATION.to_owned(), BLOCK.to_string()),
+                                    (KEY_ANNOTATION.to_owned(), format!("{key:016x}")),
+                                ]
+                                .into(),
                             ),
                             ..Default::default()
                         },
@@ -133,7 +136,9 @@ impl RoomCodes {
                     let next: u64 = annotations.get(NEXT_ANNOTATION).and_then(|n| n.parse().ok()).unwrap_or(0);
                     let key = annotations.get(KEY_ANNOTATION).and_then(|k| u64::from_str_radix(k, 16).ok());
                     let Some(key) = key else {
-                        return Err(kube::Error::Service(format!("lease {ROOM_CODES_LEASE} has no valid {KEY_ANNOTATION}").into()));
+                        return Err(kube::Error::Service(
+                            format!("lease {ROOM_CODES_LEASE} has no valid {KEY_ANNOTATION}").into(),
+                        ));
                     };
                     let end = next + BLOCK;
                     if end > room_code::MAX_SEQUENCE {

@@ -38,13 +38,23 @@ pub struct Invalid {
 }
 
 /// Checks what the controller looked up: the Meeting and, for PVC storage, the claim.
-pub fn validate(rj: &RecordingJob, meeting: Option<&Meeting>, pvc: Option<Option<&PersistentVolumeClaim>>) -> Result<(), Invalid> {
+pub fn validate(
+    rj: &RecordingJob,
+    meeting: Option<&Meeting>,
+    pvc: Option<Option<&PersistentVolumeClaim>>,
+) -> Result<(), Invalid> {
     let ns = rj.namespace().unwrap_or_default();
     let Some(meeting) = meeting else {
-        return Err(Invalid { reason: "MeetingNotFound", message: format!("Meeting {ns}/{} does not exist", rj.spec.meeting_ref.name) });
+        return Err(Invalid {
+            reason: "MeetingNotFound",
+            message: format!("Meeting {ns}/{} does not exist", rj.spec.meeting_ref.name),
+        });
     };
     if meeting.spec.e2ee {
-        return Err(Invalid { reason: "MeetingEncrypted", message: "the meeting is end-to-end encrypted: the server cannot record it".into() });
+        return Err(Invalid {
+            reason: "MeetingEncrypted",
+            message: "the meeting is end-to-end encrypted: the server cannot record it".into(),
+        });
     }
     if let (Some(claim), Some(found)) = (&rj.spec.storage.pvc, pvc) {
         match found {
@@ -55,7 +65,10 @@ pub fn validate(rj: &RecordingJob, meeting: Option<&Meeting>, pvc: Option<Option
                 });
             }
             Some(p) if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Lost") => {
-                return Err(Invalid { reason: "StorageUnavailable", message: format!("PersistentVolumeClaim {ns}/{} is Lost", claim.claim_name) });
+                return Err(Invalid {
+                    reason: "StorageUnavailable",
+                    message: format!("PersistentVolumeClaim {ns}/{} is Lost", claim.claim_name),
+                });
             }
             Some(_) => {}
         }
@@ -100,7 +113,13 @@ pub fn service_account(namespace: &str) -> ServiceAccount {
         metadata: ObjectMeta {
             name: Some(RECORDER_SERVICE_ACCOUNT.into()),
             namespace: Some(namespace.into()),
-            labels: Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()), (COMPONENT_LABEL.to_owned(), RECORDER_COMPONENT.to_owned())].into()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                    (COMPONENT_LABEL.to_owned(), RECORDER_COMPONENT.to_owned()),
+                ]
+                .into(),
+            ),
             ..Default::default()
         },
         ..Default::default()
@@ -130,28 +149,41 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, de
         json!({"name": "RECORDER_NAMESPACE", "value": ns}),
         json!({"name": "RECORDER_RECORDING_JOB", "value": rj.name_any()}),
         json!({"name": "RECORDER_MEETING", "value": spec.meeting_ref.name}),
-        json!({"name": "RECORDER_LAYOUT", "value": match spec.layout { Layout::Gallery => "Gallery", Layout::Speaker => "Speaker", Layout::Tracks => "Tracks" }}),
-        json!({"name": "RECORDER_FORMAT", "value": match spec.format { RecordingFormat::MP4 => "MP4", RecordingFormat::WebM => "WebM" }}),
+        json!({"name": "RECORDER_LAYOUT", "value": match spec.layout {
+            Layout::Gallery => "Gallery",
+            Layout::Speaker => "Speaker",
+            Layout::Tracks => "Tracks",
+        }}),
+        json!({"name": "RECORDER_FORMAT", "value": match spec.format {
+            RecordingFormat::MP4 => "MP4",
+            RecordingFormat::WebM => "WebM",
+        }}),
         json!({"name": "RECORDER_MAX_DURATION_SECONDS", "value": spec.max_duration.as_std().as_secs().to_string()}),
         json!({"name": "RECORDER_HTTP_ADDR", "value": "0.0.0.0:8080"}),
     ];
     let mut volumes = vec![json!({"name": "scratch", "emptyDir": {}})];
     let mut mounts = vec![json!({"name": "scratch", "mountPath": "/tmp/recorder"})];
     if let Some(pvc) = &spec.storage.pvc {
-        env.push(json!({"name": "RECORDER_VOLUME_DIR", "value": format!("{VOLUME_MOUNT}{}", pvc.path.trim_end_matches('/'))}));
-        env.push(json!({"name": "RECORDER_VOLUME_URL", "value": format!("pvc://{}{}", pvc.claim_name, pvc.path.trim_end_matches('/'))}));
+        let path = pvc.path.trim_end_matches('/');
+        env.push(json!({"name": "RECORDER_VOLUME_DIR", "value": format!("{VOLUME_MOUNT}{path}")}));
+        env.push(json!({"name": "RECORDER_VOLUME_URL", "value": format!("pvc://{}{path}", pvc.claim_name)}));
         volumes.push(json!({"name": "recordings", "persistentVolumeClaim": {"claimName": pvc.claim_name}}));
         mounts.push(json!({"name": "recordings", "mountPath": VOLUME_MOUNT}));
     }
     if let Some(s3) = &spec.storage.s3 {
         env.push(json!({"name": "RECORDER_S3_BUCKET", "value": s3.bucket}));
-        for (var, value) in [("RECORDER_S3_ENDPOINT", &s3.endpoint), ("RECORDER_S3_REGION", &s3.region), ("RECORDER_S3_PREFIX", &s3.prefix)] {
+        for (var, value) in [
+            ("RECORDER_S3_ENDPOINT", &s3.endpoint),
+            ("RECORDER_S3_REGION", &s3.region),
+            ("RECORDER_S3_PREFIX", &s3.prefix),
+        ] {
             if let Some(v) = value {
                 env.push(json!({"name": var, "value": v}));
             }
         }
         for (var, key) in [("AWS_ACCESS_KEY_ID", "accessKeyId"), ("AWS_SECRET_ACCESS_KEY", "secretAccessKey")] {
-            env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret_ref.name, "key": key}}}));
+            let secret = &s3.credentials_secret_ref.name;
+            env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
         }
     }
     let max = spec.max_duration.as_std().as_secs() as i64;
@@ -164,7 +196,9 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, de
             // Recording plus compositing (about a tenth of the meeting) plus the retries' backoff.
             "activeDeadlineSeconds": if delete_files { 3600 } else { max * 2 + 3600 },
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": "recorder", "operator": "In", "values": [PERMANENT_EXIT_CODE]}},
+                {"action": "FailJob", "onExitCodes": {
+                    "containerName": "recorder", "operator": "In", "values": [PERMANENT_EXIT_CODE],
+                }},
                 // A node going away is not the recorder's fault: retry without counting.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             ]},
@@ -206,7 +240,8 @@ pub fn job_outcome(job: &Job) -> Option<(bool, String, String)> {
     if let Some(c) = done("Complete") {
         return Some((true, c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default()));
     }
-    done("Failed").map(|c| (false, c.reason.clone().unwrap_or_else(|| "JobFailed".into()), c.message.clone().unwrap_or_default()))
+    done("Failed")
+        .map(|c| (false, c.reason.clone().unwrap_or_else(|| "JobFailed".into()), c.message.clone().unwrap_or_default()))
 }
 
 /// Status from the RecordingJob (its recorder report), its Job, or why it cannot start.
@@ -242,18 +277,27 @@ pub fn status(rj: &RecordingJob, job: Option<&Job>, invalid: Option<&Invalid>) -
             }
             (Some((true, ..)), _) => {
                 let msg = "the recorder exited without reporting a result";
-                (RecordingPhase::Failed, condition(c, "Ready", false, "NoResult", msg, generation), Some(condition(c, "Failed", true, "NoResult", msg, generation)))
+                (
+                    RecordingPhase::Failed,
+                    condition(c, "Ready", false, "NoResult", msg, generation),
+                    Some(condition(c, "Failed", true, "NoResult", msg, generation)),
+                )
             }
             (Some((false, job_reason, job_message)), r) => {
                 // The recorder's own reason says more than the Job's (BackoffLimitExceeded, PodFailurePolicy).
                 let (reason, message) = match r.filter(|r| r.stage == RecorderStage::Failed) {
                     Some(r) => (
                         r.reason.clone().unwrap_or(job_reason.clone()),
-                        format!("{} (Job: {job_reason}, after {attempts} run(s))", r.message.clone().unwrap_or_default()),
+                        format!(
+                            "{} (Job: {job_reason}, after {attempts} run(s))",
+                            r.message.clone().unwrap_or_default()
+                        ),
                     ),
                     None => (job_reason.clone(), job_message),
                 };
-                st.completed_at = st.completed_at.or_else(|| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())));
+                st.completed_at = st
+                    .completed_at
+                    .or_else(|| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())));
                 (
                     RecordingPhase::Failed,
                     condition(c, "Ready", false, &reason, message.clone(), generation),
@@ -273,7 +317,12 @@ pub fn status(rj: &RecordingJob, job: Option<&Job>, invalid: Option<&Invalid>) -
                         "Ready",
                         false,
                         "Retrying",
-                        format!("run {} failed ({}): {}; the Job retries with backoff", r.attempt, r.reason.clone().unwrap_or_default(), r.message.clone().unwrap_or_default()),
+                        format!(
+                            "run {} failed ({}): {}; the Job retries with backoff",
+                            r.attempt,
+                            r.reason.clone().unwrap_or_default(),
+                            r.message.clone().unwrap_or_default()
+                        ),
                         generation,
                     ),
                     None => condition(c, "Ready", false, &format!("{phase:?}"), format!("{phase:?}"), generation),
@@ -298,15 +347,21 @@ mod tests {
     use switchboard_crds::recording_job::{PvcStorage, RecorderReport, RecordingJobSpec, Storage};
 
     fn rj() -> RecordingJob {
-        let mut rj = RecordingJob::new("standup-rec", RecordingJobSpec {
-            meeting_ref: switchboard_crds::common::LocalObjectRef { name: "standup".into() },
-            layout: Layout::Gallery,
-            format: RecordingFormat::MP4,
-            storage: Storage { pvc: Some(PvcStorage { claim_name: "recordings".into(), path: "/meetings".into() }), s3: None },
-            max_duration: switchboard_crds::common::Duration::from_secs(600),
-            retention: Retention::Retain,
-            retries: 2,
-        });
+        let mut rj = RecordingJob::new(
+            "standup-rec",
+            RecordingJobSpec {
+                meeting_ref: switchboard_crds::common::LocalObjectRef { name: "standup".into() },
+                layout: Layout::Gallery,
+                format: RecordingFormat::MP4,
+                storage: Storage {
+                    pvc: Some(PvcStorage { claim_name: "recordings".into(), path: "/meetings".into() }),
+                    s3: None,
+                },
+                max_duration: switchboard_crds::common::Duration::from_secs(600),
+                retention: Retention::Retain,
+                retries: 2,
+            },
+        );
         rj.metadata.namespace = Some("conf".into());
         rj.metadata.uid = Some("u1".into());
         rj.metadata.generation = Some(1);
@@ -314,7 +369,10 @@ mod tests {
     }
 
     fn job_with(conditions: serde_json::Value, failed: i32) -> Job {
-        serde_json::from_value(json!({"metadata": {"name": "standup-rec-rec"}, "status": {"conditions": conditions, "failed": failed}})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "standup-rec-rec"}, "status": {"conditions": conditions, "failed": failed}}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -338,8 +396,11 @@ mod tests {
         let st = status(&rj(), None, Some(&err));
         assert_eq!(st.phase, Some(RecordingPhase::Failed));
         assert_eq!(st.conditions[1].reason, "MeetingNotFound");
-        let meeting: Meeting = serde_json::from_value(json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "standup"},
-            "spec": {"title": "t", "host": "h", "participants": {"expected": 2}}})).unwrap();
+        let meeting: Meeting = serde_json::from_value(
+            json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "standup"},
+            "spec": {"title": "t", "host": "h", "participants": {"expected": 2}}}),
+        )
+        .unwrap();
         let err = validate(&rj(), Some(&meeting), Some(None)).unwrap_err();
         assert_eq!(err.reason, "StorageUnavailable");
         assert!(err.message.contains("recordings"), "{}", err.message);
@@ -348,17 +409,33 @@ mod tests {
     #[test]
     fn phases_follow_the_recorder_and_the_job() {
         let mut r = rj();
-        let report = |stage, reason: Option<&str>| RecorderReport { attempt: 1, stage, reason: reason.map(Into::into), url: Some("pvc://x/gallery.mp4".into()), duration_seconds: Some(20), ..Default::default() };
-        r.status = Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Recording, None)), ..Default::default() });
+        let report = |stage, reason: Option<&str>| RecorderReport {
+            attempt: 1,
+            stage,
+            reason: reason.map(Into::into),
+            url: Some("pvc://x/gallery.mp4".into()),
+            duration_seconds: Some(20),
+            ..Default::default()
+        };
+        r.status =
+            Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Recording, None)), ..Default::default() });
         assert_eq!(status(&r, Some(&job_with(json!([]), 0)), None).phase, Some(RecordingPhase::Recording));
-        r.status = Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Failed, Some("CompositingFailed"))), ..Default::default() });
+        r.status = Some(RecordingJobStatus {
+            recorder: Some(report(RecorderStage::Failed, Some("CompositingFailed"))),
+            ..Default::default()
+        });
         let retrying = status(&r, Some(&job_with(json!([]), 1)), None);
         assert_eq!(retrying.conditions[0].reason, "Retrying");
-        let failed = status(&r, Some(&job_with(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]), 3)), None);
+        let failed = status(
+            &r,
+            Some(&job_with(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]), 3)),
+            None,
+        );
         assert_eq!(failed.phase, Some(RecordingPhase::Failed));
         assert_eq!(failed.conditions[1].reason, "CompositingFailed");
         assert!(failed.conditions[1].message.contains("BackoffLimitExceeded"));
-        r.status = Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Uploaded, None)), ..Default::default() });
+        r.status =
+            Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Uploaded, None)), ..Default::default() });
         let ready = status(&r, Some(&job_with(json!([{"type": "Complete", "status": "True"}]), 0)), None);
         assert_eq!(ready.phase, Some(RecordingPhase::Ready));
         assert_eq!(ready.url.as_deref(), Some("pvc://x/gallery.mp4"));

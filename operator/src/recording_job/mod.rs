@@ -56,9 +56,17 @@ pub async fn run(
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
-    let ctx = Arc::new(Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, config, failures: Failures::default() });
-    let owned = watcher::Config::default().labels(&format!("{}={}", crate::labels::COMPONENT_LABEL, build::RECORDER_COMPONENT));
+    let reporter =
+        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        config,
+        failures: Failures::default(),
+    });
+    let owned =
+        watcher::Config::default().labels(&format!("{}={}", crate::labels::COMPONENT_LABEL, build::RECORDER_COMPONENT));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -88,13 +96,22 @@ pub async fn run(
 }
 
 async fn reconcile(rj: Arc<RecordingJob>, ctx: Arc<Context>) -> Result<Action> {
-    let result = crate::metrics::instrumented(&ctx.metrics, CONTROLLER, tracing::info_span!("reconcile", controller = CONTROLLER, recording = %key(rj.as_ref())), reconcile_recording(&rj, &ctx)).await;
+    let result = crate::metrics::instrumented(
+        &ctx.metrics,
+        CONTROLLER,
+        tracing::info_span!("reconcile", controller = CONTROLLER, recording = %key(rj.as_ref())),
+        reconcile_recording(&rj, &ctx),
+    )
+    .await;
     ctx.failures.record(key(rj.as_ref()), result.is_ok());
     result
 }
 
 fn error_policy(rj: Arc<RecordingJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
+        .inc();
     let backoff = ctx.failures.backoff(&key(rj.as_ref()));
     tracing::warn!(recording = %key(rj.as_ref()), error = %error, ?backoff, "reconcile failed; retrying");
     let message = error.to_string();
@@ -142,8 +159,20 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
                 Api::<RoleBinding>::namespaced(c.clone(), &ns)
                     .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::role_binding(&ns)))
                     .await?;
-                let created = jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, false)).await?;
-                publish(ctx, rj, EventType::Normal, "JobCreated", &format!("recorder Job {} created", created.name_any())).await;
+                let created = jobs
+                    .create(
+                        &PostParams::default(),
+                        &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, false),
+                    )
+                    .await?;
+                publish(
+                    ctx,
+                    rj,
+                    EventType::Normal,
+                    "JobCreated",
+                    &format!("recorder Job {} created", created.name_any()),
+                )
+                .await;
                 job = Some(created);
             }
             Err(inv) => {
@@ -157,9 +186,15 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
     let previous = rj.status.clone().unwrap_or_default();
     if status.phase != previous.phase {
         let (type_, reason, note) = match status.phase {
-            Some(RecordingPhase::Recording) => (EventType::Normal, "RecordingStarted", "the recorder joined the meeting".to_owned()),
-            Some(RecordingPhase::Processing) => (EventType::Normal, "Processing", "compositing and uploading".to_owned()),
-            Some(RecordingPhase::Ready) => (EventType::Normal, "Ready", format!("recording stored at {}", status.url.clone().unwrap_or_default())),
+            Some(RecordingPhase::Recording) => {
+                (EventType::Normal, "RecordingStarted", "the recorder joined the meeting".to_owned())
+            }
+            Some(RecordingPhase::Processing) => {
+                (EventType::Normal, "Processing", "compositing and uploading".to_owned())
+            }
+            Some(RecordingPhase::Ready) => {
+                (EventType::Normal, "Ready", format!("recording stored at {}", status.url.clone().unwrap_or_default()))
+            }
             Some(RecordingPhase::Failed) if invalid.is_none() => {
                 let c = status.conditions.iter().find(|c| c.type_ == "Failed");
                 (EventType::Warning, "Failed", c.map(|c| format!("{}: {}", c.reason, c.message)).unwrap_or_default())
@@ -183,7 +218,9 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
         && same(&previous.conditions, &status.conditions);
     if !unchanged {
         let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": status});
-        recordings.patch_status(&rj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        recordings
+            .patch_status(&rj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
     }
     Ok(match status.phase {
         Some(RecordingPhase::Ready | RecordingPhase::Failed) => Action::await_change(),
@@ -205,14 +242,22 @@ async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Resul
     }
     let done = match jobs.get_opt(&build::cleanup_job_name(rj)).await? {
         None => {
-            jobs.create(&PostParams::default(), &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, true)).await?;
-            publish(ctx, rj, EventType::Normal, "DeletingFiles", "retention is Delete: removing the recording's files").await;
+            jobs.create(
+                &PostParams::default(),
+                &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, true),
+            )
+            .await?;
+            publish(ctx, rj, EventType::Normal, "DeletingFiles", "retention is Delete: removing the recording's files")
+                .await;
             false
         }
         Some(j) => match build::job_outcome(&j) {
             Some((true, ..)) => true,
             Some((false, reason, message)) => {
-                let note = format!("deleting the files failed ({reason}: {message}); remove finalizer {} to give up", build::FILES_FINALIZER);
+                let note = format!(
+                    "deleting the files failed ({reason}: {message}); remove finalizer {} to give up",
+                    build::FILES_FINALIZER
+                );
                 publish(ctx, rj, EventType::Warning, "DeleteFilesFailed", &note).await;
                 return Ok(Action::requeue(Duration::from_secs(300)));
             }
@@ -224,7 +269,9 @@ async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Resul
     }
     let remaining: Vec<String> = rj.finalizers().iter().filter(|f| *f != build::FILES_FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": rj.resource_version()}});
-    Api::<RecordingJob>::namespaced(ctx.client.clone(), &ns).patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Api::<RecordingJob>::namespaced(ctx.client.clone(), &ns)
+        .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(Action::await_change())
 }
 
@@ -236,16 +283,22 @@ pub fn auto_recording(m: &Meeting, default_pvc: &str) -> Option<RecordingJob> {
     if policy.policy != RecordingMode::Auto || !active || m.spec.e2ee {
         return None;
     }
-    let storage = policy.storage.clone().unwrap_or(Storage { pvc: Some(PvcStorage { claim_name: default_pvc.into(), path: "/meetings".into() }), s3: None });
-    let mut rj = RecordingJob::new(&build::auto_name(&m.name_any()), RecordingJobSpec {
-        meeting_ref: switchboard_crds::common::LocalObjectRef { name: m.name_any() },
-        layout: policy.layout,
-        format: Default::default(),
-        storage,
-        max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
-        retention: Default::default(),
-        retries: 3,
+    let storage = policy.storage.clone().unwrap_or(Storage {
+        pvc: Some(PvcStorage { claim_name: default_pvc.into(), path: "/meetings".into() }),
+        s3: None,
     });
+    let mut rj = RecordingJob::new(
+        &build::auto_name(&m.name_any()),
+        RecordingJobSpec {
+            meeting_ref: switchboard_crds::common::LocalObjectRef { name: m.name_any() },
+            layout: policy.layout,
+            format: Default::default(),
+            storage,
+            max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
+            retention: Default::default(),
+            retries: 3,
+        },
+    );
     rj.metadata.namespace = m.namespace();
     rj.metadata.labels = Some([(build::MEETING_LABEL.to_owned(), m.name_any())].into());
     Some(rj)

@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use switchboard_crds::sfu_pool::{AnnouncedAddress, PlacementStrategy};
 use switchboard_crds::SfuPool;
+use switchboard_crds::sfu_pool::{AnnouncedAddress, PlacementStrategy};
 use switchboard_heartbeat::pod_env;
 
 use crate::config::IMAGE_PULL_POLICY;
@@ -208,7 +208,11 @@ fn value_env(name: &str, value: impl ToString) -> EnvVar {
 
 fn probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("api".into()), ..Default::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("api".into()),
+            ..Default::default()
+        }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         ..Default::default()
@@ -235,7 +239,8 @@ pub fn sfu_pod(v: &ValidPool<'_>) -> Pod {
     // A deleted SFU drains (SIGTERM) until its participants are gone or the drain
     // timeout passed; the kubelet must not kill it before (LiveKit's chart does the same
     // for its SFUs). A template's own grace period wins.
-    spec.termination_grace_period_seconds.get_or_insert_with(|| drain_timeout_secs(pool).saturating_add(TERMINATION_GRACE_MARGIN_SECONDS));
+    spec.termination_grace_period_seconds
+        .get_or_insert_with(|| drain_timeout_secs(pool).saturating_add(TERMINATION_GRACE_MARGIN_SECONDS));
     // An SFU keeps its rooms in memory: a restarted process would be a new, empty SFU
     // under the old name, heartbeating as if nothing happened, while its meetings
     // stayed assigned to it. So an SFU pod is never restarted in place: a dead SFU
@@ -304,11 +309,23 @@ fn configure_sfu_container(
     let ports = c.ports.get_or_insert_with(Default::default);
     ports.retain(|p| p.name.as_deref() != Some("api") && p.protocol.as_deref() != Some("UDP"));
     let host_port = |p: i32| host_network.then_some(p);
-    ports.push(ContainerPort { name: Some("api".into()), container_port: API_PORT, protocol: Some("TCP".into()), host_port: host_port(API_PORT), ..Default::default() });
+    ports.push(ContainerPort {
+        name: Some("api".into()),
+        container_port: API_PORT,
+        protocol: Some("TCP".into()),
+        host_port: host_port(API_PORT),
+        ..Default::default()
+    });
     for (i, port) in (udp_min..=udp_max).enumerate() {
         // Port names are at most 15 characters and unique.
         let name = if udp_min == udp_max { "media".to_owned() } else { format!("media-{i}") };
-        ports.push(ContainerPort { name: Some(name), container_port: port, protocol: Some("UDP".into()), host_port: host_port(port), ..Default::default() });
+        ports.push(ContainerPort {
+            name: Some(name),
+            container_port: port,
+            protocol: Some("UDP".into()),
+            host_port: host_port(port),
+            ..Default::default()
+        });
     }
     c.readiness_probe.get_or_insert_with(|| probe("/readyz", 2, 1));
     // A template's own pull policy wins.
@@ -333,8 +350,14 @@ fn placement(spec: &mut PodSpec, v: &ValidPool<'_>) {
         PlacementStrategy::Distributed => {
             spec.topology_spread_constraints = Some(
                 serde_json::from_value(json!([
-                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector},
-                    {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector},
+                    {
+                        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector,
+                    },
+                    {
+                        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector,
+                    },
                 ]))
                 .expect("valid spread"),
             );
@@ -344,7 +367,9 @@ fn placement(spec: &mut PodSpec, v: &ValidPool<'_>) {
         let affinity = spec.affinity.get_or_insert_with(Default::default);
         affinity.node_affinity = Some(
             serde_json::from_value(json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
-                "matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": v.pool.spec.zones}]
+                "matchExpressions": [
+                    {"key": "topology.kubernetes.io/zone", "operator": "In", "values": v.pool.spec.zones}
+                ]
             }]}}))
             .expect("valid node affinity"),
         );
@@ -382,11 +407,18 @@ mod tests {
         assert_eq!(pod.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
         let spec = pod.spec.unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("eu-west-sfu"));
-        assert_eq!(spec.restart_policy.as_deref(), Some("Never"), "a dead SFU fails its pod rather than restarting empty");
+        assert_eq!(
+            spec.restart_policy.as_deref(),
+            Some("Never"),
+            "a dead SFU fails its pod rather than restarting empty"
+        );
         let sfu = spec.containers.iter().find(|c| c.name == "sfu").unwrap();
         let env: BTreeMap<_, _> = sfu.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
         assert_eq!(env[pod_env::POOL].value.as_deref(), Some("eu-west"));
-        assert_eq!(env[pod_env::POD_NAME].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
+        assert_eq!(
+            env[pod_env::POD_NAME].value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path,
+            "metadata.name"
+        );
         assert_eq!(env[pod_env::UDP_PORT_MIN].value.as_deref(), Some("40000"));
         let threads = env[pod_env::WORKER_THREADS].value_from.as_ref().unwrap().resource_field_ref.as_ref().unwrap();
         assert_eq!((threads.container_name.as_deref(), threads.resource.as_str()), (Some("sfu"), "requests.cpu"));
@@ -419,14 +451,24 @@ mod tests {
         let grace_and_env = |pool: &SfuPool| {
             let spec = sfu_pod(&validate(pool).unwrap()).spec.unwrap();
             let sfu = spec.containers.iter().find(|c| c.name == SFU_CONTAINER).unwrap();
-            let env: Vec<_> = sfu.env.iter().flatten().filter(|e| e.name == DRAIN_TIMEOUT_ENV).filter_map(|e| e.value.clone()).collect();
+            let env: Vec<_> = sfu
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == DRAIN_TIMEOUT_ENV)
+                .filter_map(|e| e.value.clone())
+                .collect();
             (spec.termination_grace_period_seconds, env)
         };
         let mut pool = pool();
         pool.spec.drain.timeout = "1h30m".parse().unwrap();
         assert_eq!(grace_and_env(&pool), (Some(5400 + TERMINATION_GRACE_MARGIN_SECONDS), vec!["5400".to_owned()]));
         pool.spec.drain.timeout = "1500ms".parse().unwrap();
-        assert_eq!(grace_and_env(&pool), (Some(2 + TERMINATION_GRACE_MARGIN_SECONDS), vec!["2".to_owned()]), "rounded up");
+        assert_eq!(
+            grace_and_env(&pool),
+            (Some(2 + TERMINATION_GRACE_MARGIN_SECONDS), vec!["2".to_owned()]),
+            "rounded up"
+        );
         pool.spec.drain.timeout = "0".parse().unwrap();
         assert_eq!(grace_and_env(&pool).0, Some(TERMINATION_GRACE_MARGIN_SECONDS));
 

@@ -29,8 +29,8 @@ use switchboard_heartbeat::{Observed, SfuState};
 use tokio::time::Instant;
 
 use crate::conditions::{condition, same};
-use crate::labels::*;
 use crate::health::Caches;
+use crate::labels::*;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels, ResultLabels};
 use crate::{Error, OperatorConfig, Result};
 
@@ -136,9 +136,11 @@ pub async fn run(
     triggers: impl futures::Stream<Item = ObjectRef<SfuPool>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream } = watches;
+    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream } =
+        watches;
     let controller = Controller::for_stream(pool_stream, pool_store);
-    let reporter = kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let reporter =
+        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
     let ctx = Arc::new(Context {
         pools: controller.store(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -156,9 +158,13 @@ pub async fn run(
     let lease_to_pool = move |lease: Lease| {
         let ns = lease.namespace().unwrap_or_default();
         let pool = lease.labels().get(POOL_LABEL).cloned();
-        let summary = Observed::from_lease(&lease)
-            .ok()
-            .map(|o| (o.heartbeat.state, o.heartbeat.load.participants, o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks));
+        let summary = Observed::from_lease(&lease).ok().map(|o| {
+            (
+                o.heartbeat.state,
+                o.heartbeat.load.participants,
+                o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks,
+            )
+        });
         let lease_key = format!("{ns}/{}", lease.name_any());
         let changed = {
             let mut beats = last_beats.lock().expect("lock");
@@ -221,7 +227,9 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
-    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else { return Ok(Action::await_change()) };
+    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else {
+        return Ok(Action::await_change());
+    };
     let labels = ControllerLabels { controller: CONTROLLER };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
     let started = std::time::Instant::now();
@@ -290,7 +298,9 @@ fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
         spec_replicas: pool.spec.replicas.map(|r| r.max(0) as u32),
         participants_per_pod: pool.spec.capacity.participants_per_pod.max(1) as u64,
         buffer: match &a.buffer {
-            Some(b) if b.participants.is_some() => fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64),
+            Some(b) if b.participants.is_some() => {
+                fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64)
+            }
             Some(b) if b.percent.is_some() => fleet::Buffer::Percent(b.percent.unwrap_or(0).max(0) as u64),
             _ => fleet::Buffer::None,
         },
@@ -358,8 +368,11 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let settled = {
         let mut memory = ctx.memory.lock().expect("lock");
         let m = memory.entry(key(pool)).or_default();
-        m.expected_created.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
-        m.expected_deleted.retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.metadata.name.as_ref() == Some(n)));
+        m.expected_created
+            .retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
+        m.expected_deleted.retain(|(n, at)| {
+            at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.metadata.name.as_ref() == Some(n))
+        });
         m.expected_created.is_empty() && m.expected_deleted.is_empty()
     };
     if !settled {
@@ -427,7 +440,13 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     if let Some(e) = create_error {
         // Remember what did get created before retrying the rest.
         let at = Instant::now();
-        ctx.memory.lock().expect("lock").entry(key(pool)).or_default().expected_created.extend(created.into_iter().map(|n| (n, at)));
+        ctx.memory
+            .lock()
+            .expect("lock")
+            .entry(key(pool))
+            .or_default()
+            .expected_created
+            .extend(created.into_iter().map(|n| (n, at)));
         return Err(e.into());
     }
     // Busy pods: not evictable by the cluster autoscaler, covered by the PDB. Labels go
@@ -439,7 +458,9 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         let has_safe = pod.annotations().get(SAFE_TO_EVICT_ANNOTATION).map(String::as_str);
         let has_busy = pod.labels().get(BUSY_LABEL).map(String::as_str);
         if has_safe != Some(want_safe) || has_busy != Some(want_busy) {
-            let patch = json!({"metadata": {"annotations": {SAFE_TO_EVICT_ANNOTATION: want_safe}, "labels": {BUSY_LABEL: want_busy}}});
+            let patch = json!({
+                "metadata": {"annotations": {SAFE_TO_EVICT_ANNOTATION: want_safe}, "labels": {BUSY_LABEL: want_busy}}
+            });
             match pod_api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -464,7 +485,10 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             }
             Some(f) => {
                 count(ctx, "drain", f.as_str());
-                format!("draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted", f.as_str())
+                format!(
+                    "draining pod {pod_name} ({}): its meetings move to healthy pods, then it is evicted",
+                    f.as_str()
+                )
             }
         };
         publish(ctx, pool, EventType::Normal, "PodDraining", &note).await;
@@ -474,12 +498,18 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     for (pod_name, reason) in &plan.delete {
         let Some(pod) = by_name.get(pod_name) else { continue };
         let (label, event_type, why) = match reason {
-            fleet::DeleteReason::Unhealthy => ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it"),
+            fleet::DeleteReason::Unhealthy => {
+                ("Unhealthy", EventType::Warning, "its heartbeat expired or it failed; replacing it")
+            }
             fleet::DeleteReason::Drained => ("Drained", EventType::Normal, "drained: no participants left"),
-            fleet::DeleteReason::DrainTimeout => ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it"),
+            fleet::DeleteReason::DrainTimeout => {
+                ("DrainTimeout", EventType::Warning, "the drain timeout expired with participants on it")
+            }
             fleet::DeleteReason::ScaleDown => ("ScaleDown", EventType::Normal, "not needed and empty"),
             fleet::DeleteReason::Outdated => ("Outdated", EventType::Normal, "replaced by a pod of the new template"),
-            fleet::DeleteReason::Evacuated => ("Evacuated", EventType::Normal, "its node failed or is draining, and its meetings moved"),
+            fleet::DeleteReason::Evacuated => {
+                ("Evacuated", EventType::Normal, "its node failed or is draining, and its meetings moved")
+            }
         };
         // A dead SFU, or one past its drain timeout, is deleted outright. Any other
         // pod goes through the Eviction API, which honours the PodDisruptionBudget.
@@ -543,16 +573,12 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             let note = format!("{} of {} SFU pods Ready", status.ready_replicas, plan.desired);
             publish(ctx, pool, EventType::Normal, "Available", &note).await;
         }
-        let progressing = |s: &SfuPoolStatus| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == "Progressing")
-                .map(|c| c.reason.clone())
-        };
-        if let Some(f) = startup::startup_failure(by_name.values().map(|p| p.as_ref())) {
-            if progressing(&current) != Some(f.reason.clone()) {
-                publish(ctx, pool, EventType::Warning, &f.reason, &f.message).await;
-            }
+        let progressing =
+            |s: &SfuPoolStatus| s.conditions.iter().find(|c| c.type_ == "Progressing").map(|c| c.reason.clone());
+        if let Some(f) = startup::startup_failure(by_name.values().map(|p| p.as_ref()))
+            && progressing(&current) != Some(f.reason.clone())
+        {
+            publish(ctx, pool, EventType::Warning, &f.reason, &f.message).await;
         }
         if let Some(limit) = &plan.scaling_limited {
             let was_limited = current.conditions.iter().any(|c| c.type_ == "ScalingLimited" && c.status == "True");
@@ -587,13 +613,21 @@ async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
     let ns = &v.namespace;
     let c = &ctx.client;
     let sa = build::service_account(v);
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns).patch(&sa.name_any(), &params, &Patch::Apply(&sa)).await?;
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns)
+        .patch(&sa.name_any(), &params, &Patch::Apply(&sa))
+        .await?;
     let rb = build::role_binding(v);
-    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns).patch(&rb.name_any(), &params, &Patch::Apply(&rb)).await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns)
+        .patch(&rb.name_any(), &params, &Patch::Apply(&rb))
+        .await?;
     let svc = build::headless_service(v);
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns).patch(&svc.name_any(), &params, &Patch::Apply(&svc)).await?;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns)
+        .patch(&svc.name_any(), &params, &Patch::Apply(&svc))
+        .await?;
     let pdb = build::disruption_budget(v);
-    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns).patch(&pdb.name_any(), &params, &Patch::Apply(&pdb)).await?;
+    Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns)
+        .patch(&pdb.name_any(), &params, &Patch::Apply(&pdb))
+        .await?;
     Ok(())
 }
 
@@ -626,7 +660,14 @@ fn status(
             let pod = live.get(&p.name);
             let node = pod.and_then(|x| x.spec.as_ref()).and_then(|s| s.node_name.clone());
             let zone = node.as_deref().and_then(|n| ctx.caches.zone(n));
-            PodSummary { name: p.name.clone(), state: state_of(p.state), node, zone, participants: p.participants as i64, tracks: p.tracks as i64 }
+            PodSummary {
+                name: p.name.clone(),
+                state: state_of(p.state),
+                node,
+                zone,
+                participants: p.participants as i64,
+                tracks: p.tracks as i64,
+            }
         })
         .collect();
     pods.sort_by(|a, b| b.participants.cmp(&a.participants).then(a.name.cmp(&b.name)));
@@ -638,10 +679,7 @@ fn status(
     let progressing_why = if let Some(f) = &stuck {
         Some((f.reason.as_str(), f.message.clone()))
     } else if plan.create > 0 || plan.count(fleet::PodState::Starting) > 0 {
-        Some((
-            "PodsStarting",
-            format!("{} of {} pods Ready", ready, plan.desired),
-        ))
+        Some(("PodsStarting", format!("{} of {} pods Ready", ready, plan.desired)))
     } else if plan.outdated > 0 {
         Some(("RollingUpdate", format!("{} pods of an older template remain", plan.outdated)))
     } else if plan.count(fleet::PodState::Draining) > 0 {
@@ -660,11 +698,27 @@ fn status(
         ),
         match &progressing_why {
             Some((reason, message)) => condition(&previous, "Progressing", true, reason, message.clone(), generation),
-            None => condition(&previous, "Progressing", false, "Stable", format!("{} pods as desired", plan.desired), generation),
+            None => condition(
+                &previous,
+                "Progressing",
+                false,
+                "Stable",
+                format!("{} pods as desired", plan.desired),
+                generation,
+            ),
         },
         match &plan.scaling_limited {
-            Some(limit) => condition(&previous, "ScalingLimited", true, limit.reason, limit.message.clone(), generation),
-            None => condition(&previous, "ScalingLimited", false, "WithinLimits", format!("{} pods within [{}, {}]", plan.desired, policy.min_replicas, policy.max_replicas), generation),
+            Some(limit) => {
+                condition(&previous, "ScalingLimited", true, limit.reason, limit.message.clone(), generation)
+            }
+            None => condition(
+                &previous,
+                "ScalingLimited",
+                false,
+                "WithinLimits",
+                format!("{} pods within [{}, {}]", plan.desired, policy.min_replicas, policy.max_replicas),
+                generation,
+            ),
         },
         condition(&previous, "ReconcileSucceeded", true, "Reconciled", "", generation),
     ];
@@ -676,7 +730,10 @@ fn status(
         unhealthy_replicas: plan.count(fleet::PodState::Unhealthy) as i32,
         selector: Some(build::selector_string(&pool.name_any())),
         capacity: Some(Load { participants: plan.ready_capacity as i64, tracks: None }),
-        allocated: Some(Load { participants: plan.allocated_participants as i64, tracks: Some(plan.allocated_tracks as i64) }),
+        allocated: Some(Load {
+            participants: plan.allocated_participants as i64,
+            tracks: Some(plan.allocated_tracks as i64),
+        }),
         reserved: Some(Load { participants: plan.reserved_participants as i64, tracks: None }),
         pods,
         conditions,

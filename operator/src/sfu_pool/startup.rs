@@ -36,27 +36,15 @@ pub fn startup_failure<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<St
                 let waiting = c.state.as_ref()?.waiting.as_ref()?;
                 let reason = waiting.reason.as_deref().filter(|r| STUCK.contains(r))?;
                 let name = p.metadata.name.clone().unwrap_or_default();
-                Some((
-                    name,
-                    c.name.clone(),
-                    reason.to_owned(),
-                    waiting.message.clone().unwrap_or_default(),
-                ))
+                Some((name, c.name.clone(), reason.to_owned(), waiting.message.clone().unwrap_or_default()))
             })
         })
         .collect();
     stuck.sort();
     let (pod, container, reason, message) = stuck.first()?.clone();
-    let detail = if message.is_empty() {
-        String::new()
-    } else {
-        format!(": {message}")
-    };
+    let detail = if message.is_empty() { String::new() } else { format!(": {message}") };
     Some(StartupFailure {
-        message: format!(
-            "{} SFU pod(s) cannot start; pod {pod}, container {container}: {reason}{detail}",
-            stuck.len()
-        ),
+        message: format!("{} SFU pod(s) cannot start; pod {pod}, container {container}: {reason}{detail}", stuck.len()),
         reason,
         pods: stuck.len(),
     })
@@ -73,35 +61,25 @@ mod tests {
             None => json!({"running": {}}),
         };
         serde_json::from_value(json!({"metadata": {"name": name},
-            "status": {"containerStatuses": [{"name": "sfu", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": state}]}}))
+        "status": {"containerStatuses": [{
+            "name": "sfu", "image": "i", "imageID": "", "ready": false, "restartCount": 0, "state": state
+        }]}}))
         .unwrap()
     }
 
     #[test]
     fn the_kubelets_reason_is_reported_with_the_pod_and_container() {
         let table = [
-            (
-                vec![pod("a", None), pod("b", Some(("ContainerCreating", "")))],
-                None,
-            ),
+            (vec![pod("a", None), pod("b", Some(("ContainerCreating", "")))], None),
             (
                 vec![
-                    pod(
-                        "b",
-                        Some(("ErrImageNeverPull", "not present with pull policy of Never")),
-                    ),
+                    pod("b", Some(("ErrImageNeverPull", "not present with pull policy of Never"))),
                     pod("a", Some(("ImagePullBackOff", ""))),
                 ],
-                Some((
-                    "ImagePullBackOff",
-                    "2 SFU pod(s) cannot start; pod a, container sfu: ImagePullBackOff",
-                )),
+                Some(("ImagePullBackOff", "2 SFU pod(s) cannot start; pod a, container sfu: ImagePullBackOff")),
             ),
             (
-                vec![
-                    pod("a", None),
-                    pod("c", Some(("CrashLoopBackOff", "back-off 10s"))),
-                ],
+                vec![pod("a", None), pod("c", Some(("CrashLoopBackOff", "back-off 10s")))],
                 Some((
                     "CrashLoopBackOff",
                     "1 SFU pod(s) cannot start; pod c, container sfu: CrashLoopBackOff: back-off 10s",
@@ -110,12 +88,7 @@ mod tests {
         ];
         for (pods, want) in table {
             let got = startup_failure(&pods);
-            assert_eq!(
-                got.as_ref()
-                    .map(|f| (f.reason.as_str(), f.message.as_str())),
-                want,
-                "{pods:?}"
-            );
+            assert_eq!(got.as_ref().map(|f| (f.reason.as_str(), f.message.as_str())), want, "{pods:?}");
         }
     }
 }

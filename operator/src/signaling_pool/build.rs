@@ -109,7 +109,9 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
     if let Some(turn) = &spec.turn {
         env.push(json!({"name": "SIGNALING_TURN_URLS", "value": turn.urls.join(",")}));
         env.push(secret_env("SIGNALING_TURN_SECRET", &turn.shared_secret_ref));
-        env.push(json!({"name": "SIGNALING_TURN_TTL_SECONDS", "value": turn.credential_ttl.as_std().as_secs().to_string()}));
+        env.push(
+            json!({"name": "SIGNALING_TURN_TTL_SECONDS", "value": turn.credential_ttl.as_std().as_secs().to_string()}),
+        );
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 5});
     let mut deployment = json!({
@@ -124,7 +126,11 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
             "template": {
                 "metadata": {
                     "labels": selector(&v.name),
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": HTTP_PORT.to_string(), "prometheus.io/path": "/metrics"},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": HTTP_PORT.to_string(),
+                        "prometheus.io/path": "/metrics",
+                    },
                 },
                 "spec": {
                     "serviceAccountName": object_name(&v.name),
@@ -138,7 +144,9 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
                         "readinessProbe": probe("/readyz"),
                         "livenessProbe": probe("/healthz"),
                         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
-                        "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+                        "securityContext": {
+                            "runAsNonRoot": true, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        },
                     }],
                 },
             },
@@ -191,7 +199,10 @@ pub fn service(v: &ValidSignaling<'_>) -> Service {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta(v),
-        "spec": {"selector": selector(&v.name), "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "selector": selector(&v.name),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
     }))
     .expect("valid Service")
 }
@@ -222,10 +233,16 @@ pub fn autoscaler(v: &ValidSignaling<'_>) -> HorizontalPodAutoscaler {
                     "metric": {"name": CONNECTIONS_METRIC},
                     "target": {"type": "AverageValue", "averageValue": a.target_connections_per_pod.to_string()},
                 }},
-                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT}}},
+                {"type": "Resource", "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT},
+                }},
             ],
             // Scale down slowly: each removed replica makes its clients reconnect.
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}},
+            "behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": 300,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+            }},
         },
     }))
     .expect("valid HorizontalPodAutoscaler")
@@ -252,18 +269,33 @@ mod tests {
 
     #[test]
     fn secrets_reach_the_pods_only_by_reference() {
-        let p = pool(json!({"turn": {"urls": ["turn:t.example.com:3478"], "sharedSecretRef": {"name": "turn", "key": "secret"}, "credentialTtl": "5m"}}));
+        let p = pool(json!({"turn": {
+            "urls": ["turn:t.example.com:3478"],
+            "sharedSecretRef": {"name": "turn", "key": "secret"},
+            "credentialTtl": "5m",
+        }}));
         let v = validate(&p).unwrap();
         let d = serde_json::to_value(deployment(&v, false)).unwrap();
         let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
         let by_name = |n: &str| env.as_array().unwrap().iter().find(|e| e["name"] == n).cloned().unwrap();
         assert_eq!(by_name("SIGNALING_REDIS_URL")["valueFrom"]["secretKeyRef"], json!({"name": "redis", "key": "url"}));
         assert_eq!(by_name("SIGNALING_JWT_KEY")["valueFrom"]["secretKeyRef"], json!({"name": "jwt", "key": "key"}));
-        assert_eq!(by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"], json!({"name": "turn", "key": "secret"}));
+        assert_eq!(
+            by_name("SIGNALING_TURN_SECRET")["valueFrom"]["secretKeyRef"],
+            json!({"name": "turn", "key": "secret"})
+        );
         assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
-        assert_eq!(by_name("SIGNALING_POOL")["value"], p.metadata.name.clone().unwrap(), "replicas sum their connections per pool");
+        assert_eq!(
+            by_name("SIGNALING_POOL")["value"],
+            p.metadata.name.clone().unwrap(),
+            "replicas sum their connections per pool"
+        );
         assert!(d["spec"].get("replicas").is_none(), "after creation the operator's manager leaves replicas out");
-        assert_eq!(serde_json::to_value(deployment(&v, true)).unwrap()["spec"]["replicas"], 2, "created at minReplicas");
+        assert_eq!(
+            serde_json::to_value(deployment(&v, true)).unwrap()["spec"]["replicas"],
+            2,
+            "created at minReplicas"
+        );
         assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");
     }
 
@@ -288,7 +320,10 @@ mod tests {
             ])
         );
         let container = &pod["containers"][0];
-        assert_eq!(container["resources"], json!({"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}));
+        assert_eq!(
+            container["resources"],
+            json!({"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "1Gi"}})
+        );
         assert_eq!(container["imagePullPolicy"], "IfNotPresent");
 
         // Unset: no placement of ours, the default requests.
@@ -304,7 +339,10 @@ mod tests {
         let mut d = deployment(&validate(&pool(json!({}))).unwrap(), false);
         assert!(!replicas_owned_by_others(&d, "op"));
         let entry = |manager: &str, fields: serde_json::Value| {
-            serde_json::from_value(json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields})).unwrap()
+            serde_json::from_value(
+                json!({"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}),
+            )
+            .unwrap()
         };
         d.metadata.managed_fields = Some(vec![entry("m", json!({"f:spec": {"f:template": {}}}))]);
         assert!(!replicas_owned_by_others(&d, "op"), "an entry without replicas");

@@ -30,7 +30,11 @@ fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn ffmpeg(args: &[&str]) {
-    let ok = std::process::Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status().is_ok_and(|s| s.success());
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
     assert!(ok, "ffmpeg {args:?} failed");
 }
 
@@ -75,7 +79,10 @@ async fn record_child(endpoint: String, room: String, dir: PathBuf, seconds: u64
     }
     recorder.finish();
     let t = recorder.totals();
-    eprintln!("recorder: {} tracks, {} chunks, {} frames, {} bytes, {rejoins} rejoins", t.tracks, t.chunks, t.frames, t.bytes);
+    eprintln!(
+        "recorder: {} tracks, {} chunks, {} frames, {} bytes, {rejoins} rejoins",
+        t.tracks, t.chunks, t.frames, t.bytes
+    );
     let _ = p.leave().await;
 }
 
@@ -83,7 +90,8 @@ async fn record_child(endpoint: String, room: String, dir: PathBuf, seconds: u64
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--record") {
-        let (endpoint, room, dir, seconds) = (args[i + 1].clone(), args[i + 2].clone(), PathBuf::from(&args[i + 3]), args[i + 4].parse().unwrap());
+        let (endpoint, room, dir, seconds) =
+            (args[i + 1].clone(), args[i + 2].clone(), PathBuf::from(&args[i + 3]), args[i + 4].parse().unwrap());
         return record_child(endpoint, room, dir, seconds).await;
     }
     let participants: usize = arg("--participants", 10);
@@ -93,10 +101,42 @@ async fn main() {
 
     // Test media: 10 s, looped by the publishers.
     let (ivf, ogg) = (work.join("cam.ivf"), work.join("mic.ogg"));
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=15", "-t", "10", "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8",
-             "-b:v", "500k", "-g", "30", ivf.to_str().unwrap()]);
-    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "10", "-c:a", "libopus", "-b:a", "32k",
-             "-frame_duration", "20", "-page_duration", "20000", ogg.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=640x360:rate=15",
+        "-t",
+        "10",
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "500k",
+        "-g",
+        "30",
+        ivf.to_str().unwrap(),
+    ]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "10",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "32k",
+        "-frame_duration",
+        "20",
+        "-page_duration",
+        "20000",
+        ogg.to_str().unwrap(),
+    ]);
     let (video, audio) = (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap());
 
     if args.iter().any(|a| a == "--composite-only") {
@@ -119,10 +159,17 @@ async fn main() {
     for i in 0..participants {
         let opts = JoinOptions {
             manual_subscribe: true,
-            publish: vec![Publish::encoded(&format!("p{i}-cam"), video.clone()), Publish::encoded(&format!("p{i}-mic"), audio.clone())],
+            publish: vec![
+                Publish::encoded(&format!("p{i}-cam"), video.clone()),
+                Publish::encoded(&format!("p{i}-mic"), audio.clone()),
+            ],
             ..Default::default()
         };
-        publishers.push(Participant::join(SfuApi::new(sfu.endpoint.clone()), &room, &format!("p{i}"), opts).await.expect("publisher"));
+        publishers.push(
+            Participant::join(SfuApi::new(sfu.endpoint.clone()), &room, &format!("p{i}"), opts)
+                .await
+                .expect("publisher"),
+        );
     }
     let cpu_before = children_cpu();
     let mut peak = 0.0f64;
@@ -149,16 +196,30 @@ async fn main() {
 }
 
 /// Writes `participants` cameras and microphones of `seconds` each, as the recorder would.
-fn write_tracks(dir: &std::path::Path, participants: usize, seconds: u64, video: &switchboard_sfu_client::EncodedMedia, audio: &switchboard_sfu_client::EncodedMedia) {
+fn write_tracks(
+    dir: &std::path::Path,
+    participants: usize,
+    seconds: u64,
+    video: &switchboard_sfu_client::EncodedMedia,
+    audio: &switchboard_sfu_client::EncodedMedia,
+) {
     use recorder_pod::{ivf::IvfWriter, ogg::OggOpusWriter, tracks::TrackMeta};
     for i in 0..participants {
-        for (media, track, mime) in [(video, format!("p{i}-cam"), "video/VP8"), (audio, format!("p{i}-mic"), "audio/opus")] {
+        for (media, track, mime) in
+            [(video, format!("p{i}-cam"), "video/VP8"), (audio, format!("p{i}-mic"), "audio/opus")]
+        {
             let tdir = dir.join("tracks").join(format!("p{i}")).join(&track);
             std::fs::create_dir_all(&tdir).unwrap();
-            let meta = TrackMeta { publisher: format!("p{i}"), track: track.clone(), video: media.video(), mime_type: mime.into() };
+            let meta = TrackMeta {
+                publisher: format!("p{i}"),
+                track: track.clone(),
+                video: media.video(),
+                mime_type: mime.into(),
+            };
             std::fs::write(tdir.join("track.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
             let ext = if media.video() { "ivf" } else { "ogg" };
-            let file = std::io::BufWriter::new(std::fs::File::create(tdir.join(format!("0000000000-a1.{ext}"))).unwrap());
+            let file =
+                std::io::BufWriter::new(std::fs::File::create(tdir.join(format!("0000000000-a1.{ext}"))).unwrap());
             let mut at = Duration::ZERO;
             let end = Duration::from_secs(seconds);
             if media.video() {
@@ -184,7 +245,13 @@ fn write_tracks(dir: &std::path::Path, participants: usize, seconds: u64, video:
     }
 }
 
-async fn composite(dir: &std::path::Path, participants: usize, recording: Option<(f64, f64, u64)>, args: &[String], work: &std::path::Path) {
+async fn composite(
+    dir: &std::path::Path,
+    participants: usize,
+    recording: Option<(f64, f64, u64)>,
+    args: &[String],
+    work: &std::path::Path,
+) {
     let began = Instant::now();
     let tracks = compose::join_tracks(dir).expect("tracks");
     let join_s = began.elapsed().as_secs_f64();
@@ -202,29 +269,50 @@ async fn composite(dir: &std::path::Path, participants: usize, recording: Option
         let output = dir.join(compose::output_name(layout, format));
         let cpu0 = children_cpu();
         let t0 = Instant::now();
-        compose::run_ffmpeg("ffmpeg", &tracks, layout, format, &output, Duration::from_secs(3600)).await.expect("composite");
+        compose::run_ffmpeg("ffmpeg", &tracks, layout, format, &output, Duration::from_secs(3600))
+            .await
+            .expect("composite");
         let wall = t0.elapsed().as_secs_f64();
         let cpu = children_cpu() - cpu0;
-        rows.push((format!("{layout:?} {format:?}"), wall, cpu, std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0)));
+        rows.push((
+            format!("{layout:?} {format:?}"),
+            wall,
+            cpu,
+            std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0),
+        ));
     }
 
     let cams = tracks.iter().filter(|t| t.meta.video).count();
-    println!("recorder-bench: {participants} participants (640x360 VP8 15 fps + Opus each), {:.1} s of media, {} tracks ({cams} cameras)", media_minutes * 60.0, tracks.len());
+    println!(
+        "recorder-bench: {participants} participants (640x360 VP8 15 fps + Opus each), {:.1} s of media, {} tracks ({cams} cameras)",
+        media_minutes * 60.0,
+        tracks.len()
+    );
     println!();
     println!("| recording | value |");
     println!("|---|---|");
     if let Some((record_cpu, peak, secs)) = recording {
-        println!("| recorder CPU | {:.1} % of one core ({record_cpu:.1} CPU-s over {secs} s) |", record_cpu / secs as f64 * 100.0);
+        println!(
+            "| recorder CPU | {:.1} % of one core ({record_cpu:.1} CPU-s over {secs} s) |",
+            record_cpu / secs as f64 * 100.0
+        );
         println!("| recorder peak memory (VmHWM) | {peak:.0} MiB |");
     }
     println!("| tracks | {} |", tracks.len());
     println!("| joining chunks into track files | {join_s:.2} s |");
     println!();
     // CPU seconds per meeting minute equal CPU minutes per meeting hour.
-    println!("| compositing | wall s | CPU s | wall s per meeting minute | CPU s per meeting minute (= CPU min per meeting hour) | output MiB |");
+    println!(
+        "| compositing | wall s | CPU s | wall s per meeting minute | CPU s per meeting minute (= CPU min per meeting hour) | output MiB |"
+    );
     println!("|---|---|---|---|---|---|");
     for (name, wall, cpu, size) in rows {
-        println!("| {name} | {wall:.1} | {cpu:.1} | {:.1} | {:.1} | {:.1} |", wall / media_minutes, cpu / media_minutes, size as f64 / 1048576.0);
+        println!(
+            "| {name} | {wall:.1} | {cpu:.1} | {:.1} | {:.1} | {:.1} |",
+            wall / media_minutes,
+            cpu / media_minutes,
+            size as f64 / 1048576.0
+        );
     }
     if args.iter().any(|a| a == "--keep") {
         println!("\nkept: {}", dir.display());

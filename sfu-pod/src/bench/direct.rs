@@ -4,14 +4,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use switchboard_sfu_client::media::{self, build_api, NetworkOptions};
+use switchboard_sfu_client::media::{self, NetworkOptions, build_api};
 use switchboard_sfu_client::participant::{now_us, parse_payload, synthetic_payload};
-use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-async fn local_sdp(pc: &RTCPeerConnection, offer: bool) -> anyhow::Result<webrtc::peer_connection::sdp::session_description::RTCSessionDescription> {
+async fn local_sdp(
+    pc: &RTCPeerConnection,
+    offer: bool,
+) -> anyhow::Result<webrtc::peer_connection::sdp::session_description::RTCSessionDescription> {
     let desc = if offer { pc.create_offer(None).await? } else { pc.create_answer(None).await? };
     let mut gathered = pc.gathering_complete_promise().await;
     pc.set_local_description(desc).await?;
@@ -50,7 +53,13 @@ pub async fn baseline(duration: Duration) -> anyhow::Result<(f64, f64)> {
     while tokio::time::Instant::now() < end {
         tick.tick().await;
         let packet = webrtc::rtp::packet::Packet {
-            header: webrtc::rtp::header::Header { version: 2, marker: true, sequence_number: seq, timestamp: ts, ..Default::default() },
+            header: webrtc::rtp::header::Header {
+                version: 2,
+                marker: true,
+                sequence_number: seq,
+                timestamp: ts,
+                ..Default::default()
+            },
             payload: synthetic_payload(true, seq == 0, 2, super::VIDEO_BYTES),
         };
         let _ = track.write_rtp(&packet).await;

@@ -1,8 +1,9 @@
 //! The same load against Janus VideoRoom (Debian package `janus`), for comparison.
 //!
 //! `--janus auto` starts `/usr/bin/janus` with a generated configuration (HTTP transport
-//! on 127.0.0.1:8088, the VideoRoom plugin only); `--janus URL` uses a running one. Publishers and subscribers are the same webrtc-rs peers and synthetic
-//! packets as for Switchboard, signalled through Janus' HTTP API.
+//! on 127.0.0.1:8088, the VideoRoom plugin only); `--janus URL` uses a running one.
+//! Publishers and subscribers are the same webrtc-rs peers and synthetic packets as
+//! for Switchboard, signalled through Janus' HTTP API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,7 +41,17 @@ pub fn start() -> anyhow::Result<(JanusProcess, String)> {
     let dir = std::env::temp_dir().join(format!("sfu-bench-janus-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let disabled_plugins = [
-        "audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip", "streaming", "textroom", "videocall", "voicemail",
+        "audiobridge",
+        "duktape",
+        "echotest",
+        "lua",
+        "nosip",
+        "recordplay",
+        "sip",
+        "streaming",
+        "textroom",
+        "videocall",
+        "voicemail",
     ]
     .map(|p| format!("libjanus_{p}.so"))
     .join(",");
@@ -130,7 +141,12 @@ impl Session {
     }
 
     async fn attach(&self) -> anyhow::Result<u64> {
-        let v = post(&self.http, &format!("{}/{}", self.base, self.id), json!({"janus": "attach", "plugin": "janus.plugin.videoroom"})).await?;
+        let v = post(
+            &self.http,
+            &format!("{}/{}", self.base, self.id),
+            json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}),
+        )
+        .await?;
         v["data"]["id"].as_u64().context("no handle id")
     }
 
@@ -146,10 +162,10 @@ impl Session {
     async fn event(&self, handle: u64, what: &str, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(list) = self.events.lock().unwrap().get_mut(&handle) {
-                if let Some(i) = list.iter().position(&check) {
-                    return Ok(list.remove(i));
-                }
+            if let Some(list) = self.events.lock().unwrap().get_mut(&handle)
+                && let Some(i) = list.iter().position(&check)
+            {
+                return Ok(list.remove(i));
             }
             if Instant::now() > deadline {
                 let seen = self.events.lock().unwrap().get(&handle).cloned().unwrap_or_default();
@@ -181,7 +197,13 @@ struct Receiver {
 
 async fn subscribe(session: &Session, room: u64, feed: u64) -> anyhow::Result<Receiver> {
     let handle = session.attach().await?;
-    session.message(handle, json!({"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}), None).await?;
+    session
+        .message(
+            handle,
+            json!({"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}),
+            None,
+        )
+        .await?;
     let attached = session.event(handle, "subscriber offer", |e| e["jsep"]["type"] == "offer").await?;
     let pc = Arc::new(build_api(&janus_network())?.new_peer_connection(RTCConfiguration::default()).await?);
     let received: Arc<Mutex<ReceivedTrack>> = Arc::default();
@@ -191,15 +213,26 @@ async fn subscribe(session: &Session, room: u64, feed: u64) -> anyhow::Result<Re
         Box::pin(async move {
             tokio::spawn(async move {
                 while let Ok((p, _)) = t.read_rtp().await {
-                    sink.lock().unwrap().record_packet(p.header.sequence_number, p.header.ssrc, &p.payload, p.payload.len() + 12, now_us());
+                    sink.lock().unwrap().record_packet(
+                        p.header.sequence_number,
+                        p.header.ssrc,
+                        &p.payload,
+                        p.payload.len() + 12,
+                        now_us(),
+                    );
                 }
             });
         })
     }));
-    pc.set_remote_description(RTCSessionDescription::offer(attached["jsep"]["sdp"].as_str().context("no sdp")?.to_owned())?).await?;
+    pc.set_remote_description(RTCSessionDescription::offer(
+        attached["jsep"]["sdp"].as_str().context("no sdp")?.to_owned(),
+    )?)
+    .await?;
     let answer = gathered_local(&pc, false).await?;
     media::wait_receivers_started(&pc, Duration::from_secs(1)).await;
-    session.message(handle, json!({"request": "start", "room": room}), Some(json!({"type": "answer", "sdp": answer}))).await?;
+    session
+        .message(handle, json!({"request": "start", "room": room}), Some(json!({"type": "answer", "sdp": answer})))
+        .await?;
     Ok(Receiver { _pc: pc, received })
 }
 
@@ -224,7 +257,10 @@ async fn publish(session: &Session, room: u64, name: &str) -> anyhow::Result<(u6
     session
         .message(
             handle,
-            json!({"request": "joinandconfigure", "ptype": "publisher", "room": room, "display": name, "audio": false, "video": true}),
+            json!({
+                "request": "joinandconfigure", "ptype": "publisher", "room": room, "display": name,
+                "audio": false, "video": true,
+            }),
             Some(json!({"type": "offer", "sdp": offer})),
         )
         .await?;
@@ -233,7 +269,10 @@ async fn publish(session: &Session, room: u64, name: &str) -> anyhow::Result<(u6
     if std::env::var("SFU_BENCH_DEBUG").is_ok() {
         eprintln!("janus answer: {}", joined["jsep"]["sdp"]);
     }
-    pc.set_remote_description(RTCSessionDescription::answer(joined["jsep"]["sdp"].as_str().context("no sdp")?.to_owned())?).await?;
+    pc.set_remote_description(RTCSessionDescription::answer(
+        joined["jsep"]["sdp"].as_str().context("no sdp")?.to_owned(),
+    )?)
+    .await?;
     // The feed exists for subscribers once Janus has the publisher's media connection.
     session.event(handle, "webrtcup", |e| e["janus"] == "webrtcup").await?;
     let task = tokio::spawn(async move {
@@ -244,7 +283,13 @@ async fn publish(session: &Session, room: u64, name: &str) -> anyhow::Result<(u6
         for n in 0u64.. {
             tick.tick().await;
             let packet = webrtc::rtp::packet::Packet {
-                header: webrtc::rtp::header::Header { version: 2, marker: true, sequence_number: seq, timestamp: ts, ..Default::default() },
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    marker: true,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ..Default::default()
+                },
                 payload: synthetic_payload(true, n % VIDEO_PPS as u64 == 0, 2, VIDEO_BYTES),
             };
             let _ = track.write_rtp(&packet).await;
@@ -275,7 +320,11 @@ pub async fn run(url: &str, s: Scenario, seconds: u64) -> anyhow::Result<Measure
     let control = session.attach().await?;
     let room = 1000 + rand::random::<u32>() as u64 % 100_000;
     session
-        .message(control, json!({"request": "create", "room": room, "publishers": 64, "videocodec": "vp8", "bitrate": 0}), None)
+        .message(
+            control,
+            json!({"request": "create", "room": room, "publishers": 64, "videocodec": "vp8", "bitrate": 0}),
+            None,
+        )
         .await?;
     let (publishers, per_track) = s.shape();
     let mut senders = Vec::new();

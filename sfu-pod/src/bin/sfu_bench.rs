@@ -25,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish, PublishKind, SfuApi};
 
-#[path = "../bench/janus.rs"]
-mod janus;
 #[path = "../bench/direct.rs"]
 mod direct;
+#[path = "../bench/janus.rs"]
+mod janus;
 
 /// Video each publisher sends: packets per second and bytes per packet (≈ 1.6 Mbps).
 pub const VIDEO_PPS: u32 = 200;
@@ -81,7 +81,15 @@ pub struct Measured {
 impl Measured {
     /// From a window of `wall` seconds: stream advance, SFU CPU seconds, sorted
     /// latencies, and packets expected and missing.
-    pub fn new(receivers: usize, wall: f64, advance: u64, cpu_seconds: f64, latencies: &[u32], expected: u64, missing: u64) -> Self {
+    pub fn new(
+        receivers: usize,
+        wall: f64,
+        advance: u64,
+        cpu_seconds: f64,
+        latencies: &[u32],
+        expected: u64,
+        missing: u64,
+    ) -> Self {
         Self {
             forwarded_pps: advance as f64 / wall,
             cpu_cores: cpu_seconds / wall,
@@ -96,7 +104,12 @@ impl Measured {
 /// One received track since a mark: adds its latencies to `latencies` and returns
 /// (stream advance, packets expected, packets missing), leaving out the last half second
 /// (NACK may still be at work there).
-pub fn tally_track(t: &switchboard_sfu_client::ReceivedTrack, lat_from: usize, seq_from: i64, latencies: &mut Vec<u32>) -> (u64, u64, u64) {
+pub fn tally_track(
+    t: &switchboard_sfu_client::ReceivedTrack,
+    lat_from: usize,
+    seq_from: i64,
+    latencies: &mut Vec<u32>,
+) -> (u64, u64, u64) {
     latencies.extend_from_slice(&t.latencies_us[lat_from.min(t.latencies_us.len())..]);
     // The stream's advance: unique packets, not padding or duplicates.
     let advance = (t.highest_ext_seq - seq_from).max(0) as u64;
@@ -164,7 +177,10 @@ async fn forwarded(api: &SfuApi) -> f64 {
 }
 
 fn video(id: &str) -> Publish {
-    Publish { kind: PublishKind::Video { simulcast: false, packets_per_second: VIDEO_PPS, size: VIDEO_BYTES }, ..Publish::video(id) }
+    Publish {
+        kind: PublishKind::Video { simulcast: false, packets_per_second: VIDEO_PPS, size: VIDEO_BYTES },
+        ..Publish::video(id)
+    }
 }
 
 type Mark = (String, usize, i64);
@@ -186,7 +202,10 @@ fn tally(people: &[Participant], marks: &[Vec<Mark>]) -> (Vec<u32>, u64, u64, u6
 }
 
 fn marks(people: &[Participant]) -> Vec<Vec<Mark>> {
-    people.iter().map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq)).collect()).collect()
+    people
+        .iter()
+        .map(|p| p.received().into_iter().map(|(k, t)| (k, t.latencies_us.len(), t.highest_ext_seq)).collect())
+        .collect()
 }
 
 async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> anyhow::Result<Measured> {
@@ -196,14 +215,31 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
     let mut people = Vec::new();
     match s {
         Scenario::FanOut(n) => {
-            people.push(Participant::join(sfu.api.clone(), "bench", "pub", JoinOptions { publish: vec![video("pub-cam")], net: net.clone(), ..Default::default() }).await?);
+            people.push(
+                Participant::join(
+                    sfu.api.clone(),
+                    "bench",
+                    "pub",
+                    JoinOptions { publish: vec![video("pub-cam")], net: net.clone(), ..Default::default() },
+                )
+                .await?,
+            );
             for i in 0..n {
-                people.push(Participant::join(sfu.api.clone(), "bench", &format!("sub{i}"), JoinOptions { net: net.clone(), ..Default::default() }).await?);
+                people.push(
+                    Participant::join(
+                        sfu.api.clone(),
+                        "bench",
+                        &format!("sub{i}"),
+                        JoinOptions { net: net.clone(), ..Default::default() },
+                    )
+                    .await?,
+                );
             }
         }
         Scenario::Mesh(n) => {
             for i in 0..n {
-                let opts = JoinOptions { publish: vec![video(&format!("p{i}-cam"))], net: net.clone(), ..Default::default() };
+                let opts =
+                    JoinOptions { publish: vec![video(&format!("p{i}-cam"))], net: net.clone(), ..Default::default() };
                 people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
             }
         }
@@ -254,7 +290,8 @@ fn row(system: &str, s: Scenario, m: &Measured, direct: &(f64, f64)) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut scenarios = vec![Scenario::FanOut(10), Scenario::FanOut(25), Scenario::FanOut(50), Scenario::Mesh(4), Scenario::Mesh(8)];
+    let mut scenarios =
+        vec![Scenario::FanOut(10), Scenario::FanOut(25), Scenario::FanOut(50), Scenario::Mesh(4), Scenario::Mesh(8)];
     let mut seconds = 10;
     let mut janus_url: Option<String> = None;
     let mut sfu_threads: Option<usize> = None;
@@ -262,18 +299,28 @@ async fn main() -> anyhow::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--scenarios" => {
-                scenarios = args.next().unwrap_or_default().split(',').map(Scenario::parse).collect::<anyhow::Result<_>>()?;
+                scenarios =
+                    args.next().unwrap_or_default().split(',').map(Scenario::parse).collect::<anyhow::Result<_>>()?;
             }
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
             "--janus" => janus_url = args.next(),
-            "--sfu-threads" => sfu_threads = Some(args.next().and_then(|v| v.parse().ok()).filter(|n| *n >= 1).ok_or_else(|| anyhow::anyhow!("--sfu-threads takes a whole number of at least 1"))?),
+            "--sfu-threads" => {
+                sfu_threads = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| anyhow::anyhow!("--sfu-threads takes a whole number of at least 1"))?,
+                )
+            }
             other => anyhow::bail!("unknown argument {other}; see the doc comment of sfu_bench.rs"),
         }
     }
     let direct = direct::baseline(Duration::from_secs(5)).await?;
     println!("direct peer-to-peer on loopback, same process: p50 {:.2} ms, p99 {:.2} ms", direct.0, direct.1);
     println!();
-    println!("| system | scenario | receiving tracks | delivered pkt/s | SFU CPU (cores) | pkt/s per core | latency p50 / p99 (ms) | added by the SFU p50 / p99 (ms) | loss % |");
+    println!(
+        "| system | scenario | receiving tracks | delivered pkt/s | SFU CPU (cores) | pkt/s per core | latency p50 / p99 (ms) | added by the SFU p50 / p99 (ms) | loss % |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for s in &scenarios {
@@ -292,7 +339,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let largest = results.iter().filter(|(s, m)| matches!(s, Scenario::FanOut(_)) && m.loss_pct == 0.0).map(|(_, m)| m.receivers).max();
+    let largest = results
+        .iter()
+        .filter(|(s, m)| matches!(s, Scenario::FanOut(_)) && m.loss_pct == 0.0)
+        .map(|(_, m)| m.receivers)
+        .max();
     println!();
     println!("largest fan-out with no loss: {}", largest.map(|n| n.to_string()).unwrap_or("none".into()));
     Ok(())

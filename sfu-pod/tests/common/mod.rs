@@ -21,7 +21,8 @@ impl SfuProcess {
 
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Self {
         if std::env::var("SFU_TEST_LOG").is_ok() {
-            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+            let _ =
+                tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-pod"));
         cmd.env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
@@ -36,7 +37,8 @@ impl SfuProcess {
         let mut child = cmd.spawn().expect("sfu-pod starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("sfu-pod prints its addresses");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
         Self { child, api: SfuApi::new(v["api"].as_str().unwrap()), media: v["media"].as_str().unwrap().to_owned() }
     }
 
@@ -91,4 +93,3 @@ static MEDIA_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3
 pub async fn media_slot() -> tokio::sync::SemaphorePermit<'static> {
     MEDIA_SLOTS.acquire().await.expect("never closed")
 }
-

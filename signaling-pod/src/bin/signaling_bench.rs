@@ -13,14 +13,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, CustomResourceExt as _};
 use switchboard_crds::Meeting;
 use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish};
 use switchboard_signaling_client::{Rest, SignalingClient};
-use switchboard_signaling_proto::{types, Envelope};
+use switchboard_signaling_proto::{Envelope, types};
 
 const KEY: &str = "signaling-bench-key-0123456789";
 
@@ -35,7 +35,15 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { connections: 10_000, meetings: 100, joins: 200, join_concurrency: 10, chat_clients: 20, chat_messages: 200, chat_rate: 20 };
+    let mut a = Args {
+        connections: 10_000,
+        meetings: 100,
+        joins: 200,
+        join_concurrency: 10,
+        chat_clients: 20,
+        chat_messages: 200,
+        chat_rate: 20,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> anyhow::Result<usize> { Ok(it.next().context("a value")?.parse()?) };
@@ -79,7 +87,13 @@ fn raise_fd_limit() -> u64 {
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())).flatten())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| {
+                    l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+                })
+                .flatten()
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -153,17 +167,36 @@ async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let fd_limit = raise_fd_limit();
     let client = kube::Client::try_default().await.context("a cluster (eval \"$(e2e/cluster/up)\")")?;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch("meetings.switchboard.dev", &PatchParams::apply("signaling-bench").force(), &Patch::Apply(&Meeting::crd())).await?;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(
+        "meetings.switchboard.dev",
+        &PatchParams::apply("signaling-bench").force(),
+        &Patch::Apply(&Meeting::crd()),
+    )
+    .await?;
     let ns = format!("signaling-bench-{}", std::process::id());
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces.create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?).await?;
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
+        .await?;
     let meetings: Api<Meeting> = Api::namespaced(client.clone(), &ns);
 
     let port = free_port();
     let _redis = Child(
         std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "20000"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "20000",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .context("redis-server")?,
@@ -266,7 +299,10 @@ async fn main() -> anyhow::Result<()> {
     let mut delays: Vec<f64> = chatters.iter().flat_map(|c| c.arrival_delays_ms(types::CHAT)).collect();
     delays.sort_by(f64::total_cmp);
     rows.push((
-        format!("chat through 2 replicas + Redis ({} clients × {} msg/s, {} messages each)", a.chat_clients, a.chat_rate, a.chat_messages),
+        format!(
+            "chat through 2 replicas + Redis ({} clients × {} msg/s, {} messages each)",
+            a.chat_clients, a.chat_rate, a.chat_messages
+        ),
         format!("{:.0} deliveries/s", got as f64 / secs),
         format!(
             "{:.0} messages/s sent and stored; {got} of {expected} delivered; send → delivery p50 {:.1} ms, p99 {:.1} ms",
@@ -312,9 +348,21 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(12)).await; // past a presence refresh
     let alive = held.iter().filter(|c| c.is_open()).count();
     let rss = rss_mib(replica_a.0.id());
-    rows.push(("WebSocket connections held by one replica".into(), format!("{alive} of {}", a.connections), format!("goal 10,000; fd limit {fd_limit}")));
-    rows.push(("  time to join them all (64 at a time)".into(), format!("{connect_secs:.1} s"), format!("{:.0} joins/s", held.len() as f64 / connect_secs)));
-    rows.push(("  replica RSS with them".into(), format!("{rss:.0} MiB"), format!("{:.1} KiB per connection", (rss - rss_before) * 1024.0 / alive.max(1) as f64)));
+    rows.push((
+        "WebSocket connections held by one replica".into(),
+        format!("{alive} of {}", a.connections),
+        format!("goal 10,000; fd limit {fd_limit}"),
+    ));
+    rows.push((
+        "  time to join them all (64 at a time)".into(),
+        format!("{connect_secs:.1} s"),
+        format!("{:.0} joins/s", held.len() as f64 / connect_secs),
+    ));
+    rows.push((
+        "  replica RSS with them".into(),
+        format!("{rss:.0} MiB"),
+        format!("{:.1} KiB per connection", (rss - rss_before) * 1024.0 / alive.max(1) as f64),
+    ));
     drop(held);
 
     println!("| measure | result | notes |\n|---|---|---|");

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
 use signaling_pod::auth::{Keys, UserClaims};
 use switchboard_crds::meeting::Meeting;
 use switchboard_e2e::TestNamespace;
@@ -123,7 +123,8 @@ impl Replica {
             .expect("signaling-pod starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("signaling-pod prints its URL");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
         Self { child, url: v["url"].as_str().unwrap().to_owned() }
     }
 
@@ -143,7 +144,13 @@ impl Drop for Replica {
 /// A user JWT as the identity provider would issue it.
 pub fn user_token(sub: &str, role: Option<Role>, valid_for_secs: i64) -> String {
     let exp = (signaling_pod::auth::now_unix() as i64 + valid_for_secs) as u64;
-    Keys::new(JWT_KEY.as_bytes()).sign(&UserClaims { sub: sub.into(), name: Some(sub.to_uppercase()), role, exp, typ: None })
+    Keys::new(JWT_KEY.as_bytes()).sign(&UserClaims {
+        sub: sub.into(),
+        name: Some(sub.to_uppercase()),
+        role,
+        exp,
+        typ: None,
+    })
 }
 
 pub fn rest(url: &str, sub: &str, role: Option<Role>) -> Rest {
@@ -169,16 +176,20 @@ pub async fn meeting(env: &TestEnv, name: &str, host: &str, extra: serde_json::V
 pub async fn assign(env: &TestEnv, name: &str, sfus: &[(&str, &str)], migrations: &[(&str, &str)]) {
     let now = jiff::Timestamp::now().to_string();
     let origin = serde_json::json!({"pod": sfus[0].0, "endpoint": sfus[0].1});
-    let edges: Vec<_> = sfus[1..].iter().map(|(p, e)| serde_json::json!({"pod": p, "endpoint": e, "parent": sfus[0].0})).collect();
+    let edges: Vec<_> =
+        sfus[1..].iter().map(|(p, e)| serde_json::json!({"pod": p, "endpoint": e, "parent": sfus[0].0})).collect();
     let moves: Vec<_> = migrations
         .iter()
         .enumerate()
-        .map(|(i, (from, to))| serde_json::json!({"from": from, "to": to, "reason": "test moved it", "at": now, "generation": i + 1}))
+        .map(|(i, (from, to))| {
+            serde_json::json!({"from": from, "to": to, "reason": "test moved it", "at": now, "generation": i + 1})
+        })
         .collect();
     let patch = serde_json::json!({
         "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
         "status": {
-            "phase": "Active", "roomCode": format!("{:0>12}", name.replace('-', "").chars().take(12).collect::<String>()),
+            "phase": "Active",
+            "roomCode": format!("{:0>12}", name.replace('-', "").chars().take(12).collect::<String>()),
             "assignment": {"pool": "test", "origin": origin, "edges": edges, "at": now},
             "migrations": moves,
         }
@@ -192,7 +203,8 @@ pub async fn assign(env: &TestEnv, name: &str, sfus: &[(&str, &str)], migrations
 /// Joins through REST then WebSocket.
 pub async fn connect(rest: &Rest, meeting: &str) -> (Arc<SignalingClient>, JoinGrant, JoinedPayload) {
     let grant = rest.join(meeting).await.expect("REST join");
-    let (client, joined) = SignalingClient::join(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
+    let (client, joined) =
+        SignalingClient::join(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
     (Arc::new(client), grant, joined)
 }
 
