@@ -161,10 +161,18 @@ impl LeaderElector {
         }
     }
 
+    /// Remembers when the Lease last changed, as this process saw it: another's Lease
+    /// expires a lease duration after that. A process that has just started has never
+    /// seen the Lease renewed, so its first sighting counts as two retry periods later:
+    /// when a leader's container dies and restarts, the standby that has watched the
+    /// Lease all along takes over, not the newcomer (whose checks could otherwise fall
+    /// first by chance).
     fn observe(&mut self, spec: Option<LeaseSpec>) {
+        let first = self.observed.is_none();
         let changed = self.observed.as_ref().is_none_or(|(seen, _)| *seen != spec);
         if changed {
-            self.observed = Some((spec, Instant::now()));
+            let at = if first { Instant::now() + 2 * self.retry_period() } else { Instant::now() };
+            self.observed = Some((spec, at));
         }
     }
 }
