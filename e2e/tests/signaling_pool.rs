@@ -144,8 +144,45 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
     meetings.create(&PostParams::default(), &m).await.expect("signaling creates meetings");
     meetings.list(&Default::default()).await.expect("and lists them");
     assert_eq!(api_error(meetings.delete("adhoc", &DeleteParams::default()).await).0, 403, "but does not delete them");
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(signaling, ns);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(signaling.clone(), ns);
     assert_eq!(api_error(secrets.list(&Default::default()).await).0, 403, "nor read Secrets");
+
+    // Placement: nodeSelector, tolerations and resources reach the pods; bad values
+    // are refused naming the field; signaling itself may not move its own pods.
+    let mut placed = signaling_pool(3, 8);
+    placed["spec"]["nodeSelector"] = json!({"pool": "signaling"});
+    placed["spec"]["tolerations"] = json!([{"key": "media", "operator": "Exists", "effect": "NoSchedule"}]);
+    placed["spec"]["resources"] = json!({"requests": {"cpu": "100m", "memory": "64Mi"}});
+    pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&placed)).await.expect("placement accepted");
+    wait_for("the Deployment carries the placement", TIMEOUT, || async {
+        let pod = deployments.get("main-signaling").await.ok().and_then(|d| d.spec?.template.spec);
+        pod.is_some_and(|p| {
+            p.node_selector.is_some_and(|n| n.get("pool").map(String::as_str) == Some("signaling"))
+                && p.tolerations.is_some_and(|t| t.iter().any(|t| t.key.as_deref() == Some("media")))
+                && p.containers[0]
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.requests.as_ref())
+                    .is_some_and(|r| r.contains_key("cpu"))
+        })
+    })
+    .await;
+    for (bad, field) in [
+        (json!([{"key": "media", "operator": "Exists", "value": "x"}]), "tolerations"),
+        (json!([{"key": "media", "operator": "Sometimes"}]), "operator"),
+        (json!([{"key": "media", "tolerationSeconds": 5, "effect": "NoSchedule"}]), "tolerationSeconds"),
+    ] {
+        let mut obj = placed.clone();
+        obj["spec"]["tolerations"] = bad.clone();
+        let (code, message) =
+            api_error(pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&obj)).await);
+        assert_eq!(code, 422, "{bad} refused: {message}");
+        assert!(message.contains(field), "{bad}: the message names {field}: {message}");
+    }
+    let own: Api<SignalingPool> = Api::namespaced(signaling, ns);
+    let moved = json!({"spec": {"nodeSelector": {"pool": "elsewhere"}}});
+    let (code, _) = api_error(own.patch("main", &PatchParams::default(), &Patch::Merge(&moved)).await);
+    assert_eq!(code, 403, "the signaling ServiceAccount cannot change its pool's spec");
     s.operator.stop().await.unwrap();
     s.ns.delete().await;
 }
