@@ -561,7 +561,8 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
 
     // Status.
-    let status = status(pool, &plan, &policy, &by_name, ctx);
+    let stuck = startup::startup_failure(by_name.values().map(|p| p.as_ref()));
+    let status = status(pool, &plan, &policy, &by_name, stuck.as_ref(), ctx);
     update_metrics(ctx, &namespace, &name, &plan);
     let current = pool.status.clone().unwrap_or_default();
     if !same_status(&current, &status) {
@@ -575,7 +576,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         }
         let progressing =
             |s: &SfuPoolStatus| s.conditions.iter().find(|c| c.type_ == "Progressing").map(|c| c.reason.clone());
-        if let Some(f) = startup::startup_failure(by_name.values().map(|p| p.as_ref()))
+        if let Some(f) = &stuck
             && progressing(&current) != Some(f.reason.clone())
         {
             publish(ctx, pool, EventType::Warning, &f.reason, &f.message).await;
@@ -646,6 +647,7 @@ fn status(
     plan: &fleet::Plan,
     policy: &fleet::Policy,
     live: &HashMap<String, &Arc<Pod>>,
+    stuck: Option<&startup::StartupFailure>,
     ctx: &Context,
 ) -> SfuPoolStatus {
     let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
@@ -675,8 +677,7 @@ fn status(
 
     let min_ready = policy.min_replicas.min(plan.desired);
     let available = ready >= min_ready && (ready > 0 || plan.desired == 0);
-    let stuck = startup::startup_failure(live.values().map(|p| p.as_ref()));
-    let progressing_why = if let Some(f) = &stuck {
+    let progressing_why = if let Some(f) = stuck {
         Some((f.reason.as_str(), f.message.clone()))
     } else if plan.create > 0 || plan.count(fleet::PodState::Starting) > 0 {
         Some(("PodsStarting", format!("{} of {} pods Ready", ready, plan.desired)))
