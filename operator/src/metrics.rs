@@ -17,6 +17,9 @@ pub struct ControllerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub controller: &'static str,
+    /// The pipeline step that failed (`crate::Error::step`).
+    pub step: &'static str,
+    /// The API server's answer (`crate::Error::kind`).
     pub error: &'static str,
 }
 
@@ -86,7 +89,7 @@ impl Default for Metrics {
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
-            "Reconciles that failed, by controller and error kind",
+            "Reconciles that failed, by controller, failed step and error kind",
             reconcile_errors.clone(),
         );
         let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
@@ -197,45 +200,4 @@ impl Metrics {
     pub fn reconciles_of(&self, controller: &'static str) -> u64 {
         self.reconciles.get_or_create(&ControllerLabels { controller }).get()
     }
-}
-
-/// Runs one reconcile of `controller` inside a tracing span, counting it and timing it.
-pub async fn instrumented<T>(
-    metrics: &Metrics,
-    controller: &'static str,
-    span: tracing::Span,
-    reconcile: impl std::future::Future<Output = T>,
-) -> T {
-    let labels = ControllerLabels { controller };
-    metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let result = tracing::Instrument::instrument(reconcile, span).await;
-    metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    result
-}
-
-/// Consecutive reconcile failures per object, for the error policy's backoff.
-#[derive(Default)]
-pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
-
-impl Failures {
-    /// Counts a failure of `key`, or forgets its failures after a success.
-    pub fn record(&self, key: String, succeeded: bool) {
-        let mut m = self.0.lock().expect("lock");
-        if succeeded {
-            m.remove(&key);
-        } else {
-            *m.entry(key).or_default() += 1;
-        }
-    }
-
-    /// The requeue delay after the latest failure of `key`.
-    pub fn backoff(&self, key: &str) -> std::time::Duration {
-        backoff_after(self.0.lock().expect("lock").get(key).copied().unwrap_or(1))
-    }
-}
-
-/// 1 s after the first failure, doubling up to 5 minutes.
-pub fn backoff_after(failures: u32) -> std::time::Duration {
-    std::time::Duration::from_millis(500 * 2u64.pow(failures.clamp(1, 9))).min(std::time::Duration::from_secs(300))
 }

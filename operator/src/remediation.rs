@@ -15,16 +15,16 @@ use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use switchboard_crds::{Meeting, SfuPool};
 use switchboard_fleet::health::Fault;
 use tokio::time::Instant;
 
-use crate::health::{Caches, FAILED_NODE_TAINT};
+use crate::caches::{Caches, FAILED_NODE_TAINT};
 use crate::labels::*;
-use crate::meeting::ledger::Ledger;
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::seats::Ledger;
 use crate::sfu_pool::build;
 
 /// How often every pod is judged: the detection delay after a threshold.
@@ -36,13 +36,12 @@ const RETRIGGER: Duration = Duration::from_secs(3);
 const CORDON_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Detector {
-    pub client: Client,
-    pub caches: Caches,
-    pub pools: Store<SfuPool>,
-    pub metrics: Metrics,
-    pub events: crate::events::Queue,
-    pub meetings: UnboundedSender<ObjectRef<Meeting>>,
-    pub pools_to_plan: UnboundedSender<ObjectRef<SfuPool>>,
+    client: Client,
+    caches: Caches,
+    metrics: Metrics,
+    events: crate::events::Queue,
+    meetings: UnboundedSender<ObjectRef<Meeting>>,
+    pools_to_plan: UnboundedSender<ObjectRef<SfuPool>>,
 }
 
 struct Seen {
@@ -63,6 +62,31 @@ struct State {
 }
 
 impl Detector {
+    /// A detector telling `meetings` which meetings to move and `pools_to_plan`
+    /// which pools to re-plan.
+    pub fn new(
+        client: &Client,
+        config: &crate::OperatorConfig,
+        caches: Caches,
+        metrics: Metrics,
+        meetings: UnboundedSender<ObjectRef<Meeting>>,
+        pools_to_plan: UnboundedSender<ObjectRef<SfuPool>>,
+    ) -> Self {
+        let reporter = kube::runtime::events::Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(config.identity.clone()),
+        };
+        let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+        Self {
+            client: client.clone(),
+            caches,
+            metrics,
+            events: crate::events::Queue::start(recorder),
+            meetings,
+            pools_to_plan,
+        }
+    }
+
     /// Runs until `stop` resolves.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
@@ -71,7 +95,7 @@ impl Detector {
             let _ = self.caches.pods.wait_until_ready().await;
             let _ = self.caches.leases.wait_until_ready().await;
             let _ = self.caches.nodes.wait_until_ready().await;
-            let _ = self.pools.wait_until_ready().await;
+            let _ = self.caches.pools.wait_until_ready().await;
         };
         tokio::select! {
             _ = ready => {}
@@ -108,7 +132,7 @@ impl Detector {
             let (Some(ns), Some(pool_name)) = (pod.namespace(), pod.labels().get(POOL_LABEL).cloned()) else {
                 continue;
             };
-            let Some(pool) = self.pools.get(&ObjectRef::new(&pool_name).within(&ns)) else { continue };
+            let Some(pool) = self.caches.pools.get(&ObjectRef::new(&pool_name).within(&ns)) else { continue };
             if !build::owned_by(&pod, &pool) {
                 continue;
             }

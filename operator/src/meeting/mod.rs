@@ -6,7 +6,6 @@
 //! applies everything in `status` but `participants`, which signaling owns
 //! (`switchboard-signaling`). Server-side apply keeps the two apart.
 
-pub mod ledger;
 pub mod room_codes;
 
 use std::collections::HashMap;
@@ -31,13 +30,14 @@ use switchboard_heartbeat::SfuState;
 use switchboard_placement::lifecycle::{self, Hold, Phase};
 use switchboard_placement::place::{self, Candidate, Share, Shortfall};
 
+use crate::caches::Caches;
 use crate::conditions::{condition, same};
-use crate::health::Caches;
+use crate::error::Step;
 use crate::labels::*;
 use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PhaseLabels, PlacementLabels, ReasonLabels};
+use crate::seats::{Book, Ledger, Seats};
 use crate::sfu_pool::build;
 use crate::{Error, OperatorConfig, Result};
-use ledger::{Book, Ledger, Seats};
 use room_codes::RoomCodes;
 
 const CONTROLLER: &str = "meeting";
@@ -104,13 +104,6 @@ fn placed_recently(ctx: &Context, m: &Meeting) -> bool {
         .is_some_and(|at| at.elapsed() < PLACEMENT_CACHE_GRACE)
 }
 
-/// The caches the controller shares with the SfuPool controller.
-pub struct Shared {
-    pub meetings: Store<Meeting>,
-    pub pools: Store<SfuPool>,
-    pub caches: Caches,
-}
-
 fn key(m: &Meeting) -> String {
     format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())
 }
@@ -122,7 +115,7 @@ pub async fn run(
     config: OperatorConfig,
     metrics: Metrics,
     meeting_events: impl futures::Stream<Item = Arc<Meeting>> + Send + 'static,
-    shared: Shared,
+    caches: Caches,
     pool_trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<SfuPool>>,
     faults: impl futures::Stream<Item = ObjectRef<Meeting>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -142,14 +135,14 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter.clone()),
         events: crate::events::Queue::start(Recorder::new(client.clone(), reporter)),
-        book: Book::new(client.clone(), shared.caches.pods.clone()),
+        book: Book::new(client.clone(), caches.pods.clone()),
         codes,
         client,
         config,
         metrics,
-        meetings: shared.meetings.clone(),
-        pools: shared.pools,
-        caches: shared.caches,
+        meetings: caches.meetings.clone(),
+        pools: caches.pools.clone(),
+        caches: caches.clone(),
         signaling: signaling_store,
         pool_trigger,
         memory: Mutex::default(),
@@ -160,7 +153,7 @@ pub async fn run(
     let _ = ctx.pools.wait_until_ready().await;
 
     // A pool that changes (new Ready pods, a new max) may unblock meetings waiting on it.
-    let store = shared.meetings.clone();
+    let store = caches.meetings.clone();
     let pool_to_meetings = move |pool: SfuPool| {
         let ns = pool.namespace().unwrap_or_default();
         store
@@ -170,7 +163,7 @@ pub async fn run(
             .map(|m| ObjectRef::from_obj(&*m))
             .collect::<Vec<_>>()
     };
-    let controller = Controller::for_shared_stream(meeting_events, shared.meetings)
+    let controller = Controller::for_shared_stream(meeting_events, caches.meetings.clone())
         // Unbounded here: `Context::admission` bounds it, first come first served.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .watches(pools, watcher::Config::default(), pool_to_meetings)
@@ -224,7 +217,7 @@ async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
 fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
+        .get_or_create(&ErrorLabels { controller: CONTROLLER, step: error.step(), error: error.kind() })
         .inc();
     let failures = ctx.memory.lock().expect("lock").get(&key(&meeting)).map_or(1, |m| m.failures.max(1));
     let backoff = Duration::from_millis(250 * 2u64.pow(failures.min(9))).min(Duration::from_secs(120));
@@ -406,20 +399,6 @@ fn pool_taken(ctx: &Context, pool: &SfuPool) -> u64 {
         .sum()
 }
 
-/// Participants other meetings hold as reservations in a pool.
-pub fn pool_reserved(meetings: &Store<Meeting>, namespace: &str, pool: &str, except: Option<&str>) -> u64 {
-    meetings
-        .state()
-        .iter()
-        .filter(|m| m.namespace().as_deref() == Some(namespace) && Some(m.name_any().as_str()) != except)
-        .filter_map(|m| m.status.as_ref())
-        .filter(|s| s.assignment.is_none() && matches!(s.phase, Some(MeetingPhase::Scheduled | MeetingPhase::Waiting)))
-        .filter_map(|s| s.reservation.as_ref())
-        .filter(|r| r.pool == pool)
-        .map(|r| r.participants.max(0) as u64)
-        .sum()
-}
-
 fn timing(m: &Meeting, pool: Option<&SfuPool>) -> lifecycle::Timing {
     let pre = pool.map(|p| p.spec.pre_provisioning.clone()).unwrap_or_default();
     lifecycle::Timing {
@@ -490,7 +469,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
             match memo {
                 Some(code) => code,
                 None => {
-                    let code = ctx.codes.next().await?;
+                    let code = ctx.codes.next().await.observing("a room code")?;
                     ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = Some(code.clone());
                     code
                 }
@@ -594,7 +573,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
                 .unwrap_or(start);
             let reservation = Reservation { pool: pool.name_any(), participants: expected as i32, from: Time(from) };
             let headroom = pool_maximum(pool).saturating_sub(
-                pool_taken(ctx, pool) + pool_reserved(&ctx.meetings, &ns, &pool.name_any(), Some(&name)),
+                pool_taken(ctx, pool) + crate::seats::pool_reserved(&ctx.meetings, &ns, &pool.name_any(), Some(&name)),
             );
             if headroom >= expected {
                 conditions.push(condition(
@@ -868,7 +847,7 @@ async fn reconcile_meeting(m: &Meeting, ctx: &Context) -> Result<Action> {
         match api.delete(&name, &params).await {
             Ok(_) => tracing::info!(meeting = %key(m), "deleted after its TTL"),
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e).applying("deletion of the Meeting after its TTL"),
         }
         return Ok(Action::await_change());
     }
@@ -898,7 +877,8 @@ fn best_pool(ctx: &Context, pools: &[Arc<SfuPool>], except: &str) -> Option<Arc<
         .iter()
         .max_by_key(|p| {
             let ns = p.namespace().unwrap_or_default();
-            let committed = pool_taken(ctx, p) + pool_reserved(&ctx.meetings, &ns, &p.name_any(), Some(except));
+            let committed =
+                pool_taken(ctx, p) + crate::seats::pool_reserved(&ctx.meetings, &ns, &p.name_any(), Some(except));
             (pool_maximum(p).saturating_sub(committed), std::cmp::Reverse(p.name_any()))
         })
         .cloned()
@@ -1160,7 +1140,9 @@ async fn write_status(
     if !same_status(current, &next) {
         let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
         let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "status": next});
-        api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        api.patch_status(&m.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .writing_status()?;
         ctx.memory.lock().expect("lock").entry(key(m)).or_default().room_code = None;
     }
     // Events go out in the background: they must not hold up the next placement.

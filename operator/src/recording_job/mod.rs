@@ -15,27 +15,31 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::meeting::{Meeting, MeetingPhase, RecordingMode};
 use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, RecordingPhase, Storage};
 
 use crate::conditions::same;
+use crate::controller::{Backoff, Harness};
+use crate::error::Step;
 use crate::labels::FIELD_MANAGER;
-use crate::metrics::{ErrorLabels, Failures, Metrics};
+use crate::metrics::Metrics;
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "recordingjob";
+/// RecordingJobs reconciled at the same time.
+const RECONCILE_CONCURRENCY: usize = 16;
+const BACKOFF: Backoff = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(300) };
 
 pub struct Context {
+    harness: Arc<Harness>,
     client: Client,
-    recorder: Recorder,
-    metrics: Metrics,
     config: OperatorConfig,
-    failures: Failures,
+    recordings: Store<RecordingJob>,
 }
 
 fn key(r: &impl ResourceExt) -> String {
@@ -56,15 +60,7 @@ pub async fn run(
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter =
-        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        metrics,
-        config,
-        failures: Failures::default(),
-    });
+    let harness = Arc::new(Harness::new(CONTROLLER, client.clone(), &config, metrics, RECONCILE_CONCURRENCY, BACKOFF));
     let owned =
         watcher::Config::default().labels(&format!("{}={}", crate::labels::COMPONENT_LABEL, build::RECORDER_COMPONENT));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -75,9 +71,12 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let recording_controller = Controller::new(recordings, watcher::Config::default())
+    let controller = Controller::new(recordings, watcher::Config::default());
+    let ctx = Arc::new(Context { recordings: controller.store(), harness: harness.clone(), client, config });
+    let recording_controller = controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .owns(jobs, owned)
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .graceful_shutdown_on(harness.close_on(stopped(stop_rx.clone())))
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -96,33 +95,19 @@ pub async fn run(
 }
 
 async fn reconcile(rj: Arc<RecordingJob>, ctx: Arc<Context>) -> Result<Action> {
-    let result = crate::metrics::instrumented(
-        &ctx.metrics,
-        CONTROLLER,
-        tracing::info_span!("reconcile", controller = CONTROLLER, recording = %key(rj.as_ref())),
-        reconcile_recording(&rj, &ctx),
-    )
-    .await;
-    ctx.failures.record(key(rj.as_ref()), result.is_ok());
-    result
+    let c = &ctx;
+    ctx.harness.reconcile(&ctx.recordings, &rj, |rj| async move { reconcile_recording(&rj, c).await }).await
 }
 
 fn error_policy(rj: Arc<RecordingJob>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
-        .inc();
-    let backoff = ctx.failures.backoff(&key(rj.as_ref()));
-    tracing::warn!(recording = %key(rj.as_ref()), error = %error, ?backoff, "reconcile failed; retrying");
+    let (requeue, _) = ctx.harness.requeue_after(rj.as_ref(), error);
     let message = error.to_string();
-    tokio::spawn(async move {
-        publish(&ctx, &rj, EventType::Warning, "ReconcileFailed", &message).await;
-    });
-    Action::requeue(backoff)
+    tokio::spawn(async move { publish(&ctx, &rj, EventType::Warning, "ReconcileFailed", &message).await });
+    requeue
 }
 
 async fn publish(ctx: &Context, rj: &RecordingJob, type_: EventType, reason: &str, note: &str) {
-    crate::events::publish(&ctx.recorder, &rj.object_ref(&()), type_, reason, note).await;
+    ctx.harness.publish(rj, type_, reason, note).await;
 }
 
 async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action> {
@@ -137,17 +122,26 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
     }
     if build::wants_finalizer(rj) && !has_finalizer {
         let patch = json!({"metadata": {"finalizers": [build::FILES_FINALIZER]}});
-        recordings.patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        recordings
+            .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .applying("RecordingJob finalizer")?;
         return Ok(Action::await_change());
     }
     let previous_phase = rj.status.as_ref().and_then(|s| s.phase);
-    let mut job = jobs.get_opt(&build::job_name(rj)).await?;
+    let mut job = jobs.get_opt(&build::job_name(rj)).await.observing("recorder Job")?;
     let mut invalid = None;
     if job.is_none() && !matches!(previous_phase, Some(RecordingPhase::Failed | RecordingPhase::Ready)) {
         // Dereference and validate before anything is made.
-        let meeting = Api::<Meeting>::namespaced(c.clone(), &ns).get_opt(&rj.spec.meeting_ref.name).await?;
+        let meeting =
+            Api::<Meeting>::namespaced(c.clone(), &ns).get_opt(&rj.spec.meeting_ref.name).await.observing("Meeting")?;
         let pvc = match &rj.spec.storage.pvc {
-            Some(p) => Some(Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns).get_opt(&p.claim_name).await?),
+            Some(p) => Some(
+                Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                    .get_opt(&p.claim_name)
+                    .await
+                    .observing("PersistentVolumeClaim")?,
+            ),
             None => None,
         };
         match build::validate(rj, meeting.as_ref(), pvc.as_ref().map(|p| p.as_ref())) {
@@ -155,16 +149,19 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
                 let params = PatchParams::apply(FIELD_MANAGER).force();
                 Api::<ServiceAccount>::namespaced(c.clone(), &ns)
                     .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::service_account(&ns)))
-                    .await?;
+                    .await
+                    .applying("recorder ServiceAccount")?;
                 Api::<RoleBinding>::namespaced(c.clone(), &ns)
                     .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::role_binding(&ns)))
-                    .await?;
+                    .await
+                    .applying("recorder RoleBinding")?;
                 let created = jobs
                     .create(
                         &PostParams::default(),
                         &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, false),
                     )
-                    .await?;
+                    .await
+                    .applying("recorder Job")?;
                 publish(
                     ctx,
                     rj,
@@ -220,7 +217,8 @@ async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action>
         let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": status});
         recordings
             .patch_status(&rj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
+            .await
+            .writing_status()?;
     }
     Ok(match status.phase {
         Some(RecordingPhase::Ready | RecordingPhase::Failed) => Action::await_change(),
@@ -236,17 +234,23 @@ async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Resul
     let ns = rj.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let background = DeleteParams::background();
-    if jobs.get_opt(&build::job_name(rj)).await?.is_some_and(|j| j.metadata.deletion_timestamp.is_none()) {
-        jobs.delete(&build::job_name(rj), &background).await?;
+    if jobs
+        .get_opt(&build::job_name(rj))
+        .await
+        .observing("recorder Job")?
+        .is_some_and(|j| j.metadata.deletion_timestamp.is_none())
+    {
+        jobs.delete(&build::job_name(rj), &background).await.applying("deletion of the recorder Job")?;
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let done = match jobs.get_opt(&build::cleanup_job_name(rj)).await? {
+    let done = match jobs.get_opt(&build::cleanup_job_name(rj)).await.observing("file deletion Job")? {
         None => {
             jobs.create(
                 &PostParams::default(),
                 &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, true),
             )
-            .await?;
+            .await
+            .applying("file deletion Job")?;
             publish(ctx, rj, EventType::Normal, "DeletingFiles", "retention is Delete: removing the recording's files")
                 .await;
             false
@@ -271,7 +275,8 @@ async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Resul
     let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": rj.resource_version()}});
     Api::<RecordingJob>::namespaced(ctx.client.clone(), &ns)
         .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+        .await
+        .applying("RecordingJob finalizer")?;
     Ok(Action::await_change())
 }
 
@@ -314,6 +319,6 @@ async fn auto_record(m: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
             Ok(Action::await_change())
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Action::await_change()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e).applying("automatic RecordingJob"),
     }
 }

@@ -17,26 +17,25 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::sfu_pool::{AutoscalingMode, Load, PlacementStrategy, PodSummary, SfuPodState};
-use switchboard_crds::{Meeting, SfuPool, SfuPoolStatus};
+use switchboard_crds::{SfuPool, SfuPoolStatus};
 use switchboard_fleet as fleet;
 use switchboard_heartbeat::{Observed, SfuState};
-use tokio::time::Instant;
 
+use crate::caches::{Caches, Expectations};
 use crate::conditions::{condition, same};
-use crate::health::Caches;
+use crate::controller::{Backoff, Harness};
+use crate::error::Step;
 use crate::labels::*;
-use crate::metrics::{ControllerLabels, ErrorLabels, Metrics, PodActionLabels, PoolLabels, ResultLabels};
+use crate::metrics::{Metrics, PodActionLabels, PoolLabels, ResultLabels};
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "sfupool";
-/// Field manager of the failure condition (see `report_failure`).
-const FAILURE_FIELD_MANAGER: &str = "switchboard-operator-failures";
+const BACKOFF: Backoff = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(300) };
 /// Pools reconciled at the same time; the rest wait their turn in arrival order
 /// (`crate::admission`).
 const RECONCILE_CONCURRENCY: usize = 16;
@@ -54,103 +53,47 @@ struct PoolMemory {
     scale: fleet::ScaleMemory,
     /// Generation whose child objects (ServiceAccount, RoleBinding, Service, PDB) were applied.
     children_applied: Option<i64>,
-    /// Pods created or deleted whose watch event has not arrived yet.
-    expected_created: Vec<(String, Instant)>,
-    expected_deleted: Vec<(String, Instant)>,
-    failures: u32,
+}
+
+/// A pod write of ours the pod cache has not shown yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PodWrite {
+    Created(String),
+    Deleted(String),
 }
 
 pub struct Context {
-    pub client: Client,
-    pub config: OperatorConfig,
-    pub metrics: Metrics,
-    pools: Store<SfuPool>,
+    harness: Arc<Harness>,
+    config: OperatorConfig,
     caches: Caches,
-    meetings: Store<Meeting>,
-    recorder: Recorder,
     memory: Mutex<HashMap<String, PoolMemory>>,
-    admission: crate::admission::Admission,
+    /// Pods created or deleted whose watch event has not arrived yet.
+    expected: Expectations<PodWrite>,
 }
 
 fn key(pool: &SfuPool) -> String {
     format!("{}/{}", pool.namespace().unwrap_or_default(), pool.name_any())
 }
 
-/// The watches of SFU pods, heartbeat Leases and node metadata, shared with the
-/// Meeting controller (one cache each, not one per controller).
-pub struct Watches {
-    pub pods: Store<Pod>,
-    pub leases: Store<Lease>,
-    pub nodes: Store<Node>,
-    pod_stream: futures::stream::BoxStream<'static, Result<Pod, watcher::Error>>,
-    lease_stream: futures::stream::BoxStream<'static, Result<Lease, watcher::Error>>,
-    node_stream: futures::stream::BoxStream<'static, Result<Node, watcher::Error>>,
-}
-
-impl Watches {
-    pub fn new(client: &Client, config: &OperatorConfig) -> Self {
-        let (pods, leases): (Api<Pod>, Api<Lease>) = match &config.watch_namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        let nodes: Api<Node> = Api::all(client.clone());
-
-        let (pod_store, pod_writer) = reflector::store();
-        let pod_stream = watcher(pods, watcher::Config::default().labels(&sfu_pods_selector()))
-            .default_backoff()
-            .modify(|p: &mut Pod| p.managed_fields_mut().clear())
-            .reflect(pod_writer)
-            .touched_objects()
-            .boxed();
-
-        let (lease_store, lease_writer) = reflector::store();
-        let lease_stream = watcher(leases, watcher::Config::default().labels(POOL_LABEL))
-            .default_backoff()
-            .modify(|l: &mut Lease| l.managed_fields_mut().clear())
-            .reflect(lease_writer)
-            .touched_objects()
-            .boxed();
-
-        let (node_store, node_writer) = reflector::store();
-        // Full nodes: readiness and cordons are in spec and status (images stripped).
-        let node_stream = watcher(nodes, watcher::Config::default())
-            .default_backoff()
-            .modify(crate::health::slim_node)
-            .reflect(node_writer)
-            .touched_objects()
-            .boxed();
-        Self { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream }
-    }
-}
-
 /// Runs the controller until `shutdown` resolves (in-flight reconciles finish).
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     metrics: Metrics,
-    watches: Watches,
-    pool_stream: impl futures::Stream<Item = Result<SfuPool, watcher::Error>> + Send + 'static,
-    pool_store: Store<SfuPool>,
-    meetings: Store<Meeting>,
+    caches: Caches,
+    changes: crate::caches::PoolChanges,
     triggers: impl futures::Stream<Item = ObjectRef<SfuPool>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Watches { pods: pod_store, leases: lease_store, nodes: node_store, pod_stream, lease_stream, node_stream } =
-        watches;
-    let controller = Controller::for_stream(pool_stream, pool_store);
-    let reporter =
-        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
+    let harness = Arc::new(Harness::new(CONTROLLER, client, &config, metrics, RECONCILE_CONCURRENCY, BACKOFF));
+    let controller = Controller::for_stream(changes.pools, caches.pools.clone());
+    let (lease_store, pod_store) = (caches.leases.clone(), caches.pods.clone());
     let ctx = Arc::new(Context {
-        pools: controller.store(),
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
+        harness: harness.clone(),
         config,
-        metrics,
-        caches: Caches { pods: pod_store.clone(), leases: lease_store.clone(), nodes: node_store },
-        meetings,
+        caches,
         memory: Mutex::default(),
-        admission: crate::admission::Admission::new(RECONCILE_CONCURRENCY),
+        expected: Expectations::new(EXPECTATION_TIMEOUT),
     });
 
     // A renewal that changes nothing but renewTime triggers nothing.
@@ -187,7 +130,7 @@ pub async fn run(
     let last_nodes: Mutex<HashMap<String, fleet::health::NodeView>> = Mutex::default();
     let node_to_pools = move |node: Node| {
         let name = node.name_any();
-        let view = crate::health::node_view(&node);
+        let view = crate::caches::node_view(&node);
         let changed = last_nodes.lock().expect("lock").insert(name.clone(), view.clone()) != Some(view);
         if !changed {
             return Vec::new();
@@ -211,12 +154,12 @@ pub async fn run(
             // one reconcile (and one status write) can cover them all.
             kube::runtime::controller::Config::default().concurrency(0).debounce(Duration::from_millis(300)),
         )
-        .owns_stream(pod_stream)
-        .watches_stream(lease_stream, lease_to_pool)
-        .watches_stream(node_stream, node_to_pools)
+        .owns_stream(changes.pods)
+        .watches_stream(changes.leases, lease_to_pool)
+        .watches_stream(changes.nodes, node_to_pools)
         // Reservations of scheduled meetings changed.
         .reconcile_on(triggers)
-        .graceful_shutdown_on(ctx.admission.close_on(shutdown))
+        .graceful_shutdown_on(harness.close_on(shutdown))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -227,63 +170,32 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SfuPool>, ctx: Arc<Context>) -> Result<Action> {
-    let Some((_turn, pool)) = ctx.admission.admit_latest(&ctx.pools, &pool).await else {
-        return Ok(Action::await_change());
-    };
-    let labels = ControllerLabels { controller: CONTROLLER };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let started = std::time::Instant::now();
-    let span = tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool));
-    // Boxed: a reconcile waiting for its turn stays small.
-    let result = Box::pin(tracing::Instrument::instrument(reconcile_pool(&pool, &ctx), span)).await;
-    ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    let mut memory = ctx.memory.lock().expect("lock");
+    let c = &ctx;
+    let result =
+        ctx.harness.reconcile(&ctx.caches.pools, &pool, |pool| async move { reconcile_pool(&pool, c).await }).await;
     // Drop the memory of pools that are gone.
-    if memory.len() > ctx.pools.len() {
-        memory.retain(|k, _| {
+    let mut memory = ctx.memory.lock().expect("lock");
+    if memory.len() > ctx.caches.pools.len() {
+        let exists = |k: &str| {
             let (ns, name) = k.split_once('/').unwrap_or_default();
-            ctx.pools.get(&ObjectRef::new(name).within(ns)).is_some()
-        });
-    }
-    let entry = memory.entry(key(&pool)).or_default();
-    match &result {
-        Ok(_) => entry.failures = 0,
-        Err(_) => entry.failures += 1,
+            ctx.caches.pools.get(&ObjectRef::new(name).within(ns)).is_some()
+        };
+        memory.retain(|k, _| exists(k));
+        ctx.expected.retain_keys(exists);
     }
     result
 }
 
 fn error_policy(pool: Arc<SfuPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
-        .inc();
-    let failures = ctx.memory.lock().expect("lock").get(&key(&pool)).map_or(1, |m| m.failures.max(1));
-    let backoff = crate::metrics::backoff_after(failures);
-    tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
-    // Report where a user looks: an Event and the Ready condition.
-    let ctx2 = ctx.clone();
-    let message = error.to_string();
-    tokio::spawn(async move {
-        publish(&ctx2, &pool, EventType::Warning, "ReconcileFailed", &message).await;
-        let _ = report_failure(&ctx2, &pool, "ReconcileFailed", message).await;
-    });
-    Action::requeue(backoff)
-}
-
-/// Sets `ReconcileSucceeded=False` with the reason, leaving the rest of the status alone:
-/// a field manager of its own, because a server-side apply of only this condition
-/// by the main manager would drop every other status field it owns.
-async fn report_failure(ctx: &Context, pool: &SfuPool, reason: &str, message: String) -> kube::Result<SfuPool> {
-    let api: Api<SfuPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let (requeue, _) = ctx.harness.requeue_after(pool.as_ref(), error);
+    // Report where a user looks: an Event and the ReconcileSucceeded condition.
     let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let cond = condition(&previous, "ReconcileSucceeded", false, reason, message, pool.metadata.generation);
-    let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": {"conditions": [cond]}});
-    api.patch_status(&pool.name_any(), &PatchParams::apply(FAILURE_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+    ctx.harness.report_in_background(pool, previous, error);
+    requeue
 }
 
 async fn publish(ctx: &Context, pool: &SfuPool, type_: EventType, reason: &str, note: &str) {
-    crate::events::publish(&ctx.recorder, &pool.object_ref(&()), type_, reason, note).await;
+    ctx.harness.publish(pool, type_, reason, note).await;
 }
 
 fn policy(pool: &SfuPool, hash: &str, ctx: &Context) -> fleet::Policy {
@@ -324,14 +236,15 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    let pools: Api<SfuPool> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pools: Api<SfuPool> = Api::namespaced(ctx.harness.client.clone(), &namespace);
 
     // Validate (pure).
     let valid = match build::validate(pool) {
         Ok(v) => v,
         Err(reason) => {
             publish(ctx, pool, EventType::Warning, "InvalidSpec", &reason).await;
-            report_failure(ctx, pool, "InvalidSpec", reason).await?;
+            let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            ctx.harness.report_failure(pool, &previous, "InvalidSpec", reason).await.writing_status()?;
             return Ok(Action::await_change());
         }
     };
@@ -365,29 +278,27 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     let by_name: HashMap<String, &Arc<Pod>> = live.iter().map(|p| (p.name_any(), *p)).collect();
 
     // Wait for the cache to show what we did last time (no double creations).
-    let settled = {
-        let mut memory = ctx.memory.lock().expect("lock");
-        let m = memory.entry(key(pool)).or_default();
-        m.expected_created
-            .retain(|(n, at)| at.elapsed() < EXPECTATION_TIMEOUT && !pods.iter().any(|p| p.name_any() == *n));
-        m.expected_deleted.retain(|(n, at)| {
-            at.elapsed() < EXPECTATION_TIMEOUT && live.iter().any(|p| p.metadata.name.as_ref() == Some(n))
-        });
-        m.expected_created.is_empty() && m.expected_deleted.is_empty()
-    };
+    let now_instant = std::time::Instant::now();
+    let settled = ctx
+        .expected
+        .pending(&key(pool), now_instant, |w| match w {
+            PodWrite::Created(n) => pods.iter().any(|p| p.name_any() == *n),
+            PodWrite::Deleted(n) => !live.iter().any(|p| p.metadata.name.as_ref() == Some(n)),
+        })
+        .is_empty();
     if !settled {
         return Ok(Action::requeue(Duration::from_millis(250)));
     }
 
     // Plan (pure). Reservations: scheduled meetings due soon that hold no seats yet.
-    let reserved = crate::meeting::pool_reserved(&ctx.meetings, &namespace, &name, None);
+    let reserved = crate::seats::pool_reserved(&ctx.caches.meetings, &namespace, &name, None);
     let now = jiff::Timestamp::now();
     let mut fault_recheck: Option<Duration> = None;
     let views: Vec<fleet::PodView> = live
         .iter()
         .map(|p| {
             let (mut view, verdict) = ctx.caches.judge(pool, p, beats.get(&p.name_any()), now);
-            view.allocated = crate::meeting::ledger::Ledger::of(p).total();
+            view.allocated = crate::seats::Ledger::of(p).total();
             fault_recheck = match (fault_recheck, verdict.recheck_after) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -403,10 +314,13 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     };
 
     // Apply.
-    let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pod_api: Api<Pod> = Api::namespaced(ctx.harness.client.clone(), &namespace);
     if let Some(replicas) = plan.write_spec_replicas {
         let from = pool.spec.replicas.unwrap_or(0);
-        pools.patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": replicas}}))).await?;
+        pools
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": replicas}})))
+            .await
+            .applying(format!("SfuPool {name} spec.replicas"))?;
         let (reason, what) = if replicas as i32 > from { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
         let note = format!(
             "scaled {what} from {from} to {replicas} pods: {} participants allocated, capacity {} per pod",
@@ -439,15 +353,11 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     if let Some(e) = create_error {
         // Remember what did get created before retrying the rest.
-        let at = Instant::now();
-        ctx.memory
-            .lock()
-            .expect("lock")
-            .entry(key(pool))
-            .or_default()
-            .expected_created
-            .extend(created.into_iter().map(|n| (n, at)));
-        return Err(e.into());
+        let at = std::time::Instant::now();
+        for n in created {
+            ctx.expected.expect(&key(pool), PodWrite::Created(n), at);
+        }
+        return Err(e).applying("SFU Pod");
     }
     // Busy pods: not evictable by the cluster autoscaler, covered by the PDB. Labels go
     // first, so that an emptied pod's eviction below is no longer held by the PDB.
@@ -463,7 +373,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             });
             match pod_api.patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e).applying(format!("Pod {}", p.name)),
             }
         }
     }
@@ -476,7 +386,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         match pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e).applying(format!("Pod {pod_name} drain annotation")),
         }
         let note = match fault {
             None => {
@@ -533,14 +443,14 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
             // The disruption budget holds it (its busy label has not caught up yet).
             Err(kube::Error::Api(s)) if s.code == 429 => {
-                ctx.metrics.evictions.get_or_create(&ResultLabels { result: "blocked" }).inc();
+                ctx.harness.metrics.evictions.get_or_create(&ResultLabels { result: "blocked" }).inc();
                 blocked_evictions = true;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e).applying(format!("deletion of Pod {pod_name}")),
         }
         if evict {
-            ctx.metrics.evictions.get_or_create(&ResultLabels { result: "evicted" }).inc();
+            ctx.harness.metrics.evictions.get_or_create(&ResultLabels { result: "evicted" }).inc();
         }
         deleted.push(pod_name.clone());
         count(ctx, "delete", label);
@@ -549,15 +459,18 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
     }
     for pod_name in &plan.cancel_drain {
         let patch = json!({"metadata": {"annotations": {DRAINING_ANNOTATION: null, DRAIN_REASON_ANNOTATION: null}}});
-        pod_api.patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        pod_api
+            .patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .applying(format!("Pod {pod_name}"))?;
         count(ctx, "undrain", "ScaleUp");
     }
-    {
-        let mut memory = ctx.memory.lock().expect("lock");
-        let m = memory.entry(key(pool)).or_default();
-        let at = Instant::now();
-        m.expected_created.extend(created.into_iter().map(|n| (n, at)));
-        m.expected_deleted.extend(deleted.into_iter().map(|n| (n, at)));
+    let at = std::time::Instant::now();
+    for n in created {
+        ctx.expected.expect(&key(pool), PodWrite::Created(n), at);
+    }
+    for n in deleted {
+        ctx.expected.expect(&key(pool), PodWrite::Deleted(n), at);
     }
 
     // Status.
@@ -569,7 +482,10 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         let was_available = current.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
         let now_available = status.conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
         let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "status": status});
-        pools.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        pools
+            .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .writing_status()?;
         if now_available && !was_available {
             let note = format!("{} of {} SFU pods Ready", status.ready_replicas, plan.desired);
             publish(ctx, pool, EventType::Normal, "Available", &note).await;
@@ -606,29 +522,33 @@ fn summarize(names: &[String]) -> String {
 }
 
 fn count(ctx: &Context, action: &'static str, reason: &'static str) {
-    ctx.metrics.sfu_pod_actions.get_or_create(&PodActionLabels { action, reason }).inc();
+    ctx.harness.metrics.sfu_pod_actions.get_or_create(&PodActionLabels { action, reason }).inc();
 }
 
 async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let ns = &v.namespace;
-    let c = &ctx.client;
+    let c = &ctx.harness.client;
     let sa = build::service_account(v);
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(c.clone(), ns)
         .patch(&sa.name_any(), &params, &Patch::Apply(&sa))
-        .await?;
+        .await
+        .applying(format!("ServiceAccount {}", sa.name_any()))?;
     let rb = build::role_binding(v);
     Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(c.clone(), ns)
         .patch(&rb.name_any(), &params, &Patch::Apply(&rb))
-        .await?;
+        .await
+        .applying(format!("RoleBinding {}", rb.name_any()))?;
     let svc = build::headless_service(v);
     Api::<k8s_openapi::api::core::v1::Service>::namespaced(c.clone(), ns)
         .patch(&svc.name_any(), &params, &Patch::Apply(&svc))
-        .await?;
+        .await
+        .applying(format!("Service {}", svc.name_any()))?;
     let pdb = build::disruption_budget(v);
     Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(c.clone(), ns)
         .patch(&pdb.name_any(), &params, &Patch::Apply(&pdb))
-        .await?;
+        .await
+        .applying(format!("PodDisruptionBudget {}", pdb.name_any()))?;
     Ok(())
 }
 
@@ -748,8 +668,8 @@ fn same_status(a: &SfuPoolStatus, b: &SfuPoolStatus) -> bool {
 
 fn update_metrics(ctx: &Context, namespace: &str, name: &str, plan: &fleet::Plan) {
     let labels = PoolLabels { namespace: namespace.into(), pool: name.into() };
-    ctx.metrics.pool_ready_pods.get_or_create(&labels).set(plan.count(fleet::PodState::Ready) as i64);
-    ctx.metrics.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
-    ctx.metrics.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
-    ctx.metrics.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
+    ctx.harness.metrics.pool_ready_pods.get_or_create(&labels).set(plan.count(fleet::PodState::Ready) as i64);
+    ctx.harness.metrics.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
+    ctx.harness.metrics.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
+    ctx.harness.metrics.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
 }

@@ -1,5 +1,6 @@
-//! The SignalingPool controller: dereference → validate (pure) → build the children
-//! (pure) → apply them (server-side apply) → status from the Deployment.
+//! The SignalingPool controller: validate (pure) → observe (the Deployment, whose
+//! managed fields say who owns `replicas`) → decide (pure: the children to apply)
+//! → apply (server-side apply) → status (pure, from the Deployment).
 
 pub mod build;
 
@@ -12,32 +13,32 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use switchboard_crds::{SignalingPool, SignalingPoolStatus};
 
 use crate::conditions::{condition, same};
+use crate::controller::{Backoff, Harness};
+use crate::error::Step;
 use crate::labels::FIELD_MANAGER;
-use crate::metrics::{ErrorLabels, Failures, Metrics};
+use crate::metrics::Metrics;
 use crate::{Error, OperatorConfig, Result};
 
 const CONTROLLER: &str = "signalingpool";
-const FAILURE_FIELD_MANAGER: &str = "switchboard-operator-failures";
+/// Pools reconciled at the same time.
+const RECONCILE_CONCURRENCY: usize = 16;
+const BACKOFF: Backoff = Backoff { first: Duration::from_secs(1), max: Duration::from_secs(300) };
+/// A pool is looked at again this often without any change seen (status from its Deployment).
+const RESYNC: Duration = Duration::from_secs(300);
 
 pub struct Context {
-    client: Client,
-    recorder: Recorder,
-    metrics: Metrics,
-    /// Consecutive failures per pool, for the backoff.
-    failures: Failures,
-}
-
-fn key(p: &SignalingPool) -> String {
-    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
+    harness: Arc<Harness>,
+    pools: Store<SignalingPool>,
 }
 
 pub async fn run(
@@ -50,22 +51,18 @@ pub async fn run(
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let reporter =
-        kube::runtime::events::Reporter { controller: FIELD_MANAGER.into(), instance: Some(config.identity.clone()) };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
-        metrics,
-        failures: Failures::default(),
-    });
+    let harness = Arc::new(Harness::new(CONTROLLER, client, &config, metrics, RECONCILE_CONCURRENCY, BACKOFF));
     let owned = watcher::Config::default().labels(&format!(
         "{}={}",
         crate::labels::COMPONENT_LABEL,
         build::SIGNALING_COMPONENT
     ));
-    Controller::new(pools, watcher::Config::default())
+    let controller = Controller::new(pools, watcher::Config::default());
+    let ctx = Arc::new(Context { pools: controller.store(), harness: harness.clone() });
+    controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .owns(deployments, owned)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(harness.close_on(shutdown))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
@@ -76,52 +73,134 @@ pub async fn run(
 }
 
 async fn reconcile(pool: Arc<SignalingPool>, ctx: Arc<Context>) -> Result<Action> {
-    let result = crate::metrics::instrumented(
-        &ctx.metrics,
-        CONTROLLER,
-        tracing::info_span!("reconcile", controller = CONTROLLER, pool = %key(&pool)),
-        pool.reconcile(&ctx),
-    )
-    .await;
-    ctx.failures.record(key(&pool), result.is_ok());
-    result
+    ctx.harness.reconcile(&ctx.pools, &pool, |pool| reconcile_pool(pool, &ctx.harness)).await
 }
 
 fn error_policy(pool: Arc<SignalingPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels { controller: CONTROLLER, error: error.metric_label() })
-        .inc();
-    let backoff = ctx.failures.backoff(&key(&pool));
-    tracing::warn!(pool = %key(&pool), error = %error, ?backoff, "reconcile failed; retrying");
-    let message = error.to_string();
-    tokio::spawn(async move {
-        publish(&ctx, &pool, EventType::Warning, "ReconcileFailed", &message).await;
-        let _ = report_failure(&ctx, &pool, "ReconcileFailed", message).await;
-    });
-    Action::requeue(backoff)
-}
-
-async fn publish(ctx: &Context, pool: &SignalingPool, type_: EventType, reason: &str, note: &str) {
-    crate::events::publish(&ctx.recorder, &pool.object_ref(&()), type_, reason, note).await;
-}
-
-/// `ReconcileSucceeded=False` under a field manager of its own (see the SfuPool controller).
-async fn report_failure(
-    ctx: &Context,
-    pool: &SignalingPool,
-    reason: &str,
-    message: String,
-) -> kube::Result<SignalingPool> {
-    let api: Api<SignalingPool> = Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let (requeue, _) = ctx.harness.requeue_after(pool.as_ref(), error);
     let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let cond = condition(&previous, "ReconcileSucceeded", false, reason, message, pool.metadata.generation);
-    let patch =
-        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "status": {"conditions": [cond]}});
-    api.patch_status(&pool.name_any(), &PatchParams::apply(FAILURE_FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+    ctx.harness.report_in_background(pool, previous, error);
+    requeue
 }
 
-/// Status from the Deployment: replicas, ready replicas, and conditions.
+async fn reconcile_pool(pool: Arc<SignalingPool>, h: &Harness) -> Result<Action> {
+    if pool.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let valid = match build::validate(&pool) {
+        Ok(v) => v,
+        Err(reason) => {
+            h.publish(pool.as_ref(), EventType::Warning, "InvalidSpec", &reason).await;
+            let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+            h.report_failure(pool.as_ref(), &previous, "InvalidSpec", reason).await.writing_status()?;
+            return Ok(Action::await_change());
+        }
+    };
+    let existing = observe(&valid, h).await?;
+    let children = decide(&valid, existing.as_ref());
+    let deployment = apply(&valid, &children, h).await?;
+    let next = status(&pool, Some(&deployment));
+    if status_changed(pool.status.as_ref(), &next) {
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "status": next});
+        Api::<SignalingPool>::namespaced(h.client.clone(), &valid.namespace)
+            .patch_status(&valid.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .writing_status()?;
+    }
+    if let Some(note) = &children.created_note {
+        h.publish(pool.as_ref(), EventType::Normal, "Created", note).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// The pool's Deployment as the API server has it (not cached: its managed fields
+/// say whether anyone else owns `replicas` yet).
+async fn observe(v: &build::ValidSignaling<'_>, h: &Harness) -> Result<Option<Deployment>> {
+    let name = build::object_name(&v.name);
+    Api::<Deployment>::namespaced(h.client.clone(), &v.namespace)
+        .get_opt(&name)
+        .await
+        .observing(format!("Deployment {name}"))
+}
+
+/// What the pool is made of, built from the validated pool and what exists.
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub role_binding: RoleBinding,
+    pub deployment: Deployment,
+    /// The Deployment's first replica count, applied once by the initial manager
+    /// (`build::initial_replicas`) unless another manager already owns `replicas`.
+    pub initial_replicas: serde_json::Value,
+    pub service: Service,
+    pub disruption_budget: PodDisruptionBudget,
+    pub autoscaler: HorizontalPodAutoscaler,
+    /// Set when the Deployment is new: the Event that says what was created.
+    pub created_note: Option<String>,
+}
+
+/// The children to apply (pure).
+pub fn decide(v: &build::ValidSignaling<'_>, existing: Option<&Deployment>) -> Children {
+    let create = existing.is_none();
+    Children {
+        service_account: build::service_account(v),
+        role_binding: build::role_binding(v),
+        deployment: build::deployment(v, create),
+        initial_replicas: build::initial_replicas(v),
+        service: build::service(v),
+        disruption_budget: build::disruption_budget(v),
+        autoscaler: build::autoscaler(v),
+        created_note: create.then(|| {
+            format!(
+                "created Deployment {} with {} replicas, its Service, PodDisruptionBudget and HPA",
+                build::object_name(&v.name),
+                v.pool.spec.autoscaling.min_replicas
+            )
+        }),
+    }
+}
+
+/// Applies the children; the Deployment as written.
+async fn apply(v: &build::ValidSignaling<'_>, c: &Children, h: &Harness) -> Result<Deployment> {
+    let (client, ns, name) = (&h.client, &v.namespace, build::object_name(&v.name));
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let sa = Patch::Apply(&c.service_account);
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .patch(&name, &params, &sa)
+        .await
+        .applying(format!("ServiceAccount {name}"))?;
+    let rb = Patch::Apply(&c.role_binding);
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(&name, &params, &rb)
+        .await
+        .applying(format!("RoleBinding {name}"))?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let what = format!("Deployment {name}");
+    let mut deployment = deployments.patch(&name, &params, &Patch::Apply(&c.deployment)).await.applying(&what)?;
+    // Right after creation (and after a failed first try): until another manager owns
+    // replicas, the initial one takes them, so they stay when ours lets go.
+    if !build::replicas_owned_by_others(&deployment, FIELD_MANAGER) {
+        let initial = PatchParams::apply(build::INITIAL_REPLICAS_MANAGER);
+        deployment = deployments.patch(&name, &initial, &Patch::Apply(&c.initial_replicas)).await.applying(&what)?;
+    }
+    let svc = Patch::Apply(&c.service);
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch(&name, &params, &svc)
+        .await
+        .applying(format!("Service {name}"))?;
+    let pdb = Patch::Apply(&c.disruption_budget);
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+        .patch(&name, &params, &pdb)
+        .await
+        .applying(format!("PodDisruptionBudget {name}"))?;
+    let hpa = Patch::Apply(&c.autoscaler);
+    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
+        .patch(&name, &params, &hpa)
+        .await
+        .applying(format!("HorizontalPodAutoscaler {name}"))?;
+    Ok(deployment)
+}
+
+/// Status from the Deployment: replicas, ready replicas, and conditions (pure).
 pub fn status(pool: &SignalingPool, deployment: Option<&Deployment>) -> SignalingPoolStatus {
     let previous = pool.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
     let generation = pool.metadata.generation;
@@ -158,73 +237,13 @@ pub fn status(pool: &SignalingPool, deployment: Option<&Deployment>) -> Signalin
     }
 }
 
-/// The pool's reconcile, as a method (the CRD type lives in another crate).
-trait Reconcile {
-    async fn reconcile(&self, ctx: &Context) -> Result<Action>;
-}
-
-impl Reconcile for SignalingPool {
-    async fn reconcile(&self, ctx: &Context) -> Result<Action> {
-        if self.metadata.deletion_timestamp.is_some() {
-            return Ok(Action::await_change());
-        }
-        let valid = match build::validate(self) {
-            Ok(v) => v,
-            Err(reason) => {
-                publish(ctx, self, EventType::Warning, "InvalidSpec", &reason).await;
-                report_failure(ctx, self, "InvalidSpec", reason).await?;
-                return Ok(Action::await_change());
-            }
-        };
-        let ns = valid.namespace.clone();
-        let c = &ctx.client;
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns);
-        let name = build::object_name(&valid.name);
-        let existing = deployments.get_opt(&name).await?;
-
-        let sa = build::service_account(&valid);
-        Api::<ServiceAccount>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&sa)).await?;
-        let rb = build::role_binding(&valid);
-        Api::<RoleBinding>::namespaced(c.clone(), &ns).patch(&name, &params, &Patch::Apply(&rb)).await?;
-        let mut deployment =
-            deployments.patch(&name, &params, &Patch::Apply(&build::deployment(&valid, existing.is_none()))).await?;
-        // Right after creation (and after a failed first try): until another manager owns
-        // replicas, the initial one takes them, so they stay when ours lets go.
-        if !build::replicas_owned_by_others(&deployment, FIELD_MANAGER) {
-            let initial = PatchParams::apply(build::INITIAL_REPLICAS_MANAGER);
-            deployment = deployments.patch(&name, &initial, &Patch::Apply(&build::initial_replicas(&valid))).await?;
-        }
-        Api::<Service>::namespaced(c.clone(), &ns)
-            .patch(&name, &params, &Patch::Apply(&build::service(&valid)))
-            .await?;
-        Api::<PodDisruptionBudget>::namespaced(c.clone(), &ns)
-            .patch(&name, &params, &Patch::Apply(&build::disruption_budget(&valid)))
-            .await?;
-        Api::<HorizontalPodAutoscaler>::namespaced(c.clone(), &ns)
-            .patch(&name, &params, &Patch::Apply(&build::autoscaler(&valid)))
-            .await?;
-        if existing.is_none() {
-            let note = format!(
-                "created Deployment {name} with {} replicas, its Service, PodDisruptionBudget and HPA",
-                self.spec.autoscaling.min_replicas
-            );
-            publish(ctx, self, EventType::Normal, "Created", &note).await;
-        }
-
-        let status = status(self, Some(&deployment));
-        let unchanged = self.status.as_ref().is_some_and(|s| {
-            s.replicas == status.replicas
-                && s.ready_replicas == status.ready_replicas
-                && s.observed_generation == status.observed_generation
-                && same(&s.conditions, &status.conditions)
-        });
-        if !unchanged {
-            let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SignalingPool", "status": status});
-            Api::<SignalingPool>::namespaced(c.clone(), &ns)
-                .patch_status(&valid.name, &params, &Patch::Apply(&patch))
-                .await?;
-        }
-        Ok(Action::requeue(Duration::from_secs(300)))
-    }
+/// Whether `next` says more than the status the pool has (conditions compared
+/// without their transition times).
+pub fn status_changed(current: Option<&SignalingPoolStatus>, next: &SignalingPoolStatus) -> bool {
+    !current.is_some_and(|s| {
+        s.replicas == next.replicas
+            && s.ready_replicas == next.ready_replicas
+            && s.observed_generation == next.observed_generation
+            && same(&s.conditions, &next.conditions)
+    })
 }

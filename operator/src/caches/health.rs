@@ -2,15 +2,15 @@
 //! (`switchboard_fleet::health`). The SfuPool controller, the Meeting controller
 //! and the failure detector all judge pods through here, so that they agree.
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use switchboard_crds::SfuPool;
 use switchboard_fleet as fleet;
 use switchboard_fleet::health::{self, NodeReady, NodeView, Thresholds, Verdict};
 use switchboard_heartbeat::{Observed, SfuState};
 
+use super::Caches;
 use crate::labels::*;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -18,14 +18,6 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const AUTOSCALER_REMOVAL_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 /// The taint the operator puts on a node it found failed.
 pub const FAILED_NODE_TAINT: &str = "switchboard.dev/node-failed";
-
-/// The caches health is judged from.
-#[derive(Clone)]
-pub struct Caches {
-    pub pods: Store<Pod>,
-    pub leases: Store<Lease>,
-    pub nodes: Store<Node>,
-}
 
 pub fn thresholds(pool: &SfuPool) -> Thresholds {
     Thresholds {
