@@ -10,6 +10,8 @@ pub mod controller;
 pub mod crd_install;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+pub mod fixtures;
 pub mod http;
 pub mod labels;
 pub mod leader;
