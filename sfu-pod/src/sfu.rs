@@ -18,8 +18,8 @@ use switchboard_sfu_api::{
 use switchboard_sfu_client::media;
 use switchboard_sfu_core::node::{Node, NodeState, Refusal};
 use switchboard_sfu_core::{
-    Codec, Command, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId,
-    TrackHandle, TrackInfo,
+    Codec, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source,
+    SubscriptionId, TrackHandle, TrackInfo,
 };
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
@@ -65,6 +65,7 @@ fn room_error(e: RoomError) -> ApiError {
         RoomError::UnknownParticipant(_) => ErrorCode::UnknownParticipant,
         RoomError::UnknownTrack(_) | RoomError::OwnTrack(_) => ErrorCode::UnknownTrack,
         RoomError::TrackExists(_) => ErrorCode::BadRequest,
+        RoomError::UnknownHandle(_) => ErrorCode::Internal,
     };
     error(code, e.to_string())
 }
@@ -296,11 +297,39 @@ struct RoomCore {
     sinks: HashMap<SubscriptionId, Sink>,
     /// Publisher connection and SSRC of each (track, layer), for PLIs.
     sources: HashMap<(TrackHandle, usize), (Weak<RTCPeerConnection>, u32)>,
+    /// When the core next wants `Input::Timeout`, as its last drain said.
+    timeout: Instant,
 }
 
+/// One forward of the packet in hand: its subscription's sink and the numbers to write.
+type Write = (Sink, u16, u32);
+
 impl RoomCore {
-    fn take_commands(&mut self) -> Vec<Command> {
-        std::iter::from_fn(|| self.room.poll_command()).collect()
+    fn new(now: Instant) -> Self {
+        let mut core = Self { room: Room::new(now), sinks: HashMap::new(), sources: HashMap::new(), timeout: now };
+        core.drain(&mut Vec::new());
+        core
+    }
+
+    /// Polls the core until it has nothing left, after every input: forwards of the packet
+    /// just fed become `writes` (to subscriptions that still have a sink), the deadline is
+    /// kept for the timer task, and the rest is returned for the command task.
+    fn drain(&mut self, writes: &mut Vec<Write>) -> Vec<Output> {
+        let mut commands = Vec::new();
+        loop {
+            match self.room.poll_output() {
+                Output::Timeout(at) => {
+                    self.timeout = at;
+                    return commands;
+                }
+                Output::Forward(f) => {
+                    if let Some(sink) = self.sinks.get(&f.subscription) {
+                        writes.push((sink.clone(), f.seq, f.ts));
+                    }
+                }
+                other => commands.push(other),
+            }
+        }
     }
 }
 
@@ -308,26 +337,35 @@ pub struct RoomEntry {
     pub name: String,
     core: Mutex<RoomCore>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
-    commands: mpsc::UnboundedSender<Vec<Command>>,
+    commands: mpsc::UnboundedSender<Vec<Output>>,
     closed: AtomicBool,
 }
 
 impl RoomEntry {
-    fn submit(&self, commands: Vec<Command>) {
+    fn submit(&self, commands: Vec<Output>) {
         if !commands.is_empty() {
             let _ = self.commands.send(commands);
         }
     }
 
-    /// Runs `f` on the core and queues the commands it produced.
-    fn with_core<T>(&self, f: impl FnOnce(&mut Room) -> T) -> T {
+    /// Runs `f` (inputs other than RTP) on the core under one lock, then drains it and
+    /// queues what it decided.
+    fn with_core<T>(&self, f: impl FnOnce(&mut RoomCore) -> T) -> T {
         let (out, commands) = {
             let mut core = self.core.lock().unwrap();
-            let out = f(&mut core.room);
-            (out, core.take_commands())
+            let out = f(&mut core);
+            let mut writes = Vec::new();
+            let commands = core.drain(&mut writes);
+            debug_assert!(writes.is_empty(), "only an RTP input forwards packets");
+            (out, commands)
         };
         self.submit(commands);
         out
+    }
+
+    /// Feeds one input (other than RTP) to the core.
+    fn input(&self, input: Input<'_>) -> Result<Outcome, RoomError> {
+        self.with_core(|core| core.room.handle_input(input))
     }
 
     pub fn peer(&self, id: &str) -> ApiResult<Arc<Peer>> {
@@ -469,11 +507,7 @@ impl Sfu {
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = Arc::new(RoomEntry {
             name: name.to_owned(),
-            core: Mutex::new(RoomCore {
-                room: Room::new(Instant::now()),
-                sinks: HashMap::new(),
-                sources: HashMap::new(),
-            }),
+            core: Mutex::new(RoomCore::new(Instant::now())),
             peers: Mutex::new(HashMap::new()),
             commands: tx,
             closed: AtomicBool::new(false),
@@ -543,7 +577,9 @@ impl Sfu {
             }
             peers.insert(req.participant_id.clone(), peer.clone());
         }
-        room.with_core(|r| r.join(&req.participant_id, peer.kind, req.auto_subscribe)).map_err(room_error)?;
+        let join =
+            Input::Join { participant: &req.participant_id, kind: peer.kind, auto_subscribe: req.auto_subscribe };
+        room.input(join).map_err(room_error)?;
         if matches!(self.state(), NodeState::Draining { .. }) {
             peer.push_event(Event::Draining);
         }
@@ -712,7 +748,7 @@ impl Sfu {
                 format!("no participant {participant} in room {room_name}"),
             ));
         };
-        room.with_core(|r| r.leave(participant)).map_err(room_error)?;
+        room.input(Input::Leave { participant }).map_err(room_error)?;
         peer.push_event(Event::Closed { reason: "left".into() });
         close_peer(&peer).await;
         info!(room = room_name, participant, "participant left");
@@ -723,13 +759,13 @@ impl Sfu {
     pub fn set_muted(&self, room_name: &str, participant: &str, track: &str, muted: bool) -> ApiResult<()> {
         let room = self.room(room_name)?;
         room.peer(participant)?;
-        room.with_core(|r| r.set_muted(participant, track, muted, Instant::now())).map_err(room_error)
+        room.input(Input::SetMuted { participant, track, muted, now: Instant::now() }).map(|_| ()).map_err(room_error)
     }
 
     pub fn unpublish(&self, room_name: &str, participant: &str, track: &str) -> ApiResult<()> {
         let room = self.room(room_name)?;
         room.peer(participant)?;
-        room.with_core(|r| r.unpublish(participant, track)).map_err(room_error)?;
+        room.input(Input::Unpublish { participant, track }).map_err(room_error)?;
         self.recount();
         Ok(())
     }
@@ -744,9 +780,10 @@ impl Sfu {
         let room = self.room(room_name)?;
         room.peer(participant)?;
         let prefs = Preferences { max_layer: req.max_layer, max_height: req.max_height };
-        room.with_core(|r| {
-            r.subscribe(participant, track, prefs)?;
-            r.set_preferences(participant, track, prefs, Instant::now())
+        room.with_core(|core| {
+            core.room.handle_input(Input::Subscribe { subscriber: participant, track, prefs })?;
+            let now = Instant::now();
+            core.room.handle_input(Input::SetPreferences { subscriber: participant, track, prefs, now })
         })
         .map_err(room_error)?;
         self.recount();
@@ -756,7 +793,7 @@ impl Sfu {
     pub fn unsubscribe(&self, room_name: &str, participant: &str, track: &str) -> ApiResult<()> {
         let room = self.room(room_name)?;
         room.peer(participant)?;
-        room.with_core(|r| r.unsubscribe(participant, track)).map_err(room_error)?;
+        room.input(Input::Unsubscribe { subscriber: participant, track }).map_err(room_error)?;
         self.recount();
         Ok(())
     }
@@ -795,7 +832,7 @@ impl Sfu {
             }
             peers.insert(peer.id.clone(), peer.clone());
         }
-        room.with_core(|r| r.join(&peer.id, peer.kind, true)).map_err(room_error)?;
+        room.input(Input::Join { participant: &peer.id, kind: peer.kind, auto_subscribe: true }).map_err(room_error)?;
         self.recount();
         Ok(())
     }
@@ -804,7 +841,7 @@ impl Sfu {
     pub async fn drop_peer(&self, room: &Arc<RoomEntry>, id: &str, why: &str) {
         let peer = room.peers.lock().unwrap().remove(id);
         if let Some(peer) = peer {
-            let _ = room.with_core(|r| r.leave(id));
+            let _ = room.input(Input::Leave { participant: id });
             peer.push_event(Event::Closed { reason: why.into() });
             close_peer(&peer).await;
             warn!(room = %room.name, participant = id, why, "participant removed");
@@ -817,9 +854,9 @@ impl Sfu {
 fn request_keyframes(room: &RoomEntry, peer: &Peer) {
     let subscriptions: Vec<SubscriptionId> = peer.senders.lock().unwrap().keys().copied().collect();
     let now = Instant::now();
-    room.with_core(|r| {
-        for s in subscriptions {
-            r.on_keyframe_request(s, now);
+    room.with_core(|core| {
+        for subscription in subscriptions {
+            let _ = core.room.handle_input(Input::KeyframeRequest { subscription, now });
         }
     });
 }
@@ -906,23 +943,23 @@ async fn forward_track(
     let origin =
         description.and_then(|d| d.origin).or_else(|| (peer.kind == ParticipantKind::Relay).then(|| track.stream_id()));
     let level_id = media::audio_level_id(&receiver).await;
-    let registered = {
-        let mut core = room.core.lock().unwrap();
+    let registered = room.with_core(|core| {
         let handle = match core.room.track_handle(&id) {
             Some(h) if core.room.track_publisher(h) == Some(&peer.id) => Ok(h),
             Some(_) => Err(RoomError::TrackExists(id.clone())),
-            None => core.room.publish(&peer.id, TrackInfo { id: id.clone(), codec, source, origin }),
+            None => {
+                let info = TrackInfo { id: id.clone(), codec, source, origin };
+                core.room
+                    .handle_input(Input::Publish { participant: &peer.id, info })
+                    .map(|o| o.track().expect("a handle"))
+            }
         };
-        let registered = handle.map(|h| {
-            let layer = core.room.add_layer(h, &rid).expect("track just published");
+        handle.and_then(|h| {
+            let layer = core.room.handle_input(Input::AddLayer { track: h, rid: &rid })?.layer().expect("an index");
             core.sources.insert((h, layer), (pc, track.ssrc()));
-            (h, layer)
-        });
-        let commands = core.take_commands();
-        drop(core);
-        room.submit(commands);
-        registered
-    };
+            Ok((h, layer))
+        })
+    });
     let (handle, layer) = match registered {
         Ok(r) => r,
         Err(e) => {
@@ -932,14 +969,13 @@ async fn forward_track(
     };
     debug!(room = %room.name, participant = %peer.id, track = %id, rid = %rid, %mime, "forwarding");
     sfu.recount();
-    let mut forwards = Vec::new();
-    let mut writes: Vec<(Sink, u16, u32)> = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
     while let Ok((mut pkt, _)) = track.read_rtp().await {
         let audio_level =
             level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
         let size = pkt.payload.len() + 12;
         let commands = {
-            let meta = RtpMeta {
+            let packet = RtpMeta {
                 seq: pkt.header.sequence_number,
                 ts: pkt.header.timestamp,
                 payload: &pkt.payload,
@@ -947,13 +983,8 @@ async fn forward_track(
                 audio_level,
             };
             let mut core = room.core.lock().unwrap();
-            core.room.on_rtp(handle, layer, &meta, Instant::now(), &mut forwards);
-            for f in forwards.drain(..) {
-                if let Some(sink) = core.sinks.get(&f.subscription) {
-                    writes.push((sink.clone(), f.seq, f.ts));
-                }
-            }
-            core.take_commands()
+            let _ = core.room.handle_input(Input::Rtp { track: handle, layer, packet, now: Instant::now() });
+            core.drain(&mut writes)
         };
         room.submit(commands);
         sfu.metrics.packets_in.inc();
@@ -987,7 +1018,7 @@ async fn forward_track(
 }
 
 /// Executes a room's commands in order.
-async fn run_commands(sfu: Weak<Sfu>, room: Weak<RoomEntry>, mut rx: mpsc::UnboundedReceiver<Vec<Command>>) {
+async fn run_commands(sfu: Weak<Sfu>, room: Weak<RoomEntry>, mut rx: mpsc::UnboundedReceiver<Vec<Output>>) {
     while let Some(batch) = rx.recv().await {
         let (Some(sfu), Some(room)) = (sfu.upgrade(), room.upgrade()) else { return };
         for command in batch {
@@ -996,21 +1027,21 @@ async fn run_commands(sfu: Weak<Sfu>, room: Weak<RoomEntry>, mut rx: mpsc::Unbou
     }
 }
 
-async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
+async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
     match command {
-        Command::SubscriptionAdded { subscription, subscriber, track_id, publisher, codec, source, .. } => {
+        Output::SubscriptionAdded { subscription, subscriber, track_id, publisher, codec, source, .. } => {
             let Ok(peer) = room.peer(&subscriber) else { return };
             peer.pending.lock().unwrap().push(PendingChange::Add { subscription, track_id, publisher, codec, source });
             peer.request_negotiation(false);
         }
-        Command::SubscriptionRemoved { subscription, subscriber } => {
+        Output::SubscriptionRemoved { subscription, subscriber } => {
             // Forwarding stops now; the connection drops the track at its next offer.
             room.core.lock().unwrap().sinks.remove(&subscription);
             let Ok(peer) = room.peer(&subscriber) else { return };
             peer.pending.lock().unwrap().push(PendingChange::Remove { subscription });
             peer.request_negotiation(false);
         }
-        Command::RequestKeyframe { track, layer } => {
+        Output::RequestKeyframe { track, layer } => {
             let source = room.core.lock().unwrap().sources.get(&(track, layer)).cloned();
             if let Some((pc, ssrc)) = source
                 && let Some(pc) = pc.upgrade()
@@ -1020,7 +1051,7 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
                 sfu.metrics.keyframe_requests.inc();
             }
         }
-        Command::Event { to, event } => {
+        Output::Event { to, event } => {
             if let RoomEvent::LayerChanged { .. } = event {
                 sfu.metrics.layer_switches.inc();
             }
@@ -1028,7 +1059,9 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Command) {
                 peer.push_event(to_api_event(event));
             }
         }
-        Command::Empty => debug!(room = %room.name, "room is empty"),
+        Output::Empty => debug!(room = %room.name, "room is empty"),
+        // `RoomCore::drain` writes forwards itself and keeps the deadline.
+        Output::Forward(_) | Output::Timeout(_) => {}
     }
 }
 
@@ -1045,7 +1078,7 @@ async fn read_subscriber_rtcp(
         for p in packets {
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                room.with_core(|r| r.on_keyframe_request(subscription, Instant::now()));
+                let _ = room.input(Input::KeyframeRequest { subscription, now: Instant::now() });
             } else if let Some(nack) =
                 any.downcast_ref::<webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
             {
@@ -1055,7 +1088,9 @@ async fn read_subscriber_rtcp(
                     metrics.retransmissions.inc_by(resent as u64);
                 }
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
-                room.with_core(|r| r.on_estimate(&subscriber, remb.bitrate as u64, Instant::now()));
+                let estimate =
+                    Input::Estimate { subscriber: &subscriber, bps: remb.bitrate as u64, now: Instant::now() };
+                let _ = room.input(estimate);
             }
         }
     }
@@ -1068,11 +1103,11 @@ async fn run_timers(room: Weak<RoomEntry>) {
         if r.closed.load(Ordering::SeqCst) {
             return;
         }
-        let deadline = r.core.lock().unwrap().room.poll_timeout();
+        let deadline = r.core.lock().unwrap().timeout;
         drop(r);
         tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
         let Some(r) = room.upgrade() else { return };
-        r.with_core(|core| core.handle_timeout(Instant::now()));
+        let _ = r.input(Input::Timeout(Instant::now()));
     }
 }
 

@@ -5,7 +5,9 @@
 //!   rewriting and active-speaker detection, for one room.
 //! * [`node::Node`]: the SFU process's own lifecycle (ready, draining, drained).
 //!
-//! Time is always passed in (`now: Instant`), so tests drive a simulated clock.
+//! Time is always passed in (`now: Instant`), so tests drive a simulated clock. A room
+//! has one way in, [`Room::handle_input`], and one way out, [`Room::poll_output`]; the
+//! module docs of [`room`] say why.
 
 pub mod codec;
 pub mod node;
@@ -18,6 +20,6 @@ mod tests;
 
 pub use codec::Codec;
 pub use room::{
-    Command, Forward, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source, SubscriptionId,
-    TrackHandle, TrackInfo,
+    Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source,
+    SubscriptionId, TrackHandle, TrackInfo,
 };

@@ -2,10 +2,39 @@
 //! simulcast layer each subscription forwards, and when to ask a publisher for a
 //! keyframe.
 //!
-//! Sans-IO: the driver feeds inputs (`join`, `publish`, `on_rtp`, `on_estimate`, ...)
-//! with an explicit `now`, forwards what `on_rtp` returns, and executes the
-//! [`Command`]s it polls. Timers are one deadline, [`Room::poll_timeout`], serviced by
-//! [`Room::handle_timeout`].
+//! Sans-IO, in the style of str0m's `Rtc` and quinn-proto's `Connection`: the room owns
+//! no socket, task or clock. There is one way in and one way out:
+//!
+//! * [`Room::handle_input`] takes every [`Input`] (a join, a publish, an RTP packet, a
+//!   REMB estimate, a PLI, the clock reaching a deadline, ...), each with its explicit
+//!   `now`;
+//! * [`Room::poll_output`] hands back, in order, everything those inputs caused (packets
+//!   to forward, subscriptions to add or drop, keyframes to ask for, events to tell), and
+//!   [`Output::Timeout`] when nothing is left: the instant at which the driver feeds
+//!   [`Input::Timeout`].
+//!
+//! So a driver is one loop, and cannot act on half a decision or forget a queue:
+//!
+//! ```
+//! # use std::time::Instant;
+//! # use switchboard_sfu_core::{Input, Output, ParticipantKind, Room};
+//! let now = Instant::now();
+//! let mut room = Room::new(now);
+//! room.handle_input(Input::Join { participant: "alice", kind: ParticipantKind::Client, auto_subscribe: true })
+//!     .unwrap();
+//! let deadline = loop {
+//!     match room.poll_output() {
+//!         Output::Timeout(at) => break at,
+//!         Output::Forward(_forward) => { /* send the packet just fed, renumbered */ }
+//!         _other => { /* renegotiate, send a PLI, tell a participant */ }
+//!     }
+//! };
+//! assert!(deadline > now);
+//! ```
+//!
+//! Because the room decides everything from its inputs and the `now` they carry, the
+//! tests drive it on a simulated clock, and a driver is free to run it behind a lock, on
+//! a task, or in a test harness.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -128,8 +157,113 @@ pub enum RoomEvent {
     },
 }
 
+/// Everything a driver tells a room, fed to [`Room::handle_input`]. Time is always
+/// passed in.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    /// A participant enters. `auto_subscribe` subscribes it to every other track, present
+    /// and future.
+    Join {
+        participant: &'a str,
+        kind: ParticipantKind,
+        auto_subscribe: bool,
+    },
+    /// A participant goes: its tracks are unpublished and its subscriptions dropped.
+    Leave {
+        participant: &'a str,
+    },
+    /// A participant's new track; [`Outcome::Published`] names its handle.
+    Publish {
+        participant: &'a str,
+        info: TrackInfo,
+    },
+    /// A simulcast layer (or the only layer) of a track, as its first packet arrives;
+    /// [`Outcome::Layer`] names its index for [`Input::Rtp`]. Idempotent per RID.
+    AddLayer {
+        track: TrackHandle,
+        rid: &'a str,
+    },
+    Unpublish {
+        participant: &'a str,
+        track: &'a str,
+    },
+    SetMuted {
+        participant: &'a str,
+        track: &'a str,
+        muted: bool,
+        now: Instant,
+    },
+    /// [`Outcome::Subscribed`] names the subscription (the existing one, if any).
+    Subscribe {
+        subscriber: &'a str,
+        track: &'a str,
+        prefs: Preferences,
+    },
+    Unsubscribe {
+        subscriber: &'a str,
+        track: &'a str,
+    },
+    SetPreferences {
+        subscriber: &'a str,
+        track: &'a str,
+        prefs: Preferences,
+        now: Instant,
+    },
+    /// A subscriber's downlink estimate (REMB) in bits per second, shared by its video
+    /// subscriptions. Ignored for an unknown subscriber.
+    Estimate {
+        subscriber: &'a str,
+        bps: u64,
+        now: Instant,
+    },
+    /// A subscriber lost its picture (PLI or FIR on its outgoing track). Ignored for an
+    /// unknown subscription.
+    KeyframeRequest {
+        subscription: SubscriptionId,
+        now: Instant,
+    },
+    /// One incoming packet of `track`'s layer `layer`; what to send where comes out as
+    /// [`Output::Forward`]s, before anything else. Ignored for an unknown track or layer.
+    Rtp {
+        track: TrackHandle,
+        layer: usize,
+        packet: RtpMeta<'a>,
+        now: Instant,
+    },
+    /// The clock reached (or passed) the last [`Output::Timeout`].
+    Timeout(Instant),
+}
+
+/// What an accepted [`Input`] returns at once: the identifier it created, if any.
+/// Everything else it caused is polled with [`Room::poll_output`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Published(TrackHandle),
+    Layer(usize),
+    Subscribed(SubscriptionId),
+}
+
+impl Outcome {
+    pub fn track(self) -> Option<TrackHandle> {
+        if let Self::Published(h) = self { Some(h) } else { None }
+    }
+
+    pub fn layer(self) -> Option<usize> {
+        if let Self::Layer(l) = self { Some(l) } else { None }
+    }
+
+    pub fn subscription(self) -> Option<SubscriptionId> {
+        if let Self::Subscribed(s) = self { Some(s) } else { None }
+    }
+}
+
+/// Everything a room asks of its driver, from [`Room::poll_output`].
 #[derive(Clone, Debug, PartialEq)]
-pub enum Command {
+pub enum Output {
+    /// Send the packet of the [`Input::Rtp`] just handled to this subscription, with
+    /// these numbers.
+    Forward(Forward),
     /// Give `subscriber` an outgoing track for `track` and renegotiate.
     SubscriptionAdded {
         subscription: SubscriptionId,
@@ -156,6 +290,9 @@ pub enum Command {
     },
     /// The last participant left.
     Empty,
+    /// Nothing is pending: feed [`Input::Timeout`] at this instant (or with the next
+    /// input, whichever comes first).
+    Timeout(Instant),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +303,8 @@ pub enum RoomError {
     TrackExists(TrackId),
     /// A subscriber cannot subscribe to its own track.
     OwnTrack(TrackId),
+    /// A layer was added to a track this room does not have (any more).
+    UnknownHandle(TrackHandle),
 }
 
 impl std::fmt::Display for RoomError {
@@ -176,6 +315,7 @@ impl std::fmt::Display for RoomError {
             Self::UnknownTrack(t) => write!(f, "no track {t} in this room"),
             Self::TrackExists(t) => write!(f, "track {t} is already published"),
             Self::OwnTrack(t) => write!(f, "track {t} is the subscriber's own"),
+            Self::UnknownHandle(h) => write!(f, "no track with handle {} in this room", h.0),
         }
     }
 }
@@ -248,7 +388,11 @@ pub struct Room {
     tracks: HashMap<TrackHandle, Track>,
     next_track: u32,
     next_subscription: u64,
-    commands: VecDeque<Command>,
+    /// Forwards of the packet being handled, polled before `outputs` from
+    /// `next_forward` on; a plain vector reused packet after packet.
+    forwards: Vec<Forward>,
+    next_forward: usize,
+    outputs: VecDeque<Output>,
     speaker: SpeakerDetector,
     next_layer_eval: Instant,
     next_speaker_eval: Instant,
@@ -263,7 +407,9 @@ impl Room {
             tracks: HashMap::new(),
             next_track: 0,
             next_subscription: 0,
-            commands: VecDeque::new(),
+            forwards: Vec::new(),
+            next_forward: 0,
+            outputs: VecDeque::new(),
             speaker: SpeakerDetector::default(),
             next_layer_eval: now + LAYER_EVAL_INTERVAL,
             next_speaker_eval: now + SPEAKER_INTERVAL,
@@ -272,9 +418,50 @@ impl Room {
         }
     }
 
+    // ---- the way in and the way out ----
+
+    /// Applies one input. Its effects are queued for [`Room::poll_output`], which the
+    /// driver drains before acting on anything else.
+    pub fn handle_input(&mut self, input: Input<'_>) -> Result<Outcome, RoomError> {
+        match input {
+            Input::Join { participant, kind, auto_subscribe } => self.join(participant, kind, auto_subscribe)?,
+            Input::Leave { participant } => self.leave(participant)?,
+            Input::Publish { participant, info } => return self.publish(participant, info).map(Outcome::Published),
+            Input::AddLayer { track, rid } => return self.add_layer(track, rid).map(Outcome::Layer),
+            Input::Unpublish { participant, track } => self.unpublish(participant, track)?,
+            Input::SetMuted { participant, track, muted, now } => self.set_muted(participant, track, muted, now)?,
+            Input::Subscribe { subscriber, track, prefs } => {
+                return self.subscribe(subscriber, track, prefs).map(Outcome::Subscribed);
+            }
+            Input::Unsubscribe { subscriber, track } => self.unsubscribe(subscriber, track)?,
+            Input::SetPreferences { subscriber, track, prefs, now } => {
+                self.set_preferences(subscriber, track, prefs, now)?
+            }
+            Input::Estimate { subscriber, bps, now } => self.on_estimate(subscriber, bps, now),
+            Input::KeyframeRequest { subscription, now } => self.on_keyframe_request(subscription, now),
+            Input::Rtp { track, layer, packet, now } => self.on_rtp(track, layer, &packet, now),
+            Input::Timeout(now) => self.handle_timeout(now),
+        }
+        Ok(Outcome::Done)
+    }
+
+    /// The next thing to do: the current packet's forwards first, then the other outputs
+    /// in the order they were decided, then [`Output::Timeout`] once nothing is pending.
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(forward) = self.forwards.get(self.next_forward) {
+            self.next_forward += 1;
+            return Output::Forward(*forward);
+        }
+        if self.next_forward > 0 {
+            self.forwards.clear();
+            self.next_forward = 0;
+        }
+        self.outputs.pop_front().unwrap_or_else(|| Output::Timeout(self.next_layer_eval.min(self.next_speaker_eval)))
+    }
+
     // ---- membership ----
 
-    pub fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<(), RoomError> {
+    fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<(), RoomError> {
         if self.participants.contains_key(participant) {
             return Err(RoomError::AlreadyJoined(participant.into()));
         }
@@ -285,7 +472,7 @@ impl Room {
         // The newcomer learns who is here and what they publish.
         for (other, p) in &self.participants {
             if p.kind != ParticipantKind::Hidden {
-                self.commands.push_back(Command::Event {
+                self.outputs.push_back(Output::Event {
                     to: participant.into(),
                     event: RoomEvent::ParticipantJoined { participant: other.clone(), kind: p.kind },
                 });
@@ -310,7 +497,7 @@ impl Room {
         self.participants
             .insert(participant.into(), Participant { kind, auto_subscribe, estimate: None, video_subscriptions: 0 });
         for (handle, event) in published {
-            self.commands.push_back(Command::Event { to: participant.into(), event });
+            self.outputs.push_back(Output::Event { to: participant.into(), event });
             if auto_subscribe {
                 self.add_subscription(handle, participant, Preferences::default());
             }
@@ -318,7 +505,7 @@ impl Room {
         Ok(())
     }
 
-    pub fn leave(&mut self, participant: &str) -> Result<(), RoomError> {
+    fn leave(&mut self, participant: &str) -> Result<(), RoomError> {
         let p =
             self.participants.remove(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
         let mut own: Vec<TrackHandle> =
@@ -335,14 +522,14 @@ impl Room {
         }
         dropped.sort();
         for subscription in dropped {
-            self.commands.push_back(Command::SubscriptionRemoved { subscription, subscriber: participant.into() });
+            self.outputs.push_back(Output::SubscriptionRemoved { subscription, subscriber: participant.into() });
         }
         self.speaker.forget(participant);
         if p.kind != ParticipantKind::Hidden {
             self.tell_all(None, RoomEvent::ParticipantLeft { participant: participant.into() });
         }
         if self.participants.is_empty() {
-            self.commands.push_back(Command::Empty);
+            self.outputs.push_back(Output::Empty);
         }
         Ok(())
     }
@@ -366,7 +553,7 @@ impl Room {
 
     // ---- tracks ----
 
-    pub fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
+    fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
         if !self.participants.contains_key(participant) {
             return Err(RoomError::UnknownParticipant(participant.into()));
         }
@@ -397,12 +584,10 @@ impl Room {
         Ok(handle)
     }
 
-    /// Registers a simulcast layer (or the only layer) of a track as its first packet
-    /// arrives; returns its index for [`Room::on_rtp`].
-    pub fn add_layer(&mut self, track: TrackHandle, rid: &str) -> Option<usize> {
-        let t = self.tracks.get_mut(&track)?;
+    fn add_layer(&mut self, track: TrackHandle, rid: &str) -> Result<usize, RoomError> {
+        let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownHandle(track))?;
         if let Some(i) = t.layers.iter().position(|l| l.rid == rid) {
-            return Some(i);
+            return Ok(i);
         }
         t.layers.push(Layer {
             rid: rid.into(),
@@ -413,10 +598,10 @@ impl Room {
             size: None,
             last_keyframe_request: None,
         });
-        Some(t.layers.len() - 1)
+        Ok(t.layers.len() - 1)
     }
 
-    pub fn unpublish(&mut self, participant: &str, track_id: &str) -> Result<(), RoomError> {
+    fn unpublish(&mut self, participant: &str, track_id: &str) -> Result<(), RoomError> {
         let handle = self
             .tracks
             .iter()
@@ -440,7 +625,7 @@ impl Room {
         self.tracks.values().map(|t| (&t.info.id, t.shown_publisher(), t.info.codec, t.info.source, t.muted))
     }
 
-    pub fn set_muted(&mut self, participant: &str, track_id: &str, muted: bool, now: Instant) -> Result<(), RoomError> {
+    fn set_muted(&mut self, participant: &str, track_id: &str, muted: bool, now: Instant) -> Result<(), RoomError> {
         let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
         let track = self.tracks.get_mut(&handle).expect("handle just found");
         if track.publisher != participant {
@@ -463,12 +648,7 @@ impl Room {
 
     // ---- subscriptions ----
 
-    pub fn subscribe(
-        &mut self,
-        subscriber: &str,
-        track_id: &str,
-        prefs: Preferences,
-    ) -> Result<SubscriptionId, RoomError> {
+    fn subscribe(&mut self, subscriber: &str, track_id: &str, prefs: Preferences) -> Result<SubscriptionId, RoomError> {
         if !self.participants.contains_key(subscriber) {
             return Err(RoomError::UnknownParticipant(subscriber.into()));
         }
@@ -483,7 +663,7 @@ impl Room {
         Ok(self.add_subscription(handle, subscriber, prefs))
     }
 
-    pub fn unsubscribe(&mut self, subscriber: &str, track_id: &str) -> Result<(), RoomError> {
+    fn unsubscribe(&mut self, subscriber: &str, track_id: &str) -> Result<(), RoomError> {
         let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
         let track = self.tracks.get_mut(&handle).expect("handle just found");
         let i = track
@@ -497,7 +677,7 @@ impl Room {
         Ok(())
     }
 
-    pub fn set_preferences(
+    fn set_preferences(
         &mut self,
         subscriber: &str,
         track_id: &str,
@@ -519,7 +699,7 @@ impl Room {
     }
 
     /// A subscriber's downlink estimate (REMB), shared by its video subscriptions.
-    pub fn on_estimate(&mut self, subscriber: &str, bps: u64, now: Instant) {
+    fn on_estimate(&mut self, subscriber: &str, bps: u64, now: Instant) {
         let Some(p) = self.participants.get_mut(subscriber) else { return };
         p.estimate = Some(bps);
         let mut handles: Vec<TrackHandle> = self
@@ -535,7 +715,7 @@ impl Room {
     }
 
     /// A subscriber lost its picture (PLI or FIR on its outgoing track).
-    pub fn on_keyframe_request(&mut self, subscription: SubscriptionId, now: Instant) {
+    fn on_keyframe_request(&mut self, subscription: SubscriptionId, now: Instant) {
         let found = self.tracks.iter().find_map(|(h, t)| {
             t.subs.iter().find(|s| s.id == subscription).and_then(|s| s.current.or(s.target)).map(|l| (*h, l))
         });
@@ -558,15 +738,7 @@ impl Room {
 
     // ---- media ----
 
-    /// One incoming packet of `track`'s layer `layer`; the forwards are appended to `out`.
-    pub fn on_rtp(
-        &mut self,
-        track: TrackHandle,
-        layer: usize,
-        pkt: &RtpMeta<'_>,
-        now: Instant,
-        out: &mut Vec<Forward>,
-    ) {
+    fn on_rtp(&mut self, track: TrackHandle, layer: usize, pkt: &RtpMeta<'_>, now: Instant) {
         let Some(t) = self.tracks.get_mut(&track) else { return };
         let Some(l) = t.layers.get_mut(layer) else { return };
         self.counters.packets_in += 1;
@@ -594,6 +766,7 @@ impl Room {
             self.evaluate_track(track, now);
         }
         let t = self.tracks.get_mut(&track).expect("looked up above");
+        let queued = self.forwards.len();
         let mut switched = Vec::new();
         for s in &mut t.subs {
             if !video {
@@ -611,29 +784,26 @@ impl Room {
             if s.current == Some(layer)
                 && let Some((seq, ts)) = s.rewriter.rewrite(pkt.seq, pkt.ts, now)
             {
-                out.push(Forward { subscription: s.id, seq, ts });
+                self.forwards.push(Forward { subscription: s.id, seq, ts });
             }
         }
-        self.counters.packets_out += out.len() as u64;
-        self.counters.bytes_out += (out.len() * pkt.size) as u64;
+        let forwarded = self.forwards.len() - queued;
+        self.counters.packets_out += forwarded as u64;
+        self.counters.bytes_out += (forwarded * pkt.size) as u64;
         if !switched.is_empty() {
             self.counters.layer_switches += switched.len() as u64;
             let position = layer_position(&t.layers, layer);
             let event =
                 RoomEvent::LayerChanged { track: t.info.id.clone(), layer: position, rid: t.layers[layer].rid.clone() };
             for to in switched {
-                self.commands.push_back(Command::Event { to, event: event.clone() });
+                self.outputs.push_back(Output::Event { to, event: event.clone() });
             }
         }
     }
 
     // ---- time ----
 
-    pub fn poll_timeout(&self) -> Instant {
-        self.next_layer_eval.min(self.next_speaker_eval)
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if now >= self.next_layer_eval {
             let elapsed = now.saturating_duration_since(self.last_layer_eval).as_secs_f64().max(0.001);
             for t in self.tracks.values_mut() {
@@ -660,10 +830,6 @@ impl Room {
         }
     }
 
-    pub fn poll_command(&mut self) -> Option<Command> {
-        self.commands.pop_front()
-    }
-
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -682,7 +848,7 @@ impl Room {
         let mut to: Vec<&ParticipantId> = self.participants.keys().filter(|p| Some(p.as_str()) != except).collect();
         to.sort();
         for p in to {
-            self.commands.push_back(Command::Event { to: p.clone(), event: event.clone() });
+            self.outputs.push_back(Output::Event { to: p.clone(), event: event.clone() });
         }
     }
 
@@ -705,7 +871,7 @@ impl Room {
             up_since: None,
             waiting_since: None,
         });
-        self.commands.push_back(Command::SubscriptionAdded {
+        self.outputs.push_back(Output::SubscriptionAdded {
             subscription: id,
             subscriber: subscriber.into(),
             track: handle,
@@ -721,7 +887,7 @@ impl Room {
         if let (true, Some(p)) = (video, self.participants.get_mut(&subscriber)) {
             p.video_subscriptions = p.video_subscriptions.saturating_sub(1);
         }
-        self.commands.push_back(Command::SubscriptionRemoved { subscription, subscriber });
+        self.outputs.push_back(Output::SubscriptionRemoved { subscription, subscriber });
     }
 
     fn remove_track(&mut self, handle: TrackHandle) {
@@ -788,7 +954,7 @@ impl Room {
         }
         l.last_keyframe_request = Some(now);
         self.counters.keyframe_requests += 1;
-        self.commands.push_back(Command::RequestKeyframe { track: handle, layer });
+        self.outputs.push_back(Output::RequestKeyframe { track: handle, layer });
     }
 }
 

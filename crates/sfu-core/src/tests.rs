@@ -9,24 +9,71 @@ use crate::room::*;
 const KEY: &[u8] = &[0x10, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
 const DELTA: &[u8] = &[0x10, 0x01, 0x00, 0x00];
 
-/// A room, a clock, and per-layer RTP counters for simulated publishers.
+/// A room, a clock, per-layer RTP counters for simulated publishers, and the room's
+/// outputs other than forwards, kept until a test takes them.
 struct Sim {
     room: Room,
     now: Instant,
     seq: HashMap<(TrackHandle, usize), (u16, u32)>,
+    outputs: Vec<Output>,
 }
 
 impl Sim {
     fn new() -> Self {
         let now = Instant::now();
-        Self { room: Room::new(now), now, seq: HashMap::new() }
+        Self { room: Room::new(now), now, seq: HashMap::new(), outputs: Vec::new() }
+    }
+
+    /// Feeds one input and drains the room, as a driver does.
+    fn input(&mut self, input: Input<'_>) -> Result<Outcome, RoomError> {
+        let outcome = self.room.handle_input(input);
+        self.drain();
+        outcome
+    }
+
+    /// Polls until [`Output::Timeout`]: returns the forwards and that deadline, and keeps
+    /// every other output for [`Sim::commands`].
+    fn drain(&mut self) -> (Vec<Forward>, Instant) {
+        let mut forwards = Vec::new();
+        loop {
+            match self.room.poll_output() {
+                Output::Timeout(at) => return (forwards, at),
+                Output::Forward(f) => forwards.push(f),
+                other => self.outputs.push(other),
+            }
+        }
+    }
+
+    fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<Outcome, RoomError> {
+        self.input(Input::Join { participant, kind, auto_subscribe })
+    }
+
+    fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
+        self.input(Input::Publish { participant, info }).map(|o| o.track().expect("a handle"))
+    }
+
+    fn add_layer(&mut self, track: TrackHandle, rid: &str) -> usize {
+        self.input(Input::AddLayer { track, rid }).unwrap().layer().expect("a layer index")
+    }
+
+    fn subscribe(&mut self, subscriber: &str, track: &str, prefs: Preferences) -> Result<SubscriptionId, RoomError> {
+        self.input(Input::Subscribe { subscriber, track, prefs }).map(|o| o.subscription().expect("a subscription"))
+    }
+
+    fn estimate(&mut self, subscriber: &str, bps: u64) {
+        let now = self.now;
+        self.input(Input::Estimate { subscriber, bps, now }).unwrap();
     }
 
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
-        while self.room.poll_timeout() <= end {
-            self.now = self.room.poll_timeout();
-            self.room.handle_timeout(self.now);
+        loop {
+            let (_, deadline) = self.drain();
+            if deadline > end {
+                break;
+            }
+            self.now = deadline;
+            self.input(Input::Timeout(self.now)).unwrap();
         }
         self.now = end;
     }
@@ -47,21 +94,22 @@ impl Sim {
         let counter = self.seq.entry((track, layer)).or_insert(((layer as u16) * 10_000, (layer as u32) * 1_000_000));
         counter.0 = counter.0.wrapping_add(1);
         counter.1 = counter.1.wrapping_add(3000);
-        let meta = RtpMeta { seq: counter.0, ts: counter.1, payload, size, audio_level: level };
-        let mut out = Vec::new();
-        self.room.on_rtp(track, layer, &meta, self.now, &mut out);
-        out
+        let packet = RtpMeta { seq: counter.0, ts: counter.1, payload, size, audio_level: level };
+        self.room.handle_input(Input::Rtp { track, layer, packet, now: self.now }).unwrap();
+        self.drain().0
     }
 
-    fn commands(&mut self) -> Vec<Command> {
-        std::iter::from_fn(|| self.room.poll_command()).collect()
+    /// The outputs other than forwards since the last call.
+    fn commands(&mut self) -> Vec<Output> {
+        self.drain();
+        std::mem::take(&mut self.outputs)
     }
 
     fn subscriptions_of(&mut self, who: &str) -> Vec<(SubscriptionId, TrackId)> {
         self.commands()
             .into_iter()
             .filter_map(|c| match c {
-                Command::SubscriptionAdded { subscription, subscriber, track_id, .. } if subscriber == who => {
+                Output::SubscriptionAdded { subscription, subscriber, track_id, .. } if subscriber == who => {
                     Some((subscription, track_id))
                 }
                 _ => None,
@@ -83,11 +131,11 @@ fn three_participants_each_receive_the_others_audio_and_video() {
     let mut sim = Sim::new();
     let mut handles = Vec::new();
     for p in ["a", "b", "c"] {
-        sim.room.join(p, ParticipantKind::Client, true).unwrap();
-        let a = sim.room.publish(p, audio(&format!("{p}-mic"))).unwrap();
-        let v = sim.room.publish(p, video(&format!("{p}-cam"))).unwrap();
-        sim.room.add_layer(a, "");
-        sim.room.add_layer(v, "");
+        sim.join(p, ParticipantKind::Client, true).unwrap();
+        let a = sim.publish(p, audio(&format!("{p}-mic"))).unwrap();
+        let v = sim.publish(p, video(&format!("{p}-cam"))).unwrap();
+        sim.add_layer(a, "");
+        sim.add_layer(v, "");
         handles.push((p, a, v));
     }
     let commands = sim.commands();
@@ -95,7 +143,7 @@ fn three_participants_each_receive_the_others_audio_and_video() {
         let mut got: Vec<&str> = commands
             .iter()
             .filter_map(|c| match c {
-                Command::SubscriptionAdded { subscriber, track_id, .. } if subscriber == who => Some(track_id.as_str()),
+                Output::SubscriptionAdded { subscriber, track_id, .. } if subscriber == who => Some(track_id.as_str()),
                 _ => None,
             })
             .collect();
@@ -113,7 +161,7 @@ fn three_participants_each_receive_the_others_audio_and_video() {
         assert_eq!(sim.send(a, 0, &[0xf8], 100).len(), 2);
         assert!(sim.send(v, 0, DELTA, 1000).is_empty(), "no picture before a keyframe");
     }
-    assert!(sim.commands().iter().any(|c| matches!(c, Command::RequestKeyframe { .. })));
+    assert!(sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { .. })));
     for (_, _, v) in handles {
         assert_eq!(sim.send(v, 0, KEY, 1000).len(), 2);
         assert_eq!(sim.send(v, 0, DELTA, 1000).len(), 2);
@@ -143,16 +191,16 @@ fn burst(sim: &mut Sim, track: TrackHandle, sub: SubscriptionId, keyframe_on: Op
 #[test]
 fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
     let mut sim = Sim::new();
-    sim.room.join("pub", ParticipantKind::Client, false).unwrap();
-    sim.room.join("fast", ParticipantKind::Client, false).unwrap();
-    sim.room.join("slow", ParticipantKind::Client, false).unwrap();
-    let t = sim.room.publish("pub", video("cam")).unwrap();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("fast", ParticipantKind::Client, false).unwrap();
+    sim.join("slow", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
     for rid in ["q", "h", "f"] {
-        sim.room.add_layer(t, rid);
+        sim.add_layer(t, rid);
     }
-    let fast = sim.room.subscribe("fast", "cam", Preferences::default()).unwrap();
-    let slow = sim.room.subscribe("slow", "cam", Preferences::default()).unwrap();
-    sim.room.on_estimate("slow", 250_000, sim.now);
+    let fast = sim.subscribe("fast", "cam", Preferences::default()).unwrap();
+    let slow = sim.subscribe("slow", "cam", Preferences::default()).unwrap();
+    sim.estimate("slow", 250_000);
     // Measure layer bitrates for a second.
     for _ in 0..10 {
         burst(&mut sim, t, fast, None);
@@ -162,7 +210,7 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
         .commands()
         .into_iter()
         .filter_map(|c| match c {
-            Command::RequestKeyframe { layer, .. } => Some(layer),
+            Output::RequestKeyframe { layer, .. } => Some(layer),
             _ => None,
         })
         .collect();
@@ -180,9 +228,9 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
 
     // The cap is lifted: after the hold time the slow subscriber aims higher, asks for a
     // keyframe, and keeps the low layer until it comes.
-    sim.room.on_estimate("slow", 5_000_000, sim.now);
+    sim.estimate("slow", 5_000_000);
     sim.advance(UP_SWITCH_HOLD + LAYER_EVAL_INTERVAL);
-    assert!(sim.commands().iter().any(|c| matches!(c, Command::RequestKeyframe { layer: 2, .. })));
+    assert!(sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { layer: 2, .. })));
     let waiting = burst(&mut sim, t, slow, None);
     assert!(waiting.iter().all(|(l, _)| *l == 0) && !waiting.is_empty());
     // The burst sends the low layer first: the switch happens at the high layer's keyframe.
@@ -196,7 +244,7 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
     assert!(sim.commands().iter().any(|c| matches!(
         c,
-        Command::Event { to, event: RoomEvent::LayerChanged { layer: 2, .. } } if to == "slow"
+        Output::Event { to, event: RoomEvent::LayerChanged { layer: 2, .. } } if to == "slow"
     )));
 
     // Steady traffic again, then a worse estimate moves down without waiting.
@@ -205,7 +253,7 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
         sim.advance(Duration::from_millis(100));
     }
     assert_eq!(sim.room.forwarded_layer(slow), Some(2));
-    sim.room.on_estimate("slow", 150_000, sim.now);
+    sim.estimate("slow", 150_000);
     burst(&mut sim, t, slow, Some(0));
     assert_eq!(sim.room.forwarded_layer(slow), Some(0));
 }
@@ -213,13 +261,13 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
 #[test]
 fn preferences_cap_the_layer() {
     let mut sim = Sim::new();
-    sim.room.join("pub", ParticipantKind::Client, false).unwrap();
-    sim.room.join("s", ParticipantKind::Client, false).unwrap();
-    let t = sim.room.publish("pub", video("cam")).unwrap();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("s", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
     for rid in ["f", "h", "q"] {
-        sim.room.add_layer(t, rid);
+        sim.add_layer(t, rid);
     }
-    let sub = sim.room.subscribe("s", "cam", Preferences { max_layer: Some(1), max_height: None }).unwrap();
+    let sub = sim.subscribe("s", "cam", Preferences { max_layer: Some(1), max_height: None }).unwrap();
     for _ in 0..5 {
         burst(&mut sim, t, sub, None);
         sim.advance(Duration::from_millis(100));
@@ -228,7 +276,8 @@ fn preferences_cap_the_layer() {
     let seen = burst(&mut sim, t, sub, Some(1));
     assert!(!seen.is_empty() && seen.iter().all(|(l, _)| *l == 1), "{seen:?}");
     assert_eq!(sim.room.forwarded_layer(sub), Some(1));
-    sim.room.set_preferences("s", "cam", Preferences { max_layer: Some(0), max_height: None }, sim.now).unwrap();
+    let prefs = Preferences { max_layer: Some(0), max_height: None };
+    sim.input(Input::SetPreferences { subscriber: "s", track: "cam", prefs, now: sim.now }).unwrap();
     let seen = burst(&mut sim, t, sub, Some(2));
     assert_eq!(seen.last().map(|(l, _)| *l), Some(2), "index 2 is the q layer");
     assert_eq!(sim.room.forwarded_layer(sub), Some(0));
@@ -237,87 +286,85 @@ fn preferences_cap_the_layer() {
 #[test]
 fn keyframe_requests_are_rate_limited_and_follow_subscriber_plis() {
     let mut sim = Sim::new();
-    sim.room.join("pub", ParticipantKind::Client, false).unwrap();
-    sim.room.join("s", ParticipantKind::Client, false).unwrap();
-    let t = sim.room.publish("pub", video("cam")).unwrap();
-    sim.room.add_layer(t, "");
-    let sub = sim.room.subscribe("s", "cam", Preferences::default()).unwrap();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("s", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    sim.add_layer(t, "");
+    let sub = sim.subscribe("s", "cam", Preferences::default()).unwrap();
     sim.send(t, 0, KEY, 1000);
     sim.commands();
     assert_eq!(sim.send(t, 0, KEY, 1000).len(), 1);
-    let plis = |sim: &mut Sim| sim.commands().iter().filter(|c| matches!(c, Command::RequestKeyframe { .. })).count();
+    let plis = |sim: &mut Sim| sim.commands().iter().filter(|c| matches!(c, Output::RequestKeyframe { .. })).count();
     sim.advance(KEYFRAME_REQUEST_INTERVAL);
     for _ in 0..10 {
-        sim.room.on_keyframe_request(sub, sim.now);
+        sim.input(Input::KeyframeRequest { subscription: sub, now: sim.now }).unwrap();
     }
     assert_eq!(plis(&mut sim), 1, "ten PLIs in a burst make one request");
     sim.advance(KEYFRAME_REQUEST_INTERVAL);
-    sim.room.on_keyframe_request(sub, sim.now);
+    sim.input(Input::KeyframeRequest { subscription: sub, now: sim.now }).unwrap();
     assert_eq!(plis(&mut sim), 1);
 }
 
 #[test]
 fn leaving_removes_tracks_and_subscriptions_and_empties_the_room() {
     let mut sim = Sim::new();
-    sim.room.join("a", ParticipantKind::Client, true).unwrap();
-    sim.room.join("b", ParticipantKind::Client, true).unwrap();
-    sim.room.publish("a", audio("a-mic")).unwrap();
-    let b_mic = sim.room.publish("b", audio("b-mic")).unwrap();
-    sim.room.add_layer(b_mic, "");
+    sim.join("a", ParticipantKind::Client, true).unwrap();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    sim.publish("a", audio("a-mic")).unwrap();
+    let b_mic = sim.publish("b", audio("b-mic")).unwrap();
+    sim.add_layer(b_mic, "");
     sim.commands();
-    assert_eq!(sim.room.join("a", ParticipantKind::Client, true), Err(RoomError::AlreadyJoined("a".into())));
-    sim.room.leave("a").unwrap();
+    assert_eq!(sim.join("a", ParticipantKind::Client, true), Err(RoomError::AlreadyJoined("a".into())));
+    sim.input(Input::Leave { participant: "a" }).unwrap();
     let cmds = sim.commands();
-    assert_eq!(cmds.iter().filter(|c| matches!(c, Command::SubscriptionRemoved { .. })).count(), 2);
-    assert!(cmds.contains(&Command::Event {
+    assert_eq!(cmds.iter().filter(|c| matches!(c, Output::SubscriptionRemoved { .. })).count(), 2);
+    assert!(cmds.contains(&Output::Event {
         to: "b".into(),
         event: RoomEvent::TrackUnpublished { participant: "a".into(), track: "a-mic".into() }
     }));
     assert!(
-        cmds.contains(&Command::Event {
-            to: "b".into(),
-            event: RoomEvent::ParticipantLeft { participant: "a".into() }
-        })
+        cmds.contains(&Output::Event { to: "b".into(), event: RoomEvent::ParticipantLeft { participant: "a".into() } })
     );
     assert!(sim.send(b_mic, 0, &[1], 100).is_empty(), "nobody left to forward to");
-    assert_eq!(sim.room.leave("a"), Err(RoomError::UnknownParticipant("a".into())));
-    sim.room.leave("b").unwrap();
-    assert!(sim.commands().contains(&Command::Empty));
+    assert_eq!(sim.input(Input::Leave { participant: "a" }), Err(RoomError::UnknownParticipant("a".into())));
+    sim.input(Input::Leave { participant: "b" }).unwrap();
+    assert!(sim.commands().contains(&Output::Empty));
     assert_eq!(sim.room.track_count(), 0);
 }
 
 #[test]
 fn muted_tracks_are_not_forwarded_and_unmuting_asks_for_a_keyframe() {
     let mut sim = Sim::new();
-    sim.room.join("a", ParticipantKind::Client, true).unwrap();
-    sim.room.join("b", ParticipantKind::Client, true).unwrap();
-    let v = sim.room.publish("a", video("a-cam")).unwrap();
-    sim.room.add_layer(v, "");
+    sim.join("a", ParticipantKind::Client, true).unwrap();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    let v = sim.publish("a", video("a-cam")).unwrap();
+    sim.add_layer(v, "");
     assert_eq!(sim.send(v, 0, KEY, 1000).len(), 1);
-    sim.room.set_muted("a", "a-cam", true, sim.now).unwrap();
+    sim.input(Input::SetMuted { participant: "a", track: "a-cam", muted: true, now: sim.now }).unwrap();
     assert!(sim.send(v, 0, DELTA, 1000).is_empty());
-    assert_eq!(sim.room.set_muted("b", "a-cam", true, sim.now), Err(RoomError::UnknownTrack("a-cam".into())));
+    let by_b = Input::SetMuted { participant: "b", track: "a-cam", muted: true, now: sim.now };
+    assert_eq!(sim.input(by_b), Err(RoomError::UnknownTrack("a-cam".into())));
     sim.commands();
     sim.advance(KEYFRAME_REQUEST_INTERVAL);
-    sim.room.set_muted("a", "a-cam", false, sim.now).unwrap();
+    sim.input(Input::SetMuted { participant: "a", track: "a-cam", muted: false, now: sim.now }).unwrap();
     let cmds = sim.commands();
-    assert!(cmds.iter().any(|c| matches!(c, Command::RequestKeyframe { .. })));
-    assert!(cmds.iter().any(|c| matches!(c, Command::Event { event: RoomEvent::TrackMuted { muted: false, .. }, .. })));
+    assert!(cmds.iter().any(|c| matches!(c, Output::RequestKeyframe { .. })));
+    assert!(cmds.iter().any(|c| matches!(c, Output::Event { event: RoomEvent::TrackMuted { muted: false, .. }, .. })));
     assert_eq!(sim.send(v, 0, DELTA, 1000).len(), 1);
 }
 
 #[test]
 fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back() {
     let mut sim = Sim::new();
-    sim.room.join("relay-edge", ParticipantKind::Relay, true).unwrap();
-    sim.room.join("alice", ParticipantKind::Client, true).unwrap();
-    sim.room.publish("relay-edge", TrackInfo { origin: Some("bob".into()), ..audio("bob-mic") }).unwrap();
-    sim.room.publish("alice", audio("alice-mic")).unwrap();
+    sim.join("relay-edge", ParticipantKind::Relay, true).unwrap();
+    sim.join("alice", ParticipantKind::Client, true).unwrap();
+    sim.publish("relay-edge", TrackInfo { origin: Some("bob".into()), ..audio("bob-mic") }).unwrap();
+    sim.publish("alice", audio("alice-mic")).unwrap();
     let cmds = sim.commands();
     let added: Vec<(String, String, String)> = cmds
         .iter()
         .filter_map(|c| match c {
-            Command::SubscriptionAdded { subscriber, track_id, publisher, .. } => {
+            Output::SubscriptionAdded { subscriber, track_id, publisher, .. } => {
                 Some((subscriber.clone(), track_id.clone(), publisher.clone()))
             }
             _ => None,
@@ -330,7 +377,7 @@ fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back()
             ("relay-edge".into(), "alice-mic".into(), "alice".into())
         ]
     );
-    assert!(cmds.contains(&Command::Event {
+    assert!(cmds.contains(&Output::Event {
         to: "alice".into(),
         event: RoomEvent::TrackPublished {
             participant: "bob".into(),
@@ -344,16 +391,14 @@ fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back()
 #[test]
 fn hidden_participants_are_not_announced_but_receive_everything() {
     let mut sim = Sim::new();
-    sim.room.join("alice", ParticipantKind::Client, true).unwrap();
-    sim.room.publish("alice", audio("alice-mic")).unwrap();
+    sim.join("alice", ParticipantKind::Client, true).unwrap();
+    sim.publish("alice", audio("alice-mic")).unwrap();
     sim.commands();
-    sim.room.join("recorder", ParticipantKind::Hidden, true).unwrap();
+    sim.join("recorder", ParticipantKind::Hidden, true).unwrap();
     let cmds = sim.commands();
-    assert!(!cmds.iter().any(|c| matches!(c, Command::Event { to, .. } if to == "alice")));
+    assert!(!cmds.iter().any(|c| matches!(c, Output::Event { to, .. } if to == "alice")));
     assert_eq!(sim.subscriptions_of("recorder").len(), 0, "already drained above");
-    assert!(
-        cmds.iter().any(|c| matches!(c, Command::SubscriptionAdded { subscriber, .. } if subscriber == "recorder"))
-    );
+    assert!(cmds.iter().any(|c| matches!(c, Output::SubscriptionAdded { subscriber, .. } if subscriber == "recorder")));
     assert_eq!(sim.room.client_count(), 1);
 }
 
@@ -362,9 +407,9 @@ fn the_loudest_participant_is_announced_as_active_speaker() {
     let mut sim = Sim::new();
     let mut tracks = Vec::new();
     for p in ["a", "b"] {
-        sim.room.join(p, ParticipantKind::Client, true).unwrap();
-        let t = sim.room.publish(p, audio(&format!("{p}-mic"))).unwrap();
-        sim.room.add_layer(t, "");
+        sim.join(p, ParticipantKind::Client, true).unwrap();
+        let t = sim.publish(p, audio(&format!("{p}-mic"))).unwrap();
+        sim.add_layer(t, "");
         tracks.push(t);
     }
     sim.commands();
@@ -377,9 +422,41 @@ fn the_loudest_participant_is_announced_as_active_speaker() {
         .commands()
         .into_iter()
         .filter_map(|c| match c {
-            Command::Event { to, event: RoomEvent::ActiveSpeaker { participant } } => Some((to, participant)),
+            Output::Event { to, event: RoomEvent::ActiveSpeaker { participant } } => Some((to, participant)),
             _ => None,
         })
         .collect();
     assert_eq!(speakers, vec![("a".to_string(), "b".to_string()), ("b".to_string(), "b".to_string())]);
+}
+
+#[test]
+fn one_poll_loop_drains_a_packets_forwards_first_then_its_other_outputs_then_the_deadline() {
+    let start = Instant::now();
+    let mut room = Room::new(start);
+    assert_eq!(room.poll_output(), Output::Timeout(start + LAYER_EVAL_INTERVAL), "nothing pending");
+    for participant in ["a", "b"] {
+        room.handle_input(Input::Join { participant, kind: ParticipantKind::Client, auto_subscribe: true }).unwrap();
+    }
+    let track = room.handle_input(Input::Publish { participant: "a", info: video("a-cam") }).unwrap().track().unwrap();
+    let layer = room.handle_input(Input::AddLayer { track, rid: "" }).unwrap().layer().unwrap();
+    let missing = TrackHandle(track.0 + 1);
+    assert_eq!(room.handle_input(Input::AddLayer { track: missing, rid: "" }), Err(RoomError::UnknownHandle(missing)));
+    while !matches!(room.poll_output(), Output::Timeout(_)) {}
+
+    let packet = RtpMeta { seq: 7, ts: 90_000, payload: KEY, size: 1000, audio_level: None };
+    room.handle_input(Input::Rtp { track, layer, packet, now: start }).unwrap();
+    let mut outputs = Vec::new();
+    loop {
+        match room.poll_output() {
+            Output::Timeout(at) => {
+                assert_eq!(at, start + LAYER_EVAL_INTERVAL);
+                break;
+            }
+            other => outputs.push(other),
+        }
+    }
+    assert!(matches!(outputs[0], Output::Forward(Forward { seq: 7, ts: 90_000, .. })), "{outputs:?}");
+    assert!(matches!(outputs[1], Output::RequestKeyframe { .. }), "{outputs:?}");
+    assert!(matches!(&outputs[2], Output::Event { to, event: RoomEvent::LayerChanged { .. } } if to == "b"));
+    assert_eq!(outputs.len(), 3);
 }
