@@ -24,7 +24,7 @@ use switchboard_e2e::real_nodes::{self, on_real_nodes};
 use switchboard_e2e::*;
 use switchboard_operator::OperatorConfig;
 use switchboard_operator::config::PodPlacement;
-use switchboard_sfu_client::encoded::{EncodedMedia, load_ivf, load_ogg_opus};
+use switchboard_sfu_client::encoded::{EncodedCodec, EncodedMedia, ToneClip, VideoClip, encode_clip};
 use switchboard_sfu_client::{JoinOptions, Publish, ReceivedTrack};
 use switchboard_signaling_client::{MediaSession, Rest, SignalingClient};
 use tokio::sync::Mutex;
@@ -333,56 +333,10 @@ fn test_media() -> &'static (EncodedMedia, EncodedMedia) {
     MEDIA.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("switchboard-real-pods-media-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (ivf, ogg) = (dir.join("cam.ivf"), dir.join("mic.ogg"));
-        let ffmpeg = |args: &[&str]| {
-            let out = std::process::Command::new("ffmpeg")
-                .args(["-y", "-loglevel", "error"])
-                .args(args)
-                .output()
-                .expect("ffmpeg runs");
-            assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=15",
-            "-t",
-            "10",
-            "-c:v",
-            "libvpx",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-b:v",
-            "200k",
-            "-g",
-            "5",
-            "-keyint_min",
-            "5",
-            ivf.to_str().unwrap(),
-        ]);
-        ffmpeg(&[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "10",
-            "-c:a",
-            "libopus",
-            "-b:a",
-            "48k",
-            "-frame_duration",
-            "20",
-            "-page_duration",
-            "20000",
-            "-ac",
-            "2",
-            ogg.to_str().unwrap(),
-        ]);
-        (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap())
+        let video = VideoClip::new(EncodedCodec::Vp8, "testsrc2");
+        let camera = encode_clip(video, 10, &dir.join("cam.ivf")).expect("ffmpeg encodes the camera");
+        let microphone = encode_clip(ToneClip::new(440), 10, &dir.join("mic.ogg")).expect("ffmpeg encodes the tone");
+        (camera, microphone)
     })
 }
 

@@ -17,7 +17,7 @@ use switchboard_crds::recording_job::{RecordingJob, RecordingPhase};
 use switchboard_e2e::job_runner::{LocalJobRunner, RunnerOptions};
 use switchboard_e2e::operator::{OperatorHandle, operator_identity, start_operator_with};
 use switchboard_e2e::{TestNamespace, client, eventually, install_crds, wait_for};
-use switchboard_sfu_client::encoded::{load_h264, load_ivf, load_ogg_opus};
+use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_clip};
 use switchboard_sfu_client::{EncodedMedia, JoinOptions, Participant, Publish, SfuApi};
 use tokio::sync::OnceCell;
 
@@ -41,100 +41,16 @@ async fn media() -> &'static TestMedia {
             let mut video = Vec::new();
             let mut audio = Vec::new();
             for (i, (pattern, tone)) in [("testsrc2", 440), ("smptebars", 660)].into_iter().enumerate() {
-                let ivf = dir.join(format!("p{i}.ivf"));
-                let h264 = dir.join(format!("p{i}.h264"));
-                let ogg = dir.join(format!("p{i}.ogg"));
-                let source = format!("{pattern}=size=320x240:rate=15");
-                if i == 0 {
-                    ffmpeg(&[
-                        "-f",
-                        "lavfi",
-                        "-i",
-                        &source,
-                        "-t",
-                        "10",
-                        "-c:v",
-                        "libvpx",
-                        "-deadline",
-                        "realtime",
-                        "-cpu-used",
-                        "8",
-                        "-b:v",
-                        "200k",
-                        "-g",
-                        "5",
-                        "-keyint_min",
-                        "5",
-                        ivf.to_str().unwrap(),
-                    ]);
-                    video.push(load_ivf(&ivf).unwrap());
-                } else {
-                    ffmpeg(&[
-                        "-f",
-                        "lavfi",
-                        "-i",
-                        &source,
-                        "-t",
-                        "10",
-                        "-pix_fmt",
-                        "yuv420p",
-                        "-c:v",
-                        "libx264",
-                        "-profile:v",
-                        "baseline",
-                        "-level",
-                        "3.1",
-                        "-preset",
-                        "ultrafast",
-                        "-tune",
-                        "zerolatency",
-                        "-b:v",
-                        "200k",
-                        "-g",
-                        "5",
-                        "-keyint_min",
-                        "5",
-                        "-bf",
-                        "0",
-                        "-f",
-                        "h264",
-                        h264.to_str().unwrap(),
-                    ]);
-                    video.push(load_h264(&h264, 15).unwrap());
-                }
-                ffmpeg(&[
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    &format!("sine=frequency={tone}:sample_rate=48000"),
-                    "-t",
-                    "10",
-                    "-c:a",
-                    "libopus",
-                    "-b:a",
-                    "48k",
-                    "-frame_duration",
-                    "20",
-                    "-page_duration",
-                    "20000",
-                    "-ac",
-                    "2",
-                    ogg.to_str().unwrap(),
-                ]);
-                audio.push(load_ogg_opus(&ogg).unwrap());
+                // The first camera sends VP8, the second H.264.
+                let (codec, file) = if i == 0 { (EncodedCodec::Vp8, "ivf") } else { (EncodedCodec::H264, "h264") };
+                let camera = encode_clip(VideoClip::new(codec, pattern), 10, &dir.join(format!("p{i}.{file}")));
+                video.push(camera.expect("ffmpeg encodes the camera"));
+                let microphone = encode_clip(ToneClip::new(tone), 10, &dir.join(format!("p{i}.ogg")));
+                audio.push(microphone.expect("ffmpeg encodes the tone"));
             }
             TestMedia { video, audio }
         })
         .await
-}
-
-fn ffmpeg(args: &[&str]) {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg is installed");
-    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// What ffmpeg's decoders complain about in a media file (nothing, when it plays). The

@@ -11,7 +11,7 @@ use switchboard_crds::meeting::Meeting;
 use switchboard_sfu_api::{
     ErrorCode as SfuCode, JoinRequest, MuteRequest, OfferRequest, ParticipantKind, RelayRequest, Source,
 };
-use switchboard_sfu_client::{ApiCallError, MediaSignal as _, SfuApi};
+use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind, MediaReconnectPayload,
     OfferPayload, Permission, ProtoError, Role, StateUpdate, parse_client, types,
@@ -38,8 +38,13 @@ fn redis_failed(e: redis::RedisError) -> ProtoError {
     refuse(ErrorCode::Internal, "shared state is unavailable; try again")
 }
 
-fn media_failed(e: impl std::fmt::Display) -> ProtoError {
-    refuse(ErrorCode::MediaFailed, format!("the SFU did not accept it: {e}"))
+fn media_failed(e: switchboard_sfu_client::Error) -> ProtoError {
+    // The client hears what the SFU said, not which of our SFU URLs said it.
+    let reason = match e.refusal() {
+        Some(error) => format!("the SFU refused the request: {error}"),
+        None => e.to_string(),
+    };
+    refuse(ErrorCode::MediaFailed, format!("the SFU did not accept it: {reason}"))
 }
 
 enum Flow {
@@ -646,7 +651,7 @@ impl Session {
             tracks: offer.tracks.clone(),
         };
         let answer = match sfu.join(&room, request.clone()).await {
-            Err(e) if e.downcast_ref::<ApiCallError>().and_then(ApiCallError::code) == Some(SfuCode::AlreadyJoined) => {
+            Err(e) if e.code() == Some(SfuCode::AlreadyJoined) => {
                 // A stale participant of this session (a crashed client): replace it.
                 let _ = sfu.leave(&room, &pid).await;
                 sfu.join(&room, request).await

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use switchboard_signaling_client::{SignalingClient, refusal};
+use switchboard_signaling_client::SignalingClient;
 use switchboard_signaling_proto::{ErrorCode, Role, types};
 
 /// The SignalingPool's open connections, as its replicas report them.
@@ -53,7 +53,7 @@ async fn two_replicas_share_a_meeting_and_a_killed_replicas_clients_resume() {
     .await
     .unwrap();
     let refused = guest.request(types::CHAT, serde_json::json!({"text": "let me in"})).await.unwrap_err();
-    assert_eq!(refusal(&refused).unwrap().code, ErrorCode::NotAdmitted);
+    assert_eq!(refused.refusal().unwrap().code, ErrorCode::NotAdmitted);
     host.request(types::ADMIT, serde_json::json!({"participantId": guest_grant.participant_id})).await.unwrap();
     guest.wait_for("admission", WAIT, of_type(types::ADMITTED)).await.unwrap();
 
@@ -148,9 +148,9 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
             c.request(types::PING, serde_json::json!({})).await.expect("the connection lives on").type_ == types::PONG
         }
     };
-    let forbidden = |r: anyhow::Result<switchboard_signaling_proto::Envelope>| {
+    let forbidden = |r: switchboard_signaling_client::Result<switchboard_signaling_proto::Envelope>| {
         let e = r.expect_err("refused");
-        let p = refusal(&e).unwrap_or_else(|| panic!("an error reply, got {e}")).clone();
+        let p = e.refusal().unwrap_or_else(|| panic!("an error reply, got {e}")).clone();
         assert_eq!(p.code, ErrorCode::Forbidden, "{p:?}");
         p
     };
@@ -203,7 +203,7 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
     // A removed participant cannot come back with the same session.
     let (again, _) = SignalingClient::connect(&viewer_grant.signaling_url).await.map(|c| (c, ())).unwrap();
     let e = again.request(types::JOIN, serde_json::json!({"token": viewer_grant.session_token})).await.unwrap_err();
-    assert_eq!(refusal(&e).unwrap().code, ErrorCode::Removed);
+    assert_eq!(e.refusal().unwrap().code, ErrorCode::Removed);
     env.ns.delete().await;
 }
 
@@ -308,11 +308,11 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     for (token, needle) in [(expired, "expired"), (forged, "refused"), (user_jwt, "not a session token")] {
         let c = SignalingClient::connect(&grant.signaling_url).await.unwrap();
         let e = c.request(types::JOIN, serde_json::json!({"token": token})).await.unwrap_err();
-        let p = refusal(&e).unwrap();
+        let p = e.refusal().unwrap();
         assert_eq!(p.code, ErrorCode::Unauthenticated);
         assert!(p.reason.contains(needle), "{}", p.reason);
         let e = c.request(types::CHAT, serde_json::json!({"text": "sneaky"})).await.unwrap_err();
-        assert_eq!(refusal(&e).unwrap().code, ErrorCode::Unauthenticated, "nothing works before a good join");
+        assert_eq!(e.refusal().unwrap().code, ErrorCode::Unauthenticated, "nothing works before a good join");
     }
     let page = rest(&server.url, "olga", None).chat("open", None, 10).await.unwrap();
     assert!(page.messages.is_empty(), "nothing unauthenticated reached the chat");

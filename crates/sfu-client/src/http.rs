@@ -1,25 +1,11 @@
 //! A typed client for the SFU's internal HTTP API.
 
+use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use switchboard_sfu_api::{ApiError, ErrorCode, paths};
+use switchboard_sfu_api::paths;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiCallError {
-    #[error("the SFU refused the request: {0}")]
-    Refused(ApiError),
-    #[error("the SFU could not be reached: {0}")]
-    Transport(#[from] reqwest::Error),
-}
-
-impl ApiCallError {
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            Self::Refused(e) => Some(e.code),
-            Self::Transport(_) => None,
-        }
-    }
-}
+use crate::error::{Error, Result};
 
 /// One SFU's internal API at `base` (`http://127.0.0.1:7880`).
 #[derive(Clone, Debug)]
@@ -42,42 +28,85 @@ impl SfuApi {
         format!("{}{}", self.base, paths::fill(template, room, participant, track))
     }
 
-    async fn parse<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ApiCallError> {
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response.json().await?);
-        }
-        let text = response.text().await?;
-        let error = serde_json::from_str::<ApiError>(&text)
-            .unwrap_or(ApiError { code: ErrorCode::Internal, message: format!("HTTP {status}: {text}") });
-        Err(ApiCallError::Refused(error))
+    /// Sends `request` (`method` to `url`): the status and body of the reply.
+    async fn send(method: Method, url: &str, request: reqwest::RequestBuilder) -> Result<(u16, String)> {
+        // The error names the URL itself: reqwest's would repeat it.
+        let transport = |source: reqwest::Error| Error::Transport {
+            method: method.clone(),
+            url: url.to_owned(),
+            source: source.without_url(),
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.map_err(transport)?))
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiCallError> {
-        Self::parse(self.http.get(url).send().await?).await
+    /// A JSON reply, or the SFU's refusal.
+    async fn call<T: DeserializeOwned>(method: Method, url: &str, request: reqwest::RequestBuilder) -> Result<T> {
+        let (status, body) = Self::send(method.clone(), url, request).await?;
+        parse(method, url, status, &body)
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T, ApiCallError> {
-        Self::parse(self.http.post(url).json(body).send().await?).await
+    pub async fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T> {
+        Self::call(Method::GET, url, self.http.get(url)).await
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T, ApiCallError> {
-        Self::parse(self.http.put(url).json(body).send().await?).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T> {
+        Self::call(Method::POST, url, self.http.post(url).json(body)).await
     }
 
-    pub async fn delete<T: DeserializeOwned>(&self, url: &str) -> Result<T, ApiCallError> {
-        Self::parse(self.http.delete(url).send().await?).await
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T> {
+        Self::call(Method::PUT, url, self.http.put(url).json(body)).await
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, url: &str) -> Result<T> {
+        Self::call(Method::DELETE, url, self.http.delete(url)).await
     }
 
     /// GET of a plain-text endpoint (`/metrics`, `/readyz`): status and body.
-    pub async fn get_text(&self, path: &str) -> Result<(u16, String), ApiCallError> {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
+    pub async fn get_text(&self, path: &str) -> Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        Self::send(Method::GET, &url, self.http.get(&url)).await
     }
 
     /// Raw POST of arbitrary bytes (for malformed-input tests).
-    pub async fn post_raw(&self, url: &str, body: &'static str) -> Result<(u16, String), ApiCallError> {
-        let r = self.http.post(url).header("content-type", "application/json").body(body).send().await?;
-        Ok((r.status().as_u16(), r.text().await?))
+    pub async fn post_raw(&self, url: &str, body: &'static str) -> Result<(u16, String)> {
+        Self::send(Method::POST, url, self.http.post(url).header("content-type", "application/json").body(body)).await
+    }
+}
+
+/// The reply to `method` `url`: its JSON on success, the SFU's refusal otherwise.
+fn parse<T: DeserializeOwned>(method: Method, url: &str, status: u16, body: &str) -> Result<T> {
+    if !(200..300).contains(&status) {
+        return Err(Error::refused(method, url, status, body));
+    }
+    serde_json::from_str(body).map_err(|source| Error::Decode { method, url: url.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_sfu_api::ErrorCode;
+
+    #[test]
+    fn replies_map_to_values_refusals_and_decode_errors() {
+        let url = "http://sfu/v1/rooms/r/participants/p/events";
+        let ok: serde_json::Value = parse(Method::GET, url, 200, r#"{"events":[]}"#).unwrap();
+        assert_eq!(ok["events"], serde_json::json!([]));
+
+        let gone = parse::<serde_json::Value>(
+            Method::GET,
+            url,
+            404,
+            r#"{"code":"unknownParticipant","message":"no participant p"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(gone.code(), Some(ErrorCode::UnknownParticipant));
+        assert!(matches!(&gone, Error::Refused { status: 404, url: u, .. } if u == url), "{gone:?}");
+
+        let garbled = parse::<Vec<u32>>(Method::POST, url, 200, "not json").unwrap_err();
+        assert!(matches!(&garbled, Error::Decode { method, .. } if method == Method::POST), "{garbled:?}");
+        assert_eq!(garbled.code(), None, "a reply that does not parse is no refusal");
+        assert!(garbled.to_string().starts_with(&format!("POST {url}: ")), "{garbled}");
     }
 }

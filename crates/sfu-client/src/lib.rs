@@ -4,6 +4,7 @@
 //! same way a signaling server would on a browser's behalf.
 
 pub mod encoded;
+pub mod error;
 pub mod http;
 pub mod loss;
 pub mod media;
@@ -11,7 +12,8 @@ pub mod participant;
 pub mod signal;
 
 pub use encoded::{EncodedCodec, EncodedFrame, EncodedMedia};
-pub use http::{ApiCallError, SfuApi};
+pub use error::{Error, Result};
+pub use http::SfuApi;
 pub use media::NetworkOptions;
 pub use participant::{JoinOptions, MediaSink, Participant, Publish, PublishKind, ReceivedTrack, SinkTrack};
 pub use signal::{EventsError, MediaSignal};

@@ -14,6 +14,7 @@ use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 
+use crate::error::{Error, Result, WebRtcContext as _};
 use crate::loss::LossInterceptorBuilder;
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -101,26 +102,24 @@ pub struct NetworkOptions {
 }
 
 /// A webrtc-rs API with Switchboard's codecs, extensions and interceptors.
-pub fn build_api(net: &NetworkOptions) -> anyhow::Result<API> {
+pub fn build_api(net: &NetworkOptions) -> Result<API> {
     let mut media = MediaEngine::default();
     for (capability, payload_type, kind) in codecs() {
-        media.register_codec(RTCRtpCodecParameters { capability, payload_type, ..Default::default() }, kind)?;
+        media
+            .register_codec(RTCRtpCodecParameters { capability, payload_type, ..Default::default() }, kind)
+            .during("registering a codec")?;
     }
     for uri in VIDEO_EXTENSIONS {
-        media.register_header_extension(
-            RTCRtpHeaderExtensionCapability { uri: uri.into() },
-            RTPCodecType::Video,
-            None,
-        )?;
+        media
+            .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Video, None)
+            .during("registering a video header extension")?;
     }
     // The MID extension on audio too: RTP that arrives before the receiver has opened its
     // SSRC (the answer is barely out) is then matched to its transceiver by MID.
     for uri in [AUDIO_LEVEL_URI, VIDEO_EXTENSIONS[0]] {
-        media.register_header_extension(
-            RTCRtpHeaderExtensionCapability { uri: uri.into() },
-            RTPCodecType::Audio,
-            None,
-        )?;
+        media
+            .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Audio, None)
+            .during("registering an audio header extension")?;
     }
     let mut registry = Registry::new();
     if let Some(rate) = net.send_loss {
@@ -173,9 +172,12 @@ pub async fn audio_level_id(receiver: &webrtc::rtp_transceiver::rtp_receiver::RT
 }
 
 /// An API for one connection whose incoming video loses `rate` at the socket.
-pub async fn lossy_api(net: &NetworkOptions, rate: f64) -> anyhow::Result<API> {
-    let bind = if net.loopback_only { "127.0.0.1:0" } else { "0.0.0.0:0" };
-    let conn = crate::loss::LossyConn::bind(bind.parse()?, rate).await?;
+pub async fn lossy_api(net: &NetworkOptions, rate: f64) -> Result<API> {
+    let ip = if net.loopback_only { std::net::Ipv4Addr::LOCALHOST } else { std::net::Ipv4Addr::UNSPECIFIED };
+    let bind = std::net::SocketAddr::from((ip, 0));
+    let conn = crate::loss::LossyConn::bind(bind, rate)
+        .await
+        .map_err(|source| Error::Io { what: format!("binding a lossy UDP socket on {bind}"), source })?;
     let mux = webrtc::ice::udp_mux::UDPMuxDefault::new(webrtc::ice::udp_mux::UDPMuxParams::new(conn));
     build_api(&NetworkOptions { udp_mux: Some(mux), receive_loss: None, ..net.clone() })
 }

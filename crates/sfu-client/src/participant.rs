@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use switchboard_sfu_api::{
     Candidate, ConnectionRole, Event, JoinRequest, OfferRequest, ParticipantKind, Source, TrackDescription,
@@ -31,6 +30,7 @@ use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 use webrtc::track::track_remote::TrackRemote;
 
 use crate::encoded::{EncodedCodec, EncodedMedia};
+use crate::error::{Error, Result, WebRtcContext as _};
 use crate::http::SfuApi;
 use crate::media::{self, NetworkOptions};
 use crate::signal::{EventsError, MediaSignal};
@@ -300,19 +300,20 @@ impl Drop for Participant {
 
 impl Participant {
     /// Joins directly through the SFU's internal API.
-    pub async fn join(api: SfuApi, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
+    pub async fn join(api: SfuApi, room: &str, id: &str, opts: JoinOptions) -> Result<Self> {
         Self::join_via(Arc::new(api), room, id, opts).await
     }
 
     /// Joins through `signal` (the SFU's API, or signaling).
-    pub async fn join_via(api: Arc<dyn MediaSignal>, room: &str, id: &str, opts: JoinOptions) -> anyhow::Result<Self> {
+    pub async fn join_via(api: Arc<dyn MediaSignal>, room: &str, id: &str, opts: JoinOptions) -> Result<Self> {
         let webrtc_api = media::build_api(&opts.net)?;
         let subscriber = match opts.net.receive_loss {
             Some(rate) => {
-                media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await?
+                media::lossy_api(&opts.net, rate).await?.new_peer_connection(RTCConfiguration::default()).await
             }
-            None => webrtc_api.new_peer_connection(RTCConfiguration::default()).await?,
-        };
+            None => webrtc_api.new_peer_connection(RTCConfiguration::default()).await,
+        }
+        .during("creating the subscriber connection")?;
         let subscriber = Arc::new(subscriber);
         let received: Received = Arc::default();
         let video_ssrcs: Arc<Mutex<HashSet<u32>>> = Arc::default();
@@ -452,9 +453,9 @@ impl Participant {
 
         let offer = match &publisher {
             Some(pc) => {
-                let offer = pc.create_offer(None).await?;
-                pc.set_local_description(offer).await?;
-                Some(pc.local_description().await.context("no local description")?.sdp)
+                let offer = pc.create_offer(None).await.during("creating the publisher's offer")?;
+                pc.set_local_description(offer).await.during("setting the publisher's offer")?;
+                Some(local_sdp(pc, "reading the publisher's offer").await?)
             }
             None => None,
         };
@@ -471,7 +472,8 @@ impl Participant {
         };
         let answer = api.join(room, join).await?;
         if let (Some(pc), Some(sdp)) = (&publisher, answer.answer) {
-            pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+            let answer = RTCSessionDescription::answer(sdp).during("reading the SFU's answer to the join")?;
+            pc.set_remote_description(answer).await.during("applying the SFU's answer to the join")?;
         }
 
         // Trickle our candidates.
@@ -570,30 +572,21 @@ impl Participant {
         what: &str,
         timeout: Duration,
         check: impl Fn(&HashMap<String, ReceivedTrack>) -> bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if check(&self.received.lock().unwrap()) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                anyhow::bail!(
-                    "{}: timed out after {timeout:?} waiting for {what}; received: {:?}",
-                    self.id,
-                    self.summary()
-                );
+                return Err(self.timeout(what, timeout));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Waits for an event matching `check`.
-    pub async fn wait_event(
-        &self,
-        what: &str,
-        timeout: Duration,
-        check: impl Fn(&Event) -> bool,
-    ) -> anyhow::Result<Event> {
+    pub async fn wait_event(&self, what: &str, timeout: Duration, check: impl Fn(&Event) -> bool) -> Result<Event> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.event_arrived.notified();
@@ -601,12 +594,26 @@ impl Participant {
                 return Ok(e.clone());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                anyhow::bail!("{}: no {what} within {timeout:?}; events: {:?}", self.id, self.events());
+                return Err(Error::Timeout {
+                    participant: self.id.clone(),
+                    what: what.to_owned(),
+                    after: timeout,
+                    seen: format!("events: {:?}", self.events()),
+                });
             }
         }
     }
 
-    /// Packets per received track id, for messages.
+    /// A [`Error::Timeout`] waiting `after` for `what` in received media, with a [`summary`](Self::summary).
+    pub fn timeout(&self, what: &str, after: Duration) -> Error {
+        Error::Timeout {
+            participant: self.id.clone(),
+            what: what.to_owned(),
+            after,
+            seen: format!("received: {:?}", self.summary()),
+        }
+    }
+
     /// (track, packets, keyframes, last layer, missing) per received track, for messages.
     pub fn summary(&self) -> Vec<(String, u64, u64, Option<u8>, i64)> {
         let mut v: Vec<_> = self
@@ -626,14 +633,21 @@ impl Participant {
     }
 
     /// Restarts ICE on both connections; media continues on the new candidates.
-    pub async fn ice_restart(&self) -> anyhow::Result<()> {
+    pub async fn ice_restart(&self) -> Result<()> {
         if let Some(pc) = &self.publisher {
-            let offer = pc.create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() })).await?;
-            pc.set_local_description(offer).await?;
-            let sdp = pc.local_description().await.context("no local description")?.sdp;
+            let offer = pc
+                .create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() }))
+                .await
+                .during("creating the ICE-restart offer")?;
+            pc.set_local_description(offer).await.during("setting the ICE-restart offer")?;
+            let sdp = local_sdp(pc, "reading the ICE-restart offer").await?;
             let answer =
                 self.signal.publisher_offer(&self.room, &self.id, OfferRequest { sdp, tracks: vec![] }).await?;
-            pc.set_remote_description(RTCSessionDescription::answer(answer.answer.context("no answer")?)?).await?;
+            let answer = answer
+                .answer
+                .ok_or_else(|| Error::Protocol("the reply to the ICE-restart offer carried no answer".into()))?;
+            let answer = RTCSessionDescription::answer(answer).during("reading the ICE-restart answer")?;
+            pc.set_remote_description(answer).await.during("applying the ICE-restart answer")?;
         }
         self.signal.subscriber_restart(&self.room, &self.id).await?;
         Ok(())
@@ -663,13 +677,13 @@ impl Participant {
         self.video_ssrcs.lock().unwrap().iter().copied().collect()
     }
 
-    pub async fn leave(self) -> anyhow::Result<()> {
+    pub async fn leave(self) -> Result<()> {
         self.stop.notify_waiters();
         self.signal.leave(&self.room, &self.id).await?;
         if let Some(pc) = &self.publisher {
-            pc.close().await?;
+            pc.close().await.during("closing the publisher connection")?;
         }
-        self.subscriber.close().await?;
+        self.subscriber.close().await.during("closing the subscriber connection")?;
         Ok(())
     }
 
@@ -692,15 +706,20 @@ struct SourceTrack {
 async fn publisher_connection(
     api: &API,
     publish: &[Publish],
-) -> anyhow::Result<(Arc<RTCPeerConnection>, Vec<(SourceTrack, Arc<RTCRtpSender>)>)> {
-    let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+) -> Result<(Arc<RTCPeerConnection>, Vec<(SourceTrack, Arc<RTCRtpSender>)>)> {
+    let pc = Arc::new(
+        api.new_peer_connection(RTCConfiguration::default()).await.during("creating the publisher connection")?,
+    );
     let mut sources = Vec::new();
     for p in publish {
         let stream = "local".to_owned();
         match &p.kind {
             PublishKind::Audio { level } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::opus(), p.id.clone(), stream));
-                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                let sender = pc
+                    .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                    .await
+                    .during(format!("adding track {}", p.id))?;
                 sources.push((
                     SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)], encoded: None },
                     sender,
@@ -708,7 +727,10 @@ async fn publisher_connection(
             }
             PublishKind::Video { simulcast: false, packets_per_second, size } => {
                 let track = Arc::new(TrackLocalStaticRTP::new(media::vp8(), p.id.clone(), stream));
-                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                let sender = pc
+                    .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                    .await
+                    .during(format!("adding track {}", p.id))?;
                 sources.push((
                     SourceTrack {
                         video: true,
@@ -730,8 +752,14 @@ async fn publisher_connection(
                         stream.clone(),
                     ));
                     match &sender {
-                        None => sender = Some(pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?),
-                        Some(s) => s.add_encoding(track.clone()).await?,
+                        None => {
+                            let added = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await;
+                            sender = Some(added.during(format!("adding track {}", p.id))?);
+                        }
+                        Some(s) => s
+                            .add_encoding(track.clone())
+                            .await
+                            .during(format!("adding layer {rid} of track {}", p.id))?,
                     }
                     layers.push((track, i as u8, *pps, *size));
                 }
@@ -747,7 +775,10 @@ async fn publisher_connection(
                     EncodedCodec::Opus => media::opus(),
                 };
                 let track = Arc::new(TrackLocalStaticRTP::new(codec, p.id.clone(), stream));
-                let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await?;
+                let sender = pc
+                    .add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+                    .await
+                    .during(format!("adding track {}", p.id))?;
                 let level = if m.video() { 127 } else { 30 };
                 sources.push((
                     SourceTrack { video: m.video(), level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) },
@@ -948,19 +979,22 @@ async fn event_loop(
     }
 }
 
-async fn answer_offer(
-    api: &dyn MediaSignal,
-    room: &str,
-    id: &str,
-    pc: &RTCPeerConnection,
-    sdp: &str,
-) -> anyhow::Result<()> {
-    pc.set_remote_description(RTCSessionDescription::offer(sdp.to_owned())?).await?;
-    let answer = pc.create_answer(None).await?;
-    pc.set_local_description(answer).await?;
+async fn answer_offer(api: &dyn MediaSignal, room: &str, id: &str, pc: &RTCPeerConnection, sdp: &str) -> Result<()> {
+    let offer = RTCSessionDescription::offer(sdp.to_owned()).during("reading the SFU's subscriber offer")?;
+    pc.set_remote_description(offer).await.during("applying the SFU's subscriber offer")?;
+    let answer = pc.create_answer(None).await.during("answering the SFU's subscriber offer")?;
+    pc.set_local_description(answer).await.during("setting the subscriber answer")?;
     media::wait_receivers_started(pc, Duration::from_secs(2)).await;
-    let sdp = pc.local_description().await.context("no local description")?.sdp;
+    let sdp = local_sdp(pc, "reading the subscriber answer").await?;
     api.subscriber_answer(room, id, sdp).await
+}
+
+/// The local description's SDP, just set while doing `what`.
+async fn local_sdp(pc: &RTCPeerConnection, what: &str) -> Result<String> {
+    match pc.local_description().await {
+        Some(d) => Ok(d.sdp),
+        None => Err(Error::WebRtc { what: what.into(), source: webrtc::Error::new("no local description".into()) }),
+    }
 }
 
 #[cfg(test)]

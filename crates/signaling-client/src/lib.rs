@@ -8,15 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use switchboard_sfu_api::{AnswerResponse, Candidate, JoinRequest, OfferRequest, SequencedEvent};
-use switchboard_sfu_client::{EventsError, MediaSignal};
+use switchboard_sfu_client::{EventsError, MediaSignal, Result as MediaResult};
 use switchboard_signaling_proto::{Envelope, ErrorPayload, JoinedPayload, OfferPayload, types};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
+mod error;
+pub use error::{Error, Result};
 pub use switchboard_signaling_proto as proto;
 pub use switchboard_signaling_proto::rest::{ChatPage, IceServer, JoinGrant, MeetingInfo};
 
@@ -33,20 +34,27 @@ impl Rest {
         Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').into(), bearer: bearer.into() }
     }
 
-    /// Any call: status and JSON body (errors are `{code, message}`).
+    /// Any call: status and JSON body (errors are `{code, message}`); a body that is
+    /// not JSON comes as a string.
     pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<(u16, serde_json::Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.bearer);
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}{path}", self.base);
+        let transport = |source: reqwest::Error| Error::Transport {
+            method: method.clone(),
+            url: url.clone(),
+            source: source.without_url(),
+        };
+        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.bearer);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await?;
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let text = resp.text().await?;
+        let text = resp.text().await.map_err(transport)?;
         Ok((status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))))
     }
 
@@ -55,27 +63,37 @@ impl Rest {
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<T> {
-        let (status, v) = self.call(method, path, body).await?;
-        if !(200..300).contains(&status) {
-            bail!("HTTP {status}: {v}");
-        }
-        Ok(serde_json::from_value(v)?)
+    ) -> Result<T> {
+        let (status, v) = self.call(method.clone(), path, body).await?;
+        checked(method, format!("{}{path}", self.base), status, v)
     }
 
-    pub async fn create_meeting(&self, body: serde_json::Value) -> anyhow::Result<MeetingInfo> {
+    pub async fn create_meeting(&self, body: serde_json::Value) -> Result<MeetingInfo> {
         self.ok(reqwest::Method::POST, "/api/v1/meetings", Some(body)).await
     }
-    pub async fn meeting(&self, id: &str) -> anyhow::Result<MeetingInfo> {
+    pub async fn meeting(&self, id: &str) -> Result<MeetingInfo> {
         self.ok(reqwest::Method::GET, &format!("/api/v1/meetings/{id}"), None).await
     }
-    pub async fn join(&self, id: &str) -> anyhow::Result<JoinGrant> {
+    pub async fn join(&self, id: &str) -> Result<JoinGrant> {
         self.ok(reqwest::Method::POST, &format!("/api/v1/meetings/{id}/join"), Some(serde_json::json!({}))).await
     }
-    pub async fn chat(&self, id: &str, before: Option<u64>, limit: u32) -> anyhow::Result<ChatPage> {
+    pub async fn chat(&self, id: &str, before: Option<u64>, limit: u32) -> Result<ChatPage> {
         let before = before.map(|b| format!("&before={b}")).unwrap_or_default();
         self.ok(reqwest::Method::GET, &format!("/api/v1/meetings/{id}/chat?limit={limit}{before}"), None).await
     }
+}
+
+/// The reply to `method` `url`: its body as a `T` when the status is a success.
+fn checked<T: for<'de> Deserialize<'de>>(
+    method: reqwest::Method,
+    url: String,
+    status: u16,
+    body: serde_json::Value,
+) -> Result<T> {
+    if !(200..300).contains(&status) {
+        return Err(Error::Http { method, url, status, body });
+    }
+    serde_json::from_value(body).map_err(|source| Error::Decode { method, url, source })
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Envelope>>>>;
@@ -111,10 +129,10 @@ struct MediaChannel {
 
 impl SignalingClient {
     /// Opens a WebSocket to `url` (`ws://host:port/ws`).
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str) -> Result<Self> {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
-            .with_context(|| format!("connecting {url}"))?;
+            .map_err(|source| Error::Connect { url: url.to_owned(), source: Box::new(source) })?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let log: Arc<Mutex<Vec<Envelope>>> = Arc::default();
@@ -175,10 +193,13 @@ impl SignalingClient {
     }
 
     /// Connects and joins with a session token; fails on an `error` reply.
-    pub async fn join(url: &str, token: &str) -> anyhow::Result<(Self, JoinedPayload)> {
+    pub async fn join(url: &str, token: &str) -> Result<(Self, JoinedPayload)> {
         let client = Self::connect(url).await?;
         let reply = client.request(types::JOIN, serde_json::json!({ "token": token })).await?;
-        Ok((client, reply.payload_as()?))
+        let joined = reply
+            .payload_as()
+            .map_err(|source| Error::Protocol { what: format!("the `{}` reply to `join`", reply.type_), source })?;
+        Ok((client, joined))
     }
 
     pub fn is_open(&self) -> bool {
@@ -197,20 +218,18 @@ impl SignalingClient {
 
     /// Sends `type` with `payload` and a fresh request id, and waits for the reply
     /// carrying that id; an `error` reply becomes an `Err` holding its payload.
-    pub async fn request(&self, type_: &str, payload: impl Serialize) -> anyhow::Result<Envelope> {
+    pub async fn request(&self, type_: &str, payload: impl Serialize) -> Result<Envelope> {
+        const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
         let id = format!("r{}", self.next_id.fetch_add(1, Ordering::SeqCst));
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         self.send(Envelope::new(type_, payload).in_reply_to(Some(id.clone())));
-        let reply = tokio::time::timeout(Duration::from_secs(15), rx)
-            .await
-            .with_context(|| format!("no reply to `{type_}` within 15 s"))?
-            .context("connection closed")?;
-        if reply.type_ == types::ERROR {
-            let e: ErrorPayload = reply.payload_as()?;
-            return Err(RequestRefused(e).into());
-        }
-        Ok(reply)
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Err(Error::Closed { what: format!("a reply to `{type_}`") }),
+            Err(_) => return Err(Error::Timeout { what: format!("a reply to `{type_}`"), after: REPLY_TIMEOUT }),
+        };
+        refused(type_, reply)
     }
 
     /// Everything received so far.
@@ -240,12 +259,7 @@ impl SignalingClient {
     }
 
     /// Waits until a received message satisfies `check` (earlier ones count too).
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        check: impl Fn(&Envelope) -> bool,
-    ) -> anyhow::Result<Envelope> {
+    pub async fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&Envelope) -> bool) -> Result<Envelope> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.arrived.notified();
@@ -253,21 +267,21 @@ impl SignalingClient {
                 return Ok(e.clone());
             }
             if !self.is_open() {
-                bail!("connection closed while waiting for {what}");
+                return Err(Error::Closed { what: what.to_owned() });
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                bail!("timed out after {timeout:?} waiting for {what}");
+                return Err(Error::Timeout { what: what.to_owned(), after: timeout });
             }
         }
     }
 
     /// Waits until the server closes the connection.
-    pub async fn wait_closed(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.is_open() {
             let notified = self.arrived.notified();
             if tokio::time::timeout_at(deadline, notified).await.is_err() && self.is_open() {
-                bail!("connection still open after {timeout:?}");
+                return Err(Error::Timeout { what: "signaling to close the connection".into(), after: timeout });
             }
         }
         Ok(())
@@ -279,27 +293,22 @@ impl SignalingClient {
     }
 }
 
-/// An `error` reply to a request.
-#[derive(Debug)]
-pub struct RequestRefused(pub ErrorPayload);
-
-impl std::fmt::Display for RequestRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "refused ({:?}): {}", self.0.code, self.0.reason)
+/// The reply to a `request` of type `request`: an `error` reply becomes [`Error::Refused`].
+fn refused(request: &str, reply: Envelope) -> Result<Envelope> {
+    if reply.type_ != types::ERROR {
+        return Ok(reply);
     }
-}
-impl std::error::Error for RequestRefused {}
-
-/// The refusal inside a request error, if it was one.
-pub fn refusal(e: &anyhow::Error) -> Option<&ErrorPayload> {
-    e.downcast_ref::<RequestRefused>().map(|r| &r.0)
+    match reply.payload_as::<ErrorPayload>() {
+        Ok(payload) => Err(Error::Refused { request: request.to_owned(), payload }),
+        Err(source) => Err(Error::Protocol { what: format!("the `error` reply to `{request}`"), source }),
+    }
 }
 
 struct ViaSignaling(Arc<SignalingClient>);
 
 impl ViaSignaling {
     /// `offer` → the `answer` reply (without an sdp for a receive-only join).
-    async fn offer(&self, offer: OfferPayload) -> anyhow::Result<AnswerResponse> {
+    async fn offer(&self, offer: OfferPayload) -> Result<AnswerResponse> {
         let reply = self.0.request(types::OFFER, offer).await?;
         Ok(AnswerResponse { answer: reply.payload.get("sdp").and_then(|s| s.as_str()).map(str::to_owned) })
     }
@@ -307,33 +316,40 @@ impl ViaSignaling {
 
 #[async_trait::async_trait]
 impl MediaSignal for ViaSignaling {
-    async fn join(&self, _room: &str, request: JoinRequest) -> anyhow::Result<AnswerResponse> {
+    async fn join(&self, _room: &str, request: JoinRequest) -> MediaResult<AnswerResponse> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.0.media.tx.lock().unwrap() = Some(tx);
         *self.0.media.rx.lock().await = Some(rx);
-        self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks }).await
+        Ok(self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks }).await?)
     }
     async fn publisher_offer(
         &self,
         _room: &str,
         _participant: &str,
         request: OfferRequest,
-    ) -> anyhow::Result<AnswerResponse> {
-        self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await
+    ) -> MediaResult<AnswerResponse> {
+        Ok(self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await?)
     }
-    async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> anyhow::Result<()> {
-        self.0.request(types::ANSWER, serde_json::json!({ "sdp": sdp })).await.map(drop)
+    async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> MediaResult<()> {
+        self.0.request(types::ANSWER, serde_json::json!({ "sdp": sdp })).await?;
+        Ok(())
     }
-    async fn subscriber_restart(&self, _room: &str, _participant: &str) -> anyhow::Result<()> {
-        self.0.request(types::ICE_RESTART, serde_json::json!({})).await.map(drop)
+    async fn subscriber_restart(&self, _room: &str, _participant: &str) -> MediaResult<()> {
+        self.0.request(types::ICE_RESTART, serde_json::json!({})).await?;
+        Ok(())
     }
-    async fn candidate(&self, _room: &str, _participant: &str, candidate: Candidate) -> anyhow::Result<()> {
+    async fn candidate(&self, _room: &str, _participant: &str, candidate: Candidate) -> MediaResult<()> {
         self.0.send(Envelope::new(types::CANDIDATE, candidate));
         Ok(())
     }
-    async fn events(&self, _room: &str, _participant: &str, _after: u64) -> Result<Vec<SequencedEvent>, EventsError> {
+    async fn events(
+        &self,
+        _room: &str,
+        _participant: &str,
+        _after: u64,
+    ) -> MediaResult<Vec<SequencedEvent>, EventsError> {
         let mut guard = self.0.media.rx.lock().await;
-        let Some(rx) = guard.as_mut() else { return Err(EventsError::Fatal(anyhow::anyhow!("not joined"))) };
+        let Some(rx) = guard.as_mut() else { return Err(EventsError::Fatal(Error::NotJoined.into())) };
         match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
             Ok(Some(first)) => {
                 let mut batch = vec![first];
@@ -342,13 +358,14 @@ impl MediaSignal for ViaSignaling {
                 }
                 Ok(batch)
             }
-            Ok(None) => Err(EventsError::Fatal(anyhow::anyhow!("media session replaced"))),
+            Ok(None) => Err(EventsError::Fatal(Error::Replaced.into())),
             Err(_) if self.0.is_open() => Ok(Vec::new()),
-            Err(_) => Err(EventsError::Transient(anyhow::anyhow!("signaling connection closed"))),
+            Err(_) => Err(EventsError::Transient(Error::Closed { what: "media events".into() }.into())),
         }
     }
-    async fn leave(&self, _room: &str, _participant: &str) -> anyhow::Result<()> {
-        self.0.request(types::LEAVE, serde_json::json!({})).await.map(drop)
+    async fn leave(&self, _room: &str, _participant: &str) -> MediaResult<()> {
+        self.0.request(types::LEAVE, serde_json::json!({})).await?;
+        Ok(())
     }
 }
 
@@ -372,7 +389,7 @@ impl MediaSession {
         client: Arc<SignalingClient>,
         participant: &str,
         opts: switchboard_sfu_client::JoinOptions,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let first =
             switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, opts.clone()).await?;
         let current = Arc::new(tokio::sync::Mutex::new(first));
@@ -436,19 +453,59 @@ impl MediaSession {
         what: &str,
         timeout: Duration,
         check: impl Fn(&HashMap<String, switchboard_sfu_client::ReceivedTrack>) -> bool,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if check(&self.received().await) {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "timed out after {timeout:?} waiting for {what}; received {:?}",
-                    self.current.lock().await.summary()
-                );
+                return Err(Error::Media(self.current.lock().await.timeout(what, timeout)));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_signaling_proto::ErrorCode;
+
+    #[test]
+    fn rest_statuses_map_to_values_and_http_errors() {
+        let url = "http://signaling/api/v1/meetings/m".to_owned();
+        let ok: ChatPage =
+            checked(reqwest::Method::GET, url.clone(), 200, serde_json::json!({"messages": [], "nextBefore": null}))
+                .unwrap();
+        assert!(ok.messages.is_empty());
+
+        let body = serde_json::json!({"code": "notFound", "message": "no meeting m"});
+        let e = checked::<MeetingInfo>(reqwest::Method::GET, url.clone(), 404, body.clone()).unwrap_err();
+        assert!(matches!(&e, Error::Http { status: 404, body: b, .. } if *b == body), "{e:?}");
+        assert_eq!(e.status(), Some(404));
+        assert!(e.to_string().starts_with(&format!("GET {url}: HTTP 404: ")), "{e}");
+
+        let e = checked::<MeetingInfo>(reqwest::Method::POST, url, 201, serde_json::json!("created")).unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+        assert_eq!(e.status(), None);
+    }
+
+    #[test]
+    fn error_replies_are_refusals_of_the_request() {
+        let reply = Envelope::new(
+            types::ERROR,
+            ErrorPayload { code: ErrorCode::NotAdmitted, reason: "wait".into(), refused: Some("chat".into()) },
+        );
+        let e = refused(types::CHAT, reply).unwrap_err();
+        assert_eq!(e.refusal().map(|p| p.code), Some(ErrorCode::NotAdmitted));
+        assert!(matches!(&e, Error::Refused { request, .. } if request == types::CHAT));
+
+        let garbled = refused(types::CHAT, Envelope::new(types::ERROR, serde_json::json!({"why": 1}))).unwrap_err();
+        assert!(matches!(garbled, Error::Protocol { .. }), "{garbled:?}");
+        assert_eq!(garbled.refusal(), None);
+
+        let pong = refused(types::PING, Envelope::new(types::PONG, serde_json::json!({}))).unwrap();
+        assert_eq!(pong.type_, types::PONG);
     }
 }

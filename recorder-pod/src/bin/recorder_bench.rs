@@ -21,21 +21,12 @@ use recorder_pod::compose;
 use recorder_pod::tracks::TrackRecorder;
 use switchboard_crds::recording_job::{Layout, RecordingFormat};
 use switchboard_sfu_api::ParticipantKind;
-use switchboard_sfu_client::encoded::{load_ivf, load_ogg_opus};
+use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_clip};
 use switchboard_sfu_client::{JoinOptions, Participant, Publish, SfuApi};
 
 fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn ffmpeg(args: &[&str]) {
-    let ok = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ffmpeg {args:?} failed");
 }
 
 /// CPU seconds (user + system) of waited-for children so far.
@@ -100,44 +91,17 @@ async fn main() {
     std::fs::create_dir_all(&work).unwrap();
 
     // Test media: 10 s, looped by the publishers.
-    let (ivf, ogg) = (work.join("cam.ivf"), work.join("mic.ogg"));
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=640x360:rate=15",
-        "-t",
-        "10",
-        "-c:v",
-        "libvpx",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-b:v",
-        "500k",
-        "-g",
-        "30",
-        ivf.to_str().unwrap(),
-    ]);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        "10",
-        "-c:a",
-        "libopus",
-        "-b:a",
-        "32k",
-        "-frame_duration",
-        "20",
-        "-page_duration",
-        "20000",
-        ogg.to_str().unwrap(),
-    ]);
-    let (video, audio) = (load_ivf(&ivf).unwrap(), load_ogg_opus(&ogg).unwrap());
+    let camera = VideoClip {
+        width: 640,
+        height: 360,
+        kbps: 500,
+        keyframe_interval: 30,
+        fixed_keyframes: false,
+        ..VideoClip::new(EncodedCodec::Vp8, "testsrc2")
+    };
+    let video = encode_clip(camera, 10, &work.join("cam.ivf")).expect("ffmpeg encodes the camera");
+    let tone = ToneClip { kbps: 32, stereo: false, ..ToneClip::new(440) };
+    let audio = encode_clip(tone, 10, &work.join("mic.ogg")).expect("ffmpeg encodes the tone");
 
     if args.iter().any(|a| a == "--composite-only") {
         let dir = work.join("recording");
