@@ -12,12 +12,25 @@ pub fn condition(
     message: impl Into<String>,
     generation: Option<i64>,
 ) -> Condition {
+    condition_at(previous, type_, status, reason, message, generation, jiff::Timestamp::now())
+}
+
+/// [`condition`] with the time of a transition passed in (for pure status steps).
+pub fn condition_at(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
     let status = if status { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(jiff::Timestamp::now()));
+        .unwrap_or(Time(now));
     Condition {
         type_: type_.into(),
         status: status.into(),

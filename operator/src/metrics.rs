@@ -81,111 +81,114 @@ pub struct Metrics {
     pub evictions: Family<ResultLabels, Counter>,
 }
 
+fn reconcile_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+}
+
+/// Registers `metric` under `name` and hands it back.
+fn register<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("switchboard");
-        let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed, by controller, failed step and error kind",
-            reconcile_errors.clone(),
-        );
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
-        });
-        registry.register("reconcile_duration_seconds", "Time a reconcile takes", reconcile_duration.clone());
-        let leader = Gauge::default();
-        registry.register("leader", "1 while this replica leads and reconciles", leader.clone());
-        let pool_ready_pods = Family::<PoolLabels, Gauge>::default();
-        registry.register("sfupool_ready_pods", "Ready SFU pods of a pool", pool_ready_pods.clone());
-        let pool_desired_pods = Family::<PoolLabels, Gauge>::default();
-        registry.register("sfupool_desired_pods", "SFU pods a pool aims for", pool_desired_pods.clone());
-        let pool_allocated_participants = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "sfupool_allocated_participants",
-            "Participants the pool's SFUs report",
-            pool_allocated_participants.clone(),
-        );
-        let pool_capacity_participants = Family::<PoolLabels, Gauge>::default();
-        registry.register(
-            "sfupool_capacity_participants",
-            "Participants the Ready pods hold",
-            pool_capacity_participants.clone(),
-        );
-        let sfu_pod_actions = Family::<PodActionLabels, Counter>::default();
-        registry.register(
-            "sfu_pod_actions",
-            "SFU pods created, drained and deleted, by reason",
-            sfu_pod_actions.clone(),
-        );
-        let meetings = Family::<PhaseLabels, Gauge>::default();
-        registry.register("meetings", "Meetings by phase", meetings.clone());
-        let placements = Family::<PlacementLabels, Counter>::default();
-        registry.register("meeting_placements", "Placement attempts by result and reason", placements.clone());
-        let placement_latency =
-            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]);
-        registry.register(
-            "meeting_placement_latency_seconds",
-            "Time from a meeting being due (created, or its start) to its assignment",
-            placement_latency.clone(),
-        );
-        let reservations = Gauge::default();
-        registry.register(
-            "meeting_reservations",
-            "Meetings holding a reservation ahead of their start",
-            reservations.clone(),
-        );
-        let reservations_made = Counter::default();
-        registry.register(
-            "meeting_reservations_made",
-            "Reservations made for scheduled meetings",
-            reservations_made.clone(),
-        );
-        let sfu_faults = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "sfu_faults",
-            "SFU pods found failed or leaving with their node, by reason",
-            sfu_faults.clone(),
-        );
-        let migrations = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "meeting_migrations",
-            "Meetings moved off a failed or leaving SFU pod, by reason",
-            migrations.clone(),
-        );
-        let migration_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]);
-        registry.register(
-            "meeting_migration_duration_seconds",
-            "Time from a fault becoming detectable (its threshold elapsed) to the meeting re-placed",
-            migration_duration.clone(),
-        );
-        let nodes_cordoned = Counter::default();
-        registry.register("nodes_cordoned", "Failed nodes the operator cordoned and tainted", nodes_cordoned.clone());
-        let evictions = Family::<ResultLabels, Counter>::default();
-        registry.register("sfu_evictions", "SFU pod evictions through the Eviction API, by result", evictions.clone());
+        let mut r = Registry::with_prefix("switchboard");
+        let seconds = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
         Self {
-            registry: Arc::new(registry),
-            sfu_faults,
-            migrations,
-            migration_duration,
-            nodes_cordoned,
-            evictions,
-            meetings,
-            placements,
-            placement_latency,
-            reservations,
-            reservations_made,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            leader,
-            pool_ready_pods,
-            pool_desired_pods,
-            pool_allocated_participants,
-            pool_capacity_participants,
-            sfu_pod_actions,
+            reconciles: register(&mut r, "reconciles", "Reconciles run, by controller", Family::default()),
+            reconcile_errors: register(
+                &mut r,
+                "reconcile_errors",
+                "Reconciles that failed, by controller, failed step and error kind",
+                Family::default(),
+            ),
+            reconcile_duration: register(
+                &mut r,
+                "reconcile_duration_seconds",
+                "Time a reconcile takes",
+                Family::new_with_constructor(reconcile_histogram),
+            ),
+            leader: register(&mut r, "leader", "1 while this replica leads and reconciles", Gauge::default()),
+            pool_ready_pods: register(&mut r, "sfupool_ready_pods", "Ready SFU pods of a pool", Family::default()),
+            pool_desired_pods: register(&mut r, "sfupool_desired_pods", "SFU pods a pool aims for", Family::default()),
+            pool_allocated_participants: register(
+                &mut r,
+                "sfupool_allocated_participants",
+                "Participants the pool's SFUs report",
+                Family::default(),
+            ),
+            pool_capacity_participants: register(
+                &mut r,
+                "sfupool_capacity_participants",
+                "Participants the Ready pods hold",
+                Family::default(),
+            ),
+            sfu_pod_actions: register(
+                &mut r,
+                "sfu_pod_actions",
+                "SFU pods created, drained and deleted, by reason",
+                Family::default(),
+            ),
+            meetings: register(&mut r, "meetings", "Meetings by phase", Family::default()),
+            placements: register(
+                &mut r,
+                "meeting_placements",
+                "Placement attempts by result and reason",
+                Family::default(),
+            ),
+            placement_latency: register(
+                &mut r,
+                "meeting_placement_latency_seconds",
+                "Time from a meeting being due (created, or its start) to its assignment",
+                seconds(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            ),
+            reservations: register(
+                &mut r,
+                "meeting_reservations",
+                "Meetings holding a reservation ahead of their start",
+                Gauge::default(),
+            ),
+            reservations_made: register(
+                &mut r,
+                "meeting_reservations_made",
+                "Reservations made for scheduled meetings",
+                Counter::default(),
+            ),
+            sfu_faults: register(
+                &mut r,
+                "sfu_faults",
+                "SFU pods found failed or leaving with their node, by reason",
+                Family::default(),
+            ),
+            migrations: register(
+                &mut r,
+                "meeting_migrations",
+                "Meetings moved off a failed or leaving SFU pod, by reason",
+                Family::default(),
+            ),
+            migration_duration: register(
+                &mut r,
+                "meeting_migration_duration_seconds",
+                "Time from a fault becoming detectable (its threshold elapsed) to the meeting re-placed",
+                seconds(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]),
+            ),
+            nodes_cordoned: register(
+                &mut r,
+                "nodes_cordoned",
+                "Failed nodes the operator cordoned and tainted",
+                Counter::default(),
+            ),
+            evictions: register(
+                &mut r,
+                "sfu_evictions",
+                "SFU pod evictions through the Eviction API, by result",
+                Family::default(),
+            ),
+            registry: Arc::new(r),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
-use k8s_openapi::api::core::v1::{Node, Taint};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -136,60 +136,71 @@ impl Detector {
             if !build::owned_by(&pod, &pool) {
                 continue;
             }
-            let key = (ns.clone(), pod.name_any());
+            let key = (ns, pod.name_any());
             present.insert(key.clone());
-            let version = pod.resource_version();
-            if state.ledgers.get(&key).is_none_or(|(v, _)| *v != version) {
-                let meetings: Vec<String> = Ledger::of(&pod).0.into_keys().collect();
-                state.ledgers.insert(key.clone(), (version, meetings));
-            }
-            let meetings: &[String] = state.ledgers.get(&key).map_or(&[], |(_, m)| m.as_slice());
-            let beat = self.caches.heartbeat(&ns, &key.1);
-            let (view, verdict) = self.caches.judge(&pool, &pod, beat.as_ref(), now);
-            let Some(detected) = verdict.fault else {
-                state.faulted.remove(&key);
-                continue;
-            };
-            // An empty pod being deleted is routine (scale-down, a drained pod going).
-            if detected.fault == Fault::PodDeleted && meetings.is_empty() && !state.faulted.contains_key(&key) {
-                continue;
-            }
-            let fresh = !state.faulted.contains_key(&key);
-            if fresh {
-                self.metrics.sfu_faults.get_or_create(&ReasonLabels { reason: detected.fault.as_str() }).inc();
-                let node = view.node.as_deref().unwrap_or("no node");
-                let note = format!(
-                    "SFU pod {} on {node}: {}; {} meeting(s) on it move to healthy pods",
-                    key.1,
-                    describe(detected.fault),
-                    meetings.len()
-                );
-                let type_ = if detected.fault.planned() { EventType::Normal } else { EventType::Warning };
-                let reason = if detected.fault.planned() { "SfuLeaving" } else { "SfuFailed" };
-                tracing::info!(
-                    pod = %key.1, fault = detected.fault.as_str(), meetings = meetings.len(),
-                    "SFU pod fault detected"
-                );
-                self.publish(pool.object_ref(&()), type_, reason, note);
-                let _ = self.pools_to_plan.unbounded_send(ObjectRef::from_obj(&*pool));
-            }
-            let seen =
-                state.faulted.entry(key.clone()).or_insert(Seen { fault: detected.fault, nudged: Instant::now() });
-            seen.fault = detected.fault;
-            if fresh || seen.nudged.elapsed() >= RETRIGGER {
-                seen.nudged = Instant::now();
-                for m in meetings {
-                    let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&ns));
-                }
-            }
-            if let (Fault::NodeNotReady, true, Some(node)) =
-                (detected.fault, pool.spec.remediation.cordon_failed_nodes, view.node)
-            {
+            if let Some(node) = self.judge(state, &pool, &pod, key, now) {
                 let threshold = pool.spec.remediation.node_not_ready_after.as_std();
                 cordon.entry(node).or_insert((pool.name_any(), threshold));
             }
         }
-        // Pods gone from the cache (deleted outright): their meetings move too.
+        self.forget_gone(state, &present);
+        // Nodes already cordoned by us need nothing more.
+        cordon.retain(|node, _| !self.cordoned_by_us(node));
+        state.cordon_attempts.retain(|node, _| cordon.contains_key(node));
+        cordon
+    }
+
+    /// Judges one pod: a new fault is reported, and the meetings on a faulted pod
+    /// are told (again every `RETRIGGER`). Returns its node when the pool wants
+    /// that node cordoned.
+    fn judge(&self, state: &mut State, pool: &SfuPool, pod: &Pod, key: PodKey, now: jiff::Timestamp) -> Option<String> {
+        let version = pod.resource_version();
+        if state.ledgers.get(&key).is_none_or(|(v, _)| *v != version) {
+            let meetings: Vec<String> = Ledger::of(pod).0.into_keys().collect();
+            state.ledgers.insert(key.clone(), (version, meetings));
+        }
+        let meetings: &[String] = state.ledgers.get(&key).map_or(&[], |(_, m)| m.as_slice());
+        let beat = self.caches.heartbeat(&key.0, &key.1);
+        let (view, verdict) = self.caches.judge(pool, pod, beat.as_ref(), now);
+        let Some(detected) = verdict.fault else {
+            state.faulted.remove(&key);
+            return None;
+        };
+        let fresh = !state.faulted.contains_key(&key);
+        // An empty pod being deleted is routine (scale-down, a drained pod going).
+        if detected.fault == Fault::PodDeleted && meetings.is_empty() && fresh {
+            return None;
+        }
+        if fresh {
+            self.report(pool, &key.1, view.node.as_deref(), detected.fault, meetings.len());
+        }
+        let seen = state.faulted.entry(key.clone()).or_insert(Seen { fault: detected.fault, nudged: Instant::now() });
+        seen.fault = detected.fault;
+        if fresh || seen.nudged.elapsed() >= RETRIGGER {
+            seen.nudged = Instant::now();
+            for m in meetings {
+                let _ = self.meetings.unbounded_send(ObjectRef::new(m).within(&key.0));
+            }
+        }
+        let cordons = detected.fault == Fault::NodeNotReady && pool.spec.remediation.cordon_failed_nodes;
+        view.node.filter(|_| cordons)
+    }
+
+    /// A new fault: counted, an Event on the pool, the pool re-planned.
+    fn report(&self, pool: &SfuPool, pod: &str, node: Option<&str>, fault: Fault, meetings: usize) {
+        self.metrics.sfu_faults.get_or_create(&ReasonLabels { reason: fault.as_str() }).inc();
+        let node = node.unwrap_or("no node");
+        let note =
+            format!("SFU pod {pod} on {node}: {}; {meetings} meeting(s) on it move to healthy pods", describe(fault));
+        let (type_, reason) =
+            if fault.planned() { (EventType::Normal, "SfuLeaving") } else { (EventType::Warning, "SfuFailed") };
+        tracing::info!(%pod, fault = fault.as_str(), meetings, "SFU pod fault detected");
+        self.publish(pool.object_ref(&()), type_, reason, note);
+        let _ = self.pools_to_plan.unbounded_send(ObjectRef::from_obj(pool));
+    }
+
+    /// Pods gone from the cache (deleted outright): their meetings move too.
+    fn forget_gone(&self, state: &mut State, present: &HashSet<PodKey>) {
         state.ledgers.retain(|key, (_, meetings)| {
             if present.contains(key) {
                 return true;
@@ -200,19 +211,16 @@ impl Detector {
             false
         });
         state.faulted.retain(|key, _| present.contains(key));
-        // Nodes already cordoned by us need nothing more.
-        cordon.retain(|node, _| {
-            self.caches.nodes.get(&ObjectRef::new(node)).is_some_and(|n| {
-                let spec = n.spec.as_ref();
-                let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
-                let tainted = spec
-                    .and_then(|s| s.taints.as_ref())
-                    .is_some_and(|ts| ts.iter().any(|t| t.key == FAILED_NODE_TAINT));
-                !(unschedulable && tainted)
-            })
-        });
-        state.cordon_attempts.retain(|node, _| cordon.contains_key(node));
-        cordon
+    }
+
+    fn cordoned_by_us(&self, node: &str) -> bool {
+        self.caches.nodes.get(&ObjectRef::new(node)).is_none_or(|n| {
+            let spec = n.spec.as_ref();
+            let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+            let tainted =
+                spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == FAILED_NODE_TAINT));
+            unschedulable && tainted
+        })
     }
 
     /// Cordons a failed node and taints it, so that nothing new lands there

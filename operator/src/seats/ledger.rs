@@ -348,28 +348,8 @@ impl Book {
         mut base: Committed,
     ) -> Result<Option<Committed>, ()> {
         for attempt in 0..MAX_ATTEMPTS {
-            let mut next = base.ledger.clone();
-            let mut verdicts: Vec<Result<(), (u64, u64)>> = Vec::with_capacity(batch.len());
-            for c in &batch {
-                match &c.seats {
-                    Some(seats) => {
-                        let others = next.total() - next.0.get(&c.meeting).map_or(0, |s| s.seats);
-                        if others + seats.seats <= c.capacity {
-                            next.0.insert(c.meeting.clone(), seats.clone());
-                            verdicts.push(Ok(()));
-                        } else {
-                            verdicts.push(Err((c.capacity.saturating_sub(others), seats.seats)));
-                        }
-                    }
-                    None => {
-                        if next.0.get(&c.meeting).is_some_and(|s| s.uid == c.uid) {
-                            next.0.remove(&c.meeting);
-                        }
-                        verdicts.push(Ok(()));
-                    }
-                }
-            }
-            let reply = |batch: Vec<Change>, verdicts: Vec<Result<(), (u64, u64)>>| {
+            let (next, verdicts) = apply_changes(&base.ledger, &batch);
+            let reply = |batch: Vec<Change>, verdicts: Vec<Verdict>| {
                 for (c, v) in batch.into_iter().zip(verdicts) {
                     let r = v.map_err(|(free, wanted)| CommitError::Full { pod: pod.into(), free, wanted });
                     let _ = c.reply.send(r);
@@ -383,23 +363,7 @@ impl Book {
                 return Ok(Some(base));
             }
             let text = next.to_text();
-            let path = format!("/metadata/annotations/{}", LEDGER_ANNOTATION.replace('~', "~0").replace('/', "~1"));
-            let rv = base.resource_version.clone().unwrap_or_default();
-            let ops = match &base.raw {
-                Some(raw) => {
-                    json!([{"op": "test", "path": path, "value": raw}, {"op": "replace", "path": path, "value": text}])
-                }
-                // No ledger yet: the resourceVersion guards the first write.
-                None if base.has_annotations => json!([
-                    {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                    {"op": "add", "path": path, "value": text},
-                ]),
-                None => json!([
-                    {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                    {"op": "add", "path": "/metadata/annotations", "value": {LEDGER_ANNOTATION: text}},
-                ]),
-            };
-            let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+            let patch = guarded_patch(&base, &text);
             match api.patch(pod, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
                 Ok(p) => {
                     let committed = Committed::new(Some(text), p.resource_version(), true, next);
@@ -439,6 +403,58 @@ impl Book {
     }
 }
 
+/// A change admitted, or refused with (free, wanted) seats.
+type Verdict = Result<(), (u64, u64)>;
+
+/// The ledger after a batch of changes, and each change's verdict: an addition
+/// that does not fit is refused with (free, wanted); a release applies only to the
+/// seats of the same meeting uid.
+fn apply_changes(base: &Ledger, batch: &[Change]) -> (Ledger, Vec<Verdict>) {
+    let mut next = base.clone();
+    let verdicts = batch
+        .iter()
+        .map(|c| match &c.seats {
+            Some(seats) => {
+                let others = next.total() - next.0.get(&c.meeting).map_or(0, |s| s.seats);
+                if others + seats.seats > c.capacity {
+                    return Err((c.capacity.saturating_sub(others), seats.seats));
+                }
+                next.0.insert(c.meeting.clone(), seats.clone());
+                Ok(())
+            }
+            None => {
+                if next.0.get(&c.meeting).is_some_and(|s| s.uid == c.uid) {
+                    next.0.remove(&c.meeting);
+                }
+                Ok(())
+            }
+        })
+        .collect();
+    (next, verdicts)
+}
+
+/// The JSON Patch writing `text` as the ledger, guarded by a `test` that the ledger
+/// is still the text it was computed from (or, with no ledger yet, that the pod's
+/// resourceVersion is unchanged).
+fn guarded_patch(base: &Committed, text: &str) -> json_patch::Patch {
+    let path = format!("/metadata/annotations/{}", LEDGER_ANNOTATION.replace('~', "~0").replace('/', "~1"));
+    let rv = base.resource_version.clone().unwrap_or_default();
+    let ops = match &base.raw {
+        Some(raw) => {
+            json!([{"op": "test", "path": path, "value": raw}, {"op": "replace", "path": path, "value": text}])
+        }
+        None if base.has_annotations => json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "add", "path": path, "value": text},
+        ]),
+        None => json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "add", "path": "/metadata/annotations", "value": {LEDGER_ANNOTATION: text}},
+        ]),
+    };
+    serde_json::from_value(ops).expect("a JSON patch")
+}
+
 fn fail(batch: Vec<Change>, e: kube::Error) {
     let message = e.to_string();
     for c in batch {
@@ -452,6 +468,41 @@ mod tests {
 
     fn seats(uid: &str, n: u64) -> Seats {
         Seats { uid: uid.into(), seats: n }
+    }
+
+    fn change(meeting: &str, uid: &str, seats: Option<u64>, capacity: u64) -> Change {
+        let seats = seats.map(|n| Seats { uid: uid.into(), seats: n });
+        Change { meeting: meeting.into(), seats, uid: uid.into(), capacity, reply: oneshot::channel().0 }
+    }
+
+    #[test]
+    fn a_batch_admits_what_fits_in_order_and_releases_only_the_same_meeting() {
+        let base = Ledger(BTreeMap::from([("a".to_owned(), seats("ua", 60)), ("old".to_owned(), seats("u-old", 10))]));
+        let batch = [
+            change("b", "ub", Some(30), 100),        // 60 + 10 + 30 = 100: fits exactly
+            change("c", "uc", Some(1), 100),         // full: refused with (free, wanted)
+            change("a", "ua", Some(50), 100),        // a shrinks from 60 to 50 (others: 40)
+            change("old", "u-recreated", None, 100), // another meeting of the same name: kept
+            change("missing", "u", None, 100),       // nothing to release
+        ];
+        let (next, verdicts) = apply_changes(&base, &batch);
+        assert_eq!(verdicts, [Ok(()), Err((0, 1)), Ok(()), Ok(()), Ok(())]);
+        assert_eq!(next.total(), 90);
+        assert_eq!(next.0.get("old"), Some(&seats("u-old", 10)));
+        assert!(!next.0.contains_key("c"));
+    }
+
+    #[test]
+    fn a_write_is_guarded_by_the_text_it_was_computed_from() {
+        let with = Committed::new(Some("{}".into()), Some("7".into()), true, Ledger::default());
+        let ops = serde_json::to_value(guarded_patch(&with, "{\"a\":1}")).unwrap();
+        assert_eq!(ops[0]["op"], "test");
+        assert_eq!(ops[0]["value"], "{}");
+        assert_eq!(ops[1]["op"], "replace");
+        let without = Committed::new(None, Some("7".into()), false, Ledger::default());
+        let ops = serde_json::to_value(guarded_patch(&without, "{}")).unwrap();
+        assert_eq!((ops[0]["path"].as_str(), ops[0]["value"].as_str()), (Some("/metadata/resourceVersion"), Some("7")));
+        assert_eq!(ops[1]["path"], "/metadata/annotations");
     }
 
     #[test]
