@@ -1,0 +1,218 @@
+//! The packet path: incoming tracks into the core and out to each subscription's own
+//! queue, and what subscribers send back about their tracks (PLI, FIR, NACK, REMB).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use switchboard_sfu_client::media;
+use switchboard_sfu_core::{
+    Codec, Input, ParticipantKind, RoomError, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use webrtc::rtp::header::Header;
+use webrtc::rtp::packet::Packet;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_local::TrackLocal;
+use webrtc::track::track_remote::TrackRemote;
+
+use super::Sfu;
+use super::convert::from_api_source;
+use super::peer::Peer;
+use super::retransmit::RetransmitBuffer;
+use super::room_driver::{RoomEntry, Write};
+use crate::metrics::Metrics;
+use crate::subscriber_track::SubscriberTrack;
+
+/// Packets a subscription may have queued before new ones are dropped (~1 s of HD video).
+const SINK_QUEUE: usize = 256;
+
+/// Packets waiting for one subscription's connection. Each subscription has its own
+/// queue and writer task, so a subscriber whose connection stalls (still connecting,
+/// congested, gone) drops its own packets and never holds up the others. The writer
+/// keeps what it sent to answer the subscriber's NACKs.
+#[derive(Clone)]
+pub(super) struct Sink {
+    queue: mpsc::Sender<Packet>,
+    sent: Arc<RetransmitBuffer>,
+}
+
+impl Sink {
+    pub(super) fn spawn(track: Arc<SubscriberTrack>, sending: Arc<AtomicBool>) -> Self {
+        let (queue, mut rx) = mpsc::channel::<Packet>(SINK_QUEUE);
+        let sent = Arc::new(RetransmitBuffer::new());
+        let history = sent.clone();
+        tokio::spawn(async move {
+            while let Some(mut p) = rx.recv().await {
+                if !sending.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match track.write(&mut p).await {
+                    Err(webrtc::Error::ErrClosedPipe) => return,
+                    Err(e) => debug!(track = track.id(), error = %e, "write failed"),
+                    Ok(_) => {}
+                }
+                history.keep(p);
+            }
+        });
+        Self { queue, sent }
+    }
+
+    /// Queues the packets a NACK names again, those still kept; returns how many.
+    fn resend(&self, seqs: impl Iterator<Item = u16>) -> usize {
+        self.sent.find(seqs).into_iter().map(|p| self.queue.try_send(p)).filter(Result::is_ok).count()
+    }
+}
+
+/// Reads one incoming track (or simulcast layer) and forwards what the core says.
+pub(super) async fn forward_track(
+    sfu: Arc<Sfu>,
+    room: Arc<RoomEntry>,
+    peer: Arc<Peer>,
+    pc: Weak<RTCPeerConnection>,
+    track: Arc<TrackRemote>,
+    receiver: Arc<RTCRtpReceiver>,
+) {
+    let mime = track.codec().capability.mime_type.clone();
+    let Some(info) = track_info(&peer, &track, &mime) else {
+        warn!(participant = %peer.id, %mime, "unsupported codec: track ignored");
+        return;
+    };
+    let id = info.id.clone();
+    let rid = track.rid().to_owned();
+    let level_id = media::audio_level_id(&receiver).await;
+    let (handle, layer) = match register(&room, &peer, info, &rid, pc, track.ssrc()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(participant = %peer.id, error = %e, "track refused");
+            return;
+        }
+    };
+    debug!(room = %room.name, participant = %peer.id, track = %id, rid = %rid, %mime, "forwarding");
+    sfu.recount();
+    let mut writes: Vec<Write> = Vec::new();
+    while let Ok((mut pkt, _)) = track.read_rtp().await {
+        let forwarded = forward_packet(&sfu, &room, (handle, layer), level_id, &mut pkt, &mut writes);
+        if forwarded && room.closed.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    debug!(room = %room.name, participant = %peer.id, track = %id, rid = %rid, "track ended");
+}
+
+/// What the core is told about an incoming track: the source and origin its publisher
+/// described, else a camera or a microphone and, from a relay, the stream id as origin
+/// (an edge's relay shows tracks as published by their origin participant).
+fn track_info(peer: &Peer, track: &TrackRemote, mime: &str) -> Option<TrackInfo> {
+    let codec = Codec::from_mime(mime)?;
+    let id = track.id();
+    let description = peer.descriptions.lock().unwrap().get(&id).cloned();
+    let default_source = if track.kind() == RTPCodecType::Video { Source::Camera } else { Source::Microphone };
+    let source = description.as_ref().map(|d| from_api_source(d.source)).unwrap_or(default_source);
+    let origin =
+        description.and_then(|d| d.origin).or_else(|| (peer.kind == ParticipantKind::Relay).then(|| track.stream_id()));
+    Some(TrackInfo { id, codec, source, origin })
+}
+
+/// Publishes the track with its first layer (a track id another participant holds is
+/// refused), and registers this layer and where it comes from.
+fn register(
+    room: &RoomEntry,
+    peer: &Peer,
+    info: TrackInfo,
+    rid: &str,
+    pc: Weak<RTCPeerConnection>,
+    ssrc: u32,
+) -> Result<(TrackHandle, usize), RoomError> {
+    room.with_core(|core| {
+        let handle = match core.room.track_handle(&info.id) {
+            Some(h) if core.room.track_publisher(h) == Some(&peer.id) => h,
+            Some(_) => return Err(RoomError::TrackExists(info.id)),
+            None => core.room.handle_input(Input::Publish { participant: &peer.id, info })?.track().expect("a handle"),
+        };
+        let layer = core.room.handle_input(Input::AddLayer { track: handle, rid })?.layer().expect("an index");
+        core.add_source(handle, layer, pc, ssrc);
+        Ok((handle, layer))
+    })
+}
+
+/// Feeds one packet to the core and queues a renumbered copy for every subscription it
+/// names; returns whether there was any.
+fn forward_packet(
+    sfu: &Sfu,
+    room: &RoomEntry,
+    (track, layer): (TrackHandle, usize),
+    level_id: Option<u8>,
+    pkt: &mut Packet,
+    writes: &mut Vec<Write>,
+) -> bool {
+    let audio_level = level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
+    let size = pkt.payload.len() + 12;
+    let packet =
+        RtpMeta { seq: pkt.header.sequence_number, ts: pkt.header.timestamp, payload: &pkt.payload, size, audio_level };
+    room.rtp(track, layer, packet, writes);
+    sfu.metrics.packets_in.inc();
+    sfu.metrics.bytes_in.inc_by(size as u64);
+    if writes.is_empty() {
+        return false;
+    }
+    strip_extensions(&mut pkt.header);
+    sfu.metrics.packets_out.inc_by(writes.len() as u64);
+    sfu.metrics.bytes_out.inc_by((writes.len() * size) as u64);
+    for (sink, seq, ts) in writes.drain(..) {
+        let mut out = pkt.clone();
+        out.header.sequence_number = seq;
+        out.header.timestamp = ts;
+        if sink.queue.try_send(out).is_err() {
+            sfu.metrics.queue_drops.inc();
+        }
+    }
+    true
+}
+
+/// Header extensions are per connection (ids differ): each subscriber connection's
+/// sender adds its own. The parsed block's padding goes too: left over, it makes
+/// webrtc-rs size the sender's MID extension wrong for two-digit MIDs ("10" on), and
+/// every write of that track fails to marshal.
+fn strip_extensions(header: &mut Header) {
+    header.extension = false;
+    header.extensions.clear();
+    header.extension_profile = 0;
+    header.extensions_padding = 0;
+}
+
+/// PLIs, FIRs, NACKs and REMBs a subscriber sends about one of its tracks.
+pub(super) async fn read_subscriber_rtcp(
+    room: Weak<RoomEntry>,
+    metrics: Metrics,
+    subscriber: String,
+    subscription: SubscriptionId,
+    sender: Arc<RTCRtpSender>,
+) {
+    while let Ok((packets, _)) = sender.read_rtcp().await {
+        let Some(room) = room.upgrade() else { return };
+        for p in packets {
+            let any = p.as_any();
+            if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                let _ = room.input(Input::KeyframeRequest { subscription, now: Instant::now() });
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                if let Some(sink) = room.sink(subscription) {
+                    let resent = sink.resend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
+                    metrics.retransmissions.inc_by(resent as u64);
+                }
+            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                let estimate =
+                    Input::Estimate { subscriber: &subscriber, bps: remb.bitrate as u64, now: Instant::now() };
+                let _ = room.input(estimate);
+            }
+        }
+    }
+}
