@@ -196,6 +196,20 @@ impl Harness {
     }
 }
 
+/// Runs a kube-runtime controller's results to the end (shutdown). A failed
+/// reconcile was already counted, logged and reported by the error policy; here
+/// it is only traced.
+pub async fn drive<T, E: std::fmt::Display>(name: &'static str, results: impl futures::Stream<Item = Result<T, E>>) {
+    use futures::StreamExt;
+    results
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(controller = name, error = %e, "reconcile");
+            }
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,11 @@ pub mod expectations;
 pub mod health;
 mod watches;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use switchboard_crds::{Meeting, SfuPool};
 
@@ -31,4 +34,17 @@ pub struct Caches {
     pub nodes: Store<Node>,
     pub pools: Store<SfuPool>,
     pub meetings: Store<Meeting>,
+}
+
+impl Caches {
+    /// The SFU pods of `pool` (its namespace, its label, its controller owner
+    /// reference), including those being deleted.
+    pub fn pool_pods(&self, pool: &SfuPool) -> Vec<Arc<Pod>> {
+        let ns = pool.namespace();
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && crate::sfu_pool::build::owned_by(p, pool))
+            .collect()
+    }
 }

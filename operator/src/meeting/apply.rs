@@ -19,7 +19,6 @@ use super::observe::{Observed, pods_of, stray_seats};
 use super::spec::strategy_of;
 use crate::labels::*;
 use crate::seats::{CommitError, Seats};
-use crate::sfu_pool::build;
 
 /// What `apply` did for a placement or a move.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,10 +126,8 @@ struct ReadyPod {
 fn ready_pods(ctx: &Context, pool: &SfuPool, now: jiff::Timestamp) -> Vec<ReadyPod> {
     let ns = pool.namespace().unwrap_or_default();
     ctx.caches
-        .pods
-        .state()
+        .pool_pods(pool)
         .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
         .filter(|p| p.metadata.deletion_timestamp.is_none() && !p.annotations().contains_key(DRAINING_ANNOTATION))
         .filter_map(|p| {
             let beat = ctx.caches.heartbeat(&ns, &p.name_any())?;

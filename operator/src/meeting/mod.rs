@@ -100,19 +100,15 @@ pub async fn run(
         None => Api::all(ctx.harness.client.clone()),
     };
     let store = caches.meetings.clone();
-    let controller = Controller::for_shared_stream(meeting_events, caches.meetings.clone())
+    let results = Controller::for_shared_stream(meeting_events, caches.meetings.clone())
         // Unbounded here: the harness's admission bounds it, first come first served.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .watches(pools, watcher::Config::default(), move |pool| waiting_on(&store, &pool))
         // Meetings on SFU pods the failure detector found failed or leaving.
         .reconcile_on(faults)
         .graceful_shutdown_on(ctx.harness.close_on(shutdown))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "meeting reconcile");
-            }
-        });
+        .run(reconcile, error_policy, ctx);
+    let controller = crate::controller::drive(CONTROLLER, results);
     // Housekeeping lives exactly as long as the controller (it never ends by itself).
     tokio::pin!(housekeeping);
     futures::future::select(std::pin::pin!(controller), housekeeping).await;

@@ -15,7 +15,6 @@ use super::spec::{Invalid, matching_pools, pool_maximum};
 use super::{Context, key};
 use crate::Result;
 use crate::error::Step;
-use crate::sfu_pool::build;
 
 /// What one reconcile knows.
 pub struct Observed {
@@ -145,13 +144,7 @@ fn pool_rooms(ctx: &Context, m: &Meeting, pools: Vec<Arc<SfuPool>>, now: jiff::T
 /// Seats taken in a pool: every pod's ledger (with writes in flight).
 fn pool_taken(ctx: &Context, pool: &SfuPool) -> u64 {
     let ns = pool.namespace().unwrap_or_default();
-    ctx.caches
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
-        .map(|p| ctx.book.taken(&ns, &p.name_any()))
-        .sum()
+    ctx.caches.pool_pods(pool).iter().map(|p| ctx.book.taken(&ns, &p.name_any())).sum()
 }
 
 fn assignment_seen(ctx: &Context, m: &Meeting, pool: &SfuPool, a: &Assignment, now: jiff::Timestamp) -> AssignmentSeen {
@@ -176,10 +169,8 @@ pub fn pods_of(a: &Assignment) -> Vec<String> {
 pub fn stray_seats(ctx: &Context, pool: &SfuPool, name: &str, uid: &str, keep: &[String]) -> Vec<String> {
     let ns = pool.namespace().unwrap_or_default();
     ctx.caches
-        .pods
-        .state()
+        .pool_pods(pool)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && build::owned_by(p, pool))
         .map(|p| p.name_any())
         .filter(|pod| !keep.contains(pod) && ctx.book.holds(&ns, pod, name, uid))
         .collect()

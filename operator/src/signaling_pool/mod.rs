@@ -7,7 +7,6 @@ pub mod build;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -59,17 +58,12 @@ pub async fn run(
     ));
     let controller = Controller::new(pools, watcher::Config::default());
     let ctx = Arc::new(Context { pools: controller.store(), harness: harness.clone() });
-    controller
+    let results = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .owns(deployments, owned)
         .graceful_shutdown_on(harness.close_on(shutdown))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "signalingpool reconcile");
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    crate::controller::drive(CONTROLLER, results).await;
 }
 
 async fn reconcile(pool: Arc<SignalingPool>, ctx: Arc<Context>) -> Result<Action> {
