@@ -2,9 +2,9 @@
 //!
 //! kube-runtime's controller keeps the reconciles beyond its concurrency limit in a
 //! `HashSet` and starts an arbitrary one whenever a slot frees. Under a backlog, some
-//! objects wait as long as the backlog lasts while newer ones go first: 10,000
-//! Meetings created at once were placed with a p50 of 1.4 s and a p99 of 63 s. So the
-//! controllers run without kube-runtime's limit and take a permit here first; a tokio
+//! objects wait as long as the backlog lasts while newer ones go first (the figures:
+//! BENCHMARKS.md, "Meeting controller"). So the controllers run without
+//! kube-runtime's limit and take a permit here first; a tokio
 //! `Semaphore` hands permits out first come, first served. A reconcile waiting here is
 //! small (its object and the context): the work itself is built once admitted.
 

@@ -48,7 +48,7 @@ use status::Finished;
 const CONTROLLER: &str = "meeting";
 /// Meetings reconciled at the same time (placements are group-committed per pod);
 /// the rest wait their turn in arrival order (`crate::admission`). Chosen by
-/// measurement at 500 placements/s (BENCHMARKS.md, "Placement storms").
+/// measurement (BENCHMARKS.md, "Meeting controller").
 const RECONCILE_CONCURRENCY: usize = 256;
 /// Retries of a failing meeting back off from half a second to two minutes: a
 /// placement that failed on a conflict should try again soon.
