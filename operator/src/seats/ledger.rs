@@ -29,8 +29,8 @@ pub const LEDGER_ANNOTATION: &str = "switchboard.dev/placements";
 /// Rounds of conflict-and-reread before a batch gives up.
 const MAX_ATTEMPTS: u32 = 8;
 /// How long a pod's releases wait for more to share their write. Releases trickle
-/// in one by one as meetings end or move (500 moving off 20 failed pods made about
-/// 300 pod writes without it); none is urgent, and an addition cuts the wait short.
+/// in one by one as meetings end or move, a write each without the wait (BENCHMARKS.md,
+/// "Failure migration"); none is urgent, and an addition cuts the wait short.
 const RELEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One meeting's seats on a pod (participants plus relay links).
