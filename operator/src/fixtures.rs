@@ -192,3 +192,138 @@ pub fn node(name: &str, zone: &str) -> Node {
     }))
     .expect("a valid Node")
 }
+
+impl PodBuilder {
+    /// Made from the pod template of hash `hash` (`sfu_pool::build::template_hash`).
+    pub fn template(mut self, hash: &str) -> Self {
+        self.0.labels_mut().insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+        self
+    }
+    /// Marked busy (`true`) or idle, as the SfuPool controller marks its pods.
+    pub fn busy(mut self, busy: bool) -> Self {
+        self.0.labels_mut().insert(BUSY_LABEL.into(), busy.to_string());
+        self.0.annotations_mut().insert(SAFE_TO_EVICT_ANNOTATION.into(), (!busy).to_string());
+        self
+    }
+    /// Why it drains (a fault, or `ScaleDownOrUpdate`), as its drain annotation says.
+    pub fn drain_reason(mut self, reason: &str) -> Self {
+        self.0.annotations_mut().insert(DRAIN_REASON_ANNOTATION.into(), reason.into());
+        self
+    }
+    /// Its `sfu` container waits for `reason` (e.g. `ErrImageNeverPull`) with the kubelet's `message`.
+    pub fn waiting(mut self, reason: &str, message: &str) -> Self {
+        let waiting = json!({"name": "sfu", "image": "switchboard/sfu-pod:test", "imageID": "", "ready": false,
+                             "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}});
+        let status = self.0.status.as_mut().expect("status");
+        status.container_statuses = Some(vec![serde_json::from_value(waiting).expect("a container status")]);
+        self
+    }
+    /// Not started by a node yet (no `startTime`).
+    pub fn unstarted(mut self) -> Self {
+        self.0.status.as_mut().expect("status").start_time = None;
+        self
+    }
+}
+
+/// `node`, cordoned (`spec.unschedulable`), as `kubectl drain` does first.
+pub fn cordoned(mut node: Node) -> Node {
+    node.spec.get_or_insert_with(Default::default).unschedulable = Some(true);
+    node
+}
+
+/// `node`, NotReady since `since`.
+pub fn not_ready(mut node: Node, since: jiff::Timestamp) -> Node {
+    let conditions = node.status.as_mut().and_then(|s| s.conditions.as_mut()).expect("conditions");
+    conditions[0].status = "False".into();
+    conditions[0].last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+    node
+}
+
+fn store<K>(objects: &[K]) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, mut writer) = kube::runtime::reflector::store();
+    for object in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(object.clone()));
+    }
+    store
+}
+
+/// The shared caches holding exactly these objects (as the watches would).
+pub fn caches(
+    pods: &[Pod],
+    leases: &[Lease],
+    nodes: &[Node],
+    pools: &[SfuPool],
+    meetings: &[Meeting],
+) -> crate::caches::Caches {
+    crate::caches::Caches {
+        pods: store(pods),
+        leases: store(leases),
+        nodes: store(nodes),
+        pools: store(pools),
+        meetings: store(meetings),
+    }
+}
+
+/// A RecordingJob `name` of meeting `standup`, stored on a PVC `recordings`, retention Retain.
+pub struct RecordingBuilder(Value);
+
+pub fn recording(name: &str) -> RecordingBuilder {
+    RecordingBuilder(json!({
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1, "resourceVersion": "7",
+        },
+        "spec": {
+            "meetingRef": {"name": "standup"}, "layout": "Gallery", "format": "MP4", "retries": 2,
+            "storage": {"pvc": {"claimName": "recordings", "path": "/meetings"}},
+        }
+    }))
+}
+
+impl RecordingBuilder {
+    pub fn spec(mut self, patch: Value) -> Self {
+        merge(&mut self.0["spec"], patch);
+        self
+    }
+    /// Retention Delete: its files go with it.
+    pub fn retention_delete(self) -> Self {
+        self.spec(json!({"retention": "Delete"}))
+    }
+    pub fn finalizer(mut self) -> Self {
+        self.0["metadata"]["finalizers"] = json!([crate::recording_job::build::FILES_FINALIZER, "other.io/keep"]);
+        self
+    }
+    pub fn deleting(mut self, since: jiff::Timestamp) -> Self {
+        self.0["metadata"]["deletionTimestamp"] = json!(since.to_string());
+        self
+    }
+    /// Merges `patch` into the status.
+    pub fn status(mut self, patch: Value) -> Self {
+        if self.0["status"].is_null() {
+            self.0["status"] = json!({});
+        }
+        merge(&mut self.0["status"], patch);
+        self
+    }
+    pub fn build(self) -> switchboard_crds::RecordingJob {
+        serde_json::from_value(self.0).expect("a valid RecordingJob")
+    }
+}
+
+/// A batch Job `name` with `status` (e.g. `{"conditions": [{"type": "Complete", "status": "True"}]}`).
+pub fn job(name: &str, status: Value) -> k8s_openapi::api::batch::v1::Job {
+    serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": NS}, "status": status}))
+    .expect("a valid Job")
+}
+
+/// A PersistentVolumeClaim `name` in `phase` (Bound, Pending, Lost).
+pub fn claim(name: &str, phase: &str) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS}, "status": {"phase": phase}}))
+    .expect("a valid PersistentVolumeClaim")
+}
