@@ -4,15 +4,15 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use switchboard_crds::meeting::Meeting;
 use switchboard_crds::recording_job::{
-    Layout, RecorderStage, RecordingFormat, RecordingJob, RecordingJobStatus, RecordingPhase, Retention,
+    Layout, RecorderReport, RecorderStage, RecordingFormat, RecordingJob, RecordingJobStatus, RecordingPhase, Retention,
 };
 
-use crate::conditions::condition;
+use crate::conditions::condition_at;
 use crate::config::{IMAGE_PULL_POLICY, PodPlacement};
 use crate::labels::{COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 
@@ -138,15 +138,12 @@ pub fn role_binding(namespace: &str) -> RoleBinding {
     .expect("valid RoleBinding")
 }
 
-/// The recorder Job: one pod at a time, `retries` retries with the Job controller's
-/// exponential backoff, and exit code 2 failing the Job at once.
-pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, delete_files: bool) -> Job {
+/// The recorder's settings, as environment variables.
+fn recorder_env(rj: &RecordingJob, delete_files: bool) -> Vec<serde_json::Value> {
     let spec = &rj.spec;
-    let ns = rj.namespace().unwrap_or_default();
-    let name = if delete_files { cleanup_job_name(rj) } else { job_name(rj) };
-    let mut env = vec![
+    vec![
         json!({"name": "RECORDER_MODE", "value": if delete_files { "delete" } else { "record" }}),
-        json!({"name": "RECORDER_NAMESPACE", "value": ns}),
+        json!({"name": "RECORDER_NAMESPACE", "value": rj.namespace().unwrap_or_default()}),
         json!({"name": "RECORDER_RECORDING_JOB", "value": rj.name_any()}),
         json!({"name": "RECORDER_MEETING", "value": spec.meeting_ref.name}),
         json!({"name": "RECORDER_LAYOUT", "value": match spec.layout {
@@ -160,17 +157,22 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, de
         }}),
         json!({"name": "RECORDER_MAX_DURATION_SECONDS", "value": spec.max_duration.as_std().as_secs().to_string()}),
         json!({"name": "RECORDER_HTTP_ADDR", "value": "0.0.0.0:8080"}),
-    ];
+    ]
+}
+
+/// Where the recording goes: `env` gains the storage's settings; the volumes and
+/// their mounts are returned (a scratch directory, and the PVC if any).
+fn storage(rj: &RecordingJob, env: &mut Vec<serde_json::Value>) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut volumes = vec![json!({"name": "scratch", "emptyDir": {}})];
     let mut mounts = vec![json!({"name": "scratch", "mountPath": "/tmp/recorder"})];
-    if let Some(pvc) = &spec.storage.pvc {
+    if let Some(pvc) = &rj.spec.storage.pvc {
         let path = pvc.path.trim_end_matches('/');
         env.push(json!({"name": "RECORDER_VOLUME_DIR", "value": format!("{VOLUME_MOUNT}{path}")}));
         env.push(json!({"name": "RECORDER_VOLUME_URL", "value": format!("pvc://{}{path}", pvc.claim_name)}));
         volumes.push(json!({"name": "recordings", "persistentVolumeClaim": {"claimName": pvc.claim_name}}));
         mounts.push(json!({"name": "recordings", "mountPath": VOLUME_MOUNT}));
     }
-    if let Some(s3) = &spec.storage.s3 {
+    if let Some(s3) = &rj.spec.storage.s3 {
         env.push(json!({"name": "RECORDER_S3_BUCKET", "value": s3.bucket}));
         for (var, value) in [
             ("RECORDER_S3_ENDPOINT", &s3.endpoint),
@@ -186,13 +188,23 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, de
             env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}));
         }
     }
-    let max = spec.max_duration.as_std().as_secs() as i64;
+    (volumes, mounts)
+}
+
+/// The recorder Job: one pod at a time, `retries` retries with the Job controller's
+/// exponential backoff, and exit code 2 failing the Job at once.
+pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, delete_files: bool) -> Job {
+    let ns = rj.namespace().unwrap_or_default();
+    let name = if delete_files { cleanup_job_name(rj) } else { job_name(rj) };
+    let mut env = recorder_env(rj, delete_files);
+    let (volumes, mounts) = storage(rj, &mut env);
+    let max = rj.spec.max_duration.as_std().as_secs() as i64;
     serde_json::from_value(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": ns, "labels": labels(rj), "ownerReferences": [owner(rj)]},
         "spec": {
-            "backoffLimit": if delete_files { 6 } else { spec.retries },
+            "backoffLimit": if delete_files { 6 } else { rj.spec.retries },
             // Recording plus compositing (about a tenth of the meeting) plus the retries' backoff.
             "activeDeadlineSeconds": if delete_files { 3600 } else { max * 2 + 3600 },
             "podFailurePolicy": {"rules": [
@@ -244,92 +256,101 @@ pub fn job_outcome(job: &Job) -> Option<(bool, String, String)> {
         .map(|c| (false, c.reason.clone().unwrap_or_else(|| "JobFailed".into()), c.message.clone().unwrap_or_default()))
 }
 
-/// Status from the RecordingJob (its recorder report), its Job, or why it cannot start.
-pub fn status(rj: &RecordingJob, job: Option<&Job>, invalid: Option<&Invalid>) -> RecordingJobStatus {
+/// A phase, its Ready condition, and its Failed condition when it failed.
+type Verdict = (RecordingPhase, Condition, Option<Condition>);
+
+/// The conditions of a status, keeping the transition times of `previous`.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+}
+
+impl Conditions<'_> {
+    fn set(&self, type_: &str, status: bool, reason: &str, message: String) -> Condition {
+        condition_at(self.previous, type_, status, reason, message, self.generation, self.now)
+    }
+
+    /// Failed for good, with `reason`.
+    fn failed(&self, reason: &str, message: String) -> Verdict {
+        let failed = self.set("Failed", true, reason, message.clone());
+        (RecordingPhase::Failed, self.set("Ready", false, reason, message), Some(failed))
+    }
+
+    /// While the Job runs: the recorder's stage, or its failed run being retried.
+    fn running(&self, report: Option<&RecorderReport>) -> Verdict {
+        let phase = match report.map(|r| r.stage) {
+            Some(RecorderStage::Recording) => RecordingPhase::Recording,
+            Some(RecorderStage::Processing | RecorderStage::Uploaded) => RecordingPhase::Processing,
+            _ => RecordingPhase::Pending,
+        };
+        let ready = match report.filter(|r| r.stage == RecorderStage::Failed) {
+            Some(r) => {
+                let reason = r.reason.clone().unwrap_or_default();
+                let message = r.message.clone().unwrap_or_default();
+                let note = format!("run {} failed ({reason}): {message}; the Job retries with backoff", r.attempt);
+                self.set("Ready", false, "Retrying", note)
+            }
+            None => self.set("Ready", false, &format!("{phase:?}"), format!("{phase:?}")),
+        };
+        (phase, ready, None)
+    }
+}
+
+/// Why a failed Job failed: the recorder's own reason says more than the Job's
+/// (BackoffLimitExceeded, PodFailurePolicy).
+fn job_failure(
+    report: Option<&RecorderReport>,
+    job_reason: String,
+    job_message: String,
+    runs: i32,
+) -> (String, String) {
+    match report.filter(|r| r.stage == RecorderStage::Failed) {
+        Some(r) => (
+            r.reason.clone().unwrap_or(job_reason.clone()),
+            format!("{} (Job: {job_reason}, after {runs} run(s))", r.message.clone().unwrap_or_default()),
+        ),
+        None => (job_reason, job_message),
+    }
+}
+
+/// Status from the RecordingJob (its recorder report), its Job, or why it cannot
+/// start, as of `now`.
+pub fn status(
+    rj: &RecordingJob,
+    job: Option<&Job>,
+    invalid: Option<&Invalid>,
+    now: jiff::Timestamp,
+) -> RecordingJobStatus {
     let previous = rj.status.clone().unwrap_or_default();
-    let generation = rj.metadata.generation;
-    let report = previous.recorder.clone();
+    let report = previous.recorder.as_ref();
     let js = job.and_then(|j| j.status.clone()).unwrap_or_default();
     let attempts = js.active.unwrap_or(0) + js.failed.unwrap_or(0) + js.succeeded.unwrap_or(0);
     let mut st = RecordingJobStatus {
-        observed_generation: generation,
+        observed_generation: rj.metadata.generation,
         job: job.and_then(|j| j.metadata.name.clone()).or(previous.job.clone()),
         attempts: attempts.max(previous.attempts),
         started_at: js.start_time.clone().or(previous.started_at.clone()),
         completed_at: js.completion_time.clone().or(previous.completed_at.clone()),
         ..Default::default()
     };
-    let c = &previous.conditions;
-    let (phase, ready, failed): (RecordingPhase, Condition, Option<Condition>) = if let Some(inv) = invalid {
-        (
-            RecordingPhase::Failed,
-            condition(c, "Ready", false, inv.reason, inv.message.clone(), generation),
-            Some(condition(c, "Failed", true, inv.reason, inv.message.clone(), generation)),
-        )
-    } else {
-        match (job.and_then(job_outcome), report.as_ref()) {
-            (Some((true, ..)), Some(r)) if r.stage == RecorderStage::Uploaded => {
-                st.url = r.url.clone();
-                st.duration_seconds = r.duration_seconds;
-                st.size_bytes = r.size_bytes;
-                let msg = format!("{} ({} s)", r.url.clone().unwrap_or_default(), r.duration_seconds.unwrap_or(0));
-                (RecordingPhase::Ready, condition(c, "Ready", true, "Uploaded", msg, generation), None)
-            }
-            (Some((true, ..)), _) => {
-                let msg = "the recorder exited without reporting a result";
-                (
-                    RecordingPhase::Failed,
-                    condition(c, "Ready", false, "NoResult", msg, generation),
-                    Some(condition(c, "Failed", true, "NoResult", msg, generation)),
-                )
-            }
-            (Some((false, job_reason, job_message)), r) => {
-                // The recorder's own reason says more than the Job's (BackoffLimitExceeded, PodFailurePolicy).
-                let (reason, message) = match r.filter(|r| r.stage == RecorderStage::Failed) {
-                    Some(r) => (
-                        r.reason.clone().unwrap_or(job_reason.clone()),
-                        format!(
-                            "{} (Job: {job_reason}, after {attempts} run(s))",
-                            r.message.clone().unwrap_or_default()
-                        ),
-                    ),
-                    None => (job_reason.clone(), job_message),
-                };
-                st.completed_at = st
-                    .completed_at
-                    .or_else(|| Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())));
-                (
-                    RecordingPhase::Failed,
-                    condition(c, "Ready", false, &reason, message.clone(), generation),
-                    Some(condition(c, "Failed", true, &reason, message, generation)),
-                )
-            }
-            (None, r) => {
-                let phase = match r.map(|r| r.stage) {
-                    Some(RecorderStage::Recording) => RecordingPhase::Recording,
-                    Some(RecorderStage::Processing | RecorderStage::Uploaded) => RecordingPhase::Processing,
-                    _ => RecordingPhase::Pending,
-                };
-                let retrying = r.filter(|r| r.stage == RecorderStage::Failed);
-                let ready = match retrying {
-                    Some(r) => condition(
-                        c,
-                        "Ready",
-                        false,
-                        "Retrying",
-                        format!(
-                            "run {} failed ({}): {}; the Job retries with backoff",
-                            r.attempt,
-                            r.reason.clone().unwrap_or_default(),
-                            r.message.clone().unwrap_or_default()
-                        ),
-                        generation,
-                    ),
-                    None => condition(c, "Ready", false, &format!("{phase:?}"), format!("{phase:?}"), generation),
-                };
-                (phase, ready, None)
-            }
+    let c = Conditions { previous: &previous.conditions, generation: rj.metadata.generation, now };
+    let (phase, ready, failed) = match (invalid, job.and_then(job_outcome), report) {
+        (Some(inv), ..) => c.failed(inv.reason, inv.message.clone()),
+        (None, Some((true, ..)), Some(r)) if r.stage == RecorderStage::Uploaded => {
+            st.url = r.url.clone();
+            st.duration_seconds = r.duration_seconds;
+            st.size_bytes = r.size_bytes;
+            let msg = format!("{} ({} s)", r.url.clone().unwrap_or_default(), r.duration_seconds.unwrap_or(0));
+            (RecordingPhase::Ready, c.set("Ready", true, "Uploaded", msg), None)
         }
+        (None, Some((true, ..)), _) => c.failed("NoResult", "the recorder exited without reporting a result".into()),
+        (None, Some((false, job_reason, job_message)), r) => {
+            let (reason, message) = job_failure(r, job_reason, job_message, attempts);
+            st.completed_at = st.completed_at.or(Some(Time(now)));
+            c.failed(&reason, message)
+        }
+        (None, None, r) => c.running(r),
     };
     st.phase = Some(phase);
     st.conditions = std::iter::once(ready).chain(failed).collect();
@@ -344,6 +365,7 @@ pub fn wants_finalizer(rj: &RecordingJob) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::t0;
     use switchboard_crds::recording_job::{PvcStorage, RecorderReport, RecordingJobSpec, Storage};
 
     fn rj() -> RecordingJob {
@@ -393,7 +415,7 @@ mod tests {
     fn a_missing_meeting_or_claim_fails_before_any_job() {
         let err = validate(&rj(), None, Some(None)).unwrap_err();
         assert_eq!(err.reason, "MeetingNotFound");
-        let st = status(&rj(), None, Some(&err));
+        let st = status(&rj(), None, Some(&err), t0());
         assert_eq!(st.phase, Some(RecordingPhase::Failed));
         assert_eq!(st.conditions[1].reason, "MeetingNotFound");
         let meeting: Meeting = serde_json::from_value(
@@ -419,24 +441,25 @@ mod tests {
         };
         r.status =
             Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Recording, None)), ..Default::default() });
-        assert_eq!(status(&r, Some(&job_with(json!([]), 0)), None).phase, Some(RecordingPhase::Recording));
+        assert_eq!(status(&r, Some(&job_with(json!([]), 0)), None, t0()).phase, Some(RecordingPhase::Recording));
         r.status = Some(RecordingJobStatus {
             recorder: Some(report(RecorderStage::Failed, Some("CompositingFailed"))),
             ..Default::default()
         });
-        let retrying = status(&r, Some(&job_with(json!([]), 1)), None);
+        let retrying = status(&r, Some(&job_with(json!([]), 1)), None, t0());
         assert_eq!(retrying.conditions[0].reason, "Retrying");
         let failed = status(
             &r,
             Some(&job_with(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]), 3)),
             None,
+            t0(),
         );
         assert_eq!(failed.phase, Some(RecordingPhase::Failed));
         assert_eq!(failed.conditions[1].reason, "CompositingFailed");
         assert!(failed.conditions[1].message.contains("BackoffLimitExceeded"));
         r.status =
             Some(RecordingJobStatus { recorder: Some(report(RecorderStage::Uploaded, None)), ..Default::default() });
-        let ready = status(&r, Some(&job_with(json!([{"type": "Complete", "status": "True"}]), 0)), None);
+        let ready = status(&r, Some(&job_with(json!([{"type": "Complete", "status": "True"}]), 0)), None, t0());
         assert_eq!(ready.phase, Some(RecordingPhase::Ready));
         assert_eq!(ready.url.as_deref(), Some("pvc://x/gallery.mp4"));
         assert_eq!(ready.duration_seconds, Some(20));

@@ -1,15 +1,18 @@
-//! The RecordingJob controller: dereference (Meeting, PVC, Job) → validate (pure) →
-//! build the recorder Job (pure) → create it → status from the recorder's report and
-//! the Job. A finalizer removes the files of a recording whose retention is Delete,
-//! by running the recorder in delete mode. A second, small controller creates the
+//! The RecordingJob controller: observe (the recorder Job; the Meeting and PVC it
+//! is made from) → decide (pure: validate, build the recorder Job) → apply (create
+//! it) → status (pure: from the recorder's report and the Job) and its write. A
+//! finalizer removes the files of a recording whose retention is Delete, by running
+//! the recorder in delete mode. A second, small controller creates the
 //! RecordingJob of a Meeting whose recording policy is Auto once it is Active.
 
 pub mod build;
+pub mod decide;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -20,10 +23,10 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use switchboard_crds::RecordingJobStatus;
 use switchboard_crds::meeting::{Meeting, MeetingPhase, RecordingMode};
-use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, RecordingPhase, Storage};
+use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, Storage};
 
-use crate::conditions::same;
 use crate::controller::{Backoff, Harness};
 use crate::error::Step;
 use crate::labels::FIELD_MANAGER;
@@ -73,24 +76,18 @@ pub async fn run(
     });
     let controller = Controller::new(recordings, watcher::Config::default());
     let ctx = Arc::new(Context { recordings: controller.store(), harness: harness.clone(), client, config });
-    let recording_controller = controller
+    let recordings = controller
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .owns(jobs, owned)
         .graceful_shutdown_on(harness.close_on(stopped(stop_rx.clone())))
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "recordingjob reconcile");
-            }
-        });
-    let auto_controller = Controller::for_shared_stream(meetings, meeting_store)
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(auto_record, |_m, _e: &Error, _ctx| Action::requeue(Duration::from_secs(10)), ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "automatic recording");
-            }
-        });
+        .run(reconcile, error_policy, ctx.clone());
+    let automatic = Controller::for_shared_stream(meetings, meeting_store).graceful_shutdown_on(stopped(stop_rx)).run(
+        auto_record,
+        |_m, _e: &Error, _ctx| Action::requeue(Duration::from_secs(10)),
+        ctx,
+    );
+    let recording_controller = crate::controller::drive(CONTROLLER, recordings);
+    let auto_controller = crate::controller::drive("recordingjob-auto", automatic);
     futures::future::join(recording_controller, auto_controller).await;
 }
 
@@ -110,174 +107,132 @@ async fn publish(ctx: &Context, rj: &RecordingJob, type_: EventType, reason: &st
     ctx.harness.publish(rj, type_, reason, note).await;
 }
 
-async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action> {
-    let ns = rj.namespace().unwrap_or_default();
-    let c = &ctx.client;
-    let recordings: Api<RecordingJob> = Api::namespaced(c.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns);
-    let has_finalizer = rj.finalizers().iter().any(|f| f == build::FILES_FINALIZER);
+async fn announce(ctx: &Context, rj: &RecordingJob, event: &decide::Event) {
+    publish(ctx, rj, event.type_, event.reason, &event.note).await;
+}
 
-    if rj.metadata.deletion_timestamp.is_some() {
-        return cleanup(rj, ctx, has_finalizer).await;
+async fn reconcile_recording(rj: &RecordingJob, ctx: &Context) -> Result<Action> {
+    let observed = observe(rj, ctx).await?;
+    let recorder = decide::Recorder { image: &ctx.config.recorder_image, placement: &ctx.config.recorder_placement };
+    match decide::decide(rj, &observed, recorder) {
+        decide::Decision::Nothing => Ok(Action::await_change()),
+        decide::Decision::AddFinalizer { patch } => {
+            patch_metadata(rj, ctx, &patch).await?;
+            Ok(Action::await_change())
+        }
+        decide::Decision::Cleanup(step) => {
+            apply_cleanup(rj, &step, ctx).await?;
+            Ok(step.requeue())
+        }
+        decide::Decision::Record(record) => {
+            let job = apply_record(rj, &record, ctx).await?.or(observed.job);
+            let next = build::status(rj, job.as_ref(), record.invalid.as_ref(), jiff::Timestamp::now());
+            write_status(rj, &next, record.invalid.is_some(), ctx).await?;
+            Ok(decide::requeue(&next))
+        }
     }
-    if build::wants_finalizer(rj) && !has_finalizer {
-        let patch = json!({"metadata": {"finalizers": [build::FILES_FINALIZER]}});
-        recordings
-            .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+}
+
+/// Reads what the decision needs: the recorder Job, and either the file deletion
+/// Job (being deleted) or, while the recorder Job is still to be made, the Meeting
+/// and the claim it is made from.
+async fn observe(rj: &RecordingJob, ctx: &Context) -> Result<decide::Observed> {
+    let ns = rj.namespace().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let stage = decide::stage(rj);
+    if matches!(stage, decide::Stage::Released | decide::Stage::AddFinalizer) {
+        return Ok(decide::Observed::default());
+    }
+    let job = jobs.get_opt(&build::job_name(rj)).await.observing("recorder Job")?;
+    let mut observed = decide::Observed::default();
+    if stage == decide::Stage::Cleanup && !decide::recorder_running(job.as_ref()) {
+        observed.cleanup_job = jobs.get_opt(&build::cleanup_job_name(rj)).await.observing("file deletion Job")?;
+    }
+    if stage == decide::Stage::Record && decide::job_wanted(rj, job.as_ref()) {
+        let meeting = Api::<Meeting>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&rj.spec.meeting_ref.name)
             .await
-            .applying("RecordingJob finalizer")?;
-        return Ok(Action::await_change());
-    }
-    let previous_phase = rj.status.as_ref().and_then(|s| s.phase);
-    let mut job = jobs.get_opt(&build::job_name(rj)).await.observing("recorder Job")?;
-    let mut invalid = None;
-    if job.is_none() && !matches!(previous_phase, Some(RecordingPhase::Failed | RecordingPhase::Ready)) {
-        // Dereference and validate before anything is made.
-        let meeting =
-            Api::<Meeting>::namespaced(c.clone(), &ns).get_opt(&rj.spec.meeting_ref.name).await.observing("Meeting")?;
+            .observing("Meeting")?;
         let pvc = match &rj.spec.storage.pvc {
             Some(p) => Some(
-                Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns)
+                Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
                     .get_opt(&p.claim_name)
                     .await
                     .observing("PersistentVolumeClaim")?,
             ),
             None => None,
         };
-        match build::validate(rj, meeting.as_ref(), pvc.as_ref().map(|p| p.as_ref())) {
-            Ok(()) => {
-                let params = PatchParams::apply(FIELD_MANAGER).force();
-                Api::<ServiceAccount>::namespaced(c.clone(), &ns)
-                    .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::service_account(&ns)))
-                    .await
-                    .applying("recorder ServiceAccount")?;
-                Api::<RoleBinding>::namespaced(c.clone(), &ns)
-                    .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::role_binding(&ns)))
-                    .await
-                    .applying("recorder RoleBinding")?;
-                let created = jobs
-                    .create(
-                        &PostParams::default(),
-                        &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, false),
-                    )
-                    .await
-                    .applying("recorder Job")?;
-                publish(
-                    ctx,
-                    rj,
-                    EventType::Normal,
-                    "JobCreated",
-                    &format!("recorder Job {} created", created.name_any()),
-                )
-                .await;
-                job = Some(created);
-            }
-            Err(inv) => {
-                publish(ctx, rj, EventType::Warning, inv.reason, &inv.message).await;
-                invalid = Some(inv);
-            }
-        }
+        observed.target = Some(decide::Target { meeting, pvc });
     }
+    observed.job = job;
+    Ok(observed)
+}
 
-    let status = build::status(rj, job.as_ref(), invalid.as_ref());
+async fn patch_metadata(rj: &RecordingJob, ctx: &Context, patch: &serde_json::Value) -> Result<()> {
+    Api::<RecordingJob>::namespaced(ctx.client.clone(), &rj.namespace().unwrap_or_default())
+        .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .applying("RecordingJob finalizer")?;
+    Ok(())
+}
+
+/// Makes the recorder Job (with its ServiceAccount and RoleBinding) or reports why
+/// it cannot be made; the Job as created.
+async fn apply_record(rj: &RecordingJob, record: &decide::Record, ctx: &Context) -> Result<Option<Job>> {
+    let ns = rj.namespace().unwrap_or_default();
+    let mut created = None;
+    if let Some(job) = &record.create {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+            .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::service_account(&ns)))
+            .await
+            .applying("recorder ServiceAccount")?;
+        Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .patch(build::RECORDER_SERVICE_ACCOUNT, &params, &Patch::Apply(&build::role_binding(&ns)))
+            .await
+            .applying("recorder RoleBinding")?;
+        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+        created = Some(jobs.create(&PostParams::default(), job).await.applying("recorder Job")?);
+    }
+    if let Some(event) = &record.event {
+        announce(ctx, rj, event).await;
+    }
+    Ok(created)
+}
+
+/// Publishes the Events of the status change, then writes it if it says anything new.
+async fn write_status(rj: &RecordingJob, next: &RecordingJobStatus, invalid: bool, ctx: &Context) -> Result<()> {
     let previous = rj.status.clone().unwrap_or_default();
-    if status.phase != previous.phase {
-        let (type_, reason, note) = match status.phase {
-            Some(RecordingPhase::Recording) => {
-                (EventType::Normal, "RecordingStarted", "the recorder joined the meeting".to_owned())
-            }
-            Some(RecordingPhase::Processing) => {
-                (EventType::Normal, "Processing", "compositing and uploading".to_owned())
-            }
-            Some(RecordingPhase::Ready) => {
-                (EventType::Normal, "Ready", format!("recording stored at {}", status.url.clone().unwrap_or_default()))
-            }
-            Some(RecordingPhase::Failed) if invalid.is_none() => {
-                let c = status.conditions.iter().find(|c| c.type_ == "Failed");
-                (EventType::Warning, "Failed", c.map(|c| format!("{}: {}", c.reason, c.message)).unwrap_or_default())
-            }
-            _ => (EventType::Normal, "", String::new()),
-        };
-        if !reason.is_empty() {
-            publish(ctx, rj, type_, reason, &note).await;
-        }
+    for event in decide::transitions(&previous, next, invalid) {
+        announce(ctx, rj, &event).await;
     }
-    let retry_reported = |s: &switchboard_crds::RecordingJobStatus| s.conditions.iter().any(|c| c.reason == "Retrying");
-    if retry_reported(&status) && !retry_reported(&previous) {
-        let note = status.conditions[0].message.clone();
-        publish(ctx, rj, EventType::Warning, "RecorderFailed", &note).await;
-    }
-    let unchanged = previous.phase == status.phase
-        && previous.job == status.job
-        && previous.attempts == status.attempts
-        && previous.url == status.url
-        && previous.observed_generation == status.observed_generation
-        && same(&previous.conditions, &status.conditions);
-    if !unchanged {
-        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": status});
-        recordings
+    if decide::status_changed(&previous, next) {
+        let patch = json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": next});
+        Api::<RecordingJob>::namespaced(ctx.client.clone(), &rj.namespace().unwrap_or_default())
             .patch_status(&rj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await
             .writing_status()?;
     }
-    Ok(match status.phase {
-        Some(RecordingPhase::Ready | RecordingPhase::Failed) => Action::await_change(),
-        _ => Action::requeue(Duration::from_secs(60)),
-    })
+    Ok(())
 }
 
 /// Retention Delete: stop the recorder, run the delete Job, then let the object go.
-async fn cleanup(rj: &RecordingJob, ctx: &Context, has_finalizer: bool) -> Result<Action> {
-    if !has_finalizer {
-        return Ok(Action::await_change());
-    }
-    let ns = rj.namespace().unwrap_or_default();
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let background = DeleteParams::background();
-    if jobs
-        .get_opt(&build::job_name(rj))
-        .await
-        .observing("recorder Job")?
-        .is_some_and(|j| j.metadata.deletion_timestamp.is_none())
-    {
-        jobs.delete(&build::job_name(rj), &background).await.applying("deletion of the recorder Job")?;
-        return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-    let done = match jobs.get_opt(&build::cleanup_job_name(rj)).await.observing("file deletion Job")? {
-        None => {
-            jobs.create(
-                &PostParams::default(),
-                &build::recorder_job(rj, &ctx.config.recorder_image, &ctx.config.recorder_placement, true),
-            )
-            .await
-            .applying("file deletion Job")?;
-            publish(ctx, rj, EventType::Normal, "DeletingFiles", "retention is Delete: removing the recording's files")
-                .await;
-            false
+async fn apply_cleanup(rj: &RecordingJob, step: &decide::Cleanup, ctx: &Context) -> Result<()> {
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &rj.namespace().unwrap_or_default());
+    match step {
+        decide::Cleanup::StopRecorder => {
+            let background = DeleteParams::background();
+            jobs.delete(&build::job_name(rj), &background).await.applying("deletion of the recorder Job")?;
         }
-        Some(j) => match build::job_outcome(&j) {
-            Some((true, ..)) => true,
-            Some((false, reason, message)) => {
-                let note = format!(
-                    "deleting the files failed ({reason}: {message}); remove finalizer {} to give up",
-                    build::FILES_FINALIZER
-                );
-                publish(ctx, rj, EventType::Warning, "DeleteFilesFailed", &note).await;
-                return Ok(Action::requeue(Duration::from_secs(300)));
-            }
-            None => false,
-        },
-    };
-    if !done {
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        decide::Cleanup::DeleteFiles { job, event } => {
+            jobs.create(&PostParams::default(), job).await.applying("file deletion Job")?;
+            announce(ctx, rj, event).await;
+        }
+        decide::Cleanup::Wait => {}
+        decide::Cleanup::Failed(event) => announce(ctx, rj, event).await,
+        decide::Cleanup::Release { patch } => patch_metadata(rj, ctx, patch).await?,
     }
-    let remaining: Vec<String> = rj.finalizers().iter().filter(|f| *f != build::FILES_FINALIZER).cloned().collect();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": rj.resource_version()}});
-    Api::<RecordingJob>::namespaced(ctx.client.clone(), &ns)
-        .patch(&rj.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .applying("RecordingJob finalizer")?;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// The RecordingJob an Auto-recorded Meeting gets when it becomes Active, if the meeting
