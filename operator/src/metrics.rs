@@ -94,100 +94,61 @@ where
     metric
 }
 
+/// Registers a new default metric (a counter, gauge or family) under `name`.
+fn new<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    register(registry, name, help, M::default())
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut r = Registry::with_prefix("switchboard");
         let seconds = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
+        let by_controller = Family::new_with_constructor(reconcile_histogram as fn() -> Histogram);
         Self {
-            reconciles: register(&mut r, "reconciles", "Reconciles run, by controller", Family::default()),
-            reconcile_errors: register(
+            reconciles: new(&mut r, "reconciles", "Reconciles run, by controller"),
+            reconcile_errors: new(
                 &mut r,
                 "reconcile_errors",
                 "Reconciles that failed, by controller, failed step and error kind",
-                Family::default(),
             ),
-            reconcile_duration: register(
-                &mut r,
-                "reconcile_duration_seconds",
-                "Time a reconcile takes",
-                Family::new_with_constructor(reconcile_histogram),
-            ),
-            leader: register(&mut r, "leader", "1 while this replica leads and reconciles", Gauge::default()),
-            pool_ready_pods: register(&mut r, "sfupool_ready_pods", "Ready SFU pods of a pool", Family::default()),
-            pool_desired_pods: register(&mut r, "sfupool_desired_pods", "SFU pods a pool aims for", Family::default()),
-            pool_allocated_participants: register(
+            reconcile_duration: register(&mut r, "reconcile_duration_seconds", "Time a reconcile takes", by_controller),
+            leader: new(&mut r, "leader", "1 while this replica leads and reconciles"),
+            pool_ready_pods: new(&mut r, "sfupool_ready_pods", "Ready SFU pods of a pool"),
+            pool_desired_pods: new(&mut r, "sfupool_desired_pods", "SFU pods a pool aims for"),
+            pool_allocated_participants: new(
                 &mut r,
                 "sfupool_allocated_participants",
                 "Participants the pool's SFUs report",
-                Family::default(),
             ),
-            pool_capacity_participants: register(
+            pool_capacity_participants: new(
                 &mut r,
                 "sfupool_capacity_participants",
                 "Participants the Ready pods hold",
-                Family::default(),
             ),
-            sfu_pod_actions: register(
-                &mut r,
-                "sfu_pod_actions",
-                "SFU pods created, drained and deleted, by reason",
-                Family::default(),
-            ),
-            meetings: register(&mut r, "meetings", "Meetings by phase", Family::default()),
-            placements: register(
-                &mut r,
-                "meeting_placements",
-                "Placement attempts by result and reason",
-                Family::default(),
-            ),
+            sfu_pod_actions: new(&mut r, "sfu_pod_actions", "SFU pods created, drained and deleted, by reason"),
+            meetings: new(&mut r, "meetings", "Meetings by phase"),
+            placements: new(&mut r, "meeting_placements", "Placement attempts by result and reason"),
             placement_latency: register(
                 &mut r,
                 "meeting_placement_latency_seconds",
                 "Time from a meeting being due (created, or its start) to its assignment",
                 seconds(&[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             ),
-            reservations: register(
-                &mut r,
-                "meeting_reservations",
-                "Meetings holding a reservation ahead of their start",
-                Gauge::default(),
-            ),
-            reservations_made: register(
-                &mut r,
-                "meeting_reservations_made",
-                "Reservations made for scheduled meetings",
-                Counter::default(),
-            ),
-            sfu_faults: register(
-                &mut r,
-                "sfu_faults",
-                "SFU pods found failed or leaving with their node, by reason",
-                Family::default(),
-            ),
-            migrations: register(
-                &mut r,
-                "meeting_migrations",
-                "Meetings moved off a failed or leaving SFU pod, by reason",
-                Family::default(),
-            ),
+            reservations: new(&mut r, "meeting_reservations", "Meetings holding a reservation ahead of their start"),
+            reservations_made: new(&mut r, "meeting_reservations_made", "Reservations made for scheduled meetings"),
+            sfu_faults: new(&mut r, "sfu_faults", "SFU pods found failed or leaving with their node, by reason"),
+            migrations: new(&mut r, "meeting_migrations", "Meetings moved off a failed or leaving SFU pod, by reason"),
             migration_duration: register(
                 &mut r,
                 "meeting_migration_duration_seconds",
                 "Time from a fault becoming detectable (its threshold elapsed) to the meeting re-placed",
                 seconds(&[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0]),
             ),
-            nodes_cordoned: register(
-                &mut r,
-                "nodes_cordoned",
-                "Failed nodes the operator cordoned and tainted",
-                Counter::default(),
-            ),
-            evictions: register(
-                &mut r,
-                "sfu_evictions",
-                "SFU pod evictions through the Eviction API, by result",
-                Family::default(),
-            ),
+            nodes_cordoned: new(&mut r, "nodes_cordoned", "Failed nodes the operator cordoned and tainted"),
+            evictions: new(&mut r, "sfu_evictions", "SFU pod evictions through the Eviction API, by result"),
             registry: Arc::new(r),
         }
     }
