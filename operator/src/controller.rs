@@ -174,6 +174,24 @@ impl Harness {
         api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await
     }
 
+    /// Applies `object` (server-side apply, field manager `switchboard-operator`,
+    /// forced) in `namespace`; an error names the object. Returns it as written.
+    pub async fn server_side_apply<K>(&self, namespace: &str, object: &K) -> Result<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
+    {
+        use crate::error::Step;
+        let name = object.name_any();
+        Api::<K>::namespaced(self.client.clone(), namespace)
+            .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+            .await
+            .applying(format!("{} {name}", K::kind(&())))
+    }
+
     /// Publishes `ReconcileFailed` and sets `ReconcileSucceeded=False`, in the
     /// background (an error policy must not wait on the API server).
     pub fn report_in_background<K>(self: &Arc<Self>, object: Arc<K>, previous: Vec<Condition>, error: &Error)

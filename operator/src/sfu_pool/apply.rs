@@ -5,10 +5,9 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde_json::json;
 use switchboard_crds::SfuPool;
 
@@ -182,24 +181,10 @@ async fn delete(d: &Deletion, pods: &Api<Pod>) -> kube::Result<()> {
 
 /// The pool's ServiceAccount, RoleBinding, headless Service and disruption budget.
 async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
-    server_side_apply(ctx, &v.namespace, &build::service_account(v)).await?;
-    server_side_apply(ctx, &v.namespace, &build::role_binding(v)).await?;
-    server_side_apply(ctx, &v.namespace, &build::headless_service(v)).await?;
-    server_side_apply(ctx, &v.namespace, &build::disruption_budget(v)).await
-}
-
-async fn server_side_apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
-{
-    let name = object.name_any();
-    Api::<K>::namespaced(ctx.harness.client.clone(), namespace)
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-        .await
-        .applying(format!("{} {name}", K::kind(&())))?;
+    let h = &ctx.harness;
+    h.server_side_apply(&v.namespace, &build::service_account(v)).await?;
+    h.server_side_apply(&v.namespace, &build::role_binding(v)).await?;
+    h.server_side_apply(&v.namespace, &build::headless_service(v)).await?;
+    h.server_side_apply(&v.namespace, &build::disruption_budget(v)).await?;
     Ok(())
 }

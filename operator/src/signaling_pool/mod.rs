@@ -155,42 +155,23 @@ pub fn decide(v: &build::ValidSignaling<'_>, existing: Option<&Deployment>) -> C
 
 /// Applies the children; the Deployment as written.
 async fn apply(v: &build::ValidSignaling<'_>, c: &Children, h: &Harness) -> Result<Deployment> {
-    let (client, ns, name) = (&h.client, &v.namespace, build::object_name(&v.name));
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let sa = Patch::Apply(&c.service_account);
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .patch(&name, &params, &sa)
-        .await
-        .applying(format!("ServiceAccount {name}"))?;
-    let rb = Patch::Apply(&c.role_binding);
-    Api::<RoleBinding>::namespaced(client.clone(), ns)
-        .patch(&name, &params, &rb)
-        .await
-        .applying(format!("RoleBinding {name}"))?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let what = format!("Deployment {name}");
-    let mut deployment = deployments.patch(&name, &params, &Patch::Apply(&c.deployment)).await.applying(&what)?;
+    let ns = &v.namespace;
+    h.server_side_apply(ns, &c.service_account).await?;
+    h.server_side_apply(ns, &c.role_binding).await?;
+    let mut deployment = h.server_side_apply(ns, &c.deployment).await?;
     // Right after creation (and after a failed first try): until another manager owns
     // replicas, the initial one takes them, so they stay when ours lets go.
     if !build::replicas_owned_by_others(&deployment, FIELD_MANAGER) {
+        let name = build::object_name(&v.name);
         let initial = PatchParams::apply(build::INITIAL_REPLICAS_MANAGER);
-        deployment = deployments.patch(&name, &initial, &Patch::Apply(&c.initial_replicas)).await.applying(&what)?;
+        deployment = Api::<Deployment>::namespaced(h.client.clone(), ns)
+            .patch(&name, &initial, &Patch::Apply(&c.initial_replicas))
+            .await
+            .applying(format!("Deployment {name} initial replicas"))?;
     }
-    let svc = Patch::Apply(&c.service);
-    Api::<Service>::namespaced(client.clone(), ns)
-        .patch(&name, &params, &svc)
-        .await
-        .applying(format!("Service {name}"))?;
-    let pdb = Patch::Apply(&c.disruption_budget);
-    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-        .patch(&name, &params, &pdb)
-        .await
-        .applying(format!("PodDisruptionBudget {name}"))?;
-    let hpa = Patch::Apply(&c.autoscaler);
-    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns)
-        .patch(&name, &params, &hpa)
-        .await
-        .applying(format!("HorizontalPodAutoscaler {name}"))?;
+    h.server_side_apply(ns, &c.service).await?;
+    h.server_side_apply(ns, &c.disruption_budget).await?;
+    h.server_side_apply(ns, &c.autoscaler).await?;
     Ok(deployment)
 }
 
