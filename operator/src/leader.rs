@@ -61,18 +61,25 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until leadership is lost; returns why.
+    /// Renews the Lease until leadership is lost; returns why. A renewal that has
+    /// not succeeded within the renew deadline (counted from the start of the last
+    /// successful attempt, so a slow answer cannot stretch it) ends leadership even
+    /// while its request still hangs: the caller stops the controllers then, before
+    /// a standby can take the Lease (a lease duration after it last changed).
     pub async fn hold(&mut self) -> LeadershipLost {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.retry_period()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
+            let attempt = Instant::now();
+            let deadline = last_renewed + self.renew_deadline();
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Err(_) => return LeadershipLost::RenewDeadline(self.renew_deadline()),
+                Ok(Ok(true)) => last_renewed = attempt,
+                Ok(Ok(false)) => {
                     let holder = self.observed.as_ref().and_then(|(s, _)| s.as_ref()?.holder_identity.clone());
                     return LeadershipLost::Taken(holder.unwrap_or_default());
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing the leader Lease"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader Lease"),
             }
             if last_renewed.elapsed() > self.renew_deadline() {
                 return LeadershipLost::RenewDeadline(self.renew_deadline());
@@ -174,5 +181,63 @@ impl LeaderElector {
             let at = if first { Instant::now() + 2 * self.retry_period() } else { Instant::now() };
             self.observed = Some((spec, at));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An API server that answers reads of the Lease (held by `holder`) and lets
+    /// every write hang, counting them.
+    fn hanging_writes(holder: &str, writes: Arc<AtomicUsize>) -> kube::Client {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "switchboard-operator", "namespace": "ops", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": "2026-12-01T09:00:00.000000Z"}
+        })
+        .to_string();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let (lease, writes) = (lease.clone(), writes.clone());
+            async move {
+                if request.method() != http::Method::GET {
+                    writes.fetch_add(1, Ordering::SeqCst);
+                    futures::future::pending::<()>().await;
+                }
+                let body = kube::client::Body::from(lease.into_bytes());
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder().header("content-type", "application/json").body(body).unwrap(),
+                )
+            }
+        });
+        kube::Client::new(service, "ops")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_hangs_ends_leadership_at_the_renew_deadline() {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let api = Api::namespaced(hanging_writes("operator-a", writes.clone()), "ops");
+        let lease_duration = Duration::from_secs(15);
+        let mut elector = LeaderElector::new(api, "switchboard-operator", "operator-a", lease_duration);
+        let started = Instant::now();
+        let lost = tokio::time::timeout(lease_duration, elector.hold())
+            .await
+            .expect("gave up before a standby could take over");
+        assert!(matches!(lost, LeadershipLost::RenewDeadline(d) if d == Duration::from_secs(10)), "{lost}");
+        assert!(started.elapsed() <= Duration::from_secs(10), "stopped at {:?}", started.elapsed());
+        assert_eq!(writes.load(Ordering::SeqCst), 1, "one renewal was sent and hung");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_taken_by_another_ends_leadership_at_once() {
+        let writes = Arc::new(AtomicUsize::new(0));
+        let api = Api::namespaced(hanging_writes("operator-b", writes.clone()), "ops");
+        let mut elector = LeaderElector::new(api, "switchboard-operator", "operator-a", Duration::from_secs(15));
+        let lost = elector.hold().await;
+        assert!(matches!(&lost, LeadershipLost::Taken(holder) if holder == "operator-b"), "{lost}");
+        assert_eq!(writes.load(Ordering::SeqCst), 0, "nothing written over another's Lease");
     }
 }

@@ -120,19 +120,22 @@ async fn run_controllers(
     let (fault_tx, fault_rx) = futures::channel::mpsc::unbounded();
     let detector =
         remediation::Detector::new(&client, &config, caches.clone(), metrics.clone(), fault_tx, trigger_tx.clone());
+    // The pod, Lease, node and pool watches fill the caches every controller reads:
+    // the SfuPool controller drives them, or they run on their own without it.
+    let pool_side = {
+        let (client, config, metrics, caches, stop) =
+            (client.clone(), config.clone(), metrics.clone(), caches.clone(), stop.clone());
+        let runs_pools = config.runs("sfupool");
+        async move {
+            if runs_pools {
+                sfu_pool::run(client, config, metrics, caches, pool_changes, trigger_rx, stopped(stop)).await
+            } else {
+                pool_changes.fill(stopped(stop)).await
+            }
+        }
+    };
     let controllers = futures::future::join5(
-        run_if(
-            runs("sfupool"),
-            sfu_pool::run(
-                client.clone(),
-                config.clone(),
-                metrics.clone(),
-                caches.clone(),
-                pool_changes,
-                trigger_rx,
-                stopped(stop.clone()),
-            ),
-        ),
+        pool_side,
         run_if(
             runs("meeting"),
             meeting::run(

@@ -37,6 +37,17 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// Waits until every cache has its first full list. A controller acting on a
+    /// cache still filling would see pods, Leases or Meetings as missing: it would
+    /// create pods a pool already has, or free seats of meetings not listed yet.
+    pub async fn synced(&self) {
+        let _ = self.pods.wait_until_ready().await;
+        let _ = self.leases.wait_until_ready().await;
+        let _ = self.nodes.wait_until_ready().await;
+        let _ = self.pools.wait_until_ready().await;
+        let _ = self.meetings.wait_until_ready().await;
+    }
+
     /// The SFU pods of `pool` (its namespace, its label, its controller owner
     /// reference), including those being deleted.
     pub fn pool_pods(&self, pool: &SfuPool) -> Vec<Arc<Pod>> {
@@ -46,5 +57,44 @@ impl Caches {
             .into_iter()
             .filter(|p| p.namespace() == ns && crate::sfu_pool::build::owned_by(p, pool))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::reflector::{self, store::Writer};
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn listed<K>(writer: &mut Writer<K>)
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_synced_until_every_cache_is_listed() {
+        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        let (leases, mut lease_writer) = reflector::store::<Lease>();
+        let (nodes, mut node_writer) = reflector::store::<Node>();
+        let (pools, mut pool_writer) = reflector::store::<SfuPool>();
+        let (meetings, mut meeting_writer) = reflector::store::<Meeting>();
+        let caches = Caches { pods, leases, nodes, pools, meetings };
+        // Pods, Leases, nodes and pools listed; Meetings not yet: a sweep now would
+        // take every seat for a seat of a meeting that is gone.
+        listed(&mut pod_writer);
+        listed(&mut lease_writer);
+        listed(&mut node_writer);
+        listed(&mut pool_writer);
+        let waiting = tokio::time::timeout(Duration::from_secs(60), caches.synced()).await;
+        assert!(waiting.is_err(), "synced before the Meetings were listed");
+        listed(&mut meeting_writer);
+        tokio::time::timeout(Duration::from_secs(1), caches.synced()).await.expect("synced once all are listed");
     }
 }

@@ -97,6 +97,20 @@ impl Watches {
     }
 }
 
+impl PoolChanges {
+    /// Keeps the caches filling with no controller consuming the changes (a
+    /// replica that does not run the SfuPool controller), until `stop` resolves.
+    pub async fn fill(self, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        let changes: [BoxStream<'static, ()>; 4] = [
+            self.pods.map(|_| ()).boxed(),
+            self.leases.map(|_| ()).boxed(),
+            self.nodes.map(|_| ()).boxed(),
+            self.pools.map(|_| ()).boxed(),
+        ];
+        stream::select_all(changes).take_until(stop).for_each(|_| async {}).await
+    }
+}
+
 /// The one watch of Meetings, handing changed Meetings to each subscriber.
 pub struct MeetingWatch {
     writer: Writer<Meeting>,

@@ -22,6 +22,8 @@ const SWEEP_EVERY: u64 = 6;
 /// ended or are gone go back to their pods (a crash between a release and a
 /// status write, or a Meeting deleted while it held seats).
 pub async fn run(ctx: Arc<Context>) {
+    // Seats of meetings not listed yet would look stale.
+    ctx.caches.synced().await;
     let mut tick = tokio::time::interval(TICK);
     let mut round: u64 = 0;
     loop {

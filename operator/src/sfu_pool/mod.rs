@@ -205,6 +205,7 @@ async fn reconcile_pool(pool: &SfuPool, ctx: &Context) -> Result<Action> {
         // Owner references let the garbage collector remove pods and children.
         return Ok(Action::await_change());
     }
+    ctx.caches.synced().await;
     let valid = match build::validate(pool) {
         Ok(v) => v,
         Err(reason) => return refuse(pool, reason, ctx).await,
