@@ -312,6 +312,30 @@ pub enum AnnouncedAddress {
     Static,
 }
 
+/// The schema of a template's containers: a name, an image, and the one security
+/// field the rules below look at; the rest is preserved.
+fn containers(min: u32, max: u32) -> serde_json::Value {
+    serde_json::json!({
+        "type": "array",
+        "minItems": min,
+        "maxItems": max,
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+            "required": ["name", "image"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 63},
+                "image": {"type": "string", "minLength": 1},
+                "securityContext": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true,
+                    "properties": {"privileged": {"type": "boolean"}}
+                }
+            }
+        }
+    })
+}
+
 /// The pod template schema is kept partial: the fields Switchboard relies on are
 /// checked by the API server, the rest is preserved and checked by the operator
 /// when it builds pods (the full PodSpec schema would make the CRD ~0.5 MB).
@@ -334,26 +358,51 @@ fn sfu_pod_template_schema(_: &mut SchemaGenerator) -> Schema {
                 "x-kubernetes-preserve-unknown-fields": true,
                 "required": ["containers"],
                 "properties": {
-                    "containers": {
+                    "containers": containers(1, 16),
+                    "initContainers": containers(0, 8),
+                    "serviceAccountName": {"type": "string"},
+                    "serviceAccount": {"type": "string"},
+                    "hostPID": {"type": "boolean"},
+                    "hostIPC": {"type": "boolean"},
+                    "volumes": {
                         "type": "array",
-                        "minItems": 1,
-                        "maxItems": 16,
                         "items": {
                             "type": "object",
                             "x-kubernetes-preserve-unknown-fields": true,
-                            "required": ["name", "image"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1, "maxLength": 63},
-                                "image": {"type": "string", "minLength": 1}
-                            }
+                            "properties": {"hostPath": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
                         }
                     }
                 },
-                "x-kubernetes-validations": [{
-                    "rule": "self.containers.exists(c, c.name == 'sfu')",
-                    "message": "the pod template needs a container named sfu",
-                    "fieldPath": ".containers"
-                }]
+                // What a pool's author (a namespace's user) could use to reach beyond the
+                // pod: the operator gives SFU pods their ServiceAccount and needs no host
+                // filesystem, host processes or privileged containers.
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "self.containers.exists(c, c.name == 'sfu')",
+                        "message": "the pod template needs a container named sfu",
+                        "fieldPath": ".containers"
+                    },
+                    {
+                        "rule": "!has(self.serviceAccountName) && !has(self.serviceAccount)",
+                        "message": "the operator gives SFU pods the pool's ServiceAccount; the template cannot name one",
+                        "fieldPath": ".serviceAccountName"
+                    },
+                    {
+                        "rule": "!(has(self.hostPID) && self.hostPID) && !(has(self.hostIPC) && self.hostIPC)",
+                        "message": "SFU pods cannot share the node's process or IPC namespace",
+                        "fieldPath": ".hostPID"
+                    },
+                    {
+                        "rule": "!has(self.volumes) || self.volumes.all(v, !has(v.hostPath))",
+                        "message": "hostPath volumes are not allowed in SFU pods",
+                        "fieldPath": ".volumes"
+                    },
+                    {
+                        "rule": "self.containers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged) && (!has(self.initContainers) || self.initContainers.all(c, !has(c.securityContext) || !has(c.securityContext.privileged) || !c.securityContext.privileged))",
+                        "message": "privileged containers are not allowed in SFU pods",
+                        "fieldPath": ".containers"
+                    }
+                ]
             }
         }
     })

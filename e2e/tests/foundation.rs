@@ -201,6 +201,33 @@ async fn invalid_sfu_pools_are_refused_naming_the_field() {
             "container named sfu",
         ),
         ("/spec/placement/strategy", json!("Random"), "spec.placement.strategy", "Unsupported value"),
+        // Reaching beyond the pod: another ServiceAccount, the node's filesystem,
+        // processes, or a privileged container.
+        (
+            "/spec/template/spec/serviceAccountName",
+            json!("switchboard-operator"),
+            "spec.template.spec.serviceAccountName",
+            "cannot name one",
+        ),
+        ("/spec/template/spec/hostPID", json!(true), "spec.template.spec.hostPID", "process or IPC namespace"),
+        (
+            "/spec/template/spec/volumes",
+            json!([{"name": "root", "hostPath": {"path": "/"}}]),
+            "spec.template.spec.volumes",
+            "hostPath volumes are not allowed",
+        ),
+        (
+            "/spec/template/spec/containers/0/securityContext",
+            json!({"privileged": true}),
+            "spec.template.spec.containers",
+            "privileged containers are not allowed",
+        ),
+        (
+            "/spec/template/spec/initContainers",
+            json!([{"name": "setup", "image": "busybox", "securityContext": {"privileged": true}}]),
+            "spec.template.spec.containers",
+            "privileged containers are not allowed",
+        ),
     ];
     for (i, (pointer, value, field, words)) in cases.into_iter().enumerate() {
         let mut pool = valid_pool(&format!("bad-{i}"));

@@ -55,6 +55,9 @@ pub fn validate(pool: &SfuPool) -> Result<ValidPool<'_>, String> {
     if !spec.containers.iter().any(|c| c.name == SFU_CONTAINER) {
         return Err("spec.template.spec.containers has no container named sfu".into());
     }
+    if let Some(why) = super::template::refused(spec) {
+        return Err(why.into());
+    }
     let udp_ports = match &pool.spec.media.udp_port_range {
         Some(r) => (r.min, r.max),
         None => (DEFAULT_UDP_PORT, DEFAULT_UDP_PORT),

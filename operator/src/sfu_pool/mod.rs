@@ -14,6 +14,7 @@ pub mod decide;
 pub mod observe;
 pub mod startup;
 pub mod status;
+pub mod template;
 #[cfg(test)]
 mod tests;
 
