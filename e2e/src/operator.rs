@@ -85,6 +85,7 @@ pub async fn operator_token(admin: &Client, namespace: &str) -> String {
             resolver.apply(admin, &obj, namespace).await.unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }
+    install_admission_policies(admin).await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "switchboard-operator"}})).unwrap();
     match sas.create(&PostParams::default(), &sa).await {
@@ -119,6 +120,20 @@ pub async fn operator_token(admin: &Client, namespace: &str) -> String {
         .status
         .and_then(|s| s.token)
         .expect("token")
+}
+
+/// The chart's admission policies (`charts/switchboard/files/admission/`), as the
+/// chart installs them: every operator test runs with them in force.
+pub async fn install_admission_policies(admin: &Client) {
+    let resolver = Resolver::new(admin).await;
+    let dir = repo_root().join("charts/switchboard/files/admission");
+    for entry in std::fs::read_dir(&dir).expect("the chart's admission policies") {
+        let path = entry.expect("a file").path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for obj in parse_manifest(&text).unwrap() {
+            resolver.apply(admin, &obj, "default").await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
 }
 
 /// Starts an operator replica watching `namespace` with the given client.
