@@ -75,6 +75,7 @@ pub async fn operator_token(admin: &Client, namespace: &str) -> String {
     let resolver = Resolver::new(admin).await;
     for file in [
         "operator-clusterrole.yaml",
+        "operator-nodes-clusterrole.yaml",
         "sfu-clusterrole.yaml",
         "signaling-clusterrole.yaml",
         "recorder-clusterrole.yaml",
@@ -99,6 +100,12 @@ pub async fn operator_token(admin: &Client, namespace: &str) -> String {
                "metadata": {"name": format!("switchboard-operator-{namespace}")},
                "roleRef": {
                    "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "switchboard-operator"
+               },
+               "subjects": subject}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": format!("switchboard-operator-nodes-{namespace}")},
+               "roleRef": {
+                   "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "switchboard-operator-nodes"
                },
                "subjects": subject}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use switchboard_crds::SfuPool;
@@ -126,6 +127,38 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
         let have = roles.iter().find(|r| r["metadata"]["name"] == want["metadata"]["name"]).expect("role rendered");
         assert_eq!(have["rules"], want["rules"], "{}", want["metadata"]["name"]);
     }
+
+    // Watching one namespace: the operator's namespaced rights are a Role there, and
+    // only the node rights stay cluster-wide.
+    let watched = parse_manifest(&helm_ok(&[
+        "template",
+        "sb",
+        &chart,
+        "-n",
+        "sb-system",
+        "--kube-version",
+        &kube_version,
+        "--set",
+        "operator.watchNamespace=tenant",
+    ]))
+    .unwrap();
+    let rbac: Vec<(String, String, Option<String>)> = watched
+        .iter()
+        .filter(|o| o.types.as_ref().is_some_and(|t| t.kind.contains("Role")))
+        .map(|o| (o.types.clone().unwrap().kind, o.name_any(), o.metadata.namespace.clone()))
+        .collect();
+    let has = |kind: &str, name: &str, ns: Option<&str>| {
+        rbac.iter().any(|(k, n, s)| k == kind && n == name && s.as_deref() == ns)
+    };
+    assert!(has("Role", "switchboard-operator", Some("tenant")), "{rbac:?}");
+    assert!(has("RoleBinding", "switchboard-operator", Some("tenant")), "{rbac:?}");
+    assert!(
+        !has("ClusterRole", "switchboard-operator", None) && !has("ClusterRoleBinding", "switchboard-operator", None)
+    );
+    assert!(has("ClusterRoleBinding", "switchboard-operator-nodes", None), "{rbac:?}");
+    let cluster_wide: Vec<&String> =
+        rbac.iter().filter(|(k, _, _)| k == "ClusterRoleBinding").map(|(_, n, _)| n).collect();
+    assert_eq!(cluster_wide, ["switchboard-operator-nodes"], "only node rights are cluster-wide");
 
     // Two operator replicas, spread over nodes, with probes on the operator's endpoints.
     let deployment = parse_manifest(&rendered)
