@@ -10,8 +10,12 @@
 //! | `RECORDER_MAX_DURATION_SECONDS` | 14400 | recording stops after this |
 //! | `RECORDER_VOLUME_DIR` | — | PVC storage: the directory on the mounted volume |
 //! | `RECORDER_VOLUME_URL` | — | PVC storage: its URL, `pvc://claim/path` |
-//! | `RECORDER_S3_BUCKET`, `_ENDPOINT`, `_REGION`, `_PREFIX` | — | S3 storage (region default `us-east-1`) |
-//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | — | S3 credentials (from the Secret) |
+//! | `RECORDER_S3_BUCKET`, `_ENDPOINT`, `_REGION`, `_PREFIX` | — | S3 storage (no endpoint: AWS; region default `us-east-1`) |
+//! | `RECORDER_S3_ADDRESSING` | `path` with an endpoint, else `virtual-host` | bucket in the URL's path or host name |
+//! | `RECORDER_S3_CA_FILE` | — | PEM CA certificates trusted for the endpoint besides the system's (`SSL_CERT_FILE`) |
+//! | `RECORDER_S3_PART_SIZE_MIB` | 8 | larger files are uploaded in parts of this size (at least 5) |
+//! | `RECORDER_S3_RETRIES`, `RECORDER_S3_RETRY_TIMEOUT_SECONDS` | 10, 180 | retries of a failed S3 request, with backoff |
+//! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` | — | S3 credentials (from the Secret; the token optional) |
 //! | `RECORDER_SCRATCH_DIR` | `/tmp/recorder` | S3 storage: local chunks before upload |
 //! | `RECORDER_CHUNK_SECONDS` | 2 | chunk files close this often (what a crash can lose) |
 //! | `RECORDER_IDLE_SECONDS` | 300 | recording also stops after this long without media |
@@ -25,7 +29,8 @@ use std::time::Duration;
 
 use switchboard_crds::recording_job::{Layout, RecordingFormat};
 
-use crate::storage::{S3Config, Storage};
+use crate::keys;
+use crate::storage::{Addressing, S3Config, Storage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -64,6 +69,9 @@ impl Config {
                 None => d as f64,
             }))
         };
+        let int = |k: &str, d: usize| -> anyhow::Result<usize> {
+            var(k).map_or(Ok(d), |v| v.parse::<usize>().map_err(|e| anyhow::anyhow!("{k}={v}: {e}")))
+        };
         let namespace = var("RECORDER_NAMESPACE")
             .or_else(|| var("POD_NAMESPACE"))
             .ok_or_else(|| anyhow::anyhow!("RECORDER_NAMESPACE is required"))?;
@@ -80,26 +88,43 @@ impl Config {
             "WebM" => RecordingFormat::WebM,
             other => anyhow::bail!("RECORDER_FORMAT={other}: expected MP4 or WebM"),
         };
+        // Each name is one directory level and one key segment: none may climb out.
+        keys::segment("RECORDER_NAMESPACE", &namespace)?;
+        keys::segment("RECORDER_MEETING", &meeting)?;
+        keys::segment("RECORDER_RECORDING_JOB", &recording_job)?;
         let recording = format!("{namespace}/{meeting}/{recording_job}");
         let storage = if let Some(bucket) = var("RECORDER_S3_BUCKET") {
-            let prefix = var("RECORDER_S3_PREFIX").map(|p| p.trim_matches('/').to_owned()).filter(|p| !p.is_empty());
-            Storage::S3 {
-                scratch: PathBuf::from(var("RECORDER_SCRATCH_DIR").unwrap_or("/tmp/recorder".into())).join(&recording),
-                s3: S3Config {
-                    endpoint: var("RECORDER_S3_ENDPOINT").unwrap_or_else(|| "https://s3.amazonaws.com".into()),
-                    region: var("RECORDER_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
-                    bucket,
-                    prefix: match prefix {
-                        Some(p) => format!("{p}/{recording}"),
-                        None => recording.clone(),
-                    },
-                    access_key_id: need("AWS_ACCESS_KEY_ID")?,
-                    secret_access_key: need("AWS_SECRET_ACCESS_KEY")?,
-                },
-                http: reqwest::Client::new(),
+            let prefix = keys::prefix("RECORDER_S3_PREFIX", &var("RECORDER_S3_PREFIX").unwrap_or_default())?;
+            let endpoint = var("RECORDER_S3_ENDPOINT");
+            let addressing = match var("RECORDER_S3_ADDRESSING") {
+                Some(a) => a.parse::<Addressing>().map_err(|e| anyhow::anyhow!("RECORDER_S3_ADDRESSING={e}"))?,
+                // S3-compatible servers take path-style; AWS prefers the bucket in the host.
+                None if endpoint.is_some() => Addressing::Path,
+                None => Addressing::VirtualHost,
+            };
+            let mut s3 = S3Config::new(
+                &bucket,
+                &if prefix.is_empty() { recording.clone() } else { format!("{prefix}/{recording}") },
+                &need("AWS_ACCESS_KEY_ID")?,
+                &need("AWS_SECRET_ACCESS_KEY")?,
+            );
+            s3.endpoint = endpoint;
+            s3.addressing = addressing;
+            if let Some(region) = var("RECORDER_S3_REGION") {
+                s3.region = region;
             }
+            s3.session_token = var("AWS_SESSION_TOKEN");
+            s3.ca_file = var("RECORDER_S3_CA_FILE").map(PathBuf::from);
+            s3.part_size = int("RECORDER_S3_PART_SIZE_MIB", 8)?.saturating_mul(1024 * 1024);
+            s3.max_retries = int("RECORDER_S3_RETRIES", 10)?;
+            s3.retry_timeout = secs("RECORDER_S3_RETRY_TIMEOUT_SECONDS", 180)?;
+            let scratch = keys::absolute_dir(
+                "RECORDER_SCRATCH_DIR",
+                &var("RECORDER_SCRATCH_DIR").unwrap_or("/tmp/recorder".into()),
+            )?;
+            Storage::s3(scratch.join(&recording), s3)?
         } else {
-            let dir = PathBuf::from(need("RECORDER_VOLUME_DIR")?).join(&recording);
+            let dir = keys::absolute_dir("RECORDER_VOLUME_DIR", &need("RECORDER_VOLUME_DIR")?)?.join(&recording);
             let url = format!("{}/{recording}", need("RECORDER_VOLUME_URL")?.trim_end_matches('/'));
             Storage::Volume { dir, url }
         };
@@ -174,5 +199,77 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(s3.to_string().contains("AWS_ACCESS_KEY_ID"), "{s3}");
+    }
+
+    fn base(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut v = vec![
+            ("RECORDER_NAMESPACE", "conf"),
+            ("RECORDER_RECORDING_JOB", "rec1"),
+            ("RECORDER_MEETING", "standup"),
+            ("RECORDER_VOLUME_DIR", "/recordings/meetings"),
+            ("RECORDER_VOLUME_URL", "pvc://recordings/meetings"),
+        ];
+        for (k, val) in extra {
+            v.retain(|(key, _)| key != k);
+            v.push((k, val));
+        }
+        v
+    }
+
+    #[test]
+    fn names_and_paths_that_would_leave_the_recording_are_refused() {
+        for var in ["RECORDER_NAMESPACE", "RECORDER_MEETING", "RECORDER_RECORDING_JOB"] {
+            for bad in ["..", "../x", "a/../../b", "/etc/passwd", "%2e%2e", "..%2fx", "a\\..\\b"] {
+                let err = Config::from_lookup(env(&base(&[(var, bad)]))).unwrap_err();
+                assert!(err.to_string().contains(var), "{var}={bad:?}: {err}");
+            }
+        }
+        for bad in ["/recordings/../../etc", "recordings", "/recordings//x", "/recordings/%2e%2e"] {
+            let err = Config::from_lookup(env(&base(&[("RECORDER_VOLUME_DIR", bad)]))).unwrap_err();
+            assert!(err.to_string().contains("RECORDER_VOLUME_DIR"), "{bad:?}: {err}");
+        }
+        let s3 = [("RECORDER_S3_BUCKET", "b"), ("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")];
+        for bad in ["../other-team", "rec/../../x", "rec//x", "%2e%2e"] {
+            let mut vars = base(&s3);
+            vars.push(("RECORDER_S3_PREFIX", bad));
+            let err = Config::from_lookup(env(&vars)).unwrap_err();
+            assert!(err.to_string().contains("RECORDER_S3_PREFIX"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn s3_settings_reach_the_storage() {
+        let c = Config::from_lookup(env(&base(&[
+            ("RECORDER_S3_BUCKET", "meetings"),
+            ("RECORDER_S3_PREFIX", "/rec/"),
+            ("RECORDER_S3_ENDPOINT", "http://127.0.0.1:9000"),
+            ("RECORDER_S3_REGION", "eu-west-1"),
+            ("RECORDER_S3_PART_SIZE_MIB", "16"),
+            ("RECORDER_SCRATCH_DIR", "/scratch"),
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "SK"),
+            ("AWS_SESSION_TOKEN", "TOKEN"),
+        ])))
+        .unwrap();
+        let Storage::S3 { scratch, s3, .. } = &c.storage else { panic!("S3 storage") };
+        assert_eq!(scratch, &PathBuf::from("/scratch/conf/standup/rec1"));
+        assert_eq!(s3.prefix, "rec/conf/standup/rec1");
+        assert_eq!(s3.addressing, Addressing::Path, "an endpoint of its own: path-style");
+        assert_eq!((s3.region.as_str(), s3.part_size), ("eu-west-1", 16 << 20));
+        assert_eq!(s3.session_token.as_deref(), Some("TOKEN"));
+        assert_eq!(c.storage.url("gallery.mp4"), "s3://meetings/rec/conf/standup/rec1/gallery.mp4");
+        // AWS (no endpoint): virtual-host style unless told otherwise.
+        let aws = [("RECORDER_S3_BUCKET", "meetings"), ("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")];
+        let c = Config::from_lookup(env(&base(&aws))).unwrap();
+        let Storage::S3 { s3, .. } = &c.storage else { panic!("S3 storage") };
+        assert_eq!((s3.addressing, s3.endpoint.as_deref()), (Addressing::VirtualHost, None));
+        let mut vars = base(&aws);
+        vars.push(("RECORDER_S3_ADDRESSING", "sideways"));
+        let err = Config::from_lookup(env(&vars)).unwrap_err();
+        assert!(err.to_string().contains("RECORDER_S3_ADDRESSING=sideways"), "{err}");
+        let mut vars = base(&aws);
+        vars.push(("RECORDER_S3_CA_FILE", "/nonexistent/ca.pem"));
+        let err = Config::from_lookup(env(&vars)).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod compose;
 pub mod config;
 pub mod http;
 pub mod ivf;
+pub mod keys;
 pub mod ogg;
 pub mod run;
 pub mod storage;

@@ -6,11 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use recorder_pod::storage::{S3Config, s3_list, s3_request};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use recorder_pod::storage::{Addressing, MIN_PART_SIZE, S3Config, Storage};
 use serde_json::json;
 use switchboard_crds::meeting::Meeting;
 use switchboard_crds::recording_job::{RecordingJob, RecordingPhase};
@@ -577,59 +580,252 @@ async fn a_cascaded_meeting_is_recorded_with_every_participant_wherever_they_joi
     env.finish().await;
 }
 
-/// An S3-compatible server on loopback: moto (from PyPI, installed by `.ci/run`).
+/// An S3-compatible server on loopback: moto (from PyPI, installed by `.ci/run`), over
+/// plain HTTP or over TLS with a certificate for 127.0.0.1 from a CA made for the test.
 struct S3Server {
     child: std::process::Child,
     endpoint: String,
+    /// TLS: the PEM file of the CA that signed the server's certificate.
+    ca: Option<PathBuf>,
+    dir: PathBuf,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (and localhost) signed by it, written to
+/// `dir` as `ca.pem`, `server.pem` and `server.key`.
+fn test_certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "Switchboard test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    server.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
 
 impl S3Server {
     async fn start(bucket: &str) -> Self {
+        Self::start_with(bucket, false).await
+    }
+
+    async fn start_tls(bucket: &str) -> Self {
+        Self::start_with(bucket, true).await
+    }
+
+    async fn start_with(bucket: &str, tls: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let dir = std::env::temp_dir().join(format!("switchboard-s3-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = std::process::Command::new("moto_server");
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        if tls {
+            test_certificates(&dir);
+            cmd.arg("-c").arg(dir.join("server.pem")).arg("-k").arg(dir.join("server.key"));
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("moto.log")).unwrap())
             .spawn()
             .expect("moto_server is installed (pip install 'moto[server]'; .ci/run does it)");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let url = format!("{endpoint}/{bucket}");
+        let ca = tls.then(|| dir.join("ca.pem"));
+        let endpoint = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
+        let mut http = reqwest::Client::builder();
+        if let Some(ca) = &ca {
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
+        }
+        let server = Self { child, endpoint, ca, dir };
+        let (http, url) = (http.build().unwrap(), format!("{}/{bucket}", server.endpoint));
         eventually("the S3 server creates the bucket", Duration::from_secs(30), || {
             let (http, url) = (http.clone(), url.clone());
             async move { http.put(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
         })
         .await;
-        Self { child, endpoint }
+        server
     }
 
-    /// Reads as the recorder's credentials (objects belong to them).
+    /// The recorder's settings for `prefix` in `bucket` (trusting the CA, if TLS), with
+    /// the credentials the recorder uses (objects belong to them).
     fn config(&self, bucket: &str, prefix: &str) -> S3Config {
-        S3Config {
-            endpoint: self.endpoint.clone(),
-            region: "us-east-1".into(),
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-            access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: "secret".into(),
-        }
+        let mut c = S3Config::new(bucket, prefix, "AKIDEXAMPLE", "secret");
+        c.endpoint = Some(self.endpoint.clone());
+        c.addressing = Addressing::Path;
+        c.ca_file = self.ca.clone();
+        c
+    }
+
+    fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        self.config(bucket, "").build(None).unwrap()
     }
 
     async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        s3_list(&reqwest::Client::new(), &self.config(bucket, prefix)).await.unwrap()
+        let listed = self.client(bucket).list(Some(&ObjectPath::from(prefix))).try_collect::<Vec<_>>().await;
+        let mut keys: Vec<String> = listed.unwrap().into_iter().map(|o| o.location.to_string()).collect();
+        keys.sort();
+        keys
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        s3_request(&reqwest::Client::new(), &self.config(bucket, ""), reqwest::Method::GET, key, &[], vec![])
-            .await
-            .unwrap()
+        let object = self.client(bucket).get(&ObjectPath::parse(key).unwrap()).await.unwrap();
+        object.bytes().await.unwrap().to_vec()
     }
+
+    /// A PUT of `raw_path` exactly as given (no URL normalisation), unsigned (moto takes it).
+    fn put_raw(&self, raw_path: &str, body: &str) {
+        use std::io::{Read, Write};
+        assert!(self.ca.is_none(), "plain HTTP only");
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            tcp,
+            "PUT {raw_path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = tcp.read_to_string(&mut response);
+        assert!(response.starts_with("HTTP/1.1 200"), "PUT {raw_path}: {response}");
+    }
+}
+
+/// A file of `len` bytes that do not repeat (a chunk or a composited recording stand-in).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("switchboard-s3-scratch-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The recorder's storage over TLS: with the CA trusted, a chunk and a result larger than
+/// a part (a multipart upload) are stored, restored by a later run, and deleted; without
+/// it, the probe and an upload fail at once, naming the certificate and the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_storage_over_tls_needs_the_ca_and_then_stores_in_parts_restores_and_deletes() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let s3 = S3Server::start_tls("meetings").await;
+        let prefix = "rec/ns/weekly/weekly-rec";
+        let mut cfg = s3.config("meetings", prefix);
+        cfg.part_size = MIN_PART_SIZE;
+        let scratch = scratch_dir("tls");
+        let storage = Storage::s3(scratch.clone(), cfg.clone()).unwrap();
+        storage.preflight().await.expect("the probe goes through with the CA trusted");
+        let chunk = scratch.join("tracks/alice/alice-mic/0000000000-a1.ogg");
+        std::fs::create_dir_all(chunk.parent().unwrap()).unwrap();
+        std::fs::write(&chunk, noise(40_000)).unwrap();
+        let result = scratch.join("gallery.mp4");
+        let big = noise(2 * MIN_PART_SIZE + 1_000_000);
+        std::fs::write(&result, &big).unwrap();
+        storage.store(&chunk).await.unwrap();
+        storage.store(&result).await.unwrap();
+        let keys = s3.keys("meetings", prefix).await;
+        assert_eq!(
+            keys,
+            [format!("{prefix}/gallery.mp4"), format!("{prefix}/tracks/alice/alice-mic/0000000000-a1.ogg")],
+            "nothing else (the probe is gone)"
+        );
+        assert_eq!(s3.get("meetings", &format!("{prefix}/gallery.mp4")).await, big);
+        let head = s3.client("meetings").head(&ObjectPath::from(format!("{prefix}/gallery.mp4"))).await.unwrap();
+        let etag = head.e_tag.unwrap_or_default();
+        assert!(etag.trim_matches('"').ends_with("-3"), "stored as a multipart upload of 3 parts: ETag {etag}");
+
+        // A retried run finds both files in its fresh scratch directory.
+        let again = scratch_dir("tls-again");
+        let second = Storage::s3(again.clone(), cfg.clone()).unwrap();
+        assert_eq!(second.restore().await.unwrap(), 2);
+        assert_eq!(std::fs::read(again.join("gallery.mp4")).unwrap(), big);
+        assert_eq!(second.restore().await.unwrap(), 0, "files already there are not fetched again");
+
+        // Not trusting the CA: a clear error at once (no retries for a certificate).
+        let mut untrusting = cfg.clone();
+        untrusting.ca_file = None;
+        let plain = Storage::s3(scratch.clone(), untrusting).unwrap();
+        let began = std::time::Instant::now();
+        let err = plain.preflight().await.unwrap_err().to_string();
+        assert!(
+            err.contains("invalid peer certificate") && err.contains("RECORDER_S3_CA_FILE"),
+            "the error names the certificate and the setting: {err}"
+        );
+        let err = plain.store(&chunk).await.unwrap_err().to_string();
+        assert!(err.contains("invalid peer certificate"), "{err}");
+        assert!(began.elapsed() < Duration::from_secs(10), "failed without retrying: {:?}", began.elapsed());
+
+        storage.delete_all().await.unwrap();
+        assert_eq!(s3.keys("meetings", prefix).await, Vec::<String>::new());
+        for dir in [scratch, again] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    })
+    .await
+    .expect("the test ends within two minutes");
+}
+
+/// Keys someone put in the bucket that would climb out of the recording's directory are
+/// never written outside it: an encoded `..` or a backslash is skipped, a `..` segment
+/// stops the restore (object_store refuses to list it; the run reports the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_keys_in_the_bucket_never_leave_the_scratch_directory() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let s3 = S3Server::start("meetings").await;
+        let prefix = "rec/ns/m/j";
+        let base = scratch_dir("traversal");
+        let scratch = base.join("a/b/c");
+        let storage = Storage::s3(scratch.clone(), s3.config("meetings", prefix)).unwrap();
+        // Keys (as moto decodes the paths): `<prefix>/%2e%2e/…` and `<prefix>/..\..\…`.
+        s3.put_raw(&format!("/meetings/{prefix}/%252e%252e/escaped-encoded.txt"), "x");
+        s3.put_raw(&format!("/meetings/{prefix}/..%5C..%5Cescaped-backslash.txt"), "x");
+        s3.put_raw(&format!("/meetings/{prefix}/tracks/ok.txt"), "ok");
+        assert_eq!(storage.restore().await.unwrap(), 1, "only the plain key is restored");
+        assert_eq!(std::fs::read_to_string(scratch.join("tracks/ok.txt")).unwrap(), "ok");
+
+        // The key `<prefix>/../../escaped.txt`.
+        s3.put_raw(&format!("/meetings/{prefix}/%2E%2E/%2E%2E/escaped.txt"), "x");
+        let err = storage.restore().await.unwrap_err().to_string();
+        assert!(err.contains(".."), "the listing names the key: {err}");
+        let mut written = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    written.push(e.path());
+                }
+            }
+        }
+        assert_eq!(written, [scratch.join("tracks/ok.txt")], "nothing outside the recording's directory");
+        let _ = std::fs::remove_dir_all(base);
+    })
+    .await
+    .expect("the test ends within a minute");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -667,5 +863,61 @@ async fn a_recording_to_an_s3_bucket_uploads_chunks_and_result_and_delete_remove
     env.recordings().delete("weekly-rec", &DeleteParams::default()).await.unwrap();
     switchboard_e2e::await_deleted(&env.recordings(), "weekly-rec", Duration::from_secs(60)).await;
     assert_eq!(s3.keys("meetings", &prefix).await, Vec::<String>::new());
+    env.finish().await;
+}
+
+/// S3 over TLS end to end: the recorder trusts the test's CA through
+/// `RECORDER_S3_CA_FILE`, and a recording's chunks and composited MP4 land in the bucket
+/// over https. A recorder that does not trust the CA fails its probe at once: the
+/// RecordingJob is Failed (StorageUnavailable, no retry) with the certificate error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_to_an_s3_bucket_over_tls_lands_with_the_ca_trusted_and_fails_clearly_without() {
+    let s3 = S3Server::start_tls("meetings").await;
+    let ca = s3.ca.clone().unwrap().display().to_string();
+    let env = Env::new("rec-s3tls", vec![("RECORDER_S3_CA_FILE".into(), ca)]).await;
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s3-creds"},
+            "stringData": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "secret"}
+        }))
+        .unwrap();
+        env.ns.api::<k8s_openapi::api::core::v1::Secret>().create(&PostParams::default(), &secret).await.unwrap();
+        let storage = json!({"s3": {
+            "bucket": "meetings", "endpoint": s3.endpoint, "prefix": "tls", "credentialsSecretRef": {"name": "s3-creds"}
+        }});
+        env.meeting("secure").await;
+        env.record("secure-rec", "secure", json!({"storage": storage})).await;
+        env.await_phase("secure-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+        env.hold_meeting("secure", "secure-rec", 5).await;
+        let rj = env.await_phase("secure-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+        let prefix = format!("tls/{}/secure/secure-rec", env.ns.name);
+        assert_eq!(rj.status.unwrap().url.as_deref(), Some(format!("s3://meetings/{prefix}/gallery.mp4").as_str()));
+        let keys = s3.keys("meetings", &prefix).await;
+        assert!(keys.iter().filter(|k| k.contains("-a1.")).count() >= 4, "chunks uploaded over https: {keys:?}");
+        let mp4 = s3.get("meetings", &format!("{prefix}/gallery.mp4")).await;
+        let local = std::env::temp_dir().join(format!("{}-secure.mp4", env.ns.name));
+        std::fs::write(&local, &mp4).unwrap();
+        let (streams, duration) = ffprobe(&local);
+        let _ = std::fs::remove_file(&local);
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        assert!(duration > 3.0, "{duration}");
+
+        // The next recorders do not trust the CA.
+        env.runner.set_extra_env(vec![("RECORDER_CHUNK_SECONDS".into(), "2".into())]);
+        env.meeting("insecure").await;
+        env.record("insecure-rec", "insecure", json!({"storage": storage, "retries": 3})).await;
+        let rj = env.await_phase("insecure-rec", RecordingPhase::Failed, Duration::from_secs(60)).await;
+        let status = rj.status.unwrap();
+        let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+        assert_eq!(failed.reason, "StorageUnavailable", "{failed:?}");
+        assert!(
+            failed.message.contains("invalid peer certificate") && failed.message.contains("RECORDER_S3_CA_FILE"),
+            "the reason names the certificate and the setting: {failed:?}"
+        );
+        assert_eq!(status.attempts, 1, "no retry for an untrusted certificate");
+        assert_eq!(s3.keys("meetings", &format!("tls/{}/insecure", env.ns.name)).await, Vec::<String>::new());
+    })
+    .await
+    .expect("the test ends within five minutes");
     env.finish().await;
 }
