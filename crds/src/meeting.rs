@@ -89,7 +89,9 @@ pub struct MeetingSpec {
     /// nobody joins ends this long after it was placed. Unset: 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_timeout: Option<Duration>,
-    /// Delete the Meeting this long after it ended. Unset: keep it.
+    /// Delete the Meeting this long after it ended. Unset: an ad-hoc meeting (no
+    /// schedule) is deleted an hour after it ends, so that meetings created on the
+    /// fly do not pile up; a scheduled one is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_after_ended: Option<Duration>,
 }

@@ -159,7 +159,9 @@ pub fn decide(view: &View, timing: &Timing, now: Timestamp) -> Decision {
         }
         if view.participants == 0 {
             let since = view.empty_since.unwrap_or(now);
-            let stop = plus(since, timing.empty_timeout);
+            // Before its scheduled start, an emptied meeting waits for it: early
+            // joiners who leave cannot end the meeting the others will join.
+            let stop = plus(view.start.map_or(since, |start| since.max(start)), timing.empty_timeout);
             if now >= stop {
                 return end(d, EndReason::Empty);
             }
@@ -297,6 +299,24 @@ mod tests {
         assert_eq!(decide(&view, &timing(), t(4499)).phase, Phase::Active);
         assert_eq!(decide(&view, &timing(), t(4499)).recheck_after, Some(Duration::from_secs(1)));
         assert_eq!(decide(&view, &timing(), t(4500)).end_reason, Some(EndReason::DurationExceeded));
+    }
+
+    #[test]
+    fn early_joiners_leaving_before_the_start_do_not_end_the_meeting() {
+        // Starts at 1000; two join at 100 and leave at 200; the empty timeout is 300.
+        let mut view = scheduled(1000);
+        view.phase = Some(Phase::Active);
+        view.started_at = Some(t(100));
+        view.empty_since = Some(t(200));
+        for now in [600, 999, 1000, 1299] {
+            let d = decide(&view, &timing(), t(now));
+            assert_eq!((d.phase, d.end_reason), (Phase::Active, None), "at {now}");
+        }
+        assert_eq!(decide(&view, &timing(), t(600)).recheck_after, Some(Duration::from_secs(700)));
+        assert_eq!(decide(&view, &timing(), t(1300)).end_reason, Some(EndReason::Empty));
+        // An ad-hoc meeting has no start to wait for.
+        let ad_hoc = View { start: None, expected_duration: None, ..view };
+        assert_eq!(decide(&ad_hoc, &timing(), t(500)).end_reason, Some(EndReason::Empty));
     }
 
     #[test]

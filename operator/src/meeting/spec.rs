@@ -16,6 +16,9 @@ use switchboard_placement::place;
 const START_SLACK: Duration = Duration::from_secs(60);
 const DEFAULT_EMPTY_TIMEOUT: Duration = Duration::from_secs(300);
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(900);
+/// How long an ended ad-hoc meeting (no schedule) stays when it sets no TTL:
+/// meetings created on the fly must not pile up.
+pub const DEFAULT_AD_HOC_TTL: Duration = Duration::from_secs(3600);
 
 /// A spec the operator cannot act on, with the condition reason that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +107,11 @@ pub fn timing(m: &Meeting, pool: Option<&SfuPool>) -> lifecycle::Timing {
             .as_ref()
             .and_then(|s| s.grace_period.as_ref())
             .map_or(DEFAULT_GRACE_PERIOD, |d| d.as_std()),
-        ttl_after_ended: m.spec.ttl_after_ended.as_ref().map(|d| d.as_std()),
+        ttl_after_ended: match (&m.spec.ttl_after_ended, &m.spec.schedule) {
+            (Some(ttl), _) => Some(ttl.as_std()),
+            (None, None) => Some(DEFAULT_AD_HOC_TTL),
+            (None, Some(_)) => None,
+        },
     }
 }
 

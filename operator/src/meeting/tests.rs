@@ -292,6 +292,20 @@ fn an_ended_meeting_is_deleted_after_its_ttl() {
 }
 
 #[test]
+fn an_ended_ad_hoc_meeting_without_a_ttl_goes_after_an_hour_and_a_scheduled_one_stays() {
+    let ended = json!({"phase": "Ended", "endedAt": t0().to_string()});
+    let ad_hoc = meeting("m").status(ended.clone()).build();
+    let o = observed(ad_hoc.clone(), vec![room(pool("p").build(), None)], at(3599));
+    assert!(!decide(&o).delete);
+    let o = observed(ad_hoc, vec![room(pool("p").build(), None)], at(3600));
+    assert!(decide(&o).delete);
+    let scheduled = meeting("m").starts(at(-7200)).status(ended).build();
+    let o = observed(scheduled, vec![room(pool("p").build(), None)], at(1_000_000));
+    let d = decide(&o);
+    assert!(!d.delete && d.requeue.is_none(), "kept, and not looked at again for it");
+}
+
+#[test]
 fn a_meeting_goes_to_the_matching_pool_with_the_most_room_or_stays_in_its_own() {
     let rooms = vec![room(pool("a").build(), Some(100)), room(pool("b").build(), Some(500))];
     let o = observed(meeting("m").build(), rooms.clone(), at(1));
