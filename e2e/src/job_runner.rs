@@ -4,6 +4,11 @@
 //! pod's environment, its PVC mapped to a local directory and its ServiceAccount's
 //! token, then writes the pod's terminal phase and exit code, as a kubelet would. The
 //! Job controller then counts failures, backs off and retries for real.
+//!
+//! The SFU API credential comes from the namespace's `switchboard-sfu-api` Secret, as
+//! in a cluster. A namespace without one has no SfuPool: its test runs its SFUs in
+//! this process (`sfu_pod::local`), and the recorder gets this process's credential
+//! (`switchboard_sfu_client::auth::process_token`), which those SFUs require.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -153,6 +158,12 @@ async fn run_pods(
                         None => None,
                     },
                     _ => None,
+                };
+                let value = match value {
+                    None if e.name == switchboard_sfu_client::auth::TOKEN_ENV => {
+                        switchboard_sfu_client::auth::process_token().map(|t| t.expose().to_owned())
+                    }
+                    v => v,
                 };
                 if let Some(v) = value {
                     env.push((e.name, v));

@@ -1,18 +1,28 @@
 //! The internal HTTP API (see `switchboard_sfu_api` for the wire types), probes and
 //! metrics.
+//!
+//! Every request but the probes and metrics (`paths::OPEN`) must carry the pool's
+//! credential, `Authorization: Bearer <token>`, compared in constant time; without it,
+//! or with another, the answer is `401 unauthorized` (counted in
+//! `switchboard_sfu_api_errors_total{code="unauthorized"}`) and nothing is done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use switchboard_sfu_api::{self as api, ApiError, ErrorCode, paths};
+use switchboard_sfu_client::ApiToken;
+use switchboard_sfu_client::auth::bearer;
 
+use crate::relay::RelayPolicy;
 use crate::sfu::{ApiResult, Sfu, error};
 
 #[derive(Clone)]
@@ -20,6 +30,11 @@ pub struct AppState {
     pub sfu: Arc<Sfu>,
     /// Name this SFU gives itself on origins it relays from.
     pub name: String,
+    /// The credential callers must present, and this SFU presents to origins. `None`
+    /// serves everyone (`SWITCHBOARD_SFU_API_INSECURE=true`, local runs only).
+    pub token: Option<ApiToken>,
+    /// Which origins the relay endpoint joins.
+    pub relay: Arc<RelayPolicy>,
 }
 
 struct Failure(ApiError, Arc<Sfu>);
@@ -29,6 +44,7 @@ impl IntoResponse for Failure {
         let code = self.0.code;
         let label = match code {
             ErrorCode::BadRequest => "badRequest",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidSdp => "invalidSdp",
             ErrorCode::UnknownRoom => "unknownRoom",
             ErrorCode::UnknownParticipant => "unknownParticipant",
@@ -81,7 +97,29 @@ pub fn router(state: AppState) -> Router {
         .fallback(|State(s): State<AppState>| async move {
             Failure(error(ErrorCode::BadRequest, "no such endpoint"), s.sfu).into_response()
         })
+        // Around every route and the fallback: an unknown path without the credential
+        // is a 401 too, so nobody learns the API's shape without it.
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+/// Lets a request through when it is a probe or metrics, or presents the credential.
+async fn authenticate(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &s.token else { return next.run(request).await };
+    if paths::OPEN.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request.headers().get(AUTHORIZATION).map(|v| bearer(v.as_bytes()));
+    let refusal = match presented {
+        None => "this API needs the pool's credential: Authorization: Bearer <token>",
+        Some(None) => "the Authorization header is not `Bearer <token>`",
+        Some(Some(token)) if expected.matches(token) => return next.run(request).await,
+        Some(Some(_)) => "the credential is not this pool's",
+    };
+    tracing::debug!(method = %request.method(), path = request.uri().path(), refusal, "unauthorized API call");
+    let mut response = Failure(error(ErrorCode::Unauthorized, refusal), s.sfu.clone()).into_response();
+    response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"switchboard-sfu\""));
+    response
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -122,7 +160,12 @@ async fn close_room(State(s): State<AppState>, Path(room): Path<String>) -> Repl
 async fn relay(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<serde_json::Value> {
     let r = async {
         let req: api::RelayRequest = parse(&body)?;
-        crate::relay::start(s.sfu.clone(), &room, &req.origin, &s.name).await.map(|_| ok())
+        // Checked before anything happens: a refused origin opens no room.
+        let origin = s.relay.check(&req.origin).map_err(|why| {
+            let shown: String = req.origin.chars().take(200).collect();
+            error(ErrorCode::BadRequest, format!("the relay origin {shown:?} is refused: {why}"))
+        })?;
+        crate::relay::start_checked(s.sfu.clone(), &room, origin, &s.name, s.token.as_ref()).await.map(|_| ok())
     }
     .await;
     reply(&s.sfu, r)

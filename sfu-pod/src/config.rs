@@ -3,7 +3,10 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `SWITCHBOARD_API_ADDR` | `0.0.0.0:$SWITCHBOARD_API_PORT` (7880) | internal API, probes, metrics |
+//! | `SWITCHBOARD_API_ADDR` | `$SWITCHBOARD_POD_IP:$SWITCHBOARD_API_PORT` (7880); `127.0.0.1:…` without a pod IP | internal API, probes, metrics |
+//! | `SWITCHBOARD_SFU_API_TOKEN` / `SWITCHBOARD_SFU_API_TOKEN_FILE` | none | the pool's credential every API call but the probes and metrics must present (`Authorization: Bearer …`); the operator sets it from Secret `switchboard-sfu-api` |
+//! | `SWITCHBOARD_SFU_API_INSECURE` | `false` | `true` starts the SFU without a credential, serving everyone: local runs only. Without it, an SFU with no credential refuses to start |
+//! | `SWITCHBOARD_RELAY_ALLOWED_CIDRS` | none | comma-separated address blocks a relay origin must be in (see `relay::RelayPolicy`); with `SWITCHBOARD_API_PORT` set, origins must also listen on that port |
 //! | `SWITCHBOARD_MEDIA_ADDR` | `0.0.0.0:$SWITCHBOARD_UDP_PORT_MIN` (ephemeral if unset) | the one UDP port all peers share |
 //! | `SWITCHBOARD_ANNOUNCED_IPS` / `SWITCHBOARD_ANNOUNCED_ADDRESS` | none | addresses put in candidates instead of local ones |
 //! | `SWITCHBOARD_ENDPOINT` | `http://$SWITCHBOARD_POD_IP:<api port>` | the API URL advertised in the heartbeat |
@@ -17,6 +20,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use switchboard_heartbeat::pod_env;
+use switchboard_sfu_client::ApiToken;
+use switchboard_sfu_client::auth::{INSECURE_ENV, TOKEN_ENV, TOKEN_FILE_ENV};
+
+use crate::relay::{Cidr, RelayPolicy};
+
+/// Address blocks a relay origin must be in.
+pub const RELAY_ALLOWED_CIDRS_ENV: &str = "SWITCHBOARD_RELAY_ALLOWED_CIDRS";
 
 pub struct Heartbeat {
     pub pool: String,
@@ -37,6 +47,10 @@ pub struct Config {
     pub name: String,
     /// None: one worker per available core.
     pub worker_threads: Option<usize>,
+    /// The credential callers must present; `None` only with `SWITCHBOARD_SFU_API_INSECURE=true`.
+    pub api_token: Option<ApiToken>,
+    /// Which relay origins this SFU accepts (`own` is filled in once the API listens).
+    pub relay: RelayPolicy,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -45,14 +59,22 @@ fn var(name: &str) -> Option<String> {
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
-        let api_port: u16 =
-            var(pod_env::API_PORT).map(|p| p.parse()).transpose().context("SWITCHBOARD_API_PORT")?.unwrap_or(7880);
+        let pool_api_port: Option<u16> =
+            var(pod_env::API_PORT).map(|p| p.parse()).transpose().context("SWITCHBOARD_API_PORT")?;
+        let api_port = pool_api_port.unwrap_or(7880);
         let udp_port: u16 =
             var(pod_env::UDP_PORT_MIN).map(|p| p.parse()).transpose().context("SWITCHBOARD_UDP_PORT_MIN")?.unwrap_or(0);
-        let api_addr = var("SWITCHBOARD_API_ADDR")
-            .unwrap_or(format!("0.0.0.0:{api_port}"))
-            .parse()
-            .context("SWITCHBOARD_API_ADDR")?;
+        let pod_ip: Option<std::net::IpAddr> = match var(pod_env::POD_IP) {
+            Some(ip) => Some(ip.parse().with_context(|| format!("{}={ip}", pod_env::POD_IP))?),
+            None => None,
+        };
+        // In a pod, the API listens on the pod's address only (with hostNetwork, the
+        // node's address the kubelet reports, not every interface of the node); the
+        // kubelet's probes come to that address. Outside a pod, on loopback.
+        let api_addr = match var("SWITCHBOARD_API_ADDR") {
+            Some(addr) => addr.parse().context("SWITCHBOARD_API_ADDR")?,
+            None => SocketAddr::new(pod_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), api_port),
+        };
         let media_addr = var("SWITCHBOARD_MEDIA_ADDR")
             .unwrap_or(format!("0.0.0.0:{udp_port}"))
             .parse()
@@ -68,12 +90,9 @@ impl Config {
         };
         // Candidates come from the pod's own address only (with hostNetwork, the node's
         // address the kubelet reports), not from every interface of the node.
-        let local_ips = match var(pod_env::POD_IP) {
-            Some(ip) => vec![ip.parse().with_context(|| format!("{}={ip}", pod_env::POD_IP))?],
-            None => vec![],
-        };
-        let endpoint =
-            var("SWITCHBOARD_ENDPOINT").or_else(|| var(pod_env::POD_IP).map(|ip| format!("http://{ip}:{api_port}")));
+        let local_ips = pod_ip.into_iter().collect();
+        let endpoint = var("SWITCHBOARD_ENDPOINT")
+            .or_else(|| pod_ip.map(|ip| format!("http://{}", SocketAddr::new(ip, api_port))));
         let heartbeat = match (var(pod_env::POOL), var(pod_env::NAMESPACE), var(pod_env::POD_NAME)) {
             (Some(pool), Some(namespace), Some(pod)) => Some(Heartbeat {
                 pool,
@@ -98,6 +117,28 @@ impl Config {
             },
             None => None,
         };
+        let relay = RelayPolicy {
+            allowed: var(RELAY_ALLOWED_CIDRS_ENV)
+                .unwrap_or_default()
+                .split(',')
+                .filter(|c| !c.trim().is_empty())
+                .map(|c| c.parse::<Cidr>().map_err(|e| anyhow::anyhow!("{RELAY_ALLOWED_CIDRS_ENV}: {e}")))
+                .collect::<anyhow::Result<_>>()?,
+            port: pool_api_port,
+            own: None,
+        };
+        let api_token = ApiToken::from_env()?;
+        let insecure = match var(INSECURE_ENV).as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => anyhow::bail!("{INSECURE_ENV} must be true or false, not {other:?}"),
+        };
+        if api_token.is_none() && !insecure {
+            anyhow::bail!(
+                "the internal API needs the pool's credential: set {TOKEN_ENV} or {TOKEN_FILE_ENV} (the operator \
+                 sets it from Secret switchboard-sfu-api), or {INSECURE_ENV}=true to serve without one (local runs only)"
+            );
+        }
         Ok(Self {
             api_addr,
             media_addr,
@@ -108,6 +149,8 @@ impl Config {
             drain_timeout,
             name,
             worker_threads,
+            api_token,
+            relay,
         })
     }
 }

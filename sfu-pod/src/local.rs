@@ -3,14 +3,20 @@
 
 use std::sync::Arc;
 
+use switchboard_sfu_client::ApiToken;
+use switchboard_sfu_client::auth::process_token_or_generate;
 use switchboard_sfu_client::media::{NetworkOptions, build_api};
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 
+use crate::relay::RelayPolicy;
 use crate::{api, metrics, sfu};
 
 pub struct LocalSfu {
     /// `http://127.0.0.1:port`
     pub endpoint: String,
+    /// The credential it requires: the process's (`switchboard_sfu_client::auth`), so
+    /// every `SfuApi` of this process presents it, as the pods of a namespace do.
+    pub token: ApiToken,
     pub sfu: Arc<sfu::Sfu>,
     serve: tokio::task::JoinHandle<()>,
 }
@@ -37,9 +43,18 @@ pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = api::router(api::AppState { sfu: sfu.clone(), name: name.into() });
+    // The environment's credential (SWITCHBOARD_SFU_API_TOKEN), else one made for this
+    // process, which its clients then present too.
+    let token = process_token_or_generate();
+    let state = api::AppState {
+        sfu: sfu.clone(),
+        name: name.into(),
+        token: Some(token.clone()),
+        relay: Arc::new(RelayPolicy::loopback()),
+    };
+    let app = api::router(state);
     let serve = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Ok(LocalSfu { endpoint, sfu, serve })
+    Ok(LocalSfu { endpoint, token, sfu, serve })
 }

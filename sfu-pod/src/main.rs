@@ -67,14 +67,20 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
     println!("{}", serde_json::json!({"api": format!("http://{api_addr}"), "media": media_addr.to_string()}));
     info!(
         api = %api_addr, media = %media_addr, announced = ?cfg.announced_ips, worker_threads = ?cfg.worker_threads,
-        "sfu listening"
+        authenticated = cfg.api_token.is_some(), "sfu listening"
     );
 
     if let Some(hb) = cfg.heartbeat {
         tokio::spawn(heartbeat::run(sfu.clone(), hb, endpoint));
     }
 
-    let app = api::router(api::AppState { sfu: sfu.clone(), name: cfg.name.clone() });
+    if cfg.api_token.is_none() {
+        tracing::warn!("SWITCHBOARD_SFU_API_INSECURE=true: the internal API serves anyone who reaches it");
+    }
+    let relay = sfu_pod::relay::RelayPolicy { own: Some(api_addr), ..cfg.relay.clone() };
+    let state =
+        api::AppState { sfu: sfu.clone(), name: cfg.name.clone(), token: cfg.api_token.clone(), relay: relay.into() };
+    let app = api::router(state);
     let shutdown = drain_on_sigterm(sfu.clone(), cfg.drain_timeout);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     info!("sfu stopped");

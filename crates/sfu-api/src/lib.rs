@@ -7,6 +7,10 @@
 //! side ever has to resolve offer glare. SFU-initiated messages (subscriber offers,
 //! the SFU's ICE candidates, room events) are read from a per-participant event queue
 //! by long polling.
+//!
+//! Every call but the probes and metrics carries the pool's credential,
+//! `Authorization: Bearer <token>` (see [`auth`]); without it, or with another, the SFU
+//! answers `401` with code [`ErrorCode::Unauthorized`].
 
 use serde::{Deserialize, Serialize};
 
@@ -29,10 +33,28 @@ pub mod paths {
     pub const TRACK: &str = "/v1/rooms/{room}/participants/{participant}/tracks/{track}";
     pub const SUBSCRIPTION: &str = "/v1/rooms/{room}/participants/{participant}/subscriptions/{track}";
 
+    /// Paths served without the credential: the kubelet's probes and Prometheus.
+    pub const OPEN: [&str; 3] = [HEALTHZ, READYZ, METRICS];
+
     /// Fills in a path template.
     pub fn fill(template: &str, room: &str, participant: &str, track: &str) -> String {
         template.replace("{room}", room).replace("{participant}", participant).replace("{track}", track)
     }
+}
+
+pub mod auth {
+    //! How the pool's credential reaches the SFU and its callers: the environment the
+    //! operator gives SFU pods, signaling pods and recorder Jobs (from the namespace's
+    //! Secret `switchboard-sfu-api`, key `token`).
+
+    /// The credential itself.
+    pub const TOKEN_ENV: &str = "SWITCHBOARD_SFU_API_TOKEN";
+    /// A file holding the credential (a mounted Secret), read when `TOKEN_ENV` is unset.
+    pub const TOKEN_FILE_ENV: &str = "SWITCHBOARD_SFU_API_TOKEN_FILE";
+    /// `true` lets an SFU start without a credential and serve everyone: local runs only.
+    pub const INSECURE_ENV: &str = "SWITCHBOARD_SFU_API_INSECURE";
+    /// The scheme of the `Authorization` header.
+    pub const SCHEME: &str = "Bearer";
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -283,6 +305,8 @@ pub struct ApiError {
 #[serde(rename_all = "camelCase")]
 pub enum ErrorCode {
     BadRequest,
+    /// The pool's credential is missing or wrong (HTTP 401).
+    Unauthorized,
     InvalidSdp,
     UnknownRoom,
     UnknownParticipant,
@@ -297,6 +321,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::BadRequest | Self::InvalidSdp => 400,
+            Self::Unauthorized => 401,
             Self::UnknownRoom | Self::UnknownParticipant | Self::UnknownTrack => 404,
             Self::AlreadyJoined => 409,
             Self::Draining | Self::NotReady => 503,
@@ -355,5 +380,16 @@ mod tests {
     fn paths_fill_in() {
         assert_eq!(paths::fill(paths::SUBSCRIPTION, "r", "p", "t"), "/v1/rooms/r/participants/p/subscriptions/t");
         assert_eq!(ErrorCode::Draining.http_status(), 503);
+    }
+
+    #[test]
+    fn an_unauthorized_call_is_a_401_with_a_camel_cased_code() {
+        assert_eq!(ErrorCode::Unauthorized.http_status(), 401);
+        let e = ApiError { code: ErrorCode::Unauthorized, message: "no credential".into() };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"code": "unauthorized", "message": "no credential"})
+        );
+        assert!(paths::OPEN.contains(&paths::READYZ) && !paths::OPEN.contains(&paths::STATUS));
     }
 }

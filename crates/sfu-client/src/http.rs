@@ -1,27 +1,50 @@
 //! A typed client for the SFU's internal HTTP API.
 
 use reqwest::Method;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use switchboard_sfu_api::paths;
 
+use crate::auth::{ApiToken, process_token};
 use crate::error::{Error, Result};
 
-/// One SFU's internal API at `base` (`http://127.0.0.1:7880`).
+/// One SFU's internal API at `base` (`http://127.0.0.1:7880`), called with a credential.
 #[derive(Clone, Debug)]
 pub struct SfuApi {
     http: reqwest::Client,
     pub base: String,
+    /// `Bearer <token>`, sent with every request (sensitive: never in debug output).
+    authorization: Option<HeaderValue>,
 }
 
 impl SfuApi {
+    /// Presents the process's credential ([`process_token`]: `SWITCHBOARD_SFU_API_TOKEN`
+    /// or `_FILE`), if it has one.
     pub fn new(base: impl Into<String>) -> Self {
         Self::with_client(reqwest::Client::new(), base)
     }
 
-    /// Shares `http` (its pool and timeouts) with other SFUs' clients.
+    /// Shares `http` (its pool and timeouts) with other SFUs' clients; presents the
+    /// process's credential, as [`SfuApi::new`] does.
     pub fn with_client(http: reqwest::Client, base: impl Into<String>) -> Self {
-        Self { http, base: base.into().trim_end_matches('/').to_owned() }
+        let authorization = process_token().map(|t| t.header_value());
+        Self { http, base: base.into().trim_end_matches('/').to_owned(), authorization }
+    }
+
+    /// Presents `token` instead (`None`: no credential at all).
+    pub fn with_token(mut self, token: Option<&ApiToken>) -> Self {
+        self.authorization = token.map(ApiToken::header_value);
+        self
+    }
+
+    /// A request with the credential.
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.authorization {
+            Some(value) => request.header(AUTHORIZATION, value.clone()),
+            None => request,
+        }
     }
 
     pub fn url(&self, template: &str, room: &str, participant: &str, track: &str) -> String {
@@ -48,30 +71,37 @@ impl SfuApi {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, url: &str) -> Result<T> {
-        Self::call(Method::GET, url, self.http.get(url)).await
+        Self::call(Method::GET, url, self.request(Method::GET, url)).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T> {
-        Self::call(Method::POST, url, self.http.post(url).json(body)).await
+        Self::call(Method::POST, url, self.request(Method::POST, url).json(body)).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, url: &str, body: &B) -> Result<T> {
-        Self::call(Method::PUT, url, self.http.put(url).json(body)).await
+        Self::call(Method::PUT, url, self.request(Method::PUT, url).json(body)).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, url: &str) -> Result<T> {
-        Self::call(Method::DELETE, url, self.http.delete(url)).await
+        Self::call(Method::DELETE, url, self.request(Method::DELETE, url)).await
     }
 
     /// GET of a plain-text endpoint (`/metrics`, `/readyz`): status and body.
     pub async fn get_text(&self, path: &str) -> Result<(u16, String)> {
         let url = format!("{}{path}", self.base);
-        Self::send(Method::GET, &url, self.http.get(&url)).await
+        Self::send(Method::GET, &url, self.request(Method::GET, &url)).await
+    }
+
+    /// Any method to `url` with arbitrary bytes (for malformed-input and access tests):
+    /// status and body.
+    pub async fn send_raw(&self, method: Method, url: &str, body: &'static str) -> Result<(u16, String)> {
+        let request = self.request(method.clone(), url).header("content-type", "application/json").body(body);
+        Self::send(method, url, request).await
     }
 
     /// Raw POST of arbitrary bytes (for malformed-input tests).
     pub async fn post_raw(&self, url: &str, body: &'static str) -> Result<(u16, String)> {
-        Self::send(Method::POST, url, self.http.post(url).header("content-type", "application/json").body(body)).await
+        self.send_raw(Method::POST, url, body).await
     }
 }
 

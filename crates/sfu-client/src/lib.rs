@@ -3,6 +3,7 @@
 //! Tests, the load generator, SFU-to-SFU relays and the recorder all join rooms the
 //! same way a signaling server would on a browser's behalf.
 
+pub mod auth;
 pub mod encoded;
 pub mod error;
 pub mod http;
@@ -11,6 +12,7 @@ pub mod media;
 pub mod participant;
 pub mod signal;
 
+pub use auth::ApiToken;
 pub use encoded::{EncodedCodec, EncodedFrame, EncodedMedia};
 pub use error::{Error, Result};
 pub use http::SfuApi;

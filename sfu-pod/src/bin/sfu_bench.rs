@@ -153,7 +153,10 @@ fn start_sfu(threads: Option<usize>) -> anyhow::Result<Sfu> {
     if let Some(n) = threads {
         command.env("SWITCHBOARD_WORKER_THREADS", n.to_string());
     }
+    // The credential of a pool, as the operator gives its SFUs one.
+    let token = switchboard_sfu_client::ApiToken::generate();
     let mut child = command
+        .env(switchboard_sfu_client::auth::TOKEN_ENV, token.expose())
         .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
         .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
@@ -164,7 +167,7 @@ fn start_sfu(threads: Option<usize>) -> anyhow::Result<Sfu> {
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
     let v: serde_json::Value = serde_json::from_str(&line)?;
-    Ok(Sfu { child, api: SfuApi::new(v["api"].as_str().unwrap_or_default()) })
+    Ok(Sfu { child, api: SfuApi::new(v["api"].as_str().unwrap_or_default()).with_token(Some(&token)) })
 }
 
 async fn forwarded(api: &SfuApi) -> f64 {

@@ -4,12 +4,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish, SfuApi};
+use switchboard_sfu_client::auth::{INSECURE_ENV, TOKEN_ENV, TOKEN_FILE_ENV};
+use switchboard_sfu_client::{ApiToken, JoinOptions, NetworkOptions, Participant, Publish, SfuApi};
+
+/// The credential of this test binary's SFUs: one, as a pool's SFUs share theirs.
+pub static TOKEN: LazyLock<ApiToken> = LazyLock::new(ApiToken::generate);
 
 pub struct SfuProcess {
     child: Child,
+    /// Presents [`TOKEN`].
     pub api: SfuApi,
     pub media: String,
 }
@@ -25,9 +31,16 @@ impl SfuProcess {
                 tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
         }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sfu-pod"));
+        // An SFU of a pool whose credential is TOKEN; its origins are the other SFUs of
+        // the test, on loopback (an `env` entry overrides any of these).
         cmd.env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
             .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
             .env("SWITCHBOARD_NAME", name)
+            .env(TOKEN_ENV, TOKEN.expose())
+            .env("SWITCHBOARD_RELAY_ALLOWED_CIDRS", "127.0.0.0/8")
+            .env_remove(TOKEN_FILE_ENV)
+            .env_remove(INSECURE_ENV)
+            .env_remove("SWITCHBOARD_API_PORT")
             .env_remove("SWITCHBOARD_POOL")
             .stdout(Stdio::piped())
             .stderr(if std::env::var("SFU_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() });
@@ -39,7 +52,8 @@ impl SfuProcess {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("sfu-pod prints its addresses");
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
-        Self { child, api: SfuApi::new(v["api"].as_str().unwrap()), media: v["media"].as_str().unwrap().to_owned() }
+        let api = SfuApi::new(v["api"].as_str().unwrap()).with_token(Some(&TOKEN));
+        Self { child, api, media: v["media"].as_str().unwrap().to_owned() }
     }
 
     pub fn sigterm(&self) {
