@@ -197,6 +197,11 @@ pub fn recorder_job(rj: &RecordingJob, image: &str, placement: &PodPlacement, de
     let ns = rj.namespace().unwrap_or_default();
     let name = if delete_files { cleanup_job_name(rj) } else { job_name(rj) };
     let mut env = recorder_env(rj, delete_files);
+    if !delete_files {
+        // The recorder joins the SFU as a hidden participant: it needs the namespace's
+        // SFU credential. Deleting files does not, and must not wait for the Secret.
+        env.push(json!(crate::sfu_pool::build::api_token_env()));
+    }
     let (volumes, mounts) = storage(rj, &mut env);
     let max = rj.spec.max_duration.as_std().as_secs() as i64;
     serde_json::from_value(json!({
@@ -409,6 +414,21 @@ mod tests {
         assert_eq!(get("RECORDER_MEETING").unwrap(), "standup");
         assert_eq!(job["spec"]["template"]["spec"]["volumes"][1]["persistentVolumeClaim"]["claimName"], "recordings");
         assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "RecordingJob");
+    }
+
+    #[test]
+    fn the_recorder_presents_the_sfus_credential_and_the_file_cleanup_needs_none() {
+        let env_of = |delete_files: bool| {
+            let job =
+                serde_json::to_value(recorder_job(&rj(), "rec:1", &PodPlacement::default(), delete_files)).unwrap();
+            job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone()
+        };
+        let token = |env: &[serde_json::Value]| env.iter().find(|e| e["name"] == "SWITCHBOARD_SFU_API_TOKEN").cloned();
+        assert_eq!(
+            token(&env_of(false)).unwrap()["valueFrom"]["secretKeyRef"],
+            json!({"name": "switchboard-sfu-api", "key": "token", "optional": false})
+        );
+        assert_eq!(token(&env_of(true)), None, "deleting files does not wait for the SFUs' Secret");
     }
 
     #[test]

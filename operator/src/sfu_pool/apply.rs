@@ -2,12 +2,14 @@
 //! Event is published and its counter counted once the write succeeded, and each
 //! pod created or deleted is expected until the pod cache shows it.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::json;
 use switchboard_crds::SfuPool;
 
@@ -58,6 +60,11 @@ pub async fn apply(v: &build::ValidPool<'_>, decision: &decide::Decision, ctx: &
         ctx.memory.lock().expect("lock").entry(key(v.pool)).or_default().children_applied = v.pool.metadata.generation;
     }
     let Some(a) = decision.actions() else { return Ok(Applied::default()) };
+    if !decision.children && (a.create > 0 || api_secret_due(&v.namespace)) {
+        // Pods cannot start without the credential's Secret: made again if deleted,
+        // before new SFUs need it, and now and then for signaling and recorders.
+        ensure_api_secret(v, ctx).await?;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.harness.client.clone(), &v.namespace);
     if let Some(s) = &a.scale {
         scale(v, s, ctx).await?;
@@ -179,12 +186,75 @@ async fn delete(d: &Deletion, pods: &Api<Pod>) -> kube::Result<()> {
     }
 }
 
-/// The pool's ServiceAccount, RoleBinding, headless Service and disruption budget.
+/// The pool's ServiceAccount, RoleBinding, headless Service, disruption budget,
+/// NetworkPolicy, and the namespace's API credential.
 async fn apply_children(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
     let h = &ctx.harness;
+    ensure_api_secret(v, ctx).await?;
     h.server_side_apply(&v.namespace, &build::service_account(v)).await?;
     h.server_side_apply(&v.namespace, &build::role_binding(v)).await?;
     h.server_side_apply(&v.namespace, &build::headless_service(v)).await?;
     h.server_side_apply(&v.namespace, &build::disruption_budget(v)).await?;
+    h.server_side_apply(&v.namespace, &build::network_policy(v)).await?;
+    Ok(())
+}
+
+/// 32 bytes from the kernel's random source, as 64 hex digits.
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// When each namespace's credential Secret was last looked at by a reconcile.
+static API_SECRET_CHECKED: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+/// A reconcile looks again this long after the last look (a deleted Secret is made
+/// again within about this long, for the pods waiting for it).
+const API_SECRET_RECHECK: Duration = Duration::from_secs(60);
+
+/// Whether the namespace's credential Secret is due a look.
+fn api_secret_due(namespace: &str) -> bool {
+    let checked = API_SECRET_CHECKED.lock().expect("lock");
+    checked.get(namespace).is_none_or(|at| at.elapsed() >= API_SECRET_RECHECK)
+}
+
+/// The namespace's credential Secret exists and lists every live pool of the namespace
+/// among its owners. It is made once, with a new random credential, and its data is
+/// never written again (a new credential would lock the running pods out of each
+/// other); deleting it is how an administrator asks for a new one (docs/sfu.md,
+/// "Security").
+async fn ensure_api_secret(v: &build::ValidPool<'_>, ctx: &Context) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.harness.client.clone(), &v.namespace);
+    let what = || format!("Secret {}", build::API_SECRET);
+    let cached = ctx.caches.pools.state();
+    let owners = build::api_secret_owners(v, cached.iter().map(|p| p.as_ref()));
+    // Twice at most: a pool of the same namespace may make it between our look and our create.
+    for _ in 0..2 {
+        match secrets.get_opt(build::API_SECRET).await.applying(what())? {
+            Some(secret) => {
+                if let Some(patch) = build::api_secret_owner_patch(&secret, &owners) {
+                    secrets
+                        .patch(build::API_SECRET, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                        .applying(what())?;
+                }
+                break;
+            }
+            None => {
+                let token = random_token().map_err(|e| kube::Error::Service(Box::new(e))).applying(what())?;
+                let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+                match secrets.create(&params, &build::api_secret(v, &token, owners.clone())).await {
+                    Ok(_) => {
+                        tracing::info!(namespace = %v.namespace, pool = %v.name, "made the SFU API credential");
+                        break;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(e).applying(what()),
+                }
+            }
+        }
+    }
+    API_SECRET_CHECKED.lock().expect("lock").insert(v.namespace.clone(), Instant::now());
     Ok(())
 }

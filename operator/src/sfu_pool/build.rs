@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSpec, Probe,
-    ResourceFieldSelector, Service, ServiceAccount,
+    ResourceFieldSelector, Secret, SecretKeySelector, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -19,6 +21,8 @@ use switchboard_heartbeat::pod_env;
 
 use crate::config::IMAGE_PULL_POLICY;
 use crate::labels::*;
+use crate::recording_job::build::RECORDER_COMPONENT;
+use crate::signaling_pool::build::SIGNALING_COMPONENT;
 
 /// Port of the SFU's internal HTTP API.
 pub const API_PORT: i32 = 7880;
@@ -35,6 +39,15 @@ pub const DRAIN_TIMEOUT_ENV: &str = "SWITCHBOARD_DRAIN_TIMEOUT_SECONDS";
 /// What the kubelet waits beyond the drain timeout before it kills an SFU: time for
 /// the SFU to stop on its own once its drain timeout has passed.
 pub const TERMINATION_GRACE_MARGIN_SECONDS: i64 = 30;
+/// The Secret holding the credential of the SFUs' internal API: one per namespace,
+/// shared by its pools (signaling and the recorder call every pool of the namespace),
+/// made once by the first pool's reconcile and owned by every pool that uses it.
+pub const API_SECRET: &str = "switchboard-sfu-api";
+/// Its key.
+pub const API_SECRET_KEY: &str = "token";
+/// The variable SFUs, signaling and the recorder read the credential from
+/// (`switchboard_sfu_api::auth::TOKEN_ENV`; the operator depends on no SFU crate).
+pub const API_TOKEN_ENV: &str = "SWITCHBOARD_SFU_API_TOKEN";
 
 /// A pool that passed validation, with what was derived from it.
 pub struct ValidPool<'a> {
@@ -155,6 +168,114 @@ pub fn headless_service(v: &ValidPool<'_>) -> Service {
         },
     }))
     .expect("valid Service")
+}
+
+/// The credential, from [`API_SECRET`], for any pod that calls (or is) an SFU of the
+/// namespace. Not optional: a pod started before the Secret exists waits for it (the
+/// kubelet retries) rather than run without the credential.
+pub fn api_token_env() -> EnvVar {
+    EnvVar {
+        name: API_TOKEN_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: API_SECRET.into(),
+                key: API_SECRET_KEY.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A pool as one of the credential Secret's owners: not its controller (the
+/// namespace's pools share it), so the garbage collector removes the Secret only once
+/// the last of them is gone.
+fn api_secret_owner(owner: &OwnerReference) -> OwnerReference {
+    OwnerReference { controller: None, block_owner_deletion: None, ..owner.clone() }
+}
+
+/// The Secret's owners: this pool and every other live pool of its namespace among
+/// `pools` (the cache), so that a Secret made again after a deletion is owned by all
+/// of them at once, and never collected while one still uses it.
+pub fn api_secret_owners<'p>(v: &ValidPool<'_>, pools: impl IntoIterator<Item = &'p SfuPool>) -> Vec<OwnerReference> {
+    let mut owners = vec![api_secret_owner(&v.owner)];
+    for pool in pools {
+        let live = pool.metadata.deletion_timestamp.is_none() && pool.metadata.namespace.as_ref() == Some(&v.namespace);
+        if let Some(owner) = pool.controller_owner_ref(&()).filter(|_| live)
+            && !owners.iter().any(|o| o.uid == owner.uid)
+        {
+            owners.push(api_secret_owner(&owner));
+        }
+    }
+    owners.sort_by(|a, b| a.name.cmp(&b.name));
+    owners
+}
+
+/// The credential Secret, made with `token` (the API server keeps the first one made;
+/// nothing ever writes its data again).
+pub fn api_secret(v: &ValidPool<'_>, token: &str, owners: Vec<OwnerReference>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(API_SECRET.into()),
+            namespace: Some(v.namespace.clone()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                    (COMPONENT_LABEL.to_owned(), SFU_COMPONENT.to_owned()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(owners),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some([(API_SECRET_KEY.to_owned(), ByteString(token.as_bytes().to_vec()))].into()),
+        ..Default::default()
+    }
+}
+
+/// A strategic merge patch adding the `owners` the Secret lacks (owner references
+/// merge by uid: those it has stay), or `None` when it has them all.
+pub fn api_secret_owner_patch(secret: &Secret, owners: &[OwnerReference]) -> Option<serde_json::Value> {
+    let missing: Vec<&OwnerReference> =
+        owners.iter().filter(|o| !secret.owner_references().iter().any(|have| have.uid == o.uid)).collect();
+    (!missing.is_empty()).then(|| json!({"metadata": {"ownerReferences": missing}}))
+}
+
+/// Who may reach the pool's pods: the API port only from the namespace's signaling
+/// pods, its recorder pods and the pool's own SFUs (relays); the media ports from
+/// anywhere. CNIs that enforce NetworkPolicy let the kubelet's probes through (traffic
+/// from the pod's node); with `hostNetwork` most CNIs enforce nothing, and the
+/// credential is what guards the API.
+pub fn network_policy(v: &ValidPool<'_>) -> NetworkPolicy {
+    let (udp_min, udp_max) = v.udp_ports;
+    let mut media = json!({"protocol": "UDP", "port": udp_min});
+    if udp_max > udp_min {
+        media["endPort"] = json!(udp_max);
+    }
+    let from = |component: &str| json!({"podSelector": {"matchLabels": {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: component}}});
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(v, format!("{}-sfu", v.name)),
+        "spec": {
+            "podSelector": {"matchLabels": pool_labels(v)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        from(SIGNALING_COMPONENT),
+                        from(RECORDER_COMPONENT),
+                        {"podSelector": {"matchLabels": pool_labels(v)}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": API_PORT}],
+                },
+                {"ports": [media]},
+            ],
+        },
+    }))
+    .expect("valid NetworkPolicy")
 }
 
 /// Busy pods may not be evicted (`kubectl drain` and the cluster autoscaler wait
@@ -291,6 +412,7 @@ fn configure_sfu_container(
         value_env(pod_env::ANNOUNCED_IPS, announced_ips.unwrap_or_default().join(",")),
         value_env(pod_env::HEARTBEAT_TTL_SECONDS, v.pool.spec.remediation.heartbeat_timeout.as_std().as_secs().max(1)),
         value_env(pod_env::CAPACITY_PARTICIPANTS, v.pool.spec.capacity.participants_per_pod),
+        api_token_env(),
     ];
     let env = c.env.get_or_insert_with(Default::default);
     env.retain(|e| !ours.iter().any(|o| o.name == e.name));
@@ -507,6 +629,78 @@ mod tests {
         let mut pool = self::pool();
         pool.spec.media.udp_port_range = Some(switchboard_crds::sfu_pool::PortRange { min: 7000, max: 9000 });
         assert!(validate(&pool).err().unwrap().contains("at most"));
+    }
+
+    #[test]
+    fn sfus_get_the_credential_from_the_namespaces_secret_whatever_the_template_says() {
+        let mut pool = pool();
+        let sfu = pool.spec.template.spec.as_mut().unwrap().containers.iter_mut().find(|c| c.name == "sfu").unwrap();
+        sfu.env.get_or_insert_with(Default::default).push(value_env(API_TOKEN_ENV, "chosen-by-the-template"));
+        let pod = sfu_pod(&validate(&pool).unwrap());
+        let sfu = pod.spec.unwrap().containers.into_iter().find(|c| c.name == "sfu").unwrap();
+        let tokens: Vec<_> = sfu.env.unwrap().into_iter().filter(|e| e.name == API_TOKEN_ENV).collect();
+        assert_eq!(tokens.len(), 1);
+        assert_eq!(tokens[0].value, None, "never a literal");
+        let r = tokens[0].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str(), r.optional), (API_SECRET, API_SECRET_KEY, Some(false)));
+    }
+
+    #[test]
+    fn the_credential_secret_is_shared_by_the_pools_of_a_namespace() {
+        let pool = pool();
+        let v = validate(&pool).unwrap();
+        let named = |name: &str, uid: &str, namespace: &str| {
+            let mut p = self::pool();
+            p.metadata.name = Some(name.into());
+            p.metadata.uid = Some(uid.into());
+            p.metadata.namespace = Some(namespace.into());
+            p
+        };
+        let ns = v.namespace.clone();
+        let mut going = named("going", "uid-4", &ns);
+        going.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
+        let cache = [named("apac", "uid-2", &ns), pool.clone(), named("elsewhere", "uid-3", "other"), going];
+        let owners = api_secret_owners(&v, &cache);
+        let names: Vec<&str> = owners.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["apac", "eu-west"], "the namespace's live pools, once each");
+        assert!(owners.iter().all(|o| o.controller.is_none() && o.kind == "SfuPool"), "owners among others");
+
+        let secret = api_secret(&v, "00ff", vec![api_secret_owner(&v.owner)]);
+        assert_eq!(secret.metadata.name.as_deref(), Some(API_SECRET));
+        assert_eq!(secret.data.as_ref().unwrap()[API_SECRET_KEY].0, b"00ff");
+        let patch = api_secret_owner_patch(&secret, &owners).expect("apac is missing");
+        assert_eq!(patch["metadata"]["ownerReferences"].as_array().unwrap().len(), 1);
+        assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-2");
+        assert!(patch.get("data").is_none(), "the patch never touches the credential");
+        let complete = api_secret(&v, "00ff", owners.clone());
+        assert_eq!(api_secret_owner_patch(&complete, &owners), None);
+    }
+
+    #[test]
+    fn the_network_policy_opens_the_api_to_callers_and_media_to_everyone() {
+        let pool = pool();
+        let v = validate(&pool).unwrap();
+        let np = serde_json::to_value(network_policy(&v)).unwrap();
+        assert_eq!(np["metadata"]["name"], "eu-west-sfu");
+        assert_eq!(np["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let spec = &np["spec"];
+        assert_eq!(spec["podSelector"]["matchLabels"][POOL_LABEL], "eu-west");
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        let api = &spec["ingress"][0];
+        assert_eq!(api["ports"], json!([{"protocol": "TCP", "port": API_PORT}]));
+        let components: Vec<_> = api["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["podSelector"]["matchLabels"][COMPONENT_LABEL].as_str().unwrap())
+            .collect();
+        assert_eq!(components, ["signaling", "recorder", "sfu"]);
+        assert_eq!(api["from"][2]["podSelector"]["matchLabels"][POOL_LABEL], "eu-west", "the pool's own SFUs only");
+        let media = &spec["ingress"][1];
+        assert!(media.get("from").is_none(), "media from anywhere");
+        let (min, max) = v.udp_ports;
+        assert_eq!(media["ports"], json!([{"protocol": "UDP", "port": min, "endPort": max}]));
     }
 
     #[test]

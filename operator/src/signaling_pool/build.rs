@@ -105,6 +105,8 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
         secret_env("SIGNALING_REDIS_URL", &spec.redis.url_secret_ref),
         secret_env("SIGNALING_JWT_KEY", &spec.auth.jwt_secret_ref),
+        // The credential of the SFUs' internal API: the namespace's, shared by its SfuPools.
+        json!(crate::sfu_pool::build::api_token_env()),
     ];
     if let Some(turn) = &spec.turn {
         env.push(json!({"name": "SIGNALING_TURN_URLS", "value": turn.urls.join(",")}));
@@ -285,6 +287,11 @@ mod tests {
             json!({"name": "turn", "key": "secret"})
         );
         assert_eq!(by_name("SIGNALING_TURN_TTL_SECONDS")["value"], "300");
+        assert_eq!(
+            by_name("SWITCHBOARD_SFU_API_TOKEN")["valueFrom"]["secretKeyRef"],
+            json!({"name": "switchboard-sfu-api", "key": "token", "optional": false}),
+            "the SFUs' credential, as their pods get it"
+        );
         assert_eq!(
             by_name("SIGNALING_POOL")["value"],
             p.metadata.name.clone().unwrap(),
