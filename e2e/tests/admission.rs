@@ -9,6 +9,7 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -92,7 +93,8 @@ async fn an_sfu_token_writes_only_its_own_heartbeat_lease() {
         let name = lease.metadata.name.clone().unwrap();
         let result = match leases.get_opt(&name).await.unwrap() {
             Some(current) => {
-                leases.replace(&name, &PostParams::default(), &Lease { metadata: current.metadata, ..lease }).await
+                let metadata = ObjectMeta { labels: lease.metadata.labels.clone(), ..current.metadata };
+                leases.replace(&name, &PostParams::default(), &Lease { metadata, ..lease }).await
             }
             None => leases.create(&PostParams::default(), &lease).await,
         };
