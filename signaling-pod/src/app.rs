@@ -1,6 +1,6 @@
 //! What every request and connection shares.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,9 +10,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use switchboard_sfu_api::{ErrorCode as SfuCode, MuteRequest, RoomStatus, Source};
 use switchboard_sfu_client::SfuApi;
+use switchboard_signaling_proto::MediaKind;
 
-use crate::auth::Keys;
+use crate::auth::{SessionKeys, UserVerifier};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::meetings::Directory;
@@ -21,14 +23,18 @@ use crate::store::Store;
 pub struct App {
     pub cfg: Config,
     pub public_url: String,
-    pub keys: Keys,
+    /// Checks user tokens (REST).
+    pub users: UserVerifier,
+    /// Signs and checks session tokens (WebSocket).
+    pub sessions: SessionKeys,
     pub store: Store,
     pub meetings: Directory,
     pub hub: Arc<Hub>,
     pub kube: kube::Client,
     pub metrics: Metrics,
-    /// Meetings this replica reports on and reaps (kept until they are empty).
-    pub watched: Mutex<HashSet<String>>,
+    /// Meetings this replica reports on and reaps (kept until they are empty): their
+    /// Redis key → their name.
+    pub watched: Mutex<HashMap<String, String>>,
     /// (edge endpoint, room) pairs already relayed from their parent.
     pub relayed: Mutex<HashSet<(String, String)>>,
     pub next_connection: AtomicU64,
@@ -36,18 +42,25 @@ pub struct App {
     sfu_poll_http: reqwest::Client,
 }
 
+/// Everything [`App::new`] is built from.
+pub struct Parts {
+    pub cfg: Config,
+    pub public_url: String,
+    pub users: UserVerifier,
+    pub sessions: SessionKeys,
+    pub store: Store,
+    pub meetings: Directory,
+    pub hub: Arc<Hub>,
+    pub kube: kube::Client,
+}
+
 impl App {
-    pub fn new(
-        cfg: Config,
-        public_url: String,
-        store: Store,
-        meetings: Directory,
-        hub: Arc<Hub>,
-        kube: kube::Client,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts { cfg, public_url, users, sessions, store, meetings, hub, kube } = parts;
         let metrics = Metrics::default();
         Arc::new(Self {
-            keys: Keys::new(&cfg.jwt_key),
+            users,
+            sessions,
             cfg,
             public_url,
             store,
@@ -81,6 +94,53 @@ impl App {
             let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), record.info.id.clone());
             tokio::spawn(async move { sfu.leave(&room, &pid).await });
         }
+    }
+
+    /// Mutes (or unmutes) a participant's tracks of `kind` on the SFU its media is on:
+    /// the tracks it declared, and any other the SFU holds of it. Tracks exist on the
+    /// SFU once their first packet arrived, so a mute of a declared track the SFU does
+    /// not hold yet is retried for a while. In the background; the SFU may be gone.
+    pub fn mute_at_sfu(&self, participant: &str, media: &crate::store::MediaRecord, kind: MediaKind, muted: bool) {
+        let of_kind = |s: Source| match kind {
+            MediaKind::Audio => matches!(s, Source::Microphone | Source::ScreenShareAudio),
+            MediaKind::Video => matches!(s, Source::Camera | Source::ScreenShare),
+        };
+        let declared: HashSet<String> =
+            media.tracks.iter().filter(|t| of_kind(t.source)).map(|t| t.id.clone()).collect();
+        let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), participant.to_owned());
+        tokio::spawn(async move {
+            let status_url = sfu.url(switchboard_sfu_api::paths::ROOM, &room, "", "");
+            let held: HashSet<String> = match sfu.get::<RoomStatus>(&status_url).await {
+                Ok(s) => {
+                    s.tracks.into_iter().filter(|t| t.participant == pid && t.kind == kind).map(|t| t.id).collect()
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "room status for a mute");
+                    HashSet::new()
+                }
+            };
+            // A mute waits up to a minute for a declared track's first packet.
+            let tries = if muted { 240 } else { 20 };
+            let calls = declared.union(&held).map(|track| {
+                let url = sfu.url(switchboard_sfu_api::paths::TRACK, &room, &pid, track);
+                let sfu = &sfu;
+                async move {
+                    for _ in 0..tries {
+                        match sfu.put::<_, serde_json::Value>(&url, &MuteRequest { muted }).await {
+                            Err(e) if e.code() == Some(SfuCode::UnknownTrack) => {
+                                tokio::time::sleep(Duration::from_millis(250)).await
+                            }
+                            Err(e) => {
+                                tracing::warn!(%url, error = %e, "mute at the SFU");
+                                return;
+                            }
+                            Ok(_) => return,
+                        }
+                    }
+                }
+            });
+            futures::future::join_all(calls).await;
+        });
     }
 
     pub fn ws_url(&self) -> String {

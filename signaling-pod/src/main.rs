@@ -4,7 +4,11 @@
 //! harnesses that start it on an ephemeral port can find it.
 //!
 //! `signaling-pod token <user> [<seconds>]` prints a user token signed with
-//! `SIGNALING_JWT_KEY`, as an identity provider would issue it (the demo uses it).
+//! `SIGNALING_JWT_KEY`, as an identity provider would issue it (the demo uses it), with
+//! `iss` and `aud` from `SIGNALING_USER_ISSUER` and `SIGNALING_USER_AUDIENCE` when set.
+//!
+//! A bad configuration (a key under 32 bytes among them) ends it at start-up with a
+//! message naming the variable and a non-zero exit.
 
 use signaling_pod::config::Config;
 
@@ -41,13 +45,16 @@ fn print_user_token(args: &[String]) -> anyhow::Result<()> {
     };
     let valid_for: u64 = valid_for.map(|s| s.parse()).transpose()?.unwrap_or(86_400);
     let key = std::env::var("SIGNALING_JWT_KEY").map_err(|_| anyhow::anyhow!("SIGNALING_JWT_KEY is required"))?;
-    let claims = signaling_pod::auth::UserClaims {
-        sub: user.clone(),
-        name: Some(user.clone()),
-        role: None,
-        exp: signaling_pod::auth::now_unix() + valid_for,
-        typ: None,
-    };
+    let mut claims = serde_json::json!({
+        "sub": user,
+        "name": user,
+        "exp": signaling_pod::auth::now_unix() + valid_for,
+    });
+    for (claim, var) in [("iss", "SIGNALING_USER_ISSUER"), ("aud", "SIGNALING_USER_AUDIENCE")] {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            claims[claim] = v.into();
+        }
+    }
     println!("{}", signaling_pod::auth::Keys::new(key.as_bytes()).sign(&claims));
     Ok(())
 }

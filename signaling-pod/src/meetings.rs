@@ -63,9 +63,24 @@ impl Directory {
         })
     }
 
-    /// The key of a meeting in Redis and the name of its room on the SFUs.
-    pub fn key(&self, name: &str) -> String {
+    /// The name of a meeting's room on the SFUs.
+    pub fn room(&self, name: &str) -> String {
         room_of(&self.namespace, name)
+    }
+
+    /// The key of a meeting's state in Redis: namespace, name and UID, so a meeting
+    /// deleted and created again under its name shares nothing with the old one.
+    pub fn state_key(&self, m: &Meeting) -> String {
+        state_key(&self.namespace, m)
+    }
+
+    /// What a session token is bound to.
+    pub fn binding(&self, m: &Meeting) -> crate::auth::MeetingBinding {
+        crate::auth::MeetingBinding {
+            namespace: self.namespace.clone(),
+            name: m.name_any(),
+            uid: m.metadata.uid.clone().unwrap_or_default(),
+        }
     }
 
     /// Writes the participant count (and the peak) when it changed.
@@ -89,6 +104,23 @@ impl Directory {
 /// The SFU room of a Meeting (see [`switchboard_crds::meeting::room_name`]).
 pub fn room_of(namespace: &str, name: &str) -> String {
     switchboard_crds::meeting::room_name(namespace, name)
+}
+
+/// `namespace/name/uid`: names and namespaces hold no `/`.
+pub fn state_key(namespace: &str, m: &Meeting) -> String {
+    format!("{namespace}/{}/{}", m.name_any(), m.metadata.uid.as_deref().unwrap_or_default())
+}
+
+/// Why the meeting cannot be recorded by signaling, if it cannot.
+pub fn recording_refused(m: &Meeting) -> Option<&'static str> {
+    use switchboard_crds::meeting::RecordingMode;
+    if m.spec.recording.as_ref().is_some_and(|r| r.policy == RecordingMode::Off) {
+        return Some("recording is off for this meeting (spec.recording.policy: Off)");
+    }
+    if m.spec.e2ee {
+        return Some("this meeting is end-to-end encrypted: the server cannot record it");
+    }
+    None
 }
 
 /// Whether participants can be in the meeting now.
@@ -150,13 +182,20 @@ fn permission_of(p: switchboard_crds::meeting::Permission) -> Permission {
     }
 }
 
-/// The meeting's permissions: role defaults with its overrides.
+/// The meeting's permissions: role defaults with its overrides, and no recording for
+/// anyone when the meeting may not be recorded.
 pub fn permissions(m: &Meeting) -> Permissions {
-    m.spec.permissions.iter().fold(Permissions::default(), |p, o| {
+    let p = m.spec.permissions.iter().fold(Permissions::default(), |p, o| {
         p.with_override(
             role_of(o.role),
             o.allow.iter().copied().map(permission_of).collect(),
             o.deny.iter().copied().map(permission_of).collect(),
         )
-    })
+    });
+    if recording_refused(m).is_none() {
+        return p;
+    }
+    [Role::Host, Role::CoHost, Role::Participant, Role::Viewer]
+        .into_iter()
+        .fold(p, |p, r| p.with_override(r, Vec::new(), vec![Permission::StartRecording]))
 }

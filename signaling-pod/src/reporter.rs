@@ -47,41 +47,44 @@ pub async fn run(app: Arc<App>) {
         {
             tracing::warn!(%pool, error = %e, "connection report");
         }
-        let watched: Vec<String> = app.watched.lock().unwrap().iter().cloned().collect();
-        for name in watched {
-            if let Err(e) = pass(&app, &name).await {
+        let watched: Vec<(String, String)> =
+            app.watched.lock().unwrap().iter().map(|(k, n)| (k.clone(), n.clone())).collect();
+        for (key, name) in watched {
+            if let Err(e) = pass(&app, &key, &name).await {
                 tracing::warn!(meeting = %name, error = %e, "participant report");
             }
         }
     }
 }
 
-async fn pass(app: &App, name: &str) -> anyhow::Result<()> {
-    let key = app.meetings.key(name);
+/// One pass over meeting `name`, whose state is at `key` (the meeting as it was when
+/// this replica first served it: if it was deleted, or deleted and created again, its
+/// state goes).
+async fn pass(app: &App, key: &str, name: &str) -> anyhow::Result<()> {
     let meeting = app.meetings.get(name);
-    if meeting.as_deref().is_none_or(|m| meetings::open(m).is_err()) {
-        app.store.forget_meeting(&key).await?;
-        app.watched.lock().unwrap().remove(name);
+    if meeting.as_deref().is_none_or(|m| meetings::open(m).is_err() || app.meetings.state_key(m) != key) {
+        app.store.forget_meeting(key).await?;
+        app.watched.lock().unwrap().remove(key);
         return Ok(());
     }
     let mut present = 0;
-    let records = app.store.all(&key).await?;
+    let records = app.store.all(key).await?;
     for r in &records {
-        if app.store.holder(&key, &r.info.id).await?.is_some() {
+        if app.store.holder(key, &r.info.id).await?.is_some() {
             if r.info.admitted {
                 present += 1;
             }
             continue;
         }
-        if app.store.remove(&key, &r.info.id).await? {
+        if app.store.remove(key, &r.info.id).await? {
             tracing::info!(meeting = %name, participant = %r.info.id, "presence expired");
             app.leave_sfu(r);
-            app.store.publish(&key, &Bus::left(name, &r.info.id, "disconnected")).await?;
+            app.store.publish(key, &Bus::left(name, &r.info.id, "disconnected")).await?;
         }
     }
     app.meetings.report(name, present).await?;
-    if records.is_empty() && !app.hub.meetings().iter().any(|m| m == name) {
-        app.watched.lock().unwrap().remove(name);
+    if records.is_empty() && !app.hub.meetings().iter().any(|m| m == key) {
+        app.watched.lock().unwrap().remove(key);
     }
     Ok(())
 }

@@ -8,18 +8,18 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kube::ResourceExt as _;
 use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, ResourceExt as _};
 use serde::{Deserialize, Serialize};
-use switchboard_crds::common::LocalObjectRef;
 use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
-use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, Storage};
 use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, IceServer, JoinGrant, MeetingInfo};
 use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role};
 
+use crate::access::{MeetingFacts, role_in};
 use crate::app::App;
-use crate::auth::{self, UserClaims, turn_credentials};
+use crate::auth::{self, Identity, turn_credentials};
 use crate::meetings;
+use crate::recordings::{self, StartError};
 
 /// Every REST error: a machine-readable code and a sentence.
 #[derive(Serialize, Deserialize, Debug)]
@@ -63,13 +63,35 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-fn user(app: &App, headers: &HeaderMap) -> Result<UserClaims, Refusal> {
+fn user(app: &App, headers: &HeaderMap) -> Result<Identity, Refusal> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", "send `Authorization: Bearer <JWT>`".into()))?;
-    app.keys.user(token.trim()).map_err(|e| Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+    app.users.verify(token.trim()).map_err(|e| Refusal(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string()))
+}
+
+/// The user's role in the meeting (see [`crate::access`]).
+fn role_of(app: &App, m: &Meeting, who: &Identity) -> Role {
+    role_in(&MeetingFacts::of(&app.meetings.namespace, m), who)
+}
+
+/// Meeting details and chat are for the meeting's hosts and co-hosts and for users with
+/// an admitted participant in it now; a waiting guest or an outsider gets 403.
+async fn member(app: &App, m: &Meeting, who: &Identity) -> Result<(), Refusal> {
+    if role_of(app, m, who).admits() {
+        return Ok(());
+    }
+    let key = app.meetings.state_key(m);
+    if app.store.is_member(&key, &who.sub).await.map_err(internal)? {
+        return Ok(());
+    }
+    Err(Refusal(
+        StatusCode::FORBIDDEN,
+        "notAMember",
+        "only the meeting's hosts and its admitted participants may read it".into(),
+    ))
 }
 
 fn info(m: &Meeting) -> MeetingInfo {
@@ -91,6 +113,7 @@ async fn create_meeting(
 ) -> Result<(StatusCode, Json<MeetingInfo>), Refusal> {
     let claims = user(&app, &headers)?;
     let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+    // The creator hosts it (`spec.host`): nobody else is host through it.
     let name = format!("m-{}", random_suffix(10));
     let meeting = Meeting {
         metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
@@ -142,14 +165,10 @@ async fn read_meeting(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<MeetingInfo>, Refusal> {
-    user(&app, &headers)?;
-    Ok(Json(info(find(&app, &id)?.as_ref())))
-}
-
-/// The user's role in a meeting: its host is host; others get what their token says
-/// (participant by default).
-fn role_in(m: &Meeting, claims: &UserClaims) -> Role {
-    if claims.sub == m.spec.host { Role::Host } else { claims.role.unwrap_or(Role::Participant) }
+    let who = user(&app, &headers)?;
+    let m = find(&app, &id)?;
+    member(&app, &m, &who).await?;
+    Ok(Json(info(&m)))
 }
 
 async fn join_meeting(
@@ -160,23 +179,26 @@ async fn join_meeting(
     let claims = user(&app, &headers)?;
     let m = find(&app, &id)?;
     meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
-    let name = m.name_any();
-    let key = app.meetings.key(&name);
+    let key = app.meetings.state_key(&m);
+    if app.store.is_removed(&key, &claims.sub).await.map_err(internal)? {
+        return Err(Refusal(StatusCode::FORBIDDEN, "removed", "a host removed you from this meeting".into()));
+    }
     let max = m.spec.participants.max.unwrap_or(m.spec.participants.expected);
     let present = app.store.all(&key).await.map_err(internal)?.len() as i32;
     if present >= max {
         return Err(Refusal(StatusCode::CONFLICT, "meetingFull", format!("the meeting is full ({max} participants)")));
     }
-    let role = role_in(&m, &claims);
+    let role = role_of(&app, &m, &claims);
     let participant_id = format!("p-{}", random_suffix(12));
     let now = auth::now_unix();
     let name_shown = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
-    let session_token = app.keys.issue_session(
+    let session_token = app.sessions.issue(
         &participant_id,
-        &name,
+        &app.meetings.binding(&m),
         &claims.sub,
         &name_shown,
         role,
+        now,
         now + app.cfg.session_ttl.as_secs(),
     );
     let mut ice_servers = Vec::new();
@@ -200,15 +222,16 @@ async fn chat_history(
     Path(id): Path<String>,
     query: Result<Query<ChatQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ChatPage>, Refusal> {
-    user(&app, &headers)?;
+    let who = user(&app, &headers)?;
     let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(bad_request("limit must be between 1 and 500"));
     }
     let m = find(&app, &id)?;
+    member(&app, &m, &who).await?;
     let (messages, next_before) =
-        app.store.chat_page(&app.meetings.key(&m.name_any()), q.before, limit).await.map_err(internal)?;
+        app.store.chat_page(&app.meetings.state_key(&m), q.before, limit).await.map_err(internal)?;
     Ok(Json(ChatPage { messages, next_before }))
 }
 
@@ -219,40 +242,22 @@ async fn create_recording(
 ) -> Result<(StatusCode, Json<serde_json::Value>), Refusal> {
     let claims = user(&app, &headers)?;
     let m = find(&app, &id)?;
-    let role = role_in(&m, &claims);
+    if let Some(reason) = meetings::recording_refused(&m) {
+        return Err(Refusal(StatusCode::FORBIDDEN, "recordingOff", reason.into()));
+    }
+    let role = role_of(&app, &m, &claims);
     if !meetings::permissions(&m).allows(role, Permission::StartRecording) {
         return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", format!("a {role:?} may not start a recording")));
     }
     meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
-    let name = start_recording(&app, &m).await.map_err(internal)?;
+    let name = recordings::start(&app, &m, &claims.sub).await.map_err(|e| match e {
+        StartError::Refused(r) => Refusal(StatusCode::FORBIDDEN, "recordingOff", r.into()),
+        e @ (StartError::Active(_) | StartError::Starting) => {
+            Refusal(StatusCode::CONFLICT, "recordingActive", e.to_string())
+        }
+        StartError::Failed(e) => internal(e),
+    })?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "recordingJob": name }))))
-}
-
-/// Creates a RecordingJob for the meeting; returns its name.
-pub async fn start_recording(app: &App, m: &Meeting) -> kube::Result<String> {
-    let meeting = m.name_any();
-    let name = format!("{}-rec-{}", meeting.chars().take(40).collect::<String>(), random_suffix(5));
-    let layout = m.spec.recording.as_ref().map(|r| r.layout).unwrap_or_default();
-    let job = RecordingJob {
-        metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
-        spec: RecordingJobSpec {
-            meeting_ref: LocalObjectRef { name: meeting.clone() },
-            layout,
-            format: Default::default(),
-            storage: Storage {
-                pvc: Some(PvcStorage { claim_name: app.cfg.recording_pvc.clone(), path: "/meetings".into() }),
-                s3: None,
-            },
-            max_duration: switchboard_crds::common::Duration::from_secs(4 * 3600),
-            retention: Default::default(),
-            retries: 3,
-        },
-        status: None,
-    };
-    let api: Api<RecordingJob> = Api::namespaced(app.kube.clone(), &app.meetings.namespace);
-    api.create(&PostParams::default(), &job).await?;
-    tracing::info!(%meeting, recording = %name, "recording started");
-    Ok(name)
 }
 
 async fn websocket(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
@@ -288,7 +293,7 @@ async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str
     ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
 }
 
-fn random_suffix(n: usize) -> String {
+pub fn random_suffix(n: usize) -> String {
     use rand::Rng as _;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

@@ -1,5 +1,14 @@
 //! One WebSocket connection: authentication by session token, the waiting room,
 //! moderation, chat, and media signaling relayed to the meeting's SFU.
+//!
+//! Access control, as the connection applies it:
+//! * the session token must be signaling's, for this namespace and for the meeting as
+//!   it exists now (its UID), and its user must not have been removed;
+//! * until admitted, a connection hears nothing of the meeting but its own admission
+//!   state: broadcasts are dropped, `joined` carries no title or participants;
+//! * a removal or takeover closes the connection at once, whatever is queued for it;
+//! * a host's mute holds (`mutedBy: host`) until a host lifts it, and is applied at the SFU;
+//! * offers are checked against what the participant may publish (`publish.rs`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,27 +16,32 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use futures::{SinkExt as _, StreamExt as _};
+use kube::ResourceExt as _;
 use switchboard_crds::meeting::Meeting;
-use switchboard_sfu_api::{
-    ErrorCode as SfuCode, JoinRequest, MuteRequest, OfferRequest, ParticipantKind, RelayRequest, Source,
-};
+use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, OfferRequest, ParticipantKind, RelayRequest, Source};
 use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind, MediaReconnectPayload,
-    OfferPayload, Permission, ProtoError, Role, StateUpdate, parse_client, types,
+    MutePayload, MutedBy, OfferPayload, ParticipantInfo, Permission, ProtoError, Role, StateUpdate, parse_client,
+    types,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::app::{App, CodeLabel, TypeLabel};
 use crate::auth::{self, SessionClaims};
-use crate::hub::{Local, Outbound};
+use crate::hub::{Kill, Local, Outbound};
 use crate::meetings;
+use crate::recordings::{self, StartError};
 use crate::store::{Audience, Bus, BusWhat, MediaRecord, Record};
 
 /// A connection that has not joined within this long is closed.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Messages queued for one connection; beyond, messages for it are dropped.
+pub const OUTBOUND_QUEUE: usize = 512;
+/// How long a connection being closed by a kill may take to say why.
+const GOODBYE_WITHIN: Duration = Duration::from_secs(1);
 
 fn refuse(code: ErrorCode, reason: impl Into<String>) -> ProtoError {
     ProtoError::new(code, reason)
@@ -50,6 +64,8 @@ fn media_failed(e: switchboard_sfu_client::Error) -> ProtoError {
 enum Flow {
     Continue,
     Close,
+    /// Closed now, without flushing what is queued.
+    Killed,
 }
 
 /// Per-connection message budget (token bucket).
@@ -100,6 +116,7 @@ pub struct Session {
     app: Arc<App>,
     connection: String,
     tx: mpsc::Sender<Outbound>,
+    kill: Arc<watch::Sender<Option<Kill>>>,
     outbox: VecDeque<Envelope>,
     joined: Option<Joined>,
 }
@@ -116,7 +133,8 @@ pub async fn serve(app: Arc<App>, socket: WebSocket) {
 
 async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(512);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
+    let (kill, mut killed) = watch::channel::<Option<Kill>>(None);
     let mut limit = RateLimit {
         tokens: app.cfg.rate_burst,
         per_second: app.cfg.rate_per_second,
@@ -124,13 +142,16 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
         at: Instant::now(),
     };
     let mut changes = app.meetings.changed.subscribe();
-    let mut s = Session { app: app.clone(), connection, tx, outbox: VecDeque::new(), joined: None };
+    let mut s =
+        Session { app: app.clone(), connection, tx, kill: Arc::new(kill), outbox: VecDeque::new(), joined: None };
     let join_deadline = tokio::time::sleep(JOIN_DEADLINE);
     tokio::pin!(join_deadline);
     let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let flow = tokio::select! {
+        let mut flow = tokio::select! {
+            biased;
+            _ = killed.changed() => Flow::Killed,
             frame = stream.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     if limit.take() {
@@ -152,7 +173,7 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                 Some(Err(_)) | None => Flow::Close,
             },
             Some(out) = rx.recv() => match out {
-                Outbound::Deliver(env) => { s.outbox.push_back(env); Flow::Continue }
+                Outbound::Deliver(env) => { s.deliver(env); Flow::Continue }
                 Outbound::Command(c) => s.command(c).await,
             },
             changed = changes.recv() => match changed {
@@ -169,22 +190,63 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                 Flow::Close
             }
         };
-        while let Some(env) = s.outbox.pop_front() {
-            if sink.send(Message::Text(env.to_json().into())).await.is_err() {
+        // A slow client holds this up; a kill does not wait for it.
+        while !matches!(flow, Flow::Killed)
+            && let Some(env) = s.outbox.pop_front()
+        {
+            tokio::select! {
+                biased;
+                _ = killed.changed() => flow = Flow::Killed,
+                sent = sink.send(Message::Text(env.to_json().into())) => if sent.is_err() { break },
+            }
+        }
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+            Flow::Killed => {
+                let why = killed.borrow().clone();
+                let goodbye = s.killed(why).await;
+                // Say why if the client reads; do not wait for one that does not.
+                let _ = tokio::time::timeout(GOODBYE_WITHIN, async {
+                    sink.send(Message::Text(goodbye.to_json().into())).await?;
+                    sink.send(Message::Close(None)).await
+                })
+                .await;
                 break;
             }
         }
-        if let Flow::Close = flow {
-            break;
-        }
     }
-    let _ = sink.send(Message::Close(None)).await;
     s.disconnected().await;
 }
 
 impl Session {
     fn push(&mut self, env: Envelope) {
         self.outbox.push_back(env);
+    }
+
+    /// A message from the meeting (a broadcast, a media event): only for the admitted.
+    fn deliver(&mut self, env: Envelope) {
+        if self.joined.as_ref().is_some_and(|j| j.info.admitted) {
+            self.push(env);
+        }
+    }
+
+    /// The connection is closing on a kill: lets go of the participant (a removed one is
+    /// gone from Redis and the SFU already; a taken-over one lives on elsewhere) and
+    /// returns the message that says why.
+    async fn killed(&mut self, why: Option<Kill>) -> Envelope {
+        if let Some(j) = self.joined.take() {
+            self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
+        }
+        match why {
+            Some(Kill::Removed { by }) => {
+                Envelope::new(types::REMOVE, serde_json::json!({ "reason": "a host removed you" })).from_peer(&by)
+            }
+            _ => ProtoError::new(ErrorCode::Unauthenticated, "this session continued on another connection").envelope(),
+        }
     }
 
     fn error(&mut self, e: ProtoError) {
@@ -225,6 +287,7 @@ impl Session {
             .app
             .meetings
             .get(&j.claims.mtg)
+            .filter(|m| m.metadata.uid.as_deref() == Some(j.claims.uid.as_str()))
             .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "the meeting no longer exists"))?;
         meetings::open(&m).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
         Ok(m)
@@ -321,25 +384,14 @@ impl Session {
                 Ok(Flow::Continue)
             }
             ClientMessage::Mute(m) => {
-                let me = joined.info.id.clone();
-                if m.participant_id == me {
+                if m.participant_id == joined.info.id {
                     let update = match m.kind {
-                        MediaKind::Audio => StateUpdate { audio_muted: Some(true), ..Default::default() },
-                        MediaKind::Video => StateUpdate { video_muted: Some(true), ..Default::default() },
+                        MediaKind::Audio => StateUpdate { audio_muted: Some(m.muted), ..Default::default() },
+                        MediaKind::Video => StateUpdate { video_muted: Some(m.muted), ..Default::default() },
                     };
                     self.update_self(update).await?;
                 } else {
-                    self.require(Permission::MuteOthers)?;
-                    let key = joined.key.clone();
-                    let mut target = self.record(&m.participant_id).await?;
-                    match m.kind {
-                        MediaKind::Audio => target.info.audio_muted = true,
-                        MediaKind::Video => target.info.video_muted = true,
-                    }
-                    self.app.store.put(&key, &target).await.map_err(redis_failed)?;
-                    self.publish(Audience::Peer(m.participant_id.clone()), BusWhat::ForceMute { kind: m.kind, by: me })
-                        .await?;
-                    self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
+                    self.mute_other(m).await?;
                 }
                 self.reply(id, types::OK, serde_json::json!({}));
                 Ok(Flow::Continue)
@@ -350,24 +402,8 @@ impl Session {
                 Ok(Flow::Continue)
             }
             ClientMessage::Remove(r) => {
-                self.require(Permission::RemoveParticipant)?;
-                let key = joined.key.clone();
-                let me = joined.info.id.clone();
-                let target = self.record(&r.participant_id).await?;
-                if target.info.role == Role::Host || r.participant_id == me {
-                    return Err(refuse(
-                        ErrorCode::Forbidden,
-                        "the host cannot be removed, and nobody removes themselves (send `leave`)",
-                    ));
-                }
-                self.app.store.mark_removed(&key, &r.participant_id).await.map_err(redis_failed)?;
-                let gone = self.app.store.remove(&key, &r.participant_id).await.map_err(redis_failed)?;
-                self.app.leave_sfu(&target);
-                self.publish(Audience::Peer(r.participant_id.clone()), BusWhat::Removed { by: me }).await?;
-                if gone {
-                    self.send_bus(Bus::left(&joined.claims.mtg, &r.participant_id, "removed")).await?;
-                }
-                self.reply(id, types::OK, serde_json::json!({}));
+                let removed = self.remove_user(&r.participant_id).await?;
+                self.reply(id, types::OK, serde_json::json!({ "removed": removed }));
                 Ok(Flow::Continue)
             }
             ClientMessage::Reaction(r) => {
@@ -379,14 +415,21 @@ impl Session {
                 Ok(Flow::Continue)
             }
             ClientMessage::StartRecording => {
-                self.require(Permission::StartRecording)?;
                 let m = self.meeting()?;
-                let name = crate::rest::start_recording(&self.app, &m)
-                    .await
-                    .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-                self.broadcast(types::RECORDING, serde_json::json!({ "recordingJob": name, "state": "started" }))
-                    .await?;
-                self.reply(id, types::RECORDING, serde_json::json!({ "recordingJob": name }));
+                if let Some(reason) = meetings::recording_refused(&m) {
+                    return Err(refuse(ErrorCode::Forbidden, reason));
+                }
+                self.require(Permission::StartRecording)?;
+                let by = joined.info.id.clone();
+                // Everyone (this participant too) hears `recording {state: started}`.
+                let name = recordings::start(&self.app, &m, &by).await.map_err(|e| match e {
+                    StartError::Refused(r) => refuse(ErrorCode::Forbidden, r),
+                    e @ (StartError::Active(_) | StartError::Starting) => {
+                        refuse(ErrorCode::RecordingActive, e.to_string())
+                    }
+                    StartError::Failed(e) => refuse(ErrorCode::Internal, e),
+                })?;
+                self.reply(id, types::OK, serde_json::json!({ "recordingJob": name }));
                 Ok(Flow::Continue)
             }
         }
@@ -400,54 +443,77 @@ impl Session {
     }
 
     async fn join(&mut self, id: Option<String>, token: &str) -> Result<(), ProtoError> {
-        let claims = self.app.keys.session(token).map_err(|e| match e {
+        let claims = self.app.sessions.verify(token).map_err(|e| match e {
             auth::AuthError::Expired => {
                 refuse(ErrorCode::Unauthenticated, "the session token has expired; join again through the REST API")
             }
             other => refuse(ErrorCode::Unauthenticated, format!("the session token was refused: {other}")),
         })?;
+        if claims.ns != self.app.meetings.namespace {
+            return Err(refuse(
+                ErrorCode::Unauthenticated,
+                format!(
+                    "the session token was refused: it is for namespace `{}`; this signaling serves `{}`",
+                    claims.ns, self.app.meetings.namespace
+                ),
+            ));
+        }
         let m =
             self.app.meetings.get(&claims.mtg).ok_or_else(|| {
                 refuse(ErrorCode::MeetingUnavailable, format!("meeting `{}` does not exist", claims.mtg))
             })?;
+        claims
+            .bound_to(&self.app.meetings.binding(&m))
+            .map_err(|r| refuse(ErrorCode::Unauthenticated, format!("the session token was refused: {r}")))?;
         meetings::open(&m).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
-        let key = self.app.meetings.key(&claims.mtg);
+        let key = self.app.meetings.state_key(&m);
         let store = &self.app.store;
-        if store.is_removed(&key, &claims.sub).await.map_err(redis_failed)? {
+        if store.is_removed(&key, &claims.usr).await.map_err(redis_failed)? {
             return Err(refuse(ErrorCode::Removed, "a host removed you from this meeting"));
         }
         let existing = store.get(&key, &claims.sub).await.map_err(redis_failed)?;
         let resumed = existing.is_some();
-        let record = existing.unwrap_or_else(|| Record {
-            info: switchboard_signaling_proto::ParticipantInfo {
-                id: claims.sub.clone(),
-                name: claims.name.clone(),
-                role: claims.role,
-                admitted: !m.spec.waiting_room || claims.role.skips_waiting_room(),
-                audio_muted: m.spec.mute_on_entry && !claims.role.admits(),
-                video_muted: false,
-                screen_sharing: false,
-            },
-            user: claims.usr.clone(),
-            media: None,
+        let record = existing.unwrap_or_else(|| {
+            let muted = m.spec.mute_on_entry && !claims.role.admits();
+            Record {
+                info: ParticipantInfo {
+                    id: claims.sub.clone(),
+                    name: claims.name.clone(),
+                    role: claims.role,
+                    admitted: !m.spec.waiting_room || claims.role.skips_waiting_room(),
+                    audio_muted: muted,
+                    audio_muted_by: muted.then_some(MutedBy::Host),
+                    ..Default::default()
+                },
+                user: claims.usr.clone(),
+                media: None,
+            }
         });
         store.put(&key, &record).await.map_err(redis_failed)?;
         store.touch(&key, &claims.sub, &self.connection).await.map_err(redis_failed)?;
-        let local = Local { connection: self.connection.clone(), tx: self.tx.clone(), role: claims.role };
+        let local = Local {
+            connection: self.connection.clone(),
+            tx: self.tx.clone(),
+            role: claims.role,
+            user: claims.usr.clone(),
+            kill: self.kill.clone(),
+        };
         let replaced = self
             .app
             .hub
-            .register(&claims.mtg, &claims.sub, local)
+            .register(&key, &claims.sub, local)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        self.app.watched.lock().unwrap().insert(claims.mtg.clone());
-        let takeover = BusWhat::TakenOver { connection: self.connection.clone() };
-        if let Some(old) = replaced {
-            let _ = old.tx.try_send(Outbound::Command(takeover.clone()));
+        self.app.watched.lock().unwrap().insert(key.clone(), claims.mtg.clone());
+        if let Some(old) = replaced
+            && old.connection != self.connection
+        {
+            old.kill(Kill::TakenOver);
         }
         self.joined = Some(Joined { claims: claims.clone(), key: key.clone(), info: record.info.clone(), media: None });
         // A connection of the same session on another replica closes.
-        self.publish(Audience::Peer(claims.sub.clone()), takeover).await?;
+        self.publish(Audience::Peer(claims.sub.clone()), BusWhat::TakenOver { connection: self.connection.clone() })
+            .await?;
         if resumed {
             self.app.metrics.resumes.inc();
             if let Some(media) = &record.media {
@@ -456,18 +522,18 @@ impl Session {
         } else {
             self.app.metrics.joins.inc();
         }
-        let participants = self.visible_participants().await?;
         let permissions = meetings::permissions(&m).of(claims.role);
+        // The waiting room learns nothing of the meeting but that it waits.
+        let (title, participants, recording) = if record.info.admitted {
+            let recording = self.app.store.recording(&key).await.map_err(redis_failed)?;
+            (m.spec.title.clone(), self.visible_participants().await?, recording)
+        } else {
+            (String::new(), Vec::new(), None)
+        };
         self.reply(
             id,
             types::JOINED,
-            JoinedPayload {
-                participant: record.info.clone(),
-                title: m.spec.title.clone(),
-                permissions,
-                participants,
-                resumed,
-            },
+            JoinedPayload { participant: record.info.clone(), title, permissions, participants, resumed, recording },
         );
         if record.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
@@ -483,6 +549,68 @@ impl Session {
             .await?;
         }
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
+        Ok(())
+    }
+
+    /// `remove`: every participant of the target's user leaves, its connections close
+    /// at once, and the user may not join the meeting again. Returns the participants removed.
+    async fn remove_user(&mut self, participant: &str) -> Result<Vec<String>, ProtoError> {
+        self.require(Permission::RemoveParticipant)?;
+        let m = self.meeting()?;
+        let j = self.joined.as_ref().expect("joined");
+        let (key, me, name) = (j.key.clone(), j.info.id.clone(), j.claims.mtg.clone());
+        let target = self.record(participant).await?;
+        if target.info.role == Role::Host || target.user == m.spec.host || target.user == j.claims.usr {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "the host cannot be removed, and nobody removes themselves (send `leave`)",
+            ));
+        }
+        let store = &self.app.store;
+        store.mark_removed(&key, &target.user).await.map_err(redis_failed)?;
+        // Its connections close first (they no longer hear anything), then its records go.
+        self.publish(Audience::User(target.user.clone()), BusWhat::Removed { by: me }).await?;
+        let mut removed = Vec::new();
+        for r in store.records_of(&key, &target.user).await.map_err(redis_failed)? {
+            if store.remove(&key, &r.info.id).await.map_err(redis_failed)? {
+                self.app.leave_sfu(&r);
+                self.send_bus(Bus::left(&name, &r.info.id, "removed")).await?;
+                removed.push(r.info.id);
+            }
+        }
+        tracing::info!(user = %target.user, participants = ?removed, "removed");
+        Ok(removed)
+    }
+
+    /// A host mutes someone (at the SFU too: whatever their client does), or lifts a mute
+    /// so they may unmute themselves.
+    async fn mute_other(&mut self, m: MutePayload) -> Result<(), ProtoError> {
+        self.require(Permission::MuteOthers)?;
+        let j = self.joined.as_ref().expect("joined");
+        let (key, me) = (j.key.clone(), j.info.id.clone());
+        let mut target = self.record(&m.participant_id).await?;
+        let (muted, by) = match m.kind {
+            MediaKind::Audio => (&mut target.info.audio_muted, &mut target.info.audio_muted_by),
+            MediaKind::Video => (&mut target.info.video_muted, &mut target.info.video_muted_by),
+        };
+        if m.muted {
+            *muted = true;
+            *by = Some(MutedBy::Host);
+        } else if *by == Some(MutedBy::Host) {
+            // Still muted; the participant may unmute now.
+            *by = Some(MutedBy::Participant);
+        }
+        self.app.store.put(&key, &target).await.map_err(redis_failed)?;
+        if m.muted
+            && let Some(media) = &target.media
+        {
+            self.app.mute_at_sfu(&target.info.id, media, m.kind, true);
+        }
+        let command = BusWhat::ForceMute { kind: m.kind, by: me, muted: m.muted };
+        self.publish(Audience::Peer(m.participant_id.clone()), command).await?;
+        if target.info.admitted {
+            self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
+        }
         Ok(())
     }
 
@@ -529,15 +657,37 @@ impl Session {
         if update.screen_sharing == Some(true) {
             self.require(Permission::ShareScreen)?;
         }
+        let may_unmute = self.require(Permission::UnmuteSelf).is_ok();
         let j = self.joined.as_mut().expect("joined");
         let mut record = self.app.store.get(&j.key, &j.info.id).await.map_err(redis_failed)?.unwrap_or_default();
+        if record.info.id.is_empty() {
+            return Err(refuse(ErrorCode::UnknownParticipant, "your participant record is gone; join again"));
+        }
         let before = record.info.clone();
         let info = &mut record.info;
-        if let Some(v) = update.audio_muted {
-            info.audio_muted = v;
-        }
-        if let Some(v) = update.video_muted {
-            info.video_muted = v;
+        for (want, muted, by, what) in [
+            (update.audio_muted, &mut info.audio_muted, &mut info.audio_muted_by, "microphone"),
+            (update.video_muted, &mut info.video_muted, &mut info.video_muted_by, "camera"),
+        ] {
+            match want {
+                Some(false) if *by == Some(MutedBy::Host) && !may_unmute => {
+                    return Err(refuse(
+                        ErrorCode::Forbidden,
+                        format!("a host turned your {what} off; only a host or co-host can let you turn it on"),
+                    ));
+                }
+                Some(false) => {
+                    *muted = false;
+                    *by = None;
+                }
+                Some(true) => {
+                    *muted = true;
+                    if *by != Some(MutedBy::Host) {
+                        *by = Some(MutedBy::Participant);
+                    }
+                }
+                None => {}
+            }
         }
         if let Some(v) = update.screen_sharing {
             info.screen_sharing = v;
@@ -545,16 +695,15 @@ impl Session {
         if let Some(v) = update.name {
             info.name = v;
         }
-        if record.info.id.is_empty() {
-            return Err(refuse(ErrorCode::UnknownParticipant, "your participant record is gone; join again"));
-        }
         j.info = record.info.clone();
         self.app.store.put(&j.key, &record).await.map_err(redis_failed)?;
-        if before.audio_muted != record.info.audio_muted {
-            self.mute_tracks(MediaKind::Audio, record.info.audio_muted);
-        }
-        if before.video_muted != record.info.video_muted {
-            self.mute_tracks(MediaKind::Video, record.info.video_muted);
+        if let Some(media) = &record.media {
+            if before.audio_muted != record.info.audio_muted {
+                self.app.mute_at_sfu(&record.info.id, media, MediaKind::Audio, record.info.audio_muted);
+            }
+            if before.video_muted != record.info.video_muted {
+                self.app.mute_at_sfu(&record.info.id, media, MediaKind::Video, record.info.video_muted);
+            }
         }
         if record.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
@@ -562,39 +711,25 @@ impl Session {
         Ok(())
     }
 
-    /// Mutes or unmutes this participant's tracks of `kind` at the SFU, so a mute holds
-    /// whatever the client does. Tracks exist on the SFU once their first packet
-    /// arrived, so an early mute is retried for a while.
-    fn mute_tracks(&self, kind: MediaKind, muted: bool) {
+    /// Applies the participant's mutes, as Redis has them now, to its media at the SFU
+    /// (after its media joined or changed: new tracks start muted if it is muted).
+    async fn enforce_mutes(&self) {
         let Some(j) = &self.joined else { return };
-        let Some(media) = &j.media else { return };
-        let tracks: Vec<String> = media
-            .tracks
-            .iter()
-            .filter(|t| match kind {
-                MediaKind::Audio => matches!(t.source, Source::Microphone | Source::ScreenShareAudio),
-                MediaKind::Video => matches!(t.source, Source::Camera | Source::ScreenShare),
-            })
-            .map(|t| t.id.clone())
-            .collect();
-        let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
-        tokio::spawn(async move {
-            for track in tracks {
-                let url = sfu.url(switchboard_sfu_api::paths::TRACK, &room, &pid, &track);
-                for _ in 0..40 {
-                    match sfu.put::<_, serde_json::Value>(&url, &MuteRequest { muted }).await {
-                        Err(e) if e.code() == Some(SfuCode::UnknownTrack) => {
-                            tokio::time::sleep(Duration::from_millis(250)).await
-                        }
-                        Err(e) => {
-                            tracing::warn!(%track, error = %e, "mute at the SFU");
-                            break;
-                        }
-                        Ok(_) => break,
-                    }
-                }
+        let record = match self.app.store.get(&j.key, &j.info.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading mutes");
+                return;
             }
-        });
+        };
+        let Some(media) = &record.media else { return };
+        if record.info.audio_muted {
+            self.app.mute_at_sfu(&record.info.id, media, MediaKind::Audio, true);
+        }
+        if record.info.video_muted {
+            self.app.mute_at_sfu(&record.info.id, media, MediaKind::Video, true);
+        }
     }
 
     fn media_link(&self) -> Result<(SfuApi, String, String), ProtoError> {
@@ -606,17 +741,44 @@ impl Session {
         Ok((m.sfu.clone(), m.room.clone(), j.info.id.clone()))
     }
 
-    async fn offer(&mut self, id: Option<String>, offer: OfferPayload) -> Result<(), ProtoError> {
-        let m = self.meeting()?;
+    /// Whether the offer is one this participant may send: publishers only, and only
+    /// tracks they declare (see `publish.rs`).
+    fn check_offer(&self, offer: &OfferPayload) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
         let role = j.info.role;
-        if !role.publishes() && (!offer.tracks.is_empty() || offer.sdp.as_deref().is_some_and(sends_media)) {
-            return Err(refuse(ErrorCode::Forbidden, "viewers receive only: offer no tracks (or send no offer sdp)"));
+        if !role.publishes() && (offer.sdp.is_some() || !offer.tracks.is_empty()) {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "a {role:?} receives only (viewers, and a Webinar's audience): send `offer` without sdp or tracks"
+                ),
+            ));
         }
         if offer.tracks.iter().any(|t| matches!(t.source, Source::ScreenShare | Source::ScreenShareAudio)) {
             self.require(Permission::ShareScreen)?;
         }
-        if let Some(media) = &self.joined.as_ref().expect("joined").media {
+        let earlier: &[switchboard_sfu_api::TrackDescription] = j.media.as_ref().map(|m| &m.tracks[..]).unwrap_or(&[]);
+        for (i, t) in offer.tracks.iter().enumerate() {
+            if t.id.is_empty() || t.id.len() > 128 || t.origin.is_some() {
+                return Err(refuse(ErrorCode::InvalidPayload, "a track has an id of 1 to 128 bytes and no origin"));
+            }
+            let again = offer.tracks[..i].iter().chain(earlier).find(|x| x.id == t.id);
+            if again.is_some_and(|x| x.source != t.source) {
+                return Err(refuse(ErrorCode::InvalidPayload, format!("track `{}` is declared twice", t.id)));
+            }
+        }
+        if let Some(sdp) = &offer.sdp {
+            let declared: Vec<_> = earlier.iter().chain(&offer.tracks).cloned().collect();
+            crate::publish::check_offer(sdp, &declared).map_err(|r| refuse(ErrorCode::Forbidden, r))?;
+        }
+        Ok(())
+    }
+
+    async fn offer(&mut self, id: Option<String>, offer: OfferPayload) -> Result<(), ProtoError> {
+        let m = self.meeting()?;
+        self.check_offer(&offer)?;
+        let j = self.joined.as_ref().expect("joined");
+        if let Some(media) = &j.media {
             let sdp = offer.sdp.ok_or_else(|| refuse(ErrorCode::InvalidPayload, "a renegotiation needs an sdp"))?;
             let answer = media
                 .sfu
@@ -632,6 +794,7 @@ impl Session {
             }
             let tracks = media.tracks.clone();
             self.save_media(tracks).await?;
+            self.enforce_mutes().await;
             self.reply(id, types::ANSWER, serde_json::json!({ "sdp": answer.answer }));
             return Ok(());
         }
@@ -639,7 +802,7 @@ impl Session {
         let target = meetings::choose_sfu(&m, slot).ok_or_else(|| {
             refuse(ErrorCode::MeetingUnavailable, "the meeting has no SFU assigned yet; try again shortly")
         })?;
-        let room = self.app.meetings.key(&m.metadata.name.clone().unwrap_or_default());
+        let room = self.app.meetings.room(&m.name_any());
         self.ensure_relay(&m, &target, &room).await?;
         let sfu = self.app.sfu(&target.endpoint);
         let pid = j.info.id.clone();
@@ -662,13 +825,7 @@ impl Session {
         self.start_media(target.endpoint.clone(), room, offer.tracks, 0);
         let tracks = self.joined.as_ref().and_then(|j| j.media.as_ref()).map(|m| m.tracks.clone()).unwrap_or_default();
         self.save_media(tracks).await?;
-        let info = self.joined.as_ref().expect("joined").info.clone();
-        if info.audio_muted {
-            self.mute_tracks(MediaKind::Audio, true);
-        }
-        if info.video_muted {
-            self.mute_tracks(MediaKind::Video, true);
-        }
+        self.enforce_mutes().await;
         self.reply(id, types::ANSWER, serde_json::json!({ "sdp": answer.answer }));
         Ok(())
     }
@@ -762,8 +919,9 @@ impl Session {
             return Flow::Continue;
         }
         let m = match self.app.meetings.get(name) {
-            Some(m) => m,
-            None => {
+            // Deleted, or deleted and created again: this session was for the old one.
+            Some(m) if m.metadata.uid.as_deref() == Some(j.claims.uid.as_str()) => m,
+            _ => {
                 self.error(refuse(ErrorCode::MeetingUnavailable, "the meeting was deleted"));
                 return Flow::Close;
             }
@@ -790,45 +948,36 @@ impl Session {
     async fn command(&mut self, what: BusWhat) -> Flow {
         let Some(j) = self.joined.as_mut() else { return Flow::Continue };
         match what {
-            BusWhat::Deliver(env) => self.push(env),
+            BusWhat::Deliver(env) => self.deliver(env),
             BusWhat::Admitted => {
                 j.info.admitted = true;
+                let key = j.key.clone();
                 let participants = self.visible_participants().await.unwrap_or_default();
-                self.push(Envelope::new(types::ADMITTED, serde_json::json!({ "participants": participants })));
+                let title = self.meeting().map(|m| m.spec.title.clone()).unwrap_or_default();
+                let recording = self.app.store.recording(&key).await.unwrap_or_default();
+                self.push(Envelope::new(
+                    types::ADMITTED,
+                    serde_json::json!({ "participants": participants, "title": title, "recording": recording }),
+                ));
             }
-            BusWhat::ForceMute { kind, by } => {
-                match kind {
-                    MediaKind::Audio => j.info.audio_muted = true,
-                    MediaKind::Video => j.info.video_muted = true,
+            BusWhat::ForceMute { kind, by, muted } => {
+                // The host's side muted the tracks at the SFU already; this is the client's news.
+                let (state, by_whom) = match kind {
+                    MediaKind::Audio => (&mut j.info.audio_muted, &mut j.info.audio_muted_by),
+                    MediaKind::Video => (&mut j.info.video_muted, &mut j.info.video_muted_by),
+                };
+                if muted {
+                    *state = true;
+                    *by_whom = Some(MutedBy::Host);
+                } else if *by_whom == Some(MutedBy::Host) {
+                    *by_whom = Some(MutedBy::Participant);
                 }
                 let me = j.info.id.clone();
-                self.mute_tracks(kind, true);
-                self.push(
-                    Envelope::new(types::MUTE, serde_json::json!({ "participantId": me, "kind": kind })).from_peer(&by),
-                );
+                let payload = serde_json::json!({ "participantId": me, "kind": kind, "muted": muted });
+                self.push(Envelope::new(types::MUTE, payload).from_peer(&by));
             }
-            BusWhat::Removed { by } => {
-                self.push(
-                    Envelope::new(types::REMOVE, serde_json::json!({ "reason": "a host removed you" })).from_peer(&by),
-                );
-                // The record is gone already; drop the media and close.
-                if let Some(j) = self.joined.as_mut() {
-                    j.media = None;
-                }
-                self.joined = None;
-                return Flow::Close;
-            }
-            BusWhat::TakenOver { connection } => {
-                if connection != self.connection {
-                    self.push(
-                        ProtoError::new(ErrorCode::Unauthenticated, "this session continued on another connection")
-                            .envelope(),
-                    );
-                    // The new connection owns the participant now: nothing to clean up.
-                    self.joined = None;
-                    return Flow::Close;
-                }
-            }
+            // These come as kills (see `hub.rs`), not through the queue.
+            BusWhat::Removed { .. } | BusWhat::TakenOver { .. } => {}
         }
         Flow::Continue
     }
@@ -838,7 +987,10 @@ impl Session {
         let store = &self.app.store;
         match store.holder(&j.key, &j.info.id).await {
             Ok(Some(holder)) if holder != self.connection => {
-                self.joined = None;
+                // Another connection holds the participant now.
+                if let Some(j) = self.joined.take() {
+                    self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
+                }
                 return Flow::Close;
             }
             Ok(_) => {
@@ -857,7 +1009,7 @@ impl Session {
         if let Some(media) = &j.media {
             let _ = media.sfu.leave(&media.room, &j.info.id).await;
         }
-        self.app.hub.unregister(&j.claims.mtg, &j.info.id, &self.connection).await;
+        self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
         if let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await {
             let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info.id, "left")).await;
         }
@@ -867,7 +1019,7 @@ impl Session {
     /// until presence expires; the SFU keeps its media meanwhile.
     async fn disconnected(&mut self) {
         if let Some(j) = self.joined.take() {
-            self.app.hub.unregister(&j.claims.mtg, &j.info.id, &self.connection).await;
+            self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
             tracing::info!(participant = %j.info.id, "disconnected; may resume");
         }
     }
@@ -914,21 +1066,6 @@ async fn pump_events(
     }
 }
 
-/// Whether an SDP offers to send audio or video (a viewer's may not).
-fn sends_media(sdp: &str) -> bool {
-    let mut in_media = false;
-    for line in sdp.lines() {
-        if line.starts_with("m=audio") || line.starts_with("m=video") {
-            in_media = true;
-        } else if line.starts_with("m=") {
-            in_media = false;
-        } else if in_media && (line.trim() == "a=sendrecv" || line.trim() == "a=sendonly") {
-            return true;
-        }
-    }
-    false
-}
-
 fn permission_verb(p: Permission) -> &'static str {
     match p {
         Permission::MuteOthers => "mute others",
@@ -936,24 +1073,10 @@ fn permission_verb(p: Permission) -> &'static str {
         Permission::StartRecording => "start a recording",
         Permission::ShareScreen => "share their screen",
         Permission::SendChat => "send chat messages",
+        Permission::UnmuteSelf => "unmute themselves after a host muted them",
     }
 }
 
 pub fn now_ms() -> u64 {
     auth::now_unix() * 1000
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn viewers_offers_that_send_are_spotted() {
-        let recv =
-            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=recvonly\r\n";
-        assert!(!super::sends_media(recv));
-        let send =
-            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n";
-        assert!(super::sends_media(send));
-        let data = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sendrecv\r\n";
-        assert!(!super::sends_media(data));
-    }
 }

@@ -1,16 +1,23 @@
 //! Shared state in Redis, so any replica can serve any participant:
 //!
-//! | key (`{m}` = `namespace.meeting`) | type | holds |
+//! | key (`{m}` = `namespace/meeting/uid`) | type | holds |
 //! |---|---|---|
 //! | `sb:{m}:p` | hash | participant id → [`Record`] (JSON) |
 //! | `sb:{m}:alive:{pid}` | string, TTL | presence, refreshed by the replica holding the connection |
 //! | `sb:{m}:seq` | hash | participant id → last SFU event delivered (resume on another replica) |
-//! | `sb:{m}:removed` | set | participants removed by a host (their session cannot resume) |
+//! | `sb:{m}:removed` | set | users removed by a host (no new join, no resumed session) |
+//! | `sb:{m}:u:{user}` | set | the user's admitted participants (membership for the REST reads) |
 //! | `sb:{m}:chat` | sorted set | chat messages scored by sequence number |
 //! | `sb:{m}:chatseq` | counter | the last chat sequence number |
 //! | `sb:{m}:slot` | counter | join order, to spread a cascaded meeting over its SFUs |
+//! | `sb:{m}:recording` | string | the RecordingJob recording the meeting now |
+//! | `sb:{m}:reclock` | string, TTL | held while a replica checks and starts a recording |
+//! | `sb:{m}:rec:{job}:{state}` | string | a recording's start or stop was announced (once) |
 //! | `sb:{m}:ev` | pub/sub channel | [`Bus`] messages for the meeting |
+//! | `sb:session-key` | string | the session-token key, when `SIGNALING_SESSION_KEY` is unset |
 //!
+//! The meeting's UID is part of its key: a meeting deleted and created again under the
+//! same name starts from nothing (no chat, no removals, no participants of the old one).
 //! Everything of a meeting is deleted when it ends; until then writes refresh a long
 //! expiry so a meeting nobody ends cannot leak keys for ever.
 
@@ -54,6 +61,8 @@ pub enum Audience {
     Peer(String),
     /// Hosts and co-hosts (waiting-room notices).
     Admitters,
+    /// Every connection of one user.
+    User(String),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -63,17 +72,21 @@ pub enum BusWhat {
     Deliver(Envelope),
     /// Commands the replica holding the peer carries out.
     Admitted,
+    /// A host muted the peer (`muted`), or lifted its mute so it may unmute itself.
     ForceMute {
         kind: MediaKind,
         by: String,
+        #[serde(default = "yes")]
+        muted: bool,
     },
-    Removed {
-        by: String,
-    },
+    /// A host removed the user: its connections close at once (not through their queue).
+    Removed { by: String },
     /// The same session connected again elsewhere: close this connection.
-    TakenOver {
-        connection: String,
-    },
+    TakenOver { connection: String },
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -120,6 +133,10 @@ fn k(meeting: &str, what: &str) -> String {
 /// The hash of a SignalingPool's replicas' connection reports (`pool`: namespace/name).
 fn pool_connections_key(pool: &str) -> String {
     format!("sb:pool:{pool}:connections")
+}
+
+fn user_key(meeting: &str, user: &str) -> String {
+    k(meeting, &format!("u:{user}"))
 }
 
 pub fn channel(meeting: &str) -> String {
@@ -184,13 +201,23 @@ impl Store {
     pub async fn put(&self, meeting: &str, record: &Record) -> RedisResult<()> {
         let key = k(meeting, "p");
         let json = serde_json::to_string(record).expect("records serialize");
-        redis::pipe()
-            .hset(&key, &record.info.id, json)
-            .ignore()
-            .expire(&key, MEETING_KEYS_TTL as i64)
-            .ignore()
-            .query_async::<()>(&mut self.c())
-            .await
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, &record.info.id, json).ignore().expire(&key, MEETING_KEYS_TTL as i64).ignore();
+        if record.info.admitted {
+            let member = user_key(meeting, &record.user);
+            pipe.sadd(&member, &record.info.id).ignore().expire(&member, MEETING_KEYS_TTL as i64).ignore();
+        }
+        pipe.query_async::<()>(&mut self.c()).await
+    }
+
+    /// Whether the user has an admitted participant in the meeting now.
+    pub async fn is_member(&self, meeting: &str, user: &str) -> RedisResult<bool> {
+        Ok(self.c().scard::<_, u64>(user_key(meeting, user)).await? > 0)
+    }
+
+    /// The user's participants in the meeting.
+    pub async fn records_of(&self, meeting: &str, user: &str) -> RedisResult<Vec<Record>> {
+        Ok(self.all(meeting).await?.into_iter().filter(|r| r.user == user).collect())
     }
 
     pub async fn get(&self, meeting: &str, participant: &str) -> RedisResult<Option<Record>> {
@@ -205,15 +232,17 @@ impl Store {
 
     /// Removes the record; true if this call removed it (so one replica announces it).
     pub async fn remove(&self, meeting: &str, participant: &str) -> RedisResult<bool> {
-        let removed: i64 = redis::pipe()
-            .hdel(k(meeting, "p"), participant)
+        let user = self.get(meeting, participant).await?.map(|r| r.user);
+        let mut pipe = redis::pipe();
+        pipe.hdel(k(meeting, "p"), participant)
             .del(k(meeting, &format!("alive:{participant}")))
             .ignore()
             .hdel(k(meeting, "seq"), participant)
-            .ignore()
-            .query_async::<(i64,)>(&mut self.c())
-            .await?
-            .0;
+            .ignore();
+        if let Some(user) = user {
+            pipe.srem(user_key(meeting, &user), participant).ignore();
+        }
+        let removed: i64 = pipe.query_async::<(i64,)>(&mut self.c()).await?.0;
         Ok(removed == 1)
     }
 
@@ -235,10 +264,11 @@ impl Store {
         Ok(self.c().hget::<_, _, Option<u64>>(k(meeting, "seq"), participant).await?.unwrap_or(0))
     }
 
-    pub async fn mark_removed(&self, meeting: &str, participant: &str) -> RedisResult<()> {
+    /// The user may not join the meeting again.
+    pub async fn mark_removed(&self, meeting: &str, user: &str) -> RedisResult<()> {
         let key = k(meeting, "removed");
         redis::pipe()
-            .sadd(&key, participant)
+            .sadd(&key, user)
             .ignore()
             .expire(&key, MEETING_KEYS_TTL as i64)
             .ignore()
@@ -246,8 +276,75 @@ impl Store {
             .await
     }
 
-    pub async fn is_removed(&self, meeting: &str, participant: &str) -> RedisResult<bool> {
-        self.c().sismember(k(meeting, "removed"), participant).await
+    pub async fn is_removed(&self, meeting: &str, user: &str) -> RedisResult<bool> {
+        self.c().sismember(k(meeting, "removed"), user).await
+    }
+
+    /// Takes the meeting's recording lock for `ttl` (false: another replica holds it).
+    pub async fn lock_recording(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k(meeting, "reclock"))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn unlock_recording(&self, meeting: &str) -> RedisResult<()> {
+        self.c().del(k(meeting, "reclock")).await
+    }
+
+    /// The RecordingJob recording the meeting now, as signaling last saw it.
+    pub async fn recording(&self, meeting: &str) -> RedisResult<Option<String>> {
+        self.c().get(k(meeting, "recording")).await
+    }
+
+    pub async fn set_recording(&self, meeting: &str, job: &str) -> RedisResult<()> {
+        self.c().set_ex(k(meeting, "recording"), job, MEETING_KEYS_TTL).await
+    }
+
+    /// Forgets the active recording if it is `job`.
+    pub async fn clear_recording(&self, meeting: &str, job: &str) -> RedisResult<()> {
+        redis::cmd("EVAL")
+            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+            .arg(1)
+            .arg(k(meeting, "recording"))
+            .arg(job)
+            .query_async::<i64>(&mut self.c())
+            .await
+            .map(drop)
+    }
+
+    /// Marks `job`'s `state` announced; true for the one caller that marked it first.
+    pub async fn first_to_announce(&self, meeting: &str, job: &str, state: &str) -> RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k(meeting, &format!("rec:{job}:{state}")))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(MEETING_KEYS_TTL)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn announced(&self, meeting: &str, job: &str, state: &str) -> RedisResult<bool> {
+        self.c().exists(k(meeting, &format!("rec:{job}:{state}"))).await
+    }
+
+    /// The session-token key the replicas share when none is configured: made by the
+    /// first replica that asks (`SET NX`), read by the others.
+    pub async fn shared_session_key(&self) -> RedisResult<Vec<u8>> {
+        use base64::Engine as _;
+        let fresh: [u8; 48] = rand::random();
+        let fresh = base64::engine::general_purpose::STANDARD.encode(fresh);
+        let _: Option<String> =
+            redis::cmd("SET").arg("sb:session-key").arg(&fresh).arg("NX").query_async(&mut self.c()).await?;
+        let key: String = self.c().get("sb:session-key").await?;
+        Ok(key.into_bytes())
     }
 
     pub async fn next_slot(&self, meeting: &str) -> RedisResult<u64> {
@@ -298,10 +395,14 @@ impl Store {
 
     /// Drops everything of an ended meeting.
     pub async fn forget_meeting(&self, meeting: &str) -> RedisResult<()> {
-        let mut keys: Vec<String> =
-            ["p", "seq", "removed", "chat", "chatseq", "slot"].iter().map(|w| k(meeting, w)).collect();
-        let alive: Vec<String> = self.c().keys(k(meeting, "alive:*")).await?;
-        keys.extend(alive);
+        let mut keys: Vec<String> = ["p", "seq", "removed", "chat", "chatseq", "slot", "recording", "reclock"]
+            .iter()
+            .map(|w| k(meeting, w))
+            .collect();
+        for pattern in ["alive:*", "u:*", "rec:*"] {
+            let found: Vec<String> = self.c().keys(k(meeting, pattern)).await?;
+            keys.extend(found);
+        }
         self.c().del(keys).await
     }
 }

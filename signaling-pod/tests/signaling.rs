@@ -220,13 +220,14 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     let server = env.in_process(cfg).await;
 
     // REST: forged, expired and missing tokens; a session token is not a user token.
-    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").sign(&signaling_pod::auth::UserClaims {
-        sub: "olga".into(),
-        name: None,
-        role: None,
-        exp: signaling_pod::auth::now_unix() + 600,
-        typ: None,
-    });
+    let forged =
+        signaling_pod::auth::Keys::new(b"someone-elses-key-0123456789abcdef").sign(&signaling_pod::auth::UserClaims {
+            sub: "olga".into(),
+            name: None,
+            role: None,
+            exp: signaling_pod::auth::now_unix() + 600,
+            typ: None,
+        });
     for (token, what) in [(forged, "forged"), (user_token("olga", None, -600), "expired"), (String::new(), "missing")] {
         let (status, body) = switchboard_signaling_client::Rest::new(&server.url, &token)
             .call(reqwest::Method::POST, "/api/v1/meetings/open/join", None)
@@ -294,15 +295,23 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     .await;
 
     // Forged and expired session tokens on the WebSocket.
-    let keys = signaling_pod::auth::Keys::new(JWT_KEY.as_bytes());
-    let expired = keys.issue_session("p-x", "open", "olga", "Olga", Role::Host, signaling_pod::auth::now_unix() - 600);
-    let forged = signaling_pod::auth::Keys::new(b"someone-elses-key-0000").issue_session(
+    let m = env.meetings().get("open").await.unwrap();
+    let binding = signaling_pod::auth::MeetingBinding {
+        namespace: env.ns.name.clone(),
+        name: "open".into(),
+        uid: m.metadata.uid.unwrap(),
+    };
+    let now = signaling_pod::auth::now_unix();
+    let keys = signaling_pod::auth::SessionKeys::new(SESSION_KEY.as_bytes(), None);
+    let expired = keys.issue("p-x", &binding, "olga", "Olga", Role::Host, now - 700, now - 600);
+    let forged = signaling_pod::auth::SessionKeys::new(b"someone-elses-key-0123456789abcdef", None).issue(
         "p-x",
-        "open",
+        &binding,
         "olga",
         "Olga",
         Role::Host,
-        signaling_pod::auth::now_unix() + 600,
+        now,
+        now + 600,
     );
     let user_jwt = user_token("olga", None, 600);
     for (token, needle) in [(expired, "expired"), (forged, "refused"), (user_jwt, "not a session token")] {

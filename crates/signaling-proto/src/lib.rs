@@ -195,16 +195,24 @@ pub struct StateUpdate {
     pub name: Option<String>,
 }
 
+/// `mute`: mute someone (`muted`, the default), or, with `muted: false`, lift a host's
+/// mute so the participant may unmute themselves again (a host never unmutes anyone).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MutePayload {
     pub participant_id: String,
     #[serde(default = "audio")]
     pub kind: MediaKind,
+    #[serde(default = "yes")]
+    pub muted: bool,
 }
 
 fn audio() -> MediaKind {
     MediaKind::Audio
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Admit one waiting participant, or everyone waiting.
@@ -246,6 +254,22 @@ pub struct ParticipantInfo {
     pub audio_muted: bool,
     pub video_muted: bool,
     pub screen_sharing: bool,
+    /// Who muted the microphone (absent when it is on). A host's mute (and a mute on
+    /// entry) holds until a host lifts it, unless the role has `unmute_self`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_muted_by: Option<MutedBy>,
+    /// Who turned the camera off (absent when it is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_muted_by: Option<MutedBy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum MutedBy {
+    /// The participant, who may unmute at will.
+    Participant,
+    /// A host or co-host, or the meeting's mute on entry: the participant may not undo it.
+    Host,
 }
 
 /// The server's reply to `join`.
@@ -259,6 +283,29 @@ pub struct JoinedPayload {
     pub participants: Vec<ParticipantInfo>,
     /// True when this connection took over an earlier one of the same session.
     pub resumed: bool,
+    /// The RecordingJob recording the meeting now, if any (not told to the waiting room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
+}
+
+/// `recording`, broadcast to everyone admitted when a recording of the meeting starts
+/// (its RecordingJob was created) and when it stops (the job left `Pending` and
+/// `Recording`, or was deleted).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingPayload {
+    pub state: RecordingState,
+    pub recording_job: String,
+    /// The job's phase when it stopped (`Processing`, `Ready`, `Failed`; absent if deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RecordingState {
+    Started,
+    Stopped,
 }
 
 /// A chat message as stored and delivered.
@@ -317,6 +364,8 @@ pub enum ErrorCode {
     /// The SFU refused or could not be reached.
     MediaFailed,
     Removed,
+    /// A recording of the meeting is already running (or being started).
+    RecordingActive,
     Internal,
 }
 

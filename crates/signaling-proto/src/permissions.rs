@@ -1,6 +1,9 @@
 //! Roles and what they may do. Defaults follow common meeting products: hosts and
 //! co-hosts moderate, participants talk, share and chat, viewers watch and chat.
 //! A Meeting's `permissions` overrides add to or take from a role's defaults.
+//!
+//! Roles are ordered from the most privileged (`Host`) to the least (`Viewer`);
+//! [`Role::least_privileged`] picks the lesser of two.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,11 +25,19 @@ pub enum Permission {
     StartRecording,
     ShareScreen,
     SendChat,
+    /// Unmute oneself after a host muted one (or the meeting muted one on entry).
+    UnmuteSelf,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 5] =
-        [Self::MuteOthers, Self::RemoveParticipant, Self::StartRecording, Self::ShareScreen, Self::SendChat];
+    pub const ALL: [Permission; 6] = [
+        Self::MuteOthers,
+        Self::RemoveParticipant,
+        Self::StartRecording,
+        Self::ShareScreen,
+        Self::SendChat,
+        Self::UnmuteSelf,
+    ];
 }
 
 impl Role {
@@ -49,6 +60,22 @@ impl Role {
     /// Hosts and co-hosts skip the waiting room.
     pub fn skips_waiting_room(self) -> bool {
         self.admits()
+    }
+    /// The lesser of two roles (`Viewer` is the least).
+    pub fn least_privileged(self, other: Role) -> Role {
+        self.max(other)
+    }
+    /// A role as an identity provider writes it in a claim: `host`, `co-host` (or
+    /// `cohost`), `participant` (or `panelist`: a participant of a Webinar, who
+    /// publishes), `viewer`. Case does not matter; anything else is `None`.
+    pub fn from_claim(s: &str) -> Option<Role> {
+        match s.to_ascii_lowercase().as_str() {
+            "host" => Some(Role::Host),
+            "co-host" | "cohost" | "co_host" => Some(Role::CoHost),
+            "participant" | "panelist" => Some(Role::Participant),
+            "viewer" => Some(Role::Viewer),
+            _ => None,
+        }
     }
 }
 

@@ -121,3 +121,53 @@ fn fuzz_parser_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_mute_mutes_unless_it_says_otherwise() {
+    let m = match parse(r#"{"type":"mute","payload":{"participantId":"p1"}}"#).unwrap() {
+        ClientMessage::Mute(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((m.kind, m.muted), (MediaKind::Audio, true));
+    let lift = match parse(r#"{"type":"mute","payload":{"participantId":"p1","kind":"video","muted":false}}"#).unwrap()
+    {
+        ClientMessage::Mute(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((lift.kind, lift.muted), (MediaKind::Video, false));
+}
+
+#[test]
+fn who_muted_shows_only_when_muted() {
+    let p = ParticipantInfo { id: "p".into(), ..Default::default() };
+    let v = serde_json::to_value(&p).unwrap();
+    assert!(v.get("audioMutedBy").is_none());
+    let muted = ParticipantInfo { audio_muted: true, audio_muted_by: Some(MutedBy::Host), ..p };
+    assert_eq!(serde_json::to_value(&muted).unwrap()["audioMutedBy"], "host");
+    let r = RecordingPayload { state: RecordingState::Stopped, recording_job: "j".into(), phase: Some("Ready".into()) };
+    assert_eq!(
+        serde_json::to_value(&r).unwrap(),
+        serde_json::json!({"state": "stopped", "recordingJob": "j", "phase": "Ready"})
+    );
+}
+
+#[test]
+fn roles_from_claims_and_their_order() {
+    assert_eq!(Role::from_claim("Host"), Some(Role::Host));
+    for s in ["co-host", "cohost", "CoHost", "co_host"] {
+        assert_eq!(Role::from_claim(s), Some(Role::CoHost), "{s}");
+    }
+    assert_eq!(Role::from_claim("panelist"), Some(Role::Participant));
+    assert_eq!(Role::from_claim("viewer"), Some(Role::Viewer));
+    assert_eq!(Role::from_claim("admin"), None);
+    assert_eq!(Role::Host.least_privileged(Role::Viewer), Role::Viewer);
+    assert_eq!(Role::Participant.least_privileged(Role::CoHost), Role::Participant);
+    // Only hosts and co-hosts may unmute themselves after a host's mute, by default.
+    let p = Permissions::default();
+    assert!(p.allows(Role::CoHost, Permission::UnmuteSelf));
+    assert!(!p.allows(Role::Participant, Permission::UnmuteSelf));
+    assert!(
+        p.with_override(Role::Participant, vec![Permission::UnmuteSelf], vec![])
+            .allows(Role::Participant, Permission::UnmuteSelf)
+    );
+}

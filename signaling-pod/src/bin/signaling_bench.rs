@@ -22,7 +22,8 @@ use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish};
 use switchboard_signaling_client::{Rest, SignalingClient};
 use switchboard_signaling_proto::{Envelope, types};
 
-const KEY: &str = "signaling-bench-key-0123456789";
+const KEY: &str = "signaling-bench-user-key-0123456789abcdef";
+const SESSION_KEY: &str = "signaling-bench-session-key-0123456789abcdef";
 
 struct Args {
     connections: usize,
@@ -128,6 +129,7 @@ fn replica(ns: &str, redis: &str, name: &str) -> anyhow::Result<(Child, String)>
         .env("SIGNALING_NAMESPACE", ns)
         .env("SIGNALING_REDIS_URL", redis)
         .env("SIGNALING_JWT_KEY", KEY)
+        .env("SIGNALING_SESSION_KEY", SESSION_KEY)
         .env("SIGNALING_RATE_PER_SECOND", "100000")
         .env("SIGNALING_RATE_BURST", "100000")
         .env("POD_NAME", name)

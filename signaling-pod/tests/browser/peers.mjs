@@ -48,6 +48,8 @@ try {
       frames: window.switchboard.decoded,
       tiles: window.switchboard.tiles.size,
       status: document.getElementById("status").textContent,
+      // The "Recording" indicator is shown.
+      recording: !document.getElementById("recording").hidden,
     })));
   }
   console.log("RESULT " + JSON.stringify(report));

@@ -17,7 +17,10 @@ use switchboard_e2e::TestNamespace;
 use switchboard_signaling_client::{JoinGrant, Rest, SignalingClient};
 use switchboard_signaling_proto::{JoinedPayload, Role};
 
-pub const JWT_KEY: &str = "signaling-test-key-0123456789";
+/// The user-token key shared with the "identity provider" (the tests).
+pub const JWT_KEY: &str = "signaling-test-user-key-0123456789abcdef";
+/// Signaling's own session-token key.
+pub const SESSION_KEY: &str = "signaling-test-session-key-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A real redis-server on loopback, gone with the value.
@@ -75,7 +78,12 @@ impl TestEnv {
             public_url: None,
             namespace: self.ns.name.clone(),
             redis_url: self.redis.url.clone(),
-            jwt_key: JWT_KEY.as_bytes().to_vec(),
+            auth: signaling_pod::config::AuthSettings {
+                user_hmac_keys: vec![JWT_KEY.as_bytes().to_vec()],
+                user_jwks_refresh: Duration::from_secs(60),
+                session_key: Some(SESSION_KEY.as_bytes().to_vec()),
+                ..Default::default()
+            },
             turn: None,
             replica: "in-process".into(),
             pool: None,
@@ -109,14 +117,12 @@ impl Replica {
 
     /// A replica of SignalingPool `pool` (empty: of none).
     pub fn start_in_pool(env: &TestEnv, name: &str, pool: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signaling-pod"))
-            .env("SIGNALING_POOL", pool)
-            .env("SIGNALING_ADDR", "127.0.0.1:0")
-            .env("SIGNALING_NAMESPACE", &env.ns.name)
-            .env("SIGNALING_REDIS_URL", &env.redis.url)
-            .env("SIGNALING_JWT_KEY", JWT_KEY)
-            .env("POD_NAME", name)
-            .env("KUBECONFIG", &switchboard_e2e::cluster().kubeconfig)
+        Self::start_with(env, &env.ns.name, name, &[("SIGNALING_POOL", pool)])
+    }
+
+    /// A replica serving `namespace`, with `vars` on top of the usual environment.
+    pub fn start_with(env: &TestEnv, namespace: &str, name: &str, vars: &[(&str, &str)]) -> Self {
+        let mut child = replica_command(env, namespace, name, vars)
             .stdout(Stdio::piped())
             .stderr(if std::env::var("SIGNALING_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -126,6 +132,29 @@ impl Replica {
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad first line {line:?}: {e}"));
         Self { child, url: v["url"].as_str().unwrap().to_owned() }
+    }
+
+    /// Runs a replica that is expected to refuse to start: its exit status and stderr.
+    pub fn refused(env: &TestEnv, vars: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+        let mut child = replica_command(env, &env.ns.name, "refused", vars)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("signaling-pod runs");
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("signaling-pod started with {vars:?}; it should have refused");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
     }
 
     /// SIGKILL: no goodbyes.
@@ -139,6 +168,26 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn replica_command(env: &TestEnv, namespace: &str, name: &str, vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_signaling-pod"));
+    c.env("SIGNALING_ADDR", "127.0.0.1:0")
+        .env("SIGNALING_NAMESPACE", namespace)
+        .env("SIGNALING_REDIS_URL", &env.redis.url)
+        .env("SIGNALING_JWT_KEY", JWT_KEY)
+        .env("SIGNALING_SESSION_KEY", SESSION_KEY)
+        .env("POD_NAME", name)
+        .env("KUBECONFIG", &switchboard_e2e::cluster().kubeconfig);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Any claims, signed HS256 with the user-token key.
+pub fn signed(claims: serde_json::Value) -> String {
+    Keys::new(JWT_KEY.as_bytes()).sign(&claims)
 }
 
 /// A user JWT as the identity provider would issue it.
