@@ -1,8 +1,7 @@
 //! Access control in signaling (issue #26), attack by attack, against the signaling-pod
 //! process with a real Redis and the local control plane (and real SFUs where media is
-//! involved: those tests run signaling in the test process, next to the SFUs, which
-//! share the process's SFU API credential). Each test asserts the refusal and that the
-//! meeting and its other members live on.
+//! involved: in this process, their API credential handed to the signaling process).
+//! Each test asserts the refusal and that the meeting and its other members live on.
 
 mod common;
 
@@ -14,6 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_sfu_api::RoomStatus;
+use switchboard_sfu_client::auth::TOKEN_ENV;
 use switchboard_sfu_client::{JoinOptions, NetworkOptions, Publish};
 use switchboard_signaling_client::{MediaSession, Rest, SignalingClient};
 use switchboard_signaling_proto::{Envelope, ErrorCode, ErrorPayload, Role, types};
@@ -497,9 +497,7 @@ async fn a_hosts_mute_holds_at_signaling_and_at_the_sfu() {
     for m in ["talk", "quiet"] {
         assign(&env, m, &[("sfu-mute", &sfu.endpoint)], &[]).await;
     }
-    // Signaling in this process, so it presents the process's SFU credential as the
-    // in-process SFU expects (`sfu_pod::local`).
-    let server = env.in_process(env.config()).await;
+    let server = Replica::start_with(&env, &env.ns.name, "mute", &[(TOKEN_ENV, sfu.token.expose())]);
     let (host, _, _) = connect(&rest(&server.url, "hana", None), "talk").await;
     let (pia, pia_grant, _) = connect(&rest(&server.url, "pia", None), "talk").await;
     let pid = pia_grant.participant_id.clone();
@@ -581,8 +579,7 @@ async fn viewers_cannot_publish_even_with_a_hand_made_offer() {
     let sfu = sfu_pod::local::start("sfu-webinar").await.unwrap();
     meeting(&env, "webinar", "hana", json!({"mode": "Webinar"})).await;
     assign(&env, "webinar", &[("sfu-webinar", &sfu.endpoint)], &[]).await;
-    // In this process, as the in-process SFU's credential requires (see above).
-    let server = env.in_process(env.config()).await;
+    let server = Replica::start_with(&env, &env.ns.name, "publish", &[(TOKEN_ENV, sfu.token.expose())]);
     let (host, _, _) = connect(&rest(&server.url, "hana", None), "webinar").await;
     let (vic, vic_grant, joined) = connect(&rest(&server.url, "vic", None), "webinar").await;
     assert_eq!(joined.participant.role, Role::Viewer, "a Webinar's audience watches");

@@ -121,7 +121,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn replica(ns: &str, redis: &str, name: &str) -> anyhow::Result<(Child, String)> {
+/// A signaling replica; `sfu_token`: the credential of the SFU's internal API.
+fn replica(ns: &str, redis: &str, name: &str, sfu_token: &str) -> anyhow::Result<(Child, String)> {
     use std::io::BufRead as _;
     let exe = std::env::current_exe()?.with_file_name("signaling-pod");
     let mut child = std::process::Command::new(&exe)
@@ -133,6 +134,7 @@ fn replica(ns: &str, redis: &str, name: &str) -> anyhow::Result<(Child, String)>
         .env("SIGNALING_RATE_PER_SECOND", "100000")
         .env("SIGNALING_RATE_BURST", "100000")
         .env("POD_NAME", name)
+        .env(switchboard_sfu_client::auth::TOKEN_ENV, sfu_token)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -208,8 +210,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let sfu = sfu_pod::local::start("sfu-bench").await?;
-    let (replica_a, url_a) = replica(&ns, &redis, "replica-a")?;
-    let (_replica_b, url_b) = replica(&ns, &redis, "replica-b")?;
+    let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose())?;
+    let (_replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose())?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // 1. Join latency: REST join → WebSocket join → offer → the SFU's answer.
