@@ -91,16 +91,19 @@ async fn a_new_pool_reaches_min_ready_pods_and_says_so() {
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
     let pdb: PodDisruptionBudget = ns.api::<PodDisruptionBudget>().get("fleet-sfu-busy").await.unwrap();
     assert_eq!(pdb.spec.unwrap().selector.unwrap().match_labels.unwrap()["switchboard.dev/busy"], "true");
-    // The SFU's ServiceAccount may renew a Lease and nothing else.
-    let sfu = sa_client(&admin, &ns.name, "fleet-sfu").await;
+    // The SFU's ServiceAccount (with a token bound to its pod, as the kubelet's is)
+    // may renew its own Lease and nothing else.
+    let pod = live_pods(&admin, &ns.name, "fleet").await.into_iter().next().expect("a pod");
+    let pod_name = pod.name_any();
+    let sfu = sa_client(&admin, &ns.name, "fleet-sfu", Some(&pod)).await;
     let beat = switchboard_heartbeat::Heartbeat::new(
         switchboard_heartbeat::SfuState::Ready,
         "http://127.0.0.1:7880",
         Default::default(),
     );
-    let lease = beat.to_lease(&ns.name, "sfu-probe", "other-pool", jiff::Timestamp::now(), Duration::from_secs(10));
+    let lease = beat.to_lease(&ns.name, &pod_name, "fleet", jiff::Timestamp::now(), Duration::from_secs(10));
     Api::<Lease>::namespaced(sfu.clone(), &ns.name)
-        .patch("sfu-probe", &PatchParams::apply("sfu").force(), &Patch::Apply(&lease))
+        .patch(&pod_name, &PatchParams::apply("sfu").force(), &Patch::Apply(&lease))
         .await
         .expect("an SFU renews its Lease");
     let (code, _) = api_error(Api::<Pod>::namespaced(sfu, &ns.name).list(&ListParams::default()).await);
@@ -110,10 +113,13 @@ async fn a_new_pool_reaches_min_ready_pods_and_says_so() {
     ns.delete().await;
 }
 
-async fn sa_client(admin: &Client, ns: &str, sa: &str) -> Client {
+async fn sa_client(admin: &Client, ns: &str, sa: &str, bound_to: Option<&Pod>) -> Client {
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    let bound =
+        bound_to.map(|p| json!({"kind": "Pod", "apiVersion": "v1", "name": p.metadata.name, "uid": p.metadata.uid}));
     let request: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600}})).unwrap();
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 600, "boundObjectRef": bound}}))
+            .unwrap();
     let token = sas.create_token_request(sa, &PostParams::default(), &request).await.unwrap().status.unwrap().token;
     client_with_token(token.as_deref().expect("token")).await
 }
