@@ -24,6 +24,10 @@ use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_
 use switchboard_sfu_client::{EncodedMedia, JoinOptions, Participant, Publish, SfuApi};
 use tokio::sync::OnceCell;
 
+/// How long a recording may take to be processed and stored: nine recordings of
+/// these tests composite with ffmpeg at once on two cores, so a bound that a lone
+/// run meets in a minute needs room when they all run together.
+const PROCESSING_BOUND: Duration = Duration::from_secs(300);
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder-pod");
 
 /// Test media, encoded once per run: per publisher a camera (a moving test pattern, a
@@ -330,7 +334,7 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     // 20 s of media from the moment the recorder has every track.
     env.hold_meeting("standup", "standup-rec", 20).await;
 
-    let rj = env.await_phase("standup-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let rj = env.await_phase("standup-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
     let status = rj.status.unwrap();
     let dir = env.dir("standup", "standup-rec");
     assert_eq!(
@@ -401,7 +405,7 @@ async fn a_recorder_killed_mid_meeting_keeps_its_chunks_and_the_retried_run_fini
     tokio::time::sleep(Duration::from_secs(3)).await;
     leave_all(publishers).await;
     env.set_meeting_phase("crashy", "Ended").await;
-    let rj = env.await_phase("crashy-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let rj = env.await_phase("crashy-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
     let status = rj.status.unwrap();
     assert_eq!(status.attempts, 2, "{status:?}");
     for chunk in &before {
@@ -446,7 +450,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     env.record("demo-rec", "demo", json!({"retries": 2, "retention": "Delete", "format": "WebM"})).await;
     env.await_phase("demo-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
     env.hold_meeting("demo", "demo-rec", 5).await;
-    let rj = env.await_phase("demo-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let rj = env.await_phase("demo-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
     assert_eq!(rj.status.as_ref().unwrap().attempts, 2, "failed once, then composited: {:?}", rj.status);
     let dir = env.dir("demo", "demo-rec");
     let (streams, _) = ffprobe(&dir.join("gallery.webm"));
@@ -467,7 +471,7 @@ async fn a_compositing_failure_is_retried_and_reported_failed_when_retries_run_o
     env.record("doomed-rec", "doomed", json!({"retries": 1})).await;
     env.await_phase("doomed-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
     env.hold_meeting("doomed", "doomed-rec", 4).await;
-    let rj = env.await_phase("doomed-rec", RecordingPhase::Failed, Duration::from_secs(120)).await;
+    let rj = env.await_phase("doomed-rec", RecordingPhase::Failed, PROCESSING_BOUND).await;
     let status = rj.status.unwrap();
     let failed = status.conditions.iter().find(|c| c.type_ == "Failed").expect("a Failed condition");
     assert_eq!(failed.reason, "CompositingFailed", "{failed:?}");
@@ -565,7 +569,7 @@ async fn a_cascaded_meeting_is_recorded_with_every_participant_wherever_they_joi
     tokio::time::sleep(Duration::from_secs(5)).await;
     leave_all(publishers).await;
     env.set_meeting_phase("big", "Ended").await;
-    env.await_phase("big-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    env.await_phase("big-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
     let dir = env.dir("big", "big-rec");
     for (who, track) in
         [("alice", "alice-cam.ivf"), ("alice", "alice-mic.ogg"), ("bob", "bob-cam.ivf"), ("bob", "bob-mic.ogg")]
@@ -844,7 +848,7 @@ async fn a_recording_to_an_s3_bucket_uploads_chunks_and_result_and_delete_remove
     env.record("weekly-rec", "weekly", json!({"storage": storage, "retention": "Delete"})).await;
     env.await_phase("weekly-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
     env.hold_meeting("weekly", "weekly-rec", 5).await;
-    let rj = env.await_phase("weekly-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+    let rj = env.await_phase("weekly-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
     let prefix = format!("rec/{}/weekly/weekly-rec", env.ns.name);
     assert_eq!(rj.status.unwrap().url.as_deref(), Some(format!("s3://meetings/{prefix}/gallery.mp4").as_str()));
     let keys = s3.keys("meetings", &prefix).await;
@@ -889,7 +893,7 @@ async fn a_recording_to_an_s3_bucket_over_tls_lands_with_the_ca_trusted_and_fail
         env.record("secure-rec", "secure", json!({"storage": storage})).await;
         env.await_phase("secure-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
         env.hold_meeting("secure", "secure-rec", 5).await;
-        let rj = env.await_phase("secure-rec", RecordingPhase::Ready, Duration::from_secs(120)).await;
+        let rj = env.await_phase("secure-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
         let prefix = format!("tls/{}/secure/secure-rec", env.ns.name);
         assert_eq!(rj.status.unwrap().url.as_deref(), Some(format!("s3://meetings/{prefix}/gallery.mp4").as_str()));
         let keys = s3.keys("meetings", &prefix).await;
