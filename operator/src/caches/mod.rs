@@ -37,15 +37,16 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Waits until every cache has its first full list. A controller acting on a
-    /// cache still filling would see pods, Leases or Meetings as missing: it would
-    /// create pods a pool already has, or free seats of meetings not listed yet.
+    /// Waits until the pod, Lease, node and pool caches have their first full list:
+    /// a controller acting on a cache still filling would see pods as missing and
+    /// create pods a pool already has. (The shared Meeting store is not awaited
+    /// here: its readiness did not resolve for the Meeting controller's own
+    /// reconciles; the ledger sweep keeps its guard against an empty Meeting cache.)
     pub async fn synced(&self) {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.leases.wait_until_ready().await;
         let _ = self.nodes.wait_until_ready().await;
         let _ = self.pools.wait_until_ready().await;
-        let _ = self.meetings.wait_until_ready().await;
     }
 
     /// The SFU pods of `pool` (its namespace, its label, its controller owner
@@ -86,15 +87,15 @@ mod tests {
         let (pools, mut pool_writer) = reflector::store::<SfuPool>();
         let (meetings, mut meeting_writer) = reflector::store::<Meeting>();
         let caches = Caches { pods, leases, nodes, pools, meetings };
-        // Pods, Leases, nodes and pools listed; Meetings not yet: a sweep now would
-        // take every seat for a seat of a meeting that is gone.
+        // Pods, Leases and nodes listed; pools not yet: a pool reconciled now would
+        // see none of its pods.
         listed(&mut pod_writer);
         listed(&mut lease_writer);
         listed(&mut node_writer);
-        listed(&mut pool_writer);
-        let waiting = tokio::time::timeout(Duration::from_secs(60), caches.synced()).await;
-        assert!(waiting.is_err(), "synced before the Meetings were listed");
         listed(&mut meeting_writer);
+        let waiting = tokio::time::timeout(Duration::from_secs(60), caches.synced()).await;
+        assert!(waiting.is_err(), "synced before the pools were listed");
+        listed(&mut pool_writer);
         tokio::time::timeout(Duration::from_secs(1), caches.synced()).await.expect("synced once all are listed");
     }
 }

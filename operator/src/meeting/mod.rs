@@ -93,6 +93,8 @@ pub async fn run(
 ) {
     let ctx = Arc::new(context(client, &config, metrics, caches.clone(), pool_trigger));
     let housekeeping = housekeeping::run(ctx.clone());
+    // Validation reads the pools: judging meetings before the first list would fail them.
+    let _ = caches.pools.wait_until_ready().await;
     let pools: Api<SfuPool> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(ctx.harness.client.clone(), ns),
         None => Api::all(ctx.harness.client.clone()),
@@ -188,7 +190,6 @@ async fn reconcile_meeting(m: Arc<Meeting>, ctx: &Context) -> Result<Action> {
     if m.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    ctx.caches.synced().await;
     let observed = observe::observe(m.clone(), ctx, jiff::Timestamp::now()).await?;
     let decision = decide::decide(&observed);
     if decision.hold == Holding::WaitForCache {
