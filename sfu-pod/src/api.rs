@@ -50,6 +50,7 @@ impl IntoResponse for Failure {
             ErrorCode::UnknownParticipant => "unknownParticipant",
             ErrorCode::UnknownTrack => "unknownTrack",
             ErrorCode::AlreadyJoined => "alreadyJoined",
+            ErrorCode::PublishNotAllowed => "publishNotAllowed",
             ErrorCode::Draining => "draining",
             ErrorCode::NotReady => "notReady",
             ErrorCode::Internal => "internal",

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub retransmissions: Counter,
     pub api_errors: Family<CodeLabels, Counter>,
     pub heartbeat_failures: Counter,
+    pub undeclared_tracks: Counter,
 }
 
 impl Default for Metrics {
@@ -66,6 +67,11 @@ impl Default for Metrics {
             ),
             api_errors: reg!("api_errors", "Internal API requests refused, by error code", Family::default()),
             heartbeat_failures: reg!("heartbeat_failures", "Lease renewals that failed", Counter::default()),
+            undeclared_tracks: reg!(
+                "undeclared_tracks",
+                "Incoming tracks dropped because their publisher did not declare them (or may not publish)",
+                Counter::default()
+            ),
         };
         Self { registry: Arc::new(registry), ..metrics }
     }

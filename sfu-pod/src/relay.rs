@@ -206,6 +206,7 @@ async fn join_origin(sfu: Arc<Sfu>, room_name: &str, origin: SfuApi, edge_name: 
         participant_id: relay_id.clone(),
         kind: api::ParticipantKind::Relay,
         auto_subscribe: true,
+        publish: true,
         offer: None,
         tracks: vec![],
     };
@@ -254,7 +255,10 @@ async fn follow_origin(sfu: Arc<Sfu>, room: Arc<RoomEntry>, peer: Arc<Peer>, ori
                     }
                 }
                 Event::TrackPublished { participant, track, source, .. } => {
-                    peer.describe(&[TrackDescription { id: track, source, origin: Some(participant) }]);
+                    peer.describe(&[TrackDescription {
+                        origin: Some(participant),
+                        ..TrackDescription::new(track, source)
+                    }]);
                 }
                 Event::Closed { .. } => {
                     sfu.drop_peer(&room, &peer.id, "the origin closed the relay").await;

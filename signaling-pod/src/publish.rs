@@ -109,7 +109,7 @@ mod tests {
     use super::*;
 
     fn declared(tracks: &[(&str, Source)]) -> Vec<TrackDescription> {
-        tracks.iter().map(|(id, source)| TrackDescription { id: (*id).into(), source: *source, origin: None }).collect()
+        tracks.iter().map(|(id, source)| TrackDescription::new(*id, *source)).collect()
     }
 
     const HEAD: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n";

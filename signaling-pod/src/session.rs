@@ -810,6 +810,7 @@ impl Session {
             participant_id: pid.clone(),
             kind: ParticipantKind::Client,
             auto_subscribe: true,
+            publish: j.info.role.publishes(),
             offer: offer.sdp.clone(),
             tracks: offer.tracks.clone(),
         };

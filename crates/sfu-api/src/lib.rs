@@ -76,14 +76,33 @@ pub enum Source {
 }
 
 /// A track the client is about to publish, keyed by the track id in its SDP (`msid`).
+///
+/// The SFU forwards only declared tracks: an incoming track whose id was not declared
+/// (on the join or a later publisher offer), or whose kind is not its source's (audio
+/// for `Microphone`/`ScreenShareAudio`, video for `Camera`/`ScreenShare`), is dropped.
+/// Relays (participants of kind `Relay`) are exempt: their tracks were checked where
+/// they were published.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TrackDescription {
     pub id: String,
     pub source: Source,
-    /// For relays: the participant who published the track on the other SFU.
+    /// For relays: the participant who published the track on the other SFU. Only a
+    /// relay may set it (`400 badRequest` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// Muted from the start: nothing of it is forwarded until it is unmuted
+    /// (`PUT .../tracks/{track}`). Only the first declaration of a track counts; later
+    /// mutes and unmutes go through that call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
+}
+
+impl TrackDescription {
+    /// An unmuted track of a participant (no origin).
+    pub fn new(id: impl Into<String>, source: Source) -> Self {
+        Self { id: id.into(), source, origin: None, muted: false }
+    }
 }
 
 /// `POST /v1/rooms/{room}/participants`
@@ -96,9 +115,17 @@ pub struct JoinRequest {
     /// Subscribe to every track in the room, now and later (default true).
     #[serde(default = "yes")]
     pub auto_subscribe: bool,
+    /// Whether the participant may publish (default true). With `false` (a viewer, a
+    /// webinar's audience) the SFU refuses an `offer` or `tracks` on the join and every
+    /// later publisher offer, `403 publishNotAllowed`. The default is true for callers
+    /// that predate the field; it admits no undeclared media, since only the `tracks`
+    /// declared are ever forwarded.
+    #[serde(default = "yes")]
+    pub publish: bool,
     /// The publisher connection's offer; absent for receive-only participants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer: Option<String>,
+    /// The tracks the participant may publish; nothing else it sends is forwarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks: Vec<TrackDescription>,
 }
@@ -312,6 +339,9 @@ pub enum ErrorCode {
     UnknownParticipant,
     UnknownTrack,
     AlreadyJoined,
+    /// The participant joined with `publish: false` and offered media or declared
+    /// tracks (HTTP 403).
+    PublishNotAllowed,
     Draining,
     NotReady,
     Internal,
@@ -322,6 +352,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest | Self::InvalidSdp => 400,
             Self::Unauthorized => 401,
+            Self::PublishNotAllowed => 403,
             Self::UnknownRoom | Self::UnknownParticipant | Self::UnknownTrack => 404,
             Self::AlreadyJoined => 409,
             Self::Draining | Self::NotReady => 503,
@@ -373,7 +404,26 @@ mod tests {
         let j: JoinRequest = serde_json::from_str(r#"{"participantId": "p1"}"#).unwrap();
         assert_eq!(j.kind, ParticipantKind::Client);
         assert!(j.auto_subscribe);
+        assert!(j.publish, "callers that predate `publish` may still publish declared tracks");
         assert!(j.offer.is_none());
+    }
+
+    #[test]
+    fn a_viewer_join_and_a_muted_declaration_on_the_wire() {
+        let j: JoinRequest = serde_json::from_value(serde_json::json!({
+            "participantId": "v", "publish": false,
+            "tracks": [{"id": "cam", "source": "Camera", "muted": true}, {"id": "mic", "source": "Microphone"}]
+        }))
+        .unwrap();
+        assert!(!j.publish);
+        assert!(j.tracks[0].muted && !j.tracks[1].muted);
+        assert_eq!(
+            serde_json::to_value(TrackDescription::new("mic", Source::Microphone)).unwrap(),
+            serde_json::json!({"id": "mic", "source": "Microphone"}),
+            "an unmuted declaration is written as before"
+        );
+        assert_eq!(ErrorCode::PublishNotAllowed.http_status(), 403);
+        assert_eq!(serde_json::to_value(ErrorCode::PublishNotAllowed).unwrap(), "publishNotAllowed");
     }
 
     #[test]

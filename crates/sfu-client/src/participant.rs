@@ -93,6 +93,15 @@ pub struct JoinOptions {
     /// Default: subscribe to everything.
     pub manual_subscribe: bool,
     pub publish: Vec<Publish>,
+    /// Joins as one that may not publish (`publish: false` on the join): the SFU refuses
+    /// an offer, so with `publish` sources the join fails.
+    pub viewer: bool,
+    /// Ids of `publish` sources left out of the join's declared tracks: they are in the
+    /// offer and send media, as a hand-made SDP would, and the SFU drops them.
+    pub undeclared: Vec<String>,
+    /// Ids of `publish` sources declared muted: the SFU forwards nothing of them until
+    /// they are unmuted through its API.
+    pub muted: Vec<String>,
     pub net: NetworkOptions,
     /// Gets every received packet and sender report as well (a recorder's writers).
     pub sink: Option<Arc<dyn MediaSink>>,
@@ -463,11 +472,16 @@ impl Participant {
             participant_id: id.into(),
             kind: opts.kind,
             auto_subscribe: !opts.manual_subscribe,
+            publish: !opts.viewer,
             offer,
             tracks: opts
                 .publish
                 .iter()
-                .map(|p| TrackDescription { id: p.id.clone(), source: p.source, origin: None })
+                .filter(|p| !opts.undeclared.contains(&p.id))
+                .map(|p| TrackDescription {
+                    muted: opts.muted.contains(&p.id),
+                    ..TrackDescription::new(&p.id, p.source)
+                })
                 .collect(),
         };
         let answer = api.join(room, join).await?;

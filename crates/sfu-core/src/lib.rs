@@ -20,6 +20,6 @@ mod tests;
 
 pub use codec::Codec;
 pub use room::{
-    Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta, Source,
-    SubscriptionId, TrackHandle, TrackInfo,
+    Declaration, Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta,
+    Source, SubscriptionId, TrackHandle, TrackInfo,
 };

@@ -20,8 +20,14 @@
 //! # use switchboard_sfu_core::{Input, Output, ParticipantKind, Room};
 //! let now = Instant::now();
 //! let mut room = Room::new(now);
-//! room.handle_input(Input::Join { participant: "alice", kind: ParticipantKind::Client, auto_subscribe: true })
-//!     .unwrap();
+//! let join = Input::Join {
+//!     participant: "alice",
+//!     kind: ParticipantKind::Client,
+//!     auto_subscribe: true,
+//!     may_publish: true,
+//!     tracks: &[],
+//! };
+//! room.handle_input(join).unwrap();
 //! let deadline = loop {
 //!     match room.poll_output() {
 //!         Output::Timeout(at) => break at,
@@ -77,6 +83,24 @@ pub enum Source {
     Microphone,
     ScreenShare,
     ScreenShareAudio,
+}
+
+impl Source {
+    /// Whether the source is carried by video (camera, screen) rather than audio.
+    pub fn is_video(self) -> bool {
+        matches!(self, Self::Camera | Self::ScreenShare)
+    }
+}
+
+/// A track a participant says it will publish. Only declared tracks are published:
+/// [`Input::Publish`] of anything else, or of a track whose codec is not of its
+/// declared source's kind, is refused (relays excepted, see [`Input::Publish`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declaration {
+    pub id: TrackId,
+    pub source: Source,
+    /// Published muted: nothing is forwarded until [`Input::SetMuted`] unmutes it.
+    pub muted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -162,17 +186,33 @@ pub enum RoomEvent {
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
     /// A participant enters. `auto_subscribe` subscribes it to every other track, present
-    /// and future.
+    /// and future. `may_publish` false (a viewer) refuses every declaration and publish,
+    /// `tracks` included ([`RoomError::PublishNotAllowed`]); `tracks` are declared as by
+    /// [`Input::Declare`], and a join whose declarations are refused changes nothing.
     Join {
         participant: &'a str,
         kind: ParticipantKind,
         auto_subscribe: bool,
+        may_publish: bool,
+        tracks: &'a [Declaration],
+    },
+    /// Tracks the participant will publish (a renegotiation). All or nothing: refused
+    /// with [`RoomError::PublishNotAllowed`] for a participant that may not publish, and
+    /// with [`RoomError::Redeclared`] when a track id comes again with another source.
+    /// A track declared again with its source changes nothing (its `muted` included).
+    Declare {
+        participant: &'a str,
+        tracks: &'a [Declaration],
     },
     /// A participant goes: its tracks are unpublished and its subscriptions dropped.
     Leave {
         participant: &'a str,
     },
-    /// A participant's new track; [`Outcome::Published`] names its handle.
+    /// A participant's new track; [`Outcome::Published`] names its handle. The track
+    /// must have been declared, with a source of its codec's kind
+    /// ([`RoomError::NotDeclared`], [`RoomError::KindMismatch`]); it takes the declared
+    /// source and starts muted if declared so. A relay's tracks need no declaration:
+    /// they were checked on the SFU where they were published.
     Publish {
         participant: &'a str,
         info: TrackInfo,
@@ -187,6 +227,8 @@ pub enum Input<'a> {
         participant: &'a str,
         track: &'a str,
     },
+    /// Mutes or unmutes a published track, or a declared one not published yet (it will
+    /// be published so).
     SetMuted {
         participant: &'a str,
         track: &'a str,
@@ -305,6 +347,14 @@ pub enum RoomError {
     OwnTrack(TrackId),
     /// A layer was added to a track this room does not have (any more).
     UnknownHandle(TrackHandle),
+    /// The participant joined as one that may not publish.
+    PublishNotAllowed(ParticipantId),
+    /// A track its publisher did not declare.
+    NotDeclared(TrackId),
+    /// A track whose codec is not of the kind of its declared source.
+    KindMismatch(TrackId, Source),
+    /// A track id declared again with another source.
+    Redeclared(TrackId),
 }
 
 impl std::fmt::Display for RoomError {
@@ -316,6 +366,10 @@ impl std::fmt::Display for RoomError {
             Self::TrackExists(t) => write!(f, "track {t} is already published"),
             Self::OwnTrack(t) => write!(f, "track {t} is the subscriber's own"),
             Self::UnknownHandle(h) => write!(f, "no track with handle {} in this room", h.0),
+            Self::PublishNotAllowed(p) => write!(f, "participant {p} may not publish"),
+            Self::NotDeclared(t) => write!(f, "track {t} was not declared"),
+            Self::KindMismatch(t, s) => write!(f, "track {t} is declared as {s:?} but its codec is not of that kind"),
+            Self::Redeclared(t) => write!(f, "track {t} was declared before with another source"),
         }
     }
 }
@@ -326,6 +380,9 @@ impl std::error::Error for RoomError {}
 struct Participant {
     kind: ParticipantKind,
     auto_subscribe: bool,
+    may_publish: bool,
+    /// What it declared it will publish, by track id: (source, publish muted).
+    declared: HashMap<TrackId, (Source, bool)>,
     /// Downlink estimate (REMB) in bits per second.
     estimate: Option<u64>,
     /// Video subscriptions sharing that downlink.
@@ -424,7 +481,10 @@ impl Room {
     /// driver drains before acting on anything else.
     pub fn handle_input(&mut self, input: Input<'_>) -> Result<Outcome, RoomError> {
         match input {
-            Input::Join { participant, kind, auto_subscribe } => self.join(participant, kind, auto_subscribe)?,
+            Input::Join { participant, kind, auto_subscribe, may_publish, tracks } => {
+                self.join(participant, kind, auto_subscribe, may_publish, tracks)?
+            }
+            Input::Declare { participant, tracks } => self.declare(participant, tracks)?,
             Input::Leave { participant } => self.leave(participant)?,
             Input::Publish { participant, info } => return self.publish(participant, info).map(Outcome::Published),
             Input::AddLayer { track, rid } => return self.add_layer(track, rid).map(Outcome::Layer),
@@ -461,9 +521,21 @@ impl Room {
 
     // ---- membership ----
 
-    fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<(), RoomError> {
+    fn join(
+        &mut self,
+        participant: &str,
+        kind: ParticipantKind,
+        auto_subscribe: bool,
+        may_publish: bool,
+        tracks: &[Declaration],
+    ) -> Result<(), RoomError> {
         if self.participants.contains_key(participant) {
             return Err(RoomError::AlreadyJoined(participant.into()));
+        }
+        let mut declared = HashMap::new();
+        check_declarations(participant, may_publish, &declared, tracks)?;
+        for d in tracks {
+            declared.entry(d.id.clone()).or_insert((d.source, d.muted));
         }
         if kind != ParticipantKind::Hidden {
             let joined = RoomEvent::ParticipantJoined { participant: participant.into(), kind };
@@ -478,26 +550,33 @@ impl Room {
                 });
             }
         }
-        let mut published: Vec<(TrackHandle, RoomEvent)> = self
+        let mut published: Vec<(TrackHandle, RoomEvent, Option<RoomEvent>)> = self
             .tracks
             .iter()
             .map(|(h, t)| {
-                (
-                    *h,
-                    RoomEvent::TrackPublished {
-                        participant: t.shown_publisher().clone(),
-                        track: t.info.id.clone(),
-                        codec: t.info.codec,
-                        source: t.info.source,
-                    },
-                )
+                let published = RoomEvent::TrackPublished {
+                    participant: t.shown_publisher().clone(),
+                    track: t.info.id.clone(),
+                    codec: t.info.codec,
+                    source: t.info.source,
+                };
+                let muted = t.muted.then(|| RoomEvent::TrackMuted {
+                    participant: t.shown_publisher().clone(),
+                    track: t.info.id.clone(),
+                    muted: true,
+                });
+                (*h, published, muted)
             })
             .collect();
-        published.sort_by_key(|(h, _)| *h);
-        self.participants
-            .insert(participant.into(), Participant { kind, auto_subscribe, estimate: None, video_subscriptions: 0 });
-        for (handle, event) in published {
+        published.sort_by_key(|(h, ..)| *h);
+        let joined =
+            Participant { kind, auto_subscribe, may_publish, declared, estimate: None, video_subscriptions: 0 };
+        self.participants.insert(participant.into(), joined);
+        for (handle, event, muted) in published {
             self.outputs.push_back(Output::Event { to: participant.into(), event });
+            if let Some(event) = muted {
+                self.outputs.push_back(Output::Event { to: participant.into(), event });
+            }
             if auto_subscribe {
                 self.add_subscription(handle, participant, Preferences::default());
             }
@@ -551,26 +630,60 @@ impl Room {
         self.participants.iter().map(|(id, p)| (id, p.kind))
     }
 
+    /// Whether a participant may publish; `None` for one not in the room.
+    pub fn may_publish(&self, participant: &str) -> Option<bool> {
+        self.participants.get(participant).map(|p| p.may_publish)
+    }
+
+    fn declare(&mut self, participant: &str, tracks: &[Declaration]) -> Result<(), RoomError> {
+        let p =
+            self.participants.get_mut(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
+        check_declarations(participant, p.may_publish, &p.declared, tracks)?;
+        for d in tracks {
+            p.declared.entry(d.id.clone()).or_insert((d.source, d.muted));
+        }
+        Ok(())
+    }
+
     // ---- tracks ----
 
-    fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
-        if !self.participants.contains_key(participant) {
-            return Err(RoomError::UnknownParticipant(participant.into()));
+    fn publish(&mut self, participant: &str, mut info: TrackInfo) -> Result<TrackHandle, RoomError> {
+        let p = self.participants.get(participant).ok_or_else(|| RoomError::UnknownParticipant(participant.into()))?;
+        let mut muted = false;
+        if p.kind != ParticipantKind::Relay {
+            if !p.may_publish {
+                return Err(RoomError::PublishNotAllowed(participant.into()));
+            }
+            let &(source, declared_muted) =
+                p.declared.get(&info.id).ok_or_else(|| RoomError::NotDeclared(info.id.clone()))?;
+            if source.is_video() != info.codec.is_video() {
+                return Err(RoomError::KindMismatch(info.id, source));
+            }
+            info.source = source;
+            muted = declared_muted;
         }
         if self.tracks.values().any(|t| t.info.id == info.id) {
             return Err(RoomError::TrackExists(info.id));
         }
         let handle = TrackHandle(self.next_track);
         self.next_track += 1;
-        let track = Track { info, publisher: participant.into(), muted: false, layers: Vec::new(), subs: Vec::new() };
+        let track = Track { info, publisher: participant.into(), muted, layers: Vec::new(), subs: Vec::new() };
         let event = RoomEvent::TrackPublished {
             participant: track.shown_publisher().clone(),
             track: track.info.id.clone(),
             codec: track.info.codec,
             source: track.info.source,
         };
+        let muted_event = muted.then(|| RoomEvent::TrackMuted {
+            participant: track.shown_publisher().clone(),
+            track: track.info.id.clone(),
+            muted: true,
+        });
         self.tracks.insert(handle, track);
         self.tell_all(Some(participant), event);
+        if let Some(event) = muted_event {
+            self.tell_all(None, event);
+        }
         let mut auto: Vec<ParticipantId> = self
             .participants
             .iter()
@@ -626,10 +739,22 @@ impl Room {
     }
 
     fn set_muted(&mut self, participant: &str, track_id: &str, muted: bool, now: Instant) -> Result<(), RoomError> {
-        let handle = self.track_handle(track_id).ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+        let Some(handle) = self.track_handle(track_id) else {
+            // Declared, not published yet: it will be published so.
+            let declared = self.participants.get_mut(participant).and_then(|p| p.declared.get_mut(track_id));
+            let (_, declared_muted) = declared.ok_or_else(|| RoomError::UnknownTrack(track_id.into()))?;
+            *declared_muted = muted;
+            return Ok(());
+        };
         let track = self.tracks.get_mut(&handle).expect("handle just found");
         if track.publisher != participant {
             return Err(RoomError::UnknownTrack(track_id.into()));
+        }
+        // Published again after an unpublish, the track keeps its last state.
+        if let Some((_, declared_muted)) =
+            self.participants.get_mut(participant).and_then(|p| p.declared.get_mut(track_id))
+        {
+            *declared_muted = muted;
         }
         if track.muted == muted {
             return Ok(());
@@ -956,6 +1081,27 @@ impl Room {
         self.counters.keyframe_requests += 1;
         self.outputs.push_back(Output::RequestKeyframe { track: handle, layer });
     }
+}
+
+/// Checks declarations against a participant's permission and its earlier ones (and
+/// each other).
+fn check_declarations(
+    participant: &str,
+    may_publish: bool,
+    earlier: &HashMap<TrackId, (Source, bool)>,
+    tracks: &[Declaration],
+) -> Result<(), RoomError> {
+    if !may_publish && !tracks.is_empty() {
+        return Err(RoomError::PublishNotAllowed(participant.into()));
+    }
+    for (i, d) in tracks.iter().enumerate() {
+        let before =
+            earlier.get(&d.id).map(|(s, _)| *s).or_else(|| tracks[..i].iter().find(|x| x.id == d.id).map(|x| x.source));
+        if before.is_some_and(|s| s != d.source) {
+            return Err(RoomError::Redeclared(d.id.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Quality rank of a simulcast RID as browsers and SFUs name them; unknown names sit in

@@ -45,10 +45,18 @@ impl Sim {
     }
 
     fn join(&mut self, participant: &str, kind: ParticipantKind, auto_subscribe: bool) -> Result<Outcome, RoomError> {
-        self.input(Input::Join { participant, kind, auto_subscribe })
+        self.input(Input::Join { participant, kind, auto_subscribe, may_publish: true, tracks: &[] })
     }
 
+    /// Declares the track (unmuted, with its source) and publishes it.
     fn publish(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
+        let declared = [Declaration { id: info.id.clone(), source: info.source, muted: false }];
+        self.input(Input::Declare { participant, tracks: &declared })?;
+        self.publish_as_is(participant, info)
+    }
+
+    /// Publishes without declaring first.
+    fn publish_as_is(&mut self, participant: &str, info: TrackInfo) -> Result<TrackHandle, RoomError> {
         self.input(Input::Publish { participant, info }).map(|o| o.track().expect("a handle"))
     }
 
@@ -434,8 +442,12 @@ fn one_poll_loop_drains_a_packets_forwards_first_then_its_other_outputs_then_the
     let start = Instant::now();
     let mut room = Room::new(start);
     assert_eq!(room.poll_output(), Output::Timeout(start + LAYER_EVAL_INTERVAL), "nothing pending");
+    let declared = [Declaration { id: "a-cam".into(), source: Source::Camera, muted: false }];
     for participant in ["a", "b"] {
-        room.handle_input(Input::Join { participant, kind: ParticipantKind::Client, auto_subscribe: true }).unwrap();
+        let tracks = if participant == "a" { &declared[..] } else { &[] };
+        let join =
+            Input::Join { participant, kind: ParticipantKind::Client, auto_subscribe: true, may_publish: true, tracks };
+        room.handle_input(join).unwrap();
     }
     let track = room.handle_input(Input::Publish { participant: "a", info: video("a-cam") }).unwrap().track().unwrap();
     let layer = room.handle_input(Input::AddLayer { track, rid: "" }).unwrap().layer().unwrap();
@@ -459,4 +471,191 @@ fn one_poll_loop_drains_a_packets_forwards_first_then_its_other_outputs_then_the
     assert!(matches!(outputs[1], Output::RequestKeyframe { .. }), "{outputs:?}");
     assert!(matches!(&outputs[2], Output::Event { to, event: RoomEvent::LayerChanged { .. } } if to == "b"));
     assert_eq!(outputs.len(), 3);
+}
+
+fn declared(id: &str, source: Source, muted: bool) -> Declaration {
+    Declaration { id: id.into(), source, muted }
+}
+
+fn published_to(cmds: &[Output], who: &str) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Output::Event { to, event: RoomEvent::TrackPublished { track, .. } } if to == who => Some(track.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_declared_tracks_of_their_declared_kind_are_published() {
+    let mut sim = Sim::new();
+    let tracks = [declared("a-cam", Source::Camera, false), declared("a-mic", Source::Microphone, false)];
+    let join = Input::Join {
+        participant: "a",
+        kind: ParticipantKind::Client,
+        auto_subscribe: true,
+        may_publish: true,
+        tracks: &tracks,
+    };
+    sim.input(join).unwrap();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    sim.commands();
+    // Not declared, or declared as the other kind: refused, and nobody hears of it.
+    assert_eq!(sim.publish_as_is("a", video("a-extra")), Err(RoomError::NotDeclared("a-extra".into())));
+    assert_eq!(sim.publish_as_is("a", audio("a-cam")), Err(RoomError::KindMismatch("a-cam".into(), Source::Camera)));
+    assert_eq!(
+        sim.publish_as_is("a", video("a-mic")),
+        Err(RoomError::KindMismatch("a-mic".into(), Source::Microphone))
+    );
+    // A track another participant declared is not this one's.
+    assert_eq!(sim.publish_as_is("b", video("a-cam")), Err(RoomError::NotDeclared("a-cam".into())));
+    assert_eq!(sim.room.track_count(), 0);
+    assert!(sim.commands().is_empty(), "a refused track causes nothing");
+    // The declared ones pass, with the declared source whatever the driver guessed.
+    let screen = TrackInfo { source: Source::ScreenShare, ..video("a-cam") };
+    sim.publish_as_is("a", screen).unwrap();
+    sim.publish_as_is("a", audio("a-mic")).unwrap();
+    let sources: Vec<Source> = {
+        let mut t: Vec<_> = sim.room.tracks().map(|(id, _, _, source, _)| (id.clone(), source)).collect();
+        t.sort_by(|x, y| x.0.cmp(&y.0));
+        t.into_iter().map(|(_, s)| s).collect()
+    };
+    assert_eq!(sources, vec![Source::Camera, Source::Microphone]);
+    assert_eq!(sim.subscriptions_of("b").len(), 2);
+    // Declarations come later too (a renegotiation), all or nothing.
+    let later = [declared("a-screen", Source::ScreenShare, false), declared("a-cam", Source::Microphone, false)];
+    assert_eq!(
+        sim.input(Input::Declare { participant: "a", tracks: &later }),
+        Err(RoomError::Redeclared("a-cam".into()))
+    );
+    assert_eq!(sim.publish_as_is("a", video("a-screen")), Err(RoomError::NotDeclared("a-screen".into())));
+    let twice = [declared("x", Source::Camera, false), declared("x", Source::ScreenShare, false)];
+    assert_eq!(sim.input(Input::Declare { participant: "a", tracks: &twice }), Err(RoomError::Redeclared("x".into())));
+    sim.input(Input::Declare { participant: "a", tracks: &later[..1] }).unwrap();
+    sim.publish_as_is("a", video("a-screen")).unwrap();
+    let unknown = Input::Declare { participant: "nobody", tracks: &later[..1] };
+    assert_eq!(sim.input(unknown), Err(RoomError::UnknownParticipant("nobody".into())));
+}
+
+#[test]
+fn a_participant_that_may_not_publish_declares_and_publishes_nothing() {
+    let mut sim = Sim::new();
+    sim.join("host", ParticipantKind::Client, true).unwrap();
+    let tracks = [declared("v-cam", Source::Camera, false)];
+    let viewer = |tracks| Input::Join {
+        participant: "viewer",
+        kind: ParticipantKind::Client,
+        auto_subscribe: true,
+        may_publish: false,
+        tracks,
+    };
+    // A refused join changes nothing: nobody hears of it, and it may join again.
+    sim.commands();
+    assert_eq!(sim.input(viewer(&tracks)), Err(RoomError::PublishNotAllowed("viewer".into())));
+    assert!(!sim.room.contains("viewer"));
+    assert!(sim.commands().is_empty());
+    sim.input(viewer(&[])).unwrap();
+    assert_eq!(sim.room.may_publish("viewer"), Some(false));
+    assert_eq!(sim.room.may_publish("host"), Some(true));
+    assert_eq!(sim.room.may_publish("nobody"), None);
+    assert_eq!(
+        sim.input(Input::Declare { participant: "viewer", tracks: &tracks }),
+        Err(RoomError::PublishNotAllowed("viewer".into()))
+    );
+    assert_eq!(sim.publish_as_is("viewer", video("v-cam")), Err(RoomError::PublishNotAllowed("viewer".into())));
+    // It still receives what others publish.
+    sim.commands();
+    sim.publish("host", audio("host-mic")).unwrap();
+    assert_eq!(sim.subscriptions_of("viewer").len(), 1);
+}
+
+#[test]
+fn a_track_declared_muted_forwards_nothing_until_unmuted() {
+    let mut sim = Sim::new();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    let tracks = [declared("a-cam", Source::Camera, true), declared("a-mic", Source::Microphone, false)];
+    let join = Input::Join {
+        participant: "a",
+        kind: ParticipantKind::Client,
+        auto_subscribe: true,
+        may_publish: true,
+        tracks: &tracks,
+    };
+    sim.input(join).unwrap();
+    // Declared muted again, or unmuted, by a later declaration: the first one counts.
+    let again = [declared("a-cam", Source::Camera, false)];
+    sim.input(Input::Declare { participant: "a", tracks: &again }).unwrap();
+    sim.commands();
+    let v = sim.publish_as_is("a", video("a-cam")).unwrap();
+    sim.add_layer(v, "");
+    let cmds = sim.commands();
+    assert_eq!(published_to(&cmds, "b"), vec!["a-cam".to_string()]);
+    let muted = |to: &str| Output::Event {
+        to: to.into(),
+        event: RoomEvent::TrackMuted { participant: "a".into(), track: "a-cam".into(), muted: true },
+    };
+    assert!(cmds.contains(&muted("b")) && cmds.contains(&muted("a")), "everyone learns it is muted: {cmds:?}");
+    assert!(sim.send(v, 0, KEY, 1000).is_empty(), "muted from the first packet");
+    assert!(sim.send(v, 0, DELTA, 1000).is_empty());
+    assert_eq!(sim.room.tracks().find(|t| t.0 == "a-cam").map(|t| t.4), Some(true));
+    // A newcomer learns that too.
+    sim.join("c", ParticipantKind::Client, true).unwrap();
+    let cmds = sim.commands();
+    assert!(cmds.contains(&muted("c")), "{cmds:?}");
+    sim.advance(KEYFRAME_REQUEST_INTERVAL);
+    sim.input(Input::SetMuted { participant: "a", track: "a-cam", muted: false, now: sim.now }).unwrap();
+    assert!(sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { .. })));
+    assert_eq!(sim.send(v, 0, KEY, 1000).len(), 2, "b and c get the keyframe after the unmute");
+}
+
+#[test]
+fn a_declared_track_is_muted_before_it_is_published() {
+    let mut sim = Sim::new();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    let tracks = [declared("a-mic", Source::Microphone, false)];
+    let join = Input::Join {
+        participant: "a",
+        kind: ParticipantKind::Client,
+        auto_subscribe: true,
+        may_publish: true,
+        tracks: &tracks,
+    };
+    sim.input(join).unwrap();
+    // A host mutes it before its first packet: no retry needed, it is published muted.
+    sim.input(Input::SetMuted { participant: "a", track: "a-mic", muted: true, now: sim.now }).unwrap();
+    let by_b = Input::SetMuted { participant: "b", track: "a-mic", muted: true, now: sim.now };
+    assert_eq!(sim.input(by_b), Err(RoomError::UnknownTrack("a-mic".into())));
+    let undeclared = Input::SetMuted { participant: "a", track: "a-cam", muted: true, now: sim.now };
+    assert_eq!(sim.input(undeclared), Err(RoomError::UnknownTrack("a-cam".into())));
+    let t = sim.publish_as_is("a", audio("a-mic")).unwrap();
+    sim.add_layer(t, "");
+    assert!(sim.send_with_level(t, 0, &[0xf8], 100, Some(20)).is_empty());
+    sim.input(Input::SetMuted { participant: "a", track: "a-mic", muted: false, now: sim.now }).unwrap();
+    assert_eq!(sim.send(t, 0, &[0xf8], 100).len(), 1);
+}
+
+#[test]
+fn relays_publish_without_declarations() {
+    let mut sim = Sim::new();
+    sim.join("relay-edge", ParticipantKind::Relay, true).unwrap();
+    sim.join("alice", ParticipantKind::Client, true).unwrap();
+    let relayed = TrackInfo { origin: Some("bob".into()), source: Source::ScreenShare, ..video("bob-screen") };
+    let t = sim.publish_as_is("relay-edge", relayed).unwrap();
+    sim.add_layer(t, "");
+    assert_eq!(sim.room.tracks().next().map(|t| t.3), Some(Source::ScreenShare), "the relay's source stands");
+    assert_eq!(sim.send(t, 0, KEY, 1000).len(), 1);
+}
+
+#[test]
+fn a_track_published_again_keeps_its_last_mute() {
+    let mut sim = Sim::new();
+    sim.join("a", ParticipantKind::Client, true).unwrap();
+    sim.join("b", ParticipantKind::Client, true).unwrap();
+    sim.publish("a", audio("a-mic")).unwrap();
+    sim.input(Input::SetMuted { participant: "a", track: "a-mic", muted: true, now: sim.now }).unwrap();
+    sim.input(Input::Unpublish { participant: "a", track: "a-mic" }).unwrap();
+    let t = sim.publish_as_is("a", audio("a-mic")).unwrap();
+    sim.add_layer(t, "");
+    assert!(sim.send(t, 0, &[0xf8], 100).is_empty(), "still muted");
+    assert_eq!(sim.room.tracks().next().map(|t| t.4), Some(true));
 }

@@ -3,7 +3,7 @@
 
 use switchboard_sfu_api::{self as api, ApiError, ErrorCode, Event, MediaKind};
 use switchboard_sfu_core::node::{NodeState, Refusal};
-use switchboard_sfu_core::{Codec, ParticipantKind, RoomError, RoomEvent, Source};
+use switchboard_sfu_core::{Codec, Declaration, ParticipantKind, RoomError, RoomEvent, Source};
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -17,7 +17,10 @@ pub(super) fn room_error(e: RoomError) -> ApiError {
         RoomError::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
         RoomError::UnknownParticipant(_) => ErrorCode::UnknownParticipant,
         RoomError::UnknownTrack(_) | RoomError::OwnTrack(_) => ErrorCode::UnknownTrack,
-        RoomError::TrackExists(_) => ErrorCode::BadRequest,
+        RoomError::TrackExists(_) | RoomError::Redeclared(_) => ErrorCode::BadRequest,
+        RoomError::PublishNotAllowed(_) | RoomError::NotDeclared(_) | RoomError::KindMismatch(..) => {
+            ErrorCode::PublishNotAllowed
+        }
         // Handles are the driver's own: an unknown one is a bug, not a bad request.
         RoomError::UnknownHandle(_) => ErrorCode::Internal,
     };
@@ -47,6 +50,30 @@ pub(super) fn validate_name(what: &str, name: &str) -> ApiResult<()> {
     } else {
         Err(error(ErrorCode::BadRequest, format!("{what} ids are 1-128 characters of [A-Za-z0-9-_.:], got {name:?}")))
     }
+}
+
+/// The tracks a participant declares, for the core: ids of 1-128 bytes, each declared
+/// once per request (or again with the same source), an origin only from a relay (a
+/// client naming one would show its track as someone else's).
+pub(super) fn declarations(kind: ParticipantKind, tracks: &[api::TrackDescription]) -> ApiResult<Vec<Declaration>> {
+    let mut out: Vec<Declaration> = Vec::with_capacity(tracks.len());
+    for t in tracks {
+        if t.id.is_empty() || t.id.len() > 128 {
+            return Err(error(ErrorCode::BadRequest, "a track id is 1-128 bytes"));
+        }
+        if t.origin.is_some() && kind != ParticipantKind::Relay {
+            return Err(error(ErrorCode::BadRequest, format!("track {:?}: only a relay declares an origin", t.id)));
+        }
+        let source = from_api_source(t.source);
+        match out.iter().find(|d| d.id == t.id) {
+            Some(d) if d.source != source => {
+                return Err(error(ErrorCode::BadRequest, format!("track {:?} is declared twice", t.id)));
+            }
+            Some(_) => {}
+            None => out.push(Declaration { id: t.id.clone(), source, muted: t.muted }),
+        }
+    }
+    Ok(out)
 }
 
 pub fn codec_mime(codec: Codec) -> &'static str {

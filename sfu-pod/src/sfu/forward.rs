@@ -91,6 +91,17 @@ pub(super) async fn forward_track(
     let level_id = media::audio_level_id(&receiver).await;
     let (handle, layer) = match register(&room, &peer, info, &rid, pc, track.ssrc()) {
         Ok(r) => r,
+        Err(e @ (RoomError::NotDeclared(_) | RoomError::KindMismatch(..) | RoomError::PublishNotAllowed(_))) => {
+            // Not read: its packets stay in the receiver's bounded buffer, then drop.
+            if peer.refused.lock().unwrap().insert(id.clone()) {
+                sfu.metrics.undeclared_tracks.inc();
+                warn!(room = %room.name, participant = %peer.id, track = %id, %mime, error = %e,
+                    "undeclared track dropped: nothing of it is forwarded");
+            } else {
+                debug!(room = %room.name, participant = %peer.id, track = %id, rid = %rid, "undeclared track dropped");
+            }
+            return;
+        }
         Err(e) => {
             warn!(participant = %peer.id, error = %e, "track refused");
             return;

@@ -163,7 +163,8 @@ async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, t
         return;
     }
     debug!(participant = %peer.id, track = %track_id, "subscription added");
-    let description = TrackDescription { id: track_id, source: to_api_source(source), origin: Some(publisher) };
+    let description =
+        TrackDescription { origin: Some(publisher), ..TrackDescription::new(track_id, to_api_source(source)) };
     peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
     tokio::spawn(read_subscriber_rtcp(Arc::downgrade(room), metrics.clone(), peer.id.clone(), subscription, sender));
 }

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use switchboard_sfu_api::{self as api, Candidate, ConnectionRole, ErrorCode, Event};
 use switchboard_sfu_core::node::NodeState;
-use switchboard_sfu_core::{Input, Preferences};
+use switchboard_sfu_core::{Input, ParticipantKind, Preferences};
 use tracing::{info, warn};
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 
 use super::Sfu;
 use super::convert::{
-    ApiResult, error, media_kind, parse_offer, refusal_error, room_error, to_api_source, to_core_kind, validate_name,
+    ApiResult, declarations, error, media_kind, parse_offer, refusal_error, room_error, to_api_source, to_core_kind,
+    validate_name,
 };
 use super::negotiation::Negotiator;
 use super::peer::Peer;
@@ -22,6 +23,11 @@ impl Sfu {
     /// Adds a participant; answers its publisher offer when it sent one.
     pub async fn join(self: &Arc<Self>, room_name: &str, req: api::JoinRequest) -> ApiResult<api::AnswerResponse> {
         validate_name("participant", &req.participant_id)?;
+        let kind = to_core_kind(req.kind);
+        let declared = declarations(kind, &req.tracks)?;
+        if !req.publish && (req.offer.is_some() || !req.tracks.is_empty()) {
+            return Err(not_allowed(&req.participant_id));
+        }
         self.node.lock().unwrap().admit().map_err(refusal_error)?;
         let offer = req.offer.as_deref().map(parse_offer).transpose()?;
         let room = self.open_room(room_name)?;
@@ -31,7 +37,7 @@ impl Sfu {
                 format!("participant {} has already joined", req.participant_id),
             ));
         }
-        let peer = self.new_peer(&room, &req.participant_id, to_core_kind(req.kind), Negotiator::Events).await?;
+        let peer = self.new_peer(&room, &req.participant_id, kind, Negotiator::Events).await?;
         peer.describe(&req.tracks);
         let answer = match offer {
             Some(offer) => match self.answer_inbound(&room, &peer, offer).await {
@@ -53,9 +59,19 @@ impl Sfu {
             }
             peers.insert(req.participant_id.clone(), peer.clone());
         }
-        let join =
-            Input::Join { participant: &req.participant_id, kind: peer.kind, auto_subscribe: req.auto_subscribe };
-        room.input(join).map_err(room_error)?;
+        // Declared before its first packet can arrive: the answer has not left yet.
+        let join = Input::Join {
+            participant: &req.participant_id,
+            kind: peer.kind,
+            auto_subscribe: req.auto_subscribe,
+            may_publish: req.publish,
+            tracks: &declared,
+        };
+        if let Err(e) = room.input(join) {
+            room.peers.lock().unwrap().remove(&req.participant_id);
+            peer.close().await;
+            return Err(room_error(e));
+        }
         if matches!(self.state(), NodeState::Draining { .. }) {
             peer.push_event(Event::Draining);
         }
@@ -70,9 +86,18 @@ impl Sfu {
         participant: &str,
         req: api::OfferRequest,
     ) -> ApiResult<api::AnswerResponse> {
-        let offer = parse_offer(&req.sdp)?;
         let room = self.room(room_name)?;
         let peer = room.peer(participant)?;
+        if room.read(|core| core.may_publish(participant)) == Some(false) {
+            return Err(not_allowed(participant));
+        }
+        let offer = parse_offer(&req.sdp)?;
+        let declared = declarations(peer.kind, &req.tracks)?;
+        // A relay's tracks were checked where they were published: it declares nothing
+        // to the core, only their sources and origins to the driver.
+        if peer.kind != ParticipantKind::Relay {
+            room.input(Input::Declare { participant, tracks: &declared }).map_err(room_error)?;
+        }
         peer.describe(&req.tracks);
         let answer = self.answer_inbound(&room, &peer, offer).await?;
         Ok(api::AnswerResponse { answer: Some(answer) })
@@ -212,7 +237,14 @@ impl Sfu {
             }
             peers.insert(peer.id.clone(), peer.clone());
         }
-        room.input(Input::Join { participant: &peer.id, kind: peer.kind, auto_subscribe: true }).map_err(room_error)?;
+        let join = Input::Join {
+            participant: &peer.id,
+            kind: peer.kind,
+            auto_subscribe: true,
+            may_publish: true,
+            tracks: &[],
+        };
+        room.input(join).map_err(room_error)?;
         self.recount();
         Ok(())
     }
@@ -228,4 +260,13 @@ impl Sfu {
             self.recount();
         }
     }
+}
+
+fn not_allowed(participant: &str) -> api::ApiError {
+    error(
+        ErrorCode::PublishNotAllowed,
+        format!(
+            "participant {participant} joined as one that may not publish: it sends no offer and declares no track"
+        ),
+    )
 }

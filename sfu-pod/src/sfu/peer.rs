@@ -1,7 +1,7 @@
 //! A participant: its two peer connections (media in, media out), its long-poll event
 //! queue, and what happens when a connection comes up or fails.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -52,6 +52,8 @@ pub struct Peer {
     pub(super) senders: Mutex<HashMap<SubscriptionId, (Arc<RTCRtpSender>, TrackDescription)>>,
     /// What the participant said about the tracks it publishes, by track id.
     pub(super) descriptions: Mutex<HashMap<String, TrackDescription>>,
+    /// Incoming tracks refused as undeclared, by id: each is counted and logged once.
+    pub(super) refused: Mutex<HashSet<String>>,
     /// Track changes for the outbound connection, applied by the negotiation task just
     /// before its next offer: a track added while an offer is outstanding would start
     /// sending when that offer's answer lands, with an SSRC the answerer never saw.
@@ -144,6 +146,7 @@ impl Sfu {
             event_arrived: Notify::new(),
             senders: Mutex::new(HashMap::new()),
             descriptions: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashSet::new()),
             pending: Mutex::new(Vec::new()),
             sending: Arc::new(AtomicBool::new(false)),
             room: Arc::downgrade(room),
