@@ -171,6 +171,10 @@ pub enum Permission {
     StartRecording,
     ShareScreen,
     SendChat,
+    /// Turn one's own microphone or camera back on after a host (or the meeting's mute
+    /// on entry) turned it off. Hosts and co-hosts have it; grant it to participants to
+    /// make a host's mute a request rather than a rule.
+    UnmuteSelf,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

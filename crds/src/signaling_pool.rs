@@ -164,11 +164,75 @@ pub struct RedisConfig {
     pub url_secret_ref: SecretKeyRef,
 }
 
+/// How signaling checks user tokens (from the customer's identity provider) and signs
+/// its own session tokens. Every key is at least 32 bytes; signaling refuses to start
+/// otherwise. See docs/security.md for rotation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("has(self.jwtSecretRef) || has(self.jwks)")
+        .message("user tokens need a key: jwtSecretRef (HS256) or jwks (RS256/ES256)"),
+    validation = kube::core::Rule::new("!has(self.jwks) || (has(self.issuer) && has(self.audience))")
+        .message("with jwks, issuer and audience are required"),
+    validation = kube::core::Rule::new("!has(self.previousJwtSecretRef) || has(self.jwtSecretRef)")
+        .message("previousJwtSecretRef needs jwtSecretRef"),
+    validation = kube::core::Rule::new("!has(self.previousSessionKeySecretRef) || has(self.sessionKeySecretRef)")
+        .message("previousSessionKeySecretRef needs sessionKeySecretRef"),
+)]
+pub struct AuthConfig {
+    /// Secret key holding the HMAC key (HS256) user tokens are signed with, shared with
+    /// the identity provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_ref: Option<SecretKeyRef>,
+    /// The HMAC key before the current one, still accepted on user tokens while rotating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_jwt_secret_ref: Option<SecretKeyRef>,
+    /// The identity provider's public keys (RS256, ES256) as a JWKS document, read again
+    /// as it changes (key rotation at the provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksConfig>,
+    /// The `iss` every user token must carry (required with `jwks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// A value every user token's `aud` must hold (required with `jwks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// Secret key holding signaling's own key for session tokens. Unset: the replicas
+    /// share a random key they keep in Redis (anyone who can write to that Redis can
+    /// then forge sessions; set this in production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key_secret_ref: Option<SecretKeyRef>,
+    /// The session key before the current one, still accepted while rotating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_session_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A JWKS document in a ConfigMap of the pool's namespace, mounted into the signaling
+/// pods (the kubelet updates the file when the ConfigMap changes).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct AuthConfig {
-    /// Secret key holding the HMAC key that signs and checks JWTs.
-    pub jwt_secret_ref: SecretKeyRef,
+pub struct JwksConfig {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map_name: String,
+    /// Key of the JWKS document in the ConfigMap.
+    #[serde(default = "default_jwks_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// How often signaling reads the document again (and at once, at most every 5 s,
+    /// when a token names a key it does not know).
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh: Duration,
+}
+
+fn default_jwks_key() -> String {
+    "jwks.json".into()
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

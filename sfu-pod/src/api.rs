@@ -73,6 +73,19 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
         .map_err(|e| error(ErrorCode::BadRequest, format!("the request body is not valid: {e}")))
 }
 
+/// Ids that enter the SFU here (a room, a joining participant, declared tracks) are
+/// bounded and never `.` or `..` ([`paths::check_id`]); ids of what exists are looked up.
+fn new_ids<'a>(ids: impl IntoIterator<Item = (&'static str, &'a str)>) -> ApiResult<()> {
+    for (what, id) in ids {
+        paths::check_id(what, id).map_err(|r| error(ErrorCode::BadRequest, r))?;
+    }
+    Ok(())
+}
+
+fn tracks(declared: &[api::TrackDescription]) -> impl Iterator<Item = (&'static str, &str)> {
+    declared.iter().map(|t| ("track", t.id.as_str()))
+}
+
 fn ok() -> serde_json::Value {
     serde_json::json!({})
 }
@@ -145,7 +158,8 @@ async fn drain(State(s): State<AppState>) -> Json<api::NodeStatus> {
 }
 
 async fn open_room(State(s): State<AppState>, Path(room): Path<String>) -> Reply<api::RoomStatus> {
-    let r = s.sfu.open_room(&room).and_then(|_| s.sfu.room_status(&room));
+    let r =
+        new_ids([("room", room.as_str())]).and_then(|_| s.sfu.open_room(&room)).and_then(|_| s.sfu.room_status(&room));
     reply(&s.sfu, r)
 }
 
@@ -161,6 +175,7 @@ async fn close_room(State(s): State<AppState>, Path(room): Path<String>) -> Repl
 async fn relay(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<serde_json::Value> {
     let r = async {
         let req: api::RelayRequest = parse(&body)?;
+        new_ids([("room", room.as_str())])?;
         // Checked before anything happens: a refused origin opens no room.
         let origin = s.relay.check(&req.origin).map_err(|why| {
             let shown: String = req.origin.chars().take(200).collect();
@@ -173,7 +188,16 @@ async fn relay(State(s): State<AppState>, Path(room): Path<String>, body: Bytes)
 }
 
 async fn join(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<api::AnswerResponse> {
-    let r = async { s.sfu.join(&room, parse(&body)?).await }.await;
+    let r = async {
+        let req: api::JoinRequest = parse(&body)?;
+        new_ids(
+            [("room", room.as_str()), ("participant", req.participant_id.as_str())]
+                .into_iter()
+                .chain(tracks(&req.tracks)),
+        )?;
+        s.sfu.join(&room, req).await
+    }
+    .await;
     reply(&s.sfu, r)
 }
 
@@ -187,7 +211,12 @@ async fn publisher_offer(
     Path((room, p)): Path<(String, String)>,
     body: Bytes,
 ) -> Reply<api::AnswerResponse> {
-    let r = async { s.sfu.publisher_offer(&room, &p, parse(&body)?).await }.await;
+    let r = async {
+        let req: api::OfferRequest = parse(&body)?;
+        new_ids(tracks(&req.tracks))?;
+        s.sfu.publisher_offer(&room, &p, req).await
+    }
+    .await;
     reply(&s.sfu, r)
 }
 

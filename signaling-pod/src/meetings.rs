@@ -179,6 +179,7 @@ fn permission_of(p: switchboard_crds::meeting::Permission) -> Permission {
         P::StartRecording => Permission::StartRecording,
         P::ShareScreen => Permission::ShareScreen,
         P::SendChat => Permission::SendChat,
+        P::UnmuteSelf => Permission::UnmuteSelf,
     }
 }
 

@@ -569,6 +569,61 @@ async fn a_hosts_mute_holds_at_signaling_and_at_the_sfu() {
     env.ns.delete().await;
 }
 
+/// Track ids come from clients and end up in SFU API paths: one shaped like a path
+/// (`../../<victim>/tracks/<track>`) stays inside its own segment, so muting and
+/// unmuting oneself never reaches someone else's track. Dot segments are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_id_shaped_like_a_path_reaches_only_its_own_track() {
+    let env = env("sec-paths").await;
+    let sfu = sfu_pod::local::start("sfu-paths").await.unwrap();
+    meeting(&env, "talk", "hana", json!({})).await;
+    assign(&env, "talk", &[("sfu-paths", &sfu.endpoint)], &[]).await;
+    let server = Replica::start_with(&env, &env.ns.name, "paths", &[(TOKEN_ENV, sfu.token.expose())]);
+    let (host, _, _) = connect(&rest(&server.url, "hana", None), "talk").await;
+    let (pia, pia_grant, _) = connect(&rest(&server.url, "pia", None), "talk").await;
+    let pid = pia_grant.participant_id.clone();
+    let _pia_media =
+        MediaSession::start(pia.clone(), &pid, loopback(vec![Publish::audio("pia-mic")])).await.unwrap();
+    let mic_muted = || {
+        let (endpoint, env) = (sfu.endpoint.clone(), &env);
+        async move { room(&endpoint, env, "talk").await.tracks.iter().find(|t| t.id == "pia-mic").map(|t| t.muted) }
+    };
+    switchboard_e2e::wait_for("pia's microphone on the SFU", WAIT, || async { mic_muted().await.is_some() }).await;
+    host.request(types::MUTE, json!({"participantId": pid, "kind": "audio"})).await.unwrap();
+    switchboard_e2e::wait_for("pia muted by the host at the SFU", WAIT, || async { mic_muted().await == Some(true) })
+        .await;
+
+    // Mal declares a microphone whose id climbs to Pia's, then turns "it" off and on.
+    let (mal, mal_grant, _) = connect(&rest(&server.url, "mal", None), "talk").await;
+    let climbing = format!("../../{pid}/tracks/pia-mic");
+    let _mal_media =
+        MediaSession::start(mal.clone(), &mal_grant.participant_id, loopback(vec![Publish::audio(&climbing)]))
+            .await
+            .unwrap();
+    switchboard_e2e::wait_for("mal's oddly named track on the SFU", WAIT, || async {
+        room(&sfu.endpoint, &env, "talk").await.tracks.iter().any(|t| t.id == *climbing)
+    })
+    .await;
+    mal.request(types::PARTICIPANT_UPDATE, json!({"audioMuted": true})).await.unwrap();
+    mal.request(types::PARTICIPANT_UPDATE, json!({"audioMuted": false})).await.unwrap();
+    let mal_track = || async {
+        room(&sfu.endpoint, &env, "talk").await.tracks.iter().find(|t| t.id == *climbing).map(|t| t.muted)
+    };
+    switchboard_e2e::wait_for("mal's own track unmuted again", WAIT, || async { mal_track().await == Some(false) })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mic_muted().await, Some(true), "the host's mute of Pia holds at the SFU");
+
+    // Dot segments are not track ids.
+    for id in ["..", "."] {
+        let e = refused(&mal, types::OFFER, json!({"tracks": [{"id": id, "source": "Microphone"}]})).await;
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{id}: {e:?}");
+    }
+    alive(&pia).await;
+    chat_reaches(&host, &pia, "still here").await;
+    env.ns.delete().await;
+}
+
 /// Nobody without publish rights gets media through: a Webinar's audience (viewers)
 /// sending hand-made offers is refused before the SFU sees anything, and a panelist
 /// may publish only the tracks it declares. Viewers still watch.

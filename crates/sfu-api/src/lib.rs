@@ -36,9 +36,71 @@ pub mod paths {
     /// Paths served without the credential: the kubelet's probes and Prometheus.
     pub const OPEN: [&str; 3] = [HEALTHZ, READYZ, METRICS];
 
-    /// Fills in a path template.
+    /// Fills in a path template, each value percent-encoded as one path segment: an id
+    /// holding `/`, `?`, `#` or `%` (track ids come from clients) cannot reach another
+    /// endpoint. The SFU's router decodes them back. `.` and `..` would still be dot
+    /// segments, which URL parsers resolve: [`check_id`] refuses them at the door.
     pub fn fill(template: &str, room: &str, participant: &str, track: &str) -> String {
-        template.replace("{room}", room).replace("{participant}", participant).replace("{track}", track)
+        template
+            .replace("{room}", &segment(room))
+            .replace("{participant}", &segment(participant))
+            .replace("{track}", &segment(track))
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters.
+    pub fn segment(value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
+    /// Longest room, participant or track id: a room is `<namespace>.<meeting>`, up to
+    /// 63 + 1 + 253 bytes.
+    pub const MAX_ID_BYTES: usize = 320;
+
+    /// Whether `id` may name a room, participant or track: 1 to [`MAX_ID_BYTES`] bytes, no
+    /// control characters, and not `.` or `..` (path segments URL parsers would resolve).
+    pub fn check_id(what: &str, id: &str) -> Result<(), String> {
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(format!("a {what} id has 1 to {MAX_ID_BYTES} bytes; this one has {}", id.len()));
+        }
+        if id == "." || id == ".." {
+            return Err(format!("`{id}` is not a {what} id"));
+        }
+        if id.chars().any(char::is_control) {
+            return Err(format!("a {what} id has no control characters"));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ids_stay_inside_their_segment() {
+            assert_eq!(fill(TRACK, "r", "p-1", "cam"), "/v1/rooms/r/participants/p-1/tracks/cam");
+            assert_eq!(
+                fill(TRACK, "r", "p", "../../../drain?x#y"),
+                "/v1/rooms/r/participants/p/tracks/..%2F..%2F..%2Fdrain%3Fx%23y"
+            );
+            assert_eq!(segment("{8c2b}% é"), "%7B8c2b%7D%25%20%C3%A9");
+        }
+
+        #[test]
+        fn ids_are_bounded_and_never_dot_segments() {
+            assert!(check_id("track", "{8c2b-44}").is_ok());
+            assert!(check_id("track", &"x".repeat(MAX_ID_BYTES)).is_ok());
+            for bad in [String::new(), ".".into(), "..".into(), "a\nb".into(), "x".repeat(MAX_ID_BYTES + 1)] {
+                assert!(check_id("track", &bad).is_err(), "{bad:?}");
+            }
+        }
     }
 }
 

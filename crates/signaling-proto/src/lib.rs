@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, MediaKind, Source, TrackDescription};
 
+pub mod offer;
 pub mod permissions;
 pub mod rest;
+pub mod session;
 pub use permissions::{Permission, Permissions, Role};
 
 /// Largest frame the server reads; larger ones get a `tooLarge` error (the connection lives on).
@@ -101,6 +103,8 @@ pub mod types {
     pub const ADMITTED: &str = "admitted";
     pub const MEDIA_EVENT: &str = "media-event";
     pub const MEDIA_RECONNECT: &str = "media-reconnect";
+    /// The replica is draining: connect again, with the same session token, after `retryAfterMs`.
+    pub const RECONNECT: &str = "reconnect";
     pub const RECORDING: &str = "recording";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
@@ -328,6 +332,18 @@ pub struct ChatMessage {
 pub struct MediaReconnectPayload {
     pub reason: String,
     pub generation: i64,
+}
+
+/// `reconnect`: the replica is shutting down (a drain, on SIGTERM). The client opens a
+/// new WebSocket after `retry_after_ms` (each client is given its own moment, so the
+/// clients of a replica do not all arrive at once) and joins with the same session
+/// token: any replica resumes the session. The old connection closes (1001 going away)
+/// once the new one took over, or at the end of the drain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconnectPayload {
+    pub reason: String,
+    pub retry_after_ms: u64,
 }
 
 /// `error`: what went wrong with a message; the connection stays open unless the

@@ -91,6 +91,36 @@ fn secret_env(name: &str, r: &switchboard_crds::common::SecretKeyRef) -> serde_j
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}}})
 }
 
+/// Where a pool's JWKS ConfigMap is mounted. The whole ConfigMap, not a `subPath`: the
+/// kubelet updates only whole-volume mounts when the ConfigMap changes.
+pub const JWKS_DIR: &str = "/etc/switchboard/jwks";
+
+/// The token settings of `spec.auth`, as signaling-pod reads them (`config.rs`).
+fn auth_env(auth: &switchboard_crds::signaling_pool::AuthConfig) -> Vec<serde_json::Value> {
+    let mut env = Vec::new();
+    for (name, secret) in [
+        ("SIGNALING_JWT_KEY", &auth.jwt_secret_ref),
+        ("SIGNALING_JWT_KEY_PREVIOUS", &auth.previous_jwt_secret_ref),
+        ("SIGNALING_SESSION_KEY", &auth.session_key_secret_ref),
+        ("SIGNALING_SESSION_KEY_PREVIOUS", &auth.previous_session_key_secret_ref),
+    ] {
+        if let Some(r) = secret {
+            env.push(secret_env(name, r));
+        }
+    }
+    for (name, value) in [("SIGNALING_USER_ISSUER", &auth.issuer), ("SIGNALING_USER_AUDIENCE", &auth.audience)] {
+        if let Some(v) = value {
+            env.push(json!({"name": name, "value": v}));
+        }
+    }
+    if let Some(jwks) = &auth.jwks {
+        env.push(json!({"name": "SIGNALING_USER_JWKS_PATH", "value": format!("{JWKS_DIR}/{}", jwks.key)}));
+        let refresh = jwks.refresh.as_std().as_secs().max(1).to_string();
+        env.push(json!({"name": "SIGNALING_USER_JWKS_REFRESH_SECONDS", "value": refresh}));
+    }
+    env
+}
+
 /// The Deployment. `replicas` (minReplicas) is stated only by the apply that creates
 /// it, so the Deployment never starts at the default of 1; every later apply leaves it
 /// out, or it would take the field back from the HPA. What keeps the value when the
@@ -104,10 +134,10 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
         secret_env("SIGNALING_REDIS_URL", &spec.redis.url_secret_ref),
-        secret_env("SIGNALING_JWT_KEY", &spec.auth.jwt_secret_ref),
         // The credential of the SFUs' internal API: the namespace's, shared by its SfuPools.
         json!(crate::sfu_pool::build::api_token_env()),
     ];
+    env.extend(auth_env(&spec.auth));
     if let Some(turn) = &spec.turn {
         env.push(json!({"name": "SIGNALING_TURN_URLS", "value": turn.urls.join(",")}));
         env.push(secret_env("SIGNALING_TURN_SECRET", &turn.shared_secret_ref));
@@ -166,6 +196,10 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
     }
     if let Some(resources) = &spec.resources {
         pod["containers"][0]["resources"] = json!(resources);
+    }
+    if let Some(jwks) = &spec.auth.jwks {
+        pod["volumes"] = json!([{"name": "jwks", "configMap": {"name": jwks.config_map_name}}]);
+        pod["containers"][0]["volumeMounts"] = json!([{"name": "jwks", "mountPath": JWKS_DIR, "readOnly": true}]);
     }
     if create {
         deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
@@ -304,6 +338,46 @@ mod tests {
             "created at minReplicas"
         );
         assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");
+    }
+
+    #[test]
+    fn the_token_settings_reach_the_pods_and_the_jwks_is_mounted_whole() {
+        let p = pool(json!({"auth": {
+            "previousJwtSecretRef": {"name": "jwt", "key": "old"},
+            "jwtSecretRef": {"name": "jwt", "key": "key"},
+            "jwks": {"configMapName": "idp-keys", "refresh": "2m"},
+            "issuer": "https://idp.example.com", "audience": "switchboard",
+            "sessionKeySecretRef": {"name": "sessions", "key": "current"},
+            "previousSessionKeySecretRef": {"name": "sessions", "key": "previous"},
+        }}));
+        let d = serde_json::to_value(deployment(&validate(&p).unwrap(), false)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let by_name = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap_or_else(|| panic!("{n}"));
+        let secret = |n: &str| by_name(n)["valueFrom"]["secretKeyRef"].clone();
+        assert_eq!(secret("SIGNALING_JWT_KEY_PREVIOUS"), json!({"name": "jwt", "key": "old"}));
+        assert_eq!(secret("SIGNALING_SESSION_KEY"), json!({"name": "sessions", "key": "current"}));
+        assert_eq!(secret("SIGNALING_SESSION_KEY_PREVIOUS"), json!({"name": "sessions", "key": "previous"}));
+        assert_eq!(by_name("SIGNALING_USER_ISSUER")["value"], "https://idp.example.com");
+        assert_eq!(by_name("SIGNALING_USER_AUDIENCE")["value"], "switchboard");
+        assert_eq!(by_name("SIGNALING_USER_JWKS_PATH")["value"], "/etc/switchboard/jwks/jwks.json");
+        assert_eq!(by_name("SIGNALING_USER_JWKS_REFRESH_SECONDS")["value"], "120");
+        assert_eq!(pod["volumes"], json!([{"name": "jwks", "configMap": {"name": "idp-keys"}}]));
+        assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], JWKS_DIR);
+        assert!(pod["containers"][0]["volumeMounts"][0].get("subPath").is_none(), "updates need a whole mount");
+
+        // Without them: none of it, so removing a setting from the pool removes it from the pods.
+        let bare = serde_json::to_value(deployment(&validate(&pool(json!({}))).unwrap(), false)).unwrap();
+        let names: Vec<_> = bare["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect();
+        for absent in ["SIGNALING_SESSION_KEY", "SIGNALING_USER_JWKS_PATH", "SIGNALING_USER_ISSUER"] {
+            assert!(!names.iter().any(|n| n == absent), "{absent} in {names:?}");
+        }
+        assert!(bare["spec"]["template"]["spec"].get("volumes").is_none());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use switchboard_sfu_api::{Source, TrackDescription};
+use crate::{Source, TrackDescription};
 
 /// Whether a source is carried by `m=audio` (true) or `m=video` (false).
 fn is_audio(s: Source) -> bool {
