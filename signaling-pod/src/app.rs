@@ -38,6 +38,8 @@ pub struct App {
     /// (edge endpoint, room) pairs already relayed from their parent.
     pub relayed: Mutex<HashSet<(String, String)>>,
     pub next_connection: AtomicU64,
+    /// Connection caps, accept rate, creation quota, drain (`limits.rs`).
+    pub limits: crate::limits::Limits,
     sfu_http: reqwest::Client,
     sfu_poll_http: reqwest::Client,
 }
@@ -58,6 +60,7 @@ impl App {
     pub fn new(parts: Parts) -> Arc<Self> {
         let Parts { cfg, public_url, users, sessions, store, meetings, hub, kube } = parts;
         let metrics = Metrics::default();
+        let cfg_limits = cfg.limits.clone();
         Arc::new(Self {
             users,
             sessions,
@@ -71,6 +74,7 @@ impl App {
             watched: Mutex::default(),
             relayed: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            limits: crate::limits::Limits::new(cfg_limits),
             sfu_http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client"),
             // Event long-polls wait up to 10 s on the SFU.
             sfu_poll_http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client"),

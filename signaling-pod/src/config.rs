@@ -27,6 +27,9 @@ pub struct Config {
     /// `SIGNALING_RATE_PER_SECOND` / `SIGNALING_RATE_BURST`: messages per connection.
     pub rate_per_second: f64,
     pub rate_burst: f64,
+    /// Connection caps, accept rate, deadlines, pings, the meeting-creation quota and the
+    /// drain (`SIGNALING_MAX_CONNECTIONS`, … `SIGNALING_DRAIN_SECONDS`; see `limits.rs`).
+    pub limits: crate::limits::LimitSettings,
     /// `SIGNALING_SESSION_TTL_SECONDS`: how long a session token lets a client resume (default 12 h).
     pub session_ttl: Duration,
     /// `SIGNALING_RECORDING_PVC`: the PVC recordings started here are stored on.
@@ -180,6 +183,7 @@ impl Config {
                 .transpose()
                 .context("SIGNALING_RATE_BURST")?
                 .unwrap_or(60.0),
+            limits: crate::limits::LimitSettings::from_vars(var)?,
             session_ttl: seconds("SIGNALING_SESSION_TTL_SECONDS", 12 * 3600)?,
             recording_pvc: var("SIGNALING_RECORDING_PVC").unwrap_or("recordings".into()),
         })

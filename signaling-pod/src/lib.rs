@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod meetings;
 pub mod publish;
 pub mod recordings;
@@ -64,7 +65,9 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     }
     let router = rest::router(app.clone());
     let serve = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        // The peer's address: per-address connection caps (see `limits.rs`).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!(error = %e, "server stopped");
         }
     });

@@ -9,6 +9,9 @@
 //!
 //! A bad configuration (a key under 32 bytes among them) ends it at start-up with a
 //! message naming the variable and a non-zero exit.
+//!
+//! SIGTERM (or Ctrl-C) drains it: see `limits::drain`; it exits 0 within
+//! `SIGNALING_DRAIN_SECONDS`.
 
 use signaling_pod::config::Config;
 
@@ -34,9 +37,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-        _ = running.serve => {}
+        _ = running.serve => return Ok(()),
     }
-    Ok(())
+    // Readiness fails and upgrades are refused at once, clients are told to reconnect
+    // elsewhere, the rest are closed with 1001; within SIGNALING_DRAIN_SECONDS.
+    signaling_pod::limits::drain(&running.app).await;
+    // Whatever is still running (a REST call, a background task) does not hold the exit.
+    std::process::exit(0)
 }
 
 fn print_user_token(args: &[String]) -> anyhow::Result<()> {

@@ -58,7 +58,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(page))
         .route("/j/{code}", get(page))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        // Not ready while draining (SIGTERM), whatever else holds.
+        .route("/readyz", get(ready).layer(axum::middleware::from_fn_with_state(app.clone(), unready_while_draining)))
         .route("/metrics", get(metrics))
         .with_state(app)
 }
@@ -110,9 +111,11 @@ async fn create_meeting(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Result<Json<CreateMeeting>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<MeetingInfo>), Refusal> {
-    let claims = user(&app, &headers)?;
-    let Json(req) = body.map_err(|e| bad_request(e.body_text()))?;
+) -> Result<(StatusCode, Json<MeetingInfo>), Response> {
+    let claims = user(&app, &headers).map_err(IntoResponse::into_response)?;
+    let Json(req) = body.map_err(|e| bad_request(e.body_text()).into_response())?;
+    // The user's quota, over all replicas: 429 with `Retry-After` beyond it.
+    app.limits.take_creation(&app.store.client, &claims.sub).await.map_err(IntoResponse::into_response)?;
     // The creator hosts it (`spec.host`): nobody else is host through it.
     let name = format!("m-{}", random_suffix(10));
     let meeting = Meeting {
@@ -136,9 +139,12 @@ async fn create_meeting(
         status: None,
     };
     // The API server checks the schema; its message names the field.
-    let created = app.meetings.api.create(&PostParams::default(), &meeting).await.map_err(|e| match e {
-        kube::Error::Api(s) if s.code == 422 || s.code == 400 => bad_request(s.message),
-        other => internal(other),
+    let created = app.meetings.api.create(&PostParams::default(), &meeting).await.map_err(|e| {
+        match e {
+            kube::Error::Api(s) if s.code == 422 || s.code == 400 => bad_request(s.message),
+            other => internal(other),
+        }
+        .into_response()
     })?;
     // The operator gives the meeting its room code and join URL within moments.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
@@ -260,7 +266,23 @@ async fn create_recording(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "recordingJob": name }))))
 }
 
-async fn websocket(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(app): State<Arc<App>>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Caps per replica and per client address, the accept rate, the drain: refused with
+    // 503 or 429 and `Retry-After` before the upgrade (`limits.rs`).
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let ip = crate::limits::client_ip(peer, &headers, &app.limits.settings.trusted_proxies);
+    let permit = match app.limits.admit(ip) {
+        Ok(permit) => permit,
+        Err(refused) => return refused.into_response(),
+    };
     // Frames up to 1 MiB are read so an oversized (but sane) one gets an `error`
     // reply; beyond that the connection is closed.
     // Small buffers: most connections are idle, and 10,000 of them at the default
@@ -269,7 +291,19 @@ async fn websocket(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Respons
         .max_frame_size(16 * MAX_FRAME_BYTES)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| crate::session::serve(app, socket))
+        .on_upgrade(move |socket| crate::session::serve(app, socket, permit))
+}
+
+/// `/readyz` answers 503 from the moment the replica starts draining.
+async fn unready_while_draining(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.limits.draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down").into_response();
+    }
+    next.run(req).await
 }
 
 async fn page() -> Html<&'static str> {
@@ -285,7 +319,9 @@ async fn ready(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &app.metrics.registry(&app.hub));
+    let mut registry = app.metrics.registry(&app.hub);
+    app.limits.metrics.register(&mut registry);
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
 }
 

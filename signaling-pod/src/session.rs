@@ -22,8 +22,8 @@ use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, OfferRequest, Parti
 use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind, MediaReconnectPayload,
-    MutePayload, MutedBy, OfferPayload, ParticipantInfo, Permission, ProtoError, Role, StateUpdate, parse_client,
-    types,
+    MutePayload, MutedBy, OfferPayload, ParticipantInfo, Permission, ProtoError, ReconnectPayload, Role, StateUpdate,
+    parse_client, types,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
@@ -35,8 +35,6 @@ use crate::meetings;
 use crate::recordings::{self, StartError};
 use crate::store::{Audience, Bus, BusWhat, MediaRecord, Record};
 
-/// A connection that has not joined within this long is closed.
-const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// Messages queued for one connection; beyond, messages for it are dropped.
 pub const OUTBOUND_QUEUE: usize = 512;
@@ -66,6 +64,10 @@ enum Flow {
     Close,
     /// Closed now, without flushing what is queued.
     Killed,
+    /// The replica drains: what is queued, then Close 1001 (the session may resume elsewhere).
+    GoingAway,
+    /// The client stopped reading (a write timed out) or the socket failed: dropped.
+    Stalled,
 }
 
 /// Per-connection message budget (token bucket).
@@ -121,18 +123,90 @@ pub struct Session {
     joined: Option<Joined>,
 }
 
-/// Serves one WebSocket until it closes.
-pub async fn serve(app: Arc<App>, socket: WebSocket) {
+/// Serves one WebSocket until it closes; `permit` counts it against the connection caps.
+pub async fn serve(app: Arc<App>, socket: WebSocket, permit: crate::limits::Permit) {
     let connection =
         format!("{}/{}", app.cfg.replica, app.next_connection.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let span = tracing::info_span!("connection", id = %connection);
     app.metrics.connections.inc();
     run(app.clone(), socket, connection).instrument(span).await;
     app.metrics.connections.dec();
+    drop(permit);
+}
+
+/// Frames handed to a connection's writer and not yet written; beyond, the loop stops
+/// taking the meeting's messages (they queue, then drop: `OUTBOUND_QUEUE`).
+const WRITE_QUEUE: usize = 64;
+
+/// Why a connection's writer stopped on its own.
+enum WriterEnd {
+    /// A frame was not taken within the write timeout: the client does not read.
+    Stalled,
+    /// The socket failed.
+    Failed,
+}
+
+/// Writes a connection's frames, each within `timeout`, so that the connection's loop
+/// never waits on a client that does not read. `last` (a goodbye, then Close) jumps the
+/// queue and is written within [`GOODBYE_WITHIN`]; the writer ends after it, when
+/// `frames` closes, or — saying why on `ended` — when a write fails or times out.
+async fn write_frames(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Message>,
+    mut last: tokio::sync::oneshot::Receiver<Vec<Message>>,
+    ended: tokio::sync::oneshot::Sender<WriterEnd>,
+    timeout: Duration,
+) {
+    async fn goodbye(sink: &mut futures::stream::SplitSink<WebSocket, Message>, frames: Vec<Message>) {
+        let _ = tokio::time::timeout(GOODBYE_WITHIN, async {
+            for f in frames {
+                sink.send(f).await?;
+            }
+            Ok::<_, axum::Error>(())
+        })
+        .await;
+    }
+    loop {
+        let frame = tokio::select! {
+            biased;
+            l = &mut last => {
+                if let Ok(l) = l { goodbye(&mut sink, l).await }
+                return;
+            }
+            f = frames.recv() => match f {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        tokio::select! {
+            biased;
+            l = &mut last => {
+                if let Ok(l) = l { goodbye(&mut sink, l).await }
+                return;
+            }
+            sent = tokio::time::timeout(timeout, sink.send(frame)) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    let _ = ended.send(WriterEnd::Failed);
+                    return;
+                }
+                Err(_) => {
+                    let _ = ended.send(WriterEnd::Stalled);
+                    return;
+                }
+            },
+        }
+    }
 }
 
 async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
-    let (mut sink, mut stream) = socket.split();
+    let limits = &app.limits.settings;
+    let (sink, mut stream) = socket.split();
+    // Writes go through a writer task: nothing here waits on the client's reading.
+    let (frames, frames_rx) = mpsc::channel::<Message>(WRITE_QUEUE);
+    let (last, last_rx) = tokio::sync::oneshot::channel::<Vec<Message>>();
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<WriterEnd>();
+    let mut writer = tokio::spawn(write_frames(sink, frames_rx, last_rx, ended_tx, limits.write_timeout));
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let (kill, mut killed) = watch::channel::<Option<Kill>>(None);
     let mut limit = RateLimit {
@@ -142,39 +216,78 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
         at: Instant::now(),
     };
     let mut changes = app.meetings.changed.subscribe();
+    let mut drain = app.limits.drain_state();
+    drain.mark_changed();
+    let mut told_to_reconnect = false;
     let mut s =
         Session { app: app.clone(), connection, tx, kill: Arc::new(kill), outbox: VecDeque::new(), joined: None };
-    let join_deadline = tokio::time::sleep(JOIN_DEADLINE);
+    let join_deadline = tokio::time::sleep(limits.join_deadline);
     tokio::pin!(join_deadline);
+    // No frame at all from the client (a Pong to our Pings counts) for this long: gone.
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(PRESENCE_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut flow = tokio::select! {
+    let flow = loop {
+        let flow = tokio::select! {
             biased;
             _ = killed.changed() => Flow::Killed,
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
-                    if limit.take() {
-                        s.frame(text.as_bytes()).await
-                    } else {
-                        let message = format!("over {} messages per second; message dropped", app.cfg.rate_per_second);
-                        s.error(refuse(ErrorCode::RateLimited, message));
-                        Flow::Continue
-                    }
+            end = &mut ended => match end {
+                Ok(WriterEnd::Stalled) => {
+                    app.limits.metrics.write_timeouts.inc();
+                    tracing::info!(timeout = ?limits.write_timeout, "the client does not read; closing");
+                    Flow::Stalled
                 }
-                Some(Ok(Message::Binary(_))) => {
-                    s.error(refuse(
-                        ErrorCode::MalformedJson,
-                        "binary frames are not part of the protocol; send JSON text",
-                    ));
+                Ok(WriterEnd::Failed) | Err(_) => Flow::Stalled,
+            },
+            Ok(()) = drain.changed() => match *drain.borrow_and_update() {
+                crate::limits::Drain::Serving => Flow::Continue,
+                crate::limits::Drain::Notify { window } => {
+                    if !told_to_reconnect {
+                        told_to_reconnect = true;
+                        s.push(reconnect_notice(window));
+                        app.limits.metrics.drained.inc();
+                    }
                     Flow::Continue
                 }
-                Some(Ok(_)) => Flow::Continue,
-                Some(Err(_)) | None => Flow::Close,
+                crate::limits::Drain::Close => Flow::GoingAway,
             },
-            Some(out) = rx.recv() => match out {
+            frame = stream.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                match frame {
+                    Some(Ok(Message::Text(text))) => {
+                        if limit.take() {
+                            s.frame(text.as_bytes()).await
+                        } else {
+                            let rate = app.cfg.rate_per_second;
+                            let message = format!("over {rate} messages per second; message dropped");
+                            s.error(refuse(ErrorCode::RateLimited, message));
+                            Flow::Continue
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        s.error(refuse(
+                            ErrorCode::MalformedJson,
+                            "binary frames are not part of the protocol; send JSON text",
+                        ));
+                        Flow::Continue
+                    }
+                    Some(Ok(_)) => Flow::Continue,
+                    Some(Err(_)) | None => Flow::Close,
+                }
+            },
+            // While the writer is full, the meeting's messages wait in the queue (and beyond it, drop).
+            Some(out) = rx.recv(), if s.outbox.is_empty() => match out {
                 Outbound::Deliver(env) => { s.deliver(env); Flow::Continue }
                 Outbound::Command(c) => s.command(c).await,
+            },
+            Ok(permit) = frames.reserve(), if !s.outbox.is_empty() => {
+                if let Some(env) = s.outbox.pop_front() {
+                    permit.send(Message::Text(env.to_json().into()));
+                }
+                Flow::Continue
             },
             changed = changes.recv() => match changed {
                 Ok(name) => s.meeting_changed(&name).await,
@@ -185,41 +298,87 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                 Err(_) => Flow::Continue,
             },
             _ = refresh.tick() => s.refresh().await,
+            _ = ping.tick() => {
+                // A writer that is full is stalled already; its timeout closes the connection.
+                let _ = frames.try_send(Message::Ping(axum::body::Bytes::new()));
+                Flow::Continue
+            }
+            _ = &mut idle => {
+                app.limits.metrics.idle_timeouts.inc();
+                let secs = limits.idle_timeout.as_secs_f64();
+                s.error(refuse(ErrorCode::Unauthenticated, format!("nothing heard for {secs} s; closing")));
+                Flow::Close
+            }
             _ = &mut join_deadline, if s.joined.is_none() => {
-                s.error(refuse(ErrorCode::Unauthenticated, "no `join` within 10 s; closing"));
+                app.limits.metrics.join_timeouts.inc();
+                let secs = limits.join_deadline.as_secs_f64();
+                s.error(refuse(ErrorCode::Unauthenticated, format!("no `join` within {secs} s; closing")));
                 Flow::Close
             }
         };
-        // A slow client holds this up; a kill does not wait for it.
-        while !matches!(flow, Flow::Killed)
-            && let Some(env) = s.outbox.pop_front()
+        // Hand the writer what it has room for; the rest waits in the outbox.
+        while !s.outbox.is_empty()
+            && let Ok(permit) = frames.try_reserve()
         {
-            tokio::select! {
-                biased;
-                _ = killed.changed() => flow = Flow::Killed,
-                sent = sink.send(Message::Text(env.to_json().into())) => if sent.is_err() { break },
-            }
+            let env = s.outbox.pop_front().expect("not empty");
+            permit.send(Message::Text(env.to_json().into()));
         }
-        match flow {
-            Flow::Continue => {}
-            Flow::Close => {
-                let _ = sink.send(Message::Close(None)).await;
-                break;
-            }
-            Flow::Killed => {
-                let why = killed.borrow().clone();
-                let goodbye = s.killed(why).await;
-                // Say why if the client reads; do not wait for one that does not.
-                let _ = tokio::time::timeout(GOODBYE_WITHIN, async {
-                    sink.send(Message::Text(goodbye.to_json().into())).await?;
-                    sink.send(Message::Close(None)).await
-                })
-                .await;
-                break;
-            }
+        if !matches!(flow, Flow::Continue) {
+            break flow;
         }
+    };
+    // Every close is bounded: a client that does not read is not waited for.
+    let close = |code: u16, reason: &str| {
+        Message::Close(Some(axum::extract::ws::CloseFrame { code, reason: reason.to_owned().into() }))
+    };
+    match flow {
+        Flow::Continue => unreachable!("the loop ends on a close"),
+        // What is queued, then Close.
+        Flow::Close | Flow::GoingAway => {
+            let bye = match flow {
+                Flow::GoingAway => close(axum::extract::ws::close_code::AWAY, "going away: reconnect"),
+                _ => Message::Close(None),
+            };
+            let _ = tokio::time::timeout(GOODBYE_WITHIN, async {
+                for env in s.outbox.drain(..) {
+                    if frames.send(Message::Text(env.to_json().into())).await.is_err() {
+                        return;
+                    }
+                }
+                if frames.send(bye).await.is_ok() {
+                    drop(frames);
+                    let _ = (&mut writer).await;
+                }
+            })
+            .await;
+        }
+        // Why, ahead of anything queued, then Close.
+        Flow::Killed => {
+            let why = killed.borrow().clone();
+            let goodbye = s.killed(why).await;
+            let _ = last.send(vec![Message::Text(goodbye.to_json().into()), Message::Close(None)]);
+            let _ = tokio::time::timeout(GOODBYE_WITHIN + Duration::from_millis(100), &mut writer).await;
+        }
+        // The client does not read, or the socket failed: nothing more is sent.
+        Flow::Stalled => {}
     }
+    writer.abort();
     s.disconnected().await;
+}
+
+/// `reconnect`: this replica is draining; the client connects again (any replica resumes
+/// its session) at a moment of its own within `window`, so the clients of a replica do
+/// not all arrive at the others at once.
+fn reconnect_notice(window: Duration) -> Envelope {
+    use rand::Rng as _;
+    let after = window.mul_f64(rand::rng().random_range(0.0..1.0));
+    Envelope::new(
+        types::RECONNECT,
+        ReconnectPayload {
+            reason: "this signaling replica is shutting down; reconnect with your session token".into(),
+            retry_after_ms: after.as_millis() as u64,
+        },
+    )
 }
 
 impl Session {

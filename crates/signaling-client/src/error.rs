@@ -91,12 +91,25 @@ impl Error {
         }
     }
 
-    /// The HTTP status of a REST refusal.
+    /// The HTTP status of a REST refusal, or of a refused WebSocket upgrade (503 or 429
+    /// from signaling's connection limits and drain).
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Http { status, .. } => Some(*status),
+            Self::Connect { source, .. } => match source.as_ref() {
+                tokio_tungstenite::tungstenite::Error::Http(r) => Some(r.status().as_u16()),
+                _ => None,
+            },
             _ => None,
         }
+    }
+
+    /// The `Retry-After` (seconds) of a refused WebSocket upgrade.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let Self::Connect { source, .. } = self else { return None };
+        let tokio_tungstenite::tungstenite::Error::Http(r) = source.as_ref() else { return None };
+        let secs: u64 = r.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+        Some(Duration::from_secs(secs))
     }
 }
 

@@ -12,7 +12,9 @@ use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use switchboard_sfu_api::{AnswerResponse, Candidate, JoinRequest, OfferRequest, SequencedEvent};
 use switchboard_sfu_client::{EventsError, MediaSignal, Result as MediaResult};
-use switchboard_signaling_proto::{Envelope, ErrorPayload, JoinedPayload, OfferPayload, types};
+use switchboard_signaling_proto::{
+    Envelope, ErrorCode, ErrorPayload, JoinedPayload, OfferPayload, ReconnectPayload, types,
+};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -109,6 +111,8 @@ pub struct SignalingClient {
     next_id: AtomicU64,
     media: Arc<MediaChannel>,
     open: Arc<std::sync::atomic::AtomicBool>,
+    /// The Close frame signaling sent, if any: code and reason.
+    close_frame: Arc<Mutex<Option<(u16, String)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -141,6 +145,7 @@ impl SignalingClient {
         let pending: Pending = Arc::default();
         let media: Arc<MediaChannel> = Arc::default();
         let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let close_frame: Arc<Mutex<Option<(u16, String)>>> = Arc::default();
         let writer = tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 if sink.send(m).await.is_err() {
@@ -149,10 +154,20 @@ impl SignalingClient {
             }
         });
         let reader = {
-            let (log, arrivals, arrived, pending, media, open) =
-                (log.clone(), arrivals.clone(), arrived.clone(), pending.clone(), media.clone(), open.clone());
+            let (log, arrivals, arrived, pending, media, open, close_frame) = (
+                log.clone(),
+                arrivals.clone(),
+                arrived.clone(),
+                pending.clone(),
+                media.clone(),
+                open.clone(),
+                close_frame.clone(),
+            );
             tokio::spawn(async move {
                 while let Some(Ok(msg)) = stream.next().await {
+                    if let Message::Close(Some(frame)) = &msg {
+                        *close_frame.lock().unwrap() = Some((u16::from(frame.code), frame.reason.to_string()));
+                    }
                     let Message::Text(text) = msg else { continue };
                     let Ok(env) = serde_json::from_str::<Envelope>(&text) else {
                         tracing::warn!(%text, "signaling sent something that is not an envelope");
@@ -188,6 +203,7 @@ impl SignalingClient {
             next_id: AtomicU64::new(1),
             media,
             open,
+            close_frame,
             tasks: vec![writer, reader],
         })
     }
@@ -204,6 +220,55 @@ impl SignalingClient {
 
     pub fn is_open(&self) -> bool {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// The code and reason of the Close frame signaling sent (1001: the replica went
+    /// away, reconnect), once it did.
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        self.close_frame.lock().unwrap().clone()
+    }
+
+    /// The `reconnect` notice, if signaling sent one: its replica is draining, and the
+    /// session should [`resume`](Self::resume) after `retry_after_ms`.
+    pub fn reconnect_notice(&self) -> Option<ReconnectPayload> {
+        self.log.lock().unwrap().iter().rev().find(|e| e.type_ == types::RECONNECT)?.payload_as().ok()
+    }
+
+    /// Resumes a session (its session token) on a new connection, trying `urls` in turn
+    /// (a Service's URL, or replicas), waiting between attempts as `backoff` says:
+    /// exponential with full jitter, and never sooner than a refusal's `Retry-After`
+    /// (the caps, the accept rate and a draining replica answer 503 or 429 with one).
+    /// A refused `join` (removed, a bad or expired token) ends it at once; so does
+    /// `give_up_after`.
+    pub async fn resume(
+        urls: &[&str],
+        token: &str,
+        backoff: &Backoff,
+        give_up_after: Duration,
+    ) -> Result<(Self, JoinedPayload)> {
+        assert!(!urls.is_empty(), "resume needs a URL");
+        let deadline = tokio::time::Instant::now() + give_up_after;
+        let mut attempt = 0u32;
+        loop {
+            let url = urls[attempt as usize % urls.len()];
+            let (error, retry_after) = match Self::join(url, token).await {
+                Ok(joined) => return Ok(joined),
+                Err(e @ Error::Refused { .. }) if e.refusal().is_some_and(|p| p.code != ErrorCode::Internal) => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let retry_after = e.retry_after();
+                    (e, retry_after)
+                }
+            };
+            let wait = backoff.delay(attempt, retry_after, jitter());
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(error);
+            }
+            tracing::info!(%url, error = %error, ?wait, attempt, "resume failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt = attempt.saturating_add(1);
+        }
     }
 
     /// Sends without waiting for a reply.
@@ -291,6 +356,46 @@ impl SignalingClient {
     pub fn media(self: &Arc<Self>) -> Arc<dyn MediaSignal> {
         Arc::new(ViaSignaling(self.clone()))
     }
+}
+
+/// When to try again after a failed connection: exponential backoff with full jitter
+/// (a delay drawn uniformly below `min(max, first × 2^attempt)`), on top of what the
+/// server asked (`Retry-After`), so that clients a replica lost do not come back in step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    /// The ceiling of the first delay.
+    pub first: Duration,
+    /// The ceiling of every delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    /// 500 ms doubling up to 30 s (the browser client's schedule too).
+    fn default() -> Self {
+        Self { first: Duration::from_millis(500), max: Duration::from_secs(30) }
+    }
+}
+
+impl Backoff {
+    /// The ceiling of attempt `attempt`'s jitter (from 0): `min(max, first × 2^attempt)`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2f64.powi(attempt.min(62) as i32);
+        self.first.mul_f64(factor).min(self.max)
+    }
+
+    /// The wait before retry `attempt` (from 0): `retry_after` (the server's, if any) plus
+    /// `unit` (uniform in [0, 1)) × the attempt's ceiling.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, unit: f64) -> Duration {
+        retry_after.unwrap_or_default() + self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// A number uniform in [0, 1), random enough for jitter (a std hasher's random keys).
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The reply to a `request` of type `request`: an `error` reply becomes [`Error::Refused`].
@@ -489,6 +594,27 @@ mod tests {
         let e = checked::<MeetingInfo>(reqwest::Method::POST, url, 201, serde_json::json!("created")).unwrap_err();
         assert!(matches!(e, Error::Decode { .. }), "{e:?}");
         assert_eq!(e.status(), None);
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_full_jitter_after_retry_after() {
+        let b = Backoff::default();
+        let ceilings: Vec<u64> = (0..9).map(|a| b.ceiling(a).as_millis() as u64).collect();
+        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(30));
+        // Full jitter: anywhere from nothing to the ceiling.
+        assert_eq!(b.delay(3, None, 0.0), Duration::ZERO);
+        assert_eq!(b.delay(3, None, 0.5), Duration::from_secs(2));
+        assert_eq!(b.delay(3, None, 0.999_999), Duration::from_secs(4).mul_f64(0.999_999));
+        // Never sooner than the server asked.
+        assert_eq!(b.delay(0, Some(Duration::from_secs(5)), 0.0), Duration::from_secs(5));
+        assert_eq!(b.delay(1, Some(Duration::from_secs(5)), 0.5), Duration::from_millis(5500));
+        assert_eq!(b.delay(0, None, 7.0), Duration::from_millis(500), "unit is clamped");
+        // The jitter is spread over [0, 1).
+        let draws: Vec<f64> = (0..2000).map(|_| jitter()).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let low = draws.iter().filter(|d| **d < 0.5).count();
+        assert!((800..1200).contains(&low), "{low} of 2000 below 0.5");
     }
 
     #[test]

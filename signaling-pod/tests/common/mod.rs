@@ -89,6 +89,7 @@ impl TestEnv {
             pool: None,
             rate_per_second: 20.0,
             rate_burst: 60.0,
+            limits: Default::default(),
             session_ttl: Duration::from_secs(3600),
             recording_pvc: "recordings".into(),
         }
@@ -155,6 +156,26 @@ impl Replica {
         let mut stderr = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         (status, stderr)
+    }
+
+    /// SIGTERM: the replica drains (see `limits::drain`).
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to end: its exit status, or `None`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no goodbyes.
