@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -33,6 +35,7 @@ impl SimulatedSfus {
             let selector = format!("{POOL_LABEL}={pool}");
             loop {
                 if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+                    let mut beats = Vec::new();
                     for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                         let name = pod.name_any();
                         let (participants, silenced) = {
@@ -47,10 +50,17 @@ impl SimulatedSfus {
                         let load = Load { participants, rooms: participants.div_ceil(10), ..Default::default() };
                         let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), load);
                         let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(10));
-                        let _ = leases
-                            .patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease))
-                            .await;
+                        let leases = &leases;
+                        beats.push(async move {
+                            let _ = leases
+                                .patch(&name, &PatchParams::apply("simulated-sfu").force(), &Patch::Apply(&lease))
+                                .await;
+                        });
                     }
+                    // Every pod beats each round, as every real SFU beats on its own: one
+                    // slow write must not make the pods after it miss their heartbeat
+                    // timeout (the tests set 4 s).
+                    futures::stream::iter(beats).buffer_unordered(16).collect::<Vec<()>>().await;
                 }
                 tokio::time::sleep(interval).await;
             }

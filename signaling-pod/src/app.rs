@@ -105,19 +105,19 @@ impl App {
     /// SFU once their first packet arrived, so a mute of a declared track the SFU does
     /// not hold yet is retried for a while. In the background; the SFU may be gone.
     pub fn mute_at_sfu(&self, participant: &str, media: &crate::store::MediaRecord, kind: MediaKind, muted: bool) {
-        let of_kind = |s: Source| match kind {
-            MediaKind::Audio => matches!(s, Source::Microphone | Source::ScreenShareAudio),
-            MediaKind::Video => matches!(s, Source::Camera | Source::ScreenShare),
-        };
+        let of_kind = |s: Source| mutes(kind, s);
         let declared: HashSet<String> =
             media.tracks.iter().filter(|t| of_kind(t.source)).map(|t| t.id.clone()).collect();
         let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), participant.to_owned());
         tokio::spawn(async move {
             let status_url = sfu.url(switchboard_sfu_api::paths::ROOM, &room, "", "");
             let held: HashSet<String> = match sfu.get::<RoomStatus>(&status_url).await {
-                Ok(s) => {
-                    s.tracks.into_iter().filter(|t| t.participant == pid && t.kind == kind).map(|t| t.id).collect()
-                }
+                Ok(s) => s
+                    .tracks
+                    .into_iter()
+                    .filter(|t| t.participant == pid && mutes(kind, t.source))
+                    .map(|t| t.id)
+                    .collect(),
                 Err(e) => {
                     tracing::debug!(error = %e, "room status for a mute");
                     HashSet::new()
@@ -153,6 +153,16 @@ impl App {
     }
 }
 
+/// Whether a mute of `kind` covers a track of `source`: the microphone and shared audio
+/// for audio; only the camera for video (a presenter with the camera off still shares
+/// the screen; screen sharing is stopped, not muted).
+pub fn mutes(kind: MediaKind, source: Source) -> bool {
+    match kind {
+        MediaKind::Audio => matches!(source, Source::Microphone | Source::ScreenShareAudio),
+        MediaKind::Video => source == Source::Camera,
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub r#type: String,
@@ -185,6 +195,11 @@ impl Metrics {
         r.register("media_migrations", "Clients told to reconnect media to a new SFU", self.migrations.clone());
         r.register("redis_errors", "Failed Redis operations", self.redis_errors.clone());
         r.register("dropped_messages", "Messages dropped for connections that could not keep up", hub.dropped.clone());
+        r.register(
+            "redis_pubsub_reconnects",
+            "Times the Redis pub/sub connection was made again",
+            hub.reconnects.clone(),
+        );
         r
     }
 }
