@@ -34,6 +34,9 @@ pub struct Config {
     pub session_ttl: Duration,
     /// `SIGNALING_RECORDING_PVC`: the PVC recordings started here are stored on.
     pub recording_pvc: String,
+    /// `SIGNALING_REDIS_CA_FILE` (a PEM CA for a `rediss://` URL), `SIGNALING_REDIS_USERNAME`
+    /// and `SIGNALING_REDIS_PASSWORD` (an ACL user or `requirepass`; they override the URL's).
+    pub redis_access: crate::store::RedisAccess,
 }
 
 /// How tokens are checked and signed (see `auth.rs`). Every key is at least 32 bytes.
@@ -186,6 +189,11 @@ impl Config {
             limits: crate::limits::LimitSettings::from_vars(var)?,
             session_ttl: seconds("SIGNALING_SESSION_TTL_SECONDS", 12 * 3600)?,
             recording_pvc: var("SIGNALING_RECORDING_PVC").unwrap_or("recordings".into()),
+            redis_access: crate::store::RedisAccess {
+                ca_file: var("SIGNALING_REDIS_CA_FILE").map(PathBuf::from),
+                username: var("SIGNALING_REDIS_USERNAME"),
+                password: var("SIGNALING_REDIS_PASSWORD"),
+            },
         })
     }
 }

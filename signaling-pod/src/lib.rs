@@ -33,7 +33,8 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     let jwks = a.user_jwks.as_deref().map(auth::Jwks::load).transpose()?;
     let policy = auth::UserPolicy { issuer: a.user_issuer.clone(), audience: a.user_audience.clone() };
     let users = auth::UserVerifier::new(&a.user_hmac_keys, jwks, policy);
-    let store = store::Store::connect(&cfg.redis_url).await.with_context(|| "connecting to Redis")?;
+    let store =
+        store::Store::connect(&cfg.redis_url, &cfg.redis_access).await.with_context(|| "connecting to Redis")?;
     store.ping().await.context("Redis PING")?;
     let session_key = match &a.session_key {
         Some(k) => k.clone(),

@@ -8,6 +8,11 @@
 //! next to its peers' and writes their sum to the pool's `status.connections` when the
 //! pool shows another number. Every replica computes the same sum, so which one writes
 //! does not matter; a replica that stops reporting drops out of it.
+//!
+//! Redis faults: on each tick a replica checks whether Redis lost data (`sb:epoch`, see
+//! `store.rs`) and, if so, has its connections write their participants back at once; it
+//! writes back the removed users it remembers for each meeting; and it reaps nobody
+//! within [`REAP_GRACE`] of the last Redis trouble it saw.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,9 +22,16 @@ use switchboard_crds::SignalingPool;
 
 use crate::app::App;
 use crate::meetings;
-use crate::store::{Bus, ReplicaConnections};
+use crate::store::{Bus, PRESENCE_TTL, ReplicaConnections};
 
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// The rule: a replica removes nobody for expired presence until this long has passed
+/// since it last saw Redis in trouble — its pub/sub connection down or made again, a
+/// Redis command failing, or Redis having lost data. Presence that expired while Redis
+/// was unreachable, or that a flush or failover lost, is written again by each live
+/// connection's refresh (every 10 s, and at once on reconnect) well within it; what is
+/// still missing after it is a participant that is really gone.
+pub const REAP_GRACE: Duration = Duration::from_secs(2 * PRESENCE_TTL.as_secs());
 /// A replica silent for three reports is gone (killed, scaled in): its connections
 /// are not counted.
 pub const REPLICA_STALE_AFTER: Duration = Duration::from_secs(6);
@@ -42,6 +54,18 @@ pub async fn run(app: Arc<App>) {
     let mut pool_shows = ShownConnections::default();
     loop {
         tick.tick().await;
+        match app.store.lost_data().await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!("Redis lost its data (flushed, restarted empty or failed over): writing it back");
+                app.hub.note_trouble();
+                app.hub.resync_all();
+            }
+            Err(e) => {
+                app.hub.note_trouble();
+                tracing::warn!(error = %e, "redis epoch check");
+            }
+        }
         if let Some(pool) = app.cfg.pool.as_deref()
             && let Err(e) = report_connections(&app, pool, &mut pool_shows).await
         {
@@ -51,6 +75,9 @@ pub async fn run(app: Arc<App>) {
             app.watched.lock().unwrap().iter().map(|(k, n)| (k.clone(), n.clone())).collect();
         for (key, name) in watched {
             if let Err(e) = pass(&app, &key, &name).await {
+                if e.downcast_ref::<redis::RedisError>().is_some() {
+                    app.hub.note_trouble();
+                }
                 tracing::warn!(meeting = %name, error = %e, "participant report");
             }
         }
@@ -67,6 +94,8 @@ async fn pass(app: &App, key: &str, name: &str) -> anyhow::Result<()> {
         app.watched.lock().unwrap().remove(key);
         return Ok(());
     }
+    app.store.sync_removed(key).await?;
+    let reap = app.hub.settled_for(REAP_GRACE);
     let mut present = 0;
     let records = app.store.all(key).await?;
     for r in &records {
@@ -74,6 +103,9 @@ async fn pass(app: &App, key: &str, name: &str) -> anyhow::Result<()> {
             if r.info.admitted {
                 present += 1;
             }
+            continue;
+        }
+        if !reap {
             continue;
         }
         if app.store.remove(key, &r.info.id).await? {

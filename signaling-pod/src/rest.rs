@@ -310,11 +310,20 @@ async fn page() -> Html<&'static str> {
     Html(include_str!("../web/index.html"))
 }
 
-async fn ready(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
-    match app.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable"),
+/// Ready while Redis answers and the pub/sub that carries the meetings' messages is up;
+/// 503 says which is not, and why.
+async fn ready(State(app): State<Arc<App>>) -> (StatusCode, String) {
+    if let Err(why) = app.hub.pubsub_up() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("redis pub/sub down: {why}"));
     }
+    let within = std::time::Duration::from_secs(2);
+    let why = match tokio::time::timeout(within, app.store.ping()).await {
+        Ok(Ok(())) => return (StatusCode::OK, "ready".into()),
+        Ok(Err(e)) => format!("redis unreachable: {e}"),
+        Err(_) => format!("redis did not answer a PING within {within:?}"),
+    };
+    app.hub.note_trouble();
+    (StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {

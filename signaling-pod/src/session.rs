@@ -1138,13 +1138,24 @@ impl Session {
             }
             // These come as kills (see `hub.rs`), not through the queue.
             BusWhat::Removed { .. } | BusWhat::TakenOver { .. } => {}
+            BusWhat::Resync => return self.resync().await,
         }
         Flow::Continue
     }
 
+    /// Every [`PRESENCE_REFRESH`], and on a resync: writes presence, and the participant's
+    /// record and membership back if Redis lost them (a flush, a failover, a restart);
+    /// a rewritten participant is announced again. A user removed while this connection
+    /// did not hear of it (the pub/sub was down) is closed now.
     async fn refresh(&mut self) -> Flow {
         let Some(j) = &self.joined else { return Flow::Continue };
-        let store = &self.app.store;
+        let app = self.app.clone();
+        let store = &app.store;
+        let trouble = |e: redis::RedisError| {
+            app.metrics.redis_errors.inc();
+            app.hub.note_trouble();
+            tracing::warn!(error = %e, "presence refresh");
+        };
         match store.holder(&j.key, &j.info.id).await {
             Ok(Some(holder)) if holder != self.connection => {
                 // Another connection holds the participant now.
@@ -1153,14 +1164,79 @@ impl Session {
                 }
                 return Flow::Close;
             }
-            Ok(_) => {
-                if let Err(e) = store.touch(&j.key, &j.info.id, &self.connection).await {
-                    tracing::warn!(error = %e, "presence refresh");
+            Ok(Some(_)) => {}
+            // Presence gone: lost by Redis, or the participant removed by a host.
+            Ok(None) => match store.is_removed(&j.key, &j.claims.usr).await {
+                Ok(true) => return self.removed_meanwhile().await,
+                Ok(false) => {}
+                Err(e) => {
+                    trouble(e);
+                    return Flow::Continue;
+                }
+            },
+            Err(e) => {
+                trouble(e);
+                return Flow::Continue;
+            }
+        }
+        let record = Record {
+            info: j.info.clone(),
+            user: j.claims.usr.clone(),
+            media: j.media.as_ref().map(|m| MediaRecord {
+                endpoint: m.endpoint.clone(),
+                room: m.room.clone(),
+                tracks: m.tracks.clone(),
+            }),
+        };
+        match store.refresh(&j.key, &record, &self.connection).await {
+            Ok(true) => {
+                tracing::info!(participant = %record.info.id, "participant record written back (Redis had lost it)");
+                if record.info.admitted {
+                    let _ = self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "presence refresh"),
+            Ok(false) => {}
+            Err(e) => trouble(e),
         }
         Flow::Continue
+    }
+
+    /// Redis was unreachable or lost data: writes the participant back, then sends the
+    /// client everyone it may see (`participant-update` each; what was published meanwhile
+    /// was lost).
+    async fn resync(&mut self) -> Flow {
+        let flow = self.refresh().await;
+        let Some(j) = self.joined.as_ref().filter(|j| j.info.admitted) else { return flow };
+        if !matches!(flow, Flow::Continue) {
+            return flow;
+        }
+        let name = j.claims.mtg.clone();
+        if let Ok(all) = self.visible_participants().await {
+            for p in all {
+                let mut env = Envelope::new(types::PARTICIPANT_UPDATE, &p).from_peer(&p.id).room(&name);
+                env.broadcast = true;
+                self.push(env);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The user was removed while this connection did not hear it: it leaves now.
+    async fn removed_meanwhile(&mut self) -> Flow {
+        let Some(j) = self.joined.take() else { return Flow::Continue };
+        self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
+        if let Ok(Some(r)) = self.app.store.get(&j.key, &j.info.id).await
+            && let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await
+        {
+            self.app.leave_sfu(&r);
+            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info.id, "removed")).await;
+        } else if let Some(media) = &j.media {
+            let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
+            tokio::spawn(async move { sfu.leave(&room, &pid).await });
+        }
+        tracing::info!(participant = %j.info.id, "removed while Redis was unreachable; closing");
+        self.push(Envelope::new(types::REMOVE, serde_json::json!({ "reason": "a host removed you" })));
+        Flow::Close
     }
 
     /// `leave`: gone for good (the session cannot resume).

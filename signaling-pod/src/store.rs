@@ -15,14 +15,42 @@
 //! | `sb:{m}:rec:{job}:{state}` | string | a recording's start or stop was announced (once) |
 //! | `sb:{m}:ev` | pub/sub channel | [`Bus`] messages for the meeting |
 //! | `sb:session-key` | string | the session-token key, when `SIGNALING_SESSION_KEY` is unset |
+//! | `sb:epoch` | string | a random value set once; a replica that sees it gone or changed knows Redis lost data |
 //!
 //! The meeting's UID is part of its key: a meeting deleted and created again under the
 //! same name starts from nothing (no chat, no removals, no participants of the old one).
 //! Everything of a meeting is deleted when it ends; until then writes refresh a long
 //! expiry so a meeting nobody ends cannot leak keys for ever.
+//!
+//! ## When Redis loses data
+//!
+//! A `FLUSHALL`, a restart without persistence or a failover to a replica that missed
+//! writes must not end live meetings. What the replicas hold themselves is written back:
+//!
+//! * **Participants with a live connection**: every refresh (each connection every 10 s,
+//!   and at once when a replica notices the loss through `sb:epoch` or reconnects its
+//!   pub/sub) writes presence, and the [`Record`] and the user's membership entry when
+//!   they are missing ([`Store::refresh`]; a record present in Redis is newer than the
+//!   connection's copy and is left alone). A participant whose record was rewritten is
+//!   announced again (`participant-update`).
+//! * **Removed users** (`sb:{m}:removed`): each replica keeps the removed set of the
+//!   meetings it reports on in memory — what it marked, read, or heard on the bus — and
+//!   adds it back every report (2 s, [`Store::sync_removed`]); a removed user's join is
+//!   refused from that memory too. A replica started after the loss that never served the
+//!   meeting learns the set from Redis once a serving replica has written it back.
+//!
+//! Lost for good: chat history and its sequence numbers (they start again at 1), the
+//! SFU event positions (a session resuming on another replica replays its events), the
+//! join-order counter, the recording markers, the participants of connections that ended
+//! during the outage (they are not announced as gone), and `sb:session-key` (set
+//! `SIGNALING_SESSION_KEY`: a replica started after the loss signs with a new shared key).
+//! While Redis is unreachable, nobody is reaped; see `reporter::REAP_GRACE`.
 
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
 use switchboard_signaling_proto::{ChatMessage, Envelope, MediaKind, ParticipantInfo, TrackDescription};
@@ -83,6 +111,9 @@ pub enum BusWhat {
     Removed { by: String },
     /// The same session connected again elsewhere: close this connection.
     TakenOver { connection: String },
+    /// Redis was unreachable or lost data: write the participant back and send the
+    /// client the meeting's participants again (the hub sends this to its connections).
+    Resync,
 }
 
 fn yes() -> bool {
@@ -122,6 +153,65 @@ pub struct ReplicaConnections {
 pub struct Store {
     pub client: redis::Client,
     conn: redis::aio::ConnectionManager,
+    /// Meeting key → the users removed from it, as this replica knows them.
+    removed: Arc<Mutex<HashMap<String, Remembered>>>,
+    /// The `sb:epoch` value this replica last saw.
+    epoch: Arc<Mutex<Option<String>>>,
+}
+
+/// A meeting's removed users, and when they were last written back.
+struct Remembered {
+    users: HashSet<String>,
+    at: Instant,
+}
+
+/// How Redis is reached besides its URL (`SIGNALING_REDIS_*`; see `config.rs`).
+#[derive(Clone, Default)]
+pub struct RedisAccess {
+    /// PEM CA certificate(s) the server's certificate must chain to (`rediss://` only).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// ACL user; overrides one in the URL.
+    pub username: Option<String>,
+    /// Password (of the ACL user, or `requirepass`); overrides one in the URL.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAccess")
+            .field("ca_file", &self.ca_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A Redis command that has not been answered within this long fails (a partition
+/// must not hold up a connection's task for ever).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting to Redis gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Redis client for `url` with `access`: credentials, and the CA for `rediss://`.
+pub fn client(url: &str, access: &RedisAccess) -> anyhow::Result<redis::Client> {
+    use redis::IntoConnectionInfo as _;
+    let mut info = url.into_connection_info().context("SIGNALING_REDIS_URL")?;
+    if let Some(user) = &access.username {
+        info.redis.username = Some(user.clone());
+    }
+    if let Some(password) = &access.password {
+        info.redis.password = Some(password.clone());
+    }
+    let tls = matches!(info.addr, redis::ConnectionAddr::TcpTls { .. });
+    match &access.ca_file {
+        Some(path) => {
+            anyhow::ensure!(tls, "SIGNALING_REDIS_CA_FILE is set but SIGNALING_REDIS_URL is not a rediss:// URL");
+            let pem = std::fs::read(path).with_context(|| format!("SIGNALING_REDIS_CA_FILE {}", path.display()))?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+            Ok(redis::Client::build_with_tls(info, certs).context("SIGNALING_REDIS_CA_FILE")?)
+        }
+        None => Ok(redis::Client::open(info)?),
+    }
 }
 
 pub type RedisResult<T> = Result<T, redis::RedisError>;
@@ -149,10 +239,20 @@ pub fn meeting_of_channel(channel: &str) -> Option<&str> {
 }
 
 impl Store {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
-        Ok(Self { client, conn })
+    pub async fn connect(url: &str, access: &RedisAccess) -> anyhow::Result<Self> {
+        let client = client(url, access)?;
+        // Commands wait for a reconnection in progress, retries included: a few short
+        // ones (the crate's default multiplies its 1 s delay by 100 per retry, so a
+        // command could hang for minutes while Redis is down). The next command after a
+        // failed reconnection tries again.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT)
+            .set_factor(2)
+            .set_max_delay(2000)
+            .set_number_of_retries(2);
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Self { client, conn, removed: Arc::default(), epoch: Arc::default() })
     }
 
     fn c(&self) -> redis::aio::ConnectionManager {
@@ -264,8 +364,31 @@ impl Store {
         Ok(self.c().hget::<_, _, Option<u64>>(k(meeting, "seq"), participant).await?.unwrap_or(0))
     }
 
+    /// Writes the participant of a live connection back where Redis lost it: presence
+    /// (held by `connection`) always; the record and the user's membership entry only when
+    /// the record is missing (one present is newer than the connection's copy). True when
+    /// the record was missing and written.
+    pub async fn refresh(&self, meeting: &str, record: &Record, connection: &str) -> RedisResult<bool> {
+        let key = k(meeting, "p");
+        let json = serde_json::to_string(record).expect("records serialize");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_nx(&key, &record.info.id, json)
+            .expire(&key, MEETING_KEYS_TTL as i64)
+            .ignore()
+            .set_ex(k(meeting, &format!("alive:{}", record.info.id)), connection, PRESENCE_TTL.as_secs())
+            .ignore();
+        if record.info.admitted {
+            let member = user_key(meeting, &record.user);
+            pipe.sadd(&member, &record.info.id).ignore().expire(&member, MEETING_KEYS_TTL as i64).ignore();
+        }
+        let (written,): (bool,) = pipe.query_async(&mut self.c()).await?;
+        Ok(written)
+    }
+
     /// The user may not join the meeting again.
     pub async fn mark_removed(&self, meeting: &str, user: &str) -> RedisResult<()> {
+        self.remember_removed(meeting, [user.to_owned()]);
         let key = k(meeting, "removed");
         redis::pipe()
             .sadd(&key, user)
@@ -276,8 +399,73 @@ impl Store {
             .await
     }
 
+    /// Whether a host removed the user: as this replica remembers it, or as Redis has it.
     pub async fn is_removed(&self, meeting: &str, user: &str) -> RedisResult<bool> {
-        self.c().sismember(k(meeting, "removed"), user).await
+        if self.removed.lock().unwrap().get(meeting).is_some_and(|r| r.users.contains(user)) {
+            return Ok(true);
+        }
+        let removed: bool = self.c().sismember(k(meeting, "removed"), user).await?;
+        if removed {
+            self.remember_removed(meeting, [user.to_owned()]);
+        }
+        Ok(removed)
+    }
+
+    /// Adds users to this replica's memory of the meeting's removed set.
+    pub fn remember_removed(&self, meeting: &str, users: impl IntoIterator<Item = String>) {
+        let mut all = self.removed.lock().unwrap();
+        let r =
+            all.entry(meeting.to_owned()).or_insert_with(|| Remembered { users: HashSet::new(), at: Instant::now() });
+        r.users.extend(users);
+    }
+
+    /// The meeting's removed users as this replica remembers them.
+    pub fn remembered_removed(&self, meeting: &str) -> HashSet<String> {
+        self.removed.lock().unwrap().get(meeting).map(|r| r.users.clone()).unwrap_or_default()
+    }
+
+    /// Writes the removed users this replica remembers back to Redis and learns the ones
+    /// Redis has (so a flush or failover does not let a removed user back in).
+    pub async fn sync_removed(&self, meeting: &str) -> RedisResult<()> {
+        let key = k(meeting, "removed");
+        let known = self.remembered_removed(meeting);
+        let mut pipe = redis::pipe();
+        if !known.is_empty() {
+            pipe.sadd(&key, &known).ignore().expire(&key, MEETING_KEYS_TTL as i64).ignore();
+        }
+        let (all,): (Vec<String>,) = pipe.smembers(&key).query_async(&mut self.c()).await?;
+        if !all.is_empty() || !known.is_empty() {
+            self.remember_removed(meeting, all);
+            if let Some(r) = self.removed.lock().unwrap().get_mut(meeting) {
+                r.at = Instant::now();
+            }
+        }
+        // Meetings this replica stopped reporting on long ago are forgotten, as Redis would.
+        let stale = Duration::from_secs(MEETING_KEYS_TTL);
+        self.removed.lock().unwrap().retain(|_, r| r.at.elapsed() < stale);
+        Ok(())
+    }
+
+    /// Whether Redis lost data since the last call (flushed, restarted empty, failed over
+    /// to a replica without `sb:epoch`): the first call only notes the epoch.
+    pub async fn lost_data(&self) -> RedisResult<bool> {
+        let seen: Option<String> = self.c().get("sb:epoch").await?;
+        let known = self.epoch.lock().unwrap().clone();
+        if seen.is_some() && seen == known {
+            return Ok(false);
+        }
+        let now = match seen {
+            Some(v) => v,
+            None => {
+                let fresh = format!("{:032x}", rand::random::<u128>());
+                let _: Option<String> =
+                    redis::cmd("SET").arg("sb:epoch").arg(&fresh).arg("NX").query_async(&mut self.c()).await?;
+                self.c().get("sb:epoch").await?
+            }
+        };
+        let lost = known.is_some();
+        *self.epoch.lock().unwrap() = Some(now);
+        Ok(lost)
     }
 
     /// Takes the meeting's recording lock for `ttl` (false: another replica holds it).
@@ -403,6 +591,7 @@ impl Store {
             let found: Vec<String> = self.c().keys(k(meeting, pattern)).await?;
             keys.extend(found);
         }
+        self.removed.lock().unwrap().remove(meeting);
         self.c().del(keys).await
     }
 }

@@ -92,6 +92,7 @@ impl TestEnv {
             limits: Default::default(),
             session_ttl: Duration::from_secs(3600),
             recording_pvc: "recordings".into(),
+            redis_access: Default::default(),
         }
     }
 
