@@ -157,11 +157,54 @@ impl Default for SignalingAutoscaling {
     }
 }
 
+/// The Redis the replicas share. TLS is chosen by the URL (`rediss://`); credentials
+/// may be in the URL, or here (these override the URL's).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisConfig {
     /// Secret key holding a redis:// or rediss:// URL.
     pub url_secret_ref: SecretKeyRef,
+    /// The ACL user signaling authenticates as (Redis 6 and later); it needs the keys and
+    /// channels under `sb:` (`~sb:* &sb:*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub username: Option<String>,
+    /// Secret key holding the password: of `username`, or Redis's `requirepass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// The CA that signed the Redis server's certificate, when the system's roots do not
+    /// hold it (with a rediss:// URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+}
+
+/// Where the PEM CA certificate of a TLS Redis is: one of a Secret key (e.g.
+/// cert-manager's `ca.crt`) and a ConfigMap key. It is read when a replica starts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("has(self.caSecretRef) != has(self.caConfigMapRef)")
+        .message("set one of caSecretRef and caConfigMapRef"),
+)]
+pub struct RedisTls {
+    /// Secret key holding the CA certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// ConfigMap key holding the CA certificate (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_ref: Option<ConfigMapKeyRef>,
+}
+
+/// A key in a ConfigMap of the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// How signaling checks user tokens (from the customer's identity provider) and signs

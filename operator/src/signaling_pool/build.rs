@@ -94,6 +94,33 @@ fn secret_env(name: &str, r: &switchboard_crds::common::SecretKeyRef) -> serde_j
 /// Where a pool's JWKS ConfigMap is mounted. The whole ConfigMap, not a `subPath`: the
 /// kubelet updates only whole-volume mounts when the ConfigMap changes.
 pub const JWKS_DIR: &str = "/etc/switchboard/jwks";
+/// Where the CA of a TLS Redis is mounted (`spec.redis.tls`), as [`REDIS_CA_FILE`].
+pub const REDIS_CA_DIR: &str = "/etc/switchboard/redis-ca";
+pub const REDIS_CA_FILE: &str = "ca.crt";
+
+/// How signaling reaches the pool's Redis besides its URL (`config.rs`): credentials and
+/// the CA file; and the CA's volume, if any.
+fn redis_env(
+    redis: &switchboard_crds::signaling_pool::RedisConfig,
+) -> (Vec<serde_json::Value>, Option<serde_json::Value>) {
+    let mut env = Vec::new();
+    if let Some(user) = &redis.username {
+        env.push(json!({"name": "SIGNALING_REDIS_USERNAME", "value": user}));
+    }
+    if let Some(r) = &redis.password_secret_ref {
+        env.push(secret_env("SIGNALING_REDIS_PASSWORD", r));
+    }
+    let items = |key: &str| json!([{"key": key, "path": REDIS_CA_FILE}]);
+    let volume = redis.tls.as_ref().and_then(|tls| match (&tls.ca_secret_ref, &tls.ca_config_map_ref) {
+        (Some(s), _) => Some(json!({"name": "redis-ca", "secret": {"secretName": s.name, "items": items(&s.key)}})),
+        (None, Some(c)) => Some(json!({"name": "redis-ca", "configMap": {"name": c.name, "items": items(&c.key)}})),
+        (None, None) => None,
+    });
+    if volume.is_some() {
+        env.push(json!({"name": "SIGNALING_REDIS_CA_FILE", "value": format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}")}));
+    }
+    (env, volume)
+}
 
 /// The token settings of `spec.auth`, as signaling-pod reads them (`config.rs`).
 fn auth_env(auth: &switchboard_crds::signaling_pool::AuthConfig) -> Vec<serde_json::Value> {
@@ -138,6 +165,8 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
         json!(crate::sfu_pool::build::api_token_env()),
     ];
     env.extend(auth_env(&spec.auth));
+    let (redis_env, redis_ca) = redis_env(&spec.redis);
+    env.extend(redis_env);
     if let Some(turn) = &spec.turn {
         env.push(json!({"name": "SIGNALING_TURN_URLS", "value": turn.urls.join(",")}));
         env.push(secret_env("SIGNALING_TURN_SECRET", &turn.shared_secret_ref));
@@ -197,9 +226,18 @@ pub fn deployment(v: &ValidSignaling<'_>, create: bool) -> Deployment {
     if let Some(resources) = &spec.resources {
         pod["containers"][0]["resources"] = json!(resources);
     }
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     if let Some(jwks) = &spec.auth.jwks {
-        pod["volumes"] = json!([{"name": "jwks", "configMap": {"name": jwks.config_map_name}}]);
-        pod["containers"][0]["volumeMounts"] = json!([{"name": "jwks", "mountPath": JWKS_DIR, "readOnly": true}]);
+        volumes.push(json!({"name": "jwks", "configMap": {"name": jwks.config_map_name}}));
+        mounts.push(json!({"name": "jwks", "mountPath": JWKS_DIR, "readOnly": true}));
+    }
+    if let Some(ca) = redis_ca {
+        volumes.push(ca);
+        mounts.push(json!({"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": true}));
+    }
+    if !volumes.is_empty() {
+        pod["volumes"] = json!(volumes);
+        pod["containers"][0]["volumeMounts"] = json!(mounts);
     }
     if create {
         deployment["spec"]["replicas"] = json!(spec.autoscaling.min_replicas);
@@ -338,6 +376,66 @@ mod tests {
             "created at minReplicas"
         );
         assert_eq!(initial_replicas(&v)["spec"]["replicas"], 2, "held at minReplicas by the initial manager");
+    }
+
+    #[test]
+    fn redis_credentials_and_ca_reach_the_pods_by_reference() {
+        let p = pool(json!({"redis": {
+            "urlSecretRef": {"name": "redis", "key": "url"},
+            "username": "signaling",
+            "passwordSecretRef": {"name": "redis", "key": "password"},
+            "tls": {"caSecretRef": {"name": "redis-tls", "key": "ca.crt"}},
+        }}));
+        let d = serde_json::to_value(deployment(&validate(&p).unwrap(), false)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let by_name = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap_or_else(|| panic!("{n}"));
+        assert_eq!(by_name("SIGNALING_REDIS_USERNAME")["value"], "signaling");
+        assert_eq!(
+            by_name("SIGNALING_REDIS_PASSWORD")["valueFrom"]["secretKeyRef"],
+            json!({"name": "redis", "key": "password"})
+        );
+        assert_eq!(by_name("SIGNALING_REDIS_CA_FILE")["value"], "/etc/switchboard/redis-ca/ca.crt");
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "redis-ca", "secret": {"secretName": "redis-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}])
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"],
+            json!([{"name": "redis-ca", "mountPath": REDIS_CA_DIR, "readOnly": true}])
+        );
+
+        // From a ConfigMap, next to a JWKS.
+        let p = pool(json!({
+            "redis": {
+                "urlSecretRef": {"name": "redis", "key": "url"},
+                "tls": {"caConfigMapRef": {"name": "redis-ca", "key": "pem"}},
+            },
+            "auth": {"jwks": {"configMapName": "idp-keys"}, "issuer": "https://idp", "audience": "sb"},
+        }));
+        let d = serde_json::to_value(deployment(&validate(&p).unwrap(), false)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"][1]["configMap"],
+            json!({"name": "redis-ca", "items": [{"key": "pem", "path": "ca.crt"}]})
+        );
+        let mounts: Vec<_> =
+            pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].clone()).collect();
+        assert_eq!(mounts, vec![json!(JWKS_DIR), json!(REDIS_CA_DIR)]);
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        assert!(
+            !env.iter().any(|e| e["name"] == "SIGNALING_REDIS_PASSWORD" || e["name"] == "SIGNALING_REDIS_USERNAME")
+        );
+
+        // Without them: no variables, no volume.
+        let bare = serde_json::to_value(deployment(&validate(&pool(json!({}))).unwrap(), false)).unwrap();
+        let env = bare["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        assert!(
+            !env.iter()
+                .any(|e| e["name"].as_str().unwrap().starts_with("SIGNALING_REDIS_")
+                    && e["name"] != "SIGNALING_REDIS_URL")
+        );
+        assert!(bare["spec"]["template"]["spec"].get("volumes").is_none());
     }
 
     #[test]
