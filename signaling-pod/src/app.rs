@@ -147,6 +147,21 @@ impl App {
         });
     }
 
+    /// TURN servers with credentials for `participant`, valid for the configured TTL from
+    /// now (none without TURN). Handed out on the REST join, every WebSocket join and
+    /// resume, every `media-reconnect`, and on the client's `ice-servers` request, so a
+    /// long meeting never runs on expired credentials.
+    pub fn ice_servers(&self, participant: &str) -> Vec<switchboard_signaling_proto::rest::IceServer> {
+        let Some(turn) = &self.cfg.turn else { return Vec::new() };
+        let expires = crate::auth::now_unix() + turn.ttl.as_secs();
+        let (username, credential) = crate::auth::turn_credentials(&turn.secret, participant, expires);
+        vec![switchboard_signaling_proto::rest::IceServer {
+            urls: turn.urls.clone(),
+            username: Some(username),
+            credential: Some(credential),
+        }]
+    }
+
     pub fn ws_url(&self) -> String {
         let base = self.public_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
         format!("{base}/ws")

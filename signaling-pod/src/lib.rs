@@ -8,7 +8,6 @@ pub mod config;
 pub mod hub;
 pub mod limits;
 pub mod meetings;
-pub mod publish;
 pub mod recordings;
 pub mod reporter;
 pub mod rest;

@@ -12,12 +12,12 @@ use kube::ResourceExt as _;
 use kube::api::{ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
-use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, IceServer, JoinGrant, MeetingInfo};
+use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, JoinGrant, MeetingInfo};
 use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role};
 
 use crate::access::{MeetingFacts, role_in};
 use crate::app::App;
-use crate::auth::{self, Identity, turn_credentials};
+use crate::auth::{self, Identity};
 use crate::meetings;
 use crate::recordings::{self, StartError};
 
@@ -207,11 +207,7 @@ async fn join_meeting(
         now,
         now + app.cfg.session_ttl.as_secs(),
     );
-    let mut ice_servers = Vec::new();
-    if let Some(turn) = &app.cfg.turn {
-        let (username, credential) = turn_credentials(&turn.secret, &participant_id, now + turn.ttl.as_secs());
-        ice_servers.push(IceServer { urls: turn.urls.clone(), username: Some(username), credential: Some(credential) });
-    }
+    let ice_servers = app.ice_servers(&participant_id);
     Ok(Json(JoinGrant { participant_id, session_token, signaling_url: app.ws_url(), role, ice_servers }))
 }
 

@@ -8,7 +8,7 @@
 //!   state: broadcasts are dropped, `joined` carries no title or participants;
 //! * a removal or takeover closes the connection at once, whatever is queued for it;
 //! * a host's mute holds (`mutedBy: host`) until a host lifts it, and is applied at the SFU;
-//! * offers are checked against what the participant may publish (`publish.rs`).
+//! * offers are checked against what the participant may publish (`signaling_proto::offer`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,12 +18,14 @@ use axum::extract::ws::{Message, WebSocket};
 use futures::{SinkExt as _, StreamExt as _};
 use kube::ResourceExt as _;
 use switchboard_crds::meeting::Meeting;
-use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, OfferRequest, ParticipantKind, RelayRequest, Source};
+use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, OfferRequest, ParticipantKind, RelayRequest};
 use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
-    AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, JoinedPayload, MediaKind, MediaReconnectPayload,
-    MutePayload, MutedBy, OfferPayload, ParticipantInfo, Permission, ProtoError, ReconnectPayload, Role, StateUpdate,
-    parse_client, types,
+    AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, IceServersPayload, JoinedPayload, MediaKind,
+    MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ProtoError, ReconnectPayload, Role,
+    StateUpdate, parse_client,
+    session::{self, Phase, Step},
+    types,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
@@ -452,16 +454,6 @@ impl Session {
         Ok(m)
     }
 
-    fn require(&self, permission: Permission) -> Result<(), ProtoError> {
-        let j = self.joined.as_ref().expect("joined");
-        let m = self.meeting()?;
-        if meetings::permissions(&m).allows(j.info.role, permission) {
-            Ok(())
-        } else {
-            Err(refuse(ErrorCode::Forbidden, format!("a {:?} may not {}", j.info.role, permission_verb(permission))))
-        }
-    }
-
     async fn publish(&self, to: Audience, what: BusWhat) -> Result<(), ProtoError> {
         self.send_bus(Bus { to, what }).await
     }
@@ -480,30 +472,51 @@ impl Session {
         self.send_bus(Bus::deliver(Audience::All, &j.claims.mtg, &j.info.id, type_, payload)).await
     }
 
+    /// Where the connection is in its session, for [`session::gate`].
+    fn phase(&self) -> Phase {
+        match &self.joined {
+            None => Phase::Connected,
+            Some(j) if j.info.admitted => Phase::Admitted { role: j.info.role },
+            Some(j) => Phase::Waiting { role: j.info.role },
+        }
+    }
+
+    /// A refused recording says why the meeting cannot be recorded, when that is why.
+    fn why_refused(&self, msg: &ClientMessage, e: ProtoError) -> ProtoError {
+        if matches!(msg, ClientMessage::StartRecording)
+            && e.code == ErrorCode::Forbidden
+            && let Some(reason) = self.meeting().ok().and_then(|m| meetings::recording_refused(&m))
+        {
+            return refuse(ErrorCode::Forbidden, reason);
+        }
+        e
+    }
+
     async fn handle(&mut self, id: Option<String>, msg: ClientMessage) -> Result<Flow, ProtoError> {
-        let Some(joined) = &self.joined else {
-            return match msg {
-                ClientMessage::Join(j) => self.join(id, &j.token).await.map(|_| Flow::Continue),
-                ClientMessage::Ping => {
-                    self.reply(id, types::PONG, serde_json::json!({}));
-                    Ok(Flow::Continue)
-                }
-                _ => Err(refuse(ErrorCode::Unauthenticated, "send `join` with your session token first")),
-            };
-        };
-        let admitted = joined.info.admitted;
-        match msg {
-            ClientMessage::Join(_) => Err(refuse(ErrorCode::InvalidPayload, "this connection has already joined")),
-            ClientMessage::Ping => {
-                self.reply(id, types::PONG, serde_json::json!({}));
-                Ok(Flow::Continue)
+        let me = self.joined.as_ref().map(|j| j.info.id.clone()).unwrap_or_default();
+        // Phase, role and permission checks, before anything touches Redis or an SFU.
+        let gate = session::gate(self.phase(), &msg, &me, || self.meeting().map(|m| meetings::permissions(&m)));
+        match gate.map_err(|e| self.why_refused(&msg, e))? {
+            Step::Join => {
+                let ClientMessage::Join(j) = msg else { unreachable!("the gate joins only on `join`") };
+                return self.join(id, &j.token).await.map(|_| Flow::Continue);
             }
-            ClientMessage::Leave => {
+            Step::Pong => {
+                self.reply(id, types::PONG, serde_json::json!({}));
+                return Ok(Flow::Continue);
+            }
+            Step::Leave => {
                 self.leave().await;
                 self.reply(id, types::OK, serde_json::json!({}));
-                Ok(Flow::Close)
+                return Ok(Flow::Close);
             }
-            _ if !admitted => Err(refuse(ErrorCode::NotAdmitted, "waiting for a host to admit you")),
+            Step::Act => {}
+        }
+        let joined = self.joined.as_ref().expect("the gate acts only for joined connections");
+        match msg {
+            ClientMessage::Join(_) | ClientMessage::Ping | ClientMessage::Leave => {
+                unreachable!("the gate answers join, ping and leave itself")
+            }
             ClientMessage::Offer(offer) => self.offer(id, offer).await.map(|_| Flow::Continue),
             ClientMessage::Answer(a) => {
                 let (sfu, room, pid) = self.media_link()?;
@@ -516,6 +529,11 @@ impl Session {
                 sfu.candidate(&room, &pid, c).await.map_err(media_failed)?;
                 Ok(Flow::Continue)
             }
+            ClientMessage::IceServers => {
+                let ice_servers = self.app.ice_servers(&joined.info.id);
+                self.reply(id, types::ICE_SERVERS, IceServersPayload { ice_servers });
+                Ok(Flow::Continue)
+            }
             ClientMessage::IceRestart => {
                 let (sfu, room, pid) = self.media_link()?;
                 sfu.subscriber_restart(&room, &pid).await.map_err(media_failed)?;
@@ -523,7 +541,6 @@ impl Session {
                 Ok(Flow::Continue)
             }
             ClientMessage::Chat(chat) => {
-                self.require(Permission::SendChat)?;
                 let j = self.joined.as_ref().expect("joined");
                 let message = ChatMessage {
                     seq: 0,
@@ -578,7 +595,6 @@ impl Session {
                 if let Some(reason) = meetings::recording_refused(&m) {
                     return Err(refuse(ErrorCode::Forbidden, reason));
                 }
-                self.require(Permission::StartRecording)?;
                 let by = joined.info.id.clone();
                 // Everyone (this participant too) hears `recording {state: started}`.
                 let name = recordings::start(&self.app, &m, &by).await.map_err(|e| match e {
@@ -683,17 +699,16 @@ impl Session {
         }
         let permissions = meetings::permissions(&m).of(claims.role);
         // The waiting room learns nothing of the meeting but that it waits.
-        let (title, participants, recording) = if record.info.admitted {
+        let (title, participants, recording, ice_servers) = if record.info.admitted {
             let recording = self.app.store.recording(&key).await.map_err(redis_failed)?;
-            (m.spec.title.clone(), self.visible_participants().await?, recording)
+            let ice_servers = self.app.ice_servers(&record.info.id);
+            (m.spec.title.clone(), self.visible_participants().await?, recording, ice_servers)
         } else {
-            (String::new(), Vec::new(), None)
+            (String::new(), Vec::new(), None, Vec::new())
         };
-        self.reply(
-            id,
-            types::JOINED,
-            JoinedPayload { participant: record.info.clone(), title, permissions, participants, resumed, recording },
-        );
+        let participant = record.info.clone();
+        let joined = JoinedPayload { participant, title, permissions, participants, resumed, recording, ice_servers };
+        self.reply(id, types::JOINED, joined);
         if record.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
         } else {
@@ -714,7 +729,6 @@ impl Session {
     /// `remove`: every participant of the target's user leaves, its connections close
     /// at once, and the user may not join the meeting again. Returns the participants removed.
     async fn remove_user(&mut self, participant: &str) -> Result<Vec<String>, ProtoError> {
-        self.require(Permission::RemoveParticipant)?;
         let m = self.meeting()?;
         let j = self.joined.as_ref().expect("joined");
         let (key, me, name) = (j.key.clone(), j.info.id.clone(), j.claims.mtg.clone());
@@ -744,7 +758,6 @@ impl Session {
     /// A host mutes someone (at the SFU too: whatever their client does), or lifts a mute
     /// so they may unmute themselves.
     async fn mute_other(&mut self, m: MutePayload) -> Result<(), ProtoError> {
-        self.require(Permission::MuteOthers)?;
         let j = self.joined.as_ref().expect("joined");
         let (key, me) = (j.key.clone(), j.info.id.clone());
         let mut target = self.record(&m.participant_id).await?;
@@ -785,12 +798,6 @@ impl Session {
 
     async fn admit(&mut self, a: AdmitPayload) -> Result<Vec<String>, ProtoError> {
         let j = self.joined.as_ref().expect("joined");
-        if !j.info.role.admits() {
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                format!("a {:?} may not admit anyone; hosts and co-hosts do", j.info.role),
-            ));
-        }
         let key = j.key.clone();
         let targets: Vec<Record> = match a.participant_id {
             Some(p) => vec![self.record(&p).await?],
@@ -813,10 +820,8 @@ impl Session {
     }
 
     async fn update_self(&mut self, update: StateUpdate) -> Result<(), ProtoError> {
-        if update.screen_sharing == Some(true) {
-            self.require(Permission::ShareScreen)?;
-        }
-        let may_unmute = self.require(Permission::UnmuteSelf).is_ok();
+        // Screen sharing was checked by the gate; lifting a host's mute needs the state below.
+        let permissions = meetings::permissions(&*self.meeting()?);
         let j = self.joined.as_mut().expect("joined");
         let mut record = self.app.store.get(&j.key, &j.info.id).await.map_err(redis_failed)?.unwrap_or_default();
         if record.info.id.is_empty() {
@@ -829,13 +834,8 @@ impl Session {
             (update.video_muted, &mut info.video_muted, &mut info.video_muted_by, "camera"),
         ] {
             match want {
-                Some(false) if *by == Some(MutedBy::Host) && !may_unmute => {
-                    return Err(refuse(
-                        ErrorCode::Forbidden,
-                        format!("a host turned your {what} off; only a host or co-host can let you turn it on"),
-                    ));
-                }
                 Some(false) => {
+                    session::unmute_allowed(j.info.role, *by, &permissions, what)?;
                     *muted = false;
                     *by = None;
                 }
@@ -900,26 +900,16 @@ impl Session {
         Ok((m.sfu.clone(), m.room.clone(), j.info.id.clone()))
     }
 
-    /// Whether the offer is one this participant may send: publishers only, and only
-    /// tracks they declare (see `publish.rs`).
+    /// Whether the offer carries only tracks the participant declares, well formed
+    /// (see `signaling_proto::offer`).
     fn check_offer(&self, offer: &OfferPayload) -> Result<(), ProtoError> {
+        // Who may publish, and screen sharing, were checked by the gate.
         let j = self.joined.as_ref().expect("joined");
-        let role = j.info.role;
-        if !role.publishes() && (offer.sdp.is_some() || !offer.tracks.is_empty()) {
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                format!(
-                    "a {role:?} receives only (viewers, and a Webinar's audience): send `offer` without sdp or tracks"
-                ),
-            ));
-        }
-        if offer.tracks.iter().any(|t| matches!(t.source, Source::ScreenShare | Source::ScreenShareAudio)) {
-            self.require(Permission::ShareScreen)?;
-        }
         let earlier: &[switchboard_sfu_api::TrackDescription] = j.media.as_ref().map(|m| &m.tracks[..]).unwrap_or(&[]);
         for (i, t) in offer.tracks.iter().enumerate() {
-            if t.id.is_empty() || t.id.len() > 128 || t.origin.is_some() {
-                return Err(refuse(ErrorCode::InvalidPayload, "a track has an id of 1 to 128 bytes and no origin"));
+            switchboard_sfu_api::paths::check_id("track", &t.id).map_err(|r| refuse(ErrorCode::InvalidPayload, r))?;
+            if t.origin.is_some() {
+                return Err(refuse(ErrorCode::InvalidPayload, "a track declared by a client has no origin"));
             }
             let again = offer.tracks[..i].iter().chain(earlier).find(|x| x.id == t.id);
             if again.is_some_and(|x| x.source != t.source) {
@@ -928,7 +918,8 @@ impl Session {
         }
         if let Some(sdp) = &offer.sdp {
             let declared: Vec<_> = earlier.iter().chain(&offer.tracks).cloned().collect();
-            crate::publish::check_offer(sdp, &declared).map_err(|r| refuse(ErrorCode::Forbidden, r))?;
+            switchboard_signaling_proto::offer::check_offer(sdp, &declared)
+                .map_err(|r| refuse(ErrorCode::Forbidden, r))?;
         }
         Ok(())
     }
@@ -941,7 +932,11 @@ impl Session {
             let sdp = offer.sdp.ok_or_else(|| refuse(ErrorCode::InvalidPayload, "a renegotiation needs an sdp"))?;
             let answer = media
                 .sfu
-                .publisher_offer(&media.room, &j.info.id, OfferRequest { sdp, tracks: offer.tracks.clone() })
+                .publisher_offer(
+                    &media.room,
+                    &j.info.id,
+                    OfferRequest { sdp, tracks: declared_as(&j.info, &offer.tracks) },
+                )
                 .await
                 .map_err(media_failed)?;
             let j = self.joined.as_mut().expect("joined");
@@ -971,7 +966,7 @@ impl Session {
             auto_subscribe: true,
             publish: j.info.role.publishes(),
             offer: offer.sdp.clone(),
-            tracks: offer.tracks.clone(),
+            tracks: declared_as(&j.info, &offer.tracks),
         };
         let answer = match sfu.join(&room, request.clone()).await {
             Err(e) if e.code() == Some(SfuCode::AlreadyJoined) => {
@@ -1070,7 +1065,9 @@ impl Session {
         }
         let _ = self.save_media(Vec::new()).await;
         self.app.metrics.migrations.inc();
-        self.push(Envelope::new(types::MEDIA_RECONNECT, MediaReconnectPayload { reason: reason.into(), generation }));
+        let ice_servers = self.app.ice_servers(&self.joined.as_ref().expect("joined").info.id);
+        let payload = MediaReconnectPayload { reason: reason.into(), generation, ice_servers };
+        self.push(Envelope::new(types::MEDIA_RECONNECT, payload));
     }
 
     async fn meeting_changed(&mut self, name: &str) -> Flow {
@@ -1111,13 +1108,16 @@ impl Session {
             BusWhat::Deliver(env) => self.deliver(env),
             BusWhat::Admitted => {
                 j.info.admitted = true;
-                let key = j.key.clone();
+                let (key, ice_servers) = (j.key.clone(), self.app.ice_servers(&j.info.id));
                 let participants = self.visible_participants().await.unwrap_or_default();
                 let title = self.meeting().map(|m| m.spec.title.clone()).unwrap_or_default();
                 let recording = self.app.store.recording(&key).await.unwrap_or_default();
                 self.push(Envelope::new(
                     types::ADMITTED,
-                    serde_json::json!({ "participants": participants, "title": title, "recording": recording }),
+                    serde_json::json!({
+                        "participants": participants, "title": title, "recording": recording,
+                        "iceServers": ice_servers,
+                    }),
                 ));
             }
             BusWhat::ForceMute { kind, by, muted } => {
@@ -1302,15 +1302,22 @@ async fn pump_events(
     }
 }
 
-fn permission_verb(p: Permission) -> &'static str {
-    match p {
-        Permission::MuteOthers => "mute others",
-        Permission::RemoveParticipant => "remove participants",
-        Permission::StartRecording => "start a recording",
-        Permission::ShareScreen => "share their screen",
-        Permission::SendChat => "send chat messages",
-        Permission::UnmuteSelf => "unmute themselves after a host muted them",
-    }
+/// The tracks as the SFU is told of them: muted as the participant is now (a host's
+/// mute, mute on entry, its own), so no packet of a muted track is forwarded, not even
+/// the first ones before signaling's mute call would land. What the client says of
+/// `muted` does not count; the participant's state does.
+fn declared_as(
+    me: &ParticipantInfo,
+    tracks: &[switchboard_sfu_api::TrackDescription],
+) -> Vec<switchboard_sfu_api::TrackDescription> {
+    tracks
+        .iter()
+        .map(|t| {
+            let muted = (me.audio_muted && crate::app::mutes(MediaKind::Audio, t.source))
+                || (me.video_muted && crate::app::mutes(MediaKind::Video, t.source));
+            switchboard_sfu_api::TrackDescription { muted, ..t.clone() }
+        })
+        .collect()
 }
 
 pub fn now_ms() -> u64 {

@@ -182,5 +182,18 @@ async fn coturn_accepts_issued_turn_credentials_until_they_expire() {
     let (ok, error) = allocate(username, password).await;
     assert!(!ok, "expired credentials are refused");
     assert!(error.is_some());
+
+    // Renewal: the WebSocket join (and every resume) carries fresh credentials, and so
+    // does the client's `ice-servers` request; coturn takes both.
+    let (client, joined) =
+        switchboard_signaling_client::SignalingClient::join(&grant.signaling_url, &grant.session_token).await.unwrap();
+    let renewed = &joined.ice_servers[0];
+    let renewed_expiry: u64 = renewed.username.as_deref().unwrap().split(':').next().unwrap().parse().unwrap();
+    assert!(renewed_expiry > expiry, "fresh credentials at the join: {renewed:?}");
+    let (ok, error) = allocate(renewed.username.clone().unwrap(), renewed.credential.clone().unwrap()).await;
+    assert!(ok, "the join's credentials: {error:?}");
+    let asked = client.ice_servers().await.unwrap();
+    let (ok, error) = allocate(asked[0].username.clone().unwrap(), asked[0].credential.clone().unwrap()).await;
+    assert!(ok, "the requested credentials: {error:?}");
     env.ns.delete().await;
 }

@@ -582,8 +582,7 @@ async fn a_track_id_shaped_like_a_path_reaches_only_its_own_track() {
     let (host, _, _) = connect(&rest(&server.url, "hana", None), "talk").await;
     let (pia, pia_grant, _) = connect(&rest(&server.url, "pia", None), "talk").await;
     let pid = pia_grant.participant_id.clone();
-    let _pia_media =
-        MediaSession::start(pia.clone(), &pid, loopback(vec![Publish::audio("pia-mic")])).await.unwrap();
+    let _pia_media = MediaSession::start(pia.clone(), &pid, loopback(vec![Publish::audio("pia-mic")])).await.unwrap();
     let mic_muted = || {
         let (endpoint, env) = (sfu.endpoint.clone(), &env);
         async move { room(&endpoint, env, "talk").await.tracks.iter().find(|t| t.id == "pia-mic").map(|t| t.muted) }
@@ -606,9 +605,8 @@ async fn a_track_id_shaped_like_a_path_reaches_only_its_own_track() {
     .await;
     mal.request(types::PARTICIPANT_UPDATE, json!({"audioMuted": true})).await.unwrap();
     mal.request(types::PARTICIPANT_UPDATE, json!({"audioMuted": false})).await.unwrap();
-    let mal_track = || async {
-        room(&sfu.endpoint, &env, "talk").await.tracks.iter().find(|t| t.id == *climbing).map(|t| t.muted)
-    };
+    let mal_track =
+        || async { room(&sfu.endpoint, &env, "talk").await.tracks.iter().find(|t| t.id == *climbing).map(|t| t.muted) };
     switchboard_e2e::wait_for("mal's own track unmuted again", WAIT, || async { mal_track().await == Some(false) })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -297,6 +297,16 @@ impl SignalingClient {
         refused(type_, reply)
     }
 
+    /// Fresh TURN credentials (`ice-servers`): ask before the ones held expire (their
+    /// username is `<expiry unix seconds>:<participant>`).
+    pub async fn ice_servers(&self) -> Result<Vec<IceServer>> {
+        let reply = self.request(types::ICE_SERVERS, serde_json::json!({})).await?;
+        let payload: switchboard_signaling_proto::IceServersPayload = reply
+            .payload_as()
+            .map_err(|source| Error::Protocol { what: "the reply to `ice-servers`".into(), source })?;
+        Ok(payload.ice_servers)
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Envelope> {
         self.log.lock().unwrap().clone()

@@ -85,6 +85,9 @@ pub mod types {
     pub const ANSWER: &str = "answer";
     pub const CANDIDATE: &str = "candidate";
     pub const ICE_RESTART: &str = "ice-restart";
+    /// Client asks for fresh TURN credentials (before the ones it holds expire); the
+    /// server answers with the same type and an [`IceServersPayload`](super::IceServersPayload).
+    pub const ICE_SERVERS: &str = "ice-servers";
     pub const LEAVE: &str = "leave";
     pub const CHAT: &str = "chat";
     pub const PARTICIPANT_UPDATE: &str = "participant-update";
@@ -121,6 +124,8 @@ pub enum ClientMessage {
     Answer(AnswerPayload),
     Candidate(Candidate),
     IceRestart,
+    /// Fresh TURN credentials, please.
+    IceServers,
     Leave,
     Chat(ChatPayload),
     /// The sender's own state (mute, camera, screen share, name).
@@ -144,6 +149,7 @@ impl ClientMessage {
             Self::Answer(_) => ANSWER,
             Self::Candidate(_) => CANDIDATE,
             Self::IceRestart => ICE_RESTART,
+            Self::IceServers => ICE_SERVERS,
             Self::Leave => LEAVE,
             Self::Chat(_) => CHAT,
             Self::ParticipantUpdate(_) => PARTICIPANT_UPDATE,
@@ -290,6 +296,17 @@ pub struct JoinedPayload {
     /// The RecordingJob recording the meeting now, if any (not told to the waiting room).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<String>,
+    /// Fresh TURN credentials (every join and resume renews them; empty without TURN,
+    /// and in the waiting room).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<rest::IceServer>,
+}
+
+/// `ice-servers`: the reply to the client's `ice-servers`, fresh TURN credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServersPayload {
+    pub ice_servers: Vec<rest::IceServer>,
 }
 
 /// `recording`, broadcast to everyone admitted when a recording of the meeting starts
@@ -332,6 +349,9 @@ pub struct ChatMessage {
 pub struct MediaReconnectPayload {
     pub reason: String,
     pub generation: i64,
+    /// Fresh TURN credentials for the new connection (empty without TURN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<rest::IceServer>,
 }
 
 /// `reconnect`: the replica is shutting down (a drain, on SIGTERM). The client opens a
@@ -446,6 +466,7 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
         ANSWER => ClientMessage::Answer(typed(payload()).map_err(invalid)?),
         CANDIDATE => ClientMessage::Candidate(typed(payload()).map_err(invalid)?),
         ICE_RESTART => ClientMessage::IceRestart,
+        ICE_SERVERS => ClientMessage::IceServers,
         LEAVE => ClientMessage::Leave,
         CHAT => {
             let chat: ChatPayload = typed(payload()).map_err(invalid)?;
