@@ -282,6 +282,19 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
     inverted["metadata"] = json!({"name": "inverted"});
     inverted["spec"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
     assert_refused(&signaling, &inverted, "spec.autoscaling.minReplicas", "must not be greater than maxReplicas").await;
+    let mut keyless = example("signalingpool.yaml", "SignalingPool");
+    keyless["metadata"] = json!({"name": "keyless"});
+    keyless["spec"]["auth"] = json!({"sessionKeySecretRef": {"name": "s", "key": "k"}});
+    assert_refused(&signaling, &keyless, "spec.auth", "user tokens need a key").await;
+    let mut open_jwks = example("signalingpool.yaml", "SignalingPool");
+    open_jwks["metadata"] = json!({"name": "open-jwks"});
+    open_jwks["spec"]["auth"] = json!({"jwks": {"configMapName": "idp"}, "issuer": "https://idp.example.com"});
+    assert_refused(&signaling, &open_jwks, "spec.auth", "issuer and audience are required").await;
+    let mut half_rotation = example("signalingpool.yaml", "SignalingPool");
+    half_rotation["metadata"] = json!({"name": "half-rotation"});
+    half_rotation["spec"]["auth"]["previousSessionKeySecretRef"] = json!({"name": "s", "key": "old"});
+    half_rotation["spec"]["auth"].as_object_mut().unwrap().remove("sessionKeySecretRef");
+    assert_refused(&signaling, &half_rotation, "spec.auth", "needs sessionKeySecretRef").await;
     ns.delete().await;
 }
 
