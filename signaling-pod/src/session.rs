@@ -72,28 +72,6 @@ enum Flow {
     Stalled,
 }
 
-/// Per-connection message budget (token bucket).
-struct RateLimit {
-    tokens: f64,
-    per_second: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 struct Joined {
     claims: SessionClaims,
     /// Redis key of the meeting.
@@ -211,12 +189,8 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
     let mut writer = tokio::spawn(write_frames(sink, frames_rx, last_rx, ended_tx, limits.write_timeout));
     let (tx, mut rx) = mpsc::channel::<Outbound>(OUTBOUND_QUEUE);
     let (kill, mut killed) = watch::channel::<Option<Kill>>(None);
-    let mut limit = RateLimit {
-        tokens: app.cfg.rate_burst,
-        per_second: app.cfg.rate_per_second,
-        burst: app.cfg.rate_burst,
-        at: Instant::now(),
-    };
+    // Per-connection message budget.
+    let mut limit = crate::limits::TokenBucket::new(app.cfg.rate_per_second, app.cfg.rate_burst, Instant::now());
     let mut changes = app.meetings.changed.subscribe();
     let mut drain = app.limits.drain_state();
     drain.mark_changed();
@@ -260,7 +234,7 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                 idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                 match frame {
                     Some(Ok(Message::Text(text))) => {
-                        if limit.take() {
+                        if limit.take(Instant::now()).is_ok() {
                             s.frame(text.as_bytes()).await
                         } else {
                             let rate = app.cfg.rate_per_second;
