@@ -295,6 +295,15 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
     half_rotation["spec"]["auth"]["previousSessionKeySecretRef"] = json!({"name": "s", "key": "old"});
     half_rotation["spec"]["auth"].as_object_mut().unwrap().remove("sessionKeySecretRef");
     assert_refused(&signaling, &half_rotation, "spec.auth", "needs sessionKeySecretRef").await;
+    let mut two_cas = example("signalingpool.yaml", "SignalingPool");
+    two_cas["metadata"] = json!({"name": "two-cas"});
+    two_cas["spec"]["redis"]["tls"] =
+        json!({"caSecretRef": {"name": "ca", "key": "ca.crt"}, "caConfigMapRef": {"name": "ca", "key": "ca.crt"}});
+    assert_refused(&signaling, &two_cas, "spec.redis.tls", "one of caSecretRef and caConfigMapRef").await;
+    let mut no_ca = example("signalingpool.yaml", "SignalingPool");
+    no_ca["metadata"] = json!({"name": "no-ca"});
+    no_ca["spec"]["redis"]["tls"] = json!({});
+    assert_refused(&signaling, &no_ca, "spec.redis.tls", "one of caSecretRef and caConfigMapRef").await;
     ns.delete().await;
 }
 

@@ -171,3 +171,27 @@ fn roles_from_claims_and_their_order() {
             .allows(Role::Participant, Permission::UnmuteSelf)
     );
 }
+
+/// The fields added for publishing and TURN renewal: bad values get a named error, and
+/// `ice-servers` needs no payload.
+#[test]
+fn track_declarations_and_ice_servers_requests_are_checked() {
+    let bad = [
+        r#"{"type":"offer","payload":{"tracks":[{"id":"m","source":"Microphone","muted":"yes"}]}}"#,
+        r#"{"type":"offer","payload":{"tracks":[{"id":"m","source":"Banjo"}]}}"#,
+        r#"{"type":"offer","payload":{"tracks":[{"source":"Camera"}]}}"#,
+    ];
+    for frame in bad {
+        let e = parse_client(frame.as_bytes()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}: {e:?}");
+    }
+    let (_, m) =
+        parse_client(br#"{"type":"offer","payload":{"tracks":[{"id":"m","source":"Microphone","muted":true}]}}"#)
+            .unwrap();
+    let ClientMessage::Offer(o) = m else { panic!("an offer") };
+    assert!(
+        o.tracks[0].muted,
+        "a client may declare a track muted (signaling then sets it from the participant's state)"
+    );
+    assert_eq!(parse_client(br#"{"type":"ice-servers"}"#).unwrap().1, ClientMessage::IceServers);
+}
