@@ -40,6 +40,8 @@ pub struct App {
     pub next_connection: AtomicU64,
     /// Connection caps, accept rate, creation quota, drain (`limits.rs`).
     pub limits: crate::limits::Limits,
+    /// The newest mute wish per participant and kind, applied at the SFU in order.
+    mute_wishes: Arc<MuteWishes>,
     sfu_http: reqwest::Client,
     sfu_poll_http: reqwest::Client,
 }
@@ -75,6 +77,7 @@ impl App {
             relayed: Mutex::default(),
             next_connection: AtomicU64::new(1),
             limits: crate::limits::Limits::new(cfg_limits),
+            mute_wishes: Arc::default(),
             sfu_http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client"),
             // Event long-polls wait up to 10 s on the SFU.
             sfu_poll_http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client"),
@@ -104,12 +107,25 @@ impl App {
     /// the tracks it declared, and any other the SFU holds of it. Tracks exist on the
     /// SFU once their first packet arrived, so a mute of a declared track the SFU does
     /// not hold yet is retried for a while. In the background; the SFU may be gone.
+    /// The last wish wins: calls for one participant and kind are applied one at a time,
+    /// each applying the newest wish ([`MuteWishes`]).
     pub fn mute_at_sfu(&self, participant: &str, media: &crate::store::MediaRecord, kind: MediaKind, muted: bool) {
         let of_kind = |s: Source| mutes(kind, s);
         let declared: HashSet<String> =
             media.tracks.iter().filter(|t| of_kind(t.source)).map(|t| t.id.clone()).collect();
         let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), participant.to_owned());
+        let key = MuteKey {
+            endpoint: media.endpoint.clone(),
+            room: room.clone(),
+            participant: pid.clone(),
+            audio: kind == MediaKind::Audio,
+        };
+        let wishes = self.mute_wishes.clone();
+        let (generation, turn) = wishes.wish(&key, muted);
         tokio::spawn(async move {
+            let _turn = turn.lock().await;
+            // A newer wish's own task applies it (or already did).
+            let Some(muted) = wishes.newest(&key, generation) else { return };
             let status_url = sfu.url(switchboard_sfu_api::paths::ROOM, &room, "", "");
             let held: HashSet<String> = match sfu.get::<RoomStatus>(&status_url).await {
                 Ok(s) => s
@@ -123,15 +139,19 @@ impl App {
                     HashSet::new()
                 }
             };
-            // A mute waits up to a minute for a declared track's first packet.
+            // A mute waits up to a minute for a declared track's first packet, unless a
+            // newer wish comes first.
             let tries = if muted { 240 } else { 20 };
             let calls = declared.union(&held).map(|track| {
                 let url = sfu.url(switchboard_sfu_api::paths::TRACK, &room, &pid, track);
-                let sfu = &sfu;
+                let (sfu, wishes, key) = (&sfu, &wishes, &key);
                 async move {
                     for _ in 0..tries {
                         match sfu.put::<_, serde_json::Value>(&url, &MuteRequest { muted }).await {
                             Err(e) if e.code() == Some(SfuCode::UnknownTrack) => {
+                                if wishes.newest(key, generation).is_none() {
+                                    return;
+                                }
                                 tokio::time::sleep(Duration::from_millis(250)).await
                             }
                             Err(e) => {
@@ -144,6 +164,7 @@ impl App {
                 }
             });
             futures::future::join_all(calls).await;
+            wishes.done(&key, generation);
         });
     }
 
@@ -165,6 +186,68 @@ impl App {
     pub fn ws_url(&self) -> String {
         let base = self.public_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
         format!("{base}/ws")
+    }
+}
+
+/// Whose mute a wish is about: one SFU room's participant, audio or video.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MuteKey {
+    pub endpoint: String,
+    pub room: String,
+    pub participant: String,
+    pub audio: bool,
+}
+
+/// Mutes reach the SFU in the background, and a participant can turn its microphone off
+/// and on faster than the SFU answers; were each call a free task, "off" could land after
+/// "on". So each [`MuteKey`] has one slot: a wish bumps its generation and takes a turn
+/// (a lock); the task holding the turn applies the newest wish only if it is its own, and
+/// stops waiting for a track as soon as a newer wish arrives. A slot lives while a wish
+/// is unapplied, so the map holds at most the participants muting right now.
+#[derive(Default)]
+pub struct MuteWishes {
+    slots: Mutex<HashMap<MuteKey, MuteSlot>>,
+    /// Generations count across slots, so a task of a removed slot never matches a new one.
+    next: AtomicU64,
+}
+
+struct MuteSlot {
+    muted: bool,
+    generation: u64,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl MuteWishes {
+    /// Records a wish; returns its generation and the key's turn to wait for.
+    pub fn wish(&self, key: &MuteKey, muted: bool) -> (u64, Arc<tokio::sync::Mutex<()>>) {
+        let generation = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut slots = self.slots.lock().expect("mute wishes");
+        let slot = slots.entry(key.clone()).or_insert_with(|| MuteSlot { muted, generation, turn: Arc::default() });
+        slot.muted = muted;
+        slot.generation = generation;
+        (generation, slot.turn.clone())
+    }
+
+    /// The wish to apply if `generation` is still the newest, else `None`.
+    pub fn newest(&self, key: &MuteKey, generation: u64) -> Option<bool> {
+        let slots = self.slots.lock().expect("mute wishes");
+        slots.get(key).filter(|s| s.generation == generation).map(|s| s.muted)
+    }
+
+    /// `generation` was applied (or given up): the slot goes if nothing newer came.
+    pub fn done(&self, key: &MuteKey, generation: u64) {
+        let mut slots = self.slots.lock().expect("mute wishes");
+        if slots.get(key).is_some_and(|s| s.generation == generation) {
+            slots.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.lock().expect("mute wishes").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -216,5 +299,50 @@ impl Metrics {
             hub.reconnects.clone(),
         );
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(participant: &str) -> MuteKey {
+        MuteKey { endpoint: "http://sfu".into(), room: "r".into(), participant: participant.into(), audio: true }
+    }
+
+    #[test]
+    fn only_the_newest_wish_is_applied_and_its_slot_then_goes() {
+        let wishes = MuteWishes::default();
+        let (off, _) = wishes.wish(&key("pia"), true);
+        let (on, _) = wishes.wish(&key("pia"), false);
+        assert_eq!(wishes.newest(&key("pia"), off), None, "the older wish is not applied");
+        assert_eq!(wishes.newest(&key("pia"), on), Some(false));
+        wishes.done(&key("pia"), off);
+        assert_eq!(wishes.len(), 1, "an older wish does not clear a newer one");
+        wishes.done(&key("pia"), on);
+        assert!(wishes.is_empty());
+    }
+
+    #[test]
+    fn a_task_of_a_removed_slot_never_matches_a_new_one() {
+        let wishes = MuteWishes::default();
+        let (first, first_turn) = wishes.wish(&key("pia"), true);
+        let (second, _) = wishes.wish(&key("pia"), false);
+        wishes.done(&key("pia"), second);
+        let (third, third_turn) = wishes.wish(&key("pia"), true);
+        assert_eq!(wishes.newest(&key("pia"), first), None);
+        assert_eq!(wishes.newest(&key("pia"), third), Some(true));
+        assert!(!Arc::ptr_eq(&first_turn, &third_turn));
+    }
+
+    #[tokio::test]
+    async fn wishes_for_one_participant_take_turns_and_others_do_not_wait() {
+        let wishes = MuteWishes::default();
+        let (_, turn) = wishes.wish(&key("pia"), true);
+        let (_, same) = wishes.wish(&key("pia"), false);
+        let (_, other) = wishes.wish(&key("mal"), true);
+        let _held = turn.lock().await;
+        assert!(same.try_lock().is_err(), "pia's next wish waits for the turn");
+        assert!(other.try_lock().is_ok(), "mal's wish does not");
     }
 }
