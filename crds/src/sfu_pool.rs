@@ -164,10 +164,25 @@ pub struct PodCapacity {
     /// Participants one pod holds.
     #[schemars(range(min = 1, max = 100000))]
     pub participants_per_pod: i32,
-    /// Published plus forwarded tracks one pod holds. Unset: not limited separately.
+    /// Published plus forwarded tracks one pod holds. Placement counts a participant of a
+    /// meeting of n as 2n tracks (a camera and a microphone published, everyone else's
+    /// received) and leaves out a pod whose reported tracks plus the new ones would pass
+    /// this. Unset: not limited separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub tracks_per_pod: Option<i32>,
+    /// Builtin autoscaling: RTP packets per second (received plus forwarded) one pod should
+    /// carry. The pool then needs at least its reported packet rate over this many pods.
+    /// Unset: packets are not a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub packets_per_second_per_pod: Option<i32>,
+    /// Builtin autoscaling: CPU one pod should use, in millicores (1000 = one core). The
+    /// pool then needs at least its reported CPU use over this many pods. Unset: CPU is
+    /// not a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub cpu_millicores_per_pod: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -439,6 +454,9 @@ pub struct SfuPoolStatus {
     /// Capacity held for scheduled meetings that have not started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved: Option<Load>,
+    /// Builtin autoscaling: the signal that asked for the most pods at the last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_signal: Option<ScaleSignal>,
     /// A short load summary per pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
@@ -455,6 +473,23 @@ pub struct Load {
     pub participants: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracks: Option<i64>,
+    /// RTP packets received plus forwarded per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_per_second: Option<i64>,
+    /// CPU in use, in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<i64>,
+}
+
+/// What drove built-in autoscaling: seats, packet rate or CPU (`spec.capacity`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScaleSignal {
+    /// Allocated plus reserved participants and the buffer, against participantsPerPod.
+    Participants,
+    /// The pods' packet rate against packetsPerSecondPerPod.
+    PacketRate,
+    /// The pods' CPU use against cpuMillicoresPerPod.
+    Cpu,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -104,6 +104,9 @@ pub async fn simulate_heartbeats(client: Client, ns: String, running: std::sync:
     }
 }
 
+/// Names an operator binary for the benchmarks to run instead of building this tree's.
+pub const OPERATOR_BINARY_ENV: &str = "SWITCHBOARD_BENCH_OPERATOR";
+
 /// The release operator binary, running as its own process under the repo's RBAC
 /// (a ServiceAccount token), watching one namespace. Killed when dropped.
 pub struct ReleaseOperator {
@@ -122,14 +125,22 @@ impl ReleaseOperator {
         let dir = std::env::temp_dir().join(format!("{bench}-{namespace}"));
         std::fs::create_dir_all(&dir).unwrap();
         let kubeconfig = crate::operator::token_kubeconfig(&token, &dir.join("operator.kubeconfig"));
-        let status = std::process::Command::new("cargo")
-            .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
-            .current_dir(crate::repo_root())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the operator");
+        let binary = match std::env::var_os(OPERATOR_BINARY_ENV) {
+            // Another build (an A/B against an older commit, `e2e/bench-ab`).
+            Some(path) => std::path::PathBuf::from(path),
+            None => {
+                let status = std::process::Command::new("cargo")
+                    .args(["build", "--release", "-q", "-p", "operator", "--bin", "operator"])
+                    .current_dir(crate::repo_root())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "building the operator");
+                crate::repo_root().join("target/release/operator")
+            }
+        };
+        eprintln!("{bench}: operator binary {}", binary.display());
         let port = 18000 + (std::process::id() % 1000) as u16;
-        let child = tokio::process::Command::new(crate::repo_root().join("target/release/operator"))
+        let child = tokio::process::Command::new(&binary)
             .env("KUBECONFIG", &kubeconfig)
             .env("SWITCHBOARD_WATCH_NAMESPACE", namespace)
             .env("SWITCHBOARD_LEADER_NAMESPACE", namespace)

@@ -16,6 +16,7 @@ use switchboard_heartbeat::{Heartbeat, Load, POOL_LABEL, SfuState};
 #[derive(Default)]
 struct Shared {
     participants: HashMap<String, u32>,
+    packets_per_second: HashMap<String, u64>,
     silenced: HashSet<String>,
 }
 
@@ -38,16 +39,25 @@ impl SimulatedSfus {
                     let mut beats = Vec::new();
                     for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                         let name = pod.name_any();
-                        let (participants, silenced) = {
+                        let (participants, packets_per_second, silenced) = {
                             let s = state.lock().unwrap();
-                            (s.participants.get(&name).copied().unwrap_or(0), s.silenced.contains(&name))
+                            (
+                                s.participants.get(&name).copied().unwrap_or(0),
+                                s.packets_per_second.get(&name).copied().unwrap_or(0),
+                                s.silenced.contains(&name),
+                            )
                         };
                         if silenced {
                             continue;
                         }
                         let ip =
                             pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| "127.0.0.1".into());
-                        let load = Load { participants, rooms: participants.div_ceil(10), ..Default::default() };
+                        let load = Load {
+                            participants,
+                            rooms: participants.div_ceil(10),
+                            packets_per_second,
+                            ..Default::default()
+                        };
                         let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), load);
                         let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(10));
                         let leases = &leases;
@@ -71,6 +81,11 @@ impl SimulatedSfus {
     /// Sets the participants a pod reports.
     pub fn set_participants(&self, pod: &str, participants: u32) {
         self.shared.lock().unwrap().participants.insert(pod.into(), participants);
+    }
+
+    /// Sets the RTP packet rate a pod reports.
+    pub fn set_packet_rate(&self, pod: &str, packets_per_second: u64) {
+        self.shared.lock().unwrap().packets_per_second.insert(pod.into(), packets_per_second);
     }
 
     /// Stops heartbeats of one pod, as if its SFU process died.

@@ -171,6 +171,61 @@ async fn load_scales_up_at_once_and_down_after_the_window_removing_only_empty_po
     ns.delete().await;
 }
 
+/// Seats are not the only load: a few participants sending a lot fill pods by packet
+/// rate (`capacity.packetsPerSecondPerPod`). The pool grows on the packet rate the SFUs
+/// report, says so, and shrinks after the window once traffic stops, keeping busy pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packet_rate_scales_the_pool_while_seats_stay_low() {
+    let Setup { admin, ns, operator } = setup("pool-pps").await;
+    let pools: Api<SfuPool> = ns.api();
+    let sfus = SimulatedSfus::start(admin.clone(), &ns.name, "busy", Duration::from_secs(1));
+    let autoscaling = json!({"minReplicas": 2, "maxReplicas": 6, "scaleDownStabilization": "20s"});
+    let capacity = json!({"capacity": {"participantsPerPod": 100, "packetsPerSecondPerPod": 10000}});
+    apply(&pools, &pool("busy", autoscaling, capacity)).await;
+    await_ready(&admin, &ns.name, "busy", 2, 2).await;
+
+    // 10 participants (seats ask for 1 pod), 40,000 packets/s (4 pods).
+    let first = live_pods(&admin, &ns.name, "busy").await;
+    for pod in &first {
+        sfus.set_participants(&pod.name_any(), 5);
+        sfus.set_packet_rate(&pod.name_any(), 20_000);
+    }
+    let scaled = await_condition(&pools, "busy", Duration::from_secs(15), |p: Option<&SfuPool>| {
+        p.is_some_and(|p| p.spec.replicas == Some(4))
+    })
+    .await;
+    assert_eq!(scaled.spec.replicas, Some(4));
+    let ready = await_ready(&admin, &ns.name, "busy", 4, 4).await;
+    let status = ready.status.unwrap();
+    assert_eq!(status.scale_signal, Some(switchboard_crds::sfu_pool::ScaleSignal::PacketRate));
+    assert_eq!(status.allocated.unwrap().participants, 10);
+    // (Events of one reason share a series, so the note is the first scale-up's; the
+    // status names the signal.)
+    await_events(&admin, &ns.name, "busy", &["ScaledUp"]).await;
+
+    // Traffic stops; seats stay: back to the minimum after the window, the busy pods kept.
+    for pod in &first {
+        sfus.set_packet_rate(&pod.name_any(), 0);
+    }
+    assert_holds("4 replicas inside the stabilisation window", Duration::from_secs(8), || async {
+        pools.get("busy").await.unwrap().spec.replicas == Some(4)
+    })
+    .await;
+    await_condition(&pools, "busy", Duration::from_secs(40), |p: Option<&SfuPool>| {
+        p.is_some_and(|p| p.spec.replicas == Some(2))
+    })
+    .await;
+    let back = await_ready(&admin, &ns.name, "busy", 2, 2).await;
+    assert_eq!(back.status.unwrap().scale_signal, Some(switchboard_crds::sfu_pool::ScaleSignal::Participants));
+    let mut remaining: Vec<String> = live_pods(&admin, &ns.name, "busy").await.iter().map(|p| p.name_any()).collect();
+    let mut busy: Vec<String> = first.iter().map(|p| p.name_any()).collect();
+    remaining.sort();
+    busy.sort();
+    assert_eq!(remaining, busy, "the pods with participants were kept");
+    operator.stop().await.unwrap();
+    ns.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_whose_lease_expires_is_replaced() {
     let Setup { admin, ns, operator } = setup("pool-expire").await;

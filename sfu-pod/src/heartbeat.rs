@@ -34,7 +34,7 @@ pub async fn run(sfu: Arc<Sfu>, cfg: config::Heartbeat, endpoint: String) {
     };
     let leases: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut last = (Instant::now(), cpu_seconds("self").unwrap_or(0.0), 0u64, 0u64);
+    let mut last = (Instant::now(), cpu_seconds("self").unwrap_or(0.0), 0u64, 0u64, 0u64);
     let mut tick = tokio::time::interval(RENEW_INTERVAL);
     loop {
         tick.tick().await;
@@ -43,6 +43,7 @@ pub async fn run(sfu: Arc<Sfu>, cfg: config::Heartbeat, endpoint: String) {
         let cpu = cpu_seconds("self").unwrap_or(0.0);
         let bytes_in = sfu.metrics.bytes_in.get();
         let bytes_out = sfu.metrics.bytes_out.get();
+        let packets = sfu.metrics.packets_in.get() + sfu.metrics.packets_out.get();
         let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
         let load = Load {
             participants: status.participants as u32,
@@ -52,8 +53,9 @@ pub async fn run(sfu: Arc<Sfu>, cfg: config::Heartbeat, endpoint: String) {
             bitrate_in_bps: ((bytes_in - last.2) as f64 * 8.0 / secs) as u64,
             bitrate_out_bps: ((bytes_out - last.3) as f64 * 8.0 / secs) as u64,
             cpu_cores: ((cpu - last.1) / secs) as f32,
+            packets_per_second: (packets.saturating_sub(last.4) as f64 / secs) as u64,
         };
-        last = (now, cpu, bytes_in, bytes_out);
+        last = (now, cpu, bytes_in, bytes_out, packets);
         let state = match status.state {
             NodeState::Starting => SfuState::Starting,
             NodeState::Ready => SfuState::Ready,

@@ -55,6 +55,12 @@ async fn the_sfu_renews_its_lease_with_state_load_and_endpoint() {
     assert_eq!(loaded.heartbeat.load.rooms, 1);
     assert_eq!(loaded.heartbeat.load.published_tracks, 1);
     assert_eq!(loaded.heartbeat.load.subscribed_tracks, 1);
+    // Opus at 20 ms: ~50 packets/s in and ~50 forwarded.
+    let pps = eventually("the packet rate in the heartbeat", TIMEOUT, || async {
+        beat(&leases, "eu-west-sfu-0").await.map(|o| o.heartbeat.load.packets_per_second).filter(|p| *p > 0)
+    })
+    .await;
+    assert!((40..=400).contains(&pps), "{pps} packets/s for one audio track forwarded once");
     assert!(loaded.renewed > first.renewed, "the Lease is renewed");
 
     // A drain shows in the Lease, for the operator.

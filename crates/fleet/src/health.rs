@@ -207,7 +207,14 @@ mod tests {
             ready: true,
             finished: false,
             draining_since: None,
-            heartbeat: Some(HeartbeatView { state: ReportedState::Ready, participants: 5, tracks: 0, renewed }),
+            heartbeat: Some(HeartbeatView {
+                state: ReportedState::Ready,
+                participants: 5,
+                tracks: 0,
+                packets_per_second: 0,
+                cpu_millicores: 0,
+                renewed,
+            }),
             allocated: 5,
             fault: None,
         }

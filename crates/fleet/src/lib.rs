@@ -7,6 +7,10 @@
 //! * Built-in autoscaling keeps `ready capacity >= allocated + reserved + buffer`,
 //!   clamped to `[min, max]`. It scales up at once and down only to the highest
 //!   recommendation seen during the stabilisation window.
+//! * Seats are not the only load: a pool may also set a packet rate and a CPU use
+//!   per pod, and then needs as many pods as the largest of the three signals asks
+//!   for (a few participants with many high-bitrate tracks fill a pod before its
+//!   seats do). The plan says which signal drove it ([`Signal`]).
 //! * A pod that hosts participants is never deleted: it is drained (no new
 //!   meetings) and deleted when empty or when its drain timeout expires.
 //! * Scale-down removes starting pods first, then empty pods, then drains busy
@@ -49,6 +53,10 @@ pub struct Policy {
     /// `spec.replicas` as last written (by us in Builtin mode, by HPA/users in External).
     pub spec_replicas: Option<u32>,
     pub participants_per_pod: u64,
+    /// Packets per second (received plus forwarded) one pod should carry; None: seats only.
+    pub packets_per_second_per_pod: Option<u64>,
+    /// CPU one pod should use, in millicores; None: not a signal.
+    pub cpu_millicores_per_pod: Option<u64>,
     pub buffer: Buffer,
     pub scale_down_stabilization: Duration,
     pub strategy: Strategy,
@@ -76,7 +84,43 @@ pub struct HeartbeatView {
     pub state: ReportedState,
     pub participants: u64,
     pub tracks: u64,
+    /// RTP packets received plus forwarded per second.
+    pub packets_per_second: u64,
+    pub cpu_millicores: u64,
     pub renewed: Timestamp,
+}
+
+/// What decided the built-in autoscaler's pod count: the signal asking for the most pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signal {
+    /// Allocated plus reserved participants against `participantsPerPod` (also the
+    /// answer when the load signals ask for no more).
+    #[default]
+    Participants,
+    /// The pool's packet rate against `packetsPerSecondPerPod`.
+    PacketRate,
+    /// The pool's CPU use against `cpuMillicoresPerPod`.
+    Cpu,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Participants => "Participants",
+            Signal::PacketRate => "PacketRate",
+            Signal::Cpu => "Cpu",
+        }
+    }
+}
+
+/// The pool's load as its healthy pods report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolLoad {
+    /// Participants of all pods (placed or reported, whichever is more).
+    pub participants: u64,
+    pub reserved: u64,
+    pub packets_per_second: u64,
+    pub cpu_millicores: u64,
 }
 
 /// One pod of the pool as observed.
@@ -172,6 +216,11 @@ pub struct Plan {
     pub allocated_participants: u64,
     pub allocated_tracks: u64,
     pub reserved_participants: u64,
+    /// Packets per second and CPU of the pods that are not Unhealthy.
+    pub packets_per_second: u64,
+    pub cpu_millicores: u64,
+    /// Builtin mode: the signal that asked for the most pods.
+    pub scale_signal: Option<Signal>,
     pub ready_capacity: u64,
     pub scaling_limited: Option<ScalingLimit>,
     /// Pods of an older template still present.
@@ -237,14 +286,55 @@ fn pods_for(participants: u64, per_pod: u64) -> u64 {
     participants.div_ceil(per_pod.max(1))
 }
 
-/// The replica count the pool aims for, and whether a limit cut it.
+/// Pods each signal asks for, the buffer included: the participants' buffer as is; for
+/// the load signals a percentage buffer scales the load, a participants buffer adds the
+/// pods those participants would take.
+fn needed_pods(policy: &Policy, load: &PoolLoad) -> [(Signal, u64, String); 3] {
+    let seats = load.participants + load.reserved;
+    let seat_buffer = match policy.buffer {
+        Buffer::None => 0,
+        Buffer::Participants(n) => n,
+        Buffer::Percent(p) => (seats * p).div_ceil(100),
+    };
+    let by_load = |total: u64, per_pod: Option<u64>| match per_pod {
+        None | Some(0) => 0,
+        Some(per_pod) => match policy.buffer {
+            Buffer::None => pods_for(total, per_pod),
+            Buffer::Percent(p) => pods_for(total.saturating_mul(100 + p).div_ceil(100), per_pod),
+            Buffer::Participants(n) => pods_for(total, per_pod) + pods_for(n, policy.participants_per_pod),
+        },
+    };
+    [
+        (
+            Signal::Participants,
+            pods_for(seats + seat_buffer, policy.participants_per_pod),
+            format!("{seats} participants allocated or reserved plus a buffer of {seat_buffer}"),
+        ),
+        (
+            Signal::PacketRate,
+            by_load(load.packets_per_second, policy.packets_per_second_per_pod),
+            format!(
+                "{} packets/s at {} per pod",
+                load.packets_per_second,
+                policy.packets_per_second_per_pod.unwrap_or(0)
+            ),
+        ),
+        (
+            Signal::Cpu,
+            by_load(load.cpu_millicores, policy.cpu_millicores_per_pod),
+            format!("{}m CPU at {}m per pod", load.cpu_millicores, policy.cpu_millicores_per_pod.unwrap_or(0)),
+        ),
+    ]
+}
+
+/// The replica count the pool aims for, whether a limit cut it, and (Builtin) the
+/// signal that drove it.
 fn desired_replicas(
     policy: &Policy,
-    allocated: u64,
-    reserved: u64,
+    load: &PoolLoad,
     now: Timestamp,
     memory: &mut ScaleMemory,
-) -> (u32, Option<ScalingLimit>, Option<Duration>) {
+) -> (u32, Option<ScalingLimit>, Option<Duration>, Option<Signal>) {
     let (min, max) = (policy.min_replicas, policy.max_replicas.max(policy.min_replicas));
     match policy.mode {
         Mode::External => {
@@ -254,22 +344,16 @@ fn desired_replicas(
                 reason: if asked > max { "MaxReplicas" } else { "MinReplicas" },
                 message: format!("spec.replicas {asked} is outside [{min}, {max}]; running {desired}"),
             });
-            (desired, limit, None)
+            (desired, limit, None, None)
         }
         Mode::Builtin => {
-            let load = allocated + reserved;
-            let buffer = match policy.buffer {
-                Buffer::None => 0,
-                Buffer::Participants(n) => n,
-                Buffer::Percent(p) => (load * p).div_ceil(100),
-            };
-            let needed = pods_for(load + buffer, policy.participants_per_pod);
+            // The first of the largest wins, so seats drive when the signals tie.
+            let [first, rest @ ..] = needed_pods(policy, load);
+            let (signal, needed, why) = rest.into_iter().fold(first, |a, b| if b.1 > a.1 { b } else { a });
             let raw = needed.clamp(min as u64, max as u64) as u32;
             let limit = (needed > max as u64).then(|| ScalingLimit {
                 reason: "MaxReplicas",
-                message: format!(
-                    "{load} participants allocated or reserved plus a buffer of {buffer} need {needed} pods; maxReplicas is {max}"
-                ),
+                message: format!("{why} need {needed} pods; maxReplicas is {max}"),
             });
             let current = policy.spec_replicas.unwrap_or(min).clamp(min, max);
             let window = policy.scale_down_stabilization;
@@ -279,7 +363,7 @@ fn desired_replicas(
                 memory.recommendations.pop_front();
             }
             if raw >= current {
-                return (raw, limit, None);
+                return (raw, limit, None, Some(signal));
             }
             // Scale down only to the highest recommendation of the window; until the
             // memory spans a whole window (after a restart), not below the current count.
@@ -294,7 +378,7 @@ fn desired_replicas(
                 floor = floor.max(current);
                 recheck = Some(until(now, started, window) + Duration::from_millis(1));
             }
-            (raw.max(floor).min(current.max(raw)), limit, recheck)
+            (raw.max(floor).min(current.max(raw)), limit, recheck, Some(signal))
         }
     }
 }
@@ -352,13 +436,24 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
     let mut plan = Plan { reserved_participants: reserved, ..Default::default() };
     for p in &inputs {
         plan.allocated_participants += p.participants;
-        if p.state != PodState::Unhealthy {
-            plan.allocated_tracks += p.pod.heartbeat.as_ref().map_or(0, |h| h.tracks);
+        if p.state != PodState::Unhealthy
+            && let Some(hb) = &p.pod.heartbeat
+        {
+            plan.allocated_tracks += hb.tracks;
+            plan.packets_per_second += hb.packets_per_second;
+            plan.cpu_millicores += hb.cpu_millicores;
         }
     }
-    let (desired, limit, mut recheck) = desired_replicas(policy, plan.allocated_participants, reserved, now, memory);
+    let load = PoolLoad {
+        participants: plan.allocated_participants,
+        reserved,
+        packets_per_second: plan.packets_per_second,
+        cpu_millicores: plan.cpu_millicores,
+    };
+    let (desired, limit, mut recheck, signal) = desired_replicas(policy, &load, now, memory);
     plan.desired = desired;
     plan.scaling_limited = limit;
+    plan.scale_signal = signal;
     if policy.mode == Mode::Builtin && policy.spec_replicas != Some(desired) {
         plan.write_spec_replicas = Some(desired);
     }

@@ -13,6 +13,8 @@ fn policy() -> Policy {
         max_replicas: 10,
         spec_replicas: Some(2),
         participants_per_pod: 100,
+        packets_per_second_per_pod: None,
+        cpu_millicores_per_pod: None,
         buffer: Buffer::Participants(50),
         scale_down_stabilization: Duration::from_secs(300),
         strategy: Strategy::Packed,
@@ -39,6 +41,8 @@ fn pod(name: &str, node: &str, participants: u64, now: Timestamp) -> PodView {
             state: ReportedState::Ready,
             participants,
             tracks: participants * 3,
+            packets_per_second: participants * 50,
+            cpu_millicores: participants * 2,
             renewed: now,
         }),
         allocated: 0,
@@ -365,4 +369,136 @@ fn a_pod_draining_for_a_fault_is_never_taken_back() {
     let plan = plan(&p, &[failed, pod("b", "n2", 0, now)], 0, now, &mut ScaleMemory::default());
     assert!(plan.cancel_drain.is_empty());
     assert_eq!(plan.create, 2);
+}
+
+/// A pod of `participants` reporting `pps` packets per second and `cpu` millicores.
+fn loaded(name: &str, node: &str, participants: u64, pps: u64, cpu: u64, now: Timestamp) -> PodView {
+    let mut p = pod(name, node, participants, now);
+    let hb = p.heartbeat.as_mut().unwrap();
+    (hb.packets_per_second, hb.cpu_millicores) = (pps, cpu);
+    p
+}
+
+#[test]
+fn the_largest_signal_decides_the_pod_count() {
+    let now = t(0);
+    let targets = Policy {
+        packets_per_second_per_pod: Some(10_000),
+        cpu_millicores_per_pod: Some(1_000),
+        buffer: Buffer::None,
+        min_replicas: 1,
+        spec_replicas: Some(1),
+        ..policy()
+    };
+    // (case, policy, pods, desired, signal)
+    let cases: Vec<(&str, Policy, Vec<PodView>, u32, Signal)> = vec![
+        (
+            "seats only: load ignored",
+            Policy { buffer: Buffer::None, min_replicas: 1, ..policy() },
+            vec![loaded("a", "n1", 150, 90_000, 5_000, now)],
+            2,
+            Signal::Participants,
+        ),
+        (
+            "few seats, many packets",
+            targets.clone(),
+            vec![loaded("a", "n1", 20, 35_000, 500, now)],
+            4,
+            Signal::PacketRate,
+        ),
+        ("few seats, busy CPU", targets.clone(), vec![loaded("a", "n1", 20, 5_000, 2_500, now)], 3, Signal::Cpu),
+        (
+            "seats drive when they ask for most",
+            targets.clone(),
+            vec![loaded("a", "n1", 250, 5_000, 500, now)],
+            3,
+            Signal::Participants,
+        ),
+        (
+            "a tie goes to seats",
+            targets.clone(),
+            vec![loaded("a", "n1", 200, 20_000, 500, now)],
+            2,
+            Signal::Participants,
+        ),
+        (
+            "load of an unhealthy pod is not counted",
+            targets.clone(),
+            vec![
+                loaded("a", "n1", 10, 5_000, 100, now),
+                PodView {
+                    heartbeat: Some(HeartbeatView {
+                        renewed: t(-60),
+                        ..loaded("b", "n2", 0, 90_000, 9_000, now).heartbeat.unwrap()
+                    }),
+                    ..loaded("b", "n2", 0, 0, 0, now)
+                },
+            ],
+            1,
+            Signal::Participants,
+        ),
+        (
+            "a percentage buffer scales the load",
+            Policy { buffer: Buffer::Percent(50), ..targets.clone() },
+            vec![loaded("a", "n1", 10, 30_000, 100, now)],
+            5,
+            Signal::PacketRate,
+        ),
+        (
+            "a participants buffer adds its pods",
+            Policy { buffer: Buffer::Participants(100), ..targets.clone() },
+            vec![loaded("a", "n1", 10, 30_000, 100, now)],
+            4,
+            Signal::PacketRate,
+        ),
+        (
+            "maxReplicas caps the load too",
+            Policy { max_replicas: 3, ..targets.clone() },
+            vec![loaded("a", "n1", 10, 90_000, 100, now)],
+            3,
+            Signal::PacketRate,
+        ),
+    ];
+    for (case, policy, pods, desired, signal) in cases {
+        let plan = plan(&policy, &pods, 0, now, &mut ScaleMemory::default());
+        assert_eq!((plan.desired, plan.scale_signal), (desired, Some(signal)), "{case}");
+    }
+}
+
+#[test]
+fn a_load_limit_names_its_signal() {
+    let now = t(0);
+    let policy = Policy { packets_per_second_per_pod: Some(1_000), max_replicas: 3, ..policy() };
+    let plan = plan(&policy, &[loaded("a", "n1", 10, 9_000, 0, now)], 0, now, &mut ScaleMemory::default());
+    let limit = plan.scaling_limited.expect("limited");
+    assert_eq!(limit.reason, "MaxReplicas");
+    assert!(limit.message.contains("9000 packets/s at 1000 per pod"), "{}", limit.message);
+    assert_eq!((plan.packets_per_second, plan.cpu_millicores), (9_000, 0));
+}
+
+#[test]
+fn when_the_traffic_stops_the_pool_shrinks_after_the_window_and_busy_pods_drain() {
+    let policy = Policy {
+        packets_per_second_per_pod: Some(10_000),
+        buffer: Buffer::None,
+        min_replicas: 1,
+        spec_replicas: Some(1),
+        scale_down_stabilization: Duration::from_secs(60),
+        ..policy()
+    };
+    let mut memory = ScaleMemory::default();
+    let busy = |now| {
+        vec![loaded("a", "n1", 4, 25_000, 0, now), loaded("b", "n2", 2, 0, 0, now), loaded("c", "n3", 0, 0, 0, now)]
+    };
+    let up = plan(&policy, &busy(t(0)), 0, t(0), &mut memory);
+    assert_eq!((up.desired, up.scale_signal), (3, Some(Signal::PacketRate)));
+    let policy = Policy { spec_replicas: Some(3), ..policy };
+    let quiet =
+        |now| vec![loaded("a", "n1", 4, 0, 0, now), loaded("b", "n2", 2, 0, 0, now), loaded("c", "n3", 0, 0, 0, now)];
+    let held = plan(&policy, &quiet(t(30)), 0, t(30), &mut memory);
+    assert_eq!(held.desired, 3, "inside the window the count holds");
+    let down = plan(&policy, &quiet(t(120)), 0, t(120), &mut memory);
+    assert_eq!((down.desired, down.scale_signal), (1, Some(Signal::Participants)));
+    assert_eq!(down.delete, vec![("c".to_string(), DeleteReason::ScaleDown)], "the empty pod goes");
+    assert_eq!(down.start_drain, vec!["b".to_string()], "a busy pod is drained, never deleted");
 }

@@ -51,6 +51,9 @@ pub struct Load {
     pub bitrate_out_bps: u64,
     /// CPU in use, in cores (1.5 = one and a half cores).
     pub cpu_cores: f32,
+    /// RTP packets received plus forwarded per second (absent from older SFUs: 0).
+    #[serde(default)]
+    pub packets_per_second: u64,
 }
 
 /// One heartbeat: the annotation's content.
@@ -201,9 +204,14 @@ mod tests {
             serde_json::json!({
                 "version": 1, "state": "Ready", "endpoint": "http://127.0.0.1:7880",
                 "load": {"participants": 42, "rooms": 3, "publishedTracks": 80, "subscribedTracks": 900,
-                         "bitrateInBps": 0, "bitrateOutBps": 0, "cpuCores": 0.0}
+                         "bitrateInBps": 0, "bitrateOutBps": 0, "cpuCores": 0.0, "packetsPerSecond": 0}
             })
         );
+        // A heartbeat of an SFU from before the packet rate still reads, as 0 packets/s.
+        let mut older = json.clone();
+        older["load"].as_object_mut().unwrap().remove("packetsPerSecond");
+        let read: Heartbeat = serde_json::from_value(older).unwrap();
+        assert_eq!(read, beat());
     }
 
     #[test]

@@ -77,6 +77,17 @@ impl std::fmt::Display for Shortfall {
     }
 }
 
+/// Tracks one participant of a meeting of n takes on its pod, per member of the meeting:
+/// it publishes a camera and a microphone and receives everyone else's, 2n in all.
+pub const TRACKS_PER_PARTICIPANT: u64 = 2;
+
+/// Participants of a meeting of `meeting_size` that still fit on a pod holding
+/// `tracks_in_use` of `track_limit` tracks. A pod's seats and its tracks are separate
+/// limits: a few large meetings fill a pod's tracks before its seats.
+pub fn participants_within_tracks(track_limit: u64, tracks_in_use: u64, meeting_size: u64) -> u64 {
+    track_limit.saturating_sub(tracks_in_use) / (TRACKS_PER_PARTICIPANT * meeting_size.max(1))
+}
+
 /// Places `participants` on `candidates`. The first share is the origin.
 pub fn place(strategy: Strategy, candidates: &[Candidate], participants: u64) -> Result<Vec<Share>, Shortfall> {
     let participants = participants.max(1);
@@ -364,5 +375,15 @@ mod tests {
         assert_valid_tree(&r.shares, &freed, 98);
         let none = replace(Strategy::Packed, &[], &tree, &["a".into()]);
         assert_eq!(none, Err(Shortfall::NoReadyPods));
+    }
+
+    #[test]
+    fn the_track_limit_bounds_participants_by_meeting_size() {
+        // (limit, in use, meeting size, participants that fit)
+        for (limit, used, size, fits) in
+            [(1_000, 0, 10, 50), (1_000, 900, 10, 5), (1_000, 1_000, 2, 0), (1_000, 1_200, 2, 0), (100, 0, 0, 50)]
+        {
+            assert_eq!(participants_within_tracks(limit, used, size), fits, "{limit} {used} {size}");
+        }
     }
 }

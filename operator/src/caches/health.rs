@@ -96,6 +96,8 @@ impl Caches {
                     },
                     participants: o.heartbeat.load.participants as u64,
                     tracks: (o.heartbeat.load.published_tracks + o.heartbeat.load.subscribed_tracks) as u64,
+                    packets_per_second: o.heartbeat.load.packets_per_second,
+                    cpu_millicores: (f64::from(o.heartbeat.load.cpu_cores.max(0.0)) * 1000.0).round() as u64,
                     renewed: o.renewed?,
                 })
             }),

@@ -114,11 +114,13 @@ pub fn release_in_background(ctx: &Context, m: &Meeting, pods: Vec<String>) {
 }
 
 /// A Ready SFU pod of a pool, able to take meetings.
-struct ReadyPod {
-    name: String,
-    node: Option<String>,
-    zone: Option<String>,
-    endpoint: String,
+pub(super) struct ReadyPod {
+    pub name: String,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub endpoint: String,
+    /// Published plus subscribed tracks its heartbeat reports.
+    pub tracks: u64,
 }
 
 /// The pods that may take new seats: Ready, heartbeat Ready, not draining or
@@ -136,21 +138,48 @@ fn ready_pods(ctx: &Context, pool: &SfuPool, now: jiff::Timestamp) -> Vec<ReadyP
             if !view.ready || beat.heartbeat.state != SfuState::Ready || verdict.fault.is_some() || !node_ok {
                 return None;
             }
-            Some(ReadyPod { name: view.name, node: view.node, zone: view.zone, endpoint: beat.heartbeat.endpoint })
+            let load = beat.heartbeat.load;
+            let tracks = u64::from(load.published_tracks) + u64::from(load.subscribed_tracks);
+            Some(ReadyPod {
+                name: view.name,
+                node: view.node,
+                zone: view.zone,
+                endpoint: beat.heartbeat.endpoint,
+                tracks,
+            })
         })
         .collect()
 }
 
-/// Ready pods as placement candidates, with the seats taken on each.
-fn candidates(ready: &[ReadyPod], taken: &HashMap<String, u64>, per_pod: u64) -> Vec<Candidate> {
+/// A pool's track limit as one placement sees it (`capacity.tracksPerPod`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TrackLimit {
+    pub per_pod: u64,
+    /// Participants of the meeting being placed.
+    pub meeting_size: u64,
+}
+
+/// Ready pods as placement candidates, with the seats taken on each. Under a track
+/// limit a pod's capacity for this meeting is also what its free tracks allow (pods in
+/// `keep` already carry the meeting's tracks and keep their seats).
+pub(super) fn candidates(
+    ready: &[ReadyPod],
+    taken: &HashMap<String, u64>,
+    per_pod: u64,
+    tracks: Option<TrackLimit>,
+    keep: &[String],
+) -> Vec<Candidate> {
     ready
         .iter()
-        .map(|p| Candidate {
-            pod: p.name.clone(),
-            node: p.node.clone(),
-            zone: p.zone.clone(),
-            capacity: per_pod,
-            allocated: taken.get(&p.name).copied().unwrap_or(0),
+        .map(|p| {
+            let allocated = taken.get(&p.name).copied().unwrap_or(0);
+            let capacity = match tracks {
+                Some(t) if !keep.contains(&p.name) => {
+                    per_pod.min(allocated + place::participants_within_tracks(t.per_pod, p.tracks, t.meeting_size))
+                }
+                _ => per_pod,
+            };
+            Candidate { pod: p.name.clone(), node: p.node.clone(), zone: p.zone.clone(), capacity, allocated }
         })
         .collect()
 }
@@ -192,6 +221,7 @@ async fn commit<T>(
     h: &Holder<'_>,
     ready: &[ReadyPod],
     keep: &[String],
+    meeting_size: u64,
     verb: &str,
     choose: impl FnOnce(&[Candidate]) -> Result<(T, Vec<Share>), Shortfall>,
 ) -> Result<T, NotPlaced> {
@@ -199,10 +229,11 @@ async fn commit<T>(
         ctx.book.release(&h.ns, &pod, &h.name, &h.uid).await.ok();
     }
     let per_pod = h.pool.spec.capacity.participants_per_pod.max(1) as u64;
+    let tracks = h.pool.spec.capacity.tracks_per_pod.map(|t| TrackLimit { per_pod: t.max(1) as u64, meeting_size });
     let names: Vec<String> = ready.iter().map(|p| p.name.clone()).collect();
     let (chosen, commits) = ctx
         .book
-        .reserve(&h.ns, &names, |taken| match choose(&candidates(ready, taken, per_pod)) {
+        .reserve(&h.ns, &names, |taken| match choose(&candidates(ready, taken, per_pod, tracks, keep)) {
             Ok((chosen, writes)) => {
                 let seats = |s: &Share| Seats { uid: h.uid.clone(), seats: s.slots() };
                 let adds = writes.iter().map(|s| (s.pod.clone(), h.name.clone(), seats(s), per_pod)).collect();
@@ -262,7 +293,7 @@ async fn place_meeting(
 ) -> Result<Assignment, NotPlaced> {
     let ready = ready_pods(ctx, h.pool, now);
     let strategy = strategy_of(h.pool);
-    let shares = commit(ctx, h, &ready, &[], "placing", |candidates| {
+    let shares = commit(ctx, h, &ready, &[], participants, "placing", |candidates| {
         place::place(strategy, candidates, participants).map(|shares| (shares.clone(), shares))
     })
     .await?;
@@ -282,7 +313,8 @@ async fn migrate_meeting(
     let ready = ready_pods(ctx, h.pool, now);
     let strategy = strategy_of(h.pool);
     let shares = shares_of(old);
-    let replacement = commit(ctx, h, &ready, &pods_of(old), "moving", |candidates| {
+    let size = shares.iter().map(|s| s.participants).sum();
+    let replacement = commit(ctx, h, &ready, &pods_of(old), size, "moving", |candidates| {
         let r = place::replace(strategy, candidates, &shares, failed)?;
         // Seats to write: every share whose pod or size is new.
         let writes = r

@@ -330,3 +330,42 @@ fn participants_joining_make_the_meeting_active_with_an_event() {
     assert_eq!(f.status.started_at.as_ref().map(|t| t.0), Some(at(20)));
     assert_eq!(reasons(&f.events), ["Active"]);
 }
+
+/// `capacity.tracksPerPod`: a pod whose reported tracks plus the meeting's would pass the
+/// limit is not a candidate for it, however many seats it has free; pods already in the
+/// meeting's tree keep their seats.
+#[test]
+fn a_placement_leaves_out_a_pod_whose_tracks_would_pass_the_limit() {
+    use std::collections::HashMap;
+    use switchboard_placement::place::{self, Shortfall, Strategy};
+
+    use super::apply::{ReadyPod, TrackLimit, candidates};
+    let ready = |name: &str, tracks: u64| ReadyPod {
+        name: name.into(),
+        node: Some(format!("node-{name}")),
+        zone: None,
+        endpoint: format!("http://{name}:7880"),
+        tracks,
+    };
+    let pods = [ready("busy", 900), ready("quiet", 100)];
+    let taken = HashMap::from([("busy".to_string(), 10), ("quiet".to_string(), 10)]);
+    // A meeting of 10 needs 2 × 10 × 10 = 200 tracks: only the quiet pod has them.
+    let limit = Some(TrackLimit { per_pod: 1_000, meeting_size: 10 });
+    let c = candidates(&pods, &taken, 100, limit, &[]);
+    let free: Vec<(String, u64)> = c.iter().map(|c| (c.pod.clone(), c.free())).collect();
+    assert_eq!(free, vec![("busy".into(), 5), ("quiet".into(), 45)]);
+    // Packed would take the fullest pod; the track limit leaves it out.
+    let shares = place::place(Strategy::Packed, &c, 10).unwrap();
+    assert_eq!(shares.len(), 1);
+    assert_eq!(shares[0].pod, "quiet");
+    // Without a limit the busy pod is the best fit.
+    let unlimited = candidates(&pods, &taken, 100, None, &[]);
+    assert_eq!(place::place(Strategy::Packed, &unlimited, 10).unwrap()[0].pod, "busy");
+    // When no pod has the tracks, the meeting is refused (a cascade of what fits otherwise).
+    let full = [ready("a", 1_000), ready("b", 990)];
+    let c = candidates(&full, &HashMap::new(), 100, limit, &[]);
+    assert!(matches!(place::place(Strategy::Packed, &c, 10), Err(Shortfall::InsufficientCapacity { .. })));
+    // A pod of the meeting's own tree keeps its seats whatever its tracks.
+    let kept = candidates(&full, &HashMap::new(), 100, limit, &["a".to_string()]);
+    assert_eq!(kept[0].free(), 100);
+}

@@ -131,6 +131,8 @@ pub fn policy(pool: &SfuPool, template_hash: &str, startup_timeout: Duration) ->
         max_replicas: a.max_replicas.max(0) as u32,
         spec_replicas: pool.spec.replicas.map(|r| r.max(0) as u32),
         participants_per_pod: pool.spec.capacity.participants_per_pod.max(1) as u64,
+        packets_per_second_per_pod: pool.spec.capacity.packets_per_second_per_pod.map(|n| n.max(1) as u64),
+        cpu_millicores_per_pod: pool.spec.capacity.cpu_millicores_per_pod.map(|n| n.max(1) as u64),
         buffer: match &a.buffer {
             Some(b) if b.participants.is_some() => {
                 fleet::Buffer::Participants(b.participants.unwrap_or(0).max(0) as u64)
@@ -181,10 +183,21 @@ fn scale(pool: &SfuPool, plan: &fleet::Plan, policy: &fleet::Policy) -> Option<S
     let replicas = plan.write_spec_replicas?;
     let from = pool.spec.replicas.unwrap_or(0);
     let (reason, what) = if replicas as i32 > from { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
-    let note = format!(
-        "scaled {what} from {from} to {replicas} pods: {} participants allocated, capacity {} per pod",
-        plan.allocated_participants, policy.participants_per_pod
-    );
+    let why = match plan.scale_signal {
+        Some(fleet::Signal::PacketRate) => format!(
+            "packet rate {}/s, {} per pod",
+            plan.packets_per_second,
+            policy.packets_per_second_per_pod.unwrap_or(0)
+        ),
+        Some(fleet::Signal::Cpu) => {
+            format!("CPU {}m, {}m per pod", plan.cpu_millicores, policy.cpu_millicores_per_pod.unwrap_or(0))
+        }
+        _ => format!(
+            "{} participants allocated, capacity {} per pod",
+            plan.allocated_participants, policy.participants_per_pod
+        ),
+    };
+    let note = format!("scaled {what} from {from} to {replicas} pods: {why}");
     Some(Scale { replicas, event: Event::normal(reason, note) })
 }
 

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use switchboard_crds::sfu_pool::{Load, PodSummary, SfuPodState};
+use switchboard_crds::sfu_pool::{Load, PodSummary, ScaleSignal, SfuPodState};
 use switchboard_crds::{SfuPool, SfuPoolStatus};
 use switchboard_fleet as fleet;
 
@@ -50,12 +50,23 @@ pub fn status(
         draining_replicas: count(fleet::PodState::Draining) + count(fleet::PodState::Drained),
         unhealthy_replicas: count(fleet::PodState::Unhealthy),
         selector: Some(build::selector_string(&pool.name_any())),
-        capacity: Some(Load { participants: plan.ready_capacity as i64, tracks: None }),
+        capacity: Some(Load {
+            participants: plan.ready_capacity as i64,
+            tracks: pool.spec.capacity.tracks_per_pod.map(|t| i64::from(count(fleet::PodState::Ready)) * i64::from(t)),
+            ..Load::default()
+        }),
         allocated: Some(Load {
             participants: plan.allocated_participants as i64,
             tracks: Some(plan.allocated_tracks as i64),
+            packets_per_second: Some(plan.packets_per_second as i64),
+            cpu_millicores: Some(plan.cpu_millicores as i64),
         }),
-        reserved: Some(Load { participants: plan.reserved_participants as i64, tracks: None }),
+        reserved: Some(Load { participants: plan.reserved_participants as i64, ..Load::default() }),
+        scale_signal: plan.scale_signal.map(|s| match s {
+            fleet::Signal::Participants => ScaleSignal::Participants,
+            fleet::Signal::PacketRate => ScaleSignal::PacketRate,
+            fleet::Signal::Cpu => ScaleSignal::Cpu,
+        }),
         pods: summaries(plan, &observed.views),
         conditions: conditions(pool, plan, policy, observed.stuck.as_ref(), now),
     }
