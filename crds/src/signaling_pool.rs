@@ -125,16 +125,28 @@ fn resources_schema(_: &mut SchemaGenerator) -> Schema {
     .message("minReplicas must not be greater than maxReplicas")
     .field_path(".minReplicas"))]
 pub struct SignalingAutoscaling {
+    /// Builtin: the operator keeps an HPA on the Deployment, on CPU (and connections when
+    /// targetConnectionsPerPod is set). External: the operator makes no HPA; KEDA (a
+    /// ScaledObject on the Deployment, see the chart's samples) or your own HPA scales it.
+    #[serde(default)]
+    pub mode: crate::sfu_pool::AutoscalingMode,
     #[serde(default = "default_min")]
     #[schemars(range(min = 1, max = 1000))]
     pub min_replicas: i32,
     #[serde(default = "default_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// WebSocket connections per replica the HPA aims for.
-    #[serde(default = "default_target_connections")]
+    /// Average CPU use the HPA aims for, as a percentage of the container's CPU request.
+    /// Served by metrics-server, which stock clusters run.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 10, max = 100))]
+    pub target_cpu_utilization_percent: i32,
+    /// WebSocket connections per replica the HPA also aims for. Needs a custom-metrics
+    /// adapter serving `switchboard_signaling_connections` as a Pods metric; without one
+    /// the HPA cannot read it and stops scaling in. Unset: CPU only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
-    pub target_connections_per_pod: i32,
+    pub target_connections_per_pod: Option<i32>,
 }
 
 fn default_min() -> i32 {
@@ -143,16 +155,18 @@ fn default_min() -> i32 {
 fn default_max() -> i32 {
     10
 }
-fn default_target_connections() -> i32 {
-    5000
+fn default_cpu_target() -> i32 {
+    70
 }
 
 impl Default for SignalingAutoscaling {
     fn default() -> Self {
         Self {
+            mode: Default::default(),
             min_replicas: default_min(),
             max_replicas: default_max(),
-            target_connections_per_pod: default_target_connections(),
+            target_cpu_utilization_percent: default_cpu_target(),
+            target_connections_per_pod: None,
         }
     }
 }

@@ -78,9 +78,11 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
             .spec;
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 6));
     let metrics = hpa.metrics.unwrap();
-    assert_eq!(metrics[0].pods.as_ref().unwrap().metric.name, "switchboard_signaling_connections");
+    let cpu = metrics[0].resource.as_ref().unwrap();
+    assert_eq!((cpu.name.as_str(), cpu.target.average_utilization), ("cpu", Some(70)));
+    assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "switchboard_signaling_connections");
     assert_eq!(
-        metrics[0].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0,
+        metrics[1].pods.as_ref().unwrap().target.average_value.as_ref().unwrap().0,
         "3k",
         "the API server normalizes the quantity"
     );
@@ -115,6 +117,22 @@ async fn signaling_pool_runs_a_deployment_with_its_service_budget_and_autoscaler
         Some(4),
         "the operator does not fight the HPA"
     );
+
+    // External mode: KEDA or the user's HPA scales the Deployment; the operator's HPA goes
+    // (two autoscalers would fight) and the replicas stay as they are.
+    let mut external = signaling_pool(3, 8);
+    external["spec"]["autoscaling"]["mode"] = json!("External");
+    pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&external)).await.unwrap();
+    wait_for("the operator's HPA deleted in External mode", TIMEOUT, || async {
+        hpas.get_opt("main-signaling").await.ok().flatten().is_none()
+    })
+    .await;
+    assert_eq!(deployments.get("main-signaling").await.unwrap().spec.unwrap().replicas, Some(4));
+    pools.patch("main", &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&signaling_pool(3, 8))).await.unwrap();
+    eventually("the HPA back in Builtin mode", TIMEOUT, || async {
+        hpas.get_opt("main-signaling").await.ok().flatten()
+    })
+    .await;
 
     // The API server refuses min > max, naming the field.
     let (code, message) =

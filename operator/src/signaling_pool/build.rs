@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource as _;
 use serde_json::json;
 use switchboard_crds::SignalingPool;
+use switchboard_crds::sfu_pool::AutoscalingMode;
 
 use crate::config::IMAGE_PULL_POLICY;
 use crate::labels::*;
@@ -24,11 +25,9 @@ pub const SIGNALING_CLUSTER_ROLE: &str = "switchboard-signaling";
 /// (`switchboard/signaling-pod:0.1.0`, as `./images` builds it).
 pub const DEFAULT_IMAGE: &str = concat!("switchboard/signaling-pod:", env!("CARGO_PKG_VERSION"));
 pub const HTTP_PORT: i32 = 8080;
-/// The per-pod metric the HPA follows (exported by signaling-pod; served to the HPA
-/// by a Prometheus adapter or KEDA).
+/// The per-pod metric the HPA follows when `targetConnectionsPerPod` is set (exported by
+/// signaling-pod; served to the HPA by a custom-metrics adapter).
 pub const CONNECTIONS_METRIC: &str = "switchboard_signaling_connections";
-/// Above this average CPU utilization the HPA adds replicas regardless of connections.
-pub const CPU_TARGET_PERCENT: i32 = 70;
 
 pub struct ValidSignaling<'a> {
     pub pool: &'a SignalingPool,
@@ -292,34 +291,43 @@ pub fn disruption_budget(v: &ValidSignaling<'_>) -> PodDisruptionBudget {
     .expect("valid PodDisruptionBudget")
 }
 
-pub fn autoscaler(v: &ValidSignaling<'_>) -> HorizontalPodAutoscaler {
+/// The pool's HPA: CPU, which any cluster with metrics-server serves, and connections per
+/// pod when asked for (a custom-metrics adapter must serve them). None in External mode:
+/// KEDA or the user's own HPA scales the Deployment, and two autoscalers would fight.
+pub fn autoscaler(v: &ValidSignaling<'_>) -> Option<HorizontalPodAutoscaler> {
     let a = &v.pool.spec.autoscaling;
-    serde_json::from_value(json!({
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": meta(v),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(&v.name)},
-            "minReplicas": a.min_replicas,
-            "maxReplicas": a.max_replicas,
-            "metrics": [
-                {"type": "Pods", "pods": {
-                    "metric": {"name": CONNECTIONS_METRIC},
-                    "target": {"type": "AverageValue", "averageValue": a.target_connections_per_pod.to_string()},
+    if a.mode == AutoscalingMode::External {
+        return None;
+    }
+    let mut metrics = vec![json!({"type": "Resource", "resource": {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization_percent},
+    }})];
+    if let Some(connections) = a.target_connections_per_pod {
+        metrics.push(json!({"type": "Pods", "pods": {
+            "metric": {"name": CONNECTIONS_METRIC},
+            "target": {"type": "AverageValue", "averageValue": connections.to_string()},
+        }}));
+    }
+    Some(
+        serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": meta(v),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": object_name(&v.name)},
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": metrics,
+                // Scale down slowly: each removed replica makes its clients reconnect.
+                "behavior": {"scaleDown": {
+                    "stabilizationWindowSeconds": 300,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
                 }},
-                {"type": "Resource", "resource": {
-                    "name": "cpu",
-                    "target": {"type": "Utilization", "averageUtilization": CPU_TARGET_PERCENT},
-                }},
-            ],
-            // Scale down slowly: each removed replica makes its clients reconnect.
-            "behavior": {"scaleDown": {
-                "stabilizationWindowSeconds": 300,
-                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
-            }},
-        },
-    }))
-    .expect("valid HorizontalPodAutoscaler")
+            },
+        }))
+        .expect("valid HorizontalPodAutoscaler"),
+    )
 }
 
 #[cfg(test)]
@@ -532,11 +540,21 @@ mod tests {
     }
 
     #[test]
-    fn the_autoscaler_follows_connections_and_cpu() {
-        let p = pool(json!({"autoscaling": {"minReplicas": 3, "maxReplicas": 12, "targetConnectionsPerPod": 4000}}));
-        let h = serde_json::to_value(autoscaler(&validate(&p).unwrap())).unwrap();
-        assert_eq!((h["spec"]["minReplicas"].as_i64(), h["spec"]["maxReplicas"].as_i64()), (Some(3), Some(12)));
-        assert_eq!(h["spec"]["metrics"][0]["pods"]["target"]["averageValue"], "4000");
-        assert_eq!(h["spec"]["metrics"][1]["resource"]["name"], "cpu");
+    fn the_autoscaler_follows_cpu_by_default_connections_when_asked_and_none_in_external_mode() {
+        let hpa = |autoscaling: serde_json::Value| {
+            autoscaler(&validate(&pool(json!({"autoscaling": autoscaling}))).unwrap())
+                .map(|h| serde_json::to_value(h).unwrap())
+        };
+        let cpu = hpa(json!({"minReplicas": 3, "maxReplicas": 12})).unwrap();
+        assert_eq!((cpu["spec"]["minReplicas"].as_i64(), cpu["spec"]["maxReplicas"].as_i64()), (Some(3), Some(12)));
+        let metrics = cpu["spec"]["metrics"].as_array().unwrap();
+        assert_eq!(metrics.len(), 1, "a stock cluster serves CPU only: {metrics:?}");
+        assert_eq!(metrics[0]["resource"]["name"], "cpu");
+        assert_eq!(metrics[0]["resource"]["target"]["averageUtilization"], 70);
+        let both = hpa(json!({"targetConnectionsPerPod": 4000, "targetCpuUtilizationPercent": 60})).unwrap();
+        assert_eq!(both["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60);
+        assert_eq!(both["spec"]["metrics"][1]["pods"]["metric"]["name"], CONNECTIONS_METRIC);
+        assert_eq!(both["spec"]["metrics"][1]["pods"]["target"]["averageValue"], "4000");
+        assert_eq!(hpa(json!({"mode": "External"})), None, "KEDA or the user's HPA scales it");
     }
 }

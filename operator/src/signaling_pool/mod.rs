@@ -127,7 +127,8 @@ pub struct Children {
     pub initial_replicas: serde_json::Value,
     pub service: Service,
     pub disruption_budget: PodDisruptionBudget,
-    pub autoscaler: HorizontalPodAutoscaler,
+    /// None in External mode (any HPA of ours is deleted).
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// Set when the Deployment is new: the Event that says what was created.
     pub created_note: Option<String>,
 }
@@ -145,9 +146,10 @@ pub fn decide(v: &build::ValidSignaling<'_>, existing: Option<&Deployment>) -> C
         autoscaler: build::autoscaler(v),
         created_note: create.then(|| {
             format!(
-                "created Deployment {} with {} replicas, its Service, PodDisruptionBudget and HPA",
+                "created Deployment {} with {} replicas, its Service, PodDisruptionBudget{}",
                 build::object_name(&v.name),
-                v.pool.spec.autoscaling.min_replicas
+                v.pool.spec.autoscaling.min_replicas,
+                if build::autoscaler(v).is_some() { " and HPA" } else { " (scaled externally)" }
             )
         }),
     }
@@ -171,7 +173,31 @@ async fn apply(v: &build::ValidSignaling<'_>, c: &Children, h: &Harness) -> Resu
     }
     h.server_side_apply(ns, &c.service).await?;
     h.server_side_apply(ns, &c.disruption_budget).await?;
-    h.server_side_apply(ns, &c.autoscaler).await?;
+    match &c.autoscaler {
+        Some(hpa) => {
+            h.server_side_apply(ns, hpa).await?;
+        }
+        None => {
+            let name = build::object_name(&v.name);
+            let hpas = Api::<HorizontalPodAutoscaler>::namespaced(h.client.clone(), ns);
+            let existing = hpas.get_opt(&name).await.observing(format!("HorizontalPodAutoscaler {name}"))?;
+            // Only the HPA this pool made (the user's own HPA is theirs to keep).
+            let ours = existing.is_some_and(|hpa| {
+                hpa.metadata
+                    .owner_references
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|o| Some(&o.uid) == v.pool.metadata.uid.as_ref())
+            });
+            if ours {
+                match hpas.delete(&name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e).applying(format!("deleting HorizontalPodAutoscaler {name}")),
+                }
+            }
+        }
+    }
     Ok(deployment)
 }
 
