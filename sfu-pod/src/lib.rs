@@ -6,6 +6,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod local;
 pub mod metrics;
+pub mod quality;
 pub mod relay;
 pub mod sfu;
 pub mod subscriber_track;
