@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -18,16 +19,11 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    let (content_type, body) = metrics.render(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+                    ([(CONTENT_TYPE, content_type)], body)
                 }
             }),
         )

@@ -105,6 +105,7 @@ where
 impl Default for Metrics {
     fn default() -> Self {
         let mut r = Registry::with_prefix("switchboard");
+        switchboard_metrics_exposition::build_info(&mut r, env!("CARGO_PKG_VERSION"));
         let seconds = |buckets: &[f64]| Histogram::new(buckets.iter().copied());
         let by_controller = Family::new_with_constructor(reconcile_histogram as fn() -> Histogram);
         Self {
@@ -155,10 +156,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The OpenMetrics text (what tests in this process read).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("metrics encode");
-        out
+        self.render(Some(switchboard_metrics_exposition::OPENMETRICS)).1
+    }
+
+    /// `/metrics` for a request's Accept header: its Content-Type and body
+    /// (OpenMetrics or the classic Prometheus text format, see `switchboard_metrics_exposition`).
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        switchboard_metrics_exposition::encode(&self.registry, accept)
     }
 
     pub fn reconciles_of(&self, controller: &'static str) -> u64 {

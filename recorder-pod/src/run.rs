@@ -313,7 +313,7 @@ async fn process(cfg: &Config, reporter: &mut Reporter, metrics: &Metrics) -> Ou
         {
             return reporter.fail("CompositingFailed", e.to_string(), Outcome::Retry).await;
         }
-        metrics.compose_seconds.observe(began.elapsed().as_secs_f64());
+        metrics.compose_duration.observe(began.elapsed().as_secs_f64());
         tracing::info!(seconds = began.elapsed().as_secs_f64(), media_seconds = (end - start) / 1000, "composited");
         outputs.push(output);
         name

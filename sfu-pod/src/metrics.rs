@@ -6,7 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
@@ -36,10 +36,16 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("switchboard_sfu");
+        switchboard_metrics_exposition::build_info(&mut registry, env!("CARGO_PKG_VERSION"));
         macro_rules! reg {
             ($name:literal, $help:literal, $metric:expr) => {{
                 let m = $metric;
                 registry.register($name, $help, m.clone());
+                m
+            }};
+            ($name:literal, $help:literal, $unit:expr, $metric:expr) => {{
+                let m = $metric;
+                registry.register_with_unit($name, $help, $unit, m.clone());
                 m
             }};
         }
@@ -50,9 +56,9 @@ impl Default for Metrics {
             published_tracks: reg!("published_tracks", "Tracks published into rooms", Gauge::default()),
             subscriptions: reg!("subscriptions", "Track subscriptions being forwarded", Gauge::default()),
             packets_in: reg!("rtp_packets_received", "RTP packets received from publishers", Counter::default()),
-            bytes_in: reg!("rtp_bytes_received", "RTP bytes received from publishers", Counter::default()),
+            bytes_in: reg!("rtp_received", "RTP bytes received from publishers", Unit::Bytes, Counter::default()),
             packets_out: reg!("rtp_packets_forwarded", "RTP packets forwarded to subscribers", Counter::default()),
-            bytes_out: reg!("rtp_bytes_forwarded", "RTP bytes forwarded to subscribers", Counter::default()),
+            bytes_out: reg!("rtp_forwarded", "RTP bytes forwarded to subscribers", Unit::Bytes, Counter::default()),
             keyframe_requests: reg!("keyframe_requests", "PLIs sent to publishers", Counter::default()),
             layer_switches: reg!("layer_switches", "Simulcast layer switches made at keyframes", Counter::default()),
             retransmissions: reg!(
@@ -78,9 +84,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
-        out
+    /// `/metrics` for a request's Accept header: its Content-Type and body
+    /// (OpenMetrics or the classic Prometheus text format, see `switchboard_metrics_exposition`).
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        switchboard_metrics_exposition::encode(&self.registry, accept)
     }
 }

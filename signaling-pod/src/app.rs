@@ -285,6 +285,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn registry(&self, hub: &Hub) -> Registry {
         let mut r = Registry::with_prefix("switchboard_signaling");
+        switchboard_metrics_exposition::build_info(&mut r, env!("CARGO_PKG_VERSION"));
         r.register("connections", "Open WebSocket connections", self.connections.clone());
         r.register("messages", "Client messages handled, by type", self.messages.clone());
         r.register("errors", "Error replies sent, by code", self.errors.clone());

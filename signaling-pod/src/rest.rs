@@ -322,12 +322,13 @@ async fn ready(State(app): State<Arc<App>>) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let mut out = String::new();
+/// OpenMetrics or the classic Prometheus text format, by the Accept header (`switchboard_metrics_exposition`).
+async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
     let mut registry = app.metrics.registry(&app.hub);
     app.limits.metrics.register(&mut registry);
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = switchboard_metrics_exposition::encode(&registry, accept);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn openapi() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
