@@ -28,6 +28,7 @@ pub mod browser;
 pub mod fixtures;
 pub mod job_runner;
 pub mod meetings;
+pub mod monitoring;
 pub mod nodes;
 pub mod operator;
 pub mod real_nodes;
