@@ -1,7 +1,10 @@
 //! The Helm chart against the real control plane: lint, the rendered objects through
 //! a server-side dry run, install and upgrade, and the operator running under the
 //! chart's own ServiceAccount, allowed what the e2e suite needs and refused the rest;
-//! then uninstall, which keeps the CRDs.
+//! then uninstall, which keeps the CRDs. And the monitoring bundle and scaling samples:
+//! the PodMonitors against the pods the operator builds, the alerts, the dashboards'
+//! JSON, the metric names they query against what the components register, their
+//! PromQL through `promtool check rules`, and the KEDA and HPA samples.
 
 use std::time::Duration;
 
@@ -35,6 +38,24 @@ const ALL_ON: &[&str] = &[
     "defaultSfuPool.enabled=true",
     "--set",
     "defaultSignalingPool.enabled=true",
+    "--set",
+    "prometheus.componentMonitors.sfu.enabled=true",
+    "--set",
+    "prometheus.componentMonitors.signaling.enabled=true",
+    "--set",
+    "prometheus.componentMonitors.recorder.enabled=true",
+    "--set",
+    "prometheus.prometheusRule.enabled=true",
+    "--set",
+    "prometheus.prometheusRule.alertLabels.team=media",
+    "--set",
+    "grafana.dashboards.enabled=true",
+    "--set-json",
+    r#"scalingSamples.keda.sfuPools=[{"name":"eu-west","namespace":"conferencing","minReplicas":2,"maxReplicas":20,"packetsPerSecondPerPod":60000}]"#,
+    "--set-json",
+    r#"scalingSamples.keda.signalingPools=[{"name":"main","namespace":"conferencing","minReplicas":2,"maxReplicas":20,"connectionsPerPod":5000,"cpuUtilizationPercent":70}]"#,
+    "--set-json",
+    r#"scalingSamples.hpa.sfuPools=[{"name":"us-east","minReplicas":2,"maxReplicas":10,"packetsPerSecondPerPod":60000}]"#,
 ];
 
 fn chart() -> String {
@@ -94,6 +115,10 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
         "Service",
         "ServiceMonitor",
         "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "ScaledObject",
+        "HorizontalPodAutoscaler",
         "NetworkPolicy",
         "PodDisruptionBudget",
         "SfuPool",
@@ -105,7 +130,17 @@ fn the_rendered_chart_holds_every_part_and_the_test_rbac() {
 
     // The defaults: no monitoring, policies or pools, and CRDs only behind crds.enabled.
     let defaults = kinds(&helm_ok(&["template", "sb", &chart, "--kube-version", &kube_version]));
-    for kind in ["ServiceMonitor", "PodMonitor", "NetworkPolicy", "SfuPool", "SignalingPool"] {
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "ScaledObject",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "SfuPool",
+        "SignalingPool",
+    ] {
         assert!(!defaults.iter().any(|(k, _)| k == kind), "{kind} is opt-in");
     }
     let no_crds =
@@ -182,8 +217,11 @@ async fn the_rendered_chart_passes_a_server_side_dry_run() {
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "chart-dry").await;
     let kube_version = kubernetes_version();
-    // ServiceMonitor and PodMonitor need the Prometheus Operator's CRDs, which this
-    // cluster does not have; everything else is checked by the API server.
+    // ServiceMonitor, PodMonitor and PrometheusRule need the Prometheus Operator's CRDs,
+    // ScaledObject KEDA's, which this cluster does not have; everything else (the
+    // dashboards' ConfigMaps, the HPA sample, the scrape NetworkPolicy too) is checked
+    // by the API server.
+    let namespaces = format!("prometheus.componentMonitors.namespaces={{{}}}", ns.name);
     let rendered = helm_ok(&[
         "template",
         "sb",
@@ -198,6 +236,16 @@ async fn the_rendered_chart_passes_a_server_side_dry_run() {
         "defaultSfuPool.enabled=true",
         "--set",
         "defaultSignalingPool.enabled=true",
+        "--set",
+        "grafana.dashboards.enabled=true",
+        "--set-json",
+        r#"scalingSamples.hpa.sfuPools=[{"name":"us-east","minReplicas":2,"maxReplicas":10,"packetsPerSecondPerPod":60000}]"#,
+        "--set",
+        &namespaces,
+        "--set",
+        "prometheus.componentMonitors.sfuNetworkPolicy.enabled=true",
+        "--set-json",
+        r#"prometheus.componentMonitors.sfuNetworkPolicy.from=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
     ]);
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
     std::fs::write(&file, &rendered).unwrap();
@@ -218,6 +266,10 @@ async fn the_rendered_chart_passes_a_server_side_dry_run() {
         "deployment.apps/sb-operator",
         "sfupool.switchboard.dev/default",
         "signalingpool.switchboard.dev/default",
+        "configmap/sb-dashboard-pools",
+        "configmap/sb-dashboard-signaling",
+        "horizontalpodautoscaler.autoscaling/us-east-sfu",
+        "networkpolicy.networking.k8s.io/sb-sfu-metrics",
     ] {
         assert!(out.contains(expected), "{expected} in:\n{out}");
     }
@@ -343,5 +395,708 @@ async fn helm_install_upgrade_and_the_operator_under_the_charts_service_account(
         assert!(crds.get_opt(crd).await.unwrap().is_some(), "{crd} is kept");
     }
     assert!(pools.get_opt("charted").await.unwrap().is_some(), "the pool outlives the release");
+    ns.delete().await;
+}
+
+// The monitoring bundle and the scaling samples.
+
+/// Every alert of files/monitoring/alerts.yaml, as values.schema.json lists them for
+/// `prometheus.prometheusRule.disabledAlerts`.
+const ALERTS: &[&str] = &[
+    "SwitchboardNoOperatorLeader",
+    "SwitchboardReconcilesFailing",
+    "SwitchboardPlacementsFailing",
+    "SwitchboardSlowMigrations",
+    "SwitchboardSfuPoolShortOfCapacity",
+    "SwitchboardSfuPoolAtMaximum",
+    "SwitchboardSfuFaults",
+    "SwitchboardSfuEvictionsBlocked",
+    "SwitchboardSfuHeartbeatsFailing",
+    "SwitchboardSfuSendQueuesOverflowing",
+    "SwitchboardSignalingRedisErrors",
+];
+
+/// `helm template` of the chart (release `sb` in `sb-system`) with `extra` arguments, as
+/// JSON documents.
+fn render(extra: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let kube_version = kubernetes_version();
+    let mut args = vec!["template", "sb", &chart, "-n", "sb-system", "--kube-version", &kube_version];
+    args.extend_from_slice(extra);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&helm_ok(&args)).expect("rendered YAML");
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// What `helm template` says when it refuses `extra`.
+fn render_error(extra: &[&str]) -> String {
+    let chart = chart();
+    let kube_version = kubernetes_version();
+    let mut args = vec!["template", "sb", &chart, "-n", "sb-system", "--kube-version", &kube_version];
+    args.extend_from_slice(extra);
+    let out = helm(&args);
+    assert!(!out.status.success(), "helm template {extra:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not rendered"))
+}
+
+fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// An example object (examples/<file>) of `kind`, with a uid as a stored object has.
+fn example<T: serde::de::DeserializeOwned>(file: &str, kind: &str) -> T {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let mut obj = docs.into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("{kind} in {file}"));
+    obj["metadata"]["uid"] = json!("0b3c6d1e-0000-4000-8000-000000000001");
+    serde_json::from_value(obj).unwrap()
+}
+
+/// The pods the operator runs, as it builds them: (component, labels, ports by name).
+fn operator_pods() -> Vec<(&'static str, Value, Value)> {
+    use switchboard_operator::{recording_job, sfu_pool, signaling_pool};
+    let ports = |containers: &Value| -> Value {
+        containers
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["containerPort"].clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let pool: SfuPool = example("sfupool-eu-west.yaml", "SfuPool");
+    let sfu = serde_json::to_value(sfu_pool::build::sfu_pod(&sfu_pool::build::validate(&pool).unwrap())).unwrap();
+    let signaling_pool: switchboard_crds::SignalingPool = example("signalingpool.yaml", "SignalingPool");
+    let deployment =
+        signaling_pool::build::deployment(&signaling_pool::build::validate(&signaling_pool).unwrap(), true);
+    let signaling = serde_json::to_value(deployment).unwrap()["spec"]["template"].clone();
+    let rj: switchboard_crds::RecordingJob = example("recordingjob.yaml", "RecordingJob");
+    let job = recording_job::build::recorder_job(&rj, "switchboard/recorder-pod:test", &Default::default(), false);
+    let recorder = serde_json::to_value(job).unwrap()["spec"]["template"].clone();
+    [("sfu", sfu), ("signaling", signaling), ("recorder", recorder)]
+        .into_iter()
+        .map(|(c, pod)| (c, pod["metadata"]["labels"].clone(), ports(&pod["spec"]["containers"])))
+        .collect()
+}
+
+fn selects(match_labels: &Value, labels: &Value) -> bool {
+    match_labels.as_object().unwrap().iter().all(|(k, v)| &labels[k] == v)
+}
+
+/// Everything on: the PodMonitors select the pods exactly as the operator labels them
+/// and scrape the port /metrics is on, the alerts are all there with severities and
+/// texts, the ScaledObjects and the HPA target what they should with the packet-rate and
+/// connection queries, and each dashboard file is a ConfigMap for the Grafana sidecar.
+#[test]
+fn the_monitoring_bundle_and_the_scaling_samples_render_for_the_operators_pods() {
+    use switchboard_operator::labels::{POOL_LABEL, SIGNALING_POOL_LABEL};
+    use switchboard_operator::recording_job::build::RECORDING_JOB_LABEL;
+    let all = render(ALL_ON);
+
+    // The PodMonitors, one per component, selecting its pods and no other's.
+    let pods = operator_pods();
+    for (component, pool_label, port, number) in [
+        ("sfu", POOL_LABEL, "api", 7880),
+        ("signaling", SIGNALING_POOL_LABEL, "http", 8080),
+        ("recorder", RECORDING_JOB_LABEL, "http", 8080),
+    ] {
+        let pm = find(&all, "PodMonitor", &format!("sb-{component}"));
+        let spec = &pm["spec"];
+        assert_eq!(spec["namespaceSelector"], json!({"any": true}), "{component}: every namespace by default");
+        let match_labels = &spec["selector"]["matchLabels"];
+        for (other, labels, ports) in &pods {
+            assert_eq!(selects(match_labels, labels), *other == component, "{component}'s PodMonitor on {other}'s pod");
+            if *other == component {
+                assert!(labels[pool_label].is_string(), "{component} pods carry {pool_label}: {labels}");
+                assert_eq!(ports[port], number, "{component}: port {port} is {number}: {ports}");
+            }
+        }
+        assert_eq!(spec["podTargetLabels"], json!([pool_label]), "{component}");
+        let endpoints = spec["podMetricsEndpoints"].as_array().unwrap();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0]["port"], port);
+        assert_eq!(endpoints[0]["path"], "/metrics");
+    }
+    // The operator's gauges keep their own namespace and pool label.
+    assert_eq!(find(&all, "ServiceMonitor", "sb-operator")["spec"]["endpoints"][0]["honorLabels"], true);
+    assert_eq!(find(&all, "PodMonitor", "sb-operator")["spec"]["podMetricsEndpoints"][0]["honorLabels"], true);
+
+    // The alerts: every one of the table's rows with an expression, with `for`, a
+    // severity, the extra labels and texts; the same as files/monitoring/alerts.yaml.
+    let rule = find(&all, "PrometheusRule", "sb-alerts");
+    let rules: Vec<&Value> =
+        rule["spec"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(names, ALERTS);
+    for r in &rules {
+        let name = &r["alert"];
+        assert!(!r["expr"].as_str().unwrap().trim().is_empty(), "{name}");
+        assert!(r["for"].is_string(), "{name} has a `for`");
+        assert!(["critical", "warning"].contains(&r["labels"]["severity"].as_str().unwrap()), "{name}");
+        assert_eq!(r["labels"]["team"], "media", "{name}: alertLabels are added");
+        for text in ["summary", "description"] {
+            assert!(r["annotations"][text].as_str().is_some_and(|t| t.len() > 10), "{name} has a {text}");
+        }
+    }
+    let file: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("files/monitoring/alerts.yaml")).unwrap())
+            .unwrap();
+    let exprs = |groups: &Value| -> Vec<Value> {
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .map(|r| r["expr"].clone())
+            .collect()
+    };
+    assert_eq!(exprs(&rule["spec"]["groups"]), exprs(&file["groups"]), "the rule is the file");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart_dir().join("values.schema.json")).unwrap()).unwrap();
+    assert_eq!(
+        schema["properties"]["prometheus"]["properties"]["prometheusRule"]["properties"]["disabledAlerts"]["items"]["enum"],
+        json!(ALERTS),
+        "values.schema.json names every alert"
+    );
+
+    // KEDA on the External SfuPool, through its scale subresource, on its packet rate.
+    let so = &find(&all, "ScaledObject", "eu-west-sfu");
+    assert_eq!(so["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(so["metadata"]["namespace"], "conferencing");
+    let spec = &so["spec"];
+    assert_eq!(
+        spec["scaleTargetRef"],
+        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "SfuPool", "name": "eu-west"})
+    );
+    assert_eq!((&spec["minReplicaCount"], &spec["maxReplicaCount"]), (&json!(2), &json!(20)));
+    let trigger = &spec["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    assert_eq!(trigger["metricType"], "AverageValue", "a threshold per pod");
+    assert_eq!(trigger["metadata"]["threshold"], "60000");
+    assert_eq!(trigger["metadata"]["serverAddress"], "http://prometheus-operated.monitoring.svc:9090");
+    let query = trigger["metadata"]["query"].as_str().unwrap();
+    let selector = r#"{namespace="conferencing", switchboard_dev_pool="eu-west"}[1m]"#;
+    for counter in ["switchboard_sfu_rtp_packets_received_total", "switchboard_sfu_rtp_packets_forwarded_total"] {
+        assert!(query.contains(&format!("sum(rate({counter}{selector}))")), "{query}");
+    }
+    // KEDA on the SignalingPool's Deployment, on connections per pod (and CPU).
+    let so = &find(&all, "ScaledObject", "main-signaling");
+    let spec = &so["spec"];
+    let deployment = switchboard_operator::signaling_pool::build::object_name("main");
+    assert_eq!(spec["scaleTargetRef"], json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment}));
+    let trigger = &spec["triggers"][0];
+    assert_eq!(
+        trigger["metadata"]["query"],
+        r#"sum(switchboard_signaling_connections{namespace="conferencing", switchboard_dev_signaling_pool="main"})"#
+    );
+    assert_eq!(trigger["metadata"]["threshold"], "5000");
+    assert_eq!(spec["triggers"][1], json!({"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}));
+    // The plain HPA on an SfuPool (release namespace), on a per-pod metric of an adapter.
+    let hpa = find(&all, "HorizontalPodAutoscaler", "us-east-sfu");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["metadata"]["namespace"], "sb-system");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "SfuPool");
+    assert_eq!(hpa["spec"]["metrics"][0]["type"], "Pods");
+    assert_eq!(hpa["spec"]["metrics"][0]["pods"]["metric"]["name"], "switchboard_sfu_rtp_packets_per_second");
+    assert_eq!(hpa["spec"]["metrics"][0]["pods"]["target"], json!({"type": "AverageValue", "averageValue": "60000"}));
+
+    // A ConfigMap per dashboard file, for the Grafana sidecar.
+    let files = dashboard_files();
+    let config_maps = of_kind(&all, "ConfigMap");
+    assert_eq!(config_maps.len(), files.len(), "one ConfigMap per dashboard");
+    for (name, text) in &files {
+        let cm = find(&all, "ConfigMap", &format!("sb-dashboard-{name}"));
+        assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+        let data = cm["data"][format!("switchboard-{name}.json")].as_str().expect("the dashboard's key");
+        assert_eq!(data, text.trim(), "{name}");
+    }
+}
+
+/// The namespaces the PodMonitors look in, the NetworkPolicy that lets Prometheus reach
+/// SFUs behind the operator's, disabled alerts, and what the chart refuses.
+#[test]
+fn the_monitoring_values_narrow_and_the_chart_refuses_fighting_autoscalers() {
+    let sfu_labels = operator_pods().into_iter().find(|(c, ..)| *c == "sfu").unwrap().1;
+    let watched =
+        render(&["--set", "operator.watchNamespace=tenant", "--set", "prometheus.componentMonitors.sfu.enabled=true"]);
+    assert_eq!(find(&watched, "PodMonitor", "sb-sfu")["spec"]["namespaceSelector"], json!({"matchNames": ["tenant"]}));
+    let listed = render(&[
+        "--set",
+        "prometheus.componentMonitors.namespaces={a,b}",
+        "--set",
+        "prometheus.componentMonitors.signaling.enabled=true",
+        "--set",
+        "prometheus.componentMonitors.sfuNetworkPolicy.enabled=true",
+        "--set-json",
+        r#"prometheus.componentMonitors.sfuNetworkPolicy.from=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#,
+    ]);
+    assert_eq!(
+        find(&listed, "PodMonitor", "sb-signaling")["spec"]["namespaceSelector"],
+        json!({"matchNames": ["a", "b"]})
+    );
+    let policies: Vec<&Value> =
+        of_kind(&listed, "NetworkPolicy").into_iter().filter(|p| p["metadata"]["name"] == "sb-sfu-metrics").collect();
+    assert_eq!(
+        policies.iter().map(|p| p["metadata"]["namespace"].clone()).collect::<Vec<_>>(),
+        [json!("a"), json!("b")]
+    );
+    for p in policies {
+        assert!(selects(&p["spec"]["podSelector"]["matchLabels"], &sfu_labels), "selects the SFU pods");
+        assert_eq!(p["spec"]["ingress"][0]["ports"], json!([{"protocol": "TCP", "port": 7880}]));
+        assert_eq!(
+            p["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+    }
+    let err = render_error(&["--set", "prometheus.componentMonitors.sfuNetworkPolicy.enabled=true"]);
+    assert!(err.contains("needs the namespaces"), "{err}");
+
+    let fewer = render(&[
+        "--set",
+        "prometheus.prometheusRule.enabled=true",
+        "--set",
+        "prometheus.prometheusRule.disabledAlerts={SwitchboardSignalingRedisErrors,SwitchboardSfuFaults}",
+    ]);
+    let groups = &find(&fewer, "PrometheusRule", "sb-alerts")["spec"]["groups"];
+    let names: Vec<&str> = groups.as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"switchboard-signaling"), "a group left empty is left out: {names:?}");
+    assert!(!groups.to_string().contains("SwitchboardSfuFaults"));
+    let err = render_error(&[
+        "--set",
+        "prometheus.prometheusRule.enabled=true",
+        "--set",
+        "prometheus.prometheusRule.disabledAlerts={SwitchboardNoSuchAlert}",
+    ]);
+    assert!(err.contains("disabledAlerts"), "{err}");
+
+    // A pool scaled by KEDA or an HPA must be External, and scaled by one of them only.
+    let keda_default = r#"scalingSamples.keda.sfuPools=[{"name":"default","minReplicas":2,"maxReplicas":4,"packetsPerSecondPerPod":1000}]"#;
+    let err = render_error(&["--set", "defaultSfuPool.enabled=true", "--set-json", keda_default]);
+    assert!(err.contains("Builtin mode") && err.contains("External"), "{err}");
+    let ok = render(&[
+        "--set",
+        "defaultSfuPool.enabled=true",
+        "--set",
+        "defaultSfuPool.autoscaling.mode=External",
+        "--set-json",
+        keda_default,
+    ]);
+    assert_eq!(find(&ok, "ScaledObject", "default-sfu")["metadata"]["namespace"], "sb-system");
+    let err = render_error(&[
+        "--set",
+        "defaultSignalingPool.enabled=true",
+        "--set-json",
+        r#"scalingSamples.keda.signalingPools=[{"name":"default","minReplicas":2,"maxReplicas":4,"connectionsPerPod":100}]"#,
+    ]);
+    assert!(err.contains("SignalingPool sb-system/default is in Builtin mode"), "{err}");
+    let err = render_error(&[
+        "--set-json",
+        r#"scalingSamples.keda.sfuPools=[{"name":"a","minReplicas":2,"maxReplicas":4,"packetsPerSecondPerPod":1000}]"#,
+        "--set-json",
+        r#"scalingSamples.hpa.sfuPools=[{"name":"a","namespace":"sb-system","minReplicas":2,"maxReplicas":4,"packetsPerSecondPerPod":1000}]"#,
+    ]);
+    assert!(err.contains("listed for KEDA and for the HPA"), "{err}");
+    let err =
+        render_error(&["--set-json", r#"scalingSamples.keda.sfuPools=[{"name":"a","minReplicas":2,"maxReplicas":4}]"#]);
+    assert!(err.contains("packetsPerSecondPerPod"), "the schema wants the threshold: {err}");
+}
+
+/// The dashboards under charts/switchboard/dashboards: (name, text), sorted by name.
+fn dashboard_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(chart_dir().join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Grafana's own variables, with the plain values PromQL gets for them in the checks.
+const GRAFANA_BUILTINS: &[(&str, &str)] =
+    &[("__rate_interval", "1m"), ("__interval", "30s"), ("__range", "1h"), ("__range_s", "3600")];
+
+/// `expr` with its Grafana variables (`$x`, `${x}`, `${x:fmt}`) replaced: the built-in
+/// intervals by durations, the dashboard's own variables by a plain label value; and the
+/// names of the variables it used.
+fn substitute_variables(expr: &str) -> (String, Vec<String>) {
+    let (mut out, mut used) = (String::new(), Vec::new());
+    let mut rest = expr;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').expect("a closed ${…}");
+            (braced[..end].split(':').next().unwrap().to_owned(), end + 2)
+        } else {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            (after[..end].to_owned(), end)
+        };
+        assert!(!name.is_empty(), "a lone $ in {expr}");
+        out.push_str(GRAFANA_BUILTINS.iter().find(|(n, _)| *n == name).map_or("test", |(_, v)| v));
+        used.push(name);
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    (out, used)
+}
+
+/// Every PromQL expression of a dashboard with Grafana's variables replaced: (where,
+/// expression). Panel targets, and the selectors of the `label_values(…)` variables.
+fn dashboard_queries(name: &str, dashboard: &Value) -> Vec<(String, String)> {
+    let defined: Vec<&str> =
+        dashboard["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let mut queries = Vec::new();
+    let mut add = |place: String, expr: &str| {
+        let (expr, used) = substitute_variables(expr);
+        for var in used {
+            assert!(
+                defined.contains(&var.as_str()) || GRAFANA_BUILTINS.iter().any(|(n, _)| *n == var),
+                "{place}: ${var} is not a variable of the dashboard"
+            );
+        }
+        queries.push((place, expr));
+    };
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            add(format!("{name} panel {} {}", panel["id"], target["refId"]), target["expr"].as_str().unwrap());
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if var["type"] == "query" {
+            let query = var["query"]["query"].as_str().or(var["query"].as_str()).unwrap();
+            let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect("label_values()");
+            let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s).trim();
+            add(format!("{name} variable {}", var["name"]), selector);
+        }
+    }
+    queries
+}
+
+/// Each dashboard is valid JSON of the Grafana schema the sidecar loads: unique panel
+/// ids, panels that do not overlap, each with a title, a place and at least one query,
+/// all on the `datasource` variable.
+#[test]
+fn every_dashboard_is_grafana_json_with_complete_panels() {
+    let files = dashboard_files();
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["media", "meetings", "pools", "signaling"]);
+    let mut uids = Vec::new();
+    for (name, text) in &files {
+        let d: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{name}.json: {e}"));
+        assert!(d["title"].as_str().is_some_and(|t| t.starts_with("Switchboard / ")), "{name}");
+        assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 36), "{name}: schemaVersion");
+        uids.push(d["uid"].as_str().expect("a uid").to_owned());
+        let variables = d["templating"]["list"].as_array().unwrap();
+        let datasource = variables.iter().find(|v| v["name"] == "datasource").expect("a datasource variable");
+        assert_eq!((&datasource["type"], &datasource["query"]), (&json!("datasource"), &json!("prometheus")));
+        for v in variables.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(v["datasource"]["uid"], "${datasource}", "{name}: variable {}", v["name"]);
+        }
+
+        let panels = d["panels"].as_array().unwrap();
+        assert!(panels.len() >= 8, "{name}: {} panels", panels.len());
+        let mut ids = std::collections::BTreeSet::new();
+        let mut boxes: Vec<(String, (u64, u64, u64, u64))> = Vec::new();
+        for p in panels {
+            let id = p["id"].as_u64().expect("a numeric id");
+            assert!(ids.insert(id), "{name}: panel id {id} twice");
+            let title = p["title"].as_str().unwrap_or_default();
+            assert!(!title.is_empty(), "{name}: panel {id} has a title");
+            let g = &p["gridPos"];
+            let [x, y, w, h] =
+                ["x", "y", "w", "h"].map(|k| g[k].as_u64().unwrap_or_else(|| panic!("{name} {title}: gridPos.{k}")));
+            assert!(w > 0 && h > 0 && x + w <= 24, "{name} {title}: gridPos {g}");
+            for &(ref other, (ox, oy, ow, oh)) in &boxes {
+                assert!(x >= ox + ow || ox >= x + w || y >= oy + oh || oy >= y + h, "{name}: {title} overlaps {other}");
+            }
+            boxes.push((title.to_owned(), (x, y, w, h)));
+            if p["type"] == "row" {
+                continue;
+            }
+            assert!(
+                ["timeseries", "stat", "table", "bargauge", "gauge"].contains(&p["type"].as_str().unwrap()),
+                "{title}"
+            );
+            assert_eq!(p["datasource"], json!({"type": "prometheus", "uid": "${datasource}"}), "{name} {title}");
+            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{name} {title}: targets"));
+            assert!(!targets.is_empty(), "{name} {title}: a query");
+            for t in targets {
+                assert!(t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "{name} {title}: an expr");
+                assert!(t["refId"].is_string(), "{name} {title}: a refId");
+            }
+        }
+        dashboard_queries(name, &d);
+    }
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), files.len(), "unique dashboard uids");
+}
+
+/// The metric names (`switchboard_…`) in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("switchboard_") {
+        let before = rest[..at].chars().last();
+        let tail = &rest[at..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        // Label names such as switchboard_dev_pool stand before `=`, `!` or `~`, or in by (…).
+        let next = tail[end..].trim_start().chars().next();
+        let label = tail.starts_with("switchboard_dev_") || matches!(next, Some('=' | '!' | '~'));
+        if !label && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"') {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric the alerts and dashboards query is one the components register: what
+/// the operator's registry encodes in this process (its families with children), or a
+/// registration in the component's source (operator/src/metrics.rs,
+/// sfu-pod/src/metrics.rs, signaling-pod/src/{app,limits}.rs, recorder-pod/src/http.rs,
+/// build_info in crates/metrics-exposition): the name less its prefix,
+/// `_total`/`_bucket`/`_sum`/`_count` and a unit suffix is registered there.
+#[test]
+fn the_alerts_and_dashboards_query_metrics_the_components_export() {
+    // The operator's sample names from its OpenMetrics TYPE lines.
+    let text = switchboard_operator::metrics::Metrics::default().encode();
+    let mut operator = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let (family, kind) = rest.split_once(' ').unwrap();
+        match kind {
+            "counter" => operator.extend([format!("{family}_total")]),
+            "histogram" => operator.extend(["_bucket", "_sum", "_count"].map(|s| format!("{family}{s}"))),
+            _ => operator.extend([family.to_owned()]),
+        }
+    }
+    assert!(operator.contains("switchboard_leader"), "{operator:?}");
+    let source = |files: &[&str]| -> String {
+        files.iter().map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap()).collect::<Vec<_>>().join("\n")
+    };
+    let exposition = source(&["crates/metrics-exposition/src/lib.rs"]);
+    let components = [
+        ("switchboard_sfu_", source(&["sfu-pod/src/metrics.rs"])),
+        ("switchboard_signaling_", source(&["signaling-pod/src/app.rs", "signaling-pod/src/limits.rs"])),
+        ("switchboard_recorder_", source(&["recorder-pod/src/http.rs"])),
+        // The operator's families without children yet are not encoded: its source, then.
+        ("switchboard_", source(&["operator/src/metrics.rs"])),
+    ];
+    let registered = |name: &str| -> bool {
+        if operator.contains(name) || (name == "switchboard_build_info" && exposition.contains("\"build_info\"")) {
+            return true;
+        }
+        components.iter().any(|(prefix, src)| {
+            let Some(base) = name.strip_prefix(prefix) else { return false };
+            let base =
+                ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| base.strip_suffix(s)).unwrap_or(base);
+            let candidates = [Some(base), base.strip_suffix("_bytes"), base.strip_suffix("_seconds")];
+            candidates.into_iter().flatten().any(|b| {
+                src.contains(&format!("\"{b}\""))
+                    || (b == "build_info" && src.contains("build_info(") && exposition.contains("\"build_info\""))
+            })
+        })
+    };
+
+    let mut queries: Vec<(String, String)> = Vec::new();
+    let alerts: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart_dir().join("files/monitoring/alerts.yaml")).unwrap())
+            .unwrap();
+    for group in alerts["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            queries.push((format!("alert {}", rule["alert"]), rule["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    for (name, text) in dashboard_files() {
+        queries.extend(dashboard_queries(&name, &serde_json::from_str(&text).unwrap()));
+    }
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for (place, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{place}: no switchboard metric in {expr}");
+        for name in names {
+            seen += 1;
+            if !registered(&name) {
+                unknown.push(format!("{place}: {name}"));
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "metrics no component registers:\n{}", unknown.join("\n"));
+    assert!(seen > 100, "{seen} metric references checked");
+}
+
+/// promtool, from e2e/monitoring/build (its bin directory on its last line).
+fn promtool() -> std::path::PathBuf {
+    let build = repo_root().join("e2e/monitoring/build");
+    let out = std::process::Command::new(&build)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", build.display()));
+    assert!(out.status.success(), "{} failed", build.display());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let bin = stdout.lines().last().expect("the bin directory on the last line").trim();
+    std::path::PathBuf::from(bin).join("promtool")
+}
+
+fn promtool_check_rules(promtool: &std::path::Path, what: &str, groups: Value) {
+    let file = std::env::temp_dir().join(format!("switchboard-chart-{what}-{}.rules.yaml", std::process::id()));
+    // JSON is YAML: promtool reads it as a rules file.
+    std::fs::write(&file, serde_json::to_string_pretty(&json!({ "groups": groups })).unwrap()).unwrap();
+    let out = std::process::Command::new(promtool).arg("check").arg("rules").arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules ({what}, {}):\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+/// PromQL parses: the rendered PrometheusRule's groups pass `promtool check rules` (the
+/// alert templates in the annotations too), and so does every dashboard query, with the
+/// Grafana variables replaced, as a recording rule.
+#[test]
+fn the_alerts_and_the_dashboard_queries_pass_promtool() {
+    let promtool = promtool();
+    let all = render(&["--set", "prometheus.prometheusRule.enabled=true"]);
+    let groups = find(&all, "PrometheusRule", "sb-alerts")["spec"]["groups"].clone();
+    assert_eq!(
+        groups.as_array().unwrap().iter().map(|g| g["rules"].as_array().unwrap().len()).sum::<usize>(),
+        ALERTS.len()
+    );
+    promtool_check_rules(&promtool, "alerts", groups);
+
+    let mut rules = Vec::new();
+    for (name, text) in dashboard_files() {
+        for (i, (place, expr)) in
+            dashboard_queries(&name, &serde_json::from_str(&text).unwrap()).into_iter().enumerate()
+        {
+            rules.push(json!({"record": format!("switchboard_dashboard:{name}:query{i}"), "expr": expr, "labels": {"from": place}}));
+        }
+    }
+    assert!(rules.len() > 80, "{} dashboard queries", rules.len());
+    promtool_check_rules(&promtool, "dashboards", json!([{"name": "dashboards", "rules": rules}]));
+}
+
+/// The Prometheus Operator's and KEDA's CRDs of the kinds the chart renders, from their
+/// pinned Go modules (the CRD YAML ships in them; nothing is compiled).
+const MONITORING_CRDS: &[(&str, &str)] = &[
+    (
+        "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+    ),
+    (
+        "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+        "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+    ),
+    (
+        "github.com/prometheus-operator/prometheus-operator@v0.85.0",
+        "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+    ),
+    ("github.com/kedacore/keda/v2@v2.20.2", "config/crd/bases/keda.sh_scaledobjects.yaml"),
+];
+
+/// The directory of a Go module in the module cache, downloaded if need be.
+fn go_module_dir(module: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new("go")
+        .args(["mod", "download", "-json", module])
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("go runs (e2e/cluster/build needs it too)");
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("go mod download {module}: {e}"));
+    assert!(info["Error"].is_null() && out.status.success(), "go mod download {module}: {info}");
+    std::path::PathBuf::from(info["Dir"].as_str().unwrap())
+}
+
+/// The ServiceMonitor, PodMonitors, PrometheusRule and ScaledObjects through a
+/// server-side dry run, against the Prometheus Operator's and KEDA's CRDs (applied to
+/// the cluster once; neither controller runs, so they only validate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_objects_pass_a_server_side_dry_run_against_their_crds() {
+    let admin = client().await;
+    for (module, file) in MONITORING_CRDS {
+        let path = go_module_dir(module).join(file);
+        kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "switchboard-e2e",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+    }
+    for crd in [
+        "servicemonitors.monitoring.coreos.com",
+        "podmonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+        "scaledobjects.keda.sh",
+    ] {
+        kubectl_ok(&["wait", "--for", "condition=Established", "--timeout", "60s", &format!("crd/{crd}")]);
+    }
+    let ns = TestNamespace::create(&admin, "chart-monitoring").await;
+    let keda_sfu = format!(
+        r#"scalingSamples.keda.sfuPools=[{{"name":"eu-west","namespace":"{}","minReplicas":2,"maxReplicas":20,"packetsPerSecondPerPod":60000}}]"#,
+        ns.name
+    );
+    let keda_signaling = format!(
+        r#"scalingSamples.keda.signalingPools=[{{"name":"main","namespace":"{}","minReplicas":2,"maxReplicas":20,"connectionsPerPod":5000,"cpuUtilizationPercent":70}}]"#,
+        ns.name
+    );
+    // Everything on, the KEDA samples in the test's namespace (the API server wants it to exist).
+    let mut args: Vec<&str> =
+        ALL_ON.chunks(2).filter(|flag| !flag[1].starts_with("scalingSamples.keda")).flatten().copied().collect();
+    args.extend(["--set-json", &keda_sfu, "--set-json", &keda_signaling]);
+    let chart = chart();
+    let kube_version = kubernetes_version();
+    let mut template = vec!["template", "sb", &chart, "-n", &ns.name, "--kube-version", &kube_version];
+    template.extend(args);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&helm_ok(&template)).unwrap();
+    let kinds = ["ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"];
+    let monitoring: Vec<Value> = docs.into_iter().filter(|d| kinds.iter().any(|k| d["kind"] == *k)).collect();
+    assert_eq!(monitoring.len(), 1 + 4 + 1 + 2, "{monitoring:?}");
+    let file = std::env::temp_dir().join(format!("{}.json", ns.name));
+    std::fs::write(
+        &file,
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": monitoring})).unwrap(),
+    )
+    .unwrap();
+    let out = kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager",
+        "chart-dry-run",
+        "-n",
+        &ns.name,
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    for expected in [
+        "servicemonitor.monitoring.coreos.com/sb-operator",
+        "podmonitor.monitoring.coreos.com/sb-operator",
+        "podmonitor.monitoring.coreos.com/sb-sfu",
+        "podmonitor.monitoring.coreos.com/sb-signaling",
+        "podmonitor.monitoring.coreos.com/sb-recorder",
+        "prometheusrule.monitoring.coreos.com/sb-alerts",
+        "scaledobject.keda.sh/eu-west-sfu",
+        "scaledobject.keda.sh/main-signaling",
+    ] {
+        assert!(out.contains(expected), "{expected} in:\n{out}");
+    }
+    let _ = std::fs::remove_file(file);
     ns.delete().await;
 }
