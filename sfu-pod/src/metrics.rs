@@ -31,6 +31,8 @@ pub struct Metrics {
     pub api_errors: Family<CodeLabels, Counter>,
     pub heartbeat_failures: Counter,
     pub undeclared_tracks: Counter,
+    /// Loss, jitter and round trip from subscribers' receiver reports (`quality.rs`).
+    pub quality: crate::quality::QualityMetrics,
 }
 
 impl Default for Metrics {
@@ -78,6 +80,7 @@ impl Default for Metrics {
                 "Incoming tracks dropped because their publisher did not declare them (or may not publish)",
                 Counter::default()
             ),
+            quality: crate::quality::QualityMetrics::register(&mut registry),
         };
         Self { registry: Arc::new(registry), ..metrics }
     }

@@ -11,6 +11,27 @@ fn av(p: &str) -> Vec<Publish> {
     vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))]
 }
 
+/// The value of an unlabelled sample on `/metrics` (0 when absent).
+async fn sample(sfu: &SfuProcess, name: &str) -> f64 {
+    let (_, text) = sfu.api.get_text("/metrics").await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Waits until the sample is above `floor`; returns it.
+async fn sample_above(sfu: &SfuProcess, name: &str, floor: f64) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = sample(sfu, name).await;
+        if v > floor {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {v}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_each_receive_the_others_audio_and_video() {
     let _slot = media_slot().await;
@@ -49,6 +70,13 @@ async fn three_clients_each_receive_the_others_audio_and_video() {
     assert_eq!(status.subscriptions, 12);
     let (_, metrics) = sfu.api.get_text("/metrics").await.unwrap();
     assert!(metrics.contains("switchboard_sfu_rtp_packets_forwarded_total"), "{metrics}");
+    // The subscribers' receiver reports reach the quality histograms: every block a
+    // jitter, and once they have our sender reports, a round trip (loopback: short).
+    sample_above(&sfu, "switchboard_sfu_subscriber_jitter_seconds_count", 0.0).await;
+    let reports = sample_above(&sfu, "switchboard_sfu_subscriber_round_trip_seconds_count", 0.0).await;
+    let rtt = sample(&sfu, "switchboard_sfu_subscriber_round_trip_seconds_sum").await / reports;
+    assert!((0.0..0.5).contains(&rtt), "mean round trip on loopback {rtt} s");
+    assert_eq!(sample(&sfu, "switchboard_sfu_subscriber_loss_ratio_sum").await, 0.0, "no loss on loopback");
     for p in people {
         p.leave().await.unwrap();
     }
@@ -200,6 +228,10 @@ async fn nack_recovers_video_through_five_percent_loss_on_both_legs() {
     }
     let track = &viewer.received()["pub-cam"];
     assert_eq!(track.ssrcs.len(), 1);
+    // The viewer's reports say it lost packets (before their retransmission arrived).
+    let loss = sample_above(&sfu, "switchboard_sfu_subscriber_loss_ratio_sum", 0.0).await;
+    let reports = sample(&sfu, "switchboard_sfu_subscriber_loss_ratio_count").await;
+    assert!(loss / reports < 0.2, "mean reported loss {} with 5% dropped", loss / reports);
     drop(publisher);
 }
 

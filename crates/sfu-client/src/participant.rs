@@ -409,24 +409,27 @@ impl Participant {
                         mime_type: codec.capability.mime_type.clone(),
                         clock_rate: codec.capability.clock_rate,
                     };
-                    if let Some(sink) = sink.clone() {
-                        // Sender reports map RTP time to wall-clock time: a recorder syncs tracks by them.
-                        let sink_track = sink_track.clone();
-                        tokio::spawn(async move {
-                            while let Ok((packets, _)) = receiver.read_rtcp().await {
-                                for p in packets {
-                                    // A report sent before any packet maps RTP time 0 to the Unix epoch: meaningless.
-                                    if let Some(sr) = p
-                                        .as_any()
-                                        .downcast_ref::<webrtc::rtcp::sender_report::SenderReport>()
-                                        .filter(|sr| sr.packet_count > 0)
-                                    {
-                                        sink.sender_report(&sink_track, sr.ntp_time, sr.rtp_time);
-                                    }
+                    // Incoming RTCP reaches webrtc-rs's interceptors only when read: the
+                    // receiver reports we send carry the last sender report (LSR) from
+                    // which the SFU measures the round trip, as a browser's do.
+                    let (sr_sink, sr_track) = (sink.clone(), sink_track.clone());
+                    tokio::spawn(async move {
+                        while let Ok((packets, _)) = receiver.read_rtcp().await {
+                            let Some(sink) = &sr_sink else { continue };
+                            for p in packets {
+                                // Sender reports map RTP time to wall-clock time: a recorder syncs
+                                // tracks by them. One sent before any packet maps RTP time 0 to
+                                // the Unix epoch: meaningless.
+                                if let Some(sr) = p
+                                    .as_any()
+                                    .downcast_ref::<webrtc::rtcp::sender_report::SenderReport>()
+                                    .filter(|sr| sr.packet_count > 0)
+                                {
+                                    sink.sender_report(&sr_track, sr.ntp_time, sr.rtp_time);
                                 }
                             }
-                        });
-                    }
+                        }
+                    });
                     tokio::spawn(async move {
                         let mut last_pli: Option<Instant> = None;
                         while let Ok((pkt, _)) = track.read_rtp().await {

@@ -15,6 +15,7 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use webrtc::rtcp::receiver_report::ReceiverReport;
 use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
@@ -200,13 +201,17 @@ fn strip_extensions(header: &mut Header) {
     header.extensions_padding = 0;
 }
 
-/// PLIs, FIRs, NACKs and REMBs a subscriber sends about one of its tracks.
+/// PLIs, FIRs, NACKs, REMBs and receiver reports a subscriber sends about one of its
+/// tracks. `clock_rate` is the track's RTP clock; `relay`: the subscriber is another SFU
+/// (its reports are not a participant's quality).
 pub(super) async fn read_subscriber_rtcp(
     room: Weak<RoomEntry>,
     metrics: Metrics,
     subscriber: String,
     subscription: SubscriptionId,
     sender: Arc<RTCRtpSender>,
+    clock_rate: u32,
+    relay: bool,
 ) {
     while let Ok((packets, _)) = sender.read_rtcp().await {
         let Some(room) = room.upgrade() else { return };
@@ -218,6 +223,13 @@ pub(super) async fn read_subscriber_rtcp(
                 if let Some(sink) = room.sink(subscription) {
                     let resent = sink.resend(nack.nacks.iter().flat_map(|pair| pair.packet_list()));
                     metrics.retransmissions.inc_by(resent as u64);
+                }
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                if !relay {
+                    let arrival = crate::quality::ntp_middle(std::time::SystemTime::now());
+                    for block in &rr.reports {
+                        metrics.quality.observe(&crate::quality::from_block(block, clock_rate, arrival));
+                    }
                 }
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                 let estimate =

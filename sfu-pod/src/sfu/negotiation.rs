@@ -149,6 +149,7 @@ async fn apply_pending(peer: &Arc<Peer>, metrics: &Metrics) {
 async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, track: NewTrack) {
     let NewTrack { subscription, track_id, publisher, codec, source } = track;
     let Some(capability) = media::capability(codec_mime(codec)) else { return };
+    let clock_rate = capability.clock_rate;
     let local = Arc::new(SubscriberTrack::new(capability, track_id.clone(), publisher.clone()));
     let sender = match peer.outbound.add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>).await {
         Ok(s) => s,
@@ -166,7 +167,16 @@ async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, t
     let description =
         TrackDescription { origin: Some(publisher), ..TrackDescription::new(track_id, to_api_source(source)) };
     peer.senders.lock().unwrap().insert(subscription, (sender.clone(), description));
-    tokio::spawn(read_subscriber_rtcp(Arc::downgrade(room), metrics.clone(), peer.id.clone(), subscription, sender));
+    let relay = peer.kind == switchboard_sfu_core::ParticipantKind::Relay;
+    tokio::spawn(read_subscriber_rtcp(
+        Arc::downgrade(room),
+        metrics.clone(),
+        peer.id.clone(),
+        subscription,
+        sender,
+        clock_rate,
+        relay,
+    ));
 }
 
 async fn offer_outbound(peer: &Arc<Peer>, restart: bool) -> anyhow::Result<()> {
