@@ -868,7 +868,9 @@ fn metric_names(expr: &str) -> Vec<String> {
 #[test]
 fn the_alerts_and_dashboards_query_metrics_the_components_export() {
     // The operator's sample names from its OpenMetrics TYPE lines.
-    let text = switchboard_operator::metrics::Metrics::default().encode();
+    // And the SFU's, whose families all encode from the start.
+    let sfu = sfu_pod::metrics::Metrics::default().render(Some("application/openmetrics-text")).1;
+    let text = switchboard_operator::metrics::Metrics::default().encode() + &sfu;
     let mut operator = std::collections::BTreeSet::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
@@ -880,6 +882,7 @@ fn the_alerts_and_dashboards_query_metrics_the_components_export() {
         }
     }
     assert!(operator.contains("switchboard_leader"), "{operator:?}");
+    assert!(operator.contains("switchboard_sfu_subscriber_jitter_seconds_bucket"), "{operator:?}");
     let source = |files: &[&str]| -> String {
         files.iter().map(|f| std::fs::read_to_string(repo_root().join(f)).unwrap()).collect::<Vec<_>>().join("\n")
     };

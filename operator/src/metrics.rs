@@ -66,6 +66,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub pool_ready_pods: Family<PoolLabels, Gauge>,
     pub pool_desired_pods: Family<PoolLabels, Gauge>,
+    pub pool_max_pods: Family<PoolLabels, Gauge>,
     pub pool_allocated_participants: Family<PoolLabels, Gauge>,
     pub pool_capacity_participants: Family<PoolLabels, Gauge>,
     pub sfu_pod_actions: Family<PodActionLabels, Counter>,
@@ -119,6 +120,7 @@ impl Default for Metrics {
             leader: new(&mut r, "leader", "1 while this replica leads and reconciles"),
             pool_ready_pods: new(&mut r, "sfupool_ready_pods", "Ready SFU pods of a pool"),
             pool_desired_pods: new(&mut r, "sfupool_desired_pods", "SFU pods a pool aims for"),
+            pool_max_pods: new(&mut r, "sfupool_max_pods", "A pool's autoscaling.maxReplicas"),
             pool_allocated_participants: new(
                 &mut r,
                 "sfupool_allocated_participants",

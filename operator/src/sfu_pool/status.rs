@@ -213,6 +213,7 @@ pub fn record_metrics(ctx: &Context, pool: &SfuPool, plan: &fleet::Plan) {
     let m = &ctx.harness.metrics;
     m.pool_ready_pods.get_or_create(&labels).set(plan.count(fleet::PodState::Ready) as i64);
     m.pool_desired_pods.get_or_create(&labels).set(plan.desired as i64);
+    m.pool_max_pods.get_or_create(&labels).set(i64::from(pool.spec.autoscaling.max_replicas));
     m.pool_allocated_participants.get_or_create(&labels).set(plan.allocated_participants as i64);
     m.pool_capacity_participants.get_or_create(&labels).set(plan.ready_capacity as i64);
 }
