@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 
-use crate::repo_root;
+use serde_json::Value;
+
+use crate::{chart_dir, repo_root};
 
 /// The directory holding `promtool` and `prometheus` (built once per machine, looked up
 /// once per process).
@@ -60,4 +62,190 @@ pub fn check_metrics(text: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The dashboards under charts/switchboard/dashboards: (name, text), sorted by name.
+pub fn dashboard_files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = std::fs::read_dir(chart_dir().join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Grafana's own variables, with the plain values PromQL gets for them in the checks.
+pub const GRAFANA_BUILTINS: &[(&str, &str)] =
+    &[("__rate_interval", "1m"), ("__interval", "30s"), ("__range", "1h"), ("__range_s", "3600")];
+
+/// `expr` with its Grafana variables (`$x`, `${x}`, `${x:fmt}`) replaced: the built-in
+/// intervals by durations, the dashboard's own variables by `value` (a plain label value
+/// for a parse check; `.*` to query a live Prometheus); and the names of the variables
+/// it used.
+pub fn substitute_variables(expr: &str, value: &str) -> (String, Vec<String>) {
+    let (mut out, mut used) = (String::new(), Vec::new());
+    let mut rest = expr;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').expect("a closed ${…}");
+            (braced[..end].split(':').next().unwrap().to_owned(), end + 2)
+        } else {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            (after[..end].to_owned(), end)
+        };
+        assert!(!name.is_empty(), "a lone $ in {expr}");
+        out.push_str(GRAFANA_BUILTINS.iter().find(|(n, _)| *n == name).map_or(value, |(_, v)| v));
+        used.push(name);
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    (out, used)
+}
+
+/// Every PromQL expression of a dashboard with Grafana's variables replaced (the
+/// dashboard's own by `value`, see [`substitute_variables`]): (where, expression). Panel
+/// targets, and the selectors of the `label_values(…)` variables.
+pub fn dashboard_queries(name: &str, dashboard: &Value, value: &str) -> Vec<(String, String)> {
+    let defined: Vec<&str> =
+        dashboard["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let mut queries = Vec::new();
+    let mut add = |place: String, expr: &str| {
+        let (expr, used) = substitute_variables(expr, value);
+        for var in used {
+            assert!(
+                defined.contains(&var.as_str()) || GRAFANA_BUILTINS.iter().any(|(n, _)| *n == var),
+                "{place}: ${var} is not a variable of the dashboard"
+            );
+        }
+        queries.push((place, expr));
+    };
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            add(format!("{name} panel {} {}", panel["id"], target["refId"]), target["expr"].as_str().unwrap());
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if var["type"] == "query" {
+            let query = var["query"]["query"].as_str().or(var["query"].as_str()).unwrap();
+            let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect("label_values()");
+            let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s).trim();
+            add(format!("{name} variable {}", var["name"]), selector);
+        }
+    }
+    queries
+}
+
+/// The chart's alerts (`files/monitoring/alerts.yaml`): (alert name, expression).
+pub fn alert_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(chart_dir().join("files/monitoring/alerts.yaml")).unwrap();
+    let alerts: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for group in alerts["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            out.push((format!("alert {}", rule["alert"]), rule["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    out
+}
+
+/// The pinned Prometheus server, scraping the Switchboard pods of one namespace as the
+/// chart's PodMonitors would (pod discovery through a kubeconfig, the same relabeling:
+/// `namespace`, `pod`, `switchboard_dev_pool`, `switchboard_dev_signaling_pool`). Killed
+/// when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    /// Its HTTP API, e.g. `http://127.0.0.1:19090`.
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts Prometheus for `namespace`, scraping every `interval` (e.g. "2s").
+    pub fn start(kubeconfig: &Path, namespace: &str, interval: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("switchboard-prometheus-{namespace}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let config = format!(
+            r#"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}
+scrape_configs:
+  - job_name: switchboard-pods
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: {kubeconfig}
+        namespaces: {{names: [{namespace}]}}
+    relabel_configs:
+      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_managed_by]
+        regex: switchboard
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_component, __meta_kubernetes_pod_container_port_name]
+        regex: sfu;api|signaling;http|recorder;http
+        action: keep
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+      - source_labels: [__meta_kubernetes_pod_label_switchboard_dev_pool]
+        target_label: switchboard_dev_pool
+      - source_labels: [__meta_kubernetes_pod_label_switchboard_dev_signaling_pool]
+        target_label: switchboard_dev_signaling_pool
+"#,
+            kubeconfig = kubeconfig.display()
+        );
+        let config_file = dir.join("prometheus.yml");
+        std::fs::write(&config_file, config)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("prometheus.log"))?;
+        let child = Command::new(bin().join("prometheus"))
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("prometheus starts")?;
+        Ok(Self { child, url: format!("http://127.0.0.1:{port}"), dir })
+    }
+
+    /// Its log, for a failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// `GET /api/v1/<path>`: the `data` of a successful answer, or the error Prometheus gave.
+    pub async fn api(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+        let answer: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/{path}", self.url))
+            .query(query)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if answer["status"] != "success" {
+            bail!("{path} {query:?}: {answer}");
+        }
+        Ok(answer["data"].clone())
+    }
+
+    /// An instant query's result vector (an error for a query Prometheus refuses).
+    pub async fn query(&self, expr: &str) -> anyhow::Result<Vec<Value>> {
+        let data = self.api("query", &[("query", expr)]).await?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.dir.join("data"));
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

@@ -19,6 +19,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use switchboard_crds::SfuPool;
 use switchboard_e2e::fixtures::{apply, pool};
+use switchboard_e2e::monitoring::{dashboard_files, dashboard_queries};
 use switchboard_e2e::operator::start_operator_with;
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
@@ -707,79 +708,6 @@ fn the_monitoring_values_narrow_and_the_chart_refuses_fighting_autoscalers() {
     assert!(err.contains("packetsPerSecondPerPod"), "the schema wants the threshold: {err}");
 }
 
-/// The dashboards under charts/switchboard/dashboards: (name, text), sorted by name.
-fn dashboard_files() -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> = std::fs::read_dir(chart_dir().join("dashboards"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Grafana's own variables, with the plain values PromQL gets for them in the checks.
-const GRAFANA_BUILTINS: &[(&str, &str)] =
-    &[("__rate_interval", "1m"), ("__interval", "30s"), ("__range", "1h"), ("__range_s", "3600")];
-
-/// `expr` with its Grafana variables (`$x`, `${x}`, `${x:fmt}`) replaced: the built-in
-/// intervals by durations, the dashboard's own variables by a plain label value; and the
-/// names of the variables it used.
-fn substitute_variables(expr: &str) -> (String, Vec<String>) {
-    let (mut out, mut used) = (String::new(), Vec::new());
-    let mut rest = expr;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let (name, len) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced.find('}').expect("a closed ${…}");
-            (braced[..end].split(':').next().unwrap().to_owned(), end + 2)
-        } else {
-            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-            (after[..end].to_owned(), end)
-        };
-        assert!(!name.is_empty(), "a lone $ in {expr}");
-        out.push_str(GRAFANA_BUILTINS.iter().find(|(n, _)| *n == name).map_or("test", |(_, v)| v));
-        used.push(name);
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    (out, used)
-}
-
-/// Every PromQL expression of a dashboard with Grafana's variables replaced: (where,
-/// expression). Panel targets, and the selectors of the `label_values(…)` variables.
-fn dashboard_queries(name: &str, dashboard: &Value) -> Vec<(String, String)> {
-    let defined: Vec<&str> =
-        dashboard["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    let mut queries = Vec::new();
-    let mut add = |place: String, expr: &str| {
-        let (expr, used) = substitute_variables(expr);
-        for var in used {
-            assert!(
-                defined.contains(&var.as_str()) || GRAFANA_BUILTINS.iter().any(|(n, _)| *n == var),
-                "{place}: ${var} is not a variable of the dashboard"
-            );
-        }
-        queries.push((place, expr));
-    };
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            add(format!("{name} panel {} {}", panel["id"], target["refId"]), target["expr"].as_str().unwrap());
-        }
-    }
-    for var in dashboard["templating"]["list"].as_array().unwrap() {
-        if var["type"] == "query" {
-            let query = var["query"]["query"].as_str().or(var["query"].as_str()).unwrap();
-            let inner = query.strip_prefix("label_values(").and_then(|q| q.strip_suffix(')')).expect("label_values()");
-            let selector = inner.rsplit_once(',').map_or(inner, |(s, _)| s).trim();
-            add(format!("{name} variable {}", var["name"]), selector);
-        }
-    }
-    queries
-}
-
 /// Each dashboard is valid JSON of the Grafana schema the sidecar loads: unique panel
 /// ids, panels that do not overlap, each with a title, a place and at least one query,
 /// all on the `datasource` variable.
@@ -833,7 +761,7 @@ fn every_dashboard_is_grafana_json_with_complete_panels() {
                 assert!(t["refId"].is_string(), "{name} {title}: a refId");
             }
         }
-        dashboard_queries(name, &d);
+        dashboard_queries(name, &d, "test");
     }
     uids.sort();
     uids.dedup();
@@ -920,7 +848,7 @@ fn the_alerts_and_dashboards_query_metrics_the_components_export() {
         }
     }
     for (name, text) in dashboard_files() {
-        queries.extend(dashboard_queries(&name, &serde_json::from_str(&text).unwrap()));
+        queries.extend(dashboard_queries(&name, &serde_json::from_str(&text).unwrap(), "test"));
     }
     let mut unknown = Vec::new();
     let mut seen = 0;
@@ -983,7 +911,7 @@ fn the_alerts_and_the_dashboard_queries_pass_promtool() {
     let mut rules = Vec::new();
     for (name, text) in dashboard_files() {
         for (i, (place, expr)) in
-            dashboard_queries(&name, &serde_json::from_str(&text).unwrap()).into_iter().enumerate()
+            dashboard_queries(&name, &serde_json::from_str(&text).unwrap(), "test").into_iter().enumerate()
         {
             rules.push(json!({"record": format!("switchboard_dashboard:{name}:query{i}"), "expr": expr, "labels": {"from": place}}));
         }

@@ -796,3 +796,67 @@ async fn a_recording_job_runs_the_recorder_image_and_writes_a_playable_mp4() {
     finish(&stack.admin, stack.ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Prometheus, as the chart's PodMonitors configure it, scrapes the real SFU and
+/// signaling pods: their series carry the pool labels the alerts and dashboards group
+/// by, the packet counters move with real media, and every alert and dashboard query of
+/// the chart runs on the live data without an error (PromQL a real Prometheus accepts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_scrapes_the_real_pods_and_runs_every_alert_and_dashboard_query() {
+    use switchboard_e2e::monitoring::{Prometheus, alert_queries, dashboard_files, dashboard_queries};
+    let _turn = take_turn().await;
+    let stack = stack("real-prom", 1, json!({})).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    await_pool_ready(&admin, &ns, 1).await;
+    let prometheus = Prometheus::start(&cluster().kubeconfig, &ns, "2s").expect("prometheus");
+
+    // Both kinds of pods are found and scraped.
+    wait_for("the SFU and signaling pods scraped and up", WAIT, || async {
+        let Ok(up) = prometheus.query("up == 1").await else { return false };
+        let component = |pool_label: &str, pool: &str| {
+            up.iter().any(|s| s["metric"][pool_label] == pool && s["metric"]["namespace"] == ns.as_str())
+        };
+        component("switchboard_dev_pool", POOL) && component("switchboard_dev_signaling_pool", SIGNALING)
+    })
+    .await;
+    for (series, label, pool) in [
+        ("switchboard_sfu_build_info", "switchboard_dev_pool", POOL),
+        ("switchboard_signaling_build_info", "switchboard_dev_signaling_pool", SIGNALING),
+    ] {
+        let found = prometheus.query(series).await.unwrap();
+        assert!(
+            found.iter().any(|s| s["metric"][label] == pool && s["metric"]["version"] == IMAGE_VERSION),
+            "{series}: {found:?}"
+        );
+    }
+
+    // Real media through the SFU pod moves the packet counters the scaling samples use.
+    create_meeting(&admin, &ns, "standup", "amy").await;
+    let ben = join(&stack, "standup", "ben").await;
+    let cleo = join(&stack, "standup", "cleo").await;
+    await_video(&ben, &cleo.id, 100).await;
+    let rate = format!(
+        "sum(rate(switchboard_sfu_rtp_packets_forwarded_total{{namespace=\"{ns}\", switchboard_dev_pool=\"{POOL}\"}}[10s]))"
+    );
+    wait_for("a forwarded packet rate in Prometheus", WAIT, || async {
+        prometheus.query(&rate).await.ok().and_then(|r| r.first()?["value"][1].as_str()?.parse::<f64>().ok())
+            > Some(10.0)
+    })
+    .await;
+
+    // Every query of the chart runs on the live series.
+    let mut queries = alert_queries();
+    for (name, text) in dashboard_files() {
+        queries.extend(dashboard_queries(&name, &serde_json::from_str(&text).unwrap(), ".*"));
+    }
+    assert!(queries.len() > 50, "{} queries", queries.len());
+    let mut refused = Vec::new();
+    for (place, expr) in &queries {
+        if let Err(e) = prometheus.query(expr).await {
+            refused.push(format!("{place}: {e:#}"));
+        }
+    }
+    assert!(refused.is_empty(), "queries Prometheus refused:\n{}\n{}", refused.join("\n"), prometheus.log());
+    drop((ben, cleo));
+    finish(&admin, stack.ns).await;
+}
