@@ -860,3 +860,60 @@ async fn prometheus_scrapes_the_real_pods_and_runs_every_alert_and_dashboard_que
     drop((ben, cleo));
     finish(&admin, stack.ns).await;
 }
+
+/// Built-in autoscaling on packet rate with real media: two participants' audio and
+/// video through the one SFU pod ask for a second pod by `packetsPerSecondPerPod` while
+/// their two seats ask for one; the new pod comes up on the other node (the time from
+/// the first participant joining to two Ready pods is printed). When they leave, the pool goes back to
+/// one pod after the window, and the pod that holds the meeting stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn real_media_scales_a_pool_by_packet_rate_and_the_busy_pod_stays_when_it_stops() {
+    use switchboard_crds::sfu_pool::ScaleSignal;
+    let _turn = take_turn().await;
+    let extra = json!({
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "scaleDownStabilization": "15s"},
+        "capacity": {"participantsPerPod": 50, "packetsPerSecondPerPod": 150},
+    });
+    let stack = stack("real-pps", 1, extra).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    let pools: Api<SfuPool> = Api::namespaced(admin.clone(), &ns);
+    let first = await_pool_ready(&admin, &ns, 1).await[0].name_any();
+
+    create_meeting(&admin, &ns, "standup", "amy").await;
+    assert_eq!(origin_of(&admin, &ns, "standup", None).await, first);
+    // The clock starts as the first participant's media begins.
+    let media_flowing = Instant::now();
+    let ben = join(&stack, "standup", "ben").await;
+    let cleo = join(&stack, "standup", "cleo").await;
+    await_video(&ben, &cleo.id, 30).await;
+    let pool = eventually("the pool scaled to 2 by its packet rate", WAIT, || async {
+        let p = pools.get(POOL).await.ok()?;
+        (p.spec.replicas == Some(2)).then_some(p)
+    })
+    .await;
+    let decided = media_flowing.elapsed();
+    let status = pool.status.unwrap();
+    assert_eq!(status.scale_signal, Some(ScaleSignal::PacketRate), "{status:?}");
+    let allocated = status.allocated.unwrap();
+    assert!(allocated.participants <= 4, "seats alone ask for one pod: {allocated:?}");
+    assert!(allocated.packets_per_second.unwrap_or(0) > 150, "{allocated:?}");
+    await_pool_ready(&admin, &ns, 2).await;
+    println!(
+        "real-pps: first join → scale-up seen {:.1} s → second SFU pod Ready {:.1} s",
+        decided.as_secs_f64(),
+        media_flowing.elapsed().as_secs_f64()
+    );
+
+    // Traffic stops; the meeting (and its seats on the first pod) stays.
+    drop((ben, cleo));
+    let stopped = Instant::now();
+    wait_for("the pool back to one pod", WAIT, || async {
+        pools.get(POOL).await.is_ok_and(|p| p.spec.replicas == Some(1))
+    })
+    .await;
+    let remaining = await_pool_ready(&admin, &ns, 1).await;
+    assert_eq!(remaining[0].name_any(), first, "the pod holding the meeting stays");
+    assert_eq!(origin_of(&admin, &ns, "standup", None).await, first);
+    println!("real-pps: media stopped → back to one pod {:.1} s", stopped.elapsed().as_secs_f64());
+    finish(&admin, stack.ns).await;
+}
