@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_e2e::operator::{install_admission_policies, operator_token, token_kubeconfig};
 use switchboard_e2e::{TestNamespace, api_error, client, client_for, wait_for};
@@ -73,7 +73,16 @@ async fn an_sfu_token_writes_only_its_own_heartbeat_lease() {
     // Policies take a moment to be enforced after they are created.
     wait_for("the policy refuses another pod's Lease", Duration::from_secs(30), || {
         let leases = leases.clone();
-        async move { leases.create(&PostParams::default(), &heartbeat_lease("room-zzzzz", "room")).await.is_err() }
+        // A 403, not "already exists": a create that got through before the policy was
+        // enforced would otherwise end the wait early.
+        let admin_leases: Api<Lease> = ns.api();
+        async move {
+            let created = leases.create(&PostParams::default(), &heartbeat_lease("room-zzzzz", "room")).await;
+            if created.is_ok() {
+                let _ = admin_leases.delete("room-zzzzz", &Default::default()).await;
+            }
+            matches!(created, Err(kube::Error::Api(e)) if e.code == 403)
+        }
     })
     .await;
 
@@ -110,6 +119,15 @@ async fn an_sfu_token_writes_only_its_own_heartbeat_lease() {
     let (code, message) = api_error(result);
     assert_eq!(code, 403);
     assert!(message.contains("bound to none"), "{message}");
+    // Its pool's targets and status are the operator's: an SFU cannot lower
+    // packetsPerSecondPerPod to have the pool grow, nor write what drove the scaling.
+    let pools: Api<switchboard_crds::SfuPool> = Api::namespaced(sfu.clone(), &ns.name);
+    let raise = json!({"spec": {"capacity": {"participantsPerPod": 50, "packetsPerSecondPerPod": 1}}});
+    let (code, _) = api_error(pools.patch("room", &PatchParams::default(), &Patch::Merge(&raise)).await);
+    assert_eq!(code, 403, "an SFU token patching its pool's spec");
+    let signal = json!({"status": {"scaleSignal": "PacketRate", "allocated": {"packetsPerSecond": 1000000}}});
+    let (code, _) = api_error(pools.patch_status("room", &PatchParams::default(), &Patch::Merge(&signal)).await);
+    assert_eq!(code, 403, "an SFU token patching its pool's status");
     // Its own Lease is unharmed.
     let kept = ns.api::<Lease>().get("room-a1b2c").await.unwrap();
     assert_eq!(kept.metadata.labels.unwrap().get("switchboard.dev/pool").map(String::as_str), Some("room"));

@@ -182,6 +182,19 @@ async fn invalid_sfu_pools_are_refused_naming_the_field() {
             "greater than or equal to 1",
         ),
         (
+            "/spec/capacity/packetsPerSecondPerPod",
+            json!(0),
+            "spec.capacity.packetsPerSecondPerPod",
+            "greater than or equal to 1",
+        ),
+        (
+            "/spec/capacity/cpuMillicoresPerPod",
+            json!(-250),
+            "spec.capacity.cpuMillicoresPerPod",
+            "greater than or equal to 1",
+        ),
+        ("/spec/capacity/tracksPerPod", json!(0), "spec.capacity.tracksPerPod", "greater than or equal to 1"),
+        (
             "/spec/media/udpPortRange",
             json!({"min": 41000, "max": 40000}),
             "spec.media.udpPortRange.min",
@@ -282,6 +295,32 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
     inverted["metadata"] = json!({"name": "inverted"});
     inverted["spec"]["autoscaling"] = json!({"minReplicas": 5, "maxReplicas": 2});
     assert_refused(&signaling, &inverted, "spec.autoscaling.minReplicas", "must not be greater than maxReplicas").await;
+    for (name, autoscaling, field, words) in [
+        (
+            "cpu-low",
+            json!({"targetCpuUtilizationPercent": 5}),
+            "spec.autoscaling.targetCpuUtilizationPercent",
+            "greater than or equal to 10",
+        ),
+        (
+            "cpu-high",
+            json!({"targetCpuUtilizationPercent": 150}),
+            "spec.autoscaling.targetCpuUtilizationPercent",
+            "less than or equal to 100",
+        ),
+        (
+            "no-connections",
+            json!({"targetConnectionsPerPod": 0}),
+            "spec.autoscaling.targetConnectionsPerPod",
+            "greater than or equal to 1",
+        ),
+        ("mode", json!({"mode": "Keda"}), "spec.autoscaling.mode", "Unsupported value"),
+    ] {
+        let mut bad = example("signalingpool.yaml", "SignalingPool");
+        bad["metadata"] = json!({"name": name});
+        bad["spec"]["autoscaling"] = autoscaling;
+        assert_refused(&signaling, &bad, field, words).await;
+    }
     let mut keyless = example("signalingpool.yaml", "SignalingPool");
     keyless["metadata"] = json!({"name": "keyless"});
     keyless["spec"]["auth"] = json!({"sessionKeySecretRef": {"name": "s", "key": "k"}});

@@ -103,16 +103,6 @@ pub enum Signal {
     Cpu,
 }
 
-impl Signal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signal::Participants => "Participants",
-            Signal::PacketRate => "PacketRate",
-            Signal::Cpu => "Cpu",
-        }
-    }
-}
-
 /// The pool's load as its healthy pods report it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolLoad {
@@ -290,24 +280,26 @@ fn pods_for(participants: u64, per_pod: u64) -> u64 {
 /// the load signals a percentage buffer scales the load, a participants buffer adds the
 /// pods those participants would take.
 fn needed_pods(policy: &Policy, load: &PoolLoad) -> [(Signal, u64, String); 3] {
-    let seats = load.participants + load.reserved;
+    let seats = load.participants.saturating_add(load.reserved);
     let seat_buffer = match policy.buffer {
         Buffer::None => 0,
         Buffer::Participants(n) => n,
-        Buffer::Percent(p) => (seats * p).div_ceil(100),
+        Buffer::Percent(p) => seats.saturating_mul(p).div_ceil(100),
     };
     let by_load = |total: u64, per_pod: Option<u64>| match per_pod {
         None | Some(0) => 0,
         Some(per_pod) => match policy.buffer {
             Buffer::None => pods_for(total, per_pod),
             Buffer::Percent(p) => pods_for(total.saturating_mul(100 + p).div_ceil(100), per_pod),
-            Buffer::Participants(n) => pods_for(total, per_pod) + pods_for(n, policy.participants_per_pod),
+            Buffer::Participants(n) => {
+                pods_for(total, per_pod).saturating_add(pods_for(n, policy.participants_per_pod))
+            }
         },
     };
     [
         (
             Signal::Participants,
-            pods_for(seats + seat_buffer, policy.participants_per_pod),
+            pods_for(seats.saturating_add(seat_buffer), policy.participants_per_pod),
             format!("{seats} participants allocated or reserved plus a buffer of {seat_buffer}"),
         ),
         (
@@ -440,8 +432,9 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
             && let Some(hb) = &p.pod.heartbeat
         {
             plan.allocated_tracks += hb.tracks;
-            plan.packets_per_second += hb.packets_per_second;
-            plan.cpu_millicores += hb.cpu_millicores;
+            // An SFU's word, summed: a wild report must not overflow (it can at most ask for maxReplicas).
+            plan.packets_per_second = plan.packets_per_second.saturating_add(hb.packets_per_second);
+            plan.cpu_millicores = plan.cpu_millicores.saturating_add(hb.cpu_millicores);
         }
     }
     let load = PoolLoad {

@@ -502,3 +502,20 @@ fn when_the_traffic_stops_the_pool_shrinks_after_the_window_and_busy_pods_drain(
     assert_eq!(down.delete, vec![("c".to_string(), DeleteReason::ScaleDown)], "the empty pod goes");
     assert_eq!(down.start_drain, vec!["b".to_string()], "a busy pod is drained, never deleted");
 }
+
+#[test]
+fn a_wild_load_report_asks_for_at_most_max_replicas() {
+    // A compromised or broken SFU reports the largest numbers its heartbeat can carry.
+    let now = t(0);
+    let policy = Policy {
+        packets_per_second_per_pod: Some(1),
+        cpu_millicores_per_pod: Some(1),
+        buffer: Buffer::Participants(u64::MAX),
+        ..policy()
+    };
+    let pods = [loaded("a", "n1", 1, u64::MAX, u64::MAX, now), loaded("b", "n2", 1, u64::MAX, u64::MAX, now)];
+    let plan = plan(&policy, &pods, 0, now, &mut ScaleMemory::default());
+    assert_eq!((plan.packets_per_second, plan.cpu_millicores), (u64::MAX, u64::MAX), "sums saturate");
+    assert_eq!(plan.desired, policy.max_replicas);
+    assert_eq!(plan.scaling_limited.map(|l| l.reason), Some("MaxReplicas"));
+}
