@@ -117,7 +117,7 @@ async fn signaling_metrics_pass_promtool() {
     let client = switchboard_e2e::client().await;
     switchboard_e2e::install_crds(&client).await;
     let ns = TestNamespace::create(&client, "metrics-lint-sig").await;
-    let redis = Redis::start();
+    let redis = switchboard_e2e::Redis::start();
     let config = signaling_pod::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         public_url: None,
@@ -179,35 +179,4 @@ async fn recorder_metrics_pass_promtool() {
     )
     .await;
     server.abort();
-}
-
-/// A real redis-server on loopback, gone with the value.
-struct Redis {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = switchboard_e2e::free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian package redis-server)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, url: format!("redis://127.0.0.1:{port}") }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -23,36 +23,7 @@ pub const JWT_KEY: &str = "signaling-test-user-key-0123456789abcdef";
 pub const SESSION_KEY: &str = "signaling-test-session-key-0123456789abcdef";
 pub const WAIT: Duration = Duration::from_secs(20);
 
-/// A real redis-server on loopback, gone with the value.
-pub struct Redis {
-    child: Child,
-    pub url: String,
-}
-
-impl Redis {
-    pub fn start() -> Self {
-        let port = switchboard_e2e::free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (Debian package redis-server)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "redis-server did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, url: format!("redis://127.0.0.1:{port}") }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use switchboard_e2e::Redis;
 
 /// The control plane, a fresh namespace and Redis.
 pub struct TestEnv {
