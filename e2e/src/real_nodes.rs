@@ -3,7 +3,9 @@
 //! there only when they ask ([`REAL_NODE_SELECTOR`], [`real_node_toleration`]); the
 //! project's images are imported into each node's containerd ([`images`]), never
 //! pulled; faults are injected the way they happen: a container's process killed
-//! ([`kill_container`]), a kubelet stopped ([`stop_kubelet`]).
+//! ([`kill_container`]), a kubelet stopped ([`stop_kubelet`]). Each node enforces
+//! NetworkPolicy (kube-network-policies); [`http_get_from`] tries a connection as a
+//! given pod would.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -116,9 +118,8 @@ fn ctr(node: &str, args: &[&str]) -> std::process::Output {
         .expect("ctr runs")
 }
 
-/// Kills the process of `container` in `pod` with SIGKILL, as a crash would: the Pod
-/// object stays, the kubelet sees its container die.
-pub fn kill_container(pod: &Pod, container: &str) {
+/// The node and containerd id of `container` in `pod`.
+fn container_of(pod: &Pod, container: &str) -> (String, String) {
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).expect("pod is scheduled");
     let id = pod
         .status
@@ -127,9 +128,56 @@ pub fn kill_container(pod: &Pod, container: &str) {
         .and_then(|cs| cs.iter().find(|c| c.name == container))
         .and_then(|c| c.container_id.clone())
         .expect("container has started");
-    let id = id.strip_prefix("containerd://").expect("a containerd container id");
-    let out = ctr(&node, &["tasks", "kill", "--signal", "SIGKILL", id]);
+    let id = id.strip_prefix("containerd://").expect("a containerd container id").to_string();
+    (node, id)
+}
+
+/// Kills the process of `container` in `pod` with SIGKILL, as a crash would: the Pod
+/// object stays, the kubelet sees its container die.
+pub fn kill_container(pod: &Pod, container: &str) {
+    let (node, id) = container_of(pod, container);
+    let out = ctr(&node, &["tasks", "kill", "--signal", "SIGKILL", &id]);
     assert!(out.status.success(), "ctr tasks kill {id} on {node}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The host PID of `container`'s main process in `pod` (from its node's containerd).
+pub fn container_pid(pod: &Pod, container: &str) -> u32 {
+    let (node, id) = container_of(pod, container);
+    let out = ctr(&node, &["tasks", "ls"]);
+    assert!(out.status.success(), "ctr tasks ls on {node}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            (cols.next() == Some(id.as_str())).then(|| cols.next()?.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no running task {id} on {node}"))
+}
+
+/// What an HTTP GET from inside a pod's network namespace got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// The server answered with this status.
+    Answered(u16),
+    /// No answer: the connection timed out, was refused or reset (curl's exit code and message).
+    NoAnswer(i32, String),
+}
+
+/// `GET url` from inside the network namespace of `container` in `pod`, as that pod
+/// would send it (its address, through its node's rules): the host's curl, entered
+/// into the pod's namespace. Gives up after `timeout`.
+pub fn http_get_from(pod: &Pod, container: &str, url: &str, timeout: std::time::Duration) -> Reach {
+    let pid = container_pid(pod, container);
+    let secs = format!("{:.1}", timeout.as_secs_f64());
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["--", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", &secs, url])
+        .output()
+        .expect("nsenter and curl run");
+    match (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().parse::<u16>()) {
+        (Some(0), Ok(status)) => Reach::Answered(status),
+        (code, _) => Reach::NoAnswer(code.unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
 }
 
 fn real_nodes_script(args: &[&str]) {

@@ -917,3 +917,102 @@ async fn real_media_scales_a_pool_by_packet_rate_and_the_busy_pod_stays_when_it_
     println!("real-pps: media stopped → back to one pod {:.1} s", stopped.elapsed().as_secs_f64());
     finish(&admin, stack.ns).await;
 }
+
+/// The pool's NetworkPolicy on real pods (issue #26), enforced by the nodes' agent
+/// (kube-network-policies): with the SFUs on the pod network, the kubelet's probes
+/// pass (the pods get Ready), signaling drives a meeting through the API port and the
+/// media from this machine reaches the pods' UDP ports, the pool's SFUs reach each
+/// other's API (relays); a pod of the namespace without signaling's labels, and a pod
+/// with them in another namespace, get no answer from the API port. Both reach
+/// signaling's pod (no policy selects it) first, so their silence is the policy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pools_network_policy_admits_only_signaling_and_its_own_sfus_on_real_pods() {
+    let _turn = take_turn().await;
+    let pod_network = json!({"media": {
+        "udpPortRange": {"min": 41000, "max": 41031}, "hostNetwork": false, "announcedAddress": "PodIP"
+    }});
+    let stack = stack("real-netpol", 2, pod_network).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    let sfus = await_pool_ready(&admin, &ns, 2).await;
+    for pod in &sfus {
+        assert_ne!(pod.spec.as_ref().unwrap().host_network, Some(true), "the SFUs are on the pod network");
+    }
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(admin.clone(), &ns);
+    let policy = format!("{POOL}-sfu");
+    wait_for(&format!("NetworkPolicy {policy}"), WAIT, || async {
+        policies.get_opt(&policy).await.ok().flatten().is_some()
+    })
+    .await;
+
+    // A meeting through signaling, whose calls to the SFU's API pass the policy.
+    create_meeting(&admin, &ns, "fenced", "amy").await;
+    let ben = join(&stack, "fenced", "ben").await;
+    let cat = join(&stack, "fenced", "cat").await;
+    await_video(&cat, &ben.id, 30).await;
+    await_video(&ben, &cat.id, 30).await;
+
+    let ip = |pod: &Pod| pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod has an IP");
+    let api = |pod: &Pod| format!("http://{}:7880/healthz", ip(pod));
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let signaling = pods
+        .list(&ListParams::default().labels(&format!("switchboard.dev/signaling-pool={SIGNALING}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(pod_ready)
+        .expect("a Ready signaling pod");
+    let signaling_url = format!("http://{}:8080/readyz", ip(&signaling));
+    let probe = Duration::from_secs(5);
+    let get = |from: &Pod, container: &'static str, url: String| {
+        let from = from.clone();
+        tokio::task::spawn_blocking(move || real_nodes::http_get_from(&from, container, &url, probe))
+    };
+
+    // Admitted: signaling to every SFU, and each SFU to the other (relays).
+    for sfu in &sfus {
+        let got = get(&signaling, "signaling", api(sfu)).await.unwrap();
+        assert_eq!(got, real_nodes::Reach::Answered(200), "signaling -> {} API", sfu.name_any());
+    }
+    let got = get(&sfus[0], "sfu", api(&sfus[1])).await.unwrap();
+    assert_eq!(got, real_nodes::Reach::Answered(200), "an SFU of the pool -> another's API (relay)");
+
+    // Refused: a pod of the namespace without signaling's labels, and one with them in
+    // another namespace.
+    let other = TestNamespace::create(&admin, "real-netpol-other").await;
+    let probe_pod = |name: &str, labels: Value| {
+        let mut spec = on_real_nodes();
+        spec["containers"] = json!([{
+            "name": "probe", "image": image("redis"), "imagePullPolicy": "IfNotPresent",
+            "args": ["--port", "6379", "--save", "", "--appendonly", "no"]
+        }]);
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": spec})
+    };
+    apply_json(&admin, &ns, probe_pod("outsider", json!({"app": "outsider"}))).await;
+    let lookalike = json!({"app.kubernetes.io/managed-by": "switchboard", "app.kubernetes.io/component": "signaling"});
+    apply_json(&admin, &other.name, probe_pod("lookalike", lookalike)).await;
+    for (namespace, name) in [(ns.as_str(), "outsider"), (other.name.as_str(), "lookalike")] {
+        let api_of: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+        let pod = eventually(&format!("{namespace}/{name} Ready"), WAIT, || async {
+            api_of.get(name).await.ok().filter(pod_ready)
+        })
+        .await;
+        let control = get(&pod, "probe", signaling_url.clone()).await.unwrap();
+        assert_eq!(control, real_nodes::Reach::Answered(200), "{namespace}/{name} reaches signaling's pod");
+        for sfu in &sfus {
+            let got = get(&pod, "probe", api(sfu)).await.unwrap();
+            assert!(
+                matches!(got, real_nodes::Reach::NoAnswer(..)),
+                "{namespace}/{name} -> {} API must get no answer, got {got:?}",
+                sfu.name_any()
+            );
+        }
+    }
+
+    // The meeting lives on.
+    let before = video_packets(&cat.media.received().await, &ben.id);
+    await_video(&cat, &ben.id, before + 30).await;
+    println!("real-pods: the pool's NetworkPolicy admitted signaling and the pool's SFUs, refused two outsiders");
+    finish(&admin, other).await;
+    finish(&stack.admin, stack.ns).await;
+}

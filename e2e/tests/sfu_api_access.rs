@@ -2,10 +2,10 @@
 //! real control plane (kwok nodes, the operator under the chart's RBAC): the
 //! namespace's credential Secret, made once and shared by its pools, reaches the SFU
 //! pods, the signaling Deployment and the recorder Job by reference; each pool's
-//! NetworkPolicy admits only those callers to the API port. The local cluster's
-//! bridge CNI enforces no NetworkPolicy, so the policy is checked as an object, with
-//! its selectors matched against the pods it names; the credential itself is tried
-//! end to end in `sfu-pod/tests/access.rs`.
+//! NetworkPolicy admits only those callers to the API port. Here (kwok pods) the
+//! policy is checked as an object, with its selectors matched against the pods it
+//! names; `real_pods.rs` tries it on real pods, where the nodes enforce it, and the
+//! credential itself is tried end to end in `sfu-pod/tests/access.rs`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
