@@ -249,3 +249,36 @@ impl Drop for Prometheus {
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// KEDA's operator and external-metrics adapter on the local cluster
+/// (`e2e/monitoring/keda up`: host processes, the APIService registered once the
+/// adapter answers), for one test. Dropping it runs `e2e/monitoring/keda down`
+/// (the APIService unregistered first, then both stopped). Delete the test's
+/// ScaledObjects before (they carry KEDA's finalizer; [`Keda::delete_scaled_objects`]).
+pub struct Keda {
+    script: PathBuf,
+}
+
+impl Keda {
+    /// Starts KEDA (building it first when its binaries are not cached).
+    pub fn start() -> anyhow::Result<Self> {
+        let script = repo_root().join("e2e/monitoring/keda");
+        let output = Command::new(&script).arg("up").stderr(Stdio::inherit()).output().context("running keda up")?;
+        if !output.status.success() {
+            bail!("{} up failed with {}", script.display(), output.status);
+        }
+        Ok(Self { script })
+    }
+
+    /// Deletes every ScaledObject of `namespace` and waits until KEDA has let them go
+    /// (its finalizer removes the HPA it made).
+    pub fn delete_scaled_objects(&self, namespace: &str) {
+        let _ = crate::kubectl(&["delete", "scaledobjects.keda.sh", "--all", "-n", namespace, "--timeout=60s"]);
+    }
+}
+
+impl Drop for Keda {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).arg("down").stderr(Stdio::inherit()).status();
+    }
+}

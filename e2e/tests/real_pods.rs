@@ -1016,3 +1016,137 @@ async fn the_pools_network_policy_admits_only_signaling_and_its_own_sfus_on_real
     finish(&admin, other).await;
     finish(&stack.admin, stack.ns).await;
 }
+
+/// The chart's KEDA sample for an External-mode SfuPool (`scalingSamples.keda.sfuPools`),
+/// rendered by helm for this test's pool, Prometheus and threshold, with the scale-down
+/// window and KEDA's polling shortened to fit a test.
+fn keda_sample_for_pool(ns: &str, prometheus: &str, packets_per_pod: u64) -> Value {
+    let pool = format!(
+        r#"scalingSamples.keda.sfuPools=[{{"name":"{POOL}","namespace":"{ns}","minReplicas":1,"maxReplicas":2,"packetsPerSecondPerPod":{packets_per_pod}}}]"#
+    );
+    let address = format!("scalingSamples.keda.prometheusAddress={prometheus}");
+    let chart = chart_dir().display().to_string();
+    let version = kubernetes_version();
+    let rendered = helm_ok(&[
+        "template",
+        "sb",
+        &chart,
+        "-n",
+        ns,
+        "--kube-version",
+        &version,
+        "--set-json",
+        &pool,
+        "--set",
+        &address,
+    ]);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).unwrap();
+    let mut scaled = docs.into_iter().find(|d| d["kind"] == "ScaledObject").expect("the chart renders a ScaledObject");
+    scaled["spec"]["pollingInterval"] = json!(5);
+    scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"] =
+        json!({"stabilizationWindowSeconds": 10, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]});
+    scaled
+}
+
+/// External mode end to end (issue #27): KEDA, from the chart's sample ScaledObject,
+/// scales an External-mode SfuPool through its /scale subresource on the packet rate
+/// Prometheus scrapes from the real SFU pods: real media on the one pod asks for a
+/// second (the time from the load to the new pod Ready is printed); a quiet meeting
+/// goes to the new pod; when the load ends, KEDA asks for one pod again and the
+/// operator removes the emptied first pod, never the busy newer one, whose meeting
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keda_scales_an_external_pool_on_its_packet_rate_and_the_busy_pod_stays() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use switchboard_e2e::monitoring::{Keda, Prometheus};
+    let _turn = take_turn().await;
+    let external = json!({"autoscaling": {"mode": "External", "minReplicas": 1, "maxReplicas": 2}});
+    let stack = stack("real-keda", 1, external).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    let keda = tokio::task::spawn_blocking(Keda::start).await.unwrap().expect("KEDA up");
+    let first = await_pool_ready(&admin, &ns, 1).await[0].name_any();
+    let prometheus = Prometheus::start(&cluster().kubeconfig, &ns, "2s").expect("prometheus");
+    let threshold = 500;
+    apply_json(&admin, &ns, keda_sample_for_pool(&ns, &prometheus.url, threshold)).await;
+
+    // KEDA made its HPA, and the HPA reads the pool's metric through the aggregation layer.
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    let hpa_name = format!("keda-hpa-{POOL}-sfu");
+    let hpa_reads_the_metric = || async {
+        let hpa = hpas.get_opt(&hpa_name).await.ok().flatten()?;
+        let status = hpa.status?;
+        let active = status.conditions?.iter().any(|c| c.type_ == "ScalingActive" && c.status == "True");
+        (active && status.current_metrics.is_some_and(|m| !m.is_empty())).then_some(())
+    };
+    eventually("KEDA's HPA reading the packet rate", WAIT, hpa_reads_the_metric).await;
+
+    // Load on the one pod: four participants with video and audio.
+    create_meeting(&admin, &ns, "load", "amy").await;
+    assert_eq!(origin_of(&admin, &ns, "load", None).await, first);
+    let mut load = Vec::new();
+    for user in ["amy", "ben", "cat", "dan"] {
+        load.push(join(&stack, "load", user).await);
+    }
+    await_video(&load[0], &load[3].id, 30).await;
+    let loaded = Instant::now();
+    let rate = format!(
+        "sum(rate(switchboard_sfu_rtp_packets_received_total{{namespace=\"{ns}\", switchboard_dev_pool=\"{POOL}\"}}[1m])) \
+         + sum(rate(switchboard_sfu_rtp_packets_forwarded_total{{namespace=\"{ns}\", switchboard_dev_pool=\"{POOL}\"}}[1m]))"
+    );
+    let pools: Api<SfuPool> = Api::namespaced(admin.clone(), &ns);
+    wait_for("KEDA asks for two pods", WAIT, || async {
+        pools.get(POOL).await.is_ok_and(|p| p.spec.replicas == Some(2))
+    })
+    .await;
+    let asked = loaded.elapsed();
+    let value = |r: Vec<Value>| r.first().and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
+    let loaded_rate = value(prometheus.query(&rate).await.unwrap()).unwrap_or_default();
+    let pods = await_pool_ready(&admin, &ns, 2).await;
+    let second = pods.iter().map(|p| p.name_any()).find(|n| *n != first).unwrap();
+    println!(
+        "real-keda: load ({loaded_rate:.0} packets/s against {threshold} per pod) → spec.replicas 2 after {:.1} s → \
+         second SFU pod Ready after {:.1} s",
+        asked.as_secs_f64(),
+        loaded.elapsed().as_secs_f64()
+    );
+
+    // A quiet meeting on the new pod.
+    create_meeting(&admin, &ns, "quiet", "eve").await;
+    assert_eq!(origin_of(&admin, &ns, "quiet", None).await, second, "the new meeting goes to the idle new pod");
+    let eve = join(&stack, "quiet", "eve").await;
+    let fay = join(&stack, "quiet", "fay").await;
+    await_video(&fay, &eve.id, 30).await;
+
+    // The load ends: its meeting is deleted while everyone is in it (their media ends
+    // at the SFU with it), KEDA asks for one pod, and the one that goes is the emptied
+    // first, not the newer one that holds the quiet meeting.
+    let meetings: Api<Meeting> = Api::namespaced(admin.clone(), &ns);
+    meetings.delete("load", &DeleteParams::default()).await.unwrap();
+    let stopped = Instant::now();
+    for p in &load {
+        p.signaling.wait_closed(WAIT).await.expect("the deleted meeting's connections close");
+    }
+    drop(load);
+    let pods_api: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    wait_for("back to one pod, the first one gone", WAIT, || async {
+        let busy = pods_api.get(&second).await.unwrap();
+        assert!(busy.metadata.deletion_timestamp.is_none(), "the pod holding the quiet meeting must stay");
+        let one = pools.get(POOL).await.is_ok_and(|p| p.spec.replicas == Some(1));
+        one && pods_api.get_opt(&first).await.unwrap().is_none()
+    })
+    .await;
+    println!(
+        "real-keda: load stopped → back to one pod (the emptied one deleted) after {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
+    assert_eq!(origin_of(&admin, &ns, "quiet", None).await, second);
+    assert_eq!(fay.media.reconnects(), 0, "the quiet meeting never moved");
+    await_video(&fay, &eve.id, video_packets(&fay.media.received().await, &eve.id) + 30).await;
+    let quiet_rate = value(prometheus.query(&rate).await.unwrap()).unwrap_or_default();
+    println!("real-keda: the quiet meeting alone: {quiet_rate:.0} packets/s");
+
+    keda.delete_scaled_objects(&ns);
+    drop((eve, fay));
+    finish(&admin, stack.ns).await;
+    drop(keda);
+}

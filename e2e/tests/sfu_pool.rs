@@ -359,6 +359,22 @@ async fn external_mode_follows_kubectl_scale_and_keeps_busy_pods_until_drained()
     sfus.set_participants(&drained, 0);
     await_deleted(&ns.api::<Pod>(), &drained, TIMEOUT).await;
     await_ready(&admin, &ns.name, "hpa", 1, 1).await;
+
+    // A new External pool without spec.replicas: the operator writes the start value
+    // (minReplicas), so the scale subresource that HPAs and KEDA read answers (an
+    // absent field made it fail: "the spec replicas field does not exist").
+    apply(&pools, &pool("fresh", json!({"mode": "External", "minReplicas": 2, "maxReplicas": 5}), json!({}))).await;
+    wait_for("the start value in spec.replicas", TIMEOUT, || async {
+        pools.get("fresh").await.is_ok_and(|p| p.spec.replicas == Some(2))
+    })
+    .await;
+    let scale = kubectl_ok(&[
+        "get",
+        "--raw",
+        &format!("/apis/switchboard.dev/v1alpha1/namespaces/{}/sfupools/fresh/scale", ns.name),
+    ]);
+    let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
+    assert_eq!(scale["spec"]["replicas"], 2, "{scale}");
     operator.stop().await.unwrap();
     ns.delete().await;
 }

@@ -1052,8 +1052,11 @@ impl Session {
         let m = match self.app.meetings.get(name) {
             // Deleted, or deleted and created again: this session was for the old one.
             Some(m) if m.metadata.uid.as_deref() == Some(j.claims.uid.as_str()) => m,
+            // Its media ends with it: the SFU lets the participant go now, not when
+            // presence expires (a deleted meeting's room must not keep forwarding).
             _ => {
                 self.error(refuse(ErrorCode::MeetingUnavailable, "the meeting was deleted"));
+                self.leave().await;
                 return Flow::Close;
             }
         };

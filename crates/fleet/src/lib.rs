@@ -193,7 +193,9 @@ pub struct PodPlan {
 /// What to do, and what the status says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Builtin mode: the value to write to `spec.replicas` when it differs.
+    /// The value to write to `spec.replicas`: in Builtin mode when it differs; in
+    /// External mode only when it is unset (the start value, `minReplicas`), because the
+    /// scale subresource that HPAs and KEDA use cannot read a pool without it.
     pub write_spec_replicas: Option<u32>,
     /// Active pods the pool aims for.
     pub desired: u32,
@@ -447,8 +449,10 @@ pub fn plan(policy: &Policy, pods: &[PodView], reserved: u64, now: Timestamp, me
     plan.desired = desired;
     plan.scaling_limited = limit;
     plan.scale_signal = signal;
-    if policy.mode == Mode::Builtin && policy.spec_replicas != Some(desired) {
-        plan.write_spec_replicas = Some(desired);
+    match policy.mode {
+        Mode::Builtin if policy.spec_replicas != Some(desired) => plan.write_spec_replicas = Some(desired),
+        Mode::External if policy.spec_replicas.is_none() => plan.write_spec_replicas = Some(desired),
+        _ => {}
     }
     let mut soon = |d: Duration| recheck = Some(recheck.map_or(d, |r: Duration| r.min(d)));
 

@@ -180,7 +180,7 @@ fn busy_pods_are_drained_not_deleted_when_scaling_down() {
     let plan = plan(&p, &pods, 0, now, &mut mem);
     assert_eq!(plan.delete, vec![("c".to_string(), DeleteReason::ScaleDown)]);
     assert_eq!(plan.start_drain, vec!["d".to_string()], "the emptiest busy pod drains");
-    assert_eq!(plan.write_spec_replicas, None, "External mode never writes spec.replicas");
+    assert_eq!(plan.write_spec_replicas, None, "External mode never writes a spec.replicas that is set");
     let d = plan.pods.iter().find(|p| p.name == "d").unwrap();
     assert_eq!(d.state, PodState::Draining);
     assert!(!d.safe_to_evict);
@@ -518,4 +518,19 @@ fn a_wild_load_report_asks_for_at_most_max_replicas() {
     assert_eq!((plan.packets_per_second, plan.cpu_millicores), (u64::MAX, u64::MAX), "sums saturate");
     assert_eq!(plan.desired, policy.max_replicas);
     assert_eq!(plan.scaling_limited.map(|l| l.reason), Some("MaxReplicas"));
+}
+
+#[test]
+fn external_mode_writes_only_the_start_value_of_an_unset_spec_replicas() {
+    let mut mem = ScaleMemory::default();
+    let mut p = policy();
+    p.mode = Mode::External;
+    p.min_replicas = 2;
+    p.spec_replicas = None;
+    let now = t(0);
+    let first = plan(&p, &[], 0, now, &mut mem);
+    assert_eq!(first.write_spec_replicas, Some(2), "the scale subresource needs spec.replicas to exist");
+    p.spec_replicas = Some(4);
+    let then = plan(&p, &[], 0, now, &mut mem);
+    assert_eq!(then.write_spec_replicas, None, "a set value is the HPA's to change");
 }

@@ -181,6 +181,13 @@ pub fn decide(
 
 fn scale(pool: &SfuPool, plan: &fleet::Plan, policy: &fleet::Policy) -> Option<Scale> {
     let replicas = plan.write_spec_replicas?;
+    if policy.mode == fleet::Mode::External {
+        let note = format!(
+            "spec.replicas set to its start value {replicas} (minReplicas), so the scale subresource an HPA or \
+             KEDA drives can read it"
+        );
+        return Some(Scale { replicas, event: Event::normal("ReplicasInitialized", note) });
+    }
     let from = pool.spec.replicas.unwrap_or(0);
     let (reason, what) = if replicas as i32 > from { ("ScaledUp", "up") } else { ("ScaledDown", "down") };
     let why = match plan.scale_signal {

@@ -184,6 +184,11 @@ fn scaling_decisions() {
     let w = World::new(external(1, 5, 3).build()).ready("p-1", 0);
     table.push(("External: spec.replicas is followed, not written", w, vec!["create 2"]));
 
+    let unset = json!({"autoscaling": {"mode": "External", "minReplicas": 2, "maxReplicas": 5}});
+    let w = World::new(pool("p").spec(unset).build());
+    let lines_ = vec!["scale 2: ReplicasInitialized", "create 2"];
+    table.push(("External without spec.replicas: the start value is written for /scale", w, lines_));
+
     let w = World::new(builtin(1, 10, 1).build()).ready("p-1", 100);
     let taken_back = w.pod("p-2", 5).draining(at(50)).build();
     let w = w.with(taken_back, SfuState::Ready, 5);
