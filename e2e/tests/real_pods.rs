@@ -1048,6 +1048,90 @@ fn keda_sample_for_pool(ns: &str, prometheus: &str, packets_per_pod: u64) -> Val
     scaled
 }
 
+/// The chart's KEDA sample for a SignalingPool (`scalingSamples.keda.signalingPools`,
+/// connections only), rendered for this test's pool and Prometheus, scale-down shortened.
+fn keda_sample_for_signaling(ns: &str, prometheus: &str, connections_per_pod: u64) -> Value {
+    let pool = format!(
+        r#"scalingSamples.keda.signalingPools=[{{"name":"{SIGNALING}","namespace":"{ns}","minReplicas":1,"maxReplicas":2,"connectionsPerPod":{connections_per_pod}}}]"#
+    );
+    let address = format!("scalingSamples.keda.prometheusAddress={prometheus}");
+    let chart = chart_dir().display().to_string();
+    let version = kubernetes_version();
+    let args = ["template", "sb", &chart, "-n", ns, "--kube-version", &version, "--set-json", &pool, "--set", &address];
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&helm_ok(&args)).unwrap();
+    let mut scaled = docs.into_iter().find(|d| d["kind"] == "ScaledObject").expect("the chart renders a ScaledObject");
+    scaled["spec"]["pollingInterval"] = json!(5);
+    scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"] =
+        json!({"stabilizationWindowSeconds": 10, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]});
+    scaled
+}
+
+/// KEDA scales an External-mode SignalingPool's Deployment on open WebSocket
+/// connections (the chart's sample, through Prometheus scraping the real signaling
+/// pods): four connections against two per pod ask for a second replica (the time
+/// from the connections to the new replica Ready is printed); when they close, one
+/// replica again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keda_scales_an_external_signaling_pool_on_its_connections() {
+    use switchboard_e2e::monitoring::{Keda, Prometheus};
+    let _turn = take_turn().await;
+    let stack = stack("real-keda-sig", 1, json!({})).await;
+    let (admin, ns) = (stack.admin.clone(), stack.ns.name.clone());
+    let pools: Api<switchboard_crds::SignalingPool> = Api::namespaced(admin.clone(), &ns);
+    let external = json!({"spec": {"autoscaling": {"mode": "External", "minReplicas": 1, "maxReplicas": 2, "targetConnectionsPerPod": null}}});
+    pools.patch(SIGNALING, &PatchParams::default(), &Patch::Merge(&external)).await.unwrap();
+    let keda = tokio::task::spawn_blocking(Keda::start).await.unwrap().expect("KEDA up");
+    let prometheus = Prometheus::start(&cluster().kubeconfig, &ns, "2s").expect("prometheus");
+    apply_json(&admin, &ns, keda_sample_for_signaling(&ns, &prometheus.url, 2)).await;
+    let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
+    wait_for("KEDA's HPA on the signaling Deployment, and the operator's gone", WAIT, || async {
+        let names: Vec<String> = hpas
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.iter().map(|h| h.name_any()).collect())
+            .unwrap_or_default();
+        names == [format!("keda-hpa-{SIGNALING}-signaling")]
+    })
+    .await;
+
+    create_meeting(&admin, &ns, "townhall", "amy").await;
+    let mut connections = Vec::new();
+    for i in 0..4 {
+        let user = format!("user{i}");
+        let grant = Rest::new(&stack.signaling, &user_token(&user)).join("townhall").await.expect("REST join");
+        let (client, _) =
+            SignalingClient::join(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
+        connections.push(client);
+    }
+    let connected = Instant::now();
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let deployment = format!("{SIGNALING}-signaling");
+    wait_for("two signaling replicas Ready", WAIT, || async {
+        deployments.get(&deployment).await.ok().and_then(|d| d.status).and_then(|s| s.ready_replicas) == Some(2)
+    })
+    .await;
+    println!(
+        "real-keda: 4 connections (2 per pod) → second signaling replica Ready after {:.1} s",
+        connected.elapsed().as_secs_f64()
+    );
+
+    drop(connections);
+    let closed = Instant::now();
+    wait_for("back to one signaling replica", WAIT, || async {
+        deployments.get(&deployment).await.ok().and_then(|d| d.spec).and_then(|s| s.replicas) == Some(1)
+    })
+    .await;
+    println!("real-keda: connections closed → one signaling replica after {:.1} s", closed.elapsed().as_secs_f64());
+    wait_for("signaling still answers", WAIT, || async {
+        reqwest::get(format!("{}/readyz", stack.signaling)).await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    keda.delete_scaled_objects(&ns);
+    finish(&admin, stack.ns).await;
+    drop(keda);
+}
+
 /// External mode end to end (issue #27): KEDA, from the chart's sample ScaledObject,
 /// scales an External-mode SfuPool through its /scale subresource on the packet rate
 /// Prometheus scrapes from the real SFU pods: real media on the one pod asks for a
