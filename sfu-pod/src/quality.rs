@@ -5,6 +5,9 @@
 //!
 //! Aggregated per SFU as histograms, with no participant or track label: a pool's
 //! quality is the sum of its pods' histograms, and a meeting of 1,000 adds no series.
+//! With them, the simulcast layer each video subscription is switched to (0 = lowest),
+//! one observation per switch: a pool whose switches go mostly to layer 0 is short of
+//! bandwidth somewhere.
 //! Relay links between SFUs are left out: they are not anyone's experience.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,6 +64,7 @@ pub struct QualityMetrics {
     pub loss: Histogram,
     pub jitter: Histogram,
     pub round_trip: Histogram,
+    pub layer: Histogram,
 }
 
 impl QualityMetrics {
@@ -86,7 +90,19 @@ impl QualityMetrics {
             Unit::Seconds,
             round_trip.clone(),
         );
-        Self { loss, jitter, round_trip }
+        // Layers are 0, 1, 2 (three simulcast encodings; more would count in +Inf).
+        let layer = Histogram::new([0.0, 1.0, 2.0]);
+        registry.register(
+            "subscription_layer",
+            "Simulcast layer (0 = lowest) a video subscription is switched to, one observation per switch",
+            layer.clone(),
+        );
+        Self { loss, jitter, round_trip, layer }
+    }
+
+    /// A subscription was switched to the layer at `position` (0 = lowest).
+    pub fn layer_switched(&self, position: u8) {
+        self.layer.observe(f64::from(position));
     }
 
     pub fn observe(&self, q: &Quality) {
@@ -153,5 +169,12 @@ mod tests {
         assert!(text.contains("t_subscriber_loss_ratio_count 2"), "{text}");
         assert!(text.contains("t_subscriber_jitter_seconds_count 2"), "{text}");
         assert!(text.contains("t_subscriber_round_trip_seconds_count 1"), "{text}");
+        m.layer_switched(0);
+        m.layer_switched(2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("t_subscription_layer_bucket{le=\"0.0\"} 1"), "{text}");
+        assert!(text.contains("t_subscription_layer_bucket{le=\"1.0\"} 1"), "{text}");
+        assert!(text.contains("t_subscription_layer_bucket{le=\"2.0\"} 2"), "{text}");
     }
 }

@@ -199,8 +199,9 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
             }
         }
         Output::Event { to, event } => {
-            if let RoomEvent::LayerChanged { .. } = event {
+            if let RoomEvent::LayerChanged { layer, .. } = &event {
                 sfu.metrics.layer_switches.inc();
+                sfu.metrics.quality.layer_switched(*layer);
             }
             if let Ok(peer) = room.peer(&to) {
                 peer.push_event(to_api_event(event));
