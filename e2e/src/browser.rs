@@ -1,6 +1,6 @@
 //! Headless Chromium (Debian's, driven by playwright-core from npm) joining a meeting:
 //! `signaling-pod/tests/browser/peers.mjs` opens one page per URL, and each must
-//! decode video from the others.
+//! decode video from the others; `controls.mjs` clicks through one page's controls.
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,6 +17,22 @@ pub fn two_peers(first: &str, second: &str, shot: &std::path::Path) -> Result<se
 /// Runs one page per URL; each must decode video of another participant (a page or
 /// any other client). The pages stay in the meeting `hold` longer after that.
 pub fn peers(urls: &[&str], shot: &std::path::Path, hold: Duration) -> Result<serde_json::Value, String> {
+    let shot = shot.display().to_string();
+    let mut args = vec![shot.as_str()];
+    args.extend_from_slice(urls);
+    script("peers.mjs", &args, &[("PEERS_HOLD_MS", hold.as_millis().to_string())])
+}
+
+/// One page on `url` uses the client's controls (`controls.mjs`: chat, mute, hand,
+/// screen share started and stopped by the browser's own button, an ICE restart) and
+/// reports what it saw.
+pub fn controls(url: &str) -> Result<serde_json::Value, String> {
+    script("controls.mjs", &[url], &[])
+}
+
+/// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
+/// dependencies once) and returns its `RESULT` line, or its output when it failed.
+fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {
     let dir = repo_root().join("signaling-pod/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
         let out = Command::new("npm")
@@ -27,9 +43,9 @@ pub fn peers(urls: &[&str], shot: &std::path::Path, hold: Duration) -> Result<se
         assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
     }
     let out = Command::new("timeout")
-        .args(["150", "node", "peers.mjs", &shot.display().to_string()])
-        .args(urls)
-        .env("PEERS_HOLD_MS", hold.as_millis().to_string())
+        .args(["150", "node", name])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&dir)
         .output()
         .expect("node runs (Debian package nodejs)");
@@ -39,5 +55,5 @@ pub fn peers(urls: &[&str], shot: &std::path::Path, hold: Duration) -> Result<se
     }
     let line =
         stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
-    serde_json::from_str(line).map_err(|e| e.to_string())
+    serde_json::from_str(line).map_err(|e| format!("{e}: {stdout}"))
 }

@@ -103,6 +103,33 @@ impl App {
         }
     }
 
+    /// Unpublishes a participant's screen-share tracks (video and audio) on the SFU its
+    /// media is on: those it declared and any other the SFU holds of it with a screen
+    /// source. In the background; the SFU may be gone, and a track never sent is not there.
+    pub fn unpublish_screen_at_sfu(&self, participant: &str, media: &crate::store::MediaRecord) {
+        let screen = |s: Source| matches!(s, Source::ScreenShare | Source::ScreenShareAudio);
+        let declared: HashSet<String> =
+            media.tracks.iter().filter(|t| screen(t.source)).map(|t| t.id.clone()).collect();
+        let (sfu, room, pid) = (self.sfu(&media.endpoint), media.room.clone(), participant.to_owned());
+        tokio::spawn(async move {
+            let status_url = sfu.url(switchboard_sfu_api::paths::ROOM, &room, "", "");
+            let held: HashSet<String> = match sfu.get::<RoomStatus>(&status_url).await {
+                Ok(s) => {
+                    s.tracks.into_iter().filter(|t| t.participant == pid && screen(t.source)).map(|t| t.id).collect()
+                }
+                Err(_) => HashSet::new(),
+            };
+            for track in declared.union(&held) {
+                let url = sfu.url(switchboard_sfu_api::paths::TRACK, &room, &pid, track);
+                match sfu.delete::<serde_json::Value>(&url).await {
+                    Err(e) if e.code() == Some(SfuCode::UnknownTrack) => {}
+                    Err(e) => tracing::warn!(%url, error = %e, "unpublish a screen share at the SFU"),
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+
     /// Mutes (or unmutes) a participant's tracks of `kind` on the SFU its media is on:
     /// the tracks it declared, and any other the SFU holds of it. Tracks exist on the
     /// SFU once their first packet arrived, so a mute of a declared track the SFU does

@@ -837,6 +837,11 @@ impl Session {
             if before.video_muted != record.info.video_muted {
                 self.app.mute_at_sfu(&record.info.id, media, MediaKind::Video, record.info.video_muted);
             }
+            // Sharing stopped: its tracks end for everyone now (a client that only
+            // renegotiates leaves an inactive section, which the SFU does not read as an end).
+            if update.screen_sharing == Some(false) {
+                self.app.unpublish_screen_at_sfu(&record.info.id, media);
+            }
         }
         if record.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;

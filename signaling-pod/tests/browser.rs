@@ -41,3 +41,122 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     env.ns.delete().await;
 }
+
+/// The browser client used as a person would, against a Rust participant (rex) who
+/// publishes a camera and a screen share with real VP8 and said something in the chat
+/// before: the page shows the earlier chat, one tile per source (rex's camera and
+/// screen apart), takes the token out of the address bar, publishes its camera as
+/// three simulcast encodings with Opus FEC and DTX; its mute, hand and chat reach rex;
+/// its screen share reaches rex as a ScreenShare track and is unpublished when the
+/// browser's own "Stop sharing" ends it; after an ICE restart of both connections media
+/// is decoded still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_clients_controls_work_end_to_end() {
+    use switchboard_sfu_api::Source;
+    use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_clip};
+    use switchboard_sfu_client::{JoinOptions, NetworkOptions, Publish, PublishKind};
+    use switchboard_signaling_client::MediaSession;
+    use switchboard_signaling_proto::types;
+
+    let env = env("sig-controls").await;
+    let sfu = sfu_pod::local::start("sfu-controls").await.unwrap();
+    meeting(&env, "controls", "rex", serde_json::json!({})).await;
+    assign(&env, "controls", &[("sfu-controls", &sfu.endpoint)], &[]).await;
+    let server = env.in_process(env.config()).await;
+
+    let dir = std::env::temp_dir().join(format!("switchboard-controls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let camera = encode_clip(VideoClip::new(EncodedCodec::Vp8, "testsrc2"), 10, &dir.join("cam.ivf")).unwrap();
+    let screen = encode_clip(VideoClip::new(EncodedCodec::Vp8, "smptebars"), 10, &dir.join("screen.ivf")).unwrap();
+    let mic = encode_clip(ToneClip::new(440), 10, &dir.join("mic.ogg")).unwrap();
+    let (rex, grant, _) = connect(&rest(&server.url, "rex", None), "controls").await;
+    let publish = vec![
+        Publish::encoded("rex-mic", mic),
+        Publish::encoded("rex-cam", camera),
+        Publish { id: "rex-screen".into(), kind: PublishKind::Encoded(screen), source: Source::ScreenShare },
+    ];
+    let net = NetworkOptions { loopback_only: true, ..Default::default() };
+    let _media =
+        MediaSession::start(rex.clone(), &grant.participant_id, JoinOptions { publish, net, ..Default::default() })
+            .await
+            .unwrap();
+    rex.request(types::CHAT, serde_json::json!({"text": "said before you came"})).await.unwrap();
+
+    let url = format!("{}/j/controls?token={}", server.url, user_token("iris", None, 3600));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::controls(&url))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browser: {e}"));
+    println!("controls report: {report}");
+
+    // Hygiene: the token left the address bar and is kept for the tab only.
+    assert!(!report["url"].as_str().unwrap().contains("token"), "{report}");
+    assert_eq!(report["sessionToken"], true, "{report}");
+    assert!(report["localToken"].is_null(), "{report}");
+    // Chat history for a late joiner.
+    let chat: Vec<&str> = report["chat"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    assert!(chat.iter().any(|c| c.contains("said before you came")), "{report}");
+    // One tile per source.
+    let rex_id = grant.participant_id.clone();
+    let tiles: Vec<&str> = report["tiles"].as_array().unwrap().iter().filter_map(|t| t.as_str()).collect();
+    assert!(tiles.contains(&rex_id.as_str()), "rex's camera tile: {report}");
+    assert!(tiles.contains(&format!("{rex_id}:screen").as_str()), "rex's screen tile: {report}");
+    // Simulcast and Opus resilience.
+    let rids: Vec<&str> = report["rids"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
+    assert!(rids.len() >= 2 && rids.iter().all(|r| ["q", "h", "f"].contains(r)), "simulcast encodings sent: {report}");
+    let fmtp = report["opusFmtp"].as_str().unwrap();
+    assert!(fmtp.contains("useinbandfec=1") && fmtp.contains("usedtx=1"), "{report}");
+    // The controls reached rex.
+    let iris = report["me"].as_str().unwrap().to_owned();
+    assert_eq!(report["micLabel"], "Unmute", "{report}");
+    assert_eq!(report["handLabel"], "Lower hand", "{report}");
+    let seen = rex.received();
+    let from_iris = |t: &str| {
+        seen.iter()
+            .filter(|e| e.type_ == t)
+            .any(|e| e.payload.to_string().contains(&iris) || e.from_peer_id.as_deref() == Some(iris.as_str()))
+    };
+    assert!(
+        seen.iter().any(|e| e.type_ == types::PARTICIPANT_UPDATE
+            && e.payload["id"] == iris.as_str()
+            && e.payload["audioMuted"] == true),
+        "rex sees iris muted"
+    );
+    assert!(from_iris(types::HAND_RAISE), "rex sees iris's hand");
+    assert!(
+        seen.iter().any(|e| e.type_ == types::CHAT && e.payload["text"] == "hello from the browser"),
+        "chat reaches rex"
+    );
+    // Screen share: published as a ScreenShare track, unpublished when it ended.
+    assert!(report["screenError"].is_null(), "{report}");
+    let track = report["screenTrack"].as_str().unwrap();
+    let media_events: Vec<&serde_json::Value> =
+        seen.iter().filter(|e| e.type_ == types::MEDIA_EVENT).map(|e| &e.payload["event"]).collect();
+    assert!(
+        media_events
+            .iter()
+            .any(|e| e["type"] == "trackPublished" && e["track"] == track && e["source"] == "ScreenShare"),
+        "rex is told of iris's screen share: {media_events:?}"
+    );
+    switchboard_e2e::wait_for("the screen share unpublished at the SFU", WAIT, || async {
+        rex.received().iter().any(|e| {
+            e.type_ == types::MEDIA_EVENT
+                && e.payload["event"]["type"] == "trackUnpublished"
+                && e.payload["event"]["track"] == track
+        })
+    })
+    .await;
+    assert_eq!(report["sharingLabel"], "Stop sharing", "{report}");
+    assert_eq!(report["afterStopLabel"], "Share screen", "{report}");
+    assert!(
+        seen.iter().any(|e| e.type_ == types::PARTICIPANT_UPDATE
+            && e.payload["id"] == iris.as_str()
+            && e.payload["screenSharing"] == true),
+        "iris shows as sharing"
+    );
+    // ICE restarts: media still decoded after.
+    assert!(report["iceRestarts"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["decodedAfter"].as_u64().unwrap() > report["decodedBefore"].as_u64().unwrap() + 10, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+    env.ns.delete().await;
+}

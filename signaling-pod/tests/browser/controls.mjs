@@ -1,0 +1,82 @@
+// One headless Chromium page joins through the browser client and uses its controls
+// as a person would, reporting what it saw. The test around it (tests/browser.rs) has a
+// Rust participant in the meeting (camera, screen share, an earlier chat message) and
+// checks the other side: what signaling and the SFU told that participant.
+// Usage: node controls.mjs <url>; prints `RESULT <json>`.
+import { chromium } from "playwright-core";
+
+const [url] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--auto-select-desktop-capture-source=Entire screen",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+  ],
+});
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+try {
+  const context = await browser.newContext({ permissions: ["camera", "microphone"] });
+  const page = await context.newPage();
+  page.on("console", (m) => console.log(`[page] ${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => console.log(`[page] error: ${e.message}`));
+  await page.goto(url);
+  const report = { url: page.url() };
+  await page.waitForFunction(() => window.switchboard && window.switchboard.decoded > 10, null, { timeout: 45000, polling: 500 });
+  // Both of the other participant's videos, each in its own tile.
+  await page.waitForFunction(() => [...window.switchboard.tiles.keys()].some((k) => k.endsWith(":screen")), null, { timeout: 20000, polling: 250 }).catch(() => {});
+  await sleep(4000); // simulcast layers ramp up
+  Object.assign(report, await page.evaluate(async () => {
+    const s = window.switchboard;
+    const rids = [];
+    if (s.pub) (await s.pub.getStats()).forEach((x) => { if (x.type === "outbound-rtp" && x.kind === "video" && x.bytesSent > 0) rids.push(x.rid || ""); });
+    const opus = s.pub && s.pub.currentRemoteDescription ? (s.pub.currentRemoteDescription.sdp.match(/^a=fmtp:\d+ .*useinbandfec.*$/m) || [""])[0] : "";
+    return {
+      sessionToken: !!sessionStorage.getItem("switchboard-token"),
+      localToken: localStorage.getItem("switchboard-token"),
+      chat: [...document.querySelectorAll("#chat p")].map((p) => p.textContent),
+      tiles: [...s.tiles.keys()],
+      tileNames: [...document.querySelectorAll(".tile .name")].map((e) => e.textContent),
+      me: s.me,
+      rids: rids.sort(),
+      opusFmtp: opus,
+    };
+  }));
+  // Controls: mute, raise a hand, chat.
+  await page.click("#mic");
+  await page.click("#hand");
+  await page.fill("#chat-text", "hello from the browser");
+  await page.click("#chat-form button");
+  await sleep(1000);
+  report.micLabel = await page.textContent("#mic");
+  report.handLabel = await page.textContent("#hand");
+  // Share the screen, then stop it the way the browser's own "Stop sharing" does
+  // (the captured track ends).
+  await page.click("#screen");
+  try {
+    await page.waitForFunction(() => window.switchboard.screenSender, null, { timeout: 15000, polling: 250 });
+    report.screenTrack = await page.evaluate(() => window.switchboard.screen.getVideoTracks()[0].id);
+    await sleep(3000);
+    report.sharingLabel = await page.textContent("#screen");
+    await page.evaluate(() => { const t = window.switchboard.screen.getVideoTracks()[0]; t.stop(); t.dispatchEvent(new Event("ended")); });
+    await page.waitForFunction(() => !window.switchboard.screen && !window.switchboard.screenSender, null, { timeout: 10000, polling: 250 });
+    await sleep(2000);
+    report.afterStopLabel = await page.textContent("#screen");
+  } catch (e) {
+    report.screenError = String(e.message || e);
+  }
+  // A forced ICE restart of both connections (what a network change triggers): media
+  // keeps being decoded afterwards.
+  const before = await page.evaluate(() => window.switchboard.decoded);
+  await page.evaluate(async () => { await restartIce(window.switchboard.sub, "subscriber"); await restartIce(window.switchboard.pub, "publisher"); });
+  await sleep(6000);
+  Object.assign(report, await page.evaluate(() => ({ iceRestarts: window.switchboard.iceRestarts || 0, decodedAfter: window.switchboard.decoded, subState: window.switchboard.sub.connectionState, pubState: window.switchboard.pub.connectionState })));
+  report.decodedBefore = before;
+  console.log("RESULT " + JSON.stringify(report));
+} finally {
+  await browser.close();
+}
