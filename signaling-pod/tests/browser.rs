@@ -48,8 +48,9 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
 /// screen apart), takes the token out of the address bar, publishes its camera as
 /// three simulcast encodings with Opus FEC and DTX; its mute, hand and chat reach rex;
 /// its screen share reaches rex as a ScreenShare track and is unpublished when the
-/// browser's own "Stop sharing" ends it; after an ICE restart of both connections media
-/// is decoded still.
+/// browser's own "Stop sharing" ends it; rex's tile shows rex muted; a reaction reaches
+/// rex; after an ICE restart of both connections media is decoded still; Leave, then
+/// Rejoin, joins again from the same tab.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_clients_controls_work_end_to_end() {
     use switchboard_sfu_api::Source;
@@ -81,6 +82,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
             .await
             .unwrap();
     rex.request(types::CHAT, serde_json::json!({"text": "said before you came"})).await.unwrap();
+    rex.request(types::PARTICIPANT_UPDATE, serde_json::json!({"audioMuted": true})).await.unwrap();
 
     let url = format!("{}/j/controls?token={}", server.url, user_token("iris", None, 3600));
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::controls(&url))
@@ -101,6 +103,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
     let tiles: Vec<&str> = report["tiles"].as_array().unwrap().iter().filter_map(|t| t.as_str()).collect();
     assert!(tiles.contains(&rex_id.as_str()), "rex's camera tile: {report}");
     assert!(tiles.contains(&format!("{rex_id}:screen").as_str()), "rex's screen tile: {report}");
+    assert!(report["tileIcons"][&rex_id].as_str().unwrap().contains('🔇'), "rex's tile shows the mute: {report}");
     // Simulcast and Opus resilience.
     let rids: Vec<&str> = report["rids"].as_array().unwrap().iter().filter_map(|r| r.as_str()).collect();
     assert!(rids.len() >= 2 && rids.iter().all(|r| ["q", "h", "f"].contains(r)), "simulcast encodings sent: {report}");
@@ -123,6 +126,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
         "rex sees iris muted"
     );
     assert!(from_iris(types::HAND_RAISE), "rex sees iris's hand");
+    assert!(seen.iter().any(|e| e.type_ == types::REACTION && e.payload["emoji"] == "🎉"), "rex sees the reaction");
     assert!(
         seen.iter().any(|e| e.type_ == types::CHAT && e.payload["text"] == "hello from the browser"),
         "chat reaches rex"
@@ -154,6 +158,9 @@ async fn the_browser_clients_controls_work_end_to_end() {
             && e.payload["screenSharing"] == true),
         "iris shows as sharing"
     );
+    // Leave and rejoin from the same tab.
+    assert_eq!(report["leftStatus"], "you left", "{report}");
+    assert!(report["rejoinedAs"].as_str().is_some_and(|id| !id.is_empty()), "{report}");
     // ICE restarts: media still decoded after.
     assert!(report["iceRestarts"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["decodedAfter"].as_u64().unwrap() > report["decodedBefore"].as_u64().unwrap() + 10, "{report}");

@@ -41,6 +41,7 @@ try {
       chat: [...document.querySelectorAll("#chat p")].map((p) => p.textContent),
       tiles: [...s.tiles.keys()],
       tileNames: [...document.querySelectorAll(".tile .name")].map((e) => e.textContent),
+      tileIcons: Object.fromEntries([...s.tiles].map(([k, t]) => [k, t.querySelector(".icons").textContent])),
       me: s.me,
       rids: rids.sort(),
       opusFmtp: opus,
@@ -49,6 +50,7 @@ try {
   // Controls: mute, raise a hand, chat.
   await page.click("#mic");
   await page.click("#hand");
+  await page.click('#reaction-picker button[title="React 🎉"]');
   await page.fill("#chat-text", "hello from the browser");
   await page.click("#chat-form button");
   await sleep(1000);
@@ -76,6 +78,13 @@ try {
   await sleep(6000);
   Object.assign(report, await page.evaluate(() => ({ iceRestarts: window.switchboard.iceRestarts || 0, decodedAfter: window.switchboard.decoded, subState: window.switchboard.sub.connectionState, pubState: window.switchboard.pub.connectionState })));
   report.decodedBefore = before;
+  // Leave, then rejoin from the same tab (the token is kept for it, not in the URL).
+  await page.click("#leave");
+  await page.waitForFunction(() => !document.getElementById("rejoin").hidden, null, { timeout: 10000 });
+  report.leftStatus = await page.textContent("#status");
+  await page.click("#rejoin");
+  await page.waitForFunction(() => window.switchboard && window.switchboard.decoded > 10, null, { timeout: 45000, polling: 500 });
+  report.rejoinedAs = await page.evaluate(() => window.switchboard.me);
   console.log("RESULT " + JSON.stringify(report));
 } finally {
   await browser.close();
