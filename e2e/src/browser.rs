@@ -30,6 +30,13 @@ pub fn controls(url: &str) -> Result<serde_json::Value, String> {
     script("controls.mjs", &[url], &[])
 }
 
+/// A simulcast publisher page and a viewer page (`simulcast.mjs`): the viewer shows the
+/// publisher's tile small, large, hidden and shown again, reporting the decoded width
+/// and frames at each step.
+pub fn simulcast(publisher: &str, viewer: &str) -> Result<serde_json::Value, String> {
+    script("simulcast.mjs", &[publisher, viewer], &[])
+}
+
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
 /// dependencies once) and returns its `RESULT` line, or its output when it failed.
 fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {

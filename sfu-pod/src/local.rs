@@ -37,7 +37,14 @@ pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
         ..Default::default()
     };
     let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
-    let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
+    let inbound_net = NetworkOptions { publisher_feedback: true, ..net.clone() };
+    let sfu = sfu::Sfu::new(
+        build_api(&net)?,
+        build_api(&inbound_net)?,
+        build_api(&relay_net)?,
+        media_addr,
+        metrics::Metrics::default(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

@@ -54,7 +54,14 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         ..Default::default()
     };
     let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
-    let sfu = sfu::Sfu::new(build_api(&net)?, build_api(&relay_net)?, media_addr, metrics::Metrics::default());
+    let inbound_net = NetworkOptions { publisher_feedback: true, ..net.clone() };
+    let sfu = sfu::Sfu::new(
+        build_api(&net)?,
+        build_api(&inbound_net)?,
+        build_api(&relay_net)?,
+        media_addr,
+        metrics::Metrics::default(),
+    );
 
     let listener =
         tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;

@@ -508,6 +508,19 @@ impl Session {
                 self.reply(id, types::ICE_SERVERS, IceServersPayload { ice_servers });
                 Ok(Flow::Continue)
             }
+            // Only the caller's own subscriptions: the SFU path names this participant.
+            ClientMessage::Subscription(s) => {
+                let (sfu, room, pid) = self.media_link()?;
+                let url = sfu.url(switchboard_sfu_api::paths::SUBSCRIPTION, &room, &pid, &s.track);
+                let prefs = switchboard_sfu_api::SubscriptionRequest {
+                    max_layer: s.max_layer,
+                    max_height: s.max_height,
+                    paused: s.paused,
+                };
+                sfu.put::<_, serde_json::Value>(&url, &prefs).await.map_err(media_failed)?;
+                self.reply(id, types::OK, serde_json::json!({}));
+                Ok(Flow::Continue)
+            }
             ClientMessage::IceRestart => {
                 let (sfu, room, pid) = self.media_link()?;
                 sfu.subscriber_restart(&room, &pid).await.map_err(media_failed)?;

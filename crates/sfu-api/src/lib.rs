@@ -255,6 +255,10 @@ pub struct SubscriptionRequest {
     /// Highest picture height in pixels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_height: Option<u16>,
+    /// Forward no video for now (the subscriber does not show it); the subscription
+    /// stays, and resumes at the next keyframe when this is false again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// `POST /v1/rooms/{room}/relay`: this SFU joins `origin` as an edge of the room.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use webrtc::api::interceptor_registry::{configure_nack, configure_rtcp_reports};
+use webrtc::api::interceptor_registry::{configure_nack, configure_rtcp_reports, configure_twcc_receiver_only};
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
@@ -94,6 +94,11 @@ pub struct NetworkOptions {
     /// retransmissions late, out of order; the stock responder's buffer treats an older
     /// packet as the newest and forgets everything after it.
     pub own_retransmissions: bool,
+    /// Receive side of publishers' connections: negotiate transport-cc and send TWCC
+    /// feedback, so a browser's send-side estimate (GCC) can grow and its encoder turns
+    /// on every simulcast layer. Not for connections the SFU sends on: its layer choice
+    /// reads subscribers' REMB, which a browser stops sending once transport-cc is agreed.
+    pub publisher_feedback: bool,
     /// Drop this share of outgoing video RTP (impairment tests).
     pub send_loss: Option<f64>,
     /// Drop this share of incoming video RTP at the socket (impairment tests); each
@@ -138,6 +143,9 @@ pub fn build_api(net: &NetworkOptions) -> Result<API> {
         registry = configure_nack(registry, &mut media);
     }
     registry = configure_rtcp_reports(registry);
+    if net.publisher_feedback {
+        registry = configure_twcc_receiver_only(registry, &mut media).during("configuring TWCC feedback")?;
+    }
 
     let mut settings = SettingEngine::default();
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);

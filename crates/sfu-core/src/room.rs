@@ -119,6 +119,10 @@ pub struct Preferences {
     pub max_layer: Option<u8>,
     /// Highest picture height (known from VP8 keyframes).
     pub max_height: Option<u16>,
+    /// Forward nothing (the subscriber does not show it: a tile off screen). The
+    /// subscription and its place in the connection stay, so resuming needs no
+    /// renegotiation: it starts again at the next keyframe, which is asked for.
+    pub paused: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -816,6 +820,11 @@ impl Room {
             .iter_mut()
             .find(|s| s.subscriber == subscriber)
             .ok_or_else(|| RoomError::UnknownParticipant(subscriber.into()))?;
+        if s.prefs.paused && !prefs.paused && track.info.codec.is_video() {
+            // Resuming: the decoder needs a keyframe before anything it can use.
+            s.current = None;
+            s.waiting_since = None;
+        }
         s.prefs = prefs;
         // A new preference applies at once, also upwards.
         s.up_since = Some(now - UP_SWITCH_HOLD);
@@ -893,7 +902,7 @@ impl Room {
         let t = self.tracks.get_mut(&track).expect("looked up above");
         let queued = self.forwards.len();
         let mut switched = Vec::new();
-        for s in &mut t.subs {
+        for s in t.subs.iter_mut().filter(|s| !(video && s.prefs.paused)) {
             if !video {
                 if s.current.is_none() {
                     s.rewriter.switch_to(pkt.seq, pkt.ts, now);
@@ -1032,7 +1041,7 @@ impl Room {
             return;
         }
         let mut wanted: Vec<usize> = Vec::new();
-        for s in &mut t.subs {
+        for s in t.subs.iter_mut().filter(|s| !s.prefs.paused) {
             // One downlink feeds all of the subscriber's video: split it evenly.
             let estimate = self
                 .participants

@@ -275,7 +275,7 @@ fn preferences_cap_the_layer() {
     for rid in ["f", "h", "q"] {
         sim.add_layer(t, rid);
     }
-    let sub = sim.subscribe("s", "cam", Preferences { max_layer: Some(1), max_height: None }).unwrap();
+    let sub = sim.subscribe("s", "cam", Preferences { max_layer: Some(1), ..Default::default() }).unwrap();
     for _ in 0..5 {
         burst(&mut sim, t, sub, None);
         sim.advance(Duration::from_millis(100));
@@ -284,10 +284,45 @@ fn preferences_cap_the_layer() {
     let seen = burst(&mut sim, t, sub, Some(1));
     assert!(!seen.is_empty() && seen.iter().all(|(l, _)| *l == 1), "{seen:?}");
     assert_eq!(sim.room.forwarded_layer(sub), Some(1));
-    let prefs = Preferences { max_layer: Some(0), max_height: None };
+    let prefs = Preferences { max_layer: Some(0), ..Default::default() };
     sim.input(Input::SetPreferences { subscriber: "s", track: "cam", prefs, now: sim.now }).unwrap();
     let seen = burst(&mut sim, t, sub, Some(2));
     assert_eq!(seen.last().map(|(l, _)| *l), Some(2), "index 2 is the q layer");
+    assert_eq!(sim.room.forwarded_layer(sub), Some(0));
+}
+
+#[test]
+fn a_paused_subscription_forwards_nothing_and_resumes_at_a_keyframe() {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("s", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    sim.add_layer(t, "");
+    let sub = sim.subscribe("s", "cam", Preferences::default()).unwrap();
+    sim.send(t, 0, KEY, 1000);
+    assert_eq!(sim.send(t, 0, DELTA, 1000).len(), 1, "forwarding before the pause");
+    let paused = Preferences { paused: true, ..Default::default() };
+    sim.input(Input::SetPreferences { subscriber: "s", track: "cam", prefs: paused, now: sim.now }).unwrap();
+    sim.commands();
+    for payload in [DELTA, KEY, DELTA] {
+        assert!(sim.send(t, 0, payload, 1000).is_empty(), "nothing while paused, keyframes neither");
+    }
+    sim.advance(KEYFRAME_RETRY * 2);
+    // The publisher keeps sending meanwhile.
+    assert!(sim.send(t, 0, DELTA, 1000).is_empty());
+    assert!(
+        !sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { .. })),
+        "a paused subscription asks for no keyframes"
+    );
+    sim.input(Input::SetPreferences { subscriber: "s", track: "cam", prefs: Preferences::default(), now: sim.now })
+        .unwrap();
+    assert!(
+        sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { .. })),
+        "resuming asks the publisher for a keyframe"
+    );
+    assert!(sim.send(t, 0, DELTA, 1000).is_empty(), "a delta frame cannot start the picture again");
+    assert_eq!(sim.send(t, 0, KEY, 1000).len(), 1, "the keyframe resumes it");
+    assert_eq!(sim.send(t, 0, DELTA, 1000).len(), 1);
     assert_eq!(sim.room.forwarded_layer(sub), Some(0));
 }
 

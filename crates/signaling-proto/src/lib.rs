@@ -97,6 +97,9 @@ pub mod types {
     pub const REMOVE: &str = "remove";
     pub const REACTION: &str = "reaction";
     pub const HAND_RAISE: &str = "hand-raise";
+    /// What the client wants of one track it receives: the size it shows it at (the
+    /// SFU then forwards the simulcast layer that fits), or paused while not shown.
+    pub const SUBSCRIPTION: &str = "subscription";
     pub const START_RECORDING: &str = "start-recording";
     pub const PING: &str = "ping";
     pub const ERROR: &str = "error";
@@ -136,6 +139,7 @@ pub enum ClientMessage {
     Remove(TargetPayload),
     Reaction(ReactionPayload),
     HandRaise(HandRaisePayload),
+    Subscription(SubscriptionPayload),
     StartRecording,
     Ping,
 }
@@ -158,6 +162,7 @@ impl ClientMessage {
             Self::Remove(_) => REMOVE,
             Self::Reaction(_) => REACTION,
             Self::HandRaise(_) => HAND_RAISE,
+            Self::Subscription(_) => SUBSCRIPTION,
             Self::StartRecording => START_RECORDING,
             Self::Ping => PING,
         }
@@ -251,6 +256,26 @@ pub struct ReactionPayload {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HandRaisePayload {
     pub raised: bool,
+}
+
+/// Tallest picture worth asking for (8K).
+pub const MAX_SUBSCRIPTION_HEIGHT: u16 = 4320;
+/// Highest simulcast layer index a client may name.
+pub const MAX_SUBSCRIPTION_LAYER: u8 = 7;
+
+/// `subscription`: one received track's preferences. `paused` stops its forwarding
+/// (a tile off screen); otherwise the SFU forwards the highest layer within
+/// `maxHeight` pixels and `maxLayer` (each unset: no limit).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionPayload {
+    pub track: String,
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_layer: Option<u8>,
 }
 
 /// A participant as everyone in the meeting sees it.
@@ -503,6 +528,20 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             ClientMessage::Reaction(r)
         }
         HAND_RAISE => ClientMessage::HandRaise(typed(payload()).map_err(invalid)?),
+        SUBSCRIPTION => {
+            let s: SubscriptionPayload = typed(payload()).map_err(invalid)?;
+            switchboard_sfu_api::paths::check_id("track", &s.track).map_err(|r| fail(ErrorCode::InvalidPayload, r))?;
+            if s.max_height.is_some_and(|h| h == 0 || h > MAX_SUBSCRIPTION_HEIGHT) {
+                return Err(fail(
+                    ErrorCode::InvalidPayload,
+                    format!("maxHeight is 1 to {MAX_SUBSCRIPTION_HEIGHT} pixels"),
+                ));
+            }
+            if s.max_layer.is_some_and(|l| l > MAX_SUBSCRIPTION_LAYER) {
+                return Err(fail(ErrorCode::InvalidPayload, format!("maxLayer is 0 to {MAX_SUBSCRIPTION_LAYER}")));
+            }
+            ClientMessage::Subscription(s)
+        }
         START_RECORDING => ClientMessage::StartRecording,
         PING => ClientMessage::Ping,
         other => {

@@ -22,6 +22,8 @@ fn parses_each_client_type() {
         r#"{"type":"remove","payload":{"participantId":"p1"}}"#,
         r#"{"type":"reaction","payload":{"emoji":"👍"}}"#,
         r#"{"type":"hand-raise","payload":{"raised":true}}"#,
+        r#"{"type":"subscription","payload":{"track":"cam","maxHeight":180}}"#,
+        r#"{"type":"subscription","payload":{"track":"cam","paused":true}}"#,
         r#"{"type":"start-recording"}"#,
         r#"{"type":"ping","id":"7"}"#,
     ];
@@ -194,4 +196,30 @@ fn track_declarations_and_ice_servers_requests_are_checked() {
         "a client may declare a track muted (signaling then sets it from the participant's state)"
     );
     assert_eq!(parse_client(br#"{"type":"ice-servers"}"#).unwrap().1, ClientMessage::IceServers);
+}
+
+#[test]
+fn subscription_preferences_are_bounded() {
+    let refused = [
+        (r#"{"type":"subscription","payload":{"track":""}}"#, "1 to"),
+        (r#"{"type":"subscription","payload":{"track":".."}}"#, "not a track id"),
+        (r#"{"type":"subscription","payload":{"track":"cam","maxHeight":0}}"#, "maxHeight"),
+        (r#"{"type":"subscription","payload":{"track":"cam","maxHeight":9000}}"#, "maxHeight"),
+        (r#"{"type":"subscription","payload":{"track":"cam","maxHeight":70000}}"#, "bad"),
+        (r#"{"type":"subscription","payload":{"track":"cam","maxLayer":8}}"#, "maxLayer"),
+        (r#"{"type":"subscription","payload":{"track":"cam","participant":"other"}}"#, "unknown field"),
+    ];
+    for (frame, says) in refused {
+        let e = parse(frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}");
+        assert!(e.reason.contains(says), "{frame}: {}", e.reason);
+    }
+    let long = format!(r#"{{"type":"subscription","payload":{{"track":"{}"}}}}"#, "t".repeat(321));
+    assert_eq!(parse(&long).unwrap_err().code, ErrorCode::InvalidPayload);
+    match parse(r#"{"type":"subscription","payload":{"track":"cam","maxHeight":360,"maxLayer":1}}"#).unwrap() {
+        ClientMessage::Subscription(s) => {
+            assert_eq!((s.max_height, s.max_layer, s.paused), (Some(360), Some(1), false))
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -52,7 +52,10 @@ struct Totals {
 }
 
 pub struct Sfu {
+    /// For the connections the SFU sends on (subscribers).
     api: API,
+    /// For the connections publishers send on: the same, with TWCC feedback to them.
+    inbound_api: API,
     /// For this SFU's own connections to an origin (edge side of a relay): ephemeral
     /// ports, because two connections between the same pair of mux ports would share
     /// one 5-tuple and the mux could not tell their DTLS apart.
@@ -66,11 +69,12 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    pub fn new(api: API, relay_api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {
+    pub fn new(api: API, inbound_api: API, relay_api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {
         let mut node = Node::default();
         node.ready();
         Arc::new(Self {
             api,
+            inbound_api,
             relay_api,
             node: Mutex::new(node),
             rooms: Mutex::new(HashMap::new()),

@@ -188,7 +188,7 @@ impl Sfu {
     ) -> ApiResult<()> {
         let room = self.room(room_name)?;
         room.peer(participant)?;
-        let prefs = Preferences { max_layer: req.max_layer, max_height: req.max_height };
+        let prefs = Preferences { max_layer: req.max_layer, max_height: req.max_height, paused: req.paused };
         room.with_core(|core| {
             core.room.handle_input(Input::Subscribe { subscriber: participant, track, prefs })?;
             let now = Instant::now();

@@ -189,7 +189,8 @@ impl Sfu {
         if let Some(pc) = slot.as_ref() {
             return Ok(pc.clone());
         }
-        let api = if matches!(peer.negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.api };
+        let api =
+            if matches!(peer.negotiator, Negotiator::Origin { .. }) { &self.relay_api } else { &self.inbound_api };
         let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.map_err(internal)?);
         let (sfu, room_w, peer_w, pc_w) =
             (Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(peer), Arc::downgrade(&pc));
