@@ -27,7 +27,9 @@ pub fn peers(urls: &[&str], shot: &std::path::Path, hold: Duration) -> Result<se
 /// screen share started and stopped by the browser's own button, an ICE restart) and
 /// reports what it saw.
 pub fn controls(url: &str) -> Result<serde_json::Value, String> {
-    script("controls.mjs", &[url], &[])
+    let artifacts = crate::repo_root().join("target/test-artifacts");
+    let _ = std::fs::create_dir_all(&artifacts);
+    script("controls.mjs", &[url], &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
 /// A simulcast publisher page and a viewer page (`simulcast.mjs`): the viewer shows the

@@ -573,8 +573,21 @@ impl Session {
                 self.broadcast(types::REACTION, &r).await?;
                 Ok(Flow::Continue)
             }
+            // A hand is participant state: stored (late joiners see it in the list) and
+            // announced; the gate let only hosts and co-hosts lower another's.
             ClientMessage::HandRaise(h) => {
-                self.broadcast(types::HAND_RAISE, &h).await?;
+                let target = h.participant_id.clone().unwrap_or_else(|| joined.info.id.clone());
+                let key = joined.key.clone();
+                let mut record = self.record(&target).await?;
+                record.info.hand_raised = h.raised;
+                self.app.store.put(&key, &record).await.map_err(redis_failed)?;
+                let announce =
+                    switchboard_signaling_proto::HandRaisePayload { raised: h.raised, participant_id: Some(target) };
+                self.broadcast(types::HAND_RAISE, &announce).await?;
+                if record.info.admitted {
+                    self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
+                }
+                self.reply(id, types::OK, serde_json::json!({}));
                 Ok(Flow::Continue)
             }
             ClientMessage::StartRecording => {

@@ -8,8 +8,13 @@ mod common;
 
 use common::*;
 
+/// The browser tests take turns: two Chromium encoders at once on two cores make
+/// Chromium drop simulcast layers for lack of CPU.
+static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
+    let _turn = BROWSERS.lock().await;
     let env = env("sig-browser").await;
     let sfu = sfu_pod::local::start("sfu-browser").await.unwrap();
     meeting(&env, "browsers", "hugo", serde_json::json!({})).await;
@@ -36,6 +41,7 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
         assert!(page["frames"].as_u64().unwrap() > 10, "{report}");
         assert!(page["tiles"].as_u64().unwrap() >= 2, "own tile and the other's: {report}");
         assert_eq!(page["recording"], true, "the Recording indicator shows: {report}");
+        assert_eq!(page["consent"], true, "the recording notice asks everyone to take note: {report}");
     }
     let png = std::fs::read(&shot).expect("screenshot saved");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -53,6 +59,7 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
 /// Rejoin, joins again from the same tab.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_clients_controls_work_end_to_end() {
+    let _turn = BROWSERS.lock().await;
     use switchboard_sfu_api::Source;
     use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_clip};
     use switchboard_sfu_client::{JoinOptions, NetworkOptions, Publish, PublishKind};
@@ -84,6 +91,25 @@ async fn the_browser_clients_controls_work_end_to_end() {
     rex.request(types::CHAT, serde_json::json!({"text": "said before you came"})).await.unwrap();
     rex.request(types::PARTICIPANT_UPDATE, serde_json::json!({"audioMuted": true})).await.unwrap();
 
+    // The host lowers iris's hand a moment after it went up; before that, a late joiner
+    // (sam) finds it raised in the participant list.
+    let lowerer = {
+        let (rex, server_url) = (rex.clone(), server.url.clone());
+        tokio::spawn(async move {
+            let iris = switchboard_e2e::eventually("iris's hand up", WAIT, || async {
+                rex.received()
+                    .iter()
+                    .find(|e| e.type_ == types::HAND_RAISE && e.payload["raised"] == true)
+                    .map(|e| e.payload["participantId"].as_str().unwrap_or_default().to_owned())
+            })
+            .await;
+            let (_sam, _, joined) = connect(&rest(&server_url, "sam", None), "controls").await;
+            let sam_saw = joined.participants.iter().any(|p| p.id == iris && p.hand_raised);
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            rex.request(types::HAND_RAISE, serde_json::json!({"raised": false, "participantId": iris})).await.unwrap();
+            sam_saw
+        })
+    };
     let url = format!("{}/j/controls?token={}", server.url, user_token("iris", None, 3600));
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::controls(&url))
         .await
@@ -158,6 +184,21 @@ async fn the_browser_clients_controls_work_end_to_end() {
             && e.payload["screenSharing"] == true),
         "iris shows as sharing"
     );
+    // Keyboard, views, the phone layout, the network indicator.
+    assert_eq!(report["micAfterKey"], "Mute", "`m` toggles the microphone: {report}");
+    assert!(report["speakerView"]["grid"].as_str().unwrap().contains("speaker"), "{report}");
+    assert_eq!(report["speakerView"]["featured"].as_array().map(|f| f.len()), Some(1), "one featured tile: {report}");
+    assert_eq!(report["phoneFits"], true, "no sideways scrolling at phone width: {report}");
+    let quality = &report["quality"];
+    assert!(["good", "fair", "poor"].contains(&quality["level"].as_str().unwrap_or("")), "{report}");
+    assert!(quality["inKbps"].as_u64().unwrap_or(0) > 0, "{report}");
+    for shot in ["client-grid.png", "client-speaker-view.png", "client-phone.png"] {
+        let png = std::fs::read(switchboard_e2e::repo_root().join("target/test-artifacts").join(shot)).expect(shot);
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{shot}");
+    }
+    // Hands: state a late joiner sees, lowered by the host.
+    assert!(lowerer.await.unwrap(), "a late joiner sees iris's hand raised");
+    assert_eq!(report["handLoweredByHost"], true, "the host lowered iris's hand: {report}");
     // Leave and rejoin from the same tab.
     assert_eq!(report["leftStatus"], "you left", "{report}");
     assert!(report["rejoinedAs"].as_str().is_some_and(|id| !id.is_empty()), "{report}");
@@ -175,6 +216,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
 /// hidden, its video stops arriving; shown again, it resumes without renegotiation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses() {
+    let _turn = BROWSERS.lock().await;
     let env = env("sig-simulcast").await;
     let sfu = sfu_pod::local::start("sfu-simulcast").await.unwrap();
     meeting(&env, "layers", "pia", serde_json::json!({})).await;

@@ -256,6 +256,10 @@ pub struct ReactionPayload {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HandRaisePayload {
     pub raised: bool,
+    /// Whose hand: absent for one's own. Hosts and co-hosts lower others' hands; nobody
+    /// raises another's. In the server's announcement, whose hand it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant_id: Option<String>,
 }
 
 /// Tallest picture worth asking for (8K).
@@ -296,6 +300,9 @@ pub struct ParticipantInfo {
     /// Who turned the camera off (absent when it is on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_muted_by: Option<MutedBy>,
+    /// A raised hand, until its owner or a host lowers it; late joiners see it.
+    #[serde(default)]
+    pub hand_raised: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -527,7 +534,17 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             }
             ClientMessage::Reaction(r)
         }
-        HAND_RAISE => ClientMessage::HandRaise(typed(payload()).map_err(invalid)?),
+        HAND_RAISE => {
+            let h: HandRaisePayload = typed(payload()).map_err(invalid)?;
+            if let Some(p) = &h.participant_id {
+                switchboard_sfu_api::paths::check_id("participant", p)
+                    .map_err(|r| fail(ErrorCode::InvalidPayload, r))?;
+                if h.raised {
+                    return Err(fail(ErrorCode::InvalidPayload, "only your own hand can be raised".into()));
+                }
+            }
+            ClientMessage::HandRaise(h)
+        }
         SUBSCRIPTION => {
             let s: SubscriptionPayload = typed(payload()).map_err(invalid)?;
             switchboard_sfu_api::paths::check_id("track", &s.track).map_err(|r| fail(ErrorCode::InvalidPayload, r))?;

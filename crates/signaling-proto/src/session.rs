@@ -72,6 +72,8 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
             Need::Permission(Permission::ShareScreen)
         }
         ClientMessage::Admit(_) => Need::Admitter,
+        // Lowering someone else's hand runs the meeting, as admitting does.
+        ClientMessage::HandRaise(h) if h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
         // An offer with an SDP or tracks publishes; an empty one joins the SFU receive-only.
         ClientMessage::Offer(o) if o.sdp.is_some() || !o.tracks.is_empty() => Need::Publisher {
             screen: o.tracks.iter().any(|t| matches!(t.source, Source::ScreenShare | Source::ScreenShareAudio)),
@@ -185,6 +187,10 @@ mod tests {
     const MUTE_ME: &str = r#"{"type":"mute","payload":{"participantId":"me","muted":false}}"#;
     const ADMIT: &str = r#"{"type":"admit","payload":{"participantId":"g"}}"#;
     const JOIN: &str = r#"{"type":"join","payload":{"token":"t"}}"#;
+    const HAND_UP: &str = r#"{"type":"hand-raise","payload":{"raised":true}}"#;
+    const LOWER_BOB: &str = r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"bob"}}"#;
+    const LOWER_MINE: &str = r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"me"}}"#;
+    const SUBSCRIPTION: &str = r#"{"type":"subscription","payload":{"track":"cam","paused":true}}"#;
 
     /// (phase, frame, expected step or error code)
     #[test]
@@ -213,6 +219,13 @@ mod tests {
             (admitted(Role::Viewer), SCREEN, Err(ErrorCode::Forbidden)),
             (admitted(Role::CoHost), ADMIT, Ok(Step::Act)),
             (admitted(Role::CoHost), MUTE_BOB, Ok(Step::Act)),
+            (admitted(Role::Viewer), HAND_UP, Ok(Step::Act)),
+            (admitted(Role::Participant), LOWER_MINE, Ok(Step::Act)),
+            (admitted(Role::Participant), LOWER_BOB, Err(ErrorCode::Forbidden)),
+            (admitted(Role::CoHost), LOWER_BOB, Ok(Step::Act)),
+            (waiting, HAND_UP, Err(ErrorCode::NotAdmitted)),
+            (admitted(Role::Viewer), SUBSCRIPTION, Ok(Step::Act)),
+            (waiting, SUBSCRIPTION, Err(ErrorCode::NotAdmitted)),
             (Phase::Closed, r#"{"type":"ping"}"#, Err(ErrorCode::Unauthenticated)),
             (Phase::Closed, JOIN, Err(ErrorCode::Unauthenticated)),
         ];

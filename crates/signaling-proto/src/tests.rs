@@ -223,3 +223,22 @@ fn subscription_preferences_are_bounded() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn only_ones_own_hand_is_raised_and_others_are_named_by_id() {
+    let e = parse(r#"{"type":"hand-raise","payload":{"raised":true,"participantId":"bob"}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPayload);
+    assert!(e.reason.contains("own hand"), "{}", e.reason);
+    let e = parse(r#"{"type":"hand-raise","payload":{"raised":false,"participantId":".."}}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidPayload);
+    match parse(r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"bob"}}"#).unwrap() {
+        ClientMessage::HandRaise(h) => assert_eq!((h.raised, h.participant_id.as_deref()), (false, Some("bob"))),
+        other => panic!("{other:?}"),
+    }
+    // Records stored before hands were state read as lowered.
+    let old: ParticipantInfo = serde_json::from_str(
+        r#"{"id":"p","name":"P","role":"participant","admitted":true,"audioMuted":false,"videoMuted":false,"screenSharing":false}"#,
+    )
+    .unwrap();
+    assert!(!old.hand_raised);
+}

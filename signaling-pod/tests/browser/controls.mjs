@@ -56,6 +56,27 @@ try {
   await sleep(1000);
   report.micLabel = await page.textContent("#mic");
   report.handLabel = await page.textContent("#hand");
+  // Keyboard: `m` turns the microphone back on.
+  await page.keyboard.press("m");
+  await sleep(500);
+  report.micAfterKey = await page.textContent("#mic");
+  // Views, with screenshots kept as artifacts: the grid, the speaker view, a phone.
+  const shots = process.env.ARTIFACTS;
+  if (shots) await page.screenshot({ path: `${shots}/client-grid.png` });
+  await page.click("#view");
+  await sleep(1500);
+  report.speakerView = await page.evaluate(() => ({
+    grid: document.getElementById("grid").className,
+    featured: [...window.switchboard.tiles].filter(([, t]) => t.classList.contains("featured")).map(([k]) => k),
+  }));
+  if (shots) await page.screenshot({ path: `${shots}/client-speaker-view.png` });
+  await page.click("#view");
+  await page.setViewportSize({ width: 390, height: 844 });
+  await sleep(800);
+  if (shots) await page.screenshot({ path: `${shots}/client-phone.png` });
+  report.phoneFits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
+  await page.setViewportSize({ width: 1280, height: 800 });
+  report.quality = await page.evaluate(() => window.switchboard.quality || null);
   // Share the screen, then stop it the way the browser's own "Stop sharing" does
   // (the captured track ends).
   await page.click("#screen");
@@ -71,6 +92,8 @@ try {
   } catch (e) {
     report.screenError = String(e.message || e);
   }
+  // The host (the Rust participant) lowers the hand a few seconds after it went up.
+  report.handLoweredByHost = await page.waitForFunction(() => document.getElementById("hand").textContent === "Raise hand", null, { timeout: 20000, polling: 250 }).then(() => true, () => false);
   // A forced ICE restart of both connections (what a network change triggers): media
   // keeps being decoded afterwards.
   const before = await page.evaluate(() => window.switchboard.decoded);

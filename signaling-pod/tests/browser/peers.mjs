@@ -50,6 +50,8 @@ try {
       status: document.getElementById("status").textContent,
       // The "Recording" indicator is shown.
       recording: !document.getElementById("recording").hidden,
+      // ...and everyone is asked to take note of it.
+      consent: !document.getElementById("consent").hidden,
     })));
   }
   console.log("RESULT " + JSON.stringify(report));
