@@ -184,6 +184,10 @@ async fn the_browser_clients_controls_work_end_to_end() {
             && e.payload["screenSharing"] == true),
         "iris shows as sharing"
     );
+    // Devices listed; a camera switch swaps the track on the publisher connection.
+    let devices = &report["devices"];
+    assert!(devices["cameras"].as_u64().unwrap() >= 1 && devices["mics"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!((devices["swapped"].as_bool(), devices["sent"].as_bool()), (Some(true), Some(true)), "{report}");
     // Keyboard, views, the phone layout, the network indicator.
     assert_eq!(report["micAfterKey"], "Mute", "`m` toggles the microphone: {report}");
     assert!(report["speakerView"]["grid"].as_str().unwrap().contains("speaker"), "{report}");

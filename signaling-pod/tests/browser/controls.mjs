@@ -56,6 +56,16 @@ try {
   await sleep(1000);
   report.micLabel = await page.textContent("#mic");
   report.handLabel = await page.textContent("#hand");
+  // Devices: the fake camera and microphone are listed; choosing the camera again swaps
+  // the track on the publisher connection without renegotiating.
+  report.devices = await page.evaluate(async () => {
+    const cams = [...document.querySelectorAll("#camera-select option")].map((o) => o.value);
+    const before = window.switchboard.local.getVideoTracks()[0];
+    await useDevice("video", cams[0]);
+    const after = window.switchboard.local.getVideoTracks()[0];
+    const sent = window.switchboard.pub.getSenders().some((s) => s.track === after);
+    return { cameras: cams.length, mics: document.querySelectorAll("#mic-select option").length, swapped: before !== after && after.readyState === "live", sent };
+  });
   // Keyboard: `m` turns the microphone back on.
   await page.keyboard.press("m");
   await sleep(500);
