@@ -1017,47 +1017,16 @@ async fn the_pools_network_policy_admits_only_signaling_and_its_own_sfus_on_real
     finish(&stack.admin, stack.ns).await;
 }
 
-/// The chart's KEDA sample for an External-mode SfuPool (`scalingSamples.keda.sfuPools`),
-/// rendered by helm for this test's pool, Prometheus and threshold, with the scale-down
-/// window and KEDA's polling shortened to fit a test.
-fn keda_sample_for_pool(ns: &str, prometheus: &str, packets_per_pod: u64) -> Value {
-    let pool = format!(
-        r#"scalingSamples.keda.sfuPools=[{{"name":"{POOL}","namespace":"{ns}","minReplicas":1,"maxReplicas":2,"packetsPerSecondPerPod":{packets_per_pod}}}]"#
-    );
+/// A KEDA sample of the chart (`scalingSamples.keda.<list>`: `sfuPools` or
+/// `signalingPools`) rendered by helm for one `entry` and this test's Prometheus, with
+/// the scale-down window and KEDA's polling shortened to fit a test.
+fn keda_sample(ns: &str, prometheus: &str, list: &str, entry: Value) -> Value {
+    let entries = format!("scalingSamples.keda.{list}=[{entry}]");
     let address = format!("scalingSamples.keda.prometheusAddress={prometheus}");
     let chart = chart_dir().display().to_string();
     let version = kubernetes_version();
-    let rendered = helm_ok(&[
-        "template",
-        "sb",
-        &chart,
-        "-n",
-        ns,
-        "--kube-version",
-        &version,
-        "--set-json",
-        &pool,
-        "--set",
-        &address,
-    ]);
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).unwrap();
-    let mut scaled = docs.into_iter().find(|d| d["kind"] == "ScaledObject").expect("the chart renders a ScaledObject");
-    scaled["spec"]["pollingInterval"] = json!(5);
-    scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"] =
-        json!({"stabilizationWindowSeconds": 10, "policies": [{"type": "Pods", "value": 1, "periodSeconds": 10}]});
-    scaled
-}
-
-/// The chart's KEDA sample for a SignalingPool (`scalingSamples.keda.signalingPools`,
-/// connections only), rendered for this test's pool and Prometheus, scale-down shortened.
-fn keda_sample_for_signaling(ns: &str, prometheus: &str, connections_per_pod: u64) -> Value {
-    let pool = format!(
-        r#"scalingSamples.keda.signalingPools=[{{"name":"{SIGNALING}","namespace":"{ns}","minReplicas":1,"maxReplicas":2,"connectionsPerPod":{connections_per_pod}}}]"#
-    );
-    let address = format!("scalingSamples.keda.prometheusAddress={prometheus}");
-    let chart = chart_dir().display().to_string();
-    let version = kubernetes_version();
-    let args = ["template", "sb", &chart, "-n", ns, "--kube-version", &version, "--set-json", &pool, "--set", &address];
+    let args =
+        ["template", "sb", &chart, "-n", ns, "--kube-version", &version, "--set-json", &entries, "--set", &address];
     let docs: Vec<Value> = serde_saphyr::from_multiple(&helm_ok(&args)).unwrap();
     let mut scaled = docs.into_iter().find(|d| d["kind"] == "ScaledObject").expect("the chart renders a ScaledObject");
     scaled["spec"]["pollingInterval"] = json!(5);
@@ -1082,7 +1051,8 @@ async fn keda_scales_an_external_signaling_pool_on_its_connections() {
     pools.patch(SIGNALING, &PatchParams::default(), &Patch::Merge(&external)).await.unwrap();
     let keda = tokio::task::spawn_blocking(Keda::start).await.unwrap().expect("KEDA up");
     let prometheus = Prometheus::start(&cluster().kubeconfig, &ns, "2s").expect("prometheus");
-    apply_json(&admin, &ns, keda_sample_for_signaling(&ns, &prometheus.url, 2)).await;
+    let entry = json!({"name": SIGNALING, "namespace": ns, "minReplicas": 1, "maxReplicas": 2, "connectionsPerPod": 2});
+    apply_json(&admin, &ns, keda_sample(&ns, &prometheus.url, "signalingPools", entry)).await;
     let hpas: Api<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);
     wait_for("KEDA's HPA on the signaling Deployment, and the operator's gone", WAIT, || async {
         let names: Vec<String> = hpas
@@ -1151,7 +1121,9 @@ async fn keda_scales_an_external_pool_on_its_packet_rate_and_the_busy_pod_stays(
     let first = await_pool_ready(&admin, &ns, 1).await[0].name_any();
     let prometheus = Prometheus::start(&cluster().kubeconfig, &ns, "2s").expect("prometheus");
     let threshold = 500;
-    apply_json(&admin, &ns, keda_sample_for_pool(&ns, &prometheus.url, threshold)).await;
+    let entry =
+        json!({"name": POOL, "namespace": ns, "minReplicas": 1, "maxReplicas": 2, "packetsPerSecondPerPod": threshold});
+    apply_json(&admin, &ns, keda_sample(&ns, &prometheus.url, "sfuPools", entry)).await;
 
     // KEDA made its HPA, and the HPA reads the pool's metric through the aggregation layer.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(admin.clone(), &ns);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use switchboard_sfu_client::ApiToken;
 use switchboard_sfu_client::auth::process_token_or_generate;
-use switchboard_sfu_client::media::{NetworkOptions, build_api};
+use switchboard_sfu_client::media::NetworkOptions;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 
 use crate::relay::RelayPolicy;
@@ -36,15 +36,7 @@ pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
         own_retransmissions: true,
         ..Default::default()
     };
-    let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
-    let inbound_net = NetworkOptions { publisher_feedback: true, ..net.clone() };
-    let sfu = sfu::Sfu::new(
-        build_api(&net)?,
-        build_api(&inbound_net)?,
-        build_api(&relay_net)?,
-        media_addr,
-        metrics::Metrics::default(),
-    );
+    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

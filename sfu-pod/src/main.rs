@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sfu_pod::{api, config, heartbeat, metrics, sfu};
-use switchboard_sfu_client::media::{NetworkOptions, build_api};
+use switchboard_sfu_client::media::NetworkOptions;
 use tracing::info;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 
@@ -53,15 +53,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         own_retransmissions: true,
         ..Default::default()
     };
-    let relay_net = NetworkOptions { udp_mux: None, ..net.clone() };
-    let inbound_net = NetworkOptions { publisher_feedback: true, ..net.clone() };
-    let sfu = sfu::Sfu::new(
-        build_api(&net)?,
-        build_api(&inbound_net)?,
-        build_api(&relay_net)?,
-        media_addr,
-        metrics::Metrics::default(),
-    );
+    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
 
     let listener =
         tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;

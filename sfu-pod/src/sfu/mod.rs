@@ -69,6 +69,20 @@ pub struct Sfu {
 }
 
 impl Sfu {
+    /// An SFU on `net` (its media socket): connections it sends on use `net` as is,
+    /// publishers' connections the same with TWCC feedback to them, and its own
+    /// connections to an origin (relays) ephemeral ports instead of the shared socket.
+    pub fn on_network(
+        net: &switchboard_sfu_client::media::NetworkOptions,
+        media_address: SocketAddr,
+        metrics: Metrics,
+    ) -> switchboard_sfu_client::Result<Arc<Self>> {
+        use switchboard_sfu_client::media::{NetworkOptions, build_api};
+        let inbound = NetworkOptions { publisher_feedback: true, ..net.clone() };
+        let relay = NetworkOptions { udp_mux: None, ..net.clone() };
+        Ok(Self::new(build_api(net)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))
+    }
+
     pub fn new(api: API, inbound_api: API, relay_api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {
         let mut node = Node::default();
         node.ready();

@@ -3,21 +3,10 @@
 // Rust participant in the meeting (camera, screen share, an earlier chat message) and
 // checks the other side: what signaling and the SFU told that participant.
 // Usage: node controls.mjs <url>; prints `RESULT <json>`.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--auto-select-desktop-capture-source=Entire screen",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-  ],
-});
+const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 try {
   const context = await browser.newContext({ permissions: ["camera", "microphone"] });

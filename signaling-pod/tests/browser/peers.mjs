@@ -3,25 +3,13 @@
 // Usage: node peers.mjs <screenshot.png> <url>...
 // PEERS_HOLD_MS keeps the pages in the meeting that long after they decoded video
 // (so that another participant, e.g. a Rust client, can receive theirs).
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [screenshot, ...urls] = process.argv.slice(2);
 const holdMs = Number(process.env.PEERS_HOLD_MS || 0);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    // Media goes to an SFU on 127.0.0.1, with real addresses in the candidates.
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    // Camera and microphone need a secure origin; signaling on a node's address
-    // (the real-pods tests) is plain http.
-    ...[...new Set(urls.map((u) => new URL(u).origin))].map((o) => `--unsafely-treat-insecure-origin-as-secure=${o}`),
-  ],
-});
+// Camera and microphone need a secure origin; signaling on a node's address (the
+// real-pods tests) is plain http.
+const browser = await launch(urls.map((u) => new URL(u).origin));
 try {
   const pages = [];
   for (const [i, url] of urls.entries()) {

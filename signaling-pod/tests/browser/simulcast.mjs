@@ -3,20 +3,10 @@
 // then shown again. Reports the decoded picture's width (getStats frameWidth) and the
 // frames decoded at each step, and the SFU layers the first page sends.
 // Usage: node simulcast.mjs <url-publisher> <url-viewer>; prints `RESULT <json>`.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [publisherUrl, viewerUrl] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-  ],
-});
+const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function open(url, name) {
   const context = await browser.newContext({ permissions: ["camera", "microphone"], viewport: { width: 1600, height: 1000 } });
