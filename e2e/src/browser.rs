@@ -39,6 +39,14 @@ pub fn simulcast(publisher: &str, viewer: &str) -> Result<serde_json::Value, Str
     script("simulcast.mjs", &[publisher, viewer], &[])
 }
 
+/// The host's page of a meeting with a waiting room (`waiting.mjs`): it shows the two
+/// guests waiting, keeps a screenshot, denies `denied` and admits `admitted`.
+pub fn waiting_room(host_url: &str, denied: &str, admitted: &str) -> Result<serde_json::Value, String> {
+    let artifacts = crate::repo_root().join("target/test-artifacts");
+    let _ = std::fs::create_dir_all(&artifacts);
+    script("waiting.mjs", &[host_url, denied, admitted], &[("ARTIFACTS", artifacts.display().to_string())])
+}
+
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
 /// dependencies once) and returns its `RESULT` line, or its output when it failed.
 fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {

@@ -260,3 +260,36 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
     assert!(width("shown") >= width("large"), "{report}");
     env.ns.delete().await;
 }
+
+/// The waiting room from the host's page: two guests (Rust clients) wait and are shown;
+/// the host denies one, whose connection is told it was removed and whose user cannot
+/// join again, and admits the other, who is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
+    let _turn = BROWSERS.lock().await;
+    use switchboard_signaling_proto::types;
+    let env = env("sig-waiting").await;
+    let sfu = sfu_pod::local::start("sfu-waiting").await.unwrap();
+    meeting(&env, "lobby", "hana", serde_json::json!({"waitingRoom": true})).await;
+    assign(&env, "lobby", &[("sfu-waiting", &sfu.endpoint)], &[]).await;
+    let server = env.in_process(env.config()).await;
+    let (gus, _, gus_joined) = connect(&rest(&server.url, "gus", None), "lobby").await;
+    let (gwen, _, _) = connect(&rest(&server.url, "gwen", None), "lobby").await;
+    assert!(!gus_joined.participant.admitted, "guests wait");
+    let url = format!("{}/j/lobby?token={}", server.url, user_token("hana", None, 3600));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::waiting_room(&url, "GUS", "GWEN"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browser: {e}"));
+    println!("waiting report: {report}");
+    assert_eq!(report["waitingRoomShown"], true, "{report}");
+    assert!(report["stillWaiting"].as_array().unwrap().is_empty(), "nobody left waiting: {report}");
+    gwen.wait_for("admission", WAIT, |e| e.type_ == types::ADMITTED).await.expect("gwen admitted");
+    gus.wait_closed(WAIT).await.expect("the denied guest's connection closes");
+    let again = rest(&server.url, "gus", None).join("lobby").await;
+    assert!(again.is_err(), "a denied user cannot come back: {again:?}");
+    let shot =
+        std::fs::read(switchboard_e2e::repo_root().join("target/test-artifacts/client-waiting-room.png")).unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
+    env.ns.delete().await;
+}
