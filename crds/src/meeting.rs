@@ -175,6 +175,9 @@ pub enum Permission {
     /// on entry) turned it off. Hosts and co-hosts have it; grant it to participants to
     /// make a host's mute a request rather than a rule.
     UnmuteSelf,
+    /// End the meeting for everyone. Only hosts have it by default; grant it to
+    /// co-hosts to let them.
+    EndMeeting,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -216,6 +219,10 @@ pub struct MeetingStatus {
     /// Reported by signaling (field manager switchboard-signaling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participants: Option<ParticipantCount>,
+    /// A host ended the meeting for everyone (written by signaling); the operator then
+    /// moves it to `Ended` and signaling lets nobody in again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_requested: Option<EndRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +295,16 @@ pub struct Migration {
     pub at: Time,
     /// Increases by one per move; signaling renegotiates clients when it changes.
     pub generation: i64,
+}
+
+/// Who ended a meeting for everyone, and when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndRequest {
+    pub at: Time,
+    /// The user who ended it (the subject of their identity token).
+    #[schemars(length(max = 128))]
+    pub by: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

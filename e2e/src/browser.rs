@@ -47,9 +47,36 @@ pub fn waiting_room(host_url: &str, denied: &str, admitted: &str) -> Result<serd
     script("waiting.mjs", &[host_url, denied, admitted], &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
+/// A host page and a guest page (`mute_and_end.mjs`): the guest mutes and unmutes while
+/// the host's received audio energy is measured, then the host ends the meeting for all.
+pub fn mute_and_end(host: &str, guest: &str) -> Result<serde_json::Value, String> {
+    let artifacts = crate::repo_root().join("target/test-artifacts");
+    let _ = std::fs::create_dir_all(&artifacts);
+    script("mute_and_end.mjs", &[host, guest], &[("ARTIFACTS", artifacts.display().to_string())])
+}
+
+/// One page inside `link`'s namespace (`network_change.mjs`): once it decodes video, the
+/// link goes down for `outage` and comes back with the namespace's other address (the
+/// old one, and every path from it, gone); reports how long media took to resume.
+pub fn network_change(link: &crate::netns::Link, url: &str, outage: Duration) -> Result<serde_json::Value, String> {
+    let outage = outage.as_millis().to_string();
+    let moved = format!("{}/{}", link.ns_ip_moved, link.prefix);
+    run(Some(link), "network_change.mjs", &[url, &link.ns_if, &outage, &moved], &[])
+}
+
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
 /// dependencies once) and returns its `RESULT` line, or its output when it failed.
 fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {
+    run(None, name, args, env)
+}
+
+/// [`script`], inside `netns` when given.
+fn run(
+    netns: Option<&crate::netns::Link>,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Result<serde_json::Value, String> {
     let dir = repo_root().join("signaling-pod/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
         let out = Command::new("npm")
@@ -59,7 +86,11 @@ fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_jso
             .expect("npm runs (Debian package npm)");
         assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = Command::new("timeout")
+    let mut command = match netns {
+        Some(link) => link.command("timeout"),
+        None => Command::new("timeout"),
+    };
+    let out = command
         .args(["150", "node", name])
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -29,6 +29,7 @@ pub mod fixtures;
 pub mod job_runner;
 pub mod meetings;
 pub mod monitoring;
+pub mod netns;
 pub mod nodes;
 pub mod operator;
 pub mod real_nodes;

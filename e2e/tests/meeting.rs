@@ -141,6 +141,58 @@ async fn a_meeting_walks_through_every_phase_on_schedule() {
     ns.delete().await;
 }
 
+/// A host ends a busy meeting for everyone: signaling writes `status.endRequested` (a
+/// JSON patch guarded by the UID, as `signaling-pod/src/meetings.rs` does); the operator ends the meeting
+/// at once whatever its count, says who did in the condition and an Event, releases its
+/// seats, and keeps signaling's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_ending_a_busy_meeting_ends_it_for_everyone() {
+    let Setup { admin, ns, operator } = setup("mtg-end").await;
+    let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "fleet", Duration::from_secs(1));
+    let pools: Api<SfuPool> = ns.api();
+    apply(&pools, &pool("fleet", json!({"minReplicas": 1, "maxReplicas": 2}), json!({}))).await;
+    await_pool_ready(&admin, &ns.name, "fleet", 1).await;
+    let meetings: Api<Meeting> = ns.api();
+    create(&meetings, &meeting("allhands", 20, json!({"ttlAfterEnded": "1h"}))).await;
+    await_meeting(&meetings, "allhands", "placed", TIMEOUT, |m| {
+        m.status.as_ref().is_some_and(|s| s.assignment.is_some())
+    })
+    .await;
+    report_participants(&meetings, "allhands", 12).await;
+    let m = await_meeting(&meetings, "allhands", "Active", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Active)).await;
+    let uid = m.metadata.uid.clone();
+
+    let end = |uid: Option<String>, by: &str| {
+        let ops = json!([
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status/endRequested", "value": {"at": jiff::Timestamp::now().to_string(), "by": by}},
+        ]);
+        Patch::<()>::Json(serde_json::from_value(ops).unwrap())
+    };
+    let params = PatchParams { field_manager: Some(SIGNALING_MANAGER.into()), ..Default::default() };
+    meetings.patch_status("allhands", &params, &end(uid, "alice-1")).await.unwrap();
+    let m = await_meeting(&meetings, "allhands", "Ended", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Ended)).await;
+    let status = m.status.clone().unwrap();
+    assert_eq!(condition(&m, "Ended").map(|c| c.reason.as_str()), Some("EndedByHost"));
+    assert!(status.assignment.is_none(), "{status:?}");
+    assert_eq!(status.participants.map(|p| p.current), Some(12), "signaling's count is kept");
+    assert_eq!(status.end_requested.map(|r| r.by).as_deref(), Some("alice-1"), "and its request");
+    wait_for("seats released", TIMEOUT, || async {
+        ledgers(&admin, &ns.name, "fleet").await.values().all(|l| !l.contains_key("allhands"))
+    })
+    .await;
+    await_events(&admin, &ns.name, "allhands", &["Placed", "Active", "Ended"]).await;
+
+    // Another meeting's UID in the request is refused: it cannot end a meeting created
+    // again under the same name.
+    let stale = end(Some("00000000-0000-0000-0000-000000000000".into()), "mallory");
+    assert!(meetings.patch_status("allhands", &params, &stale).await.is_err());
+    let m = meetings.get("allhands").await.unwrap();
+    assert_eq!(m.status.and_then(|s| s.end_requested).map(|r| r.by).as_deref(), Some("alice-1"));
+    operator.stop().await.unwrap();
+    ns.delete().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_meetings_never_overcommit_a_pod() {
     let Setup { admin, ns, operator } = setup("mtg-herd500").await;

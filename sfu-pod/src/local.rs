@@ -28,10 +28,18 @@ impl Drop for LocalSfu {
 }
 
 pub async fn start(name: &str) -> anyhow::Result<LocalSfu> {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    start_on(name, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// An SFU whose media port is on `media_ip` (its only candidate), e.g. the host's end
+/// of a link to a network namespace a test takes away and back; its API stays on
+/// loopback.
+pub async fn start_on(name: &str, media_ip: std::net::IpAddr) -> anyhow::Result<LocalSfu> {
+    let udp = tokio::net::UdpSocket::bind((media_ip, 0)).await?;
     let media_addr = udp.local_addr()?;
     let net = NetworkOptions {
-        loopback_only: true,
+        loopback_only: media_ip.is_loopback(),
+        local_ips: if media_ip.is_loopback() { Vec::new() } else { vec![media_ip] },
         udp_mux: Some(UDPMuxDefault::new(UDPMuxParams::new(udp))),
         own_retransmissions: true,
         ..Default::default()

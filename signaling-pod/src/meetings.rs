@@ -1,6 +1,7 @@
 //! The Meetings signaling serves, read from the API server (a reflector over the
-//! namespace), and what it writes back: participant counts, as field manager
-//! `switchboard-signaling` (the operator owns the rest of the status).
+//! namespace), and what it writes back as field manager `switchboard-signaling`:
+//! participant counts, and `endRequested` when a host ends a meeting for everyone (the
+//! operator owns the rest of the status).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -83,6 +84,25 @@ impl Directory {
         }
     }
 
+    /// Ends the meeting for everyone: who and when go into the status, which every
+    /// replica's watch then acts on (each closes its connections to the meeting with
+    /// `meeting-ended`, and refuses joins), and the operator moves the meeting to
+    /// `Ended`. A JSON patch, not an apply: an apply of this field alone would take
+    /// the participant count out of this manager's fields. Its `test` pins the meeting
+    /// the host is in, not one created again under its name (a status write ignores a
+    /// UID in the body).
+    pub async fn end(&self, m: &Meeting, by: &str) -> kube::Result<()> {
+        let at = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+        let ops = serde_json::json!([
+            {"op": "test", "path": "/metadata/uid", "value": m.metadata.uid},
+            {"op": "add", "path": "/status/endRequested", "value": {"at": at, "by": by}},
+        ]);
+        let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        self.api.patch_status(&m.name_any(), &params, &Patch::<()>::Json(patch)).await?;
+        Ok(())
+    }
+
     /// Writes the participant count (and the peak) when it changed.
     pub async fn report(&self, name: &str, current: i32) -> kube::Result<()> {
         let Some(m) = self.get(name) else { return Ok(()) };
@@ -123,10 +143,22 @@ pub fn recording_refused(m: &Meeting) -> Option<&'static str> {
     None
 }
 
+/// Why the meeting is over, if it is: a host ended it (at once, before the operator
+/// marks it `Ended`), or it ended.
+pub fn ended(m: &Meeting) -> Option<String> {
+    let status = m.status.as_ref()?;
+    if let Some(r) = &status.end_requested {
+        return Some(format!("{} ended the meeting for everyone", r.by));
+    }
+    (status.phase == Some(MeetingPhase::Ended)).then(|| "the meeting has ended".into())
+}
+
 /// Whether participants can be in the meeting now.
 pub fn open(m: &Meeting) -> Result<(), String> {
+    if let Some(reason) = ended(m) {
+        return Err(reason);
+    }
     match m.status.as_ref().and_then(|s| s.phase) {
-        Some(MeetingPhase::Ended) => Err("the meeting has ended".into()),
         Some(MeetingPhase::Failed) => Err("the meeting failed; see its conditions".into()),
         _ => Ok(()),
     }
@@ -180,6 +212,7 @@ fn permission_of(p: switchboard_crds::meeting::Permission) -> Permission {
         P::ShareScreen => Permission::ShareScreen,
         P::SendChat => Permission::SendChat,
         P::UnmuteSelf => Permission::UnmuteSelf,
+        P::EndMeeting => Permission::EndMeeting,
     }
 }
 

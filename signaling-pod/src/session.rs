@@ -607,6 +607,18 @@ impl Session {
                 self.reply(id, types::OK, serde_json::json!({ "recordingJob": name }));
                 Ok(Flow::Continue)
             }
+            // Everyone, this host too, hears `meeting-ended` from the watch of the
+            // status this writes (see `meetings::Directory::end`).
+            ClientMessage::EndMeeting => {
+                let m = self.meeting()?;
+                self.app.meetings.end(&m, &joined.claims.usr).await.map_err(|e| {
+                    tracing::warn!(error = %e, "ending the meeting");
+                    refuse(ErrorCode::Internal, "the meeting could not be ended; try again")
+                })?;
+                tracing::info!(by = %joined.claims.usr, "meeting ended by a host");
+                self.reply(id, types::OK, serde_json::json!({}));
+                Ok(Flow::Continue)
+            }
         }
     }
 
@@ -1091,6 +1103,12 @@ impl Session {
                 return Flow::Close;
             }
         };
+        // Over for good: the client is told not to come back.
+        if let Some(reason) = meetings::ended(&m) {
+            self.push(Envelope::new(types::MEETING_ENDED, serde_json::json!({ "reason": reason })));
+            self.leave().await;
+            return Flow::Close;
+        }
         if let Err(reason) = meetings::open(&m) {
             self.error(refuse(ErrorCode::MeetingUnavailable, reason));
             self.leave().await;

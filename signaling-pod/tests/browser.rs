@@ -12,27 +12,55 @@ use common::*;
 /// Chromium drop simulcast layers for lack of CPU.
 static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A meeting hosted by `host`, placed on an SFU of its own, served by one signaling
+/// replica: what each browser test starts from.
+struct BrowserMeeting {
+    env: TestEnv,
+    /// Serves the meeting's media for as long as the test holds it.
+    _sfu: sfu_pod::local::LocalSfu,
+    server: signaling_pod::Running,
+    name: String,
+}
+
+impl BrowserMeeting {
+    async fn start(prefix: &str, name: &str, host: &str, extra: serde_json::Value) -> Self {
+        Self::start_on(prefix, name, host, extra, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// Signaling and the SFU's media on `ip` (the host's end of a test link).
+    async fn start_on(prefix: &str, name: &str, host: &str, extra: serde_json::Value, ip: std::net::Ipv4Addr) -> Self {
+        let env = env(prefix).await;
+        let sfu = sfu_pod::local::start_on(&format!("sfu-{prefix}"), ip.into()).await.unwrap();
+        meeting(&env, name, host, extra).await;
+        assign(&env, name, &[(&format!("sfu-{prefix}"), &sfu.endpoint)], &[]).await;
+        let mut cfg = env.config();
+        cfg.listen = (ip, 0).into();
+        let server = env.in_process(cfg).await;
+        Self { env, _sfu: sfu, server, name: name.into() }
+    }
+
+    /// The browser client's address for `user`, with a fresh user token.
+    fn url(&self, user: &str) -> String {
+        format!("{}/j/{}?token={}", self.server.url, self.name, user_token(user, None, 3600))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
     let _turn = BROWSERS.lock().await;
-    let env = env("sig-browser").await;
-    let sfu = sfu_pod::local::start("sfu-browser").await.unwrap();
-    meeting(&env, "browsers", "hugo", serde_json::json!({})).await;
-    assign(&env, "browsers", &[("sfu-browser", &sfu.endpoint)], &[]).await;
-    let server = env.in_process(env.config()).await;
-    let (status, body) = rest(&server.url, "hugo", None)
+    let m = BrowserMeeting::start("sig-browser", "browsers", "hugo", serde_json::json!({})).await;
+    let (status, body) = rest(&m.server.url, "hugo", None)
         .call(reqwest::Method::POST, "/api/v1/meetings/browsers/recordings", None)
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
-    let url = |user: &str| format!("{}/j/browsers?token={}", server.url, user_token(user, None, 3600));
     let artifacts = switchboard_e2e::repo_root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("browser-meeting.png");
     let _ = std::fs::remove_file(&shot);
 
     // The SFU and signaling run in this runtime: the browsers wait on a blocking thread.
-    let (host, guest, path) = (url("hugo"), url("iris"), shot.clone());
+    let (host, guest, path) = (m.url("hugo"), m.url("iris"), shot.clone());
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::two_peers(&host, &guest, &path))
         .await
         .unwrap()
@@ -45,7 +73,7 @@ async fn two_chromium_browsers_see_each_other_through_signaling_and_the_sfu() {
     }
     let png = std::fs::read(&shot).expect("screenshot saved");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    env.ns.delete().await;
+    m.env.ns.delete().await;
 }
 
 /// The browser client used as a person would, against a Rust participant (rex) who
@@ -66,11 +94,8 @@ async fn the_browser_clients_controls_work_end_to_end() {
     use switchboard_signaling_client::MediaSession;
     use switchboard_signaling_proto::types;
 
-    let env = env("sig-controls").await;
-    let sfu = sfu_pod::local::start("sfu-controls").await.unwrap();
-    meeting(&env, "controls", "rex", serde_json::json!({})).await;
-    assign(&env, "controls", &[("sfu-controls", &sfu.endpoint)], &[]).await;
-    let server = env.in_process(env.config()).await;
+    let m = BrowserMeeting::start("sig-controls", "controls", "rex", serde_json::json!({})).await;
+    let server = &m.server;
 
     let dir = std::env::temp_dir().join(format!("switchboard-controls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -110,7 +135,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
             sam_saw
         })
     };
-    let url = format!("{}/j/controls?token={}", server.url, user_token("iris", None, 3600));
+    let url = m.url("iris");
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::controls(&url))
         .await
         .unwrap()
@@ -210,7 +235,7 @@ async fn the_browser_clients_controls_work_end_to_end() {
     assert!(report["iceRestarts"].as_u64().unwrap() >= 2, "{report}");
     assert!(report["decodedAfter"].as_u64().unwrap() > report["decodedBefore"].as_u64().unwrap() + 10, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
-    env.ns.delete().await;
+    m.env.ns.delete().await;
 }
 
 /// Simulcast from Chromium to Chromium through the SFU, driven by what the viewer
@@ -221,13 +246,8 @@ async fn the_browser_clients_controls_work_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses() {
     let _turn = BROWSERS.lock().await;
-    let env = env("sig-simulcast").await;
-    let sfu = sfu_pod::local::start("sfu-simulcast").await.unwrap();
-    meeting(&env, "layers", "pia", serde_json::json!({})).await;
-    assign(&env, "layers", &[("sfu-simulcast", &sfu.endpoint)], &[]).await;
-    let server = env.in_process(env.config()).await;
-    let url = |user: &str| format!("{}/j/layers?token={}", server.url, user_token(user, None, 3600));
-    let (publisher, viewer) = (url("pia"), url("vic"));
+    let m = BrowserMeeting::start("sig-simulcast", "layers", "pia", serde_json::json!({})).await;
+    let (publisher, viewer) = (m.url("pia"), m.url("vic"));
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::simulcast(&publisher, &viewer))
         .await
         .unwrap()
@@ -258,7 +278,7 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
     }
     assert_eq!(report["hidden"]["packetsDuring"], 0, "a hidden tile receives no video: {report}");
     assert!(width("shown") >= width("large"), "{report}");
-    env.ns.delete().await;
+    m.env.ns.delete().await;
 }
 
 /// The waiting room from the host's page: two guests (Rust clients) wait and are shown;
@@ -268,15 +288,12 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
 async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
     let _turn = BROWSERS.lock().await;
     use switchboard_signaling_proto::types;
-    let env = env("sig-waiting").await;
-    let sfu = sfu_pod::local::start("sfu-waiting").await.unwrap();
-    meeting(&env, "lobby", "hana", serde_json::json!({"waitingRoom": true})).await;
-    assign(&env, "lobby", &[("sfu-waiting", &sfu.endpoint)], &[]).await;
-    let server = env.in_process(env.config()).await;
+    let m = BrowserMeeting::start("sig-waiting", "lobby", "hana", serde_json::json!({"waitingRoom": true})).await;
+    let server = &m.server;
     let (gus, _, gus_joined) = connect(&rest(&server.url, "gus", None), "lobby").await;
     let (gwen, _, _) = connect(&rest(&server.url, "gwen", None), "lobby").await;
     assert!(!gus_joined.participant.admitted, "guests wait");
-    let url = format!("{}/j/lobby?token={}", server.url, user_token("hana", None, 3600));
+    let url = m.url("hana");
     let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::waiting_room(&url, "GUS", "GWEN"))
         .await
         .unwrap()
@@ -291,5 +308,103 @@ async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
     let shot =
         std::fs::read(switchboard_e2e::repo_root().join("target/test-artifacts/client-waiting-room.png")).unwrap();
     assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
-    env.ns.delete().await;
+    m.env.ns.delete().await;
+}
+
+/// The guest's microphone button, clicked on its page, stops its audio energy arriving
+/// at the host's page (getStats `totalAudioEnergy` of what the host plays out), and
+/// unmuting brings it back; the guest has no "End for all", the host has; the host
+/// ends the meeting for everyone: both pages show it ended and stay disconnected,
+/// and the meeting's status says who ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muting_stops_audio_energy_arriving_and_the_host_ends_the_meeting_for_all() {
+    let _turn = BROWSERS.lock().await;
+    let m = BrowserMeeting::start("sig-mute-end", "ending", "hana", serde_json::json!({})).await;
+    let (host, guest) = (m.url("hana"), m.url("gil"));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::mute_and_end(&host, &guest))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browsers: {e}"));
+    println!("mute and end report: {report}");
+    let rate = |step: &str| report[step]["energyPerSecond"].as_f64().unwrap();
+    // Chromium's fake microphone beeps; played out at the host it carries energy.
+    assert!(rate("speaking") > 1e-4, "the guest's audio reaches the host: {report}");
+    assert_eq!(report["guestMicLabel"], "Unmute", "{report}");
+    assert!(rate("muted") < rate("speaking") / 50.0, "muted, no energy arrives: {report}");
+    assert!(report["muted"]["playedSeconds"].as_f64().unwrap() > 1.0, "the host kept playing audio out: {report}");
+    assert!(rate("unmuted") > rate("speaking") / 5.0, "unmuted, it arrives again: {report}");
+    assert_eq!(report["endShown"], serde_json::json!({"host": true, "guest": false}), "{report}");
+    for who in ["hostEnded", "guestEnded"] {
+        assert!(report[who].as_str().unwrap().contains("hana ended the meeting"), "{who}: {report}");
+    }
+    for page in report["afterEnd"].as_array().unwrap() {
+        assert_eq!(page["socket"], 3, "the WebSocket is closed and stays closed: {report}");
+        assert_eq!(page["media"], false, "{report}");
+        assert_eq!(page["status"], "the meeting has ended", "{report}");
+    }
+    let meetings: kube::Api<switchboard_crds::Meeting> = m.env.ns.api();
+    let ended = meetings.get("ending").await.unwrap();
+    assert_eq!(ended.status.and_then(|s| s.end_requested).map(|r| r.by).as_deref(), Some("hana"));
+    assert!(rest(&m.server.url, "gil", None).join("ending").await.is_err(), "nobody joins an ended meeting");
+    m.env.ns.delete().await;
+}
+
+/// A network change: the page runs in a network namespace whose only link to signaling
+/// and the SFU goes down for 6 s (the browser goes offline; video stops). Twice: first
+/// the link comes back as it was, then with another address (a move to another network:
+/// every path from the old address is gone). The client reconnects signaling at once
+/// on `online`, resumes its session and restarts ICE on both connections. Back on the
+/// same network, video decodes again within 3 s; on a new one, within 6 s (the browser
+/// itself takes 1 to 3 s to gather candidates on a network it has just seen). Neither
+/// freezes again once resumed. The other participant is a Rust client publishing VP8
+/// and Opus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_resumes_after_the_network_path_comes_back_or_moves() {
+    let _turn = BROWSERS.lock().await;
+    use switchboard_sfu_client::encoded::{EncodedCodec, ToneClip, VideoClip, encode_clip};
+    use switchboard_sfu_client::{JoinOptions, NetworkOptions, Publish};
+    use switchboard_signaling_client::MediaSession;
+
+    let link = switchboard_e2e::netns::Link::create().expect("a network namespace (root)");
+    let m = BrowserMeeting::start_on("sig-netchange", "roaming", "ray", serde_json::json!({}), link.host_ip).await;
+    let dir = std::env::temp_dir().join(format!("switchboard-netchange-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let camera = encode_clip(VideoClip::new(EncodedCodec::Vp8, "testsrc2"), 30, &dir.join("cam.ivf")).unwrap();
+    let mic = encode_clip(ToneClip::new(440), 30, &dir.join("mic.ogg")).unwrap();
+    let (ray, grant, _) = connect(&rest(&m.server.url, "ray", None), "roaming").await;
+    let publish = vec![Publish::encoded("ray-mic", mic), Publish::encoded("ray-cam", camera)];
+    let net = NetworkOptions { local_ips: vec![link.host_ip.into()], ..Default::default() };
+    let _media =
+        MediaSession::start(ray.clone(), &grant.participant_id, JoinOptions { publish, net, ..Default::default() })
+            .await
+            .unwrap();
+    let url = m.url("nia");
+    let link = std::sync::Arc::new(link);
+    let inside = link.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        switchboard_e2e::browser::network_change(&inside, &url, std::time::Duration::from_secs(6))
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("browser: {e}"));
+    println!("network change report: {report}");
+    // (step, resumed within, back for good within): after a flap the old path carries
+    // media at once, and the forced restart's move to new credentials can freeze it once
+    // more (webrtc-rs drops the old pair when it restarts); after a move only the
+    // restart can, once Chromium uses the new address.
+    for (step, within_ms, stable_ms) in [("flap", 3000, 5000), ("moved", 6000, 7000)] {
+        let r = &report[step];
+        assert!(r["decodedDuringOutage"].as_u64().unwrap() <= 2, "{step}: the path was really gone: {report}");
+        assert!(r["bannerDuringOutage"].as_str().unwrap() != "", "{step}: the page said so: {report}");
+        let resumed = r["resumeMs"].as_u64().unwrap_or_else(|| panic!("{step}: media never resumed: {report}"));
+        assert!(resumed <= within_ms, "{step}: video decodes again within {within_ms} ms: {report}");
+        let stable = r["stableMs"].as_u64().unwrap();
+        assert!(stable <= stable_ms, "{step}: no freeze of a second or more after {stable_ms} ms: {report}");
+        assert!(r["iceRestarts"].as_u64().unwrap() >= 1, "{step}: through an ICE restart: {report}");
+        // The publisher connection (the page's own camera and microphone) is back too.
+        assert_eq!(r["bothConnected"], true, "{step}: both connections connected again: {report}");
+        assert_eq!(r["banner"], "", "{step}: the banner is gone: {report}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    m.env.ns.delete().await;
 }

@@ -296,6 +296,7 @@ async fn a_role_claim_counts_only_for_the_meeting_it_names() {
         (types::REMOVE, json!({"participantId": host_id})),
         (types::ADMIT, json!({"all": true})),
         (types::START_RECORDING, json!({})),
+        (types::END_MEETING, json!({})),
     ] {
         assert_eq!(refused(&mallory, t, payload).await.code, ErrorCode::Forbidden, "{t}");
     }
@@ -310,6 +311,8 @@ async fn a_role_claim_counts_only_for_the_meeting_it_names() {
     assert_eq!(grant.role, Role::CoHost);
     assert!(joined.participant.admitted);
     cora.request(types::MUTE, json!({"participantId": host_id, "kind": "video"})).await.unwrap();
+    // Ending the meeting for everyone is the host's alone unless the meeting grants it.
+    assert_eq!(refused(&cora, types::END_MEETING, json!({})).await.code, ErrorCode::Forbidden);
     // The meeting's host stays host whatever the global claim (viewer) said.
     assert!(host.received().iter().any(|e| e.type_ == types::JOINED && e.payload["participant"]["role"] == "host"));
     alive(&host).await;

@@ -207,6 +207,51 @@ async fn permissions_are_enforced_and_refusals_keep_the_connection() {
     env.ns.delete().await;
 }
 
+/// End for all: a participant may not; a co-host may once the meeting grants
+/// `end_meeting`; then everyone (the co-host too, on another replica's connection as on
+/// this one's) hears `meeting-ended` and is disconnected, the status names who ended it,
+/// and nobody gets back in: not by REST, not by resuming a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_ends_the_meeting_for_everyone_and_nobody_gets_back_in() {
+    let env = env("sig-end").await;
+    let grant = serde_json::json!({"permissions": [{"role": "co-host", "allow": ["end_meeting"]}]});
+    meeting(&env, "town", "tess", grant).await;
+    assign(&env, "town", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let first = env.in_process(env.config()).await;
+    let second = env.in_process(env.config()).await;
+    let (host, _, _) = connect(&rest(&first.url, "tess", None), "town").await;
+    let (pupil, pupil_grant, _) = connect(&rest(&second.url, "pia", None), "town").await;
+    let claims = serde_json::json!({"sub": "cole", "name": "COLE", "exp": signaling_pod::auth::now_unix() + 3600,
+                                    "role": "cohost", "mtg": format!("{}/town", env.ns.name)});
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_KEY.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let cohost_token = switchboard_signaling_client::Rest::new(&first.url, &token);
+    let (cohost, _, joined) = connect(&cohost_token, "town").await;
+    assert!(joined.permissions.contains(&switchboard_signaling_proto::Permission::EndMeeting), "{joined:?}");
+
+    let e = pupil.request(types::END_MEETING, serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.refusal().unwrap().code, ErrorCode::Forbidden);
+    assert!(pupil.request(types::PING, serde_json::json!({})).await.is_ok(), "a refusal keeps the connection");
+
+    cohost.request(types::END_MEETING, serde_json::json!({})).await.unwrap();
+    for (who, c) in [("host", &host), ("pupil", &pupil), ("co-host", &cohost)] {
+        let ended = c.wait_for(who, WAIT, of_type(types::MEETING_ENDED)).await.unwrap();
+        assert!(ended.payload["reason"].as_str().unwrap().contains("ended the meeting"), "{ended:?}");
+        c.wait_closed(WAIT).await.unwrap();
+    }
+    let meetings: kube::Api<switchboard_crds::Meeting> = env.ns.api();
+    let m = meetings.get("town").await.unwrap();
+    let request = m.status.as_ref().and_then(|s| s.end_requested.clone()).expect("endRequested");
+    assert_eq!(request.by, "cole", "the user, as the identity provider names them");
+
+    let refused = rest(&first.url, "pia", None).join("town").await.unwrap_err();
+    assert!(refused.to_string().contains("ended"), "{refused}");
+    let again = SignalingClient::connect(&pupil_grant.signaling_url).await.unwrap();
+    let e = again.request(types::JOIN, serde_json::json!({"token": pupil_grant.session_token})).await.unwrap_err();
+    assert_eq!(e.refusal().unwrap().code, ErrorCode::MeetingUnavailable);
+    env.ns.delete().await;
+}
+
 /// Malformed JSON, unknown types, oversized and binary frames, floods, and forged or
 /// expired tokens are refused clearly; the connection survives all but bad sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! `Scheduled` (before the start; from `start − leadTime` it holds a reservation)
 //! → `Waiting` (due: it holds an assignment on SFU pods) → `Active` (signaling
 //! reports participants) → `Ended` (empty for `emptyTimeout`, past
-//! `start + expectedDuration + gracePeriod`, or nobody came in time). An ended
+//! `start + expectedDuration + gracePeriod`, nobody came in time, or a host ended it
+//! for everyone). An ended
 //! meeting is deleted after its TTL. `Failed` comes from validation, which the
 //! caller does before asking.
 
@@ -49,6 +50,8 @@ pub struct View {
     pub participants: u64,
     /// When the current assignment was made, if it has one.
     pub placed_at: Option<Timestamp>,
+    /// When a host ended the meeting for everyone, if one did.
+    pub end_requested: Option<Timestamp>,
 }
 
 /// What the meeting should hold on SFU capacity.
@@ -69,6 +72,8 @@ pub enum EndReason {
     NeverStarted,
     /// Ran past `start + expectedDuration + gracePeriod`.
     DurationExceeded,
+    /// A host ended it for everyone.
+    EndedByHost,
 }
 
 impl EndReason {
@@ -77,6 +82,7 @@ impl EndReason {
             EndReason::Empty => "Empty",
             EndReason::NeverStarted => "NeverStarted",
             EndReason::DurationExceeded => "DurationExceeded",
+            EndReason::EndedByHost => "EndedByHost",
         }
     }
 }
@@ -142,6 +148,10 @@ pub fn decide(view: &View, timing: &Timing, now: Timestamp) -> Decision {
             d.recheck_after = (!d.delete).then(|| until(now, at));
         }
         return d;
+    }
+    // Whatever the phase: a host's end is final (signaling already let nobody stay).
+    if view.end_requested.is_some() {
+        return end(d, EndReason::EndedByHost);
     }
     let due = due(view);
     let active = view.phase == Some(Phase::Active) || view.participants > 0;
@@ -222,6 +232,7 @@ mod tests {
             empty_since: None,
             participants: 0,
             placed_at: None,
+            end_requested: None,
         }
     }
 
@@ -317,6 +328,26 @@ mod tests {
         // An ad-hoc meeting has no start to wait for.
         let ad_hoc = View { start: None, expected_duration: None, ..view };
         assert_eq!(decide(&ad_hoc, &timing(), t(500)).end_reason, Some(EndReason::Empty));
+    }
+
+    /// A host's end wins over every other rule, in every phase before `Ended`, and
+    /// stays ended (the TTL counts from it) once the request has been acted on.
+    #[test]
+    fn a_host_ending_the_meeting_ends_it_in_any_phase() {
+        let busy = View { phase: Some(Phase::Active), started_at: Some(t(0)), participants: 40, ..scheduled(0) };
+        let early = View { phase: Some(Phase::Scheduled), ..scheduled(9000) };
+        let waiting = View { phase: Some(Phase::Waiting), placed_at: Some(t(0)), ..scheduled(0) };
+        for view in [busy, early, waiting] {
+            let asked = View { end_requested: Some(t(100)), ..view.clone() };
+            assert_eq!(decide(&view, &timing(), t(120)).end_reason, None, "{view:?}");
+            let d = decide(&asked, &timing(), t(120));
+            assert_eq!((d.phase, d.hold, d.end_reason), (Phase::Ended, Hold::Nothing, Some(EndReason::EndedByHost)));
+            assert_eq!(d.ended_at, Some(t(120)));
+            let after = View { phase: Some(d.phase), ended_at: d.ended_at, ..asked };
+            let d = decide(&after, &timing(), t(200));
+            assert_eq!((d.phase, d.end_reason, d.ended_at), (Phase::Ended, None, Some(t(120))), "ended once");
+            assert_eq!(d.recheck_after, Some(Duration::from_secs(3520)));
+        }
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub mod types {
     /// SFU then forwards the simulcast layer that fits), or paused while not shown.
     pub const SUBSCRIPTION: &str = "subscription";
     pub const START_RECORDING: &str = "start-recording";
+    /// A host ends the meeting for everyone: each participant gets `meeting-ended` and
+    /// is disconnected, and nobody may join again.
+    pub const END_MEETING: &str = "end-meeting";
     pub const PING: &str = "ping";
     pub const ERROR: &str = "error";
     // Server to client only.
@@ -112,6 +115,8 @@ pub mod types {
     /// The replica is draining: connect again, with the same session token, after `retryAfterMs`.
     pub const RECONNECT: &str = "reconnect";
     pub const RECORDING: &str = "recording";
+    /// The meeting is over (a host ended it, or the operator did): do not reconnect.
+    pub const MEETING_ENDED: &str = "meeting-ended";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
 }
@@ -141,6 +146,7 @@ pub enum ClientMessage {
     HandRaise(HandRaisePayload),
     Subscription(SubscriptionPayload),
     StartRecording,
+    EndMeeting,
     Ping,
 }
 
@@ -164,6 +170,7 @@ impl ClientMessage {
             Self::HandRaise(_) => HAND_RAISE,
             Self::Subscription(_) => SUBSCRIPTION,
             Self::StartRecording => START_RECORDING,
+            Self::EndMeeting => END_MEETING,
             Self::Ping => PING,
         }
     }
@@ -560,6 +567,7 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             ClientMessage::Subscription(s)
         }
         START_RECORDING => ClientMessage::StartRecording,
+        END_MEETING => ClientMessage::EndMeeting,
         PING => ClientMessage::Ping,
         other => {
             let shown: String = other.chars().take(40).collect();

@@ -27,16 +27,19 @@ pub enum Permission {
     SendChat,
     /// Unmute oneself after a host muted one (or the meeting muted one on entry).
     UnmuteSelf,
+    /// End the meeting for everyone (hosts only, by default).
+    EndMeeting,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Self::MuteOthers,
         Self::RemoveParticipant,
         Self::StartRecording,
         Self::ShareScreen,
         Self::SendChat,
         Self::UnmuteSelf,
+        Self::EndMeeting,
     ];
 }
 
@@ -44,7 +47,8 @@ impl Role {
     pub fn defaults(self) -> &'static [Permission] {
         use Permission::*;
         match self {
-            Role::Host | Role::CoHost => &Permission::ALL,
+            Role::Host => &Permission::ALL,
+            Role::CoHost => &[MuteOthers, RemoveParticipant, StartRecording, ShareScreen, SendChat, UnmuteSelf],
             Role::Participant => &[ShareScreen, SendChat],
             Role::Viewer => &[SendChat],
         }

@@ -68,6 +68,7 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         ClientMessage::Mute(m) if m.participant_id != me => Need::Permission(Permission::MuteOthers),
         ClientMessage::Remove(_) => Need::Permission(Permission::RemoveParticipant),
         ClientMessage::StartRecording => Need::Permission(Permission::StartRecording),
+        ClientMessage::EndMeeting => Need::Permission(Permission::EndMeeting),
         ClientMessage::ParticipantUpdate(u) if u.screen_sharing == Some(true) => {
             Need::Permission(Permission::ShareScreen)
         }
@@ -162,6 +163,7 @@ pub fn verb(p: Permission) -> &'static str {
         Permission::ShareScreen => "share their screen",
         Permission::SendChat => "send chat messages",
         Permission::UnmuteSelf => "unmute themselves after a host muted them",
+        Permission::EndMeeting => "end the meeting for everyone",
     }
 }
 
@@ -191,6 +193,7 @@ mod tests {
     const LOWER_BOB: &str = r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"bob"}}"#;
     const LOWER_MINE: &str = r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"me"}}"#;
     const SUBSCRIPTION: &str = r#"{"type":"subscription","payload":{"track":"cam","paused":true}}"#;
+    const END: &str = r#"{"type":"end-meeting"}"#;
 
     /// (phase, frame, expected step or error code)
     #[test]
@@ -218,6 +221,10 @@ mod tests {
             (admitted(Role::Participant), SCREEN, Ok(Step::Act)),
             (admitted(Role::Viewer), SCREEN, Err(ErrorCode::Forbidden)),
             (admitted(Role::CoHost), ADMIT, Ok(Step::Act)),
+            (admitted(Role::Host), END, Ok(Step::Act)),
+            (admitted(Role::CoHost), END, Err(ErrorCode::Forbidden)),
+            (admitted(Role::Participant), END, Err(ErrorCode::Forbidden)),
+            (waiting, END, Err(ErrorCode::NotAdmitted)),
             (admitted(Role::CoHost), MUTE_BOB, Ok(Step::Act)),
             (admitted(Role::Viewer), HAND_UP, Ok(Step::Act)),
             (admitted(Role::Participant), LOWER_MINE, Ok(Step::Act)),

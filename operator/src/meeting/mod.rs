@@ -215,7 +215,8 @@ fn places(d: &Decision) -> bool {
 }
 
 fn same_status(a: &MeetingStatus, b: &MeetingStatus) -> bool {
-    let strip = |s: &MeetingStatus| MeetingStatus { conditions: vec![], participants: None, ..s.clone() };
+    let strip =
+        |s: &MeetingStatus| MeetingStatus { conditions: vec![], participants: None, end_requested: None, ..s.clone() };
     strip(a) == strip(b) && same(&a.conditions, &b.conditions)
 }
 

@@ -130,6 +130,7 @@ pub fn lifecycle_view(m: &Meeting, current: &MeetingStatus, now: jiff::Timestamp
         empty_since: current.empty_since.as_ref().map(|t| t.0),
         participants: current.participants.as_ref().map_or(0, |p| p.current.max(0) as u64),
         placed_at: current.assignment.as_ref().and_then(|a| a.at.as_ref()).map(|t| t.0),
+        end_requested: current.end_requested.as_ref().map(|r| r.at.0),
     }
 }
 

@@ -187,10 +187,16 @@ fn assigned_condition(f: &mut Finished, o: &Observed, current: &MeetingStatus) {
 fn ended_and_phase(f: &mut Finished, o: &Observed, current: &MeetingStatus, end: Option<EndReason>) {
     let generation = f.status.observed_generation;
     if let Some(reason) = end {
+        let by_host;
         let message = match reason {
             EndReason::Empty => "nobody was in the meeting for its empty timeout",
             EndReason::NeverStarted => "nobody joined in time; its capacity went back to the pool",
             EndReason::DurationExceeded => "it ran past its expected duration and grace period",
+            EndReason::EndedByHost => {
+                let who = current.end_requested.as_ref().map_or("?", |r| r.by.as_str());
+                by_host = format!("host {who} ended the meeting for everyone");
+                by_host.as_str()
+            }
         };
         let ended = condition_at(&current.conditions, "Ended", true, reason.as_str(), message, generation, o.now);
         f.status.conditions.push(ended);

@@ -278,6 +278,28 @@ fn an_empty_active_meeting_ends_after_its_timeout_and_releases_its_seats() {
 }
 
 #[test]
+fn a_busy_meeting_a_host_ended_releases_its_seats_and_says_who() {
+    let m = meeting("m")
+        .status(json!({"phase": "Active", "startedAt": t0().to_string(),
+                       "assignment": assignment("p", "p-1", &[]), "participants": {"current": 12},
+                       "endRequested": {"at": at(10).to_string(), "by": "alice"}}))
+        .build();
+    let mut o = observed(m, vec![room(pool("p").build(), None)], at(11));
+    o.assignment = Some(AssignmentSeen { faults: vec![], booked: true, strays: vec![] });
+    let d = decide(&o);
+    assert_eq!(d.hold, Holding::Release);
+    let f = finish(&o, d, Outcome::Nothing);
+    assert_eq!(f.status.phase, Some(MeetingPhase::Ended));
+    assert!(f.status.assignment.is_none());
+    assert!(f.status.end_requested.is_none(), "signaling's field: the operator does not write it");
+    assert_eq!(condition(&f.status, "Ended"), Some(("True", "EndedByHost")));
+    assert_eq!(
+        f.events.iter().map(|(_, r, n)| (*r, n.as_str())).collect::<Vec<_>>(),
+        [("Ended", "host alice ended the meeting for everyone")]
+    );
+}
+
+#[test]
 fn an_ended_meeting_is_deleted_after_its_ttl() {
     let m = meeting("m")
         .spec(json!({"ttlAfterEnded": "1m"}))

@@ -19,3 +19,24 @@ export function launch(origins = []) {
     ],
   });
 }
+
+// A page of the browser client in a context of its own (its own camera permission and
+// session storage), logging as `name`, through the pre-join screen: the preview comes
+// up and "Join now" is clicked, as a person would. `prejoin(page)` runs first when given
+// (e.g. to turn the microphone off before joining).
+export async function openPage(browser, url, name, { viewport, prejoin } = {}) {
+  const context = await browser.newContext({ permissions: ["camera", "microphone"], ...(viewport ? { viewport } : {}) });
+  const page = await context.newPage();
+  page.on("console", (m) => console.log(`[${name}] ${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => console.log(`[${name}] error: ${e.message}`));
+  await page.goto(url);
+  await joinFromPreview(page, prejoin);
+  return page;
+}
+
+// The pre-join screen: waits for "Join now" to be ready and clicks it.
+export async function joinFromPreview(page, prejoin) {
+  await page.waitForSelector("#join:not([disabled])", { timeout: 30000 });
+  if (prejoin) await prejoin(page);
+  await page.click("#join");
+}

@@ -3,18 +3,25 @@
 // Rust participant in the meeting (camera, screen share, an earlier chat message) and
 // checks the other side: what signaling and the SFU told that participant.
 // Usage: node controls.mjs <url>; prints `RESULT <json>`.
-import { launch } from "./chromium.mjs";
+import { joinFromPreview, launch, openPage } from "./chromium.mjs";
 
 const [url] = process.argv.slice(2);
 const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 try {
-  const context = await browser.newContext({ permissions: ["camera", "microphone"] });
-  const page = await context.newPage();
-  page.on("console", (m) => console.log(`[page] ${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console.log(`[page] error: ${e.message}`));
-  await page.goto(url);
-  const report = { url: page.url() };
+  // Before joining: the preview shows the camera; the microphone goes off and on again.
+  let preview = {};
+  const page = await openPage(browser, url, "page", { prejoin: async (p) => {
+    await p.click("#pre-mic");
+    preview = await p.evaluate(() => ({
+      playing: document.getElementById("preview").srcObject?.getVideoTracks().length === 1,
+      micLabel: document.getElementById("pre-mic").textContent,
+      devicesInPreview: document.querySelectorAll("#prejoin-devices select").length,
+      joinedBefore: !!window.switchboard.ws,
+    }));
+    await p.click("#pre-mic");
+  } });
+  const report = { url: page.url(), preview };
   await page.waitForFunction(() => window.switchboard && window.switchboard.decoded > 10, null, { timeout: 45000, polling: 500 });
   // Both of the other participant's videos, each in its own tile.
   await page.waitForFunction(() => [...window.switchboard.tiles.keys()].some((k) => k.endsWith(":screen")), null, { timeout: 20000, polling: 250 }).catch(() => {});
@@ -105,6 +112,7 @@ try {
   await page.waitForFunction(() => !document.getElementById("rejoin").hidden, null, { timeout: 10000 });
   report.leftStatus = await page.textContent("#status");
   await page.click("#rejoin");
+  await joinFromPreview(page);
   await page.waitForFunction(() => window.switchboard && window.switchboard.decoded > 10, null, { timeout: 45000, polling: 500 });
   report.rejoinedAs = await page.evaluate(() => window.switchboard.me);
   console.log("RESULT " + JSON.stringify(report));

@@ -3,7 +3,7 @@
 // Usage: node peers.mjs <screenshot.png> <url>...
 // PEERS_HOLD_MS keeps the pages in the meeting that long after they decoded video
 // (so that another participant, e.g. a Rust client, can receive theirs).
-import { launch } from "./chromium.mjs";
+import { launch, openPage } from "./chromium.mjs";
 
 const [screenshot, ...urls] = process.argv.slice(2);
 const holdMs = Number(process.env.PEERS_HOLD_MS || 0);
@@ -13,12 +13,7 @@ const browser = await launch(urls.map((u) => new URL(u).origin));
 try {
   const pages = [];
   for (const [i, url] of urls.entries()) {
-    const context = await browser.newContext({ permissions: ["camera", "microphone"] });
-    const page = await context.newPage();
-    page.on("console", (m) => console.log(`[page ${i}] ${m.type()}: ${m.text()}`));
-    page.on("pageerror", (e) => console.log(`[page ${i}] error: ${e.message}`));
-    await page.goto(url);
-    pages.push(page);
+    pages.push(await openPage(browser, url, `page ${i}`));
   }
   for (const [i, page] of pages.entries()) {
     try {

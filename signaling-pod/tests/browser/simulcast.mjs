@@ -3,19 +3,12 @@
 // then shown again. Reports the decoded picture's width (getStats frameWidth) and the
 // frames decoded at each step, and the SFU layers the first page sends.
 // Usage: node simulcast.mjs <url-publisher> <url-viewer>; prints `RESULT <json>`.
-import { launch } from "./chromium.mjs";
+import { launch, openPage } from "./chromium.mjs";
 
 const [publisherUrl, viewerUrl] = process.argv.slice(2);
 const browser = await launch();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function open(url, name) {
-  const context = await browser.newContext({ permissions: ["camera", "microphone"], viewport: { width: 1600, height: 1000 } });
-  const page = await context.newPage();
-  page.on("console", (m) => console.log(`[${name}] ${m.type()}: ${m.text()}`));
-  page.on("pageerror", (e) => console.log(`[${name}] error: ${e.message}`));
-  await page.goto(url);
-  return page;
-}
+const open = (url, name) => openPage(browser, url, name, { viewport: { width: 1600, height: 1000 } });
 // The viewer's inbound video: the decoded width and the frames decoded so far.
 const inbound = (page) => page.evaluate(async () => {
   let best = { frameWidth: 0, framesDecoded: 0, packets: 0 };

@@ -2,15 +2,12 @@
 // test connects); the page shows them, a screenshot of the waiting room is kept, the
 // host denies the first and admits the second.
 // Usage: node waiting.mjs <host-url> <first-guest-name> <second-guest-name>; prints `RESULT <json>`.
-import { launch } from "./chromium.mjs";
+import { launch, openPage } from "./chromium.mjs";
 
 const [url, denied, admitted] = process.argv.slice(2);
 const browser = await launch();
 try {
-  const context = await browser.newContext({ permissions: ["camera", "microphone"] });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.log(`[host] error: ${e.message}`));
-  await page.goto(url);
+  const page = await openPage(browser, url, "host");
   const waiting = (name) => `#waiting li:has-text("${name}")`;
   await page.waitForSelector(waiting(denied), { timeout: 30000 });
   await page.waitForSelector(waiting(admitted), { timeout: 30000 });
