@@ -47,12 +47,13 @@ pub fn waiting_room(host_url: &str, denied: &str, admitted: &str) -> Result<serd
     script("waiting.mjs", &[host_url, denied, admitted], &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
-/// A host page and a guest page (`mute_and_end.mjs`): the guest mutes and unmutes while
-/// the host's received audio energy is measured, then the host ends the meeting for all.
-pub fn mute_and_end(host: &str, guest: &str) -> Result<serde_json::Value, String> {
+/// A host page and a guest page (`meeting_controls.mjs`), with a participant named
+/// `other` the caller runs: the guest's hand (through a reload), screen share and mute
+/// seen from the host's page; the host removes `other`, then ends the meeting for all.
+pub fn meeting_controls(host: &str, guest: &str, other: &str) -> Result<serde_json::Value, String> {
     let artifacts = crate::repo_root().join("target/test-artifacts");
     let _ = std::fs::create_dir_all(&artifacts);
-    script("mute_and_end.mjs", &[host, guest], &[("ARTIFACTS", artifacts.display().to_string())])
+    script("meeting_controls.mjs", &[host, guest, other], &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
 /// One page inside `link`'s namespace (`network_change.mjs`): once it decodes video, the

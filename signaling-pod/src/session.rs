@@ -944,6 +944,17 @@ impl Session {
     async fn offer(&mut self, id: Option<String>, offer: OfferPayload) -> Result<(), ProtoError> {
         let m = self.meeting()?;
         self.check_offer(&offer)?;
+        // New connections for a session that has media (a reloaded page): the old
+        // participant at the SFU goes, and the offer joins afresh below.
+        if offer.fresh
+            && let Some(old) = self.joined.as_mut().and_then(|j| j.media.take())
+        {
+            old.pump.abort();
+            let pid = self.joined.as_ref().map(|j| j.info.id.clone()).unwrap_or_default();
+            if let Err(e) = old.sfu.leave(&old.room, &pid).await {
+                tracing::debug!(error = %e, "the replaced media's participant was gone already");
+            }
+        }
         let j = self.joined.as_ref().expect("joined");
         if let Some(media) = &j.media {
             let sdp = offer.sdp.ok_or_else(|| refuse(ErrorCode::InvalidPayload, "a renegotiation needs an sdp"))?;

@@ -313,21 +313,43 @@ async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
     m.env.ns.delete().await;
 }
 
-/// The guest's microphone button, clicked on its page, stops its audio energy arriving
-/// at the host's page (getStats `totalAudioEnergy` of what the host plays out), and
-/// unmuting brings it back; the guest has no "End for all", the host has; the host
-/// ends the meeting for everyone: both pages show it ended and stay disconnected,
-/// and the meeting's status says who ended it.
+/// Each meeting control clicked on one page, its effect checked on the other: the
+/// guest's raised hand shows at the host and survives the guest's reload; the guest's
+/// screen share makes a second tile at the host with a moving picture, and stopping it
+/// removes the tile; the guest's microphone button stops its audio energy arriving at
+/// the host (getStats `totalAudioEnergy` of what the host plays out), and unmuting brings
+/// it back; the host removes a Rust participant, who is told and disconnected; the guest
+/// has no "End for all", the host has, and ends the meeting for everyone: both pages
+/// show it ended and stay disconnected, the Rust participant's signaling is closed, and
+/// the meeting's status says who ended it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn muting_stops_audio_energy_arriving_and_the_host_ends_the_meeting_for_all() {
+async fn each_meeting_control_clicked_on_one_page_acts_on_the_other() {
     let _turn = BROWSERS.lock().await;
-    let m = BrowserMeeting::start("sig-mute-end", "ending", "hana", serde_json::json!({})).await;
+    use switchboard_signaling_proto::types;
+    let m = BrowserMeeting::start("sig-controls2", "ending", "hana", serde_json::json!({})).await;
+    let (rudy, _, _) = connect(&rest(&m.server.url, "rudy", None), "ending").await;
     let (host, guest) = (m.url("hana"), m.url("gil"));
-    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::mute_and_end(&host, &guest))
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::meeting_controls(&host, &guest, "RUDY"))
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("browsers: {e}"));
-    println!("mute and end report: {report}");
+    println!("meeting controls report: {report}");
+    // Hand: up at the host, and after the guest's reload on both pages; the reload
+    // resumed the same participant (no second GIL in the list).
+    assert_eq!(report["hand"]["guestLabel"], "Lower hand", "the reloaded page shows the hand up: {report}");
+    let first = report["firstGuestId"].as_str().unwrap();
+    assert_eq!(report["screen"]["key"].as_str(), Some(format!("{first}:screen").as_str()), "{report}");
+    let seen = report["hand"]["hostSees"].as_array().unwrap();
+    assert!(seen.len() == 1 && seen[0].as_str().unwrap().starts_with("✋ GIL"), "{report}");
+    // Screen share: a tile of its own at the host, moving, removed when stopped.
+    let screen = &report["screen"];
+    assert!(screen["tiles"].as_array().unwrap().contains(&screen["key"]), "{report}");
+    assert!(screen["width"].as_u64().unwrap() > 0 && screen["moving"] == true, "a moving picture: {report}");
+    assert_eq!(screen["removed"], true, "stopping the share removes the tile: {report}");
+    // Remove: the Rust participant is told and its connection closes.
+    assert_eq!(report["removedGone"], true, "{report}");
+    rudy.wait_for("removal", WAIT, |e| e.type_ == types::REMOVE).await.expect("rudy told it was removed");
+    rudy.wait_closed(WAIT).await.expect("rudy's connection closes");
     let rate = |step: &str| report[step]["energyPerSecond"].as_f64().unwrap();
     // Chromium's fake microphone beeps; played out at the host it carries energy.
     assert!(rate("speaking") > 1e-4, "the guest's audio reaches the host: {report}");

@@ -266,6 +266,20 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
     assert_eq!(sim.room.forwarded_layer(slow), Some(0));
 }
 
+/// A room where `pub` publishes a camera with layers q, h and f and `subscriber`
+/// receives it with `prefs`.
+fn simulcast_to(subscriber: &str, prefs: Preferences) -> (Sim, TrackHandle, SubscriptionId) {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join(subscriber, ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    let sub = sim.subscribe(subscriber, "cam", prefs).unwrap();
+    (sim, t, sub)
+}
+
 /// Traffic on every layer for `d`, a burst each 100 ms with a keyframe on each layer in
 /// turn; returns the layer the subscription ends on.
 fn traffic(sim: &mut Sim, track: TrackHandle, sub: SubscriptionId, d: Duration) -> Option<u8> {
@@ -303,14 +317,7 @@ fn until(
 /// and the next waits twice as long; a falling estimate ends a trial at once.
 #[test]
 fn a_subscriber_held_low_by_its_estimate_tries_the_next_layer_while_the_estimate_climbs() {
-    let mut sim = Sim::new();
-    sim.join("pub", ParticipantKind::Client, false).unwrap();
-    sim.join("s", ParticipantKind::Client, false).unwrap();
-    let t = sim.publish("pub", video("cam")).unwrap();
-    for rid in ["q", "h", "f"] {
-        sim.add_layer(t, rid);
-    }
-    let sub = sim.subscribe("s", "cam", Preferences::default()).unwrap();
+    let (mut sim, t, sub) = simulcast_to("s", Preferences::default());
     // 100 kbit/s fits (with headroom), 300 does not.
     sim.estimate("s", 150_000);
     assert_eq!(traffic(&mut sim, t, sub, Duration::from_secs(1)), Some(0));
@@ -346,14 +353,7 @@ fn a_subscriber_held_low_by_its_estimate_tries_the_next_layer_while_the_estimate
 /// for one without an estimate (it gets what its preferences allow).
 #[test]
 fn no_trial_above_what_the_preferences_allow() {
-    let mut sim = Sim::new();
-    sim.join("pub", ParticipantKind::Client, false).unwrap();
-    sim.join("s", ParticipantKind::Client, false).unwrap();
-    let t = sim.publish("pub", video("cam")).unwrap();
-    for rid in ["q", "h", "f"] {
-        sim.add_layer(t, rid);
-    }
-    let sub = sim.subscribe("s", "cam", Preferences { max_layer: Some(0), ..Default::default() }).unwrap();
+    let (mut sim, t, sub) = simulcast_to("s", Preferences { max_layer: Some(0), ..Default::default() });
     sim.estimate("s", 150_000);
     assert_eq!(traffic(&mut sim, t, sub, PROBE_WAIT * 3), Some(0));
     assert_eq!(sim.room.counters().layer_probes, 0);

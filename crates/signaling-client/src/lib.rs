@@ -435,7 +435,7 @@ impl MediaSignal for ViaSignaling {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.0.media.tx.lock().unwrap() = Some(tx);
         *self.0.media.rx.lock().await = Some(rx);
-        Ok(self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks }).await?)
+        Ok(self.offer(OfferPayload { sdp: request.offer, tracks: request.tracks, fresh: true }).await?)
     }
     async fn publisher_offer(
         &self,
@@ -443,7 +443,7 @@ impl MediaSignal for ViaSignaling {
         _participant: &str,
         request: OfferRequest,
     ) -> MediaResult<AnswerResponse> {
-        Ok(self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks }).await?)
+        Ok(self.offer(OfferPayload { sdp: Some(request.sdp), tracks: request.tracks, fresh: false }).await?)
     }
     async fn subscriber_answer(&self, _room: &str, _participant: &str, sdp: String) -> MediaResult<()> {
         self.0.request(types::ANSWER, serde_json::json!({ "sdp": sdp })).await?;

@@ -189,6 +189,11 @@ pub struct OfferPayload {
     pub sdp: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tracks: Vec<TrackDescription>,
+    /// The offer starts new connections (a reloaded page resuming its session, a client
+    /// starting over): the session's media at the SFU, if any, is replaced rather than
+    /// renegotiated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -259,6 +259,19 @@ fn bad_specs_fail_with_the_reason_once() {
     }
 }
 
+/// A placed meeting (its seats booked) observed at `now`: the decision releases its
+/// seats and the status says Ended without an assignment.
+fn ends_and_releases(m: Meeting, now: jiff::Timestamp) -> super::status::Finished {
+    let mut o = observed(m, vec![room(pool("p").build(), None)], now);
+    o.assignment = Some(AssignmentSeen { faults: vec![], booked: true, strays: vec![] });
+    let d = decide(&o);
+    assert_eq!(d.hold, Holding::Release);
+    let f = finish(&o, d, Outcome::Nothing);
+    assert_eq!(f.status.phase, Some(MeetingPhase::Ended));
+    assert!(f.status.assignment.is_none());
+    f
+}
+
 #[test]
 fn an_empty_active_meeting_ends_after_its_timeout_and_releases_its_seats() {
     let m = meeting("m")
@@ -266,13 +279,7 @@ fn an_empty_active_meeting_ends_after_its_timeout_and_releases_its_seats() {
         .status(json!({"phase": "Active", "startedAt": t0().to_string(), "emptySince": at(10).to_string(),
                        "assignment": assignment("p", "p-1", &[]), "participants": {"current": 0}}))
         .build();
-    let mut o = observed(m, vec![room(pool("p").build(), None)], at(311));
-    o.assignment = Some(AssignmentSeen { faults: vec![], booked: true, strays: vec![] });
-    let d = decide(&o);
-    assert_eq!(d.hold, Holding::Release);
-    let f = finish(&o, d, Outcome::Nothing);
-    assert_eq!(f.status.phase, Some(MeetingPhase::Ended));
-    assert!(f.status.assignment.is_none());
+    let f = ends_and_releases(m, at(311));
     assert_eq!(condition(&f.status, "Ended"), Some(("True", "Empty")));
     assert_eq!(reasons(&f.events), ["Ended"]);
 }
@@ -284,13 +291,7 @@ fn a_busy_meeting_a_host_ended_releases_its_seats_and_says_who() {
                        "assignment": assignment("p", "p-1", &[]), "participants": {"current": 12},
                        "endRequested": {"at": at(10).to_string(), "by": "alice"}}))
         .build();
-    let mut o = observed(m, vec![room(pool("p").build(), None)], at(11));
-    o.assignment = Some(AssignmentSeen { faults: vec![], booked: true, strays: vec![] });
-    let d = decide(&o);
-    assert_eq!(d.hold, Holding::Release);
-    let f = finish(&o, d, Outcome::Nothing);
-    assert_eq!(f.status.phase, Some(MeetingPhase::Ended));
-    assert!(f.status.assignment.is_none());
+    let f = ends_and_releases(m, at(11));
     assert!(f.status.end_requested.is_none(), "signaling's field: the operator does not write it");
     assert_eq!(condition(&f.status, "Ended"), Some(("True", "EndedByHost")));
     assert_eq!(
