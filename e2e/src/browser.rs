@@ -39,12 +39,20 @@ pub fn simulcast(publisher: &str, viewer: &str) -> Result<serde_json::Value, Str
     script("simulcast.mjs", &[publisher, viewer], &[])
 }
 
-/// The host's page of a meeting with a waiting room (`waiting.mjs`): it shows the two
-/// guests waiting, keeps a screenshot, denies `denied` and admits `admitted`.
-pub fn waiting_room(host_url: &str, denied: &str, admitted: &str) -> Result<serde_json::Value, String> {
+/// The host's page of a meeting with a waiting room (`waiting.mjs`): it shows the
+/// guests waiting, keeps a screenshot, denies `denied`, admits `admitted`, and admits
+/// `others` with "Admit all".
+pub fn waiting_room(
+    host_url: &str,
+    denied: &str,
+    admitted: &str,
+    others: &[&str],
+) -> Result<serde_json::Value, String> {
     let artifacts = crate::repo_root().join("target/test-artifacts");
     let _ = std::fs::create_dir_all(&artifacts);
-    script("waiting.mjs", &[host_url, denied, admitted], &[("ARTIFACTS", artifacts.display().to_string())])
+    let mut args = vec![host_url, denied, admitted];
+    args.extend_from_slice(others);
+    script("waiting.mjs", &args, &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
 /// A host page and a guest page (`meeting_controls.mjs`), with a participant named

@@ -283,9 +283,9 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
     m.env.ns.delete().await;
 }
 
-/// The waiting room from the host's page: two guests (Rust clients) wait and are shown;
+/// The waiting room from the host's page: four guests (Rust clients) wait and are shown;
 /// the host denies one, whose connection is told it was removed and whose user cannot
-/// join again, and admits the other, who is told so.
+/// join again, admits another, who is told so, and the last two with "Admit all".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
     let _turn = BROWSERS.lock().await;
@@ -294,16 +294,23 @@ async fn a_host_denies_and_admits_waiting_guests_from_the_page() {
     let server = &m.server;
     let (gus, _, gus_joined) = connect(&rest(&server.url, "gus", None), "lobby").await;
     let (gwen, _, _) = connect(&rest(&server.url, "gwen", None), "lobby").await;
+    let (gail, _, _) = connect(&rest(&server.url, "gail", None), "lobby").await;
+    let (glen, _, _) = connect(&rest(&server.url, "glen", None), "lobby").await;
     assert!(!gus_joined.participant.admitted, "guests wait");
     let url = m.url("hana");
-    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::waiting_room(&url, "GUS", "GWEN"))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("browser: {e}"));
+    let report = tokio::task::spawn_blocking(move || {
+        switchboard_e2e::browser::waiting_room(&url, "GUS", "GWEN", &["GAIL", "GLEN"])
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("browser: {e}"));
     println!("waiting report: {report}");
     assert_eq!(report["waitingRoomShown"], true, "{report}");
     assert!(report["stillWaiting"].as_array().unwrap().is_empty(), "nobody left waiting: {report}");
     gwen.wait_for("admission", WAIT, |e| e.type_ == types::ADMITTED).await.expect("gwen admitted");
+    for (who, guest) in [("gail", &gail), ("glen", &glen)] {
+        guest.wait_for(who, WAIT, |e| e.type_ == types::ADMITTED).await.expect("admitted by Admit all");
+    }
     gus.wait_closed(WAIT).await.expect("the denied guest's connection closes");
     let again = rest(&server.url, "gus", None).join("lobby").await;
     assert!(again.is_err(), "a denied user cannot come back: {again:?}");
@@ -334,6 +341,7 @@ async fn each_meeting_control_clicked_on_one_page_acts_on_the_other() {
         .unwrap()
         .unwrap_or_else(|e| panic!("browsers: {e}"));
     println!("meeting controls report: {report}");
+    let rate = |step: &str| report[step]["energyPerSecond"].as_f64().unwrap();
     // Hand: up at the host, and after the guest's reload on both pages; the reload
     // resumed the same participant (no second GIL in the list).
     assert_eq!(report["hand"]["guestLabel"], "Lower hand", "the reloaded page shows the hand up: {report}");
@@ -346,11 +354,16 @@ async fn each_meeting_control_clicked_on_one_page_acts_on_the_other() {
     assert!(screen["tiles"].as_array().unwrap().contains(&screen["key"]), "{report}");
     assert!(screen["width"].as_u64().unwrap() > 0 && screen["moving"] == true, "a moving picture: {report}");
     assert_eq!(screen["removed"], true, "stopping the share removes the tile: {report}");
+    // The host's mute holds until the host allows unmuting; the host stops the camera.
+    assert!(rate("hostMuted") < rate("speaking") / 50.0, "a host's mute is silence: {report}");
+    assert_eq!(report["unmuteRefusedLabel"], "Unmute", "the guest cannot lift it: {report}");
+    assert_eq!(report["allowedBack"]["label"], "Mute", "{report}");
+    assert!(rate("allowedBack") > rate("speaking") / 5.0, "allowed, the guest is heard again: {report}");
+    assert_eq!(report["cameraStopped"], true, "the host's page shows the guest's camera off: {report}");
     // Remove: the Rust participant is told and its connection closes.
     assert_eq!(report["removedGone"], true, "{report}");
     rudy.wait_for("removal", WAIT, |e| e.type_ == types::REMOVE).await.expect("rudy told it was removed");
     rudy.wait_closed(WAIT).await.expect("rudy's connection closes");
-    let rate = |step: &str| report[step]["energyPerSecond"].as_f64().unwrap();
     // Chromium's fake microphone beeps; played out at the host it carries energy.
     assert!(rate("speaking") > 1e-4, "the guest's audio reaches the host: {report}");
     assert_eq!(report["guestMicLabel"], "Unmute", "{report}");

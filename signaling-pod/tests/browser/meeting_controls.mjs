@@ -7,6 +7,9 @@
 //   stopping the share removes it;
 // - the guest's microphone: the audio energy arriving at the host (getStats
 //   totalAudioEnergy of what it plays out) stops growing, and grows again on unmute;
+// - the host mutes the guest (silence at the host; the guest's unmute is refused),
+//   allows it again (the guest unmutes: sound), and stops the guest's camera (the
+//   guest's page shows it off, the host's tile shows initials);
 // - the host removes the Rust participant (the test checks it was told and closed);
 // - the host clicks "End for all": both pages show that the meeting ended and do not
 //   reconnect.
@@ -85,6 +88,25 @@ try {
   await guest.click("#mic");
   await sleep(1000);
   report.unmuted = await energyRate(host);
+
+  // The host's controls on the guest: mute (the guest cannot undo it), allow unmute
+  // (the guest then can), stop the camera.
+  const onGuest = (label) => `#people li:has-text("GIL") button:text-is("${label}")`;
+  await host.click(onGuest("Mute"));
+  await guest.waitForFunction(() => document.getElementById("mic").textContent === "Unmute", null, { timeout: 10000 });
+  await sleep(1000);
+  report.hostMuted = await energyRate(host);
+  await guest.click("#mic"); // refused: a host's mute holds
+  await sleep(1000);
+  report.unmuteRefusedLabel = await guest.textContent("#mic");
+  await host.click(onGuest("Allow unmute"));
+  await guest.waitForFunction(() => [...document.querySelectorAll("#chat p")].some((p) => p.textContent.includes("allows you to turn your microphone")), null, { timeout: 10000 });
+  await guest.click("#mic");
+  await sleep(1000);
+  report.allowedBack = { label: await guest.textContent("#mic"), ...(await energyRate(host)) };
+  await host.click(onGuest("Stop video"));
+  await guest.waitForFunction(() => document.getElementById("cam").textContent === "Start video", null, { timeout: 10000 });
+  report.cameraStopped = await host.waitForFunction((id) => window.switchboard.tiles.get(id)?.classList.contains("camera-off"), guestId, { timeout: 10000 }).then(() => true, () => false);
 
   // The host removes the Rust participant from the people list.
   await host.click(`#people li:has-text("${otherName}") button:has-text("Remove")`);
