@@ -25,6 +25,8 @@ fn parses_each_client_type() {
         r#"{"type":"subscription","payload":{"track":"cam","maxHeight":180}}"#,
         r#"{"type":"subscription","payload":{"track":"cam","paused":true}}"#,
         r#"{"type":"start-recording"}"#,
+        r#"{"type":"end-meeting"}"#,
+        r#"{"type":"offer","payload":{"fresh":true}}"#,
         r#"{"type":"ping","id":"7"}"#,
     ];
     for c in cases {
@@ -52,6 +54,8 @@ fn bad_frames_get_named_errors_with_the_request_id() {
     assert_eq!(parse(&big).unwrap_err().code, ErrorCode::TooLarge);
     let e = parse(r#"{"type":"mute","payload":{"participantId":"p","kind":"smell"}}"#).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidPayload);
+    let e = parse(r#"{"type":"offer","payload":{"fresh":"yes"}}"#).unwrap_err();
+    assert_eq!((e.code, e.refused.as_deref()), (ErrorCode::InvalidPayload, Some("offer")));
     // The error serializes to an `error` envelope carrying the id.
     let env = parse(r#"{"type":"nope","id":"x"}"#).unwrap_err().envelope();
     assert_eq!(env.type_, "error");
