@@ -187,6 +187,10 @@ async fn a_host_ending_a_busy_meeting_ends_it_for_everyone() {
     // again under the same name.
     let stale = end(Some("00000000-0000-0000-0000-000000000000".into()), "mallory");
     assert!(meetings.patch_status("allhands", &params, &stale).await.is_err());
+    // A `by` past the schema's bound is refused by the API server, with the field named.
+    let long = meetings.patch_status("allhands", &params, &end(m.metadata.uid.clone(), &"x".repeat(200))).await;
+    let e = long.expect_err("a 200-character `by` is refused").to_string();
+    assert!(e.contains("endRequested.by"), "{e}");
     let m = meetings.get("allhands").await.unwrap();
     assert_eq!(m.status.and_then(|s| s.end_requested).map(|r| r.by).as_deref(), Some("alice-1"));
     operator.stop().await.unwrap();

@@ -184,6 +184,8 @@ mod tests {
     const OFFER: &str = r#"{"type":"offer","payload":{"sdp":"v=0"}}"#;
     const RECEIVE_ONLY: &str = r#"{"type":"offer","payload":{}}"#;
     const TRACKS_ONLY: &str = r#"{"type":"offer","payload":{"tracks":[{"id":"m","source":"Microphone"}]}}"#;
+    const FRESH: &str = r#"{"type":"offer","payload":{"sdp":"v=0","fresh":true}}"#;
+    const FRESH_RECEIVE_ONLY: &str = r#"{"type":"offer","payload":{"fresh":true}}"#;
     const SCREEN: &str = r#"{"type":"offer","payload":{"tracks":[{"id":"s","source":"ScreenShare"}]}}"#;
     const MUTE_BOB: &str = r#"{"type":"mute","payload":{"participantId":"bob"}}"#;
     const MUTE_ME: &str = r#"{"type":"mute","payload":{"participantId":"me","muted":false}}"#;
@@ -218,6 +220,11 @@ mod tests {
             (admitted(Role::Viewer), OFFER, Err(ErrorCode::Forbidden)),
             (admitted(Role::Viewer), RECEIVE_ONLY, Ok(Step::Act)),
             (admitted(Role::Viewer), TRACKS_ONLY, Err(ErrorCode::Forbidden)),
+            // `fresh` replaces the caller's own connections: it grants nothing more.
+            (admitted(Role::Participant), FRESH, Ok(Step::Act)),
+            (admitted(Role::Viewer), FRESH, Err(ErrorCode::Forbidden)),
+            (admitted(Role::Viewer), FRESH_RECEIVE_ONLY, Ok(Step::Act)),
+            (waiting, FRESH, Err(ErrorCode::NotAdmitted)),
             (admitted(Role::Participant), SCREEN, Ok(Step::Act)),
             (admitted(Role::Viewer), SCREEN, Err(ErrorCode::Forbidden)),
             (admitted(Role::CoHost), ADMIT, Ok(Step::Act)),
