@@ -266,6 +266,99 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
     assert_eq!(sim.room.forwarded_layer(slow), Some(0));
 }
 
+/// A room where `pub` publishes a camera with layers q, h and f and `subscriber`
+/// receives it with `prefs`.
+fn simulcast_to(subscriber: &str, prefs: Preferences) -> (Sim, TrackHandle, SubscriptionId) {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join(subscriber, ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    let sub = sim.subscribe(subscriber, "cam", prefs).unwrap();
+    (sim, t, sub)
+}
+
+/// Traffic on every layer for `d`, a burst each 100 ms with a keyframe on each layer in
+/// turn; returns the layer the subscription ends on.
+fn traffic(sim: &mut Sim, track: TrackHandle, sub: SubscriptionId, d: Duration) -> Option<u8> {
+    let bursts = (d.as_millis() / 100) as usize;
+    for i in 0..bursts {
+        burst(sim, track, sub, Some(i % 3));
+        sim.advance(Duration::from_millis(100));
+    }
+    sim.room.forwarded_layer(sub)
+}
+
+/// Traffic as [`traffic`] until the room's counters satisfy `done` (at most `limit`);
+/// returns how long that took.
+fn until(
+    sim: &mut Sim,
+    track: TrackHandle,
+    sub: SubscriptionId,
+    limit: Duration,
+    done: impl Fn(&Counters) -> bool,
+) -> Duration {
+    let start = sim.now;
+    let mut i = 0;
+    while !done(&sim.room.counters()) {
+        assert!(sim.now - start < limit, "not within {limit:?}: {:?}", sim.room.counters());
+        burst(sim, track, sub, Some(i % 3));
+        sim.advance(Duration::from_millis(100));
+        i += 1;
+    }
+    sim.now - start
+}
+
+/// A receive-side estimate only grows with what arrives, so a subscriber held on the
+/// lowest layer gets the next one on trial: the trial lasts while its estimate climbs
+/// and succeeds once the estimate fits; a trial whose estimate stops climbing fails,
+/// and the next waits twice as long; a falling estimate ends a trial at once.
+#[test]
+fn a_subscriber_held_low_by_its_estimate_tries_the_next_layer_while_the_estimate_climbs() {
+    let (mut sim, t, sub) = simulcast_to("s", Preferences::default());
+    // 100 kbit/s fits (with headroom), 300 does not.
+    sim.estimate("s", 150_000);
+    assert_eq!(traffic(&mut sim, t, sub, Duration::from_secs(1)), Some(0));
+    assert_eq!(sim.room.counters().layer_probes, 0, "not before the wait");
+    // Settled on the low layer for the wait: the middle one on trial.
+    assert_eq!(traffic(&mut sim, t, sub, PROBE_WAIT + Duration::from_millis(500)), Some(1));
+    assert_eq!(sim.room.counters().layer_probes, 1);
+    // The estimate climbs with what arrives until it fits: the trial succeeded.
+    for bps in [200_000, 280_000, 420_000] {
+        sim.estimate("s", bps);
+        assert_eq!(traffic(&mut sim, t, sub, Duration::from_millis(500)), Some(1), "at {bps}");
+    }
+    assert_eq!(sim.room.counters().layer_probes_failed, 0);
+    // Next, the top layer on trial; the estimate stays where it is: the trial fails
+    // after the stall time, back to the middle layer.
+    let started = until(&mut sim, t, sub, PROBE_WAIT * 2, |c| c.layer_probes == 2);
+    assert!(started >= PROBE_WAIT - Duration::from_millis(1500), "{started:?}");
+    assert_eq!(traffic(&mut sim, t, sub, Duration::from_millis(500)), Some(2));
+    let failed = until(&mut sim, t, sub, PROBE_STALL * 2, |c| c.layer_probes_failed == 1);
+    assert!(failed + Duration::from_millis(500) >= PROBE_STALL - LAYER_EVAL_INTERVAL, "{failed:?}");
+    assert_eq!(traffic(&mut sim, t, sub, Duration::from_millis(500)), Some(1));
+    // The next trial waits twice as long.
+    let next = until(&mut sim, t, sub, PROBE_WAIT * 4, |c| c.layer_probes == 3) + Duration::from_millis(500);
+    assert!(next >= PROBE_WAIT * 2 && next <= PROBE_WAIT * 2 + Duration::from_millis(1000), "{next:?}");
+    assert_eq!(traffic(&mut sim, t, sub, Duration::from_millis(500)), Some(2));
+    // The estimate falls during the trial: it ends at once, down to what fits.
+    sim.estimate("s", 250_000);
+    assert_eq!(traffic(&mut sim, t, sub, Duration::from_millis(300)), Some(0));
+    assert_eq!(sim.room.counters().layer_probes_failed, 2);
+}
+
+/// Nothing is tried for a subscriber its preferences already hold (a small tile), nor
+/// for one without an estimate (it gets what its preferences allow).
+#[test]
+fn no_trial_above_what_the_preferences_allow() {
+    let (mut sim, t, sub) = simulcast_to("s", Preferences { max_layer: Some(0), ..Default::default() });
+    sim.estimate("s", 150_000);
+    assert_eq!(traffic(&mut sim, t, sub, PROBE_WAIT * 3), Some(0));
+    assert_eq!(sim.room.counters().layer_probes, 0);
+}
+
 #[test]
 fn preferences_cap_the_layer() {
     let mut sim = Sim::new();

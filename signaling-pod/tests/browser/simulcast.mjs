@@ -1,7 +1,8 @@
 // Two headless Chromium pages in one meeting: the first publishes its camera as
 // simulcast; on the second, the first's tile is made large, then small, then hidden,
 // then shown again. Reports the decoded picture's width (getStats frameWidth) and the
-// frames decoded at each step, and the SFU layers the first page sends.
+// frames decoded at each step, how long the large tile took to get the widest layer,
+// and the SFU layers the first page sends.
 // Usage: node simulcast.mjs <url-publisher> <url-viewer>; prints `RESULT <json>`.
 import { launch, openPage } from "./chromium.mjs";
 
@@ -48,10 +49,18 @@ try {
     const b = await inbound(viewer);
     report[name] = { frameWidth: b.frameWidth, decodedDuring: b.framesDecoded - a.framesDecoded, packetsDuring: b.packets - a.packets };
   };
-  await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 5000);
+  // Large: the SFU climbs layer by layer as the viewer's estimate grows (each layer on
+  // trial first); how long until the widest layer the publisher sends is decoded.
+  const widest = Math.max(...report.rids.map((r) => Number(r.split(":")[1]) || 0));
+  await setTile(viewer, { width: "1280px", height: "720px", aspectRatio: "auto", display: "" });
+  const largeFrom = Date.now();
+  while (Date.now() - largeFrom < 25000 && (await inbound(viewer)).frameWidth < widest) await sleep(250);
+  report.largeReachedMs = Date.now() - largeFrom;
+  await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 500);
   await step("small", { width: "160px", height: "90px", aspectRatio: "auto", display: "" }, 5000);
   await step("hidden", { display: "none" }, 3000);
   await step("shown", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 5000);
+  report.widest = widest;
   report.wishes = await viewer.evaluate(() => [...window.switchboard.wishes.values()]);
   console.log("RESULT " + JSON.stringify(report));
 } finally {
