@@ -260,9 +260,12 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
     let width = |step: &str| report[step]["frameWidth"].as_u64().unwrap();
     let decoding = |step: &str| report[step]["decodedDuring"].as_u64().unwrap();
     // The small tile's wish caps the layer at the lowest (q, the narrowest sent). The
-    // large tile gets the widest layer sent: Chromium holds its REMB near 1.5 times what
-    // it receives, so the SFU puts the next layer up on trial while the estimate climbs
-    // (sfu-core's PROBE_*), layer by layer.
+    // large tile is given the widest layer sent: Chromium holds its REMB near 1.5 times
+    // what it receives, so the SFU puts the next layer up on trial while the estimate
+    // climbs (sfu-core's PROBE_*), layer by layer. Whether the top layer then stays
+    // depends on Chromium's estimator: on a busy machine it can hold its estimate (it
+    // reads jitter as queuing), the trial fails after its stall time and the tile
+    // keeps the middle layer until the next trial (seen in one run of five).
     let lowest = report["rids"]
         .as_array()
         .unwrap()
@@ -272,9 +275,10 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
         .min()
         .unwrap();
     assert_eq!(width("small"), lowest, "a small tile receives the lowest layer: {report}");
-    let widest = report["widest"].as_u64().unwrap();
-    assert_eq!(width("large"), widest, "a large tile receives the widest layer sent: {report}");
-    assert!(width("large") > width("small"), "{report}");
+    report["largeReachedMs"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a large tile is given the widest layer sent, within 25 s: {report}"));
+    assert!(width("large") > width("small"), "and keeps one larger than the small tile's: {report}");
     for step in ["small", "large", "shown"] {
         assert!(decoding(step) > 5, "frames keep decoding ({step}): {report}");
     }

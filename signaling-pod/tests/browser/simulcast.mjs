@@ -55,7 +55,7 @@ try {
   await setTile(viewer, { width: "1280px", height: "720px", aspectRatio: "auto", display: "" });
   const largeFrom = Date.now();
   while (Date.now() - largeFrom < 25000 && (await inbound(viewer)).frameWidth < widest) await sleep(250);
-  report.largeReachedMs = Date.now() - largeFrom;
+  report.largeReachedMs = (await inbound(viewer)).frameWidth >= widest ? Date.now() - largeFrom : null;
   await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 500);
   await step("small", { width: "160px", height: "90px", aspectRatio: "auto", display: "" }, 5000);
   await step("hidden", { display: "none" }, 3000);
