@@ -13,6 +13,8 @@
 //! | `SWITCHBOARD_POOL`, `SWITCHBOARD_NAMESPACE`, `SWITCHBOARD_POD_NAME` | none | when all set, the heartbeat Lease is renewed |
 //! | `SWITCHBOARD_DRAIN_TIMEOUT_SECONDS` | 14400 | after SIGTERM, exit when drained or after this long |
 //! | `SWITCHBOARD_NAME` | pod name or `sfu` | this SFU's name on origins it relays from |
+//! | `SWITCHBOARD_LOUDEST_SPEAKERS` | 3 | in rooms of at least `SWITCHBOARD_LOUDEST_FROM` clients, each listener receives only this many of the loudest other voices (`switchboard_sfu_core::loudest`); `0` forwards every voice to everyone |
+//! | `SWITCHBOARD_LOUDEST_FROM` | 10 | the room size (clients) from which loudest-speaker audio applies |
 //! | `SWITCHBOARD_WORKER_THREADS` | all available cores | tokio worker threads; `1` runs one single-threaded runtime (the cheapest per packet, see BENCHMARKS); `0` is the default. The operator sets it from the container's CPU request |
 
 use std::net::SocketAddr;
@@ -24,6 +26,37 @@ use switchboard_sfu_client::ApiToken;
 use switchboard_sfu_client::auth::{INSECURE_ENV, TOKEN_ENV, TOKEN_FILE_ENV};
 
 use crate::relay::{Cidr, RelayPolicy};
+use switchboard_sfu_core::AudioPolicy;
+
+pub const LOUDEST_SPEAKERS_ENV: &str = "SWITCHBOARD_LOUDEST_SPEAKERS";
+pub const LOUDEST_FROM_ENV: &str = "SWITCHBOARD_LOUDEST_FROM";
+
+/// Bounds: a listener's client decodes every voice it receives, and a room smaller than
+/// 2 has nobody to choose among.
+const MAX_LOUDEST_SPEAKERS: usize = 16;
+
+/// `SWITCHBOARD_LOUDEST_SPEAKERS` and `SWITCHBOARD_LOUDEST_FROM`, over the defaults.
+pub fn audio_policy_from_env() -> anyhow::Result<AudioPolicy> {
+    audio_policy(var(LOUDEST_SPEAKERS_ENV), var(LOUDEST_FROM_ENV))
+}
+
+fn audio_policy(speakers: Option<String>, from_clients: Option<String>) -> anyhow::Result<AudioPolicy> {
+    let default = AudioPolicy::default();
+    let number = |name: &str, value: Option<String>, default: usize| -> anyhow::Result<usize> {
+        match value {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name} must be a whole number, not {v:?}")),
+        }
+    };
+    let speakers = number(LOUDEST_SPEAKERS_ENV, speakers, default.speakers)?;
+    anyhow::ensure!(
+        speakers <= MAX_LOUDEST_SPEAKERS,
+        "{LOUDEST_SPEAKERS_ENV} is at most {MAX_LOUDEST_SPEAKERS} (0 forwards every voice), not {speakers}"
+    );
+    let from_clients = number(LOUDEST_FROM_ENV, from_clients, default.from_clients)?;
+    anyhow::ensure!(from_clients >= 2, "{LOUDEST_FROM_ENV} is at least 2 (a room size), not {from_clients}");
+    Ok(AudioPolicy { speakers, from_clients })
+}
 
 /// Address blocks a relay origin must be in.
 pub const RELAY_ALLOWED_CIDRS_ENV: &str = "SWITCHBOARD_RELAY_ALLOWED_CIDRS";
@@ -47,6 +80,8 @@ pub struct Config {
     pub name: String,
     /// None: one worker per available core.
     pub worker_threads: Option<usize>,
+    /// Which audio listeners receive (loudest speakers only from a room size on).
+    pub audio_policy: AudioPolicy,
     /// The credential callers must present; `None` only with `SWITCHBOARD_SFU_API_INSECURE=true`.
     pub api_token: Option<ApiToken>,
     /// Which relay origins this SFU accepts (`own` is filled in once the API listens).
@@ -117,6 +152,7 @@ impl Config {
             },
             None => None,
         };
+        let audio_policy = audio_policy_from_env()?;
         let relay = RelayPolicy {
             allowed: var(RELAY_ALLOWED_CIDRS_ENV)
                 .unwrap_or_default()
@@ -149,8 +185,32 @@ impl Config {
             drain_timeout,
             name,
             worker_threads,
+            audio_policy,
             api_token,
             relay,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audio_policy_is_bounded_with_named_errors() {
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(audio_policy(None, None).unwrap(), AudioPolicy::default());
+        assert_eq!(audio_policy(some("0"), None).unwrap(), AudioPolicy { speakers: 0, from_clients: 10 });
+        assert_eq!(audio_policy(some("5"), some("2")).unwrap(), AudioPolicy { speakers: 5, from_clients: 2 });
+        for (speakers, from, named) in [
+            (some("17"), None, "SWITCHBOARD_LOUDEST_SPEAKERS is at most 16"),
+            (some("-1"), None, "SWITCHBOARD_LOUDEST_SPEAKERS must be a whole number"),
+            (some("three"), None, "SWITCHBOARD_LOUDEST_SPEAKERS must be a whole number"),
+            (None, some("1"), "SWITCHBOARD_LOUDEST_FROM is at least 2"),
+            (None, some("1e3"), "SWITCHBOARD_LOUDEST_FROM must be a whole number"),
+        ] {
+            let e = audio_policy(speakers, from).unwrap_err().to_string();
+            assert!(e.contains(named), "{e}");
+        }
     }
 }

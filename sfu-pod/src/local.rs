@@ -45,6 +45,7 @@ pub async fn start_on(name: &str, media_ip: std::net::IpAddr) -> anyhow::Result<
         ..Default::default()
     };
     let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
+    sfu.set_audio_policy(crate::config::audio_policy_from_env()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {

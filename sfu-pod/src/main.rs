@@ -54,6 +54,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         ..Default::default()
     };
     let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
+    sfu.set_audio_policy(cfg.audio_policy);
 
     let listener =
         tokio::net::TcpListener::bind(cfg.api_addr).await.with_context(|| format!("binding API {}", cfg.api_addr))?;

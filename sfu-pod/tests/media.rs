@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchboard_sfu_client::{Participant, Publish};
+use switchboard_sfu_client::{Participant, Publish, PublishKind};
 
 fn av(p: &str) -> Vec<Publish> {
     vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))]
@@ -551,4 +551,95 @@ async fn subscriptions_mute_unpublish_and_screen_share_through_the_api() {
     assert_eq!(tracks, vec!["alice-cam", "alice-screen"]);
     assert_eq!(status.subscriptions, 0);
     drop(alice);
+}
+
+/// Whose audio each of `people` received in `window`: per listener, the publishers of
+/// the audio tracks that delivered at least a third of their 50 packets a second.
+async fn heard_over(people: &[Participant], window: Duration) -> Vec<Vec<String>> {
+    let before: Vec<_> = people.iter().map(|p| p.received()).collect();
+    tokio::time::sleep(window).await;
+    let floor = (window.as_secs_f64() * 50.0 / 3.0) as u64;
+    people
+        .iter()
+        .zip(before)
+        .map(|(p, before)| {
+            let mut who: Vec<String> = p
+                .received()
+                .into_iter()
+                .filter(|(id, r)| !r.video && r.packets - before.get(id).map_or(0, |b| b.packets) >= floor)
+                .map(|(_, r)| r.publisher)
+                .collect();
+            who.sort();
+            who
+        })
+        .collect()
+}
+
+/// Loudest-speaker audio on a real SFU process: twelve clients with open microphones,
+/// each client hears exactly the three loudest of the others (by the RFC 6464 level in
+/// their packets), and that set follows the levels as they change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_room_of_twelve_each_listener_receives_the_three_loudest_others() {
+    let _slot = media_slot().await;
+    let sfu = SfuProcess::start_with("sfu-loudest", &[("SWITCHBOARD_LOUDEST_SPEAKERS", "3")]);
+    let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    let joined = futures::future::join_all(names.iter().map(|p| {
+        // Silent until told to talk.
+        let mic = Publish { kind: PublishKind::Audio { level: 127 }, ..Publish::audio(&format!("{p}-mic")) };
+        Participant::join(sfu.api.clone(), "all-hands", p, publishing(vec![mic]))
+    }))
+    .await;
+    let people: Vec<Participant> = joined.into_iter().map(|p| p.expect("joins")).collect();
+    let talk = |levels: &[(usize, u8)]| {
+        for (i, p) in people.iter().enumerate() {
+            let level = levels.iter().find(|(who, _)| *who == i).map_or(127, |(_, l)| *l);
+            assert!(p.set_audio_level(&format!("{}-mic", p.id), level));
+        }
+    };
+    // Everyone's microphone published and subscribed to by the eleven others.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status: switchboard_sfu_api::RoomStatus =
+            sfu.api.get(&sfu.api.url(switchboard_sfu_api::paths::ROOM, "all-hands", "", "")).await.unwrap();
+        if status.tracks.len() == 12 && status.subscriptions == 12 * 11 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let names_of = |idx: &[usize]| idx.iter().map(|i| names[*i].clone()).collect::<Vec<_>>();
+
+    // p00, p01, p02 talk; the rest are silent.
+    talk(&[(0, 20), (1, 25), (2, 30)]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heard = heard_over(&people, Duration::from_secs(2)).await;
+    for (i, h) in heard.iter().enumerate().skip(3) {
+        assert_eq!(h, &names_of(&[0, 1, 2]), "{} hears the three talkers", names[i]);
+    }
+    assert_eq!(heard[0], names_of(&[1, 2]), "a talker hears the other two, never itself");
+
+    // p02 stops and p05 starts, loud: everyone but p05 hears p00, p01, p05.
+    talk(&[(0, 20), (1, 25), (5, 10)]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let heard = heard_over(&people, Duration::from_secs(2)).await;
+    for (i, h) in heard.iter().enumerate().filter(|(i, _)| ![0, 1, 5].contains(i)) {
+        assert_eq!(h, &names_of(&[0, 1, 5]), "{} follows the change", names[i]);
+    }
+    // p05's set keeps p02's place (nobody else talks to take it), silent now.
+    assert_eq!(heard[5], names_of(&[0, 1, 2]));
+
+    // Every client's downlink carries 3 voices, not 11: each packet in goes to three
+    // listeners on average.
+    let counts = || async {
+        let forwarded = sample(&sfu, "switchboard_sfu_rtp_packets_forwarded_total").await;
+        (forwarded, sample(&sfu, "switchboard_sfu_rtp_packets_received_total").await)
+    };
+    let (f0, r0) = counts().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (f1, r1) = counts().await;
+    let per_packet = (f1 - f0) / (r1 - r0);
+    assert!((2.5..3.5).contains(&per_packet), "each packet went to {per_packet} listeners (11 without it)");
+    for p in people {
+        p.leave().await.unwrap();
+    }
 }

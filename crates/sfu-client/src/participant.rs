@@ -3,7 +3,7 @@
 //! synthetic media sources, and counters for everything received.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -295,6 +295,8 @@ pub struct Participant {
     video_ssrcs: Arc<Mutex<HashSet<u32>>>,
     /// Bumped to make the next video frame of every layer a keyframe (PLI, FIR).
     keyframe_wanted: Arc<AtomicU64>,
+    /// Per published audio track: the level its packets carry.
+    audio_levels: HashMap<String, Arc<AtomicU8>>,
     stop: Arc<Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -521,6 +523,8 @@ impl Participant {
         let downlink_cap: Arc<Mutex<Option<u64>>> = Arc::default();
         tasks.push(tokio::spawn(remb_loop(subscriber.clone(), downlink_cap.clone(), video_ssrcs.clone())));
 
+        let audio_levels: HashMap<String, Arc<AtomicU8>> =
+            sources.iter().filter(|(s, _)| !s.video).map(|(s, _)| (s.id.clone(), s.level.clone())).collect();
         for (source, sender) in sources {
             let wanted = keyframe_wanted.clone();
             // Each simulcast encoding has its own RTCP stream (its PLIs and NACKs).
@@ -564,6 +568,7 @@ impl Participant {
             downlink_cap,
             video_ssrcs,
             keyframe_wanted,
+            audio_levels,
             stop,
             tasks,
         })
@@ -686,6 +691,14 @@ impl Participant {
     }
 
     /// Asks the publishers for fresh keyframes on everything this participant sends.
+    /// Sets the RFC 6464 level (0 = loudest, 127 = silence) the packets of published
+    /// audio track `track` carry from now on; false when it publishes no such track.
+    pub fn set_audio_level(&self, track: &str, level: u8) -> bool {
+        let Some(l) = self.audio_levels.get(track) else { return false };
+        l.store(level.min(127), Ordering::Relaxed);
+        true
+    }
+
     pub fn force_keyframe(&self) {
         self.keyframe_wanted.fetch_add(1, Ordering::SeqCst);
     }
@@ -714,8 +727,10 @@ impl Participant {
 }
 
 struct SourceTrack {
+    id: String,
     video: bool,
-    level: u8,
+    /// RFC 6464 level of the audio packets it writes (changed by `set_audio_level`).
+    level: Arc<AtomicU8>,
     layers: Vec<(Arc<TrackLocalStaticRTP>, u8, u32, usize)>,
     encoded: Option<EncodedMedia>,
 }
@@ -738,7 +753,13 @@ async fn publisher_connection(
                     .await
                     .during(format!("adding track {}", p.id))?;
                 sources.push((
-                    SourceTrack { video: false, level: *level, layers: vec![(track, 0, 50, 100)], encoded: None },
+                    SourceTrack {
+                        id: p.id.clone(),
+                        video: false,
+                        level: Arc::new(AtomicU8::new(*level)),
+                        layers: vec![(track, 0, 50, 100)],
+                        encoded: None,
+                    },
                     sender,
                 ));
             }
@@ -750,8 +771,9 @@ async fn publisher_connection(
                     .during(format!("adding track {}", p.id))?;
                 sources.push((
                     SourceTrack {
+                        id: p.id.clone(),
                         video: true,
-                        level: 127,
+                        level: Arc::new(AtomicU8::new(127)),
                         layers: vec![(track, 2, *packets_per_second, *size)],
                         encoded: None,
                     },
@@ -781,7 +803,13 @@ async fn publisher_connection(
                     layers.push((track, i as u8, *pps, *size));
                 }
                 sources.push((
-                    SourceTrack { video: true, level: 127, layers, encoded: None },
+                    SourceTrack {
+                        id: p.id.clone(),
+                        video: true,
+                        level: Arc::new(AtomicU8::new(127)),
+                        layers,
+                        encoded: None,
+                    },
                     sender.expect("three layers"),
                 ));
             }
@@ -798,7 +826,13 @@ async fn publisher_connection(
                     .during(format!("adding track {}", p.id))?;
                 let level = if m.video() { 127 } else { 30 };
                 sources.push((
-                    SourceTrack { video: m.video(), level, layers: vec![(track, 2, 0, 0)], encoded: Some(m.clone()) },
+                    SourceTrack {
+                        id: p.id.clone(),
+                        video: m.video(),
+                        level: Arc::new(AtomicU8::new(level)),
+                        layers: vec![(track, 2, 0, 0)],
+                        encoded: Some(m.clone()),
+                    },
                     sender,
                 ));
             }
@@ -819,7 +853,7 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
         let wanted = keyframe_wanted.clone();
         let sending = sending.clone();
         let video = source.video;
-        let level = source.level;
+        let level = source.level.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / pps.max(1) as f64));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -851,6 +885,7 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
                 let result = if video {
                     track.write_rtp(&packet).await
                 } else {
+                    let level = level.load(Ordering::Relaxed);
                     let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
                     track.write_rtp_with_extensions(&packet, &[ext]).await
                 };
@@ -872,7 +907,7 @@ async fn run_source(source: SourceTrack, keyframe_wanted: Arc<AtomicU64>, sendin
 async fn run_encoded(
     track: Arc<TrackLocalStaticRTP>,
     media: EncodedMedia,
-    level: u8,
+    level: Arc<AtomicU8>,
     sending: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use webrtc::rtp::packetizer::Payloader;
@@ -908,7 +943,8 @@ async fn run_encoded(
             let result = if media.video() {
                 track.write_rtp(&packet).await
             } else {
-                let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: true });
+                let level = level.load(Ordering::Relaxed);
+                let ext = HeaderExtension::AudioLevel(AudioLevelExtension { level, voice: level < 127 });
                 track.write_rtp_with_extensions(&packet, &[ext]).await
             };
             if let Err(webrtc::Error::ErrClosedPipe) = result {

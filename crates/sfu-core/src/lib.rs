@@ -10,6 +10,7 @@
 //! module docs of [`room`] say why.
 
 pub mod codec;
+pub mod loudest;
 pub mod node;
 pub mod rewrite;
 pub mod room;
@@ -20,6 +21,6 @@ mod tests;
 
 pub use codec::Codec;
 pub use room::{
-    Declaration, Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError, RoomEvent, RtpMeta,
-    Source, SubscriptionId, TrackHandle, TrackInfo,
+    AudioPolicy, Declaration, Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError,
+    RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
 };

@@ -46,6 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, Codec};
+use crate::loudest::{self, LoudnessMeter};
 use crate::rewrite::Rewriter;
 use crate::speaker::SpeakerDetector;
 
@@ -64,6 +65,8 @@ pub const UP_SWITCH_HOLD: Duration = Duration::from_millis(500);
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 /// A subscription still waiting for a keyframe asks again after this long.
 pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
+/// How often each listener's loudest-speaker set is re-chosen (see [`AudioPolicy`]).
+pub const LOUDEST_INTERVAL: Duration = Duration::from_millis(100);
 /// Share of the bandwidth estimate a layer may use (the rest is headroom for audio and RTCP).
 pub const ESTIMATE_HEADROOM: f64 = 0.9;
 /// Probing. A receive-side estimate (REMB) grows only with what arrives: a browser holds
@@ -80,6 +83,28 @@ pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(32);
 /// [`PROBE_STALL`] (a receiver's estimator holds its value while it sees queuing).
 pub const PROBE_KEEP_SHARE: f64 = 0.85;
 pub const PROBE_STALL: Duration = Duration::from_secs(3);
+
+/// Which audio each listener receives ([`crate::loudest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AudioPolicy {
+    /// In rooms of at least `from_clients` clients, each client hears only the
+    /// `speakers` loudest tracks of the others. 0 speakers: everyone hears everything.
+    pub speakers: usize,
+    pub from_clients: usize,
+}
+
+impl AudioPolicy {
+    /// Every listener hears every track.
+    pub const ALL: Self = Self { speakers: 0, from_clients: 0 };
+}
+
+impl Default for AudioPolicy {
+    /// The 3 loudest from 10 people on: below that, hearing everyone costs little and
+    /// keeps overlapping voices (laughter, "yes!") natural.
+    fn default() -> Self {
+        Self { speakers: 3, from_clients: 10 }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParticipantKind {
@@ -436,6 +461,9 @@ struct Subscription {
     rewriter: Rewriter,
     up_since: Option<Instant>,
     waiting_since: Option<Instant>,
+    /// Audio: whether the subscriber hears this track now (loudest-speaker audio; always
+    /// true when the room forwards all audio).
+    audible: bool,
     /// A layer above what the estimate allows, on trial (see [`PROBE_WAIT`]).
     probe: Option<Probe>,
     /// When the next trial may start, and the wait before it.
@@ -487,6 +515,8 @@ pub struct Counters {
     /// trials that failed (the estimate fell or stopped climbing).
     pub layer_probes: u64,
     pub layer_probes_failed: u64,
+    /// Times a listener's loudest-speaker set changed.
+    pub loudest_changes: u64,
 }
 
 #[derive(Debug)]
@@ -501,14 +531,25 @@ pub struct Room {
     next_forward: usize,
     outputs: VecDeque<Output>,
     speaker: SpeakerDetector,
+    audio_policy: AudioPolicy,
+    /// Per audio track: how loud it is.
+    loudness: LoudnessMeter<TrackHandle>,
+    /// Per listener: the audio tracks it hears while loudest-speaker audio applies.
+    audible: HashMap<ParticipantId, Vec<TrackHandle>>,
     next_layer_eval: Instant,
     next_speaker_eval: Instant,
+    next_loudest_eval: Instant,
     last_layer_eval: Instant,
     counters: Counters,
 }
 
 impl Room {
+    /// A room with the default [`AudioPolicy`].
     pub fn new(now: Instant) -> Self {
+        Self::with_audio_policy(now, AudioPolicy::default())
+    }
+
+    pub fn with_audio_policy(now: Instant, audio_policy: AudioPolicy) -> Self {
         Self {
             participants: HashMap::new(),
             tracks: HashMap::new(),
@@ -518,8 +559,12 @@ impl Room {
             next_forward: 0,
             outputs: VecDeque::new(),
             speaker: SpeakerDetector::default(),
+            audio_policy,
+            loudness: LoudnessMeter::default(),
+            audible: HashMap::new(),
             next_layer_eval: now + LAYER_EVAL_INTERVAL,
             next_speaker_eval: now + SPEAKER_INTERVAL,
+            next_loudest_eval: now + LOUDEST_INTERVAL,
             last_layer_eval: now,
             counters: Counters::default(),
         }
@@ -566,7 +611,9 @@ impl Room {
             self.forwards.clear();
             self.next_forward = 0;
         }
-        self.outputs.pop_front().unwrap_or_else(|| Output::Timeout(self.next_layer_eval.min(self.next_speaker_eval)))
+        self.outputs.pop_front().unwrap_or_else(|| {
+            Output::Timeout(self.next_layer_eval.min(self.next_speaker_eval).min(self.next_loudest_eval))
+        })
     }
 
     // ---- membership ----
@@ -654,6 +701,7 @@ impl Room {
             self.outputs.push_back(Output::SubscriptionRemoved { subscription, subscriber: participant.into() });
         }
         self.speaker.forget(participant);
+        self.audible.remove(participant);
         if p.kind != ParticipantKind::Hidden {
             self.tell_all(None, RoomEvent::ParticipantLeft { participant: participant.into() });
         }
@@ -937,6 +985,7 @@ impl Room {
             && !t.muted
         {
             self.speaker.observe(t.shown_publisher(), level);
+            self.loudness.observe(track, level);
         }
         if t.muted {
             return;
@@ -950,6 +999,11 @@ impl Room {
         let mut switched = Vec::new();
         for s in t.subs.iter_mut().filter(|s| !(video && s.prefs.paused)) {
             if !video {
+                if !s.audible {
+                    // Heard again later: continues its numbering from there, no gap.
+                    s.current = None;
+                    continue;
+                }
                 if s.current.is_none() {
                     s.rewriter.switch_to(pkt.seq, pkt.ts, now);
                     s.current = Some(layer);
@@ -1002,6 +1056,11 @@ impl Room {
                 self.evaluate_track(h, now);
             }
         }
+        if now >= self.next_loudest_eval {
+            self.next_loudest_eval = now + LOUDEST_INTERVAL;
+            self.loudness.close_interval();
+            self.choose_audible();
+        }
         if now >= self.next_speaker_eval {
             self.next_speaker_eval = now + SPEAKER_INTERVAL;
             if let Some(participant) = self.speaker.evaluate() {
@@ -1035,6 +1094,7 @@ impl Room {
     fn add_subscription(&mut self, handle: TrackHandle, subscriber: &str, prefs: Preferences) -> SubscriptionId {
         let id = SubscriptionId(self.next_subscription);
         self.next_subscription += 1;
+        let audible = self.hears(subscriber, handle);
         let t = self.tracks.get_mut(&handle).expect("caller checked the track");
         if t.info.codec.is_video()
             && let Some(p) = self.participants.get_mut(subscriber)
@@ -1050,6 +1110,7 @@ impl Room {
             rewriter: Rewriter::new(t.info.codec.clock_rate()),
             up_since: None,
             waiting_since: None,
+            audible,
             probe: None,
             next_probe: None,
             probe_wait: PROBE_WAIT,
@@ -1075,11 +1136,91 @@ impl Room {
 
     fn remove_track(&mut self, handle: TrackHandle) {
         let Some(t) = self.tracks.remove(&handle) else { return };
+        self.loudness.forget(handle);
         for s in t.subs {
             self.subscription_removed(s.id, s.subscriber, t.info.codec.is_video());
         }
         let shown = t.info.origin.unwrap_or(t.publisher.clone());
         self.tell_all(Some(&t.publisher), RoomEvent::TrackUnpublished { participant: shown, track: t.info.id });
+    }
+
+    /// Whether loudest-speaker audio applies now (see [`AudioPolicy`]).
+    fn loudest_applies(&self) -> bool {
+        self.audio_policy.speakers > 0 && self.client_count() >= self.audio_policy.from_clients
+    }
+
+    /// Whether `listener` hears audio track `track` now. Relays and hidden subscribers
+    /// (the recorder) hear everything: an edge SFU chooses for its own listeners.
+    fn hears(&self, listener: &str, track: TrackHandle) -> bool {
+        !self.loudest_applies()
+            || self.participants.get(listener).is_none_or(|p| p.kind != ParticipantKind::Client)
+            || self.audible.get(listener).is_some_and(|set| set.contains(&track))
+    }
+
+    /// The audio tracks a client hears now (all of them when loudest-speaker audio does
+    /// not apply), in no particular order.
+    pub fn audible_tracks(&self, listener: &str) -> Vec<TrackHandle> {
+        let mut heard: Vec<TrackHandle> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| !t.info.codec.is_video() && t.subs.iter().any(|s| s.subscriber == listener && s.audible))
+            .map(|(h, _)| *h)
+            .collect();
+        heard.sort();
+        heard
+    }
+
+    /// Re-chooses each client's loudest-speaker set ([`loudest::choose`]) and marks its
+    /// audio subscriptions. Per listener this looks at its current set and the tracks
+    /// talking now only, so a large room of mostly silent microphones stays cheap; the
+    /// subscriptions are re-marked only when a set changed.
+    fn choose_audible(&mut self) {
+        if !self.loudest_applies() {
+            if !self.audible.is_empty() {
+                self.audible.clear();
+                for s in self.tracks.values_mut().flat_map(|t| t.subs.iter_mut()) {
+                    s.audible = true;
+                }
+            }
+            return;
+        }
+        // Every unmuted audio track: who it is shown as, and how loud it is.
+        let audio: HashMap<TrackHandle, (&ParticipantId, f32)> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| !t.info.codec.is_video() && !t.muted)
+            .map(|(h, t)| (*h, (t.shown_publisher(), self.loudness.loudness(*h))))
+            .collect();
+        let talking: Vec<TrackHandle> =
+            audio.iter().filter(|(_, (_, l))| *l >= loudest::SPEECH_THRESHOLD).map(|(h, _)| *h).collect();
+        let mut changed = false;
+        let mut next: HashMap<ParticipantId, Vec<TrackHandle>> = HashMap::new();
+        for (listener, _) in self.participants.iter().filter(|(_, p)| p.kind == ParticipantKind::Client) {
+            let current = self.audible.get(listener).map(Vec::as_slice).unwrap_or(&[]);
+            let mut candidates: Vec<(TrackHandle, f32)> = current
+                .iter()
+                .chain(talking.iter().filter(|h| !current.contains(h)))
+                .filter_map(|h| audio.get(h).filter(|(who, _)| *who != listener).map(|(_, l)| (*h, *l)))
+                .collect();
+            candidates.sort_by_key(|(h, _)| *h);
+            let chosen = loudest::choose(current, &candidates, self.audio_policy.speakers);
+            if chosen.len() != current.len() || chosen.iter().any(|h| !current.contains(h)) {
+                changed = true;
+                self.counters.loudest_changes += 1;
+            }
+            next.insert(listener.clone(), chosen);
+        }
+        let first = self.audible.is_empty() && !next.is_empty();
+        self.audible = next;
+        if !(changed || first) {
+            return;
+        }
+        for (h, t) in self.tracks.iter_mut().filter(|(_, t)| !t.info.codec.is_video()) {
+            for s in &mut t.subs {
+                s.audible = self.participants.get(&s.subscriber).is_none_or(|p| p.kind != ParticipantKind::Client)
+                    || self.audible.get(&s.subscriber).is_some_and(|set| set.contains(h));
+            }
+        }
     }
 
     /// Re-chooses the target layer of every subscription of a video track, and asks for

@@ -569,7 +569,7 @@ fn the_loudest_participant_is_announced_as_active_speaker() {
 fn one_poll_loop_drains_a_packets_forwards_first_then_its_other_outputs_then_the_deadline() {
     let start = Instant::now();
     let mut room = Room::new(start);
-    assert_eq!(room.poll_output(), Output::Timeout(start + LAYER_EVAL_INTERVAL), "nothing pending");
+    assert_eq!(room.poll_output(), Output::Timeout(start + LOUDEST_INTERVAL), "nothing pending: the earliest deadline");
     let declared = [Declaration { id: "a-cam".into(), source: Source::Camera, muted: false }];
     for participant in ["a", "b"] {
         let tracks = if participant == "a" { &declared[..] } else { &[] };
@@ -589,7 +589,7 @@ fn one_poll_loop_drains_a_packets_forwards_first_then_its_other_outputs_then_the
     loop {
         match room.poll_output() {
             Output::Timeout(at) => {
-                assert_eq!(at, start + LAYER_EVAL_INTERVAL);
+                assert_eq!(at, start + LOUDEST_INTERVAL);
                 break;
             }
             other => outputs.push(other),
@@ -786,4 +786,157 @@ fn a_track_published_again_keeps_its_last_mute() {
     sim.add_layer(t, "");
     assert!(sim.send(t, 0, &[0xf8], 100).is_empty(), "still muted");
     assert_eq!(sim.room.tracks().next().map(|t| t.4), Some(true));
+}
+
+/// Twelve clients with open microphones; `levels[i]` is client i's RFC 6464 level.
+/// Sends 20 ms audio packets from every client for `d`, and returns, per subscription,
+/// the forwarded sequence numbers.
+fn talk(sim: &mut Sim, tracks: &[TrackHandle], levels: &[u8], d: Duration) -> HashMap<SubscriptionId, Vec<u16>> {
+    let mut forwarded: HashMap<SubscriptionId, Vec<u16>> = HashMap::new();
+    let end = sim.now + d;
+    while sim.now < end {
+        for (h, level) in tracks.iter().zip(levels) {
+            for f in sim.send_with_level(*h, 0, &[0xfc, 0x01], 80, Some(*level)) {
+                forwarded.entry(f.subscription).or_default().push(f.seq);
+            }
+        }
+        sim.advance(Duration::from_millis(20));
+    }
+    forwarded
+}
+
+/// Each participant publishes `<name>-mic`.
+fn publish_microphones(sim: &mut Sim, names: &[String]) -> Vec<TrackHandle> {
+    let mut tracks = Vec::new();
+    for n in names {
+        let h = sim.publish(n, audio(&format!("{n}-mic"))).unwrap();
+        sim.add_layer(h, "");
+        tracks.push(h);
+    }
+    tracks
+}
+
+/// The participants whose audio `listener` heard (forwards to its subscriptions).
+fn heard(
+    forwarded: &HashMap<SubscriptionId, Vec<u16>>,
+    subs: &HashMap<SubscriptionId, (String, String)>,
+    listener: &str,
+) -> Vec<String> {
+    let mut who: Vec<String> = forwarded
+        .keys()
+        .filter_map(|id| subs.get(id).filter(|(l, _)| l == listener).map(|(_, publisher)| publisher.clone()))
+        .collect();
+    who.sort();
+    who
+}
+
+#[test]
+fn in_a_room_of_twelve_each_listener_hears_the_three_loudest_and_never_itself() {
+    let mut sim = Sim::new();
+    let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    for n in &names {
+        sim.join(n, ParticipantKind::Client, true).unwrap();
+    }
+    let tracks = publish_microphones(&mut sim, &names);
+    // Subscription -> (listener, publisher).
+    let subs: HashMap<SubscriptionId, (String, String)> = sim
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Output::SubscriptionAdded { subscription, subscriber, publisher, .. } => {
+                Some((subscription, (subscriber, publisher)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(subs.len(), 12 * 11);
+    // p00..p02 talk (p00 loudest), the rest are silent.
+    let mut levels = vec![127u8; 12];
+    levels[..3].copy_from_slice(&[20, 25, 30]);
+    talk(&mut sim, &tracks, &levels, Duration::from_millis(500));
+    let f = talk(&mut sim, &tracks, &levels, Duration::from_millis(500));
+    let p07_from_p02 = subs.iter().find(|(_, (l, p))| l == "p07" && p == "p02").map(|(id, _)| *id).unwrap();
+    let mut last_before_pause = *f[&p07_from_p02].last().unwrap();
+    for listener in &names[3..] {
+        assert_eq!(heard(&f, &subs, listener), ["p00", "p01", "p02"], "{listener}");
+    }
+    // A talker hears the other two; no fourth talker, so nothing else.
+    assert_eq!(heard(&f, &subs, "p00"), ["p01", "p02"]);
+    assert_eq!(sim.room.audible_tracks("p05"), tracks[..3].to_vec());
+
+    // p03 starts, far louder; p02 stops: p03 takes p02's place.
+    levels[2] = 127;
+    levels[3] = 5;
+    let switching = talk(&mut sim, &tracks, &levels, Duration::from_millis(500));
+    if let Some(last) = switching.get(&p07_from_p02).and_then(|seqs| seqs.last()) {
+        last_before_pause = *last;
+    }
+    let f = talk(&mut sim, &tracks, &levels, Duration::from_millis(500));
+    assert_eq!(heard(&f, &subs, "p07"), ["p00", "p01", "p03"]);
+    // p03's own voice takes no place in its set: it keeps hearing p02's place (silent
+    // now, and nobody else talks to take it).
+    assert_eq!(heard(&f, &subs, "p03"), ["p00", "p01", "p02"]);
+    // p02 talks again, a little louder than p01 (20 > 25 by 5 dB, under the margin):
+    // the set holds.
+    levels[2] = 20;
+    let f = talk(&mut sim, &tracks, &levels, Duration::from_secs(1));
+    assert_eq!(heard(&f, &subs, "p07"), ["p00", "p01", "p03"], "no churn between similar voices");
+    assert_eq!(heard(&f, &subs, "p03"), ["p00", "p01", "p02"]);
+    assert!(sim.room.counters().loudest_changes > 0);
+
+    // A muted talker gives its place up at once, to p02 here.
+    sim.input(Input::SetMuted { participant: "p03", track: "p03-mic", muted: true, now: sim.now }).unwrap();
+    let f = talk(&mut sim, &tracks, &levels, Duration::from_millis(300));
+    assert_eq!(heard(&f, &subs, "p07"), ["p00", "p01", "p02"]);
+    // Heard again after a pause, p02's numbering continues without a gap.
+    let seqs = &f[&p07_from_p02];
+    assert_eq!(seqs[0], last_before_pause.wrapping_add(1), "{seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
+}
+
+#[test]
+fn small_rooms_relays_and_the_recorder_hear_every_voice() {
+    let mut sim = Sim::new();
+    let names: Vec<String> = (0..9).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        sim.join(n, ParticipantKind::Client, true).unwrap();
+    }
+    sim.join("edge", ParticipantKind::Relay, true).unwrap();
+    sim.join("recorder", ParticipantKind::Hidden, true).unwrap();
+    let tracks = publish_microphones(&mut sim, &names);
+    let all_levels = [20u8, 25, 30, 35, 40, 45, 50, 55, 127];
+    talk(&mut sim, &tracks, &all_levels, Duration::from_millis(300));
+    // Nine clients: under the default's ten, everyone hears everyone else.
+    assert_eq!(sim.room.audible_tracks("p8").len(), 8);
+    // The tenth client turns loudest-speaker audio on for the clients only.
+    sim.join("p9", ParticipantKind::Client, true).unwrap();
+    talk(&mut sim, &tracks, &all_levels, Duration::from_millis(500));
+    assert_eq!(sim.room.audible_tracks("p8"), tracks[..3].to_vec());
+    assert_eq!(sim.room.audible_tracks("p9"), tracks[..3].to_vec(), "a late joiner too");
+    assert_eq!(sim.room.audible_tracks("edge").len(), 9, "a relay carries every voice to its listeners");
+    assert_eq!(sim.room.audible_tracks("recorder").len(), 9);
+    // Back to nine: everyone hears everyone again.
+    sim.input(Input::Leave { participant: "p9" }).unwrap();
+    talk(&mut sim, &tracks, &all_levels, Duration::from_millis(200));
+    assert_eq!(sim.room.audible_tracks("p8").len(), 8);
+
+    // Switched off: every listener hears every voice however large the room.
+    let now = Instant::now();
+    let mut room = Room::with_audio_policy(now, AudioPolicy::ALL);
+    for i in 0..12 {
+        let p = format!("q{i}");
+        room.handle_input(Input::Join {
+            participant: &p,
+            kind: ParticipantKind::Client,
+            auto_subscribe: true,
+            may_publish: true,
+            tracks: &[],
+        })
+        .unwrap();
+    }
+    let mut sim = Sim { room, now, seq: HashMap::new(), outputs: Vec::new() };
+    let names: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    let tracks = publish_microphones(&mut sim, &names);
+    talk(&mut sim, &tracks, &[20; 12], Duration::from_millis(300));
+    assert_eq!(sim.room.audible_tracks("q0").len(), 11);
 }

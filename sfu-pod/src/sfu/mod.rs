@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use switchboard_sfu_api::{self as api, ErrorCode, Event};
-use switchboard_sfu_core::ParticipantKind;
 use switchboard_sfu_core::node::{Node, NodeState};
+use switchboard_sfu_core::{AudioPolicy, ParticipantKind};
 use tokio::sync::Notify;
 use tracing::info;
 use webrtc::api::API;
@@ -66,6 +66,8 @@ pub struct Sfu {
     pub media_address: SocketAddr,
     /// Wakes whoever waits for the drain to finish.
     pub state_changed: Notify,
+    /// Which audio listeners receive in rooms opened from now on.
+    pub(super) audio_policy: Mutex<AudioPolicy>,
 }
 
 impl Sfu {
@@ -95,7 +97,14 @@ impl Sfu {
             metrics,
             media_address,
             state_changed: Notify::new(),
+            audio_policy: Mutex::new(AudioPolicy::default()),
         })
+    }
+
+    /// Which audio listeners receive (loudest speakers only, or everyone) in rooms opened
+    /// from now on.
+    pub fn set_audio_policy(&self, policy: AudioPolicy) {
+        *self.audio_policy.lock().unwrap() = policy;
     }
 
     pub fn state(&self) -> NodeState {

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use switchboard_sfu_api::ErrorCode;
-use switchboard_sfu_core::{Input, Outcome, Output, Room, RoomError, RoomEvent, RtpMeta, SubscriptionId, TrackHandle};
+use switchboard_sfu_core::{
+    AudioPolicy, Input, Outcome, Output, Room, RoomError, RoomEvent, RtpMeta, SubscriptionId, TrackHandle,
+};
 use tokio::sync::mpsc;
 use tracing::debug;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -40,8 +42,13 @@ pub(super) struct RoomCore {
 pub(super) type Write = (Sink, u16, u32);
 
 impl RoomCore {
-    fn new(now: Instant) -> Self {
-        let mut core = Self { room: Room::new(now), sinks: HashMap::new(), sources: HashMap::new(), timeout: now };
+    fn new(now: Instant, audio: AudioPolicy) -> Self {
+        let mut core = Self {
+            room: Room::with_audio_policy(now, audio),
+            sinks: HashMap::new(),
+            sources: HashMap::new(),
+            timeout: now,
+        };
         core.drain(&mut Vec::new());
         core
     }
@@ -88,7 +95,7 @@ impl RoomEntry {
         let (tx, rx) = mpsc::unbounded_channel();
         let entry = Arc::new(Self {
             name: name.to_owned(),
-            core: Mutex::new(RoomCore::new(Instant::now())),
+            core: Mutex::new(RoomCore::new(Instant::now(), *sfu.audio_policy.lock().unwrap())),
             peers: Mutex::new(HashMap::new()),
             commands: tx,
             closed: AtomicBool::new(false),
