@@ -26,8 +26,6 @@ pub struct Metrics {
     pub bytes_out: Counter,
     pub keyframe_requests: Counter,
     pub layer_switches: Counter,
-    pub layer_probes: Counter,
-    pub layer_probes_failed: Counter,
     pub queue_drops: Counter,
     pub retransmissions: Counter,
     pub api_errors: Family<CodeLabels, Counter>,
@@ -65,16 +63,6 @@ impl Default for Metrics {
             bytes_out: reg!("rtp_forwarded", "RTP bytes forwarded to subscribers", Unit::Bytes, Counter::default()),
             keyframe_requests: reg!("keyframe_requests", "PLIs sent to publishers", Counter::default()),
             layer_switches: reg!("layer_switches", "Simulcast layer switches made at keyframes", Counter::default()),
-            layer_probes: reg!(
-                "layer_probes",
-                "Simulcast layers forwarded on trial above what a subscriber's estimate allowed",
-                Counter::default()
-            ),
-            layer_probes_failed: reg!(
-                "layer_probes_failed",
-                "Layer trials that failed: the subscriber's estimate fell or stopped climbing",
-                Counter::default()
-            ),
             retransmissions: reg!(
                 "retransmissions",
                 "Packets sent again because a subscriber NACKed them",

@@ -69,20 +69,6 @@ pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 pub const LOUDEST_INTERVAL: Duration = Duration::from_millis(100);
 /// Share of the bandwidth estimate a layer may use (the rest is headroom for audio and RTCP).
 pub const ESTIMATE_HEADROOM: f64 = 0.9;
-/// Probing. A receive-side estimate (REMB) grows only with what arrives: a browser holds
-/// it near 1.5 times the rate it receives, so a subscriber held on a low layer never
-/// sees an estimate that fits a higher one. When the estimate holds a subscription below
-/// the layer its preferences allow, the next layer up is forwarded on trial this long
-/// after the subscription settled (or after the last failed trial, doubling each time up
-/// to [`PROBE_WAIT_MAX`]).
-pub const PROBE_WAIT: Duration = Duration::from_secs(2);
-pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(32);
-/// A trial lasts while the estimate keeps climbing: it ends in success once the
-/// estimate fits the layer, and fails when the estimate falls below this share of its
-/// highest value during the trial (the path congests) or has not risen for
-/// [`PROBE_STALL`] (a receiver's estimator holds its value while it sees queuing).
-pub const PROBE_KEEP_SHARE: f64 = 0.85;
-pub const PROBE_STALL: Duration = Duration::from_secs(3);
 
 /// Which audio each listener receives ([`crate::loudest`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,13 +359,6 @@ pub enum Output {
         to: ParticipantId,
         event: RoomEvent,
     },
-    /// A layer above what a subscriber's estimate allowed was put on trial (`started`),
-    /// or a trial failed (see [`PROBE_WAIT`]); for metrics and logs.
-    LayerProbe {
-        subscriber: ParticipantId,
-        layer: usize,
-        started: bool,
-    },
     /// The last participant left.
     Empty,
     /// Nothing is pending: feed [`Input::Timeout`] at this instant (or with the next
@@ -464,27 +443,6 @@ struct Subscription {
     /// Audio: whether the subscriber hears this track now (loudest-speaker audio; always
     /// true when the room forwards all audio).
     audible: bool,
-    /// A layer above what the estimate allows, on trial (see [`PROBE_WAIT`]).
-    probe: Option<Probe>,
-    /// When the next trial may start, and the wait before it.
-    next_probe: Option<Instant>,
-    probe_wait: Duration,
-}
-
-/// A layer forwarded on trial, and the best estimate seen since the trial began.
-#[derive(Clone, Copy, Debug)]
-struct Probe {
-    layer: usize,
-    best: u64,
-    best_at: Instant,
-}
-
-/// What the estimate says of a trial layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trial {
-    Continue,
-    Succeeded,
-    Failed,
 }
 
 #[derive(Debug)]
@@ -511,10 +469,6 @@ pub struct Counters {
     pub bytes_out: u64,
     pub keyframe_requests: u64,
     pub layer_switches: u64,
-    /// Layers forwarded on trial above what a subscriber's estimate allowed, and the
-    /// trials that failed (the estimate fell or stopped climbing).
-    pub layer_probes: u64,
-    pub layer_probes_failed: u64,
     /// Times a listener's loudest-speaker set changed.
     pub loudest_changes: u64,
 }
@@ -1111,9 +1065,6 @@ impl Room {
             up_since: None,
             waiting_since: None,
             audible,
-            probe: None,
-            next_probe: None,
-            probe_wait: PROBE_WAIT,
         });
         self.outputs.push_back(Output::SubscriptionAdded {
             subscription: id,
@@ -1237,26 +1188,7 @@ impl Room {
                 .participants
                 .get(&s.subscriber)
                 .and_then(|p| p.estimate.map(|bps| bps / p.video_subscriptions.max(1) as u64));
-            let Some(fits) = select_layer(&t.layers, &s.prefs, estimate, now) else { continue };
-            let tried = s.probe.map(|p| p.layer);
-            let choice = match probe_layer(&t.layers, s, fits, estimate, now) {
-                ProbeStep::Hold => fits,
-                ProbeStep::Started(layer) => {
-                    self.counters.layer_probes += 1;
-                    let subscriber = s.subscriber.clone();
-                    self.outputs.push_back(Output::LayerProbe { subscriber, layer, started: true });
-                    // A trial switches at once (at the layer's next keyframe).
-                    s.up_since = Some(now - UP_SWITCH_HOLD);
-                    layer
-                }
-                ProbeStep::Trying(layer) => layer,
-                ProbeStep::Failed => {
-                    self.counters.layer_probes_failed += 1;
-                    let (subscriber, layer) = (s.subscriber.clone(), tried.unwrap_or(fits));
-                    self.outputs.push_back(Output::LayerProbe { subscriber, layer, started: false });
-                    fits
-                }
-            };
+            let Some(choice) = select_layer(&t.layers, &s.prefs, estimate, now) else { continue };
             let target = match (s.target, s.current) {
                 (Some(old), _) if old == choice => {
                     s.up_since = None;
@@ -1344,12 +1276,14 @@ fn layer_position(layers: &[Layer], index: usize) -> u8 {
     ordered(layers).iter().position(|&i| i == index).unwrap_or(0) as u8
 }
 
-/// Active layers, lowest first, and those of them a subscriber's preferences allow.
-fn allowed_layers(layers: &[Layer], prefs: &Preferences, now: Instant) -> (Vec<usize>, Vec<usize>) {
+/// The best layer for a subscriber: the highest active layer its preferences allow whose
+/// bitrate fits its estimate; the lowest active layer when nothing fits.
+fn select_layer(layers: &[Layer], prefs: &Preferences, estimate: Option<u64>, now: Instant) -> Option<usize> {
     let active: Vec<usize> = ordered(layers)
         .into_iter()
         .filter(|&i| layers[i].last_packet.is_some_and(|at| now.saturating_duration_since(at) < LAYER_INACTIVE_AFTER))
         .collect();
+    let lowest = *active.first()?;
     let allowed: Vec<usize> = active
         .iter()
         .enumerate()
@@ -1357,88 +1291,6 @@ fn allowed_layers(layers: &[Layer], prefs: &Preferences, now: Instant) -> (Vec<u
         .filter(|(_, i)| prefs.max_height.is_none_or(|h| layers[**i].size.is_none_or(|(_, lh)| lh <= h)))
         .map(|(_, i)| *i)
         .collect();
-    (active, allowed)
-}
-
-/// The best layer for a subscriber: the highest active layer its preferences allow whose
-/// bitrate fits its estimate; the lowest active layer when nothing fits.
-fn select_layer(layers: &[Layer], prefs: &Preferences, estimate: Option<u64>, now: Instant) -> Option<usize> {
-    let (active, allowed) = allowed_layers(layers, prefs, now);
-    let lowest = *active.first()?;
     let fitting = |i: &&usize| estimate.is_none_or(|bps| layers[**i].bitrate as f64 <= bps as f64 * ESTIMATE_HEADROOM);
     Some(allowed.iter().rev().find(fitting).copied().unwrap_or(lowest))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProbeStep {
-    /// No trial: the layer the estimate fits.
-    Hold,
-    /// A trial of this layer begins now.
-    Started(usize),
-    /// A trial of this layer goes on.
-    Trying(usize),
-    /// The trial ended in failure: back to the layer the estimate fits.
-    Failed,
-}
-
-/// Whether a trial of a higher layer runs for subscription `s`, given the layer its
-/// estimate `fits` (see [`PROBE_WAIT`]).
-fn probe_layer(layers: &[Layer], s: &mut Subscription, fits: usize, estimate: Option<u64>, now: Instant) -> ProbeStep {
-    let (_, allowed) = allowed_layers(layers, &s.prefs, now);
-    let rank = |i: usize| allowed.iter().position(|&a| a == i);
-    let Some(bps) = estimate else {
-        s.probe = None;
-        return ProbeStep::Hold;
-    };
-    if let Some(p) = s.probe.as_mut() {
-        let verdict = match (rank(p.layer), rank(fits)) {
-            // The layer went away or preferences no longer allow it: nothing to try.
-            (None, _) => Trial::Failed,
-            (Some(tried), Some(fitting)) if fitting >= tried => Trial::Succeeded,
-            _ => trial(p, bps, now),
-        };
-        return match verdict {
-            Trial::Continue => ProbeStep::Trying(p.layer),
-            Trial::Succeeded => {
-                s.probe = None;
-                s.probe_wait = PROBE_WAIT;
-                s.next_probe = None;
-                ProbeStep::Hold
-            }
-            Trial::Failed => {
-                s.probe = None;
-                s.probe_wait = (s.probe_wait * 2).min(PROBE_WAIT_MAX);
-                s.next_probe = Some(now + s.probe_wait);
-                ProbeStep::Failed
-            }
-        };
-    }
-    // Held below what its preferences allow, and settled on the layer it fits.
-    let above = rank(fits).and_then(|r| allowed.get(r + 1)).copied();
-    let settled = s.current == Some(fits) && s.target == Some(fits);
-    let Some(next) = above.filter(|_| settled) else {
-        if above.is_none() {
-            s.next_probe = None;
-        }
-        return ProbeStep::Hold;
-    };
-    let due = *s.next_probe.get_or_insert(now + s.probe_wait);
-    if now < due {
-        return ProbeStep::Hold;
-    }
-    s.next_probe = None;
-    s.probe = Some(Probe { layer: next, best: bps, best_at: now });
-    ProbeStep::Started(next)
-}
-
-/// A trial under way, given the subscriber's estimate now.
-fn trial(p: &mut Probe, bps: u64, now: Instant) -> Trial {
-    if bps > p.best {
-        p.best = bps;
-        p.best_at = now;
-        return Trial::Continue;
-    }
-    let fell = (bps as f64) < p.best as f64 * PROBE_KEEP_SHARE;
-    let stalled = now.saturating_duration_since(p.best_at) >= PROBE_STALL;
-    if fell || stalled { Trial::Failed } else { Trial::Continue }
 }

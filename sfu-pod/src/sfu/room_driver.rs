@@ -214,14 +214,6 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
                 peer.push_event(to_api_event(event));
             }
         }
-        Output::LayerProbe { subscriber, layer, started } => {
-            debug!(room = %room.name, %subscriber, layer, started, "layer trial");
-            if started {
-                sfu.metrics.layer_probes.inc()
-            } else {
-                sfu.metrics.layer_probes_failed.inc()
-            };
-        }
         Output::Empty => debug!(room = %room.name, "room is empty"),
         // `RoomCore::drain` hands forwards to the packet's reader and keeps the deadline.
         Output::Forward(_) | Output::Timeout(_) => {}

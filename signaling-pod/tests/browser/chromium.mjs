@@ -3,13 +3,11 @@
 // candidates, and `origins` (plain-http signaling on a node's address) treated as secure.
 import { chromium } from "playwright-core";
 
-// `fakeDevice`: options of the fake camera (e.g. "fps=15"), for a test that needs less
-// CPU than 30 frames a second of encoding and decoding takes.
-export function launch(origins = [], { fakeDevice } = {}) {
+export function launch(origins = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
-      fakeDevice ? `--use-fake-device-for-media-stream=${fakeDevice}` : "--use-fake-device-for-media-stream",
+      "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",
       "--auto-select-desktop-capture-source=Entire screen",
       // Media goes to an SFU on 127.0.0.1, with real addresses in the candidates.
