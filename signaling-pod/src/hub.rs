@@ -214,8 +214,14 @@ impl Hub {
             self.store.remember_removed(key, [user.clone()]);
         }
         let targets: Vec<Local> = {
-            let all = self.local.lock().unwrap();
-            let Some(m) = all.get(key) else { return };
+            let mut all = self.local.lock().unwrap();
+            let Some(m) = all.get_mut(key) else { return };
+            // Who hears the admitters' notices follows the role.
+            if let (Audience::Peer(p), BusWhat::RoleChanged { role, .. }) = (&bus.to, &bus.what)
+                && let Some(l) = m.get_mut(p)
+            {
+                l.role = *role;
+            }
             match &bus.to {
                 Audience::All => m.values().cloned().collect(),
                 Audience::Peer(p) => m.get(p).cloned().into_iter().collect(),

@@ -23,7 +23,7 @@ use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, IceServersPayload, JoinedPayload, MediaKind,
     MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ProtoError, ReconnectPayload, Role,
-    StateUpdate, parse_client,
+    RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
     session::{self, Phase, Step},
     types,
 };
@@ -564,6 +564,11 @@ impl Session {
                 self.reply(id, types::OK, serde_json::json!({ "admitted": admitted }));
                 Ok(Flow::Continue)
             }
+            ClientMessage::SetRole(r) => {
+                self.set_role(r).await?;
+                self.reply(id, types::OK, serde_json::json!({}));
+                Ok(Flow::Continue)
+            }
             ClientMessage::Remove(r) => {
                 let removed = self.remove_user(&r.participant_id).await?;
                 self.reply(id, types::OK, serde_json::json!({ "removed": removed }));
@@ -681,7 +686,8 @@ impl Session {
         let local = Local {
             connection: self.connection.clone(),
             tx: self.tx.clone(),
-            role: claims.role,
+            // The record's: a host may have changed it since the token was issued.
+            role: record.info.role,
             user: claims.usr.clone(),
             kill: self.kill.clone(),
         };
@@ -709,7 +715,7 @@ impl Session {
         } else {
             self.app.metrics.joins.inc();
         }
-        let permissions = meetings::permissions(&m).of(claims.role);
+        let permissions = meetings::permissions(&m).of(record.info.role);
         // The waiting room learns nothing of the meeting but that it waits.
         let (title, participants, recording, ice_servers) = if record.info.admitted {
             let recording = self.app.store.recording(&key).await.map_err(redis_failed)?;
@@ -765,6 +771,43 @@ impl Session {
         }
         tracing::info!(user = %target.user, participants = ?removed, "removed");
         Ok(removed)
+    }
+
+    /// `set-role`: the target's record takes the new role; a participant who no longer
+    /// publishes leaves the SFU at once (here, whatever its client does); its connection
+    /// is told (`role-changed`), and everyone sees the new role. Nobody changes their own
+    /// role or the host's, and only the host makes or unmakes co-hosts.
+    async fn set_role(&mut self, r: SetRolePayload) -> Result<(), ProtoError> {
+        let m = self.meeting()?;
+        let j = self.joined.as_ref().expect("joined");
+        let (key, me, my_role) = (j.key.clone(), j.info.id.clone(), j.info.role);
+        let mut target = self.record(&r.participant_id).await?;
+        if target.info.id == me || target.info.role == Role::Host || target.user == m.spec.host {
+            return Err(refuse(ErrorCode::Forbidden, "nobody changes their own role or the host's"));
+        }
+        if (r.role == Role::CoHost || target.info.role == Role::CoHost) && my_role != Role::Host {
+            return Err(refuse(ErrorCode::Forbidden, "only the host makes or unmakes co-hosts"));
+        }
+        if target.info.role == r.role {
+            return Ok(());
+        }
+        let before = target.info.role;
+        target.info.role = r.role;
+        if r.role.publishes() && !before.publishes() {
+            // Invited to speak: the raised hand was the request.
+            target.info.hand_raised = false;
+        }
+        if !r.role.publishes() && before.publishes() {
+            self.app.leave_sfu(&target);
+            target.media = None;
+        }
+        self.app.store.put(&key, &target).await.map_err(redis_failed)?;
+        tracing::info!(participant = %target.info.id, from = ?before, to = ?r.role, by = %me, "role changed");
+        self.publish(Audience::Peer(target.info.id.clone()), BusWhat::RoleChanged { role: r.role, by: me }).await?;
+        if target.info.admitted {
+            self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
+        }
+        Ok(())
     }
 
     /// A host mutes someone (at the SFU too: whatever their client does), or lifts a mute
@@ -944,6 +987,17 @@ impl Session {
     async fn offer(&mut self, id: Option<String>, offer: OfferPayload) -> Result<(), ProtoError> {
         let m = self.meeting()?;
         self.check_offer(&offer)?;
+        // The role as stored: a host's `set-role` reaches this connection through the
+        // bus, and an offer must not slip in between with the old right to publish.
+        let j = self.joined.as_mut().expect("joined");
+        if let Some(stored) = self.app.store.get(&j.key, &j.info.id).await.map_err(redis_failed)?
+            && stored.info.role != j.info.role
+        {
+            j.info.role = stored.info.role;
+            session::gate(Phase::Admitted { role: j.info.role }, &ClientMessage::Offer(offer.clone()), "", || {
+                Ok(meetings::permissions(&m))
+            })?;
+        }
         // New connections for a session that has media (a reloaded page): the old
         // participant at the SFU goes, and the offer joins afresh below.
         if offer.fresh
@@ -1086,13 +1140,19 @@ impl Session {
     /// Leaves the SFU (in the background: it may be dead) and tells the client to
     /// connect media afresh.
     async fn drop_media(&mut self, reason: &str, generation: i64) {
+        self.app.metrics.migrations.inc();
+        self.release_media(reason, generation).await;
+    }
+
+    /// Lets the participant's media at the SFU go and tells the client to connect media
+    /// again (`media-reconnect`).
+    async fn release_media(&mut self, reason: &str, generation: i64) {
         let Some(j) = self.joined.as_mut() else { return };
         if let Some(media) = j.media.take() {
             let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
             tokio::spawn(async move { sfu.leave(&room, &pid).await });
         }
         let _ = self.save_media(Vec::new()).await;
-        self.app.metrics.migrations.inc();
         let ice_servers = self.app.ice_servers(&self.joined.as_ref().expect("joined").info.id);
         let payload = MediaReconnectPayload { reason: reason.into(), generation, ice_servers };
         self.push(Envelope::new(types::MEDIA_RECONNECT, payload));
@@ -1172,6 +1232,23 @@ impl Session {
                 let me = j.info.id.clone();
                 let payload = serde_json::json!({ "participantId": me, "kind": kind, "muted": muted });
                 self.push(Envelope::new(types::MUTE, payload).from_peer(&by));
+            }
+            BusWhat::RoleChanged { role, by } => {
+                let before = j.info.role;
+                j.info.role = role;
+                if role.publishes() && !before.publishes() {
+                    j.info.hand_raised = false;
+                }
+                let permissions = self.meeting().map(|m| meetings::permissions(&m).of(role)).unwrap_or_default();
+                let reconnect = role.publishes() != before.publishes();
+                let payload = RoleChangedPayload { role, permissions, by: by.clone(), reconnect };
+                self.push(Envelope::new(types::ROLE_CHANGED, payload).from_peer(&by));
+                if reconnect {
+                    // Its media at the SFU joined with the old right to publish: it goes
+                    // (already, when demoted), and the client connects media again.
+                    let generation = self.meeting().map(|m| meetings::generation(&m)).unwrap_or_default();
+                    self.release_media(&format!("your role is now {role:?}"), generation).await;
+                }
             }
             // These come as kills (see `hub.rs`), not through the queue.
             BusWhat::Removed { .. } | BusWhat::TakenOver { .. } => {}

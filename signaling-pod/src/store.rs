@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use redis::AsyncCommands as _;
 use serde::{Deserialize, Serialize};
-use switchboard_signaling_proto::{ChatMessage, Envelope, MediaKind, ParticipantInfo, TrackDescription};
+use switchboard_signaling_proto::{ChatMessage, Envelope, MediaKind, ParticipantInfo, Role, TrackDescription};
 
 /// How long presence outlives the last refresh: a client whose replica died has this
 /// long to reconnect to another before it counts as gone.
@@ -107,6 +107,9 @@ pub enum BusWhat {
         #[serde(default = "yes")]
         muted: bool,
     },
+    /// A host changed the peer's role (`by`: the host's participant id); the record holds
+    /// it already.
+    RoleChanged { role: Role, by: String },
     /// A host removed the user: its connections close at once (not through their queue).
     Removed { by: String },
     /// The same session connected again elsewhere: close this connection.

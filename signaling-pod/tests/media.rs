@@ -197,3 +197,112 @@ async fn coturn_accepts_issued_turn_credentials_until_they_expire() {
     assert!(ok, "the requested credentials: {error:?}");
     env.ns.delete().await;
 }
+
+/// Packets of `track` received in the current connections in `window`.
+async fn arriving(media: &MediaSession, track: &str, window: Duration) -> u64 {
+    let count = |rx: std::collections::HashMap<String, switchboard_sfu_client::ReceivedTrack>| {
+        rx.get(track).map_or(0, |r| r.packets)
+    };
+    let before = count(media.received().await);
+    tokio::time::sleep(window).await;
+    count(media.received().await).saturating_sub(before)
+}
+
+/// A Webinar on a real SFU: an attendee (a viewer) may not publish; the host invites it
+/// to speak (`set-role` participant, i.e. panelist) and its microphone reaches the host
+/// and the other attendees; moved back, its audio stops at once at the SFU, and its
+/// offers to publish are refused again. Only the host makes co-hosts; nobody changes
+/// their own role or the host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webinar_attendee_is_invited_to_speak_heard_and_moved_back() {
+    use switchboard_signaling_proto::{ErrorCode, Role};
+    let env = env("sig-webinar").await;
+    let sfu = sfu_pod::local::start("sfu-web").await.unwrap();
+    meeting(&env, "townhall", "hana", serde_json::json!({"mode": "Webinar"})).await;
+    assign(&env, "townhall", &[("sfu-web", &sfu.endpoint)], &[]).await;
+    let server = env.in_process(env.config()).await;
+
+    let (hana, hana_grant, _) = connect(&rest(&server.url, "hana", None), "townhall").await;
+    let (ada, ada_grant, ada_joined) = connect(&rest(&server.url, "ada", None), "townhall").await;
+    let (bo, bo_grant, bo_joined) = connect(&rest(&server.url, "bo", None), "townhall").await;
+    assert_eq!((ada_joined.participant.role, bo_joined.participant.role), (Role::Viewer, Role::Viewer));
+    let hana_media =
+        MediaSession::start(hana.clone(), &hana_grant.participant_id, loopback(vec![Publish::audio("hana-mic")]))
+            .await
+            .unwrap();
+    // An attendee's offer to publish is refused.
+    let refused =
+        MediaSession::start(ada.clone(), &ada_grant.participant_id, loopback(vec![Publish::audio("ada-mic")]))
+            .await
+            .err()
+            .expect("a viewer's publishing offer is refused");
+    assert!(refused.to_string().contains("Forbidden"), "{refused}");
+    let ada_media = MediaSession::start_as(
+        ada.clone(),
+        &ada_grant.participant_id,
+        loopback(vec![Publish::audio("ada-mic")]),
+        Some(Role::Viewer),
+    )
+    .await
+    .unwrap();
+    let bo_media = MediaSession::start_as(bo.clone(), &bo_grant.participant_id, loopback(vec![]), Some(Role::Viewer))
+        .await
+        .unwrap();
+    bo_media.wait_until("the host's audio", WAIT, flowing(&["hana-mic"], 30)).await.unwrap();
+    ada_media.wait_until("the host's audio", WAIT, flowing(&["hana-mic"], 30)).await.unwrap();
+
+    // Refusals: an attendee promoting itself, the host's role, a co-host from anyone
+    // but the host.
+    let set_role = |who: &str, role: &str| serde_json::json!({"participantId": who, "role": role});
+    let code = |r: Result<switchboard_signaling_proto::Envelope, switchboard_signaling_client::Error>| match r {
+        Err(switchboard_signaling_client::Error::Refused { payload, .. }) => Some(payload.code),
+        _ => None,
+    };
+    let ada_id = ada_grant.participant_id.clone();
+    assert_eq!(code(ada.request(types::SET_ROLE, set_role(&ada_id, "panelist")).await), Some(ErrorCode::Forbidden));
+    let hana_id = hana_grant.participant_id.clone();
+    assert_eq!(code(hana.request(types::SET_ROLE, set_role(&hana_id, "viewer")).await), Some(ErrorCode::Forbidden));
+    assert_eq!(code(hana.request(types::SET_ROLE, set_role(&ada_id, "host")).await), Some(ErrorCode::InvalidPayload));
+    assert_eq!(
+        code(hana.request(types::SET_ROLE, set_role("nobody-here", "panelist")).await),
+        Some(ErrorCode::UnknownParticipant)
+    );
+
+    // Invited to speak: ada publishes after its media reconnects, and everyone hears it.
+    hana.request(types::SET_ROLE, set_role(&ada_id, "panelist")).await.unwrap();
+    let changed = ada.wait_for("role-changed", WAIT, of_type(types::ROLE_CHANGED)).await.unwrap();
+    assert_eq!(changed.payload["role"], "participant");
+    assert_eq!(changed.payload["reconnect"], true);
+    assert!(changed.payload["permissions"].as_array().unwrap().iter().any(|p| p == "share_screen"), "{changed:?}");
+    bo.wait_for("ada shown as a panelist", WAIT, |e| {
+        e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == ada_id.as_str() && e.payload["role"] == "participant"
+    })
+    .await
+    .unwrap();
+    bo_media.wait_until("ada's audio", WAIT, flowing(&["ada-mic"], 30)).await.unwrap();
+    hana_media.wait_until("ada's audio", WAIT, flowing(&["ada-mic"], 30)).await.unwrap();
+    ada_media.wait_until("the host's audio, still", WAIT, flowing(&["hana-mic"], 30)).await.unwrap();
+
+    // A co-host may move attendees but not make co-hosts.
+    hana.request(types::SET_ROLE, set_role(&bo_grant.participant_id, "co-host")).await.unwrap();
+    bo.wait_for("bo a co-host", WAIT, |e| e.type_ == types::ROLE_CHANGED && e.payload["role"] == "co-host")
+        .await
+        .unwrap();
+    assert_eq!(code(bo.request(types::SET_ROLE, set_role(&ada_id, "co-host")).await), Some(ErrorCode::Forbidden));
+
+    // Moved back (by the co-host): its audio stops at the SFU at once, before its client
+    // does anything, and its offers to publish are refused again.
+    bo.request(types::SET_ROLE, set_role(&ada_id, "attendee")).await.unwrap();
+    ada.wait_for("role-changed back", WAIT, |e| e.type_ == types::ROLE_CHANGED && e.payload["role"] == "viewer")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(arriving(&hana_media, "ada-mic", Duration::from_secs(1)).await, 0, "ada's audio stopped");
+    let offer = serde_json::json!({"sdp": "v=0", "tracks": [{"id": "ada-mic", "source": "Microphone"}]});
+    assert_eq!(code(ada.request(types::OFFER, offer).await), Some(ErrorCode::Forbidden));
+    // It still receives, through the connections its client made again.
+    switchboard_e2e::wait_for("ada's media reconnected twice", WAIT, || async { ada_media.reconnects() == 2 }).await;
+    let hana_heard = arriving(&ada_media, "hana-mic", Duration::from_secs(1));
+    assert!(hana_heard.await > 20, "ada still hears the host");
+    env.ns.delete().await;
+}

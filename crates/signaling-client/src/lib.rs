@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_sfu_api::{AnswerResponse, Candidate, JoinRequest, OfferRequest, SequencedEvent};
 use switchboard_sfu_client::{EventsError, MediaSignal, Result as MediaResult};
 use switchboard_signaling_proto::{
-    Envelope, ErrorCode, ErrorPayload, JoinedPayload, OfferPayload, ReconnectPayload, types,
+    Envelope, ErrorCode, ErrorPayload, JoinedPayload, OfferPayload, ReconnectPayload, Role, RoleChangedPayload, types,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
@@ -500,13 +500,46 @@ impl Drop for MediaSession {
 }
 
 impl MediaSession {
+    /// Media that publishes `opts.publish` (until a host makes it a viewer).
     pub async fn start(
         client: Arc<SignalingClient>,
         participant: &str,
         opts: switchboard_sfu_client::JoinOptions,
     ) -> Result<Self> {
+        Self::start_as(client, participant, opts, None).await
+    }
+
+    /// Media for a participant with `role` (from `joined`): `opts.publish` goes out
+    /// while its role publishes. A host's `set-role` changes that: the `media-reconnect`
+    /// after `role-changed` builds connections that publish or not, as the new role says
+    /// (a Webinar attendee invited to speak, and moved back).
+    pub async fn start_as(
+        client: Arc<SignalingClient>,
+        participant: &str,
+        opts: switchboard_sfu_client::JoinOptions,
+        role: Option<Role>,
+    ) -> Result<Self> {
+        let as_role = {
+            let (client, opts) = (client.clone(), opts.clone());
+            move || {
+                let latest = client
+                    .received()
+                    .iter()
+                    .rev()
+                    .find(|e| e.type_ == types::ROLE_CHANGED)
+                    .and_then(|e| e.payload_as::<RoleChangedPayload>().ok())
+                    .map(|r| r.role)
+                    .or(role);
+                match latest {
+                    Some(r) if !r.publishes() => {
+                        switchboard_sfu_client::JoinOptions { publish: Vec::new(), ..opts.clone() }
+                    }
+                    _ => opts.clone(),
+                }
+            }
+        };
         let first =
-            switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, opts.clone()).await?;
+            switchboard_sfu_client::Participant::join_via(client.media(), "meeting", participant, as_role()).await?;
         let current = Arc::new(tokio::sync::Mutex::new(first));
         let reconnects = Arc::new(AtomicU64::new(0));
         let task = {
@@ -523,7 +556,7 @@ impl MediaSession {
                                 client.media(),
                                 "meeting",
                                 &participant,
-                                opts.clone(),
+                                as_role(),
                             )
                             .await
                             {

@@ -104,6 +104,10 @@ pub mod types {
     /// A host ends the meeting for everyone: each participant gets `meeting-ended` and
     /// is disconnected, and nobody may join again.
     pub const END_MEETING: &str = "end-meeting";
+    /// A host changes someone's role during the meeting: invites a Webinar attendee to
+    /// speak (`participant`, a panelist) or moves them back (`viewer`), makes or unmakes
+    /// a co-host. The participant gets `role-changed`; everyone a `participant-update`.
+    pub const SET_ROLE: &str = "set-role";
     pub const PING: &str = "ping";
     pub const ERROR: &str = "error";
     // Server to client only.
@@ -117,6 +121,8 @@ pub mod types {
     pub const RECORDING: &str = "recording";
     /// The meeting is over (a host ended it, or the operator did): do not reconnect.
     pub const MEETING_ENDED: &str = "meeting-ended";
+    /// This participant's role changed ([`RoleChangedPayload`](super::RoleChangedPayload)).
+    pub const ROLE_CHANGED: &str = "role-changed";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
 }
@@ -147,6 +153,7 @@ pub enum ClientMessage {
     Subscription(SubscriptionPayload),
     StartRecording,
     EndMeeting,
+    SetRole(SetRolePayload),
     Ping,
 }
 
@@ -171,6 +178,7 @@ impl ClientMessage {
             Self::Subscription(_) => SUBSCRIPTION,
             Self::StartRecording => START_RECORDING,
             Self::EndMeeting => END_MEETING,
+            Self::SetRole(_) => SET_ROLE,
             Self::Ping => PING,
         }
     }
@@ -272,6 +280,28 @@ pub struct HandRaisePayload {
     /// raises another's. In the server's announcement, whose hand it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetRolePayload {
+    pub participant_id: String,
+    /// `co-host`, `participant` (also `panelist`) or `viewer` (also `attendee`); a
+    /// meeting's one host is its `spec.host`, so `host` is refused.
+    pub role: Role,
+}
+
+/// To the participant whose role changed: its role and what it may do now. When
+/// `reconnect` is set, whether it publishes changed: its media at the SFU was let go and
+/// it connects media again (a `media-reconnect` follows), publishing only if `role` does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleChangedPayload {
+    pub role: Role,
+    pub permissions: Vec<Permission>,
+    /// Who changed it.
+    pub by: String,
+    pub reconnect: bool,
 }
 
 /// Tallest picture worth asking for (8K).
@@ -539,6 +569,18 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             ClientMessage::Admit(admit)
         }
         REMOVE => ClientMessage::Remove(typed(payload()).map_err(invalid)?),
+        SET_ROLE => {
+            let r: SetRolePayload = typed(payload()).map_err(invalid)?;
+            switchboard_sfu_api::paths::check_id("participant", &r.participant_id)
+                .map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            if r.role == Role::Host {
+                return Err(fail(
+                    ErrorCode::InvalidPayload,
+                    "a meeting's host is its spec.host; set-role takes co-host, participant or viewer".into(),
+                ));
+            }
+            ClientMessage::SetRole(r)
+        }
         REACTION => {
             let r: ReactionPayload = typed(payload()).map_err(invalid)?;
             if r.emoji.is_empty() || r.emoji.chars().count() > 8 {

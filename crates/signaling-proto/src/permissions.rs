@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 pub enum Role {
     Host,
     CoHost,
+    /// In a Webinar, a panelist.
     #[default]
+    #[serde(alias = "panelist")]
     Participant,
+    /// In a Webinar, an attendee.
+    #[serde(alias = "attendee")]
     Viewer,
 }
 

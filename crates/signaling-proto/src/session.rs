@@ -73,6 +73,9 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
             Need::Permission(Permission::ShareScreen)
         }
         ClientMessage::Admit(_) => Need::Admitter,
+        // Roles run the meeting; making or unmaking a co-host is the host's alone (the
+        // server checks that against the target's role).
+        ClientMessage::SetRole(_) => Need::Admitter,
         // Lowering someone else's hand runs the meeting, as admitting does.
         ClientMessage::HandRaise(h) if h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
         // An offer with an SDP or tracks publishes; an empty one joins the SFU receive-only.
@@ -181,6 +184,8 @@ mod tests {
     }
 
     const CHAT: &str = r#"{"type":"chat","payload":{"text":"hi"}}"#;
+    const PROMOTE_BOB: &str = r#"{"type":"set-role","payload":{"participantId":"bob","role":"panelist"}}"#;
+    const PROMOTE_ME: &str = r#"{"type":"set-role","payload":{"participantId":"me","role":"participant"}}"#;
     const OFFER: &str = r#"{"type":"offer","payload":{"sdp":"v=0"}}"#;
     const RECEIVE_ONLY: &str = r#"{"type":"offer","payload":{}}"#;
     const TRACKS_ONLY: &str = r#"{"type":"offer","payload":{"tracks":[{"id":"m","source":"Microphone"}]}}"#;
@@ -240,6 +245,11 @@ mod tests {
             (waiting, HAND_UP, Err(ErrorCode::NotAdmitted)),
             (admitted(Role::Viewer), SUBSCRIPTION, Ok(Step::Act)),
             (waiting, SUBSCRIPTION, Err(ErrorCode::NotAdmitted)),
+            (admitted(Role::Host), PROMOTE_BOB, Ok(Step::Act)),
+            (admitted(Role::CoHost), PROMOTE_BOB, Ok(Step::Act)),
+            (admitted(Role::Participant), PROMOTE_BOB, Err(ErrorCode::Forbidden)),
+            (admitted(Role::Viewer), PROMOTE_ME, Err(ErrorCode::Forbidden)),
+            (waiting, PROMOTE_ME, Err(ErrorCode::NotAdmitted)),
             (Phase::Closed, r#"{"type":"ping"}"#, Err(ErrorCode::Unauthenticated)),
             (Phase::Closed, JOIN, Err(ErrorCode::Unauthenticated)),
         ];

@@ -27,6 +27,7 @@ fn parses_each_client_type() {
         r#"{"type":"start-recording"}"#,
         r#"{"type":"end-meeting"}"#,
         r#"{"type":"offer","payload":{"fresh":true}}"#,
+        r#"{"type":"set-role","payload":{"participantId":"p1","role":"co-host"}}"#,
         r#"{"type":"ping","id":"7"}"#,
     ];
     for c in cases {
@@ -245,4 +246,32 @@ fn only_ones_own_hand_is_raised_and_others_are_named_by_id() {
     )
     .unwrap();
     assert!(!old.hand_raised);
+}
+
+#[test]
+fn set_role_takes_one_named_participant_and_a_role_below_host() {
+    for (role, want) in [
+        ("co-host", Role::CoHost),
+        ("participant", Role::Participant),
+        ("panelist", Role::Participant),
+        ("viewer", Role::Viewer),
+        ("attendee", Role::Viewer),
+    ] {
+        let frame = format!(r#"{{"type":"set-role","payload":{{"participantId":"bob","role":"{role}"}}}}"#);
+        match parse(&frame).unwrap() {
+            ClientMessage::SetRole(r) => assert_eq!((r.participant_id.as_str(), r.role), ("bob", want)),
+            other => panic!("{other:?}"),
+        }
+    }
+    for (frame, named) in [
+        (r#"{"type":"set-role","payload":{"participantId":"bob","role":"host"}}"#, "spec.host"),
+        (r#"{"type":"set-role","payload":{"participantId":"bob","role":"owner"}}"#, "unknown variant"),
+        (r#"{"type":"set-role","payload":{"participantId":"..","role":"viewer"}}"#, "participant"),
+        (r#"{"type":"set-role","payload":{"participantId":"bob"}}"#, "missing field `role`"),
+        (r#"{"type":"set-role","payload":{"participantId":"bob","role":"viewer","all":true}}"#, "unknown field"),
+    ] {
+        let e = parse(frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}");
+        assert!(e.reason.contains(named), "{frame}: {}", e.reason);
+    }
 }
