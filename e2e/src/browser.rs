@@ -55,6 +55,12 @@ pub fn waiting_room(
     script("waiting.mjs", &args, &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
+/// A Webinar's host page and an attendee's page (`webinar.mjs`): what the attendee
+/// sees, its raised hand, its invitation to speak and its move back to the audience.
+pub fn webinar(host: &str, attendee: &str, attendee_name: &str) -> Result<serde_json::Value, String> {
+    script("webinar.mjs", &[host, attendee, attendee_name], &[])
+}
+
 /// A host page and a guest page (`meeting_controls.mjs`), with a participant named
 /// `other` the caller runs: the guest's hand (through a reload), screen share and mute
 /// seen from the host's page; the host removes `other`, then ends the meeting for all.

@@ -443,3 +443,37 @@ async fn media_resumes_after_the_network_path_comes_back_or_moves() {
     let _ = std::fs::remove_dir_all(&dir);
     m.env.ns.delete().await;
 }
+
+/// A Webinar from the attendee's page: it sees the host (video, the people list) and
+/// the audience counted, not listed (two more attendees, Rust clients); it raises its
+/// hand, the host's page shows it and clicks "Invite to speak"; the attendee's page
+/// publishes and the host hears it (audio energy, none before), its hand lowered; moved
+/// back to the audience, it is silent again and its camera released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webinar_attendee_raises_a_hand_is_invited_to_speak_and_is_heard() {
+    let _turn = BROWSERS.lock().await;
+    let m = BrowserMeeting::start("sig-webinar-page", "keynote", "hana", serde_json::json!({"mode": "Webinar"})).await;
+    let (_cy, _, cy_joined) = connect(&rest(&m.server.url, "cy", None), "keynote").await;
+    let (_dee, _, _) = connect(&rest(&m.server.url, "dee", None), "keynote").await;
+    assert_eq!(cy_joined.participant.role, switchboard_signaling_proto::Role::Viewer);
+    let (host, attendee) = (m.url("hana"), m.url("ada"));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::webinar(&host, &attendee, "ADA"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browsers: {e}"));
+    println!("webinar report: {report}");
+    assert_eq!(report["attendeeRole"], "viewer", "{report}");
+    let sees: Vec<&str> = report["attendeeSees"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert_eq!(sees.len(), 2, "the host and itself, not the other attendees: {report}");
+    assert!(sees.iter().any(|s| s.starts_with("HANA") && s.contains("host")), "{report}");
+    assert!(report["audience"].as_str().unwrap().contains("3 in the audience"), "{report}");
+    assert_eq!(report["attendeeControls"], serde_json::json!({"mic": false, "cam": false}), "{report}");
+    assert_eq!(report["heardBefore"].as_f64().unwrap(), 0.0, "nothing from the attendee before: {report}");
+    assert_eq!(report["hostSawHand"], true);
+    assert!(report["heardAfter"].as_f64().unwrap() > 0.0, "the host hears the invited attendee: {report}");
+    assert_eq!(report["handAfter"], "Raise hand", "invited, its hand went down: {report}");
+    assert_eq!(report["attendeeControlsAfter"], serde_json::json!({"mic": true, "cam": true}), "{report}");
+    assert_eq!(report["heardMovedBack"].as_f64().unwrap(), 0.0, "moved back, silent: {report}");
+    assert_eq!(report["attendeeLocalAfter"], false, "its camera and microphone released: {report}");
+    m.env.ns.delete().await;
+}

@@ -24,13 +24,14 @@ export function launch(origins = []) {
 // session storage), logging as `name`, through the pre-join screen: the preview comes
 // up and "Join now" is clicked, as a person would. `prejoin(page)` runs first when given
 // (e.g. to turn the microphone off before joining).
-export async function openPage(browser, url, name, { viewport, prejoin } = {}) {
+// A viewer (a Webinar's attendee) has no pre-join screen: `viewer: true` skips it.
+export async function openPage(browser, url, name, { viewport, prejoin, viewer } = {}) {
   const context = await browser.newContext({ permissions: ["camera", "microphone"], ...(viewport ? { viewport } : {}) });
   const page = await context.newPage();
   page.on("console", (m) => console.log(`[${name}] ${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => console.log(`[${name}] error: ${e.message}`));
   await page.goto(url);
-  await joinFromPreview(page, prejoin);
+  if (!viewer) await joinFromPreview(page, prejoin);
   return page;
 }
 
