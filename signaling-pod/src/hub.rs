@@ -252,6 +252,17 @@ impl Hub {
     }
 
     /// Keys of the meetings with connections here.
+    /// Sends `env` to every connection of the meeting on this replica.
+    pub fn deliver_local(&self, key: &str, env: &switchboard_signaling_proto::Envelope) {
+        let targets: Vec<Local> =
+            self.local.lock().unwrap().get(key).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        for t in targets {
+            if t.tx.try_send(Outbound::Deliver(env.clone())).is_err() {
+                self.dropped.inc();
+            }
+        }
+    }
+
     pub fn meetings(&self) -> Vec<String> {
         self.local.lock().unwrap().keys().cloned().collect()
     }

@@ -59,6 +59,7 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     let public_url = cfg.public_url.clone().unwrap_or_else(|| url.clone());
     let app = app::App::new(app::Parts { cfg, public_url, users, sessions, store, meetings, hub, kube });
     tokio::spawn(reporter::run(app.clone()));
+    tokio::spawn(reporter::tell_audience(app.clone()));
     tokio::spawn(recordings::watch(app.clone()));
     if app.users.jwks().is_some() {
         tokio::spawn(refresh_jwks(app.clone()));

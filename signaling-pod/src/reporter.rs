@@ -48,6 +48,39 @@ struct ShownConnections {
     reports_since_read: u32,
 }
 
+/// How often the audience's size is told (when it changed).
+pub const AUDIENCE_EVERY: Duration = Duration::from_secs(1);
+
+/// Every [`AUDIENCE_EVERY`], each meeting with connections here whose audience (admitted
+/// viewers, a Webinar's attendees) changed size is told so: `audience {count}` to its
+/// connections on this replica, read from Redis by each replica for its own. One
+/// message a second at most, however many attendees come and go (see
+/// `store::presence_audience`).
+pub async fn tell_audience(app: Arc<App>) {
+    let mut tick = tokio::time::interval(AUDIENCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut told: std::collections::HashMap<String, u64> = Default::default();
+    loop {
+        tick.tick().await;
+        let keys = app.hub.meetings();
+        told.retain(|k, _| keys.contains(k));
+        for key in keys {
+            let Ok(count) = app.store.audience(&key).await else { continue };
+            if told.get(&key) == Some(&count) {
+                continue;
+            }
+            told.insert(key.clone(), count);
+            let name = app.watched.lock().unwrap().get(&key).cloned().unwrap_or_default();
+            let env = switchboard_signaling_proto::Envelope::new(
+                switchboard_signaling_proto::types::AUDIENCE,
+                switchboard_signaling_proto::AudiencePayload { count },
+            )
+            .room(&name);
+            app.hub.deliver_local(&key, &env);
+        }
+    }
+}
+
 pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(REPORT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -111,7 +144,7 @@ async fn pass(app: &App, key: &str, name: &str) -> anyhow::Result<()> {
         if app.store.remove(key, &r.info.id).await? {
             tracing::info!(meeting = %name, participant = %r.info.id, "presence expired");
             app.leave_sfu(r);
-            app.store.publish(key, &Bus::left(name, &r.info.id, "disconnected")).await?;
+            app.store.publish(key, &Bus::left(name, &r.info, "disconnected")).await?;
         }
     }
     app.meetings.report(name, present).await?;

@@ -22,8 +22,8 @@ use switchboard_sfu_api::{ErrorCode as SfuCode, JoinRequest, OfferRequest, Parti
 use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, IceServersPayload, JoinedPayload, MediaKind,
-    MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ProtoError, ReconnectPayload, Role,
-    RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
+    MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ParticipantsPage, ProtoError,
+    ReconnectPayload, Role, RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
     session::{self, Phase, Step},
     types,
 };
@@ -35,9 +35,11 @@ use crate::auth::{self, SessionClaims};
 use crate::hub::{Kill, Local, Outbound};
 use crate::meetings;
 use crate::recordings::{self, StartError};
-use crate::store::{Audience, Bus, BusWhat, MediaRecord, Record};
+use crate::store::{self, Audience, Bus, BusWhat, MediaRecord, Record};
 
 const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// A `participants` page without a `limit`.
+const DEFAULT_PARTICIPANTS_PAGE: u32 = 100;
 /// Messages queued for one connection; beyond, messages for it are dropped.
 pub const OUTBOUND_QUEUE: usize = 512;
 /// How long a connection being closed by a kill may take to say why.
@@ -440,6 +442,13 @@ impl Session {
         })
     }
 
+    /// A participant's state to those who follow it one by one ([`store::presence_audience`]).
+    async fn announce(&self, info: &ParticipantInfo) -> Result<(), ProtoError> {
+        let j = self.joined.as_ref().expect("joined");
+        let to = store::presence_audience(info);
+        self.send_bus(Bus::deliver(to, &j.claims.mtg, &info.id, types::PARTICIPANT_UPDATE, info)).await
+    }
+
     /// Broadcasts `type` from this participant to everyone in the meeting.
     async fn broadcast(&self, type_: &str, payload: impl serde::Serialize) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
@@ -564,6 +573,14 @@ impl Session {
                 self.reply(id, types::OK, serde_json::json!({ "admitted": admitted }));
                 Ok(Flow::Continue)
             }
+            ClientMessage::Participants(q) => {
+                let limit = q.limit.unwrap_or(DEFAULT_PARTICIPANTS_PAGE) as usize;
+                let (page, next) =
+                    self.app.store.page(&joined.key, q.after.as_deref(), limit).await.map_err(redis_failed)?;
+                let participants = page.into_iter().map(|r| r.info).collect();
+                self.reply(id, types::PARTICIPANTS, ParticipantsPage { participants, next });
+                Ok(Flow::Continue)
+            }
             ClientMessage::SetRole(r) => {
                 self.set_role(r).await?;
                 self.reply(id, types::OK, serde_json::json!({}));
@@ -588,9 +605,11 @@ impl Session {
                 self.app.store.put(&key, &record).await.map_err(redis_failed)?;
                 let announce =
                     switchboard_signaling_proto::HandRaisePayload { raised: h.raised, participant_id: Some(target) };
-                self.broadcast(types::HAND_RAISE, &announce).await?;
+                let to = store::presence_audience(&record.info);
+                self.send_bus(Bus::deliver(to, &joined.claims.mtg, &joined.info.id, types::HAND_RAISE, &announce))
+                    .await?;
                 if record.info.admitted {
-                    self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
+                    self.announce(&record.info).await?;
                 }
                 self.reply(id, types::OK, serde_json::json!({}));
                 Ok(Flow::Continue)
@@ -725,10 +744,13 @@ impl Session {
             (String::new(), Vec::new(), None, Vec::new())
         };
         let participant = record.info.clone();
-        let joined = JoinedPayload { participant, title, permissions, participants, resumed, recording, ice_servers };
+        let audience =
+            if record.info.admitted { self.app.store.audience(&key).await.map_err(redis_failed)? } else { 0 };
+        let joined =
+            JoinedPayload { participant, title, permissions, participants, audience, resumed, recording, ice_servers };
         self.reply(id, types::JOINED, joined);
         if record.info.admitted {
-            self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
+            self.announce(&record.info).await?;
         } else {
             self.push(Envelope::new(types::WAITING, serde_json::json!({ "reason": "a host will admit you" })));
             self.send_bus(Bus::deliver(
@@ -765,7 +787,7 @@ impl Session {
         for r in store.records_of(&key, &target.user).await.map_err(redis_failed)? {
             if store.remove(&key, &r.info.id).await.map_err(redis_failed)? {
                 self.app.leave_sfu(&r);
-                self.send_bus(Bus::left(&name, &r.info.id, "removed")).await?;
+                self.send_bus(Bus::left(&name, &r.info, "removed")).await?;
                 removed.push(r.info.id);
             }
         }
@@ -804,6 +826,7 @@ impl Session {
         self.app.store.put(&key, &target).await.map_err(redis_failed)?;
         tracing::info!(participant = %target.info.id, from = ?before, to = ?r.role, by = %me, "role changed");
         self.publish(Audience::Peer(target.info.id.clone()), BusWhat::RoleChanged { role: r.role, by: me }).await?;
+        // Everyone: joining the speakers or leaving them changes what each page shows.
         if target.info.admitted {
             self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
         }
@@ -836,7 +859,7 @@ impl Session {
         let command = BusWhat::ForceMute { kind: m.kind, by: me, muted: m.muted };
         self.publish(Audience::Peer(m.participant_id.clone()), command).await?;
         if target.info.admitted {
-            self.broadcast(types::PARTICIPANT_UPDATE, &target.info).await?;
+            self.announce(&target.info).await?;
         }
         Ok(())
     }
@@ -846,7 +869,13 @@ impl Session {
         let j = self.joined.as_ref().expect("joined");
         let all = self.app.store.all(&j.key).await.map_err(redis_failed)?;
         let admits = j.info.role.admits();
-        let mut out: Vec<_> = all.into_iter().map(|r| r.info).filter(|i| i.admitted || admits).collect();
+        let me = j.info.id.as_str();
+        // The audience is counted, not listed, for those who do not run the meeting.
+        let mut out: Vec<_> = all
+            .into_iter()
+            .map(|r| r.info)
+            .filter(|i| admits || i.id == me || store::presence_audience(i) == Audience::All)
+            .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -868,7 +897,7 @@ impl Session {
             t.info.admitted = true;
             self.app.store.put(&key, &t).await.map_err(redis_failed)?;
             self.publish(Audience::Peer(t.info.id.clone()), BusWhat::Admitted).await?;
-            self.broadcast(types::PARTICIPANT_UPDATE, &t.info).await?;
+            self.announce(&t.info).await?;
             admitted.push(t.info.id);
         }
         Ok(admitted)
@@ -925,7 +954,7 @@ impl Session {
             }
         }
         if record.info.admitted {
-            self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await?;
+            self.announce(&record.info).await?;
         }
         Ok(())
     }
@@ -1209,11 +1238,12 @@ impl Session {
                 let participants = self.visible_participants().await.unwrap_or_default();
                 let title = self.meeting().map(|m| m.spec.title.clone()).unwrap_or_default();
                 let recording = self.app.store.recording(&key).await.unwrap_or_default();
+                let audience = self.app.store.audience(&key).await.unwrap_or_default();
                 self.push(Envelope::new(
                     types::ADMITTED,
                     serde_json::json!({
                         "participants": participants, "title": title, "recording": recording,
-                        "iceServers": ice_servers,
+                        "iceServers": ice_servers, "audience": audience,
                     }),
                 ));
             }
@@ -1306,7 +1336,7 @@ impl Session {
             Ok(true) => {
                 tracing::info!(participant = %record.info.id, "participant record written back (Redis had lost it)");
                 if record.info.admitted {
-                    let _ = self.broadcast(types::PARTICIPANT_UPDATE, &record.info).await;
+                    let _ = self.announce(&record.info).await;
                 }
             }
             Ok(false) => {}
@@ -1343,7 +1373,7 @@ impl Session {
             && let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await
         {
             self.app.leave_sfu(&r);
-            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info.id, "removed")).await;
+            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "removed")).await;
         } else if let Some(media) = &j.media {
             let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
             tokio::spawn(async move { sfu.leave(&room, &pid).await });
@@ -1361,7 +1391,7 @@ impl Session {
         }
         self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
         if let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await {
-            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info.id, "left")).await;
+            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "left")).await;
         }
     }
 

@@ -137,11 +137,25 @@ impl Bus {
         Self { to, what: BusWhat::Deliver(env) }
     }
 
-    /// Everyone hears that `participant` is gone, and why.
-    pub fn left(name: &str, participant: &str, reason: &str) -> Self {
-        let payload = serde_json::json!({ "participantId": participant, "reason": reason });
-        Self::deliver(Audience::All, name, participant, switchboard_signaling_proto::types::PARTICIPANT_LEFT, payload)
+    /// Those who saw `participant` ([`presence_audience`]) hear that it is gone, and why.
+    pub fn left(name: &str, participant: &ParticipantInfo, reason: &str) -> Self {
+        let payload = serde_json::json!({ "participantId": participant.id, "reason": reason });
+        let to = presence_audience(participant);
+        Self::deliver(to, name, &participant.id, switchboard_signaling_proto::types::PARTICIPANT_LEFT, payload)
     }
+}
+
+/// Who hears a participant come, change and go: everyone, except for the audience
+/// (admitted viewers, a Webinar's attendees) and the waiting room, whom only hosts and
+/// co-hosts follow one by one; the rest of the meeting gets the audience's size
+/// (`audience`, at most once a second), so 1,000 attendees joining do not send every
+/// attendee 1,000 messages.
+pub fn presence_audience(p: &ParticipantInfo) -> Audience {
+    if p.admitted && p.role != Role::Viewer { Audience::All } else { Audience::Admitters }
+}
+
+fn in_audience(p: &ParticipantInfo) -> bool {
+    p.admitted && p.role == Role::Viewer
 }
 
 /// One replica's last report of its open connections.
@@ -310,7 +324,33 @@ impl Store {
             let member = user_key(meeting, &record.user);
             pipe.sadd(&member, &record.info.id).ignore().expire(&member, MEETING_KEYS_TTL as i64).ignore();
         }
+        let audience = k(meeting, "audience");
+        if in_audience(&record.info) {
+            pipe.sadd(&audience, &record.info.id).ignore().expire(&audience, MEETING_KEYS_TTL as i64).ignore();
+        } else {
+            pipe.srem(&audience, &record.info.id).ignore();
+        }
         pipe.query_async::<()>(&mut self.c()).await
+    }
+
+    /// How many are in the audience (admitted viewers) now.
+    pub async fn audience(&self, meeting: &str) -> RedisResult<u64> {
+        self.c().scard(k(meeting, "audience")).await
+    }
+
+    /// Participants sorted by id, from after `after`, at most `limit`; and the id the
+    /// next page starts after, when there is one.
+    pub async fn page(
+        &self,
+        meeting: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> RedisResult<(Vec<Record>, Option<String>)> {
+        let mut all = self.all(meeting).await?;
+        all.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        let rest: Vec<Record> = all.into_iter().filter(|r| after.is_none_or(|a| r.info.id.as_str() > a)).collect();
+        let next = (rest.len() > limit).then(|| rest[limit - 1].info.id.clone());
+        Ok((rest.into_iter().take(limit).collect(), next))
     }
 
     /// Whether the user has an admitted participant in the meeting now.
@@ -341,6 +381,8 @@ impl Store {
             .del(k(meeting, &format!("alive:{participant}")))
             .ignore()
             .hdel(k(meeting, "seq"), participant)
+            .ignore()
+            .srem(k(meeting, "audience"), participant)
             .ignore();
         if let Some(user) = user {
             pipe.srem(user_key(meeting, &user), participant).ignore();
@@ -386,6 +428,12 @@ impl Store {
             pipe.sadd(&member, &record.info.id).ignore().expire(&member, MEETING_KEYS_TTL as i64).ignore();
         }
         let (written,): (bool,) = pipe.query_async(&mut self.c()).await?;
+        if written && in_audience(&record.info) {
+            let audience = k(meeting, "audience");
+            let mut pipe = redis::pipe();
+            pipe.sadd(&audience, &record.info.id).ignore().expire(&audience, MEETING_KEYS_TTL as i64).ignore();
+            pipe.query_async::<()>(&mut self.c()).await?;
+        }
         Ok(written)
     }
 

@@ -372,3 +372,88 @@ async fn bad_input_and_bad_tokens_are_refused_clearly() {
     assert!(page.messages.is_empty(), "nothing unauthenticated reached the chat");
     env.ns.delete().await;
 }
+
+/// A Webinar's audience is counted, not broadcast: attendees joining and leaving send
+/// the other attendees no one-by-one presence, only `audience {count}` at most once a
+/// second; hosts see each attendee and page through the list; attendees see the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webinars_audience_is_counted_not_broadcast_and_hosts_page_through_it() {
+    let env = env("sig-audience").await;
+    let spec = serde_json::json!({"mode": "Webinar", "participants": {"expected": 50, "max": 100}});
+    meeting(&env, "summit", "hana", spec).await;
+    assign(&env, "summit", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let server = env.in_process(env.config()).await;
+    let (host, host_grant, _) = connect(&rest(&server.url, "hana", None), "summit").await;
+    let host_id = host_grant.participant_id.as_str();
+    let (first, first_grant, _) = connect(&rest(&server.url, "a00", None), "summit").await;
+
+    // Thirty more attendees join at once.
+    let joins = futures::future::join_all((1..=30).map(|i| {
+        let url = server.url.clone();
+        async move { connect(&rest(&url, &format!("a{i:02}"), None), "summit").await }
+    }));
+    let attendees: Vec<_> = joins.await;
+    let count_of = |e: &switchboard_signaling_proto::Envelope| e.payload["count"].as_u64();
+    first
+        .wait_for("the audience counted", WAIT, |e| e.type_ == types::AUDIENCE && count_of(e) == Some(31))
+        .await
+        .unwrap();
+    // The first attendee heard nothing of each of the others: only the count, coalesced.
+    let heard = first.received();
+    let about_others = heard
+        .iter()
+        .filter(|e| matches!(e.type_.as_str(), types::PARTICIPANT_UPDATE | types::PARTICIPANT_LEFT | types::HAND_RAISE))
+        .filter(|e| e.from_peer_id.as_deref() != Some(first_grant.participant_id.as_str()))
+        .filter(|e| e.from_peer_id.as_deref() != Some(host_id))
+        .count();
+    assert_eq!(about_others, 0, "{heard:?}");
+    let counts = heard.iter().filter(|e| e.type_ == types::AUDIENCE).count();
+    assert!(counts <= 6, "the count is told at most once a second, not per join: {counts}");
+    // A late attendee sees the host and itself, and the count.
+    let (_late, late_grant, late_joined) = connect(&rest(&server.url, "a31", None), "summit").await;
+    let seen: Vec<&str> = late_joined.participants.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.contains(&host_id) && seen.contains(&late_grant.participant_id.as_str()), "{seen:?}");
+    assert_eq!(late_joined.audience, 32);
+
+    // The host saw each one come, and pages through all of them.
+    switchboard_e2e::wait_for("the host saw every attendee", WAIT, || async {
+        let ids: std::collections::HashSet<String> = host
+            .received()
+            .iter()
+            .filter(|e| e.type_ == types::PARTICIPANT_UPDATE)
+            .filter_map(|e| e.payload["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.len() >= 32
+    })
+    .await;
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = host.request(types::PARTICIPANTS, serde_json::json!({"after": after, "limit": 10})).await.unwrap();
+        let page: switchboard_signaling_proto::ParticipantsPage = page.payload_as().unwrap();
+        assert!(page.participants.len() <= 10);
+        listed.extend(page.participants.into_iter().map(|p| p.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 33, "the host and 32 attendees: {listed:?}");
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "sorted, none twice: {listed:?}");
+    let refused = first.request(types::PARTICIPANTS, serde_json::json!({})).await.expect_err("attendees do not list");
+    assert_eq!(refused.refusal().unwrap().code, ErrorCode::Forbidden);
+
+    // Ten leave: the count follows, and the others hear no departures one by one.
+    for (client, _, _) in attendees.iter().take(10) {
+        client.request(types::LEAVE, serde_json::json!({})).await.unwrap();
+    }
+    first
+        .wait_for("the audience counted again", WAIT, |e| e.type_ == types::AUDIENCE && count_of(e) == Some(22))
+        .await
+        .unwrap();
+    let left = first.received().iter().filter(|e| e.type_ == types::PARTICIPANT_LEFT).count();
+    assert_eq!(left, 0);
+    assert!(host.received().iter().filter(|e| e.type_ == types::PARTICIPANT_LEFT).count() >= 10);
+    env.ns.delete().await;
+}

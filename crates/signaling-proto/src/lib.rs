@@ -108,6 +108,10 @@ pub mod types {
     /// speak (`participant`, a panelist) or moves them back (`viewer`), makes or unmakes
     /// a co-host. The participant gets `role-changed`; everyone a `participant-update`.
     pub const SET_ROLE: &str = "set-role";
+    /// Hosts and co-hosts page through the participants, sorted by id
+    /// ([`ParticipantsQuery`](super::ParticipantsQuery)); the reply has the same type
+    /// and a [`ParticipantsPage`](super::ParticipantsPage).
+    pub const PARTICIPANTS: &str = "participants";
     pub const PING: &str = "ping";
     pub const ERROR: &str = "error";
     // Server to client only.
@@ -123,6 +127,10 @@ pub mod types {
     pub const MEETING_ENDED: &str = "meeting-ended";
     /// This participant's role changed ([`RoleChangedPayload`](super::RoleChangedPayload)).
     pub const ROLE_CHANGED: &str = "role-changed";
+    /// How many are in the audience (viewers, a Webinar's attendees) now
+    /// ([`AudiencePayload`](super::AudiencePayload)): sent when it changed, at most once
+    /// a second, instead of one message per attendee who comes or goes.
+    pub const AUDIENCE: &str = "audience";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
 }
@@ -154,6 +162,7 @@ pub enum ClientMessage {
     StartRecording,
     EndMeeting,
     SetRole(SetRolePayload),
+    Participants(ParticipantsQuery),
     Ping,
 }
 
@@ -179,6 +188,7 @@ impl ClientMessage {
             Self::StartRecording => START_RECORDING,
             Self::EndMeeting => END_MEETING,
             Self::SetRole(_) => SET_ROLE,
+            Self::Participants(_) => PARTICIPANTS,
             Self::Ping => PING,
         }
     }
@@ -291,6 +301,35 @@ pub struct SetRolePayload {
     pub role: Role,
 }
 
+/// Largest page of `participants`.
+pub const MAX_PARTICIPANTS_PAGE: u32 = 500;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParticipantsQuery {
+    /// The page starts after this participant id (absent: from the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (1 to [`MAX_PARTICIPANTS_PAGE`], default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantsPage {
+    pub participants: Vec<ParticipantInfo>,
+    /// Where the next page starts (`after`), absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AudiencePayload {
+    pub count: u64,
+}
+
 /// To the participant whose role changed: its role and what it may do now. When
 /// `reconnect` is set, whether it publishes changed: its media at the SFU was let go and
 /// it connects media again (a `media-reconnect` follows), publishing only if `role` does.
@@ -363,8 +402,13 @@ pub struct JoinedPayload {
     pub participant: ParticipantInfo,
     pub title: String,
     pub permissions: Vec<Permission>,
-    /// Everyone admitted (and, for hosts, everyone waiting).
+    /// Everyone admitted who is not in the audience, and oneself; for hosts and
+    /// co-hosts, the audience and everyone waiting too.
     pub participants: Vec<ParticipantInfo>,
+    /// How many are in the audience (admitted viewers, a Webinar's attendees); `audience`
+    /// messages follow the count.
+    #[serde(default)]
+    pub audience: u64,
     /// True when this connection took over an earlier one of the same session.
     pub resumed: bool,
     /// The RecordingJob recording the meeting now, if any (not told to the waiting room).
@@ -569,6 +613,20 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             ClientMessage::Admit(admit)
         }
         REMOVE => ClientMessage::Remove(typed(payload()).map_err(invalid)?),
+        PARTICIPANTS => {
+            let q: ParticipantsQuery = typed(payload()).map_err(invalid)?;
+            if q.limit.is_some_and(|l| l == 0 || l > MAX_PARTICIPANTS_PAGE) {
+                return Err(fail(
+                    ErrorCode::InvalidPayload,
+                    format!("limit is 1 to {MAX_PARTICIPANTS_PAGE}, not {}", q.limit.unwrap_or_default()),
+                ));
+            }
+            if let Some(after) = &q.after {
+                switchboard_sfu_api::paths::check_id("participant", after)
+                    .map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            }
+            ClientMessage::Participants(q)
+        }
         SET_ROLE => {
             let r: SetRolePayload = typed(payload()).map_err(invalid)?;
             switchboard_sfu_api::paths::check_id("participant", &r.participant_id)

@@ -76,6 +76,8 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         // Roles run the meeting; making or unmaking a co-host is the host's alone (the
         // server checks that against the target's role).
         ClientMessage::SetRole(_) => Need::Admitter,
+        // The audience is listed to those who run the meeting only.
+        ClientMessage::Participants(_) => Need::Admitter,
         // Lowering someone else's hand runs the meeting, as admitting does.
         ClientMessage::HandRaise(h) if h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
         // An offer with an SDP or tracks publishes; an empty one joins the SFU receive-only.
@@ -185,6 +187,7 @@ mod tests {
 
     const CHAT: &str = r#"{"type":"chat","payload":{"text":"hi"}}"#;
     const PROMOTE_BOB: &str = r#"{"type":"set-role","payload":{"participantId":"bob","role":"panelist"}}"#;
+    const PAGE: &str = r#"{"type":"participants","payload":{"limit":10}}"#;
     const PROMOTE_ME: &str = r#"{"type":"set-role","payload":{"participantId":"me","role":"participant"}}"#;
     const OFFER: &str = r#"{"type":"offer","payload":{"sdp":"v=0"}}"#;
     const RECEIVE_ONLY: &str = r#"{"type":"offer","payload":{}}"#;
@@ -246,6 +249,9 @@ mod tests {
             (admitted(Role::Viewer), SUBSCRIPTION, Ok(Step::Act)),
             (waiting, SUBSCRIPTION, Err(ErrorCode::NotAdmitted)),
             (admitted(Role::Host), PROMOTE_BOB, Ok(Step::Act)),
+            (admitted(Role::CoHost), PAGE, Ok(Step::Act)),
+            (admitted(Role::Participant), PAGE, Err(ErrorCode::Forbidden)),
+            (admitted(Role::Viewer), PAGE, Err(ErrorCode::Forbidden)),
             (admitted(Role::CoHost), PROMOTE_BOB, Ok(Step::Act)),
             (admitted(Role::Participant), PROMOTE_BOB, Err(ErrorCode::Forbidden)),
             (admitted(Role::Viewer), PROMOTE_ME, Err(ErrorCode::Forbidden)),

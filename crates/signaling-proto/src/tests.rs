@@ -28,6 +28,8 @@ fn parses_each_client_type() {
         r#"{"type":"end-meeting"}"#,
         r#"{"type":"offer","payload":{"fresh":true}}"#,
         r#"{"type":"set-role","payload":{"participantId":"p1","role":"co-host"}}"#,
+        r#"{"type":"participants","payload":{"after":"p1","limit":50}}"#,
+        r#"{"type":"participants"}"#,
         r#"{"type":"ping","id":"7"}"#,
     ];
     for c in cases {
@@ -269,6 +271,21 @@ fn set_role_takes_one_named_participant_and_a_role_below_host() {
         (r#"{"type":"set-role","payload":{"participantId":"..","role":"viewer"}}"#, "participant"),
         (r#"{"type":"set-role","payload":{"participantId":"bob"}}"#, "missing field `role`"),
         (r#"{"type":"set-role","payload":{"participantId":"bob","role":"viewer","all":true}}"#, "unknown field"),
+    ] {
+        let e = parse(frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}");
+        assert!(e.reason.contains(named), "{frame}: {}", e.reason);
+    }
+}
+
+#[test]
+fn a_participants_page_is_bounded() {
+    for (frame, named) in [
+        (r#"{"type":"participants","payload":{"limit":0}}"#, "limit is 1 to 500"),
+        (r#"{"type":"participants","payload":{"limit":501}}"#, "limit is 1 to 500"),
+        (r#"{"type":"participants","payload":{"limit":-1}}"#, "invalid value"),
+        (r#"{"type":"participants","payload":{"after":".."}}"#, "not a participant id"),
+        (r#"{"type":"participants","payload":{"role":"viewer"}}"#, "unknown field"),
     ] {
         let e = parse(frame).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}");
