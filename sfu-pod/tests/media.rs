@@ -643,3 +643,56 @@ async fn in_a_room_of_twelve_each_listener_receives_the_three_loudest_others() {
         p.leave().await.unwrap();
     }
 }
+
+/// Last-N as a client asks for it: a subscriber of ten cameras shows a grid page of
+/// four; it pauses the six it does not show (`subscription {paused}`, as the browser
+/// client does for tiles off screen) and receives exactly four videos; turning the
+/// page, the next four flow and the first four stop, without renegotiation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_showing_four_of_ten_cameras_receives_four_videos() {
+    let _slot = media_slot().await;
+    use switchboard_sfu_api::{SubscriptionRequest, paths};
+    let sfu = SfuProcess::start("sfu-last-n");
+    let viewer = join(&sfu.api, "grid", "viewer", vec![]).await;
+    let names: Vec<String> = (0..10).map(|i| format!("cam{i}")).collect();
+    let joined = futures::future::join_all(names.iter().map(|p| {
+        Participant::join(sfu.api.clone(), "grid", p, publishing(vec![Publish::video(&format!("{p}-video"))]))
+    }))
+    .await;
+    let publishers: Vec<Participant> = joined.into_iter().map(|p| p.expect("joins")).collect();
+    let tracks: Vec<String> = names.iter().map(|p| format!("{p}-video")).collect();
+    viewer
+        .wait_until("all ten cameras", WAIT, |rx| tracks.iter().all(|t| rx.get(t).is_some_and(|r| r.packets > 10)))
+        .await
+        .unwrap();
+    let api = &sfu.api;
+    let show = |page: std::ops::Range<usize>| {
+        let tracks = tracks.clone();
+        async move {
+            for (i, t) in tracks.iter().enumerate() {
+                let prefs = SubscriptionRequest { paused: !page.contains(&i), ..Default::default() };
+                let url = api.url(paths::SUBSCRIPTION, "grid", "viewer", t);
+                api.put::<_, serde_json::Value>(&url, &prefs).await.unwrap();
+            }
+        }
+    };
+    // Which cameras delivered video over a second and a half.
+    let flowing = || async {
+        let before = viewer.received();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = viewer.received();
+        let mut on: Vec<usize> =
+            (0..tracks.len()).filter(|i| after[&tracks[*i]].packets > before[&tracks[*i]].packets + 5).collect();
+        on.sort();
+        on
+    };
+    show(0..4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(flowing().await, vec![0, 1, 2, 3], "the first page's four");
+    show(4..8).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(flowing().await, vec![4, 5, 6, 7], "the next page's four, resumed at a keyframe");
+    for p in publishers {
+        p.leave().await.unwrap();
+    }
+}

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, CustomResourceExt as _};
+use kube::Api;
 use switchboard_crds::Meeting;
 use switchboard_sfu_client::{JoinOptions, NetworkOptions, Participant, Publish};
 use switchboard_signaling_client::{Rest, SignalingClient};
 use switchboard_signaling_proto::{Envelope, types};
 
-const KEY: &str = "signaling-bench-user-key-0123456789abcdef";
-const SESSION_KEY: &str = "signaling-bench-session-key-0123456789abcdef";
+#[path = "../bench_support.rs"]
+mod support;
+use support::*;
 
 struct Args {
     connections: usize,
@@ -62,153 +62,14 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-#[repr(C)]
-struct RLimit {
-    cur: u64,
-    max: u64,
-}
-unsafe extern "C" {
-    fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
-    fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
-}
-
-/// Raises the open-file limit to the hard limit (children inherit it).
-fn raise_fd_limit() -> u64 {
-    const RLIMIT_NOFILE: i32 = 7;
-    let mut l = RLimit { cur: 0, max: 0 };
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        getrlimit(RLIMIT_NOFILE, &mut l);
-        l.cur = l.max;
-        setrlimit(RLIMIT_NOFILE, &l);
-    }
-    l.cur
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| {
-                    l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-                })
-                .flatten()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn user_token(sub: &str) -> String {
-    signaling_pod::auth::Keys::new(KEY.as_bytes()).sign(&signaling_pod::auth::UserClaims {
-        sub: sub.into(),
-        name: None,
-        role: None,
-        exp: signaling_pod::auth::now_unix() + 3600,
-        typ: None,
-    })
-}
-
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A signaling replica; `sfu_token`: the credential of the SFU's internal API.
-fn replica(ns: &str, redis: &str, name: &str, sfu_token: &str) -> anyhow::Result<(Child, String)> {
-    use std::io::BufRead as _;
-    let exe = std::env::current_exe()?.with_file_name("signaling-pod");
-    let mut child = std::process::Command::new(&exe)
-        .env("SIGNALING_ADDR", "127.0.0.1:0")
-        .env("SIGNALING_NAMESPACE", ns)
-        .env("SIGNALING_REDIS_URL", redis)
-        .env("SIGNALING_JWT_KEY", KEY)
-        .env("SIGNALING_SESSION_KEY", SESSION_KEY)
-        .env("SIGNALING_RATE_PER_SECOND", "100000")
-        .env("SIGNALING_RATE_BURST", "100000")
-        .env("POD_NAME", name)
-        .env(switchboard_sfu_client::auth::TOKEN_ENV, sfu_token)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {} (cargo build --release -p signaling-pod --bins)", exe.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line)?;
-    Ok((Child(child), v["url"].as_str().context("url")?.to_owned()))
-}
-
-async fn create_meeting(api: &Api<Meeting>, name: &str, expected: usize, sfu: &str) -> anyhow::Result<()> {
-    let m: Meeting = serde_json::from_value(serde_json::json!({
-        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": name},
-        "spec": {"title": name, "host": "bench-host", "participants": {"expected": expected}},
-    }))?;
-    api.create(&PostParams::default(), &m).await?;
-    let status = serde_json::json!({
-        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting",
-        "status": {"phase": "Active", "assignment": {"pool": "bench", "origin": {"pod": "sfu-bench", "endpoint": sfu}}},
-    });
-    api.patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&status)).await?;
-    Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let fd_limit = raise_fd_limit();
-    let client = kube::Client::try_default().await.context("a cluster (eval \"$(e2e/cluster/up)\")")?;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    crds.patch(
-        "meetings.switchboard.dev",
-        &PatchParams::apply("signaling-bench").force(),
-        &Patch::Apply(&Meeting::crd()),
-    )
-    .await?;
-    let ns = format!("signaling-bench-{}", std::process::id());
+    let (client, ns) = namespace("signaling-bench").await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?)
-        .await?;
     let meetings: Api<Meeting> = Api::namespaced(client.clone(), &ns);
-
-    let port = free_port();
-    let _redis = Child(
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxclients",
-                "20000",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .context("redis-server")?,
-    );
-    let redis = format!("redis://127.0.0.1:{port}");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_redis, redis) = redis().await?;
     let sfu = sfu_pod::local::start("sfu-bench").await?;
     let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose())?;
     let (_replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose())?;
