@@ -47,6 +47,9 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// How a table row reads one run.
+type Column = Box<dyn Fn(&Run) -> String>;
+
 /// One run's figures.
 struct Run {
     joined: usize,
@@ -136,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
     let counted = run(&meetings, "webinar", webinar, &sfu.endpoint, urls, pids, &a).await?;
     let broadcast = run(&meetings, "interactive", interactive, &sfu.endpoint, urls, pids, &a).await?;
 
-    let rows: Vec<(String, Box<dyn Fn(&Run) -> String>)> = vec![
+    let rows: Vec<(String, Column)> = vec![
         ("joined (failed)".into(), Box::new(|r: &Run| format!("{} ({})", r.joined, r.failed))),
         (
             "join latency, REST join → `joined`, p50 / p99".into(),
