@@ -74,7 +74,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A signaling replica; `sfu_token`: the credential of the SFU's internal API.
-pub fn replica(ns: &str, redis: &str, name: &str, sfu_token: &str) -> anyhow::Result<(Child, String)> {
+/// `env`: more variables (e.g. the join queue's rate).
+pub fn replica(
+    ns: &str,
+    redis: &str,
+    name: &str,
+    sfu_token: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<(Child, String)> {
     use std::io::BufRead as _;
     let exe = std::env::current_exe()?.with_file_name("signaling-pod");
     let mut child = std::process::Command::new(&exe)
@@ -94,6 +101,7 @@ pub fn replica(ns: &str, redis: &str, name: &str, sfu_token: &str) -> anyhow::Re
         .env("POD_NAME", name)
         .env(switchboard_sfu_client::auth::TOKEN_ENV, sfu_token)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {} (cargo build --release -p signaling-pod --bins)", exe.display()))?;

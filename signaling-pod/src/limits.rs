@@ -67,6 +67,12 @@ pub struct LimitSettings {
     /// `SIGNALING_DRAIN_SECONDS` (20): how long the drain after SIGTERM may take; keep it
     /// under the pod's `terminationGracePeriodSeconds` (30, set by the operator).
     pub drain: Duration,
+    /// `SIGNALING_JOINS_PER_SECOND` (50) and `SIGNALING_JOIN_BURST` (100): the join queue
+    /// of one meeting, over all replicas. Joins beyond the burst wait their turn, in the
+    /// order they came, and are let in at this rate (`queued {position, waitMs}` tells
+    /// each where it is); nobody is turned away. A resumed session does not queue.
+    pub joins_per_second: f64,
+    pub join_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -84,6 +90,8 @@ impl Default for LimitSettings {
             create_per_minute: 20.0,
             create_burst: 40,
             drain: Duration::from_secs(20),
+            joins_per_second: 50.0,
+            join_burst: 100.0,
         }
     }
 }
@@ -133,6 +141,8 @@ impl LimitSettings {
             create_per_minute: number("SIGNALING_CREATE_PER_MINUTE", d.create_per_minute, 0.0)?,
             create_burst: number("SIGNALING_CREATE_BURST", d.create_burst as f64, 1.0)? as u32,
             drain: secs("SIGNALING_DRAIN_SECONDS", d.drain)?,
+            joins_per_second: number("SIGNALING_JOINS_PER_SECOND", d.joins_per_second, 0.01)?,
+            join_burst: number("SIGNALING_JOIN_BURST", d.join_burst, 1.0)?,
         };
         if s.idle_timeout <= s.ping_interval {
             bail!(

@@ -23,7 +23,7 @@ use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, IceServersPayload, JoinedPayload, MediaKind,
     MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ParticipantsPage, ProtoError,
-    ReconnectPayload, Role, RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
+    QueuedPayload, ReconnectPayload, Role, RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
     session::{self, Phase, Step},
     types,
 };
@@ -103,6 +103,27 @@ pub struct Session {
     kill: Arc<watch::Sender<Option<Kill>>>,
     outbox: VecDeque<Envelope>,
     joined: Option<Joined>,
+    /// A `join` waiting its turn in the meeting's join queue.
+    queued: Option<Queued>,
+}
+
+struct Queued {
+    /// The `join` request's id and session token, taken up again when its turn comes.
+    id: Option<String>,
+    token: String,
+    turn: tokio::time::Instant,
+    /// When the client is next told where it is.
+    next_notice: tokio::time::Instant,
+    interval: Duration,
+}
+
+/// How often a queued client is told its place.
+const QUEUE_NOTICE_EVERY: Duration = Duration::from_secs(1);
+
+/// `queued {position, waitMs}`: how many are let in before this join, and how long it waits.
+fn queue_notice(wait: Duration, interval: Duration) -> Envelope {
+    let position = (wait.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+    Envelope::new(types::QUEUED, QueuedPayload { position, wait_ms: wait.as_millis() as u64 })
 }
 
 /// Serves one WebSocket until it closes; `permit` counts it against the connection caps.
@@ -197,8 +218,15 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
     let mut drain = app.limits.drain_state();
     drain.mark_changed();
     let mut told_to_reconnect = false;
-    let mut s =
-        Session { app: app.clone(), connection, tx, kill: Arc::new(kill), outbox: VecDeque::new(), joined: None };
+    let mut s = Session {
+        app: app.clone(),
+        connection,
+        tx,
+        kill: Arc::new(kill),
+        outbox: VecDeque::new(),
+        joined: None,
+        queued: None,
+    };
     let join_deadline = tokio::time::sleep(limits.join_deadline);
     tokio::pin!(join_deadline);
     // No frame at all from the client (a Pong to our Pings counts) for this long: gone.
@@ -287,7 +315,8 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
                 s.error(refuse(ErrorCode::Unauthenticated, format!("nothing heard for {secs} s; closing")));
                 Flow::Close
             }
-            _ = &mut join_deadline, if s.joined.is_none() => {
+            _ = tokio::time::sleep_until(s.queue_wake()), if s.queued.is_some() => s.queue_tick().await,
+            _ = &mut join_deadline, if s.joined.is_none() && s.queued.is_none() => {
                 app.limits.metrics.join_timeouts.inc();
                 let secs = limits.join_deadline.as_secs_f64();
                 s.error(refuse(ErrorCode::Unauthenticated, format!("no `join` within {secs} s; closing")));
@@ -394,6 +423,34 @@ impl Session {
 
     fn reply(&mut self, id: Option<String>, type_: &str, payload: impl serde::Serialize) {
         self.push(Envelope::new(type_, payload).in_reply_to(id));
+    }
+
+    /// When the queued join next needs attention (its turn, or its next notice).
+    fn queue_wake(&self) -> tokio::time::Instant {
+        self.queued.as_ref().map(|q| q.turn.min(q.next_notice)).unwrap_or_else(tokio::time::Instant::now)
+    }
+
+    /// Tells a queued client where it is, or joins it when its turn has come.
+    async fn queue_tick(&mut self) -> Flow {
+        let now = tokio::time::Instant::now();
+        let Some(q) = self.queued.as_mut() else { return Flow::Continue };
+        if now < q.turn {
+            q.next_notice = now + QUEUE_NOTICE_EVERY;
+            let notice = queue_notice(q.turn - now, q.interval);
+            self.push(notice);
+            return Flow::Continue;
+        }
+        let q = self.queued.take().expect("queued");
+        match self.join_now(q.id.clone(), &q.token).await {
+            Ok(()) => Flow::Continue,
+            Err(mut e) => {
+                e.id = q.id;
+                e.refused = Some(types::JOIN.into());
+                let close = matches!(e.code, ErrorCode::Removed);
+                self.error(e);
+                if close { Flow::Close } else { Flow::Continue }
+            }
+        }
     }
 
     async fn frame(&mut self, bytes: &[u8]) -> Flow {
@@ -653,7 +710,41 @@ impl Session {
         })
     }
 
+    /// `join`: a new participant of a meeting whose joins come faster than its join
+    /// queue lets in waits its turn (`queued`), then joins; anyone else joins now.
     async fn join(&mut self, id: Option<String>, token: &str) -> Result<(), ProtoError> {
+        if self.queued.is_some() {
+            return Err(refuse(ErrorCode::InvalidPayload, "this connection is already waiting in the join queue"));
+        }
+        // A token that does not verify, or names no meeting here, is refused below.
+        let meeting = self.app.sessions.verify(token).ok().and_then(|c| Some((self.app.meetings.get(&c.mtg)?, c)));
+        if let Some((m, claims)) = meeting {
+            let key = self.app.meetings.state_key(&m);
+            let resuming = self.app.store.get(&key, &claims.sub).await.map_err(redis_failed)?.is_some();
+            if !resuming {
+                let limits = &self.app.limits.settings;
+                let interval = Duration::from_secs_f64(1.0 / limits.joins_per_second);
+                let burst = limits.join_burst as u32;
+                let wait = self.app.store.join_wait(&key, interval, burst).await.map_err(redis_failed)?;
+                if !wait.is_zero() {
+                    let now = tokio::time::Instant::now();
+                    self.push(queue_notice(wait, interval));
+                    self.queued = Some(Queued {
+                        id,
+                        token: token.to_owned(),
+                        turn: now + wait,
+                        next_notice: now + QUEUE_NOTICE_EVERY,
+                        interval,
+                    });
+                    tracing::debug!(participant = %claims.sub, ?wait, "join queued");
+                    return Ok(());
+                }
+            }
+        }
+        self.join_now(id, token).await
+    }
+
+    async fn join_now(&mut self, id: Option<String>, token: &str) -> Result<(), ProtoError> {
         let claims = self.app.sessions.verify(token).map_err(|e| match e {
             auth::AuthError::Expired => {
                 refuse(ErrorCode::Unauthenticated, "the session token has expired; join again through the REST API")

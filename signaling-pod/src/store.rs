@@ -333,6 +333,35 @@ impl Store {
         pipe.query_async::<()>(&mut self.c()).await
     }
 
+    /// The meeting's join queue (GCRA over Redis's clock, so every replica shares one
+    /// schedule): how long this join waits before it may go in. Joins are spaced
+    /// `interval` apart; the first `burst` go at once.
+    pub async fn join_wait(&self, meeting: &str, interval: Duration, burst: u32) -> RedisResult<Duration> {
+        const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 60000)
+return wait
+"#;
+        let interval_ms = interval.as_millis().max(1) as u64;
+        let tolerance_ms = interval_ms * u64::from(burst.saturating_sub(1));
+        let wait: u64 = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(k(meeting, "joinq"))
+            .arg(interval_ms)
+            .arg(tolerance_ms)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(Duration::from_millis(wait))
+    }
+
     /// How many are in the audience (admitted viewers) now.
     pub async fn audience(&self, meeting: &str) -> RedisResult<u64> {
         self.c().scard(k(meeting, "audience")).await

@@ -457,3 +457,73 @@ async fn a_webinars_audience_is_counted_not_broadcast_and_hosts_page_through_it(
     assert!(host.received().iter().filter(|e| e.type_ == types::PARTICIPANT_LEFT).count() >= 10);
     env.ns.delete().await;
 }
+
+/// The join queue: a meeting whose joins come faster than its rate (here 5 a second,
+/// 3 at once) lets them in in order, at the rate, each told its place; nobody is
+/// turned away. A resumed session does not queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_beyond_the_rate_wait_their_turn_in_order_and_nobody_is_dropped() {
+    let env = env("sig-joinq").await;
+    meeting(&env, "rush", "hana", serde_json::json!({"participants": {"expected": 20, "max": 40}})).await;
+    assign(&env, "rush", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let mut cfg = env.config();
+    cfg.limits.joins_per_second = 5.0;
+    cfg.limits.join_burst = 3.0;
+    let server = env.in_process(cfg).await;
+
+    // Fifteen grants first (REST is not queued), then their WebSocket joins at once.
+    let mut grants = Vec::new();
+    for i in 0..15 {
+        grants.push(rest(&server.url, &format!("u{i:02}"), None).join("rush").await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let joins = futures::future::join_all(grants.iter().map(|g| async move {
+        let (c, joined) = SignalingClient::join(&g.signaling_url, &g.session_token).await.expect("joined, late or not");
+        (c, joined, started.elapsed())
+    }))
+    .await;
+    let mut at: Vec<std::time::Duration> = joins.iter().map(|(_, _, t)| *t).collect();
+    at.sort();
+    // 3 at once, then one every 200 ms: the fifteenth about 2.4 s in.
+    assert!(at[2] < std::time::Duration::from_millis(1000), "the burst goes at once: {at:?}");
+    assert!(at[14] >= std::time::Duration::from_millis(2000), "the rest at the rate: {at:?}");
+    assert!(at[14] < std::time::Duration::from_secs(8), "{at:?}");
+    // Those that waited were told where they stood; the first place told is the order
+    // they were let in.
+    let mut told: Vec<(u64, std::time::Duration)> = joins
+        .iter()
+        .filter_map(|(c, _, t)| {
+            let first = c.received().into_iter().find(|e| e.type_ == types::QUEUED)?;
+            Some((first.payload["position"].as_u64().unwrap(), *t))
+        })
+        .collect();
+    assert!(told.len() >= 10, "{} were told their place", told.len());
+    told.sort();
+    assert!(told.windows(2).all(|w| w[0].1 <= w[1].1 + std::time::Duration::from_millis(150)), "in order: {told:?}");
+    assert!(told.iter().all(|(p, _)| *p >= 1));
+
+    // A session resuming on a new connection does not wait behind newcomers: eight more
+    // rush in, and while they queue, the first session comes back at once.
+    let mut late = Vec::new();
+    for i in 15..23 {
+        late.push(rest(&server.url, &format!("u{i:02}"), None).join("rush").await.unwrap());
+    }
+    let rush = tokio::spawn(async move {
+        futures::future::join_all(
+            late.iter().map(|g| async move { SignalingClient::join(&g.signaling_url, &g.session_token).await }),
+        )
+        .await
+        .into_iter()
+        .map(|r| r.expect("joined").0.count(types::QUEUED))
+        .collect::<Vec<usize>>()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let resumed_at = std::time::Instant::now();
+    let (c, joined) = SignalingClient::join(&grants[0].signaling_url, &grants[0].session_token).await.unwrap();
+    assert!(joined.resumed);
+    assert_eq!(c.count(types::QUEUED), 0);
+    assert!(resumed_at.elapsed() < std::time::Duration::from_millis(500), "{:?}", resumed_at.elapsed());
+    let queued_late = rush.await.unwrap();
+    assert!(queued_late.iter().filter(|n| **n > 0).count() >= 4, "the newcomers did queue: {queued_late:?}");
+    env.ns.delete().await;
+}

@@ -209,9 +209,11 @@ impl SignalingClient {
     }
 
     /// Connects and joins with a session token; fails on an `error` reply.
+    /// A join that waits in the meeting's join queue (`queued` notices, each second)
+    /// waits as long as the notices keep coming.
     pub async fn join(url: &str, token: &str) -> Result<(Self, JoinedPayload)> {
         let client = Self::connect(url).await?;
-        let reply = client.request(types::JOIN, serde_json::json!({ "token": token })).await?;
+        let reply = client.request_while(types::JOIN, serde_json::json!({ "token": token }), types::QUEUED).await?;
         let joined = reply
             .payload_as()
             .map_err(|source| Error::Protocol { what: format!("the `{}` reply to `join`", reply.type_), source })?;
@@ -284,15 +286,25 @@ impl SignalingClient {
     /// Sends `type` with `payload` and a fresh request id, and waits for the reply
     /// carrying that id; an `error` reply becomes an `Err` holding its payload.
     pub async fn request(&self, type_: &str, payload: impl Serialize) -> Result<Envelope> {
+        self.request_while(type_, payload, "").await
+    }
+
+    /// [`request`](Self::request), waiting past the reply timeout for as long as
+    /// messages of type `progress` keep arriving within it.
+    async fn request_while(&self, type_: &str, payload: impl Serialize, progress: &str) -> Result<Envelope> {
         const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
         let id = format!("r{}", self.next_id.fetch_add(1, Ordering::SeqCst));
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         self.send(Envelope::new(type_, payload).in_reply_to(Some(id.clone())));
-        let reply = match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => return Err(Error::Closed { what: format!("a reply to `{type_}`") }),
-            Err(_) => return Err(Error::Timeout { what: format!("a reply to `{type_}`"), after: REPLY_TIMEOUT }),
+        let mut seen = self.count(progress);
+        let reply = loop {
+            match tokio::time::timeout(REPLY_TIMEOUT, &mut rx).await {
+                Ok(Ok(reply)) => break reply,
+                Ok(Err(_)) => return Err(Error::Closed { what: format!("a reply to `{type_}`") }),
+                Err(_) if !progress.is_empty() && self.count(progress) > seen => seen = self.count(progress),
+                Err(_) => return Err(Error::Timeout { what: format!("a reply to `{type_}`"), after: REPLY_TIMEOUT }),
+            }
         };
         refused(type_, reply)
     }

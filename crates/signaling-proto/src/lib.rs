@@ -131,6 +131,10 @@ pub mod types {
     /// ([`AudiencePayload`](super::AudiencePayload)): sent when it changed, at most once
     /// a second, instead of one message per attendee who comes or goes.
     pub const AUDIENCE: &str = "audience";
+    /// The meeting's joins come faster than its join queue lets in: this `join` waits
+    /// its turn ([`QueuedPayload`](super::QueuedPayload), again each second); `joined`
+    /// follows, with the `join`'s id.
+    pub const QUEUED: &str = "queued";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
 }
@@ -322,6 +326,14 @@ pub struct ParticipantsPage {
     /// Where the next page starts (`after`), absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuedPayload {
+    /// Joins let in before this one (1: next).
+    pub position: u64,
+    pub wait_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

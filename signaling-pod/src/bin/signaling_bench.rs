@@ -71,8 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let meetings: Api<Meeting> = Api::namespaced(client.clone(), &ns);
     let (_redis, redis) = redis().await?;
     let sfu = sfu_pod::local::start("sfu-bench").await?;
-    let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose())?;
-    let (_replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose())?;
+    let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose(), &[])?;
+    let (_replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose(), &[])?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // 1. Join latency: REST join → WebSocket join → offer → the SFU's answer.

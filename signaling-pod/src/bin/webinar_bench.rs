@@ -31,17 +31,20 @@ use support::*;
 struct Args {
     attendees: usize,
     concurrency: usize,
+    /// The join queue's rate per meeting (`SIGNALING_JOINS_PER_SECOND`, its burst the same).
+    join_rate: f64,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { attendees: 1000, concurrency: 50 };
+    let mut a = Args { attendees: 1000, concurrency: 50, join_rate: 1000.0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> anyhow::Result<usize> { Ok(it.next().context("a value")?.parse()?) };
         match flag.as_str() {
             "--attendees" => a.attendees = value()?,
             "--concurrency" => a.concurrency = value()?.max(1),
-            other => bail!("unknown flag {other}: --attendees N, --concurrency N"),
+            "--join-rate" => a.join_rate = value()?.max(1) as f64,
+            other => bail!("unknown flag {other}: --attendees N, --concurrency N, --join-rate N"),
         }
     }
     Ok(a)
@@ -128,8 +131,10 @@ async fn main() -> anyhow::Result<()> {
     let meetings: Api<Meeting> = Api::namespaced(client.clone(), &ns);
     let (_redis, redis) = redis().await?;
     let sfu = sfu_pod::local::start("sfu-bench").await?;
-    let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose())?;
-    let (replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose())?;
+    let queue =
+        [("SIGNALING_JOINS_PER_SECOND", a.join_rate.to_string()), ("SIGNALING_JOIN_BURST", a.join_rate.to_string())];
+    let (replica_a, url_a) = replica(&ns, &redis, "replica-a", sfu.token.expose(), &queue)?;
+    let (replica_b, url_b) = replica(&ns, &redis, "replica-b", sfu.token.expose(), &queue)?;
     let urls = [url_a.as_str(), url_b.as_str()];
     let pids = [replica_a.0.id(), replica_b.0.id()];
     let n = a.attendees;
@@ -161,8 +166,8 @@ async fn main() -> anyhow::Result<()> {
         ("  per join".into(), Box::new(|r: &Run| format!("{:.1} ms", r.cpu_secs * 1000.0 / r.joined.max(1) as f64))),
     ];
     println!(
-        "| {n} joiners, {} at a time | Webinar: attendees counted | Interactive: every join broadcast |\n|---|---|---|",
-        a.concurrency
+        "| {n} joiners, {} at a time, join queue {}/s | Webinar: attendees counted | Interactive: every join broadcast |\n|---|---|---|",
+        a.concurrency, a.join_rate
     );
     for (measure, f) in rows {
         println!("| {measure} | {} | {} |", f(&counted), f(&broadcast));
