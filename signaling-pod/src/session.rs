@@ -499,11 +499,44 @@ impl Session {
         })
     }
 
-    /// A participant's state to those who follow it one by one ([`store::presence_audience`]).
+    /// A participant's state to those who follow it one by one ([`store::presence_audience`]),
+    /// and to the participant itself.
     async fn announce(&self, info: &ParticipantInfo) -> Result<(), ProtoError> {
+        self.about(info, types::PARTICIPANT_UPDATE, info, &info.id).await
+    }
+
+    /// `type_` about participant `info`, from `from`, to those who follow it one by one
+    /// and to itself (an attendee's page follows its own hand, though the audience does not).
+    async fn about(
+        &self,
+        info: &ParticipantInfo,
+        type_: &str,
+        payload: impl serde::Serialize,
+        from: &str,
+    ) -> Result<(), ProtoError> {
         let j = self.joined.as_ref().expect("joined");
         let to = store::presence_audience(info);
-        self.send_bus(Bus::deliver(to, &j.claims.mtg, &info.id, types::PARTICIPANT_UPDATE, info)).await
+        let itself = to == Audience::Admitters && info.admitted;
+        self.send_bus(Bus::deliver(to, &j.claims.mtg, from, type_, &payload)).await?;
+        if itself {
+            self.send_bus(Bus::deliver(Audience::Peer(info.id.clone()), &j.claims.mtg, from, type_, &payload)).await?;
+        }
+        Ok(())
+    }
+
+    /// A hand raised or lowered: stored (late joiners see it) and announced.
+    async fn set_hand(&self, mut record: Record, raised: bool) -> Result<(), ProtoError> {
+        let j = self.joined.as_ref().expect("joined");
+        record.info.hand_raised = raised;
+        self.app.store.put(&j.key, &record).await.map_err(redis_failed)?;
+        let target = record.info.id.clone();
+        let announce =
+            switchboard_signaling_proto::HandRaisePayload { raised, participant_id: Some(target), all: false };
+        self.about(&record.info, types::HAND_RAISE, &announce, &j.info.id).await?;
+        if record.info.admitted {
+            self.announce(&record.info).await?;
+        }
+        Ok(())
     }
 
     /// Broadcasts `type` from this participant to everyone in the meeting.
@@ -655,20 +688,17 @@ impl Session {
             // A hand is participant state: stored (late joiners see it in the list) and
             // announced; the gate let only hosts and co-hosts lower another's.
             ClientMessage::HandRaise(h) => {
-                let target = h.participant_id.clone().unwrap_or_else(|| joined.info.id.clone());
-                let key = joined.key.clone();
-                let mut record = self.record(&target).await?;
-                record.info.hand_raised = h.raised;
-                self.app.store.put(&key, &record).await.map_err(redis_failed)?;
-                let announce =
-                    switchboard_signaling_proto::HandRaisePayload { raised: h.raised, participant_id: Some(target) };
-                let to = store::presence_audience(&record.info);
-                self.send_bus(Bus::deliver(to, &joined.claims.mtg, &joined.info.id, types::HAND_RAISE, &announce))
-                    .await?;
-                if record.info.admitted {
-                    self.announce(&record.info).await?;
+                let targets = if h.all {
+                    let all = self.app.store.all(&joined.key).await.map_err(redis_failed)?;
+                    all.into_iter().filter(|r| r.info.hand_raised).collect()
+                } else {
+                    vec![self.record(&h.participant_id.clone().unwrap_or_else(|| joined.info.id.clone())).await?]
+                };
+                let lowered = targets.len();
+                for record in targets {
+                    self.set_hand(record, h.raised).await?;
                 }
-                self.reply(id, types::OK, serde_json::json!({}));
+                self.reply(id, types::OK, serde_json::json!({ "hands": lowered }));
                 Ok(Flow::Continue)
             }
             ClientMessage::StartRecording => {
@@ -913,6 +943,7 @@ impl Session {
         if !r.role.publishes() && before.publishes() {
             self.app.leave_sfu(&target);
             target.media = None;
+            target.info.screen_sharing = false;
         }
         self.app.store.put(&key, &target).await.map_err(redis_failed)?;
         tracing::info!(participant = %target.info.id, from = ?before, to = ?r.role, by = %me, "role changed");

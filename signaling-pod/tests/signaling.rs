@@ -527,3 +527,44 @@ async fn joins_beyond_the_rate_wait_their_turn_in_order_and_nobody_is_dropped() 
     assert!(queued_late.iter().filter(|n| **n > 0).count() >= 4, "the newcomers did queue: {queued_late:?}");
     env.ns.delete().await;
 }
+
+/// Hands: a host lowers every raised hand at once (`hand-raise {raised: false, all:
+/// true}`); a participant may not. A viewer, whose presence only hosts follow, still
+/// hears about its own hand; a late joiner sees no hand raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_lowers_every_hand_at_once_and_each_owner_hears_of_it() {
+    let env = env("sig-hands").await;
+    meeting(&env, "q-and-a", "hana", serde_json::json!({})).await;
+    assign(&env, "q-and-a", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let server = env.in_process(env.config()).await;
+    let (host, _, _) = connect(&rest(&server.url, "hana", None), "q-and-a").await;
+    let (pete, pete_grant, _) = connect(&rest(&server.url, "pete", None), "q-and-a").await;
+    let (vic, vic_grant, _) = connect(&rest(&server.url, "vic", Some(Role::Viewer)), "q-and-a").await;
+    for c in [&pete, &vic] {
+        c.request(types::HAND_RAISE, serde_json::json!({"raised": true})).await.unwrap();
+    }
+    let lower_all = serde_json::json!({"raised": false, "all": true});
+    let refused = pete.request(types::HAND_RAISE, lower_all.clone()).await.expect_err("participants do not");
+    assert_eq!(refused.refusal().unwrap().code, ErrorCode::Forbidden);
+    let reply = host.request(types::HAND_RAISE, lower_all).await.unwrap();
+    assert_eq!(reply.payload["hands"], 2);
+    for (c, id) in [(&pete, &pete_grant.participant_id), (&vic, &vic_grant.participant_id)] {
+        c.wait_for("its own hand lowered", WAIT, |e| {
+            e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == id.as_str() && e.payload["handRaised"] == false
+        })
+        .await
+        .unwrap();
+    }
+    // The viewer's hand reached the host and the viewer, not the participant.
+    let about_vic = |c: &SignalingClient| {
+        c.received()
+            .iter()
+            .filter(|e| e.type_ == types::HAND_RAISE && e.payload["participantId"] == vic_grant.participant_id.as_str())
+            .count()
+    };
+    assert!(about_vic(&host) >= 2 && about_vic(&vic) >= 2, "raised and lowered");
+    assert_eq!(about_vic(&pete), 0, "the audience's hands are for hosts");
+    let (_late, _, joined) = connect(&rest(&server.url, "lou", None), "q-and-a").await;
+    assert!(joined.participants.iter().all(|p| !p.hand_raised), "{:?}", joined.participants);
+    env.ns.delete().await;
+}

@@ -294,6 +294,10 @@ pub struct HandRaisePayload {
     /// raises another's. In the server's announcement, whose hand it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant_id: Option<String>,
+    /// Lower every raised hand (hosts and co-hosts; with `raised: false` and no
+    /// `participantId`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -666,6 +670,12 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
                 if h.raised {
                     return Err(fail(ErrorCode::InvalidPayload, "only your own hand can be raised".into()));
                 }
+            }
+            if h.all && (h.raised || h.participant_id.is_some()) {
+                return Err(fail(
+                    ErrorCode::InvalidPayload,
+                    "`all` lowers every hand: send raised: false without participantId".into(),
+                ));
             }
             ClientMessage::HandRaise(h)
         }

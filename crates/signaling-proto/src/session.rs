@@ -79,7 +79,7 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         // The audience is listed to those who run the meeting only.
         ClientMessage::Participants(_) => Need::Admitter,
         // Lowering someone else's hand runs the meeting, as admitting does.
-        ClientMessage::HandRaise(h) if h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
+        ClientMessage::HandRaise(h) if h.all || h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
         // An offer with an SDP or tracks publishes; an empty one joins the SFU receive-only.
         ClientMessage::Offer(o) if o.sdp.is_some() || !o.tracks.is_empty() => Need::Publisher {
             screen: o.tracks.iter().any(|t| matches!(t.source, Source::ScreenShare | Source::ScreenShareAudio)),
@@ -187,6 +187,7 @@ mod tests {
 
     const CHAT: &str = r#"{"type":"chat","payload":{"text":"hi"}}"#;
     const PROMOTE_BOB: &str = r#"{"type":"set-role","payload":{"participantId":"bob","role":"panelist"}}"#;
+    const LOWER_ALL: &str = r#"{"type":"hand-raise","payload":{"raised":false,"all":true}}"#;
     const PAGE: &str = r#"{"type":"participants","payload":{"limit":10}}"#;
     const PROMOTE_ME: &str = r#"{"type":"set-role","payload":{"participantId":"me","role":"participant"}}"#;
     const OFFER: &str = r#"{"type":"offer","payload":{"sdp":"v=0"}}"#;
@@ -245,6 +246,9 @@ mod tests {
             (admitted(Role::Participant), LOWER_MINE, Ok(Step::Act)),
             (admitted(Role::Participant), LOWER_BOB, Err(ErrorCode::Forbidden)),
             (admitted(Role::CoHost), LOWER_BOB, Ok(Step::Act)),
+            (admitted(Role::CoHost), LOWER_ALL, Ok(Step::Act)),
+            (admitted(Role::Participant), LOWER_ALL, Err(ErrorCode::Forbidden)),
+            (admitted(Role::Viewer), LOWER_ALL, Err(ErrorCode::Forbidden)),
             (waiting, HAND_UP, Err(ErrorCode::NotAdmitted)),
             (admitted(Role::Viewer), SUBSCRIPTION, Ok(Step::Act)),
             (waiting, SUBSCRIPTION, Err(ErrorCode::NotAdmitted)),

@@ -238,6 +238,17 @@ fn only_ones_own_hand_is_raised_and_others_are_named_by_id() {
     assert!(e.reason.contains("own hand"), "{}", e.reason);
     let e = parse(r#"{"type":"hand-raise","payload":{"raised":false,"participantId":".."}}"#).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidPayload);
+    for frame in [
+        r#"{"type":"hand-raise","payload":{"raised":true,"all":true}}"#,
+        r#"{"type":"hand-raise","payload":{"raised":false,"all":true,"participantId":"bob"}}"#,
+    ] {
+        let e = parse(frame).unwrap_err();
+        assert!(e.reason.contains("`all` lowers every hand"), "{frame}: {}", e.reason);
+    }
+    match parse(r#"{"type":"hand-raise","payload":{"raised":false,"all":true}}"#).unwrap() {
+        ClientMessage::HandRaise(h) => assert!(h.all && !h.raised),
+        other => panic!("{other:?}"),
+    }
     match parse(r#"{"type":"hand-raise","payload":{"raised":false,"participantId":"bob"}}"#).unwrap() {
         ClientMessage::HandRaise(h) => assert_eq!((h.raised, h.participant_id.as_deref()), (false, Some("bob"))),
         other => panic!("{other:?}"),
