@@ -74,6 +74,11 @@ pub struct MeetingSpec {
     /// Participants join muted.
     #[serde(default)]
     pub mute_on_entry: bool,
+    /// An Interactive meeting that grows past a size turns newcomers into attendees
+    /// (receive-only viewers, as in a Webinar; hosts can invite them to speak), and tells
+    /// its hosts so. Unset: never. Ignored in a Webinar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<Escalation>,
     /// Recording policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingPolicy>,
@@ -122,6 +127,15 @@ pub struct ParticipantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub max: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// From this many participants in the meeting (everyone joined or waiting), those
+    /// joining come in as attendees; those already in keep their roles.
+    #[schemars(range(min = 2, max = 100000))]
+    pub attendees_from: i32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

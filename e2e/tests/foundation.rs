@@ -265,6 +265,13 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
         ("/spec/schedule/expectedDuration", json!("1 hour"), "spec.schedule.expectedDuration", "should match"),
         ("/spec/e2ee", json!(true), "spec.recording.policy", "cannot be recorded automatically"),
         ("/spec/permissions/0/role", json!("admin"), "spec.permissions[0].role", "Unsupported value"),
+        (
+            "/spec/escalation",
+            json!({"attendeesFrom": 1}),
+            "spec.escalation.attendeesFrom",
+            "greater than or equal to 2",
+        ),
+        ("/spec/escalation", json!({}), "spec.escalation.attendeesFrom", "Required value"),
     ];
     for (i, (pointer, value, field, words)) in meeting_cases.into_iter().enumerate() {
         let mut m = valid_meeting(&format!("bad-{i}"));

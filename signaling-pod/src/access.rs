@@ -24,6 +24,8 @@ pub struct MeetingFacts<'a> {
     pub host: &'a str,
     /// `spec.mode: Webinar`
     pub webinar: bool,
+    /// An Interactive meeting past its `spec.escalation` size: newcomers join as viewers.
+    pub escalated: bool,
 }
 
 impl<'a> MeetingFacts<'a> {
@@ -33,7 +35,15 @@ impl<'a> MeetingFacts<'a> {
             name: m.metadata.name.as_deref().unwrap_or_default(),
             host: &m.spec.host,
             webinar: m.spec.mode == MeetingMode::Webinar,
+            escalated: false,
         }
+    }
+
+    /// The same meeting with `present` participants in it: escalated when it is
+    /// Interactive and `spec.escalation` says so.
+    pub fn with_present(mut self, m: &Meeting, present: i32) -> Self {
+        self.escalated = !self.webinar && m.spec.escalation.is_some_and(|e| present >= e.attendees_from);
+        self
     }
 
     /// How tokens name the meeting: `<namespace>/<name>`.
@@ -50,7 +60,7 @@ pub fn role_in(m: &MeetingFacts, who: &Identity) -> Role {
     if let Some(role) = who.scoped.get(&m.claim_key()) {
         return *role;
     }
-    let default = if m.webinar { Role::Viewer } else { Role::Participant };
+    let default = if m.webinar || m.escalated { Role::Viewer } else { Role::Participant };
     match who.global_role {
         Some(global) => default.least_privileged(global),
         None => default,
@@ -65,8 +75,37 @@ mod tests {
         Identity { sub: sub.into(), ..Default::default() }
     }
 
-    const STANDUP: MeetingFacts = MeetingFacts { namespace: "team", name: "standup", host: "hana", webinar: false };
-    const TOWNHALL: MeetingFacts = MeetingFacts { namespace: "team", name: "townhall", host: "ceo", webinar: true };
+    const STANDUP: MeetingFacts =
+        MeetingFacts { namespace: "team", name: "standup", host: "hana", webinar: false, escalated: false };
+    const TOWNHALL: MeetingFacts =
+        MeetingFacts { namespace: "team", name: "townhall", host: "ceo", webinar: true, escalated: false };
+    /// An Interactive meeting past its escalation size.
+    const ALL_HANDS: MeetingFacts =
+        MeetingFacts { namespace: "team", name: "all-hands", host: "ceo", webinar: false, escalated: true };
+
+    #[test]
+    fn past_its_escalation_size_an_interactive_meeting_takes_newcomers_as_attendees() {
+        assert_eq!(role_in(&ALL_HANDS, &who("gus")), Role::Viewer);
+        assert_eq!(role_in(&ALL_HANDS, &who("ceo")), Role::Host);
+        // A role granted for the meeting (a panelist, a co-host) is kept.
+        let mut pam = who("pam");
+        pam.scoped.insert("team/all-hands".into(), Role::Participant);
+        assert_eq!(role_in(&ALL_HANDS, &pam), Role::Participant);
+        // The threshold: escalated from `attendeesFrom` present on, and never in a Webinar.
+        let m: Meeting = serde_json::from_value(serde_json::json!({
+            "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "metadata": {"name": "all-hands"},
+            "spec": {"title": "t", "host": "ceo", "participants": {"expected": 10}, "escalation": {"attendeesFrom": 3}},
+        }))
+        .unwrap();
+        let facts = |present| MeetingFacts::of("team", &m).with_present(&m, present).escalated;
+        assert_eq!((facts(2), facts(3), facts(4)), (false, true, true));
+        let mut webinar = m.clone();
+        webinar.spec.mode = MeetingMode::Webinar;
+        assert!(!MeetingFacts::of("team", &webinar).with_present(&webinar, 50).escalated);
+        let mut off = m.clone();
+        off.spec.escalation = None;
+        assert!(!MeetingFacts::of("team", &off).with_present(&off, 50).escalated);
+    }
 
     #[test]
     fn the_meetings_host_is_host_and_everyone_else_gets_the_default() {

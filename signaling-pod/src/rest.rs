@@ -13,7 +13,7 @@ use kube::api::{ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
 use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, JoinGrant, MeetingInfo};
-use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role};
+use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role, types};
 
 use crate::access::{MeetingFacts, role_in};
 use crate::app::App;
@@ -130,6 +130,7 @@ async fn create_meeting(
             region: None,
             waiting_room: req.waiting_room,
             mute_on_entry: req.mute_on_entry,
+            escalation: None,
             recording: None,
             e2ee: false,
             permissions: Vec::new(),
@@ -194,7 +195,22 @@ async fn join_meeting(
     if present >= max {
         return Err(Refusal(StatusCode::CONFLICT, "meetingFull", format!("the meeting is full ({max} participants)")));
     }
-    let role = role_of(&app, &m, &claims);
+    // Past its escalation size, an Interactive meeting takes newcomers as attendees; its
+    // hosts hear of it once.
+    let facts = MeetingFacts::of(&app.meetings.namespace, &m).with_present(&m, present);
+    let role = role_in(&facts, &claims);
+    if facts.escalated
+        && role != role_of(&app, &m, &claims)
+        && app.store.first_escalation(&key).await.map_err(internal)?
+    {
+        let attendees_from = m.spec.escalation.map(|e| e.attendees_from).unwrap_or_default();
+        let payload = switchboard_signaling_proto::EscalatedPayload { attendees_from, participants: present };
+        let env = switchboard_signaling_proto::Envelope::new(types::ESCALATED, payload).room(&m.name_any());
+        let bus =
+            crate::store::Bus { to: crate::store::Audience::Admitters, what: crate::store::BusWhat::Deliver(env) };
+        app.store.publish(&key, &bus).await.map_err(internal)?;
+        tracing::info!(meeting = %m.name_any(), present, "escalated: newcomers join as attendees");
+    }
     let participant_id = format!("p-{}", random_suffix(12));
     let now = auth::now_unix();
     let name_shown = claims.name.clone().unwrap_or_else(|| claims.sub.clone());

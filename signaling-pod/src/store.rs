@@ -362,6 +362,20 @@ return wait
         Ok(Duration::from_millis(wait))
     }
 
+    /// True the first time it is called for the meeting (its `spec.escalation` size was
+    /// passed: hosts are told once).
+    pub async fn first_escalation(&self, meeting: &str) -> RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k(meeting, "escalated"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(MEETING_KEYS_TTL)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// How many are in the audience (admitted viewers) now.
     pub async fn audience(&self, meeting: &str) -> RedisResult<u64> {
         self.c().scard(k(meeting, "audience")).await

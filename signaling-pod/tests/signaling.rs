@@ -568,3 +568,39 @@ async fn a_host_lowers_every_hand_at_once_and_each_owner_hears_of_it() {
     assert!(joined.participants.iter().all(|p| !p.hand_raised), "{:?}", joined.participants);
     env.ns.delete().await;
 }
+
+/// Escalation: an Interactive meeting with `spec.escalation.attendeesFrom: 3` takes its
+/// first three as participants and everyone after as attendees (viewers: their
+/// publishing offers refused), and tells its host once. A panelist granted for the
+/// meeting keeps its role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_meeting_past_its_escalation_size_takes_newcomers_as_attendees() {
+    let env = env("sig-escalate").await;
+    meeting(&env, "town", "hana", serde_json::json!({"escalation": {"attendeesFrom": 3}})).await;
+    assign(&env, "town", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let server = env.in_process(env.config()).await;
+    let (host, _, _) = connect(&rest(&server.url, "hana", None), "town").await;
+    let (_p1, _, p1) = connect(&rest(&server.url, "pia", None), "town").await;
+    let (_p2, _, p2) = connect(&rest(&server.url, "pete", None), "town").await;
+    assert_eq!((p1.participant.role, p2.participant.role), (Role::Participant, Role::Participant));
+    let (late, _, joined) = connect(&rest(&server.url, "lou", None), "town").await;
+    assert_eq!(joined.participant.role, Role::Viewer, "the fourth joins as an attendee");
+    let offer = serde_json::json!({"sdp": "v=0", "tracks": [{"id": "mic", "source": "Microphone"}]});
+    let refused = late.request(types::OFFER, offer).await.expect_err("attendees do not publish");
+    assert_eq!(refused.refusal().unwrap().code, ErrorCode::Forbidden);
+    let told = host.wait_for("escalated", WAIT, |e| e.type_ == types::ESCALATED).await.unwrap();
+    assert_eq!(told.payload["attendeesFrom"], 3);
+    assert_eq!(told.payload["participants"], 3);
+    // A panelist granted for this meeting keeps its role; the host is not told again.
+    let ns = env.ns.name.clone();
+    let claims = serde_json::json!({
+        "sub": "pam", "exp": signaling_pod::auth::now_unix() + 3600, "meetings": {format!("{ns}/town"): "panelist"},
+    });
+    let (_pam, _, pam) = connect(&switchboard_signaling_client::Rest::new(&server.url, &signed(claims)), "town").await;
+    assert_eq!(pam.participant.role, Role::Participant);
+    let (_ned, _, ned) = connect(&rest(&server.url, "ned", None), "town").await;
+    assert_eq!(ned.participant.role, Role::Viewer);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(host.count(types::ESCALATED), 1);
+    env.ns.delete().await;
+}

@@ -135,6 +135,9 @@ pub mod types {
     /// its turn ([`QueuedPayload`](super::QueuedPayload), again each second); `joined`
     /// follows, with the `join`'s id.
     pub const QUEUED: &str = "queued";
+    /// To hosts and co-hosts, once: an Interactive meeting passed its `spec.escalation`
+    /// size, and newcomers now join as attendees ([`EscalatedPayload`](super::EscalatedPayload)).
+    pub const ESCALATED: &str = "escalated";
     pub const PONG: &str = "pong";
     pub const OK: &str = "ok";
 }
@@ -330,6 +333,15 @@ pub struct ParticipantsPage {
     /// Where the next page starts (`after`), absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalatedPayload {
+    /// `spec.escalation.attendeesFrom`
+    pub attendees_from: i32,
+    /// Participants in the meeting when it happened.
+    pub participants: i32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
