@@ -365,9 +365,15 @@ return wait
     /// True the first time it is called for the meeting (its `spec.escalation` size was
     /// passed: hosts are told once).
     pub async fn first_escalation(&self, meeting: &str) -> RedisResult<bool> {
+        self.set_once(&k(meeting, "escalated")).await
+    }
+
+    /// Sets `key` (for the meeting keys' lifetime) unless it is set; true for the one
+    /// caller that set it.
+    async fn set_once(&self, key: &str) -> RedisResult<bool> {
         let set: Option<String> = redis::cmd("SET")
-            .arg(k(meeting, "escalated"))
-            .arg(1)
+            .arg(key)
+            .arg("1")
             .arg("NX")
             .arg("EX")
             .arg(MEETING_KEYS_TTL)
@@ -602,15 +608,7 @@ return wait
 
     /// Marks `job`'s `state` announced; true for the one caller that marked it first.
     pub async fn first_to_announce(&self, meeting: &str, job: &str, state: &str) -> RedisResult<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(k(meeting, &format!("rec:{job}:{state}")))
-            .arg("1")
-            .arg("NX")
-            .arg("EX")
-            .arg(MEETING_KEYS_TTL)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(set.is_some())
+        self.set_once(&k(meeting, &format!("rec:{job}:{state}"))).await
     }
 
     pub async fn announced(&self, meeting: &str, job: &str, state: &str) -> RedisResult<bool> {

@@ -1103,9 +1103,7 @@ impl Room {
     /// Whether `listener` hears audio track `track` now. Relays and hidden subscribers
     /// (the recorder) hear everything: an edge SFU chooses for its own listeners.
     fn hears(&self, listener: &str, track: TrackHandle) -> bool {
-        !self.loudest_applies()
-            || self.participants.get(listener).is_none_or(|p| p.kind != ParticipantKind::Client)
-            || self.audible.get(listener).is_some_and(|set| set.contains(&track))
+        !self.loudest_applies() || hears_chosen(&self.participants, &self.audible, listener, track)
     }
 
     /// The audio tracks a client hears now (all of them when loudest-speaker audio does
@@ -1168,8 +1166,7 @@ impl Room {
         }
         for (h, t) in self.tracks.iter_mut().filter(|(_, t)| !t.info.codec.is_video()) {
             for s in &mut t.subs {
-                s.audible = self.participants.get(&s.subscriber).is_none_or(|p| p.kind != ParticipantKind::Client)
-                    || self.audible.get(&s.subscriber).is_some_and(|set| set.contains(h));
+                s.audible = hears_chosen(&self.participants, &self.audible, &s.subscriber, *h);
             }
         }
     }
@@ -1231,6 +1228,18 @@ impl Room {
         self.counters.keyframe_requests += 1;
         self.outputs.push_back(Output::RequestKeyframe { track: handle, layer });
     }
+}
+
+/// While loudest-speaker audio applies: whether `listener` hears `track` — a relay or a
+/// hidden subscriber always, a client when the track is in its chosen set.
+fn hears_chosen(
+    participants: &HashMap<ParticipantId, Participant>,
+    audible: &HashMap<ParticipantId, Vec<TrackHandle>>,
+    listener: &str,
+    track: TrackHandle,
+) -> bool {
+    participants.get(listener).is_none_or(|p| p.kind != ParticipantKind::Client)
+        || audible.get(listener).is_some_and(|set| set.contains(&track))
 }
 
 /// Checks declarations against a participant's permission and its earlier ones (and
