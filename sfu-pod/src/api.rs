@@ -51,6 +51,7 @@ impl IntoResponse for Failure {
             ErrorCode::UnknownTrack => "unknownTrack",
             ErrorCode::AlreadyJoined => "alreadyJoined",
             ErrorCode::PublishNotAllowed => "publishNotAllowed",
+            ErrorCode::RoomConflict => "roomConflict",
             ErrorCode::Draining => "draining",
             ErrorCode::NotReady => "notReady",
             ErrorCode::Internal => "internal",
@@ -155,9 +156,15 @@ async fn drain(State(s): State<AppState>) -> Json<api::NodeStatus> {
     Json(s.sfu.status())
 }
 
-async fn open_room(State(s): State<AppState>, Path(room): Path<String>) -> Reply<api::RoomStatus> {
-    let r =
-        new_ids([("room", room.as_str())]).and_then(|_| s.sfu.open_room(&room)).and_then(|_| s.sfu.room_status(&room));
+async fn open_room(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<api::RoomStatus> {
+    let r = (|| {
+        // An empty body opens the room as it is (routed when new).
+        let asked =
+            if body.iter().all(u8::is_ascii_whitespace) { None } else { Some(parse::<api::RoomRequest>(&body)?.audio) };
+        new_ids([("room", room.as_str())])?;
+        s.sfu.open_room_as(&room, asked)?;
+        s.sfu.room_status(&room)
+    })();
     reply(&s.sfu, r)
 }
 

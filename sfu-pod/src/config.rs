@@ -55,7 +55,7 @@ fn audio_policy(speakers: Option<String>, from_clients: Option<String>) -> anyho
     );
     let from_clients = number(LOUDEST_FROM_ENV, from_clients, default.from_clients)?;
     anyhow::ensure!(from_clients >= 2, "{LOUDEST_FROM_ENV} is at least 2 (a room size), not {from_clients}");
-    Ok(AudioPolicy { speakers, from_clients })
+    Ok(AudioPolicy { speakers, from_clients, mixed: false })
 }
 
 /// Address blocks a relay origin must be in.
@@ -200,8 +200,11 @@ mod tests {
     fn the_audio_policy_is_bounded_with_named_errors() {
         let some = |v: &str| Some(v.to_owned());
         assert_eq!(audio_policy(None, None).unwrap(), AudioPolicy::default());
-        assert_eq!(audio_policy(some("0"), None).unwrap(), AudioPolicy { speakers: 0, from_clients: 10 });
-        assert_eq!(audio_policy(some("5"), some("2")).unwrap(), AudioPolicy { speakers: 5, from_clients: 2 });
+        assert_eq!(audio_policy(some("0"), None).unwrap(), AudioPolicy { speakers: 0, from_clients: 10, mixed: false });
+        assert_eq!(
+            audio_policy(some("5"), some("2")).unwrap(),
+            AudioPolicy { speakers: 5, from_clients: 2, mixed: false }
+        );
         for (speakers, from, named) in [
             (some("17"), None, "SWITCHBOARD_LOUDEST_SPEAKERS is at most 16"),
             (some("-1"), None, "SWITCHBOARD_LOUDEST_SPEAKERS must be a whole number"),

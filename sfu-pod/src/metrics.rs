@@ -28,6 +28,7 @@ pub struct Metrics {
     pub layer_switches: Counter,
     pub queue_drops: Counter,
     pub retransmissions: Counter,
+    pub mix_frames: Counter,
     pub api_errors: Family<CodeLabels, Counter>,
     pub heartbeat_failures: Counter,
     pub undeclared_tracks: Counter,
@@ -66,6 +67,11 @@ impl Default for Metrics {
             retransmissions: reg!(
                 "retransmissions",
                 "Packets sent again because a subscriber NACKed them",
+                Counter::default()
+            ),
+            mix_frames: reg!(
+                "mix_frames_encoded",
+                "Mixed-audio frames encoded (20 ms each; one per layer: the whole mix and each talker's mix without its voice)",
                 Counter::default()
             ),
             queue_drops: reg!(

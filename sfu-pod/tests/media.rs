@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use switchboard_sfu_client::{Participant, Publish, PublishKind};
+use switchboard_sfu_client::{JoinOptions, Participant, Publish, PublishKind};
 
 fn av(p: &str) -> Vec<Publish> {
     vec![Publish::audio(&format!("{p}-mic")), Publish::video(&format!("{p}-cam"))]
@@ -698,4 +698,137 @@ async fn a_subscriber_showing_four_of_ten_cameras_receives_four_videos() {
     for p in publishers {
         p.leave().await.unwrap();
     }
+}
+
+/// Collects the Opus payloads of one received track (the mix), in arrival order.
+#[derive(Default)]
+struct MixTap {
+    track: &'static str,
+    payloads: std::sync::Mutex<Vec<(u16, Vec<u8>)>>,
+}
+
+impl switchboard_sfu_client::MediaSink for MixTap {
+    fn rtp(&self, track: &switchboard_sfu_client::SinkTrack, packet: &webrtc::rtp::packet::Packet) {
+        if track.id == self.track {
+            self.payloads.lock().unwrap().push((packet.header.sequence_number, packet.payload.to_vec()));
+        }
+    }
+    fn sender_report(&self, _: &switchboard_sfu_client::SinkTrack, _: u64, _: u32) {}
+}
+
+impl MixTap {
+    /// The last `seconds` of what arrived, decoded (48 kHz mono; a lost packet decodes
+    /// as the decoder's concealment).
+    fn decoded_tail(&self, seconds: f64) -> Vec<f32> {
+        let mut decoder = opus::Decoder::new(48_000, opus::Channels::Mono).unwrap();
+        let payloads = self.payloads.lock().unwrap().clone();
+        let mut pcm = Vec::new();
+        let mut frame = vec![0i16; 5760];
+        for (_, p) in &payloads {
+            let n = decoder.decode(p, &mut frame, false).expect("the mix decodes");
+            pcm.extend(frame[..n].iter().map(|s| *s as f32 / 32768.0));
+        }
+        let keep = (seconds * 48_000.0) as usize;
+        pcm.split_off(pcm.len().saturating_sub(keep))
+    }
+}
+
+/// Magnitude of the spectrum of `pcm` (Hann window) around each frequency in `tones`
+/// (the strongest bin within 10 Hz), and the median magnitude over 100–4,000 Hz (the
+/// floor the tones are compared with).
+fn spectrum_at(pcm: &[f32], tones: &[f32]) -> (Vec<f32>, f32) {
+    use rustfft::{FftPlanner, num_complex::Complex};
+    let n = pcm.len();
+    let mut buf: Vec<Complex<f32>> = pcm
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let w = 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / n as f32).cos();
+            Complex::new(s * w, 0.0)
+        })
+        .collect();
+    FftPlanner::new().plan_fft_forward(n).process(&mut buf);
+    let hz_per_bin = 48_000.0 / n as f32;
+    let magnitude = |lo: f32, hi: f32| -> Vec<f32> {
+        ((lo / hz_per_bin) as usize..=(hi / hz_per_bin) as usize).map(|b| buf[b].norm()).collect()
+    };
+    let peaks = tones.iter().map(|f| magnitude(f - 10.0, f + 10.0).into_iter().fold(0.0, f32::max)).collect();
+    let mut band = magnitude(100.0, 4_000.0);
+    band.sort_by(f32::total_cmp);
+    (peaks, band[band.len() / 2])
+}
+
+/// Mixed audio through a real SFU: three speakers send tones of 440, 1,000 and 1,800 Hz
+/// (real Opus, with audio levels); the room is opened mixed. A listener receives one
+/// stream, the mix, whose decoded spectrum holds all three tones; the 440 Hz speaker
+/// receives the mix without its own voice (the other two tones, not 440 Hz); nobody
+/// receives a speaker's own track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_room_sends_each_listener_the_voices_without_its_own() {
+    use switchboard_sfu_api::{RoomAudio, RoomRequest, RoomStatus, paths};
+    use switchboard_sfu_client::encoded::{ToneClip, encode_clip};
+    let _slot = media_slot().await;
+    let sfu = SfuProcess::start("sfu-mixed");
+    let room_url = sfu.api.url(paths::ROOM, "mixed", "", "");
+    let opened: RoomStatus = sfu.api.put(&room_url, &RoomRequest { audio: RoomAudio::Mixed }).await.unwrap();
+    assert_eq!(opened.audio, RoomAudio::Mixed);
+    // The room's audio is set for its life.
+    let refused = sfu.api.put::<_, RoomStatus>(&room_url, &RoomRequest { audio: RoomAudio::Routed }).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("RoomConflict"), "{refused:#}");
+
+    let dir = std::env::temp_dir().join(format!("sfu-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tones = [440u32, 1_000, 1_800];
+    let mut speakers = Vec::new();
+    let tap_440 = std::sync::Arc::new(MixTap { track: "~mix", ..Default::default() });
+    for (i, f) in tones.iter().enumerate() {
+        let clip = encode_clip(ToneClip::new(*f), 10, &dir.join(format!("{f}.ogg"))).expect("ffmpeg encodes a tone");
+        let id = format!("s{i}");
+        let mut opts = publishing(vec![Publish::encoded(&format!("{id}-mic"), clip)]);
+        if i == 0 {
+            opts.sink = Some(tap_440.clone());
+        }
+        let p = Participant::join(sfu.api.clone(), "mixed", &id, opts).await.expect("a speaker joins");
+        p.set_audio_level(&format!("{id}-mic"), 30);
+        speakers.push(p);
+    }
+    let listener_tap = std::sync::Arc::new(MixTap { track: "~mix", ..Default::default() });
+    let listener = Participant::join(
+        sfu.api.clone(),
+        "mixed",
+        "listener",
+        JoinOptions { sink: Some(listener_tap.clone()), ..publishing(vec![]) },
+    )
+    .await
+    .unwrap();
+    listener
+        .wait_until("two seconds of the mix", WAIT, |rx| rx.get("~mix").is_some_and(|t| t.packets > 150))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The listener: one stream, the mix, no voice itself.
+    let received = listener.received();
+    let audio: Vec<&String> = received.keys().collect();
+    assert_eq!(audio, ["~mix"], "a listener receives only the mix");
+    let (peaks, floor) = spectrum_at(&listener_tap.decoded_tail(1.0), &[440.0, 1_000.0, 1_800.0]);
+    println!("listener's mix: peaks {peaks:?} at {tones:?} Hz, floor {floor:.3}");
+    for (f, p) in tones.iter().zip(&peaks) {
+        assert!(*p > 30.0 * floor, "{f} Hz in the listener's mix: {p:.1} vs floor {floor:.2} ({peaks:?})");
+    }
+    // The 440 Hz speaker: the other two tones, not its own.
+    let own = speakers[0].received();
+    assert!(own.keys().all(|k| k == "~mix"), "a speaker receives only the mix: {:?}", own.keys());
+    let (peaks, floor) = spectrum_at(&tap_440.decoded_tail(1.0), &[440.0, 1_000.0, 1_800.0]);
+    println!("the 440 Hz speaker's mix: peaks {peaks:?}, floor {floor:.3}");
+    assert!(peaks[1] > 30.0 * floor && peaks[2] > 30.0 * floor, "the others' tones: {peaks:?}, floor {floor:.2}");
+    assert!(peaks[0] < 0.05 * peaks[1], "its own 440 Hz is left out: {peaks:?}");
+    let metrics = sfu.api.get_text("/metrics").await.unwrap().1;
+    assert!(metrics.lines().any(|l| l.starts_with("switchboard_sfu_mix_frames_encoded_total ")), "the mix is counted");
+
+    listener.leave().await.unwrap();
+    for s in speakers {
+        s.leave().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

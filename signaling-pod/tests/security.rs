@@ -97,6 +97,7 @@ async fn room(sfu: &str, env: &TestEnv, meeting: &str) -> RoomStatus {
         participants: vec![],
         tracks: vec![],
         subscriptions: 0,
+        audio: Default::default(),
     })
 }
 

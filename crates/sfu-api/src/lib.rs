@@ -356,6 +356,28 @@ pub struct TrackStatus {
     pub muted: bool,
 }
 
+/// How a room delivers its voices.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RoomAudio {
+    /// Each listener receives the voices themselves (the loudest few in a large room).
+    #[default]
+    Routed,
+    /// Each client receives one stream the SFU mixes from the loudest voices, without
+    /// its own; relays and the recorder still receive every voice.
+    Mixed,
+}
+
+/// `PUT /v1/rooms/{room}`: opens the room (idempotent). A room's audio is set when it
+/// opens (by this call or a first join, which opens it routed); asking an open room
+/// for other audio is refused (409).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RoomRequest {
+    #[serde(default)]
+    pub audio: RoomAudio,
+}
+
 /// `GET /v1/rooms/{room}`
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -364,6 +386,8 @@ pub struct RoomStatus {
     pub participants: Vec<String>,
     pub tracks: Vec<TrackStatus>,
     pub subscriptions: usize,
+    #[serde(default)]
+    pub audio: RoomAudio,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -408,6 +432,8 @@ pub enum ErrorCode {
     /// The participant joined with `publish: false` and offered media or declared
     /// tracks (HTTP 403).
     PublishNotAllowed,
+    /// The room is open with other settings than asked (HTTP 409).
+    RoomConflict,
     Draining,
     NotReady,
     Internal,
@@ -420,7 +446,7 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::PublishNotAllowed => 403,
             Self::UnknownRoom | Self::UnknownParticipant | Self::UnknownTrack => 404,
-            Self::AlreadyJoined => 409,
+            Self::AlreadyJoined | Self::RoomConflict => 409,
             Self::Draining | Self::NotReady => 503,
             Self::Internal => 500,
         }

@@ -21,6 +21,6 @@ mod tests;
 
 pub use codec::Codec;
 pub use room::{
-    AudioPolicy, Declaration, Forward, Input, Outcome, Output, ParticipantKind, Preferences, Room, RoomError,
-    RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
+    AudioPolicy, Declaration, Forward, Input, MIX_ALL, Outcome, Output, ParticipantKind, Preferences, Room, RoomError,
+    RoomEvent, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo, mix_minus,
 };

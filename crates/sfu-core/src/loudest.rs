@@ -28,6 +28,10 @@ use std::hash::Hash;
 /// Loudness (dB above -127 dBov) below which a track counts as not speaking: level 60,
 /// as the active-speaker detector uses.
 pub const SPEECH_THRESHOLD: f32 = (127 - crate::speaker::SPEECH_THRESHOLD as u32) as f32;
+/// The level (RFC 6464, -dBov) an audio packet without the extension counts as: just
+/// speaking. A client that does not measure is still heard where there is room, and
+/// yields its place to any measured talker by the margin.
+pub const UNMEASURED_LEVEL: u8 = crate::speaker::SPEECH_THRESHOLD;
 /// How much louder (dB) a talker must be than a set's quietest member, still talking, to
 /// take its place.
 pub const TAKEOVER_MARGIN: f32 = 6.0;

@@ -77,19 +77,37 @@ pub struct AudioPolicy {
     /// `speakers` loudest tracks of the others. 0 speakers: everyone hears everything.
     pub speakers: usize,
     pub from_clients: usize,
+    /// Mixed audio: clients hear no routed voice but the room's mix, published by its
+    /// [`ParticipantKind::Mixer`] (see [`Room::mix_slots`]), whatever the room's size;
+    /// the mix holds the `speakers` loudest (at least one).
+    pub mixed: bool,
 }
 
 impl AudioPolicy {
     /// Every listener hears every track.
-    pub const ALL: Self = Self { speakers: 0, from_clients: 0 };
+    pub const ALL: Self = Self { speakers: 0, from_clients: 0, mixed: false };
+
+    /// One mixed stream per listener, of the `speakers` loudest voices.
+    pub const fn mixed(speakers: usize) -> Self {
+        Self { speakers: if speakers == 0 { 1 } else { speakers }, from_clients: 0, mixed: true }
+    }
 }
 
 impl Default for AudioPolicy {
     /// The 3 loudest from 10 people on: below that, hearing everyone costs little and
     /// keeps overlapping voices (laughter, "yes!") natural.
     fn default() -> Self {
-        Self { speakers: 3, from_clients: 10 }
+        Self { speakers: 3, from_clients: 10, mixed: false }
     }
+}
+
+/// The layer ids of a mixer's track: [`MIX_ALL`] carries every chosen voice; layer
+/// `minus-k` every chosen voice but slot k's, for the speaker in that slot.
+pub const MIX_ALL: &str = "all";
+
+/// The rid of the mix without slot `slot`'s voice.
+pub fn mix_minus(slot: usize) -> String {
+    format!("minus-{slot}")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +118,17 @@ pub enum ParticipantKind {
     Relay,
     /// Subscribes without being announced (the recorder).
     Hidden,
+    /// The SFU's own audio mixer in a mixed room: publishes the mix, which only
+    /// clients receive; subscribes to nothing, is never announced, and does not keep
+    /// the room open.
+    Mixer,
+}
+
+impl ParticipantKind {
+    /// Whether others are told of its arrival and departure.
+    pub fn announced(self) -> bool {
+        matches!(self, Self::Client | Self::Relay)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,6 +413,8 @@ pub enum RoomError {
     KindMismatch(TrackId, Source),
     /// A track id declared again with another source.
     Redeclared(TrackId),
+    /// A track this subscriber may not receive (a mixer's, for anyone but a client).
+    NotForSubscriber(TrackId),
 }
 
 impl std::fmt::Display for RoomError {
@@ -398,6 +429,7 @@ impl std::fmt::Display for RoomError {
             Self::PublishNotAllowed(p) => write!(f, "participant {p} may not publish"),
             Self::NotDeclared(t) => write!(f, "track {t} was not declared"),
             Self::KindMismatch(t, s) => write!(f, "track {t} is declared as {s:?} but its codec is not of that kind"),
+            Self::NotForSubscriber(t) => write!(f, "track {t} is the room's audio mix, for clients only"),
             Self::Redeclared(t) => write!(f, "track {t} was declared before with another source"),
         }
     }
@@ -490,6 +522,8 @@ pub struct Room {
     loudness: LoudnessMeter<TrackHandle>,
     /// Per listener: the audio tracks it hears while loudest-speaker audio applies.
     audible: HashMap<ParticipantId, Vec<TrackHandle>>,
+    /// Mixed audio: the track in each of the mix's slots.
+    mix_slots: Vec<Option<TrackHandle>>,
     next_layer_eval: Instant,
     next_speaker_eval: Instant,
     next_loudest_eval: Instant,
@@ -516,6 +550,7 @@ impl Room {
             audio_policy,
             loudness: LoudnessMeter::default(),
             audible: HashMap::new(),
+            mix_slots: if audio_policy.mixed { vec![None; audio_policy.speakers.max(1)] } else { Vec::new() },
             next_layer_eval: now + LAYER_EVAL_INTERVAL,
             next_speaker_eval: now + SPEAKER_INTERVAL,
             next_loudest_eval: now + LOUDEST_INTERVAL,
@@ -588,13 +623,13 @@ impl Room {
         for d in tracks {
             declared.entry(d.id.clone()).or_insert((d.source, d.muted));
         }
-        if kind != ParticipantKind::Hidden {
+        if kind.announced() {
             let joined = RoomEvent::ParticipantJoined { participant: participant.into(), kind };
             self.tell_all(Some(participant), joined);
         }
         // The newcomer learns who is here and what they publish.
         for (other, p) in &self.participants {
-            if p.kind != ParticipantKind::Hidden {
+            if p.kind.announced() {
                 self.outputs.push_back(Output::Event {
                     to: participant.into(),
                     event: RoomEvent::ParticipantJoined { participant: other.clone(), kind: p.kind },
@@ -604,6 +639,7 @@ impl Room {
         let mut published: Vec<(TrackHandle, RoomEvent, Option<RoomEvent>)> = self
             .tracks
             .iter()
+            .filter(|(_, t)| receives(&self.participants, kind, t))
             .map(|(h, t)| {
                 let published = RoomEvent::TrackPublished {
                     participant: t.shown_publisher().clone(),
@@ -656,17 +692,18 @@ impl Room {
         }
         self.speaker.forget(participant);
         self.audible.remove(participant);
-        if p.kind != ParticipantKind::Hidden {
+        if p.kind.announced() {
             self.tell_all(None, RoomEvent::ParticipantLeft { participant: participant.into() });
         }
-        if self.participants.is_empty() {
+        if self.participants.values().all(|p| p.kind == ParticipantKind::Mixer) {
             self.outputs.push_back(Output::Empty);
         }
         Ok(())
     }
 
+    /// Participants other than the room's mixer.
     pub fn participant_count(&self) -> usize {
-        self.participants.len()
+        self.participants.values().filter(|p| p.kind != ParticipantKind::Mixer).count()
     }
 
     /// Participants that are people (not relays, not the recorder).
@@ -736,10 +773,12 @@ impl Room {
         if let Some(event) = muted_event {
             self.tell_all(None, event);
         }
+        let publisher_kind = self.participants[participant].kind;
         let mut auto: Vec<ParticipantId> = self
             .participants
             .iter()
             .filter(|(id, p)| p.auto_subscribe && id.as_str() != participant)
+            .filter(|(_, p)| publisher_kind != ParticipantKind::Mixer || p.kind == ParticipantKind::Client)
             .map(|(id, _)| id.clone())
             .collect();
         auto.sort();
@@ -833,6 +872,9 @@ impl Room {
         let track = &self.tracks[&handle];
         if track.publisher == subscriber {
             return Err(RoomError::OwnTrack(track_id.into()));
+        }
+        if !receives(&self.participants, self.participants[subscriber].kind, track) {
+            return Err(RoomError::NotForSubscriber(track_id.into()));
         }
         if let Some(existing) = track.subs.iter().find(|s| s.subscriber == subscriber) {
             return Ok(existing.id);
@@ -935,11 +977,17 @@ impl Room {
         {
             l.size = Some(size);
         }
-        if let (false, Some(level)) = (video, pkt.audio_level)
-            && !t.muted
-        {
-            self.speaker.observe(t.shown_publisher(), level);
-            self.loudness.observe(track, level);
+        let mixed_here = self.participants.get(&t.publisher).is_some_and(|p| p.kind == ParticipantKind::Mixer);
+        if !video && !t.muted && !mixed_here {
+            match pkt.audio_level {
+                Some(level) => {
+                    self.speaker.observe(t.shown_publisher(), level);
+                    self.loudness.observe(track, level);
+                }
+                // Without the extension the voice is still heard: it counts as just
+                // speaking, so it takes a free place and yields to measured talkers.
+                None => self.loudness.observe(track, loudest::UNMEASURED_LEVEL),
+            }
         }
         if t.muted {
             return;
@@ -958,7 +1006,9 @@ impl Room {
                     s.current = None;
                     continue;
                 }
-                if s.current.is_none() {
+                // Audio has one layer but a mix's, whose layers all number each frame
+                // alike: any packet is a place to switch.
+                if s.target.is_none_or(|t| t == layer) && s.current != Some(layer) {
                     s.rewriter.switch_to(pkt.seq, pkt.ts, now);
                     s.current = Some(layer);
                     s.target = Some(layer);
@@ -1038,7 +1088,12 @@ impl Room {
     // ---- internals ----
 
     fn tell_all(&mut self, except: Option<&str>, event: RoomEvent) {
-        let mut to: Vec<&ParticipantId> = self.participants.keys().filter(|p| Some(p.as_str()) != except).collect();
+        let mut to: Vec<&ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(p, x)| Some(p.as_str()) != except && x.kind != ParticipantKind::Mixer)
+            .map(|(p, _)| p)
+            .collect();
         to.sort();
         for p in to {
             self.outputs.push_back(Output::Event { to: p.clone(), event: event.clone() });
@@ -1088,6 +1143,9 @@ impl Room {
     fn remove_track(&mut self, handle: TrackHandle) {
         let Some(t) = self.tracks.remove(&handle) else { return };
         self.loudness.forget(handle);
+        for slot in self.mix_slots.iter_mut().filter(|s| **s == Some(handle)) {
+            *slot = None;
+        }
         for s in t.subs {
             self.subscription_removed(s.id, s.subscriber, t.info.codec.is_video());
         }
@@ -1097,13 +1155,52 @@ impl Room {
 
     /// Whether loudest-speaker audio applies now (see [`AudioPolicy`]).
     fn loudest_applies(&self) -> bool {
-        self.audio_policy.speakers > 0 && self.client_count() >= self.audio_policy.from_clients
+        !self.audio_policy.mixed
+            && self.audio_policy.speakers > 0
+            && self.client_count() >= self.audio_policy.from_clients
     }
 
     /// Whether `listener` hears audio track `track` now. Relays and hidden subscribers
-    /// (the recorder) hear everything: an edge SFU chooses for its own listeners.
+    /// (the recorder) hear everything: an edge SFU chooses (or mixes) for its own
+    /// listeners. In a mixed room a client hears the mix only.
     fn hears(&self, listener: &str, track: TrackHandle) -> bool {
+        if self.audio_policy.mixed {
+            let client = self.participants.get(listener).is_some_and(|p| p.kind == ParticipantKind::Client);
+            let mix = self.tracks.get(&track).is_some_and(|t| self.is_mixer(&t.publisher));
+            return !client || mix;
+        }
         !self.loudest_applies() || hears_chosen(&self.participants, &self.audible, listener, track)
+    }
+
+    fn is_mixer(&self, participant: &str) -> bool {
+        self.participants.get(participant).is_some_and(|p| p.kind == ParticipantKind::Mixer)
+    }
+
+    /// Mixed audio: the voice in each slot of the mix, with whether its publisher is a
+    /// client here (one that needs the mix without its own voice); empty in a routed
+    /// room.
+    pub fn mix_slots(&self) -> Vec<Option<(TrackHandle, bool)>> {
+        self.mix_slots
+            .iter()
+            .map(|slot| {
+                let h = (*slot)?;
+                let local = self.tracks.get(&h).is_some_and(|t| {
+                    t.info.origin.is_none()
+                        && self.participants.get(&t.publisher).is_some_and(|p| p.kind == ParticipantKind::Client)
+                });
+                Some((h, local))
+            })
+            .collect()
+    }
+
+    /// Mixed audio: the slot of the mix a track fills now.
+    pub fn mix_slot_of(&self, track: TrackHandle) -> Option<usize> {
+        self.mix_slots.iter().position(|s| *s == Some(track))
+    }
+
+    /// Mixed audio: how many subscriptions the mix has (none: nobody to mix for).
+    pub fn mix_listeners(&self) -> usize {
+        self.tracks.values().filter(|t| self.is_mixer(&t.publisher)).map(|t| t.subs.len()).sum()
     }
 
     /// The audio tracks a client hears now (all of them when loudest-speaker audio does
@@ -1124,6 +1221,10 @@ impl Room {
     /// talking now only, so a large room of mostly silent microphones stays cheap; the
     /// subscriptions are re-marked only when a set changed.
     fn choose_audible(&mut self) {
+        if self.audio_policy.mixed {
+            self.choose_mix();
+            return;
+        }
         if !self.loudest_applies() {
             if !self.audible.is_empty() {
                 self.audible.clear();
@@ -1167,6 +1268,62 @@ impl Room {
         for (h, t) in self.tracks.iter_mut().filter(|(_, t)| !t.info.codec.is_video()) {
             for s in &mut t.subs {
                 s.audible = hears_chosen(&self.participants, &self.audible, &s.subscriber, *h);
+            }
+        }
+    }
+
+    /// Mixed audio: re-chooses the voices in the mix ([`loudest::choose`] once for the
+    /// room, so the set holds against similar voices as a listener's does); a voice
+    /// keeps its slot while chosen. Each client's mix subscription targets the mix
+    /// without its own voice when it has one in a slot, else the whole mix.
+    fn choose_mix(&mut self) {
+        let mut candidates: Vec<(TrackHandle, f32)> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| !t.info.codec.is_video() && !t.muted && !self.is_mixer(&t.publisher))
+            .map(|(h, _)| (*h, self.loudness.loudness(*h)))
+            .collect();
+        candidates.sort_by_key(|(h, _)| *h);
+        let current: Vec<TrackHandle> = self.mix_slots.iter().flatten().copied().collect();
+        let chosen = loudest::choose(&current, &candidates, self.mix_slots.len());
+        let mut changed = false;
+        for slot in self.mix_slots.iter_mut() {
+            if slot.is_some_and(|h| !chosen.contains(&h)) {
+                *slot = None;
+                changed = true;
+            }
+        }
+        for h in chosen.iter().filter(|h| !current.contains(h)) {
+            if let Some(free) = self.mix_slots.iter_mut().find(|s| s.is_none()) {
+                *free = Some(*h);
+                changed = true;
+            }
+        }
+        if changed {
+            self.counters.loudest_changes += 1;
+        }
+        // Whose voice is in which slot.
+        let own: HashMap<ParticipantId, usize> = self
+            .mix_slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((self.tracks.get(&(*s)?)?.publisher.clone(), i)))
+            .collect();
+        let mixers: Vec<TrackHandle> =
+            self.tracks.iter().filter(|(_, t)| self.is_mixer(&t.publisher)).map(|(h, _)| *h).collect();
+        for h in mixers {
+            let t = self.tracks.get_mut(&h).expect("listed above");
+            let layer_of = |rid: &str| t.layers.iter().position(|l| l.rid == rid);
+            let all = layer_of(MIX_ALL);
+            let targets: Vec<Option<usize>> = t
+                .subs
+                .iter()
+                .map(|s| own.get(&s.subscriber).and_then(|slot| layer_of(&mix_minus(*slot))).or(all))
+                .collect();
+            for (s, target) in t.subs.iter_mut().zip(targets) {
+                if target.is_some() {
+                    s.target = target;
+                }
             }
         }
     }
@@ -1228,6 +1385,13 @@ impl Room {
         self.counters.keyframe_requests += 1;
         self.outputs.push_back(Output::RequestKeyframe { track: handle, layer });
     }
+}
+
+/// Whether a participant of `kind` may receive track `t`: a mixer receives nothing, and
+/// only clients receive a mixer's track.
+fn receives(participants: &HashMap<ParticipantId, Participant>, kind: ParticipantKind, t: &Track) -> bool {
+    let from_mixer = participants.get(&t.publisher).is_some_and(|p| p.kind == ParticipantKind::Mixer);
+    kind != ParticipantKind::Mixer && (!from_mixer || kind == ParticipantKind::Client)
 }
 
 /// While loudest-speaker audio applies: whether `listener` hears `track` — a relay or a

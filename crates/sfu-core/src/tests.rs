@@ -847,3 +847,180 @@ fn small_rooms_relays_and_the_recorder_hear_every_voice() {
     talk(&mut sim, &tracks, &[20; 12], Duration::from_millis(300));
     assert_eq!(sim.room.audible_tracks("q0").len(), 11);
 }
+
+/// A mixed room as the SFU builds it: the mixer joins and publishes its track with the
+/// whole mix and one layer per slot.
+fn mixed_room(slots: usize) -> (Sim, TrackHandle) {
+    let now = Instant::now();
+    let mut sim = Sim {
+        room: Room::with_audio_policy(now, AudioPolicy::mixed(slots)),
+        now,
+        seq: HashMap::new(),
+        outputs: Vec::new(),
+    };
+    let declared = [Declaration { id: "~mix".into(), source: Source::Microphone, muted: false }];
+    let join = Input::Join {
+        participant: "~mixer",
+        kind: ParticipantKind::Mixer,
+        auto_subscribe: false,
+        may_publish: true,
+        tracks: &declared,
+    };
+    sim.input(join).unwrap();
+    let mix = sim.publish_as_is("~mixer", audio("~mix")).unwrap();
+    assert_eq!(sim.add_layer(mix, MIX_ALL), 0);
+    for k in 0..slots {
+        assert_eq!(sim.add_layer(mix, &mix_minus(k)), k + 1);
+    }
+    (sim, mix)
+}
+
+/// Per subscription of the mix: (layer, forwarded sequence number) of what it received.
+type MixHeard = HashMap<SubscriptionId, Vec<(usize, u16)>>;
+
+/// One 20 ms of a mixed room: every voice sends a packet at its level, then the mixer
+/// one frame on each of its layers, all numbered alike. Returns, per subscription, the
+/// (layer, forwarded sequence number) of the mix it received, and which subscriptions
+/// received a voice itself.
+fn mix_frame(
+    sim: &mut Sim,
+    mix: TrackHandle,
+    layers: usize,
+    voices: &[(TrackHandle, u8)],
+    frame: u16,
+) -> (MixHeard, Vec<SubscriptionId>) {
+    let mut routed = Vec::new();
+    for (h, level) in voices {
+        routed.extend(sim.send_with_level(*h, 0, &[0xfc, 0x01], 80, Some(*level)).into_iter().map(|f| f.subscription));
+    }
+    let mut mixed: MixHeard = HashMap::new();
+    for layer in 0..layers {
+        let packet =
+            RtpMeta { seq: 500 + frame, ts: 960 * frame as u32, payload: &[0x78, 0x01], size: 60, audio_level: None };
+        sim.room.handle_input(Input::Rtp { track: mix, layer, packet, now: sim.now }).unwrap();
+        for f in sim.drain().0 {
+            mixed.entry(f.subscription).or_default().push((layer, f.seq));
+        }
+    }
+    sim.advance(Duration::from_millis(20));
+    (mixed, routed)
+}
+
+#[test]
+fn in_a_mixed_room_each_client_hears_the_mix_without_its_own_voice() {
+    let (mut sim, mix) = mixed_room(2);
+    let names = ["p0", "p1", "p2", "p3"];
+    for n in names {
+        sim.join(n, ParticipantKind::Client, true).unwrap();
+    }
+    sim.join("edge", ParticipantKind::Relay, true).unwrap();
+    sim.join("recorder", ParticipantKind::Hidden, true).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mics = publish_microphones(&mut sim, &names);
+    let added: Vec<(SubscriptionId, String, TrackHandle)> = sim
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Output::SubscriptionAdded { subscription, subscriber, track, .. } => {
+                Some((subscription, subscriber, track))
+            }
+            Output::Event { to, event: RoomEvent::ParticipantJoined { participant, .. } } => {
+                assert!(participant != "~mixer" && to != "~mixer", "the mixer is never announced nor told");
+                None
+            }
+            _ => None,
+        })
+        .collect();
+    // Every client receives the mix; the relay and the recorder do not (they carry
+    // and record the voices themselves); the mixer subscribes to nothing.
+    let mix_sub = |who: &str| added.iter().find(|(_, s, t)| s == who && *t == mix).map(|(id, ..)| *id);
+    for n in &names {
+        assert!(mix_sub(n).is_some(), "{n} receives the mix");
+    }
+    assert_eq!((mix_sub("edge"), mix_sub("recorder")), (None, None));
+    assert!(added.iter().all(|(_, s, _)| s != "~mixer"));
+    assert_eq!(sim.subscribe("edge", "~mix", Preferences::default()), Err(RoomError::NotForSubscriber("~mix".into())));
+    assert_eq!(sim.room.participant_count(), 6, "the mixer is not counted");
+
+    // p0 and p1 talk, p2 and p3 are silent: the slots hold p0 and p1.
+    let talking = [(mics[0], 20u8), (mics[1], 30), (mics[2], 127), (mics[3], 127)];
+    let mut frame = 0;
+    for _ in 0..10 {
+        mix_frame(&mut sim, mix, 3, &talking, frame);
+        frame += 1;
+    }
+    assert_eq!(sim.room.mix_slots(), vec![Some((mics[0], true)), Some((mics[1], true))]);
+    let (mixed, routed) = mix_frame(&mut sim, mix, 3, &talking, frame);
+    frame += 1;
+    let layer_heard = |who: &str| mixed[&mix_sub(who).unwrap()].iter().map(|(l, _)| *l).collect::<Vec<_>>();
+    assert_eq!(layer_heard("p0"), [1], "p0 hears the mix without slot 0, its own voice");
+    assert_eq!(layer_heard("p1"), [2]);
+    assert_eq!(layer_heard("p2"), [0], "a listener hears the whole mix");
+    assert_eq!(layer_heard("p3"), [0]);
+    // No client receives a voice itself; the relay and the recorder receive all four.
+    let voice_receivers: Vec<&String> =
+        routed.iter().filter_map(|id| added.iter().find(|(s, ..)| s == id).map(|(_, who, _)| who)).collect();
+    assert_eq!(voice_receivers.iter().filter(|w| **w == "edge").count(), 4);
+    assert_eq!(voice_receivers.iter().filter(|w| **w == "recorder").count(), 4);
+    assert_eq!(voice_receivers.len(), 8, "{voice_receivers:?}");
+
+    // p0 stops, p3 starts far louder: p3 takes p0's slot; p0 now hears the whole mix,
+    // its numbering running on without a gap.
+    let before = *mixed[&mix_sub("p0").unwrap()].last().map(|(_, seq)| seq).unwrap();
+    let talking = [(mics[0], 127u8), (mics[1], 30), (mics[2], 127), (mics[3], 5)];
+    let mut p0_seqs = vec![before];
+    for _ in 0..25 {
+        let (mixed, _) = mix_frame(&mut sim, mix, 3, &talking, frame);
+        frame += 1;
+        p0_seqs.extend(mixed[&mix_sub("p0").unwrap()].iter().map(|(_, s)| *s));
+    }
+    assert_eq!(sim.room.mix_slots(), vec![Some((mics[3], true)), Some((mics[1], true))]);
+    let (mixed, _) = mix_frame(&mut sim, mix, 3, &talking, frame);
+    assert_eq!(layer_heard_in(&mixed, mix_sub("p0").unwrap()), [0]);
+    assert_eq!(layer_heard_in(&mixed, mix_sub("p3").unwrap()), [1], "p3 in slot 0 hears the mix without it");
+    assert!(p0_seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "one packet a frame, no gap: {p0_seqs:?}");
+
+    // A muted talker leaves the mix; a client leaving empties nothing while others stay,
+    // and the room is empty once only the mixer is left.
+    sim.input(Input::SetMuted { participant: "p1", track: "p1-mic", muted: true, now: sim.now }).unwrap();
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.room.mix_slots(), vec![Some((mics[3], true)), None]);
+    for who in ["p0", "p1", "p2", "p3", "edge", "recorder"] {
+        sim.input(Input::Leave { participant: who }).unwrap();
+    }
+    assert!(sim.commands().iter().any(|c| matches!(c, Output::Empty)));
+}
+
+fn layer_heard_in(mixed: &MixHeard, sub: SubscriptionId) -> Vec<usize> {
+    mixed[&sub].iter().map(|(l, _)| *l).collect()
+}
+
+#[test]
+fn a_voice_without_audio_levels_is_still_heard_in_a_large_room() {
+    let mut sim = Sim::new();
+    let names: Vec<String> = (0..12).map(|i| format!("p{i:02}")).collect();
+    for n in &names {
+        sim.join(n, ParticipantKind::Client, true).unwrap();
+    }
+    let tracks = publish_microphones(&mut sim, &names);
+    // p00 sends no level (a client without the extension); the rest are silent.
+    for _ in 0..20 {
+        sim.send_with_level(tracks[0], 0, &[0xfc, 0x01], 80, None);
+        for h in &tracks[1..] {
+            sim.send_with_level(*h, 0, &[0xfc, 0x01], 80, Some(127));
+        }
+        sim.advance(Duration::from_millis(20));
+    }
+    assert_eq!(sim.room.audible_tracks("p05"), vec![tracks[0]]);
+    // Three measured talkers take the places; the unmeasured voice yields to them.
+    let mut levels = [127u8; 12];
+    levels[1..4].copy_from_slice(&[20, 25, 30]);
+    for _ in 0..20 {
+        sim.send_with_level(tracks[0], 0, &[0xfc, 0x01], 80, None);
+        for (h, l) in tracks[1..].iter().zip(&levels[1..]) {
+            sim.send_with_level(*h, 0, &[0xfc, 0x01], 80, Some(*l));
+        }
+        sim.advance(Duration::from_millis(20));
+    }
+    assert_eq!(sim.room.audible_tracks("p05"), tracks[1..4].to_vec());
+}

@@ -17,7 +17,7 @@ pub(super) fn room_error(e: RoomError) -> ApiError {
         RoomError::AlreadyJoined(_) => ErrorCode::AlreadyJoined,
         RoomError::UnknownParticipant(_) => ErrorCode::UnknownParticipant,
         RoomError::UnknownTrack(_) | RoomError::OwnTrack(_) => ErrorCode::UnknownTrack,
-        RoomError::TrackExists(_) | RoomError::Redeclared(_) => ErrorCode::BadRequest,
+        RoomError::TrackExists(_) | RoomError::Redeclared(_) | RoomError::NotForSubscriber(_) => ErrorCode::BadRequest,
         RoomError::PublishNotAllowed(_) | RoomError::NotDeclared(_) | RoomError::KindMismatch(..) => {
             ErrorCode::PublishNotAllowed
         }
@@ -119,7 +119,8 @@ fn to_api_kind(k: ParticipantKind) -> api::ParticipantKind {
     match k {
         ParticipantKind::Client => api::ParticipantKind::Client,
         ParticipantKind::Relay => api::ParticipantKind::Relay,
-        ParticipantKind::Hidden => api::ParticipantKind::Hidden,
+        // Never announced; shown as hidden should an event name it.
+        ParticipantKind::Hidden | ParticipantKind::Mixer => api::ParticipantKind::Hidden,
     }
 }
 

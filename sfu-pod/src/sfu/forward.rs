@@ -157,8 +157,9 @@ fn register(
 }
 
 /// Feeds one packet to the core and queues a renumbered copy for every subscription it
-/// names; returns whether there was any.
-fn forward_packet(
+/// names (and, in a mixed room, hands a voice in the mix to the mixer); returns whether
+/// there was any forward.
+pub(super) fn forward_packet(
     sfu: &Sfu,
     room: &RoomEntry,
     (track, layer): (TrackHandle, usize),
@@ -170,7 +171,11 @@ fn forward_packet(
     let size = pkt.payload.len() + 12;
     let packet =
         RtpMeta { seq: pkt.header.sequence_number, ts: pkt.header.timestamp, payload: &pkt.payload, size, audio_level };
-    room.rtp(track, layer, packet, writes);
+    if room.rtp(track, layer, packet, writes)
+        && let Some(tap) = room.mixer()
+    {
+        tap.send(track, pkt.payload.clone());
+    }
     sfu.metrics.packets_in.inc();
     sfu.metrics.bytes_in.inc_by(size as u64);
     if writes.is_empty() {

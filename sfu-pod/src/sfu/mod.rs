@@ -16,6 +16,7 @@
 
 mod convert;
 mod forward;
+mod mixer;
 mod negotiation;
 mod participants;
 mod peer;
@@ -184,17 +185,30 @@ impl Sfu {
             .ok_or_else(|| error(ErrorCode::UnknownRoom, format!("no room {name} on this SFU")))
     }
 
-    /// Opens a room (idempotent).
+    /// Opens a room (idempotent), routed unless it is open already.
     pub fn open_room(self: &Arc<Self>, name: &str) -> ApiResult<Arc<RoomEntry>> {
+        self.open_room_as(name, None)
+    }
+
+    /// Opens a room with the audio asked for (idempotent); an open room with other
+    /// audio is refused: its listeners' connections are built for what it has.
+    pub fn open_room_as(self: &Arc<Self>, name: &str, audio: Option<api::RoomAudio>) -> ApiResult<Arc<RoomEntry>> {
         validate_name("room", name)?;
         let mut rooms = self.rooms.lock().unwrap();
         if let Some(r) = rooms.get(name) {
-            return Ok(r.clone());
+            return match audio {
+                Some(asked) if asked != r.audio => Err(error(
+                    ErrorCode::RoomConflict,
+                    format!("room {name} is open with {:?} audio, not {asked:?}", r.audio),
+                )),
+                _ => Ok(r.clone()),
+            };
         }
-        let entry = RoomEntry::open(self, name);
+        let audio = audio.unwrap_or_default();
+        let entry = RoomEntry::open(self, name, audio);
         rooms.insert(name.to_owned(), entry.clone());
         drop(rooms);
-        info!(room = name, "room opened");
+        info!(room = name, ?audio, "room opened");
         self.recount();
         Ok(entry)
     }

@@ -210,7 +210,8 @@ impl Sfu {
     pub fn room_status(&self, room_name: &str) -> ApiResult<api::RoomStatus> {
         let room = self.room(room_name)?;
         let (mut participants, mut tracks, subscriptions) = room.read(|core| {
-            let participants: Vec<String> = core.participants().map(|(p, _)| p.clone()).collect();
+            let participants: Vec<String> =
+                core.participants().filter(|(_, k)| *k != ParticipantKind::Mixer).map(|(p, _)| p.clone()).collect();
             let tracks: Vec<api::TrackStatus> = core
                 .tracks()
                 .map(|(id, p, codec, source, muted)| api::TrackStatus {
@@ -225,7 +226,7 @@ impl Sfu {
         });
         participants.sort();
         tracks.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(api::RoomStatus { room: room_name.into(), participants, tracks, subscriptions })
+        Ok(api::RoomStatus { room: room_name.into(), participants, tracks, subscriptions, audio: room.audio })
     }
 
     /// Registers a peer built elsewhere (an edge's relay) and joins it to the core.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use switchboard_sfu_api::ErrorCode;
+use switchboard_sfu_api::{ErrorCode, RoomAudio};
 use switchboard_sfu_core::{
     AudioPolicy, Input, Outcome, Output, Room, RoomError, RoomEvent, RtpMeta, SubscriptionId, TrackHandle,
 };
@@ -25,6 +25,7 @@ use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndicat
 use super::Sfu;
 use super::convert::{ApiResult, error, to_api_event};
 use super::forward::Sink;
+use super::mixer::{self, Tap};
 use super::negotiation::NewTrack;
 use super::peer::Peer;
 
@@ -83,6 +84,9 @@ impl RoomCore {
 
 pub struct RoomEntry {
     pub name: String,
+    /// Routed or mixed, for the room's life.
+    pub audio: RoomAudio,
+    mixer: std::sync::OnceLock<Tap>,
     core: Mutex<RoomCore>,
     pub(super) peers: Mutex<HashMap<String, Arc<Peer>>>,
     commands: mpsc::UnboundedSender<Vec<Output>>,
@@ -90,16 +94,33 @@ pub struct RoomEntry {
 }
 
 impl RoomEntry {
-    /// A new room with its command and timer tasks.
-    pub(super) fn open(sfu: &Arc<Sfu>, name: &str) -> Arc<Self> {
+    /// A new room with its command and timer tasks (and its mixer, mixed).
+    pub(super) fn open(sfu: &Arc<Sfu>, name: &str, audio: RoomAudio) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let routed = *sfu.audio_policy.lock().unwrap();
+        let (policy, slots) = match audio {
+            RoomAudio::Routed => (routed, 0),
+            // The pod's speaker count, or 3 where routing forwards every voice.
+            RoomAudio::Mixed => {
+                let speakers = if routed.speakers == 0 { 3 } else { routed.speakers };
+                (AudioPolicy::mixed(speakers), speakers)
+            }
+        };
+        let mut core = RoomCore::new(Instant::now(), policy);
+        let mix_track = (audio == RoomAudio::Mixed).then(|| mixer::publish(&mut core, slots));
         let entry = Arc::new(Self {
             name: name.to_owned(),
-            core: Mutex::new(RoomCore::new(Instant::now(), *sfu.audio_policy.lock().unwrap())),
+            audio,
+            mixer: std::sync::OnceLock::new(),
+            core: Mutex::new(core),
             peers: Mutex::new(HashMap::new()),
             commands: tx,
             closed: AtomicBool::new(false),
         });
+        if let Some(track) = mix_track {
+            let tap = mixer::start(Arc::downgrade(sfu), Arc::downgrade(&entry), track);
+            let _ = entry.mixer.set(tap);
+        }
         tokio::spawn(run_commands(Arc::downgrade(sfu), Arc::downgrade(&entry), rx));
         tokio::spawn(run_timers(Arc::downgrade(&entry)));
         entry
@@ -132,14 +153,22 @@ impl RoomEntry {
     }
 
     /// Feeds one RTP packet; its forwards are appended to `writes`, for the caller to send
-    /// once the lock is released.
-    pub(super) fn rtp(&self, track: TrackHandle, layer: usize, packet: RtpMeta<'_>, writes: &mut Vec<Write>) {
-        let commands = {
+    /// once the lock is released. Returns whether the packet's track is a voice in the
+    /// room's mix.
+    pub(super) fn rtp(&self, track: TrackHandle, layer: usize, packet: RtpMeta<'_>, writes: &mut Vec<Write>) -> bool {
+        let (commands, mixed) = {
             let mut core = self.core.lock().unwrap();
             let _ = core.room.handle_input(Input::Rtp { track, layer, packet, now: Instant::now() });
-            core.drain(writes)
+            let mixed = self.mixer.get().is_some() && core.room.mix_slot_of(track).is_some();
+            (core.drain(writes), mixed)
         };
         self.submit(commands);
+        mixed
+    }
+
+    /// A mixed room's mixer.
+    pub(super) fn mixer(&self) -> Option<&Tap> {
+        self.mixer.get()
     }
 
     /// Reads the core without feeding it.
