@@ -46,6 +46,9 @@ pub const MAX_PARTICIPANTS: i32 = 100_000;
     "!(self.e2ee && has(self.recording) && self.recording.policy == 'Auto')")
     .message("an end-to-end encrypted meeting cannot be recorded automatically by the server")
     .field_path(".recording.policy"))]
+#[x_kube(validation = kube::core::Rule::new("!(self.e2ee && self.audio == 'Mixed')")
+    .message("an end-to-end encrypted meeting cannot have its audio mixed by the server, which cannot decode it")
+    .field_path(".audio"))]
 pub struct MeetingSpec {
     /// Title shown to participants.
     #[schemars(length(min = 1, max = 200))]
@@ -79,6 +82,13 @@ pub struct MeetingSpec {
     /// its hosts so. Unset: never. Ignored in a Webinar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<Escalation>,
+    /// Routed: each participant receives the voices themselves (the 3 loudest in a
+    /// room of 10 or more). Mixed: the SFU decodes the loudest voices and sends each
+    /// participant one mixed stream without its own voice, for rooms of many listeners
+    /// on weak devices. Set when the meeting's media room opens: a change applies the
+    /// next time it opens. Not with `e2ee`.
+    #[serde(default)]
+    pub audio: MeetingAudio,
     /// Recording policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingPolicy>,
@@ -136,6 +146,13 @@ pub struct Escalation {
     /// joining come in as attendees; those already in keep their roles.
     #[schemars(range(min = 2, max = 100000))]
     pub attendees_from: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MeetingAudio {
+    #[default]
+    Routed,
+    Mixed,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -272,12 +272,22 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
             "greater than or equal to 2",
         ),
         ("/spec/escalation", json!({}), "spec.escalation.attendeesFrom", "Required value"),
+        ("/spec/audio", json!("Stereo"), "spec.audio", "Unsupported value"),
     ];
     for (i, (pointer, value, field, words)) in meeting_cases.into_iter().enumerate() {
         let mut m = valid_meeting(&format!("bad-{i}"));
         set(&mut m, pointer, value);
         assert_refused(&meetings, &m, field, words).await;
     }
+
+    // Mixed audio needs the voices in the clear: not with end-to-end encryption.
+    let mut mixed_e2ee = valid_meeting("mixed-e2ee");
+    set(&mut mixed_e2ee, "/spec/recording", Value::Null);
+    set(&mut mixed_e2ee, "/spec/e2ee", json!(true));
+    set(&mut mixed_e2ee, "/spec/audio", json!("Mixed"));
+    assert_refused(&meetings, &mixed_e2ee, "spec.audio", "cannot have its audio mixed").await;
+    set(&mut mixed_e2ee, "/spec/e2ee", json!(false));
+    apply_json(&meetings, &mixed_e2ee).await.expect("mixed audio without e2ee accepted");
 
     let recordings: Api<RecordingJob> = ns.api();
     let mut both = example("recordingjob.yaml", "RecordingJob");

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use kube::ResourceExt as _;
 use kube::api::{ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
-use switchboard_crds::meeting::{Meeting, MeetingMode, MeetingSpec, ParticipantLimits};
+use switchboard_crds::meeting::{Meeting, MeetingAudio, MeetingMode, MeetingSpec, ParticipantLimits};
 use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, JoinGrant, MeetingInfo};
 use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role, types};
 
@@ -131,6 +131,7 @@ async fn create_meeting(
             waiting_room: req.waiting_room,
             mute_on_entry: req.mute_on_entry,
             escalation: None,
+            audio: MeetingAudio::Routed,
             recording: None,
             e2ee: false,
             permissions: Vec::new(),

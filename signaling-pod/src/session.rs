@@ -1190,6 +1190,7 @@ impl Session {
             refuse(ErrorCode::MeetingUnavailable, "the meeting has no SFU assigned yet; try again shortly")
         })?;
         let room = self.app.meetings.room(&m.name_any());
+        self.open_mixed(&m, &target, &room).await?;
         self.ensure_relay(&m, &target, &room).await?;
         let sfu = self.app.sfu(&target.endpoint);
         let pid = j.info.id.clone();
@@ -1215,6 +1216,35 @@ impl Session {
         self.save_media(tracks).await?;
         self.enforce_mutes().await;
         self.reply(id, types::ANSWER, serde_json::json!({ "sdp": answer.answer }));
+        Ok(())
+    }
+
+    /// A meeting with `spec.audio: Mixed` has its room opened mixed on the SFU that
+    /// serves this participant and on its parent (whose room an edge's relay would
+    /// otherwise open routed), before anyone joins there. A room already open routed
+    /// (the spec changed during the meeting) stays so until it closes.
+    async fn open_mixed(
+        &self,
+        m: &Meeting,
+        target: &switchboard_crds::meeting::SfuEndpoint,
+        room: &str,
+    ) -> Result<(), ProtoError> {
+        if m.spec.audio != switchboard_crds::meeting::MeetingAudio::Mixed {
+            return Ok(());
+        }
+        let parent = target.parent.as_ref().and_then(|p| meetings::endpoints(m).into_iter().find(|e| &e.pod == p));
+        let request = switchboard_sfu_api::RoomRequest { audio: switchboard_sfu_api::RoomAudio::Mixed };
+        for endpoint in parent.iter().map(|p| &p.endpoint).chain([&target.endpoint]) {
+            let sfu = self.app.sfu(endpoint);
+            let url = sfu.url(switchboard_sfu_api::paths::ROOM, room, "", "");
+            match sfu.put::<_, serde_json::Value>(&url, &request).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(SfuCode::RoomConflict) => {
+                    tracing::info!(room, %endpoint, "the room is open with routed audio; mixed applies when it reopens");
+                }
+                Err(e) => return Err(media_failed(e)),
+            }
+        }
         Ok(())
     }
 

@@ -306,3 +306,39 @@ async fn a_webinar_attendee_is_invited_to_speak_heard_and_moved_back() {
     assert!(hana_heard.await > 20, "ada still hears the host");
     env.ns.delete().await;
 }
+
+/// A meeting with `spec.audio: Mixed`: signaling opens its room mixed on the SFU before
+/// the first join, so its participants receive the SFU's mix and never each other's
+/// voices (the mix's sound is checked in sfu-pod's media tests); video is still routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_audio_meeting_hears_the_sfus_mix_and_no_routed_voice() {
+    let env = env("sig-mixed").await;
+    let sfu = sfu_pod::local::start("sfu-mix").await.unwrap();
+    meeting(&env, "allhands", "hana", serde_json::json!({"audio": "Mixed"})).await;
+    assign(&env, "allhands", &[("sfu-mix", &sfu.endpoint)], &[]).await;
+    let server = env.in_process(env.config()).await;
+    let (hana, hana_grant, _) = connect(&rest(&server.url, "hana", None), "allhands").await;
+    let (ada, ada_grant, _) = connect(&rest(&server.url, "ada", None), "allhands").await;
+    let hana_media = MediaSession::start(
+        hana.clone(),
+        &hana_grant.participant_id,
+        loopback(vec![Publish::audio("hana-mic"), Publish::video("hana-cam")]),
+    )
+    .await
+    .unwrap();
+    let ada_media =
+        MediaSession::start(ada.clone(), &ada_grant.participant_id, loopback(vec![Publish::audio("ada-mic")]))
+            .await
+            .unwrap();
+    ada_media.wait_until("the mix and hana's camera", WAIT, flowing(&["~mix", "hana-cam"], 30)).await.unwrap();
+    hana_media.wait_until("the mix", WAIT, flowing(&["~mix"], 30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!ada_media.received().await.contains_key("hana-mic"), "no routed voice reaches a participant");
+    assert!(!hana_media.received().await.contains_key("ada-mic"));
+    let api = switchboard_sfu_client::SfuApi::new(sfu.endpoint.clone());
+    let room = format!("{}.allhands", env.ns.name);
+    let status: switchboard_sfu_api::RoomStatus =
+        api.get(&api.url(switchboard_sfu_api::paths::ROOM, &room, "", "")).await.unwrap();
+    assert_eq!(status.audio, switchboard_sfu_api::RoomAudio::Mixed);
+    assert_eq!(status.participants.len(), 2, "the mixer is not listed: {:?}", status.participants);
+}

@@ -35,7 +35,7 @@ use webrtc::rtp::packet::Packet;
 
 use super::Sfu;
 use super::forward::forward_packet;
-use super::room_driver::{RoomCore, RoomEntry};
+use super::room_driver::RoomEntry;
 
 /// The mixer's participant id: `~` is outside what participant ids may hold, so no
 /// client can take it.
@@ -68,8 +68,7 @@ impl Tap {
 
 /// Makes the core's room a mixed one's: joins the mixer and publishes its track with a
 /// layer for the whole mix and one per slot. Returns the track.
-pub(super) fn publish(core: &mut RoomCore, slots: usize) -> TrackHandle {
-    let room = &mut core.room;
+pub fn publish(room: &mut Room, slots: usize) -> TrackHandle {
     let declared = [Declaration { id: MIX_TRACK.into(), source: Source::Microphone, muted: false }];
     let join = Input::Join {
         participant: MIXER_ID,
@@ -97,20 +96,20 @@ pub(super) fn start(sfu: Weak<Sfu>, room: Weak<RoomEntry>, track: TrackHandle) -
 }
 
 /// One slot's voice: its decoder and the frames decoded ahead of the mixer's clock.
-struct Voice {
+pub struct Voice {
     track: TrackHandle,
     decoder: opus::Decoder,
-    frames: VecDeque<Vec<i16>>,
+    pub frames: VecDeque<Vec<i16>>,
 }
 
 impl Voice {
-    fn new(track: TrackHandle) -> Option<Self> {
+    pub fn new(track: TrackHandle) -> Option<Self> {
         let decoder =
             opus::Decoder::new(48_000, opus::Channels::Mono).inspect_err(|e| warn!(error = %e, "opus decoder")).ok()?;
         Some(Self { track, decoder, frames: VecDeque::new() })
     }
 
-    fn decode(&mut self, payload: &[u8]) {
+    pub fn decode(&mut self, payload: &[u8]) {
         // Up to 120 ms in one packet; the mixer takes 20 ms at a time.
         let mut pcm = vec![0i16; FRAME * 6];
         match self.decoder.decode(payload, &mut pcm, false) {
@@ -129,7 +128,8 @@ impl Voice {
     }
 }
 
-fn encoder() -> Option<opus::Encoder> {
+/// An encoder as the mixer sets one up for each of its layers.
+pub fn encoder() -> Option<opus::Encoder> {
     let mut e = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
         .inspect_err(|e| warn!(error = %e, "opus encoder"))
         .ok()?;

@@ -16,7 +16,7 @@
 
 mod convert;
 mod forward;
-mod mixer;
+pub mod mixer;
 mod negotiation;
 mod participants;
 mod peer;

@@ -107,7 +107,7 @@ impl RoomEntry {
             }
         };
         let mut core = RoomCore::new(Instant::now(), policy);
-        let mix_track = (audio == RoomAudio::Mixed).then(|| mixer::publish(&mut core, slots));
+        let mix_track = (audio == RoomAudio::Mixed).then(|| mixer::publish(&mut core.room, slots));
         let entry = Arc::new(Self {
             name: name.to_owned(),
             audio,
