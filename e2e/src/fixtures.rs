@@ -48,6 +48,20 @@ pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> 
         .collect()
 }
 
+/// The notes of `name`'s Events of `reason`.
+pub async fn event_notes(admin: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
+    let api: Api<Event> = Api::namespaced(admin.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
 pub async fn await_events(admin: &Client, ns: &str, name: &str, reasons: &[&str]) {
     wait_for(&format!("events {reasons:?} on {name}"), TIMEOUT, || async {
         let have = event_reasons(admin, ns, name).await;

@@ -340,21 +340,6 @@ fn test_media() -> &'static (EncodedMedia, EncodedMedia) {
     })
 }
 
-/// The notes of the pool's `ScaledUp` Events.
-async fn scale_up_reasons(admin: &Client, ns: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), ns);
-    events
-        .list(&ListParams::default())
-        .await
-        .expect("events listed")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(POOL))
-        .filter(|e| e.reason.as_deref() == Some("ScaledUp"))
-        .filter_map(|e| e.note)
-        .collect()
-}
-
 fn video_packets(rx: &HashMap<String, ReceivedTrack>, publisher: &str) -> u64 {
     rx.values().filter(|t| t.video && t.publisher == publisher).map(|t| t.packets).sum()
 }
@@ -909,7 +894,12 @@ async fn real_media_scales_a_pool_by_packet_rate_and_the_busy_pod_stays_when_it_
     // The decision is read from its Event: the status shows the latest sample, and the
     // packet rate may dip under the threshold (a clip looping, a busy machine) before
     // the scale-down window lets it go.
-    let scaled_by = scale_up_reasons(&admin, &ns).await;
+    // The Event is written just after the scale: give it a moment.
+    let scaled_by = eventually("the scale-up's Event", WAIT, || async {
+        let notes = switchboard_e2e::fixtures::event_notes(&admin, &ns, POOL, "ScaledUp").await;
+        notes.iter().any(|n| n.starts_with("scaled up from 1 to 2")).then_some(notes)
+    })
+    .await;
     let rate = scaled_by
         .iter()
         .find_map(|m| {

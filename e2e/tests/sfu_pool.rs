@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use switchboard_crds::SfuPool;
-use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
+use switchboard_e2e::fixtures::{Setup, apply, await_events, event_notes, pool, setup};
 use switchboard_e2e::operator::{operator_identity, start_operator};
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
@@ -199,9 +199,10 @@ async fn packet_rate_scales_the_pool_while_seats_stay_low() {
     let status = ready.status.unwrap();
     assert_eq!(status.scale_signal, Some(switchboard_crds::sfu_pool::ScaleSignal::PacketRate));
     assert_eq!(status.allocated.unwrap().participants, 10);
-    // (Events of one reason share a series, so the note is the first scale-up's; the
-    // status names the signal.)
+    // The scale-up's Event says why, each scale-up its own (not folded into the first's).
     await_events(&admin, &ns.name, "busy", &["ScaledUp"]).await;
+    let notes = event_notes(&admin, &ns.name, "busy", "ScaledUp").await;
+    assert!(notes.iter().any(|n| n.contains("to 4 pods: packet rate")), "{notes:?}");
 
     // Traffic stops; seats stay: back to the minimum after the window, the busy pods kept.
     for pod in &first {

@@ -17,11 +17,27 @@ const QUEUE_CONCURRENCY: usize = 4;
 /// migrations cannot keep events from users for good.
 const MAX_HOLD: Duration = Duration::from_secs(10);
 
+/// Longest `action` the API server takes.
+const MAX_ACTION: usize = 128;
+
 pub async fn publish(recorder: &Recorder, regarding: &ObjectReference, type_: EventType, reason: &str, note: &str) {
-    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: reason.into(), secondary: None };
+    let event = Event { type_, reason: reason.into(), note: Some(note.into()), action: action(note), secondary: None };
     if let Err(e) = recorder.publish(&event, regarding).await {
         tracing::debug!(error = %e, "publishing event");
     }
+}
+
+/// The event's `action`, what was done: its note, cut to what the API server takes.
+/// kube's `Recorder` folds events of the same reason and action into one series and
+/// keeps the first one's note, so an action per reason would show "scaled up from 0 to
+/// 1" for every later scale-up; with the note as the action, only repeats of the same
+/// thing fold.
+fn action(note: &str) -> String {
+    let mut end = note.len().min(MAX_ACTION);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note[..end].to_owned()
 }
 
 /// Publishes events in the background, a few at a time, in order of arrival;
@@ -99,6 +115,16 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_events_action_is_its_note_cut_to_what_the_api_server_takes() {
+        assert_eq!(action("scaled up from 1 to 2 pods"), "scaled up from 1 to 2 pods");
+        assert_eq!(action(&"x".repeat(300)).len(), MAX_ACTION);
+        // Cut on a character boundary: 127 ASCII bytes, then a 2-byte character.
+        let cut = action(&format!("{}é and more", "a".repeat(127)));
+        assert_eq!(cut.len(), 127);
+        assert_ne!(action("scaled up from 0 to 1 pods"), action("scaled up from 1 to 2 pods"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_hold_keeps_waiters_back_until_the_last_one_is_dropped_or_the_limit() {

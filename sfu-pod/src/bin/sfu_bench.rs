@@ -12,9 +12,12 @@
 //!   is what the SFU adds;
 //! * loss: packets never received (NACK included) over packets sent.
 //!
-//! Scenarios: `fanout:N` (one publisher, N subscribers) and `mesh:N` (N participants,
-//! each publishing and receiving the others). With `--janus URL` the same scenarios run
-//! against a Janus VideoRoom too (see `janus.rs`).
+//! Scenarios: `fanout:N` (one publisher, N subscribers), `mesh:N` (N participants,
+//! each publishing and receiving the others) and `lastn:N:K` (N participants each
+//! publishing a thumbnail-sized camera, [`THUMBNAIL_PPS`], and showing K of the others:
+//! a grid page, the rest paused as the browser client pauses tiles off screen;
+//! `lastn:49:48` is the same room with every camera shown). With `--janus URL` the
+//! fan-out and mesh scenarios run against a Janus VideoRoom too (see `janus.rs`).
 //!
 //!     cargo build --release -p sfu-pod
 //!     target/release/sfu-bench --scenarios fanout:10,fanout:25,fanout:50,mesh:4,mesh:8 --seconds 10
@@ -33,21 +36,32 @@ mod janus;
 /// Video each publisher sends: packets per second and bytes per packet (≈ 1.6 Mbps).
 pub const VIDEO_PPS: u32 = 200;
 pub const VIDEO_BYTES: usize = 1000;
+/// A grid tile's camera in `lastn` scenarios: 30 packets/s of 1,000 bytes (≈ 240 kbps).
+pub const THUMBNAIL_PPS: u32 = 30;
 
 #[derive(Clone, Copy, Debug)]
 pub enum Scenario {
     FanOut(usize),
     Mesh(usize),
+    /// (participants, cameras each shows)
+    LastN(usize, usize),
 }
 
 impl Scenario {
     fn parse(s: &str) -> anyhow::Result<Self> {
-        let (kind, n) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("scenario {s:?}: want fanout:N or mesh:N"))?;
+        let want = || anyhow::anyhow!("scenario {s:?}: want fanout:N, mesh:N or lastn:N:K");
+        let (kind, n) = s.split_once(':').ok_or_else(want)?;
+        if kind == "lastn" {
+            let (n, k) = n.split_once(':').ok_or_else(want)?;
+            let (n, k): (usize, usize) = (n.parse()?, k.parse()?);
+            anyhow::ensure!(n >= 2 && (1..n).contains(&k), "lastn:N:K needs 1 <= K < N, got {s:?}");
+            return Ok(Self::LastN(n, k));
+        }
         let n: usize = n.parse()?;
         match kind {
             "fanout" => Ok(Self::FanOut(n)),
             "mesh" => Ok(Self::Mesh(n)),
-            _ => anyhow::bail!("scenario {s:?}: want fanout:N or mesh:N"),
+            _ => Err(want()),
         }
     }
 
@@ -55,6 +69,8 @@ impl Scenario {
         match self {
             Self::FanOut(n) => format!("1→{n} fan-out"),
             Self::Mesh(n) => format!("{n}×{n} mesh"),
+            Self::LastN(n, k) if k + 1 == *n => format!("{n} cameras, all shown"),
+            Self::LastN(n, k) => format!("{n} cameras, last-N {k}"),
         }
     }
 
@@ -63,6 +79,7 @@ impl Scenario {
         match *self {
             Self::FanOut(n) => (1, n),
             Self::Mesh(n) => (n, n - 1),
+            Self::LastN(n, k) => (n, k),
         }
     }
 }
@@ -180,8 +197,12 @@ async fn forwarded(api: &SfuApi) -> f64 {
 }
 
 fn video(id: &str) -> Publish {
+    video_at(id, VIDEO_PPS)
+}
+
+fn video_at(id: &str, packets_per_second: u32) -> Publish {
     Publish {
-        kind: PublishKind::Video { simulcast: false, packets_per_second: VIDEO_PPS, size: VIDEO_BYTES },
+        kind: PublishKind::Video { simulcast: false, packets_per_second, size: VIDEO_BYTES },
         ..Publish::video(id)
     }
 }
@@ -244,6 +265,23 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
                 let opts =
                     JoinOptions { publish: vec![video(&format!("p{i}-cam"))], net: net.clone(), ..Default::default() };
                 people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
+            }
+        }
+        Scenario::LastN(n, shown) => {
+            for i in 0..n {
+                let publish = vec![video_at(&format!("p{i}-cam"), THUMBNAIL_PPS)];
+                let opts = JoinOptions { publish, net: net.clone(), ..Default::default() };
+                people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
+            }
+            // Each shows the next `shown` participants (its grid page) and pauses the rest.
+            use switchboard_sfu_api::{SubscriptionRequest, paths};
+            for i in 0..n {
+                for j in (0..n).filter(|j| *j != i) {
+                    let ahead = (j + n - i) % n;
+                    let prefs = SubscriptionRequest { paused: ahead > shown, ..Default::default() };
+                    let url = sfu.api.url(paths::SUBSCRIPTION, "bench", &format!("p{i}"), &format!("p{j}-cam"));
+                    sfu.api.put::<_, serde_json::Value>(&url, &prefs).await?;
+                }
             }
         }
     }
@@ -335,7 +373,7 @@ async fn main() -> anyhow::Result<()> {
         };
         row(&system, *s, &m, &direct);
         results.push((*s, m));
-        if let Some(url) = &janus_url {
+        if let (Some(url), false) = (&janus_url, matches!(s, Scenario::LastN(..))) {
             match janus::run(url, *s, seconds).await {
                 Ok(j) => row("Janus VideoRoom", *s, &j, &direct),
                 Err(e) => println!("| Janus VideoRoom | {} | failed: {e:#} |", s.label()),
