@@ -14,7 +14,7 @@
 //!
 //! Scenarios: `fanout:N` (one publisher, N subscribers), `mesh:N` (N participants,
 //! each publishing and receiving the others) and `lastn:N:K` (N participants each
-//! publishing a thumbnail-sized camera, [`THUMBNAIL_PPS`], and showing K of the others:
+//! publishing a thumbnail-sized camera ([`THUMBNAIL_PPS`], `--thumbnail-pps`) and showing K of the others:
 //! a grid page, the rest paused as the browser client pauses tiles off screen;
 //! `lastn:49:48` is the same room with every camera shown). With `--janus URL` the
 //! fan-out and mesh scenarios run against a Janus VideoRoom too (see `janus.rs`).
@@ -36,8 +36,9 @@ mod janus;
 /// Video each publisher sends: packets per second and bytes per packet (≈ 1.6 Mbps).
 pub const VIDEO_PPS: u32 = 200;
 pub const VIDEO_BYTES: usize = 1000;
-/// A grid tile's camera in `lastn` scenarios: 30 packets/s of 1,000 bytes (≈ 240 kbps).
-pub const THUMBNAIL_PPS: u32 = 30;
+/// A grid tile's camera in `lastn` scenarios, packets/s of 1,000 bytes: 30 (≈ 240
+/// kbps) unless `--thumbnail-pps` says otherwise.
+pub static THUMBNAIL_PPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(30);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Scenario {
@@ -269,9 +270,19 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
         }
         Scenario::LastN(n, shown) => {
             for i in 0..n {
-                let publish = vec![video_at(&format!("p{i}-cam"), THUMBNAIL_PPS)];
+                let publish = vec![video_at(&format!("p{i}-cam"), THUMBNAIL_PPS.load(std::sync::atomic::Ordering::Relaxed))];
                 let opts = JoinOptions { publish, net: net.clone(), ..Default::default() };
                 people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
+            }
+            // Every camera published and reaching everyone before the pages are set.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let flowing: usize = people.iter().map(|p| p.received().values().filter(|t| t.packets > 5).count()).sum();
+                if flowing >= n * (n - 1) {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "{}: {flowing} of {} tracks flowing", s.label(), n * (n - 1));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Each shows the next `shown` participants (its grid page) and pauses the rest.
             use switchboard_sfu_api::{SubscriptionRequest, paths};
@@ -344,6 +355,11 @@ async fn main() -> anyhow::Result<()> {
                     args.next().unwrap_or_default().split(',').map(Scenario::parse).collect::<anyhow::Result<_>>()?;
             }
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
+            "--thumbnail-pps" => {
+                let pps = args.next().and_then(|v| v.parse().ok()).filter(|n| (1..=VIDEO_PPS).contains(n));
+                let pps = pps.ok_or_else(|| anyhow::anyhow!("--thumbnail-pps takes 1..={VIDEO_PPS}"))?;
+                THUMBNAIL_PPS.store(pps, std::sync::atomic::Ordering::Relaxed);
+            }
             "--janus" => janus_url = args.next(),
             "--sfu-threads" => {
                 sfu_threads = Some(
