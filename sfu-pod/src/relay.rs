@@ -197,6 +197,7 @@ pub async fn start_checked(
 
 async fn join_origin(sfu: Arc<Sfu>, room_name: &str, origin: SfuApi, edge_name: &str) -> ApiResult<()> {
     let room = sfu.open_room(room_name)?;
+    let starting = room.relay_start.lock().await;
     if room.peer(ORIGIN_PARTICIPANT).is_ok() {
         return Ok(()); // already relaying
     }
@@ -220,6 +221,7 @@ async fn join_origin(sfu: Arc<Sfu>, room_name: &str, origin: SfuApi, edge_name: 
     let peer = sfu.new_peer(&room, ORIGIN_PARTICIPANT, ParticipantKind::Relay, negotiator).await?;
     sfu.attach_peer(&room, peer.clone())?;
     info!(room = room_name, origin = %origin_url, "relaying from origin");
+    drop(starting);
     tokio::spawn(follow_origin(sfu, room, peer, origin, relay_id));
     Ok(())
 }

@@ -196,3 +196,32 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// A user token granting `role` in the meeting `namespace/name` (as an identity
+/// provider's `mtg` and `role` claims do).
+pub fn meeting_role_token(sub: &str, meeting: &str, role: &str) -> String {
+    signaling_pod::auth::Keys::new(KEY.as_bytes()).sign(&serde_json::json!({
+        "sub": sub, "mtg": meeting, "role": role, "exp": signaling_pod::auth::now_unix() + 3600,
+    }))
+}
+
+/// An `sfu-pod` process (the release binary next to this one) with the pool credential
+/// `token`, on loopback, relaying only from loopback origins; its API endpoint.
+pub fn sfu_process(name: &str, token: &str) -> anyhow::Result<(Child, String)> {
+    use std::io::BufRead as _;
+    let exe = std::env::current_exe()?.with_file_name("sfu-pod");
+    let mut child = std::process::Command::new(&exe)
+        .env(switchboard_sfu_client::auth::TOKEN_ENV, token)
+        .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_MEDIA_ADDR", "127.0.0.1:0")
+        .env("SWITCHBOARD_NAME", name)
+        .env("SWITCHBOARD_RELAY_ALLOWED_CIDRS", "127.0.0.0/8")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} (cargo build --release -p sfu-pod)", exe.display()))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    let v: serde_json::Value = serde_json::from_str(&line)?;
+    Ok((Child(child), v["api"].as_str().context("api")?.to_owned()))
+}

@@ -87,6 +87,10 @@ pub struct RoomEntry {
     /// Routed or mixed, for the room's life.
     pub audio: RoomAudio,
     mixer: std::sync::OnceLock<Tap>,
+    /// Held while this SFU joins the room's origin as its edge: the first joins of a
+    /// room arrive together (through several signaling replicas), and only one may
+    /// start the relay; the others wait and find it running.
+    pub relay_start: tokio::sync::Mutex<()>,
     core: Mutex<RoomCore>,
     pub(super) peers: Mutex<HashMap<String, Arc<Peer>>>,
     commands: mpsc::UnboundedSender<Vec<Output>>,
@@ -112,6 +116,7 @@ impl RoomEntry {
             name: name.to_owned(),
             audio,
             mixer: std::sync::OnceLock::new(),
+            relay_start: tokio::sync::Mutex::new(()),
             core: Mutex::new(core),
             peers: Mutex::new(HashMap::new()),
             commands: tx,

@@ -4,16 +4,25 @@
 //! (every join broadcast to everyone: how a Webinar's attendees were treated before).
 //!
 //! One host, then `--attendees` joiners through two signaling replicas sharing a Redis,
-//! `--concurrency` at a time; no media (see BENCHMARKS.md for what is not measured yet).
-//! Reports the join latency (REST join → `joined`), the messages the clients received
-//! per join, deliveries per second, and the replicas' CPU.
+//! `--concurrency` at a time, no media. Reports the join latency (REST join →
+//! `joined`), the messages the clients received per join, deliveries per second, and
+//! the replicas' CPU.
+//!
+//! With `--media N`, then the same webinar with media through a cascade: `sfu-pod`
+//! processes, an origin and `--edges` edges relaying from it; the host (camera and
+//! microphone) and 3 panelists (microphones, real Opus tones) on the origin, the first
+//! N attendees receiving media on the edges (webrtc-rs, receive-only), the rest on
+//! signaling only; once with the voices routed (each attendee gets the 3 loudest) and
+//! once mixed (`spec.audio: Mixed`). Reports what the attendees received over
+//! `--seconds` (packets, loss), each SFU's CPU, and what crossed the origin → edge links.
 //!
 //! Needs the local control plane (`eval "$(e2e/cluster/up)"`), redis-server, and the
 //! release binaries:
 //!
 //! ```text
-//! cargo build --release -p signaling-pod --bins
+//! cargo build --release -p signaling-pod -p sfu-pod --bins
 //! target/release/webinar-bench --attendees 1000 --concurrency 50
+//! target/release/webinar-bench --attendees 1000 --concurrency 50 --media 200 --edges 2
 //! ```
 
 use std::time::{Duration, Instant};
@@ -33,10 +42,14 @@ struct Args {
     concurrency: usize,
     /// The join queue's rate per meeting (`SIGNALING_JOINS_PER_SECOND`, its burst the same).
     join_rate: f64,
+    /// Attendees receiving media in the cascade runs (0: no such runs).
+    media: usize,
+    edges: usize,
+    seconds: u64,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { attendees: 1000, concurrency: 50, join_rate: 1000.0 };
+    let mut a = Args { attendees: 1000, concurrency: 50, join_rate: 1000.0, media: 0, edges: 2, seconds: 10 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> anyhow::Result<usize> { Ok(it.next().context("a value")?.parse()?) };
@@ -44,7 +57,12 @@ fn args() -> anyhow::Result<Args> {
             "--attendees" => a.attendees = value()?,
             "--concurrency" => a.concurrency = value()?.max(1),
             "--join-rate" => a.join_rate = value()?.max(1) as f64,
-            other => bail!("unknown flag {other}: --attendees N, --concurrency N, --join-rate N"),
+            "--media" => a.media = value()?,
+            "--edges" => a.edges = value()?.max(1),
+            "--seconds" => a.seconds = value()?.max(1) as u64,
+            other => bail!(
+                "unknown flag {other}: --attendees N, --concurrency N, --join-rate N, --media N, --edges N, --seconds N"
+            ),
         }
     }
     Ok(a)
@@ -122,6 +140,20 @@ async fn run(
     Ok(Run { joined, failed: failed.len(), latency_ms, join_secs, received, cpu_secs, settled_secs })
 }
 
+/// An origin and `edges` edge `sfu-pod` processes: (pod name, endpoint, process).
+fn cascade(edges: usize, token: &str) -> anyhow::Result<Vec<(String, String, Child)>> {
+    (0..=edges)
+        .map(|i| {
+            let pod = if i == 0 { "origin".to_owned() } else { format!("edge-{i}") };
+            let (child, endpoint) = sfu_process(&pod, token)?;
+            Ok((pod, endpoint, child))
+        })
+        .collect()
+}
+
+#[path = "../bench_media.rs"]
+mod media;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
@@ -141,8 +173,13 @@ async fn main() -> anyhow::Result<()> {
     let participants = serde_json::json!({"expected": n + 1, "max": n + 10});
     let webinar = serde_json::json!({"mode": "Webinar", "participants": participants});
     let interactive = serde_json::json!({"mode": "Interactive", "participants": participants});
-    let counted = run(&meetings, "webinar", webinar, &sfu.endpoint, urls, pids, &a).await?;
-    let broadcast = run(&meetings, "interactive", interactive, &sfu.endpoint, urls, pids, &a).await?;
+    let (counted, broadcast) = if a.media == 0 || std::env::var_os("WEBINAR_BENCH_MEDIA_ONLY").is_none() {
+        let counted = run(&meetings, "webinar", webinar, &sfu.endpoint, urls, pids, &a).await?;
+        let broadcast = run(&meetings, "interactive", interactive, &sfu.endpoint, urls, pids, &a).await?;
+        (Some(counted), Some(broadcast))
+    } else {
+        (None, None)
+    };
 
     let rows: Vec<(String, Column)> = vec![
         ("joined (failed)".into(), Box::new(|r: &Run| format!("{} ({})", r.joined, r.failed))),
@@ -165,12 +202,28 @@ async fn main() -> anyhow::Result<()> {
         ("signaling CPU (2 replicas)".into(), Box::new(|r: &Run| format!("{:.1} s", r.cpu_secs))),
         ("  per join".into(), Box::new(|r: &Run| format!("{:.1} ms", r.cpu_secs * 1000.0 / r.joined.max(1) as f64))),
     ];
-    println!(
-        "| {n} joiners, {} at a time, join queue {}/s | Webinar: attendees counted | Interactive: every join broadcast |\n|---|---|---|",
-        a.concurrency, a.join_rate
-    );
-    for (measure, f) in rows {
-        println!("| {measure} | {} | {} |", f(&counted), f(&broadcast));
+    if let (Some(counted), Some(broadcast)) = (counted, broadcast) {
+        println!(
+            "| {n} joiners, {} at a time, join queue {}/s | Webinar: attendees counted | Interactive: every join broadcast |\n|---|---|---|",
+            a.concurrency, a.join_rate
+        );
+        for (measure, f) in rows {
+            println!("| {measure} | {} | {} |", f(&counted), f(&broadcast));
+        }
+    }
+    if a.media > 0 {
+        let token = switchboard_sfu_client::ApiToken::generate();
+        let (replica_c, url_c) = replica(&ns, &redis, "replica-c", token.expose(), &queue)?;
+        let (replica_d, url_d) = replica(&ns, &redis, "replica-d", token.expose(), &queue)?;
+        let media_urls = [url_c.as_str(), url_d.as_str()];
+        let media_pids = [replica_c.0.id(), replica_d.0.id()];
+        let mut runs = Vec::new();
+        for audio in ["Routed", "Mixed"] {
+            let sfus = cascade(a.edges, token.expose())?;
+            let name = format!("media-{}", audio.to_lowercase());
+            runs.push((audio, media::run(&meetings, &ns, &name, audio, &sfus, media_urls, media_pids, &a).await?));
+        }
+        media::table(&a, &runs);
     }
     let _ = namespaces.delete(&ns, &Default::default()).await;
     Ok(())
