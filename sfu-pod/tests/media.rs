@@ -317,14 +317,15 @@ async fn an_origin_and_an_edge_relay_one_meeting_across_two_processes() {
     let _slot = media_slot().await;
     let origin = SfuProcess::start("origin");
     let edge = SfuProcess::start("edge");
-    let _: serde_json::Value = edge
-        .api
-        .post(
-            &edge.api.url(switchboard_sfu_api::paths::RELAY, "town-hall", "", ""),
-            &switchboard_sfu_api::RelayRequest { origin: origin.api.base.clone() },
-        )
-        .await
-        .unwrap();
+    // The first joins of a meeting arrive together (through several signaling
+    // replicas), each asking the edge to relay: every call succeeds, one relay starts.
+    let relay_url = edge.api.url(switchboard_sfu_api::paths::RELAY, "town-hall", "", "");
+    let request = switchboard_sfu_api::RelayRequest { origin: origin.api.base.clone() };
+    let asked =
+        futures::future::join_all((0..8).map(|_| edge.api.post::<_, serde_json::Value>(&relay_url, &request))).await;
+    for answer in asked {
+        answer.expect("every concurrent relay request succeeds");
+    }
     let alice = join(&origin.api, "town-hall", "alice", av("alice")).await;
     let bob = join(&edge.api, "town-hall", "bob", av("bob")).await;
     let carol = join(&edge.api, "town-hall", "carol", vec![Publish::audio("carol-mic")]).await;

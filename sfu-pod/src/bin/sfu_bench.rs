@@ -270,18 +270,25 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
         }
         Scenario::LastN(n, shown) => {
             for i in 0..n {
-                let publish = vec![video_at(&format!("p{i}-cam"), THUMBNAIL_PPS.load(std::sync::atomic::Ordering::Relaxed))];
+                let publish =
+                    vec![video_at(&format!("p{i}-cam"), THUMBNAIL_PPS.load(std::sync::atomic::Ordering::Relaxed))];
                 let opts = JoinOptions { publish, net: net.clone(), ..Default::default() };
                 people.push(Participant::join(sfu.api.clone(), "bench", &format!("p{i}"), opts).await?);
             }
             // Every camera published and reaching everyone before the pages are set.
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
-                let flowing: usize = people.iter().map(|p| p.received().values().filter(|t| t.packets > 5).count()).sum();
+                let flowing: usize =
+                    people.iter().map(|p| p.received().values().filter(|t| t.packets > 5).count()).sum();
                 if flowing >= n * (n - 1) {
                     break;
                 }
-                anyhow::ensure!(Instant::now() < deadline, "{}: {flowing} of {} tracks flowing", s.label(), n * (n - 1));
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{}: {flowing} of {} tracks flowing",
+                    s.label(),
+                    n * (n - 1)
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Each shows the next `shown` participants (its grid page) and pauses the rest.
