@@ -10,6 +10,7 @@
 //! module docs of [`room`] say why.
 
 pub mod codec;
+pub mod ladder;
 pub mod loudest;
 pub mod node;
 pub mod rewrite;

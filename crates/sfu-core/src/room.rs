@@ -46,6 +46,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::codec::{self, Codec};
+use crate::ladder;
 use crate::loudest::{self, LoudnessMeter};
 use crate::rewrite::Rewriter;
 use crate::speaker::SpeakerDetector;
@@ -475,6 +476,8 @@ struct Subscription {
     /// Audio: whether the subscriber hears this track now (loudest-speaker audio; always
     /// true when the room forwards all audio).
     audible: bool,
+    /// Video: paused because the subscriber's estimate cannot carry it ([`ladder`]).
+    starved: bool,
 }
 
 #[derive(Debug)]
@@ -503,6 +506,9 @@ pub struct Counters {
     pub layer_switches: u64,
     /// Times a listener's loudest-speaker set changed.
     pub loudest_changes: u64,
+    /// Times a video subscription paused because its subscriber's estimate could not
+    /// carry it.
+    pub bandwidth_pauses: u64,
 }
 
 #[derive(Debug)]
@@ -524,6 +530,8 @@ pub struct Room {
     audible: HashMap<ParticipantId, Vec<TrackHandle>>,
     /// Mixed audio: the track in each of the mix's slots.
     mix_slots: Vec<Option<TrackHandle>>,
+    /// Whether a video the estimate cannot carry pauses ([`Room::pause_video_for_bandwidth`]).
+    pause_video_for_bandwidth: bool,
     next_layer_eval: Instant,
     next_speaker_eval: Instant,
     next_loudest_eval: Instant,
@@ -551,6 +559,7 @@ impl Room {
             loudness: LoudnessMeter::default(),
             audible: HashMap::new(),
             mix_slots: if audio_policy.mixed { vec![None; audio_policy.speakers.max(1)] } else { Vec::new() },
+            pause_video_for_bandwidth: false,
             next_layer_eval: now + LAYER_EVAL_INTERVAL,
             next_speaker_eval: now + SPEAKER_INTERVAL,
             next_loudest_eval: now + LOUDEST_INTERVAL,
@@ -992,14 +1001,14 @@ impl Room {
         if t.muted {
             return;
         }
-        if video && t.subs.iter().any(|s| s.target.is_none()) {
+        if video && t.subs.iter().any(|s| s.target.is_none() && !s.starved && !s.prefs.paused) {
             // The first layer arrived for subscriptions made before any media.
             self.evaluate_track(track, now);
         }
         let t = self.tracks.get_mut(&track).expect("looked up above");
         let queued = self.forwards.len();
         let mut switched = Vec::new();
-        for s in t.subs.iter_mut().filter(|s| !(video && s.prefs.paused)) {
+        for s in t.subs.iter_mut().filter(|s| !(video && (s.prefs.paused || s.starved))) {
             if !video {
                 if !s.audible {
                     // Heard again later: continues its numbering from there, no gap.
@@ -1120,6 +1129,7 @@ impl Room {
             up_since: None,
             waiting_since: None,
             audible,
+            starved: false,
         });
         self.outputs.push_back(Output::SubscriptionAdded {
             subscription: id,
@@ -1174,6 +1184,15 @@ impl Room {
 
     fn is_mixer(&self, participant: &str) -> bool {
         self.participants.get(participant).is_some_and(|p| p.kind == ParticipantKind::Mixer)
+    }
+
+    /// Lets the degradation ladder pause a video that a subscriber's estimate cannot
+    /// carry (audio flows on). Off by default: with a receiver's estimate (REMB), a
+    /// paused video could never come back, since a receiver estimates at most about
+    /// 1.5 times what it receives; it needs a sender-side estimate that probes. Off, such
+    /// a video gets its lowest layer.
+    pub fn pause_video_for_bandwidth(&mut self, on: bool) {
+        self.pause_video_for_bandwidth = on;
     }
 
     /// Mixed audio: the voice in each slot of the mix, with whether its publisher is a
@@ -1328,21 +1347,91 @@ impl Room {
         }
     }
 
+    /// For each subscription of video track `handle` whose subscriber has an estimate:
+    /// the layer the degradation ladder ([`ladder::allocate`]) gives it among all the
+    /// videos that subscriber receives, or `None` (paused for bandwidth).
+    fn ladder_choices(&self, handle: TrackHandle, now: Instant) -> HashMap<SubscriptionId, Option<usize>> {
+        let mut out = HashMap::new();
+        let Some(track) = self.tracks.get(&handle) else { return out };
+        for s in track.subs.iter().filter(|s| !s.prefs.paused) {
+            let Some(estimate) = self.participants.get(&s.subscriber).and_then(|p| p.estimate) else { continue };
+            let mut mine: Vec<(TrackHandle, &Track, &Subscription)> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.info.codec.is_video())
+                .filter_map(|(h, t)| {
+                    t.subs.iter().find(|x| x.subscriber == s.subscriber && !x.prefs.paused).map(|x| (*h, t, x))
+                })
+                .collect();
+            mine.sort_by_key(|(h, ..)| *h);
+            let allowed: Vec<Vec<usize>> =
+                mine.iter().map(|(_, t, x)| allowed_layers(&t.layers, &x.prefs, now)).collect();
+            let wants: Vec<ladder::Want> = mine
+                .iter()
+                .zip(&allowed)
+                .map(|((_, t, _), a)| ladder::Want {
+                    priority: if t.info.source == Source::ScreenShare {
+                        ladder::Priority::Screen
+                    } else {
+                        ladder::Priority::Camera
+                    },
+                    layers: a.iter().map(|i| t.layers[*i].bitrate).collect(),
+                })
+                .collect();
+            let given = ladder::allocate((estimate as f64 * ESTIMATE_HEADROOM) as u64, &wants);
+            // A track with no active layer yet has nothing to choose from.
+            if let Some(pos) = mine.iter().position(|(h, ..)| *h == handle).filter(|p| !allowed[*p].is_empty()) {
+                let layer = match given[pos] {
+                    Some(g) => allowed[pos].get(g).copied(),
+                    None if self.pause_video_for_bandwidth => None,
+                    // Not paused: its lowest layer, as before the ladder.
+                    None => allowed[pos].first().copied(),
+                };
+                out.insert(s.id, layer);
+            }
+        }
+        out
+    }
+
     /// Re-chooses the target layer of every subscription of a video track, and asks for
     /// keyframes where a subscription waits for one.
     fn evaluate_track(&mut self, handle: TrackHandle, now: Instant) {
-        let Some(t) = self.tracks.get_mut(&handle) else { return };
-        if !t.info.codec.is_video() || t.layers.is_empty() {
-            return;
+        match self.tracks.get(&handle) {
+            Some(t) if t.info.codec.is_video() && !t.layers.is_empty() => {}
+            _ => return,
         }
+        let ladder = self.ladder_choices(handle, now);
+        let t = self.tracks.get_mut(&handle).expect("looked up above");
         let mut wanted: Vec<usize> = Vec::new();
         for s in t.subs.iter_mut().filter(|s| !s.prefs.paused) {
-            // One downlink feeds all of the subscriber's video: split it evenly.
-            let estimate = self
-                .participants
-                .get(&s.subscriber)
-                .and_then(|p| p.estimate.map(|bps| bps / p.video_subscriptions.max(1) as u64));
-            let Some(choice) = select_layer(&t.layers, &s.prefs, estimate, now) else { continue };
+            let choice = match ladder.get(&s.id) {
+                // Without an estimate: the best the preferences allow.
+                None => match allowed_layers(&t.layers, &s.prefs, now).last() {
+                    Some(&highest) => highest,
+                    None => continue,
+                },
+                // The estimate cannot carry even the lowest layer: video pauses (audio
+                // flows on); it resumes at a keyframe once the estimate has carried a
+                // layer for the up-switch hold.
+                Some(None) => {
+                    if !s.starved {
+                        s.starved = true;
+                        (s.current, s.target, s.up_since, s.waiting_since) = (None, None, None, None);
+                        self.counters.bandwidth_pauses += 1;
+                    }
+                    continue;
+                }
+                Some(Some(layer)) if s.starved => {
+                    let since = *s.up_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) < UP_SWITCH_HOLD {
+                        continue;
+                    }
+                    s.starved = false;
+                    s.up_since = None;
+                    *layer
+                }
+                Some(Some(layer)) => *layer,
+            };
             let target = match (s.target, s.current) {
                 (Some(old), _) if old == choice => {
                     s.up_since = None;
@@ -1449,14 +1538,14 @@ fn layer_position(layers: &[Layer], index: usize) -> u8 {
     ordered(layers).iter().position(|&i| i == index).unwrap_or(0) as u8
 }
 
-/// The best layer for a subscriber: the highest active layer its preferences allow whose
-/// bitrate fits its estimate; the lowest active layer when nothing fits.
-fn select_layer(layers: &[Layer], prefs: &Preferences, estimate: Option<u64>, now: Instant) -> Option<usize> {
+/// The layers a subscription may receive, lowest first: the active layers its
+/// preferences allow, or the lowest active one when they allow none.
+fn allowed_layers(layers: &[Layer], prefs: &Preferences, now: Instant) -> Vec<usize> {
     let active: Vec<usize> = ordered(layers)
         .into_iter()
         .filter(|&i| layers[i].last_packet.is_some_and(|at| now.saturating_duration_since(at) < LAYER_INACTIVE_AFTER))
         .collect();
-    let lowest = *active.first()?;
+    let Some(&lowest) = active.first() else { return Vec::new() };
     let allowed: Vec<usize> = active
         .iter()
         .enumerate()
@@ -1464,6 +1553,5 @@ fn select_layer(layers: &[Layer], prefs: &Preferences, estimate: Option<u64>, no
         .filter(|(_, i)| prefs.max_height.is_none_or(|h| layers[**i].size.is_none_or(|(_, lh)| lh <= h)))
         .map(|(_, i)| *i)
         .collect();
-    let fitting = |i: &&usize| estimate.is_none_or(|bps| layers[**i].bitrate as f64 <= bps as f64 * ESTIMATE_HEADROOM);
-    Some(allowed.iter().rev().find(fitting).copied().unwrap_or(lowest))
+    if allowed.is_empty() { vec![lowest] } else { allowed }
 }

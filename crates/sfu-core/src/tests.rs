@@ -1024,3 +1024,105 @@ fn a_voice_without_audio_levels_is_still_heard_in_a_large_room() {
     }
     assert_eq!(sim.room.audible_tracks("p05"), tracks[1..4].to_vec());
 }
+
+/// Per subscription: the layer of each packet forwarded to it.
+type LayersGot = HashMap<SubscriptionId, Vec<usize>>;
+
+#[test]
+fn when_the_estimate_falls_video_goes_first_then_pauses_and_audio_stays() {
+    let mut sim = Sim::new();
+    sim.room.pause_video_for_bandwidth(true);
+    for p in ["a", "b", "viewer"] {
+        sim.join(p, ParticipantKind::Client, false).unwrap();
+    }
+    let cams: Vec<TrackHandle> = ["a", "b"]
+        .iter()
+        .map(|p| {
+            let t = sim.publish(p, video(&format!("{p}-cam"))).unwrap();
+            for rid in ["q", "h", "f"] {
+                sim.add_layer(t, rid);
+            }
+            t
+        })
+        .collect();
+    let mic = sim.publish("a", audio("a-mic")).unwrap();
+    sim.add_layer(mic, "");
+    let subs: Vec<SubscriptionId> = ["a-cam", "b-cam", "a-mic"]
+        .iter()
+        .map(|t| sim.subscribe("viewer", t, Preferences::default()).unwrap())
+        .collect();
+    // 100 ms of everything: each camera's three layers (100 kbps, 300 kbps, 1.2 Mbps,
+    // keyframes on every layer) and 5 audio packets; what the viewer got, per
+    // subscription, by layer.
+    let mut tick = |sim: &mut Sim, keyframes: bool| -> LayersGot {
+        let mut got: LayersGot = HashMap::new();
+        for t in &cams {
+            for (layer, packets) in [(0usize, 1usize), (1, 3), (2, 12)] {
+                for i in 0..packets {
+                    let payload = if keyframes && i == 0 { KEY } else { DELTA };
+                    for f in sim.send(*t, layer, payload, 1250) {
+                        got.entry(f.subscription).or_default().push(layer);
+                    }
+                }
+            }
+        }
+        for _ in 0..5 {
+            for f in sim.send_with_level(mic, 0, &[0xfc, 0x01], 80, Some(30)) {
+                got.entry(f.subscription).or_default().push(0);
+            }
+        }
+        sim.advance(Duration::from_millis(100));
+        got
+    };
+    let settle = |sim: &mut Sim, tick: &mut dyn FnMut(&mut Sim, bool) -> LayersGot| {
+        for i in 0..15 {
+            tick(sim, i % 5 == 0);
+        }
+        tick(sim, true)
+    };
+    // Plenty: both cameras at the top layer, and the voice.
+    sim.estimate("viewer", 5_000_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(got[&subs[0]].iter().all(|l| *l == 2) && got[&subs[1]].iter().all(|l| *l == 2), "{got:?}");
+    assert_eq!(got[&subs[2]].len(), 5);
+    // 800 kbps (720 after headroom): the cameras share it, one step down each.
+    sim.estimate("viewer", 800_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(got[&subs[0]].iter().all(|l| *l == 1) && got[&subs[1]].iter().all(|l| *l == 1), "{got:?}");
+    // 150 kbps: one camera at its lowest layer, the other paused; the voice stays.
+    sim.estimate("viewer", 150_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(got[&subs[0]].iter().all(|l| *l == 0) && !got[&subs[0]].is_empty(), "{got:?}");
+    assert!(!got.contains_key(&subs[1]), "the second camera paused: {got:?}");
+    assert_eq!(got[&subs[2]].len(), 5, "audio is never paused for video");
+    // 50 kbps: no video at all; every voice packet still flows.
+    sim.estimate("viewer", 50_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(!got.contains_key(&subs[0]) && !got.contains_key(&subs[1]), "{got:?}");
+    assert_eq!(got[&subs[2]].len(), 5);
+    assert!(sim.room.counters().bandwidth_pauses >= 2);
+    // Back to plenty: both cameras resume (after the hold, at keyframes).
+    sim.estimate("viewer", 5_000_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(!got[&subs[0]].is_empty() && !got[&subs[1]].is_empty(), "{got:?}");
+}
+
+#[test]
+fn without_pausing_for_bandwidth_a_video_the_estimate_cannot_carry_keeps_its_lowest_layer() {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("viewer", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    let sub = sim.subscribe("viewer", "cam", Preferences::default()).unwrap();
+    sim.estimate("viewer", 50_000);
+    for _ in 0..10 {
+        burst(&mut sim, t, sub, None);
+        sim.advance(Duration::from_millis(100));
+    }
+    let seen = burst(&mut sim, t, sub, Some(0));
+    assert!(!seen.is_empty() && seen.iter().all(|(l, _)| *l == 0), "{seen:?}");
+    assert_eq!(sim.room.counters().bandwidth_pauses, 0);
+}
