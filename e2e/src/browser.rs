@@ -61,6 +61,12 @@ pub fn webinar(host: &str, attendee: &str, attendee_name: &str) -> Result<serde_
     script("webinar.mjs", &[host, attendee, attendee_name], &[])
 }
 
+/// Two pages in a meeting with mixed audio (`mixed.mjs`): the mix each plays, the
+/// audio streams each receives, and what each hears of the other.
+pub fn mixed(a: &str, b: &str) -> Result<serde_json::Value, String> {
+    script("mixed.mjs", &[a, b], &[])
+}
+
 /// A host page and a guest page (`meeting_controls.mjs`), with a participant named
 /// `other` the caller runs: the guest's hand (through a reload), screen share and mute
 /// seen from the host's page; the host removes `other`, then ends the meeting for all.

@@ -477,3 +477,27 @@ async fn a_webinar_attendee_raises_a_hand_is_invited_to_speak_and_is_heard() {
     assert_eq!(report["attendeeLocalAfter"], false, "its camera and microphone released: {report}");
     m.env.ns.delete().await;
 }
+
+/// A meeting with `spec.audio: Mixed` in two Chromium pages: each plays the SFU's mix
+/// from an audio element of its own (no tile for the mixer), receives no other audio
+/// stream, hears the other page through it, and still sees the other's camera.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_in_a_mixed_audio_meeting_hear_each_other_through_the_mix() {
+    let _turn = BROWSERS.lock().await;
+    let m = BrowserMeeting::start("sig-mixed-page", "allhands", "hana", serde_json::json!({"audio": "Mixed"})).await;
+    let (a, b) = (m.url("hana"), m.url("ada"));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::mixed(&a, &b))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browsers: {e}"));
+    println!("mixed report: {report}");
+    for page in ["a", "b"] {
+        let r = &report[page];
+        assert_eq!(r["mix"], true, "{page} plays the mix: {report}");
+        assert_eq!(r["mixerTile"], false, "{page} shows no tile for the mixer: {report}");
+        assert_eq!(r["audioStreams"], 1, "{page} receives one audio stream, the mix: {report}");
+        assert!(r["heard"].as_f64().unwrap() > 0.0, "{page} hears the other through the mix: {report}");
+        assert_eq!(r["tiles"].as_array().unwrap().len(), 2, "its own tile and the other's camera: {report}");
+    }
+    m.env.ns.delete().await;
+}
