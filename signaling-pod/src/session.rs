@@ -1229,7 +1229,9 @@ impl Session {
         target: &switchboard_crds::meeting::SfuEndpoint,
         room: &str,
     ) -> Result<(), ProtoError> {
-        if m.spec.audio != switchboard_crds::meeting::MeetingAudio::Mixed {
+        // Never for an end-to-end encrypted meeting, whose voices the SFU cannot decode
+        // (the CRD refuses the pair; a Meeting stored before that rule keeps routing).
+        if m.spec.audio != switchboard_crds::meeting::MeetingAudio::Mixed || m.spec.e2ee {
             return Ok(());
         }
         let parent = target.parent.as_ref().and_then(|p| meetings::endpoints(m).into_iter().find(|e| &e.pod == p));
