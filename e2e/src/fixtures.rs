@@ -36,7 +36,8 @@ pub async fn apply(api: &Api<SfuPool>, obj: &Value) -> SfuPool {
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await.expect("pool accepted")
 }
 
-pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> {
+/// The Events regarding `name`.
+async fn events_of(admin: &Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(admin.clone(), ns);
     api.list(&ListParams::default())
         .await
@@ -44,22 +45,17 @@ pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> 
         .items
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reason)
         .collect()
+}
+
+pub async fn event_reasons(admin: &Client, ns: &str, name: &str) -> Vec<String> {
+    events_of(admin, ns, name).await.into_iter().filter_map(|e| e.reason).collect()
 }
 
 /// The notes of `name`'s Events of `reason`.
 pub async fn event_notes(admin: &Client, ns: &str, name: &str, reason: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(admin.clone(), ns);
-    api.list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .filter_map(|e| e.note)
-        .collect()
+    let events = events_of(admin, ns, name).await;
+    events.into_iter().filter(|e| e.reason.as_deref() == Some(reason)).filter_map(|e| e.note).collect()
 }
 
 pub async fn await_events(admin: &Client, ns: &str, name: &str, reasons: &[&str]) {
