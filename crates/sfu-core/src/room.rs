@@ -927,13 +927,18 @@ impl Room {
         s.prefs = prefs;
         // A new preference applies at once, also upwards.
         s.up_since = Some(now - UP_SWITCH_HOLD);
-        self.evaluate_track(handle, now);
+        self.evaluate_tracks(&[handle], now, Some(subscriber));
         Ok(())
     }
 
     /// A subscriber's downlink estimate (REMB), shared by its video subscriptions.
     fn on_estimate(&mut self, subscriber: &str, bps: u64, now: Instant) {
         let Some(p) = self.participants.get_mut(subscriber) else { return };
+        // A browser repeats its estimate several times a second; the layer evaluation
+        // timer covers what time alone changes (an up-switch's hold).
+        if p.estimate == Some(bps) {
+            return;
+        }
         p.estimate = Some(bps);
         let mut handles: Vec<TrackHandle> = self
             .tracks
@@ -942,9 +947,7 @@ impl Room {
             .map(|(h, _)| *h)
             .collect();
         handles.sort();
-        for h in handles {
-            self.evaluate_track(h, now);
-        }
+        self.evaluate_tracks(&handles, now, Some(subscriber));
     }
 
     /// A subscriber lost its picture (PLI or FIR on its outgoing track).
@@ -1003,7 +1006,7 @@ impl Room {
         }
         if video && t.subs.iter().any(|s| s.target.is_none() && !s.starved && !s.prefs.paused) {
             // The first layer arrived for subscriptions made before any media.
-            self.evaluate_track(track, now);
+            self.evaluate_tracks(&[track], now, None);
         }
         let t = self.tracks.get_mut(&track).expect("looked up above");
         let queued = self.forwards.len();
@@ -1065,9 +1068,7 @@ impl Room {
             self.next_layer_eval = now + LAYER_EVAL_INTERVAL;
             let mut handles: Vec<TrackHandle> = self.tracks.keys().copied().collect();
             handles.sort();
-            for h in handles {
-                self.evaluate_track(h, now);
-            }
+            self.evaluate_tracks(&handles, now, None);
         }
         if now >= self.next_loudest_eval {
             self.next_loudest_eval = now + LOUDEST_INTERVAL;
@@ -1347,29 +1348,31 @@ impl Room {
         }
     }
 
-    /// For each subscription of video track `handle` whose subscriber has an estimate:
-    /// the layer the degradation ladder ([`ladder::allocate`]) gives it among all the
-    /// videos that subscriber receives, or `None` (paused for bandwidth).
-    fn ladder_choices(&self, handle: TrackHandle, now: Instant) -> HashMap<SubscriptionId, Option<usize>> {
+    /// For each video subscription whose subscriber has an estimate: the layer the
+    /// degradation ladder ([`ladder::allocate`]) gives it among all the videos that
+    /// subscriber receives, or `None` (paused for bandwidth); for `only` one subscriber
+    /// or all. One pass over the subscriptions, then one allocation per subscriber.
+    fn ladder_choices(&self, now: Instant, only: Option<&str>) -> HashMap<SubscriptionId, Option<usize>> {
+        let mut handles: Vec<&TrackHandle> = self.tracks.keys().collect();
+        handles.sort();
+        let mut by_subscriber: HashMap<&str, Vec<(&Track, &Subscription)>> = HashMap::new();
+        for h in handles {
+            let t = &self.tracks[h];
+            if !t.info.codec.is_video() {
+                continue;
+            }
+            for s in t.subs.iter().filter(|s| !s.prefs.paused && only.is_none_or(|o| o == s.subscriber)) {
+                by_subscriber.entry(s.subscriber.as_str()).or_default().push((t, s));
+            }
+        }
         let mut out = HashMap::new();
-        let Some(track) = self.tracks.get(&handle) else { return out };
-        for s in track.subs.iter().filter(|s| !s.prefs.paused) {
-            let Some(estimate) = self.participants.get(&s.subscriber).and_then(|p| p.estimate) else { continue };
-            let mut mine: Vec<(TrackHandle, &Track, &Subscription)> = self
-                .tracks
-                .iter()
-                .filter(|(_, t)| t.info.codec.is_video())
-                .filter_map(|(h, t)| {
-                    t.subs.iter().find(|x| x.subscriber == s.subscriber && !x.prefs.paused).map(|x| (*h, t, x))
-                })
-                .collect();
-            mine.sort_by_key(|(h, ..)| *h);
-            let allowed: Vec<Vec<usize>> =
-                mine.iter().map(|(_, t, x)| allowed_layers(&t.layers, &x.prefs, now)).collect();
+        for (subscriber, mine) in by_subscriber {
+            let Some(estimate) = self.participants.get(subscriber).and_then(|p| p.estimate) else { continue };
+            let allowed: Vec<Vec<usize>> = mine.iter().map(|(t, s)| allowed_layers(&t.layers, &s.prefs, now)).collect();
             let wants: Vec<ladder::Want> = mine
                 .iter()
                 .zip(&allowed)
-                .map(|((_, t, _), a)| ladder::Want {
+                .map(|((t, _), a)| ladder::Want {
                     priority: if t.info.source == Source::ScreenShare {
                         ladder::Priority::Screen
                     } else {
@@ -1379,13 +1382,16 @@ impl Room {
                 })
                 .collect();
             let given = ladder::allocate((estimate as f64 * ESTIMATE_HEADROOM) as u64, &wants);
-            // A track with no active layer yet has nothing to choose from.
-            if let Some(pos) = mine.iter().position(|(h, ..)| *h == handle).filter(|p| !allowed[*p].is_empty()) {
-                let layer = match given[pos] {
-                    Some(g) => allowed[pos].get(g).copied(),
+            for (((_, s), allowed), given) in mine.iter().zip(&allowed).zip(given) {
+                // A track with no active layer yet has nothing to choose from.
+                if allowed.is_empty() {
+                    continue;
+                }
+                let layer = match given {
+                    Some(g) => allowed.get(g).copied(),
                     None if self.pause_video_for_bandwidth => None,
                     // Not paused: its lowest layer, as before the ladder.
-                    None => allowed[pos].first().copied(),
+                    None => allowed.first().copied(),
                 };
                 out.insert(s.id, layer);
             }
@@ -1395,15 +1401,29 @@ impl Room {
 
     /// Re-chooses the target layer of every subscription of a video track, and asks for
     /// keyframes where a subscription waits for one.
-    fn evaluate_track(&mut self, handle: TrackHandle, now: Instant) {
-        match self.tracks.get(&handle) {
-            Some(t) if t.info.codec.is_video() && !t.layers.is_empty() => {}
-            _ => return,
+    /// [`Room::evaluate_track`] for each of `handles`, with the ladder worked out once,
+    /// for `only` one subscriber's subscriptions (what its estimate or preference
+    /// changed) or for all.
+    fn evaluate_tracks(&mut self, handles: &[TrackHandle], now: Instant, only: Option<&str>) {
+        let ladder = self.ladder_choices(now, only);
+        for h in handles {
+            self.evaluate_track(*h, now, &ladder, only);
         }
-        let ladder = self.ladder_choices(handle, now);
-        let t = self.tracks.get_mut(&handle).expect("looked up above");
+    }
+
+    fn evaluate_track(
+        &mut self,
+        handle: TrackHandle,
+        now: Instant,
+        ladder: &HashMap<SubscriptionId, Option<usize>>,
+        only: Option<&str>,
+    ) {
+        let Some(t) = self.tracks.get_mut(&handle) else { return };
+        if !t.info.codec.is_video() || t.layers.is_empty() {
+            return;
+        }
         let mut wanted: Vec<usize> = Vec::new();
-        for s in t.subs.iter_mut().filter(|s| !s.prefs.paused) {
+        for s in t.subs.iter_mut().filter(|s| !s.prefs.paused && only.is_none_or(|o| o == s.subscriber)) {
             let choice = match ladder.get(&s.id) {
                 // Without an estimate: the best the preferences allow.
                 None => match allowed_layers(&t.layers, &s.prefs, now).last() {

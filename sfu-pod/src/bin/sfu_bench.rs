@@ -39,6 +39,9 @@ pub const VIDEO_BYTES: usize = 1000;
 /// A grid tile's camera in `lastn` scenarios, packets/s of 1,000 bytes: 30 (≈ 240
 /// kbps) unless `--thumbnail-pps` says otherwise.
 pub static THUMBNAIL_PPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(30);
+/// `--remb BPS`: every subscriber reports this downlink estimate (REMB, 5 a second, as a
+/// browser does), so the SFU's layer allocation runs on every report; 0: none.
+pub static REMB_BPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Scenario {
@@ -291,6 +294,12 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            let remb = REMB_BPS.load(std::sync::atomic::Ordering::Relaxed);
+            if remb > 0 {
+                for p in &people {
+                    p.set_downlink_cap(Some(remb));
+                }
+            }
             // Each shows the next `shown` participants (its grid page) and pauses the rest.
             use switchboard_sfu_api::{SubscriptionRequest, paths};
             for i in 0..n {
@@ -362,6 +371,13 @@ async fn main() -> anyhow::Result<()> {
                     args.next().unwrap_or_default().split(',').map(Scenario::parse).collect::<anyhow::Result<_>>()?;
             }
             "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).unwrap_or(seconds),
+            "--remb" => {
+                let bps = args.next().and_then(|v| v.parse().ok());
+                REMB_BPS.store(
+                    bps.ok_or_else(|| anyhow::anyhow!("--remb takes bits per second"))?,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             "--thumbnail-pps" => {
                 let pps = args.next().and_then(|v| v.parse().ok()).filter(|n| (1..=VIDEO_PPS).contains(n));
                 let pps = pps.ok_or_else(|| anyhow::anyhow!("--thumbnail-pps takes 1..={VIDEO_PPS}"))?;
