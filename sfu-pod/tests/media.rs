@@ -827,9 +827,15 @@ async fn a_mixed_room_sends_each_listener_the_voices_without_its_own() {
     let metrics = sfu.api.get_text("/metrics").await.unwrap().1;
     assert!(metrics.lines().any(|l| l.starts_with("switchboard_sfu_mix_frames_encoded_total ")), "the mix is counted");
 
+    // Draining: the mixer, the SFU's own, holds nothing open once the people have left.
+    use switchboard_sfu_api::{NodeState, NodeStatus};
+    let status: NodeStatus = sfu.api.post(&format!("{}/v1/drain", sfu.api.base), &serde_json::json!({})).await.unwrap();
+    assert_eq!(status.state, NodeState::Draining);
     listener.leave().await.unwrap();
     for s in speakers {
         s.leave().await.unwrap();
     }
+    let status: NodeStatus = sfu.api.get(&format!("{}/v1/status", sfu.api.base)).await.unwrap();
+    assert_eq!(status.state, NodeState::Drained, "the mixer does not hold the drain open");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -123,8 +123,12 @@ impl Sfu {
         let mut t = Totals { rooms: rooms.len(), ..Totals::default() };
         for r in &rooms {
             r.read(|room| {
-                // Relays follow the people they carry; they do not hold a drain open.
-                t.people += room.participants().filter(|(_, k)| *k != ParticipantKind::Relay).count();
+                // Relays follow the people they carry, and a mixed room's mixer is the
+                // SFU's own: neither holds a drain open.
+                t.people += room
+                    .participants()
+                    .filter(|(_, k)| matches!(k, ParticipantKind::Client | ParticipantKind::Hidden))
+                    .count();
                 t.participants += room.participant_count();
                 t.tracks += room.track_count();
                 t.subscriptions += room.subscription_count();
