@@ -29,6 +29,7 @@ const seen = (page) => page.evaluate(() => ({
     && document.getElementById("mix").srcObject.getAudioTracks().length === 1,
   mixerTile: !!document.querySelector('[data-participant="~mixer"]'),
   tiles: [...document.querySelectorAll(".tile")].map((t) => t.dataset.participant),
+  me: window.switchboard.me,
 }));
 try {
   const a = await openPage(browser, urlA, "a");
