@@ -644,17 +644,33 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
     let pod = pods.get(&leader_pod).await.expect("the holder is one of the Deployment's pods");
     assert_eq!(pod.spec.as_ref().unwrap().node_name.as_deref().map(|n| n.starts_with("real-node")), Some(true));
 
-    let killed = Instant::now();
-    real_nodes::kill_container(&pod, "operator");
-    let next =
-        eventually("another process takes the Lease", WAIT, || async { holder().await.filter(|h| *h != leader) }).await;
-    let took = killed.elapsed();
+    // The killed container is restarted by its kubelet and competes for the expired
+    // Lease too; when it happens to win, its new process is killed again (at most
+    // three rounds), so that the standby's takeover is what is checked.
+    let (mut leader, mut pod) = (leader, pod);
+    let mut rounds = 0;
+    let (next, took) = loop {
+        rounds += 1;
+        let killed = Instant::now();
+        real_nodes::kill_container(&pod, "operator");
+        let next = eventually("another process takes the Lease", WAIT, || async {
+            holder().await.filter(|h| *h != leader)
+        })
+        .await;
+        let took = killed.elapsed();
+        assert!(
+            took < Duration::from_secs(LEASE + 6),
+            "taken over within the lease duration ({LEASE} s) and a retry: {took:?}"
+        );
+        if !next.starts_with(&leader_pod) || rounds == 3 {
+            break (next, took);
+        }
+        println!("real-pods: the restarted container won the Lease ({next}); killing it again");
+        pod = pods.get(&leader_pod).await.expect("the same pod");
+        leader = next;
+    };
     println!("real-pods: leader container killed: {next} took over after {:.1} s", took.as_secs_f64());
     assert!(!next.starts_with(&leader_pod), "the standby, not the restarted container, took over: {next}");
-    assert!(
-        took < Duration::from_secs(LEASE + 6),
-        "took over within the lease duration ({LEASE} s) and a retry: {took:?}"
-    );
 
     // The new leader reconciles: a pool in the watched namespace gets its status.
     apply_json(

@@ -158,9 +158,13 @@ async fn drain(State(s): State<AppState>) -> Json<api::NodeStatus> {
 
 async fn open_room(State(s): State<AppState>, Path(room): Path<String>, body: Bytes) -> Reply<api::RoomStatus> {
     let r = (|| {
-        // An empty body opens the room as it is (routed when new).
-        let asked =
-            if body.iter().all(u8::is_ascii_whitespace) { None } else { Some(parse::<api::RoomRequest>(&body)?.audio) };
+        // No body (or `null`, what a client sending `()` writes) opens the room as it
+        // is: routed when new.
+        let asked = if body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            parse::<Option<api::RoomRequest>>(&body)?.map(|r| r.audio)
+        };
         new_ids([("room", room.as_str())])?;
         s.sfu.open_room_as(&room, asked)?;
         s.sfu.room_status(&room)
