@@ -653,10 +653,9 @@ async fn the_charts_operator_runs_on_real_pods_and_its_standby_takes_over() {
         rounds += 1;
         let killed = Instant::now();
         real_nodes::kill_container(&pod, "operator");
-        let next = eventually("another process takes the Lease", WAIT, || async {
-            holder().await.filter(|h| *h != leader)
-        })
-        .await;
+        let next =
+            eventually("another process takes the Lease", WAIT, || async { holder().await.filter(|h| *h != leader) })
+                .await;
         let took = killed.elapsed();
         assert!(
             took < Duration::from_secs(LEASE + 6),
