@@ -776,6 +776,16 @@ async fn a_mixed_room_sends_each_listener_the_voices_without_its_own() {
     // The room's audio is set for its life.
     let refused = sfu.api.put::<_, RoomStatus>(&room_url, &RoomRequest { audio: RoomAudio::Routed }).await.unwrap_err();
     assert!(format!("{refused:#}").contains("RoomConflict"), "{refused:#}");
+    // Bad bodies are refused with the reason, and open nothing.
+    for body in [serde_json::json!({"audio": "Stereo"}), serde_json::json!({"audio": "Mixed", "bitrate": 1})] {
+        let other = sfu.api.url(paths::ROOM, "other", "", "");
+        let e = sfu.api.put::<_, RoomStatus>(&other, &body).await.unwrap_err();
+        assert!(format!("{e:#}").contains("BadRequest"), "{body}: {e:#}");
+        assert!(sfu.api.get::<RoomStatus>(&other).await.is_err(), "{body} opened no room");
+    }
+    // No body (or null) opens a room as it is: this one stays mixed.
+    let again: RoomStatus = sfu.api.put(&room_url, &()).await.unwrap();
+    assert_eq!(again.audio, RoomAudio::Mixed);
 
     let dir = std::env::temp_dir().join(format!("sfu-mixed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
