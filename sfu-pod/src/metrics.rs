@@ -99,3 +99,14 @@ impl Metrics {
         switchboard_metrics_exposition::encode(&self.registry, accept)
     }
 }
+
+/// What an SFU's own counter says it forwarded (`switchboard_sfu_rtp_packets_forwarded_total`,
+/// read over its API; 0 when unreachable): the benchmarks' view of an SFU process.
+pub async fn packets_forwarded(api: &switchboard_sfu_client::SfuApi) -> f64 {
+    let Ok((_, text)) = api.get_text("/metrics").await else { return 0.0 };
+    text.lines()
+        .find(|l| l.starts_with("switchboard_sfu_rtp_packets_forwarded_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

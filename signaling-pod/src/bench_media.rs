@@ -56,13 +56,7 @@ fn advance_and_loss(rx: &HashMap<String, ReceivedTrack>, mark: &Mark) -> (u64, u
 }
 
 async fn forwarded(endpoint: &str) -> f64 {
-    let api = SfuApi::new(endpoint.to_owned());
-    let Ok((_, text)) = api.get_text("/metrics").await else { return 0.0 };
-    text.lines()
-        .find(|l| l.starts_with("switchboard_sfu_rtp_packets_forwarded_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sfu_pod::metrics::packets_forwarded(&SfuApi::new(endpoint.to_owned())).await
 }
 
 /// The meeting, Active, assigned to the cascade: the origin takes the host and the
@@ -120,10 +114,8 @@ pub async fn run(
     audio: &str,
     sfus: &[(String, String, Child)],
     urls: [&str; 2],
-    pids: [u32; 2],
     a: &Args,
 ) -> anyhow::Result<MediaRun> {
-    let _ = pids;
     create(meetings, name, audio, sfus, a).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let dir = std::env::temp_dir().join(format!("webinar-bench-{}", std::process::id()));

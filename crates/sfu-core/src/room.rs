@@ -447,8 +447,6 @@ struct Participant {
     declared: HashMap<TrackId, (Source, bool)>,
     /// Downlink estimate (REMB) in bits per second.
     estimate: Option<u64>,
-    /// Video subscriptions sharing that downlink.
-    video_subscriptions: u32,
 }
 
 #[derive(Debug)]
@@ -665,8 +663,7 @@ impl Room {
             })
             .collect();
         published.sort_by_key(|(h, ..)| *h);
-        let joined =
-            Participant { kind, auto_subscribe, may_publish, declared, estimate: None, video_subscriptions: 0 };
+        let joined = Participant { kind, auto_subscribe, may_publish, declared, estimate: None };
         self.participants.insert(participant.into(), joined);
         for (handle, event, muted) in published {
             self.outputs.push_back(Output::Event { to: participant.into(), event });
@@ -900,8 +897,7 @@ impl Room {
             .position(|s| s.subscriber == subscriber)
             .ok_or_else(|| RoomError::UnknownParticipant(subscriber.into()))?;
         let s = track.subs.remove(i);
-        let video = track.info.codec.is_video();
-        self.subscription_removed(s.id, s.subscriber, video);
+        self.subscription_removed(s.id, s.subscriber);
         Ok(())
     }
 
@@ -1115,11 +1111,6 @@ impl Room {
         self.next_subscription += 1;
         let audible = self.hears(subscriber, handle);
         let t = self.tracks.get_mut(&handle).expect("caller checked the track");
-        if t.info.codec.is_video()
-            && let Some(p) = self.participants.get_mut(subscriber)
-        {
-            p.video_subscriptions += 1;
-        }
         t.subs.push(Subscription {
             id,
             subscriber: subscriber.into(),
@@ -1144,10 +1135,7 @@ impl Room {
         id
     }
 
-    fn subscription_removed(&mut self, subscription: SubscriptionId, subscriber: ParticipantId, video: bool) {
-        if let (true, Some(p)) = (video, self.participants.get_mut(&subscriber)) {
-            p.video_subscriptions = p.video_subscriptions.saturating_sub(1);
-        }
+    fn subscription_removed(&mut self, subscription: SubscriptionId, subscriber: ParticipantId) {
         self.outputs.push_back(Output::SubscriptionRemoved { subscription, subscriber });
     }
 
@@ -1158,7 +1146,7 @@ impl Room {
             *slot = None;
         }
         for s in t.subs {
-            self.subscription_removed(s.id, s.subscriber, t.info.codec.is_video());
+            self.subscription_removed(s.id, s.subscriber);
         }
         let shown = t.info.origin.unwrap_or(t.publisher.clone());
         self.tell_all(Some(&t.publisher), RoomEvent::TrackUnpublished { participant: shown, track: t.info.id });

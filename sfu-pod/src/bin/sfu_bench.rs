@@ -192,12 +192,7 @@ fn start_sfu(threads: Option<usize>) -> anyhow::Result<Sfu> {
 }
 
 async fn forwarded(api: &SfuApi) -> f64 {
-    let Ok((_, text)) = api.get_text("/metrics").await else { return 0.0 };
-    text.lines()
-        .find(|l| l.starts_with("switchboard_sfu_rtp_packets_forwarded_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    sfu_pod::metrics::packets_forwarded(api).await
 }
 
 fn video(id: &str) -> Publish {

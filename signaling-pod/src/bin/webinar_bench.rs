@@ -213,15 +213,14 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.media > 0 {
         let token = switchboard_sfu_client::ApiToken::generate();
-        let (replica_c, url_c) = replica(&ns, &redis, "replica-c", token.expose(), &queue)?;
-        let (replica_d, url_d) = replica(&ns, &redis, "replica-d", token.expose(), &queue)?;
+        let (_replica_c, url_c) = replica(&ns, &redis, "replica-c", token.expose(), &queue)?;
+        let (_replica_d, url_d) = replica(&ns, &redis, "replica-d", token.expose(), &queue)?;
         let media_urls = [url_c.as_str(), url_d.as_str()];
-        let media_pids = [replica_c.0.id(), replica_d.0.id()];
         let mut runs = Vec::new();
         for audio in ["Routed", "Mixed"] {
             let sfus = cascade(a.edges, token.expose())?;
             let name = format!("media-{}", audio.to_lowercase());
-            runs.push((audio, media::run(&meetings, &ns, &name, audio, &sfus, media_urls, media_pids, &a).await?));
+            runs.push((audio, media::run(&meetings, &ns, &name, audio, &sfus, media_urls, &a).await?));
         }
         media::table(&a, &runs);
     }
