@@ -21,6 +21,9 @@ fn calls() -> Vec<(Method, String, &'static str)> {
         (Method::POST, paths::DRAIN.into(), "{}"),
         (Method::GET, paths::STATUS.into(), ""),
         (Method::PUT, paths::fill(paths::ROOM, "other", "", ""), ""),
+        // Nor may a caller without the credential make a room mixed (the SFU decoding it).
+        (Method::PUT, paths::fill(paths::ROOM, "other", "", ""), r#"{"audio": "Mixed"}"#),
+        (Method::PUT, p(paths::ROOM, "", ""), r#"{"audio": "Mixed"}"#),
         (Method::GET, p(paths::ROOM, "", ""), ""),
         (Method::DELETE, p(paths::ROOM, "", ""), ""),
         (Method::POST, p(paths::RELAY, "", ""), r#"{"origin": "http://127.0.0.1:9"}"#),
