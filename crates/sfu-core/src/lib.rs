@@ -9,6 +9,7 @@
 //! has one way in, [`Room::handle_input`], and one way out, [`Room::poll_output`]; the
 //! module docs of [`room`] say why.
 
+pub mod bwe;
 pub mod codec;
 pub mod ladder;
 pub mod loudest;

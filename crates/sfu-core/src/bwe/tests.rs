@@ -1,0 +1,204 @@
+//! The estimator against a simulated path: a bottleneck link with a queue (tail drop past
+//! `MAX_QUEUE`, as a token bucket's limit does), random loss, fixed propagation delay,
+//! a greedy sender at 90 % of the estimate plus the estimator's probes, and a receiver
+//! that reports every `FEEDBACK_INTERVAL`, as browsers do.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const TICK: Duration = Duration::from_millis(5);
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+const ONE_WAY: Duration = Duration::from_millis(20);
+const MAX_QUEUE: Duration = Duration::from_millis(250);
+const PACKET: usize = 1_200;
+
+#[derive(Clone, Copy)]
+struct Path {
+    bps: u64,
+    loss: f64,
+}
+
+struct Sim {
+    t0: Instant,
+    now: Instant,
+    bwe: SendSideBwe,
+    link_free_at: Instant,
+    rng: u64,
+    /// Sent, in order: (transport seq, when it arrives, if it does).
+    in_flight: VecDeque<(u16, Option<Instant>)>,
+    feedback: VecDeque<(Instant, Vec<(u16, Option<i64>)>)>,
+    next_feedback: Instant,
+    budget: f64,
+    media_max: u64,
+    sent_bytes: u64,
+}
+
+impl Sim {
+    fn new(wanted: u64) -> Self {
+        let t0 = Instant::now();
+        let mut bwe = SendSideBwe::new();
+        bwe.set_wanted(wanted);
+        Self {
+            t0,
+            now: t0,
+            bwe,
+            link_free_at: t0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            in_flight: VecDeque::new(),
+            feedback: VecDeque::new(),
+            next_feedback: t0 + FEEDBACK_INTERVAL,
+            budget: 0.0,
+            media_max: wanted,
+            sent_bytes: 0,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn send(&mut self, size: usize, path: Path) {
+        let seq = self.bwe.on_sent(size, self.now);
+        self.sent_bytes += size as u64;
+        let start = self.now.max(self.link_free_at);
+        let arrival = if self.random() < path.loss || start - self.now > MAX_QUEUE {
+            None
+        } else {
+            let done = start + Duration::from_secs_f64(size as f64 * 8.0 / path.bps as f64);
+            self.link_free_at = done;
+            Some(done + ONE_WAY)
+        };
+        self.in_flight.push_back((seq, arrival));
+    }
+
+    fn tick(&mut self, path: Path) {
+        let rate = (self.bwe.estimate() as f64 * 0.9).min(self.media_max as f64);
+        self.budget += rate * TICK.as_secs_f64() / 8.0;
+        while self.budget >= PACKET as f64 {
+            self.budget -= PACKET as f64;
+            self.send(PACKET, path);
+        }
+        let mut padding = self.bwe.padding_due(self.now);
+        while padding > 0 {
+            self.send(PACKET, path);
+            padding = padding.saturating_sub(PACKET);
+        }
+        if self.now >= self.next_feedback {
+            self.next_feedback += FEEDBACK_INTERVAL;
+            self.report();
+        }
+        while self.feedback.front().is_some_and(|(at, _)| *at <= self.now) {
+            let (_, packets) = self.feedback.pop_front().unwrap();
+            self.bwe.on_feedback(&packets, self.now);
+        }
+        self.now += TICK;
+    }
+
+    /// The receiver reports everything up to the newest packet it has received.
+    fn report(&mut self) {
+        let now = self.now;
+        let Some(last) = self.in_flight.iter().rposition(|(_, a)| a.is_some_and(|a| a <= now)) else { return };
+        let t0 = self.t0;
+        let packets: Vec<(u16, Option<i64>)> = self
+            .in_flight
+            .drain(..=last)
+            .map(|(seq, a)| (seq, a.filter(|a| *a <= now).map(|a| (a - t0).as_micros() as i64)))
+            .collect();
+        self.feedback.push_back((now + ONE_WAY, packets));
+    }
+
+    /// Runs for `seconds` on `path`; returns (time since start, estimate) every 100 ms.
+    fn run(&mut self, seconds: f64, path: Path) -> Vec<(f64, u64)> {
+        let end = self.now + Duration::from_secs_f64(seconds);
+        let mut out = Vec::new();
+        let mut next_sample = self.now;
+        while self.now < end {
+            self.tick(path);
+            if self.now >= next_sample {
+                next_sample += Duration::from_millis(100);
+                out.push(((self.now - self.t0).as_secs_f64(), self.bwe.estimate()));
+            }
+        }
+        out
+    }
+}
+
+fn between(samples: &[(f64, u64)], from: f64, to: f64) -> impl Iterator<Item = u64> + '_ {
+    samples.iter().filter(move |(t, _)| *t >= from && *t < to).map(|(_, e)| *e)
+}
+
+fn describe(samples: &[(f64, u64)]) -> String {
+    samples.iter().step_by(5).map(|(t, e)| format!("{t:.1}s:{}k", e / 1000)).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn converges_to_a_1_mbps_bottleneck_within_5_s_and_backs_off_within_1_s_when_it_drops_to_300_kbps() {
+    let mut sim = Sim::new(2_500_000);
+    let mut samples = sim.run(15.0, Path { bps: 1_000_000, loss: 0.0 });
+    samples.extend(sim.run(10.0, Path { bps: 300_000, loss: 0.0 }));
+    let trace = describe(&samples);
+    for e in between(&samples, 5.0, 15.0) {
+        assert!((700_000..=1_200_000).contains(&e), "after 5 s on 1 Mbps the estimate left 0.7–1.2 Mbps: {trace}");
+    }
+    for e in between(&samples, 16.0, 25.0) {
+        assert!((150_000..=400_000).contains(&e), "after the drop to 300 kbps, out of 150–400 kbps: {trace}");
+    }
+    let backed_off = samples.iter().find(|(t, e)| *t >= 15.0 && *e <= 330_000).map(|(t, _)| t - 15.0);
+    assert!(backed_off.is_some_and(|s| s <= 1.0), "backed off to 330 kbps after {backed_off:?} s: {trace}");
+}
+
+#[test]
+fn probing_finds_a_wider_path_again() {
+    let mut sim = Sim::new(2_500_000);
+    let mut samples = sim.run(10.0, Path { bps: 600_000, loss: 0.0 });
+    samples.extend(sim.run(10.0, Path { bps: 3_000_000, loss: 0.0 }));
+    let trace = describe(&samples);
+    assert!(between(&samples, 5.0, 10.0).all(|e| e <= 720_000), "on 600 kbps: {trace}");
+    assert!(between(&samples, 16.0, 20.0).all(|e| e >= 2_000_000), "5 s after the path widened to 3 Mbps: {trace}");
+}
+
+#[test]
+fn random_loss_of_5_percent_holds_the_estimate_and_20_percent_cuts_it() {
+    let mut sim = Sim::new(2_500_000);
+    let samples = sim.run(10.0, Path { bps: 1_000_000, loss: 0.05 });
+    let trace = describe(&samples);
+    assert!(between(&samples, 5.0, 10.0).all(|e| e >= 600_000), "5 % loss on 1 Mbps: {trace}");
+
+    let mut sim = Sim::new(2_500_000);
+    let clean = sim.run(5.0, Path { bps: 5_000_000, loss: 0.0 });
+    let lossy = sim.run(5.0, Path { bps: 5_000_000, loss: 0.20 });
+    let before = clean.last().unwrap().1;
+    let after = lossy.last().unwrap().1;
+    assert!(before >= 2_000_000, "{}", describe(&clean));
+    assert!(after * 2 <= before, "20 % loss: {before} → {after}: {}", describe(&lossy));
+}
+
+#[test]
+fn a_sender_that_wants_no_more_does_not_probe_and_its_estimate_follows_what_it_sends() {
+    let mut sim = Sim::new(200_000);
+    sim.media_max = 200_000;
+    let samples = sim.run(10.0, Path { bps: 5_000_000, loss: 0.0 });
+    // Without probes the estimate cannot learn the 5 Mbps: 1.5 × 200 kbps + 10 kbps at most.
+    assert!(samples.iter().all(|(_, e)| *e <= 400_000), "{}", describe(&samples));
+    assert!(sim.bwe.clusters.is_empty() && sim.bwe.next_cluster == 0, "probed though nothing more was wanted");
+}
+
+#[test]
+fn feedback_for_unknown_or_forgotten_packets_changes_nothing() {
+    let now = Instant::now();
+    let mut bwe = SendSideBwe::new();
+    bwe.on_feedback(&[(5, Some(1_000))], now);
+    assert_eq!(bwe.estimate(), INITIAL_BPS);
+    assert!(!bwe.has_feedback(), "nothing was sent: the feedback is not about us");
+    for i in 0..10 {
+        bwe.on_sent(1_000, now + Duration::from_millis(i));
+    }
+    // A hostile or confused subscriber: the same packet twice, wild arrival times, numbers far off.
+    bwe.on_feedback(&[(3, Some(i64::MAX / 2)), (3, Some(-5)), (40_000, None), (9, Some(i64::MIN / 2))], now);
+    assert!(bwe.estimate() >= MIN_BPS && bwe.estimate() <= MAX_BPS);
+}
