@@ -10,3 +10,4 @@ pub mod quality;
 pub mod relay;
 pub mod sfu;
 pub mod subscriber_track;
+pub mod transport_cc;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub layer_switches: Counter,
     pub queue_drops: Counter,
     pub retransmissions: Counter,
+    pub transport_feedbacks: Counter,
+    pub probe_bytes: Counter,
     pub mix_frames: Counter,
     pub api_errors: Family<CodeLabels, Counter>,
     pub heartbeat_failures: Counter,
@@ -67,6 +69,17 @@ impl Default for Metrics {
             retransmissions: reg!(
                 "retransmissions",
                 "Packets sent again because a subscriber NACKed them",
+                Counter::default()
+            ),
+            transport_feedbacks: reg!(
+                "transport_feedbacks",
+                "Transport-wide congestion control feedbacks received from subscribers",
+                Counter::default()
+            ),
+            probe_bytes: reg!(
+                "probe",
+                "Payload bytes sent again to probe a subscriber's path for more bandwidth",
+                Unit::Bytes,
                 Counter::default()
             ),
             mix_frames: reg!(

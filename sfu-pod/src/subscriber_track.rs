@@ -17,6 +17,9 @@ use webrtc::interceptor::Attributes;
 use webrtc::rtp::packet::Packet;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType};
 use webrtc::track::track_local::{TrackLocal, TrackLocalContext, TrackLocalWriter};
+use webrtc::util::MarshalSize;
+
+use crate::transport_cc::TransportCc;
 
 struct Binding {
     id: String,
@@ -24,6 +27,8 @@ struct Binding {
     payload_type: u8,
     /// The MID header extension (id, value), when negotiated.
     mid: Option<(u8, Bytes)>,
+    /// The transport-cc header extension's id, when negotiated.
+    transport_cc: Option<u8>,
     /// The sender's writer; it drops the packet itself while the sender is paused.
     writer: Arc<dyn TrackLocalWriter + Send + Sync>,
 }
@@ -32,6 +37,9 @@ pub struct SubscriberTrack {
     codec: RTCRtpCodecCapability,
     id: String,
     stream_id: String,
+    /// Numbers packets for the connection's send-side estimate, where transport-cc is
+    /// agreed ([`crate::transport_cc`]).
+    transport: Option<Arc<TransportCc>>,
     /// Replaced whole on bind and unbind (rare), so a write takes its snapshot with one
     /// reference count and no allocation.
     bindings: Mutex<Arc<[Arc<Binding>]>>,
@@ -45,11 +53,18 @@ impl std::fmt::Debug for SubscriberTrack {
 
 impl SubscriberTrack {
     pub fn new(codec: RTCRtpCodecCapability, id: String, stream_id: String) -> Self {
-        Self { codec, id, stream_id, bindings: Mutex::new(Arc::from([])) }
+        Self { codec, id, stream_id, transport: None, bindings: Mutex::new(Arc::from([])) }
     }
 
-    /// Sends `pkt` on every binding, rewriting its SSRC, payload type and MID
-    /// for each; returns the bytes written. The packet keeps the last binding's header.
+    /// The same, numbering what it sends on `transport` when its connection agreed to
+    /// transport-cc.
+    pub fn with_transport(mut self, transport: Arc<TransportCc>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Sends `pkt` on every binding, rewriting its SSRC, payload type, MID and
+    /// transport-wide sequence number for each; returns the bytes written. The packet keeps the last binding's header.
     pub async fn write(&self, pkt: &mut Packet) -> webrtc::error::Result<usize> {
         let bindings = self.bindings.lock().unwrap().clone();
         let mut written = 0;
@@ -63,6 +78,14 @@ impl SubscriberTrack {
             {
                 first_error.get_or_insert(webrtc::Error::Rtp(e));
                 continue;
+            }
+            if let (Some(id), Some(transport)) = (b.transport_cc, &self.transport) {
+                // The extension's 4 bytes (id/length and the number) are not set yet.
+                let seq = transport.on_sent(pkt.header.marshal_size() + pkt.payload.len() + 4);
+                if let Err(e) = pkt.header.set_extension(id, Bytes::copy_from_slice(&seq.to_be_bytes())) {
+                    first_error.get_or_insert(webrtc::Error::Rtp(e));
+                    continue;
+                }
             }
             match b.writer.write_rtp_with_attributes(pkt, &attributes).await {
                 Ok(n) => written += n,
@@ -124,11 +147,14 @@ impl TrackLocal for SubscriberTrack {
             .iter()
             .find(|e| e.uri == webrtc::sdp::extmap::SDES_MID_URI)
             .and_then(|e| t.mid().map(|mid| (e.id as u8, Bytes::copy_from_slice(mid.as_bytes()))));
+        let transport_cc =
+            t.header_extensions().iter().find(|e| e.uri == webrtc::sdp::extmap::TRANSPORT_CC_URI).map(|e| e.id as u8);
         let binding = Arc::new(Binding {
             id: t.id(),
             ssrc: t.ssrc(),
             payload_type: codec.payload_type,
             mid,
+            transport_cc,
             writer: t.write_stream(),
         });
         let mut bindings = self.bindings.lock().unwrap();

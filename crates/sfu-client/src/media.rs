@@ -99,6 +99,11 @@ pub struct NetworkOptions {
     /// on every simulcast layer. Not for connections the SFU sends on: its layer choice
     /// reads subscribers' REMB, which a browser stops sending once transport-cc is agreed.
     pub publisher_feedback: bool,
+    /// Send side of subscribers' connections: offer transport-cc (the header extension
+    /// and the feedback, on audio and video), so a browser reports every packet's arrival
+    /// and the SFU estimates the downlink itself. The SFU numbers the packets (no
+    /// interceptor here); a peer that does not agree to it keeps sending REMB.
+    pub subscriber_feedback: bool,
     /// Drop this share of outgoing video RTP (impairment tests).
     pub send_loss: Option<f64>,
     /// Drop this share of incoming video RTP at the socket (impairment tests); each
@@ -145,6 +150,17 @@ pub fn build_api(net: &NetworkOptions) -> Result<API> {
     registry = configure_rtcp_reports(registry);
     if net.publisher_feedback {
         registry = configure_twcc_receiver_only(registry, &mut media).during("configuring TWCC feedback")?;
+    } else if net.subscriber_feedback {
+        for kind in [RTPCodecType::Video, RTPCodecType::Audio] {
+            media.register_feedback(RTCPFeedback { typ: "transport-cc".into(), parameter: String::new() }, kind);
+            media
+                .register_header_extension(
+                    RTCRtpHeaderExtensionCapability { uri: webrtc::sdp::extmap::TRANSPORT_CC_URI.into() },
+                    kind,
+                    None,
+                )
+                .during("registering the transport-cc header extension")?;
+        }
     }
 
     let mut settings = SettingEngine::default();

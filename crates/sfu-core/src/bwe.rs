@@ -72,6 +72,10 @@ const PROBE_MIN_BYTES: u64 = 7_200;
 /// estimate at once; below it the path is the limit, and the next probe waits.
 const PROBE_CONTINUE: f64 = 0.7;
 
+/// One packet a feedback reports: its transport-wide sequence number and when it arrived,
+/// in microseconds of the subscriber's clock (any origin), or `None`: not received.
+pub type Reported = (u16, Option<i64>);
+
 /// The path's state as the delay detector sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
@@ -146,7 +150,8 @@ impl Trendline {
                 g.last_arrival_us = g.last_arrival_us.max(arrival_us);
             }
             _ => {
-                let done = self.current.replace(Group { first_send: sent, last_send: sent, last_arrival_us: arrival_us });
+                let done =
+                    self.current.replace(Group { first_send: sent, last_send: sent, last_arrival_us: arrival_us });
                 if let Some(done) = done {
                     if let Some(prev) = self.previous {
                         let send_ms = done.last_send.saturating_duration_since(prev.last_send).as_secs_f64() * 1e3;
@@ -427,7 +432,7 @@ impl SendSideBwe {
 
     /// A transport feedback: for each reported sequence number, when it arrived in the
     /// subscriber's clock (microseconds, any origin) or `None` when it did not.
-    pub fn on_feedback(&mut self, packets: &[(u16, Option<i64>)], now: Instant) {
+    pub fn on_feedback(&mut self, packets: &[Reported], now: Instant) {
         let Some(&(newest, _)) = self.history.back() else { return };
         self.feedbacks += 1;
         let oldest = self.history.front().map_or(newest, |(s, _)| *s);

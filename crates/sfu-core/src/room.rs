@@ -310,11 +310,16 @@ pub enum Input<'a> {
         prefs: Preferences,
         now: Instant,
     },
-    /// A subscriber's downlink estimate (REMB) in bits per second, shared by its video
-    /// subscriptions. Ignored for an unknown subscriber.
+    /// A subscriber's downlink estimate in bits per second, shared by its video
+    /// subscriptions. `probing`: the estimate is the SFU's own send-side one
+    /// ([`crate::bwe`]), which probes for more; then a video it cannot carry pauses, as it
+    /// can come back. A receiver's estimate (REMB) never grows much past what arrives, so
+    /// with it such a video keeps its lowest layer instead. Ignored for an unknown
+    /// subscriber.
     Estimate {
         subscriber: &'a str,
         bps: u64,
+        probing: bool,
         now: Instant,
     },
     /// A subscriber lost its picture (PLI or FIR on its outgoing track). Ignored for an
@@ -445,8 +450,10 @@ struct Participant {
     may_publish: bool,
     /// What it declared it will publish, by track id: (source, publish muted).
     declared: HashMap<TrackId, (Source, bool)>,
-    /// Downlink estimate (REMB) in bits per second.
+    /// Downlink estimate in bits per second.
     estimate: Option<u64>,
+    /// Whether the estimate probes for more ([`Input::Estimate`]).
+    estimate_probes: bool,
 }
 
 #[derive(Debug)]
@@ -528,8 +535,6 @@ pub struct Room {
     audible: HashMap<ParticipantId, Vec<TrackHandle>>,
     /// Mixed audio: the track in each of the mix's slots.
     mix_slots: Vec<Option<TrackHandle>>,
-    /// Whether a video the estimate cannot carry pauses ([`Room::pause_video_for_bandwidth`]).
-    pause_video_for_bandwidth: bool,
     next_layer_eval: Instant,
     next_speaker_eval: Instant,
     next_loudest_eval: Instant,
@@ -557,7 +562,6 @@ impl Room {
             loudness: LoudnessMeter::default(),
             audible: HashMap::new(),
             mix_slots: if audio_policy.mixed { vec![None; audio_policy.speakers.max(1)] } else { Vec::new() },
-            pause_video_for_bandwidth: false,
             next_layer_eval: now + LAYER_EVAL_INTERVAL,
             next_speaker_eval: now + SPEAKER_INTERVAL,
             next_loudest_eval: now + LOUDEST_INTERVAL,
@@ -588,7 +592,7 @@ impl Room {
             Input::SetPreferences { subscriber, track, prefs, now } => {
                 self.set_preferences(subscriber, track, prefs, now)?
             }
-            Input::Estimate { subscriber, bps, now } => self.on_estimate(subscriber, bps, now),
+            Input::Estimate { subscriber, bps, probing, now } => self.on_estimate(subscriber, bps, probing, now),
             Input::KeyframeRequest { subscription, now } => self.on_keyframe_request(subscription, now),
             Input::Rtp { track, layer, packet, now } => self.on_rtp(track, layer, &packet, now),
             Input::Timeout(now) => self.handle_timeout(now),
@@ -663,7 +667,8 @@ impl Room {
             })
             .collect();
         published.sort_by_key(|(h, ..)| *h);
-        let joined = Participant { kind, auto_subscribe, may_publish, declared, estimate: None };
+        let joined =
+            Participant { kind, auto_subscribe, may_publish, declared, estimate: None, estimate_probes: false };
         self.participants.insert(participant.into(), joined);
         for (handle, event, muted) in published {
             self.outputs.push_back(Output::Event { to: participant.into(), event });
@@ -928,14 +933,15 @@ impl Room {
     }
 
     /// A subscriber's downlink estimate (REMB), shared by its video subscriptions.
-    fn on_estimate(&mut self, subscriber: &str, bps: u64, now: Instant) {
+    fn on_estimate(&mut self, subscriber: &str, bps: u64, probing: bool, now: Instant) {
         let Some(p) = self.participants.get_mut(subscriber) else { return };
         // A browser repeats its estimate several times a second; the layer evaluation
         // timer covers what time alone changes (an up-switch's hold).
-        if p.estimate == Some(bps) {
+        if p.estimate == Some(bps) && p.estimate_probes == probing {
             return;
         }
         p.estimate = Some(bps);
+        p.estimate_probes = probing;
         let mut handles: Vec<TrackHandle> = self
             .tracks
             .iter()
@@ -1175,13 +1181,18 @@ impl Room {
         self.participants.get(participant).is_some_and(|p| p.kind == ParticipantKind::Mixer)
     }
 
-    /// Lets the degradation ladder pause a video that a subscriber's estimate cannot
-    /// carry (audio flows on). Off by default: with a receiver's estimate (REMB), a
-    /// paused video could never come back, since a receiver estimates at most about
-    /// 1.5 times what it receives; it needs a sender-side estimate that probes. Off, such
-    /// a video gets its lowest layer.
-    pub fn pause_video_for_bandwidth(&mut self, on: bool) {
-        self.pause_video_for_bandwidth = on;
+    /// Bits per second a subscriber's videos would take at the best layers its
+    /// preferences allow (what its estimate is worth probing up to).
+    pub fn wanted_video_bitrate(&self, subscriber: &str, now: Instant) -> u64 {
+        self.tracks
+            .values()
+            .filter(|t| t.info.codec.is_video())
+            .flat_map(|t| {
+                t.subs.iter().filter(|s| s.subscriber == subscriber && !s.prefs.paused).map(|s| {
+                    allowed_layers(&t.layers, &s.prefs, now).iter().map(|i| t.layers[*i].bitrate).max().unwrap_or(0)
+                })
+            })
+            .sum()
     }
 
     /// Mixed audio: the voice in each slot of the mix, with whether its publisher is a
@@ -1355,7 +1366,11 @@ impl Room {
         }
         let mut out = HashMap::new();
         for (subscriber, mine) in by_subscriber {
-            let Some(estimate) = self.participants.get(subscriber).and_then(|p| p.estimate) else { continue };
+            let Some((estimate, probes)) =
+                self.participants.get(subscriber).and_then(|p| Some((p.estimate?, p.estimate_probes)))
+            else {
+                continue;
+            };
             let allowed: Vec<Vec<usize>> = mine.iter().map(|(t, s)| allowed_layers(&t.layers, &s.prefs, now)).collect();
             let wants: Vec<ladder::Want> = mine
                 .iter()
@@ -1377,7 +1392,7 @@ impl Room {
                 }
                 let layer = match given {
                     Some(g) => allowed.get(g).copied(),
-                    None if self.pause_video_for_bandwidth => None,
+                    None if probes => None,
                     // Not paused: its lowest layer, as before the ladder.
                     None => allowed.first().copied(),
                 };

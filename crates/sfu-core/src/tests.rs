@@ -68,9 +68,16 @@ impl Sim {
         self.input(Input::Subscribe { subscriber, track, prefs }).map(|o| o.subscription().expect("a subscription"))
     }
 
+    /// A receiver's estimate (REMB).
     fn estimate(&mut self, subscriber: &str, bps: u64) {
         let now = self.now;
-        self.input(Input::Estimate { subscriber, bps, now }).unwrap();
+        self.input(Input::Estimate { subscriber, bps, probing: false, now }).unwrap();
+    }
+
+    /// The SFU's own send-side estimate, which probes.
+    fn probing_estimate(&mut self, subscriber: &str, bps: u64) {
+        let now = self.now;
+        self.input(Input::Estimate { subscriber, bps, probing: true, now }).unwrap();
     }
 
     fn advance(&mut self, d: Duration) {
@@ -1031,7 +1038,6 @@ type LayersGot = HashMap<SubscriptionId, Vec<usize>>;
 #[test]
 fn when_the_estimate_falls_video_goes_first_then_pauses_and_audio_stays() {
     let mut sim = Sim::new();
-    sim.room.pause_video_for_bandwidth(true);
     for p in ["a", "b", "viewer"] {
         sim.join(p, ParticipantKind::Client, false).unwrap();
     }
@@ -1081,34 +1087,38 @@ fn when_the_estimate_falls_video_goes_first_then_pauses_and_audio_stays() {
         tick(sim, true)
     };
     // Plenty: both cameras at the top layer, and the voice.
-    sim.estimate("viewer", 5_000_000);
+    sim.probing_estimate("viewer", 5_000_000);
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 2) && got[&subs[1]].iter().all(|l| *l == 2), "{got:?}");
     assert_eq!(got[&subs[2]].len(), 5);
+    // What probing aims for: both cameras' top layers (1.2 Mbps each), not the voice.
+    let wanted = sim.room.wanted_video_bitrate("viewer", sim.now);
+    assert!((2_000_000..=2_800_000).contains(&wanted), "wanted {wanted}");
+    assert_eq!(sim.room.wanted_video_bitrate("a", sim.now), 0, "subscribes to no video");
     // 800 kbps (720 after headroom): the cameras share it, one step down each.
-    sim.estimate("viewer", 800_000);
+    sim.probing_estimate("viewer", 800_000);
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 1) && got[&subs[1]].iter().all(|l| *l == 1), "{got:?}");
     // 150 kbps: one camera at its lowest layer, the other paused; the voice stays.
-    sim.estimate("viewer", 150_000);
+    sim.probing_estimate("viewer", 150_000);
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 0) && !got[&subs[0]].is_empty(), "{got:?}");
     assert!(!got.contains_key(&subs[1]), "the second camera paused: {got:?}");
     assert_eq!(got[&subs[2]].len(), 5, "audio is never paused for video");
     // 50 kbps: no video at all; every voice packet still flows.
-    sim.estimate("viewer", 50_000);
+    sim.probing_estimate("viewer", 50_000);
     let got = settle(&mut sim, &mut tick);
     assert!(!got.contains_key(&subs[0]) && !got.contains_key(&subs[1]), "{got:?}");
     assert_eq!(got[&subs[2]].len(), 5);
     assert!(sim.room.counters().bandwidth_pauses >= 2);
     // Back to plenty: both cameras resume (after the hold, at keyframes).
-    sim.estimate("viewer", 5_000_000);
+    sim.probing_estimate("viewer", 5_000_000);
     let got = settle(&mut sim, &mut tick);
     assert!(!got[&subs[0]].is_empty() && !got[&subs[1]].is_empty(), "{got:?}");
 }
 
 #[test]
-fn without_pausing_for_bandwidth_a_video_the_estimate_cannot_carry_keeps_its_lowest_layer() {
+fn with_a_receivers_estimate_a_video_it_cannot_carry_keeps_its_lowest_layer() {
     let mut sim = Sim::new();
     sim.join("pub", ParticipantKind::Client, false).unwrap();
     sim.join("viewer", ParticipantKind::Client, false).unwrap();

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use switchboard_sfu_client::media;
+use switchboard_sfu_core::room::ESTIMATE_HEADROOM;
 use switchboard_sfu_core::{
     Codec, Input, ParticipantKind, RoomError, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
 };
@@ -16,6 +17,7 @@ use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use webrtc::rtcp::receiver_report::ReceiverReport;
+use webrtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
@@ -32,6 +34,7 @@ use super::retransmit::RetransmitBuffer;
 use super::room_driver::{RoomEntry, Write};
 use crate::metrics::Metrics;
 use crate::subscriber_track::SubscriberTrack;
+use crate::transport_cc::TransportCc;
 
 /// Packets a subscription may have queued before new ones are dropped (~1 s of HD video).
 const SINK_QUEUE: usize = 256;
@@ -65,6 +68,16 @@ impl Sink {
             }
         });
         Self { queue, sent }
+    }
+
+    /// Queues copies of the packets sent last, about `bytes` of them, to probe the path;
+    /// returns the bytes queued.
+    pub(super) fn probe(&self, bytes: usize) -> usize {
+        self.sent
+            .recent(bytes)
+            .into_iter()
+            .filter_map(|p| Some(p.payload.len()).filter(|_| self.queue.try_send(p).is_ok()))
+            .sum()
     }
 
     /// Queues the packets a NACK names again, those still kept; returns how many.
@@ -206,9 +219,11 @@ fn strip_extensions(header: &mut Header) {
     header.extensions_padding = 0;
 }
 
-/// PLIs, FIRs, NACKs, REMBs and receiver reports a subscriber sends about one of its
-/// tracks. `clock_rate` is the track's RTP clock; `relay`: the subscriber is another SFU
-/// (its reports are not a participant's quality).
+/// PLIs, FIRs, NACKs, transport feedback, REMBs and receiver reports a subscriber sends
+/// about one of its tracks. `clock_rate` is the track's RTP clock; `relay`: the subscriber
+/// is another SFU (its reports are not a participant's quality). `transport`: the
+/// subscriber connection's send-side estimate; once it has feedback, REMB is ignored.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_subscriber_rtcp(
     room: Weak<RoomEntry>,
     metrics: Metrics,
@@ -217,6 +232,7 @@ pub(super) async fn read_subscriber_rtcp(
     sender: Arc<RTCRtpSender>,
     clock_rate: u32,
     relay: bool,
+    transport: Arc<TransportCc>,
 ) {
     while let Ok((packets, _)) = sender.read_rtcp().await {
         let Some(room) = room.upgrade() else { return };
@@ -236,10 +252,23 @@ pub(super) async fn read_subscriber_rtcp(
                         metrics.quality.observe(&crate::quality::from_block(block, clock_rate, arrival));
                     }
                 }
-            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
-                let estimate =
-                    Input::Estimate { subscriber: &subscriber, bps: remb.bitrate as u64, now: Instant::now() };
-                let _ = room.input(estimate);
+            } else if let Some(feedback) = any.downcast_ref::<TransportLayerCc>() {
+                metrics.transport_feedbacks.inc();
+                if let Some(bps) = transport.on_feedback(feedback) {
+                    let now = Instant::now();
+                    let wanted = room.with_core(|core| {
+                        let estimate = Input::Estimate { subscriber: &subscriber, bps, probing: true, now };
+                        let _ = core.room.handle_input(estimate);
+                        core.room.wanted_video_bitrate(&subscriber, now)
+                    });
+                    transport.set_wanted((wanted as f64 / ESTIMATE_HEADROOM) as u64);
+                }
+            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+                && !transport.has_feedback()
+            {
+                let bps = remb.bitrate as u64;
+                let _ =
+                    room.input(Input::Estimate { subscriber: &subscriber, bps, probing: false, now: Instant::now() });
             }
         }
     }

@@ -11,7 +11,9 @@
 //!   drains its outputs (and why its lock is never held across an `await`);
 //! * `forward`: the packet path, from a publisher's track to each subscription's
 //!   queue, and subscribers' RTCP;
-//! * `retransmit`: the history that answers subscribers' NACKs;
+//! * `retransmit`: the history that answers subscribers' NACKs (and gives probes their
+//!   copies);
+//! * `probe`: sending what a subscriber's send-side estimate asks for to probe its path;
 //! * `convert`: the internal API's types to and from the core's.
 
 mod convert;
@@ -20,6 +22,7 @@ pub mod mixer;
 mod negotiation;
 mod participants;
 mod peer;
+mod probe;
 mod retransmit;
 mod room_driver;
 
@@ -53,7 +56,7 @@ struct Totals {
 }
 
 pub struct Sfu {
-    /// For the connections the SFU sends on (subscribers).
+    /// For the connections the SFU sends on (subscribers), with transport-cc.
     api: API,
     /// For the connections publishers send on: the same, with TWCC feedback to them.
     inbound_api: API,
@@ -72,8 +75,8 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    /// An SFU on `net` (its media socket): connections it sends on use `net` as is,
-    /// publishers' connections the same with TWCC feedback to them, and its own
+    /// An SFU on `net` (its media socket): connections it sends on use `net` with
+    /// transport-cc (its send-side estimate), publishers' connections the same with TWCC feedback to them, and its own
     /// connections to an origin (relays) ephemeral ports instead of the shared socket.
     pub fn on_network(
         net: &switchboard_sfu_client::media::NetworkOptions,
@@ -81,9 +84,10 @@ impl Sfu {
         metrics: Metrics,
     ) -> switchboard_sfu_client::Result<Arc<Self>> {
         use switchboard_sfu_client::media::{NetworkOptions, build_api};
+        let outbound = NetworkOptions { subscriber_feedback: true, ..net.clone() };
         let inbound = NetworkOptions { publisher_feedback: true, ..net.clone() };
         let relay = NetworkOptions { udp_mux: None, ..net.clone() };
-        Ok(Self::new(build_api(net)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))
+        Ok(Self::new(build_api(&outbound)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))
     }
 
     pub fn new(api: API, inbound_api: API, relay_api: API, media_address: SocketAddr, metrics: Metrics) -> Arc<Self> {

@@ -150,7 +150,9 @@ async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, t
     let NewTrack { subscription, track_id, publisher, codec, source } = track;
     let Some(capability) = media::capability(codec_mime(codec)) else { return };
     let clock_rate = capability.clock_rate;
-    let local = Arc::new(SubscriberTrack::new(capability, track_id.clone(), publisher.clone()));
+    let local = Arc::new(
+        SubscriberTrack::new(capability, track_id.clone(), publisher.clone()).with_transport(peer.transport.clone()),
+    );
     let sender = match peer.outbound.add_track(local.clone() as Arc<dyn TrackLocal + Send + Sync>).await {
         Ok(s) => s,
         Err(e) => {
@@ -176,6 +178,7 @@ async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, t
         sender,
         clock_rate,
         relay,
+        peer.transport.clone(),
     ));
 }
 

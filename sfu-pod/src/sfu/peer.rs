@@ -22,7 +22,9 @@ use super::Sfu;
 use super::convert::{ApiResult, error, internal};
 use super::forward::forward_track;
 use super::negotiation::{GATHER_TIMEOUT, Negotiation, Negotiator, PendingChange, run_negotiation};
+use super::probe::run_prober;
 use super::room_driver::RoomEntry;
+use crate::transport_cc::TransportCc;
 
 /// Events kept per participant for the long poll.
 const EVENT_BACKLOG: usize = 2000;
@@ -62,6 +64,8 @@ pub struct Peer {
     pub(super) sending: Arc<AtomicBool>,
     pub(super) room: Weak<RoomEntry>,
     pub(super) closed: AtomicBool,
+    /// The outbound connection's transport-wide numbering and send-side estimate.
+    pub(super) transport: Arc<TransportCc>,
 }
 
 impl Peer {
@@ -115,6 +119,7 @@ impl Peer {
     pub(super) async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.event_arrived.notify_waiters();
+        self.transport.wake.notify_one();
         self.negotiate.notify_one();
         if let Some(pc) = self.inbound.lock().await.take() {
             let _ = pc.close().await;
@@ -151,9 +156,13 @@ impl Sfu {
             sending: Arc::new(AtomicBool::new(false)),
             room: Arc::downgrade(room),
             closed: AtomicBool::new(false),
+            transport: Arc::new(TransportCc::new()),
         });
         watch_connection(Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(&peer), &peer.outbound);
         tokio::spawn(run_negotiation(Arc::downgrade(&peer), self.metrics.clone()));
+        if matches!(kind, ParticipantKind::Client | ParticipantKind::Hidden) {
+            tokio::spawn(run_prober(Arc::downgrade(&peer), self.metrics.clone()));
+        }
         Ok(peer)
     }
 

@@ -28,7 +28,7 @@ struct Sim {
     rng: u64,
     /// Sent, in order: (transport seq, when it arrives, if it does).
     in_flight: VecDeque<(u16, Option<Instant>)>,
-    feedback: VecDeque<(Instant, Vec<(u16, Option<i64>)>)>,
+    feedback: VecDeque<(Instant, Vec<Reported>)>,
     next_feedback: Instant,
     budget: f64,
     media_max: u64,
@@ -104,7 +104,7 @@ impl Sim {
         let now = self.now;
         let Some(last) = self.in_flight.iter().rposition(|(_, a)| a.is_some_and(|a| a <= now)) else { return };
         let t0 = self.t0;
-        let packets: Vec<(u16, Option<i64>)> = self
+        let packets: Vec<Reported> = self
             .in_flight
             .drain(..=last)
             .map(|(seq, a)| (seq, a.filter(|a| *a <= now).map(|a| (a - t0).as_micros() as i64)))
