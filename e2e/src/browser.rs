@@ -85,6 +85,21 @@ pub fn network_change(link: &crate::netns::Link, url: &str, outage: Duration) ->
     run(Some(link), "network_change.mjs", &[url, &link.ns_if, &outage, &moved], &[])
 }
 
+/// A publisher page on the host and a viewer page whose Chromium runs inside `link`'s
+/// namespace (`adaptive.mjs`): once the viewer decodes, `ready` is created; the viewer's
+/// inbound video and audio are sampled every 200 ms until `stop` exists. Blocks until
+/// then: run it beside whatever changes the link.
+pub fn adaptive(
+    link_name: &str,
+    publisher: &str,
+    viewer: &str,
+    ready: &std::path::Path,
+    stop: &std::path::Path,
+) -> Result<serde_json::Value, String> {
+    let env = [("READY_FILE", ready.display().to_string()), ("STOP_FILE", stop.display().to_string())];
+    run_for(None, "adaptive.mjs", &[publisher, viewer, link_name], &env, 400)
+}
+
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
 /// dependencies once) and returns its `RESULT` line, or its output when it failed.
 fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {
@@ -97,6 +112,17 @@ fn run(
     name: &str,
     args: &[&str],
     env: &[(&str, String)],
+) -> Result<serde_json::Value, String> {
+    run_for(netns, name, args, env, 150)
+}
+
+/// [`run`], killed after `seconds`.
+fn run_for(
+    netns: Option<&crate::netns::Link>,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    seconds: u32,
 ) -> Result<serde_json::Value, String> {
     let dir = repo_root().join("signaling-pod/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
@@ -112,7 +138,7 @@ fn run(
         None => Command::new("timeout"),
     };
     let out = command
-        .args(["150", "node", name])
+        .args([seconds.to_string().as_str(), "node", name])
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&dir)

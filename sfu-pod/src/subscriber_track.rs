@@ -10,6 +10,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -29,8 +30,16 @@ struct Binding {
     mid: Option<(u8, Bytes)>,
     /// The transport-cc header extension's id, when negotiated.
     transport_cc: Option<u8>,
+    /// The retransmission stream, when RTX was negotiated for the codec.
+    rtx: Option<RtxStream>,
     /// The sender's writer; it drops the packet itself while the sender is paused.
     writer: Arc<dyn TrackLocalWriter + Send + Sync>,
+}
+
+struct RtxStream {
+    payload_type: u8,
+    /// The retransmission stream numbers its packets itself.
+    seq: AtomicU16,
 }
 
 pub struct SubscriberTrack {
@@ -40,6 +49,8 @@ pub struct SubscriberTrack {
     /// Numbers packets for the connection's send-side estimate, where transport-cc is
     /// agreed ([`crate::transport_cc`]).
     transport: Option<Arc<TransportCc>>,
+    /// 0 until known ([`SubscriberTrack::set_rtx_ssrc`]).
+    rtx_ssrc: AtomicU32,
     /// Replaced whole on bind and unbind (rare), so a write takes its snapshot with one
     /// reference count and no allocation.
     bindings: Mutex<Arc<[Arc<Binding>]>>,
@@ -53,7 +64,7 @@ impl std::fmt::Debug for SubscriberTrack {
 
 impl SubscriberTrack {
     pub fn new(codec: RTCRtpCodecCapability, id: String, stream_id: String) -> Self {
-        Self { codec, id, stream_id, transport: None, bindings: Mutex::new(Arc::from([])) }
+        Self { codec, id, stream_id, transport: None, rtx_ssrc: AtomicU32::new(0), bindings: Mutex::new(Arc::from([])) }
     }
 
     /// The same, numbering what it sends on `transport` when its connection agreed to
@@ -64,30 +75,69 @@ impl SubscriberTrack {
     }
 
     /// Sends `pkt` on every binding, rewriting its SSRC, payload type, MID and
-    /// transport-wide sequence number for each; returns the bytes written. The packet keeps the last binding's header.
+    /// transport-wide sequence number for each; returns the bytes written. The packet
+    /// keeps the last binding's header.
     pub async fn write(&self, pkt: &mut Packet) -> webrtc::error::Result<usize> {
+        self.send(pkt, Repair::No).await
+    }
+
+    /// Sends `pkt` (a packet written before) again: on a binding that agreed to RTX
+    /// (RFC 4588), on its retransmission stream, with the original sequence number in
+    /// front of the payload; elsewhere as it was when `plain_fallback` (a NACK's answer),
+    /// or not at all (a probe: a receiver's SRTP replay check drops a packet repeated on
+    /// its own stream, so only the retransmission stream can carry copies).
+    pub async fn write_again(&self, pkt: &mut Packet, plain_fallback: bool) -> webrtc::error::Result<usize> {
+        self.send(pkt, if plain_fallback { Repair::RtxOrPlain } else { Repair::RtxOnly }).await
+    }
+
+    /// The SSRC webrtc-rs gave the sender's retransmission stream (`a=ssrc-group:FID`),
+    /// known once the track is added to its connection.
+    pub fn set_rtx_ssrc(&self, ssrc: u32) {
+        self.rtx_ssrc.store(ssrc, Ordering::Relaxed);
+    }
+
+    async fn send(&self, pkt: &mut Packet, repair: Repair) -> webrtc::error::Result<usize> {
         let bindings = self.bindings.lock().unwrap().clone();
         let mut written = 0;
         let mut first_error = None;
         let attributes = Attributes::new();
+        let rtx_ssrc = self.rtx_ssrc.load(Ordering::Relaxed);
         for b in bindings.iter() {
-            pkt.header.ssrc = b.ssrc;
-            pkt.header.payload_type = b.payload_type;
+            let rtx = b.rtx.as_ref().filter(|_| rtx_ssrc != 0 && repair != Repair::No);
+            let mut rtx_packet;
+            let out = match rtx {
+                Some(rtx) => {
+                    let mut payload = Vec::with_capacity(pkt.payload.len() + 2);
+                    payload.extend_from_slice(&pkt.header.sequence_number.to_be_bytes());
+                    payload.extend_from_slice(&pkt.payload);
+                    rtx_packet = Packet { header: pkt.header.clone(), payload: payload.into() };
+                    rtx_packet.header.ssrc = rtx_ssrc;
+                    rtx_packet.header.payload_type = rtx.payload_type;
+                    rtx_packet.header.sequence_number = rtx.seq.fetch_add(1, Ordering::Relaxed);
+                    &mut rtx_packet
+                }
+                None if repair == Repair::RtxOnly => continue,
+                None => {
+                    pkt.header.ssrc = b.ssrc;
+                    pkt.header.payload_type = b.payload_type;
+                    &mut *pkt
+                }
+            };
             if let Some((id, value)) = &b.mid
-                && let Err(e) = pkt.header.set_extension(*id, value.clone())
+                && let Err(e) = out.header.set_extension(*id, value.clone())
             {
                 first_error.get_or_insert(webrtc::Error::Rtp(e));
                 continue;
             }
             if let (Some(id), Some(transport)) = (b.transport_cc, &self.transport) {
                 // The extension's 4 bytes (id/length and the number) are not set yet.
-                let seq = transport.on_sent(pkt.header.marshal_size() + pkt.payload.len() + 4);
-                if let Err(e) = pkt.header.set_extension(id, Bytes::copy_from_slice(&seq.to_be_bytes())) {
+                let seq = transport.on_sent(out.header.marshal_size() + out.payload.len() + 4);
+                if let Err(e) = out.header.set_extension(id, Bytes::copy_from_slice(&seq.to_be_bytes())) {
                     first_error.get_or_insert(webrtc::Error::Rtp(e));
                     continue;
                 }
             }
-            match b.writer.write_rtp_with_attributes(pkt, &attributes).await {
+            match b.writer.write_rtp_with_attributes(out, &attributes).await {
                 Ok(n) => written += n,
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -99,6 +149,19 @@ impl SubscriberTrack {
             None => Ok(written),
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    No,
+    RtxOrPlain,
+    RtxOnly,
+}
+
+/// A random first sequence number (RFC 3550 wants one that cannot be guessed).
+fn rand_seq() -> u16 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ (nanos >> 16)) as u16
 }
 
 /// `key=value;key=value` as a map, keys lower-cased.
@@ -149,12 +212,24 @@ impl TrackLocal for SubscriberTrack {
             .and_then(|e| t.mid().map(|mid| (e.id as u8, Bytes::copy_from_slice(mid.as_bytes()))));
         let transport_cc =
             t.header_extensions().iter().find(|e| e.uri == webrtc::sdp::extmap::TRANSPORT_CC_URI).map(|e| e.id as u8);
+        let rtx = t
+            .codec_parameters()
+            .iter()
+            .find(|c| {
+                c.capability.mime_type.eq_ignore_ascii_case("video/rtx")
+                    && fmtp(&c.capability.sdp_fmtp_line).get("apt") == Some(&codec.payload_type.to_string())
+            })
+            .map(|c| RtxStream { payload_type: c.payload_type, seq: AtomicU16::new(rand_seq()) });
+        if let (Some(transport), true) = (&self.transport, rtx.is_some()) {
+            transport.set_rtx();
+        }
         let binding = Arc::new(Binding {
             id: t.id(),
             ssrc: t.ssrc(),
             payload_type: codec.payload_type,
             mid,
             transport_cc,
+            rtx,
             writer: t.write_stream(),
         });
         let mut bindings = self.bindings.lock().unwrap();

@@ -8,6 +8,7 @@
 //! them here instead, as it writes.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use switchboard_sfu_core::bwe::{Reported, SendSideBwe};
@@ -30,6 +31,9 @@ pub struct TransportCc {
     passed: Mutex<Option<(u64, Instant)>>,
     /// Wakes the prober when there may be a probe to send.
     pub wake: Notify,
+    /// Whether a video on this connection has a retransmission stream (RTX): probes
+    /// need one.
+    rtx: AtomicBool,
 }
 
 impl TransportCc {
@@ -40,6 +44,16 @@ impl TransportCc {
     /// Numbers a packet of `size` bytes that leaves now.
     pub fn on_sent(&self, size: usize) -> u16 {
         self.bwe.lock().unwrap().on_sent(size, Instant::now())
+    }
+
+    pub fn set_rtx(&self) {
+        self.rtx.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the estimate can probe for more (feedback arrives, and probes have a
+    /// retransmission stream to go on): only then may a video it cannot carry pause.
+    pub fn probes(&self) -> bool {
+        self.rtx.load(Ordering::Relaxed) && self.has_feedback()
     }
 
     /// Whether the subscriber has sent any feedback: until then its REMB (if any) is the
@@ -73,6 +87,7 @@ impl TransportCc {
 
     /// What the subscriber could use; probing starts when that is more than the estimate.
     pub fn set_wanted(&self, bps: u64) {
+        let bps = if self.rtx.load(Ordering::Relaxed) { bps } else { 0 };
         let more = {
             let mut bwe = self.bwe.lock().unwrap();
             bwe.set_wanted(bps);

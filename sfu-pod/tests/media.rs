@@ -849,3 +849,42 @@ async fn a_mixed_room_sends_each_listener_the_voices_without_its_own() {
     assert_eq!(status.state, NodeState::Drained, "the mixer does not hold the drain open");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A counter of the SFU's `/metrics` (0 when absent).
+async fn counter(api: &switchboard_sfu_client::SfuApi, name: &str) -> f64 {
+    let (_, text) = api.get_text("/metrics").await.unwrap();
+    text.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A subscriber that sends transport-wide congestion control feedback, as browsers do
+/// (webrtc-rs's TWCC receiver here): the SFU numbers what it sends and estimates the
+/// downlink itself from the feedback, starting at 300 kbps; once the feedback flows, the
+/// subscriber's REMB (80 kbps, which holds a REMB-only subscriber on the 48 kbps layer:
+/// the simulcast test above) no longer counts, and it receives the 168 kbps layer the
+/// send-side estimate pays for. (Probing it further up needs a receiver that reads RTX:
+/// the Chromium test `a_viewer_behind_a_narrowing_link…` shows it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sending_transport_feedback_gets_the_send_side_estimate_and_its_remb_is_ignored() {
+    let _slot = media_slot().await;
+    let sfu = SfuProcess::start("sfu-twcc");
+    let _publisher = join(&sfu.api, "twcc", "host", vec![Publish::simulcast("host-cam")]).await;
+    let net = switchboard_sfu_client::NetworkOptions { publisher_feedback: true, rtx: true, ..loopback() };
+    let viewer =
+        Participant::join(sfu.api.clone(), "twcc", "viewer", JoinOptions { net, ..Default::default() }).await.unwrap();
+    viewer.set_downlink_cap(Some(80_000));
+    viewer
+        .wait_until("the middle layer", WAIT, |rx| {
+            rx.get("host-cam").is_some_and(|t| t.last_layer == Some(1) && t.packets_by_layer[1] > 60)
+        })
+        .await
+        .unwrap();
+    let track = &viewer.received()["host-cam"];
+    assert!(track.layer_switches.iter().all(|(_, _, key)| *key), "switches on keyframes: {:?}", track.layer_switches);
+    assert_eq!(track.ssrcs.len(), 1, "one SSRC");
+    assert_eq!(track.discontinuities, 0);
+    assert!(counter(&sfu.api, "switchboard_sfu_transport_feedbacks_total").await > 10.0);
+}

@@ -506,3 +506,132 @@ async fn two_pages_in_a_mixed_audio_meeting_hear_each_other_through_the_mix() {
     }
     m.env.ns.delete().await;
 }
+
+/// One getStats sample of the viewer in `adaptive.mjs`.
+#[derive(serde::Deserialize, Clone, Copy, Debug)]
+struct Sample {
+    /// Milliseconds since the epoch.
+    t: u64,
+    w: u64,
+    fd: u64,
+    kf: u64,
+    ae: f64,
+    ad: f64,
+    ap: u64,
+}
+
+/// What the viewer saw between two instants (ms since the epoch).
+#[derive(Debug)]
+struct Phase {
+    /// The decoded width at the end (the widest of the last 2 s).
+    width_at_end: u64,
+    /// Longest stretch without a newly decoded frame, in ms.
+    longest_freeze_ms: u64,
+    frames: u64,
+    audio_packets: u64,
+    audio_energy_per_second: f64,
+}
+
+fn phase(samples: &[Sample], from: u64, to: u64) -> Phase {
+    let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < to).collect();
+    let (first, last) = (s[0], s[s.len() - 1]);
+    let mut longest = 0;
+    let mut last_new = first.t;
+    for pair in s.windows(2) {
+        if pair[1].fd > pair[0].fd {
+            last_new = pair[1].t;
+        }
+        longest = longest.max(pair[1].t - last_new);
+    }
+    Phase {
+        width_at_end: s.iter().filter(|x| x.t + 2000 >= last.t).map(|x| x.w).max().unwrap_or(0),
+        longest_freeze_ms: longest,
+        frames: last.fd - first.fd,
+        audio_packets: last.ap - first.ap,
+        audio_energy_per_second: (last.ae - first.ae) / (last.ad - first.ad).max(0.001),
+    }
+}
+
+/// The first instant from `from` on when the decoded width satisfies `ok`, in ms after `from`.
+fn reached(samples: &[Sample], from: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    samples.iter().find(|s| s.t >= from && ok(s.w)).map(|s| s.t - from)
+}
+
+/// Adaptive quality from a browser's side (issue #30): a viewer whose Chromium sits behind
+/// a link shaped by tbf watches a simulcast publisher (Chromium on the host) full-size.
+/// At 3 Mbps it receives the high layer; narrowed to 600 kbps it steps down, and back
+/// at 3 Mbps up again (the SFU's send-side estimate probes for it), each switch on a
+/// keyframe and no freeze of a second or more; at 150 kbps the video pauses and the
+/// voice keeps arriving with its energy. The SFU's estimate comes from the browser's
+/// transport-wide feedback alone (Chromium sends no REMB once transport-cc is agreed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_and_comes_back_up() {
+    let _turn = BROWSERS.lock().await;
+    let link = switchboard_e2e::netns::Link::create().expect("a network namespace (root)");
+    link.set_downlink_bps(Some(3_000_000)).unwrap();
+    let m = BrowserMeeting::start_on("sig-adaptive", "narrow", "pat", serde_json::json!({}), link.host_ip).await;
+    let dir = std::env::temp_dir().join(format!("switchboard-adaptive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, stop) = (dir.join("ready"), dir.join("stop"));
+    let _ = std::fs::remove_file(&stop);
+    let (publisher, viewer, name) = (m.url("pat"), m.url("val"), link.name.clone());
+    let (r, s) = (ready.clone(), stop.clone());
+    let script =
+        tokio::task::spawn_blocking(move || switchboard_e2e::browser::adaptive(&name, &publisher, &viewer, &r, &s));
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while !ready.exists() && !script.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut changes = Vec::new();
+    if waited.is_ok() && ready.exists() {
+        for (bps, seconds) in [(3_000_000, 20), (600_000, 20), (3_000_000, 25), (150_000, 20)] {
+            link.set_downlink_bps(Some(bps)).unwrap();
+            changes.push(now_ms());
+            tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        }
+        changes.push(now_ms());
+    }
+    std::fs::write(&stop, "stop").unwrap();
+    let report = script.await.unwrap().unwrap_or_else(|e| panic!("browsers: {e}"));
+    assert_eq!(changes.len(), 5, "the viewer never decoded video: {report}");
+    let samples: Vec<Sample> = serde_json::from_value(report["samples"].clone()).unwrap();
+    let phases: Vec<Phase> = changes.windows(2).map(|w| phase(&samples, w[0], w[1])).collect();
+    let down = reached(&samples, changes[1], |w| w > 0 && w < phases[0].width_at_end);
+    let up = reached(&samples, changes[2], |w| w >= phases[0].width_at_end);
+    println!("adaptive: rids {} phases {phases:?}; adapted down after {down:?} ms, up after {up:?} ms", report["rids"]);
+    let trace = |from: u64| -> String {
+        let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < from + 8_000).collect();
+        s.windows(2)
+            .map(|p| format!("{}:{}/{}", p[1].t - from, p[1].w, p[1].fd - p[0].fd))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("after the narrowing (ms:width/frames): {}", trace(changes[1]));
+    println!("after the widening: {}", trace(changes[2]));
+    let high = phases[0].width_at_end;
+    assert!(high >= 640, "at 3 Mbps the viewer receives a high layer: {phases:?}");
+    assert!(phases[1].width_at_end < high, "at 600 kbps it steps down: {phases:?}");
+    assert!(down.is_some_and(|ms| ms <= 5_000), "down within 5 s: {down:?}");
+    assert!(phases[2].width_at_end >= high, "back at 3 Mbps it steps up again: {phases:?}");
+    assert!(up.is_some_and(|ms| ms <= 15_000), "up within 15 s: {up:?}");
+    for (i, p) in phases[..3].iter().enumerate() {
+        assert!(p.longest_freeze_ms < 1_000, "phase {i}: no freeze of a second or more: {phases:?}");
+    }
+    // Chromium can only change the decoded size on a keyframe; the SFU switches there too.
+    let window: Vec<&Sample> = samples.iter().filter(|s| s.t >= changes[0] && s.t < changes[3]).collect();
+    for pair in window.windows(2) {
+        if pair[0].w != pair[1].w && pair[0].w > 0 && pair[1].w > 0 {
+            assert!(pair[1].kf > pair[0].kf, "a switch without a keyframe decoded: {pair:?}");
+        }
+    }
+    // 150 kbps: video pauses (after the first seconds), the voice keeps arriving.
+    let quiet = phase(&samples, changes[3] + 8_000, changes[4]);
+    assert!(quiet.frames <= 3, "at 150 kbps video pauses: {quiet:?}");
+    assert!(quiet.audio_packets >= 250, "the voice keeps arriving (~50 packets/s): {quiet:?}");
+    assert!(quiet.audio_energy_per_second > 1e-4, "with its energy: {quiet:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    m.env.ns.delete().await;
+}

@@ -104,6 +104,10 @@ pub struct NetworkOptions {
     /// and the SFU estimates the downlink itself. The SFU numbers the packets (no
     /// interceptor here); a peer that does not agree to it keeps sending REMB.
     pub subscriber_feedback: bool,
+    /// Retransmission streams (RTX, RFC 4588) for video: offered and answered, and sent
+    /// where the connection sends video. The SFU's subscriber connections send
+    /// retransmissions and probes on them.
+    pub rtx: bool,
     /// Drop this share of outgoing video RTP (impairment tests).
     pub send_loss: Option<f64>,
     /// Drop this share of incoming video RTP at the socket (impairment tests); each
@@ -130,6 +134,23 @@ pub fn build_api(net: &NetworkOptions) -> Result<API> {
         media
             .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Audio, None)
             .during("registering an audio header extension")?;
+    }
+    if net.rtx {
+        for (apt, pt) in [(96, 97), (98, 99), (102, 103)] {
+            let capability = RTCRtpCodecCapability {
+                mime_type: "video/rtx".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={apt}"),
+                rtcp_feedback: vec![],
+            };
+            media
+                .register_codec(
+                    RTCRtpCodecParameters { capability, payload_type: pt, ..Default::default() },
+                    RTPCodecType::Video,
+                )
+                .during("registering RTX")?;
+        }
     }
     let mut registry = Registry::new();
     if let Some(rate) = net.send_loss {
@@ -166,6 +187,7 @@ pub fn build_api(net: &NetworkOptions) -> Result<API> {
     let mut settings = SettingEngine::default();
     settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
     settings.set_network_types(vec![webrtc::ice::network_type::NetworkType::Udp4]);
+    settings.enable_sender_rtx(net.rtx);
     if net.loopback_only {
         settings.set_include_loopback_candidate(true);
         settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));

@@ -62,7 +62,7 @@ const HISTORY_PACKETS: usize = 4096;
 /// How long a probe cluster sends for.
 const PROBE_DURATION: Duration = Duration::from_millis(60);
 /// After a probe that found nothing more, the next waits this long.
-pub const PROBE_RETRY: Duration = Duration::from_secs(3);
+pub const PROBE_RETRY: Duration = Duration::from_secs(2);
 /// A cluster whose feedback has not come back by then is given up.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_MIN_PACKETS: usize = 5;

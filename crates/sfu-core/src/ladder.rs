@@ -1,6 +1,7 @@
 //! The degradation ladder: how one subscriber's downlink estimate is shared among the
-//! videos it receives. Audio is not on the ladder: it is never paused for video (the
-//! estimate's headroom, [`crate::room::ESTIMATE_HEADROOM`], is what it and RTCP use).
+//! videos it receives. Audio is not on the ladder: it is never paused for video. The
+//! room takes the voices a subscriber hears off its estimate first, and keeps
+//! [`crate::room::ESTIMATE_HEADROOM`] for RTCP and bursts; the ladder shares the rest.
 //!
 //! Why one function: which videos flow at which layer when the estimate falls is the
 //! product's behaviour on a bad network ("video goes first, then pauses, audio stays";

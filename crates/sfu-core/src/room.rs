@@ -68,7 +68,7 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 /// How often each listener's loudest-speaker set is re-chosen (see [`AudioPolicy`]).
 pub const LOUDEST_INTERVAL: Duration = Duration::from_millis(100);
-/// Share of the bandwidth estimate a layer may use (the rest is headroom for audio and RTCP).
+/// Share of the bandwidth estimate media may use (the rest is headroom for RTCP and bursts).
 pub const ESTIMATE_HEADROOM: f64 = 0.9;
 
 /// Which audio each listener receives ([`crate::loudest`]).
@@ -1181,10 +1181,12 @@ impl Room {
         self.participants.get(participant).is_some_and(|p| p.kind == ParticipantKind::Mixer)
     }
 
-    /// Bits per second a subscriber's videos would take at the best layers its
-    /// preferences allow (what its estimate is worth probing up to).
-    pub fn wanted_video_bitrate(&self, subscriber: &str, now: Instant) -> u64 {
-        self.tracks
+    /// Bits per second a subscriber's media would take: its videos at the best layers
+    /// its preferences allow, and the voices it hears (what its estimate is worth
+    /// probing up to).
+    pub fn wanted_bitrate(&self, subscriber: &str, now: Instant) -> u64 {
+        let video: u64 = self
+            .tracks
             .values()
             .filter(|t| t.info.codec.is_video())
             .flat_map(|t| {
@@ -1192,6 +1194,18 @@ impl Room {
                     allowed_layers(&t.layers, &s.prefs, now).iter().map(|i| t.layers[*i].bitrate).max().unwrap_or(0)
                 })
             })
+            .sum();
+        video + self.audio_bitrate(subscriber)
+    }
+
+    /// Bits per second of the voices a subscriber hears now: taken off its estimate before
+    /// the ladder shares the rest among videos, so audio always fits first.
+    fn audio_bitrate(&self, subscriber: &str) -> u64 {
+        self.tracks
+            .values()
+            .filter(|t| !t.info.codec.is_video() && !t.muted)
+            .filter(|t| t.subs.iter().any(|s| s.subscriber == subscriber && s.audible))
+            .map(|t| t.layers.iter().map(|l| l.bitrate).max().unwrap_or(0))
             .sum()
     }
 
@@ -1384,7 +1398,8 @@ impl Room {
                     layers: a.iter().map(|i| t.layers[*i].bitrate).collect(),
                 })
                 .collect();
-            let given = ladder::allocate((estimate as f64 * ESTIMATE_HEADROOM) as u64, &wants);
+            let budget = ((estimate as f64 * ESTIMATE_HEADROOM) as u64).saturating_sub(self.audio_bitrate(subscriber));
+            let given = ladder::allocate(budget, &wants);
             for (((_, s), allowed), given) in mine.iter().zip(&allowed).zip(given) {
                 // A track with no active layer yet has nothing to choose from.
                 if allowed.is_empty() {

@@ -1091,16 +1091,17 @@ fn when_the_estimate_falls_video_goes_first_then_pauses_and_audio_stays() {
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 2) && got[&subs[1]].iter().all(|l| *l == 2), "{got:?}");
     assert_eq!(got[&subs[2]].len(), 5);
-    // What probing aims for: both cameras' top layers (1.2 Mbps each), not the voice.
-    let wanted = sim.room.wanted_video_bitrate("viewer", sim.now);
+    // What probing aims for: both cameras' top layers (1.2 Mbps each) and the voice.
+    let wanted = sim.room.wanted_bitrate("viewer", sim.now);
     assert!((2_000_000..=2_800_000).contains(&wanted), "wanted {wanted}");
-    assert_eq!(sim.room.wanted_video_bitrate("a", sim.now), 0, "subscribes to no video");
+    assert_eq!(sim.room.wanted_bitrate("a", sim.now), 0, "receives nothing");
     // 800 kbps (720 after headroom): the cameras share it, one step down each.
     sim.probing_estimate("viewer", 800_000);
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 1) && got[&subs[1]].iter().all(|l| *l == 1), "{got:?}");
-    // 150 kbps: one camera at its lowest layer, the other paused; the voice stays.
-    sim.probing_estimate("viewer", 150_000);
+    // 170 kbps (153 after headroom, 121 after the 32 kbps voice): one camera at its
+    // lowest layer (100 kbps), the other paused; the voice stays.
+    sim.probing_estimate("viewer", 170_000);
     let got = settle(&mut sim, &mut tick);
     assert!(got[&subs[0]].iter().all(|l| *l == 0) && !got[&subs[0]].is_empty(), "{got:?}");
     assert!(!got.contains_key(&subs[1]), "the second camera paused: {got:?}");

@@ -45,26 +45,43 @@ const SINK_QUEUE: usize = 256;
 /// keeps what it sent to answer the subscriber's NACKs.
 #[derive(Clone)]
 pub(super) struct Sink {
-    queue: mpsc::Sender<Packet>,
+    queue: mpsc::Sender<(Packet, Send)>,
     sent: Arc<RetransmitBuffer>,
+}
+
+/// What a packet in a sink's queue is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Send {
+    Media,
+    /// A NACK's answer: on the retransmission stream where there is one, else as before.
+    Retransmission,
+    /// A copy to probe the path: on the retransmission stream only.
+    Probe,
 }
 
 impl Sink {
     pub(super) fn spawn(track: Arc<SubscriberTrack>, sending: Arc<AtomicBool>) -> Self {
-        let (queue, mut rx) = mpsc::channel::<Packet>(SINK_QUEUE);
+        let (queue, mut rx) = mpsc::channel::<(Packet, Send)>(SINK_QUEUE);
         let sent = Arc::new(RetransmitBuffer::new());
         let history = sent.clone();
         tokio::spawn(async move {
-            while let Some(mut p) = rx.recv().await {
+            while let Some((mut p, send)) = rx.recv().await {
                 if !sending.load(Ordering::Relaxed) {
                     continue;
                 }
-                match track.write(&mut p).await {
+                let written = match send {
+                    Send::Media => track.write(&mut p).await,
+                    Send::Retransmission => track.write_again(&mut p, true).await,
+                    Send::Probe => track.write_again(&mut p, false).await,
+                };
+                match written {
                     Err(webrtc::Error::ErrClosedPipe) => return,
                     Err(e) => debug!(track = track.id(), error = %e, "write failed"),
                     Ok(_) => {}
                 }
-                history.keep(p);
+                if send == Send::Media {
+                    history.keep(p);
+                }
             }
         });
         Self { queue, sent }
@@ -76,13 +93,17 @@ impl Sink {
         self.sent
             .recent(bytes)
             .into_iter()
-            .filter_map(|p| Some(p.payload.len()).filter(|_| self.queue.try_send(p).is_ok()))
+            .filter_map(|p| Some(p.payload.len()).filter(|_| self.queue.try_send((p, Send::Probe)).is_ok()))
             .sum()
     }
 
     /// Queues the packets a NACK names again, those still kept; returns how many.
     fn resend(&self, seqs: impl Iterator<Item = u16>) -> usize {
-        self.sent.find(seqs).into_iter().map(|p| self.queue.try_send(p)).filter(Result::is_ok).count()
+        self.sent
+            .find(seqs)
+            .into_iter()
+            .filter(|p| self.queue.try_send((p.clone(), Send::Retransmission)).is_ok())
+            .count()
     }
 }
 
@@ -201,7 +222,7 @@ pub(super) fn forward_packet(
         let mut out = pkt.clone();
         out.header.sequence_number = seq;
         out.header.timestamp = ts;
-        if sink.queue.try_send(out).is_err() {
+        if sink.queue.try_send((out, Send::Media)).is_err() {
             sfu.metrics.queue_drops.inc();
         }
     }
@@ -237,6 +258,7 @@ pub(super) async fn read_subscriber_rtcp(
     while let Ok((packets, _)) = sender.read_rtcp().await {
         let Some(room) = room.upgrade() else { return };
         for p in packets {
+            tracing::trace!(?p, "subscriber rtcp");
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 let _ = room.input(Input::KeyframeRequest { subscription, now: Instant::now() });
@@ -257,11 +279,13 @@ pub(super) async fn read_subscriber_rtcp(
                 if let Some(bps) = transport.on_feedback(feedback) {
                     let now = Instant::now();
                     let wanted = room.with_core(|core| {
-                        let estimate = Input::Estimate { subscriber: &subscriber, bps, probing: true, now };
+                        let estimate =
+                            Input::Estimate { subscriber: &subscriber, bps, probing: transport.probes(), now };
                         let _ = core.room.handle_input(estimate);
-                        core.room.wanted_video_bitrate(&subscriber, now)
+                        core.room.wanted_bitrate(&subscriber, now)
                     });
                     transport.set_wanted((wanted as f64 / ESTIMATE_HEADROOM) as u64);
+                    debug!(%subscriber, estimate = bps, wanted, "send-side estimate");
                 }
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>()
                 && !transport.has_feedback()

@@ -56,7 +56,7 @@ struct Totals {
 }
 
 pub struct Sfu {
-    /// For the connections the SFU sends on (subscribers), with transport-cc.
+    /// For the connections the SFU sends on (subscribers), with transport-cc and RTX.
     api: API,
     /// For the connections publishers send on: the same, with TWCC feedback to them.
     inbound_api: API,
@@ -84,7 +84,7 @@ impl Sfu {
         metrics: Metrics,
     ) -> switchboard_sfu_client::Result<Arc<Self>> {
         use switchboard_sfu_client::media::{NetworkOptions, build_api};
-        let outbound = NetworkOptions { subscriber_feedback: true, ..net.clone() };
+        let outbound = NetworkOptions { subscriber_feedback: true, rtx: true, ..net.clone() };
         let inbound = NetworkOptions { publisher_feedback: true, ..net.clone() };
         let relay = NetworkOptions { udp_mux: None, ..net.clone() };
         Ok(Self::new(build_api(&outbound)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))

@@ -160,6 +160,9 @@ async fn add_track(peer: &Arc<Peer>, room: &Arc<RoomEntry>, metrics: &Metrics, t
             return;
         }
     };
+    if let Some(rtx) = sender.get_parameters().await.encodings.first().map(|e| e.rtx.ssrc) {
+        local.set_rtx_ssrc(rtx);
+    }
     if !room.add_sink(subscription, || Sink::spawn(local, peer.sending.clone())) {
         // Removed again before it was applied: nothing to forward.
         let _ = peer.outbound.remove_track(&sender).await;

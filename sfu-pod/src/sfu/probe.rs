@@ -28,7 +28,9 @@ pub(super) async fn run_prober(peer: Weak<Peer>, metrics: Metrics) {
         }
         let (due, next) = p.transport.padding();
         if due > 0 {
-            metrics.probe_bytes.inc_by(send_probe(&p, due) as u64);
+            let sent = send_probe(&p, due);
+            tracing::trace!(peer = %p.id, due, sent, "probe");
+            metrics.probe_bytes.inc_by(sent as u64);
         }
         let wait = next.map_or(IDLE, |t| t.saturating_duration_since(Instant::now())).min(IDLE);
         let transport = p.transport.clone();

@@ -237,12 +237,14 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
                 let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
                 let _ = pc.write_rtcp(&[Box::new(pli)]).await;
                 sfu.metrics.keyframe_requests.inc();
+                debug!(room = %room.name, layer, "keyframe requested");
             }
         }
         Output::Event { to, event } => {
             if let RoomEvent::LayerChanged { layer, .. } = &event {
                 sfu.metrics.layer_switches.inc();
                 sfu.metrics.quality.layer_switched(*layer);
+                debug!(room = %room.name, subscriber = %to, layer, "layer switched");
             }
             if let Ok(peer) = room.peer(&to) {
                 peer.push_event(to_api_event(event));

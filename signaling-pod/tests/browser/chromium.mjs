@@ -3,9 +3,11 @@
 // candidates, and `origins` (plain-http signaling on a node's address) treated as secure.
 import { chromium } from "playwright-core";
 
-export function launch(origins = []) {
+// `executablePath`: another way to start it (e.g. a wrapper that runs it in a network
+// namespace).
+export function launch(origins = [], executablePath = process.env.CHROMIUM || "/usr/bin/chromium") {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    executablePath,
     args: [
       "--use-fake-device-for-media-stream",
       "--use-fake-ui-for-media-stream",
