@@ -12,6 +12,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use webrtc::interceptor::Attributes;
@@ -88,6 +89,15 @@ impl SubscriberTrack {
     /// its own stream, so only the retransmission stream can carry copies).
     pub async fn write_again(&self, pkt: &mut Packet, plain_fallback: bool) -> webrtc::error::Result<usize> {
         self.send(pkt, if plain_fallback { Repair::RtxOrPlain } else { Repair::RtxOnly }).await
+    }
+
+    /// How long a packet of `size` bytes waits before it is written (the connection's
+    /// pacer; audio never waits).
+    pub fn pace(&self, size: usize) -> Duration {
+        match &self.transport {
+            Some(t) => t.pace(size, self.codec.mime_type.to_ascii_lowercase().starts_with("video/")),
+            None => Duration::ZERO,
+        }
     }
 
     /// The SSRC webrtc-rs gave the sender's retransmission stream (`a=ssrc-group:FID`),

@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard_sfu_core::bwe::{Reported, SendSideBwe};
 use tokio::sync::Notify;
@@ -22,6 +22,14 @@ pub const MAX_REPORTED: usize = 4096;
 /// changes wait for [`REFRESH`].
 const CHANGE: f64 = 0.05;
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Packets leave at most this many times the estimate (libwebrtc's pacing factor): a
+/// keyframe forwarded in one burst would overflow a shallow bottleneck queue and be
+/// lost whole, which is a freeze.
+const PACING_FACTOR: f64 = 2.5;
+/// A packet whose turn is this close goes at once (a sleep costs more than it saves).
+const PACING_SLACK: Duration = Duration::from_millis(2);
+/// Unused sending time a quiet connection may save up for a burst.
+const PACING_BURST: Duration = Duration::from_millis(5);
 
 /// One subscriber connection's numbering and estimate.
 #[derive(Debug, Default)]
@@ -34,6 +42,8 @@ pub struct TransportCc {
     /// Whether a video on this connection has a retransmission stream (RTX): probes
     /// need one.
     rtx: AtomicBool,
+    /// When the pacer's next packet may leave.
+    pacer: Mutex<Option<Instant>>,
 }
 
 impl TransportCc {
@@ -44,6 +54,23 @@ impl TransportCc {
     /// Numbers a packet of `size` bytes that leaves now.
     pub fn on_sent(&self, size: usize) -> u16 {
         self.bwe.lock().unwrap().on_sent(size, Instant::now())
+    }
+
+    /// How long a packet of `size` bytes waits for its turn at [`PACING_FACTOR`] times
+    /// the estimate (zero without transport feedback: then nothing is paced). Audio
+    /// (`wait: false`) never waits, but its time counts against the video behind it.
+    pub fn pace(&self, size: usize, wait: bool) -> Duration {
+        if !self.has_feedback() {
+            return Duration::ZERO;
+        }
+        let rate = self.estimate() as f64 * PACING_FACTOR;
+        let now = Instant::now();
+        let mut next = self.pacer.lock().unwrap();
+        let start = next.map_or(now, |t| t.max(now - PACING_BURST));
+        let slot = if wait { start } else { now };
+        *next = Some(start + Duration::from_secs_f64(size as f64 * 8.0 / rate));
+        let delay = slot.saturating_duration_since(now);
+        if delay <= PACING_SLACK { Duration::ZERO } else { delay }
     }
 
     pub fn set_rtx(&self) {

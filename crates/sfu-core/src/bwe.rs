@@ -66,6 +66,10 @@ pub const PROBE_RETRY: Duration = Duration::from_secs(2);
 /// A cluster whose feedback has not come back by then is given up.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_MIN_PACKETS: usize = 5;
+/// Feedback this long after the last one follows an outage (the path went away, an ICE
+/// restart): what was sent meanwhile was lost to the outage, not to congestion, and the
+/// delays before it say nothing about the path after it.
+const FEEDBACK_GAP: Duration = Duration::from_secs(1);
 /// Enough bytes for the minimum of full-size packets and one more.
 const PROBE_MIN_BYTES: u64 = 7_200;
 /// A probe that came back at this share of its rate or more may go on at twice the new
@@ -305,6 +309,7 @@ pub struct SendSideBwe {
     next_probe: Option<Instant>,
     started: Option<Instant>,
     feedbacks: u64,
+    last_feedback: Option<Instant>,
 }
 
 impl Default for SendSideBwe {
@@ -335,6 +340,7 @@ impl SendSideBwe {
             next_probe: None,
             started: None,
             feedbacks: 0,
+            last_feedback: None,
         }
     }
 
@@ -435,6 +441,13 @@ impl SendSideBwe {
     pub fn on_feedback(&mut self, packets: &[Reported], now: Instant) {
         let Some(&(newest, _)) = self.history.back() else { return };
         self.feedbacks += 1;
+        let after_outage = self.last_feedback.is_some_and(|t| now.saturating_duration_since(t) > FEEDBACK_GAP);
+        self.last_feedback = Some(now);
+        if after_outage {
+            self.trendline = Trendline::new();
+            self.acked.clear();
+            self.loss_counts = (0, 0);
+        }
         let oldest = self.history.front().map_or(newest, |(s, _)| *s);
         let mut acked: Vec<(Instant, i64, u64)> = Vec::new();
         for &(seq, arrival) in packets {
@@ -459,7 +472,7 @@ impl SendSideBwe {
                     c.received.push((a, u64::from(sent.size)));
                 }
             }
-            if first_report {
+            if first_report && !(after_outage && arrival.is_none()) {
                 self.loss_counts.1 += 1;
                 if arrival.is_none() {
                     self.loss_counts.0 += 1;

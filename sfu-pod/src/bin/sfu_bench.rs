@@ -23,6 +23,8 @@
 //!     target/release/sfu-bench --scenarios fanout:10,fanout:25,fanout:50,mesh:4,mesh:8 --seconds 10
 //!
 //! `--sfu-threads N` starts the SFU with `SWITCHBOARD_WORKER_THREADS=N` (default: all cores).
+//! `--twcc` runs each scenario with REMB subscribers and with transport-cc subscribers
+//! (the send-side estimate's cost, see [`TWCC`]).
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,12 @@ pub static THUMBNAIL_PPS: std::sync::atomic::AtomicU32 = std::sync::atomic::Atom
 /// `--remb BPS`: every subscriber reports this downlink estimate (REMB, 5 a second, as a
 /// browser does), so the SFU's layer allocation runs on every report; 0: none.
 pub static REMB_BPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// `--twcc`: each scenario runs twice, side by side: subscribers that report REMB (20 Mbps,
+/// 5 a second: the SFU takes the receiver's estimate) and subscribers that send
+/// transport-wide feedback and take RTX (the SFU numbers every packet, runs the
+/// send-side estimate per subscriber and probes), so the rows show what the send-side
+/// estimate costs.
+static TWCC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Scenario {
@@ -231,9 +239,17 @@ fn marks(people: &[Participant]) -> Vec<Vec<Mark>> {
         .collect()
 }
 
-async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> anyhow::Result<Measured> {
+async fn run_switchboard(
+    s: Scenario,
+    seconds: u64,
+    threads: Option<usize>,
+    compare_estimates: bool,
+) -> anyhow::Result<Measured> {
     let sfu = start_sfu(threads)?;
     let net = NetworkOptions { loopback_only: true, ..Default::default() };
+    let twcc = TWCC.load(std::sync::atomic::Ordering::Relaxed);
+    // Subscribers: transport-wide feedback and RTX, or REMB alone.
+    let sub_net = NetworkOptions { publisher_feedback: twcc, rtx: twcc, ..net.clone() };
     let (publishers, _) = s.shape();
     let mut people = Vec::new();
     match s {
@@ -253,10 +269,13 @@ async fn run_switchboard(s: Scenario, seconds: u64, threads: Option<usize>) -> a
                         sfu.api.clone(),
                         "bench",
                         &format!("sub{i}"),
-                        JoinOptions { net: net.clone(), ..Default::default() },
+                        JoinOptions { net: sub_net.clone(), ..Default::default() },
                     )
                     .await?,
                 );
+                if !twcc && compare_estimates {
+                    people.last().unwrap().set_downlink_cap(Some(20_000_000));
+                }
             }
         }
         Scenario::Mesh(n) => {
@@ -357,6 +376,7 @@ async fn main() -> anyhow::Result<()> {
         vec![Scenario::FanOut(10), Scenario::FanOut(25), Scenario::FanOut(50), Scenario::Mesh(4), Scenario::Mesh(8)];
     let mut seconds = 10;
     let mut janus_url: Option<String> = None;
+    let mut compare_estimates = false;
     let mut sfu_threads: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -379,6 +399,7 @@ async fn main() -> anyhow::Result<()> {
                 THUMBNAIL_PPS.store(pps, std::sync::atomic::Ordering::Relaxed);
             }
             "--janus" => janus_url = args.next(),
+            "--twcc" => compare_estimates = true,
             "--sfu-threads" => {
                 sfu_threads = Some(
                     args.next()
@@ -399,12 +420,20 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for s in &scenarios {
-        let m = run_switchboard(*s, seconds, sfu_threads).await?;
         let system = match sfu_threads {
             Some(1) => "Switchboard, 1 thread".to_owned(),
             Some(n) => format!("Switchboard, {n} threads"),
             None => "Switchboard".to_owned(),
         };
+        if compare_estimates {
+            for (twcc, label) in [(false, "REMB"), (true, "TWCC send-side")] {
+                TWCC.store(twcc, std::sync::atomic::Ordering::Relaxed);
+                let m = run_switchboard(*s, seconds, sfu_threads, true).await?;
+                row(&format!("{system}, {label}"), *s, &m, &direct);
+            }
+            continue;
+        }
+        let m = run_switchboard(*s, seconds, sfu_threads, false).await?;
         row(&system, *s, &m, &direct);
         results.push((*s, m));
         if let (Some(url), false) = (&janus_url, matches!(s, Scenario::LastN(..))) {

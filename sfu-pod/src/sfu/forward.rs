@@ -69,6 +69,10 @@ impl Sink {
                 if !sending.load(Ordering::Relaxed) {
                     continue;
                 }
+                let wait = track.pace(p.payload.len() + 40);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let written = match send {
                     Send::Media => track.write(&mut p).await,
                     Send::Retransmission => track.write_again(&mut p, true).await,

@@ -202,3 +202,19 @@ fn feedback_for_unknown_or_forgotten_packets_changes_nothing() {
     bwe.on_feedback(&[(3, Some(i64::MAX / 2)), (3, Some(-5)), (40_000, None), (9, Some(i64::MIN / 2))], now);
     assert!(bwe.estimate() >= MIN_BPS && bwe.estimate() <= MAX_BPS);
 }
+
+#[test]
+fn what_an_outage_lost_does_not_cut_the_estimate_after_it() {
+    let mut sim = Sim::new(2_500_000);
+    let before = sim.run(6.0, Path { bps: 2_000_000, loss: 0.0 }).last().unwrap().1;
+    // Three seconds of nothing through (the link down), then the path as before.
+    let during = sim.run(3.0, Path { bps: 2_000_000, loss: 1.0 });
+    let after = sim.run(2.0, Path { bps: 2_000_000, loss: 0.0 });
+    let lowest = after.iter().map(|(_, e)| *e).min().unwrap();
+    assert!(
+        lowest * 10 >= before * 7,
+        "before {before}, lowest after {lowest}: {}{}",
+        describe(&during),
+        describe(&after)
+    );
+}
