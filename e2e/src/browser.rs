@@ -85,19 +85,22 @@ pub fn network_change(link: &crate::netns::Link, url: &str, outage: Duration) ->
     run(Some(link), "network_change.mjs", &[url, &link.ns_if, &outage, &moved], &[])
 }
 
-/// A publisher page on the host and a viewer page whose Chromium runs inside `link`'s
-/// namespace (`adaptive.mjs`): once the viewer decodes, `ready` is created; the viewer's
+/// A publisher page on the host (or inside `publisher_link`'s namespace) and a viewer
+/// page whose Chromium runs inside `link`'s namespace (`adaptive.mjs`): once the viewer decodes, `ready` is created; the viewer's
 /// inbound video and audio are sampled every 200 ms until `stop` exists. Blocks until
 /// then: run it beside whatever changes the link.
 pub fn adaptive(
     link_name: &str,
+    publisher_link: Option<&str>,
     publisher: &str,
     viewer: &str,
     ready: &std::path::Path,
     stop: &std::path::Path,
 ) -> Result<serde_json::Value, String> {
     let env = [("READY_FILE", ready.display().to_string()), ("STOP_FILE", stop.display().to_string())];
-    run_for(None, "adaptive.mjs", &[publisher, viewer, link_name], &env, 400)
+    let mut args = vec![publisher, viewer, link_name];
+    args.extend(publisher_link);
+    run_for(None, "adaptive.mjs", &args, &env, 400)
 }
 
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm

@@ -21,6 +21,9 @@ use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTCRtpCodecParam
 use webrtc::track::track_local::{TrackLocal, TrackLocalContext, TrackLocalWriter};
 use webrtc::util::MarshalSize;
 
+use switchboard_sfu_client::media;
+use switchboard_sfu_core::codec::red_primary;
+
 use crate::transport_cc::TransportCc;
 
 struct Binding {
@@ -33,6 +36,8 @@ struct Binding {
     transport_cc: Option<u8>,
     /// The retransmission stream, when RTX was negotiated for the codec.
     rtx: Option<RtxStream>,
+    /// RED's payload type, when the subscriber agreed to RED over this (Opus) codec.
+    red: Option<u8>,
     /// The sender's writer; it drops the packet itself while the sender is paused.
     writer: Arc<dyn TrackLocalWriter + Send + Sync>,
 }
@@ -50,6 +55,8 @@ pub struct SubscriberTrack {
     /// Numbers packets for the connection's send-side estimate, where transport-cc is
     /// agreed ([`crate::transport_cc`]).
     transport: Option<Arc<TransportCc>>,
+    /// An audio track: its packets may carry RED.
+    audio: bool,
     /// 0 until known ([`SubscriberTrack::set_rtx_ssrc`]).
     rtx_ssrc: AtomicU32,
     /// Replaced whole on bind and unbind (rare), so a write takes its snapshot with one
@@ -65,7 +72,16 @@ impl std::fmt::Debug for SubscriberTrack {
 
 impl SubscriberTrack {
     pub fn new(codec: RTCRtpCodecCapability, id: String, stream_id: String) -> Self {
-        Self { codec, id, stream_id, transport: None, rtx_ssrc: AtomicU32::new(0), bindings: Mutex::new(Arc::from([])) }
+        let audio = codec.mime_type.to_ascii_lowercase().starts_with("audio/");
+        Self {
+            codec,
+            id,
+            stream_id,
+            transport: None,
+            audio,
+            rtx_ssrc: AtomicU32::new(0),
+            bindings: Mutex::new(Arc::from([])),
+        }
     }
 
     /// The same, numbering what it sends on `transport` when its connection agreed to
@@ -95,7 +111,7 @@ impl SubscriberTrack {
     /// pacer; audio never waits).
     pub fn pace(&self, size: usize) -> Duration {
         match &self.transport {
-            Some(t) => t.pace(size, self.codec.mime_type.to_ascii_lowercase().starts_with("video/")),
+            Some(t) => t.pace(size, !self.audio),
             None => Duration::ZERO,
         }
     }
@@ -112,6 +128,9 @@ impl SubscriberTrack {
         let mut first_error = None;
         let attributes = Attributes::new();
         let rtx_ssrc = self.rtx_ssrc.load(Ordering::Relaxed);
+        // Forwarded audio comes as RED or as plain Opus (`media::RED_PT` / `OPUS_PT`).
+        let red_in = self.audio && pkt.header.payload_type == media::RED_PT;
+        let mut primary_packet;
         for b in bindings.iter() {
             let rtx = b.rtx.as_ref().filter(|_| rtx_ssrc != 0 && repair != Repair::No);
             let mut rtx_packet;
@@ -127,9 +146,18 @@ impl SubscriberTrack {
                     &mut rtx_packet
                 }
                 None if repair == Repair::RtxOnly => continue,
+                // A subscriber without RED gets the primary frame as plain Opus.
+                None if red_in && b.red.is_none() => {
+                    let pt = pkt.payload.first().map_or(0, |b| b & 0x7f);
+                    let Some(primary) = red_primary(&pkt.payload, pt) else { continue };
+                    primary_packet = Packet { header: pkt.header.clone(), payload: pkt.payload.slice_ref(primary) };
+                    primary_packet.header.ssrc = b.ssrc;
+                    primary_packet.header.payload_type = b.payload_type;
+                    &mut primary_packet
+                }
                 None => {
                     pkt.header.ssrc = b.ssrc;
-                    pkt.header.payload_type = b.payload_type;
+                    pkt.header.payload_type = if red_in { b.red.unwrap_or(b.payload_type) } else { b.payload_type };
                     &mut *pkt
                 }
             };
@@ -222,6 +250,15 @@ impl TrackLocal for SubscriberTrack {
             .and_then(|e| t.mid().map(|mid| (e.id as u8, Bytes::copy_from_slice(mid.as_bytes()))));
         let transport_cc =
             t.header_extensions().iter().find(|e| e.uri == webrtc::sdp::extmap::TRANSPORT_CC_URI).map(|e| e.id as u8);
+        // RED whose blocks are this Opus ("111/111").
+        let red = t
+            .codec_parameters()
+            .iter()
+            .find(|c| {
+                c.capability.mime_type.eq_ignore_ascii_case("audio/red")
+                    && c.capability.sdp_fmtp_line.split('/').all(|pt| pt.trim() == codec.payload_type.to_string())
+            })
+            .map(|c| c.payload_type);
         let rtx = t
             .codec_parameters()
             .iter()
@@ -240,6 +277,7 @@ impl TrackLocal for SubscriberTrack {
             mid,
             transport_cc,
             rtx,
+            red,
             writer: t.write_stream(),
         });
         let mut bindings = self.bindings.lock().unwrap();

@@ -505,6 +505,56 @@ async fn two_pages_in_a_mixed_audio_meeting_hear_each_other_through_the_mix() {
     m.env.ns.delete().await;
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// `adaptive.mjs` running: a publisher page (host `publisher`, inside `publisher_link`
+/// when given) and a viewer page inside `viewer_link`, sampled until [`Watch::stop`].
+struct Watch {
+    script: tokio::task::JoinHandle<Result<serde_json::Value, String>>,
+    dir: std::path::PathBuf,
+    /// The viewer decodes video (else the script failed; `stop` says why).
+    ready: bool,
+}
+
+impl Watch {
+    async fn start(
+        m: &BrowserMeeting,
+        label: &str,
+        viewer_link: &switchboard_e2e::netns::Link,
+        publisher_link: Option<&switchboard_e2e::netns::Link>,
+        publisher: &str,
+        viewer: &str,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!("switchboard-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ready, stop) = (dir.join("ready"), dir.join("stop"));
+        let _ = std::fs::remove_file(&ready);
+        let _ = std::fs::remove_file(&stop);
+        let (publisher, viewer, name) = (m.url(publisher), m.url(viewer), viewer_link.name.clone());
+        let publisher_name = publisher_link.map(|l| l.name.clone());
+        let r = ready.clone();
+        let script = tokio::task::spawn_blocking(move || {
+            switchboard_e2e::browser::adaptive(&name, publisher_name.as_deref(), &publisher, &viewer, &r, &stop)
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while !ready.exists() && !script.is_finished() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        Self { ready: ready.exists(), script, dir }
+    }
+
+    async fn stop(self) -> serde_json::Value {
+        std::fs::write(self.dir.join("stop"), "stop").unwrap();
+        let report = self.script.await.unwrap().unwrap_or_else(|e| panic!("browsers: {e}"));
+        let _ = std::fs::remove_dir_all(&self.dir);
+        report
+    }
+}
+
 /// One getStats sample of the viewer in `adaptive.mjs`.
 #[derive(serde::Deserialize, Clone, Copy, Debug)]
 struct Sample {
@@ -513,9 +563,27 @@ struct Sample {
     w: u64,
     fd: u64,
     kf: u64,
+    /// Video packets lost, NACKs and PLIs sent, retransmitted packets received (for the report).
+    #[serde(default)]
+    vl: i64,
+    #[serde(default)]
+    nk: u64,
+    #[serde(default)]
+    pl: u64,
+    #[serde(default)]
+    rx: u64,
     ae: f64,
     ad: f64,
     ap: u64,
+    /// Audio: concealed and received samples, packets lost, the playout's NTP time (ms).
+    #[serde(default)]
+    ac: u64,
+    #[serde(rename = "as", default)]
+    samples: u64,
+    #[serde(default)]
+    al: i64,
+    #[serde(default)]
+    ept: f64,
 }
 
 /// What the viewer saw between two instants (ms since the epoch).
@@ -528,6 +596,9 @@ struct Phase {
     frames: u64,
     audio_packets: u64,
     audio_energy_per_second: f64,
+    /// Share of the audio samples played out that were concealed (lost, not recovered).
+    audio_concealed: f64,
+    audio_lost: i64,
 }
 
 fn phase(samples: &[Sample], from: u64, to: u64) -> Phase {
@@ -547,6 +618,8 @@ fn phase(samples: &[Sample], from: u64, to: u64) -> Phase {
         frames: last.fd - first.fd,
         audio_packets: last.ap - first.ap,
         audio_energy_per_second: (last.ae - first.ae) / (last.ad - first.ad).max(0.001),
+        audio_concealed: (last.ac - first.ac) as f64 / (last.samples - first.samples).max(1) as f64,
+        audio_lost: last.al - first.al,
     }
 }
 
@@ -568,23 +641,9 @@ async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_an
     let link = switchboard_e2e::netns::Link::create().expect("a network namespace (root)");
     link.set_downlink_bps(Some(3_000_000)).unwrap();
     let m = BrowserMeeting::start_on("sig-adaptive", "narrow", "pat", serde_json::json!({}), link.host_ip).await;
-    let dir = std::env::temp_dir().join(format!("switchboard-adaptive-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ready, stop) = (dir.join("ready"), dir.join("stop"));
-    let _ = std::fs::remove_file(&stop);
-    let (publisher, viewer, name) = (m.url("pat"), m.url("val"), link.name.clone());
-    let (r, s) = (ready.clone(), stop.clone());
-    let script =
-        tokio::task::spawn_blocking(move || switchboard_e2e::browser::adaptive(&name, &publisher, &viewer, &r, &s));
-    let waited = tokio::time::timeout(std::time::Duration::from_secs(120), async {
-        while !ready.exists() && !script.is_finished() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
-    .await;
-    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let watch = Watch::start(&m, "adaptive", &link, None, "pat", "val").await;
     let mut changes = Vec::new();
-    if waited.is_ok() && ready.exists() {
+    if watch.ready {
         for (bps, seconds) in [(3_000_000, 20), (600_000, 20), (3_000_000, 25), (150_000, 20)] {
             link.set_downlink_bps(Some(bps)).unwrap();
             changes.push(now_ms());
@@ -592,8 +651,7 @@ async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_an
         }
         changes.push(now_ms());
     }
-    std::fs::write(&stop, "stop").unwrap();
-    let report = script.await.unwrap().unwrap_or_else(|e| panic!("browsers: {e}"));
+    let report = watch.stop().await;
     assert_eq!(changes.len(), 5, "the viewer never decoded video: {report}");
     let samples: Vec<Sample> = serde_json::from_value(report["samples"].clone()).unwrap();
     let phases: Vec<Phase> = changes.windows(2).map(|w| phase(&samples, w[0], w[1])).collect();
@@ -603,12 +661,41 @@ async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_an
     let trace = |from: u64| -> String {
         let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < from + 8_000).collect();
         s.windows(2)
-            .map(|p| format!("{}:{}/{}", p[1].t - from, p[1].w, p[1].fd - p[0].fd))
+            .map(|p| {
+                let (a, b) = (p[0], p[1]);
+                let counts = [
+                    ("lost", b.vl - a.vl),
+                    ("nack", b.nk as i64 - a.nk as i64),
+                    ("pli", b.pl as i64 - a.pl as i64),
+                    ("rtx", b.rx as i64 - a.rx as i64),
+                ];
+                let extra: String = counts.iter().filter(|(_, n)| *n != 0).map(|(k, n)| format!(",{k}{n}")).collect();
+                format!("{}:{}/{}{extra}", b.t - from, b.w, b.fd - a.fd)
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
     println!("after the narrowing (ms:width/frames): {}", trace(changes[1]));
     println!("after the widening: {}", trace(changes[2]));
+    // Where the longest freeze at 3 Mbps was, with what the viewer saw around it.
+    for (i, from) in [(0, changes[0]), (2, changes[2])] {
+        let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < changes[i + 1]).collect();
+        let (mut last_new, mut worst) = (s[0].t, (0, s[0].t));
+        for pair in s.windows(2) {
+            if pair[1].fd > pair[0].fd {
+                last_new = pair[1].t;
+            }
+            if pair[1].t - last_new > worst.0 {
+                worst = (pair[1].t - last_new, last_new);
+            }
+        }
+        println!(
+            "phase {i}: longest freeze {} ms from {} ms: {}",
+            worst.0,
+            worst.1 - from,
+            trace(worst.1.saturating_sub(1_000))
+        );
+    }
     let high = phases[0].width_at_end;
     assert!(high >= 640, "at 3 Mbps the viewer receives a high layer: {phases:?}");
     assert!(phases[1].width_at_end < high, "at 600 kbps it steps down: {phases:?}");
@@ -634,6 +721,110 @@ async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_an
     assert!(quiet.frames <= 3, "at 150 kbps video pauses: {quiet:?}");
     assert!(quiet.audio_packets >= 250, "the voice keeps arriving (~50 packets/s): {quiet:?}");
     assert!(quiet.audio_energy_per_second > 1e-4, "with its energy: {quiet:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    m.env.ns.delete().await;
+}
+
+/// A second namespace's client reaches the host's services on the first link's address:
+/// its default route goes to the host.
+fn route_to_host(link: &switchboard_e2e::netns::Link) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &link.name, "route", "add", "default", "via", &link.host_ip.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip route: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue #30's loss case: 5 % random loss on the viewer's downlink and 5 % on the
+/// publisher's uplink (each browser in a namespace of its own, nftables dropping at
+/// random). Video keeps decoding: the SFU NACKs the publisher's losses and answers the
+/// viewer's NACKs on the RTX stream. Audio: the SFU answers the publisher with RED
+/// (RFC 2198) first, so Chromium sends every Opus frame twice (in its packet and the
+/// next), and forwards RED to the viewer as is. The threshold: about 9.75 % of packets
+/// are lost end to end; with one redundant copy a frame is lost only when its packet and
+/// the next both are (~1 %), where plain Opus would conceal ~10 %. 3 % allows for the
+/// jitter buffer's own concealment while it adapts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_five_percent_loss_on_each_leg_video_keeps_decoding_and_red_covers_the_audio() {
+    let _turn = BROWSERS.lock().await;
+    let viewer_link = switchboard_e2e::netns::Link::create().expect("a network namespace (root)");
+    let publisher_link = switchboard_e2e::netns::Link::create().expect("a second namespace");
+    route_to_host(&publisher_link);
+    let m = BrowserMeeting::start_on("sig-lossy", "lossy", "lea", serde_json::json!({}), viewer_link.host_ip).await;
+    let watch = Watch::start(&m, "lossy", &viewer_link, Some(&publisher_link), "lea", "lou").await;
+    let mut window = None;
+    if watch.ready {
+        viewer_link.set_loss(0.05, 0.0).unwrap();
+        publisher_link.set_loss(0.0, 0.05).unwrap();
+        let from = now_ms();
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        window = Some((from + 3_000, now_ms()));
+    }
+    let report = watch.stop().await;
+    let (from, to) = window.unwrap_or_else(|| panic!("the viewer never decoded video: {report}"));
+    let samples: Vec<Sample> = serde_json::from_value(report["samples"].clone()).unwrap();
+    let p = phase(&samples, from, to);
+    println!("lossy: {p:?}; RED: {}", report["red"]);
+    let answer: Vec<&str> =
+        report["red"]["publisherAnswer"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+    let first_pt = answer.first().and_then(|m| m.split(' ').nth(3)).unwrap_or_default();
+    let red_pt = answer.iter().find_map(|l| l.strip_prefix("a=rtpmap:")?.strip_suffix(" red/48000/2"));
+    assert_eq!(red_pt, Some(first_pt), "the SFU answers the publisher with RED first: {report}");
+    let seconds = (to - from) as f64 / 1e3;
+    assert!(p.frames as f64 / seconds >= 10.0, "video keeps decoding (≥ 10 frames/s): {p:?}");
+    assert!(p.longest_freeze_ms < 2_000, "no freeze of 2 s: {p:?}");
+    assert!(p.audio_lost as f64 >= 0.02 * p.audio_packets as f64, "audio packets were lost: {p:?}");
+    assert!(p.audio_concealed < 0.03, "RED covers the losses (under 3 % concealed): {p:?}");
+    m.env.ns.delete().await;
+}
+
+/// Issue #30's delay case: 50 ms added each way (100 ms of round trip) with ±30 ms of
+/// jitter on the viewer's link (the NFQUEUE emulator). End-to-end latency is measured as
+/// the viewer's clock minus the `estimatedPlayoutTimestamp` of its audio (the sender's
+/// time of what plays out now, from the SFU's sender reports; everything runs on this
+/// machine's one clock), first on a clean link, then on the delayed one, and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_100_ms_of_added_round_trip_and_30_ms_of_jitter_media_flows_and_its_latency_is_measured() {
+    let _turn = BROWSERS.lock().await;
+    let link = switchboard_e2e::netns::Link::create().expect("a network namespace (root)");
+    let m = BrowserMeeting::start_on("sig-delay", "far", "dan", serde_json::json!({}), link.host_ip).await;
+    let watch = Watch::start(&m, "delay", &link, None, "dan", "dee").await;
+    let mut windows = Vec::new();
+    if watch.ready {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        windows.push((now_ms() - 8_000, now_ms()));
+        let ms = std::time::Duration::from_millis;
+        link.set_delay(ms(50), ms(50), ms(30)).unwrap();
+        let from = now_ms();
+        tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+        windows.push((from + 5_000, now_ms()));
+    }
+    let report = watch.stop().await;
+    assert_eq!(windows.len(), 2, "the viewer never decoded video: {report}");
+    let samples: Vec<Sample> = serde_json::from_value(report["samples"].clone()).unwrap();
+    let latency = |(from, to): (u64, u64)| -> Vec<f64> {
+        // NTP counts from 1900: 2,208,988,800 s before the Unix epoch.
+        let mut l: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.t >= from && s.t < to && s.ept > 0.0)
+            .map(|s| s.t as f64 - (s.ept - 2_208_988_800_000.0))
+            .collect();
+        l.sort_by(f64::total_cmp);
+        l
+    };
+    let (clean, delayed) = (latency(windows[0]), latency(windows[1]));
+    let median = |l: &[f64]| l.get(l.len() / 2).copied().unwrap_or(f64::NAN);
+    let p95 = |l: &[f64]| l.get(l.len() * 95 / 100).copied().unwrap_or(f64::NAN);
+    let p = phase(&samples, windows[1].0, windows[1].1);
+    println!(
+        "latency (ms): clean median {:.0} p95 {:.0}; 50 ms each way ±30 ms: median {:.0} p95 {:.0}; {p:?}",
+        median(&clean),
+        p95(&clean),
+        median(&delayed),
+        p95(&delayed)
+    );
+    assert!(clean.len() >= 20 && delayed.len() >= 40, "playout times reported: {} / {}", clean.len(), delayed.len());
+    assert!(median(&delayed) >= median(&clean) + 40.0, "the added delay shows in the latency");
+    assert!(median(&delayed) < 600.0, "and stays interactive");
+    assert!(p.frames >= 100 && p.audio_packets >= 500, "media keeps flowing: {p:?}");
     m.env.ns.delete().await;
 }

@@ -34,6 +34,22 @@ pub fn opus() -> RTCRtpCodecCapability {
     }
 }
 
+/// Payload types the SFU uses for audio on every connection: Opus, and RED (RFC 2198)
+/// carrying Opus where agreed. Forwarded audio packets carry one of these two.
+pub const OPUS_PT: u8 = 111;
+pub const RED_PT: u8 = 63;
+
+/// Opus with redundancy (RFC 2198), as browsers offer it.
+pub fn red() -> RTCRtpCodecCapability {
+    RTCRtpCodecCapability {
+        mime_type: "audio/red".into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: format!("{OPUS_PT}/{OPUS_PT}"),
+        rtcp_feedback: vec![],
+    }
+}
+
 fn video_feedback() -> Vec<RTCPFeedback> {
     // REMB, not transport-cc: the SFU chooses layers from the receiver's estimate.
     [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
@@ -68,7 +84,7 @@ pub fn capability(mime: &str) -> Option<RTCRtpCodecCapability> {
 
 fn codecs() -> Vec<(RTCRtpCodecCapability, u8, RTPCodecType)> {
     vec![
-        (opus(), 111, RTPCodecType::Audio),
+        (opus(), OPUS_PT, RTPCodecType::Audio),
         (vp8(), 96, RTPCodecType::Video),
         (video("video/VP9", "profile-id=0"), 98, RTPCodecType::Video),
         (h264(), 102, RTPCodecType::Video),
@@ -108,6 +124,11 @@ pub struct NetworkOptions {
     /// where the connection sends video. The SFU's subscriber connections send
     /// retransmissions and probes on them.
     pub rtx: bool,
+    /// Audio redundancy (RED, RFC 2198, over Opus) offered and answered. The SFU takes
+    /// it from publishers that send it and forwards it to subscribers that agree (the
+    /// others get the primary frames as plain Opus); test clients leave it off, as they
+    /// neither encode nor decode it.
+    pub red: bool,
     /// Drop this share of outgoing video RTP (impairment tests).
     pub send_loss: Option<f64>,
     /// Drop this share of incoming video RTP at the socket (impairment tests); each
@@ -134,6 +155,14 @@ pub fn build_api(net: &NetworkOptions) -> Result<API> {
         media
             .register_header_extension(RTCRtpHeaderExtensionCapability { uri: uri.into() }, RTPCodecType::Audio, None)
             .during("registering an audio header extension")?;
+    }
+    if net.red {
+        media
+            .register_codec(
+                RTCRtpCodecParameters { capability: red(), payload_type: RED_PT, ..Default::default() },
+                RTPCodecType::Audio,
+            )
+            .during("registering RED")?;
     }
     if net.rtx {
         for (apt, pt) in [(96, 97), (98, 99), (102, 103)] {

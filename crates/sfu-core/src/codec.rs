@@ -16,7 +16,9 @@ impl Codec {
     pub fn from_mime(mime: &str) -> Option<Self> {
         let subtype = mime.rsplit('/').next()?.to_ascii_lowercase();
         Some(match subtype.as_str() {
-            "opus" => Self::Opus,
+            // RED (RFC 2198) carries Opus frames: the track is Opus, each packet either
+            // plain or with redundancy (see [`red_primary`]).
+            "opus" | "red" => Self::Opus,
             "vp8" => Self::Vp8,
             "vp9" => Self::Vp9,
             "h264" => Self::H264,
@@ -32,6 +34,57 @@ impl Codec {
     pub fn clock_rate(self) -> u32 {
         if self.is_video() { 90_000 } else { 48_000 }
     }
+}
+
+/// At most this many redundant blocks in a RED payload (libwebrtc's NetEq refuses more;
+/// browsers send one or two).
+pub const RED_MAX_BLOCKS: usize = 32;
+
+/// The primary (newest) frame of a RED payload (RFC 2198) whose blocks all carry
+/// `payload_type`, or `None` for a malformed one: more than [`RED_MAX_BLOCKS`] blocks,
+/// a header or block past the end, a block of another payload type.
+pub fn red_primary(payload: &[u8], payload_type: u8) -> Option<&[u8]> {
+    red_blocks(payload, payload_type).map(|red| red.primary)
+}
+
+/// A RED payload's frames.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Red<'a> {
+    pub primary: &'a [u8],
+    /// Oldest first, each with its timestamp offset back from the packet's.
+    pub redundant: Vec<(u16, &'a [u8])>,
+}
+
+/// A RED payload's frames; `None` when malformed (as [`red_primary`]).
+pub fn red_blocks(payload: &[u8], payload_type: u8) -> Option<Red<'_>> {
+    // Headers: 4 bytes per redundant block (F=1, PT, 14-bit offset, 10-bit length),
+    // then 1 byte for the primary (F=0, PT).
+    let mut at = 0;
+    let mut headers = Vec::new();
+    loop {
+        let first = *payload.get(at)?;
+        if first & 0x7f != payload_type {
+            return None;
+        }
+        if first & 0x80 == 0 {
+            at += 1;
+            break;
+        }
+        let h = payload.get(at..at + 4)?;
+        let offset = (u16::from(h[1]) << 6) | (u16::from(h[2]) >> 2);
+        let length = (usize::from(h[2] & 0x03) << 8) | usize::from(h[3]);
+        headers.push((offset, length));
+        if headers.len() > RED_MAX_BLOCKS {
+            return None;
+        }
+        at += 4;
+    }
+    let mut blocks = Vec::with_capacity(headers.len());
+    for (offset, length) in headers {
+        blocks.push((offset, payload.get(at..at + length)?));
+        at += length;
+    }
+    Some(Red { primary: &payload[at..], redundant: blocks })
 }
 
 /// Whether `payload` (an RTP payload of `codec`) starts a keyframe.
@@ -122,6 +175,32 @@ fn h264_keyframe(payload: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn red_payloads_give_their_primary_and_redundant_frames_and_malformed_ones_nothing() {
+        // One redundant block (offset 960, 3 bytes) and the primary (2 bytes), PT 111.
+        let red = [0x80 | 111, 0x0f, 0x00, 0x03, 111, 1, 2, 3, 9, 8];
+        assert_eq!(
+            red_blocks(&red, 111),
+            Some(Red { primary: &[9u8, 8][..], redundant: vec![(960, &[1u8, 2, 3][..])] })
+        );
+        assert_eq!(red_primary(&red, 111), Some(&[9u8, 8][..]));
+        // The first packet of a talk spurt: the primary alone.
+        assert_eq!(red_primary(&[111, 7, 7], 111), Some(&[7u8, 7][..]));
+        assert_eq!(red_primary(&[111], 111), Some(&[][..]), "an empty primary is legal");
+        // Malformed: another payload type, a block longer than the packet, headers cut
+        // short, no primary header, too many blocks.
+        assert_eq!(red_primary(&red, 63), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0x0f, 0x00, 0x30, 111, 1], 111), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0x0f], 111), None);
+        assert_eq!(red_primary(&[], 111), None);
+        let many: Vec<u8> =
+            std::iter::repeat_n([0x80 | 111, 0, 0, 0], RED_MAX_BLOCKS + 1).flatten().chain([111]).collect();
+        assert_eq!(red_primary(&many, 111), None);
+        let most: Vec<u8> =
+            std::iter::repeat_n([0x80 | 111, 0, 0, 0], RED_MAX_BLOCKS).flatten().chain([111, 5]).collect();
+        assert_eq!(red_primary(&most, 111), Some(&[5u8][..]));
+    }
+
     use super::*;
 
     /// A VP8 keyframe payload as libvpx packetizes it: descriptor with a 15-bit picture

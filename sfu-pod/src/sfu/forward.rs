@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use switchboard_sfu_client::media;
+use switchboard_sfu_core::codec::red_primary;
 use switchboard_sfu_core::room::ESTIMATE_HEADROOM;
 use switchboard_sfu_core::{
     Codec, Input, ParticipantKind, RoomError, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
@@ -128,6 +129,14 @@ pub(super) async fn forward_track(
     let id = info.id.clone();
     let rid = track.rid().to_owned();
     let level_id = media::audio_level_id(&receiver).await;
+    let red_pt = receiver
+        .get_parameters()
+        .await
+        .codecs
+        .iter()
+        .find(|c| c.capability.mime_type.eq_ignore_ascii_case("audio/red"))
+        .map(|c| c.payload_type);
+    let incoming = Incoming { level_id, audio: track.kind() == RTPCodecType::Audio, red_pt };
     let (handle, layer) = match register(&room, &peer, info, &rid, pc, track.ssrc()) {
         Ok(r) => r,
         Err(e @ (RoomError::NotDeclared(_) | RoomError::KindMismatch(..) | RoomError::PublishNotAllowed(_))) => {
@@ -150,7 +159,7 @@ pub(super) async fn forward_track(
     sfu.recount();
     let mut writes: Vec<Write> = Vec::new();
     while let Ok((mut pkt, _)) = track.read_rtp().await {
-        let forwarded = forward_packet(&sfu, &room, (handle, layer), level_id, &mut pkt, &mut writes);
+        let forwarded = forward_packet(&sfu, &room, (handle, layer), incoming, &mut pkt, &mut writes);
         if forwarded && room.closed.load(Ordering::Relaxed) {
             break;
         }
@@ -194,25 +203,49 @@ fn register(
     })
 }
 
+/// How an incoming track's packets are read.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Incoming {
+    /// The audio-level extension's id (RFC 6464), where negotiated.
+    pub level_id: Option<u8>,
+    pub audio: bool,
+    /// The publisher's payload type for RED (RFC 2198), where it sends it.
+    pub red_pt: Option<u8>,
+}
+
 /// Feeds one packet to the core and queues a renumbered copy for every subscription it
 /// names (and, in a mixed room, hands a voice in the mix to the mixer); returns whether
-/// there was any forward.
+/// there was any forward. An audio packet leaves with [`media::RED_PT`] when it carries
+/// RED, else [`media::OPUS_PT`], so each subscriber's track knows which it is.
 pub(super) fn forward_packet(
     sfu: &Sfu,
     room: &RoomEntry,
     (track, layer): (TrackHandle, usize),
-    level_id: Option<u8>,
+    incoming: Incoming,
     pkt: &mut Packet,
     writes: &mut Vec<Write>,
 ) -> bool {
-    let audio_level = level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
+    let red = incoming.audio && incoming.red_pt == Some(pkt.header.payload_type);
+    if incoming.audio {
+        pkt.header.payload_type = if red { media::RED_PT } else { media::OPUS_PT };
+    }
+    let audio_level =
+        incoming.level_id.and_then(|id| pkt.header.get_extension(id)).and_then(|b| b.first().map(|v| v & 0x7f));
     let size = pkt.payload.len() + 12;
     let packet =
         RtpMeta { seq: pkt.header.sequence_number, ts: pkt.header.timestamp, payload: &pkt.payload, size, audio_level };
     if room.rtp(track, layer, packet, writes)
         && let Some(tap) = room.mixer()
     {
-        tap.send(track, pkt.payload.clone());
+        // The mixer decodes Opus: a RED packet's primary frame (a malformed one, nothing).
+        let frame = if red {
+            pkt.payload.first().and_then(|b| red_primary(&pkt.payload, b & 0x7f)).map(|f| pkt.payload.slice_ref(f))
+        } else {
+            Some(pkt.payload.clone())
+        };
+        if let Some(frame) = frame {
+            tap.send(track, frame);
+        }
     }
     sfu.metrics.packets_in.inc();
     sfu.metrics.bytes_in.inc_by(size as u64);

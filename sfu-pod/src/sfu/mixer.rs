@@ -34,7 +34,7 @@ use webrtc::rtp::header::Header;
 use webrtc::rtp::packet::Packet;
 
 use super::Sfu;
-use super::forward::forward_packet;
+use super::forward::{Incoming, forward_packet};
 use super::room_driver::RoomEntry;
 
 /// The mixer's participant id: `~` is outside what participant ids may hold, so no
@@ -53,7 +53,7 @@ const TAP_QUEUE: usize = 256;
 /// The mix's bitrate: speech in wideband, as a browser sends a voice.
 const MIX_BITRATE: i32 = 32_000;
 /// Opus payload type used inside the SFU; each subscriber's sender writes its own.
-const OPUS_PT: u8 = 111;
+const OPUS_PT: u8 = switchboard_sfu_client::media::OPUS_PT;
 
 /// Where the packet path hands the mixer the packets of voices in the mix.
 #[derive(Clone)]
@@ -199,7 +199,8 @@ async fn run(sfu: Weak<Sfu>, room: Weak<RoomEntry>, track: TrackHandle, mut rx: 
                     };
                     let header = Header { version: 2, payload_type: OPUS_PT, sequence_number: seq, timestamp: ts, ssrc, ..Default::default() };
                     let mut pkt = Packet { header, payload };
-                    forward_packet(&sfu, &room, (track, layer), None, &mut pkt, &mut writes);
+                    let incoming = Incoming { audio: true, ..Incoming::default() };
+                    forward_packet(&sfu, &room, (track, layer), incoming, &mut pkt, &mut writes);
                     sfu.metrics.mix_frames.inc();
                 }
                 seq = seq.wrapping_add(1);

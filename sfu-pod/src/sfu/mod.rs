@@ -84,8 +84,8 @@ impl Sfu {
         metrics: Metrics,
     ) -> switchboard_sfu_client::Result<Arc<Self>> {
         use switchboard_sfu_client::media::{NetworkOptions, build_api};
-        let outbound = NetworkOptions { subscriber_feedback: true, rtx: true, ..net.clone() };
-        let inbound = NetworkOptions { publisher_feedback: true, ..net.clone() };
+        let outbound = NetworkOptions { subscriber_feedback: true, rtx: true, red: true, ..net.clone() };
+        let inbound = NetworkOptions { publisher_feedback: true, red: true, ..net.clone() };
         let relay = NetworkOptions { udp_mux: None, ..net.clone() };
         Ok(Self::new(build_api(&outbound)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))
     }

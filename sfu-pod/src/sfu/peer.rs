@@ -178,6 +178,7 @@ impl Sfu {
         pc.set_remote_description(offer)
             .await
             .map_err(|e| error(ErrorCode::InvalidSdp, format!("the offer was not accepted: {e}")))?;
+        prefer_red(&pc).await;
         let answer = pc
             .create_answer(None)
             .await
@@ -214,6 +215,22 @@ impl Sfu {
         watch_connection(Arc::downgrade(self), Arc::downgrade(room), Arc::downgrade(peer), &pc);
         *slot = Some(pc.clone());
         Ok(pc)
+    }
+}
+
+/// Answers audio with RED (RFC 2198) ahead of Opus where the offer has both: a browser
+/// sends redundancy only when the answer lists RED first. Best effort: a connection
+/// whose engine has no RED (an edge's relay) answers as it would.
+async fn prefer_red(pc: &RTCPeerConnection) {
+    use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecParameters, RTPCodecType};
+    let codecs = vec![
+        RTCRtpCodecParameters { capability: media::red(), payload_type: 0, ..Default::default() },
+        RTCRtpCodecParameters { capability: media::opus(), payload_type: 0, ..Default::default() },
+    ];
+    for t in pc.get_transceivers().await {
+        if t.kind() == RTPCodecType::Audio {
+            let _ = t.set_codec_preferences(codecs.clone()).await;
+        }
     }
 }
 
