@@ -99,7 +99,16 @@ struct Sent {
     size: u32,
     at: Instant,
     cluster: Option<u32>,
-    reported: bool,
+    report: Report,
+}
+
+/// What the feedback has said of a packet so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Report {
+    Nothing,
+    /// Reported not received (lost, or late: a later feedback may report it received).
+    Missing,
+    Received,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -380,7 +389,7 @@ impl SendSideBwe {
             c.last_size = size as u64;
             c.id
         });
-        self.history.push_back((seq, Sent { size: size as u32, at: now, cluster, reported: false }));
+        self.history.push_back((seq, Sent { size: size as u32, at: now, cluster, report: Report::Nothing }));
         while self.history.len() > HISTORY_PACKETS
             || self.history.front().is_some_and(|(_, s)| now.saturating_duration_since(s.at) > HISTORY)
         {
@@ -449,7 +458,7 @@ impl SendSideBwe {
             self.loss_counts = (0, 0);
         }
         let oldest = self.history.front().map_or(newest, |(s, _)| *s);
-        let mut acked: Vec<(Instant, i64, u64)> = Vec::new();
+        let mut acked: Vec<(Instant, i64, u64, bool)> = Vec::new();
         for &(seq, arrival) in packets {
             // Sequence numbers are 16 bits on the wire: the one nearest the newest sent.
             let full = newest - i64::from((newest as u16).wrapping_sub(seq));
@@ -457,11 +466,17 @@ impl SendSideBwe {
                 continue;
             }
             let (_, sent) = &mut self.history[(full - oldest) as usize];
-            if sent.reported && arrival.is_none() {
-                continue;
+            let before = sent.report;
+            match (before, arrival) {
+                // Said before: a repeated feedback changes nothing.
+                (Report::Received, _) | (Report::Missing, None) => continue,
+                // Reordered, not lost: a path that reorders (jitter over several routes)
+                // is not a lossy one.
+                (Report::Missing, Some(_)) => self.loss_counts.0 = self.loss_counts.0.saturating_sub(1),
+                (Report::Nothing, _) => {}
             }
-            let first_report = !sent.reported;
-            sent.reported = true;
+            sent.report = if arrival.is_some() { Report::Received } else { Report::Missing };
+            let first_report = before == Report::Nothing;
             let sent = *sent;
             let cluster = sent.cluster.and_then(|id| self.clusters.iter_mut().find(|c| c.id == id));
             if let Some(c) = cluster
@@ -479,11 +494,15 @@ impl SendSideBwe {
                 }
             }
             if let Some(a) = arrival {
-                acked.push((sent.at, a, u64::from(sent.size)));
+                acked.push((sent.at, a, u64::from(sent.size), first_report));
             }
         }
-        for &(sent, arrival, size) in &acked {
-            self.trendline.packet(sent, arrival);
+        for &(sent, arrival, size, in_order) in &acked {
+            // A packet that came after being reported missing is out of the delay
+            // detector's send order.
+            if in_order {
+                self.trendline.packet(sent, arrival);
+            }
             self.acked.push_back((arrival, size));
         }
         if let Some(latest) = self.acked.iter().map(|a| a.0).max() {

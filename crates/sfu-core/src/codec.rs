@@ -145,6 +145,77 @@ pub fn vp8_frame(payload: &[u8]) -> Option<Vp8Frame> {
     Some(Vp8Frame { keyframe, size })
 }
 
+/// The picture numbering in a VP8 payload descriptor (RFC 7741): PictureID (7 or 15
+/// bits) and TL0PICIDX, where present. Each simulcast layer numbers its own pictures, so
+/// a subscription that switches layers must renumber them to run on: a receiver that
+/// sees the numbers jump back takes the new layer's frames for old ones and waits (for
+/// seconds) for a keyframe request of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vp8Numbers {
+    /// PictureID and whether it has 15 bits (else 7).
+    pub picture_id: Option<(u16, bool)>,
+    pub tl0_pic_idx: Option<u8>,
+}
+
+/// Where the numbers sit in the descriptor: (PictureID offset, 15 bits?), TL0PICIDX offset.
+type Vp8Offsets = (Option<(usize, bool)>, Option<usize>);
+
+fn vp8_number_offsets(payload: &[u8]) -> Option<Vp8Offsets> {
+    let first = *payload.first()?;
+    if first & 0x80 == 0 {
+        return Some((None, None));
+    }
+    let ext = *payload.get(1)?;
+    let mut i = 2;
+    let mut picture = None;
+    if ext & 0x80 != 0 {
+        let long = *payload.get(i)? & 0x80 != 0;
+        payload.get(i + usize::from(long))?;
+        picture = Some((i, long));
+        i += if long { 2 } else { 1 };
+    }
+    let tl0 = if ext & 0x40 != 0 {
+        payload.get(i)?;
+        Some(i)
+    } else {
+        None
+    };
+    Some((picture, tl0))
+}
+
+/// The picture numbers of a VP8 payload (`None`: a descriptor cut short).
+pub fn vp8_numbers(payload: &[u8]) -> Option<Vp8Numbers> {
+    let (picture, tl0) = vp8_number_offsets(payload)?;
+    Some(Vp8Numbers {
+        picture_id: picture.map(|(i, long)| {
+            if long {
+                (u16::from_be_bytes([payload[i], payload[i + 1]]) & 0x7fff, true)
+            } else {
+                (u16::from(payload[i] & 0x7f), false)
+            }
+        }),
+        tl0_pic_idx: tl0.map(|i| payload[i]),
+    })
+}
+
+/// Writes `numbers` into a VP8 payload's descriptor in place (those it has room for: a
+/// 7-bit PictureID keeps 7 bits).
+pub fn set_vp8_numbers(payload: &mut [u8], numbers: Vp8Numbers) {
+    let Some((picture, tl0)) = vp8_number_offsets(payload) else { return };
+    if let (Some((i, long)), Some((id, _))) = (picture, numbers.picture_id) {
+        if long {
+            let [hi, lo] = (id & 0x7fff).to_be_bytes();
+            payload[i] = 0x80 | hi;
+            payload[i + 1] = lo;
+        } else {
+            payload[i] = (id & 0x7f) as u8;
+        }
+    }
+    if let (Some(i), Some(idx)) = (tl0, numbers.tl0_pic_idx) {
+        payload[i] = idx;
+    }
+}
+
 /// VP9 payload descriptor (RFC 9628): P (inter-picture predicted) clear and B (start of
 /// frame) set.
 fn vp9_keyframe_start(payload: &[u8]) -> bool {
@@ -175,6 +246,25 @@ fn h264_keyframe(payload: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn vp8_picture_numbers_read_and_write_in_place() {
+        // X, then I and L: a 15-bit PictureID 0x1234 and TL0PICIDX 7, then the frame.
+        let mut p = vec![0x90, 0xc0, 0x80 | 0x12, 0x34, 7, 0x10, 0x02, 0x9d];
+        assert_eq!(vp8_numbers(&p), Some(Vp8Numbers { picture_id: Some((0x1234, true)), tl0_pic_idx: Some(7) }));
+        set_vp8_numbers(&mut p, Vp8Numbers { picture_id: Some((0x7fff, true)), tl0_pic_idx: Some(255) });
+        assert_eq!(p, vec![0x90, 0xc0, 0xff, 0xff, 255, 0x10, 0x02, 0x9d]);
+        // A 7-bit PictureID keeps 7 bits; no extension, nothing to number.
+        let mut short = vec![0x90, 0x80, 0x05, 0x10];
+        set_vp8_numbers(&mut short, Vp8Numbers { picture_id: Some((0x1ff, true)), tl0_pic_idx: Some(1) });
+        assert_eq!(short, vec![0x90, 0x80, 0x7f, 0x10]);
+        assert_eq!(vp8_numbers(&[0x10, 0x00]), Some(Vp8Numbers::default()));
+        // Cut short: nothing read, nothing written.
+        assert_eq!(vp8_numbers(&[0x90, 0xc0, 0x80]), None);
+        let mut cut = vec![0x90, 0xc0, 0x80];
+        set_vp8_numbers(&mut cut, Vp8Numbers { picture_id: Some((1, true)), tl0_pic_idx: None });
+        assert_eq!(cut, vec![0x90, 0xc0, 0x80]);
+    }
+
     #[test]
     fn red_payloads_give_their_primary_and_redundant_frames_and_malformed_ones_nothing() {
         // One redundant block (offset 960, 3 bytes) and the primary (2 bytes), PT 111.

@@ -203,6 +203,9 @@ pub struct Forward {
     pub subscription: SubscriptionId,
     pub seq: u16,
     pub ts: u32,
+    /// VP8: the picture numbers to write into this copy's payload (they run on across
+    /// layer switches); `None`: the payload goes as it is.
+    pub vp8: Option<codec::Vp8Numbers>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1011,6 +1014,7 @@ impl Room {
             self.evaluate_tracks(&[track], now, None);
         }
         let t = self.tracks.get_mut(&track).expect("looked up above");
+        let vp8_numbers = if t.info.codec == Codec::Vp8 { codec::vp8_numbers(pkt.payload) } else { None };
         let queued = self.forwards.len();
         let mut switched = Vec::new();
         for s in t.subs.iter_mut().filter(|s| !(video && (s.prefs.paused || s.starved))) {
@@ -1036,7 +1040,8 @@ impl Room {
             if s.current == Some(layer)
                 && let Some((seq, ts)) = s.rewriter.rewrite(pkt.seq, pkt.ts, now)
             {
-                self.forwards.push(Forward { subscription: s.id, seq, ts });
+                let vp8 = vp8_numbers.and_then(|n| Some(s.rewriter.renumber_vp8(n)).filter(|out| *out != n));
+                self.forwards.push(Forward { subscription: s.id, seq, ts, vp8 });
             }
         }
         let forwarded = self.forwards.len() - queued;

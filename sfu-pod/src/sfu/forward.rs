@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use switchboard_sfu_client::media;
-use switchboard_sfu_core::codec::red_primary;
+use switchboard_sfu_core::codec::{red_primary, set_vp8_numbers};
 use switchboard_sfu_core::room::ESTIMATE_HEADROOM;
 use switchboard_sfu_core::{
     Codec, Input, ParticipantKind, RoomError, RtpMeta, Source, SubscriptionId, TrackHandle, TrackInfo,
@@ -255,10 +255,15 @@ pub(super) fn forward_packet(
     strip_extensions(&mut pkt.header);
     sfu.metrics.packets_out.inc_by(writes.len() as u64);
     sfu.metrics.bytes_out.inc_by((writes.len() * size) as u64);
-    for (sink, seq, ts) in writes.drain(..) {
+    for (sink, seq, ts, vp8) in writes.drain(..) {
         let mut out = pkt.clone();
         out.header.sequence_number = seq;
         out.header.timestamp = ts;
+        if let Some(numbers) = vp8 {
+            let mut payload = out.payload.to_vec();
+            set_vp8_numbers(&mut payload, numbers);
+            out.payload = payload.into();
+        }
         if sink.queue.try_send((out, Send::Media)).is_err() {
             sfu.metrics.queue_drops.inc();
         }

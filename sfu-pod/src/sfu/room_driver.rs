@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
+use switchboard_sfu_core::codec::Vp8Numbers;
 
 use switchboard_sfu_api::{ErrorCode, RoomAudio};
 use switchboard_sfu_core::{
@@ -40,7 +41,9 @@ pub(super) struct RoomCore {
 }
 
 /// One forward of the packet in hand: its subscription's sink and the numbers to write.
-pub(super) type Write = (Sink, u16, u32);
+/// A copy to send: where, its sequence number and timestamp, and VP8 picture numbers to
+/// write into its payload.
+pub(super) type Write = (Sink, u16, u32, Option<Vp8Numbers>);
 
 impl RoomCore {
     fn new(now: Instant, audio: AudioPolicy) -> Self {
@@ -67,7 +70,7 @@ impl RoomCore {
                 }
                 Output::Forward(f) => {
                     if let Some(sink) = self.sinks.get(&f.subscription) {
-                        writes.push((sink.clone(), f.seq, f.ts));
+                        writes.push((sink.clone(), f.seq, f.ts, f.vp8));
                     }
                 }
                 other => commands.push(other),

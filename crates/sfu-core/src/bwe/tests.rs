@@ -218,3 +218,31 @@ fn what_an_outage_lost_does_not_cut_the_estimate_after_it() {
         describe(&after)
     );
 }
+
+#[test]
+fn a_packet_reported_missing_then_received_is_reordered_not_lost() {
+    let t0 = Instant::now();
+    let mut bwe = SendSideBwe::new();
+    let ms = Duration::from_millis;
+    // 2 s at ~1 Mbps, every feedback reporting two packets missing that the next reports
+    // received: with reordering counted as loss this would be 20 % lost, and cut.
+    let mut arrival = 0i64;
+    for round in 0..40u64 {
+        let now = t0 + ms(50 * round);
+        let seqs: Vec<u16> = (0..10).map(|i| bwe.on_sent(600, now + ms(i * 5))).collect();
+        let mut report: Vec<Reported> = Vec::new();
+        for (i, seq) in seqs.iter().enumerate() {
+            arrival += 5_000;
+            report.push((*seq, if i >= 8 { None } else { Some(arrival) }));
+        }
+        // The two missing last time arrive now, late.
+        if round > 0 {
+            report.insert(0, (seqs[0].wrapping_sub(1), Some(arrival + 1_000)));
+            report.insert(0, (seqs[0].wrapping_sub(2), Some(arrival + 900)));
+        }
+        bwe.on_feedback(&report, now + ms(60));
+        // The same feedback again (a duplicate) changes nothing either.
+        bwe.on_feedback(&report, now + ms(61));
+    }
+    assert!(bwe.loss_cap.is_none(), "no loss cap from reordering: {:?}", bwe.loss_cap);
+}
