@@ -54,6 +54,9 @@ const BETA: f64 = 0.85;
 const REDUCTION_INTERVAL: Duration = Duration::from_millis(200);
 /// Acknowledged (received) rate: bytes received over this much of the subscriber's clock.
 const ACKED_WINDOW_US: i64 = 300_000;
+/// How much later than they were sent the packets of one [`ACKED_WINDOW_US`] may arrive
+/// from jitter alone before the spread counts as a queue.
+const JITTER_SPREAD_US: i64 = 40_000;
 const LOSS_WINDOW_PACKETS: usize = 20;
 const LOSS_REDUCTION_INTERVAL: Duration = Duration::from_millis(300);
 /// Sent packets remembered for feedback; older ones count as never acknowledged.
@@ -306,7 +309,8 @@ pub struct SendSideBwe {
     last_decrease: Option<Instant>,
     /// The acknowledged rate at the last overuse: near it, the estimate grows additively.
     link_capacity: Option<f64>,
-    acked: VecDeque<(i64, u64)>,
+    /// Acknowledged packets of the last [`ACKED_WINDOW_US`]: (arrival, size, sent).
+    acked: VecDeque<(i64, u64, Instant)>,
     /// The loss-based cap, when loss has set one.
     loss_cap: Option<f64>,
     loss_counts: (usize, usize),
@@ -503,7 +507,7 @@ impl SendSideBwe {
             if in_order {
                 self.trendline.packet(sent, arrival);
             }
-            self.acked.push_back((arrival, size));
+            self.acked.push_back((arrival, size, sent));
         }
         if let Some(latest) = self.acked.iter().map(|a| a.0).max() {
             self.acked.retain(|a| latest.saturating_sub(a.0) <= ACKED_WINDOW_US);
@@ -552,13 +556,39 @@ impl SendSideBwe {
         }
     }
 
+    /// Whether the acknowledged packets took longer to arrive than to be sent (a queue
+    /// grows somewhere): by a tenth, and by more than jitter alone spreads them
+    /// ([`JITTER_SPREAD_US`]). Without that, a trend the delay detector reads as overuse is
+    /// jitter on a path with room, and cutting to what was acknowledged would only make
+    /// the sender send (and so learn) less.
+    fn queue_building(&self) -> bool {
+        let (Some(first), Some(last)) = (self.acked.iter().map(|a| a.0).min(), self.acked.iter().map(|a| a.0).max())
+        else {
+            return true;
+        };
+        let (Some(sent_first), Some(sent_last)) =
+            (self.acked.iter().map(|a| a.2).min(), self.acked.iter().map(|a| a.2).max())
+        else {
+            return true;
+        };
+        let send_us = sent_last.saturating_duration_since(sent_first).as_micros() as i64;
+        let recv_us = last.saturating_sub(first);
+        recv_us > send_us + (send_us / 10).max(JITTER_SPREAD_US)
+    }
+
     fn update_delay_based(&mut self, now: Instant) {
         let acked = self.acked_bps();
-        match self.trendline.usage {
+        let usage = match self.trendline.usage {
+            Usage::Overusing if !self.queue_building() => Usage::Normal,
+            usage => usage,
+        };
+        match usage {
             Usage::Overusing => {
                 if self.last_decrease.is_none_or(|t| now.saturating_duration_since(t) >= REDUCTION_INTERVAL) {
                     let basis = acked.unwrap_or(self.delay_bps);
                     self.delay_bps = (BETA * basis).min(self.delay_bps);
+                    // The path just said "too much": no probe into it for a while.
+                    self.next_probe = Some(self.next_probe.map_or(now, |t| t.max(now)).max(now + PROBE_RETRY));
                     self.link_capacity = Some(match self.link_capacity {
                         Some(c) if (basis - c).abs() < 0.3 * c => 0.95 * c + 0.05 * basis,
                         _ => basis,
@@ -611,6 +641,7 @@ impl SendSideBwe {
                 let current = self.estimate() as f64;
                 self.loss_cap = Some(current * (1.0 - 0.5 * loss));
                 self.last_loss_change = Some(now);
+                self.next_probe = Some(self.next_probe.map_or(now, |t| t.max(now)).max(now + PROBE_RETRY));
             }
             self.loss_cap_raised = None;
         } else if loss < 0.02 {

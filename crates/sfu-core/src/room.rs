@@ -68,6 +68,10 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 /// How often each listener's loudest-speaker set is re-chosen (see [`AudioPolicy`]).
 pub const LOUDEST_INTERVAL: Duration = Duration::from_millis(100);
+/// A video pauses for bandwidth only once the estimate has not carried its lowest layer
+/// for this long: an estimate dips (a probe's loss, a burst of jitter) and comes back, and
+/// each pause costs a keyframe and a frozen picture.
+pub const PAUSE_HOLD: Duration = Duration::from_secs(1);
 /// Share of the bandwidth estimate media may use (the rest is headroom for RTCP and bursts).
 pub const ESTIMATE_HEADROOM: f64 = 0.9;
 
@@ -486,6 +490,8 @@ struct Subscription {
     audible: bool,
     /// Video: paused because the subscriber's estimate cannot carry it ([`ladder`]).
     starved: bool,
+    /// Since when the estimate has not carried even the lowest layer ([`PAUSE_HOLD`]).
+    starving_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -1133,6 +1139,7 @@ impl Room {
             waiting_since: None,
             audible,
             starved: false,
+            starving_since: None,
         });
         self.outputs.push_back(Output::SubscriptionAdded {
             subscription: id,
@@ -1457,14 +1464,24 @@ impl Room {
                 // flows on); it resumes at a keyframe once the estimate has carried a
                 // layer for the up-switch hold.
                 Some(None) => {
-                    if !s.starved {
-                        s.starved = true;
-                        (s.current, s.target, s.up_since, s.waiting_since) = (None, None, None, None);
-                        self.counters.bandwidth_pauses += 1;
+                    let since = *s.starving_since.get_or_insert(now);
+                    if !s.starved && now.saturating_duration_since(since) < PAUSE_HOLD {
+                        // A dip: the lowest layer meanwhile.
+                        match allowed_layers(&t.layers, &s.prefs, now).first() {
+                            Some(&lowest) => lowest,
+                            None => continue,
+                        }
+                    } else {
+                        if !s.starved {
+                            s.starved = true;
+                            (s.current, s.target, s.up_since, s.waiting_since) = (None, None, None, None);
+                            self.counters.bandwidth_pauses += 1;
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 Some(Some(layer)) if s.starved => {
+                    s.starving_since = None;
                     let since = *s.up_since.get_or_insert(now);
                     if now.saturating_duration_since(since) < UP_SWITCH_HOLD {
                         continue;
@@ -1473,7 +1490,10 @@ impl Room {
                     s.up_since = None;
                     *layer
                 }
-                Some(Some(layer)) => *layer,
+                Some(Some(layer)) => {
+                    s.starving_since = None;
+                    *layer
+                }
             };
             let target = match (s.target, s.current) {
                 (Some(old), _) if old == choice => {

@@ -20,6 +20,12 @@ struct Path {
     loss: f64,
 }
 
+impl Path {
+    fn new(bps: u64, loss: f64) -> Self {
+        Self { bps, loss }
+    }
+}
+
 struct Sim {
     t0: Instant,
     now: Instant,
@@ -33,6 +39,10 @@ struct Sim {
     budget: f64,
     media_max: u64,
     sent_bytes: u64,
+    /// Each packet's one-way delay varies by up to this much either way (reordering).
+    jitter: Duration,
+    /// Reported missing, still to arrive: reported again once they have.
+    late: Vec<(u16, Instant)>,
 }
 
 impl Sim {
@@ -52,6 +62,8 @@ impl Sim {
             budget: 0.0,
             media_max: wanted,
             sent_bytes: 0,
+            jitter: Duration::ZERO,
+            late: Vec::new(),
         }
     }
 
@@ -71,7 +83,8 @@ impl Sim {
         } else {
             let done = start + Duration::from_secs_f64(size as f64 * 8.0 / path.bps as f64);
             self.link_free_at = done;
-            Some(done + ONE_WAY)
+            let j = self.jitter.as_secs_f64() * (2.0 * self.random() - 1.0);
+            Some(done + ONE_WAY + Duration::from_secs_f64(self.jitter.as_secs_f64() + j))
         };
         self.in_flight.push_back((seq, arrival));
     }
@@ -104,11 +117,25 @@ impl Sim {
         let now = self.now;
         let Some(last) = self.in_flight.iter().rposition(|(_, a)| a.is_some_and(|a| a <= now)) else { return };
         let t0 = self.t0;
-        let packets: Vec<Reported> = self
-            .in_flight
-            .drain(..=last)
-            .map(|(seq, a)| (seq, a.filter(|a| *a <= now).map(|a| (a - t0).as_micros() as i64)))
-            .collect();
+        let mut packets: Vec<Reported> = Vec::new();
+        let late = std::mem::take(&mut self.late);
+        for (seq, a) in late {
+            if a <= now {
+                packets.push((seq, Some((a - t0).as_micros() as i64)));
+            } else {
+                self.late.push((seq, a));
+            }
+        }
+        for (seq, a) in self.in_flight.drain(..=last).collect::<Vec<_>>() {
+            match a {
+                Some(a) if a <= now => packets.push((seq, Some((a - t0).as_micros() as i64))),
+                Some(a) => {
+                    packets.push((seq, None));
+                    self.late.push((seq, a));
+                }
+                None => packets.push((seq, None)),
+            }
+        }
         self.feedback.push_back((now + ONE_WAY, packets));
     }
 
@@ -245,4 +272,15 @@ fn a_packet_reported_missing_then_received_is_reordered_not_lost() {
         bwe.on_feedback(&report, now + ms(61));
     }
     assert!(bwe.loss_cap.is_none(), "no loss cap from reordering: {:?}", bwe.loss_cap);
+}
+
+#[test]
+fn jitter_that_reorders_packets_on_a_path_with_room_does_not_collapse_the_estimate() {
+    // ±30 ms per packet (so packets overtake each other) on a 5 Mbps path: the delay
+    // trend swings, but nothing queues, and the estimate must not fall through the floor.
+    let mut sim = Sim::new(2_500_000);
+    sim.jitter = Duration::from_millis(30);
+    let samples = sim.run(15.0, Path::new(5_000_000, 0.0));
+    let trace = describe(&samples);
+    assert!(between(&samples, 5.0, 15.0).all(|e| e >= 600_000), "with jitter: {trace}");
 }
