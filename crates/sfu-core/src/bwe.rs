@@ -587,8 +587,6 @@ impl SendSideBwe {
                 if self.last_decrease.is_none_or(|t| now.saturating_duration_since(t) >= REDUCTION_INTERVAL) {
                     let basis = acked.unwrap_or(self.delay_bps);
                     self.delay_bps = (BETA * basis).min(self.delay_bps);
-                    // The path just said "too much": no probe into it for a while.
-                    self.next_probe = Some(self.next_probe.map_or(now, |t| t.max(now)).max(now + PROBE_RETRY));
                     self.link_capacity = Some(match self.link_capacity {
                         Some(c) if (basis - c).abs() < 0.3 * c => 0.95 * c + 0.05 * basis,
                         _ => basis,
@@ -641,7 +639,6 @@ impl SendSideBwe {
                 let current = self.estimate() as f64;
                 self.loss_cap = Some(current * (1.0 - 0.5 * loss));
                 self.last_loss_change = Some(now);
-                self.next_probe = Some(self.next_probe.map_or(now, |t| t.max(now)).max(now + PROBE_RETRY));
             }
             self.loss_cap_raised = None;
         } else if loss < 0.02 {

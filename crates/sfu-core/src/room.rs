@@ -68,6 +68,10 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 pub const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 /// How often each listener's loudest-speaker set is re-chosen (see [`AudioPolicy`]).
 pub const LOUDEST_INTERVAL: Duration = Duration::from_millis(100);
+/// A video paused for bandwidth resumes once the estimate has carried a layer this long:
+/// an estimate hovering at the lowest layer's cost would otherwise pause and resume it
+/// every few seconds, a keyframe and a freeze each time.
+pub const RESUME_HOLD: Duration = Duration::from_secs(3);
 /// A video pauses for bandwidth only once the estimate has not carried its lowest layer
 /// for this long: an estimate dips (a probe's loss, a burst of jitter) and comes back, and
 /// each pause costs a keyframe and a frozen picture.
@@ -1483,7 +1487,7 @@ impl Room {
                 Some(Some(layer)) if s.starved => {
                     s.starving_since = None;
                     let since = *s.up_since.get_or_insert(now);
-                    if now.saturating_duration_since(since) < UP_SWITCH_HOLD {
+                    if now.saturating_duration_since(since) < RESUME_HOLD {
                         continue;
                     }
                     s.starved = false;

@@ -1112,8 +1112,12 @@ fn when_the_estimate_falls_video_goes_first_then_pauses_and_audio_stays() {
     assert!(!got.contains_key(&subs[0]) && !got.contains_key(&subs[1]), "{got:?}");
     assert_eq!(got[&subs[2]].len(), 5);
     assert!(sim.room.counters().bandwidth_pauses >= 2);
-    // Back to plenty: both cameras resume (after the hold, at keyframes).
+    // Back to plenty: nothing yet within the resume hold (3 s), then both cameras
+    // resume at keyframes.
     sim.probing_estimate("viewer", 5_000_000);
+    let got = settle(&mut sim, &mut tick);
+    assert!(!got.contains_key(&subs[0]) && !got.contains_key(&subs[1]), "held: {got:?}");
+    settle(&mut sim, &mut tick);
     let got = settle(&mut sim, &mut tick);
     assert!(!got[&subs[0]].is_empty() && !got[&subs[1]].is_empty(), "{got:?}");
 }
