@@ -34,6 +34,10 @@ const PACING_FACTOR: f64 = 1.5;
 const PACING_SLACK: Duration = Duration::from_millis(2);
 /// Unused sending time a quiet connection may save up for a burst.
 const PACING_BURST: Duration = Duration::from_millis(5);
+/// The pacer smooths bursts, it does not throttle: when what waits would take longer than
+/// this to leave (media above the paced rate, the estimate too low for a video that
+/// cannot step down), the debt is dropped and packets go at once.
+const PACING_BACKLOG: Duration = Duration::from_millis(100);
 
 /// One subscriber connection's numbering and estimate.
 #[derive(Debug, Default)]
@@ -61,16 +65,20 @@ impl TransportCc {
     }
 
     /// How long a packet of `size` bytes waits for its turn at [`PACING_FACTOR`] times
-    /// the estimate (zero without transport feedback: then nothing is paced). Audio
+    /// the estimate. Audio
     /// (`wait: false`) never waits, but its time counts against the video behind it.
     pub fn pace(&self, size: usize, wait: bool) -> Duration {
-        if !self.has_feedback() {
+        // Paced only where the ladder keeps the media within the estimate (it probes, so
+        // a video that does not fit pauses): elsewhere a video that cannot step down would
+        // be throttled to the estimate instead of sent.
+        if !self.probes() {
             return Duration::ZERO;
         }
         let rate = self.estimate() as f64 * PACING_FACTOR;
         let now = Instant::now();
         let mut next = self.pacer.lock().unwrap();
         let start = next.map_or(now, |t| t.max(now - PACING_BURST));
+        let start = if start.saturating_duration_since(now) > PACING_BACKLOG { now } else { start };
         let slot = if wait { start } else { now };
         *next = Some(start + Duration::from_secs_f64(size as f64 * 8.0 / rate));
         let delay = slot.saturating_duration_since(now);
@@ -81,10 +89,12 @@ impl TransportCc {
         self.rtx.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the estimate can probe for more (feedback arrives, and probes have a
-    /// retransmission stream to go on): only then may a video it cannot carry pause.
+    /// Whether the estimate can probe for more (feedback arrives, probes have a
+    /// retransmission stream to go on, and one has come back): only then may a video it
+    /// cannot carry pause.
     pub fn probes(&self) -> bool {
-        self.rtx.load(Ordering::Relaxed) && self.has_feedback()
+        let bwe = self.bwe.lock().unwrap();
+        self.rtx.load(Ordering::Relaxed) && bwe.has_feedback() && bwe.probe_answered()
     }
 
     /// Whether the subscriber has sent any feedback: until then its REMB (if any) is the

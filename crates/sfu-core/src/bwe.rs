@@ -323,6 +323,8 @@ pub struct SendSideBwe {
     started: Option<Instant>,
     feedbacks: u64,
     last_feedback: Option<Instant>,
+    /// Whether a probe cluster has come back (enough of it reported received).
+    probe_answered: bool,
 }
 
 impl Default for SendSideBwe {
@@ -354,6 +356,7 @@ impl SendSideBwe {
             started: None,
             feedbacks: 0,
             last_feedback: None,
+            probe_answered: false,
         }
     }
 
@@ -361,6 +364,13 @@ impl SendSideBwe {
     pub fn estimate(&self) -> u64 {
         let bps = self.loss_cap.map_or(self.delay_bps, |cap| cap.min(self.delay_bps));
         (bps as u64).clamp(MIN_BPS, MAX_BPS)
+    }
+
+    /// Whether a probe has come back: a subscriber whose feedback never reports the probes
+    /// (a receiver that drops them before counting) has an estimate that cannot climb,
+    /// so it must not be trusted to bring a paused video back.
+    pub fn probe_answered(&self) -> bool {
+        self.probe_answered
     }
 
     /// Whether any feedback has arrived: until then the estimate is only the start value.
@@ -543,6 +553,7 @@ impl SendSideBwe {
             let estimate = self.estimate() as f64;
             self.next_probe = Some(now + PROBE_RETRY);
             let Some(bps) = result.map(|r| r as f64) else { continue };
+            self.probe_answered = true;
             if bps > estimate * 1.05 {
                 self.delay_bps = self.delay_bps.max(bps);
                 if let Some(cap) = &mut self.loss_cap {

@@ -186,6 +186,7 @@ fn probing_finds_a_wider_path_again() {
     samples.extend(sim.run(10.0, Path { bps: 3_000_000, loss: 0.0 }));
     let trace = describe(&samples);
     assert!(between(&samples, 5.0, 10.0).all(|e| e <= 720_000), "on 600 kbps: {trace}");
+    assert!(sim.bwe.probe_answered());
     assert!(between(&samples, 16.0, 20.0).all(|e| e >= 2_000_000), "5 s after the path widened to 3 Mbps: {trace}");
 }
 
@@ -213,6 +214,7 @@ fn a_sender_that_wants_no_more_does_not_probe_and_its_estimate_follows_what_it_s
     // Without probes the estimate cannot learn the 5 Mbps: 1.5 × 200 kbps + 10 kbps at most.
     assert!(samples.iter().all(|(_, e)| *e <= 400_000), "{}", describe(&samples));
     assert!(sim.bwe.clusters.is_empty() && sim.bwe.next_cluster == 0, "probed though nothing more was wanted");
+    assert!(!sim.bwe.probe_answered());
 }
 
 #[test]
