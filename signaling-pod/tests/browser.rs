@@ -427,8 +427,10 @@ async fn media_resumes_after_the_network_path_comes_back_or_moves() {
     // restart can, once Chromium uses the new address (~2 s of its debounce). A move can
     // take two restarts (the first gathered only loopback) and then, rarely, webrtc-rs's
     // agent holds media ~3.5 s after connecting (seen once in the suite: connected at
-    // 3.2 s, decoding at 6.7 s): 8 s bounds that without hiding a lost resume.
-    for (step, within_ms, stable_ms) in [("flap", 3000, 5000), ("moved", 8000, 9000)] {
+    // 3.2 s, decoding at 6.7 s): 8 s bounds that without hiding a lost resume. After a
+    // flap the restart's freeze can come as late as the second restart (the publisher's
+    // connection disconnecting ~1 s after the first, seen in a CI run: stable at 7.9 s).
+    for (step, within_ms, stable_ms) in [("flap", 3000, 8000), ("moved", 8000, 9000)] {
         let r = &report[step];
         assert!(r["decodedDuringOutage"].as_u64().unwrap() <= 2, "{step}: the path was really gone: {report}");
         assert!(r["bannerDuringOutage"].as_str().unwrap() != "", "{step}: the page said so: {report}");

@@ -48,7 +48,9 @@ try {
     const b = await inbound(viewer);
     report[name] = { frameWidth: b.frameWidth, decodedDuring: b.framesDecoded - a.framesDecoded, packetsDuring: b.packets - a.packets };
   };
-  await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 5000);
+  // The large layer comes once the SFU's estimate of the viewer's downlink has probed up
+  // to it (from 300 kbps; 3–6 s on this machine): 10 s to get there.
+  await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 10000);
   await step("small", { width: "160px", height: "90px", aspectRatio: "auto", display: "" }, 5000);
   await step("hidden", { display: "none" }, 3000);
   await step("shown", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 5000);
