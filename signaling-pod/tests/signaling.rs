@@ -555,7 +555,18 @@ async fn a_host_lowers_every_hand_at_once_and_each_owner_hears_of_it() {
         .await
         .unwrap();
     }
-    // The viewer's hand reached the host and the viewer, not the participant.
+    // The viewer's hand reached the host and the viewer, not the participant. Its
+    // lowering travels apart from the participant update waited for above: wait for it.
+    let vic_id = vic_grant.participant_id.clone();
+    for c in [&host, &vic] {
+        c.wait_for("the viewer's hand lowered", WAIT, |e| {
+            e.type_ == types::HAND_RAISE
+                && e.payload["participantId"] == vic_id.as_str()
+                && e.payload["raised"] == false
+        })
+        .await
+        .unwrap();
+    }
     let about_vic = |c: &SignalingClient| {
         c.received()
             .iter()
