@@ -71,10 +71,14 @@ impl TransportCc {
         // Paced only where the ladder keeps the media within the estimate (it probes, so
         // a video that does not fit pauses): elsewhere a video that cannot step down would
         // be throttled to the estimate instead of sent.
-        if !self.probes() {
-            return Duration::ZERO;
-        }
-        let rate = self.estimate() as f64 * PACING_FACTOR;
+        // One look at the estimate per packet (this runs on every write).
+        let rate = {
+            let bwe = self.bwe.lock().unwrap();
+            if !self.probes_with(&bwe) {
+                return Duration::ZERO;
+            }
+            bwe.estimate() as f64 * PACING_FACTOR
+        };
         let now = Instant::now();
         let mut next = self.pacer.lock().unwrap();
         let start = next.map_or(now, |t| t.max(now - PACING_BURST));
@@ -93,7 +97,10 @@ impl TransportCc {
     /// retransmission stream to go on, and one has come back): only then may a video it
     /// cannot carry pause.
     pub fn probes(&self) -> bool {
-        let bwe = self.bwe.lock().unwrap();
+        self.probes_with(&self.bwe.lock().unwrap())
+    }
+
+    fn probes_with(&self, bwe: &SendSideBwe) -> bool {
         self.rtx.load(Ordering::Relaxed) && bwe.has_feedback() && bwe.probe_answered()
     }
 
