@@ -155,3 +155,126 @@ fn run_for(
         stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).ok_or_else(|| format!("no result line: {stdout}"))?;
     serde_json::from_str(line).map_err(|e| format!("{e}: {stdout}"))
 }
+
+/// One getStats sample of the viewer in `adaptive.mjs`.
+#[derive(serde::Deserialize, Clone, Copy, Debug)]
+pub struct Sample {
+    /// Milliseconds since the epoch.
+    pub t: u64,
+    pub w: u64,
+    pub fd: u64,
+    pub kf: u64,
+    /// Video packets lost, NACKs and PLIs sent, retransmitted packets received (for the report).
+    #[serde(default)]
+    pub vl: i64,
+    #[serde(default)]
+    pub nk: u64,
+    #[serde(default)]
+    pub pl: u64,
+    #[serde(default)]
+    pub rx: u64,
+    pub ae: f64,
+    pub ad: f64,
+    pub ap: u64,
+    /// Audio: concealed and received samples, packets lost, the playout's NTP time (ms).
+    #[serde(default)]
+    pub ac: u64,
+    #[serde(rename = "as", default)]
+    pub samples: u64,
+    #[serde(default)]
+    pub al: i64,
+    #[serde(default)]
+    pub ept: f64,
+}
+
+/// What the viewer saw between two instants (ms since the epoch).
+#[derive(Debug)]
+pub struct Phase {
+    /// The decoded width at the end (the widest of the last 2 s).
+    pub width_at_end: u64,
+    /// Longest stretch without a newly decoded frame, in ms, and when it began (ms since the epoch).
+    pub longest_freeze_ms: u64,
+    pub longest_freeze_from: u64,
+    pub frames: u64,
+    pub audio_packets: u64,
+    pub audio_energy_per_second: f64,
+    /// Share of the audio samples played out that were concealed (lost, not recovered).
+    pub audio_concealed: f64,
+    pub audio_lost: i64,
+}
+
+pub fn phase(samples: &[Sample], from: u64, to: u64) -> Phase {
+    let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < to).collect();
+    let (first, last) = (s[0], s[s.len() - 1]);
+    let (mut longest, mut longest_from) = (0, first.t);
+    let mut last_new = first.t;
+    for pair in s.windows(2) {
+        if pair[1].fd > pair[0].fd {
+            last_new = pair[1].t;
+        }
+        if pair[1].t - last_new > longest {
+            (longest, longest_from) = (pair[1].t - last_new, last_new);
+        }
+    }
+    Phase {
+        width_at_end: s.iter().filter(|x| x.t + 2000 >= last.t).map(|x| x.w).max().unwrap_or(0),
+        longest_freeze_ms: longest,
+        longest_freeze_from: longest_from,
+        frames: last.fd - first.fd,
+        audio_packets: last.ap - first.ap,
+        audio_energy_per_second: (last.ae - first.ae) / (last.ad - first.ad).max(0.001),
+        audio_concealed: (last.ac - first.ac) as f64 / (last.samples - first.samples).max(1) as f64,
+        audio_lost: last.al - first.al,
+    }
+}
+
+/// The first instant from `from` on when the decoded width satisfies `ok`, in ms after `from`.
+pub fn reached(samples: &[Sample], from: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
+    samples.iter().find(|s| s.t >= from && ok(s.w)).map(|s| s.t - from)
+}
+
+/// The freezes between two instants (ms since the epoch): each stretch of at least
+/// `min_ms` without a newly decoded frame, in ms.
+pub fn freezes(samples: &[Sample], from: u64, to: u64, min_ms: u64) -> Vec<u64> {
+    let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < to).collect();
+    let mut out = Vec::new();
+    let Some(first) = s.first() else { return out };
+    let mut last_new = first.t;
+    let mut longest_open = 0;
+    for pair in s.windows(2) {
+        if pair[1].fd > pair[0].fd {
+            if longest_open >= min_ms {
+                out.push(longest_open);
+            }
+            last_new = pair[1].t;
+            longest_open = 0;
+        } else {
+            longest_open = pair[1].t - last_new;
+        }
+    }
+    if longest_open >= min_ms {
+        out.push(longest_open);
+    }
+    out
+}
+
+/// What the viewer saw from `from` (ms since the epoch) for `span_ms`, sample by sample:
+/// `ms:width/frames decoded` since the one before, with the video packets lost, NACKs,
+/// PLIs and retransmissions received where there were any.
+pub fn timeline(samples: &[Sample], from: u64, span_ms: u64) -> String {
+    let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < from + span_ms).collect();
+    s.windows(2)
+        .map(|p| {
+            let (a, b) = (p[0], p[1]);
+            let counts = [
+                ("lost", b.vl - a.vl),
+                ("nack", b.nk as i64 - a.nk as i64),
+                ("pli", b.pl as i64 - a.pl as i64),
+                ("rtx", b.rx as i64 - a.rx as i64),
+            ];
+            let extra: String = counts.iter().filter(|(_, n)| *n != 0).map(|(k, n)| format!(",{k}{n}")).collect();
+            format!("{}:{}/{}{extra}", b.t - from, b.w, b.fd - a.fd)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

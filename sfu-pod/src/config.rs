@@ -15,6 +15,7 @@
 //! | `SWITCHBOARD_NAME` | pod name or `sfu` | this SFU's name on origins it relays from |
 //! | `SWITCHBOARD_LOUDEST_SPEAKERS` | 3 | in rooms of at least `SWITCHBOARD_LOUDEST_FROM` clients, each listener receives only this many of the loudest other voices (`switchboard_sfu_core::loudest`); `0` forwards every voice to everyone |
 //! | `SWITCHBOARD_LOUDEST_FROM` | 10 | the room size (clients) from which loudest-speaker audio applies |
+//! | `SWITCHBOARD_SEND_SIDE_BWE` | `true` | `false` offers subscribers no transport-cc: their REMB (receiver-side estimate) alone chooses their layers, without probing, pacing or pausing video (see docs/sfu.md); for clients whose transport-cc misbehaves, and for comparing the two (`adapt-bench`) |
 //! | `SWITCHBOARD_WORKER_THREADS` | all available cores | tokio worker threads; `1` runs one single-threaded runtime (the cheapest per packet, see BENCHMARKS); `0` is the default. The operator sets it from the container's CPU request |
 
 use std::net::SocketAddr;
@@ -58,6 +59,21 @@ fn audio_policy(speakers: Option<String>, from_clients: Option<String>) -> anyho
     Ok(AudioPolicy { speakers, from_clients, mixed: false })
 }
 
+pub const SEND_SIDE_BWE_ENV: &str = "SWITCHBOARD_SEND_SIDE_BWE";
+
+/// `SWITCHBOARD_SEND_SIDE_BWE`: whether subscribers are offered transport-cc (default).
+pub fn send_side_bwe_from_env() -> anyhow::Result<bool> {
+    send_side_bwe(var(SEND_SIDE_BWE_ENV))
+}
+
+fn send_side_bwe(value: Option<String>) -> anyhow::Result<bool> {
+    match value.as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => anyhow::bail!("{SEND_SIDE_BWE_ENV} must be true or false, not {other:?}"),
+    }
+}
+
 /// Address blocks a relay origin must be in.
 pub const RELAY_ALLOWED_CIDRS_ENV: &str = "SWITCHBOARD_RELAY_ALLOWED_CIDRS";
 
@@ -86,6 +102,8 @@ pub struct Config {
     pub api_token: Option<ApiToken>,
     /// Which relay origins this SFU accepts (`own` is filled in once the API listens).
     pub relay: RelayPolicy,
+    /// Subscribers are offered transport-cc (the send-side estimate); else REMB only.
+    pub send_side_bwe: bool,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -188,6 +206,7 @@ impl Config {
             audio_policy,
             api_token,
             relay,
+            send_side_bwe: send_side_bwe_from_env()?,
         })
     }
 }
@@ -195,6 +214,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_send_side_estimate_is_on_unless_switched_off_by_name() {
+        assert!(send_side_bwe(None).unwrap());
+        assert!(send_side_bwe(Some("true".into())).unwrap());
+        assert!(!send_side_bwe(Some("false".into())).unwrap());
+        let e = send_side_bwe(Some("off".into())).unwrap_err().to_string();
+        assert!(e.contains(SEND_SIDE_BWE_ENV) && e.contains("off"), "{e}");
+    }
 
     #[test]
     fn the_audio_policy_is_bounded_with_named_errors() {

@@ -44,7 +44,8 @@ pub async fn start_on(name: &str, media_ip: std::net::IpAddr) -> anyhow::Result<
         own_retransmissions: true,
         ..Default::default()
     };
-    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
+    let send_side_bwe = crate::config::send_side_bwe_from_env()?;
+    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default(), send_side_bwe)?;
     sfu.set_audio_policy(crate::config::audio_policy_from_env()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);

@@ -53,7 +53,7 @@ async fn run(cfg: config::Config) -> anyhow::Result<()> {
         own_retransmissions: true,
         ..Default::default()
     };
-    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default())?;
+    let sfu = sfu::Sfu::on_network(&net, media_addr, metrics::Metrics::default(), cfg.send_side_bwe)?;
     sfu.set_audio_policy(cfg.audio_policy);
 
     let listener =

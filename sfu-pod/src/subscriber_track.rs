@@ -109,6 +109,11 @@ impl SubscriberTrack {
 
     /// How long a packet of `size` bytes waits before it is written (the connection's
     /// pacer; audio never waits).
+    /// Whether a probe copy still helps: only while its probe cluster sends.
+    pub fn probe_wanted(&self) -> bool {
+        self.transport.as_ref().is_some_and(|t| t.probing())
+    }
+
     pub fn pace(&self, size: usize) -> Duration {
         match &self.transport {
             Some(t) => t.pace(size, !self.audio),

@@ -147,6 +147,11 @@ impl TransportCc {
     }
 
     /// Probe bytes to send now, and when to ask again (`None`: when woken).
+    /// Whether a probe cluster is sending now (see [`SendSideBwe::probing`]).
+    pub fn probing(&self) -> bool {
+        self.bwe.lock().unwrap().probing(Instant::now())
+    }
+
     pub fn padding(&self) -> (usize, Option<Instant>) {
         let now = Instant::now();
         let mut bwe = self.bwe.lock().unwrap();

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use switchboard_e2e::browser::{Phase, Sample, phase, reached, timeline};
 
 /// The browser tests take turns: two Chromium encoders at once on two cores make
 /// Chromium drop simulcast layers for lack of CPU.
@@ -557,79 +558,6 @@ impl Watch {
     }
 }
 
-/// One getStats sample of the viewer in `adaptive.mjs`.
-#[derive(serde::Deserialize, Clone, Copy, Debug)]
-struct Sample {
-    /// Milliseconds since the epoch.
-    t: u64,
-    w: u64,
-    fd: u64,
-    kf: u64,
-    /// Video packets lost, NACKs and PLIs sent, retransmitted packets received (for the report).
-    #[serde(default)]
-    vl: i64,
-    #[serde(default)]
-    nk: u64,
-    #[serde(default)]
-    pl: u64,
-    #[serde(default)]
-    rx: u64,
-    ae: f64,
-    ad: f64,
-    ap: u64,
-    /// Audio: concealed and received samples, packets lost, the playout's NTP time (ms).
-    #[serde(default)]
-    ac: u64,
-    #[serde(rename = "as", default)]
-    samples: u64,
-    #[serde(default)]
-    al: i64,
-    #[serde(default)]
-    ept: f64,
-}
-
-/// What the viewer saw between two instants (ms since the epoch).
-#[derive(Debug)]
-struct Phase {
-    /// The decoded width at the end (the widest of the last 2 s).
-    width_at_end: u64,
-    /// Longest stretch without a newly decoded frame, in ms.
-    longest_freeze_ms: u64,
-    frames: u64,
-    audio_packets: u64,
-    audio_energy_per_second: f64,
-    /// Share of the audio samples played out that were concealed (lost, not recovered).
-    audio_concealed: f64,
-    audio_lost: i64,
-}
-
-fn phase(samples: &[Sample], from: u64, to: u64) -> Phase {
-    let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < to).collect();
-    let (first, last) = (s[0], s[s.len() - 1]);
-    let mut longest = 0;
-    let mut last_new = first.t;
-    for pair in s.windows(2) {
-        if pair[1].fd > pair[0].fd {
-            last_new = pair[1].t;
-        }
-        longest = longest.max(pair[1].t - last_new);
-    }
-    Phase {
-        width_at_end: s.iter().filter(|x| x.t + 2000 >= last.t).map(|x| x.w).max().unwrap_or(0),
-        longest_freeze_ms: longest,
-        frames: last.fd - first.fd,
-        audio_packets: last.ap - first.ap,
-        audio_energy_per_second: (last.ae - first.ae) / (last.ad - first.ad).max(0.001),
-        audio_concealed: (last.ac - first.ac) as f64 / (last.samples - first.samples).max(1) as f64,
-        audio_lost: last.al - first.al,
-    }
-}
-
-/// The first instant from `from` on when the decoded width satisfies `ok`, in ms after `from`.
-fn reached(samples: &[Sample], from: u64, ok: impl Fn(u64) -> bool) -> Option<u64> {
-    samples.iter().find(|s| s.t >= from && ok(s.w)).map(|s| s.t - from)
-}
-
 /// Adaptive quality from a browser's side (issue #30): a viewer whose Chromium sits behind
 /// a link shaped by tbf watches a simulcast publisher (Chromium on the host) full-size.
 /// At 3 Mbps it receives the high layer; narrowed to 600 kbps it steps down, and back
@@ -660,42 +588,18 @@ async fn a_viewer_behind_a_narrowing_link_steps_down_pauses_video_keeps_audio_an
     let down = reached(&samples, changes[1], |w| w > 0 && w < phases[0].width_at_end);
     let up = reached(&samples, changes[2], |w| w >= phases[0].width_at_end);
     println!("adaptive: rids {} phases {phases:?}; adapted down after {down:?} ms, up after {up:?} ms", report["rids"]);
-    let trace = |from: u64| -> String {
-        let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < from + 8_000).collect();
-        s.windows(2)
-            .map(|p| {
-                let (a, b) = (p[0], p[1]);
-                let counts = [
-                    ("lost", b.vl - a.vl),
-                    ("nack", b.nk as i64 - a.nk as i64),
-                    ("pli", b.pl as i64 - a.pl as i64),
-                    ("rtx", b.rx as i64 - a.rx as i64),
-                ];
-                let extra: String = counts.iter().filter(|(_, n)| *n != 0).map(|(k, n)| format!(",{k}{n}")).collect();
-                format!("{}:{}/{}{extra}", b.t - from, b.w, b.fd - a.fd)
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let trace = |from: u64| timeline(&samples, from, 8_000);
     println!("after the narrowing (ms:width/frames): {}", trace(changes[1]));
     println!("after the widening: {}", trace(changes[2]));
-    // Where the longest freeze at 3 Mbps was, with what the viewer saw around it.
-    for (i, from) in [(0, changes[0]), (2, changes[2])] {
-        let s: Vec<&Sample> = samples.iter().filter(|s| s.t >= from && s.t < changes[i + 1]).collect();
-        let (mut last_new, mut worst) = (s[0].t, (0, s[0].t));
-        for pair in s.windows(2) {
-            if pair[1].fd > pair[0].fd {
-                last_new = pair[1].t;
-            }
-            if pair[1].t - last_new > worst.0 {
-                worst = (pair[1].t - last_new, last_new);
-            }
-        }
+    // Where each phase's longest freeze was, with what the viewer saw around it.
+    for (i, p) in phases[..3].iter().enumerate() {
+        let from = p.longest_freeze_from;
+        let start = changes[i];
         println!(
             "phase {i}: longest freeze {} ms from {} ms: {}",
-            worst.0,
-            worst.1 - from,
-            trace(worst.1.saturating_sub(1_000))
+            p.longest_freeze_ms,
+            from - start,
+            trace(from.saturating_sub(1_000))
         );
     }
     let high = phases[0].width_at_end;
@@ -764,6 +668,7 @@ async fn through_five_percent_loss_on_each_leg_video_keeps_decoding_and_red_cove
     let samples: Vec<Sample> = serde_json::from_value(report["samples"].clone()).unwrap();
     let p = phase(&samples, from, to);
     println!("lossy: {p:?}; RED: {}", report["red"]);
+    println!("around the longest freeze: {}", timeline(&samples, p.longest_freeze_from.saturating_sub(1_000), 6_000));
     let answer: Vec<&str> =
         report["red"]["publisherAnswer"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
     let first_pt = answer.first().and_then(|m| m.split(' ').nth(3)).unwrap_or_default();

@@ -283,12 +283,22 @@ impl Cluster {
         let send_s = last.saturating_duration_since(first).as_secs_f64();
         let mut received = self.received.clone();
         received.sort();
-        let recv_s = received.last()?.0.saturating_sub(received[0].0) as f64 / 1e6;
+        // The receive rate over the later half of the cluster: a token bucket on the path
+        // (a shaper, a policer) lets its first bytes through at once after an idle
+        // moment, and only what follows them comes at the path's own rate.
+        let total: u64 = received.iter().map(|r| r.1).sum();
+        let mut before = 0;
+        let half = received.iter().position(|r| {
+            before += r.1;
+            before * 2 >= total
+        })?;
+        let later = &received[half.min(received.len() - 2)..];
+        let recv_s = later.last()?.0.saturating_sub(later[0].0) as f64 / 1e6;
         if send_s <= 0.0 || recv_s <= 0.0 {
             return Some(None);
         }
         let send_bps = (self.sent_bytes - self.last_size) as f64 * 8.0 / send_s;
-        let recv_bps = (received.iter().map(|r| r.1).sum::<u64>() - received[0].1) as f64 * 8.0 / recv_s;
+        let recv_bps = (later.iter().map(|r| r.1).sum::<u64>() - later[0].1) as f64 * 8.0 / recv_s;
         // A receive rate well under the send rate is the path's limit; keep a margin below it.
         let bps = if recv_bps < 0.9 * send_bps { 0.95 * recv_bps } else { send_bps.min(recv_bps) };
         Some(Some(bps as u64))
@@ -369,6 +379,12 @@ impl SendSideBwe {
     /// Whether a probe has come back: a subscriber whose feedback never reports the probes
     /// (a receiver that drops them before counting) has an estimate that cannot climb,
     /// so it must not be trusted to bring a paused video back.
+    /// Whether a probe cluster is sending now: copies queued for one that has ended
+    /// would only add to what the path already carries.
+    pub fn probing(&self, now: Instant) -> bool {
+        self.clusters.back().is_some_and(|c| c.sending(now))
+    }
+
     pub fn probe_answered(&self) -> bool {
         self.probe_answered
     }

@@ -877,7 +877,10 @@ impl Room {
         track.muted = muted;
         let event =
             RoomEvent::TrackMuted { participant: track.shown_publisher().clone(), track: track_id.into(), muted };
-        let resume: Vec<usize> = if muted { vec![] } else { track.subs.iter().filter_map(|s| s.current).collect() };
+        let mut resume: Vec<usize> =
+            if muted { vec![] } else { track.subs.iter().filter_map(|s| s.target.or(s.current)).collect() };
+        resume.sort();
+        resume.dedup();
         self.tell_all(None, event);
         // Subscribers missed frames while muted: they need a fresh picture.
         for layer in resume {
@@ -1524,6 +1527,12 @@ impl Room {
                     wanted.push(target);
                 }
             }
+        }
+        // A muted publisher sends no pictures (a browser sends black frames, or padding, at
+        // most): asking it for keyframes would only repeat every retry for nothing.
+        // Unmuting asks for what the subscriptions wait for.
+        if t.muted {
+            return;
         }
         wanted.sort();
         wanted.dedup();

@@ -404,6 +404,34 @@ fn muted_tracks_are_not_forwarded_and_unmuting_asks_for_a_keyframe() {
 }
 
 #[test]
+fn a_muted_camera_is_not_asked_for_keyframes_until_it_is_unmuted() {
+    // A camera published muted still sends packets on its layers (a browser's black
+    // frames and padding): a subscription aiming at a layer must not ask every retry.
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("sub", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    sim.input(Input::SetMuted { participant: "pub", track: "cam", muted: true, now: sim.now }).unwrap();
+    let sub = sim.subscribe("sub", "cam", Preferences::default()).unwrap();
+    for _ in 0..50 {
+        burst(&mut sim, t, sub, None);
+        sim.advance(Duration::from_millis(100));
+    }
+    let plis = |sim: &mut Sim| sim.commands().iter().filter(|c| matches!(c, Output::RequestKeyframe { .. })).count();
+    assert_eq!(plis(&mut sim), 0, "keyframes asked of a muted camera");
+    sim.input(Input::SetMuted { participant: "pub", track: "cam", muted: false, now: sim.now }).unwrap();
+    assert!(
+        sim.commands().iter().any(|c| matches!(c, Output::RequestKeyframe { layer: 2, .. })),
+        "unmuted: the layer the subscription waits for is asked for"
+    );
+    let seen = burst(&mut sim, t, sub, Some(2));
+    assert!(!seen.is_empty() && seen.iter().all(|(l, _)| *l == 2), "{seen:?}");
+}
+
+#[test]
 fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back() {
     let mut sim = Sim::new();
     sim.join("relay-edge", ParticipantKind::Relay, true).unwrap();

@@ -39,14 +39,22 @@ use crate::transport_cc::TransportCc;
 
 /// Packets a subscription may have queued before new ones are dropped (~1 s of HD video).
 const SINK_QUEUE: usize = 256;
+/// Probe copies a subscription may have queued (about a cluster's worth, ~18 KB): they
+/// go out only when no media waits, so more would only go stale.
+const PROBE_QUEUE: usize = 16;
 
 /// Packets waiting for one subscription's connection. Each subscription has its own
 /// queue and writer task, so a subscriber whose connection stalls (still connecting,
 /// congested, gone) drops its own packets and never holds up the others. The writer
 /// keeps what it sent to answer the subscriber's NACKs.
+///
+/// Media and retransmissions go first; probe copies only when nothing else waits, and only
+/// while their probe cluster sends: a probe must find room on the path, not take it from
+/// the pictures (libwebrtc's pacer likewise sends padding last).
 #[derive(Clone)]
 pub(super) struct Sink {
     queue: mpsc::Sender<(Packet, Send)>,
+    probes: mpsc::Sender<Packet>,
     sent: Arc<RetransmitBuffer>,
 }
 
@@ -63,11 +71,20 @@ enum Send {
 impl Sink {
     pub(super) fn spawn(track: Arc<SubscriberTrack>, sending: Arc<AtomicBool>) -> Self {
         let (queue, mut rx) = mpsc::channel::<(Packet, Send)>(SINK_QUEUE);
+        let (probes, mut probe_rx) = mpsc::channel::<Packet>(PROBE_QUEUE);
         let sent = Arc::new(RetransmitBuffer::new());
         let history = sent.clone();
         tokio::spawn(async move {
-            while let Some((mut p, send)) = rx.recv().await {
-                if !sending.load(Ordering::Relaxed) {
+            loop {
+                let (mut p, send) = tokio::select! {
+                    biased;
+                    next = rx.recv() => match next {
+                        Some(next) => next,
+                        None => return,
+                    },
+                    Some(p) = probe_rx.recv() => (p, Send::Probe),
+                };
+                if !sending.load(Ordering::Relaxed) || (send == Send::Probe && !track.probe_wanted()) {
                     continue;
                 }
                 let wait = track.pace(p.payload.len() + 40);
@@ -89,7 +106,7 @@ impl Sink {
                 }
             }
         });
-        Self { queue, sent }
+        Self { queue, probes, sent }
     }
 
     /// Queues copies of the packets sent last, about `bytes` of them, to probe the path;
@@ -98,7 +115,7 @@ impl Sink {
         self.sent
             .recent(bytes)
             .into_iter()
-            .filter_map(|p| Some(p.payload.len()).filter(|_| self.queue.try_send((p, Send::Probe)).is_ok()))
+            .filter_map(|p| Some(p.payload.len()).filter(|_| self.probes.try_send(p).is_ok()))
             .sum()
     }
 

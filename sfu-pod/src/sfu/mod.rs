@@ -76,15 +76,17 @@ pub struct Sfu {
 
 impl Sfu {
     /// An SFU on `net` (its media socket): connections it sends on use `net` with
-    /// transport-cc (its send-side estimate), publishers' connections the same with TWCC feedback to them, and its own
+    /// transport-cc (its send-side estimate; REMB alone without `send_side_bwe`),
+    /// publishers' connections the same with TWCC feedback to them, and its own
     /// connections to an origin (relays) ephemeral ports instead of the shared socket.
     pub fn on_network(
         net: &switchboard_sfu_client::media::NetworkOptions,
         media_address: SocketAddr,
         metrics: Metrics,
+        send_side_bwe: bool,
     ) -> switchboard_sfu_client::Result<Arc<Self>> {
         use switchboard_sfu_client::media::{NetworkOptions, build_api};
-        let outbound = NetworkOptions { subscriber_feedback: true, rtx: true, red: true, ..net.clone() };
+        let outbound = NetworkOptions { subscriber_feedback: send_side_bwe, rtx: true, red: true, ..net.clone() };
         let inbound = NetworkOptions { publisher_feedback: true, red: true, ..net.clone() };
         let relay = NetworkOptions { udp_mux: None, ..net.clone() };
         Ok(Self::new(build_api(&outbound)?, build_api(&inbound)?, build_api(&relay)?, media_address, metrics))

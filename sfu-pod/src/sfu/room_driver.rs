@@ -240,7 +240,7 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
                 let pli = PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
                 let _ = pc.write_rtcp(&[Box::new(pli)]).await;
                 sfu.metrics.keyframe_requests.inc();
-                debug!(room = %room.name, layer, "keyframe requested");
+                debug!(room = %room.name, ?track, layer, ssrc, "keyframe requested");
             }
         }
         Output::Event { to, event } => {

@@ -19,6 +19,9 @@ try {
   // The rest come in together.
   if (rest.length) await page.click("#admit-all");
   await page.waitForFunction((n) => [...document.querySelectorAll("#people li")].some((li) => li.textContent.includes(n)), admitted.toUpperCase(), { timeout: 15000 });
+  // "Admit all" takes effect apart from the admission above: wait for the list to empty
+  // (the report says what is left if it does not).
+  if (rest.length) await page.waitForFunction(() => document.querySelectorAll("#waiting li").length === 0, null, { timeout: 15000 }).catch(() => {});
   report.people = await page.evaluate(() => [...document.querySelectorAll("#people li span")].map((e) => e.textContent));
   report.stillWaiting = await page.evaluate(() => [...document.querySelectorAll("#waiting li span")].map((e) => e.textContent));
   console.log("RESULT " + JSON.stringify(report));

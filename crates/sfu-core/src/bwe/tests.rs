@@ -191,6 +191,33 @@ fn probing_finds_a_wider_path_again() {
 }
 
 #[test]
+fn a_probe_through_a_token_bucket_is_measured_at_the_rate_after_the_burst() {
+    // 8 packets of 1,000 bytes sent at 800 kbps (one every 10 ms) into a 600 kbps shaper
+    // whose bucket passes the first 3 at once: the arrivals say 600 kbps once the bucket
+    // is empty. Measured from the first arrival the cluster would look faster than it
+    // was sent and the probe would report the full 800 kbps.
+    let t0 = Instant::now();
+    let drained_every_us = 13_333;
+    let received = (0..8i64)
+        .map(|i| (if i < 3 { 20_000 + i * 100 } else { 20_200 + (i - 2) * drained_every_us }, 1_000u64))
+        .collect();
+    let cluster = Cluster {
+        id: 1,
+        bps: 800_000,
+        started: t0,
+        sent_packets: 8,
+        sent_bytes: 8_000,
+        first_send: Some(t0),
+        last_send: Some(t0 + Duration::from_millis(70)),
+        last_size: 1_000,
+        received,
+        reported: 8,
+    };
+    let bps = cluster.result(t0 + Duration::from_millis(500)).flatten().expect("a result");
+    assert!((540_000..=620_000).contains(&bps), "probe measured at {bps} bps behind a 600 kbps shaper");
+}
+
+#[test]
 fn random_loss_of_5_percent_holds_the_estimate_and_20_percent_cuts_it() {
     let mut sim = Sim::new(2_500_000);
     let samples = sim.run(10.0, Path { bps: 1_000_000, loss: 0.05 });
