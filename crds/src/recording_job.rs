@@ -6,6 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, Duration, LocalObjectRef, SecretRef, Time, conditions_schema};
 
+/// Annotation that ends a recording early: the recorder stops recording, composites
+/// what it has and stores it (the job goes `Processing`, then `Ready`), as at the
+/// meeting's end. Its value names who asked (signaling writes the user). An annotation,
+/// not a spec field: the spec is immutable, and stopping is a request to the running
+/// recorder, like `kubectl rollout restart`'s.
+pub const STOP_ANNOTATION: &str = "switchboard.dev/stop-requested-by";
+
 /// One recording of one meeting, run as a batch/v1 Job of recorder-pod.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[allow(clippy::duplicated_attributes)] // false positive: each printcolumn(...) is a column, type_ repeats by design

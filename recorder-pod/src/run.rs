@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use switchboard_crds::meeting::{Meeting, MeetingPhase, room_name};
-use switchboard_crds::recording_job::{Layout, RecorderReport, RecorderStage, RecordingJob};
+use switchboard_crds::recording_job::{Layout, RecorderReport, RecorderStage, RecordingJob, STOP_ANNOTATION};
 use switchboard_sfu_api::ParticipantKind;
 use switchboard_sfu_client::{JoinOptions, Participant, SfuApi};
 
@@ -229,11 +229,30 @@ async fn record(
                 )
                 .await);
         };
+        // Stopped early (signaling, or anyone who may patch the job): what is recorded
+        // so far is the recording.
+        match reporter.api.get_opt(&reporter.name).await {
+            Ok(Some(job)) if job.annotations().contains_key(STOP_ANNOTATION) => {
+                let by = &job.annotations()[STOP_ANNOTATION];
+                // Chunks of an earlier run of this job count too.
+                if recorder.totals().frames == 0 && !has_chunks(cfg) {
+                    return Err(reporter
+                        .fail(
+                            "NothingRecorded",
+                            format!("stopped by {by} before anything was recorded"),
+                            Outcome::Permanent,
+                        )
+                        .await);
+                }
+                tracing::info!(%by, "the recording was stopped");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the RecordingJob"),
+        }
         let status = meeting.status.clone().unwrap_or_default();
         if matches!(status.phase, Some(MeetingPhase::Ended | MeetingPhase::Failed)) {
-            let has_chunks = std::fs::read_dir(cfg.storage.work_dir().join(crate::tracks::TRACKS_DIR))
-                .is_ok_and(|mut d| d.next().is_some());
-            if !has_chunks {
+            if !has_chunks(cfg) {
                 return Err(reporter
                     .fail("NothingRecorded", "the meeting ended before anything was recorded", Outcome::Permanent)
                     .await);
@@ -284,6 +303,11 @@ async fn record(
         let _ = tokio::time::timeout(Duration::from_secs(5), p.leave()).await;
     }
     Ok(())
+}
+
+/// Whether any run of this job stored a chunk.
+fn has_chunks(cfg: &Config) -> bool {
+    std::fs::read_dir(cfg.storage.work_dir().join(crate::tracks::TRACKS_DIR)).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// Joins the tracks, composites the layout, stores the result, reports it.

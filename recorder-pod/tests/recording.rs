@@ -375,6 +375,35 @@ async fn two_publishers_for_20_seconds_make_a_playable_mp4_with_the_tracks_kept(
     env.finish().await;
 }
 
+/// A host stops the recording while the meeting goes on (signaling annotates the
+/// RecordingJob, `STOP_ANNOTATION`): the recorder leaves, composites the seconds it has
+/// and the job is `Ready`, though the meeting is still Active with its publishers in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recording_stopped_mid_meeting_is_composited_from_what_it_has_while_the_meeting_goes_on() {
+    let env = Env::new("rec-stop", vec![]).await;
+    env.meeting("review").await;
+    env.record("review-rec", "review", json!({"layout": "Gallery"})).await;
+    env.await_phase("review-rec", RecordingPhase::Recording, Duration::from_secs(60)).await;
+    let publishers = env.publishers("review", "review-rec").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stop = json!({"metadata": {"annotations": {switchboard_crds::recording_job::STOP_ANNOTATION: "hana"}}});
+    env.recordings().patch("review-rec", &PatchParams::default(), &Patch::Merge(&stop)).await.unwrap();
+    let rj = env.await_phase("review-rec", RecordingPhase::Ready, PROCESSING_BOUND).await;
+    let meeting: Meeting = Api::namespaced(env.admin.clone(), &env.ns.name).get("review").await.unwrap();
+    assert_eq!(
+        meeting.status.and_then(|s| s.phase),
+        Some(switchboard_crds::meeting::MeetingPhase::Active),
+        "the meeting goes on"
+    );
+    let (streams, duration) = ffprobe(&env.dir("review", "review-rec").join("gallery.mp4"));
+    assert!(streams.contains(&"video".to_owned()) && streams.contains(&"audio".to_owned()), "streams: {streams:?}");
+    // About 8 s from the moment every track was there, plus the second the stop takes to be read.
+    assert!((7.0..=12.0).contains(&duration), "the recording lasts {duration} s: {:?}", rj.status);
+    leave_all(publishers).await;
+    assert_eq!(env.runner.runs().len(), 1, "one recorder run");
+    env.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorder_killed_mid_meeting_keeps_its_chunks_and_the_retried_run_finishes() {
     let env = Env::new("rec-crash", vec![]).await;

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt as _};
 use switchboard_crds::common::LocalObjectRef;
 use switchboard_crds::meeting::Meeting;
-use switchboard_crds::recording_job::{PvcStorage, RecordingJob, RecordingJobSpec, RecordingPhase, Storage};
+use switchboard_crds::recording_job::{
+    PvcStorage, RecordingJob, RecordingJobSpec, RecordingPhase, STOP_ANNOTATION, Storage,
+};
 use switchboard_signaling_proto::{Envelope, RecordingPayload, RecordingState, types};
 
 use crate::app::App;
@@ -112,6 +114,33 @@ pub async fn start(app: &App, m: &Meeting, by: &str) -> Result<String, StartErro
     let job = result?;
     tracing::info!(meeting = %m.name_any(), recording = %job, %by, "recording started");
     announce(app, &key, &m.name_any(), &job, RecordingState::Started, None).await;
+    Ok(job)
+}
+
+/// Why a recording was not stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("no recording of this meeting is running")]
+    NoneRunning,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Ends the meeting's running recording early (for `by`, a user): its RecordingJob gets
+/// [`STOP_ANNOTATION`]; the recorder then stops, composites what it has and stores it,
+/// and everyone hears `recording {state: stopped}` once the job leaves `Recording`.
+/// Returns the job's name.
+pub async fn stop(app: &App, m: &Meeting, by: &str) -> Result<String, StopError> {
+    let key = app.meetings.state_key(m);
+    let job =
+        running(app, m, &key).await.map_err(|e| StopError::Failed(e.to_string()))?.ok_or(StopError::NoneRunning)?;
+    let patch = serde_json::json!({"metadata": {"annotations": {STOP_ANNOTATION: by}}});
+    match api(app).patch(&job, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => return Err(StopError::NoneRunning),
+        Err(e) => return Err(StopError::Failed(format!("asking the recorder to stop: {e}"))),
+    }
+    tracing::info!(meeting = %m.name_any(), recording = %job, %by, "recording stop requested");
     Ok(job)
 }
 

@@ -53,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/meetings/{id}/join", post(join_meeting))
         .route("/api/v1/meetings/{id}/chat", get(chat_history))
         .route("/api/v1/meetings/{id}/recordings", post(create_recording))
+        .route("/api/v1/meetings/{id}/recordings/stop", post(stop_recording))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/ws", get(websocket))
         .route("/", get(page))
@@ -250,7 +251,7 @@ async fn chat_history(
     let m = find(&app, &id)?;
     member(&app, &m, &who).await?;
     let (messages, next_before) =
-        app.store.chat_page(&app.meetings.state_key(&m), q.before, limit).await.map_err(internal)?;
+        app.store.chat_page(&app.meetings.state_key(&m), q.before, limit, &who.sub).await.map_err(internal)?;
     Ok(Json(ChatPage { messages, next_before }))
 }
 
@@ -277,6 +278,25 @@ async fn create_recording(
         StartError::Failed(e) => internal(e),
     })?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "recordingJob": name }))))
+}
+
+/// Ends the running recording early: for those who may start one. 404 when none runs.
+async fn stop_recording(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let claims = user(&app, &headers)?;
+    let m = find(&app, &id)?;
+    let role = role_of(&app, &m, &claims);
+    if !meetings::permissions(&m).allows(role, Permission::StartRecording) {
+        return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", format!("a {role:?} may not stop a recording")));
+    }
+    let name = recordings::stop(&app, &m, &claims.sub).await.map_err(|e| match e {
+        e @ recordings::StopError::NoneRunning => Refusal(StatusCode::NOT_FOUND, "noRecording", e.to_string()),
+        recordings::StopError::Failed(e) => internal(e),
+    })?;
+    Ok(Json(serde_json::json!({ "recordingJob": name })))
 }
 
 async fn websocket(

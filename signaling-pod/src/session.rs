@@ -627,17 +627,25 @@ impl Session {
                 Ok(Flow::Continue)
             }
             ClientMessage::Chat(chat) => {
-                let j = self.joined.as_ref().expect("joined");
-                let message = ChatMessage {
-                    seq: 0,
-                    from: j.info.id.clone(),
-                    name: j.info.name.clone(),
-                    text: chat.text,
-                    at_ms: now_ms(),
+                let seq = match chat.to {
+                    None => {
+                        let j = self.joined.as_ref().expect("joined");
+                        let message = ChatMessage {
+                            seq: 0,
+                            from: j.info.id.clone(),
+                            name: j.info.name.clone(),
+                            text: chat.text,
+                            at_ms: now_ms(),
+                            to: None,
+                            to_name: None,
+                        };
+                        let stored = self.app.store.append_chat(&j.key, message, vec![]).await.map_err(redis_failed)?;
+                        self.broadcast(types::CHAT, &stored).await?;
+                        stored.seq
+                    }
+                    Some(to) => self.direct_message(&to, chat.text).await?,
                 };
-                let stored = self.app.store.append_chat(&j.key, message).await.map_err(redis_failed)?;
-                self.broadcast(types::CHAT, &stored).await?;
-                self.reply(id, types::OK, serde_json::json!({ "seq": stored.seq }));
+                self.reply(id, types::OK, serde_json::json!({ "seq": seq }));
                 Ok(Flow::Continue)
             }
             ClientMessage::ParticipantUpdate(update) => {
@@ -699,6 +707,16 @@ impl Session {
                     self.set_hand(record, h.raised).await?;
                 }
                 self.reply(id, types::OK, serde_json::json!({ "hands": lowered }));
+                Ok(Flow::Continue)
+            }
+            ClientMessage::StopRecording => {
+                let m = self.meeting()?;
+                let by = joined.claims.usr.clone();
+                let name = recordings::stop(&self.app, &m, &by).await.map_err(|e| match e {
+                    e @ recordings::StopError::NoneRunning => refuse(ErrorCode::NoRecording, e.to_string()),
+                    recordings::StopError::Failed(e) => refuse(ErrorCode::Internal, e),
+                })?;
+                self.reply(id, types::OK, serde_json::json!({ "recordingJob": name }));
                 Ok(Flow::Continue)
             }
             ClientMessage::StartRecording => {
@@ -984,6 +1002,40 @@ impl Session {
             self.announce(&target.info).await?;
         }
         Ok(())
+    }
+
+    /// A chat message to participant `to` alone: delivered to it and to the sender's
+    /// connections, kept in the history for the two users only. The recipient must be
+    /// admitted, someone else, and reachable by the sender's role
+    /// ([`Role::may_message_privately`]).
+    async fn direct_message(&mut self, to: &str, text: String) -> Result<u64, ProtoError> {
+        let j = self.joined.as_ref().expect("joined");
+        let (key, me, my_role) = (j.key.clone(), j.info.clone(), j.info.role);
+        let (mtg, user) = (j.claims.mtg.clone(), j.claims.usr.clone());
+        let target = self.record(to).await?;
+        if target.info.id == me.id {
+            return Err(refuse(ErrorCode::InvalidPayload, "a direct message goes to someone else"));
+        }
+        // A waiting guest, or someone the sender cannot see, is as unknown as a stranger.
+        let visible = target.info.admitted && my_role.may_message_privately(target.info.role);
+        if !visible {
+            return Err(refuse(ErrorCode::UnknownParticipant, format!("no participant `{to}` you may write to")));
+        }
+        let message = ChatMessage {
+            seq: 0,
+            from: me.id.clone(),
+            name: me.name.clone(),
+            text,
+            at_ms: now_ms(),
+            to: Some(target.info.id.clone()),
+            to_name: Some(target.info.name.clone()),
+        };
+        let readers = vec![user.clone(), target.user.clone()];
+        let stored = self.app.store.append_chat(&key, message, readers).await.map_err(redis_failed)?;
+        for audience in [Audience::Peer(target.info.id.clone()), Audience::User(user)] {
+            self.send_bus(Bus::deliver(audience, &mtg, &me.id, types::CHAT, &stored)).await?;
+        }
+        Ok(stored.seq)
     }
 
     /// Everyone admitted, plus the waiting room for those who run it.

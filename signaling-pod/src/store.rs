@@ -7,7 +7,7 @@
 //! | `sb:{m}:seq` | hash | participant id → last SFU event delivered (resume on another replica) |
 //! | `sb:{m}:removed` | set | users removed by a host (no new join, no resumed session) |
 //! | `sb:{m}:u:{user}` | set | the user's admitted participants (membership for the REST reads) |
-//! | `sb:{m}:chat` | sorted set | chat messages scored by sequence number |
+//! | `sb:{m}:chat` | sorted set | chat messages scored by sequence number (a direct message with the two users who may read it) |
 //! | `sb:{m}:chatseq` | counter | the last chat sequence number |
 //! | `sb:{m}:slot` | counter | join order, to spread a cascaded meeting over its SFUs |
 //! | `sb:{m}:recording` | string | the RecordingJob recording the meeting now |
@@ -79,6 +79,22 @@ pub struct MediaRecord {
     pub room: String,
     #[serde(default)]
     pub tracks: Vec<TrackDescription>,
+}
+
+/// A chat message as kept in `sb:{m}:chat`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct StoredChat {
+    #[serde(flatten)]
+    message: ChatMessage,
+    /// A direct message's two users (subjects); empty for a message to everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    readers: Vec<String>,
+}
+
+impl StoredChat {
+    fn readable_by(&self, user: &str) -> bool {
+        self.readers.is_empty() || self.readers.iter().any(|r| r == user)
+    }
 }
 
 /// Who on the meeting's channel a [`Bus`] message is for.
@@ -631,11 +647,19 @@ return wait
         self.c().incr(k(meeting, "slot"), 1u64).await
     }
 
-    /// Appends a chat message, numbering it.
-    pub async fn append_chat(&self, meeting: &str, mut message: ChatMessage) -> RedisResult<ChatMessage> {
+    /// Appends a chat message, numbering it. `readers`: for a direct message, the two
+    /// users (subjects) who may find it in the history; empty: everyone.
+    pub async fn append_chat(
+        &self,
+        meeting: &str,
+        mut message: ChatMessage,
+        readers: Vec<String>,
+    ) -> RedisResult<ChatMessage> {
         message.seq = self.c().incr(k(meeting, "chatseq"), 1u64).await?;
         let key = k(meeting, "chat");
-        let json = serde_json::to_string(&message).expect("chat serializes");
+        let stored = StoredChat { message, readers };
+        let json = serde_json::to_string(&stored).expect("chat serializes");
+        let message = stored.message;
         redis::pipe()
             .zadd(&key, json, message.seq)
             .ignore()
@@ -648,25 +672,27 @@ return wait
         Ok(message)
     }
 
-    /// Up to `limit` messages before sequence number `before` (newest first), and
-    /// the `before` of the next page.
+    /// Of the `limit` messages before sequence number `before` (newest first), those
+    /// user `reader` may read (direct messages only by their two users), and the
+    /// `before` of the next page.
     pub async fn chat_page(
         &self,
         meeting: &str,
         before: Option<u64>,
         limit: usize,
+        reader: &str,
     ) -> RedisResult<(Vec<ChatMessage>, Option<u64>)> {
         let max = before.map(|b| format!("({b}")).unwrap_or("+inf".into());
         let raw: Vec<String> =
             self.c().zrevrangebyscore_limit(k(meeting, "chat"), max, "-inf", 0, limit as isize + 1).await?;
-        let mut messages: Vec<ChatMessage> = raw.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
-        let next = if messages.len() > limit {
-            messages.truncate(limit);
-            messages.last().map(|m| m.seq)
+        let mut page: Vec<StoredChat> = raw.iter().filter_map(|j| serde_json::from_str(j).ok()).collect();
+        let next = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|m| m.message.seq)
         } else {
             None
         };
-        Ok((messages, next))
+        Ok((page.into_iter().filter(|c| c.readable_by(reader)).map(|c| c.message).collect(), next))
     }
 
     pub async fn publish(&self, meeting: &str, bus: &Bus) -> RedisResult<()> {

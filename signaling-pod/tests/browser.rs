@@ -183,6 +183,13 @@ async fn the_browser_clients_controls_work_end_to_end() {
         seen.iter().any(|e| e.type_ == types::CHAT && e.payload["text"] == "hello from the browser"),
         "chat reaches rex"
     );
+    assert!(
+        seen.iter().any(|e| e.type_ == types::CHAT
+            && e.payload["text"] == "just for rex"
+            && e.payload["to"] == rex_id.as_str()),
+        "the direct message reaches rex, addressed to it"
+    );
+    assert_eq!(report["privateLines"], serde_json::json!(["You → REX (privately): just for rex"]), "{report}");
     // Screen share: published as a ScreenShare track, unpublished when it ended.
     assert!(report["screenError"].is_null(), "{report}");
     let track = report["screenTrack"].as_str().unwrap();
@@ -367,6 +374,21 @@ async fn each_meeting_control_clicked_on_one_page_acts_on_the_other() {
     assert!(rate("muted") < rate("speaking") / 50.0, "muted, no energy arrives: {report}");
     assert!(report["muted"]["playedSeconds"].as_f64().unwrap() > 1.0, "the host kept playing audio out: {report}");
     assert!(rate("unmuted") > rate("speaking") / 5.0, "unmuted, it arrives again: {report}");
+    // Recording: the button says "Stop recording" while one runs, and stopping it asks
+    // the RecordingJob's recorder to stop (the annotation names the host).
+    assert_eq!(report["recordLabel"], "Stop recording", "{report}");
+    let jobs: kube::Api<switchboard_crds::RecordingJob> = m.env.ns.api();
+    let listed = jobs.list(&Default::default()).await.unwrap().items;
+    let stopped_by: Vec<Option<String>> = listed
+        .iter()
+        .map(|j| {
+            j.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(switchboard_crds::recording_job::STOP_ANNOTATION).cloned())
+        })
+        .collect();
+    assert_eq!(stopped_by, [Some("hana".to_owned())], "one recording, stopped by the host: {report}");
     assert_eq!(report["endShown"], serde_json::json!({"host": true, "guest": false}), "{report}");
     for who in ["hostEnded", "guestEnded"] {
         assert!(report[who].as_str().unwrap().contains("hana ended the meeting"), "{who}: {report}");

@@ -152,6 +152,7 @@ async fn forged_user_tokens_are_refused_and_weak_settings_stop_the_start() {
             (Method::GET, "/api/v1/meetings/standup"),
             (Method::GET, "/api/v1/meetings/standup/chat"),
             (Method::POST, "/api/v1/meetings/standup/recordings"),
+            (Method::POST, "/api/v1/meetings/standup/recordings/stop"),
         ] {
             let (status, body) = call(&server.url, token, method, path).await;
             assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")), "{what}, {path}: {body}");
@@ -297,6 +298,7 @@ async fn a_role_claim_counts_only_for_the_meeting_it_names() {
         (types::REMOVE, json!({"participantId": host_id})),
         (types::ADMIT, json!({"all": true})),
         (types::START_RECORDING, json!({})),
+        (types::STOP_RECORDING, json!({})),
         (types::END_MEETING, json!({})),
     ] {
         assert_eq!(refused(&mallory, t, payload).await.code, ErrorCode::Forbidden, "{t}");
@@ -746,12 +748,11 @@ async fn one_recording_at_a_time_everyone_told_and_off_means_off() {
     assert_eq!(joined.recording.as_deref(), Some(job.as_str()));
 
     // The recorder finishes (the operator's phase): everyone hears it stopped.
-    let status =
-        json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": {"phase": "Processing"}});
+    let status_of = |phase: &str| json!({"apiVersion": "switchboard.dev/v1alpha1", "kind": "RecordingJob", "status": {"phase": phase}});
     jobs.patch_status(
         &job,
         &kube::api::PatchParams::apply("switchboard-operator").force(),
-        &kube::api::Patch::Apply(&status),
+        &kube::api::Patch::Apply(&status_of("Processing")),
     )
     .await
     .unwrap();
@@ -764,8 +765,33 @@ async fn one_recording_at_a_time_everyone_told_and_off_means_off() {
         call(&server.url, &user_token("hana", None, 600), Method::POST, "/api/v1/meetings/rec/recordings").await;
     assert_eq!(status, 201, "{body}");
     let second = body["recordingJob"].as_str().unwrap().to_owned();
-    amy.wait_for("the second recording started", WAIT, recording("started", second)).await.unwrap();
+    amy.wait_for("the second recording started", WAIT, recording("started", second.clone())).await.unwrap();
     assert_eq!(gus.count(types::RECORDING), 0, "the waiting room is not told");
+
+    // Stopping early: only who may start may stop; the job is annotated for its recorder.
+    assert_eq!(refused(&amy, types::STOP_RECORDING, json!({})).await.code, ErrorCode::Forbidden);
+    let stop_path = "/api/v1/meetings/rec/recordings/stop";
+    let (status, body) = call(&server.url, &user_token("amy", None, 600), Method::POST, stop_path).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let stop_annotation = |job: &switchboard_crds::RecordingJob| {
+        job.metadata.annotations.as_ref().and_then(|a| a.get(switchboard_crds::recording_job::STOP_ANNOTATION).cloned())
+    };
+    assert_eq!(stop_annotation(&jobs.get(&second).await.unwrap()), None, "refused stops change nothing");
+    let reply = host.request(types::STOP_RECORDING, json!({})).await.unwrap();
+    assert_eq!(reply.payload["recordingJob"], second.as_str());
+    assert_eq!(stop_annotation(&jobs.get(&second).await.unwrap()).as_deref(), Some("hana"));
+    // Once it has stopped there is nothing to stop.
+    jobs.patch_status(
+        &second,
+        &kube::api::PatchParams::apply("switchboard-operator").force(),
+        &kube::api::Patch::Apply(&status_of("Processing")),
+    )
+    .await
+    .unwrap();
+    amy.wait_for("the second recording stopped", WAIT, recording("stopped", second.clone())).await.unwrap();
+    assert_eq!(refused(&host, types::STOP_RECORDING, json!({})).await.code, ErrorCode::NoRecording);
+    let (status, body) = call(&server.url, &user_token("hana", None, 600), Method::POST, stop_path).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("noRecording")), "{body}");
 
     // Off means off, on both paths.
     let (off_host, _, joined) = connect(&rest(&server.url, "hana", None), "private").await;

@@ -615,3 +615,116 @@ async fn an_interactive_meeting_past_its_escalation_size_takes_newcomers_as_atte
     assert_eq!(host.count(types::ESCALATED), 1);
     env.ns.delete().await;
 }
+
+/// A chat with `toPeerId` is a direct message: across two replicas it reaches only its
+/// recipient (and the sender's connections), the history shows it to those two users
+/// alone (also after they reconnect), and it is refused for someone waiting, someone
+/// unknown, oneself, and in a Webinar between an attendee and a panelist (who only
+/// the hosts connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_reaches_only_its_recipient_and_only_the_two_read_it_later() {
+    let env = env("sig-direct").await;
+    meeting(&env, "huddle", "hana", serde_json::json!({})).await;
+    assign(&env, "huddle", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let a = Replica::start(&env, "replica-a");
+    let b = Replica::start(&env, "replica-b");
+    let (host, host_grant, _) = connect(&rest(&a.url, "hana", None), "huddle").await;
+    let (gus, gus_grant, _) = connect(&rest(&b.url, "gus", None), "huddle").await;
+    let (gwen, gwen_grant, _) = connect(&rest(&a.url, "gwen", None), "huddle").await;
+    for (client, who) in [(&host, &gwen_grant), (&gus, &gwen_grant)] {
+        client
+            .wait_for("everyone in", WAIT, |e| {
+                e.type_ == types::PARTICIPANT_UPDATE && e.payload["id"] == who.participant_id.as_str()
+            })
+            .await
+            .unwrap();
+    }
+
+    // gus (replica b) writes to gwen (replica a) alone, then everyone hears a public line.
+    let reply =
+        gus.request_to(types::CHAT, &gwen_grant.participant_id, serde_json::json!({"text": "just you"})).await.unwrap();
+    assert_eq!(reply.payload["seq"], 1);
+    let got = gwen.wait_for("the direct message", WAIT, |e| e.type_ == types::CHAT).await.unwrap();
+    assert_eq!(got.payload["text"], "just you");
+    assert_eq!(got.payload["to"], gwen_grant.participant_id.as_str());
+    assert_eq!(got.payload["toName"], "GWEN");
+    assert_eq!(got.from_peer_id.as_deref(), Some(gus_grant.participant_id.as_str()));
+    gus.wait_for("its own copy", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "just you").await.unwrap();
+    host.request(types::CHAT, serde_json::json!({"text": "for all"})).await.unwrap();
+    for c in [&gus, &gwen, &host] {
+        c.wait_for("the public line", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "for all")
+            .await
+            .unwrap();
+    }
+    // The host heard the public line after the direct one was delivered: it never got that one.
+    assert!(
+        !host.received().iter().any(|e| e.type_ == types::CHAT && e.payload["text"] == "just you"),
+        "the host received a direct message between two others"
+    );
+
+    // History: the two see both lines, the host (who may read the whole chat) only the public one.
+    let texts = |page: switchboard_signaling_proto::rest::ChatPage| -> Vec<String> {
+        page.messages.into_iter().map(|m| m.text).collect()
+    };
+    for user in ["gus", "gwen"] {
+        let page = rest(&b.url, user, None).chat("huddle", None, 10).await.unwrap();
+        assert_eq!(texts(page), ["for all", "just you"], "{user}'s history");
+    }
+    assert_eq!(texts(rest(&a.url, "hana", None).chat("huddle", None, 10).await.unwrap()), ["for all"]);
+    // Pages stay in step with the sequence: a page of one before the public line is the
+    // direct message for gwen, and empty for the host.
+    let gwen_older = rest(&a.url, "gwen", None).chat("huddle", Some(2), 1).await.unwrap();
+    assert_eq!(texts(gwen_older), ["just you"]);
+    let host_older = rest(&a.url, "hana", None).chat("huddle", Some(2), 1).await.unwrap();
+    assert!(host_older.messages.is_empty(), "{host_older:?}");
+
+    // Refusals: oneself, nobody, an over-long id; nothing was stored for them.
+    let refused = |r: Result<switchboard_signaling_proto::Envelope, switchboard_signaling_client::Error>| {
+        r.unwrap_err().refusal().expect("a refusal").code
+    };
+    let me = gus_grant.participant_id.as_str();
+    assert_eq!(
+        refused(gus.request_to(types::CHAT, me, serde_json::json!({"text": "me"})).await),
+        ErrorCode::InvalidPayload
+    );
+    assert_eq!(
+        refused(gus.request_to(types::CHAT, "p-nobody", serde_json::json!({"text": "?"})).await),
+        ErrorCode::UnknownParticipant
+    );
+    let long = "p".repeat(65);
+    assert_eq!(
+        refused(gus.request_to(types::CHAT, &long, serde_json::json!({"text": "?"})).await),
+        ErrorCode::InvalidPayload
+    );
+    let _ = host_grant;
+
+    // A Webinar: an attendee writes to the host, not to a panelist; the panelist cannot
+    // write to the attendee.
+    let spec = serde_json::json!({"mode": "Webinar", "participants": {"expected": 5, "max": 10}});
+    meeting(&env, "talk", "hana", spec).await;
+    assign(&env, "talk", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let (host, host_grant, _) = connect(&rest(&a.url, "hana", None), "talk").await;
+    let ns = env.ns.name.clone();
+    let claims = serde_json::json!({
+        "sub": "pia", "exp": signaling_pod::auth::now_unix() + 3600, "meetings": {format!("{ns}/talk"): "panelist"},
+    });
+    let panelist_rest = switchboard_signaling_client::Rest::new(&a.url, &signed(claims));
+    let (panelist, panelist_grant, joined) = connect(&panelist_rest, "talk").await;
+    assert_eq!(joined.participant.role, Role::Participant);
+    let (attendee, attendee_grant, joined) = connect(&rest(&b.url, "ada", None), "talk").await;
+    assert_eq!(joined.participant.role, Role::Viewer);
+    attendee
+        .request_to(types::CHAT, &host_grant.participant_id, serde_json::json!({"text": "a question"}))
+        .await
+        .unwrap();
+    host.wait_for("the attendee's question", WAIT, |e| e.type_ == types::CHAT && e.payload["text"] == "a question")
+        .await
+        .unwrap();
+    let to_panelist =
+        attendee.request_to(types::CHAT, &panelist_grant.participant_id, serde_json::json!({"text": "hi"}));
+    assert_eq!(refused(to_panelist.await), ErrorCode::UnknownParticipant);
+    let to_attendee =
+        panelist.request_to(types::CHAT, &attendee_grant.participant_id, serde_json::json!({"text": "hi"}));
+    assert_eq!(refused(to_attendee.await), ErrorCode::UnknownParticipant);
+    env.ns.delete().await;
+}

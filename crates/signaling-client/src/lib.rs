@@ -213,7 +213,9 @@ impl SignalingClient {
     /// waits as long as the notices keep coming.
     pub async fn join(url: &str, token: &str) -> Result<(Self, JoinedPayload)> {
         let client = Self::connect(url).await?;
-        let reply = client.request_while(types::JOIN, serde_json::json!({ "token": token }), types::QUEUED).await?;
+        let reply = client
+            .request_while(Envelope::new(types::JOIN, serde_json::json!({ "token": token })), types::QUEUED)
+            .await?;
         let joined = reply
             .payload_as()
             .map_err(|source| Error::Protocol { what: format!("the `{}` reply to `join`", reply.type_), source })?;
@@ -286,17 +288,27 @@ impl SignalingClient {
     /// Sends `type` with `payload` and a fresh request id, and waits for the reply
     /// carrying that id; an `error` reply becomes an `Err` holding its payload.
     pub async fn request(&self, type_: &str, payload: impl Serialize) -> Result<Envelope> {
-        self.request_while(type_, payload, "").await
+        self.request_while(Envelope::new(type_, payload), "").await
     }
 
-    /// [`request`](Self::request), waiting past the reply timeout for as long as
-    /// messages of type `progress` keep arriving within it.
-    async fn request_while(&self, type_: &str, payload: impl Serialize, progress: &str) -> Result<Envelope> {
+    /// [`request`](Self::request) addressed to one participant (`toPeerId`), e.g. a
+    /// direct chat message.
+    pub async fn request_to(&self, type_: &str, to: &str, payload: impl Serialize) -> Result<Envelope> {
+        let mut env = Envelope::new(type_, payload);
+        env.to_peer_id = Some(to.to_owned());
+        self.request_while(env, "").await
+    }
+
+    /// [`request`](Self::request) of `env`, waiting past the reply timeout for as long
+    /// as messages of type `progress` keep arriving within it.
+    async fn request_while(&self, env: Envelope, progress: &str) -> Result<Envelope> {
         const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+        let type_ = env.type_.clone();
+        let type_ = type_.as_str();
         let id = format!("r{}", self.next_id.fetch_add(1, Ordering::SeqCst));
         let (tx, mut rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
-        self.send(Envelope::new(type_, payload).in_reply_to(Some(id.clone())));
+        self.send(env.in_reply_to(Some(id.clone())));
         let mut seen = self.count(progress);
         let reply = loop {
             match tokio::time::timeout(REPLY_TIMEOUT, &mut rx).await {

@@ -22,6 +22,8 @@ pub use permissions::{Permission, Permissions, Role};
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Longest chat message, in characters.
 pub const MAX_CHAT_CHARS: usize = 4000;
+/// Longest participant id a client may name (`toPeerId`); the server's are far shorter.
+pub const MAX_PEER_ID_CHARS: usize = 64;
 
 /// The wire envelope of every message, in both directions.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -101,6 +103,7 @@ pub mod types {
     /// SFU then forwards the simulcast layer that fits), or paused while not shown.
     pub const SUBSCRIPTION: &str = "subscription";
     pub const START_RECORDING: &str = "start-recording";
+    pub const STOP_RECORDING: &str = "stop-recording";
     /// A host ends the meeting for everyone: each participant gets `meeting-ended` and
     /// is disconnected, and nobody may join again.
     pub const END_MEETING: &str = "end-meeting";
@@ -167,6 +170,8 @@ pub enum ClientMessage {
     HandRaise(HandRaisePayload),
     Subscription(SubscriptionPayload),
     StartRecording,
+    /// Ends the running recording early (who may start one may stop it).
+    StopRecording,
     EndMeeting,
     SetRole(SetRolePayload),
     Participants(ParticipantsQuery),
@@ -193,6 +198,7 @@ impl ClientMessage {
             Self::HandRaise(_) => HAND_RAISE,
             Self::Subscription(_) => SUBSCRIPTION,
             Self::StartRecording => START_RECORDING,
+            Self::StopRecording => STOP_RECORDING,
             Self::EndMeeting => END_MEETING,
             Self::SetRole(_) => SET_ROLE,
             Self::Participants(_) => PARTICIPANTS,
@@ -231,6 +237,10 @@ pub struct AnswerPayload {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChatPayload {
     pub text: String,
+    /// A direct message's recipient (a participant id): the envelope's `toPeerId`, never
+    /// the payload's. `None`: everyone.
+    #[serde(skip)]
+    pub to: Option<String>,
 }
 
 /// A participant's own state; absent fields are unchanged.
@@ -486,6 +496,12 @@ pub struct ChatMessage {
     pub text: String,
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// A direct message's recipient (participant id and name): only it and the sender
+    /// receive the message and find it in the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_name: Option<String>,
 }
 
 /// `media-reconnect`: the meeting moved to another SFU; build new connections and
@@ -548,6 +564,8 @@ pub enum ErrorCode {
     Removed,
     /// A recording of the meeting is already running (or being started).
     RecordingActive,
+    /// No recording of the meeting is running (nothing to stop).
+    NoRecording,
     Internal,
 }
 
@@ -615,13 +633,28 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
         ICE_SERVERS => ClientMessage::IceServers,
         LEAVE => ClientMessage::Leave,
         CHAT => {
-            let chat: ChatPayload = typed(payload()).map_err(invalid)?;
+            let mut chat: ChatPayload = typed(payload()).map_err(invalid)?;
             let chars = chat.text.chars().count();
             if chars == 0 || chars > MAX_CHAT_CHARS {
                 return Err(fail(
                     ErrorCode::InvalidPayload,
                     format!("chat text must have 1 to {MAX_CHAT_CHARS} characters, not {chars}"),
                 ));
+            }
+            if let Some(to) = &envelope.to_peer_id {
+                if envelope.broadcast {
+                    return Err(fail(
+                        ErrorCode::InvalidPayload,
+                        "a chat goes to toPeerId or to everyone, not both".into(),
+                    ));
+                }
+                if to.is_empty() || to.chars().count() > MAX_PEER_ID_CHARS {
+                    return Err(fail(
+                        ErrorCode::InvalidPayload,
+                        format!("toPeerId must have 1 to {MAX_PEER_ID_CHARS} characters"),
+                    ));
+                }
+                chat.to = Some(to.clone());
             }
             ClientMessage::Chat(chat)
         }
@@ -706,6 +739,7 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             ClientMessage::Subscription(s)
         }
         START_RECORDING => ClientMessage::StartRecording,
+        STOP_RECORDING => ClientMessage::StopRecording,
         END_MEETING => ClientMessage::EndMeeting,
         PING => ClientMessage::Ping,
         other => {

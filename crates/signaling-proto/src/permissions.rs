@@ -65,6 +65,13 @@ impl Role {
     pub fn publishes(self) -> bool {
         self != Role::Viewer
     }
+    /// Whether someone of this role may send a direct message to someone of role `to`:
+    /// hosts and co-hosts to anyone and anyone to them; otherwise neither side may be a
+    /// viewer (a Webinar's attendees do not see each other, nor write to panelists
+    /// unseen by the hosts).
+    pub fn may_message_privately(self, to: Role) -> bool {
+        self.admits() || to.admits() || (self != Role::Viewer && to != Role::Viewer)
+    }
     /// Hosts and co-hosts skip the waiting room.
     pub fn skips_waiting_room(self) -> bool {
         self.admits()

@@ -67,7 +67,8 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         ClientMessage::Chat(_) => Need::Permission(Permission::SendChat),
         ClientMessage::Mute(m) if m.participant_id != me => Need::Permission(Permission::MuteOthers),
         ClientMessage::Remove(_) => Need::Permission(Permission::RemoveParticipant),
-        ClientMessage::StartRecording => Need::Permission(Permission::StartRecording),
+        // Who may start a recording may stop one.
+        ClientMessage::StartRecording | ClientMessage::StopRecording => Need::Permission(Permission::StartRecording),
         ClientMessage::EndMeeting => Need::Permission(Permission::EndMeeting),
         ClientMessage::ParticipantUpdate(u) if u.screen_sharing == Some(true) => {
             Need::Permission(Permission::ShareScreen)

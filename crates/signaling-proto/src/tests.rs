@@ -303,3 +303,42 @@ fn a_participants_page_is_bounded() {
         assert!(e.reason.contains(named), "{frame}: {}", e.reason);
     }
 }
+
+#[test]
+fn a_chat_with_to_peer_id_is_a_direct_message_and_its_recipient_is_bounded() {
+    let (_, m) = parse_client(br#"{"type":"chat","toPeerId":"p-1","payload":{"text":"psst"}}"#).unwrap();
+    assert_eq!(m, ClientMessage::Chat(ChatPayload { text: "psst".into(), to: Some("p-1".into()) }));
+    let (_, m) = parse_client(br#"{"type":"chat","payload":{"text":"all"}}"#).unwrap();
+    assert_eq!(m, ClientMessage::Chat(ChatPayload { text: "all".into(), to: None }));
+    // The payload cannot name a recipient (only the envelope does).
+    assert_eq!(
+        parse(r#"{"type":"chat","payload":{"text":"x","to":"p-1"}}"#).unwrap_err().code,
+        ErrorCode::InvalidPayload
+    );
+    let long = format!(r#"{{"type":"chat","toPeerId":"{}","payload":{{"text":"x"}}}}"#, "p".repeat(65));
+    assert_eq!(parse(&long).unwrap_err().code, ErrorCode::InvalidPayload);
+    let both = r#"{"type":"chat","toPeerId":"p-1","broadcast":true,"payload":{"text":"x"}}"#;
+    assert_eq!(parse(both).unwrap_err().code, ErrorCode::InvalidPayload);
+    assert_eq!(
+        parse(r#"{"type":"chat","toPeerId":"","payload":{"text":"x"}}"#).unwrap_err().code,
+        ErrorCode::InvalidPayload
+    );
+}
+
+#[test]
+fn who_may_send_a_direct_message_to_whom() {
+    use Role::*;
+    let table = [
+        (Host, Viewer, true),
+        (Viewer, Host, true),
+        (Viewer, CoHost, true),
+        (CoHost, Participant, true),
+        (Participant, Participant, true),
+        (Participant, Viewer, false),
+        (Viewer, Participant, false),
+        (Viewer, Viewer, false),
+    ];
+    for (from, to, may) in table {
+        assert_eq!(from.may_message_privately(to), may, "{from:?} → {to:?}");
+    }
+}

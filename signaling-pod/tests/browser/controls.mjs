@@ -49,7 +49,12 @@ try {
   await page.click('#reaction-picker button[title="React 🎉"]');
   await page.fill("#chat-text", "hello from the browser");
   await page.click("#chat-form button");
+  // A direct message: the Rust participant chosen in "Send to".
+  await page.selectOption("#chat-to", { label: "REX (privately)" });
+  await page.fill("#chat-text", "just for rex");
+  await page.click("#chat-form button");
   await sleep(1000);
+  report.privateLines = await page.evaluate(() => [...document.querySelectorAll("#chat p.private")].map((p) => p.textContent));
   report.micLabel = await page.textContent("#mic");
   report.handLabel = await page.textContent("#hand");
   // Devices: the fake camera and microphone are listed; choosing the camera again swaps
@@ -81,6 +86,10 @@ try {
   await sleep(800);
   if (shots) await page.screenshot({ path: `${shots}/client-phone.png` });
   report.phoneFits = await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
+  // What sticks out, when something does.
+  if (!report.phoneFits) report.phoneWide = await page.evaluate(() => [...document.querySelectorAll("body *")]
+    .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 1 && e.getClientRects().length)
+    .slice(0, 8).map((e) => `${e.tagName.toLowerCase()}#${e.id} ${Math.round(e.getBoundingClientRect().right)}`));
   await page.setViewportSize({ width: 1280, height: 800 });
   report.quality = await page.evaluate(() => window.switchboard.quality || null);
   // Share the screen, then stop it the way the browser's own "Stop sharing" does

@@ -11,6 +11,7 @@
 //   allows it again (the guest unmutes: sound), and stops the guest's camera (the
 //   guest's page shows it off, the host's tile shows initials);
 // - the host removes the Rust participant (the test checks it was told and closed);
+// - the host starts a recording (both pages show the badge) and stops it;
 // - the host clicks "End for all": both pages show that the meeting ended and do not
 //   reconnect.
 // Usage: node meeting_controls.mjs <host-url> <guest-url> <other-name>; prints `RESULT <json>`.
@@ -111,6 +112,17 @@ try {
   // The host removes the Rust participant from the people list.
   await host.click(`#people li:has-text("${otherName}") button:has-text("Remove")`);
   report.removedGone = await host.waitForFunction((n) => ![...document.querySelectorAll("#people li span")].some((e) => e.textContent.includes(n)), otherName, { timeout: 10000 }).then(() => true, () => false);
+
+  // Recording: the host starts it (both pages show the badge), then stops it (the test
+  // checks the RecordingJob was asked to stop; with no recorder here it stays running).
+  await host.click("#record");
+  for (const page of [host, guest]) await page.waitForSelector("#recording:not([hidden])", { timeout: 15000 });
+  // Everyone is told a recording started; the host takes note.
+  if (await host.isVisible("#consent")) await host.click("#consent-ok");
+  report.recordLabel = await host.textContent("#record");
+  await host.click("#record");
+  await sleep(1000);
+  report.recordErrors = await host.evaluate(() => document.getElementById("status").textContent);
 
   report.endShown = { host: await host.isVisible("#end"), guest: await guest.isVisible("#end") };
   // The host is asked to confirm; a person says yes.
