@@ -394,7 +394,7 @@ mod tests {
             .map(|l| format!("/api/v1/{}", l.split('"').next().unwrap()))
             .filter(|p| !p.ends_with("openapi.json"))
             .collect::<Vec<_>>();
-        assert_eq!(routes.len(), 5, "{routes:?}");
+        assert_eq!(routes.len(), 6, "{routes:?}");
         for r in &routes {
             assert!(paths.contains_key(r), "{r} is missing from openapi.json");
         }

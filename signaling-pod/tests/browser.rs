@@ -284,6 +284,10 @@ async fn a_viewers_tile_size_picks_the_simulcast_layer_and_a_hidden_tile_pauses(
     }
     assert_eq!(report["hidden"]["packetsDuring"], 0, "a hidden tile receives no video: {report}");
     assert!(width("shown") >= width("large"), "{report}");
+    // Layer allocation: while nobody could receive more than the lowest layer the
+    // publisher sent only that; shown large again, every layer is back.
+    assert_eq!(report["activeWhileHidden"], serde_json::json!(["q"]), "{report}");
+    assert_eq!(report["activeWhenShown"], serde_json::json!(["q", "h", "f"]), "{report}");
     m.env.ns.delete().await;
 }
 

@@ -309,6 +309,12 @@ pub enum Event {
         layer: u8,
         rid: String,
     },
+    /// To a publisher: send only these simulcast layers (RIDs) of `track`; nobody may
+    /// receive the others now. A client sets the other encodings `active: false`.
+    LayersWanted {
+        track: String,
+        rids: Vec<String>,
+    },
     /// The SFU is draining: move when told (signaling follows the Meeting's migrations).
     Draining,
     /// The room was closed or the participant removed; stop polling.

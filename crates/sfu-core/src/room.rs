@@ -60,6 +60,10 @@ pub const LAYER_EVAL_INTERVAL: Duration = Duration::from_millis(250);
 pub const SPEAKER_INTERVAL: Duration = Duration::from_millis(300);
 /// A layer that sent nothing for this long is not offered to subscribers.
 pub const LAYER_INACTIVE_AFTER: Duration = Duration::from_secs(2);
+/// A publisher is told to stop a simulcast layer once no subscriber's preferences have
+/// allowed it for this long (a tile shrinking for a moment costs no restart); a layer
+/// wanted again is asked for at once.
+pub const LAYER_RELEASE_HOLD: Duration = Duration::from_secs(5);
 /// A better estimate must last this long before a subscription moves up a layer.
 pub const UP_SWITCH_HOLD: Duration = Duration::from_millis(500);
 /// At most one keyframe request per layer in this interval (subscribers' PLIs included).
@@ -248,6 +252,12 @@ pub enum RoomEvent {
         track: TrackId,
         layer: u8,
         rid: String,
+    },
+    /// To a publisher: send only these simulcast layers of its `track` (RIDs, lowest
+    /// first); no subscriber's preferences allow the others (see [`LAYER_RELEASE_HOLD`]).
+    LayersWanted {
+        track: TrackId,
+        rids: Vec<String>,
     },
 }
 
@@ -505,6 +515,10 @@ struct Track {
     muted: bool,
     layers: Vec<Layer>,
     subs: Vec<Subscription>,
+    /// The layers (RIDs) the publisher was last told to send; `None`: never told, so all.
+    layers_told: Option<Vec<String>>,
+    /// Since when fewer layers than told are wanted.
+    fewer_wanted_since: Option<Instant>,
 }
 
 impl Track {
@@ -780,7 +794,15 @@ impl Room {
         }
         let handle = TrackHandle(self.next_track);
         self.next_track += 1;
-        let track = Track { info, publisher: participant.into(), muted, layers: Vec::new(), subs: Vec::new() };
+        let track = Track {
+            info,
+            publisher: participant.into(),
+            muted,
+            layers: Vec::new(),
+            subs: Vec::new(),
+            layers_told: None,
+            fewer_wanted_since: None,
+        };
         let event = RoomEvent::TrackPublished {
             participant: track.shown_publisher().clone(),
             track: track.info.id.clone(),
@@ -1089,6 +1111,9 @@ impl Room {
             let mut handles: Vec<TrackHandle> = self.tracks.keys().copied().collect();
             handles.sort();
             self.evaluate_tracks(&handles, now, None);
+            for h in handles {
+                self.tell_layers_wanted(h, now);
+            }
         }
         if now >= self.next_loudest_eval {
             self.next_loudest_eval = now + LOUDEST_INTERVAL;
@@ -1101,6 +1126,57 @@ impl Room {
                 self.tell_all(None, RoomEvent::ActiveSpeaker { participant });
             }
         }
+    }
+
+    /// Tells a client publishing simulcast which of its layers anyone may receive: the
+    /// lowest always (a new subscriber starts at once), and each layer some subscription's
+    /// preferences allow (`maxLayer`, `maxHeight`: its tile's size; a hidden tile wants
+    /// nothing); relays and hidden subscribers (a recorder) want every layer. Bandwidth
+    /// does not count: a subscriber held low by its estimate may climb again at any time.
+    /// More layers are asked for at once, fewer after [`LAYER_RELEASE_HOLD`].
+    fn tell_layers_wanted(&mut self, handle: TrackHandle, now: Instant) {
+        let Some(t) = self.tracks.get(&handle) else { return };
+        let from_client = self.participants.get(&t.publisher).is_some_and(|p| p.kind == ParticipantKind::Client);
+        if !from_client || !t.info.codec.is_video() || t.layers.len() < 2 || t.info.origin.is_some() {
+            return;
+        }
+        let order = ordered(&t.layers);
+        let wants_all = |s: &Subscription| {
+            self.participants
+                .get(&s.subscriber)
+                .is_some_and(|p| matches!(p.kind, ParticipantKind::Relay | ParticipantKind::Hidden))
+        };
+        let wanted: Vec<String> = order
+            .iter()
+            .enumerate()
+            .filter(|&(pos, &i)| {
+                pos == 0
+                    || t.subs.iter().filter(|s| !s.prefs.paused).any(|s| {
+                        wants_all(s)
+                            || (s.prefs.max_layer.is_none_or(|m| pos as u8 <= m)
+                                && s.prefs.max_height.is_none_or(|h| t.layers[i].size.is_none_or(|(_, lh)| lh <= h)))
+                    })
+            })
+            .map(|(_, &i)| t.layers[i].rid.clone())
+            .collect();
+        let told: Vec<String> =
+            t.layers_told.clone().unwrap_or_else(|| order.iter().map(|&i| t.layers[i].rid.clone()).collect());
+        let (track, publisher) = (t.info.id.clone(), t.publisher.clone());
+        let t = self.tracks.get_mut(&handle).expect("looked up above");
+        if wanted == told {
+            t.fewer_wanted_since = None;
+            return;
+        }
+        let more = wanted.iter().any(|r| !told.contains(r));
+        if !more {
+            let since = *t.fewer_wanted_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < LAYER_RELEASE_HOLD {
+                return;
+            }
+        }
+        t.fewer_wanted_since = None;
+        t.layers_told = Some(wanted.clone());
+        self.outputs.push_back(Output::Event { to: publisher, event: RoomEvent::LayersWanted { track, rids: wanted } });
     }
 
     pub fn counters(&self) -> Counters {

@@ -432,6 +432,62 @@ fn a_muted_camera_is_not_asked_for_keyframes_until_it_is_unmuted() {
 }
 
 #[test]
+fn a_publisher_is_told_which_simulcast_layers_anyone_may_receive() {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("small", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    let wanted = |sim: &mut Sim| -> Vec<Vec<String>> {
+        sim.commands()
+            .into_iter()
+            .filter_map(|c| match c {
+                Output::Event { to, event: RoomEvent::LayersWanted { track, rids } } => {
+                    assert_eq!((to.as_str(), track.as_str()), ("pub", "cam"));
+                    Some(rids)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let run = |sim: &mut Sim, sub: SubscriptionId, d: Duration| {
+        let end = sim.now + d;
+        while sim.now < end {
+            burst(sim, t, sub, None);
+            sim.advance(Duration::from_millis(100));
+        }
+    };
+    let rids = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // One subscriber showing a small tile (the lowest layer only): the others stop after the hold.
+    let small = sim.subscribe("small", "cam", Preferences { max_layer: Some(0), ..Default::default() }).unwrap();
+    run(&mut sim, small, LAYER_RELEASE_HOLD - Duration::from_millis(500));
+    assert!(wanted(&mut sim).is_empty(), "not before the hold");
+    run(&mut sim, small, Duration::from_secs(1));
+    assert_eq!(wanted(&mut sim), [rids(&["q"])]);
+    run(&mut sim, small, Duration::from_secs(3));
+    assert!(wanted(&mut sim).is_empty(), "told once");
+
+    // A second subscriber up to the middle layer: asked for at once.
+    sim.join("mid", ParticipantKind::Client, false).unwrap();
+    let mid = sim.subscribe("mid", "cam", Preferences { max_layer: Some(1), ..Default::default() }).unwrap();
+    run(&mut sim, small, LAYER_EVAL_INTERVAL * 2);
+    assert_eq!(wanted(&mut sim), [rids(&["q", "h"])]);
+    // Its tile hidden: nothing above the lowest is wanted, after the hold.
+    let paused = Preferences { paused: true, ..Default::default() };
+    sim.input(Input::SetPreferences { subscriber: "mid", track: "cam", prefs: paused, now: sim.now }).unwrap();
+    run(&mut sim, small, LAYER_RELEASE_HOLD + Duration::from_secs(1));
+    assert_eq!(wanted(&mut sim), [rids(&["q"])]);
+    let _ = mid;
+    // A recorder (hidden participant) wants every layer, whatever the tiles.
+    sim.join("rec", ParticipantKind::Hidden, false).unwrap();
+    sim.subscribe("rec", "cam", Preferences::default()).unwrap();
+    run(&mut sim, small, LAYER_EVAL_INTERVAL * 2);
+    assert_eq!(wanted(&mut sim), [rids(&["q", "h", "f"])]);
+}
+
+#[test]
 fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back() {
     let mut sim = Sim::new();
     sim.join("relay-edge", ParticipantKind::Relay, true).unwrap();

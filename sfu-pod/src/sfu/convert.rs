@@ -141,6 +141,7 @@ pub(super) fn to_api_event(e: RoomEvent) -> Event {
         RoomEvent::TrackMuted { participant, track, muted } => Event::TrackMuted { participant, track, muted },
         RoomEvent::ActiveSpeaker { participant } => Event::ActiveSpeaker { participant },
         RoomEvent::LayerChanged { track, layer, rid } => Event::LayerChanged { track, layer, rid },
+        RoomEvent::LayersWanted { track, rids } => Event::LayersWanted { track, rids },
     }
 }
 

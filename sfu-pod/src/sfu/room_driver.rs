@@ -249,6 +249,9 @@ async fn execute(sfu: &Arc<Sfu>, room: &Arc<RoomEntry>, command: Output) {
                 sfu.metrics.quality.layer_switched(*layer);
                 debug!(room = %room.name, subscriber = %to, layer, "layer switched");
             }
+            if let RoomEvent::LayersWanted { track, rids } = &event {
+                debug!(room = %room.name, publisher = %to, track, ?rids, "layers wanted");
+            }
             if let Ok(peer) = room.peer(&to) {
                 peer.push_event(to_api_event(event));
             }

@@ -53,7 +53,12 @@ try {
   await step("large", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 10000);
   await step("small", { width: "160px", height: "90px", aspectRatio: "auto", display: "" }, 5000);
   await step("hidden", { display: "none" }, 3000);
-  await step("shown", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 5000);
+  // Small, then hidden for 8 s: the SFU told the publisher to send only its lowest layer.
+  report.activeWhileHidden = await publisher.evaluate(() => window.switchboard.layersActive || null);
+  // Shown again, the SFU asks for the layers back at once; the large layer returns once
+  // the publisher's encoder restarted it and the estimate carries it: 10 s, like "large".
+  await step("shown", { width: "1280px", height: "720px", aspectRatio: "auto", display: "" }, 10000);
+  report.activeWhenShown = await publisher.evaluate(() => window.switchboard.layersActive || null);
   report.wishes = await viewer.evaluate(() => [...window.switchboard.wishes.values()]);
   console.log("RESULT " + JSON.stringify(report));
 } finally {
