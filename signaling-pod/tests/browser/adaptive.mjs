@@ -14,7 +14,7 @@
 // packetsLost), pd (audio packetsDiscarded), ept (audio estimatedPlayoutTimestamp: the
 // sender's NTP time, in ms, of what plays out now); `rids`: the layers the publisher sends;
 // `red`: the audio lines of the SFU's answer to the publisher and offer to the viewer).
-import { existsSync, writeFileSync, chmodSync, mkdtempSync } from "node:fs";
+import { existsSync, writeFileSync, chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { launch, openPage } from "./chromium.mjs";
@@ -22,8 +22,11 @@ import { launch, openPage } from "./chromium.mjs";
 const [publisherUrl, viewerUrl, netns, publisherNetns] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // A Chromium that starts inside a namespace (Playwright talks to it over a pipe).
+const scratch = [];
 const inNamespace = (ns) => {
-  const wrapper = join(mkdtempSync(join(tmpdir(), "adaptive-")), "chromium-in-netns");
+  const dir = mkdtempSync(join(tmpdir(), "adaptive-"));
+  scratch.push(dir);
+  const wrapper = join(dir, "chromium-in-netns");
   writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${process.env.CHROMIUM || "/usr/bin/chromium"} "$@"\n`);
   chmodSync(wrapper, 0o755);
   return wrapper;
@@ -85,4 +88,5 @@ try {
 } finally {
   await publisherBrowser.close();
   await viewerBrowser.close();
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 }
