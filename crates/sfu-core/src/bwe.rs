@@ -376,15 +376,15 @@ impl SendSideBwe {
         (bps as u64).clamp(MIN_BPS, MAX_BPS)
     }
 
-    /// Whether a probe has come back: a subscriber whose feedback never reports the probes
-    /// (a receiver that drops them before counting) has an estimate that cannot climb,
-    /// so it must not be trusted to bring a paused video back.
     /// Whether a probe cluster is sending now: copies queued for one that has ended
     /// would only add to what the path already carries.
     pub fn probing(&self, now: Instant) -> bool {
         self.clusters.back().is_some_and(|c| c.sending(now))
     }
 
+    /// Whether a probe has come back: a subscriber whose feedback never reports the probes
+    /// (a receiver that drops them before counting) has an estimate that cannot climb,
+    /// so it must not be trusted to bring a paused video back.
     pub fn probe_answered(&self) -> bool {
         self.probe_answered
     }
