@@ -1140,6 +1140,14 @@ impl Room {
         if !from_client || !t.info.codec.is_video() || t.layers.len() < 2 || t.info.origin.is_some() {
             return;
         }
+        // Layers whose RIDs do not say their order are ordered by bitrate, which a
+        // stopped layer loses: the lowest could then be the one told to stop.
+        let mut ranks: Vec<u8> = t.layers.iter().map(|l| l.rank).collect();
+        ranks.sort();
+        ranks.dedup();
+        if ranks.len() != t.layers.len() {
+            return;
+        }
         let order = ordered(&t.layers);
         let wants_all = |s: &Subscription| {
             self.participants

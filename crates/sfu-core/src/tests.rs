@@ -488,6 +488,24 @@ fn a_publisher_is_told_which_simulcast_layers_anyone_may_receive() {
 }
 
 #[test]
+fn layers_whose_rids_do_not_say_their_order_are_never_stopped() {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("small", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["alpha", "beta", "gamma"] {
+        sim.add_layer(t, rid);
+    }
+    let small = sim.subscribe("small", "cam", Preferences { max_layer: Some(0), ..Default::default() }).unwrap();
+    for _ in 0..100 {
+        burst(&mut sim, t, small, None);
+        sim.advance(Duration::from_millis(100));
+    }
+    let told = sim.commands().iter().any(|c| matches!(c, Output::Event { event: RoomEvent::LayersWanted { .. }, .. }));
+    assert!(!told, "ordered by bitrate only, no layer is switched off");
+}
+
+#[test]
 fn relayed_tracks_show_their_origin_and_relays_never_get_their_own_tracks_back() {
     let mut sim = Sim::new();
     sim.join("relay-edge", ParticipantKind::Relay, true).unwrap();
