@@ -208,6 +208,11 @@ pub fn meeting_role_token(sub: &str, meeting: &str, role: &str) -> String {
 /// An `sfu-pod` process (the release binary next to this one) with the pool credential
 /// `token`, on loopback, relaying only from loopback origins; its API endpoint.
 pub fn sfu_process(name: &str, token: &str) -> anyhow::Result<(Child, String)> {
+    sfu_process_with(name, token, &[])
+}
+
+/// [`sfu_process`] with more variables (`env` wins over the defaults, e.g. another media address).
+pub fn sfu_process_with(name: &str, token: &str, env: &[(&str, String)]) -> anyhow::Result<(Child, String)> {
     use std::io::BufRead as _;
     let exe = std::env::current_exe()?.with_file_name("sfu-pod");
     let mut child = std::process::Command::new(&exe)
@@ -217,6 +222,7 @@ pub fn sfu_process(name: &str, token: &str) -> anyhow::Result<(Child, String)> {
         .env("SWITCHBOARD_NAME", name)
         .env("SWITCHBOARD_RELAY_ALLOWED_CIDRS", "127.0.0.0/8")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {} (cargo build --release -p sfu-pod)", exe.display()))?;

@@ -57,23 +57,12 @@ struct Run {
 
 /// An `sfu-pod` process whose media port is on `ip` (its only candidate).
 fn sfu_on(ip: std::net::Ipv4Addr, token: &str, send_side_bwe: bool) -> anyhow::Result<(Child, String)> {
-    use std::io::BufRead as _;
-    let exe = std::env::current_exe()?.with_file_name("sfu-pod");
-    let mut child = std::process::Command::new(&exe)
-        .env(switchboard_sfu_client::auth::TOKEN_ENV, token)
-        .env("SWITCHBOARD_API_ADDR", "127.0.0.1:0")
-        .env("SWITCHBOARD_POD_IP", ip.to_string())
-        .env("SWITCHBOARD_MEDIA_ADDR", format!("{ip}:0"))
-        .env("SWITCHBOARD_NAME", "adapt-bench")
-        .env("SWITCHBOARD_SEND_SIDE_BWE", send_side_bwe.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {} (cargo build --release -p sfu-pod)", exe.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("sfu-pod said {line:?}"))?;
-    Ok((Child(child), v["api"].as_str().context("api")?.to_owned()))
+    let env = [
+        ("SWITCHBOARD_POD_IP", ip.to_string()),
+        ("SWITCHBOARD_MEDIA_ADDR", format!("{ip}:0")),
+        ("SWITCHBOARD_SEND_SIDE_BWE", send_side_bwe.to_string()),
+    ];
+    sfu_process_with("adapt-bench", token, &env)
 }
 
 async fn run(meetings: &Api<Meeting>, ns: &str, redis: &str, name: &str, send_side_bwe: bool) -> anyhow::Result<Run> {
