@@ -103,6 +103,15 @@ pub fn adaptive(
     run_for(None, "adaptive.mjs", &args, &env, 400)
 }
 
+/// Three pages in an end-to-end encrypted meeting (`e2ee.mjs`): each decrypts and
+/// decodes the others, the page's crypto replays `vectors` (crates/sframe's known
+/// answers), a simulcast switch, then the third page leaves. Reports the frames the first
+/// two sent and the keys each held (test hooks).
+pub fn e2ee(vectors: &std::path::Path, urls: [&str; 3]) -> Result<serde_json::Value, String> {
+    let vectors = vectors.display().to_string();
+    run_for(None, "e2ee.mjs", &[vectors.as_str(), urls[0], urls[1], urls[2]], &[], 200)
+}
+
 /// Runs a playwright-core script of `signaling-pod/tests/browser` (installing its npm
 /// dependencies once) and returns its `RESULT` line, or its output when it failed.
 fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<serde_json::Value, String> {
@@ -148,6 +157,11 @@ fn run_for(
         .output()
         .expect("node runs (Debian package nodejs)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The pages' console, kept for a look after a run that passed too.
+    let artifacts = repo_root().join("target/test-artifacts");
+    if std::fs::create_dir_all(&artifacts).is_ok() {
+        let _ = std::fs::write(artifacts.join(format!("{name}.log")), &stdout);
+    }
     if !out.status.success() {
         return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     }

@@ -227,6 +227,7 @@ impl Hub {
                 Audience::Peer(p) => m.get(p).cloned().into_iter().collect(),
                 Audience::Admitters => m.values().filter(|l| l.role.admits()).cloned().collect(),
                 Audience::User(u) => m.values().filter(|l| &l.user == u).cloned().collect(),
+                Audience::Publishers => m.values().filter(|l| l.role.publishes()).cloned().collect(),
             }
         };
         for t in targets {

@@ -252,13 +252,19 @@ impl TokenBucket {
 
     /// Takes a token, or says how long until one is there.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.take_n(1.0, now)
+    }
+
+    /// Takes `n` tokens at once, or none and says how long until they are there (`n`
+    /// over `burst` never fits: the wait is then what `n` would take from empty).
+    pub fn take_n(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((n - self.tokens) / self.rate))
         }
     }
 }

@@ -144,7 +144,7 @@ async fn pass(app: &App, key: &str, name: &str) -> anyhow::Result<()> {
         if app.store.remove(key, &r.info.id).await? {
             tracing::info!(meeting = %name, participant = %r.info.id, "presence expired");
             app.leave_sfu(r);
-            app.store.publish(key, &Bus::left(name, &r.info, "disconnected")).await?;
+            app.store.publish(key, &Bus::left(name, &r.info, "disconnected", r.e2ee_public_key.is_some())).await?;
         }
     }
     app.meetings.report(name, present).await?;

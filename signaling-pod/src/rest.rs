@@ -58,6 +58,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ws", get(websocket))
         .route("/", get(page))
         .route("/j/{code}", get(page))
+        .route("/e2ee-worker.js", get(e2ee_worker))
         .route("/healthz", get(|| async { "ok" }))
         // Not ready while draining (SIGTERM), whatever else holds.
         .route("/readyz", get(ready).layer(axum::middleware::from_fn_with_state(app.clone(), unready_while_draining)))
@@ -105,6 +106,7 @@ fn info(m: &Meeting) -> MeetingInfo {
         room_code: s.room_code,
         join_url: s.join_url,
         participants: s.participants.map(|p| p.current).unwrap_or(0),
+        e2ee: m.spec.e2ee,
     }
 }
 
@@ -134,7 +136,7 @@ async fn create_meeting(
             escalation: None,
             audio: MeetingAudio::Routed,
             recording: None,
-            e2ee: false,
+            e2ee: req.e2ee,
             permissions: Vec::new(),
             empty_timeout: None,
             ttl_after_ended: None,
@@ -226,7 +228,14 @@ async fn join_meeting(
         now + app.cfg.session_ttl.as_secs(),
     );
     let ice_servers = app.ice_servers(&participant_id);
-    Ok(Json(JoinGrant { participant_id, session_token, signaling_url: app.ws_url(), role, ice_servers }))
+    Ok(Json(JoinGrant {
+        participant_id,
+        session_token,
+        signaling_url: app.ws_url(),
+        role,
+        ice_servers,
+        e2ee: m.spec.e2ee,
+    }))
 }
 
 #[derive(Deserialize, Debug)]
@@ -341,6 +350,11 @@ async fn unready_while_draining(
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("../web/index.html"))
+}
+
+/// The page's media encryption (`docs/e2ee.md`), run in a worker.
+async fn e2ee_worker() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/javascript")], include_str!("../web/e2ee-worker.js"))
 }
 
 /// Ready while Redis answers and the pub/sub that carries the meetings' messages is up;

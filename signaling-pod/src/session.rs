@@ -23,7 +23,7 @@ use switchboard_sfu_client::{MediaSignal as _, SfuApi};
 use switchboard_signaling_proto::{
     AdmitPayload, ChatMessage, ClientMessage, Envelope, ErrorCode, IceServersPayload, JoinedPayload, MediaKind,
     MediaReconnectPayload, MutePayload, MutedBy, OfferPayload, ParticipantInfo, ParticipantsPage, ProtoError,
-    QueuedPayload, ReconnectPayload, Role, RoleChangedPayload, SetRolePayload, StateUpdate, parse_client,
+    QueuedPayload, ReconnectPayload, Role, RoleChangedPayload, SetRolePayload, StateUpdate, e2ee, parse_client,
     session::{self, Phase, Step},
     types,
 };
@@ -80,6 +80,8 @@ struct Joined {
     key: String,
     info: switchboard_signaling_proto::ParticipantInfo,
     media: Option<MediaLink>,
+    /// The public key announced in an E2EE meeting.
+    e2ee_public_key: Option<String>,
 }
 
 struct MediaLink {
@@ -105,6 +107,37 @@ pub struct Session {
     joined: Option<Joined>,
     /// A `join` waiting its turn in the meeting's join queue.
     queued: Option<Queued>,
+    /// The E2EE scheme the client said it implements in `join`.
+    e2ee_scheme: Option<u8>,
+    /// Bounds the key exchange's fan-out (see [`E2eeLimits`]).
+    e2ee: E2eeLimits,
+}
+
+/// How much key exchange one connection may cause. A publisher's `e2ee-key` is one
+/// delivery per entry; a leave in a 1,000-member meeting rekeys with 1,000 entries, so
+/// the budget holds that at once and refills at a fifth of it a second. Announcements
+/// (which make every publisher send a key) come at most once a second, with at most
+/// [`E2EE_MAX_PUBLIC_KEYS`] distinct keys a session, so a client changing its key in a
+/// loop cannot make the meeting rekey forever.
+struct E2eeLimits {
+    entries: crate::limits::TokenBucket,
+    last_hello: Option<Instant>,
+    keys_announced: Vec<String>,
+}
+
+const E2EE_ENTRY_BURST: f64 = 1200.0;
+const E2EE_ENTRIES_PER_SECOND: f64 = 240.0;
+const E2EE_HELLO_EVERY: Duration = Duration::from_secs(1);
+const E2EE_MAX_PUBLIC_KEYS: usize = 4;
+
+impl E2eeLimits {
+    fn new(now: Instant) -> Self {
+        Self {
+            entries: crate::limits::TokenBucket::new(E2EE_ENTRIES_PER_SECOND, E2EE_ENTRY_BURST, now),
+            last_hello: None,
+            keys_announced: Vec::new(),
+        }
+    }
 }
 
 struct Queued {
@@ -226,6 +259,8 @@ async fn run(app: Arc<App>, socket: WebSocket, connection: String) {
         outbox: VecDeque::new(),
         joined: None,
         queued: None,
+        e2ee_scheme: None,
+        e2ee: E2eeLimits::new(Instant::now()),
     };
     let join_deadline = tokio::time::sleep(limits.join_deadline);
     tokio::pin!(join_deadline);
@@ -572,6 +607,7 @@ impl Session {
         match gate.map_err(|e| self.why_refused(&msg, e))? {
             Step::Join => {
                 let ClientMessage::Join(j) = msg else { unreachable!("the gate joins only on `join`") };
+                self.e2ee_scheme = j.e2ee;
                 return self.join(id, &j.token).await.map(|_| Flow::Continue);
             }
             Step::Pong => {
@@ -736,6 +772,15 @@ impl Session {
                 self.reply(id, types::OK, serde_json::json!({ "recordingJob": name }));
                 Ok(Flow::Continue)
             }
+            ClientMessage::E2eeHello(hello) => {
+                self.e2ee_hello(id, hello).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::E2eeKey(k) => {
+                let (delivered, unknown) = self.e2ee_key(k).await?;
+                self.reply(id, types::OK, serde_json::json!({ "delivered": delivered, "unknown": unknown }));
+                Ok(Flow::Continue)
+            }
             // Everyone, this host too, hears `meeting-ended` from the watch of the
             // status this writes (see `meetings::Directory::end`).
             ClientMessage::EndMeeting => {
@@ -816,6 +861,15 @@ impl Session {
             .bound_to(&self.app.meetings.binding(&m))
             .map_err(|r| refuse(ErrorCode::Unauthenticated, format!("the session token was refused: {r}")))?;
         meetings::open(&m).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
+        if m.spec.e2ee && self.e2ee_scheme != Some(e2ee::SCHEME_VERSION) {
+            return Err(refuse(
+                ErrorCode::E2eeUnsupported,
+                format!(
+                    "this meeting is end-to-end encrypted: a client must implement docs/e2ee.md and join with `e2ee: {}`",
+                    e2ee::SCHEME_VERSION
+                ),
+            ));
+        }
         let key = self.app.meetings.state_key(&m);
         let store = &self.app.store;
         if store.is_removed(&key, &claims.usr).await.map_err(redis_failed)? {
@@ -837,6 +891,7 @@ impl Session {
                 },
                 user: claims.usr.clone(),
                 media: None,
+                e2ee_public_key: None,
             }
         });
         store.put(&key, &record).await.map_err(redis_failed)?;
@@ -861,7 +916,13 @@ impl Session {
         {
             old.kill(Kill::TakenOver);
         }
-        self.joined = Some(Joined { claims: claims.clone(), key: key.clone(), info: record.info.clone(), media: None });
+        self.joined = Some(Joined {
+            claims: claims.clone(),
+            key: key.clone(),
+            info: record.info.clone(),
+            media: None,
+            e2ee_public_key: record.e2ee_public_key.clone(),
+        });
         // A connection of the same session on another replica closes.
         self.publish(Audience::Peer(claims.sub.clone()), BusWhat::TakenOver { connection: self.connection.clone() })
             .await?;
@@ -885,8 +946,17 @@ impl Session {
         let participant = record.info.clone();
         let audience =
             if record.info.admitted { self.app.store.audience(&key).await.map_err(redis_failed)? } else { 0 };
-        let joined =
-            JoinedPayload { participant, title, permissions, participants, audience, resumed, recording, ice_servers };
+        let joined = JoinedPayload {
+            participant,
+            title,
+            permissions,
+            participants,
+            audience,
+            resumed,
+            recording,
+            ice_servers,
+            e2ee: m.spec.e2ee,
+        };
         self.reply(id, types::JOINED, joined);
         if record.info.admitted {
             self.announce(&record.info).await?;
@@ -926,7 +996,7 @@ impl Session {
         for r in store.records_of(&key, &target.user).await.map_err(redis_failed)? {
             if store.remove(&key, &r.info.id).await.map_err(redis_failed)? {
                 self.app.leave_sfu(&r);
-                self.send_bus(Bus::left(&name, &r.info, "removed")).await?;
+                self.send_bus(Bus::left(&name, &r.info, "removed", r.e2ee_public_key.is_some())).await?;
                 removed.push(r.info.id);
             }
         }
@@ -1036,6 +1106,115 @@ impl Session {
             self.send_bus(Bus::deliver(audience, &mtg, &me.id, types::CHAT, &stored)).await?;
         }
         Ok(stored.seq)
+    }
+
+    /// Key exchange happens only in an E2EE meeting.
+    fn e2ee_meeting(&self) -> Result<(), ProtoError> {
+        if self.meeting()?.spec.e2ee {
+            Ok(())
+        } else {
+            Err(refuse(ErrorCode::InvalidPayload, "this meeting is not end-to-end encrypted"))
+        }
+    }
+
+    /// `e2ee-hello`. Without `toPeerId`: stores the public key, sends it to those who
+    /// encrypt to this participant or whom it encrypts to (a publisher's to everyone
+    /// admitted, a viewer's to the publishers), and answers with their keys
+    /// (`e2ee-members`). With `toPeerId`: asks that member to send its media key again;
+    /// allowed only between a publisher and a member, never viewer to viewer.
+    async fn e2ee_hello(&mut self, id: Option<String>, hello: e2ee::HelloPayload) -> Result<(), ProtoError> {
+        self.e2ee_meeting()?;
+        let j = self.joined.as_ref().expect("joined");
+        let (key, mtg, me, role) = (j.key.clone(), j.claims.mtg.clone(), j.info.id.clone(), j.info.role);
+        let public_key = hello.public_key;
+        let now = Instant::now();
+        if let Some(to) = hello.to {
+            if j.e2ee_public_key.as_deref() != Some(public_key.as_str()) {
+                return Err(refuse(
+                    ErrorCode::InvalidPayload,
+                    "announce this key first (e2ee-hello without toPeerId); a key request carries the key announced",
+                ));
+            }
+            let target = self.record(&to).await?;
+            let pair = role.publishes() || target.info.role.publishes();
+            if target.info.id == me || !target.info.admitted || target.e2ee_public_key.is_none() || !pair {
+                return Err(refuse(ErrorCode::UnknownParticipant, format!("no member `{to}` to ask for a key")));
+            }
+            self.e2ee.entries.take_n(1.0, now).map_err(|_| refuse(ErrorCode::RateLimited, "too many key requests"))?;
+            let payload = e2ee::HelloPayload { public_key, to: None };
+            self.send_bus(Bus::deliver(Audience::Peer(to), &mtg, &me, types::E2EE_HELLO, &payload)).await?;
+            self.reply(id, types::OK, serde_json::json!({}));
+            return Ok(());
+        }
+        let limits = &mut self.e2ee;
+        if limits.last_hello.is_some_and(|at| now.duration_since(at) < E2EE_HELLO_EVERY) {
+            return Err(refuse(ErrorCode::RateLimited, "at most one e2ee-hello announcement a second"));
+        }
+        if !limits.keys_announced.contains(&public_key) {
+            if limits.keys_announced.len() >= E2EE_MAX_PUBLIC_KEYS {
+                return Err(refuse(
+                    ErrorCode::RateLimited,
+                    format!("at most {E2EE_MAX_PUBLIC_KEYS} public keys a session; join again"),
+                ));
+            }
+            limits.keys_announced.push(public_key.clone());
+        }
+        limits.last_hello = Some(now);
+        let mut record = self.record(&me).await?;
+        record.e2ee_public_key = Some(public_key.clone());
+        self.app.store.put(&key, &record).await.map_err(redis_failed)?;
+        self.joined.as_mut().expect("joined").e2ee_public_key = Some(public_key.clone());
+        let audience = if role.publishes() { Audience::All } else { Audience::Publishers };
+        let payload = e2ee::HelloPayload { public_key, to: None };
+        self.send_bus(Bus::deliver(audience, &mtg, &me, types::E2EE_HELLO, &payload)).await?;
+        let all = self.app.store.all(&key).await.map_err(redis_failed)?;
+        let mut members: Vec<e2ee::Member> = all
+            .into_iter()
+            .filter(|r| r.info.admitted && r.info.id != me && (role.publishes() || r.info.role.publishes()))
+            .filter_map(|r| Some(e2ee::Member { participant_id: r.info.id, public_key: r.e2ee_public_key? }))
+            .collect();
+        members.sort_by(|a, b| a.participant_id.cmp(&b.participant_id));
+        let mut chunks: Vec<_> = members.chunks(e2ee::MEMBERS_PER_MESSAGE).map(<[_]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, members) in chunks.into_iter().enumerate() {
+            self.reply(id.clone(), types::E2EE_MEMBERS, e2ee::MembersPayload { members, done: i == last });
+        }
+        Ok(())
+    }
+
+    /// `e2ee-key`: each entry to its recipient alone, if it is an admitted member; the
+    /// wrapped keys are passed on unread. Returns how many went out and the ids unknown.
+    async fn e2ee_key(&mut self, k: e2ee::KeyPayload) -> Result<(usize, Vec<String>), ProtoError> {
+        self.e2ee_meeting()?;
+        self.e2ee.entries.take_n(k.entries.len() as f64, Instant::now()).map_err(|wait| {
+            refuse(ErrorCode::RateLimited, format!("too many keys sent; wait {} ms", wait.as_millis()))
+        })?;
+        let j = self.joined.as_ref().expect("joined");
+        let (key, mtg, me) = (j.key.clone(), j.claims.mtg.clone(), j.info.id.clone());
+        let members: std::collections::HashSet<String> = self
+            .app
+            .store
+            .all(&key)
+            .await
+            .map_err(redis_failed)?
+            .into_iter()
+            .filter(|r| r.info.admitted && r.info.id != me)
+            .map(|r| r.info.id)
+            .collect();
+        let (mut delivered, mut unknown) = (0, Vec::new());
+        for e in k.entries {
+            if !members.contains(&e.to) {
+                unknown.push(e.to);
+                continue;
+            }
+            let payload = e2ee::DeliveredKey { kid: k.kid, iv: e.iv, key: e.key };
+            self.send_bus(Bus::deliver(Audience::Peer(e.to), &mtg, &me, types::E2EE_KEY, &payload)).await?;
+            delivered += 1;
+        }
+        Ok((delivered, unknown))
     }
 
     /// Everyone admitted, plus the waiting room for those who run it.
@@ -1537,6 +1716,7 @@ impl Session {
                 room: m.room.clone(),
                 tracks: m.tracks.clone(),
             }),
+            e2ee_public_key: j.e2ee_public_key.clone(),
         };
         match store.refresh(&j.key, &record, &self.connection).await {
             Ok(true) => {
@@ -1579,7 +1759,11 @@ impl Session {
             && let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await
         {
             self.app.leave_sfu(&r);
-            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "removed")).await;
+            let _ = self
+                .app
+                .store
+                .publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "removed", j.e2ee_public_key.is_some()))
+                .await;
         } else if let Some(media) = &j.media {
             let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
             tokio::spawn(async move { sfu.leave(&room, &pid).await });
@@ -1597,7 +1781,11 @@ impl Session {
         }
         self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
         if let Ok(true) = self.app.store.remove(&j.key, &j.info.id).await {
-            let _ = self.app.store.publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "left")).await;
+            let _ = self
+                .app
+                .store
+                .publish(&j.key, &Bus::left(&j.claims.mtg, &j.info, "left", j.e2ee_public_key.is_some()))
+                .await;
         }
     }
 

@@ -70,6 +70,9 @@ pub struct Record {
     /// The SFU the participant's media is on, once it sent an offer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<MediaRecord>,
+    /// In an E2EE meeting, the public key the participant announced (`e2ee-hello`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee_public_key: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -107,6 +110,9 @@ pub enum Audience {
     Admitters,
     /// Every connection of one user.
     User(String),
+    /// Every role that publishes (all but viewers): an E2EE meeting's key exchange,
+    /// since a publisher encrypts to every member.
+    Publishers,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -153,10 +159,15 @@ impl Bus {
         Self { to, what: BusWhat::Deliver(env) }
     }
 
-    /// Those who saw `participant` ([`presence_audience`]) hear that it is gone, and why.
-    pub fn left(name: &str, participant: &ParticipantInfo, reason: &str) -> Self {
+    /// Those who saw `participant` ([`presence_audience`]) hear that it is gone, and why;
+    /// one who announced an E2EE key (`keyed`) also to every publisher, which must stop
+    /// encrypting to it.
+    pub fn left(name: &str, participant: &ParticipantInfo, reason: &str, keyed: bool) -> Self {
         let payload = serde_json::json!({ "participantId": participant.id, "reason": reason });
-        let to = presence_audience(participant);
+        let to = match presence_audience(participant) {
+            Audience::Admitters if keyed => Audience::Publishers,
+            to => to,
+        };
         Self::deliver(to, name, &participant.id, switchboard_signaling_proto::types::PARTICIPANT_LEFT, payload)
     }
 }

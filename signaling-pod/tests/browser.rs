@@ -764,3 +764,244 @@ async fn with_100_ms_of_added_round_trip_and_30_ms_of_jitter_media_flows_and_its
     assert!(p.frames >= 100 && p.audio_packets >= 500, "media keeps flowing: {p:?}");
     m.env.ns.delete().await;
 }
+
+/// What a hidden subscriber on the SFU receives of each publisher: whole frames, as
+/// they travel (the VP8 payload descriptor taken off, packets of one frame joined).
+#[derive(Default)]
+struct FrameProbe {
+    frames: std::sync::Mutex<Vec<ProbedFrame>>,
+    /// Per SSRC: the video frame being put together.
+    partial: std::sync::Mutex<std::collections::HashMap<u32, PartialFrame>>,
+}
+
+/// A video frame's RTP timestamp, the next sequence number it needs, its bytes so far.
+type PartialFrame = (u32, u16, Vec<u8>);
+
+struct ProbedFrame {
+    publisher: String,
+    video: bool,
+    bytes: Vec<u8>,
+}
+
+impl switchboard_sfu_client::MediaSink for FrameProbe {
+    fn rtp(&self, track: &switchboard_sfu_client::SinkTrack, packet: &webrtc::rtp::packet::Packet) {
+        use webrtc::rtp::packetizer::Depacketizer as _;
+        let done = |bytes: Vec<u8>| {
+            let frame = ProbedFrame { publisher: track.publisher.clone(), video: track.video, bytes };
+            self.frames.lock().unwrap().push(frame);
+        };
+        if !track.video {
+            done(packet.payload.to_vec());
+            return;
+        }
+        let mut vp8 = webrtc::rtp::codecs::vp8::Vp8Packet::default();
+        let Ok(payload) = vp8.depacketize(&packet.payload) else { return };
+        let (ssrc, seq, ts) = (packet.header.ssrc, packet.header.sequence_number, packet.header.timestamp);
+        let mut partial = self.partial.lock().unwrap();
+        if vp8.s == 1 && vp8.pid == 0 {
+            partial.insert(ssrc, (ts, seq.wrapping_add(1), payload.to_vec()));
+        } else if let Some((at, next, bytes)) = partial.get_mut(&ssrc)
+            && *at == ts
+            && *next == seq
+        {
+            bytes.extend_from_slice(&payload);
+            *next = seq.wrapping_add(1);
+        } else {
+            // A packet lost or out of order: the frame is not whole.
+            partial.remove(&ssrc);
+            return;
+        }
+        if packet.header.marker
+            && let Some((_, _, bytes)) = partial.remove(&ssrc)
+        {
+            done(bytes);
+        }
+    }
+    fn sender_report(&self, _: &switchboard_sfu_client::SinkTrack, _: u64, _: u32) {}
+}
+
+/// A frame the page logged as sent (test hooks): key id, counter, clear bytes, plaintext length and hash.
+#[derive(serde::Deserialize, Debug)]
+struct SentFrame {
+    kid: u64,
+    ctr: u64,
+    clear: usize,
+    len: usize,
+    sha: String,
+}
+
+fn sha_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The media keys a page held for `sender` (exported through its test hooks).
+fn keys_for(keys: &serde_json::Value, sender: &str) -> Vec<(u64, [u8; 32])> {
+    keys[sender]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|k| {
+                    let hex = k["base"].as_str().unwrap();
+                    let bytes: Vec<u8> =
+                        (0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+                    (k["kid"].as_u64().unwrap(), bytes.try_into().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// End-to-end encryption with three Chromium pages (docs/e2ee.md): each decodes the
+/// others' video and hears their audio; a hidden subscriber on the SFU receives only
+/// frames with an SFrame trailer whose bytes are not the plaintext the sender logged,
+/// and which open, with a key a member held, to exactly that plaintext; the pages'
+/// crypto matches crates/sframe's known answers and the pairwise safety codes agree; a
+/// simulcast switch still happens (on keyframes, whose first bytes stay in clear); after
+/// the third page leaves, the others' new frames open with none of the keys it held,
+/// nor any ratchet of them, while a remaining member's keys open them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pages_in_an_e2ee_meeting_see_and_hear_each_other_and_the_sfu_sees_ciphertext() {
+    let _turn = BROWSERS.lock().await;
+    let m = BrowserMeeting::start("sig-e2ee-page", "sealed", "hana", serde_json::json!({"e2ee": true})).await;
+    let probe = std::sync::Arc::new(FrameProbe::default());
+    let room = switchboard_crds::meeting::room_name(&m.env.ns.name, &m.name);
+    let urls = [m.url("hana"), m.url("bea"), m.url("cal")];
+    let vectors = switchboard_e2e::repo_root().join("crates/sframe/tests/vectors.json");
+    let browsers = tokio::task::spawn_blocking(move || {
+        switchboard_e2e::browser::e2ee(&vectors, [urls[0].as_str(), urls[1].as_str(), urls[2].as_str()])
+    });
+    // The probe joins the SFU room as a recorder would, once the pages made it.
+    let sfu = switchboard_sfu_client::SfuApi::new(m._sfu.endpoint.clone());
+    let opts = || switchboard_sfu_client::JoinOptions {
+        kind: switchboard_sfu_api::ParticipantKind::Hidden,
+        sink: Some(probe.clone()),
+        ..Default::default()
+    };
+    let mut hidden = None;
+    for _ in 0..120 {
+        match switchboard_sfu_client::Participant::join(sfu.clone(), &room, "e2ee-probe", opts()).await {
+            Ok(p) => {
+                hidden = Some(p);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+    let _hidden = hidden.expect("the probe joined the SFU room");
+    let report = browsers.await.unwrap().unwrap_or_else(|e| panic!("browsers: {e}"));
+    let brief = serde_json::json!({"outbound": report["outbound"], "ids": report["ids"], "before": report["before"], "after": report["after"], "simulcast": report["simulcast"], "selfTest": report["selfTest"], "codes": report["codes"]});
+    println!("e2ee report: {brief}");
+    let ids: Vec<String> = serde_json::from_value(report["ids"].clone()).expect("each page's participant id");
+    let (a, b, c) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+
+    // Each page decrypted and showed the others, and played their audio.
+    for page in report["before"].as_array().unwrap() {
+        let me = page["me"].as_str().unwrap();
+        for other in ids.iter().filter(|i| i.as_str() != me) {
+            assert!(page["decrypted"][other].as_u64().unwrap_or(0) > 50, "{me} decrypted {other}: {brief}");
+            assert!(page["tiles"][other]["frames"].as_u64().unwrap_or(0) > 10, "{me} shows {other}: {brief}");
+        }
+        assert!(page["audioEnergy"].as_f64().unwrap() > 0.0, "{me} hears the others: {brief}");
+        let concealed = page["concealed"].as_f64().unwrap() / page["audioSamples"].as_f64().unwrap().max(1.0);
+        assert!(concealed < 0.2, "{me}'s audio decodes (garbage Opus is concealed): {concealed}: {brief}");
+    }
+    assert_eq!(report["selfTest"]["bad"], serde_json::json!([]), "{brief}");
+    assert!(report["selfTest"]["checked"].as_u64().unwrap() >= 10, "{brief}");
+    for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+        let (there, back) = (&report["codes"][format!("{i}->{j}")], &report["codes"][format!("{j}->{i}")]);
+        assert!(there.as_str().is_some_and(|c| c.len() == 23), "{brief}");
+        assert_eq!(there, back, "the two sides of {i}/{j} show one safety code");
+    }
+    assert!(report["codeShown"].as_str().unwrap().contains(report["codes"]["0->1"].as_str().unwrap()));
+    assert_eq!((report["badge"].as_bool(), report["recordHidden"].as_bool()), (Some(true), Some(true)));
+    let sim = &report["simulcast"];
+    assert!(sim["large"].as_u64() > sim["small"].as_u64(), "a larger layer after the switch: {brief}");
+    assert!(sim["smallFrames"].as_u64() > Some(5) && sim["largeFrames"].as_u64() > Some(5), "{brief}");
+
+    // The SFU's view: every frame has the shape of an encrypted one.
+    let frames = std::mem::take(&mut *probe.frames.lock().unwrap());
+    fn of<'a>(frames: &'a [ProbedFrame], who: &'a str, video: bool) -> impl Iterator<Item = &'a ProbedFrame> + 'a {
+        frames.iter().filter(move |f| f.publisher == who && f.video == video)
+    }
+    for who in [a, b, c] {
+        assert!(
+            of(&frames, who, true).count() > 50 && of(&frames, who, false).count() > 50,
+            "the probe received {who}'s media"
+        );
+    }
+    for f in frames.iter().filter(|f| !f.bytes.is_empty()) {
+        switchboard_sframe::parse_trailer(&f.bytes).unwrap_or_else(|e| {
+            panic!(
+                "a frame of {} without an SFrame trailer ({e}): {:02x?}",
+                f.publisher,
+                &f.bytes[..f.bytes.len().min(24)]
+            )
+        });
+    }
+    // Frames the pages logged: not their plaintext, and a member's key opens them to it.
+    let (keys_b, keys_c) = (&report["keysOfB"], &report["keysOfC"]);
+    let mut matched = 0;
+    for (who, sent_by) in [(a, "sentByA"), (b, "sentByB")] {
+        let sent: Vec<SentFrame> = serde_json::from_value(report[sent_by].clone()).unwrap();
+        let logged: std::collections::HashMap<(u64, u64), &SentFrame> =
+            sent.iter().map(|s| ((s.kid, s.ctr), s)).collect();
+        let holder = if who == a { keys_b } else { &report["keysOfC"] };
+        let keys = keys_for(holder, who);
+        for f in of(&frames, who, true).chain(of(&frames, who, false)) {
+            let t = switchboard_sframe::parse_trailer(&f.bytes).unwrap();
+            // A frame no longer than its clear bytes (a 1-byte Opus TOC in silence) has nothing to hide.
+            let Some(s) = logged.get(&(t.kid, t.ctr)).filter(|s| s.len > s.clear) else { continue };
+            assert_eq!(
+                f.bytes.len(),
+                s.len + 16 + t.header_len + 2,
+                "ciphertext, tag and trailer around {} bytes",
+                s.len
+            );
+            assert_eq!(t.clear, s.clear);
+            assert_ne!(sha_hex(&f.bytes), s.sha, "the SFU saw the plaintext");
+            assert_ne!(sha_hex(&f.bytes[..s.len]), s.sha, "the SFU saw the plaintext");
+            if let Some(p) =
+                keys.iter().find_map(|(_, k)| switchboard_sframe::decrypt_with_ratchets(k, &f.bytes, 255).ok())
+            {
+                assert_eq!(sha_hex(&p.plaintext), s.sha, "a member's key opens the frame to what was sent");
+                matched += 1;
+            }
+        }
+    }
+    assert!(matched > 50, "frames matched to the senders' logs and opened: {matched}");
+
+    // After cal left: a's new generation opens with none of cal's keys (nor their
+    // ratchets), and with bea's; a's older frames did open with cal's keys.
+    let cal_had = keys_for(keys_c, a);
+    assert!(!cal_had.is_empty(), "cal held a's key while in the meeting");
+    let cal_gen = cal_had.iter().map(|(kid, _)| kid >> 8).max().unwrap();
+    let (mut old_opened, mut new_frames, mut new_opened_by_bea) = (0, 0, 0);
+    let bea_has = keys_for(keys_b, a);
+    for f in of(&frames, a, true).chain(of(&frames, a, false)) {
+        let t = switchboard_sframe::parse_trailer(&f.bytes).unwrap();
+        let opens_for_cal =
+            cal_had.iter().any(|(_, k)| switchboard_sframe::decrypt_with_ratchets(k, &f.bytes, 255).is_ok());
+        if t.kid >> 8 <= cal_gen {
+            old_opened += usize::from(opens_for_cal);
+            continue;
+        }
+        new_frames += 1;
+        assert!(!opens_for_cal, "a frame of a's generation {} opened with the key of one who left", t.kid >> 8);
+        if bea_has.iter().any(|(_, k)| switchboard_sframe::decrypt_with_ratchets(k, &f.bytes, 255).is_ok()) {
+            new_opened_by_bea += 1;
+        }
+    }
+    assert!(old_opened > 20, "before leaving, cal's keys opened a's frames: {old_opened}");
+    assert!(
+        new_frames > 50 && new_opened_by_bea * 10 >= new_frames * 9,
+        "{new_frames} new frames, {new_opened_by_bea} opened by bea"
+    );
+    // And a and b still see each other after the rekey.
+    for (i, page) in report["after"].as_array().unwrap().iter().enumerate() {
+        let other = ids[1 - i].as_str();
+        let before = report["before"][i]["tiles"][other]["frames"].as_u64().unwrap();
+        assert!(page["tiles"][other]["frames"].as_u64().unwrap() > before + 30, "video after the rekey: {brief}");
+    }
+    m.env.ns.delete().await;
+}

@@ -728,3 +728,216 @@ async fn a_direct_message_reaches_only_its_recipient_and_only_the_two_read_it_la
     assert_eq!(refused(to_attendee.await), ErrorCode::UnknownParticipant);
     env.ns.delete().await;
 }
+
+/// An uncompressed P-256 point's shape (signaling checks only the shape), base64url.
+fn public_key(seed: u8) -> String {
+    use base64::Engine as _;
+    let mut raw = [seed; 65];
+    raw[0] = 0x04;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// An E2EE Webinar's key exchange through two replicas (`docs/e2ee.md`): a client that
+/// does not implement the scheme is refused at `join`; public keys reach exactly those
+/// who encrypt to or decrypt from their owner (a panelist's everyone, an attendee's the
+/// panelists and host, never another attendee); a wrapped media key reaches its one
+/// recipient, is never stored, and unknown recipients are named back; an attendee
+/// cannot send keys nor ask another attendee for one; an attendee's leave reaches the
+/// publishers (who must rekey); shapes, floods of announcements and key churn are
+/// refused; a meeting without E2EE refuses the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_e2ee_meetings_keys_reach_only_the_members_who_need_them() {
+    let env = env("sig-e2ee").await;
+    let spec = serde_json::json!({"mode": "Webinar", "e2ee": true, "participants": {"expected": 5, "max": 10}});
+    meeting(&env, "vault", "hana", spec).await;
+    assign(&env, "vault", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let a = Replica::start(&env, "replica-a");
+    let b = Replica::start(&env, "replica-b");
+    let refused = |r: Result<switchboard_signaling_proto::Envelope, switchboard_signaling_client::Error>| {
+        r.unwrap_err().refusal().expect("a refusal").code
+    };
+
+    // Without saying it implements the scheme, a client is refused before it is in.
+    let grant = rest(&a.url, "hana", None).join("vault").await.unwrap();
+    assert!(grant.e2ee, "the REST join tells the client the meeting is encrypted");
+    let Err(plain) = SignalingClient::join(&grant.signaling_url, &grant.session_token).await else {
+        panic!("a join without e2ee was let into an E2EE meeting")
+    };
+    assert_eq!(plain.refusal().expect("refused").code, ErrorCode::E2eeUnsupported, "{plain}");
+    let info = rest(&a.url, "hana", None).meeting("vault").await.unwrap();
+    assert!(info.e2ee);
+
+    let (host, host_grant, joined) = connect_e2ee(&rest(&a.url, "hana", None), "vault").await;
+    assert!(joined.e2ee);
+    let ns = env.ns.name.clone();
+    let claims = serde_json::json!({
+        "sub": "pia", "exp": signaling_pod::auth::now_unix() + 3600, "meetings": {format!("{ns}/vault"): "panelist"},
+    });
+    let (panelist, panelist_grant, _) =
+        connect_e2ee(&switchboard_signaling_client::Rest::new(&b.url, &signed(claims)), "vault").await;
+    let (ada, ada_grant, joined) = connect_e2ee(&rest(&b.url, "ada", None), "vault").await;
+    assert_eq!(joined.participant.role, Role::Viewer);
+    let (abe, abe_grant, _) = connect_e2ee(&rest(&a.url, "abe", None), "vault").await;
+    let (host_id, panelist_id) = (host_grant.participant_id.as_str(), panelist_grant.participant_id.as_str());
+    let (ada_id, abe_id) = (ada_grant.participant_id.as_str(), abe_grant.participant_id.as_str());
+
+    let members = |e: &switchboard_signaling_proto::Envelope| -> Vec<String> {
+        let mut ids: Vec<String> = e.payload["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["participantId"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let hello = |seed: u8| serde_json::json!({ "publicKey": public_key(seed) });
+    let sorted = |mut v: Vec<&str>| -> Vec<String> {
+        v.sort();
+        v.into_iter().map(String::from).collect()
+    };
+    let r = host.request(types::E2EE_HELLO, hello(1)).await.unwrap();
+    assert_eq!(
+        (r.type_.as_str(), members(&r).len(), r.payload["done"].as_bool()),
+        (types::E2EE_MEMBERS, 0, Some(true))
+    );
+    let r = panelist.request(types::E2EE_HELLO, hello(2)).await.unwrap();
+    assert_eq!(members(&r), sorted(vec![host_id]));
+    let r = ada.request(types::E2EE_HELLO, hello(3)).await.unwrap();
+    assert_eq!(members(&r), sorted(vec![host_id, panelist_id]), "an attendee learns the publishers' keys only");
+    let r = abe.request(types::E2EE_HELLO, hello(4)).await.unwrap();
+    assert_eq!(members(&r), sorted(vec![host_id, panelist_id]), "not the other attendee's");
+    let hello_from = |from: &str| {
+        let from = from.to_owned();
+        move |e: &switchboard_signaling_proto::Envelope| {
+            e.type_ == types::E2EE_HELLO && e.from_peer_id.as_deref() == Some(from.as_str())
+        }
+    };
+    for c in [&host, &panelist] {
+        for who in [ada_id, abe_id] {
+            c.wait_for("an attendee's key", WAIT, hello_from(who)).await.unwrap();
+        }
+    }
+    for c in [&ada, &abe] {
+        c.wait_for("the panelist's key", WAIT, hello_from(panelist_id)).await.unwrap();
+    }
+    // The panelist's key request to the host, and a ping round trip to let anything stray arrive.
+    panelist.request_to(types::E2EE_HELLO, host_id, hello(2)).await.unwrap();
+    host.wait_for("the key request", WAIT, hello_from(panelist_id)).await.unwrap();
+    for c in [&ada, &abe] {
+        c.request(types::PING, serde_json::json!({})).await.unwrap();
+    }
+    assert!(!ada.received().iter().any(hello_from(abe_id)), "an attendee heard another attendee's key");
+    assert!(!abe.received().iter().any(hello_from(ada_id)), "an attendee heard another attendee's key");
+
+    // The panelist's media key: one wrapped copy each for the host and ada; abe gets
+    // nothing of it, an unknown id is named back.
+    let wrapped = b64(&[7u8; 48]);
+    let entry = |to: &str| serde_json::json!({ "to": to, "iv": b64(&[9u8; 12]), "key": wrapped });
+    let r = panelist
+        .request(
+            types::E2EE_KEY,
+            serde_json::json!({ "kid": 256, "entries": [entry(host_id), entry(ada_id), entry("p-nobody")] }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.payload["delivered"], 2, "{r:?}");
+    assert_eq!(r.payload["unknown"], serde_json::json!(["p-nobody"]));
+    for c in [&host, &ada] {
+        let got = c.wait_for("the wrapped key", WAIT, of_type(types::E2EE_KEY)).await.unwrap();
+        assert_eq!(got.from_peer_id.as_deref(), Some(panelist_id));
+        assert_eq!(got.payload, serde_json::json!({ "kid": 256, "iv": b64(&[9u8; 12]), "key": wrapped }));
+    }
+    abe.request(types::PING, serde_json::json!({})).await.unwrap();
+    assert_eq!(abe.count(types::E2EE_KEY), 0, "a key reached someone it was not for");
+    // Signaling passes wrapped keys on and keeps none of them.
+    let mut redis =
+        redis::Client::open(env.redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
+    for k in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(&k).query_async(&mut redis).await.unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&dump).contains(&wrapped), "Redis key {k} holds a wrapped media key");
+    }
+
+    // Refusals: an attendee sends no keys and asks no attendee; shapes are checked.
+    assert_eq!(
+        refused(ada.request(types::E2EE_KEY, serde_json::json!({ "kid": 0, "entries": [entry(host_id)] })).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(refused(ada.request_to(types::E2EE_HELLO, abe_id, hello(3)).await), ErrorCode::UnknownParticipant);
+    assert_eq!(
+        refused(ada.request_to(types::E2EE_HELLO, panelist_id, hello(9)).await),
+        ErrorCode::InvalidPayload,
+        "a request carries the key announced"
+    );
+    ada.request_to(types::E2EE_HELLO, panelist_id, hello(3)).await.expect("an attendee asks a panelist for its key");
+    panelist
+        .wait_for("ada's request", WAIT, |e| hello_from(ada_id)(e) && e.payload["publicKey"] == public_key(3))
+        .await
+        .unwrap();
+    let bad_shapes = [
+        (types::E2EE_HELLO, serde_json::json!({ "publicKey": b64(&[5u8; 65]) })),
+        (types::E2EE_HELLO, serde_json::json!({ "publicKey": b64(&[4u8; 33]) })),
+        (types::E2EE_HELLO, serde_json::json!({ "publicKey": public_key(1), "extra": 1 })),
+        (types::E2EE_KEY, serde_json::json!({ "kid": 1, "entries": [] })),
+        (types::E2EE_KEY, serde_json::json!({ "kid": 1, "entries": [entry(host_id), entry(host_id)] })),
+        (types::E2EE_KEY, serde_json::json!({ "kid": 1u64 << 53, "entries": [entry(host_id)] })),
+        (
+            types::E2EE_KEY,
+            serde_json::json!({ "kid": 1, "entries": [{ "to": host_id, "iv": b64(&[1u8; 16]), "key": wrapped }] }),
+        ),
+        (
+            types::E2EE_KEY,
+            serde_json::json!({ "kid": 1, "entries": [{ "to": "p\u{1}x", "iv": b64(&[1u8; 12]), "key": wrapped }] }),
+        ),
+        (
+            types::E2EE_KEY,
+            serde_json::json!({ "kid": 1, "entries": (0..201).map(|i| entry(&format!("p-{i}"))).collect::<Vec<_>>() }),
+        ),
+    ];
+    for (type_, payload) in bad_shapes {
+        assert_eq!(refused(panelist.request(type_, payload.clone()).await), ErrorCode::InvalidPayload, "{payload}");
+    }
+    // Announcements: at most one a second, at most four keys a session.
+    assert_eq!(refused(abe.request(types::E2EE_HELLO, hello(4)).await), ErrorCode::RateLimited);
+    for seed in [11, 12, 13] {
+        tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+        abe.request(types::E2EE_HELLO, hello(seed)).await.expect("a new key, within the four");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    assert_eq!(refused(abe.request(types::E2EE_HELLO, hello(14)).await), ErrorCode::RateLimited);
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    abe.request(types::E2EE_HELLO, hello(13)).await.expect("a key already announced may be announced again");
+
+    // An attendee leaves: the publishers hear it (they encrypted to it); the other attendee does not.
+    ada.request(types::LEAVE, serde_json::json!({})).await.unwrap();
+    for c in [&host, &panelist] {
+        c.wait_for("the attendee left", WAIT, |e| {
+            e.type_ == types::PARTICIPANT_LEFT && e.payload["participantId"] == ada_id
+        })
+        .await
+        .unwrap();
+    }
+    abe.request(types::PING, serde_json::json!({})).await.unwrap();
+    assert!(
+        !abe.received().iter().any(|e| e.type_ == types::PARTICIPANT_LEFT),
+        "attendees do not see each other leave"
+    );
+    // ada is gone: a key to it is unknown.
+    let r =
+        panelist.request(types::E2EE_KEY, serde_json::json!({ "kid": 512, "entries": [entry(ada_id)] })).await.unwrap();
+    assert_eq!((r.payload["delivered"].as_u64(), r.payload["unknown"].clone()), (Some(0), serde_json::json!([ada_id])));
+
+    // A meeting without E2EE has no key exchange.
+    meeting(&env, "open-plan", "hana", serde_json::json!({})).await;
+    assign(&env, "open-plan", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
+    let (plain, _, joined) = connect(&rest(&a.url, "hana", None), "open-plan").await;
+    assert!(!joined.e2ee);
+    assert_eq!(refused(plain.request(types::E2EE_HELLO, hello(1)).await), ErrorCode::InvalidPayload);
+    env.ns.delete().await;
+}

@@ -212,10 +212,19 @@ impl SignalingClient {
     /// A join that waits in the meeting's join queue (`queued` notices, each second)
     /// waits as long as the notices keep coming.
     pub async fn join(url: &str, token: &str) -> Result<(Self, JoinedPayload)> {
+        Self::join_with(url, serde_json::json!({ "token": token })).await
+    }
+
+    /// Joins saying the client implements end-to-end encryption (`docs/e2ee.md`), as an
+    /// E2EE meeting requires.
+    pub async fn join_e2ee(url: &str, token: &str) -> Result<(Self, JoinedPayload)> {
+        let scheme = switchboard_signaling_proto::e2ee::SCHEME_VERSION;
+        Self::join_with(url, serde_json::json!({ "token": token, "e2ee": scheme })).await
+    }
+
+    async fn join_with(url: &str, payload: serde_json::Value) -> Result<(Self, JoinedPayload)> {
         let client = Self::connect(url).await?;
-        let reply = client
-            .request_while(Envelope::new(types::JOIN, serde_json::json!({ "token": token })), types::QUEUED)
-            .await?;
+        let reply = client.request_while(Envelope::new(types::JOIN, payload), types::QUEUED).await?;
         let joined = reply
             .payload_as()
             .map_err(|source| Error::Protocol { what: format!("the `{}` reply to `join`", reply.type_), source })?;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, MediaKind, Source, TrackDescription};
 
+pub mod e2ee;
 pub mod offer;
 pub mod permissions;
 pub mod rest;
@@ -104,6 +105,10 @@ pub mod types {
     pub const SUBSCRIPTION: &str = "subscription";
     pub const START_RECORDING: &str = "start-recording";
     pub const STOP_RECORDING: &str = "stop-recording";
+    /// End-to-end encryption's key exchange (`e2ee` module).
+    pub const E2EE_HELLO: &str = "e2ee-hello";
+    pub const E2EE_KEY: &str = "e2ee-key";
+    pub const E2EE_MEMBERS: &str = "e2ee-members";
     /// A host ends the meeting for everyone: each participant gets `meeting-ended` and
     /// is disconnected, and nobody may join again.
     pub const END_MEETING: &str = "end-meeting";
@@ -175,6 +180,10 @@ pub enum ClientMessage {
     EndMeeting,
     SetRole(SetRolePayload),
     Participants(ParticipantsQuery),
+    /// An E2EE meeting's public key announcement, or a key request to one publisher.
+    E2eeHello(e2ee::HelloPayload),
+    /// A publisher's media key, wrapped for each recipient.
+    E2eeKey(e2ee::KeyPayload),
     Ping,
 }
 
@@ -202,6 +211,8 @@ impl ClientMessage {
             Self::EndMeeting => END_MEETING,
             Self::SetRole(_) => SET_ROLE,
             Self::Participants(_) => PARTICIPANTS,
+            Self::E2eeHello(_) => E2EE_HELLO,
+            Self::E2eeKey(_) => E2EE_KEY,
             Self::Ping => PING,
         }
     }
@@ -211,6 +222,10 @@ impl ClientMessage {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JoinPayload {
     pub token: String,
+    /// The end-to-end encryption scheme the client implements ([`e2ee::SCHEME_VERSION`]);
+    /// an E2EE meeting refuses a join without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2ee: Option<u8>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -456,6 +471,9 @@ pub struct JoinedPayload {
     /// and in the waiting room).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<rest::IceServer>,
+    /// The meeting's media is end-to-end encrypted (`docs/e2ee.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub e2ee: bool,
 }
 
 /// `ice-servers`: the reply to the client's `ice-servers`, fresh TURN credentials.
@@ -566,6 +584,9 @@ pub enum ErrorCode {
     RecordingActive,
     /// No recording of the meeting is running (nothing to stop).
     NoRecording,
+    /// The meeting is end-to-end encrypted and the client did not say it implements
+    /// the scheme (`join` without `e2ee: 1`).
+    E2eeUnsupported,
     Internal,
 }
 
@@ -737,6 +758,21 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
                 return Err(fail(ErrorCode::InvalidPayload, format!("maxLayer is 0 to {MAX_SUBSCRIPTION_LAYER}")));
             }
             ClientMessage::Subscription(s)
+        }
+        E2EE_HELLO => {
+            let mut hello: e2ee::HelloPayload = typed(payload()).map_err(invalid)?;
+            e2ee::check_public_key(&hello.public_key).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            if let Some(to) = &envelope.to_peer_id {
+                switchboard_sfu_api::paths::check_id("participant", to)
+                    .map_err(|e| fail(ErrorCode::InvalidPayload, format!("toPeerId: {e}")))?;
+                hello.to = Some(to.clone());
+            }
+            ClientMessage::E2eeHello(hello)
+        }
+        E2EE_KEY => {
+            let key: e2ee::KeyPayload = typed(payload()).map_err(invalid)?;
+            e2ee::check_key(&key).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            ClientMessage::E2eeKey(key)
         }
         START_RECORDING => ClientMessage::StartRecording,
         STOP_RECORDING => ClientMessage::StopRecording,

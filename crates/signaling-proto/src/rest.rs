@@ -19,6 +19,9 @@ pub struct CreateMeeting {
     pub mute_on_entry: bool,
     #[serde(default)]
     pub webinar: bool,
+    /// Media end-to-end encrypted (`docs/e2ee.md`): never recorded or mixed.
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 fn default_expected() -> i32 {
@@ -35,6 +38,8 @@ pub struct MeetingInfo {
     pub room_code: Option<String>,
     pub join_url: Option<String>,
     pub participants: i32,
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 /// `POST /api/v1/meetings/{id}/join`
@@ -46,6 +51,10 @@ pub struct JoinGrant {
     pub signaling_url: String,
     pub role: Role,
     pub ice_servers: Vec<IceServer>,
+    /// The meeting's media is end-to-end encrypted: the client must encrypt before it
+    /// builds a connection (`docs/e2ee.md`).
+    #[serde(default)]
+    pub e2ee: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

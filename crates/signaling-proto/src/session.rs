@@ -79,6 +79,8 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         ClientMessage::SetRole(_) => Need::Admitter,
         // The audience is listed to those who run the meeting only.
         ClientMessage::Participants(_) => Need::Admitter,
+        // Media keys are sent by those who send media.
+        ClientMessage::E2eeKey(_) => Need::Publisher { screen: false },
         // Lowering someone else's hand runs the meeting, as admitting does.
         ClientMessage::HandRaise(h) if h.all || h.participant_id.as_deref().is_some_and(|p| p != me) => Need::Admitter,
         // An offer with an SDP or tracks publishes; an empty one joins the SFU receive-only.

@@ -342,3 +342,70 @@ fn who_may_send_a_direct_message_to_whom() {
         assert_eq!(from.may_message_privately(to), may, "{from:?} → {to:?}");
     }
 }
+
+#[test]
+fn e2ee_messages_are_shaped_and_bounded_without_reading_the_keys() {
+    use crate::e2ee::{HelloPayload, KeyPayload};
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut point = [9u8; 65];
+    point[0] = 4;
+    let key = b64(&point);
+    let hello = |extra: &str, payload: String| format!(r#"{{"type":"e2ee-hello"{extra},"payload":{payload}}}"#);
+    let (_, m) = parse_client(hello("", format!(r#"{{"publicKey":"{key}"}}"#)).as_bytes()).unwrap();
+    assert_eq!(m, ClientMessage::E2eeHello(HelloPayload { public_key: key.clone(), to: None }));
+    let (_, m) = parse_client(hello(r#","toPeerId":"p-2""#, format!(r#"{{"publicKey":"{key}"}}"#)).as_bytes()).unwrap();
+    assert_eq!(m, ClientMessage::E2eeHello(HelloPayload { public_key: key.clone(), to: Some("p-2".into()) }));
+    let mut compressed = point;
+    compressed[0] = 2;
+    for bad in [b64(&compressed), b64(&point[..64]), format!("{key}A"), key.replace(&key[..2], "+/"), String::new()] {
+        let frame = hello("", format!(r#"{{"publicKey":"{bad}"}}"#));
+        assert_eq!(parse(&frame).unwrap_err().code, ErrorCode::InvalidPayload, "{bad}");
+    }
+    assert_eq!(
+        parse(&hello("", format!(r#"{{"publicKey":"{key}","to":"p-2"}}"#))).unwrap_err().code,
+        ErrorCode::InvalidPayload
+    );
+    assert_eq!(
+        parse(&hello(r#","toPeerId":"""#, format!(r#"{{"publicKey":"{key}"}}"#))).unwrap_err().code,
+        ErrorCode::InvalidPayload
+    );
+
+    let entry = |to: &str, iv: usize, key: usize| serde_json::json!({"to": to, "iv": b64(&vec![1; iv]), "key": b64(&vec![2; key])});
+    let key_msg = |kid: serde_json::Value, entries: Vec<serde_json::Value>| {
+        serde_json::json!({"type": "e2ee-key", "payload": {"kid": kid, "entries": entries}}).to_string()
+    };
+    let (_, m) =
+        parse_client(key_msg(513.into(), vec![entry("p-1", 12, 48), entry("p-2", 12, 48)]).as_bytes()).unwrap();
+    let ClientMessage::E2eeKey(KeyPayload { kid, entries }) = m else { panic!("{m:?}") };
+    assert_eq!((kid, entries.len()), (513, 2));
+    let refused = [
+        key_msg(1.into(), vec![]),
+        key_msg(1.into(), (0..201).map(|i| entry(&format!("p-{i}"), 12, 48)).collect()),
+        key_msg(1.into(), vec![entry("p-1", 12, 48), entry("p-1", 12, 48)]),
+        key_msg(1.into(), vec![entry("p-1", 16, 48)]),
+        key_msg(1.into(), vec![entry("p-1", 12, 32)]),
+        key_msg(1.into(), vec![entry("", 12, 48)]),
+        key_msg((1u64 << 53).into(), vec![entry("p-1", 12, 48)]),
+        key_msg((-1).into(), vec![entry("p-1", 12, 48)]),
+        key_msg("1".into(), vec![entry("p-1", 12, 48)]),
+    ];
+    for frame in refused {
+        assert_eq!(parse(&frame).unwrap_err().code, ErrorCode::InvalidPayload, "{frame}");
+    }
+    // A join says which scheme the client implements.
+    let (_, m) = parse_client(br#"{"type":"join","payload":{"token":"t","e2ee":1}}"#).unwrap();
+    assert_eq!(m, ClientMessage::Join(JoinPayload { token: "t".into(), e2ee: Some(1) }));
+}
+
+#[test]
+fn only_publishers_send_media_keys() {
+    use crate::e2ee::KeyPayload;
+    let key = ClientMessage::E2eeKey(KeyPayload { kid: 0, entries: vec![] });
+    let allowed = |role| session::gate(session::Phase::Admitted { role }, &key, "p-1", || Ok(Permissions::default()));
+    assert_eq!(allowed(Role::Participant), Ok(session::Step::Act));
+    assert_eq!(allowed(Role::Viewer).unwrap_err().code, ErrorCode::Forbidden);
+    let waiting =
+        session::gate(session::Phase::Waiting { role: Role::Host }, &key, "p-1", || Ok(Permissions::default()));
+    assert_eq!(waiting.unwrap_err().code, ErrorCode::NotAdmitted);
+}

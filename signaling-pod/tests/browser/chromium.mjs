@@ -27,8 +27,11 @@ export function launch(origins = [], executablePath = process.env.CHROMIUM || "/
 // up and "Join now" is clicked, as a person would. `prejoin(page)` runs first when given
 // (e.g. to turn the microphone off before joining).
 // A viewer (a Webinar's attendee) has no pre-join screen: `viewer: true` skips it.
-export async function openPage(browser, url, name, { viewport, prejoin, viewer } = {}) {
+// `testHooks: true` turns on the client's test hooks (E2EE: the frames sent and the keys
+// held), which no URL can turn on.
+export async function openPage(browser, url, name, { viewport, prejoin, viewer, testHooks } = {}) {
   const context = await browser.newContext({ permissions: ["camera", "microphone"], ...(viewport ? { viewport } : {}) });
+  if (testHooks) await context.addInitScript(() => { window.__switchboardTestHooks = true; });
   const page = await context.newPage();
   page.on("console", (m) => console.log(`[${name}] ${m.type()}: ${m.text()}`));
   page.on("pageerror", (e) => console.log(`[${name}] error: ${e.message}`));
@@ -42,4 +45,16 @@ export async function joinFromPreview(page, prejoin) {
   await page.waitForSelector("#join:not([disabled])", { timeout: 30000 });
   if (prejoin) await prejoin(page);
   await page.click("#join");
+}
+
+// Waits until `fn` (evaluated in the page with `arg`) is truthy, checking every `polling`
+// ms. Unlike page.waitForFunction, it awaits an async `fn` (a Promise is truthy, so
+// waitForFunction would return at once).
+export async function until(page, fn, arg, { timeout = 30000, polling = 500, what = "a condition" } = {}) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    if (await page.evaluate(fn, arg)) return;
+    if (Date.now() > end) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, polling));
+  }
 }

@@ -8,7 +8,7 @@
 //   the host's page plays out grows, from nothing before);
 // - is moved back to the audience: the host hears nothing from it again.
 // Usage: node webinar.mjs <host-url> <attendee-url> <attendee-name>; prints `RESULT <json>`.
-import { launch, openPage } from "./chromium.mjs";
+import { launch, openPage, until } from "./chromium.mjs";
 
 const [hostUrl, attendeeUrl, attendeeName] = process.argv.slice(2);
 const browser = await launch();
@@ -45,11 +45,11 @@ try {
   await host.click(`button[aria-label="Invite to speak: ${attendeeName}"]`);
   const invitedAt = Date.now();
   await attendee.waitForFunction(() => window.switchboard.role === "participant" && window.switchboard.pub && window.switchboard.pub.connectionState === "connected", null, { timeout: 20000, polling: 250 });
-  await host.waitForFunction(async () => {
+  await until(host, async () => {
     let e = 0;
     (await window.switchboard.sub.getStats()).forEach((x) => { if (x.type === "inbound-rtp" && x.kind === "audio") e += x.totalAudioEnergy || 0; });
     return e > 0;
-  }, null, { timeout: 20000, polling: 250 });
+  }, null, { timeout: 20000, polling: 250, what: "the host hearing the invited attendee" });
   report.heardAfterMs = Date.now() - invitedAt;
   report.heardAfter = await heard(host);
   report.handAfter = await attendee.textContent("#hand");

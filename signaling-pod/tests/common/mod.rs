@@ -250,6 +250,14 @@ pub async fn connect(rest: &Rest, meeting: &str) -> (Arc<SignalingClient>, JoinG
     (Arc::new(client), grant, joined)
 }
 
+/// As [`connect`], to an end-to-end encrypted meeting.
+pub async fn connect_e2ee(rest: &Rest, meeting: &str) -> (Arc<SignalingClient>, JoinGrant, JoinedPayload) {
+    let grant = rest.join(meeting).await.expect("REST join");
+    let (client, joined) =
+        SignalingClient::join_e2ee(&grant.signaling_url, &grant.session_token).await.expect("WebSocket join");
+    (Arc::new(client), grant, joined)
+}
+
 pub fn of_type(t: &'static str) -> impl Fn(&switchboard_signaling_proto::Envelope) -> bool {
     move |e| e.type_ == t
 }
