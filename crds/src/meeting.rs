@@ -39,6 +39,14 @@ pub const MAX_PARTICIPANTS: i32 = 100_000;
     )
     .message("spec.schedule.start cannot be changed once the meeting has started")
     .field_path(".spec.schedule.start")
+    .reason(kube::core::Reason::FieldValueForbidden),
+    // Turning encryption on mid-meeting would leave the keyless participants' media
+    // unreadable, turning it off would expose what everyone was told is encrypted.
+    validation = kube::core::Rule::new(
+        "!has(oldSelf.status) || !has(oldSelf.status.startedAt) || self.spec.e2ee == oldSelf.spec.e2ee"
+    )
+    .message("spec.e2ee cannot be changed once the meeting has started")
+    .field_path(".spec.e2ee")
     .reason(kube::core::Reason::FieldValueForbidden)
 )]
 #[serde(rename_all = "camelCase")]
@@ -92,7 +100,10 @@ pub struct MeetingSpec {
     /// Recording policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingPolicy>,
-    /// Media is end-to-end encrypted (SFU forwards only; no server-side recording).
+    /// Media is end-to-end encrypted (docs/e2ee.md): each browser encrypts its frames
+    /// with keys the servers never see; the SFU forwards ciphertext. A client must say it
+    /// implements the scheme to join; the server refuses recording and mixed audio.
+    /// Fixed once the meeting has started.
     #[serde(default)]
     pub e2ee: bool,
     /// Per-role overrides of the default permissions.

@@ -374,6 +374,12 @@ async fn immutable_fields_cannot_change() {
         .patch("webinar", &PatchParams::default(), &Patch::Merge(&moved))
         .await
         .expect("start may move before it starts");
+    // So may encryption (without automatic recording, which it refuses).
+    let sealed = json!({"spec": {"recording": null, "e2ee": true}});
+    meetings
+        .patch("webinar", &PatchParams::default(), &Patch::Merge(&sealed))
+        .await
+        .expect("e2ee set before it starts");
     // Once started (status.startedAt set by the operator), it may not.
     let started = json!({"status": {"phase": "Active", "startedAt": "2027-01-15T17:00:03Z"}});
     meetings.patch_status("webinar", &PatchParams::default(), &Patch::Merge(&started)).await.expect("status update");
@@ -382,6 +388,10 @@ async fn immutable_fields_cannot_change() {
     assert_eq!(code, 422, "{message}");
     assert!(message.contains("spec.schedule.start"), "{message}");
     assert!(message.contains("cannot be changed once the meeting has started"), "{message}");
+    let unsealed = json!({"spec": {"e2ee": false}});
+    let (code, message) = api_error(meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&unsealed)).await);
+    assert_eq!(code, 422, "{message}");
+    assert!(message.contains("spec.e2ee cannot be changed once the meeting has started"), "{message}");
     // Other fields of a started meeting still change.
     let title = json!({"spec": {"title": "All hands (extended)"}});
     meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&title)).await.expect("title may change");

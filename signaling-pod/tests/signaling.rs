@@ -933,6 +933,11 @@ async fn an_e2ee_meetings_keys_reach_only_the_members_who_need_them() {
         panelist.request(types::E2EE_KEY, serde_json::json!({ "kid": 512, "entries": [entry(ada_id)] })).await.unwrap();
     assert_eq!((r.payload["delivered"].as_u64(), r.payload["unknown"].clone()), (Some(0), serde_json::json!([ada_id])));
 
+    // The REST facade creates encrypted meetings too.
+    let created =
+        rest(&a.url, "hana", None).create_meeting(serde_json::json!({"title": "Board", "e2ee": true})).await.unwrap();
+    assert!(created.e2ee, "{created:?}");
+
     // A meeting without E2EE has no key exchange.
     meeting(&env, "open-plan", "hana", serde_json::json!({})).await;
     assign(&env, "open-plan", &[("sfu-0", "http://127.0.0.1:9")], &[]).await;
