@@ -160,7 +160,8 @@ fn run_for(
     // The pages' console, kept for a look after a run that passed too.
     let artifacts = repo_root().join("target/test-artifacts");
     if std::fs::create_dir_all(&artifacts).is_ok() {
-        let _ = std::fs::write(artifacts.join(format!("{name}.log")), &stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let _ = std::fs::write(artifacts.join(format!("{name}.log")), format!("{stdout}\n{stderr}"));
     }
     if !out.status.success() {
         return Err(format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));

@@ -117,8 +117,8 @@ pub struct Session {
 /// delivery per entry; a leave in a 1,000-member meeting rekeys with 1,000 entries, so
 /// the budget holds that at once and refills at a fifth of it a second. Announcements
 /// (which make every publisher send a key) come at most once a second, with at most
-/// [`E2EE_MAX_PUBLIC_KEYS`] distinct keys a session, so a client changing its key in a
-/// loop cannot make the meeting rekey forever.
+/// [`E2EE_MAX_PUBLIC_KEYS`] distinct keys a connection, so a client changing its key in
+/// a loop cannot make the meeting rekey forever (a new connection costs a join).
 struct E2eeLimits {
     entries: crate::limits::TokenBucket,
     last_hello: Option<Instant>,
@@ -1154,7 +1154,7 @@ impl Session {
             if limits.keys_announced.len() >= E2EE_MAX_PUBLIC_KEYS {
                 return Err(refuse(
                     ErrorCode::RateLimited,
-                    format!("at most {E2EE_MAX_PUBLIC_KEYS} public keys a session; join again"),
+                    format!("at most {E2EE_MAX_PUBLIC_KEYS} public keys a connection"),
                 ));
             }
             limits.keys_announced.push(public_key.clone());

@@ -28,6 +28,7 @@ const stats = { encrypted: 0, sendDropped: 0, decrypted: {}, dropped: {}, why: {
 const sentLog = [];
 const SENT_LOG_MAX = 3000;
 const missingAsked = new Map(); // sender -> when we last asked the page for its key
+const starved = new Set(); // senders whose video frames were dropped for want of a key
 
 function bump(map, k) { map[k] = (map[k] || 0) + 1; }
 function drop(sender, why) { bump(stats.dropped, sender); bump(stats.why, why); }
@@ -137,6 +138,7 @@ async function keyFor(sender, kid) {
   const r = receivers.get(sender);
   if (!r) return null;
   const have = r.keys.get(kid);
+  if (have && have.until && have.until < Date.now()) { r.keys.delete(kid); return null; }
   if (have) return have;
   const gen = Math.floor(kid / 256), step = kid % 256;
   if (gen !== Math.floor(r.kid / 256) || step <= r.kid % 256) return null;
@@ -149,11 +151,17 @@ async function keyFor(sender, kid) {
 }
 function install(r, kid, base, k) {
   const now = Date.now();
-  for (const [old, v] of r.keys) if (old !== kid && !v.until) v.until = now + OLD_KEY_MS;
   for (const [old, v] of r.keys) if (v.until && v.until < now) r.keys.delete(old);
+  // A later generation always has a larger KID (generation << 8 | step): a newer key
+  // supersedes the others, which serve frames in flight a moment longer; an older one
+  // (a late or repeated delivery) is kept as already superseded.
+  if (kid >= r.kid) {
+    for (const [old, v] of r.keys) if (old !== kid && !v.until) v.until = now + OLD_KEY_MS;
+    r.kid = kid; r.base = base;
+  } else {
+    k.until = now + OLD_KEY_MS;
+  }
   r.keys.set(kid, k);
-  // A later generation always has a larger KID (generation << 8 | step).
-  if (kid >= r.kid) { r.kid = kid; r.base = base; }
 }
 // Replay protection per (sender, KID): a CTR seen, or more than REPLAY_WINDOW behind
 // the newest, is dropped.
@@ -172,7 +180,7 @@ async function decryptFrame(sender, frame, controller) {
   const t = trailer(data);
   if (!t) { drop(sender, "shape"); return; }
   const k = await keyFor(sender, t.kid);
-  if (!k) { bump(stats.missing, sender); askForKey(sender); return; }
+  if (!k) { bump(stats.missing, sender); starved.add(sender); askForKey(sender); return; }
   const r = receivers.get(sender);
   const end = data.length - 2 - t.h;
   const tail = data.subarray(end);
@@ -220,16 +228,15 @@ self.onmessage = async (event) => {
     case "receiveKey": {
       let r = receivers.get(m.sender);
       if (!r) { r = { kid: m.kid, base: m.base, keys: new Map(), seen: new Map() }; receivers.set(m.sender, r); }
-      const hadNone = r.keys.size === 0 || (stats.missing[m.sender] || 0) > 0;
       install(r, m.kid, m.base, await derive(m.base, m.kid));
       missingAsked.delete(m.sender);
-      // Its video frames were dropped while the key was missing: ask for a keyframe
-      // rather than waiting for the decoder to notice.
-      if (hadNone) for (const t of transformers.get(m.sender) || []) try { t.sendKeyFrameRequest(); } catch (_) {}
+      // Its frames were dropped while the key was missing: ask for a keyframe rather
+      // than waiting for the decoder to notice.
+      if (starved.delete(m.sender)) for (const t of transformers.get(m.sender) || []) try { t.sendKeyFrameRequest(); } catch (_) {}
       break;
     }
     // A member left: nothing of its keys stays.
-    case "forget": receivers.delete(m.sender); transformers.delete(m.sender); break;
+    case "forget": receivers.delete(m.sender); transformers.delete(m.sender); starved.delete(m.sender); break;
     case "stats": self.postMessage({ op: "stats", id: m.id, stats, sendKid: send && send.kid, sent: hooks ? sentLog : undefined }); break;
     // Test hook: the page replays docs' vectors through this code.
     case "selfTest": {
