@@ -27,6 +27,7 @@ pub const MAX_PARTICIPANTS: i32 = 100_000;
     category = "switchboard",
     doc = "One meeting: schedule, size, policy; status carries phase, room code, SFU assignment.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Parent", type_ = "string", json_path = ".spec.parentRef.name"),
     printcolumn(name = "Room", type_ = "string", json_path = ".status.roomCode"),
     printcolumn(name = "Expected", type_ = "integer", json_path = ".spec.participants.expected"),
     printcolumn(name = "Participants", type_ = "integer", json_path = ".status.participants.current"),
@@ -47,13 +48,26 @@ pub const MAX_PARTICIPANTS: i32 = 100_000;
     )
     .message("spec.e2ee cannot be changed once the meeting has started")
     .field_path(".spec.e2ee")
-    .reason(kube::core::Reason::FieldValueForbidden)
+    .reason(kube::core::Reason::FieldValueForbidden),
+    validation = kube::core::Rule::new(
+        "has(self.spec.parentRef) == has(oldSelf.spec.parentRef) && \
+         (!has(self.spec.parentRef) || self.spec.parentRef.name == oldSelf.spec.parentRef.name)"
+    )
+    .message("spec.parentRef cannot be changed")
+    .field_path(".spec.parentRef")
+    .reason(kube::core::Reason::FieldValueForbidden),
+    validation = kube::core::Rule::new("!has(self.spec.parentRef) || self.spec.parentRef.name != self.metadata.name")
+    .message("a meeting cannot be its own breakout room")
+    .field_path(".spec.parentRef.name")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new(
     "!(self.e2ee && has(self.recording) && self.recording.policy == 'Auto')")
     .message("an end-to-end encrypted meeting cannot be recorded automatically by the server")
     .field_path(".recording.policy"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.parentRef) || !has(self.schedule)")
+    .message("a breakout room opens at once: it has no schedule")
+    .field_path(".schedule"))]
 #[x_kube(validation = kube::core::Rule::new("!(self.e2ee && self.audio == 'Mixed')")
     .message("an end-to-end encrypted meeting cannot have its audio mixed by the server, which cannot decode it")
     .field_path(".audio"))]
@@ -106,6 +120,12 @@ pub struct MeetingSpec {
     /// Fixed once the meeting has started.
     #[serde(default)]
     pub e2ee: bool,
+    /// Set on a breakout room: its main Meeting, in the same namespace. The operator
+    /// places the room on the main meeting's SFU pods when they have room (no new
+    /// capacity), and ends it when the main meeting ends. Cannot change; a breakout room
+    /// has no schedule, no breakout rooms of its own, and the main meeting's `e2ee`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<ParentRef>,
     /// Per-role overrides of the default permissions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
@@ -120,6 +140,15 @@ pub struct MeetingSpec {
     /// fly do not pile up; a scheduled one is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_after_ended: Option<Duration>,
+}
+
+/// The main Meeting of a breakout room.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// The main Meeting's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -289,6 +289,16 @@ async fn invalid_meetings_recordings_and_signaling_pools_are_refused_naming_the_
     set(&mut mixed_e2ee, "/spec/e2ee", json!(false));
     apply_json(&meetings, &mixed_e2ee).await.expect("mixed audio without e2ee accepted");
 
+    // A breakout room opens at once and is not its own.
+    let mut room = valid_meeting("room");
+    set(&mut room, "/spec/parentRef", json!({"name": "main"}));
+    assert_refused(&meetings, &room, "spec.schedule", "a breakout room opens at once").await;
+    set(&mut room, "/spec/schedule", Value::Null);
+    set(&mut room, "/spec/parentRef", json!({"name": "room"}));
+    assert_refused(&meetings, &room, "spec.parentRef.name", "cannot be its own breakout room").await;
+    set(&mut room, "/spec/parentRef", json!({"name": ""}));
+    assert_refused(&meetings, &room, "spec.parentRef.name", "").await;
+
     let recordings: Api<RecordingJob> = ns.api();
     let mut both = example("recordingjob.yaml", "RecordingJob");
     both["metadata"] = json!({"name": "both-storages"});
@@ -368,6 +378,10 @@ async fn immutable_fields_cannot_change() {
     let (_client, ns) = setup("immutable").await;
     let meetings: Api<Meeting> = ns.api();
     apply_json(&meetings, &valid_meeting("webinar")).await.expect("valid meeting accepted");
+    let mut room = valid_meeting("room");
+    set(&mut room, "/spec/schedule", Value::Null);
+    set(&mut room, "/spec/parentRef", json!({"name": "webinar"}));
+    apply_json(&meetings, &room).await.expect("a breakout room accepted");
     // Before the meeting has started, its start may move.
     let moved = json!({"spec": {"schedule": {"start": "2027-01-15T17:00:00Z"}}});
     meetings
@@ -392,6 +406,16 @@ async fn immutable_fields_cannot_change() {
     let (code, message) = api_error(meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&unsealed)).await);
     assert_eq!(code, 422, "{message}");
     assert!(message.contains("spec.e2ee cannot be changed once the meeting has started"), "{message}");
+    // A breakout room stays the room of its main meeting; a meeting does not become one.
+    for parent in [json!({"name": "other"}), Value::Null] {
+        let rehome = json!({"spec": {"parentRef": parent}});
+        let (code, message) = api_error(meetings.patch("room", &PatchParams::default(), &Patch::Merge(&rehome)).await);
+        assert_eq!(code, 422, "{message}");
+        assert!(message.contains("spec.parentRef cannot be changed"), "{message}");
+    }
+    let adopt = json!({"spec": {"parentRef": {"name": "room"}}});
+    let (code, message) = api_error(meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&adopt)).await);
+    assert_eq!(code, 422, "{message}");
     // Other fields of a started meeting still change.
     let title = json!({"spec": {"title": "All hands (extended)"}});
     meetings.patch("webinar", &PatchParams::default(), &Patch::Merge(&title)).await.expect("title may change");

@@ -462,3 +462,63 @@ async fn bad_specs_are_refused_or_reported() {
     operator.stop().await.unwrap();
     ns.delete().await;
 }
+
+/// A breakout room (`spec.parentRef`) goes on its main meeting's SFU pod, though the
+/// pool's Distributed strategy would put any other meeting on the emptier pod; `kubectl
+/// get meetings` names its parent; it ends when its main meeting ends. A room naming a
+/// main meeting that does not exist is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breakout_room_is_placed_beside_its_main_meeting_and_ends_with_it() {
+    let Setup { admin, ns, operator } = setup("mtg-breakout").await;
+    let _sfus = SimulatedSfus::start(admin.clone(), &ns.name, "fleet", Duration::from_secs(1));
+    let pools: Api<SfuPool> = ns.api();
+    let spread = json!({"placement": {"strategy": "Distributed"}});
+    apply(&pools, &pool("fleet", json!({"minReplicas": 2, "maxReplicas": 2}), spread)).await;
+    await_pool_ready(&admin, &ns.name, "fleet", 2).await;
+    let meetings: Api<Meeting> = ns.api();
+    let origin = |m: &Meeting| m.status.as_ref().and_then(|s| s.assignment.as_ref()).map(|a| a.origin.pod.clone());
+    create(&meetings, &meeting("main", 30, json!({}))).await;
+    let main = await_meeting(&meetings, "main", "placed", TIMEOUT, |m| origin(m).is_some()).await;
+    let main_pod = origin(&main).unwrap();
+    // Another meeting goes to the emptier pod, as Distributed places.
+    create(&meetings, &meeting("standup", 5, json!({}))).await;
+    let standup = await_meeting(&meetings, "standup", "placed", TIMEOUT, |m| origin(m).is_some()).await;
+    assert_ne!(origin(&standup).unwrap(), main_pod, "Distributed spreads meetings");
+
+    // The room goes beside its main meeting all the same.
+    create(&meetings, &meeting("main-bo1-1", 4, json!({"parentRef": {"name": "main"}}))).await;
+    let room = await_meeting(&meetings, "main-bo1-1", "placed", TIMEOUT, |m| origin(m).is_some()).await;
+    assert_eq!(origin(&room).unwrap(), main_pod, "a breakout room shares its main meeting's pod");
+    wait_for("the room's seats in the main meeting's pod's ledger", TIMEOUT, || async {
+        ledgers(&admin, &ns.name, "fleet").await.get(&main_pod).is_some_and(|l| l.contains_key("main-bo1-1"))
+    })
+    .await;
+    // `kubectl get meetings` shows the parent.
+    let table = kubectl_ok(&["get", "meetings", "-n", &ns.name, "main-bo1-1"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    let parent = rows[0].iter().position(|c| *c == "PARENT").expect("a PARENT column");
+    assert_eq!(rows[1][parent], "main", "{table}");
+
+    // A room of nothing is refused.
+    create(&meetings, &meeting("nowhere-bo1-1", 4, json!({"parentRef": {"name": "nowhere"}}))).await;
+    let orphan =
+        await_meeting(&meetings, "nowhere-bo1-1", "refused", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Failed)).await;
+    assert_eq!(condition(&orphan, "Valid").map(|c| c.reason.as_str()), Some("ParentNotFound"));
+
+    // The main meeting ends (its host ends it for everyone): so does the room, with
+    // people still in it, and its seats go back.
+    report_participants(&meetings, "main-bo1-1", 3).await;
+    await_meeting(&meetings, "main-bo1-1", "Active", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Active)).await;
+    let ops = json!([{"op": "add", "path": "/status/endRequested", "value": {"at": jiff::Timestamp::now().to_string(), "by": "host-1"}}]);
+    let params = PatchParams { field_manager: Some(SIGNALING_MANAGER.into()), ..Default::default() };
+    meetings.patch_status("main", &params, &Patch::<()>::Json(serde_json::from_value(ops).unwrap())).await.unwrap();
+    let room =
+        await_meeting(&meetings, "main-bo1-1", "Ended", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Ended)).await;
+    assert_eq!(condition(&room, "Ended").map(|c| c.reason.as_str()), Some("ParentEnded"));
+    wait_for("the room's seats released", TIMEOUT, || async {
+        ledgers(&admin, &ns.name, "fleet").await.values().all(|l| !l.contains_key("main-bo1-1"))
+    })
+    .await;
+    operator.stop().await.unwrap();
+    ns.delete().await;
+}

@@ -137,6 +137,7 @@ async fn create_meeting(
             audio: MeetingAudio::Routed,
             recording: None,
             e2ee: req.e2ee,
+            parent_ref: None,
             permissions: Vec::new(),
             empty_timeout: None,
             ttl_after_ended: None,

@@ -52,6 +52,8 @@ pub struct View {
     pub placed_at: Option<Timestamp>,
     /// When a host ended the meeting for everyone, if one did.
     pub end_requested: Option<Timestamp>,
+    /// A breakout room's main meeting ended (or is gone): the room ends with it.
+    pub parent_ended: bool,
 }
 
 /// What the meeting should hold on SFU capacity.
@@ -74,6 +76,8 @@ pub enum EndReason {
     DurationExceeded,
     /// A host ended it for everyone.
     EndedByHost,
+    /// A breakout room whose main meeting ended.
+    ParentEnded,
 }
 
 impl EndReason {
@@ -83,6 +87,7 @@ impl EndReason {
             EndReason::NeverStarted => "NeverStarted",
             EndReason::DurationExceeded => "DurationExceeded",
             EndReason::EndedByHost => "EndedByHost",
+            EndReason::ParentEnded => "ParentEnded",
         }
     }
 }
@@ -152,6 +157,10 @@ pub fn decide(view: &View, timing: &Timing, now: Timestamp) -> Decision {
     // Whatever the phase: a host's end is final (signaling already let nobody stay).
     if view.end_requested.is_some() {
         return end(d, EndReason::EndedByHost);
+    }
+    // A breakout room does not outlive its main meeting, whoever is still in it.
+    if view.parent_ended {
+        return end(d, EndReason::ParentEnded);
     }
     let due = due(view);
     let active = view.phase == Some(Phase::Active) || view.participants > 0;
@@ -233,6 +242,7 @@ mod tests {
             participants: 0,
             placed_at: None,
             end_requested: None,
+            parent_ended: false,
         }
     }
 
@@ -347,6 +357,19 @@ mod tests {
             let d = decide(&after, &timing(), t(200));
             assert_eq!((d.phase, d.end_reason, d.ended_at), (Phase::Ended, None, Some(t(120))), "ended once");
             assert_eq!(d.recheck_after, Some(Duration::from_secs(3520)));
+        }
+    }
+
+    /// A breakout room ends with its main meeting in any phase, people in it or not.
+    #[test]
+    fn a_breakout_room_ends_when_its_main_meeting_does() {
+        let busy = View { phase: Some(Phase::Active), started_at: Some(t(0)), participants: 4, ..scheduled(0) };
+        let waiting = View { phase: Some(Phase::Waiting), placed_at: Some(t(0)), ..scheduled(0) };
+        for view in [busy, waiting] {
+            assert_eq!(decide(&view, &timing(), t(120)).end_reason, None, "{view:?}");
+            let orphan = View { parent_ended: true, ..view.clone() };
+            let d = decide(&orphan, &timing(), t(120));
+            assert_eq!((d.phase, d.hold, d.end_reason), (Phase::Ended, Hold::Nothing, Some(EndReason::ParentEnded)));
         }
     }
 

@@ -88,6 +88,20 @@ pub fn participants_within_tracks(track_limit: u64, tracks_in_use: u64, meeting_
     track_limit.saturating_sub(tracks_in_use) / (TRACKS_PER_PARTICIPANT * meeting_size.max(1))
 }
 
+/// Places a breakout room beside its main meeting: on the first of `preferred` (the
+/// main meeting's origin, then its edges) that is a candidate with room for
+/// `participants`, so opening rooms needs no new capacity and their people stay on the
+/// pods their media already reaches. `None` when none has room: the room is then placed
+/// as any meeting. Never a cascade: a breakout room is small.
+pub fn place_beside(candidates: &[Candidate], preferred: &[String], participants: u64) -> Option<Vec<Share>> {
+    let participants = participants.max(1);
+    preferred
+        .iter()
+        .filter_map(|p| candidates.iter().find(|c| &c.pod == p))
+        .find(|c| c.free() >= participants)
+        .map(|c| vec![Share { pod: c.pod.clone(), participants, parent: None, relay_links: 0 }])
+}
+
 /// Places `participants` on `candidates`. The first share is the origin.
 pub fn place(strategy: Strategy, candidates: &[Candidate], participants: u64) -> Result<Vec<Share>, Shortfall> {
     let participants = participants.max(1);
@@ -263,6 +277,27 @@ mod tests {
         assert_eq!(packed, vec![Share { pod: "b".into(), participants: 10, parent: None, relay_links: 0 }]);
         let spread = place(Strategy::Distributed, &pods, 10).unwrap();
         assert_eq!(spread[0].pod, "a");
+    }
+
+    #[test]
+    fn a_breakout_room_goes_beside_its_main_meeting_when_there_is_room() {
+        let pods = [pod("a", "z", 20, 18), pod("b", "z", 20, 5), pod("c", "z", 20, 0)];
+        let beside = |preferred: &[&str], n| {
+            let preferred: Vec<String> = preferred.iter().map(|p| p.to_string()).collect();
+            place_beside(&pods, &preferred, n).map(|s| (s[0].pod.clone(), s[0].participants, s.len()))
+        };
+        // The origin first, when it has room.
+        assert_eq!(beside(&["b", "c"], 4), Some(("b".into(), 4, 1)));
+        // A full origin: the next of the main meeting's pods.
+        assert_eq!(beside(&["a", "b"], 4), Some(("b".into(), 4, 1)));
+        // Exactly full is full enough.
+        assert_eq!(beside(&["a"], 2), Some(("a".into(), 2, 1)));
+        // None of them has room, or none is a candidate (not Ready): placed as usual.
+        assert_eq!(beside(&["a"], 3), None);
+        assert_eq!(beside(&["gone"], 1), None);
+        assert_eq!(beside(&[], 1), None);
+        // An empty room still takes a seat (its first arrival).
+        assert_eq!(beside(&["c"], 0), Some(("c".into(), 1, 1)));
     }
 
     #[test]

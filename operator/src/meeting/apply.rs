@@ -64,9 +64,9 @@ pub async fn apply(ctx: &Context, o: &Observed, d: &Decision) -> Outcome {
             Outcome::Nothing
         }
         Holding::WaitForCache => Outcome::Nothing,
-        Holding::Place { pool, participants } => {
+        Holding::Place { pool, participants, beside } => {
             let holder = holder(m, o.pool(pool));
-            Outcome::Placed(place_meeting(ctx, &holder, *participants, o.now).await)
+            Outcome::Placed(place_meeting(ctx, &holder, *participants, beside, o.now).await)
         }
         Holding::Migrate { pool, old, faults } => {
             let holder = holder(m, o.pool(pool));
@@ -289,12 +289,18 @@ async fn place_meeting(
     ctx: &Context,
     h: &Holder<'_>,
     participants: u64,
+    beside: &[String],
     now: jiff::Timestamp,
 ) -> Result<Assignment, NotPlaced> {
     let ready = ready_pods(ctx, h.pool, now);
     let strategy = strategy_of(h.pool);
+    // In the same ledger commit: a pod beside the main meeting is taken only with room.
     let shares = commit(ctx, h, &ready, &[], participants, "placing", |candidates| {
-        place::place(strategy, candidates, participants).map(|shares| (shares.clone(), shares))
+        let shares = match place::place_beside(candidates, beside, participants) {
+            Some(shares) => shares,
+            None => place::place(strategy, candidates, participants)?,
+        };
+        Ok((shares.clone(), shares))
     })
     .await?;
     Ok(tree(h.pool.name_any(), &shares, &ready, None, Some(Time(now))))

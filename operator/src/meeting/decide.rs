@@ -15,12 +15,15 @@ use switchboard_crds::{MeetingStatus, SfuPool};
 use switchboard_fleet::health::Detected;
 use switchboard_placement::lifecycle::{self, EndReason, Hold};
 
-use super::observe::{MeetingWrite, Observed, PoolRoom};
+use super::observe::{MeetingWrite, Observed, ParentSeen, PoolRoom, pods_of};
 use super::spec::{Invalid, api_phase, lifecycle_view, timing, validate};
 use crate::conditions::condition_at;
 
 /// How often a Failed meeting is checked again without any change seen.
 pub const FAILED_RECHECK: Duration = Duration::from_secs(10);
+/// How often a breakout room looks at its main meeting again: it ends when that one
+/// ends, which its own watch does not see.
+pub const PARENT_RECHECK: Duration = Duration::from_secs(5);
 
 /// An Event to publish: type, reason, note.
 pub type Note = (EventType, &'static str, String);
@@ -51,8 +54,9 @@ pub enum Holding {
     Keep { strays: Vec<String> },
     /// Off its failed pods, onto healthy ones of its pool.
     Migrate { pool: String, old: Box<Assignment>, faults: Vec<(String, Detected)> },
-    /// Seats for `participants` on Ready pods of `pool`.
-    Place { pool: String, participants: u64 },
+    /// Seats for `participants` on Ready pods of `pool`; on the first of `beside` (a
+    /// breakout room's main meeting's pods) that has room, if any does.
+    Place { pool: String, participants: u64, beside: Vec<String> },
     /// The caches do not show our last placement or move yet: look again shortly,
     /// rather than place or move twice.
     WaitForCache,
@@ -97,7 +101,13 @@ pub fn decide(o: &Observed) -> Decision {
     let ended = current.phase == Some(MeetingPhase::Ended);
     let rooms: &[PoolRoom] = o.pools.as_deref().unwrap_or_default();
     let pools: Vec<Arc<SfuPool>> = rooms.iter().map(|r| r.pool.clone()).collect();
-    let validity = o.pools.as_ref().map(|_| ()).map_err(Clone::clone).and_then(|_| validate(m, &pools, &current));
+    let validity = o
+        .pools
+        .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone)
+        .and_then(|_| validate(m, &pools, &current))
+        .and_then(|_| validate_parent(m, o.parent.as_ref(), &current));
     if let (false, Err(invalid)) = (ended, &validity) {
         return refuse(d, &current, invalid, o.now);
     }
@@ -114,12 +124,19 @@ pub fn decide(o: &Observed) -> Decision {
     }
     let room = choose_pool(&current, rooms);
     let timing = timing(m, room.map(|r| r.pool.as_ref()));
-    let lc = lifecycle::decide(&lifecycle_view(m, &current, o.now), &timing, o.now);
+    let view = lifecycle::View {
+        parent_ended: parent_ended(o.parent.as_ref(), &current),
+        ..lifecycle_view(m, &current, o.now)
+    };
+    let lc = lifecycle::decide(&view, &timing, o.now);
     d.status.phase = Some(api_phase(lc.phase));
     d.status.started_at = lc.started_at.map(Time);
     d.status.ended_at = lc.ended_at.map(Time);
     d.status.empty_since = lc.empty_since.map(Time);
     d.requeue = lc.recheck_after;
+    if o.parent.is_some() && !view.parent_ended && lc.phase != lifecycle::Phase::Ended {
+        d.requeue = Some(d.requeue.map_or(PARENT_RECHECK, |r| r.min(PARENT_RECHECK)));
+    }
     d.end_reason = lc.end_reason;
     d.delete = lc.delete;
     d.hold = match lc.hold {
@@ -256,7 +273,62 @@ fn assign(d: &mut Decision, o: &Observed, current: &MeetingStatus, room: &PoolRo
         _ => Holding::Place {
             pool: room.pool.name_any(),
             participants: o.meeting.spec.participants.expected.max(1) as u64,
+            beside: beside_parent(o.parent.as_ref(), &room.pool.name_any()),
         },
+    }
+}
+
+/// A breakout room's main meeting must exist (until the room started: then it has
+/// ended, see [`parent_ended`]), not be a breakout room itself, and share its `e2ee`
+/// (people move between the two without changing clients' keys or promises).
+fn validate_parent(
+    m: &switchboard_crds::Meeting,
+    parent: Option<&ParentSeen>,
+    current: &MeetingStatus,
+) -> Result<(), Invalid> {
+    let name = m.spec.parent_ref.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+    match parent {
+        None => Ok(()),
+        Some(ParentSeen::Missing) if current.started_at.is_some() => Ok(()),
+        Some(ParentSeen::Missing) => {
+            Err(Invalid { reason: "ParentNotFound", message: format!("spec.parentRef: no Meeting {name} here") })
+        }
+        Some(ParentSeen::Found(p)) if p.spec.parent_ref.is_some() => Err(Invalid {
+            reason: "NestedBreakout",
+            message: format!("spec.parentRef: {name} is a breakout room itself; rooms have no rooms"),
+        }),
+        Some(ParentSeen::Found(p)) if p.spec.e2ee != m.spec.e2ee => Err(Invalid {
+            reason: "E2eeMismatch",
+            message: format!("spec.e2ee must be that of the main meeting {name} ({})", p.spec.e2ee),
+        }),
+        Some(ParentSeen::Found(_)) => Ok(()),
+    }
+}
+
+/// A breakout room's main meeting ended, was asked to end, or is gone after the room
+/// started.
+fn parent_ended(parent: Option<&ParentSeen>, current: &MeetingStatus) -> bool {
+    match parent {
+        None => false,
+        Some(ParentSeen::Missing) => current.started_at.is_some(),
+        Some(ParentSeen::Found(p)) => {
+            p.status.as_ref().is_some_and(|s| s.phase == Some(MeetingPhase::Ended) || s.end_requested.is_some())
+        }
+    }
+}
+
+/// The pods a breakout room should go on: its main meeting's, when that meeting is
+/// placed in the same pool.
+fn beside_parent(parent: Option<&ParentSeen>, pool: &str) -> Vec<String> {
+    match parent {
+        Some(ParentSeen::Found(p)) => p
+            .status
+            .as_ref()
+            .and_then(|s| s.assignment.as_ref())
+            .filter(|a| a.pool == pool)
+            .map(pods_of)
+            .unwrap_or_default(),
+        _ => Vec::new(),
     }
 }
 

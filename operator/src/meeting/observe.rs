@@ -30,6 +30,15 @@ pub struct Observed {
     pub assignment: Option<AssignmentSeen>,
     /// Our own writes the caches do not show yet.
     pub pending: Vec<MeetingWrite>,
+    /// A breakout room's main meeting, as the cache has it (`None`: not a breakout room).
+    pub parent: Option<ParentSeen>,
+}
+
+/// A breakout room's main meeting.
+#[derive(Clone, Debug)]
+pub enum ParentSeen {
+    Missing,
+    Found(Arc<Meeting>),
 }
 
 /// A matching pool and the participants it can still take at maxReplicas.
@@ -97,7 +106,13 @@ pub async fn observe(m: Arc<Meeting>, ctx: &Context, now: jiff::Timestamp) -> Re
         (Some(a), Some(room)) => Some(assignment_seen(ctx, &m, &room.pool, a, now)),
         _ => None,
     };
-    Ok(Observed { meeting: m, now, room_code, join_url, pools, assignment, pending })
+    let parent = m.spec.parent_ref.as_ref().map(|p| {
+        match ctx.caches.meetings.get(&kube::runtime::reflector::ObjectRef::new(&p.name).within(&ns)) {
+            Some(parent) => ParentSeen::Found(parent),
+            None => ParentSeen::Missing,
+        }
+    });
+    Ok(Observed { meeting: m, now, room_code, join_url, pools, assignment, pending, parent })
 }
 
 fn pending_code(pending: &[MeetingWrite]) -> Option<&String> {

@@ -131,6 +131,8 @@ pub fn lifecycle_view(m: &Meeting, current: &MeetingStatus, now: jiff::Timestamp
         participants: current.participants.as_ref().map_or(0, |p| p.current.max(0) as u64),
         placed_at: current.assignment.as_ref().and_then(|a| a.at.as_ref()).map(|t| t.0),
         end_requested: current.end_requested.as_ref().map(|r| r.at.0),
+        // Known from the main meeting, not from this one (see `decide`).
+        parent_ended: false,
     }
 }
 

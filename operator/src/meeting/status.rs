@@ -92,7 +92,7 @@ fn placed(f: &mut Finished, o: &Observed, current: &MeetingStatus, a: switchboar
 /// Not placed: say why once, keep (or make) the reservation so that the pool keeps
 /// the capacity coming, and try again soon.
 fn not_placed(f: &mut Finished, o: &Observed, current: &MeetingStatus, hold: &Holding, not: NotPlaced) {
-    let Holding::Place { pool, participants } = hold else { unreachable!("a placement outcome of a placement") };
+    let Holding::Place { pool, participants, .. } = hold else { unreachable!("a placement outcome of a placement") };
     f.tallies.push(Tally::Placement { result: "failed", reason: not.reason });
     if !has_reason(&current.conditions, "Placed", not.reason) {
         f.events.push((EventType::Warning, "PlacementFailed", not.message.clone()));
@@ -197,6 +197,7 @@ fn ended_and_phase(f: &mut Finished, o: &Observed, current: &MeetingStatus, end:
                 by_host = format!("host {who} ended the meeting for everyone");
                 by_host.as_str()
             }
+            EndReason::ParentEnded => "its main meeting ended (a breakout room ends with it)",
         };
         let ended = condition_at(&current.conditions, "Ended", true, reason.as_str(), message, generation, o.now);
         f.status.conditions.push(ended);

@@ -31,6 +31,7 @@ fn observed(m: Meeting, pools: Vec<PoolRoom>, now: jiff::Timestamp) -> Observed 
         pools: Ok(pools),
         assignment: None,
         pending: Vec::new(),
+        parent: None,
     }
 }
 
@@ -64,7 +65,7 @@ fn condition<'a>(s: &'a switchboard_crds::MeetingStatus, type_: &str) -> Option<
 fn an_ad_hoc_meeting_is_placed_at_once_and_says_so_in_one_event() {
     let o = observed(meeting("m").build(), vec![room(pool("p").build(), None)], at(1));
     let d = decide(&o);
-    assert_eq!(d.hold, Holding::Place { pool: "p".into(), participants: 10 });
+    assert_eq!(d.hold, Holding::Place { pool: "p".into(), participants: 10, beside: vec![] });
     assert_eq!(d.status.phase, Some(MeetingPhase::Waiting));
     let f = finish(&o, d, Outcome::Placed(Ok(placed_on("p", "p-1"))));
     assert_eq!(f.status.assignment.as_ref().map(|a| a.origin.pod.as_str()), Some("p-1"));
@@ -126,7 +127,7 @@ fn an_assignment_whose_seats_are_gone_is_placed_again() {
     let m = assigned("m", "Waiting", assignment("p", "p-1", &[]));
     let mut o = observed(m, vec![room(pool("p").build(), None)], at(5));
     o.assignment = Some(AssignmentSeen { faults: vec![], booked: false, strays: vec![] });
-    assert_eq!(decide(&o).hold, Holding::Place { pool: "p".into(), participants: 10 });
+    assert_eq!(decide(&o).hold, Holding::Place { pool: "p".into(), participants: 10, beside: vec![] });
 }
 
 #[test]
@@ -332,13 +333,13 @@ fn an_ended_ad_hoc_meeting_without_a_ttl_goes_after_an_hour_and_a_scheduled_one_
 fn a_meeting_goes_to_the_matching_pool_with_the_most_room_or_stays_in_its_own() {
     let rooms = vec![room(pool("a").build(), Some(100)), room(pool("b").build(), Some(500))];
     let o = observed(meeting("m").build(), rooms.clone(), at(1));
-    assert_eq!(decide(&o).hold, Holding::Place { pool: "b".into(), participants: 10 });
+    assert_eq!(decide(&o).hold, Holding::Place { pool: "b".into(), participants: 10, beside: vec![] });
     // A meeting holding a reservation in `a` stays there.
     let reserved = meeting("m")
         .status(json!({"phase": "Waiting", "reservation": {"pool": "a", "participants": 10, "from": t0().to_string()}}))
         .build();
     let o = observed(reserved, rooms, at(1));
-    assert_eq!(decide(&o).hold, Holding::Place { pool: "a".into(), participants: 10 });
+    assert_eq!(decide(&o).hold, Holding::Place { pool: "a".into(), participants: 10, beside: vec![] });
 }
 
 #[test]
@@ -391,4 +392,61 @@ fn a_placement_leaves_out_a_pod_whose_tracks_would_pass_the_limit() {
     // A pod of the meeting's own tree keeps its seats whatever its tracks.
     let kept = candidates(&full, &HashMap::new(), 100, limit, &["a".to_string()]);
     assert_eq!(kept[0].free(), 100);
+}
+
+/// A breakout room (`spec.parentRef`): placed beside its main meeting when that one is
+/// placed in the same pool; refused while its main meeting is missing, is a room
+/// itself or differs in `e2ee`; ended when the main meeting ends, is asked to end, or
+/// is gone after the room started; and it looks at its main meeting again every few
+/// seconds meanwhile.
+#[test]
+fn a_breakout_room_follows_its_main_meeting() {
+    use super::decide::PARENT_RECHECK;
+    use super::observe::ParentSeen;
+    let child = || meeting("main-bo1-1").spec(json!({"parentRef": {"name": "main"}}));
+    let main = |status: Value| ParentSeen::Found(Arc::new(meeting("main").status(status).build()));
+    let with = |m: Meeting, parent: ParentSeen| {
+        let mut o = observed(m, vec![room(pool("p").build(), None)], at(1));
+        o.parent = Some(parent);
+        o
+    };
+    let placed = json!({"phase": "Active", "assignment": assignment("p", "p-1", &["p-2"])});
+
+    let d = decide(&with(child().build(), main(placed.clone())));
+    assert_eq!(d.hold, Holding::Place { pool: "p".into(), participants: 10, beside: vec!["p-1".into(), "p-2".into()] });
+    assert_eq!(d.requeue, Some(PARENT_RECHECK));
+    // The main meeting in another pool, or not placed yet: placed as any meeting.
+    let elsewhere = json!({"phase": "Active", "assignment": assignment("q", "q-1", &[])});
+    for status in [elsewhere, json!({"phase": "Waiting"})] {
+        let d = decide(&with(child().build(), main(status)));
+        assert_eq!(d.hold, Holding::Place { pool: "p".into(), participants: 10, beside: vec![] });
+    }
+
+    // Refused: no main meeting, a main meeting that is a room, a different e2ee.
+    let nested = ParentSeen::Found(Arc::new(meeting("main").spec(json!({"parentRef": {"name": "top"}})).build()));
+    let e2ee = child().spec(json!({"e2ee": true})).build();
+    for (o, reason) in [
+        (with(child().build(), ParentSeen::Missing), "ParentNotFound"),
+        (with(child().build(), nested), "NestedBreakout"),
+        (with(e2ee, main(placed.clone())), "E2eeMismatch"),
+    ] {
+        let d = decide(&o);
+        assert_eq!(d.hold, Holding::Invalid, "{reason}");
+        assert_eq!(d.status.phase, Some(MeetingPhase::Failed), "{reason}");
+        assert!(d.conditions.iter().any(|c| c.type_ == "Valid" && c.reason == reason), "{reason}: {:?}", d.conditions);
+    }
+
+    // Ended with its main meeting: ended, asked to end, or gone once the room started.
+    let started =
+        || child().status(json!({"phase": "Active", "startedAt": t0().to_string(), "participants": {"current": 3}}));
+    let ending = json!({"phase": "Active", "endRequested": {"at": t0().to_string(), "by": "host-1"}});
+    for parent in [main(json!({"phase": "Ended"})), main(ending), ParentSeen::Missing] {
+        let d = decide(&with(started().build(), parent.clone()));
+        assert_eq!(d.status.phase, Some(MeetingPhase::Ended), "{parent:?}");
+        assert_eq!(d.end_reason, Some(switchboard_placement::lifecycle::EndReason::ParentEnded));
+        assert_eq!(d.hold, Holding::Release);
+    }
+    // A main meeting still on: the room carries on, people in it.
+    let d = decide(&with(started().build(), main(placed)));
+    assert_eq!((d.status.phase, d.end_reason), (Some(MeetingPhase::Active), None));
 }
