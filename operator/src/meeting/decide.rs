@@ -124,9 +124,11 @@ pub fn decide(o: &Observed) -> Decision {
     }
     let room = choose_pool(&current, rooms);
     let timing = timing(m, room.map(|r| r.pool.as_ref()));
+    let own = lifecycle_view(m, &current, o.now);
     let view = lifecycle::View {
         parent_ended: parent_ended(o.parent.as_ref(), &current),
-        ..lifecycle_view(m, &current, o.now)
+        participants: own.participants + o.in_rooms,
+        ..own
     };
     let lc = lifecycle::decide(&view, &timing, o.now);
     d.status.phase = Some(api_phase(lc.phase));

@@ -32,6 +32,10 @@ pub struct Observed {
     pub pending: Vec<MeetingWrite>,
     /// A breakout room's main meeting, as the cache has it (`None`: not a breakout room).
     pub parent: Option<ParentSeen>,
+    /// People in this meeting's breakout rooms that have not ended: the main meeting is
+    /// not empty while its people are in rooms. Counted only when it could end as
+    /// empty (Active, nobody in it), since it reads every Meeting of the namespace.
+    pub in_rooms: u64,
 }
 
 /// A breakout room's main meeting.
@@ -112,7 +116,24 @@ pub async fn observe(m: Arc<Meeting>, ctx: &Context, now: jiff::Timestamp) -> Re
             None => ParentSeen::Missing,
         }
     });
-    Ok(Observed { meeting: m, now, room_code, join_url, pools, assignment, pending, parent })
+    let empty = status.phase == Some(switchboard_crds::meeting::MeetingPhase::Active)
+        && status.participants.as_ref().is_none_or(|p| p.current <= 0);
+    let in_rooms = if empty && m.spec.parent_ref.is_none() { people_in_rooms(ctx, &m) } else { 0 };
+    Ok(Observed { meeting: m, now, room_code, join_url, pools, assignment, pending, parent, in_rooms })
+}
+
+/// People in the breakout rooms of `main` that have not ended.
+fn people_in_rooms(ctx: &Context, main: &Meeting) -> u64 {
+    let (ns, name) = (main.namespace(), main.name_any());
+    ctx.caches
+        .meetings
+        .state()
+        .iter()
+        .filter(|r| r.namespace() == ns && r.spec.parent_ref.as_ref().is_some_and(|p| p.name == name))
+        .filter_map(|r| r.status.as_ref())
+        .filter(|s| s.phase != Some(switchboard_crds::meeting::MeetingPhase::Ended))
+        .map(|s| s.participants.as_ref().map_or(0, |p| p.current.max(0) as u64))
+        .sum()
 }
 
 fn pending_code(pending: &[MeetingWrite]) -> Option<&String> {

@@ -32,6 +32,7 @@ fn observed(m: Meeting, pools: Vec<PoolRoom>, now: jiff::Timestamp) -> Observed 
         assignment: None,
         pending: Vec::new(),
         parent: None,
+        in_rooms: 0,
     }
 }
 
@@ -449,4 +450,28 @@ fn a_breakout_room_follows_its_main_meeting() {
     // A main meeting still on: the room carries on, people in it.
     let d = decide(&with(started().build(), main(placed)));
     assert_eq!((d.status.phase, d.end_reason), (Some(MeetingPhase::Active), None));
+}
+
+/// A main meeting whose people are all in breakout rooms is not empty: it does not end
+/// after its empty timeout while the rooms hold people, and does once they do not.
+#[test]
+fn a_main_meeting_with_its_people_in_rooms_is_not_empty() {
+    let long_ago = t0().to_string();
+    let m = || {
+        meeting("main")
+            .spec(json!({"emptyTimeout": "5m"}))
+            .status(
+                json!({"phase": "Active", "startedAt": long_ago, "emptySince": long_ago, "participants": {"current": 0},
+                "assignment": assignment("p", "p-1", &[])}),
+            )
+            .build()
+    };
+    let mut o = observed(m(), vec![room(pool("p").build(), None)], at(3600));
+    o.in_rooms = 6;
+    let d = decide(&o);
+    assert_eq!((d.status.phase, d.end_reason), (Some(MeetingPhase::Active), None));
+    o.in_rooms = 0;
+    let d = decide(&o);
+    assert_eq!(d.status.phase, Some(MeetingPhase::Ended));
+    assert_eq!(d.end_reason, Some(switchboard_placement::lifecycle::EndReason::Empty));
 }
