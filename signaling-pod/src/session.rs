@@ -1194,10 +1194,12 @@ impl Session {
         })?;
         let j = self.joined.as_ref().expect("joined");
         let (key, mtg, me) = (j.key.clone(), j.claims.mtg.clone(), j.info.id.clone());
+        // Only the recipients named (at most 200), not every record of the meeting.
+        let named: Vec<&str> = k.entries.iter().map(|e| e.to.as_str()).collect();
         let members: std::collections::HashSet<String> = self
             .app
             .store
-            .all(&key)
+            .get_many(&key, &named)
             .await
             .map_err(redis_failed)?
             .into_iter()

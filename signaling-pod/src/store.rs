@@ -444,6 +444,16 @@ return wait
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
+    /// The records of `participants` that exist, in one round trip.
+    pub async fn get_many(&self, meeting: &str, participants: &[&str]) -> RedisResult<Vec<Record>> {
+        if participants.is_empty() {
+            return Ok(Vec::new());
+        }
+        let json: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(k(meeting, "p")).arg(participants).query_async(&mut self.c()).await?;
+        Ok(json.into_iter().flatten().filter_map(|j| serde_json::from_str(&j).ok()).collect())
+    }
+
     pub async fn all(&self, meeting: &str) -> RedisResult<Vec<Record>> {
         let all: Vec<(String, String)> = self.c().hgetall(k(meeting, "p")).await?;
         Ok(all.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
