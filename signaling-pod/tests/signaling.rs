@@ -771,6 +771,14 @@ async fn an_e2ee_meetings_keys_reach_only_the_members_who_need_them() {
     assert_eq!(plain.refusal().expect("refused").code, ErrorCode::E2eeUnsupported, "{plain}");
     let info = rest(&a.url, "hana", None).meeting("vault").await.unwrap();
     assert!(info.e2ee);
+    // A scheme this server does not know is refused alike; one that is no scheme number is malformed.
+    for (scheme, code) in
+        [(serde_json::json!(2), ErrorCode::E2eeUnsupported), (serde_json::json!(300), ErrorCode::InvalidPayload)]
+    {
+        let c = SignalingClient::connect(&grant.signaling_url).await.unwrap();
+        let join = serde_json::json!({"token": grant.session_token, "e2ee": scheme});
+        assert_eq!(refused(c.request(types::JOIN, join).await), code, "e2ee: {scheme}");
+    }
 
     let (host, host_grant, joined) = connect_e2ee(&rest(&a.url, "hana", None), "vault").await;
     assert!(joined.e2ee);
@@ -937,6 +945,12 @@ async fn an_e2ee_meetings_keys_reach_only_the_members_who_need_them() {
     let created =
         rest(&a.url, "hana", None).create_meeting(serde_json::json!({"title": "Board", "e2ee": true})).await.unwrap();
     assert!(created.e2ee, "{created:?}");
+    // Breakout rooms are not made through this route: a body naming a parent is refused.
+    let room = rest(&a.url, "hana", None)
+        .create_meeting(serde_json::json!({"title": "Side room", "parentRef": {"name": "vault"}}))
+        .await
+        .unwrap_err();
+    assert_eq!(room.status(), Some(400), "{room}");
 
     // A meeting without E2EE has no key exchange.
     meeting(&env, "open-plan", "hana", serde_json::json!({})).await;
