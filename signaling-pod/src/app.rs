@@ -35,6 +35,9 @@ pub struct App {
     /// Meetings this replica reports on and reaps (kept until they are empty): their
     /// Redis key → their name.
     pub watched: Mutex<HashMap<String, String>>,
+    /// Keys of the main meetings with breakout rooms open (kept by `breakouts::run`):
+    /// their sessions compare where they are with where they belong.
+    pub breakouts_open: Mutex<HashSet<String>>,
     /// (edge endpoint, room) pairs already relayed from their parent.
     pub relayed: Mutex<HashSet<(String, String)>>,
     pub next_connection: AtomicU64,
@@ -74,6 +77,7 @@ impl App {
             kube,
             metrics,
             watched: Mutex::default(),
+            breakouts_open: Mutex::default(),
             relayed: Mutex::default(),
             next_connection: AtomicU64::new(1),
             limits: crate::limits::Limits::new(cfg_limits),
@@ -307,6 +311,8 @@ pub struct Metrics {
     pub resumes: Counter,
     pub migrations: Counter,
     pub redis_errors: Counter,
+    pub breakout_rooms_opened: Counter,
+    pub breakout_moves: Counter,
 }
 
 impl Metrics {
@@ -320,6 +326,12 @@ impl Metrics {
         r.register("resumes", "Sessions resumed on a new connection", self.resumes.clone());
         r.register("media_migrations", "Clients told to reconnect media to a new SFU", self.migrations.clone());
         r.register("redis_errors", "Failed Redis operations", self.redis_errors.clone());
+        r.register("breakout_rooms_opened", "Breakout rooms opened", self.breakout_rooms_opened.clone());
+        r.register(
+            "breakout_moves",
+            "Sessions moved into, between or out of breakout rooms",
+            self.breakout_moves.clone(),
+        );
         r.register("dropped_messages", "Messages dropped for connections that could not keep up", hub.dropped.clone());
         r.register(
             "redis_pubsub_reconnects",

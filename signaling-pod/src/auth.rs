@@ -423,6 +423,16 @@ pub struct SessionClaims {
     pub exp: u64,
     pub aud: String,
     pub typ: String,
+    /// In a breakout room: the main meeting (name and UID) the session goes back to when
+    /// the room closes; only the server issues such tokens (`breakout-moved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<Home>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Home {
+    pub mtg: String,
+    pub uid: String,
 }
 
 impl SessionClaims {
@@ -482,7 +492,32 @@ impl SessionKeys {
             exp,
             aud: SESSION_AUDIENCE.into(),
             typ: SESSION.into(),
+            home: None,
         })
+    }
+
+    /// The session moved to `meeting` (a breakout room, whose main meeting is `home`,
+    /// or back home): the same participant, user and name, a fresh expiry.
+    pub fn reissue(
+        &self,
+        from: &SessionClaims,
+        meeting: &MeetingBinding,
+        role: Role,
+        home: Option<Home>,
+        now: u64,
+        exp: u64,
+    ) -> (String, SessionClaims) {
+        let claims = SessionClaims {
+            ns: meeting.namespace.clone(),
+            mtg: meeting.name.clone(),
+            uid: meeting.uid.clone(),
+            role,
+            iat: now,
+            exp,
+            home,
+            ..from.clone()
+        };
+        (self.current.sign(&claims), claims)
     }
 
     pub fn verify(&self, token: &str) -> Result<SessionClaims, AuthError> {

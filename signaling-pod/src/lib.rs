@@ -4,6 +4,7 @@
 pub mod access;
 pub mod app;
 pub mod auth;
+pub mod breakouts;
 pub mod config;
 pub mod hub;
 pub mod limits;
@@ -61,6 +62,7 @@ pub async fn start(cfg: config::Config, kube: kube::Client) -> anyhow::Result<Ru
     tokio::spawn(reporter::run(app.clone()));
     tokio::spawn(reporter::tell_audience(app.clone()));
     tokio::spawn(recordings::watch(app.clone()));
+    tokio::spawn(breakouts::run(app.clone()));
     if app.users.jwks().is_some() {
         tokio::spawn(refresh_jwks(app.clone()));
     }

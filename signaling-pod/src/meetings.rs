@@ -128,7 +128,12 @@ pub fn room_of(namespace: &str, name: &str) -> String {
 
 /// `namespace/name/uid`: names and namespaces hold no `/`.
 pub fn state_key(namespace: &str, m: &Meeting) -> String {
-    format!("{namespace}/{}/{}", m.name_any(), m.metadata.uid.as_deref().unwrap_or_default())
+    key_of(namespace, &m.name_any(), m.metadata.uid.as_deref().unwrap_or_default())
+}
+
+/// The state key of meeting `name` with UID `uid`.
+pub fn key_of(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}/{name}/{uid}")
 }
 
 /// Why the meeting cannot be recorded by signaling, if it cannot.

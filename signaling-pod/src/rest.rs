@@ -12,6 +12,9 @@ use kube::ResourceExt as _;
 use kube::api::{ObjectMeta, PostParams};
 use serde::{Deserialize, Serialize};
 use switchboard_crds::meeting::{Meeting, MeetingAudio, MeetingMode, MeetingSpec, ParticipantLimits};
+use switchboard_signaling_proto::breakouts::{
+    self, BroadcastPayload, ClosePayload, MovePayload, OpenPayload, StatePayload,
+};
 use switchboard_signaling_proto::rest::{ChatPage, CreateMeeting, JoinGrant, MeetingInfo};
 use switchboard_signaling_proto::{MAX_FRAME_BYTES, Permission, Role, types};
 
@@ -54,6 +57,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/meetings/{id}/chat", get(chat_history))
         .route("/api/v1/meetings/{id}/recordings", post(create_recording))
         .route("/api/v1/meetings/{id}/recordings/stop", post(stop_recording))
+        .route("/api/v1/meetings/{id}/breakouts", post(open_breakouts).get(read_breakouts))
+        .route("/api/v1/meetings/{id}/breakouts/move", post(move_breakout))
+        .route("/api/v1/meetings/{id}/breakouts/broadcast", post(broadcast_breakouts))
+        .route("/api/v1/meetings/{id}/breakouts/close", post(close_breakouts))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/ws", get(websocket))
         .route("/", get(page))
@@ -191,6 +198,16 @@ async fn join_meeting(
     let claims = user(&app, &headers)?;
     let m = find(&app, &id)?;
     meetings::open(&m).map_err(|r| Refusal(StatusCode::CONFLICT, "meetingUnavailable", r))?;
+    if let Some(parent) = &m.spec.parent_ref {
+        return Err(Refusal(
+            StatusCode::CONFLICT,
+            "breakoutRoom",
+            format!(
+                "`{id}` is a breakout room: join its main meeting `{}`; a host moves people into rooms",
+                parent.name
+            ),
+        ));
+    }
     let key = app.meetings.state_key(&m);
     if app.store.is_removed(&key, &claims.sub).await.map_err(internal)? {
         return Err(Refusal(StatusCode::FORBIDDEN, "removed", "a host removed you from this meeting".into()));
@@ -309,6 +326,106 @@ async fn stop_recording(
     Ok(Json(serde_json::json!({ "recordingJob": name })))
 }
 
+/// A breakout error as a REST refusal.
+fn breakout_refusal(e: crate::breakouts::BreakoutError) -> Refusal {
+    let (status, code) = e.rest();
+    Refusal(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), code, e.to_string())
+}
+
+/// The main meeting `id` names (a room names its main meeting), for one of its hosts or
+/// co-hosts: breakout rooms are theirs to run.
+fn breakouts_of(app: &App, id: &str, who: &Identity) -> Result<Arc<Meeting>, Refusal> {
+    let m = find(app, id)?;
+    let main = crate::breakouts::main_of(app, &m).ok_or_else(|| not_found(id))?;
+    if !role_of(app, &main, who).admits() {
+        return Err(Refusal(StatusCode::FORBIDDEN, "forbidden", "only hosts and co-hosts run breakout rooms".into()));
+    }
+    Ok(main)
+}
+
+/// A JSON body, or 400 naming what is wrong with it.
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, Refusal> {
+    b.map(|Json(t)| t).map_err(|e| bad_request(e.body_text()))
+}
+
+async fn open_breakouts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<OpenPayload>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<StatePayload>), Refusal> {
+    let who = user(&app, &headers)?;
+    let req = body(req)?;
+    breakouts::check_open(&req).map_err(bad_request)?;
+    let m = find(&app, &id)?;
+    if m.spec.parent_ref.is_some() {
+        return Err(breakout_refusal(crate::breakouts::BreakoutError::InRoom));
+    }
+    let main = breakouts_of(&app, &id, &who)?;
+    let state = crate::breakouts::open(&app, &main, &who.sub, &req).await.map_err(breakout_refusal)?;
+    Ok((StatusCode::CREATED, Json(state)))
+}
+
+async fn read_breakouts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<StatePayload>, Refusal> {
+    let who = user(&app, &headers)?;
+    let main = breakouts_of(&app, &id, &who)?;
+    let key = app.meetings.state_key(&main);
+    let state = app.store.breakouts(&key).await.map_err(internal)?;
+    if state.is_none() {
+        return Err(Refusal(StatusCode::NOT_FOUND, "noBreakouts", "no breakout rooms are open".into()));
+    }
+    crate::breakouts::state_of(&app, &key, state.as_ref()).await.map(Json).map_err(breakout_refusal)
+}
+
+async fn move_breakout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<MovePayload>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<StatePayload>, Refusal> {
+    let who = user(&app, &headers)?;
+    let req = body(req)?;
+    breakouts::check_move(&req).map_err(bad_request)?;
+    let main = breakouts_of(&app, &id, &who)?;
+    let state = crate::breakouts::move_participant(&app, &main, &req.participant_id, req.room)
+        .await
+        .map_err(breakout_refusal)?;
+    Ok(Json(state))
+}
+
+async fn broadcast_breakouts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<BroadcastPayload>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let who = user(&app, &headers)?;
+    let req = body(req)?;
+    breakouts::check_broadcast(&req).map_err(bad_request)?;
+    let main = breakouts_of(&app, &id, &who)?;
+    let name = who.name.clone().unwrap_or_else(|| who.sub.clone());
+    let channels = crate::breakouts::broadcast(&app, &main, "", &name, &req.text).await.map_err(breakout_refusal)?;
+    Ok(Json(serde_json::json!({ "rooms": channels - 1 })))
+}
+
+async fn close_breakouts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<ClosePayload>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, Refusal> {
+    let who = user(&app, &headers)?;
+    let req = body(req)?;
+    breakouts::check_close(&req).map_err(bad_request)?;
+    let main = breakouts_of(&app, &id, &who)?;
+    let at = crate::breakouts::close(&app, &main, req.countdown_seconds).await.map_err(breakout_refusal)?;
+    Ok(Json(serde_json::json!({ "closingAtMs": at })))
+}
+
 async fn websocket(
     State(app): State<Arc<App>>,
     extensions: axum::http::Extensions,
@@ -409,7 +526,7 @@ mod tests {
             .map(|l| format!("/api/v1/{}", l.split('"').next().unwrap()))
             .filter(|p| !p.ends_with("openapi.json"))
             .collect::<Vec<_>>();
-        assert_eq!(routes.len(), 6, "{routes:?}");
+        assert_eq!(routes.len(), 10, "{routes:?}");
         for r in &routes {
             assert!(paths.contains_key(r), "{r} is missing from openapi.json");
         }

@@ -32,6 +32,7 @@ use tracing::Instrument as _;
 
 use crate::app::{App, CodeLabel, TypeLabel};
 use crate::auth::{self, SessionClaims};
+use crate::breakouts;
 use crate::hub::{Kill, Local, Outbound};
 use crate::meetings;
 use crate::recordings::{self, StartError};
@@ -522,8 +523,23 @@ impl Session {
         Ok(m)
     }
 
+    /// The main meeting of the one this session is in (itself, or a room's parent).
+    fn main_meeting(&self) -> Result<Arc<Meeting>, ProtoError> {
+        let m = self.meeting()?;
+        breakouts::main_of(&self.app, &m)
+            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "this room's main meeting no longer exists"))
+    }
+
     async fn publish(&self, to: Audience, what: BusWhat) -> Result<(), ProtoError> {
         self.send_bus(Bus { to, what }).await
+    }
+
+    /// A bus message on another meeting's channel (a breakout room's main meeting).
+    async fn publish_to(&self, key: &str, to: Audience, what: BusWhat) -> Result<(), ProtoError> {
+        self.app.store.publish(key, &Bus { to, what }).await.map_err(|e| {
+            self.app.metrics.redis_errors.inc();
+            redis_failed(e)
+        })
     }
 
     async fn send_bus(&self, bus: Bus) -> Result<(), ProtoError> {
@@ -781,6 +797,42 @@ impl Session {
                 self.reply(id, types::OK, serde_json::json!({ "delivered": delivered, "unknown": unknown }));
                 Ok(Flow::Continue)
             }
+            ClientMessage::OpenBreakouts(o) => {
+                let m = self.meeting()?;
+                let by = joined.claims.usr.clone();
+                let state = breakouts::open(&self.app, &m, &by, &o).await.map_err(|e| e.proto())?;
+                self.reply(id, types::BREAKOUTS, state);
+                Ok(Flow::Continue)
+            }
+            ClientMessage::BreakoutMove(mv) => {
+                let main = self.main_meeting()?;
+                let state = breakouts::move_participant(&self.app, &main, &mv.participant_id, mv.room)
+                    .await
+                    .map_err(|e| e.proto())?;
+                self.reply(id, types::BREAKOUTS, state);
+                Ok(Flow::Continue)
+            }
+            ClientMessage::BreakoutBroadcast(b) => {
+                let main = self.main_meeting()?;
+                let (me, name) = (joined.info.id.clone(), joined.info.name.clone());
+                let channels =
+                    breakouts::broadcast(&self.app, &main, &me, &name, &b.text).await.map_err(|e| e.proto())?;
+                self.reply(id, types::OK, serde_json::json!({ "rooms": channels - 1 }));
+                Ok(Flow::Continue)
+            }
+            ClientMessage::CloseBreakouts(c) => {
+                let main = self.main_meeting()?;
+                let at = breakouts::close(&self.app, &main, c.countdown_seconds).await.map_err(|e| e.proto())?;
+                self.reply(id, types::OK, serde_json::json!({ "closingAtMs": at }));
+                Ok(Flow::Continue)
+            }
+            ClientMessage::AskForHelp => {
+                let m = self.meeting()?;
+                let (me, name) = (joined.info.id.clone(), joined.info.name.clone());
+                breakouts::ask_for_help(&self.app, &m, &me, &name).await.map_err(|e| e.proto())?;
+                self.reply(id, types::OK, serde_json::json!({}));
+                Ok(Flow::Continue)
+            }
             // Everyone, this host too, hears `meeting-ended` from the watch of the
             // status this writes (see `meetings::Directory::end`).
             ClientMessage::EndMeeting => {
@@ -853,6 +905,14 @@ impl Session {
                 ),
             ));
         }
+        // A breakout room's token after the room closed resumes in the main meeting.
+        let room =
+            self.app.meetings.get(&claims.mtg).filter(|m| m.metadata.uid.as_deref() == Some(claims.uid.as_str()));
+        let room_over = room.as_ref().is_none_or(|m| meetings::ended(m).is_some());
+        let claims = match claims.home.clone() {
+            Some(home) if room_over => SessionClaims { mtg: home.mtg, uid: home.uid, home: None, ..claims },
+            _ => claims,
+        };
         let m =
             self.app.meetings.get(&claims.mtg).ok_or_else(|| {
                 refuse(ErrorCode::MeetingUnavailable, format!("meeting `{}` does not exist", claims.mtg))
@@ -877,6 +937,11 @@ impl Session {
         }
         let existing = store.get(&key, &claims.sub).await.map_err(redis_failed)?;
         let resumed = existing.is_some();
+        // A session a host moved into a breakout room, resuming with the main meeting's
+        // token, was admitted already: it does not wait again.
+        let in_a_room = existing.is_none()
+            && m.spec.waiting_room
+            && store.breakout_of(&key, &claims.sub).await.map_err(redis_failed)?.is_some();
         let record = existing.unwrap_or_else(|| {
             let muted = m.spec.mute_on_entry && !claims.role.admits();
             Record {
@@ -884,7 +949,7 @@ impl Session {
                     id: claims.sub.clone(),
                     name: claims.name.clone(),
                     role: claims.role,
-                    admitted: !m.spec.waiting_room || claims.role.skips_waiting_room(),
+                    admitted: !m.spec.waiting_room || claims.role.skips_waiting_room() || in_a_room,
                     audio_muted: muted,
                     audio_muted_by: muted.then_some(MutedBy::Host),
                     ..Default::default()
@@ -934,29 +999,7 @@ impl Session {
         } else {
             self.app.metrics.joins.inc();
         }
-        let permissions = meetings::permissions(&m).of(record.info.role);
-        // The waiting room learns nothing of the meeting but that it waits.
-        let (title, participants, recording, ice_servers) = if record.info.admitted {
-            let recording = self.app.store.recording(&key).await.map_err(redis_failed)?;
-            let ice_servers = self.app.ice_servers(&record.info.id);
-            (m.spec.title.clone(), self.visible_participants().await?, recording, ice_servers)
-        } else {
-            (String::new(), Vec::new(), None, Vec::new())
-        };
-        let participant = record.info.clone();
-        let audience =
-            if record.info.admitted { self.app.store.audience(&key).await.map_err(redis_failed)? } else { 0 };
-        let joined = JoinedPayload {
-            participant,
-            title,
-            permissions,
-            participants,
-            audience,
-            resumed,
-            recording,
-            ice_servers,
-            e2ee: m.spec.e2ee,
-        };
+        let joined = self.joined_payload(&m, &record, resumed).await?;
         self.reply(id, types::JOINED, joined);
         if record.info.admitted {
             self.announce(&record.info).await?;
@@ -972,7 +1015,38 @@ impl Session {
             .await?;
         }
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
+        // Rooms may have opened or closed while the session was away.
+        if record.info.admitted {
+            self.follow_breakouts().await?;
+        }
         Ok(())
+    }
+
+    /// What `joined` tells the client of meeting `m` it joined as `record`.
+    async fn joined_payload(&self, m: &Meeting, record: &Record, resumed: bool) -> Result<JoinedPayload, ProtoError> {
+        let key = self.app.meetings.state_key(m);
+        let permissions = meetings::permissions(m).of(record.info.role);
+        // The waiting room learns nothing of the meeting but that it waits.
+        let (title, participants, recording, ice_servers) = if record.info.admitted {
+            let recording = self.app.store.recording(&key).await.map_err(redis_failed)?;
+            let ice_servers = self.app.ice_servers(&record.info.id);
+            (m.spec.title.clone(), self.visible_participants().await?, recording, ice_servers)
+        } else {
+            (String::new(), Vec::new(), None, Vec::new())
+        };
+        let audience =
+            if record.info.admitted { self.app.store.audience(&key).await.map_err(redis_failed)? } else { 0 };
+        Ok(JoinedPayload {
+            participant: record.info.clone(),
+            title,
+            permissions,
+            participants,
+            audience,
+            resumed,
+            recording,
+            ice_servers,
+            e2ee: m.spec.e2ee,
+        })
     }
 
     /// `remove`: every participant of the target's user leaves, its connections close
@@ -990,6 +1064,14 @@ impl Session {
         }
         let store = &self.app.store;
         store.mark_removed(&key, &target.user).await.map_err(redis_failed)?;
+        // Removed from a breakout room is removed from its main meeting (and so from
+        // every room, each of which checks the main meeting's list too).
+        if let Some(main) = breakouts::main_of(&self.app, &m).filter(|main| main.name_any() != m.name_any()) {
+            let main_key = self.app.meetings.state_key(&main);
+            store.mark_removed(&main_key, &target.user).await.map_err(redis_failed)?;
+            self.publish_to(&main_key, Audience::User(target.user.clone()), BusWhat::Removed { by: me.clone() })
+                .await?;
+        }
         // Its connections close first (they no longer hear anything), then its records go.
         self.publish(Audience::User(target.user.clone()), BusWhat::Removed { by: me }).await?;
         let mut removed = Vec::new();
@@ -1579,6 +1661,20 @@ impl Session {
         if j.claims.mtg != name {
             return Flow::Continue;
         }
+        // A breakout room that ended or went: its sessions go home, not away.
+        if let Some(home) = j.claims.home.clone() {
+            let room = self.app.meetings.get(name).filter(|m| m.metadata.uid.as_deref() == Some(j.claims.uid.as_str()));
+            let over = room.as_ref().is_none_or(|m| meetings::ended(m).is_some() || meetings::open(m).is_err());
+            let main =
+                self.app.meetings.get(&home.mtg).filter(|m| m.metadata.uid.as_deref() == Some(home.uid.as_str()));
+            if over && let Some(main) = main.filter(|m| meetings::open(m).is_ok()) {
+                if let Err(e) = self.switch_meeting(main).await {
+                    tracing::warn!(error = %e, "going home from a breakout room");
+                    self.error(e);
+                }
+                return Flow::Continue;
+            }
+        }
         let m = match self.app.meetings.get(name) {
             // Deleted, or deleted and created again: this session was for the old one.
             Some(m) if m.metadata.uid.as_deref() == Some(j.claims.uid.as_str()) => m,
@@ -1670,8 +1766,162 @@ impl Session {
             // These come as kills (see `hub.rs`), not through the queue.
             BusWhat::Removed { .. } | BusWhat::TakenOver { .. } => {}
             BusWhat::Resync => return self.resync().await,
+            BusWhat::MoveTo { meeting, uid } => {
+                if j.claims.mtg != meeting {
+                    let target = self.app.meetings.get(&meeting).filter(|m| m.metadata.uid.as_deref() == Some(&uid));
+                    match target {
+                        Some(to) => {
+                            if let Err(e) = self.switch_meeting(to).await {
+                                tracing::warn!(error = %e, %meeting, "moving to a breakout room");
+                                self.error(e);
+                            }
+                        }
+                        None => tracing::info!(%meeting, "told to move to a meeting that is gone"),
+                    }
+                }
+            }
         }
         Flow::Continue
+    }
+
+    /// Moves this session into meeting `to` (a breakout room, or home again): the same
+    /// participant leaves the meeting it is in (its media there too) and joins `to`
+    /// admitted, with its name and mutes, its role (the host of `to` is its host),
+    /// without a raised hand or a screen share. The server issues the session token of
+    /// `to` (`breakout-moved`, carrying what `joined` would), then asks the client to
+    /// connect media again (`media-reconnect`): nobody logs in again.
+    async fn switch_meeting(&mut self, to: Arc<Meeting>) -> Result<(), ProtoError> {
+        meetings::open(&to).map_err(|r| refuse(ErrorCode::MeetingUnavailable, r))?;
+        let main = breakouts::main_of(&self.app, &to)
+            .ok_or_else(|| refuse(ErrorCode::MeetingUnavailable, "the room's main meeting no longer exists"))?;
+        let key = self.app.meetings.state_key(&to);
+        let store = &self.app.store;
+        let j = self.joined.as_ref().ok_or_else(|| refuse(ErrorCode::Unauthenticated, "send `join` first"))?;
+        if store.is_removed(&key, &j.claims.usr).await.map_err(redis_failed)? {
+            return Err(refuse(ErrorCode::Removed, "a host removed you from that room"));
+        }
+        let Some(j) = self.joined.take() else { unreachable!("checked above") };
+        // Out of the meeting it is in: media, record, bus.
+        if let Some(media) = &j.media {
+            let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
+            tokio::spawn(async move { sfu.leave(&room, &pid).await });
+        }
+        if let Ok(true) = store.remove(&j.key, &j.info.id).await {
+            let left = Bus::left(&j.claims.mtg, &j.info, "breakout", j.e2ee_public_key.is_some());
+            let _ = store.publish(&j.key, &left).await;
+        }
+        self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
+        // Into `to`.
+        let role = if j.claims.usr == to.spec.host {
+            Role::Host
+        } else if j.info.role == Role::Host {
+            Role::CoHost
+        } else {
+            j.info.role
+        };
+        let info =
+            ParticipantInfo { role, admitted: true, hand_raised: false, screen_sharing: false, ..j.info.clone() };
+        let record = Record { info: info.clone(), user: j.claims.usr.clone(), media: None, e2ee_public_key: None };
+        let joined = async {
+            store.put(&key, &record).await?;
+            store.touch(&key, &info.id, &self.connection).await
+        };
+        joined.await.map_err(redis_failed)?;
+        let local = Local {
+            connection: self.connection.clone(),
+            tx: self.tx.clone(),
+            role,
+            user: j.claims.usr.clone(),
+            kill: self.kill.clone(),
+        };
+        let replaced = self
+            .app
+            .hub
+            .register(&key, &info.id, local)
+            .await
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        self.app.watched.lock().unwrap().insert(key.clone(), to.name_any());
+        // An older connection of the session already in `to` (it resumed with the room's
+        // token elsewhere) closes, here or on another replica.
+        if let Some(old) = replaced
+            && old.connection != self.connection
+        {
+            old.kill(Kill::TakenOver);
+        }
+        let taken = BusWhat::TakenOver { connection: self.connection.clone() };
+        self.publish_to(&key, Audience::Peer(info.id.clone()), taken).await?;
+        let home = (main.name_any() != to.name_any())
+            .then(|| auth::Home { mtg: main.name_any(), uid: main.metadata.uid.clone().unwrap_or_default() });
+        let now = auth::now_unix();
+        let (token, claims) = self.app.sessions.reissue(
+            &j.claims,
+            &self.app.meetings.binding(&to),
+            role,
+            home,
+            now,
+            now + self.app.cfg.session_ttl.as_secs(),
+        );
+        self.joined = Some(Joined { claims, key: key.clone(), info: info.clone(), media: None, e2ee_public_key: None });
+        self.app.metrics.breakout_moves.inc();
+        let main_key = self.app.meetings.state_key(&main);
+        let state = store.breakouts(&main_key).await.map_err(redis_failed)?;
+        let room = state.as_ref().and_then(|s| s.rooms.iter().find(|r| r.meeting == to.name_any()));
+        let moved = switchboard_signaling_proto::breakouts::MovedPayload {
+            session_token: token,
+            meeting: to.name_any(),
+            main: main.name_any(),
+            room: room.map(|r| r.name.clone()),
+            ends_at_ms: room.and(state.as_ref().and_then(|s| s.closing_at_ms.or(s.ends_at_ms))),
+            joined: self.joined_payload(&to, &record, false).await?,
+        };
+        self.push(Envelope::new(types::BREAKOUT_MOVED, moved).room(&to.name_any()));
+        let where_to = room.map(|r| format!("breakout room {}", r.name)).unwrap_or_else(|| "the main room".into());
+        let ice_servers = self.app.ice_servers(&info.id);
+        let reconnect = MediaReconnectPayload {
+            reason: format!("moved to {where_to}"),
+            generation: meetings::generation(&to),
+            ice_servers,
+        };
+        self.push(Envelope::new(types::MEDIA_RECONNECT, reconnect));
+        // Hosts see the rooms wherever they are (a message sent while this session was
+        // between meetings is not lost to them).
+        if role.admits() {
+            let rooms = breakouts::state_of(&self.app, &main_key, state.as_ref()).await.map_err(|e| e.proto())?;
+            self.push(Envelope::new(types::BREAKOUTS, rooms).room(&main.name_any()));
+        }
+        self.announce(&info).await?;
+        tracing::info!(participant = %info.id, from = %j.claims.mtg, to = %to.name_any(), "session moved");
+        Ok(())
+    }
+
+    /// Where this session belongs while its meeting has rooms open (`bo:where`), or home
+    /// once they closed: it moves there if it is elsewhere. How a session converges when
+    /// a move message was lost, or when it resumes with an older token.
+    async fn follow_breakouts(&mut self) -> Result<(), ProtoError> {
+        let Some(j) = self.joined.as_ref().filter(|j| j.info.admitted) else { return Ok(()) };
+        let pid = j.info.id.clone();
+        let here = j.claims.mtg.clone();
+        let Ok(m) = self.meeting() else { return Ok(()) };
+        let Some(main) = breakouts::main_of(&self.app, &m) else { return Ok(()) };
+        let main_key = self.app.meetings.state_key(&main);
+        let store = &self.app.store;
+        let belongs = match store.breakouts(&main_key).await.map_err(redis_failed)? {
+            Some(state) => store
+                .breakout_of(&main_key, &pid)
+                .await
+                .map_err(redis_failed)?
+                .and_then(|r| state.rooms.into_iter().find(|x| x.meeting == r))
+                .map(|r| (r.meeting, r.uid)),
+            None => None,
+        };
+        let (name, uid) = belongs.unwrap_or_else(|| (main.name_any(), main.metadata.uid.clone().unwrap_or_default()));
+        if name == here {
+            return Ok(());
+        }
+        match self.app.meetings.get(&name).filter(|m| m.metadata.uid.as_deref() == Some(uid.as_str())) {
+            Some(to) if meetings::open(&to).is_ok() => self.switch_meeting(to).await,
+            _ => Ok(()),
+        }
     }
 
     /// Every [`PRESENCE_REFRESH`], and on a resync: writes presence, and the participant's
@@ -1729,6 +1979,12 @@ impl Session {
             }
             Ok(false) => {}
             Err(e) => trouble(e),
+        }
+        // In a family with rooms open, or in a room: where it belongs may have changed
+        // without this session hearing it.
+        let in_family = j.claims.home.is_some() || self.app.breakouts_open.lock().unwrap().contains(&j.key);
+        if in_family && let Err(e) = self.follow_breakouts().await {
+            tracing::info!(error = %e, "following breakout rooms");
         }
         Flow::Continue
     }

@@ -14,6 +14,12 @@
 //! | `sb:{m}:reclock` | string, TTL | held while a replica checks and starts a recording |
 //! | `sb:{m}:rec:{job}:{state}` | string | a recording's start or stop was announced (once) |
 //! | `sb:{m}:ev` | pub/sub channel | [`Bus`] messages for the meeting |
+//! | `sb:{m}:bo` | string | the main meeting's open breakout rooms ([`BreakoutState`], JSON) |
+//! | `sb:{m}:bo:where` | hash | participant id → the room Meeting it belongs in (absent: the main room) |
+//! | `sb:{m}:bo:gen` | counter | breakout openings, naming the rooms |
+//! | `sb:{m}:bo:lock` | string, TTL | held by the replica opening, closing or starting the countdown |
+//! | `sb:{m}:help:{pid}` | string, TTL | the participant asked for help lately |
+//! | `sb:breakouts` | set | main meetings with rooms open (the timers every replica drives) |
 //! | `sb:session-key` | string | the session-token key, when `SIGNALING_SESSION_KEY` is unset |
 //! | `sb:epoch` | string | a random value set once; a replica that sees it gone or changed knows Redis lost data |
 //!
@@ -84,6 +90,31 @@ pub struct MediaRecord {
     pub tracks: Vec<TrackDescription>,
 }
 
+/// A main meeting's open breakout rooms, as every replica sees them (`sb:{m}:bo`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakoutState {
+    pub generation: u64,
+    pub rooms: Vec<BreakoutRoom>,
+    /// The user who opened them.
+    pub by: String,
+    pub opened_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at_ms: Option<u64>,
+    pub countdown_seconds: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closing_at_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakoutRoom {
+    pub name: String,
+    /// The room's Meeting and its UID.
+    pub meeting: String,
+    pub uid: String,
+}
+
 /// A chat message as kept in `sb:{m}:chat`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 struct StoredChat {
@@ -139,6 +170,9 @@ pub enum BusWhat {
     /// Redis was unreachable or lost data: write the participant back and send the
     /// client the meeting's participants again (the hub sends this to its connections).
     Resync,
+    /// A host opened breakout rooms, moved the peer, or rooms closed: the peer's session
+    /// moves to `meeting` (UID `uid`), unless it is there already.
+    MoveTo { meeting: String, uid: String },
 }
 
 fn yes() -> bool {
@@ -605,6 +639,108 @@ return wait
         Ok(lost)
     }
 
+    /// The main meeting's open breakout rooms.
+    pub async fn breakouts(&self, meeting: &str) -> RedisResult<Option<BreakoutState>> {
+        let raw: Option<String> = self.c().get(k(meeting, "bo")).await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    /// Writes the state, and the meeting into the set whose timers the replicas drive.
+    pub async fn set_breakouts(&self, meeting: &str, state: &BreakoutState) -> RedisResult<()> {
+        let json = serde_json::to_string(state).expect("state serializes");
+        redis::pipe()
+            .set_ex(k(meeting, "bo"), json, MEETING_KEYS_TTL)
+            .ignore()
+            .sadd("sb:breakouts", meeting)
+            .ignore()
+            .query_async::<()>(&mut self.c())
+            .await
+    }
+
+    /// The rooms closed: their state and who was where go.
+    pub async fn clear_breakouts(&self, meeting: &str) -> RedisResult<()> {
+        redis::pipe()
+            .del(&[k(meeting, "bo"), k(meeting, "bo:where")])
+            .ignore()
+            .srem("sb:breakouts", meeting)
+            .ignore()
+            .query_async::<()>(&mut self.c())
+            .await
+    }
+
+    /// Main meetings with breakout rooms open.
+    pub async fn with_breakouts(&self) -> RedisResult<Vec<String>> {
+        self.c().smembers("sb:breakouts").await
+    }
+
+    pub async fn next_breakout_generation(&self, meeting: &str) -> RedisResult<u64> {
+        let g: u64 = self.c().incr(k(meeting, "bo:gen"), 1u64).await?;
+        let _: () = self.c().expire(k(meeting, "bo:gen"), MEETING_KEYS_TTL as i64).await?;
+        Ok(g)
+    }
+
+    /// Takes the main meeting's breakout lock for `ttl` (false: another replica holds it).
+    pub async fn lock_breakouts(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k(meeting, "bo:lock"))
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Lets the lock go if `holder` still holds it.
+    pub async fn unlock_breakouts(&self, meeting: &str, holder: &str) -> RedisResult<()> {
+        redis::cmd("EVAL")
+            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+            .arg(1)
+            .arg(k(meeting, "bo:lock"))
+            .arg(holder)
+            .query_async::<i64>(&mut self.c())
+            .await
+            .map(drop)
+    }
+
+    /// The room Meeting participant `pid` belongs in (`None`: the main room).
+    pub async fn breakout_of(&self, meeting: &str, pid: &str) -> RedisResult<Option<String>> {
+        self.c().hget(k(meeting, "bo:where"), pid).await
+    }
+
+    /// Participant id → room Meeting, for everyone in a room.
+    pub async fn breakout_places(&self, meeting: &str) -> RedisResult<HashMap<String, String>> {
+        self.c().hgetall(k(meeting, "bo:where")).await
+    }
+
+    /// Puts participants into rooms (`None`: back into the main room).
+    pub async fn place_in_breakouts(&self, meeting: &str, places: &[(String, Option<String>)]) -> RedisResult<()> {
+        let key = k(meeting, "bo:where");
+        let mut pipe = redis::pipe();
+        for (pid, room) in places {
+            match room {
+                Some(room) => pipe.hset(&key, pid, room).ignore(),
+                None => pipe.hdel(&key, pid).ignore(),
+            };
+        }
+        pipe.expire(&key, MEETING_KEYS_TTL as i64).ignore();
+        pipe.query_async::<()>(&mut self.c()).await
+    }
+
+    /// True when participant `pid` has not asked for help within `every`.
+    pub async fn may_ask_for_help(&self, meeting: &str, pid: &str, every: Duration) -> RedisResult<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(k(meeting, &format!("help:{pid}")))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(every.as_millis() as u64)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// Takes the meeting's recording lock for `ttl` (false: another replica holds it).
     pub async fn lock_recording(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
         let set: Option<String> = redis::cmd("SET")
@@ -722,11 +858,13 @@ return wait
 
     /// Drops everything of an ended meeting.
     pub async fn forget_meeting(&self, meeting: &str) -> RedisResult<()> {
-        let mut keys: Vec<String> = ["p", "seq", "removed", "chat", "chatseq", "slot", "recording", "reclock"]
-            .iter()
-            .map(|w| k(meeting, w))
-            .collect();
-        for pattern in ["alive:*", "u:*", "rec:*"] {
+        let mut keys: Vec<String> =
+            ["p", "seq", "removed", "chat", "chatseq", "slot", "recording", "reclock", "bo", "bo:where", "bo:gen"]
+                .iter()
+                .map(|w| k(meeting, w))
+                .collect();
+        let _: () = self.c().srem("sb:breakouts", meeting).await?;
+        for pattern in ["alive:*", "u:*", "rec:*", "help:*"] {
             let found: Vec<String> = self.c().keys(k(meeting, pattern)).await?;
             keys.extend(found);
         }

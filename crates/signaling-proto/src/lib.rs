@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 pub use switchboard_sfu_api::{Candidate, ConnectionRole, Event as SfuEvent, MediaKind, Source, TrackDescription};
 
+pub mod breakouts;
 pub mod e2ee;
 pub mod offer;
 pub mod permissions;
@@ -120,6 +121,18 @@ pub mod types {
     /// ([`ParticipantsQuery`](super::ParticipantsQuery)); the reply has the same type
     /// and a [`ParticipantsPage`](super::ParticipantsPage).
     pub const PARTICIPANTS: &str = "participants";
+    /// Breakout rooms (`breakouts` module): hosts and co-hosts open, move, broadcast
+    /// and close; a participant in a room asks for help.
+    pub const OPEN_BREAKOUTS: &str = "open-breakouts";
+    pub const BREAKOUT_MOVE: &str = "breakout-move";
+    pub const BREAKOUT_BROADCAST: &str = "breakout-broadcast";
+    pub const CLOSE_BREAKOUTS: &str = "close-breakouts";
+    pub const ASK_FOR_HELP: &str = "ask-for-help";
+    /// Server to client: the rooms (hosts), a session moved, help asked, rooms closing.
+    pub const BREAKOUTS: &str = "breakouts";
+    pub const BREAKOUT_MOVED: &str = "breakout-moved";
+    pub const HELP_REQUESTED: &str = "help-requested";
+    pub const BREAKOUTS_CLOSING: &str = "breakouts-closing";
     pub const PING: &str = "ping";
     pub const ERROR: &str = "error";
     // Server to client only.
@@ -184,6 +197,11 @@ pub enum ClientMessage {
     E2eeHello(e2ee::HelloPayload),
     /// A publisher's media key, wrapped for each recipient.
     E2eeKey(e2ee::KeyPayload),
+    OpenBreakouts(breakouts::OpenPayload),
+    BreakoutMove(breakouts::MovePayload),
+    BreakoutBroadcast(breakouts::BroadcastPayload),
+    CloseBreakouts(breakouts::ClosePayload),
+    AskForHelp,
     Ping,
 }
 
@@ -213,6 +231,11 @@ impl ClientMessage {
             Self::Participants(_) => PARTICIPANTS,
             Self::E2eeHello(_) => E2EE_HELLO,
             Self::E2eeKey(_) => E2EE_KEY,
+            Self::OpenBreakouts(_) => OPEN_BREAKOUTS,
+            Self::BreakoutMove(_) => BREAKOUT_MOVE,
+            Self::BreakoutBroadcast(_) => BREAKOUT_BROADCAST,
+            Self::CloseBreakouts(_) => CLOSE_BREAKOUTS,
+            Self::AskForHelp => ASK_FOR_HELP,
             Self::Ping => PING,
         }
     }
@@ -587,6 +610,10 @@ pub enum ErrorCode {
     /// The meeting is end-to-end encrypted and the client did not say it implements
     /// the scheme (`join` without `e2ee: 1`).
     E2eeUnsupported,
+    /// The meeting has breakout rooms open already.
+    BreakoutsOpen,
+    /// The meeting has no breakout rooms open.
+    NoBreakouts,
     Internal,
 }
 
@@ -774,6 +801,27 @@ pub fn parse_client(frame: &[u8]) -> Result<(Envelope, ClientMessage), ProtoErro
             e2ee::check_key(&key).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
             ClientMessage::E2eeKey(key)
         }
+        OPEN_BREAKOUTS => {
+            let o: breakouts::OpenPayload = typed(payload()).map_err(invalid)?;
+            breakouts::check_open(&o).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            ClientMessage::OpenBreakouts(o)
+        }
+        BREAKOUT_MOVE => {
+            let m: breakouts::MovePayload = typed(payload()).map_err(invalid)?;
+            breakouts::check_move(&m).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            ClientMessage::BreakoutMove(m)
+        }
+        BREAKOUT_BROADCAST => {
+            let b: breakouts::BroadcastPayload = typed(payload()).map_err(invalid)?;
+            breakouts::check_broadcast(&b).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            ClientMessage::BreakoutBroadcast(b)
+        }
+        CLOSE_BREAKOUTS => {
+            let c: breakouts::ClosePayload = typed(payload()).map_err(invalid)?;
+            breakouts::check_close(&c).map_err(|e| fail(ErrorCode::InvalidPayload, e))?;
+            ClientMessage::CloseBreakouts(c)
+        }
+        ASK_FOR_HELP => ClientMessage::AskForHelp,
         START_RECORDING => ClientMessage::StartRecording,
         STOP_RECORDING => ClientMessage::StopRecording,
         END_MEETING => ClientMessage::EndMeeting,

@@ -79,6 +79,12 @@ pub fn need(msg: &ClientMessage, me: &str) -> Need {
         ClientMessage::SetRole(_) => Need::Admitter,
         // The audience is listed to those who run the meeting only.
         ClientMessage::Participants(_) => Need::Admitter,
+        // Breakout rooms are run by those who run the meeting; anyone in a room may ask
+        // for help (the server refuses it outside a room).
+        ClientMessage::OpenBreakouts(_)
+        | ClientMessage::BreakoutMove(_)
+        | ClientMessage::BreakoutBroadcast(_)
+        | ClientMessage::CloseBreakouts(_) => Need::Admitter,
         // Media keys are sent by those who send media.
         ClientMessage::E2eeKey(_) => Need::Publisher { screen: false },
         // Lowering someone else's hand runs the meeting, as admitting does.
@@ -121,7 +127,9 @@ pub fn gate(
     match need(msg, me) {
         Need::Nothing => Ok(Step::Act),
         Need::Admitter if role.admits() => Ok(Step::Act),
-        Need::Admitter => Err(refuse(ErrorCode::Forbidden, "only hosts and co-hosts admit participants")),
+        Need::Admitter => {
+            Err(refuse(ErrorCode::Forbidden, format!("only hosts and co-hosts may send `{}`", msg.type_name())))
+        }
         Need::Publisher { .. } if !role.publishes() => Err(refuse(
             ErrorCode::Forbidden,
             format!("a {role:?} receives only (viewers, and a Webinar's audience): send `offer` without sdp or tracks"),

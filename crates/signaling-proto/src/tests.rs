@@ -31,6 +31,14 @@ fn parses_each_client_type() {
         r#"{"type":"participants","payload":{"after":"p1","limit":50}}"#,
         r#"{"type":"participants"}"#,
         r#"{"type":"ping","id":"7"}"#,
+        r#"{"type":"open-breakouts","payload":{"rooms":2,"seconds":60,"countdownSeconds":5}}"#,
+        r#"{"type":"open-breakouts","payload":{"names":["Red","Blue"],"assignment":"manual","manual":{"p-1":1}}}"#,
+        r#"{"type":"breakout-move","payload":{"participantId":"p-1","room":0}}"#,
+        r#"{"type":"breakout-move","payload":{"participantId":"p-1"}}"#,
+        r#"{"type":"breakout-broadcast","payload":{"text":"two minutes left"}}"#,
+        r#"{"type":"close-breakouts","payload":{"countdownSeconds":0}}"#,
+        r#"{"type":"close-breakouts"}"#,
+        r#"{"type":"ask-for-help"}"#,
     ];
     for c in cases {
         let m = parse(c).unwrap_or_else(|e| panic!("{c}: {e}"));
@@ -408,4 +416,78 @@ fn only_publishers_send_media_keys() {
     let waiting =
         session::gate(session::Phase::Waiting { role: Role::Host }, &key, "p-1", || Ok(Permissions::default()));
     assert_eq!(waiting.unwrap_err().code, ErrorCode::NotAdmitted);
+}
+
+#[test]
+fn breakout_messages_are_bounded() {
+    use crate::breakouts::*;
+    let refused = |frame: &str| {
+        let e = parse(frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidPayload, "{frame}: {e}");
+        e.reason
+    };
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":0}}"#).contains("1 to 50"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":51}}"#).contains("1 to 50"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{}}"#).contains("rooms"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"names":["a","b"]}}"#).contains("not both"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"names":["A","a"]}}"#).contains("twice"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"names":[" "]}}"#).contains("printable"));
+    let long = "x".repeat(65);
+    refused(&format!(r#"{{"type":"open-breakouts","payload":{{"names":["{long}"]}}}}"#));
+    refused(r#"{"type":"open-breakouts","payload":{"names":["a\u0007"]}}"#);
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"seconds":5}}"#).contains("seconds"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"seconds":86401}}"#).contains("seconds"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"countdownSeconds":601}}"#).contains("0 to 600"));
+    assert!(refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"manual":{"p-1":0}}}"#).contains("manual"));
+    let out_of_range = r#"{"type":"open-breakouts","payload":{"rooms":2,"assignment":"manual","manual":{"p-1":2}}}"#;
+    assert!(refused(out_of_range).contains("0 to 1"));
+    refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"assignment":"manual","manual":{"p\u0000":0}}}"#);
+    refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"assignment":"everyone"}}"#);
+    refused(r#"{"type":"open-breakouts","payload":{"rooms":2,"extra":1}}"#);
+    refused(r#"{"type":"breakout-move","payload":{"participantId":"p-1","room":50}}"#);
+    refused(r#"{"type":"breakout-move","payload":{"participantId":".."}}"#);
+    refused(r#"{"type":"breakout-broadcast","payload":{"text":"  "}}"#);
+    let long = "x".repeat(MAX_BROADCAST_CHARS + 1);
+    refused(&format!(r#"{{"type":"breakout-broadcast","payload":{{"text":"{long}"}}}}"#));
+    assert!(refused(r#"{"type":"breakout-broadcast","payload":{"text":"hi","name":"Boss"}}"#).contains("server"));
+    refused(r#"{"type":"close-breakouts","payload":{"countdownSeconds":601}}"#);
+    // 'manual' with the largest map there may be parses; one more is refused.
+    let map: std::collections::BTreeMap<String, u32> =
+        (0..=MAX_MANUAL_ENTRIES).map(|i| (format!("p-{i}"), 0)).collect();
+    let open = OpenPayload { rooms: Some(1), assignment: Assignment::Manual, manual: map, ..Default::default() };
+    assert!(check_open(&open).unwrap_err().contains("at most"));
+    let names = OpenPayload { names: vec!["Red ".into(), "Blue".into()], ..Default::default() };
+    assert_eq!(names.room_names(), ["Red", "Blue"]);
+    assert_eq!(OpenPayload { rooms: Some(2), ..Default::default() }.room_names(), ["Room 1", "Room 2"]);
+}
+
+#[test]
+fn breakouts_are_run_by_hosts_and_co_hosts_and_help_is_for_anyone_admitted() {
+    let run = [
+        r#"{"type":"open-breakouts","payload":{"rooms":2}}"#,
+        r#"{"type":"breakout-move","payload":{"participantId":"p-2"}}"#,
+        r#"{"type":"breakout-broadcast","payload":{"text":"hi"}}"#,
+        r#"{"type":"close-breakouts"}"#,
+    ];
+    let gate = |phase, frame: &str| session::gate(phase, &parse(frame).unwrap(), "p-1", || Ok(Permissions::default()));
+    for frame in run {
+        for role in [Role::Host, Role::CoHost] {
+            assert_eq!(gate(session::Phase::Admitted { role }, frame), Ok(session::Step::Act), "{frame}");
+        }
+        for role in [Role::Participant, Role::Viewer] {
+            let e = gate(session::Phase::Admitted { role }, frame).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Forbidden, "{frame}");
+            assert!(e.reason.contains("hosts and co-hosts"), "{e}");
+        }
+        let e = gate(session::Phase::Waiting { role: Role::Participant }, frame).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotAdmitted);
+    }
+    let help = r#"{"type":"ask-for-help"}"#;
+    for role in [Role::Participant, Role::Viewer, Role::CoHost] {
+        assert_eq!(gate(session::Phase::Admitted { role }, help), Ok(session::Step::Act));
+    }
+    assert_eq!(
+        gate(session::Phase::Waiting { role: Role::Participant }, help).unwrap_err().code,
+        ErrorCode::NotAdmitted
+    );
 }

@@ -216,6 +216,11 @@ pub async fn meeting(env: &TestEnv, name: &str, host: &str, extra: serde_json::V
 /// Writes the assignment as the operator would: the meeting Active on `sfus`
 /// (pod, endpoint), the first the origin, with `migrations` moves recorded.
 pub async fn assign(env: &TestEnv, name: &str, sfus: &[(&str, &str)], migrations: &[(&str, &str)]) {
+    assign_in(&env.meetings(), name, sfus, migrations).await
+}
+
+/// [`assign`] through `api`.
+pub async fn assign_in(api: &Api<Meeting>, name: &str, sfus: &[(&str, &str)], migrations: &[(&str, &str)]) {
     let now = jiff::Timestamp::now().to_string();
     let origin = serde_json::json!({"pod": sfus[0].0, "endpoint": sfus[0].1});
     let edges: Vec<_> =
@@ -236,8 +241,7 @@ pub async fn assign(env: &TestEnv, name: &str, sfus: &[(&str, &str)], migrations
             "migrations": moves,
         }
     });
-    env.meetings()
-        .patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&patch))
+    api.patch_status(name, &PatchParams::apply("switchboard-operator").force(), &Patch::Apply(&patch))
         .await
         .expect("status written");
 }
@@ -260,4 +264,24 @@ pub async fn connect_e2ee(rest: &Rest, meeting: &str) -> (Arc<SignalingClient>, 
 
 pub fn of_type(t: &'static str) -> impl Fn(&switchboard_signaling_proto::Envelope) -> bool {
     move |e| e.type_ == t
+}
+
+/// Plays the operator for breakout rooms: every room Meeting (`spec.parentRef`) without
+/// an assignment is placed on `sfu` (pod, endpoint) as it appears.
+pub fn place_rooms(api: Api<Meeting>, sfu: (&str, &str)) -> tokio::task::JoinHandle<()> {
+    let (pod, endpoint) = (sfu.0.to_owned(), sfu.1.to_owned());
+    tokio::spawn(async move {
+        loop {
+            if let Ok(list) = api.list(&Default::default()).await {
+                for m in list {
+                    let unplaced = m.status.as_ref().is_none_or(|s| s.assignment.is_none());
+                    if m.spec.parent_ref.is_some() && unplaced {
+                        let name = kube::ResourceExt::name_any(&m);
+                        assign_in(&api, &name, &[(&pod, &endpoint)], &[]).await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
 }
