@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use switchboard_crds::meeting::MeetingPhase;
 use switchboard_crds::{Meeting, SfuPool};
-use switchboard_e2e::fixtures::{Setup, apply, await_events, pool, setup};
+use switchboard_e2e::fixtures::{Setup, apply, await_events, event_notes, pool, setup};
 use switchboard_e2e::meetings::*;
 use switchboard_e2e::sfu_sim::SimulatedSfus;
 use switchboard_e2e::*;
@@ -485,8 +485,14 @@ async fn a_breakout_room_is_placed_beside_its_main_meeting_and_ends_with_it() {
     let standup = await_meeting(&meetings, "standup", "placed", TIMEOUT, |m| origin(m).is_some()).await;
     assert_ne!(origin(&standup).unwrap(), main_pod, "Distributed spreads meetings");
 
-    // The room goes beside its main meeting all the same.
-    create(&meetings, &meeting("main-bo1-1", 4, json!({"parentRef": {"name": "main"}}))).await;
+    // The room goes beside its main meeting all the same. It is made as signaling makes
+    // rooms: owned by the main meeting, deleted as soon as it ends.
+    let mut room = meeting("main-bo1-1", 4, json!({"parentRef": {"name": "main"}, "ttlAfterEnded": "0s"}));
+    room["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "switchboard.dev/v1alpha1", "kind": "Meeting", "name": "main",
+        "uid": main.metadata.uid.clone().unwrap(), "controller": true,
+    }]);
+    create(&meetings, &room).await;
     let room = await_meeting(&meetings, "main-bo1-1", "placed", TIMEOUT, |m| origin(m).is_some()).await;
     assert_eq!(origin(&room).unwrap(), main_pod, "a breakout room shares its main meeting's pod");
     wait_for("the room's seats in the main meeting's pod's ledger", TIMEOUT, || async {
@@ -512,13 +518,15 @@ async fn a_breakout_room_is_placed_beside_its_main_meeting_and_ends_with_it() {
     let ops = json!([{"op": "add", "path": "/status/endRequested", "value": {"at": jiff::Timestamp::now().to_string(), "by": "host-1"}}]);
     let params = PatchParams { field_manager: Some(SIGNALING_MANAGER.into()), ..Default::default() };
     meetings.patch_status("main", &params, &Patch::<()>::Json(serde_json::from_value(ops).unwrap())).await.unwrap();
-    let room =
-        await_meeting(&meetings, "main-bo1-1", "Ended", TIMEOUT, |m| phase(m) == Some(MeetingPhase::Ended)).await;
-    assert_eq!(condition(&room, "Ended").map(|c| c.reason.as_str()), Some("ParentEnded"));
+    // Ended with it (its Event says why), then deleted at once (`ttlAfterEnded: 0s`).
+    await_events(&admin, &ns.name, "main-bo1-1", &["Ended"]).await;
+    let notes = event_notes(&admin, &ns.name, "main-bo1-1", "Ended").await;
+    assert!(notes.iter().any(|n| n.contains("its main meeting ended")), "{notes:?}");
     wait_for("the room's seats released", TIMEOUT, || async {
         ledgers(&admin, &ns.name, "fleet").await.values().all(|l| !l.contains_key("main-bo1-1"))
     })
     .await;
+    await_deleted(&meetings, "main-bo1-1", TIMEOUT).await;
     operator.stop().await.unwrap();
     ns.delete().await;
 }
