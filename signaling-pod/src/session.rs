@@ -932,7 +932,7 @@ impl Session {
         }
         let key = self.app.meetings.state_key(&m);
         let store = &self.app.store;
-        if store.is_removed(&key, &claims.usr).await.map_err(redis_failed)? {
+        if self.removed_from(&m, &claims.usr).await? {
             return Err(refuse(ErrorCode::Removed, "a host removed you from this meeting"));
         }
         let existing = store.get(&key, &claims.sub).await.map_err(redis_failed)?;
@@ -1797,7 +1797,7 @@ impl Session {
         let key = self.app.meetings.state_key(&to);
         let store = &self.app.store;
         let j = self.joined.as_ref().ok_or_else(|| refuse(ErrorCode::Unauthenticated, "send `join` first"))?;
-        if store.is_removed(&key, &j.claims.usr).await.map_err(redis_failed)? {
+        if self.removed_from(&to, &j.claims.usr).await? {
             return Err(refuse(ErrorCode::Removed, "a host removed you from that room"));
         }
         let Some(j) = self.joined.take() else { unreachable!("checked above") };
@@ -1892,6 +1892,19 @@ impl Session {
         self.announce(&info).await?;
         tracing::info!(participant = %info.id, from = %j.claims.mtg, to = %to.name_any(), "session moved");
         Ok(())
+    }
+
+    /// Whether `user` was removed from meeting `m`, or, for a breakout room, from its main
+    /// meeting (a room's old token does not get a removed user back in).
+    async fn removed_from(&self, m: &Arc<Meeting>, user: &str) -> Result<bool, ProtoError> {
+        let store = &self.app.store;
+        if store.is_removed(&self.app.meetings.state_key(m), user).await.map_err(redis_failed)? {
+            return Ok(true);
+        }
+        match breakouts::main_of(&self.app, m).filter(|main| main.name_any() != m.name_any()) {
+            Some(main) => store.is_removed(&self.app.meetings.state_key(&main), user).await.map_err(redis_failed),
+            None => Ok(false),
+        }
     }
 
     /// Where this session belongs while its meeting has rooms open (`bo:where`), or home

@@ -323,7 +323,8 @@ async fn rooms_run_over_rest_and_sessions_find_their_room_when_they_resume() {
     assert_eq!(moved(cat, 1).await.room.as_deref(), Some("Blue"));
     let (cat2, back) = SignalingClient::join(&cat_grant.signaling_url, &cat_grant.session_token).await.unwrap();
     assert!(back.participant.admitted, "a session moved to a room does not wait again");
-    assert_eq!(moved(&cat2, 1).await.room.as_deref(), Some("Blue"));
+    let to_blue = moved(&cat2, 1).await;
+    assert_eq!(to_blue.room.as_deref(), Some("Blue"));
     let (status, body) =
         post(host.clone(), "/api/v1/meetings/class/breakouts/move", json!({"participantId": "p-none"})).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("unknownParticipant")));
@@ -334,15 +335,25 @@ async fn rooms_run_over_rest_and_sessions_find_their_room_when_they_resume() {
         post(host.clone(), "/api/v1/meetings/class/breakouts/broadcast", json!({"text": "wrap up"})).await;
     assert_eq!((status, body["rooms"].as_u64()), (200, Some(2)));
     ben2.wait_for("the broadcast", WAIT, |e| e.type_ == types::BREAKOUT_BROADCAST).await.unwrap();
+    // Cat is brought back and removed: its old room token does not get it into the room.
+    let (status, _) =
+        post(host.clone(), "/api/v1/meetings/class/breakouts/move", json!({"participantId": cat_grant.participant_id}))
+            .await;
+    assert_eq!(status, 200);
+    assert_eq!(moved(&cat2, 2).await.meeting, "class");
+    amy.request(types::REMOVE, json!({"participantId": cat_grant.participant_id})).await.unwrap();
+    cat2.wait_closed(WAIT).await.unwrap();
+    match SignalingClient::join(&cat_grant.signaling_url, &to_blue.session_token).await {
+        Err(e) => assert_eq!(refusal(e), ErrorCode::Removed),
+        Ok(_) => panic!("a removed user got back into a room with its old token"),
+    }
 
     // The timer closes the rooms: home, and the room's token now resumes at home.
-    for c in [&ben2, &cat2] {
-        c.wait_for("home", Duration::from_secs(40), |e| {
-            e.type_ == types::BREAKOUT_MOVED && e.payload["meeting"] == "class"
-        })
-        .await
-        .unwrap();
-    }
+    ben2.wait_for("home", Duration::from_secs(40), |e| {
+        e.type_ == types::BREAKOUT_MOVED && e.payload["meeting"] == "class"
+    })
+    .await
+    .unwrap();
     amy.wait_for("closed", WAIT, |e| e.type_ == types::BREAKOUTS && e.payload["open"] == false).await.unwrap();
     drop(ben2);
     let (_ben3, home) = SignalingClient::join(&ben_grant.signaling_url, &to_red.session_token).await.unwrap();

@@ -300,11 +300,31 @@ async fn a_role_claim_counts_only_for_the_meeting_it_names() {
         (types::START_RECORDING, json!({})),
         (types::STOP_RECORDING, json!({})),
         (types::END_MEETING, json!({})),
+        (types::OPEN_BREAKOUTS, json!({"rooms": 2})),
+        (types::BREAKOUT_MOVE, json!({"participantId": host_id, "room": 0})),
+        (types::BREAKOUT_BROADCAST, json!({"text": "from mallory"})),
+        (types::CLOSE_BREAKOUTS, json!({})),
     ] {
         assert_eq!(refused(&mallory, t, payload).await.code, ErrorCode::Forbidden, "{t}");
     }
     let (status, body) = mallory_rest.call(Method::POST, "/api/v1/meetings/standup/recordings", None).await.unwrap();
     assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+    // Breakout rooms over REST are the hosts' too, and a forged token gets nowhere.
+    for (path, body) in [
+        ("/api/v1/meetings/standup/breakouts", json!({"rooms": 2})),
+        ("/api/v1/meetings/standup/breakouts/move", json!({"participantId": host_id})),
+        ("/api/v1/meetings/standup/breakouts/broadcast", json!({"text": "x"})),
+        ("/api/v1/meetings/standup/breakouts/close", json!({})),
+    ] {
+        let (status, reply) = mallory_rest.call(Method::POST, path, Some(body.clone())).await.unwrap();
+        assert_eq!((status, reply["code"].as_str()), (403, Some("forbidden")), "{path}: {reply}");
+        let other_key = signaling_pod::auth::Keys::new(b"someone-elses-key-0123456789abcdef");
+        let forged = Rest::new(&server.url, &other_key.sign(&claims("hana", json!({}))));
+        let (status, _) = forged.call(Method::POST, path, Some(body)).await.unwrap();
+        assert_eq!(status, 401, "{path} with a forged token");
+    }
+    let (status, _) = mallory_rest.call(Method::GET, "/api/v1/meetings/standup/breakouts", None).await.unwrap();
+    assert_eq!(status, 403);
     // Mallory's scoped grant is for the retro: there she is host.
     let (_, grant, _) = connect(&mallory_rest, "retro").await;
     assert_eq!(grant.role, Role::Host);
