@@ -44,6 +44,12 @@ const LOCK_TTL: Duration = Duration::from_secs(30);
 const MAX_TITLE_CHARS: usize = 200;
 /// The label naming a room's main meeting (`kubectl get meetings -l …`).
 pub const MAIN_LABEL: &str = "switchboard.dev/breakout-of";
+/// Annotations a room carries so that its family's state can be rebuilt when Redis
+/// lost it ([`restore`]): the room's name, and the timer of the opening.
+pub const ROOM_NAME_ANNOTATION: &str = "switchboard.dev/breakout-room";
+const ENDS_AT_ANNOTATION: &str = "switchboard.dev/breakouts-ends-at-ms";
+const COUNTDOWN_ANNOTATION: &str = "switchboard.dev/breakouts-countdown-seconds";
+const BY_ANNOTATION: &str = "switchboard.dev/breakouts-opened-by";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BreakoutError {
@@ -177,6 +183,25 @@ pub fn assign(
 /// policy, except that rooms of an automatically recorded meeting are not recorded by
 /// themselves (a host may start one).
 pub fn room_meeting(main: &Meeting, generation: u64, index: usize, name: &str, size: usize) -> Result<Meeting> {
+    room_meeting_timed(main, generation, index, name, size, &Timer::default())
+}
+
+/// What a room remembers of its opening's timer.
+#[derive(Default)]
+pub struct Timer {
+    pub ends_at_ms: Option<u64>,
+    pub countdown_seconds: u32,
+    pub by: String,
+}
+
+fn room_meeting_timed(
+    main: &Meeting,
+    generation: u64,
+    index: usize,
+    name: &str,
+    size: usize,
+    timer: &Timer,
+) -> Result<Meeting> {
     let main_name = main.name_any();
     let meeting = format!("{main_name}-bo{generation}-{}", index + 1);
     if meeting.len() > 253 {
@@ -192,6 +217,16 @@ pub fn room_meeting(main: &Meeting, generation: u64, index: usize, name: &str, s
         metadata: ObjectMeta {
             name: Some(meeting),
             labels: Some([(MAIN_LABEL.to_owned(), main_name.clone())].into()),
+            annotations: Some(
+                [
+                    (ROOM_NAME_ANNOTATION.to_owned(), name.to_owned()),
+                    (COUNTDOWN_ANNOTATION.to_owned(), timer.countdown_seconds.to_string()),
+                    (BY_ANNOTATION.to_owned(), timer.by.clone()),
+                ]
+                .into_iter()
+                .chain(timer.ends_at_ms.map(|e| (ENDS_AT_ANNOTATION.to_owned(), e.to_string())))
+                .collect(),
+            ),
             owner_references: Some(vec![OwnerReference {
                 api_version: "switchboard.dev/v1alpha1".into(),
                 kind: "Meeting".into(),
@@ -307,9 +342,15 @@ async fn open_locked(app: &Arc<App>, main: &Meeting, key: &str, by: &str, req: &
     let names = req.room_names();
     let groups = assign(&movable, names.len(), req.assignment, &req.manual, rand::random());
     let generation = app.store.next_breakout_generation(key).await?;
+    let now = now_ms();
+    let timer = Timer {
+        ends_at_ms: req.seconds.map(|s| now + u64::from(s) * 1000),
+        countdown_seconds: req.countdown_seconds.unwrap_or(DEFAULT_COUNTDOWN_SECONDS),
+        by: by.to_owned(),
+    };
     let mut rooms = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let room = match room_meeting(main, generation, i, name, groups[i].len()) {
+        let room = match room_meeting_timed(main, generation, i, name, groups[i].len(), &timer) {
             Ok(r) => r,
             Err(e) => {
                 end_rooms(app, &rooms, by).await;
@@ -345,21 +386,20 @@ async fn open_locked(app: &Arc<App>, main: &Meeting, key: &str, by: &str, req: &
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let now = now_ms();
     let state = BreakoutState {
         generation,
         rooms,
         by: by.to_owned(),
         opened_at_ms: now,
-        ends_at_ms: req.seconds.map(|s| now + u64::from(s) * 1000),
-        countdown_seconds: req.countdown_seconds.unwrap_or(DEFAULT_COUNTDOWN_SECONDS),
+        ends_at_ms: timer.ends_at_ms,
+        countdown_seconds: timer.countdown_seconds,
         closing_at_ms: None,
     };
     app.store.set_breakouts(key, &state).await?;
-    let places: Vec<(String, Option<String>)> = groups
+    let places: Vec<(String, String)> = groups
         .iter()
         .zip(&state.rooms)
-        .flat_map(|(ids, room)| ids.iter().map(|id| (id.clone(), Some(room.meeting.clone()))))
+        .flat_map(|(ids, room)| ids.iter().map(|id| (id.clone(), room.meeting.clone())))
         .collect();
     app.store.place_in_breakouts(key, &places).await?;
     for (i, room) in state.rooms.iter().enumerate() {
@@ -390,6 +430,80 @@ async fn end_rooms(app: &App, rooms: &[BreakoutRoom], by: &str) {
     }
 }
 
+/// The open rooms of `main` as the API server has them (the newest opening's, in
+/// order), with the timer they remember: the family's state when Redis lost it.
+pub fn rooms_of(app: &App, main: &Meeting) -> Option<BreakoutState> {
+    let (name, uid) = (main.name_any(), main.metadata.uid.clone().unwrap_or_default());
+    let mut rooms: Vec<(u64, usize, Arc<Meeting>)> = app
+        .meetings
+        .all()
+        .into_iter()
+        .filter(|m| m.spec.parent_ref.as_ref().is_some_and(|p| p.name == name))
+        .filter(|m| m.owner_references().iter().any(|o| o.uid == uid))
+        .filter(|m| meetings::ended(m).is_none())
+        .filter_map(|m| {
+            let rest = m.name_any().strip_prefix(&format!("{name}-bo"))?.to_owned();
+            let (g, i) = rest.split_once('-')?;
+            Some((g.parse().ok()?, i.parse().ok()?, m))
+        })
+        .collect();
+    let generation = rooms.iter().map(|r| r.0).max()?;
+    rooms.retain(|r| r.0 == generation);
+    rooms.sort_by_key(|r| r.1);
+    let first = &rooms.first()?.2;
+    let note = |k: &str| first.annotations().get(k).cloned();
+    let opened = first.metadata.creation_timestamp.as_ref().map(|t| t.0.as_millisecond().max(0) as u64);
+    Some(BreakoutState {
+        generation,
+        rooms: rooms
+            .iter()
+            .map(|(_, _, m)| BreakoutRoom {
+                name: m.annotations().get(ROOM_NAME_ANNOTATION).cloned().unwrap_or_else(|| m.name_any()),
+                meeting: m.name_any(),
+                uid: m.metadata.uid.clone().unwrap_or_default(),
+            })
+            .collect(),
+        by: note(BY_ANNOTATION).unwrap_or_default(),
+        opened_at_ms: opened.unwrap_or_else(now_ms),
+        ends_at_ms: note(ENDS_AT_ANNOTATION).and_then(|e| e.parse().ok()),
+        countdown_seconds: note(COUNTDOWN_ANNOTATION).and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_COUNTDOWN_SECONDS),
+        closing_at_ms: None,
+    })
+}
+
+/// Redis lost a family's breakout state while its rooms are open (a session in room
+/// `room` noticed): the state is written back from the rooms' Meetings, and the session
+/// writes where it is. Under the lock, and not for an opening that was closed (a room
+/// whose end the reflector has not seen yet).
+pub async fn restore(app: &App, main: &Meeting, room: &str, pid: &str) -> Result<()> {
+    let key = app.meetings.state_key(main);
+    let holder = lock_holder(app);
+    if !app.store.lock_breakouts(&key, &holder, LOCK_TTL).await? {
+        return Ok(());
+    }
+    let restored = async {
+        let state = match app.store.breakouts(&key).await? {
+            Some(s) => s,
+            None => {
+                let Some(state) = rooms_of(app, main) else { return Ok(()) };
+                if app.store.breakouts_closed(&key, state.generation).await? {
+                    return Ok(());
+                }
+                app.store.set_breakouts(&key, &state).await?;
+                tracing::info!(meeting = %main.name_any(), rooms = state.rooms.len(), "breakout rooms restored after Redis lost them");
+                state
+            }
+        };
+        if state.rooms.iter().any(|r| r.meeting == room) && app.store.breakout_of(&key, pid).await?.is_none() {
+            app.store.place_in_breakouts(&key, &[(pid.to_owned(), room.to_owned())]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = app.store.unlock_breakouts(&key, &holder).await;
+    restored
+}
+
 /// Where participant `pid` of the family is now: the key and name of the meeting whose
 /// participant it is (its recorded room first, then the main meeting, then every room).
 async fn locate(app: &App, main: &Meeting, key: &str, state: &BreakoutState, pid: &str) -> Result<(String, String)> {
@@ -418,7 +532,9 @@ pub async fn move_participant(app: &App, main: &Meeting, pid: &str, room: Option
         None => None,
     };
     let (at, _) = locate(app, main, &key, &state, pid).await?;
-    app.store.place_in_breakouts(&key, &[(pid.to_owned(), to.map(|r| r.meeting.clone()))]).await?;
+    // The main room is written too: no entry means Redis lost it (see `Session::follow_breakouts`).
+    let place = to.map(|r| r.meeting.clone()).unwrap_or_else(|| main.name_any());
+    app.store.place_in_breakouts(&key, &[(pid.to_owned(), place)]).await?;
     let (meeting, uid) = match to {
         Some(r) => (r.meeting.clone(), r.uid.clone()),
         None => (main.name_any(), main.metadata.uid.clone().unwrap_or_default()),
@@ -519,6 +635,7 @@ pub async fn close_now(app: &App, main: &Meeting, key: &str) -> Result<()> {
         for r in &state.rooms {
             app.store.publish(&room_key(app, r), &Bus { to: Audience::All, what: home.clone() }).await?;
         }
+        app.store.mark_breakouts_closed(key, state.generation).await?;
         end_rooms(app, &state.rooms, &state.by).await;
         app.store.clear_breakouts(key).await?;
         app.breakouts_open.lock().unwrap().remove(key);

@@ -57,6 +57,11 @@ impl Directory {
         self.store.get(&reflector::ObjectRef::new(name).within(&self.namespace))
     }
 
+    /// Every meeting of the namespace.
+    pub fn all(&self) -> Vec<Arc<Meeting>> {
+        self.store.state()
+    }
+
     /// A meeting by name or by room code.
     pub fn find(&self, id: &str) -> Option<Arc<Meeting>> {
         self.get(id).or_else(|| {

@@ -1918,16 +1918,33 @@ impl Session {
         let Some(main) = breakouts::main_of(&self.app, &m) else { return Ok(()) };
         let main_key = self.app.meetings.state_key(&main);
         let store = &self.app.store;
-        let belongs = match store.breakouts(&main_key).await.map_err(redis_failed)? {
-            Some(state) => store
-                .breakout_of(&main_key, &pid)
-                .await
-                .map_err(redis_failed)?
-                .and_then(|r| state.rooms.into_iter().find(|x| x.meeting == r))
-                .map(|r| (r.meeting, r.uid)),
-            None => None,
+        let state = store.breakouts(&main_key).await.map_err(redis_failed)?;
+        // In a room that is still open while the family has no state: Redis lost it (rooms
+        // that close end first). The session stays, and the state is written back.
+        if state.is_none() && here != main.name_any() && meetings::ended(&m).is_none() {
+            return breakouts::restore(&self.app, &main, &here, &pid).await.map_err(|e| e.proto());
+        }
+        let home = (main.name_any(), main.metadata.uid.clone().unwrap_or_default());
+        let (name, uid) = match state {
+            // Rooms closed: home.
+            None => home,
+            // Every move writes where it goes (the main room too), so no entry means Redis
+            // lost it: the session says where it is, and stays.
+            Some(state) => match store.breakout_of(&main_key, &pid).await.map_err(redis_failed)? {
+                Some(r) if r == main.name_any() => home,
+                Some(r) => match state.rooms.into_iter().find(|x| x.meeting == r) {
+                    Some(room) => (room.meeting, room.uid),
+                    None => return Ok(()),
+                },
+                None => {
+                    if here != main.name_any() {
+                        let place = [(pid.clone(), here.clone())];
+                        store.place_in_breakouts(&main_key, &place).await.map_err(redis_failed)?;
+                    }
+                    return Ok(());
+                }
+            },
         };
-        let (name, uid) = belongs.unwrap_or_else(|| (main.name_any(), main.metadata.uid.clone().unwrap_or_default()));
         if name == here {
             return Ok(());
         }

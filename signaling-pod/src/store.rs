@@ -15,10 +15,11 @@
 //! | `sb:{m}:rec:{job}:{state}` | string | a recording's start or stop was announced (once) |
 //! | `sb:{m}:ev` | pub/sub channel | [`Bus`] messages for the meeting |
 //! | `sb:{m}:bo` | string | the main meeting's open breakout rooms ([`BreakoutState`], JSON) |
-//! | `sb:{m}:bo:where` | hash | participant id → the room Meeting it belongs in (absent: the main room) |
+//! | `sb:{m}:bo:where` | hash | participant id → the Meeting it belongs in (a room, or the main meeting once moved back; no entry: never moved) |
 //! | `sb:{m}:bo:gen` | counter | breakout openings, naming the rooms |
 //! | `sb:{m}:bo:lock` | string, TTL | held by the replica opening, closing or starting the countdown |
 //! | `sb:{m}:help:{pid}` | string, TTL | the participant asked for help lately |
+//! | `sb:{m}:bo:{g}:closed` | string, TTL | opening `g`'s rooms were closed (not to be restored) |
 //! | `sb:breakouts` | set | main meetings with rooms open (the timers every replica drives) |
 //! | `sb:session-key` | string | the session-token key, when `SIGNALING_SESSION_KEY` is unset |
 //! | `sb:epoch` | string | a random value set once; a replica that sees it gone or changed knows Redis lost data |
@@ -668,6 +669,16 @@ return wait
             .await
     }
 
+    /// Generation `g`'s rooms were closed (so they are not restored from the API server
+    /// before its watch shows them ended).
+    pub async fn mark_breakouts_closed(&self, meeting: &str, generation: u64) -> RedisResult<()> {
+        self.c().set_ex(k(meeting, &format!("bo:{generation}:closed")), "1", 3600).await
+    }
+
+    pub async fn breakouts_closed(&self, meeting: &str, generation: u64) -> RedisResult<bool> {
+        self.c().exists(k(meeting, &format!("bo:{generation}:closed"))).await
+    }
+
     /// Main meetings with breakout rooms open.
     pub async fn with_breakouts(&self) -> RedisResult<Vec<String>> {
         self.c().smembers("sb:breakouts").await
@@ -704,7 +715,7 @@ return wait
             .map(drop)
     }
 
-    /// The room Meeting participant `pid` belongs in (`None`: the main room).
+    /// The Meeting participant `pid` belongs in (`None`: it was never moved).
     pub async fn breakout_of(&self, meeting: &str, pid: &str) -> RedisResult<Option<String>> {
         self.c().hget(k(meeting, "bo:where"), pid).await
     }
@@ -714,15 +725,12 @@ return wait
         self.c().hgetall(k(meeting, "bo:where")).await
     }
 
-    /// Puts participants into rooms (`None`: back into the main room).
-    pub async fn place_in_breakouts(&self, meeting: &str, places: &[(String, Option<String>)]) -> RedisResult<()> {
+    /// Puts participants into rooms, or back into the main meeting (its name).
+    pub async fn place_in_breakouts(&self, meeting: &str, places: &[(String, String)]) -> RedisResult<()> {
         let key = k(meeting, "bo:where");
         let mut pipe = redis::pipe();
         for (pid, room) in places {
-            match room {
-                Some(room) => pipe.hset(&key, pid, room).ignore(),
-                None => pipe.hdel(&key, pid).ignore(),
-            };
+            pipe.hset(&key, pid, room).ignore();
         }
         pipe.expire(&key, MEETING_KEYS_TTL as i64).ignore();
         pipe.query_async::<()>(&mut self.c()).await
@@ -864,7 +872,7 @@ return wait
                 .map(|w| k(meeting, w))
                 .collect();
         let _: () = self.c().srem("sb:breakouts", meeting).await?;
-        for pattern in ["alive:*", "u:*", "rec:*", "help:*"] {
+        for pattern in ["alive:*", "u:*", "rec:*", "help:*", "bo:*:closed"] {
             let found: Vec<String> = self.c().keys(k(meeting, pattern)).await?;
             keys.extend(found);
         }

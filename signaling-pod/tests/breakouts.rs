@@ -251,7 +251,9 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
 /// Over REST and with a manual assignment: refusals (a participant's token, a bad body,
 /// a second opening, an opening from a room), resuming with the room's token lands in
 /// the room, with the main meeting's token lands in the main meeting and follows into
-/// the room; after the close, the room's token resumes at home.
+/// the room; a removed user's old room token is refused; Redis losing everything moves
+/// nobody and the state comes back from the rooms' Meetings; after the timer closes the
+/// rooms, the room's token resumes at home.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_run_over_rest_and_sessions_find_their_room_when_they_resume() {
     let env = env("sig-bo-rest").await;
@@ -347,6 +349,18 @@ async fn rooms_run_over_rest_and_sessions_find_their_room_when_they_resume() {
         Err(e) => assert_eq!(refusal(e), ErrorCode::Removed),
         Ok(_) => panic!("a removed user got back into a room with its old token"),
     }
+
+    // Redis loses everything: ben stays in Red (nobody is pulled home), the state comes
+    // back from the rooms' Meetings (their timer too), and the host sees it again.
+    let flushed = std::process::Command::new("redis-cli").args(["-u", &env.redis.url, "FLUSHALL"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&flushed.stdout).trim(), "OK");
+    switchboard_e2e::wait_for("the rooms restored", Duration::from_secs(30), || async {
+        let (status, body) = host.call(reqwest::Method::GET, "/api/v1/meetings/class/breakouts", None).await.unwrap();
+        status == 200 && body["rooms"][0]["participants"] == json!([ben_grant.participant_id])
+    })
+    .await;
+    assert_eq!(ben2.count(types::BREAKOUT_MOVED), 0, "ben stayed in Red");
+    assert!(ben2.is_open());
 
     // The timer closes the rooms: home, and the room's token now resumes at home.
     ben2.wait_for("home", Duration::from_secs(40), |e| {
