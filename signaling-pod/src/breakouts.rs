@@ -241,7 +241,12 @@ fn room_meeting_timed(
             title,
             host: main.spec.host.clone(),
             schedule: None,
-            participants: ParticipantLimits { expected, max: main.spec.participants.max.map(|m| m.max(expected)) },
+            // Hosts move people between rooms at will: a room holds what its main meeting
+            // holds, whatever it was opened with.
+            participants: ParticipantLimits {
+                expected,
+                max: Some(main.spec.participants.max.unwrap_or(main.spec.participants.expected).max(expected)),
+            },
             mode: main.spec.mode,
             sfu_pool_selector: main.spec.sfu_pool_selector.clone(),
             region: main.spec.region.clone(),
@@ -751,6 +756,9 @@ mod tests {
         assert_eq!(room.spec.permissions, main.spec.permissions);
         assert_eq!(room.spec.recording.unwrap().policy, RecordingMode::OnDemand);
         assert_eq!(room.spec.ttl_after_ended.unwrap().as_std(), Duration::ZERO);
+        let mut unbounded = main.clone();
+        unbounded.spec.participants.max = None;
+        assert_eq!(room_meeting(&unbounded, 1, 0, "A", 3).unwrap().spec.participants.max, Some(10), "the main's size");
         let long = Meeting { metadata: ObjectMeta { name: Some("m".repeat(250)), ..Default::default() }, ..main };
         assert!(matches!(room_meeting(&long, 1, 0, "A", 1), Err(BreakoutError::NameTooLong(_))));
     }
