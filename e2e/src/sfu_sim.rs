@@ -18,6 +18,7 @@ struct Shared {
     participants: HashMap<String, u32>,
     packets_per_second: HashMap<String, u64>,
     silenced: HashSet<String>,
+    endpoints: HashMap<String, String>,
 }
 
 /// Heartbeats for every pod of one pool until dropped.
@@ -39,12 +40,13 @@ impl SimulatedSfus {
                     let mut beats = Vec::new();
                     for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                         let name = pod.name_any();
-                        let (participants, packets_per_second, silenced) = {
+                        let (participants, packets_per_second, silenced, endpoint) = {
                             let s = state.lock().unwrap();
                             (
                                 s.participants.get(&name).copied().unwrap_or(0),
                                 s.packets_per_second.get(&name).copied().unwrap_or(0),
                                 s.silenced.contains(&name),
+                                s.endpoints.get(&name).cloned(),
                             )
                         };
                         if silenced {
@@ -58,7 +60,8 @@ impl SimulatedSfus {
                             packets_per_second,
                             ..Default::default()
                         };
-                        let beat = Heartbeat::new(SfuState::Ready, format!("http://{ip}:7880"), load);
+                        let endpoint = endpoint.unwrap_or_else(|| format!("http://{ip}:7880"));
+                        let beat = Heartbeat::new(SfuState::Ready, endpoint, load);
                         let lease = beat.to_lease(&ns, &name, &pool, jiff::Timestamp::now(), Duration::from_secs(10));
                         let leases = &leases;
                         beats.push(async move {
@@ -86,6 +89,12 @@ impl SimulatedSfus {
     /// Sets the RTP packet rate a pod reports.
     pub fn set_packet_rate(&self, pod: &str, packets_per_second: u64) {
         self.shared.lock().unwrap().packets_per_second.insert(pod.into(), packets_per_second);
+    }
+
+    /// Makes a pod's heartbeat name `endpoint` (an SFU running in the test process), so
+    /// meetings the operator places on the pod get real media.
+    pub fn set_endpoint(&self, pod: &str, endpoint: &str) {
+        self.shared.lock().unwrap().endpoints.insert(pod.into(), endpoint.into());
     }
 
     /// Stops heartbeats of one pod, as if its SFU process died.

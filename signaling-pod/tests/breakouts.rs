@@ -1,8 +1,8 @@
-//! Breakout rooms through signaling: room Meetings created on the API server, sessions
-//! moved between meetings with server-issued tokens, media on a real SFU following
-//! them, timers, help, broadcasts and every refusal. The operator's part (placing rooms
-//! beside their main meeting, ending them with it) is `e2e/tests/meeting.rs`; here a
-//! stand-in places each room as it appears (`place_rooms`).
+//! Breakout rooms through signaling: room Meetings created on the API server and placed
+//! by the real operator beside their main meeting, sessions moved between meetings with
+//! server-issued tokens, media on real SFUs following them, timers, help, broadcasts and
+//! every refusal. The test of the REST controls and resumes places rooms with a
+//! stand-in (`place_rooms`); the operator's own part is also in `e2e/tests/meeting.rs`.
 
 mod common;
 
@@ -51,24 +51,65 @@ struct Person {
     media: MediaSession,
 }
 
-/// Five people on two signaling replicas, each publishing a microphone: the host opens
-/// two rooms; the four others are dealt 2 + 2, their sessions and media move (one
-/// reconnect each), and each hears its roommate and nobody else — not the other room,
-/// not the host in the main room. Chat stays in its room; a broadcast reaches all;
-/// help reaches the host; a move and a host's visit land where they say. When the timer
-/// runs out, everyone is warned, comes back with media and hears all four others; the
-/// rooms are ended.
+/// The operator (a Distributed pool of two pods, each pod's heartbeat naming an SFU in
+/// this process), two signaling replicas, and seven people each publishing a
+/// microphone: the host opens two rooms; the six others are dealt 3 + 3, the rooms are
+/// placed on the main meeting's pod (not the emptier one), sessions and media move (one
+/// reconnect each), and each hears its roommates and nobody else — not the other room,
+/// not the host in the main room. Chat stays in its room; a broadcast reaches all; help
+/// reaches the host; a move and a host's visit land where they say. When the timer runs
+/// out, everyone is warned, comes back with media and hears all six others; the rooms
+/// end and are deleted, and the main meeting goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
-    let env = env("sig-bo").await;
-    let sfu = sfu_pod::local::start("sfu-bo").await.unwrap();
-    meeting(&env, "main", "amy", json!({})).await;
-    assign(&env, "main", &[("sfu-bo", &sfu.endpoint)], &[]).await;
-    let _placer = place_rooms(env.meetings(), ("sfu-bo", &sfu.endpoint));
+async fn six_people_in_two_rooms_hear_only_their_room_and_the_timer_brings_everyone_back() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Pod;
+    use switchboard_e2e::fixtures::{Setup, apply, pool, setup};
+    let Setup { admin, ns, operator } = setup("sig-bo").await;
+    let env = TestEnv { client: admin.clone(), ns, redis: Redis::start() };
+    let pools: kube::Api<switchboard_crds::SfuPool> = env.ns.api();
+    let spread = json!({"placement": {"strategy": "Distributed"}});
+    apply(&pools, &pool("fleet", json!({"minReplicas": 2, "maxReplicas": 2}), spread)).await;
+    let sims =
+        switchboard_e2e::sfu_sim::SimulatedSfus::start(admin.clone(), &env.ns.name, "fleet", Duration::from_secs(1));
+    switchboard_e2e::meetings::await_pool_ready(&admin, &env.ns.name, "fleet", 2).await;
+    let pods: kube::Api<Pod> = env.ns.api();
+    let selector = format!("{}=fleet", switchboard_heartbeat::POOL_LABEL);
+    let mut names: Vec<String> = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(kube::ResourceExt::name_any)
+        .collect();
+    names.sort();
+    let sfus = [sfu_pod::local::start("sfu-a").await.unwrap(), sfu_pod::local::start("sfu-b").await.unwrap()];
+    for (pod, sfu) in names.iter().zip(&sfus) {
+        sims.set_endpoint(pod, &sfu.endpoint);
+    }
+    let leases: kube::Api<Lease> = env.ns.api();
+    switchboard_e2e::wait_for("heartbeats naming the SFUs", WAIT, || async {
+        let mut named = 0;
+        for (pod, sfu) in names.iter().zip(&sfus) {
+            let beat = leases.get(pod).await.ok().and_then(|l| switchboard_heartbeat::Observed::from_lease(&l).ok());
+            named += usize::from(beat.is_some_and(|b| b.heartbeat.endpoint == sfu.endpoint));
+        }
+        named == 2
+    })
+    .await;
+    let origin = |m: &switchboard_crds::Meeting| {
+        m.status.as_ref().and_then(|s| s.assignment.as_ref()).map(|a| a.origin.pod.clone())
+    };
+    meeting(&env, "main", "amy", json!({"participants": {"expected": 10}})).await;
+    let main_pod =
+        switchboard_e2e::eventually("main placed", WAIT, || async { origin(&env.meetings().get("main").await.ok()?) })
+            .await;
     let (s1, s2) = (env.in_process(env.config()).await, env.in_process(env.config()).await);
 
+    let users = ["amy", "ben", "cat", "dan", "eve", "fay", "gus"];
     let mut people = Vec::new();
-    for (i, user) in ["amy", "ben", "cat", "dan", "eve"].into_iter().enumerate() {
+    for (i, user) in users.into_iter().enumerate() {
         let url = if i % 2 == 0 { &s1.url } else { &s2.url };
         let (client, grant, _) = connect(&rest(url, user, None), "main").await;
         let media =
@@ -80,9 +121,7 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
     fn mic(user: &str) -> String {
         format!("{user}-mic")
     }
-    let others = |me: &str| -> Vec<String> {
-        ["amy", "ben", "cat", "dan", "eve"].iter().filter(|u| **u != me).map(|u| mic(u)).collect()
-    };
+    let others = |me: &str| -> Vec<String> { users.iter().filter(|u| **u != me).map(|u| mic(u)).collect() };
     for p in &people {
         p.media.wait_until("everyone in the main room", WAIT, hears(others(p.user), 30)).await.unwrap();
     }
@@ -99,7 +138,7 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
         .unwrap();
     let state: StatePayload = opened.payload_as().unwrap();
     assert!(state.open);
-    assert_eq!(state.rooms.iter().map(|r| r.participants.len()).collect::<Vec<_>>(), [2, 2], "{state:?}");
+    assert_eq!(state.rooms.iter().map(|r| r.participants.len()).collect::<Vec<_>>(), [3, 3], "{state:?}");
     assert!(state.rooms.iter().all(|r| !r.participants.contains(&amy.pid)), "the host stays in the main room");
     assert_eq!((state.rooms[0].name.as_str(), state.rooms[1].name.as_str()), ("Room 1", "Room 2"));
     let e = amy.client.request(types::OPEN_BREAKOUTS, json!({"rooms": 2})).await.unwrap_err();
@@ -113,6 +152,7 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
         let owner = &room.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.uid.as_str(), owner.controller), (main.metadata.uid.as_deref().unwrap(), Some(true)));
         assert_eq!(room.spec.ttl_after_ended.as_ref().unwrap().as_std(), Duration::ZERO);
+        assert_eq!(origin(&room).as_deref(), Some(main_pod.as_str()), "{} beside its main meeting", r.meeting);
     }
 
     // Moved, with a token for the room, and media reconnected into it.
@@ -133,15 +173,19 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
         switchboard_e2e::wait_for("media reconnected", WAIT, || async { p.media.reconnects() == 1 }).await;
     }
     for p in &people[1..] {
-        let mate = state.rooms[room_of(&p.pid)].participants.iter().find(|x| **x != p.pid).unwrap();
-        let mate = by_pid(mate);
-        p.media.wait_until("the roommate", WAIT, hears(vec![mic(mate.user)], 30)).await.unwrap();
+        let mates: Vec<String> = state.rooms[room_of(&p.pid)]
+            .participants
+            .iter()
+            .filter(|x| **x != p.pid)
+            .map(|x| mic(by_pid(x).user))
+            .collect();
+        p.media.wait_until("the roommates", WAIT, hears(mates, 30)).await.unwrap();
     }
     // Isolation, measured over 2 s each: the other room and the main room are silent.
     for p in &people[1..] {
         let other = &state.rooms[1 - room_of(&p.pid)].participants;
         for track in other.iter().map(|x| mic(by_pid(x).user)).chain([mic("amy")]) {
-            assert_eq!(arriving(&p.media, &track, Duration::from_millis(700)).await, 0, "{} hears {track}", p.user);
+            assert_eq!(arriving(&p.media, &track, Duration::from_millis(500)).await, 0, "{} hears {track}", p.user);
         }
     }
     for p in &people[1..] {
@@ -197,10 +241,8 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
     amy.client.request(types::BREAKOUT_MOVE, json!({"participantId": amy.pid, "room": 0})).await.unwrap();
     let visit = moved(&amy.client, 1).await;
     assert_eq!(visit.room.as_deref(), Some("Room 1"));
-    amy.media
-        .wait_until("room 1 for the visiting host", WAIT, hears(vec![mic(a.user), mic(b.user)], 30))
-        .await
-        .unwrap();
+    let room_one: Vec<String> = state.rooms[0].participants.iter().map(|x| mic(by_pid(x).user)).collect();
+    amy.media.wait_until("room 1 for the visiting host", WAIT, hears(room_one, 30)).await.unwrap();
     a.media.wait_until("the visiting host", WAIT, hears(vec![mic("amy")], 30)).await.unwrap();
     // A participant moved to the other room hears it.
     amy.client.request(types::BREAKOUT_MOVE, json!({"participantId": b.pid, "room": 1})).await.unwrap();
@@ -239,13 +281,18 @@ async fn two_rooms_hear_only_themselves_and_the_timer_brings_everyone_back() {
         .await
         .unwrap();
     assert_eq!(closed.payload["rooms"], json!([]));
+    // The operator ends the rooms and deletes them (`ttlAfterEnded: 0s`); the main
+    // meeting goes on.
     for r in &state.rooms {
-        let room = env.meetings().get(&r.meeting).await.unwrap();
-        assert!(room.status.and_then(|s| s.end_requested).is_some(), "{} ended", r.meeting);
+        switchboard_e2e::await_deleted(&env.meetings(), &r.meeting, Duration::from_secs(60)).await;
     }
+    let main = env.meetings().get("main").await.unwrap();
+    assert_eq!(main.status.and_then(|s| s.phase), Some(switchboard_crds::meeting::MeetingPhase::Active));
     let (status, _) =
         rest(&s1.url, "amy", None).call(reqwest::Method::GET, "/api/v1/meetings/main/breakouts", None).await.unwrap();
     assert_eq!(status, 404);
+    operator.stop().await.unwrap();
+    env.ns.delete().await;
 }
 
 /// Over REST and with a manual assignment: refusals (a participant's token, a bad body,
