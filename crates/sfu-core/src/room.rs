@@ -1019,8 +1019,13 @@ impl Room {
         let Some(l) = t.layers.get_mut(layer) else { return };
         self.counters.packets_in += 1;
         self.counters.bytes_in += pkt.size as u64;
-        l.bytes += pkt.size as u64;
-        l.last_packet = Some(now);
+        // A packet of padding only (a browser probing its uplink pads its highest layer,
+        // whose encoder may be sending next to nothing) says nothing of the layer's
+        // pictures: a layer is live, and costs, by what its media carries.
+        if !pkt.payload.is_empty() {
+            l.bytes += pkt.size as u64;
+            l.last_packet = Some(now);
+        }
         let video = t.info.codec.is_video();
         let keyframe = video && codec::is_keyframe_start(t.info.codec, pkt.payload);
         if keyframe

@@ -273,6 +273,51 @@ fn simulcast_layers_follow_each_subscribers_estimate_and_switch_on_keyframes() {
     assert_eq!(sim.room.forwarded_layer(slow), Some(0));
 }
 
+/// A browser probing its uplink pads its highest simulcast layer while that layer's
+/// encoder, short of bandwidth, sends next to no pictures: such a layer is not live,
+/// and a subscriber with room for it stays on the highest layer that carries pictures
+/// (switched to the padded one, its picture would freeze).
+#[test]
+fn a_layer_that_carries_only_padding_is_never_chosen() {
+    let mut sim = Sim::new();
+    sim.join("pub", ParticipantKind::Client, false).unwrap();
+    sim.join("viewer", ParticipantKind::Client, false).unwrap();
+    let t = sim.publish("pub", video("cam")).unwrap();
+    for rid in ["q", "h", "f"] {
+        sim.add_layer(t, rid);
+    }
+    let sub = sim.subscribe("viewer", "cam", Preferences::default()).unwrap();
+    sim.estimate("viewer", 5_000_000);
+    for _ in 0..10 {
+        for (layer, payload) in [(0, DELTA), (1, DELTA), (2, &[][..])] {
+            sim.send(t, layer, payload, 1250);
+        }
+        sim.advance(Duration::from_millis(100));
+    }
+    let asked: Vec<usize> = sim
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Output::RequestKeyframe { layer, .. } => Some(layer),
+            _ => None,
+        })
+        .collect();
+    assert!(asked.contains(&1) && !asked.contains(&2), "keyframes asked of the live layers only: {asked:?}");
+    sim.send(t, 2, &[], 1250);
+    sim.send(t, 1, KEY, 1250);
+    assert_eq!(sim.room.forwarded_layer(sub), Some(1));
+    // Pictures on the high layer make it live: the subscriber goes up.
+    for _ in 0..10 {
+        for layer in 0..3 {
+            sim.send(t, layer, DELTA, 1250);
+        }
+        sim.advance(Duration::from_millis(100));
+    }
+    sim.advance(UP_SWITCH_HOLD + LAYER_EVAL_INTERVAL);
+    sim.send(t, 2, KEY, 1250);
+    assert_eq!(sim.room.forwarded_layer(sub), Some(2));
+}
+
 #[test]
 fn preferences_cap_the_layer() {
     let mut sim = Sim::new();
