@@ -69,6 +69,12 @@ try {
   const [a, b] = [await open(urls[0], "a"), await open(urls[1], "b")];
   await everyoneShown([a, b]);
   const aId = await a.evaluate(() => window.switchboard.me);
+  // The layer b decodes at the tile's first size (a larger one than the small tile's,
+  // when b's estimate allows), then small (a switch down), then large (a switch up once
+  // the estimate has probed up to it). Either switch shows the SFU switching layers on
+  // encrypted keyframes; a loaded machine's estimate may allow only one of them.
+  await sleep(3000);
+  const initial = await widthOf(b, aId);
   await setTile(b, aId, { width: "160px", height: "90px", aspectRatio: "auto" });
   await sleep(5000);
   const small0 = await widthOf(b, aId); await sleep(1500); const small1 = await widthOf(b, aId);
@@ -76,16 +82,15 @@ try {
   // The larger layer comes once the SFU's estimate of b's downlink has probed up to it.
   const widths = [];
   let large0 = small1, large1 = small1;
-  for (let i = 0; i < 20 && large1.w <= small1.w; i++) {
+  for (let i = 0; i < 25 && large1.w <= small1.w; i++) {
     await sleep(1000);
     large0 = large1; large1 = await widthOf(b, aId); widths.push(large1.w);
   }
-  // The switch up is what is asserted: the SFU found a keyframe of the larger layer in
-  // encrypted frames and the page decoded it. A loaded machine's estimate may step the
-  // layer back down a moment later; that is adaptive quality, not a failed switch.
+  // A loaded machine's estimate may step the layer back down a moment after a switch
+  // up; that is adaptive quality, not a failed switch.
   await sleep(1500);
   large0 = large1; large1 = await widthOf(b, aId); widths.push(large1.w);
-  report.simulcast = { small: small1.w, smallFrames: small1.frames - small0.frames, large: Math.max(...widths), largeFrames: large1.frames - large0.frames, widths };
+  report.simulcast = { initial: initial.w, small: small1.w, smallFrames: small1.frames - small0.frames, large: Math.max(initial.w, ...widths), largeFrames: large1.frames - large0.frames, widths };
   report.outbound = await a.evaluate(async () => {
     const out = [];
     (await window.switchboard.pub.getStats()).forEach((x) => {
@@ -136,6 +141,16 @@ try {
     await p.waitForFunction((g) => Math.floor(window.switchboard.e2ee.sendKid / 256) > g, genOf(gens[i]), { timeout: 15000, polling: 200 });
   }
   await sleep(4000);
+  // Video keeps decoding after the rekey: each of a and b decodes 30 more of the
+  // other's frames than before c left, within 20 s.
+  const framesOf = (p, id) => p.evaluate((id) => {
+    const t = window.switchboard.tiles.get(id);
+    return t ? t.querySelector("video").getVideoPlaybackQuality().totalVideoFrames : 0;
+  }, id);
+  const target = [report.before[0].tiles[ids[1]]?.frames ?? 0, report.before[1].tiles[ids[0]]?.frames ?? 0].map((f) => f + 30);
+  for (const t0 = Date.now(); Date.now() - t0 < 20000; await sleep(500)) {
+    if ((await framesOf(a, ids[1])) > target[0] && (await framesOf(b, ids[0])) > target[1]) break;
+  }
   report.after = await Promise.all([a, b].map(received));
   report.gensBefore = gens;
   report.keysOfB = await b.evaluate(() => window.switchboard.e2ee.exportKeys());
