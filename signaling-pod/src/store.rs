@@ -692,27 +692,12 @@ return wait
 
     /// Takes the main meeting's breakout lock for `ttl` (false: another replica holds it).
     pub async fn lock_breakouts(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(k(meeting, "bo:lock"))
-            .arg(holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(set.is_some())
+        self.set_nx(&k(meeting, "bo:lock"), holder, ttl).await
     }
 
     /// Lets the lock go if `holder` still holds it.
     pub async fn unlock_breakouts(&self, meeting: &str, holder: &str) -> RedisResult<()> {
-        redis::cmd("EVAL")
-            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
-            .arg(1)
-            .arg(k(meeting, "bo:lock"))
-            .arg(holder)
-            .query_async::<i64>(&mut self.c())
-            .await
-            .map(drop)
+        self.del_if(&k(meeting, "bo:lock"), holder).await
     }
 
     /// The Meeting participant `pid` belongs in (`None`: it was never moved).
@@ -738,28 +723,37 @@ return wait
 
     /// True when participant `pid` has not asked for help within `every`.
     pub async fn may_ask_for_help(&self, meeting: &str, pid: &str, every: Duration) -> RedisResult<bool> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(k(meeting, &format!("help:{pid}")))
-            .arg("1")
-            .arg("NX")
-            .arg("PX")
-            .arg(every.as_millis() as u64)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(set.is_some())
+        self.set_nx(&k(meeting, &format!("help:{pid}")), "1", every).await
     }
 
-    /// Takes the meeting's recording lock for `ttl` (false: another replica holds it).
-    pub async fn lock_recording(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
+    /// `SET key value NX PX ttl`: true when this call set it.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> RedisResult<bool> {
         let set: Option<String> = redis::cmd("SET")
-            .arg(k(meeting, "reclock"))
-            .arg(holder)
+            .arg(key)
+            .arg(value)
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis() as u64)
             .query_async(&mut self.c())
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Deletes `key` if it holds `value` (a lock let go only by its holder).
+    async fn del_if(&self, key: &str, value: &str) -> RedisResult<()> {
+        redis::cmd("EVAL")
+            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+            .arg(1)
+            .arg(key)
+            .arg(value)
+            .query_async::<i64>(&mut self.c())
+            .await
+            .map(drop)
+    }
+
+    /// Takes the meeting's recording lock for `ttl` (false: another replica holds it).
+    pub async fn lock_recording(&self, meeting: &str, holder: &str, ttl: Duration) -> RedisResult<bool> {
+        self.set_nx(&k(meeting, "reclock"), holder, ttl).await
     }
 
     pub async fn unlock_recording(&self, meeting: &str) -> RedisResult<()> {
@@ -777,14 +771,7 @@ return wait
 
     /// Forgets the active recording if it is `job`.
     pub async fn clear_recording(&self, meeting: &str, job: &str) -> RedisResult<()> {
-        redis::cmd("EVAL")
-            .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
-            .arg(1)
-            .arg(k(meeting, "recording"))
-            .arg(job)
-            .query_async::<i64>(&mut self.c())
-            .await
-            .map(drop)
+        self.del_if(&k(meeting, "recording"), job).await
     }
 
     /// Marks `job`'s `state` announced; true for the one caller that marked it first.
