@@ -64,6 +64,22 @@ fn media_failed(e: switchboard_sfu_client::Error) -> ProtoError {
     refuse(ErrorCode::MediaFailed, format!("the SFU did not accept it: {reason}"))
 }
 
+/// Message types about one meeting's people, chat and keys: dropped when they come from
+/// a meeting the session has left (breakout notices name the main meeting and pass).
+const MEETING_SCOPED: &[&str] = &[
+    types::PARTICIPANT_UPDATE,
+    types::PARTICIPANT_LEFT,
+    types::CHAT,
+    types::HAND_RAISE,
+    types::REACTION,
+    types::AUDIENCE,
+    types::RECORDING,
+    types::ESCALATED,
+    types::E2EE_HELLO,
+    types::E2EE_KEY,
+    types::E2EE_MEMBERS,
+];
+
 enum Flow {
     Continue,
     Close,
@@ -431,9 +447,14 @@ impl Session {
 
     /// A message from the meeting (a broadcast, a media event): only for the admitted.
     fn deliver(&mut self, env: Envelope) {
-        if self.joined.as_ref().is_some_and(|j| j.info.admitted) {
-            self.push(env);
+        let Some(j) = self.joined.as_ref().filter(|j| j.info.admitted) else { return };
+        // What another meeting said (queued before this session moved to a breakout room
+        // or back) is not about the meeting it is in now.
+        let elsewhere = env.room_id.as_deref().is_some_and(|r| r != j.claims.mtg);
+        if elsewhere && MEETING_SCOPED.contains(&env.type_.as_str()) {
+            return;
         }
+        self.push(env);
     }
 
     /// The connection is closing on a kill: lets go of the participant (a removed one is
@@ -1037,6 +1058,7 @@ impl Session {
         let audience =
             if record.info.admitted { self.app.store.audience(&key).await.map_err(redis_failed)? } else { 0 };
         Ok(JoinedPayload {
+            meeting: m.name_any(),
             participant: record.info.clone(),
             title,
             permissions,

@@ -475,6 +475,10 @@ pub enum MutedBy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinedPayload {
+    /// The meeting joined: the one the token names, or its main meeting when the token is
+    /// a breakout room's that has closed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub meeting: String,
     pub participant: ParticipantInfo,
     pub title: String,
     pub permissions: Vec<Permission>,
