@@ -76,6 +76,16 @@ pub fn meeting_controls(host: &str, guest: &str, other: &str) -> Result<serde_js
     script("meeting_controls.mjs", &[host, guest, other], &[("ARTIFACTS", artifacts.display().to_string())])
 }
 
+/// A host page and a guest page (`breakouts.mjs`) running breakout rooms from the
+/// host's panel: the guest (`guest_name`) moved into a room, its badge and a reload
+/// there, help asked and the host's visit (video both ways in the room), a broadcast,
+/// and the rooms closed with everyone back in the main meeting (video both ways again).
+pub fn breakouts(host: &str, guest: &str, guest_name: &str) -> Result<serde_json::Value, String> {
+    let artifacts = crate::repo_root().join("target/test-artifacts");
+    let _ = std::fs::create_dir_all(&artifacts);
+    run_for(None, "breakouts.mjs", &[host, guest, guest_name], &[("ARTIFACTS", artifacts.display().to_string())], 300)
+}
+
 /// One page inside `link`'s namespace (`network_change.mjs`): once it decodes video, the
 /// link goes down for `outage` and comes back with the namespace's other address (the
 /// old one, and every path from it, gone); reports how long media took to resume.

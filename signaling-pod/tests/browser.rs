@@ -21,6 +21,8 @@ struct BrowserMeeting {
     _sfu: sfu_pod::local::LocalSfu,
     server: signaling_pod::Running,
     name: String,
+    /// The SFU's pod name (its endpoint is `_sfu.endpoint`).
+    sfu_pod: String,
 }
 
 impl BrowserMeeting {
@@ -37,7 +39,13 @@ impl BrowserMeeting {
         let mut cfg = env.config();
         cfg.listen = (ip, 0).into();
         let server = env.in_process(cfg).await;
-        Self { env, _sfu: sfu, server, name: name.into() }
+        Self { env, _sfu: sfu, server, name: name.into(), sfu_pod: format!("sfu-{prefix}") }
+    }
+
+    /// Places each breakout room of the meeting on its SFU as it appears, as the
+    /// operator would; until the handle is aborted.
+    fn place_rooms(&self) -> tokio::task::JoinHandle<()> {
+        place_rooms(self.env.meetings(), (&self.sfu_pod, &self._sfu.endpoint))
     }
 
     /// The browser client's address for `user`, with a fresh user token.
@@ -409,6 +417,153 @@ async fn each_meeting_control_clicked_on_one_page_acts_on_the_other() {
     m.env.ns.delete().await;
 }
 
+/// Breakout rooms run from the host's page, with a guest's page: the host opens one
+/// room with a timer, assigning the guest by hand; the guest's page moves into it (its
+/// badge names the room and counts down, the session token kept for the tab is the
+/// room's, the main room's chat is not shown there) and a reload resumes there. The
+/// guest asks for help; the host's page shows it and the host joins the room from it:
+/// each page decodes the other's video in the room, and the room's chat reaches the
+/// host. The host's broadcast shows on the guest's page. The host closes the rooms with
+/// a 4 s warning: both pages count down and come back to the main meeting, decoding each
+/// other's video again, with the main room's chat (not the room's). The room Meeting
+/// was created beside the main meeting and ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_runs_breakout_rooms_from_the_page() {
+    let _turn = BROWSERS.lock().await;
+    let (m, report) = breakouts_from_the_page("sig-bo-page", serde_json::json!({})).await;
+    assert!(report["start"]["e2ee"] == false && report["mainMedia"]["host"]["e2ee"].is_null(), "{report}");
+    m.env.ns.delete().await;
+}
+
+/// [`a_host_runs_breakout_rooms_from_the_page`] in an end-to-end encrypted meeting: the
+/// room is encrypted too, and each move starts the pages' key exchange over with the
+/// room's (or the main meeting's) members: in the room and back home, each page's worker
+/// decrypts the other's frames, each sending under a key of a new generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakout_rooms_of_an_e2ee_meeting_are_encrypted_and_keys_follow_each_move() {
+    let _turn = BROWSERS.lock().await;
+    let (m, report) = breakouts_from_the_page("sig-bo-e2ee", serde_json::json!({"e2ee": true})).await;
+    assert_eq!(report["start"]["e2ee"], true, "{report}");
+    let room = report["opened"]["guest"]["meeting"].as_str().unwrap();
+    let meetings: kube::Api<switchboard_crds::Meeting> = m.env.ns.api();
+    assert!(meetings.get(room).await.unwrap().spec.e2ee, "the room is end-to-end encrypted: {report}");
+    let kid = |at: &serde_json::Value| at["e2ee"]["sendKid"].as_u64().unwrap_or_else(|| panic!("{report}"));
+    for page in ["host", "guest"] {
+        let (main, in_room, back) =
+            (&report["mainMedia"][page], &report["inRoom"][page], &report["back"]["media"][page]);
+        for at in [main, in_room, back] {
+            assert!(at["e2ee"]["decryptedGrew"].as_u64().unwrap() > 10, "{page} decrypts the other: {report}");
+        }
+        // A key's generation is its id / 256: each move starts a new one (the guest's
+        // reload in the room started over with a new key pair, at generation 0).
+        assert!(kid(in_room) / 256 < kid(back) / 256, "{page}: {report}");
+    }
+    let host_kid = |at: &serde_json::Value| kid(&at["host"]);
+    assert!(host_kid(&report["mainMedia"]) / 256 < host_kid(&report["inRoom"]) / 256, "{report}");
+    m.env.ns.delete().await;
+}
+
+/// Runs `breakouts.mjs` in a meeting (`extra`: its spec's other fields) hosted by hana,
+/// with gia's page as the guest, and checks what every variant must show.
+async fn breakouts_from_the_page(prefix: &str, extra: serde_json::Value) -> (BrowserMeeting, serde_json::Value) {
+    let m = BrowserMeeting::start(prefix, "workshop", "hana", extra).await;
+    let placer = m.place_rooms();
+    let (host, guest) = (m.url("hana"), m.url("gia"));
+    let report = tokio::task::spawn_blocking(move || switchboard_e2e::browser::breakouts(&host, &guest, "GIA"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("browsers: {e}"));
+    placer.abort();
+    println!("breakouts report: {report}");
+    let (host_id, guest_id) = (report["start"]["host"]["me"].clone(), report["start"]["guest"]["me"].clone());
+    for page in ["host", "guest"] {
+        assert_eq!(report["start"][page]["meeting"], "workshop", "{report}");
+        assert!(report["start"][page]["room"].is_null(), "{report}");
+    }
+    assert_eq!(report["start"]["panel"], serde_json::json!({"host": true, "guest": false}), "{report}");
+
+    // The guest is moved into the room: its badge counts down from the 5-minute timer.
+    let opened = &report["opened"];
+    let room_meeting = opened["guest"]["meeting"].as_str().unwrap().to_owned();
+    assert_ne!(room_meeting, "workshop", "{report}");
+    assert_eq!(opened["guest"]["room"], "Room 1", "{report}");
+    assert_eq!(opened["guest"]["me"], guest_id, "the same participant, moved: {report}");
+    assert_eq!(opened["badgeShown"], true, "{report}");
+    let left = |badge: &serde_json::Value| -> u64 {
+        let b = badge.as_str().unwrap_or_else(|| panic!("a badge: {report}"));
+        let clock = b.strip_prefix("Room 1 · ").and_then(|r| r.strip_suffix(" left")).unwrap_or_else(|| panic!("{b}"));
+        let (min, sec) = clock.split_once(':').unwrap();
+        min.parse::<u64>().unwrap() * 60 + sec.parse::<u64>().unwrap()
+    };
+    let (first, later) = (left(&opened["badge"]), left(&opened["badgeLater"]));
+    assert!((280..=300).contains(&first), "about 5 minutes left: {report}");
+    assert!(later < first && first - later <= 4, "the badge counts down: {report}");
+    assert_eq!(opened["askHelpShown"], true, "{report}");
+    assert_eq!(opened["keptToken"], true, "a reload resumes with the room's token: {report}");
+    assert!(
+        !opened["guestChat"].to_string().contains("said in the main room"),
+        "the main room's chat is not the room's: {report}"
+    );
+    assert_eq!(opened["guestTitle"].as_str().unwrap().split(" — ").nth(1), Some("Room 1"), "{report}");
+    assert!(opened["hostPanelRoom"].as_str().unwrap().contains("GIA"), "{report}");
+    assert!(!opened["hostPeople"].to_string().contains("GIA"), "the guest left the main room: {report}");
+    assert_eq!(opened["hostLive"], true, "{report}");
+    assert_eq!(opened["hostBadgeShown"], false, "the host stays in the main room: {report}");
+    assert_eq!(report["reloaded"]["guest"]["meeting"], room_meeting.as_str(), "{report}");
+    assert_eq!(report["reloaded"]["guest"]["room"], "Room 1", "{report}");
+    assert_eq!(report["reloaded"]["guest"]["me"], guest_id, "the reload resumed the same participant: {report}");
+
+    // Help, and the host's visit: video both ways in the room.
+    assert_eq!(report["help"], "GIA asks for help in Room 1", "{report}");
+    assert_eq!(report["visit"]["host"]["meeting"], room_meeting.as_str(), "{report}");
+    assert_eq!(report["visit"]["host"]["room"], "Room 1", "{report}");
+    assert_eq!(report["visit"]["backShown"], true, "{report}");
+    for (page, me, other) in [("host", &host_id, &guest_id), ("guest", &guest_id, &host_id)] {
+        let media = &report["inRoom"][page];
+        assert!(media["first"].as_u64().unwrap() > 10 && media["grew"].as_u64().unwrap() > 10, "{page}: {report}");
+        let tiles = media["tiles"].as_array().unwrap();
+        assert!(tiles.contains(other) && tiles.contains(me), "{page}: its own tile and the other's: {report}");
+    }
+    assert!(report["inRoom"]["hostPeople"].to_string().contains("GIA"), "{report}");
+    assert_eq!(report["broadcast"]["banner"], "📣 HANA to all rooms: Two minutes left, wrap up", "{report}");
+    assert_eq!(report["broadcast"]["chat"], serde_json::json!(["HANA (to all rooms): Two minutes left, wrap up"]));
+
+    // Closing: a countdown on both pages, then both back home with video both ways.
+    for page in ["host", "guest"] {
+        let banner = report["closing"][page].as_str().unwrap();
+        assert!(banner.starts_with("Rooms close in "), "{page}: {report}");
+    }
+    assert!(report["closing"]["guestBadge"].as_str().unwrap().contains("closing in"), "{report}");
+    let back_ms = report["closing"]["backAfterMs"].as_u64().unwrap();
+    assert!((3000..20000).contains(&back_ms), "back after the 4 s warning: {report}");
+    let back = &report["back"];
+    for (page, other) in [("host", &guest_id), ("guest", &host_id)] {
+        assert_eq!(back[page]["meeting"], "workshop", "{page}: {report}");
+        assert!(back[page]["room"].is_null(), "{page}: {report}");
+        let media = &back["media"][page];
+        assert!(media["first"].as_u64().unwrap() > 10 && media["grew"].as_u64().unwrap() > 10, "{page}: {report}");
+        let tiles = media["tiles"].as_array().unwrap();
+        assert!(tiles.contains(other) && tiles.contains(&back[page]["me"]), "its own tile and the other's: {report}");
+        let chat = back[format!("{page}Chat").as_str()].to_string();
+        assert!(chat.contains("said in the main room") && !chat.contains("said in the room"), "{page}: {report}");
+    }
+    assert_eq!(back["badgeShown"], false, "{report}");
+    assert_eq!(back["askHelpShown"], false, "{report}");
+    assert_eq!(back["keptToken"], true, "{report}");
+    assert_eq!(back["title"], report["start"]["title"], "{report}");
+
+    // The room was a Meeting of its own beside the main one, and it was ended.
+    let meetings: kube::Api<switchboard_crds::Meeting> = m.env.ns.api();
+    let room = meetings.get(&room_meeting).await.unwrap();
+    assert_eq!(room.spec.parent_ref.map(|p| p.name).as_deref(), Some("workshop"));
+    assert!(room.status.and_then(|s| s.end_requested).is_some(), "the room was ended");
+    for shot in ["client-breakout-host.png", "client-breakout-room.png"] {
+        let png = std::fs::read(switchboard_e2e::repo_root().join("target/test-artifacts").join(shot)).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+    (m, report)
+}
+
 /// A network change: the page runs in a network namespace whose only link to signaling
 /// and the SFU goes down for 6 s (the browser goes offline; video stops). Twice: first
 /// the link comes back as it was, then with another address (a move to another network:
@@ -455,9 +610,10 @@ async fn media_resumes_after_the_network_path_comes_back_or_moves() {
     // take two restarts (the first gathered only loopback) and then, rarely, webrtc-rs's
     // agent holds media ~3.5 s after connecting (seen once in the suite: connected at
     // 3.2 s, decoding at 6.7 s): 8 s bounds that without hiding a lost resume. After a
-    // flap the restart's freeze can come as late as the second restart (the publisher's
-    // connection disconnecting ~1 s after the first, seen in a CI run: stable at 7.9 s).
-    for (step, within_ms, stable_ms) in [("flap", 3000, 8000), ("moved", 8000, 9000)] {
+    // flap the restart's freeze can come as late as the second restart, and a flap's
+    // first restart too can gather only loopback candidates (then the second connects
+    // once the network's appear, ~3 s later): 10 s bounds both.
+    for (step, within_ms, stable_ms) in [("flap", 3000, 10000), ("moved", 8000, 10000)] {
         let r = &report[step];
         assert!(r["decodedDuringOutage"].as_u64().unwrap() <= 2, "{step}: the path was really gone: {report}");
         assert!(r["bannerDuringOutage"].as_str().unwrap() != "", "{step}: the page said so: {report}");
@@ -916,7 +1072,10 @@ async fn three_pages_in_an_e2ee_meeting_see_and_hear_each_other_and_the_sfu_sees
     assert!(report["codeShown"].as_str().unwrap().contains(report["codes"]["0->1"].as_str().unwrap()));
     assert_eq!((report["badge"].as_bool(), report["recordHidden"].as_bool()), (Some(true), Some(true)));
     let sim = &report["simulcast"];
-    assert!(sim["large"].as_u64() > sim["small"].as_u64(), "a larger layer after the switch: {brief}");
+    assert!(
+        sim["large"].as_u64() > sim["small"].as_u64(),
+        "a larger layer than the small tile's, before or after it (a switch on encrypted keyframes): {brief}"
+    );
     assert!(sim["smallFrames"].as_u64() > Some(5) && sim["largeFrames"].as_u64() > Some(5), "{brief}");
 
     // The SFU's view: every frame has the shape of an encrypted one.
