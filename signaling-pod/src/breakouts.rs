@@ -23,7 +23,7 @@ use kube::ResourceExt as _;
 use kube::api::{ObjectMeta, PostParams};
 use rand::SeedableRng as _;
 use rand::seq::SliceRandom as _;
-use switchboard_crds::meeting::{Meeting, MeetingSpec, ParentRef, ParticipantLimits, RecordingMode, RecordingPolicy};
+use switchboard_crds::meeting::{Meeting, MeetingSpec, ParentRef, ParticipantLimits};
 use switchboard_signaling_proto::breakouts::{
     Assignment, ClosingPayload, DEFAULT_COUNTDOWN_SECONDS, HelpPayload, OpenPayload, RoomInfo, StatePayload,
 };
@@ -178,10 +178,9 @@ pub fn assign(
 }
 
 /// A room's Meeting: beside its main meeting, owned by it, as it is (mode, audio, pool,
-/// region, E2EE, permissions), without a waiting room or mute on entry (everyone was
-/// admitted already), deleted as soon as it ends. Recording follows the main meeting's
-/// policy, except that rooms of an automatically recorded meeting are not recorded by
-/// themselves (a host may start one).
+/// region, E2EE, permissions, recording policy: an automatically recorded meeting's
+/// rooms are recorded too, each by its own recorder), without a waiting room or mute on
+/// entry (everyone was admitted already), deleted as soon as it ends.
 pub fn room_meeting(main: &Meeting, generation: u64, index: usize, name: &str, size: usize) -> Result<Meeting> {
     room_meeting_timed(main, generation, index, name, size, &Timer::default())
 }
@@ -209,10 +208,6 @@ fn room_meeting_timed(
     }
     let title: String = format!("{} — {name}", main.spec.title).chars().take(MAX_TITLE_CHARS).collect();
     let expected = (size as i32 + 1).max(2);
-    let recording = main.spec.recording.as_ref().map(|r| RecordingPolicy {
-        policy: if r.policy == RecordingMode::Auto { RecordingMode::OnDemand } else { r.policy },
-        ..r.clone()
-    });
     Ok(Meeting {
         metadata: ObjectMeta {
             name: Some(meeting),
@@ -254,7 +249,7 @@ fn room_meeting_timed(
             mute_on_entry: false,
             escalation: None,
             audio: main.spec.audio,
-            recording,
+            recording: main.spec.recording.clone(),
             e2ee: main.spec.e2ee,
             parent_ref: Some(ParentRef { name: main_name }),
             permissions: main.spec.permissions.clone(),
@@ -741,7 +736,7 @@ mod tests {
             "metadata": {"name": "standup", "uid": "u-1"},
             "spec": {"title": "Standup", "host": "amy", "participants": {"expected": 10, "max": 12},
                      "mode": "Webinar", "waitingRoom": true, "muteOnEntry": true, "e2ee": true,
-                     "recording": {"policy": "Auto"},
+                     "recording": {"policy": "Off"},
                      "permissions": [{"role": "participant", "deny": ["send_chat"]}]},
         }))
         .unwrap();
@@ -754,7 +749,7 @@ mod tests {
         assert_eq!((room.spec.participants.expected, room.spec.participants.max), (5, Some(12)));
         assert!(room.spec.e2ee && !room.spec.waiting_room && !room.spec.mute_on_entry);
         assert_eq!(room.spec.permissions, main.spec.permissions);
-        assert_eq!(room.spec.recording.unwrap().policy, RecordingMode::OnDemand);
+        assert_eq!(room.spec.recording, main.spec.recording, "recorded as the main meeting is");
         assert_eq!(room.spec.ttl_after_ended.unwrap().as_std(), Duration::ZERO);
         let mut unbounded = main.clone();
         unbounded.spec.participants.max = None;

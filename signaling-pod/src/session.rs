@@ -1038,7 +1038,11 @@ impl Session {
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
         // Rooms may have opened or closed while the session was away.
         if record.info.admitted {
-            self.follow_breakouts().await?;
+            // A failure leaves it where it joined; its refresh tries again (and a session
+            // lost between two meetings is closed by the join deadline, then resumes).
+            if let Err(e) = self.follow_breakouts().await {
+                tracing::info!(error = %e, "following breakout rooms after a join");
+            }
         }
         Ok(())
     }
@@ -1694,7 +1698,7 @@ impl Session {
                     tracing::warn!(error = %e, "going home from a breakout room");
                     self.error(e);
                 }
-                return Flow::Continue;
+                return if self.joined.is_some() { Flow::Continue } else { Flow::Close };
             }
         }
         let m = match self.app.meetings.get(name) {
@@ -1796,6 +1800,11 @@ impl Session {
                             if let Err(e) = self.switch_meeting(to).await {
                                 tracing::warn!(error = %e, %meeting, "moving to a breakout room");
                                 self.error(e);
+                                // Lost between the two meetings: the client resumes, and
+                                // its resume finds where it belongs.
+                                if self.joined.is_none() {
+                                    return Flow::Close;
+                                }
                             }
                         }
                         None => tracing::info!(%meeting, "told to move to a meeting that is gone"),
@@ -1822,18 +1831,7 @@ impl Session {
         if self.removed_from(&to, &j.claims.usr).await? {
             return Err(refuse(ErrorCode::Removed, "a host removed you from that room"));
         }
-        let Some(j) = self.joined.take() else { unreachable!("checked above") };
-        // Out of the meeting it is in: media, record, bus.
-        if let Some(media) = &j.media {
-            let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
-            tokio::spawn(async move { sfu.leave(&room, &pid).await });
-        }
-        if let Ok(true) = store.remove(&j.key, &j.info.id).await {
-            let left = Bus::left(&j.claims.mtg, &j.info, "breakout", j.e2ee_public_key.is_some());
-            let _ = store.publish(&j.key, &left).await;
-        }
-        self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
-        // Into `to`.
+        // Into `to` first: a failure here leaves the session where it was.
         let role = if j.claims.usr == to.spec.host {
             Role::Host
         } else if j.info.role == Role::Host {
@@ -1849,6 +1847,17 @@ impl Session {
             store.touch(&key, &info.id, &self.connection).await
         };
         joined.await.map_err(redis_failed)?;
+        // Out of the meeting it is in: media, record, bus.
+        let Some(j) = self.joined.take() else { unreachable!("checked above") };
+        if let Some(media) = &j.media {
+            let (sfu, room, pid) = (media.sfu.clone(), media.room.clone(), j.info.id.clone());
+            tokio::spawn(async move { sfu.leave(&room, &pid).await });
+        }
+        if let Ok(true) = store.remove(&j.key, &j.info.id).await {
+            let left = Bus::left(&j.claims.mtg, &j.info, "breakout", j.e2ee_public_key.is_some());
+            let _ = store.publish(&j.key, &left).await;
+        }
+        self.app.hub.unregister(&j.key, &j.info.id, &self.connection).await;
         let local = Local {
             connection: self.connection.clone(),
             tx: self.tx.clone(),
@@ -2037,6 +2046,9 @@ impl Session {
         let in_family = j.claims.home.is_some() || self.app.breakouts_open.lock().unwrap().contains(&j.key);
         if in_family && let Err(e) = self.follow_breakouts().await {
             tracing::info!(error = %e, "following breakout rooms");
+            if self.joined.is_none() {
+                return Flow::Close;
+            }
         }
         Flow::Continue
     }
