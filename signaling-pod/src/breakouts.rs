@@ -36,6 +36,9 @@ use crate::store::{Audience, BreakoutRoom, BreakoutState, Bus, BusWhat};
 
 /// How long opening waits for the operator to place every room.
 pub const PLACEMENT_WAIT: Duration = Duration::from_secs(15);
+/// Rooms of one meeting are opened at most this often: each opening creates up to 50
+/// Meetings, and a host opening and closing in a loop must not do that in a loop.
+pub const OPEN_EVERY: Duration = Duration::from_secs(30);
 /// A participant asks for help at most this often.
 pub const HELP_EVERY: Duration = Duration::from_secs(30);
 /// Held while one replica opens, closes or starts a countdown.
@@ -69,6 +72,8 @@ pub enum BreakoutError {
     UnknownParticipant(String),
     #[error("help was asked for less than {} s ago", HELP_EVERY.as_secs())]
     HelpTooSoon,
+    #[error("rooms were opened less than {} s ago; open them again a little later", OPEN_EVERY.as_secs())]
+    OpenedTooSoon,
     #[error("the meeting is not open: {0}")]
     Unavailable(String),
     #[error("room meeting name `{0}` is over 253 characters")]
@@ -89,7 +94,7 @@ impl BreakoutError {
             Self::AlreadyOpen | Self::Busy => ErrorCode::BreakoutsOpen,
             Self::NoneOpen => ErrorCode::NoBreakouts,
             Self::UnknownParticipant(_) => ErrorCode::UnknownParticipant,
-            Self::HelpTooSoon => ErrorCode::RateLimited,
+            Self::HelpTooSoon | Self::OpenedTooSoon => ErrorCode::RateLimited,
             Self::Unavailable(_) => ErrorCode::MeetingUnavailable,
             Self::Unplaced | Self::Api(_) | Self::Redis(_) => ErrorCode::Internal,
         };
@@ -104,7 +109,7 @@ impl BreakoutError {
             Self::NoneOpen => (409, "noBreakouts"),
             Self::NotInRoom | Self::NoSuchRoom(_) | Self::NameTooLong(_) => (400, "badRequest"),
             Self::UnknownParticipant(_) => (404, "unknownParticipant"),
-            Self::HelpTooSoon => (429, "rateLimited"),
+            Self::HelpTooSoon | Self::OpenedTooSoon => (429, "rateLimited"),
             Self::Unavailable(_) => (409, "meetingUnavailable"),
             Self::Unplaced => (503, "breakoutsUnplaced"),
             Self::Api(_) | Self::Redis(_) => (500, "internal"),
@@ -329,6 +334,9 @@ pub async fn open(app: &Arc<App>, main: &Meeting, by: &str, req: &OpenPayload) -
 async fn open_locked(app: &Arc<App>, main: &Meeting, key: &str, by: &str, req: &OpenPayload) -> Result<StatePayload> {
     if app.store.breakouts(key).await?.is_some() {
         return Err(BreakoutError::AlreadyOpen);
+    }
+    if !app.store.may_open_breakouts(key, OPEN_EVERY).await? {
+        return Err(BreakoutError::OpenedTooSoon);
     }
     let mut movable: Vec<String> = app
         .store

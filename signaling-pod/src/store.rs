@@ -18,6 +18,7 @@
 //! | `sb:{m}:bo:where` | hash | participant id → the Meeting it belongs in (a room, or the main meeting once moved back; no entry: never moved) |
 //! | `sb:{m}:bo:gen` | counter | breakout openings, naming the rooms |
 //! | `sb:{m}:bo:lock` | string, TTL | held by the replica opening, closing or starting the countdown |
+//! | `sb:{m}:bo:opened` | string, TTL | rooms were opened lately (one opening per [`crate::breakouts::OPEN_EVERY`]) |
 //! | `sb:{m}:help:{pid}` | string, TTL | the participant asked for help lately |
 //! | `sb:{m}:bo:{g}:closed` | string, TTL | opening `g`'s rooms were closed (not to be restored) |
 //! | `sb:breakouts` | set | main meetings with rooms open (the timers every replica drives) |
@@ -721,6 +722,12 @@ return wait
         pipe.query_async::<()>(&mut self.c()).await
     }
 
+    /// True when the meeting's rooms were not opened within `every` (and now counts as
+    /// an opening).
+    pub async fn may_open_breakouts(&self, meeting: &str, every: Duration) -> RedisResult<bool> {
+        self.set_nx(&k(meeting, "bo:opened"), "1", every).await
+    }
+
     /// True when participant `pid` has not asked for help within `every`.
     pub async fn may_ask_for_help(&self, meeting: &str, pid: &str, every: Duration) -> RedisResult<bool> {
         self.set_nx(&k(meeting, &format!("help:{pid}")), "1", every).await
@@ -853,11 +860,23 @@ return wait
 
     /// Drops everything of an ended meeting.
     pub async fn forget_meeting(&self, meeting: &str) -> RedisResult<()> {
-        let mut keys: Vec<String> =
-            ["p", "seq", "removed", "chat", "chatseq", "slot", "recording", "reclock", "bo", "bo:where", "bo:gen"]
-                .iter()
-                .map(|w| k(meeting, w))
-                .collect();
+        let mut keys: Vec<String> = [
+            "p",
+            "seq",
+            "removed",
+            "chat",
+            "chatseq",
+            "slot",
+            "recording",
+            "reclock",
+            "bo",
+            "bo:where",
+            "bo:gen",
+            "bo:opened",
+        ]
+        .iter()
+        .map(|w| k(meeting, w))
+        .collect();
         let _: () = self.c().srem("sb:breakouts", meeting).await?;
         for pattern in ["alive:*", "u:*", "rec:*", "help:*", "bo:*:closed"] {
             let found: Vec<String> = self.c().keys(k(meeting, pattern)).await?;

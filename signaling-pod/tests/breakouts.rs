@@ -339,6 +339,16 @@ async fn rooms_run_over_rest_and_sessions_find_their_room_when_they_resume() {
     }
     let (status, _) = post(host.clone(), "/api/v1/meetings/class/breakouts/close", json!({})).await;
     assert_eq!(status, 409, "nothing to close");
+    // A meeting's rooms open at most once every 30 s (each opening creates Meetings).
+    meeting(&env, "quick", "amy", json!({})).await;
+    assign(&env, "quick", &[("sfu-x", "http://127.0.0.1:9")], &[]).await;
+    let (status, body) = post(host.clone(), "/api/v1/meetings/quick/breakouts", json!({"rooms": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) =
+        post(host.clone(), "/api/v1/meetings/quick/breakouts/close", json!({"countdownSeconds": 0})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(host.clone(), "/api/v1/meetings/quick/breakouts", json!({"rooms": 1})).await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rateLimited")), "{body}");
     let manual = json!({"names": ["Red", "Blue"], "assignment": "manual", "manual": {ben_grant.participant_id.clone(): 0},
                         "seconds": 12, "countdownSeconds": 1});
     let (status, body) = post(host.clone(), "/api/v1/meetings/class/breakouts", manual.clone()).await;
