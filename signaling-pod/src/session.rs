@@ -1037,7 +1037,7 @@ impl Session {
         }
         tracing::info!(participant = %claims.sub, meeting = %claims.mtg, role = ?claims.role, resumed, "joined");
         // Rooms may have opened or closed while the session was away.
-        if record.info.admitted {
+        if record.info.admitted && self.in_breakout_family() {
             // A failure leaves it where it joined; its refresh tries again (and a session
             // lost between two meetings is closed by the join deadline, then resumes).
             if let Err(e) = self.follow_breakouts().await {
@@ -1925,6 +1925,15 @@ impl Session {
         Ok(())
     }
 
+    /// In a breakout room, or in a main meeting with rooms open (as this replica's timer
+    /// last saw): only then is where the session belongs read from Redis, so joins and
+    /// refreshes of meetings without rooms cost nothing more.
+    fn in_breakout_family(&self) -> bool {
+        self.joined
+            .as_ref()
+            .is_some_and(|j| j.claims.home.is_some() || self.app.breakouts_open.lock().unwrap().contains(&j.key))
+    }
+
     /// Whether `user` was removed from meeting `m`, or, for a breakout room, from its main
     /// meeting (a room's old token does not get a removed user back in).
     async fn removed_from(&self, m: &Arc<Meeting>, user: &str) -> Result<bool, ProtoError> {
@@ -2043,8 +2052,9 @@ impl Session {
         }
         // In a family with rooms open, or in a room: where it belongs may have changed
         // without this session hearing it.
-        let in_family = j.claims.home.is_some() || self.app.breakouts_open.lock().unwrap().contains(&j.key);
-        if in_family && let Err(e) = self.follow_breakouts().await {
+        if self.in_breakout_family()
+            && let Err(e) = self.follow_breakouts().await
+        {
             tracing::info!(error = %e, "following breakout rooms");
             if self.joined.is_none() {
                 return Flow::Close;
